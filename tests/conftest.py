@@ -1,0 +1,46 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from tiny import make_tiny, pref_rows, sft_rows, write_jsonl  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny ChatML Llama (student / policy)."""
+    return make_tiny(str(tmp_path_factory.mktemp("tiny_student")), style="chatml", vocab_size=400, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_same_vocab(tmp_path_factory, tiny_dir):
+    """A teacher with the student's tokenizer but other weights."""
+    from transformers import AutoTokenizer
+
+    from tiny import make_model
+
+    folder = str(tmp_path_factory.mktemp("tiny_teacher_same"))
+    return make_model(folder, AutoTokenizer.from_pretrained(tiny_dir), seed=1, hidden=48)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_other_family(tmp_path_factory):
+    """A teacher of another family: other vocabulary size, other chat template."""
+    return make_tiny(str(tmp_path_factory.mktemp("tiny_teacher_gemma")), style="gemma", vocab_size=350, seed=2, hidden=48)
+
+
+@pytest.fixture(scope="session")
+def tiny_no_template(tmp_path_factory):
+    return make_tiny(str(tmp_path_factory.mktemp("tiny_no_template")), style="none", vocab_size=300, seed=3)
+
+
+@pytest.fixture()
+def pref_jsonl(tmp_path):
+    return write_jsonl(str(tmp_path / "pref.jsonl"), pref_rows(8))
+
+
+@pytest.fixture()
+def sft_jsonl(tmp_path):
+    return write_jsonl(str(tmp_path / "sft.jsonl"), sft_rows(8))

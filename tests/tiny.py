@@ -1,0 +1,133 @@
+"""Tiny random HF models and tokenizers (with chat templates) for tests. No hub access."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# A second family: another vocabulary, other special tokens, another template.
+GEMMA_LIKE_TEMPLATE = (
+    "{{ '<bos>' }}"
+    "{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, how are you today? I am fine, thank you!",
+    "Distillation transfers knowledge from a teacher model to a student model.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Write a short poem about the sea. The sea is wide and blue and deep.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000.",
+    "user assistant system model question answer reply response",
+]
+
+
+def make_tokenizer(folder: str, style: str = "chatml", vocab_size: int = 400):
+    """Train a byte-level BPE tokenizer on a tiny corpus and save it with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if style == "chatml":
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        template = CHATML_TEMPLATE
+        kw = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None)
+    elif style == "gemma":
+        specials = ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
+        template = GEMMA_LIKE_TEMPLATE
+        kw = dict(eos_token="<end_of_turn>", pad_token="<pad>", bos_token="<bos>")
+    elif style == "none":
+        specials = ["<|endoftext|>"]
+        template = None
+        kw = dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token=None)
+    else:
+        raise ValueError(style)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 5, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kw)
+    if template is not None:
+        fast.chat_template = template
+    os.makedirs(folder, exist_ok=True)
+    fast.save_pretrained(folder)
+    return fast
+
+
+def make_model(folder: str, tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
+    """A random LlamaForCausalLM sized to the tokenizer, saved with it as an HF folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_tiny(folder: str, style: str = "chatml", vocab_size: int = 400, seed: int = 0, **kw) -> str:
+    tok = make_tokenizer(folder, style=style, vocab_size=vocab_size)
+    return make_model(folder, tok, seed=seed, **kw)
+
+
+PREF_ROWS = [
+    ("What is the capital of France?", "The capital of France is Paris.", "I do not know."),
+    ("Write a short poem about the sea.", "The sea is wide and blue and deep.", "Sea sea sea."),
+    ("Hello, how are you today?", "I am fine, thank you!", "No."),
+    ("Count to five.", "1 2 3 4 5.", "5 4 3."),
+    ("Say something about a fox.", "The quick brown fox jumps over the lazy dog.", "Fox."),
+    ("What is distillation?", "Distillation transfers knowledge from a teacher to a student.", "A drink."),
+    ("Give me a number.", "100", "The number is not a number."),
+    ("Reply politely.", "Thank you, I am happy to help.", "Go away."),
+]
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def pref_rows(n: int = 8):
+    out = []
+    for i in range(n):
+        p, c, r = PREF_ROWS[i % len(PREF_ROWS)]
+        out.append({"prompt": p, "chosen": c, "rejected": r})
+    return out
+
+
+def sft_rows(n: int = 8):
+    return [{"input": r["prompt"], "output": r["chosen"]} for r in pref_rows(n)]
