@@ -1,1 +1,1 @@
-
+"""Models and losses. Kept light: submodules import what they need."""

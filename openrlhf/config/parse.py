@@ -1,0 +1,406 @@
+"""Build a :class:`Config` from YAML files and dotted command-line flags.
+
+    python -m openrlhf.cli.train_dadpo --config run.yaml --ds.zero_stage 3 --ref.offload
+
+Order: every ``--config`` file (in the order given), then every flag (in the order
+given; a flag given twice: the last one wins, as with argparse). Every problem found
+(unknown flag or key, missing or malformed value, unreadable file, failed check) is
+collected and raised once as a :class:`ConfigError`. Nothing is rewritten behind the
+user's back: a value is either taken exactly as given or reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import sys
+import tempfile
+import typing
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import yaml
+
+from openrlhf.config.schema import Config
+from openrlhf.config.validate import TASKS, validate
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+# Flat flag names of older OpenRLHF releases, used only to suggest the new name.
+_LEGACY_NAMES = {
+    "pretrain": "model.model_name_or_path",
+    "ref_pretrain": "ref.model_name_or_path",
+    "teacher_pretrain": "teacher.model_name_or_path",
+    "gradient_checkpointing": "model.gradient_checkpointing_enable",
+    "ipo": "model.ipo_enable",
+    "ref_offload": "ref.offload",
+    "micro_train_batch_size": "train.micro_batch_size",
+    "train_batch_size": "train.batch_size",
+    "learning_rate": "adam.lr",
+    "adam_betas": "adam.betas",
+    "l2": "adam.weight_decay",
+    "bf16": "ds.param_dtype",
+    "flash_attn": "ds.attn_implementation",
+    "save_path": "ckpt.output_dir",
+    "ckpt_path": "ckpt.path",
+    "max_ckpt_num": "ckpt.max_num",
+    "load_checkpoint": "ckpt.load_enable",
+    "eval_steps": "eval.steps",
+    "eval_dataset": "eval.dataset",
+    "use_tensorboard": "logger.tensorboard_dir",
+    "use_wandb": "logger.wandb.project",
+    "wandb_project": "logger.wandb.project",
+    "wandb_run_name": "logger.wandb.run_name",
+    "wandb_org": "logger.wandb.org",
+}
+
+
+class ConfigError(ValueError):
+    """One or more problems with the configuration; ``.problems`` lists them all."""
+
+    def __init__(self, problems: List[str]):
+        self.problems = list(problems)
+        n = len(self.problems)
+        header = f"invalid configuration ({n} problem{'s' if n != 1 else ''}):"
+        super().__init__("\n".join([header] + [f"  {p}" for p in self.problems]))
+
+
+# ---------------------------------------------------------------------------
+# The field table: dotted name -> type, read from the dataclass annotations.
+
+
+def _leaf_types(cls: type = Config, prefix: str = "") -> Tuple[Dict[str, Any], Set[str]]:
+    """(dotted leaf name -> annotation, set of dotted section names) of a dataclass tree."""
+    leaves: Dict[str, Any] = {}
+    sections: Set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sections.add(name)
+            sub_leaves, sub_sections = _leaf_types(tp, name + ".")
+            leaves.update(sub_leaves)
+            sections |= sub_sections
+        else:
+            leaves[name] = tp
+    return leaves, sections
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return " ".join(_type_name(a) for a in typing.get_args(tp))
+    return {str: "string", int: "int", float: "float", bool: "bool"}.get(tp, str(tp))
+
+
+def _tuple_len(tp: Any) -> int:
+    """Number of values a flag of this type takes (0 for a scalar)."""
+    return len(typing.get_args(tp)) if typing.get_origin(tp) is tuple else 0
+
+
+def _parse_scalar(tp: Any, value: Any) -> Any:
+    """Convert a CLI string or YAML scalar to ``tp``; ValueError with a short reason."""
+    if isinstance(value, str):
+        text = value.strip()
+        if tp is str:
+            return value
+        if tp is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(f"expected a bool (true/false/1/0), got {value!r}")
+        if tp is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"expected an int, got {value!r}") from None
+        if tp is float:
+            try:
+                out = float(text)
+            except ValueError:
+                raise ValueError(f"expected a float, got {value!r}") from None
+            if not math.isfinite(out):
+                raise ValueError(f"expected a finite float, got {value!r}")
+            return out
+    else:  # a YAML scalar that is not a string: its YAML type must fit.
+        if tp is bool and isinstance(value, bool):
+            return value
+        if tp is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite float, got {value!r}")
+            return float(value)
+        got = "null" if value is None else f"{type(value).__name__} {value!r}"
+        hint = " (quote it)" if tp is str and value is not None else ""
+        raise ValueError(f"expected {'a' if tp is not int else 'an'} {_type_name(tp)}, got {got}{hint}")
+    raise TypeError(f"unsupported config field type {tp!r}")
+
+
+def _parse_value(tp: Any, values: List[Any]) -> Any:
+    """Parse one field's value(s): a list of one item for scalars, n items for tuples."""
+    n = _tuple_len(tp)
+    if n == 0:
+        return _parse_scalar(tp, values[0])
+    if len(values) != n:
+        shown = " ".join(str(v) for v in values)
+        raise ValueError(f"expected {n} values ({_type_name(tp)}), got {len(values)}: {shown!r}")
+    return tuple(_parse_scalar(a, v) for a, v in zip(typing.get_args(tp), values))
+
+
+def _suggest(name: str, known: List[str], dashes: str = "") -> str:
+    """' (did you mean X?)' for an unknown dotted name, or ''."""
+    leaf = name.rsplit(".", 1)[-1]
+    guesses = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+    if not guesses and name in _LEGACY_NAMES:
+        guesses = [_LEGACY_NAMES[name]]
+    if not guesses:
+        guesses = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(dashes + g for g in guesses)}?)" if guesses else ""
+
+
+def _set(cfg: Config, name: str, value: Any) -> None:
+    *parents, leaf = name.split(".")
+    obj: Any = cfg
+    for p in parents:
+        obj = getattr(obj, p)
+    setattr(obj, leaf, value)
+
+
+# ---------------------------------------------------------------------------
+# YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: Set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _flatten_yaml(data: dict, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str],
+                  prefix: str = "") -> Dict[str, Any]:
+    """Nested or dotted YAML mapping -> {dotted leaf name: raw value}; problems named by file and key."""
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            problems.append(f"{path}: key {key!r} under {prefix or 'the top level'}: keys must be strings")
+            continue
+        name = prefix + key
+        if name in sections:
+            if isinstance(value, dict):
+                sub = _flatten_yaml(value, path, leaves, sections, problems, name + ".")
+                for k, v in sub.items():
+                    if k in out:
+                        problems.append(f"{path}: key {k}: given twice")
+                    out[k] = v
+            else:
+                problems.append(f"{path}: key {name}: is a section, expected a mapping, got {value!r}")
+        elif name in leaves:
+            if name in out:
+                problems.append(f"{path}: key {name}: given twice")
+            out[name] = value
+        else:
+            problems.append(f"{path}: key {name}: unknown key{_suggest(name, sorted(leaves))}")
+    return out
+
+
+def _apply_yaml(cfg: Config, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str],
+                bad: Set[str]) -> None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_StrictLoader)
+    except FileNotFoundError:
+        problems.append(f"--config: file not found: {path}")
+        return
+    except OSError as e:
+        problems.append(f"--config: cannot read {path}: {e.strerror or e}")
+        return
+    except yaml.YAMLError as e:
+        problems.append(f"{path}: malformed YAML: {' '.join(str(e).split())}")
+        return
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+        return
+    for name, raw in _flatten_yaml(data, path, leaves, sections, problems).items():
+        tp = leaves[name]
+        if _tuple_len(tp) and not isinstance(raw, list):
+            problems.append(f"{path}: key {name}: expected a list of {_tuple_len(tp)} values ({_type_name(tp)}), "
+                            f"got {raw!r}")
+            bad.add(name)
+            continue
+        try:
+            value = _parse_value(tp, raw if _tuple_len(tp) else [raw])
+        except ValueError as e:
+            problems.append(f"{path}: key {name}: {e}")
+            bad.add(name)
+            continue
+        _set(cfg, name, value)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def _split_argv(argv: List[str], leaves: Dict[str, Any], problems: List[str],
+                bad: Set[str]) -> Tuple[List[str], List[Tuple[str, Any]]]:
+    """argv -> (config files, [(dotted name, parsed value)]); problems in argv order."""
+    configs: List[str] = []
+    overrides: List[Tuple[str, Any]] = []
+    known = sorted(leaves)
+    last_flag = ""
+    i = 0
+
+    def take_following() -> List[str]:
+        nonlocal i
+        out = []
+        while i < len(argv) and not argv[i].startswith("--"):
+            out.append(argv[i])
+            i += 1
+        return out
+
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if not tok.startswith("--") or tok == "--":
+            where = f"after {last_flag}" if last_flag else "before any flag"
+            problems.append(f"unexpected argument {tok!r} {where} (flags look like --section.name VALUE)")
+            continue
+        name, eq, inline = tok[2:].partition("=")
+        last_flag = "--" + name
+        flag = "--" + name
+        if name == "config":
+            if eq:
+                configs.append(inline)
+            elif i < len(argv) and not argv[i].startswith("--"):
+                configs.append(argv[i])
+                i += 1
+            else:
+                problems.append(f"{flag}: missing value (a YAML file)")
+            continue
+        if name not in leaves:
+            take_following()  # its values belong to the unknown flag, not reported again
+            problems.append(f"{flag}: unknown flag{_suggest(name, known, '--')}")
+            continue
+        tp = leaves[name]
+        n = _tuple_len(tp)
+        if n:
+            values = [v for v in inline.split(",") if v.strip()] if eq else []
+            values += take_following()
+            if not values:
+                problems.append(f"{flag}: missing value ({n} values: {_type_name(tp)})")
+                bad.add(name)
+                continue
+        elif tp is bool and not eq:
+            if i < len(argv) and argv[i].strip().lower() in _TRUE + _FALSE:
+                values = [argv[i]]
+                i += 1
+            else:
+                values = ["true"]  # a bare flag
+        elif eq:
+            values = [inline]
+        elif i < len(argv) and not argv[i].startswith("--"):
+            values = [argv[i]]
+            i += 1
+        else:
+            problems.append(f"{flag}: missing value (expected {'an' if tp is int else 'a'} {_type_name(tp)})")
+            bad.add(name)
+            continue
+        try:
+            overrides.append((name, _parse_value(tp, values)))
+        except ValueError as e:
+            problems.append(f"{flag}: {e}")
+            bad.add(name)
+    return configs, overrides
+
+
+def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = True) -> Config:
+    """Parse ``argv`` (like ``sys.argv[1:]``; None: ``sys.argv[1:]``) into a validated Config.
+
+    ``task`` is one of ``sft``, ``dpo``, ``dadpo``, ``score_logps``. Raises
+    :class:`ConfigError` listing every problem; ``--help`` prints the flags and exits.
+    ``check_paths=False`` skips the check that local-looking paths exist.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(format_help(task))
+        raise SystemExit(0)
+    leaves, sections = _leaf_types()
+    problems: List[str] = []
+    bad: Set[str] = set()  # fields whose given value was rejected: skip their checks
+    configs, overrides = _split_argv(argv, leaves, problems, bad)
+    cfg = Config()
+    for path in configs:
+        _apply_yaml(cfg, path, leaves, sections, problems, bad)
+    for name, value in overrides:
+        _set(cfg, name, value)
+    problems += [p for p in validate(cfg, task, check_paths=check_paths)
+                 if not any(p.startswith(f"--{b}:") for b in bad)]
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def format_help(task: str) -> str:
+    """Every flag with its type and default, one per line."""
+    lines = [f"usage: {task} [--config FILE.yaml ...] [--section.name VALUE ...]", "",
+             "  --config FILE.yaml   settings as a nested (or dotted) YAML mapping; flags override it"]
+    defaults = config_to_dict(Config())
+    leaves, _ = _leaf_types()
+    for name, tp in leaves.items():
+        value: Any = defaults
+        for part in name.split("."):
+            value = value[part]
+        lines.append(f"  --{name} {_type_name(tp).upper()}   (default: {value!r})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Saving the resolved config
+
+
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    """A dataclass tree as nested plain dicts (tuples become lists)."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = config_to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def dump_config(cfg: Config, path: str) -> None:
+    """Write ``cfg`` as YAML (atomically) so that ``load_config(["--config", path])`` rebuilds it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config-", suffix=".yaml.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, allow_unicode=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,60 @@
+"""Pieces shared by the SFT and preference datasets: problem lists, padding, reports."""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+from .loading import DataError
+
+MAX_PROBLEMS_SHOWN = 5
+
+
+def raise_problems(problems: Sequence[str], source_name: str, n_rows: int) -> None:
+    """Raise one :class:`DataError` listing the first few problems and the total count."""
+    if not problems:
+        return
+    shown = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    raise DataError(
+        f"{source_name}: {len(problems)} problem(s) in {n_rows} rows:\n{shown}{tail}"
+    )
+
+
+def where(source_name: str, i: int) -> str:
+    """Location of row ``i`` (0-based) in messages; rows count from 1 there."""
+    return f"{source_name}, row {i + 1}"
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_value, dtype):
+    """A [len(seqs), max_len] tensor, each row right-padded with ``pad_value``."""
+    import torch
+
+    T = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), T), pad_value, dtype=dtype)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, : len(s)] = torch.as_tensor(list(s), dtype=dtype)
+    return out
+
+
+def masks(lengths: Sequence[int], prompt_lens: Sequence[int], T: int):
+    """attention_mask ([B, T] long, 1 on real tokens) and loss_mask ([B, T] bool, response tokens)."""
+    import torch
+
+    pos = torch.arange(T).unsqueeze(0)
+    lengths_t = torch.as_tensor(list(lengths)).unsqueeze(1)
+    prompt_t = torch.as_tensor(list(prompt_lens)).unsqueeze(1)
+    attention = pos < lengths_t
+    loss = attention & (pos >= prompt_t)
+    return attention.long(), loss
+
+
+def format_report(kind: str, source_name: str, max_len: int, stats: Dict[str, int], truncated_detail: str = "") -> str:
+    parts = [
+        f"{kind} data {source_name}: {stats['rows']} rows, {stats['kept']} kept (max_len {max_len} tokens)",
+        f"dropped {stats['dropped_prompt_too_long']} whose prompt alone has >= max_len tokens",
+        f"dropped {stats['dropped_empty_response']} with an empty response",
+        f"truncated the response of {stats['truncated_response']} rows to fit{truncated_detail}",
+    ]
+    return "; ".join(parts)

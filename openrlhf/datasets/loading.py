@@ -1,0 +1,277 @@
+"""Read the rows of a dataset into plain Python dicts.
+
+Supported sources (``load_rows``):
+
+- a ``.json`` file: a list of objects, or JSON lines;
+- a ``.jsonl`` file: one object per line (blank lines are skipped);
+- a ``.parquet`` file;
+- a folder written by ``datasets.Dataset.save_to_disk`` or
+  ``datasets.DatasetDict.save_to_disk`` (the split is picked from the latter);
+- a folder of ``.jsonl`` / ``.json`` / ``.parquet`` files. When file names (or a
+  sub-folder name) carry split names (``train.jsonl``, ``test-00000.parquet``,
+  ``train/``), only the requested split's files are read; otherwise every file is
+  read, whatever the split asked for;
+- any other name is handed to ``datasets.load_dataset(name, split=split)``.
+
+Every problem is a :class:`DataError` naming the flag, the file and the row/line.
+Row numbers in messages count from 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, List, Optional
+
+DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
+_KNOWN_SPLITS = ("train", "test", "validation", "valid", "val", "dev", "eval")
+
+
+class DataError(ValueError):
+    """Bad data or data settings, with a message that names the flag, file and row."""
+
+
+def _prefix(what: str, path: str) -> str:
+    return f"{what} {path}" if what else path
+
+
+def _take(rows: List[Any], max_samples: int) -> List[Any]:
+    if max_samples is not None and max_samples >= 0:
+        return rows[:max_samples]
+    return rows
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _read_jsonl_text(text: str, path: str, what: str, max_samples: int) -> List[dict]:
+    rows: List[dict] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if max_samples is not None and 0 <= max_samples <= len(rows):
+            break
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{_prefix(what, path)}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{_prefix(what, path)}: line {lineno} is a JSON {type(obj).__name__}, expected an object"
+            )
+        rows.append(obj)
+    return rows
+
+
+def _read_json_file(path: str, what: str, max_samples: int) -> List[dict]:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{_prefix(what, path)}: not UTF-8 text ({e})") from None
+    if not text.strip():
+        raise DataError(f"{_prefix(what, path)}: the file is empty")
+    if path.endswith(".jsonl"):
+        return _read_jsonl_text(text, path, what, max_samples)
+    # .json: a whole JSON document (a list of objects), else JSON lines.
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_jsonl_text(text, path, what, max_samples)
+    if isinstance(doc, dict):
+        if any(isinstance(v, list) and v and isinstance(v[0], dict) for v in doc.values()):
+            raise DataError(
+                f"{_prefix(what, path)}: expected a list of objects (or JSON lines), got one object "
+                f"with keys {sorted(doc)[:10]}; put the rows in a top-level list"
+            )
+        doc = [doc]
+    if not isinstance(doc, list):
+        raise DataError(
+            f"{_prefix(what, path)}: expected a list of objects (or JSON lines), got a JSON {type(doc).__name__}"
+        )
+    doc = _take(doc, max_samples)
+    for i, obj in enumerate(doc):
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{_prefix(what, path)}: row {i + 1} is a JSON {type(obj).__name__}, expected an object"
+            )
+    return doc
+
+
+def _read_parquet_file(path: str, what: str, max_samples: int) -> List[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for broken files
+        raise DataError(f"{_prefix(what, path)}: cannot read parquet file ({e})") from None
+    if max_samples is not None and max_samples >= 0:
+        table = table.slice(0, max_samples)
+    return table.to_pylist()
+
+
+def _read_file(path: str, what: str, max_samples: int) -> List[dict]:
+    low = path.lower()
+    if low.endswith(".jsonl") or low.endswith(".json"):
+        return _read_json_file(path, what, max_samples)
+    if low.endswith(".parquet"):
+        return _read_parquet_file(path, what, max_samples)
+    raise DataError(
+        f"{_prefix(what, path)}: unsupported file type; use one of {', '.join(DATA_EXTENSIONS)}, "
+        "a folder written by datasets' save_to_disk, or a folder of such files"
+    )
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _arrow_to_rows(ds, max_samples: int) -> List[dict]:
+    if max_samples is not None and 0 <= max_samples < len(ds):
+        ds = ds.select(range(max_samples))
+    return ds.to_list()
+
+
+def _read_saved_dataset(path: str, split: str, what: str, max_samples: int) -> List[dict]:
+    import datasets
+
+    try:
+        if os.path.exists(os.path.join(path, "dataset_dict.json")):
+            dd = datasets.DatasetDict.load_from_disk(path)
+            if split not in dd:
+                raise DataError(
+                    f"{_prefix(what, path)}: split {split!r} not found; available splits: {sorted(dd.keys())}"
+                )
+            return _arrow_to_rows(dd[split], max_samples)
+        ds = datasets.Dataset.load_from_disk(path)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{_prefix(what, path)}: cannot load the saved dataset ({e})") from None
+    return _arrow_to_rows(ds, max_samples)
+
+
+def _split_of(name: str) -> Optional[str]:
+    """The split a data file name announces (``train.jsonl``, ``test-0000.parquet``), if any."""
+    stem = os.path.basename(name)
+    for ext in DATA_EXTENSIONS:
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    m = re.match(r"^([A-Za-z]+)", stem)
+    if m and m.group(1).lower() in _KNOWN_SPLITS:
+        return m.group(1).lower()
+    return None
+
+
+def _read_folder(path: str, split: str, what: str, max_samples: int) -> List[dict]:
+    if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(
+        os.path.join(path, "state.json")
+    ):
+        return _read_saved_dataset(path, split, what, max_samples)
+
+    # A split sub-folder (folder/train/...) wins.
+    sub = os.path.join(path, split)
+    if split and os.path.isdir(sub):
+        return _read_folder(sub, "", what, max_samples)
+
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for n in sorted(names):
+            if n.lower().endswith(DATA_EXTENSIONS) and not n.startswith("."):
+                files.append(os.path.join(root, n))
+    files.sort()
+    if not files:
+        raise DataError(
+            f"{_prefix(what, path)}: the folder holds no {', '.join(DATA_EXTENSIONS)} files "
+            "and is not a datasets save_to_disk folder"
+        )
+    by_split = {f: _split_of(f) for f in files}
+    named = sorted({s for s in by_split.values() if s})
+    if split and named:
+        chosen = [f for f, s in by_split.items() if s == split.lower()]
+        if not chosen:
+            raise DataError(
+                f"{_prefix(what, path)}: split {split!r} not found; available splits: {named}"
+            )
+        files = chosen
+
+    rows: List[dict] = []
+    for f in files:
+        left = -1 if max_samples is None or max_samples < 0 else max_samples - len(rows)
+        if left == 0:
+            break
+        rows.extend(_read_file(f, what, left))
+    return rows
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.startswith(("/", "./", "../", "~", "\\"))
+        or source.count("/") > 1
+        or source.lower().endswith(DATA_EXTENSIONS)
+    )
+
+
+_NOT_LOCAL = (
+    "no such local file or folder, and loading it as a hub dataset with datasets.load_dataset failed"
+)
+
+
+def _read_hub(source: str, split: str, what: str, max_samples: int) -> List[dict]:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        raise DataError(f"{what} {source}: not a local file or folder, and `datasets` is not installed") from None
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except ValueError as e:
+        msg = str(e)
+        if "split" in msg.lower():
+            raise DataError(f"{what} {source}: split {split!r} not found ({msg})") from None
+        raise DataError(f"{what} {source}: {_NOT_LOCAL} ({msg})") from None
+    except Exception as e:
+        raise DataError(f"{what} {source}: {_NOT_LOCAL} ({type(e).__name__}: {e})") from None
+    return _arrow_to_rows(ds, max_samples)
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def load_rows(
+    source: str,
+    split: str = "train",
+    max_samples: int = -1,
+    what: str = "--data.dataset",
+) -> List[dict]:
+    """Rows of ``source`` as a list of dicts (the first ``max_samples`` when >= 0).
+
+    ``what`` is the flag that named the source; it starts every error message.
+    Raises :class:`DataError` for a missing file, zero rows, a malformed line, a row
+    that is not an object, or a split that does not exist.
+    """
+    if not source:
+        raise DataError(f"{what} is empty: give a .json/.jsonl/.parquet file, a folder or a hub dataset name")
+    path = os.path.expanduser(source)
+    if os.path.isfile(path):
+        rows = _read_file(path, what, max_samples)
+    elif os.path.isdir(path):
+        rows = _read_folder(path, split, what, max_samples)
+    elif _looks_like_path(source):
+        raise DataError(f"{what} {source}: file not found")
+    else:
+        rows = _read_hub(source, split, what, max_samples)
+
+    if not rows:
+        extra = " (max_samples is 0)" if max_samples == 0 else ""
+        raise DataError(f"{_prefix(what, source)}: no rows{extra}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise DataError(f"{_prefix(what, source)}: row {i + 1} is a {type(r).__name__}, expected an object")
+    return rows

@@ -1,0 +1,248 @@
+"""Preference pairs (prompt, chosen, rejected) -> token ids for the policy.
+
+Keys come from ``data.prompt_key`` / ``data.chosen_key`` / ``data.rejected_key``.
+Values are strings or chat messages. ``chosen`` / ``rejected`` may be the answer
+only (a string, or ``[{"role": "assistant", ...}]``) or the whole conversation
+whose last turn is the answer; when the prompt key is empty or absent from a row,
+the turns before the answer are the prompt, and chosen and rejected must then
+agree on them.
+
+Each item keeps the resolved ``prompt`` / ``chosen`` / ``rejected`` (strings or
+messages) so a teacher can re-tokenize the same text with its own tokenizer and
+chat template (:func:`openrlhf.datasets.templates.tokenize_pair`, or
+:func:`pair_batch` for a whole batch).
+
+Over-long rows: both prompt + chosen and prompt + rejected must fit ``data.max_len``.
+A row whose prompt alone has ``>= max_len`` tokens is dropped; otherwise each
+response is cut to ``max_len - prompt_len`` tokens (``chosen_truncated`` /
+``rejected_truncated`` say so: the raw text kept for the teacher is NOT cut).
+Rows with an empty chosen or rejected response are dropped. ``stats`` counts
+everything; ``report()`` summarises it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import Dataset
+
+from .common import format_report, masks, pad_right, raise_problems, where
+from .loading import DataError
+from .templates import PromptRenderer, resolve_pair
+
+
+def _same_prompt(a, b) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return len(a) == len(b) and all(
+        x["role"] == y["role"] and x["content"] == y["content"] for x, y in zip(a, b)
+    )
+
+
+class PreferenceDataset(Dataset):
+    """Items: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (lists of int; the
+    chosen/rejected ids are the response parts only), ``prompt``, ``chosen``,
+    ``rejected`` (resolved raw values), ``index`` (original row index),
+    ``chosen_truncated``, ``rejected_truncated`` (bool)."""
+
+    def __init__(
+        self,
+        rows: Sequence[dict],
+        tokenizer,
+        data_cfg,
+        source_name: str = "<rows>",
+        *,
+        model_path: Optional[str] = None,
+        renderer: Optional[PromptRenderer] = None,
+    ):
+        self.source_name = source_name
+        self.max_len = int(data_cfg.max_len)
+        if self.max_len <= 0:
+            raise DataError(f"--data.max_len must be positive, got {self.max_len}")
+        self.renderer = renderer or PromptRenderer.from_data_config(tokenizer, data_cfg, model_path=model_path)
+        keys = (data_cfg.prompt_key, data_cfg.chosen_key, data_cfg.rejected_key)
+
+        resolved: List[Tuple[Any, Any, Any]] = []
+        wheres: List[str] = []
+        problems: List[str] = []
+        for i, row in enumerate(rows):
+            w = where(source_name, i)
+            try:
+                resolved.append(self._resolve(row, *keys, w))
+                wheres.append(w)
+            except DataError as e:
+                problems.append(str(e))
+        raise_problems(problems, source_name, len(rows))
+
+        n = len(resolved)
+        pairs = [(p, c) for p, c, _ in resolved] + [(p, r) for p, _, r in resolved]
+        tokenized = self.renderer.tokenize_many(pairs, wheres + wheres)
+
+        self.stats: Dict[str, int] = dict(
+            rows=len(rows),
+            kept=0,
+            dropped_prompt_too_long=0,
+            dropped_empty_response=0,
+            truncated_response=0,
+            truncated_chosen=0,
+            truncated_rejected=0,
+        )
+        self._items: List[Dict[str, Any]] = []
+        self.rows_kept_indices: List[int] = []
+        for i, (prompt, chosen, rejected) in enumerate(resolved):
+            p_ids, c_ids = tokenized[i]
+            p_ids_r, r_ids = tokenized[n + i]
+            if p_ids != p_ids_r:  # pragma: no cover - same prompt text gives same ids
+                raise DataError(f"{wheres[i]}: the prompt tokenizes differently with chosen and rejected")
+            if len(p_ids) >= self.max_len:
+                self.stats["dropped_prompt_too_long"] += 1
+                continue
+            if not c_ids or not r_ids:
+                self.stats["dropped_empty_response"] += 1
+                continue
+            budget = self.max_len - len(p_ids)
+            c_cut, r_cut = len(c_ids) > budget, len(r_ids) > budget
+            c_ids, r_ids = c_ids[:budget], r_ids[:budget]
+            self.stats["truncated_chosen"] += int(c_cut)
+            self.stats["truncated_rejected"] += int(r_cut)
+            self.stats["truncated_response"] += int(c_cut or r_cut)
+            self._items.append(
+                dict(
+                    prompt_ids=p_ids,
+                    chosen_ids=c_ids,
+                    rejected_ids=r_ids,
+                    prompt=prompt,
+                    chosen=chosen,
+                    rejected=rejected,
+                    index=i,
+                    chosen_truncated=c_cut,
+                    rejected_truncated=r_cut,
+                )
+            )
+            self.rows_kept_indices.append(i)
+        self.stats["kept"] = len(self._items)
+        if not self._items:
+            raise DataError(f"no rows left: {self.report()}")
+
+    @staticmethod
+    def _resolve(row: dict, prompt_key: str, chosen_key: str, rejected_key: str, w: str):
+        missing = [k for k in (chosen_key, rejected_key) if k not in row]
+        if missing:
+            raise DataError(
+                f"{w}: missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)} "
+                f"(row keys: {sorted(row)})"
+            )
+        prompt = row.get(prompt_key) if prompt_key else None
+        derived = prompt is None or prompt == "" or (isinstance(prompt, (list, tuple)) and not prompt)
+        if derived and isinstance(row[chosen_key], str):
+            raise DataError(
+                f"{w}: missing key {prompt_key!r} (row keys: {sorted(row)}); without it, "
+                f"{chosen_key!r} must be a whole conversation ending with the answer"
+            )
+        p_c, chosen = resolve_pair(prompt, row[chosen_key], where=w, prompt_key=prompt_key, response_key=chosen_key)
+        rej = row[rejected_key]
+        if derived and isinstance(rej, (list, tuple)) and len(rej) > 1:
+            p_r, rejected = resolve_pair(None, rej, where=w, prompt_key=prompt_key, response_key=rejected_key)
+            if not _same_prompt(p_c, p_r):
+                raise DataError(
+                    f"{w}: the turns before the answer differ between {chosen_key!r} and {rejected_key!r}; "
+                    "both conversations must share the same prompt"
+                )
+        else:
+            p_r, rejected = resolve_pair(
+                p_c if derived else prompt, rej, where=w, prompt_key=prompt_key, response_key=rejected_key
+            )
+        return p_c, chosen, rejected
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, idx: int) -> Dict[str, Any]:
+        return dict(self._items[idx])
+
+    def report(self) -> str:
+        detail = f" (chosen {self.stats['truncated_chosen']}, rejected {self.stats['truncated_rejected']})"
+        return format_report("preference", self.source_name, self.max_len, self.stats, detail)
+
+
+def _pairs_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    chosen_ids: Sequence[Sequence[int]],
+    rejected_ids: Sequence[Sequence[int]],
+    pad_id: int,
+) -> Dict[str, torch.Tensor]:
+    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, chosen_ids)]
+    seqs += [list(p) + list(r) for p, r in zip(prompt_ids, rejected_ids)]
+    prompt_lens = [len(p) for p in prompt_ids] * 2
+    input_ids = pad_right(seqs, pad_id, torch.long)
+    attention_mask, loss_mask = masks([len(s) for s in seqs], prompt_lens, input_ids.shape[1])
+    return dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        loss_mask=loss_mask,
+        prompt_lens=torch.tensor(prompt_lens, dtype=torch.long),
+    )
+
+
+def preference_collate(
+    items: Sequence[Dict[str, Any]],
+    pad_id: int,
+    teacher_renderer: Optional[PromptRenderer] = None,
+    teacher_pad_id: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Right-padded batch of B pairs.
+
+    ``input_ids`` [2B, T] long: rows 0..B-1 are prompt+chosen, rows B..2B-1 are
+    prompt+rejected (same order); ``attention_mask`` [2B, T] long (1 on tokens);
+    ``loss_mask`` [2B, T] bool, True on response tokens, aligned with input_ids (the
+    model shifts it); ``prompt_lens`` [2B] long; ``indices`` [B] long (original row
+    indices). Also the raw ``prompts`` / ``chosen`` / ``rejected`` lists [B] and
+    ``truncated`` [B] bool (either response was cut), for a teacher.
+
+    With ``teacher_renderer`` (the teacher's tokenizer / template), the batch also has
+    ``teacher_input_ids`` / ``teacher_attention_mask`` / ``teacher_loss_mask`` /
+    ``teacher_prompt_lens`` in the same layout, from :func:`pair_batch` of the raw
+    values (padded with ``teacher_pad_id``, default the teacher tokenizer's pad id).
+    """
+    batch: Dict[str, Any] = _pairs_batch(
+        [it["prompt_ids"] for it in items],
+        [it["chosen_ids"] for it in items],
+        [it["rejected_ids"] for it in items],
+        pad_id,
+    )
+    batch["indices"] = torch.tensor([int(it["index"]) for it in items], dtype=torch.long)
+    batch["truncated"] = torch.tensor(
+        [bool(it.get("chosen_truncated") or it.get("rejected_truncated")) for it in items], dtype=torch.bool
+    )
+    batch["prompts"] = [it["prompt"] for it in items]
+    batch["chosen"] = [it["chosen"] for it in items]
+    batch["rejected"] = [it["rejected"] for it in items]
+    if teacher_renderer is not None:
+        if teacher_pad_id is None:
+            t = teacher_renderer.tokenizer
+            teacher_pad_id = t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+        tb = pair_batch(teacher_renderer, batch["prompts"], batch["chosen"], batch["rejected"], teacher_pad_id)
+        for k, v in tb.items():
+            batch["teacher_" + k] = v
+    return batch
+
+
+def pair_batch(
+    renderer: PromptRenderer,
+    prompts: Sequence[Any],
+    chosen: Sequence[Any],
+    rejected: Sequence[Any],
+    pad_id: int,
+) -> Dict[str, torch.Tensor]:
+    """Tokenize B raw pairs with ``renderer`` (e.g. the teacher's) into the layout of
+    :func:`preference_collate` (``input_ids``/``attention_mask``/``loss_mask`` [2B, T],
+    ``prompt_lens`` [2B]). No truncation: the teacher scores the full text."""
+    n = len(prompts)
+    tok = renderer.tokenize_many(list(zip(prompts, chosen)) + list(zip(prompts, rejected)))
+    return _pairs_batch(
+        [tok[i][0] for i in range(n)],
+        [tok[i][1] for i in range(n)],
+        [tok[n + i][1] for i in range(n)],
+        pad_id,
+    )

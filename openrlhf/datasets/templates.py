@@ -1,0 +1,380 @@
+"""Turn a (prompt, response) pair into token ids for one tokenizer.
+
+The same strings / messages go through :class:`PromptRenderer` (or
+:func:`tokenize_pair`) once with the student's tokenizer and again with the
+teacher's, so each model scores the text in its own vocabulary and chat format.
+
+A prompt is a string or a list of chat messages ``[{"role", "content"}, ...]``.
+A response is a string, one assistant message, or a list of messages whose last
+turn is the assistant's answer: either just ``[assistant]`` or a whole
+conversation ``[user, assistant]`` (then the turns before the answer are the
+prompt; when a prompt is given too, it must equal those turns).
+
+Two ways to render:
+
+- chat template (``apply_chat_template=True``)::
+
+      prompt_text = template(prompt_messages, add_generation_prompt=True)
+      full_text   = template(prompt_messages + [assistant], add_generation_prompt=False)
+
+  Both are tokenized (``add_special_tokens=False``) and the response tokens are
+  the full tokens after the prompt tokens, so the end-of-turn token and whatever
+  the template writes after it (``<|im_end|>\\n``) belong to the response. The
+  full tokens must start with the prompt tokens; a template for which they do
+  not is refused with an error naming the row. The template writes its own BOS.
+
+- plain text: ``prompt_text = input_template.format(prompt)`` (or the prompt
+  itself) and the response is ``response + eos_token``, so the model learns to
+  stop. Prompt and response are tokenized separately
+  (``add_special_tokens=False``; the prompt tokens are then an exact prefix) and,
+  when the tokenizer has a BOS token that the prompt text does not already start
+  with, the BOS id is put in front of the prompt ids. The EOS id is not appended
+  twice when the response text already ends with the EOS token.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+from .loading import DataError
+
+Message = dict
+Prompt = Union[str, List[Message]]
+Response = Union[str, Message]
+
+ASSISTANT = "assistant"
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def message_problem(msg: Any, key: str, i: int) -> Optional[str]:
+    """Why ``msg`` (message ``i`` under ``key``) is not a chat message, or None."""
+    if not isinstance(msg, dict):
+        return f"key {key!r}: message {i} is a {type(msg).__name__}, expected an object with 'role' and 'content'"
+    for k in ("role", "content"):
+        if k not in msg:
+            return f"key {key!r}: message {i} has no {k!r} key (keys: {sorted(msg)})"
+        if not isinstance(msg[k], str):
+            return f"key {key!r}: message {i} {k!r} is a {type(msg[k]).__name__}, expected a string"
+    return None
+
+
+def value_problem(value: Any, key: str) -> Optional[str]:
+    """Why ``value`` under ``key`` is neither a string nor chat message(s), or None."""
+    if isinstance(value, str):
+        return None
+    if isinstance(value, dict):
+        return message_problem(value, key, 0)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return f"key {key!r} is an empty list of messages"
+        for i, m in enumerate(value):
+            p = message_problem(m, key, i)
+            if p:
+                return p
+        return None
+    return f"key {key!r} is a {type(value).__name__}, expected a string or a list of chat messages"
+
+
+def _same_turns(a: Sequence[Message], b: Sequence[Message]) -> bool:
+    return len(a) == len(b) and all(
+        x["role"] == y["role"] and x["content"] == y["content"] for x, y in zip(a, b)
+    )
+
+
+def _as_messages(prompt: Prompt) -> List[Message]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, dict):
+        return [prompt]
+    return list(prompt)
+
+
+def resolve_pair(
+    prompt: Any,
+    response: Any,
+    *,
+    where: str = "",
+    prompt_key: str = "prompt",
+    response_key: str = "response",
+) -> Tuple[Prompt, Response]:
+    """Normalise a raw (prompt, response) into ``(str | [messages], str | assistant message)``.
+
+    ``prompt=None`` means the row has no prompt: the response must then be a whole
+    conversation. Idempotent: resolving a resolved pair returns it unchanged.
+    """
+    p = value_problem(response, response_key)
+    if p:
+        raise DataError(f"{_at(where)}{p}")
+    if prompt is not None and not (isinstance(prompt, (list, tuple)) and len(prompt) == 0):
+        p = value_problem(prompt, prompt_key)
+        if p:
+            raise DataError(f"{_at(where)}{p}")
+
+    if isinstance(response, dict):
+        response = [response]
+    if isinstance(response, (list, tuple)):
+        last = response[-1]
+        if last["role"] != ASSISTANT:
+            raise DataError(
+                f"{_at(where)}key {response_key!r}: the last message must be the {ASSISTANT!r} answer, "
+                f"got role {last['role']!r}"
+            )
+        before = list(response[:-1])
+        if before:
+            if prompt is None or prompt == "" or (isinstance(prompt, (list, tuple)) and not prompt):
+                prompt = before
+            elif not _same_turns(_as_messages(prompt), before):
+                raise DataError(
+                    f"{_at(where)}key {prompt_key!r} does not match the turns before the answer in "
+                    f"key {response_key!r}; give either a prompt and the answer only, or the whole conversation"
+                )
+            else:
+                prompt = _as_messages(prompt) if not isinstance(prompt, str) else prompt
+        response = last
+
+    if prompt is None:
+        raise DataError(f"{_at(where)}missing key {prompt_key!r}")
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise DataError(f"{_at(where)}key {prompt_key!r} is an empty list of messages")
+        prompt = list(prompt)
+    elif isinstance(prompt, dict):
+        prompt = [prompt]
+    return prompt, response
+
+
+# --------------------------------------------------------------------------- renderer
+
+
+class PromptRenderer:
+    """Renders and tokenizes (prompt, response) pairs for one tokenizer.
+
+    ``chat_template`` (non-empty) replaces the tokenizer's own template without
+    modifying the tokenizer. ``model_path`` and the ``*_flag`` names only go into
+    error messages (use ``--teacher...`` names for a teacher).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        apply_chat_template: bool = False,
+        input_template: str = "",
+        chat_template: str = "",
+        model_path: Optional[str] = None,
+        template_flag: str = "--data.apply_chat_template",
+        input_template_flag: str = "--data.input_template",
+        chat_template_flag: str = "--data.tokenizer_chat_template",
+    ):
+        self.tokenizer = tokenizer
+        self.apply_chat_template = bool(apply_chat_template)
+        self.input_template = input_template or ""
+        self.chat_template = chat_template or None
+        self.model_path = model_path or getattr(tokenizer, "name_or_path", "") or "<tokenizer>"
+        self.template_flag = template_flag
+        self.input_template_flag = input_template_flag
+        self.chat_template_flag = chat_template_flag
+
+        if self.apply_chat_template:
+            if self.input_template:
+                raise DataError(
+                    f"{template_flag} and {input_template_flag} are both set; the chat template "
+                    f"already formats the prompt, so set only one"
+                )
+            if not (self.chat_template or getattr(tokenizer, "chat_template", None)):
+                raise DataError(
+                    f"{template_flag} is set but the tokenizer of {self.model_path} has no chat template; "
+                    f"give one with {chat_template_flag}, or turn the flag off and use {input_template_flag}"
+                )
+        else:
+            if tokenizer.eos_token_id is None:
+                raise DataError(
+                    f"the tokenizer of {self.model_path} has no EOS token, needed to end responses "
+                    f"when {template_flag} is off"
+                )
+            if self.input_template:
+                if "{}" not in self.input_template:
+                    raise DataError(
+                        f"{input_template_flag} {self.input_template!r} has no '{{}}' for the prompt"
+                    )
+                try:
+                    self.input_template.format("x")
+                except (IndexError, KeyError, ValueError) as e:
+                    raise DataError(
+                        f"{input_template_flag} {self.input_template!r} is not a valid format string with one "
+                        f"'{{}}' ({type(e).__name__}: {e}); write literal braces as '{{{{' and '}}}}'"
+                    ) from None
+
+    @classmethod
+    def from_data_config(cls, tokenizer, data_cfg, model_path: Optional[str] = None) -> "PromptRenderer":
+        return cls(
+            tokenizer,
+            apply_chat_template=data_cfg.apply_chat_template,
+            input_template=data_cfg.input_template,
+            chat_template=data_cfg.tokenizer_chat_template,
+            model_path=model_path,
+        )
+
+    # ---- text
+
+    def _template(self, messages: List[Message], add_generation_prompt: bool, where: str) -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except Exception as e:  # jinja errors (e.g. "system role not supported") and friends
+            raise DataError(
+                f"{_at(where)}the chat template of {self.model_path} failed: {type(e).__name__}: {e}"
+            ) from None
+        if not isinstance(text, str):  # pragma: no cover - defensive against API drift
+            raise DataError(f"the chat template of {self.model_path} did not return text")
+        return text
+
+    def _plain_prompt(self, prompt: Prompt, where: str) -> str:
+        if isinstance(prompt, list):
+            if len(prompt) == 1 and prompt[0]["role"] == "user":
+                prompt = prompt[0]["content"]
+            else:
+                raise DataError(
+                    f"{_at(where)}the prompt is a conversation of {len(prompt)} messages; "
+                    f"rendering it needs {self.template_flag}"
+                )
+        if self.input_template:
+            return self.input_template.format(prompt)
+        return prompt
+
+    @staticmethod
+    def _content(response: Response) -> str:
+        return response["content"] if isinstance(response, dict) else response
+
+    def render_prompt(self, prompt: Any, where: str = "") -> str:
+        """The prompt text a generator continues (chat: with the generation prompt)."""
+        if isinstance(prompt, dict):
+            prompt = [prompt]
+        p = value_problem(prompt, "prompt")
+        if p:
+            raise DataError(f"{_at(where)}{p}")
+        if self.apply_chat_template:
+            return self._template(_as_messages(prompt), True, where)
+        return self._plain_prompt(list(prompt) if isinstance(prompt, tuple) else prompt, where)
+
+    def render(self, prompt: Any, response: Any, where: str = "") -> Tuple[str, str]:
+        """``(prompt_text, full_text)``; full_text = prompt_text + the response text."""
+        return self._render(prompt, response, where, None)
+
+    def _render(self, prompt: Any, response: Any, where: str, cache: Optional[dict]) -> Tuple[str, str]:
+        prompt, response = resolve_pair(prompt, response, where=where)
+        if self.apply_chat_template:
+            msgs = _as_messages(prompt)
+            answer = response if isinstance(response, dict) else {"role": ASSISTANT, "content": response}
+            key = json.dumps(msgs, sort_keys=True, default=str) if cache is not None else None
+            prompt_text = cache.get(key) if cache is not None else None
+            if prompt_text is None:
+                prompt_text = self._template(msgs, True, where)
+                if cache is not None:
+                    cache[key] = prompt_text
+            full_text = self._template(msgs + [answer], False, where)
+            if not full_text.startswith(prompt_text):
+                raise DataError(
+                    f"{_at(where)}the chat template of {self.model_path} renders the conversation with the "
+                    "answer so that it does not start with the prompt rendered with add_generation_prompt=True; "
+                    f"the response tokens cannot be separated (give a template with {self.chat_template_flag})"
+                )
+            return prompt_text, full_text
+        prompt_text = self._plain_prompt(prompt, where)
+        content = self._content(response)
+        eos = self.tokenizer.eos_token
+        if not content.endswith(eos):
+            content = content + eos
+        return prompt_text, prompt_text + content
+
+    # ---- ids
+
+    def tokenize(self, prompt: Any, response: Any, where: str = "") -> Tuple[List[int], List[int]]:
+        """``(prompt_ids, response_ids)`` in this tokenizer's vocabulary."""
+        return self.tokenize_many([(prompt, response)], [where])[0]
+
+    def tokenize_many(
+        self,
+        pairs: Sequence[Tuple[Any, Any]],
+        wheres: Optional[Sequence[str]] = None,
+    ) -> List[Tuple[List[int], List[int]]]:
+        """Batched :meth:`tokenize` (one tokenizer call per side)."""
+        wheres = list(wheres) if wheres is not None else [""] * len(pairs)
+        if not pairs:
+            return []
+        tok = self.tokenizer
+        if self.apply_chat_template:
+            cache: dict = {}
+            texts = [self._render(p, r, w, cache) for (p, r), w in zip(pairs, wheres)]
+            # Each distinct prompt text is tokenized once (chosen and rejected share it).
+            uniq = list(dict.fromkeys(t[0] for t in texts))
+            uniq_ids = dict(zip(uniq, tok(uniq, add_special_tokens=False)["input_ids"]))
+            prompt_ids = [uniq_ids[t[0]] for t in texts]
+            full_ids = tok([t[1] for t in texts], add_special_tokens=False)["input_ids"]
+            out = []
+            for p_ids, f_ids, w in zip(prompt_ids, full_ids, wheres):
+                n = len(p_ids)
+                if f_ids[:n] != p_ids:
+                    raise DataError(
+                        f"{_at(w)}with the chat template of {self.model_path}, the tokens of the full "
+                        "conversation do not start with the tokens of the prompt (the tokenizer merges "
+                        "across the prompt/answer boundary); the response tokens cannot be separated"
+                    )
+                out.append((list(p_ids), list(f_ids[n:])))
+            return out
+
+        prompt_texts, contents = [], []
+        for (p, r), w in zip(pairs, wheres):
+            p, r = resolve_pair(p, r, where=w)
+            prompt_texts.append(self._plain_prompt(p, w))
+            contents.append(self._content(r))
+        eos_id, eos = tok.eos_token_id, tok.eos_token
+        bos_id, bos = tok.bos_token_id, tok.bos_token
+        prompt_ids = tok(prompt_texts, add_special_tokens=False)["input_ids"]
+        resp_ids = tok(contents, add_special_tokens=False)["input_ids"]
+        out = []
+        for text, p_ids, content, r_ids in zip(prompt_texts, prompt_ids, contents, resp_ids):
+            p_ids = list(p_ids)
+            if bos_id is not None and bos and not text.startswith(bos):
+                p_ids = [bos_id] + p_ids
+            r_ids = list(r_ids)
+            if not (content.endswith(eos) and r_ids and r_ids[-1] == eos_id):
+                r_ids.append(eos_id)
+            out.append((p_ids, r_ids))
+        return out
+
+
+def tokenize_pair(
+    tokenizer,
+    prompt: Any,
+    response: Any,
+    *,
+    apply_chat_template: bool,
+    input_template: str = "",
+    chat_template: str = "",
+    where: str = "",
+) -> Tuple[List[int], List[int]]:
+    """``(prompt_ids, response_ids)`` of one pair for ``tokenizer`` (see the module doc).
+
+    For a teacher of another family pass the teacher's tokenizer (and its
+    ``--teacher.tokenizer_chat_template`` as ``chat_template``) with the same raw
+    prompt/response kept in the preference items.
+    """
+    renderer = PromptRenderer(
+        tokenizer,
+        apply_chat_template=apply_chat_template,
+        input_template=input_template,
+        chat_template=chat_template,
+    )
+    return renderer.tokenize(prompt, response, where)

@@ -1,0 +1,95 @@
+"""Actor: an HF causal LM that returns log-probs of response tokens.
+
+``loss_mask`` is aligned with ``input_ids`` (True where the token is a response token);
+the log-prob of token t is read from the logits at position t-1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+
+def token_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, chunk_rows: int = 4) -> torch.Tensor:
+    """log p(input_ids[:, t] | < t) for t >= 1, shape [B, T-1], computed in fp32.
+
+    Works a few rows at a time so a large vocabulary never materialises a full fp32
+    log-softmax of the whole batch.
+    """
+    labels = input_ids[:, 1:]
+    out = []
+    for start in range(0, logits.shape[0], chunk_rows):
+        lg = logits[start : start + chunk_rows, :-1, :].float()
+        picked = torch.gather(lg, -1, labels[start : start + chunk_rows].unsqueeze(-1)).squeeze(-1)
+        out.append(picked - torch.logsumexp(lg, dim=-1))
+    return torch.cat(out, dim=0)
+
+
+def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
+    """(token_logps [B, T-1] zeroed outside the response, response mask [B, T-1])."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logps = token_logps_from_logits(logits, input_ids)
+    mask = loss_mask[:, 1:].bool()
+    return logps * mask, mask
+
+
+def sequence_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of response-token log-probs per row, shape [B]."""
+    logps, _ = masked_token_logps(model, input_ids, attention_mask, loss_mask)
+    return logps.sum(-1)
+
+
+def check_attn_implementation(name: str) -> None:
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(
+            "--ds.attn_implementation flash_attention_2 needs the flash-attn package "
+            "(pip install '.[flash]' on a CUDA machine); use sdpa otherwise"
+        )
+
+
+class Actor(nn.Module):
+    """Wraps an HF causal LM (``self.model``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str,
+        *,
+        dtype: torch.dtype = torch.float32,
+        attn_implementation: str = "sdpa",
+        gradient_checkpointing: bool = False,
+        what: str = "--model.model_name_or_path",
+    ) -> "Actor":
+        from transformers import AutoModelForCausalLM
+
+        check_attn_implementation(attn_implementation)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        except OSError as e:
+            raise ValueError(f"{what}: cannot load a model from {path!r}: {e}") from e
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        return cls(model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
+        """(masked token log-probs [B, T-1], response mask [B, T-1])."""
+        return masked_token_logps(self.model, input_ids, attention_mask, loss_mask)
+
+    def sequence_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        return self(input_ids, attention_mask, loss_mask)[0].sum(-1)
+
+    # HF-style helpers used when saving
+    @property
+    def config(self):
+        return self.model.config
+
+    def gradient_checkpointing_enable(self, **kw) -> None:
+        self.model.gradient_checkpointing_enable(**kw)

@@ -1,0 +1,299 @@
+"""The config tree: YAML + dotted flags, one error listing every problem, round trip."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from openrlhf.config import Config, ConfigError, config_to_dict, dump_config, load_config, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The least a dadpo run needs (hub-like names: not checked for existence).
+DADPO = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/pairs",
+         "--teacher.model_name_or_path", "org/teacher"]
+SFT = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/sft"]
+
+
+def write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def problems_of(argv, task="dadpo", **kw):
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, task, **kw)
+    return info.value.problems, str(info.value)
+
+
+def test_defaults_need_model_and_dataset():
+    problems, _ = problems_of([], "sft")
+    assert any(p.startswith("--model.model_name_or_path:") for p in problems)
+    assert any(p.startswith("--data.dataset:") for p in problems)
+    assert load_config(SFT, "sft") == Config(
+        model=Config().model.__class__(model_name_or_path="org/student"),
+        data=Config().data.__class__(dataset="org/sft"))
+
+
+def test_yaml_nested_and_dotted_then_flags_override(tmp_path):
+    path = write(tmp_path / "run.yaml", """
+model:
+  model_name_or_path: org/student
+  beta: 0.2
+ds: {zero_stage: 3, param_dtype: fp32}
+data.dataset: org/pairs
+teacher.model_name_or_path: org/teacher
+logger:
+  wandb.project: from-yaml
+adam:
+  lr: 1e-6          # PyYAML reads this as a string; it must still be a float
+  betas: [0.8, 0.9]
+""")
+    cfg = load_config(["--config", path, "--ds.zero_stage", "1", "--model.beta=0.3"], "dadpo")
+    assert cfg.ds.zero_stage == 1  # the flag wins over the file
+    assert cfg.ds.param_dtype == "fp32"  # the file wins over the default
+    assert cfg.model.beta == 0.3
+    assert cfg.data.dataset == "org/pairs"
+    assert cfg.logger.wandb.project == "from-yaml"
+    assert cfg.adam.lr == 1e-6 and isinstance(cfg.adam.lr, float)
+    assert cfg.adam.betas == (0.8, 0.9)
+    # flags before --config still override the file
+    assert load_config(["--ds.zero_stage", "0", "--config", path], "dadpo").ds.zero_stage == 0
+
+
+def test_every_type_from_the_command_line():
+    cfg = load_config(DADPO + [
+        "--ds.zero_stage", "3",                  # int
+        "--adam.lr", "1e-6",                     # float, exponent notation
+        "--max_norm", "2",                       # int given for a float field
+        "--lr_scheduler", "cosine",              # top-level str
+        "--data.input_template", "User: {}\nAssistant: ",
+        "--ref.offload",                         # bare bool
+        "--teacher.offload", "false",            # bool with a value
+        "--ds.adam_offload=1",                   # bool with =
+        "--adam.betas", "0.85", "0.99",          # tuple
+        "--eval.steps", "-1",                    # negative value, not a flag
+        "--local_rank=1",                        # as the deepspeed launcher passes it
+        "--logger.wandb.project", "daDPO",       # three-level name
+    ], "dadpo")
+    assert cfg.ds.zero_stage == 3
+    assert cfg.adam.lr == 1e-6
+    assert cfg.max_norm == 2.0 and isinstance(cfg.max_norm, float)
+    assert cfg.lr_scheduler == "cosine"
+    assert cfg.data.input_template == "User: {}\nAssistant: "
+    assert cfg.ref.offload is True
+    assert cfg.teacher.offload is False
+    assert cfg.ds.adam_offload is True
+    assert cfg.adam.betas == (0.85, 0.99) and isinstance(cfg.adam.betas, tuple)
+    assert cfg.eval.steps == -1
+    assert cfg.local_rank == 1
+    assert cfg.logger.wandb.project == "daDPO"
+
+
+def test_bare_bool_followed_by_another_flag():
+    cfg = load_config(DADPO + ["--ref.offload", "--local_rank", "0", "--model.gradient_checkpointing_enable"], "dadpo")
+    assert cfg.ref.offload is True and cfg.local_rank == 0 and cfg.model.gradient_checkpointing_enable is True
+
+
+def test_last_flag_wins():
+    assert load_config(DADPO + ["--ds.zero_stage", "1", "--ds.zero_stage", "3"], "dadpo").ds.zero_stage == 3
+
+
+def test_unknown_flag_suggests_the_right_name():
+    problems, message = problems_of(DADPO + ["--ds.zero_stge", "3"])
+    assert problems == ["--ds.zero_stge: unknown flag (did you mean --ds.zero_stage?)"]
+    assert "--ds.zero_stge: unknown flag (did you mean --ds.zero_stage?)" in message
+    # an old flat OpenRLHF name points at its new dotted name
+    problems, _ = problems_of(SFT + ["--micro_train_batch_size", "2"], "sft")
+    assert problems == ["--micro_train_batch_size: unknown flag (did you mean --train.micro_batch_size?)"]
+
+
+def test_bad_values_are_reported_with_the_flag_as_written():
+    problems, _ = problems_of(DADPO + [
+        "--train.batch_size", "1.5",      # an int field given a float
+        "--adam.lr=abc",
+        "--ref.offload", "maybe",          # not a bool literal: a stray argument
+        "--adam.betas", "0.9",             # one value for a pair
+        "--max_norm",                      # missing value
+    ])
+    assert "--train.batch_size: expected an int, got '1.5'" in problems
+    assert "--adam.lr: expected a float, got 'abc'" in problems
+    assert any(p.startswith("unexpected argument 'maybe'") for p in problems)
+    assert any(p.startswith("--adam.betas: expected 2 values") for p in problems)
+    assert any(p.startswith("--max_norm: missing value") for p in problems)
+    # a rejected value is not checked again with its default
+    assert not any(p.startswith("--train.batch_size: ") and "int" not in p for p in problems)
+
+
+def test_many_problems_reported_at_once():
+    problems, message = problems_of([
+        "--model.model_name_or_path", "org/student",
+        "--ds.zero_stge", "3",
+        "--train.batch_size", "10", "--train.micro_batch_size", "3",
+        "--adam.lr", "0",
+        "--ds.param_dtype", "fp8",
+        "--lr_scheduler", "cosine_restarts",
+        "--model.ipo_enable", "--model.label_smoothing", "0.1",
+        "--data.apply_chat_template", "--data.input_template", "Q: {}",
+    ], "dadpo")
+    for flag in ["--ds.zero_stge", "--train.batch_size", "--adam.lr", "--ds.param_dtype", "--lr_scheduler",
+                 "--model.label_smoothing", "--data.input_template", "--data.dataset",
+                 "--teacher.model_name_or_path"]:
+        assert any(p.startswith(flag + ":") for p in problems), flag
+        assert flag in message
+    assert len(message.splitlines()) == len(problems) + 1  # a header, then one problem a line
+
+
+def test_negative_betas_name_their_flag():
+    problems, _ = problems_of(DADPO + ["--teacher.beta", "-0.5"])
+    assert problems == ["--teacher.beta: must be >= 0, got -0.5"]
+    problems, _ = problems_of(DADPO + ["--model.beta", "-1", "--teacher.beta=-1"])
+    assert {p.split(":")[0] for p in problems} == {"--model.beta", "--teacher.beta"}
+    problems, _ = problems_of(DADPO + ["--model.beta", "0", "--teacher.beta", "0"])
+    assert len(problems) == 1 and "both 0" in problems[0]
+    # beta1 = 0 alone is rDPO, beta2 = 0 alone is DPO: both fine
+    assert load_config(DADPO + ["--model.beta", "0"], "dadpo").model.beta == 0.0
+    assert load_config(DADPO + ["--teacher.beta", "0"], "dadpo").teacher.beta == 0.0
+
+
+def test_dpo_refuses_teacher_flags():
+    dpo = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/pairs"]
+    assert load_config(dpo, "dpo").teacher.beta == 0.01
+    problems, _ = problems_of(dpo + ["--teacher.model_name_or_path", "org/t", "--teacher.beta", "0.1"], "dpo")
+    assert problems == ["--teacher.model_name_or_path: only train_dadpo uses --teacher.*",
+                        "--teacher.beta: only train_dadpo uses --teacher.*"]
+
+
+def test_input_template_and_ranges():
+    for template, ok in [("User: {}\nAssistant: ", True), ("no field", False), ("{} and {}", False),
+                         ("{prompt}", False), ("{{literal}} {}", True), ("{", False)]:
+        cfg = load_config(SFT, "sft")
+        cfg.data.input_template = template
+        assert (validate(cfg, "sft") == []) == ok, template
+    cfg = load_config(SFT, "sft")
+    cfg.adam.betas = (0.9, 1.0)
+    cfg.lr_warmup_ratio = 1.5
+    cfg.ckpt.max_num = 0
+    cfg.data.max_len = 4
+    assert [p.split(":")[0] for p in validate(cfg, "sft")] == [
+        "--data.max_len", "--adam.betas", "--lr_warmup_ratio", "--ckpt.max_num"]
+    with pytest.raises(ValueError):
+        validate(cfg, "ppo")
+    with pytest.raises(ValueError):
+        load_config([], "ppo")
+
+
+def test_local_paths_checked_hub_names_not(tmp_path):
+    data = write(tmp_path / "pairs.jsonl", "{}\n")
+    cfg = load_config(["--model.model_name_or_path", str(tmp_path), "--data.dataset", data], "sft")
+    assert cfg.data.dataset == data
+    problems, _ = problems_of(["--model.model_name_or_path", "Qwen/Qwen2.5-1.5B",
+                               "--data.dataset", str(tmp_path / "missing.jsonl")], "sft")
+    assert problems == [f"--data.dataset: file or folder not found: {tmp_path / 'missing.jsonl'}"]
+    problems, _ = problems_of(["--model.model_name_or_path", "./no/such/model", "--data.dataset", "x.parquet"], "sft")
+    assert [p.split(":")[0] for p in problems] == ["--model.model_name_or_path", "--data.dataset"]
+    assert load_config(["--model.model_name_or_path", "./no/such/model", "--data.dataset", "x.parquet"], "sft",
+                       check_paths=False).data.dataset == "x.parquet"
+
+
+def test_yaml_problems_name_file_and_key(tmp_path):
+    path = write(tmp_path / "bad.yaml", """
+model: {model_name_or_path: org/student, beta: high}
+ds:
+  zero_stge: 3
+data: {dataset: org/d, max_len: 2.5}
+adam: {betas: 0.9}
+train: 4
+""")
+    problems, _ = problems_of(["--config", path], "sft")
+    assert f"{path}: key ds.zero_stge: unknown key (did you mean ds.zero_stage?)" in problems
+    assert any(p.startswith(f"{path}: key data.max_len: expected an int") for p in problems)
+    assert any(p.startswith(f"{path}: key adam.betas: expected a list of 2") for p in problems)
+    assert any(p.startswith(f"{path}: key train: is a section") for p in problems)
+    assert any(p.startswith(f"{path}: key model.beta: expected a float") for p in problems)
+    assert len(problems) == 5
+
+
+def test_yaml_file_errors(tmp_path):
+    problems, _ = problems_of(SFT + ["--config", str(tmp_path / "nope.yaml")], "sft")
+    assert problems == [f"--config: file not found: {tmp_path / 'nope.yaml'}"]
+    path = write(tmp_path / "broken.yaml", "model: [unclosed\n")
+    problems, _ = problems_of(SFT + ["--config", path], "sft")
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: malformed YAML")
+    path = write(tmp_path / "dup.yaml", "ds:\n  zero_stage: 1\n  zero_stage: 3\n")
+    problems, _ = problems_of(SFT + ["--config", path], "sft")
+    assert len(problems) == 1 and "duplicate key 'zero_stage'" in problems[0]
+    path = write(tmp_path / "twice.yaml", "ds: {zero_stage: 1}\nds.zero_stage: 3\n")
+    assert problems_of(SFT + ["--config", path], "sft")[0] == [f"{path}: key ds.zero_stage: given twice"]
+    path = write(tmp_path / "list.yaml", "- a\n- b\n")
+    assert "expected a mapping" in problems_of(SFT + ["--config", path], "sft")[0][0]
+    problems, _ = problems_of(SFT + ["--config"], "sft")
+    assert problems == ["--config: missing value (a YAML file)"]
+    path = write(tmp_path / "empty.yaml", "")
+    assert load_config(SFT + ["--config", path], "sft") == load_config(SFT, "sft")
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+    cfg = load_config(DADPO + [
+        "--adam.lr", "1e-6", "--adam.betas", "0.8", "0.95", "--ref.offload", "--local_rank=1",
+        "--logger.wandb.project", "yes",  # a string that YAML would read as a bool unless quoted
+        "--data.apply_chat_template", "--data.tokenizer_chat_template", "{% for m in messages %}{{ m }}\n{% endfor %}",
+        "--teacher.tokenizer_chat_template", "{{ '<bos>' }}: x",
+    ], "dadpo")
+    path = str(tmp_path / "out" / "config.yaml")
+    dump_config(cfg, path)
+    assert os.listdir(tmp_path / "out") == ["config.yaml"]  # no temporary file left behind
+    again = load_config(["--config", path], "dadpo")
+    assert again == cfg
+    assert config_to_dict(again)["adam"]["betas"] == [0.8, 0.95]
+    assert config_to_dict(cfg)["logger"]["wandb"] == {"project": "yes", "run_name": "", "org": ""}
+
+
+def test_help_lists_every_flag():
+    code = "from openrlhf.config import load_config; load_config(['--help'], 'dpo')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "--ds.zero_stage INT" in out.stdout and "--logger.wandb.project STRING" in out.stdout
+
+
+def test_config_package_import_is_light():
+    code = ("import sys, openrlhf.config; "
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'ray', 'vllm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _task_of(filename: str):
+    name = os.path.basename(filename)
+    if name.startswith("dadpo_") or "dadpo" in name.lower():
+        return "dadpo"
+    if name.startswith("dpo_"):
+        return "dpo"
+    if name.startswith("sft_"):
+        return "sft"
+    return None
+
+
+EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "**", "*.yaml"), recursive=True))
+
+
+def test_example_config_task_names():
+    assert _task_of("sft_smollm.yaml") == "sft"
+    assert _task_of("dpo_qwen.yaml") == "dpo"
+    assert _task_of("dadpo_qwen.yaml") == "dadpo"
+    assert _task_of("paper_daDPO_qwen.yaml") == "dadpo"
+    assert _task_of("generate_teacher.yaml") is None
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.relpath(p, REPO) for p in EXAMPLES])
+def test_example_config_parses(path):
+    task = _task_of(path)
+    if task is None:
+        pytest.skip("not a sft_/dpo_/dadpo_ training config")
+    cfg = load_config(["--config", path], task, check_paths=False)
+    assert isinstance(cfg, Config)
+

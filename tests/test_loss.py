@@ -1,0 +1,147 @@
+"""Losses against hand-worked numbers and the method's limits."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from openrlhf.models.loss import DADPOLoss, DPOLoss, GPTLMLoss, KDLoss
+
+# One pair: policy, reference and teacher sequence log-probs.
+PC, PR = -10.0, -12.0  # policy chosen / rejected
+RC, RR = -11.0, -11.5  # reference
+TC, TR = -9.0, -14.0  # teacher
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_dpo_hand_worked():
+    # r_w = -10 - -11 = 1, r_l = -12 - -11.5 = -0.5, z = 0.1 * 1.5 = 0.15
+    # -log sigmoid(0.15) = log(1 + e^-0.15) = log(1.860708) = 0.6209570
+    out = DPOLoss(beta=0.1)(t(PC), t(PR), t(RC), t(RR))
+    assert out.loss.item() == pytest.approx(0.620957047789532, abs=1e-12)
+    assert out.chosen_reward.item() == pytest.approx(0.1)
+    assert out.reject_reward.item() == pytest.approx(-0.05)
+    assert out.metrics()["acc"] == 1.0
+    assert out.metrics()["margin"] == pytest.approx(0.15)
+
+
+def test_dpo_label_smoothing_and_ipo():
+    # conservative DPO, eps = 0.1: 0.9 * 0.620957 + 0.1 * log(1 + e^0.15) = 0.635957
+    out = DPOLoss(beta=0.1, label_smoothing=0.1)(t(PC), t(PR), t(RC), t(RR))
+    assert out.loss.item() == pytest.approx(0.635957047789532, abs=1e-12)
+    # IPO: h = 1.5, (h - 1/(2*0.1))^2 = (1.5 - 5)^2 = 12.25
+    out = DPOLoss(beta=0.1, ipo=True)(t(PC), t(PR), t(RC), t(RR))
+    assert out.loss.item() == pytest.approx(12.25)
+
+
+def test_dadpo_hand_worked():
+    # rt_w = -10 - -9 = -1, rt_l = -12 - -14 = 2
+    # z = 0.1 * (1 - -0.5) + 0.5 * (-1 - 2) = 0.15 - 1.5 = -1.35
+    # -log sigmoid(-1.35) = log(1 + e^1.35) = log(4.857426) = 1.580509
+    out = DADPOLoss(beta=0.1, teacher_beta=0.5)(t(PC), t(PR), t(RC), t(RR), t(TC), t(TR))
+    assert out.loss.item() == pytest.approx(1.5805085713638753, abs=1e-12)
+    assert out.teacher_chosen_reward.item() == pytest.approx(-0.5)
+    assert out.teacher_reject_reward.item() == pytest.approx(1.0)
+    m = out.metrics()
+    assert m["acc"] == 0.0 and m["chosen_reward"] == pytest.approx(0.1)
+    assert set(m) >= {"loss", "acc", "chosen_reward", "reject_reward", "teacher_chosen_reward", "teacher_reject_reward", "margin"}
+
+
+def _random_logps(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(-50 * torch.rand(n, generator=g)).float() for _ in range(6)]
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_teacher_beta_zero_is_dpo_bit_for_bit(label_smoothing):
+    pc, pr, rc, rr, tc, tr = _random_logps()
+    dpo = DPOLoss(beta=0.1, label_smoothing=label_smoothing)(pc, pr, rc, rr)
+    dadpo = DADPOLoss(beta=0.1, teacher_beta=0.0, label_smoothing=label_smoothing)(pc, pr, rc, rr, tc, tr)
+    assert torch.equal(dpo.loss, dadpo.loss)
+    assert torch.equal(dpo.logits, dadpo.logits)
+
+
+def test_beta_zero_is_dpo_with_teacher_as_reference():
+    pc, pr, rc, rr, tc, tr = _random_logps(seed=1)
+    rdpo = DADPOLoss(beta=0.0, teacher_beta=0.3)(pc, pr, None, None, tc, tr)
+    dpo_teacher_ref = DPOLoss(beta=0.3)(pc, pr, tc, tr)
+    assert torch.equal(rdpo.loss, dpo_teacher_ref.loss)
+    # and the reference is truly unused when beta = 0
+    with_ref = DADPOLoss(beta=0.0, teacher_beta=0.3)(pc, pr, rc, rr, tc, tr)
+    assert torch.allclose(with_ref.loss, rdpo.loss)
+
+
+def test_dadpo_gradient_matches_paper_analysis():
+    # dL/dlog pi(y_w) = -(b1 + b2) sigmoid(-z) / B, dL/dlog pi(y_l) = +(b1 + b2) sigmoid(-z) / B
+    pc, pr, rc, rr, tc, tr = [x.double() for x in _random_logps(n=5, seed=2)]
+    pc.requires_grad_(True)
+    pr.requires_grad_(True)
+    b1, b2 = 0.2, 0.7
+    out = DADPOLoss(beta=b1, teacher_beta=b2)(pc, pr, rc, rr, tc, tr)
+    out.loss.backward()
+    scale = (b1 + b2) * torch.sigmoid(-out.logits.detach()) / 5
+    assert torch.allclose(pc.grad, -scale)
+    assert torch.allclose(pr.grad, scale)
+
+
+def test_dadpo_gradient_through_a_model():
+    # The same through a real parameter: grad = -(b1+b2) sigmoid(-z) (grad log pi_w - grad log pi_l).
+    torch.manual_seed(0)
+    w = torch.randn(3, requires_grad=True, dtype=torch.float64)
+    xw, xl = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    logp = lambda x: torch.nn.functional.logsigmoid(w @ x)  # noqa: E731
+    b1, b2 = 0.1, 0.5
+    out = DADPOLoss(b1, b2)(logp(xw)[None], logp(xl)[None], t(RC), t(RR), t(TC), t(TR))
+    (gw,) = torch.autograd.grad(out.loss, w)
+    grad_w = torch.autograd.grad(logp(xw), w)[0]
+    grad_l = torch.autograd.grad(logp(xl), w)[0]
+    expected = -(b1 + b2) * torch.sigmoid(-out.logits.detach()) * (grad_w - grad_l)
+    assert torch.allclose(gw, expected)
+
+
+def test_bad_betas_rejected():
+    with pytest.raises(ValueError, match="--teacher.beta"):
+        DADPOLoss(beta=0.1, teacher_beta=-0.1)
+    with pytest.raises(ValueError, match="--model.beta"):
+        DADPOLoss(beta=-1.0, teacher_beta=0.1)
+    with pytest.raises(ValueError, match="both be 0"):
+        DADPOLoss(beta=0.0, teacher_beta=0.0)
+    with pytest.raises(ValueError, match="--model.beta"):
+        DPOLoss(beta=-0.5)
+    with pytest.raises(ValueError, match="reference log-probs"):
+        DADPOLoss(0.1, 0.1)(*[t(1.0)] * 2, None, None, t(1.0), t(1.0))
+
+
+def test_gpt_lm_loss_token_mean_and_normalizer():
+    logps = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])
+    mask = torch.tensor([[0, 1, 1], [1, 0, 0]])
+    # (2 + 3 + 4) / 3 tokens = 3
+    assert GPTLMLoss()(logps, mask).item() == pytest.approx(3.0)
+    assert GPTLMLoss()(logps, mask, normalizer=9.0).item() == pytest.approx(1.0)
+
+
+def test_kd_loss_zero_for_same_logits_and_refuses_other_vocab():
+    logits = torch.randn(2, 4, 10)
+    mask = torch.ones(2, 4)
+    assert KDLoss()(logits, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
+    # KL(p||q) for two fixed distributions, by hand: p=(0.5,0.5), q=(0.25,0.75)
+    p = torch.log(torch.tensor([[[0.5, 0.5]]]))
+    q = torch.log(torch.tensor([[[0.25, 0.75]]]))
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert KDLoss()(q, p, torch.ones(1, 1)).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="one vocabulary"):
+        KDLoss()(torch.randn(1, 2, 10), torch.randn(1, 2, 12), torch.ones(1, 2))
+
+
+def test_loss_module_import_is_light():
+    code = (
+        "import sys, openrlhf.models.loss\n"
+        "bad = [m for m in ('deepspeed', 'transformers', 'ray', 'vllm') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
