@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+
+def _requirements():
+    with open("requirements.txt") as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="openrlhf",
+    version="0.1.0",
+    description="OpenRLHF fork with daDPO: distil a teacher chat model into a small student",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["openrlhf", "openrlhf.*"]),
+    install_requires=_requirements(),
+    extras_require={
+        "vllm": ["vllm"],
+        "flash": ["flash-attn"],
+        "tensorboard": ["tensorboard"],
+        "wandb": ["wandb"],
+        "test": ["pytest", "pyarrow"],
+    },
+)
