@@ -126,6 +126,45 @@ class LoggerConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """Response generation (python -m openrlhf.cli.generate)."""
+
+    # hf (batched transformers generate; CPU or GPU) | vllm (GPU)
+    backend: str = "hf"
+    # Output JSONL (one row per prompt); a rerun skips ids already in it.
+    output_path: str = ""
+    max_new_tokens: int = 512
+    # 0: greedy decoding (the paper's setting).
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    # Prompts per generate call (hf) / per vLLM request batch.
+    batch_size: int = 16
+    # Row key holding a unique id; empty: the row's position in the prompt file.
+    id_key: str = "id"
+    # vLLM only.
+    tp_size: int = 1
+    num_engines: int = 1
+    gpu_memory_utilization: float = 0.9
+
+
+@dataclass
+class PruneConfig:
+    """Structured pruning (python -m openrlhf.cli.prune)."""
+
+    output_dir: str = ""
+    # Fraction of MLP channels removed in every layer.
+    mlp_ratio: float = 0.2
+    # Fraction of attention heads (key/value groups) removed in every layer.
+    head_ratio: float = 0.0
+    # Number of whole decoder layers removed (least important first).
+    num_layers: int = 0
+    # activation (mean |activation| on calibration prompts x weight norm) | weight
+    method: str = "activation"
+    calibration_samples: int = 64
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ref: RefConfig = field(default_factory=RefConfig)
@@ -137,6 +176,8 @@ class Config:
     ds: DSConfig = field(default_factory=DSConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     # cosine_with_min_lr | cosine | linear | constant | constant_with_warmup
     lr_scheduler: str = "cosine_with_min_lr"
     lr_warmup_ratio: float = 0.03

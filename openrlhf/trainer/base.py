@@ -1,0 +1,155 @@
+"""The training loop shared by every trainer.
+
+A subclass supplies ``_loss_step(batch) -> (loss, metrics)`` for one micro-batch (and
+``_eval_step`` when it differs). The loop owns data order, gradient accumulation,
+logging, evaluation and checkpoint/resume, so a resumed run sees the same data in the
+same order as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
+
+
+@dataclass
+class LoopSettings:
+    train: TrainConfig
+    eval: EvalConfig
+    ckpt: CkptConfig
+    logger: LoggerConfig
+    checkpoint_dir: str
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch (the last partial global batch is dropped)."""
+    if n_rows < batch_size:
+        raise ValueError(f"the training set has {n_rows} usable rows, fewer than one global batch (--train.batch_size {batch_size})")
+    return n_rows // batch_size
+
+
+def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
+    keys = records[0].keys()
+    return {k: sum(r[k] for r in records) / len(records) for k in keys}
+
+
+class Trainer:
+    """Subclasses set ``self.engine`` (the DeepSpeed engine of the trained model)."""
+
+    def __init__(
+        self,
+        strategy,
+        engine,
+        tokenizer,
+        train_dataset: Dataset,
+        collate_fn: Callable,
+        settings: LoopSettings,
+        logger,
+        eval_dataset: Optional[Dataset] = None,
+    ) -> None:
+        self.strategy = strategy
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.collate_fn = collate_fn
+        self.s = settings
+        self.logger = logger
+        self.accum = strategy.accumulated_gradient
+        self.steps_per_epoch = steps_per_epoch(len(train_dataset), settings.train.batch_size)
+        self.total_steps = self.steps_per_epoch * settings.train.max_epochs
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+        raise NotImplementedError
+
+    def _eval_step(self, batch: dict) -> Dict[str, float]:
+        with torch.no_grad():
+            return self._loss_step(batch)[1]
+
+    def _begin_step(self, micro_batches: List[dict]) -> None:
+        """Called with the micro-batches of one optimizer step before any forward."""
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _to_device(self, batch: dict) -> dict:
+        dev = self.strategy.device
+        return {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+    def _loader(self, dataset: Dataset, epoch: int, consumed: int, shuffle: bool) -> DataLoader:
+        sampler = self.strategy.get_sampler(dataset, seed=self.s.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle)
+        return DataLoader(dataset, batch_size=self.s.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn, drop_last=True)
+
+    def _save_checkpoint(self, step: int, epoch: int, consumed: int) -> None:
+        state = {"global_step": step, "epoch": epoch, "consumed_samples": consumed}
+        self.strategy.save_ckpt(self.engine, self.s.checkpoint_dir, step, state, self.s.ckpt.max_num)
+        if self.s.ckpt.save_hf:
+            import os
+
+            self.strategy.save_hf_model(self.engine, self.tokenizer, os.path.join(self.s.checkpoint_dir, f"global_step{step}_hf"))
+
+    # ---- loop ----------------------------------------------------------------------------
+    def fit(self) -> Dict[str, float]:
+        step, epoch0, consumed0 = 0, 0, 0
+        if self.s.ckpt.load_enable:
+            state = self.strategy.load_ckpt(self.engine, self.s.checkpoint_dir)
+            if state is not None:
+                step, epoch0, consumed0 = state["global_step"], state["epoch"], state["consumed_samples"]
+                self.logger.truncate_after(step)
+                self.strategy.print(f"resumed from {self.s.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
+        bs = self.s.train.batch_size
+        bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(), dynamic_ncols=True)
+        last: Dict[str, float] = {}
+        for epoch in range(epoch0, self.s.train.max_epochs):
+            consumed = consumed0 if epoch == epoch0 else 0
+            it = iter(self._loader(self.train_dataset, epoch, consumed, shuffle=True))
+            for _ in range(consumed // bs, self.steps_per_epoch):
+                micro = [self._to_device(next(it)) for _ in range(self.accum)]
+                self.engine.train()
+                self._begin_step(micro)
+                lr = self.engine.get_lr()[0]  # the rate this step uses
+                records = []
+                for batch in micro:
+                    loss, metrics = self._loss_step(batch)
+                    self.strategy.backward(loss, self.engine)
+                    self.strategy.optimizer_step(self.engine)
+                    records.append(metrics)
+                step += 1
+                consumed += bs
+                metrics = self.strategy.all_reduce(mean_metrics(records))
+                metrics["lr"] = lr
+                grad_norm = self.engine.get_global_grad_norm()
+                if grad_norm is not None:
+                    metrics["grad_norm"] = float(grad_norm)
+                metrics["epoch"] = epoch
+                last = metrics
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if step % self.s.logger.logging_steps == 0:
+                    self.logger.log(step, metrics)
+                if self.eval_dataset is not None and self.s.eval.steps > 0 and step % self.s.eval.steps == 0:
+                    self.logger.log(step, self.evaluate())
+                if self.s.ckpt.save_steps > 0 and step % self.s.ckpt.save_steps == 0:
+                    self._save_checkpoint(step, epoch if consumed < self.steps_per_epoch * bs else epoch + 1,
+                                          consumed if consumed < self.steps_per_epoch * bs else 0)
+            if self.eval_dataset is not None and self.s.eval.steps == -1:
+                self.logger.log(step, self.evaluate())
+        bar.close()
+        return last
+
+    def evaluate(self) -> Dict[str, float]:
+        self.engine.eval()
+        records = []
+        loader = self._loader(self.eval_dataset, epoch=0, consumed=0, shuffle=False)
+        for batch in tqdm(loader, desc="eval", disable=not self.strategy.is_rank_0(), leave=False):
+            records.append(self._eval_step(self._to_device(batch)))
+        self.engine.train()
+        if not records:
+            return {}
+        metrics = self.strategy.all_reduce(mean_metrics(records))
+        return {f"eval_{k}": v for k, v in metrics.items()}

@@ -1,0 +1,40 @@
+"""Supervised fine-tuning on response tokens (dSFT in Algorithm 1)."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from openrlhf.models.loss import GPTLMLoss
+from openrlhf.trainer.base import Trainer
+
+
+class SFTTrainer(Trainer):
+    """Loss = summed response-token NLL / response tokens of the whole optimizer step.
+
+    Normalising by the step's token count (all micro-batches, all ranks) makes the loss
+    curve the same however the global batch is split into micro-batches and processes.
+    """
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.loss_fn = GPTLMLoss()
+        self._normalizer = None
+
+    def _begin_step(self, micro_batches: List[dict]) -> None:
+        local = float(sum(int(b["loss_mask"][:, 1:].sum()) for b in micro_batches))
+        total = self.strategy.all_reduce(local, op="sum")
+        # DeepSpeed divides each micro-batch loss by the accumulation steps and averages
+        # gradients over ranks; undo both so the gradient is that of the global token mean.
+        self._normalizer = max(total, 1.0) / (self.accum * self.strategy.world_size)
+
+    def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+        logps, _ = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        loss = self.loss_fn(logps, batch["loss_mask"][:, 1:], normalizer=self._normalizer)
+        return loss, {"loss": loss.item()}
+
+    def _eval_step(self, batch: dict) -> Dict[str, float]:
+        with torch.no_grad():
+            logps, _ = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+            return {"loss": self.loss_fn(logps, batch["loss_mask"][:, 1:]).item()}

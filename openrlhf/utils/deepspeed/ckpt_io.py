@@ -1,0 +1,213 @@
+"""Filesystem side of resumable checkpoints: folder names, the ``latest`` pointer, pruning,
+RNG states and atomic replacement. No deepspeed import; unit-testable on its own.
+
+Layout of a checkpoint folder ``ckpt_dir``::
+
+    ckpt_dir/
+      latest                  # text: "global_step<N>" (DeepSpeed's own format)
+      global_step<N>/         # complete checkpoints only (renamed into place)
+        mp_rank_00_model_states.pt / zero_pp_rank_*  (DeepSpeed)
+        rng_state_rank<r>.pt  # python / numpy / torch (/ cuda) RNG of rank r
+        openrlhf_ckpt.json    # {"step": N, "world_size": W}
+      .tmp_global_step<N>/    # being written; ignored by readers, removed by the next save
+      .old_global_step<N>/    # a replaced copy of the same step being deleted
+      global_step<N>_hf/      # optional HF export of that step (pruned together with it)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from typing import Any, Dict, List, Optional
+
+TAG_PREFIX = "global_step"
+TMP_PREFIX = ".tmp_"
+OLD_PREFIX = ".old_"
+LATEST = "latest"
+HF_SUFFIX = "_hf"  # <ckpt_dir>/global_step<N>_hf: an optional HF export of that checkpoint
+META_FILE = "openrlhf_ckpt.json"
+_TAG_RE = re.compile(r"^global_step(\d+)$")
+
+
+def tag_for(step: int) -> str:
+    return f"{TAG_PREFIX}{int(step)}"
+
+
+def step_of(tag: str) -> Optional[int]:
+    m = _TAG_RE.match(tag)
+    return int(m.group(1)) if m else None
+
+
+def complete_tags(ckpt_dir: str) -> List[str]:
+    """``global_step<N>`` folders (complete by construction), oldest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    tags = [
+        name
+        for name in os.listdir(ckpt_dir)
+        if step_of(name) is not None and os.path.isdir(os.path.join(ckpt_dir, name))
+    ]
+    return sorted(tags, key=step_of)
+
+
+def write_latest(ckpt_dir: str, tag: str) -> None:
+    """Point ``latest`` at ``tag`` atomically (write a temp file, fsync, os.replace)."""
+    tmp = os.path.join(ckpt_dir, f"{TMP_PREFIX}{LATEST}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(tag)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(ckpt_dir, LATEST))
+
+
+def find_latest_tag(ckpt_dir: str) -> Optional[str]:
+    """The tag to resume from: ``latest`` when it names an existing complete folder, else
+    the highest-step complete folder, else None. Temp folders are never considered."""
+    pointer = os.path.join(ckpt_dir, LATEST)
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            tag = f.read().strip()
+        if step_of(tag) is not None and os.path.isdir(os.path.join(ckpt_dir, tag)):
+            return tag
+    tags = complete_tags(ckpt_dir)
+    return tags[-1] if tags else None
+
+
+def remove_leftovers(ckpt_dir: str) -> None:
+    """Delete temp / old folders that a crashed save may have left behind."""
+    if not os.path.isdir(ckpt_dir):
+        return
+    for name in os.listdir(ckpt_dir):
+        path = os.path.join(ckpt_dir, name)
+        if name.startswith((TMP_PREFIX, OLD_PREFIX)):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+
+
+def commit(ckpt_dir: str, tmp_name: str, tag: str) -> None:
+    """Move a fully written ``ckpt_dir/tmp_name`` to ``ckpt_dir/tag`` and point ``latest`` at it.
+
+    An existing folder of the same tag is first renamed aside, so at every instant either
+    the old or the new complete folder exists (``find_latest_tag`` falls back to the newest
+    complete folder in the instant between the two renames)."""
+    final = os.path.join(ckpt_dir, tag)
+    old = None
+    if os.path.exists(final):
+        old = os.path.join(ckpt_dir, f"{OLD_PREFIX}{tag}")
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.rename(final, old)
+    os.rename(os.path.join(ckpt_dir, tmp_name), final)
+    write_latest(ckpt_dir, tag)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prune(ckpt_dir: str, max_num: int, keep_tag: str) -> List[str]:
+    """Delete the oldest complete checkpoints so that at most ``max(max_num, 1)`` remain.
+    ``keep_tag`` (the one just written) is never deleted. An HF export of a deleted
+    checkpoint next to it (``global_step<N>_hf``) goes with it. Returns the deleted tags."""
+    keep = max(int(max_num), 1)
+    tags = [t for t in complete_tags(ckpt_dir) if t != keep_tag]
+    deleted = []
+    while len(tags) + 1 > keep and tags:
+        victim = tags.pop(0)
+        shutil.rmtree(os.path.join(ckpt_dir, victim), ignore_errors=True)
+        shutil.rmtree(os.path.join(ckpt_dir, victim + HF_SUFFIX), ignore_errors=True)
+        deleted.append(victim)
+    return deleted
+
+
+def write_meta(folder: str, meta: Dict[str, Any]) -> None:
+    with open(os.path.join(folder, META_FILE), "w") as f:
+        json.dump(meta, f)
+
+
+# ----- RNG states -----------------------------------------------------------------------
+
+
+def rng_file(folder: str, rank: int) -> str:
+    return os.path.join(folder, f"rng_state_rank{rank}.pt")
+
+
+def get_rng_state() -> Dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_rng_state(folder: str, rank: int) -> None:
+    import torch
+
+    torch.save(get_rng_state(), rng_file(folder, rank))
+
+
+def load_rng_state(folder: str, rank: int) -> bool:
+    """Restore this rank's RNG states from ``folder``; False when the file is missing."""
+    import torch
+
+    path = rng_file(folder, rank)
+    if not os.path.isfile(path):
+        return False
+    # Our own file (python tuples, numpy arrays): not loadable with weights_only=True.
+    set_rng_state(torch.load(path, map_location="cpu", weights_only=False))
+    return True
+
+
+# ----- atomic HF folder writes ----------------------------------------------------------
+
+_WEIGHT_RE = re.compile(r"^(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
+
+
+def install_folder(tmp_dir: str, output_dir: str) -> None:
+    """Put the fully written ``tmp_dir`` in place of ``output_dir``.
+
+    ``output_dir`` missing: one ``os.rename`` (atomic). ``output_dir`` present (it may also
+    hold metrics.jsonl, checkpoints/, ...): every file of ``tmp_dir`` replaces its namesake
+    with ``os.replace`` (each file is whole at every instant; weights go in first, config
+    last), then weight files of an earlier save that the new one does not have (other shard
+    counts) are removed. Other content of ``output_dir`` is left alone."""
+    if not os.path.exists(output_dir):
+        os.rename(tmp_dir, output_dir)
+        return
+    names = sorted(os.listdir(tmp_dir), key=lambda n: (0 if _WEIGHT_RE.match(n) else 1, n == "config.json", n))
+    for name in names:
+        src, dst = os.path.join(tmp_dir, name), os.path.join(output_dir, name)
+        if os.path.isdir(src):
+            if os.path.isdir(dst):
+                shutil.rmtree(dst)
+            os.rename(src, dst)
+        else:
+            os.replace(src, dst)
+    new = set(names)
+    for name in os.listdir(output_dir):
+        if _WEIGHT_RE.match(name) and name not in new:
+            os.remove(os.path.join(output_dir, name))
+    shutil.rmtree(tmp_dir, ignore_errors=True)

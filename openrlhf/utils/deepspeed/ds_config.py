@@ -1,0 +1,92 @@
+"""DeepSpeed config dicts built from our typed config. Pure functions, no deepspeed import."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+VALID_DTYPES = ("bf16", "fp16", "fp32")
+VALID_STAGES = (0, 1, 2, 3)
+# Large enough that DeepSpeed never prints its own step logs.
+_STEPS_PER_PRINT = 10**12
+
+
+def check_ds_config(ds) -> List[str]:
+    """Problems with a DSConfig, each naming its flag (empty list: fine)."""
+    problems = []
+    if ds.zero_stage not in VALID_STAGES:
+        problems.append(f"--ds.zero_stage must be one of 0, 1, 2, 3 (got {ds.zero_stage!r})")
+    if ds.param_dtype not in VALID_DTYPES:
+        problems.append(f"--ds.param_dtype must be one of bf16, fp16, fp32 (got {ds.param_dtype!r})")
+    if ds.adam_offload and ds.zero_stage == 0:
+        problems.append("--ds.adam_offload needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
+    return problems
+
+
+def _precision(param_dtype: str) -> Dict[str, Any]:
+    return {
+        "bf16": {"enabled": param_dtype == "bf16"},
+        "fp16": {"enabled": param_dtype == "fp16"},
+    }
+
+
+def _batch(micro_batch_size: int, accumulated_gradient: int, world_size: int) -> Dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": accumulated_gradient,
+        "train_batch_size": micro_batch_size * accumulated_gradient * world_size,
+    }
+
+
+def train_ds_config(
+    ds, *, max_norm: float, micro_batch_size: int, accumulated_gradient: int, world_size: int
+) -> Dict[str, Any]:
+    """Config for the trained model's engine (``deepspeed.initialize`` with an optimizer)."""
+    zero: Dict[str, Any] = {
+        "stage": ds.zero_stage,
+        "offload_optimizer": {"device": "cpu", "pin_memory": True} if ds.adam_offload else {"device": "none"},
+        "offload_param": {"device": "none"},
+    }
+    if ds.zero_stage == 3:
+        # We gather weights ourselves when exporting (fp32 stays fp32).
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    cfg: Dict[str, Any] = {
+        "steps_per_print": _STEPS_PER_PRINT,
+        "wall_clock_breakdown": False,
+        "zero_optimization": zero,
+        "gradient_clipping": max_norm,
+        "prescale_gradients": False,
+        "zero_allow_untested_optimizer": True,
+        "wandb": {"enabled": False},
+        "tensorboard": {"enabled": False},
+        "csv_monitor": {"enabled": False},
+    }
+    cfg.update(_precision(ds.param_dtype))
+    cfg.update(_batch(micro_batch_size, accumulated_gradient, world_size))
+    return cfg
+
+
+def eval_ds_config(
+    ds, *, offload: bool, micro_batch_size: int, accumulated_gradient: int, world_size: int
+) -> Dict[str, Any]:
+    """Config for a frozen model (reference / teacher).
+
+    ZeRO-3 training -> a ZeRO-3 inference engine that shards the parameters
+    (``offload``: the shards live in CPU memory). Any other stage -> stage 0 (full copy on
+    every rank; sharding a frozen model needs stage 3).
+    """
+    stage = 3 if ds.zero_stage == 3 else 0
+    zero: Dict[str, Any] = {"stage": stage}
+    if stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True} if offload else {"device": "none"}
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    cfg: Dict[str, Any] = {
+        "steps_per_print": _STEPS_PER_PRINT,
+        "wall_clock_breakdown": False,
+        "zero_optimization": zero,
+        "wandb": {"enabled": False},
+        "tensorboard": {"enabled": False},
+        "csv_monitor": {"enabled": False},
+    }
+    cfg.update(_precision(ds.param_dtype))
+    cfg.update(_batch(micro_batch_size, accumulated_gradient, world_size))
+    return cfg

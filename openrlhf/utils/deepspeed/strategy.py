@@ -1,0 +1,531 @@
+"""DeepSpeed strategy: distributed setup, ZeRO 0-3 engines, checkpoints and HF export.
+
+Typical use (a trainer's ``main``)::
+
+    strategy = DeepspeedStrategy(cfg.ds, cfg.train, cfg.max_norm, cfg.adam)
+    strategy.setup_distributed()
+    with strategy.model_init_context(for_training=True):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=strategy.torch_dtype)
+    with strategy.model_init_context(for_training=False, offload=cfg.ref.offload):
+        ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=strategy.torch_dtype)
+    optim = strategy.create_optimizer(model)
+    sched = strategy.create_scheduler(optim, cfg.lr_scheduler, cfg.lr_warmup_ratio, total_steps)
+    engine = strategy.prepare_train(model, optim, sched)
+    ref = strategy.prepare_eval(ref, offload=cfg.ref.offload)
+    state = strategy.load_ckpt(engine, cfg.checkpoint_dir) if cfg.ckpt.load_enable else None
+    ...  loss = ...; strategy.backward(loss, engine); strategy.optimizer_step(engine)
+    strategy.save_ckpt(engine, cfg.checkpoint_dir, step, {"consumed_samples": n}, cfg.ckpt.max_num)
+    strategy.save_hf_model(engine, tokenizer, cfg.ckpt.output_dir)
+    strategy.finish()
+    # CLI entry points only, as their very last statement:
+    exit_cleanly()
+
+Every method that touches parameters or files of a checkpoint is COLLECTIVE: all ranks
+call it (``save_ckpt``, ``load_ckpt``, ``save_hf_model``, ``prepare_*``, the
+``from_pretrained`` inside ``model_init_context`` under ZeRO-3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from openrlhf.utils.deepspeed import ckpt_io
+from openrlhf.utils.deepspeed.ds_config import check_ds_config, eval_ds_config, train_ds_config
+from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
+from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port
+
+__all__ = ["DeepspeedStrategy", "exit_cleanly", "unwrap_model", "SCHEDULERS"]
+
+SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
+_CLIENT_KEY = "openrlhf_client_state"
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def unwrap_model(model: Any) -> nn.Module:
+    """The HF module inside a DeepSpeed engine and/or an :class:`~openrlhf.models.actor.Actor`."""
+    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module):
+        model = model.module
+    # An Actor keeps its HF model under ``.model``.
+    if not hasattr(model, "save_pretrained") and isinstance(getattr(model, "model", None), nn.Module):
+        model = model.model
+    return model
+
+
+def _is_zero3_param(p: torch.Tensor) -> bool:
+    return hasattr(p, "ds_id")
+
+
+class _HfZero3Init:
+    """Context manager: while active, transformers' ``from_pretrained`` builds models with
+    ``deepspeed.zero.Init`` (weights partitioned across ranks as they load). The previous
+    transformers DeepSpeed config (if any) is restored on exit, so nothing global outlives
+    the ``with`` block."""
+
+    def __init__(self, config: Dict[str, Any]):
+        self.config = config
+        self._obj = None
+        self._previous = None
+
+    def __enter__(self):
+        from transformers.integrations import deepspeed as hf_ds
+
+        self._previous = getattr(hf_ds, "_hf_deepspeed_config_weak_ref", None)
+        # HfDeepSpeedConfig registers a weakref to itself; we hold the strong reference.
+        self._obj = hf_ds.HfDeepSpeedConfig(self.config)
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.integrations import deepspeed as hf_ds
+
+        if hasattr(hf_ds, "_hf_deepspeed_config_weak_ref"):
+            hf_ds._hf_deepspeed_config_weak_ref = self._previous
+        else:  # pragma: no cover - older/newer transformers without the private global
+            hf_ds.unset_hf_deepspeed_config()
+        self._obj = None
+        return False
+
+
+class DeepspeedStrategy:
+    """Owns everything distributed: process group, DeepSpeed engines, checkpoints, export.
+
+    Settings come only from the constructor arguments (no hidden globals)."""
+
+    def __init__(self, ds, train, max_norm: float, adam):
+        problems = check_ds_config(ds)
+        if problems:
+            raise ValueError("invalid DeepSpeed settings:\n  " + "\n  ".join(problems))
+        self.ds = ds
+        self.train = train
+        self.max_norm = float(max_norm)
+        self.adam = adam
+        self.accumulated_gradient: Optional[int] = None
+        self._world_size = 1
+        self._rank = 0
+        self._local_rank = 0
+        self._device = torch.device("cpu")
+        self._env_we_set: Dict[str, str] = {}
+
+    # ----- distributed setup -------------------------------------------------------------
+
+    def setup_distributed(self) -> None:
+        """Join (or create) the process group, pick the device, seed, derive grad accumulation.
+
+        - Under ``deepspeed`` / ``torchrun``: uses their RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*.
+        - As a plain process: creates a 1-process group on 127.0.0.1 and a free port (it
+          sets the missing env vars, which DeepSpeed engines need; ``finish()`` removes them).
+        - Already initialised (a second strategy in the same process): reuses the group.
+        Backend: nccl when CUDA is available, gloo otherwise.
+        """
+        import deepspeed
+
+        if not (dist.is_available() and dist.is_initialized()):
+            if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+                defaults = {
+                    "RANK": "0",
+                    "WORLD_SIZE": "1",
+                    "LOCAL_RANK": "0",
+                    "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(find_free_port()),
+                }
+                for k, v in defaults.items():
+                    if k not in os.environ:
+                        os.environ[k] = v
+                        self._env_we_set[k] = v
+            if "LOCAL_RANK" not in os.environ:  # e.g. processes started by Ray
+                os.environ["LOCAL_RANK"] = self._env_we_set["LOCAL_RANK"] = "0"
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            self._device = torch.device("cuda", local_rank)
+        else:
+            self._device = torch.device("cpu")
+        if self._env_we_set.get("WORLD_SIZE") == "1" and not dist.is_initialized():
+            # A plain single process: an in-memory store, so no TCP port can be taken
+            # by another process between choosing it and binding it.
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+        self._world_size = dist.get_world_size()
+        self._rank = dist.get_rank()
+        self._local_rank = local_rank
+        self._seed(self.train.seed)
+
+        per_step = self.train.micro_batch_size * self._world_size
+        if self.train.micro_batch_size < 1 or self.train.batch_size < 1 or self.train.batch_size % per_step != 0:
+            raise ValueError(
+                f"--train.batch_size ({self.train.batch_size}) must be a positive multiple of "
+                f"--train.micro_batch_size ({self.train.micro_batch_size}) x number of processes "
+                f"({self._world_size}) = {per_step}"
+            )
+        self.accumulated_gradient = self.train.batch_size // per_step
+
+    @staticmethod
+    def _seed(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # also seeds every CUDA device
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._local_rank
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def is_rank_0(self) -> bool:
+        return self._rank == 0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.ds.param_dtype]
+
+    @property
+    def is_zero3(self) -> bool:
+        """True under ZeRO-3: ``generate`` on a sharded model then needs ``synced_gpus=True``."""
+        return self.ds.zero_stage == 3
+
+    def _require_setup(self) -> int:
+        if self.accumulated_gradient is None:
+            raise RuntimeError("call strategy.setup_distributed() first")
+        return self.accumulated_gradient
+
+    # ----- DeepSpeed configs -------------------------------------------------------------
+
+    def train_ds_config(self) -> Dict[str, Any]:
+        return train_ds_config(
+            self.ds,
+            max_norm=self.max_norm,
+            micro_batch_size=self.train.micro_batch_size,
+            accumulated_gradient=self._require_setup(),
+            world_size=self._world_size,
+        )
+
+    def eval_ds_config(self, offload: bool = False) -> Dict[str, Any]:
+        return eval_ds_config(
+            self.ds,
+            offload=offload,
+            micro_batch_size=self.train.micro_batch_size,
+            accumulated_gradient=self._require_setup(),
+            world_size=self._world_size,
+        )
+
+    # ----- models ------------------------------------------------------------------------
+
+    def model_init_context(self, for_training: bool, offload: bool = False):
+        """Wrap ``from_pretrained`` in this. Under ZeRO-3 the weights are partitioned across
+        ranks while loading (the whole model never materialises on one rank); ``offload``
+        (frozen models only) keeps the shards in CPU memory. For stages 0-2 it does nothing.
+
+            with strategy.model_init_context(for_training=False, offload=True):
+                teacher = AutoModelForCausalLM.from_pretrained(path, dtype=strategy.torch_dtype)
+
+        All ranks must enter it and load the same model (loading is collective under ZeRO-3).
+        """
+        if self.ds.zero_stage != 3:
+            return contextlib.nullcontext()
+        cfg = self.train_ds_config() if for_training else self.eval_ds_config(offload=offload)
+        return _HfZero3Init(cfg)
+
+    def create_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW over trainable params; weight decay only on matrices (not biases / norms).
+
+        ``ds.adam_offload`` -> DeepSpeedCPUAdam; else on GPU FusedAdam (torch AdamW when it
+        cannot be built); on CPU torch AdamW."""
+        decay, no_decay = [], []
+        for p in unwrap_model(model).parameters():
+            if not p.requires_grad:
+                continue
+            ndim = len(getattr(p, "ds_shape", p.shape))
+            (decay if ndim >= 2 else no_decay).append(p)
+        groups = [g for g in (
+            {"params": decay, "weight_decay": self.adam.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ) if g["params"]]
+        if not groups:
+            raise ValueError("the model has no trainable parameters")
+        kw = dict(lr=self.adam.lr, betas=tuple(self.adam.betas))
+        if self.ds.adam_offload:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(groups, adamw_mode=True, **kw)
+        if torch.cuda.is_available():
+            try:
+                from deepspeed.ops.adam import FusedAdam
+
+                return FusedAdam(groups, adam_w_mode=True, **kw)
+            except Exception:  # op cannot be built here (no nvcc, ...)
+                return torch.optim.AdamW(groups, **kw)
+        return torch.optim.AdamW(groups, **kw)
+
+    def create_scheduler(self, optimizer, name: str, warmup_ratio: float, total_steps: int):
+        """An LR scheduler stepped once per optimizer step (DeepSpeed steps it).
+
+        Warmup steps = ceil(warmup_ratio * total_steps). cosine_with_min_lr decays to
+        0.1 x lr; cosine and linear decay to 0."""
+        from transformers import get_scheduler
+
+        if name not in SCHEDULERS:
+            raise ValueError(f"--lr_scheduler must be one of {', '.join(SCHEDULERS)} (got {name!r})")
+        if total_steps < 1:
+            raise ValueError(f"total optimizer steps must be >= 1 (got {total_steps}); is the dataset empty?")
+        if not 0.0 <= warmup_ratio <= 1.0:
+            raise ValueError(f"--lr_warmup_ratio must be in [0, 1] (got {warmup_ratio})")
+        warmup = math.ceil(warmup_ratio * total_steps)
+        kwargs = {"min_lr_rate": 0.1} if name == "cosine_with_min_lr" else None
+        if name == "constant":
+            return get_scheduler(name, optimizer)
+        return get_scheduler(
+            name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+            scheduler_specific_kwargs=kwargs,
+        )
+
+    def prepare_train(self, model: nn.Module, optimizer, scheduler):
+        """Wrap the trained model in a DeepSpeed engine (ZeRO stage, dtype, clipping, grad
+        accumulation from the config). Returns the engine; DeepSpeed steps ``scheduler``."""
+        import deepspeed
+
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=self.train_ds_config(),
+            dist_init_required=False,
+        )
+        return engine
+
+    def prepare_eval(self, model: nn.Module, offload: bool = False):
+        """A frozen model (reference / teacher): requires_grad False, eval mode.
+
+        ZeRO-3: a DeepSpeed inference engine that shards the params (``offload``: shards
+        in CPU memory, gathered per layer on use). Stages 0-2: the plain module cast to the
+        training dtype; on the device, or, with ``offload`` on a GPU machine, kept in CPU
+        memory and moved to the GPU for each forward call (hooks), back afterwards. On CPU
+        ``offload`` changes nothing. Call it like the module (``model(input_ids, ...)``);
+        use ``unwrap_model`` for ``generate``."""
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if self.ds.zero_stage == 3:
+            import deepspeed
+
+            engine, _, _, _ = deepspeed.initialize(
+                model=model, config=self.eval_ds_config(offload=offload), dist_init_required=False
+            )
+            engine.eval()
+            return engine
+        model = model.to(dtype=self.torch_dtype)
+        if offload and self._device.type != "cpu":
+            model.to("cpu")
+            _attach_offload_hooks(model, self._device)
+        else:
+            model.to(self._device)
+        model.eval()
+        return model
+
+    # ----- training step -----------------------------------------------------------------
+
+    def backward(self, loss: torch.Tensor, engine) -> None:
+        """Backward through the engine (it scales by 1 / gradient accumulation steps)."""
+        engine.backward(loss)
+
+    def optimizer_step(self, engine) -> None:
+        """Optimizer + scheduler step at accumulation boundaries (a no-op in between)."""
+        engine.step()
+
+    # ----- collectives -------------------------------------------------------------------
+
+    def all_reduce(self, x, op: str = "mean"):
+        """Reduce a float, a tensor or a (nested) dict of those over ranks.
+        op: mean | sum | max | min. Floats come back as floats, tensors as tensors."""
+        if op not in ("mean", "sum", "max", "min"):
+            raise ValueError(f"op must be mean, sum, max or min (got {op!r})")
+        if isinstance(x, dict):
+            return {k: self.all_reduce(v, op) for k, v in x.items()}
+        if not (dist.is_available() and dist.is_initialized()) or self._world_size == 1:
+            return x
+        is_tensor = isinstance(x, torch.Tensor)
+        t = x.detach().clone() if is_tensor else torch.tensor(float(x), dtype=torch.float64)
+        orig_device, orig_dtype = t.device, t.dtype
+        comm_device = self._device if dist.get_backend() == "nccl" else torch.device("cpu")
+        if not t.is_floating_point():
+            t = t.to(torch.float64)
+        t = t.to(comm_device)
+        reduce_op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM,
+                     "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+        dist.all_reduce(t, op=reduce_op)
+        if op == "mean":
+            t = t / self._world_size
+        if is_tensor:
+            # Integer tensors keep their dtype except for a mean (which is fractional).
+            keep = orig_dtype.is_floating_point or op != "mean"
+            return t.to(device=orig_device, dtype=orig_dtype if keep else t.dtype)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+    def print(self, *args, **kwargs) -> None:
+        if self.is_rank_0():
+            print(*args, **kwargs, flush=True)
+
+    # ----- data --------------------------------------------------------------------------
+
+    def get_sampler(self, dataset, seed: int, consumed_samples: int = 0, epoch: int = 0, shuffle: bool = True):
+        """This rank's slice of a deterministic, resumable epoch order (see ``sampler.py``).
+        ``consumed_samples``: global samples of this epoch already trained on."""
+        return ResumableDistributedSampler(
+            dataset, num_replicas=self._world_size, rank=self._rank, shuffle=shuffle,
+            seed=seed, epoch=epoch, consumed_samples=consumed_samples,
+        )
+
+    # ----- resumable checkpoints ---------------------------------------------------------
+
+    def save_ckpt(self, engine, ckpt_dir: str, step: int, client_state: Optional[dict] = None, max_num: int = 3) -> str:
+        """Write a resumable checkpoint ``<ckpt_dir>/global_step<step>`` (collective).
+
+        Model, optimizer and LR-scheduler state (DeepSpeed), ``client_state`` (your dict,
+        e.g. consumed samples) and every rank's python/numpy/torch RNG states. Written to
+        ``.tmp_global_step<step>``, renamed into place by rank 0 after all ranks finished,
+        then ``latest`` is replaced atomically; finally the oldest checkpoints beyond
+        ``max_num`` (at least 1 kept, never the new one) are deleted. Returns the folder.
+        ``ckpt_dir`` must be one filesystem shared by all ranks (rank 0 renames)."""
+        tag = ckpt_io.tag_for(step)
+        tmp_name = ckpt_io.TMP_PREFIX + tag
+        tmp_path = os.path.join(ckpt_dir, tmp_name)
+        if self.is_rank_0():
+            os.makedirs(ckpt_dir, exist_ok=True)
+            ckpt_io.remove_leftovers(ckpt_dir)
+        self.barrier()
+        # Our dict goes under one key: DeepSpeed returns everything it does not know on load.
+        engine.save_checkpoint(
+            ckpt_dir, tag=tmp_name, client_state={_CLIENT_KEY: dict(client_state or {})}, save_latest=False
+        )
+        ckpt_io.save_rng_state(tmp_path, self._rank)
+        if self.is_rank_0():
+            ckpt_io.write_meta(tmp_path, {"step": int(step), "world_size": self._world_size})
+        self.barrier()
+        if self.is_rank_0():
+            ckpt_io.commit(ckpt_dir, tmp_name, tag)
+            ckpt_io.prune(ckpt_dir, max_num, keep_tag=tag)
+        self.barrier()
+        return os.path.join(ckpt_dir, tag)
+
+    def load_ckpt(self, engine, ckpt_dir: str) -> Optional[dict]:
+        """Resume from the newest complete checkpoint in ``ckpt_dir`` (collective).
+
+        Restores model, optimizer, LR scheduler and this rank's RNG states; returns the
+        ``client_state`` given to ``save_ckpt`` (plus ``"step"``), or None when there is no
+        checkpoint. Leftover temp folders of a crashed save are ignored."""
+        tag = ckpt_io.find_latest_tag(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+        # Every rank must pick the same tag (shared filesystem assumed).
+        if dist.is_available() and dist.is_initialized() and self._world_size > 1:
+            picked = [None] * self._world_size
+            dist.all_gather_object(picked, tag)
+            if len(set(picked)) != 1:
+                raise RuntimeError(f"ranks disagree on the checkpoint to load from {ckpt_dir}: {picked}")
+        if tag is None:
+            return None
+        load_path, client_state = engine.load_checkpoint(
+            ckpt_dir, tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {os.path.join(ckpt_dir, tag)}")
+        ckpt_io.load_rng_state(os.path.join(ckpt_dir, tag), self._rank)
+        state = dict((client_state or {}).get(_CLIENT_KEY) or {})
+        state.setdefault("step", ckpt_io.step_of(tag))
+        return state
+
+    # ----- HF export ---------------------------------------------------------------------
+
+    def gathered_state_dict(self, model) -> Dict[str, torch.Tensor]:
+        """The full state dict on rank 0 (CPU tensors, training dtype); {} on other ranks.
+        Collective under ZeRO-3 (each parameter is gathered in turn)."""
+        module = unwrap_model(model)
+        out: Dict[str, torch.Tensor] = {}
+        seen: Dict[int, torch.Tensor] = {}
+        for name, t in module.state_dict(keep_vars=True).items():
+            if id(t) in seen:
+                if self.is_rank_0():
+                    out[name] = seen[id(t)]
+                continue
+            if _is_zero3_param(t):
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
+                    value = t.data.detach().cpu().clone() if self.is_rank_0() else None
+            else:
+                value = t.detach().cpu().clone() if self.is_rank_0() else None
+            if self.is_rank_0():
+                out[name] = value
+                seen[id(t)] = value
+        return out
+
+    def save_hf_model(self, model, tokenizer, output_dir: str) -> None:
+        """Write a normal HF folder (config, safetensors weights in the training dtype,
+        generation config, tokenizer with its chat template) to ``output_dir`` (collective).
+
+        Rank 0 writes into a sibling temp folder, then installs it: one atomic rename when
+        ``output_dir`` does not exist yet, else file by file with ``os.replace`` (other
+        content such as metrics.jsonl or checkpoints/ stays)."""
+        sd = self.gathered_state_dict(model)
+        if self.is_rank_0():
+            module = unwrap_model(model)
+            output_dir = os.path.normpath(output_dir)
+            parent = os.path.dirname(output_dir) or "."
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f"{ckpt_io.TMP_PREFIX}hf_{os.path.basename(output_dir)}")
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+            # save_pretrained pops tensors out of the dict it gets: hand it a copy.
+            module.save_pretrained(tmp, state_dict=dict(sd))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            ckpt_io.install_folder(tmp, output_dir)
+        self.barrier()
+
+    # ----- teardown ----------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Destroy the process group and undo env vars set by ``setup_distributed``.
+        Does not exit: CLI entry points call ``exit_cleanly()`` as their last statement."""
+        self.barrier()  # no rank tears down while another still communicates
+        destroy_process_group()
+        for k, v in self._env_we_set.items():
+            if os.environ.get(k) == v:
+                del os.environ[k]
+        self._env_we_set = {}
+
+
+def _attach_offload_hooks(model: nn.Module, device: torch.device) -> None:
+    """Keep ``model`` in CPU memory; move it to ``device`` for each top-level call."""
+
+    def pre(module, args, kwargs):
+        module.to(device)
+        return None
+
+    def post(module, args, kwargs, output):
+        module.to("cpu")
+        return output
+
+    model.register_forward_pre_hook(pre, with_kwargs=True)
+    model.register_forward_hook(post, with_kwargs=True)

@@ -1,0 +1,73 @@
+"""Small, dependency-light helpers around process launch and teardown.
+
+Nothing here imports deepspeed or transformers; ``torch`` is imported lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+# Environment variables a launcher (deepspeed, torchrun, Ray actors set up by us) provides.
+LAUNCH_ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it; tiny race window)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE set by a launcher, 1 when running as a plain process."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def under_launcher() -> bool:
+    """True when a multi-process launcher (deepspeed / torchrun / mpirun) started us."""
+    return launched_world_size() > 1
+
+
+def destroy_process_group() -> None:
+    """Tear down torch.distributed (and DeepSpeed's view of it) if it is up. Safe to call twice."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    # No barrier here: a peer that already died must not make this one hang.
+    deepspeed_comm = sys.modules.get("deepspeed.comm.comm")
+    if deepspeed_comm is not None and getattr(deepspeed_comm, "cdb", None) is not None:
+        try:
+            deepspeed_comm.destroy_process_group()
+        except Exception:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    else:
+        dist.destroy_process_group()
+
+
+def exit_cleanly(code: int = 0) -> None:
+    """End a CLI entry point: tear down the process group, then, under a multi-process
+    launcher, flush stdio and ``os._exit(code)``.
+
+    The hard exit avoids a teardown race seen with the deepspeed launcher on CPU (rank 1
+    sometimes aborted *after* finishing with "terminate called without an active
+    exception"). Only CLI entry points call this, at their very end; functions that tests
+    call in-process never do. As a plain single process it only tears down the group and
+    returns.
+    """
+    destroy_process_group()
+    if under_launcher():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)

@@ -1,0 +1,252 @@
+"""SFT and DPO trainers end to end on tiny models: learning, saving, resume, invariance, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from openrlhf.config import ConfigError, load_config
+from tiny import pref_rows, sft_rows, write_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_metrics(output_dir: str) -> list:
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def train_losses(output_dir: str) -> list:
+    return [r["loss"] for r in read_metrics(output_dir) if "loss" in r]
+
+
+def base_flags(model: str, data: str, out: str, *extra: str) -> list:
+    return [
+        "--model.model_name_or_path", model,
+        "--data.dataset", data,
+        "--data.apply_chat_template",
+        "--ds.zero_stage", "2",
+        "--ds.param_dtype", "fp32",
+        "--adam.lr", "2e-3",
+        "--lr_warmup_ratio", "0",
+        "--ckpt.output_dir", out,
+        *extra,
+    ]
+
+
+def run_dpo(flags: list) -> dict:
+    from openrlhf.cli.train_dpo import train_dpo
+
+    return train_dpo(load_config(flags, task="dpo"))
+
+
+def run_sft(flags: list) -> dict:
+    from openrlhf.cli.train_sft import train_sft
+
+    return train_sft(load_config(flags, task="sft"))
+
+
+@pytest.fixture()
+def pref16(tmp_path):
+    return write_jsonl(str(tmp_path / "pref16.jsonl"), pref_rows(16))
+
+
+def test_dpo_learns_and_saves_loadable_hf_folder(tiny_dir, pref16, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = str(tmp_path / "dpo")
+    last = run_dpo(base_flags(tiny_dir, pref16, out, "--train.batch_size", "8", "--train.micro_batch_size", "4",
+                              "--train.max_epochs", "4", "--model.beta", "0.5"))
+    recs = read_metrics(out)
+    assert [r["step"] for r in recs] == list(range(1, 9))
+    for key in ("loss", "acc", "chosen_reward", "reject_reward", "margin", "lr", "grad_norm"):
+        assert key in recs[0], key
+    assert recs[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 1
+    assert recs[-1]["loss"] < recs[0]["loss"] - 0.05
+    assert last["acc"] > 0.5
+    # The saved folder is a normal HF model with the trained weights and the chat template.
+    model = AutoModelForCausalLM.from_pretrained(out)
+    init = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    moved = [n for (n, p), (_, q) in zip(model.named_parameters(), init.named_parameters()) if not torch.equal(p, q)]
+    assert len(moved) > 10
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+
+
+def test_sft_learns_and_saves(tiny_dir, sft_jsonl, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = str(tmp_path / "sft")
+    run_sft(base_flags(tiny_dir, sft_jsonl, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",
+                       "--train.max_epochs", "5", "--eval.dataset", sft_jsonl, "--eval.split", "train",
+                       "--eval.steps", "5", "--adam.lr", "1e-2"))
+    recs = read_metrics(out)
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert len(losses) == 10
+    assert losses[-1] < losses[0] * 0.8
+    evals = [r for r in recs if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [5, 10]
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 400
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_micro_batch_times_accumulation_invariance(kind, tiny_dir, tmp_path):
+    # Uneven response lengths make the SFT token normalisation matter.
+    rows = pref_rows(8) if kind == "dpo" else sft_rows(8)
+    data = write_jsonl(str(tmp_path / "d.jsonl"), rows)
+    curves = []
+    for mb in ("1", "2", "4"):
+        out = str(tmp_path / f"{kind}_mb{mb}")
+        flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", mb,
+                           "--train.max_epochs", "2")
+        (run_dpo if kind == "dpo" else run_sft)(flags)
+        curves.append(train_losses(out))
+    assert len(curves[0]) == 4
+    for c in curves[1:]:
+        assert c == pytest.approx(curves[0], abs=1e-5)
+
+
+def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkeypatch):
+    flags = lambda out: base_flags(tiny_dir, pref16, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",  # noqa: E731
+                                   "--train.max_epochs", "2", "--ckpt.save_steps", "3", "--ckpt.load_enable")
+    full = str(tmp_path / "full")
+    run_dpo(flags(full))
+    expected = train_losses(full)
+    assert len(expected) == 8
+
+    # Crash in the middle of step 5 (after the step-3 checkpoint), then resume.
+    from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
+
+    original = DeepspeedStrategy.optimizer_step
+    calls = {"n": 0}
+
+    def crashing(self, engine):
+        calls["n"] += 1
+        if calls["n"] == 9:  # 2 micro-batches per step: the first of step 5
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, engine)
+
+    crashed = str(tmp_path / "crashed")
+    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(flags(crashed))
+    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", original)
+    assert [r["step"] for r in read_metrics(crashed)] == [1, 2, 3, 4]
+    run_dpo(flags(crashed))
+    assert [r["step"] for r in read_metrics(crashed)] == list(range(1, 9))
+    assert train_losses(crashed) == pytest.approx(expected, abs=1e-5)
+
+
+def _launch_env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return env
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_exactly(tiny_dir, tmp_path):
+    """A real SIGKILL of the CLI process, then a resumed run: the same per-step losses."""
+    data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(8))
+    common = ["--train.batch_size", "2", "--train.micro_batch_size", "1", "--train.max_epochs", "12",
+              "--ckpt.save_steps", "4", "--ckpt.load_enable"]
+    full = str(tmp_path / "full")
+    cmd = [sys.executable, "-m", "openrlhf.cli.train_dpo"]
+    res = subprocess.run(cmd + base_flags(tiny_dir, data, full, *common), env=_launch_env(), cwd=REPO,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    expected = train_losses(full)
+    assert len(expected) == 48
+
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(cmd + base_flags(tiny_dir, data, killed, *common), env=_launch_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = os.path.join(killed, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 10:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(read_metrics(killed))
+    assert 10 <= done < 48, "the run should have been killed part way"
+    res = subprocess.run(cmd + base_flags(tiny_dir, data, killed, *common), env=_launch_env(), cwd=REPO,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(killed)] == list(range(1, 49))
+    assert train_losses(killed) == pytest.approx(expected, abs=1e-5)
+
+
+def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
+    out = str(tmp_path / "z3")
+    flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "1",
+                       "--train.max_epochs", "2", "--model.beta", "0.5")
+    flags[flags.index("--ds.zero_stage") + 1] = "3"
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
+           "--module", "openrlhf.cli.train_dpo", *flags]
+    res = subprocess.run(cmd, env=_launch_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    losses = train_losses(out)
+    assert len(losses) == 8
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.02
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    init = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert trained.model.embed_tokens.weight.shape == init.model.embed_tokens.weight.shape
+    assert not torch.equal(trained.lm_head.weight, init.lm_head.weight)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+def _cli(module: str, flags: list):
+    return subprocess.run([sys.executable, "-m", module, *flags], env=_launch_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_flag_and_missing_model_rejected_before_training(tiny_dir, pref_jsonl, tmp_path):
+    res = _cli("openrlhf.cli.train_dpo", base_flags(str(tmp_path / "nope"), pref_jsonl, str(tmp_path / "o"),
+                                                    "--train.micro_batch_sise", "2"))
+    assert res.returncode == 2
+    assert "--train.micro_batch_sise" in res.stderr and "--train.micro_batch_size" in res.stderr
+    assert "--model.model_name_or_path" in res.stderr and "not found" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_rows_rejected_with_file_row_and_key(tiny_dir, tmp_path):
+    bad = write_jsonl(str(tmp_path / "bad.jsonl"), pref_rows(3) + [{"prompt": "x", "chosen": "y"}])
+    res = _cli("openrlhf.cli.train_dpo", base_flags(tiny_dir, bad, str(tmp_path / "o")))
+    assert res.returncode == 2
+    assert "bad.jsonl" in res.stderr and "row 4" in res.stderr and "'rejected'" in res.stderr
+    empty = str(tmp_path / "empty.jsonl")
+    open(empty, "w").close()
+    res = _cli("openrlhf.cli.train_sft", base_flags(tiny_dir, empty, str(tmp_path / "o")))
+    assert res.returncode == 2 and "empty.jsonl" in res.stderr
+    wrong = write_jsonl(str(tmp_path / "wrong.jsonl"), [{"input": "a", "output": 5}])
+    res = _cli("openrlhf.cli.train_sft", base_flags(tiny_dir, wrong, str(tmp_path / "o")))
+    assert res.returncode == 2 and "wrong.jsonl" in res.stderr and "output" in res.stderr
+
+
+def test_batch_not_divisible_by_world_and_too_small_data(tiny_dir, pref_jsonl, tmp_path):
+    with pytest.raises(ValueError, match="--train.batch_size"):
+        run_dpo(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "o"), "--train.batch_size", "64",
+                           "--train.micro_batch_size", "1"))
+    with pytest.raises(ConfigError, match="--model.beta"):
+        load_config(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "o"), "--model.beta", "-1"), task="dpo")
