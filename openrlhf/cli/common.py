@@ -21,10 +21,10 @@ def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.mode
     return tok
 
 
-def make_strategy(cfg: Config):
+def make_strategy(cfg: Config, training: bool = True):
     from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
 
-    strategy = DeepspeedStrategy(cfg.ds, cfg.train, cfg.max_norm, cfg.adam)
+    strategy = DeepspeedStrategy(cfg.ds, cfg.train, cfg.max_norm, cfg.adam, training=training)
     strategy.setup_distributed()
     return strategy
 

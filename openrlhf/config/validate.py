@@ -13,9 +13,12 @@ from typing import List
 
 from openrlhf.config.schema import Config, TeacherConfig
 
-TASKS = ("sft", "dpo", "dadpo", "score_logps")
+TASKS = ("sft", "dpo", "dadpo", "score_logps", "generate", "prune")
+# Tasks that build an optimizer (the others only read --train.micro_batch_size / seed).
+TRAINING_TASKS = ("sft", "dpo", "dadpo")
 LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
 PARAM_DTYPES = ("bf16", "fp16", "fp32")
+PRUNE_METHODS = ("activation", "weight")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -67,7 +70,7 @@ def validate(cfg: Config, task: str, *, check_paths: bool = True) -> List[str]:
     need(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
     if t.batch_size < 1:
         p.append(f"--train.batch_size: must be >= 1, got {t.batch_size}")
-    elif t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size:
+    elif t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size and task in TRAINING_TASKS:
         p.append(f"--train.batch_size: {t.batch_size} is not a multiple of "
                  f"--train.micro_batch_size {t.micro_batch_size}")
     need(t.max_epochs >= 1, "train.max_epochs", f"must be >= 1, got {t.max_epochs}")
@@ -99,8 +102,8 @@ def validate(cfg: Config, task: str, *, check_paths: bool = True) -> List[str]:
         need(m.beta >= 0, "model.beta", f"must be >= 0, got {m.beta}")
         if task == "dpo":
             need(m.beta != 0, "model.beta", "must be > 0 for DPO (beta 0 gives a constant loss)")
-        elif m.ipo_enable:
-            need(m.beta != 0, "model.beta", "must be > 0 with --model.ipo_enable (IPO divides by beta)")
+        else:
+            need(not m.ipo_enable, "model.ipo_enable", "train_dadpo has no IPO form; the daDPO loss is the sigmoid one")
         need(0 <= m.label_smoothing < 0.5, "model.label_smoothing", f"must be in [0, 0.5), got {m.label_smoothing}")
         need(m.nll_loss_coef >= 0, "model.nll_loss_coef", f"must be >= 0, got {m.nll_loss_coef}")
         need(not (m.ipo_enable and m.label_smoothing > 0), "model.label_smoothing",
@@ -110,11 +113,38 @@ def validate(cfg: Config, task: str, *, check_paths: bool = True) -> List[str]:
         need(cfg.teacher.beta >= 0, "teacher.beta", f"must be >= 0, got {cfg.teacher.beta}")
         need(not (m.beta == 0 and cfg.teacher.beta == 0), "teacher.beta",
              "--model.beta and --teacher.beta are both 0: the loss would be constant")
+    if task == "score_logps":
+        need(bool(cfg.teacher.model_name_or_path or cfg.ref.model_name_or_path), "teacher.model_name_or_path",
+             "score_logps needs a model to score: --teacher.model_name_or_path and/or --ref.model_name_or_path")
     if task == "dpo":
         default = TeacherConfig()
         for f in dataclasses.fields(TeacherConfig):
             need(getattr(cfg.teacher, f.name) == getattr(default, f.name), f"teacher.{f.name}",
                  "only train_dadpo uses --teacher.*")
+
+    if task == "generate":
+        g = cfg.generate
+        need(g.backend in ("hf", "vllm"), "generate.backend", f"unknown backend {g.backend!r}; expected hf or vllm")
+        need(bool(g.output_path), "generate.output_path", "required (the output .jsonl file)")
+        need(g.max_new_tokens >= 1, "generate.max_new_tokens", f"must be >= 1, got {g.max_new_tokens}")
+        need(g.temperature >= 0, "generate.temperature", f"must be >= 0 (0: greedy), got {g.temperature}")
+        need(0 < g.top_p <= 1, "generate.top_p", f"must be in (0, 1], got {g.top_p}")
+        need(g.top_k == -1 or g.top_k >= 1, "generate.top_k", f"must be -1 (off) or >= 1, got {g.top_k}")
+        need(g.batch_size >= 1, "generate.batch_size", f"must be >= 1, got {g.batch_size}")
+        need(g.tp_size >= 1, "generate.tp_size", f"must be >= 1, got {g.tp_size}")
+        need(g.num_engines >= 1, "generate.num_engines", f"must be >= 1, got {g.num_engines}")
+        need(0 < g.gpu_memory_utilization <= 1, "generate.gpu_memory_utilization",
+             f"must be in (0, 1], got {g.gpu_memory_utilization}")
+
+    if task == "prune":
+        pr = cfg.prune
+        need(0 <= pr.mlp_ratio < 1, "prune.mlp_ratio", f"must be in [0, 1), got {pr.mlp_ratio}")
+        need(0 <= pr.head_ratio < 1, "prune.head_ratio", f"must be in [0, 1), got {pr.head_ratio}")
+        need(pr.num_layers >= 0, "prune.num_layers", f"must be >= 0, got {pr.num_layers}")
+        need(pr.method in PRUNE_METHODS, "prune.method",
+             f"unknown method {pr.method!r}; expected one of {', '.join(PRUNE_METHODS)}")
+        need(pr.calibration_samples >= 1, "prune.calibration_samples", f"must be >= 1, got {pr.calibration_samples}")
+        need(bool(pr.output_dir), "prune.output_dir", "required (the folder the pruned model is written to)")
 
     # Local-looking paths must exist (hub names are left to the loaders).
     if check_paths:

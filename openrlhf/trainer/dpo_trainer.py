@@ -58,7 +58,3 @@ class DPOTrainer(Trainer):
         metrics["loss"] = loss.item()
         metrics["nll_loss"] = nll.item()
         return loss, metrics
-
-
-def make_dpo_loss(beta: float, label_smoothing: float, ipo: bool) -> DPOLoss:
-    return DPOLoss(beta=beta, label_smoothing=label_smoothing, ipo=ipo)

@@ -100,7 +100,9 @@ class DeepspeedStrategy:
 
     Settings come only from the constructor arguments (no hidden globals)."""
 
-    def __init__(self, ds, train, max_norm: float, adam):
+    def __init__(self, ds, train, max_norm: float, adam, training: bool = True):
+        """``training=False`` (scoring, generation): no optimizer, so the global batch
+        size is not checked against the process count."""
         problems = check_ds_config(ds)
         if problems:
             raise ValueError("invalid DeepSpeed settings:\n  " + "\n  ".join(problems))
@@ -108,6 +110,7 @@ class DeepspeedStrategy:
         self.train = train
         self.max_norm = float(max_norm)
         self.adam = adam
+        self.training = training
         self.accumulated_gradient: Optional[int] = None
         self._world_size = 1
         self._rank = 0
@@ -162,13 +165,16 @@ class DeepspeedStrategy:
         self._seed(self.train.seed)
 
         per_step = self.train.micro_batch_size * self._world_size
-        if self.train.micro_batch_size < 1 or self.train.batch_size < 1 or self.train.batch_size % per_step != 0:
+        if not self.training:
+            self.accumulated_gradient = 1
+        elif self.train.micro_batch_size < 1 or self.train.batch_size < 1 or self.train.batch_size % per_step != 0:
             raise ValueError(
                 f"--train.batch_size ({self.train.batch_size}) must be a positive multiple of "
                 f"--train.micro_batch_size ({self.train.micro_batch_size}) x number of processes "
                 f"({self._world_size}) = {per_step}"
             )
-        self.accumulated_gradient = self.train.batch_size // per_step
+        else:
+            self.accumulated_gradient = self.train.batch_size // per_step
 
     @staticmethod
     def _seed(seed: int) -> None:
