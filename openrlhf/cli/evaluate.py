@@ -1,0 +1,75 @@
+"""python -m openrlhf.cli.evaluate --teacher PATH --teacher_responses FILE \\
+       --candidate base=FILE --candidate dSFT=FILE [--candidate daDPO=FILE ...] --output_dir DIR
+
+Offline comparison of student responses with the teacher's: ROUGE-L F1 against the
+teacher's responses, the teacher's per-token NLL of each model's responses (scored
+with the teacher's own chat template) and response lengths. Writes report.json,
+report.md, report.png and scores.jsonl into --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Dict, List, Optional
+
+
+def _candidates(items: List[str], parser: argparse.ArgumentParser) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for item in items:
+        label, eq, path = item.partition("=")
+        label, path = label.strip(), path.strip()
+        if not eq or not label or not path:
+            parser.error(f"--candidate {item!r}: expected LABEL=FILE, e.g. --candidate dSFT=dsft_responses.jsonl")
+        if label in out:
+            parser.error(f"--candidate: label {label!r} given twice")
+        out[label] = path
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m openrlhf.cli.evaluate",
+                                 description="Compare candidate models' responses with the teacher's.")
+    ap.add_argument("--teacher", required=True, help="the teacher model folder (or hub name)")
+    ap.add_argument("--teacher_responses", required=True, help="the teacher's responses (JSONL from generate)")
+    ap.add_argument("--candidate", action="append", default=[], metavar="LABEL=FILE",
+                    help="a candidate's responses (repeatable), e.g. --candidate daDPO=dadpo.jsonl")
+    ap.add_argument("--output_dir", required=True)
+    ap.add_argument("--prompts", default="", help="the held-out prompt file: checks that the teacher ids are in it")
+    ap.add_argument("--no_chat_template", action="store_true",
+                    help="score plain prompt + response + EOS instead of the teacher's chat template")
+    ap.add_argument("--teacher_chat_template", default="",
+                    help="a Jinja chat template (or a file holding one) that replaces the teacher tokenizer's")
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    return ap
+
+
+def main(argv: Optional[list] = None) -> dict:
+    import os
+
+    from openrlhf.tools.evaluate import evaluate_responses
+
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    candidates = _candidates(args.candidate, parser)
+    if not candidates:
+        parser.error("--candidate: give at least one LABEL=FILE")
+    template = args.teacher_chat_template
+    if template and os.path.isfile(template):
+        with open(template, encoding="utf-8") as f:
+            template = f.read()
+    try:
+        report = evaluate_responses(args.teacher, args.teacher_responses, candidates, args.output_dir,
+                                    apply_chat_template=not args.no_chat_template, batch_size=args.batch_size,
+                                    prompts=args.prompts or None, chat_template=template, dtype=args.dtype)
+    except ValueError as e:  # DataError included: bad files, ids, labels
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    with open(os.path.join(args.output_dir, "report.md"), encoding="utf-8") as f:
+        print(f.read())
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Small helpers the offline tools share: output folders, parameter counts, token NLL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+
+def make_temp_dir(output_dir: str) -> str:
+    """An empty sibling folder of ``output_dir`` (same filesystem, so it can be renamed into place)."""
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(output_dir))}.tmp-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final folder should not be
+    return tmp
+
+
+def move_into_place(tmp: str, output_dir: str) -> None:
+    """Replace ``output_dir`` (absent or empty, or replaced on purpose) by the finished ``tmp``."""
+    output_dir = os.path.abspath(output_dir)
+    if os.path.isdir(output_dir):
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+
+
+def check_output_dir(output_dir: str, flag: str, overwrite: bool = False, hint: str = "") -> None:
+    """Refuse a file, or a non-empty folder unless ``overwrite`` (before any expensive work)."""
+    path = os.path.abspath(os.path.expanduser(output_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{flag}: {output_dir} is a file, expected a folder")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(f"{flag}: {output_dir} exists and is not empty; "
+                              f"{hint or 'choose another folder or empty it'}")
+
+
+def count_params(model) -> int:
+    """Parameters of ``model``; tied tensors (embeddings / LM head) count once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_device(device: Optional[str] = None):
+    import torch
+
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pad_batch(seqs, pad_id: int, masks=None):
+    """Right-pad lists of ids (and optional 0/1 masks) into tensors: ids, attention mask[, masks]."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    out_masks = torch.zeros((len(seqs), width), dtype=torch.bool) if masks is not None else None
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+        if masks is not None:
+            out_masks[i, : len(s)] = torch.tensor(masks[i], dtype=torch.bool)
+    return (ids, attn) if masks is None else (ids, attn, out_masks)

@@ -1,0 +1,367 @@
+"""Offline evaluation of distilled students against the teacher, without a judge.
+
+Inputs are response files as written by ``python -m openrlhf.cli.generate`` (JSONL
+rows with ``id``, ``prompt``, ``response``; ``finish_reason`` etc. are optional):
+one for the teacher and one per candidate model (base student, dSFT, daDPO, ...).
+For every candidate:
+
+- ROUGE-L F1 of its response against the teacher's response to the same prompt
+  (longest common subsequence of lowercase word tokens; our own implementation);
+- the teacher's NLL of its response: the teacher scores prompt + response with its
+  own tokenizer and chat template (as daDPO's teacher term does); the mean NLL over
+  response tokens per row, averaged over rows (``teacher_nll``), and over all
+  response tokens together (``teacher_nll_tokens``). The tokens that close the turn
+  (end-of-turn / EOS) are scored, except for responses cut off by the generator's
+  token limit (``finish_reason == "length"``), which did not end there;
+- mean response length (words, and teacher tokens) and the share cut off by the
+  token limit (``finish_reason == "length"``) when the rows say so.
+
+The teacher's own responses are scored too (row ``teacher``, the reference).
+Writes ``report.json``, ``report.md`` (a markdown table), ``report.png`` (bar charts)
+and ``scores.jsonl`` (per row and model) into the output folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+TEACHER_LABEL = "teacher"
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+# --------------------------------------------------------------------------- ROUGE-L
+
+
+def words(text: str) -> List[str]:
+    """Lowercase word tokens (runs of letters, digits and underscores)."""
+    return _WORD.findall(text.lower())
+
+
+def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Length of the longest common subsequence of two token sequences.
+
+    Bit-parallel: row i of the classic dynamic programme is kept as the bits of one
+    integer (bit j set where the row does not step up at column j), so each token of
+    ``b`` costs a few big-integer operations over ``len(a)`` bits.
+    """
+    if len(a) < len(b):
+        a, b = b, a
+    n = len(a)
+    if n == 0 or not b:
+        return 0
+    match: Dict[Any, int] = {}
+    for j, tok in enumerate(a):
+        match[tok] = match.get(tok, 0) | (1 << j)
+    full = (1 << n) - 1
+    v = full
+    for tok in b:
+        u = v & match.get(tok, 0)
+        v = ((v + u) | (v - u)) & full
+    return n - bin(v).count("1")
+
+
+def rouge_l(candidate: str, reference: str) -> Dict[str, float]:
+    """ROUGE-L of ``candidate`` against ``reference``: precision, recall, F1 (beta 1), lcs.
+
+    Two empty texts are identical (all 1.0); one empty text scores 0.
+    """
+    c, r = words(candidate), words(reference)
+    if not c and not r:
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0, "lcs": 0}
+    lcs = lcs_length(c, r)
+    if lcs == 0:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "lcs": 0}
+    p, rec = lcs / len(c), lcs / len(r)
+    return {"precision": p, "recall": rec, "f1": 2 * p * rec / (p + rec), "lcs": lcs}
+
+
+# --------------------------------------------------------------------------- response files
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    return value if isinstance(value, str) else str(value)
+
+
+def read_responses(path: str, what: str) -> Dict[str, dict]:
+    """Rows of a response file keyed by ``str(id)``; errors name the file and row."""
+    from openrlhf.datasets import DataError, load_rows
+
+    rows = load_rows(path, what=what)
+    out: Dict[str, dict] = {}
+    for i, row in enumerate(rows):
+        for key in ("id", "prompt", "response"):
+            if key not in row:
+                raise DataError(f"{what} {path}: row {i + 1} has no {key!r} key (keys: {sorted(row)})")
+        if row["response"] is None:
+            raise DataError(f"{what} {path}: row {i + 1} (id {row['id']!r}): response is null")
+        rid = str(row["id"])
+        if rid in out:
+            raise DataError(f"{what} {path}: id {row['id']!r} appears twice (rows {out[rid]['_row']} and {i + 1})")
+        out[rid] = dict(row, _row=i + 1)
+    return out
+
+
+def _check_same_ids(teacher: Dict[str, dict], cand: Dict[str, dict], label: str, path: str) -> None:
+    from openrlhf.datasets import DataError
+
+    missing = [i for i in teacher if i not in cand]
+    extra = [i for i in cand if i not in teacher]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the teacher's {len(teacher)} ids are missing (e.g. {missing[:3]})")
+        if extra:
+            parts.append(f"{len(extra)} ids are not in the teacher's responses (e.g. {extra[:3]})")
+        raise DataError(f"--candidate {label}={path}: " + "; ".join(parts))
+    for rid, row in cand.items():
+        if row["prompt"] != teacher[rid]["prompt"]:
+            raise DataError(f"--candidate {label}={path}: row {row['_row']} (id {row['id']!r}) has another prompt "
+                            "than the teacher's row with that id")
+
+
+# --------------------------------------------------------------------------- teacher NLL
+
+
+def _closing_tokens(renderer, prompt: Any, response: Any, response_ids: Sequence[int], where: str) -> int:
+    """How many of ``response_ids`` close the turn (end-of-turn / EOS and what the template writes after it)."""
+    tok = renderer.tokenizer
+    prompt_text, full_text = renderer.render(prompt, response, where)
+    if not renderer.apply_chat_template:
+        return 1 if response_ids and response_ids[-1] == tok.eos_token_id else 0
+    content = _text(response)
+    if not full_text.startswith(prompt_text + content):
+        return 0
+    full = tok(full_text, add_special_tokens=False)["input_ids"]
+    open_ids = tok(prompt_text + content, add_special_tokens=False)["input_ids"]
+    if full[: len(open_ids)] != open_ids:
+        return 0  # the tokens merge across the boundary: score everything
+    return min(len(full) - len(open_ids), max(len(response_ids) - 1, 0))
+
+
+def teacher_nll(model, renderer, pairs: Sequence[Tuple[Any, Any]], *, pad_id: int, batch_size: int = 8,
+                wheres: Optional[Sequence[str]] = None, cut_off: Optional[Sequence[bool]] = None,
+                progress: bool = True, desc: str = "teacher NLL") -> List[Tuple[float, int]]:
+    """(sum of NLL over response tokens, number of response tokens) per (prompt, response) pair.
+
+    For pairs marked in ``cut_off`` (the generator hit its token limit) the tokens
+    that close the turn are not scored: the response did not end there.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from openrlhf.models.actor import token_logps_from_logits
+    from openrlhf.tools.common import pad_batch
+
+    wheres = list(wheres) if wheres is not None else [""] * len(pairs)
+    tokenized = renderer.tokenize_many(list(pairs), wheres)
+    if cut_off is not None:
+        for i, cut in enumerate(cut_off):
+            if cut:
+                p_ids, r_ids = tokenized[i]
+                n = _closing_tokens(renderer, pairs[i][0], pairs[i][1], r_ids, wheres[i])
+                tokenized[i] = (p_ids, list(r_ids)[: len(r_ids) - n])
+    device = next(model.parameters()).device
+    order = sorted(range(len(tokenized)), key=lambda i: -(len(tokenized[i][0]) + len(tokenized[i][1])))
+    out: List[Tuple[float, int]] = [(0.0, 0)] * len(tokenized)
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+            idx = order[start : start + batch_size]
+            seqs = [list(tokenized[i][0]) + list(tokenized[i][1]) for i in idx]
+            masks = [[False] * len(tokenized[i][0]) + [True] * len(tokenized[i][1]) for i in idx]
+            ids, attn, resp = pad_batch(seqs, pad_id, masks)
+            ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            logps = token_logps_from_logits(logits, ids)
+            mask = resp[:, 1:]
+            sums = -(logps * mask).sum(-1)
+            counts = mask.sum(-1)
+            for k, i in enumerate(idx):
+                out[i] = (float(sums[k]), int(counts[k]))
+    return out
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _fmt(x: Optional[float], digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def write_markdown(report: dict, path: str) -> None:
+    lines = [
+        f"Teacher: `{report['teacher']}`; {report['num_rows']} prompts; "
+        f"chat template: {'yes' if report['apply_chat_template'] else 'no'}.",
+        "",
+        "| model | ROUGE-L F1 | teacher NLL (row mean) | teacher NLL (token mean) | mean words "
+        "| mean teacher tokens | cut off |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, m in report["models"].items():
+        cut = "-" if m.get("truncated") is None else f"{100 * m['truncated']:.1f}%"
+        lines.append(
+            f"| {label} | {_fmt(m['rouge_l_f1'])} | {_fmt(m['teacher_nll'])} | {_fmt(m['teacher_nll_tokens'])} "
+            f"| {_fmt(m['mean_words'], 1)} | {_fmt(m['mean_teacher_tokens'], 1)} | {cut} |"
+        )
+    lines += ["", "ROUGE-L: against the teacher's response (higher: closer). Teacher NLL: mean negative "
+              "log-likelihood per response token under the teacher (lower: more teacher-like).", ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
+def write_chart(report: dict, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = list(report["models"])
+    panels = [("rouge_l_f1", "ROUGE-L F1 vs teacher (higher is closer)"),
+              ("teacher_nll", "teacher NLL per token (lower is closer)"),
+              ("mean_words", "mean response length (words)")]
+    fig = Figure(figsize=(4.2 * len(panels), 3.6 + 0.1 * len(labels)))
+    FigureCanvasAgg(fig)
+    colors = ["#7f7f7f" if lab == TEACHER_LABEL else f"C{i}" for i, lab in enumerate(labels)]
+    for k, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        values = [report["models"][lab][key] for lab in labels]
+        bars = ax.bar(range(len(labels)), values, color=colors)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=30, ha="right")
+        ax.set_title(title, fontsize=9)
+        for bar, v in zip(bars, values):
+            ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# --------------------------------------------------------------------------- the whole job
+
+
+def evaluate_responses(
+    teacher_path: str,
+    teacher_responses: str,
+    candidates: Dict[str, str],
+    output_dir: str,
+    *,
+    apply_chat_template: bool = True,
+    batch_size: int = 8,
+    prompts: Optional[str] = None,
+    chat_template: str = "",
+    dtype: str = "float32",
+    device: Optional[str] = None,
+    progress: bool = True,
+) -> dict:
+    """Score every candidate's responses against the teacher's; write the reports; return report.json's dict.
+
+    ``candidates`` maps a label (e.g. ``dSFT``) to a response file whose ids must be
+    exactly the teacher file's ids, each with the same prompt. ``prompts`` (optional)
+    is the held-out prompt file: every teacher id must be one of its ids (its ``id``
+    key, else the row's position counted from 0). ``chat_template`` replaces the
+    teacher tokenizer's template.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from openrlhf.cli.common import load_tokenizer
+    from openrlhf.datasets import DataError, PromptRenderer, load_rows
+    from openrlhf.tools.common import pick_device
+
+    # Cheap checks first: labels, files, ids; then the teacher.
+    if not candidates:
+        raise ValueError("--candidate: give at least one candidate response file (label=FILE)")
+    for label in candidates:
+        if not label or label == TEACHER_LABEL:
+            raise ValueError(f"--candidate: label {label!r} is empty or reserved (the teacher's own row is "
+                             f"{TEACHER_LABEL!r})")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size: must be >= 1, got {batch_size}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("the report chart (report.png) needs matplotlib: pip install matplotlib")
+    teacher_rows = read_responses(teacher_responses, "--teacher_responses")
+    if prompts:
+        prompt_ids = {str(r.get("id", i)) for i, r in enumerate(load_rows(prompts, what="--prompts"))}
+        unknown = [i for i in teacher_rows if i not in prompt_ids]
+        if unknown:
+            raise DataError(f"--teacher_responses {teacher_responses}: {len(unknown)} ids are not in --prompts "
+                            f"{prompts} (e.g. {unknown[:3]})")
+    cand_rows: Dict[str, Dict[str, dict]] = {}
+    for label, path in candidates.items():
+        rows = read_responses(path, f"--candidate {label}")
+        _check_same_ids(teacher_rows, rows, label, path)
+        cand_rows[label] = rows
+
+    tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher")
+    if apply_chat_template and not tokenizer.chat_template:
+        raise ValueError(f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
+                         "--teacher_chat_template, or score plain text with --no_chat_template")
+    renderer = PromptRenderer(tokenizer, apply_chat_template=apply_chat_template, model_path=teacher_path)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch_dtype)
+    except OSError as e:
+        raise ValueError(f"--teacher: cannot load a model from {teacher_path!r}: {e}") from e
+    model.to(pick_device(device))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    ids = list(teacher_rows)
+    sources = {TEACHER_LABEL: (teacher_rows, teacher_responses)}
+    sources.update({label: (cand_rows[label], candidates[label]) for label in candidates})
+    report: dict = {
+        "teacher": teacher_path,
+        "teacher_responses": teacher_responses,
+        "candidates": dict(candidates),
+        "num_rows": len(ids),
+        "apply_chat_template": apply_chat_template,
+        "models": {},
+    }
+    per_row: List[dict] = []
+    for label, (rows, path) in sources.items():
+        pairs = [(teacher_rows[i]["prompt"], rows[i]["response"]) for i in ids]
+        wheres = [f"{path}: row {rows[i]['_row']}" for i in ids]
+        cut = [rows[i].get("finish_reason") == "length" for i in ids]
+        nll = teacher_nll(model, renderer, pairs, pad_id=pad_id, batch_size=batch_size, wheres=wheres,
+                          cut_off=cut, progress=progress, desc=f"teacher NLL ({label})")
+        rouge = [rouge_l(_text(rows[i]["response"]), _text(teacher_rows[i]["response"])) for i in ids]
+        n_words = [len(words(_text(rows[i]["response"]))) for i in ids]
+        reasons = [rows[i].get("finish_reason") for i in ids]
+        row_nll = [s / n if n else float("nan") for s, n in nll]
+        tok_total = sum(n for _, n in nll)
+        report["models"][label] = {
+            "file": path,
+            "rouge_l_f1": _mean([r["f1"] for r in rouge]),
+            "rouge_l_precision": _mean([r["precision"] for r in rouge]),
+            "rouge_l_recall": _mean([r["recall"] for r in rouge]),
+            "teacher_nll": _mean([x for x in row_nll if not math.isnan(x)]),
+            "teacher_nll_tokens": sum(s for s, _ in nll) / tok_total if tok_total else float("nan"),
+            "mean_words": _mean(n_words),
+            "mean_teacher_tokens": _mean([n for _, n in nll]),
+            "truncated": (_mean([r == "length" for r in reasons]) if all(r is not None for r in reasons)
+                          else None),
+            "rows": len(ids),
+        }
+        for i, r, (s, n), w in zip(ids, rouge, nll, n_words):
+            per_row.append({"id": teacher_rows[i]["id"], "model": label, "rouge_l_f1": r["f1"],
+                            "teacher_nll": s / n if n else None, "teacher_tokens": n, "words": w})
+
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(output_dir, "scores.jsonl"), "w", encoding="utf-8") as f:
+        for row in per_row:
+            f.write(json.dumps(row) + "\n")
+    write_markdown(report, os.path.join(output_dir, "report.md"))
+    write_chart(report, os.path.join(output_dir, "report.png"))
+    return report

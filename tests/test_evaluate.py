@@ -1,0 +1,148 @@
+"""Offline evaluation: ROUGE-L by hand, teacher NLL against a direct computation, report files, bad ids."""
+
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from tiny import PREF_ROWS, write_jsonl
+
+from openrlhf.tools.evaluate import evaluate_responses, lcs_length, rouge_l, words
+
+
+def _lcs_dp(a, b):
+    """Textbook O(n m) dynamic programme, to check the bit-parallel version."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def test_rouge_l_hand_worked():
+    r = rouge_l("the cat sat on the mat", "the cat is on the mat")
+    assert r["lcs"] == 5  # the cat on the mat
+    assert r["precision"] == pytest.approx(5 / 6) and r["recall"] == pytest.approx(5 / 6)
+    assert r["f1"] == pytest.approx(5 / 6)
+
+    # Different lengths: candidate 4 words, reference 5, LCS "the mat" = 2.
+    r = rouge_l("The MAT, the end!", "a cat on the mat")
+    assert words("The MAT, the end!") == ["the", "mat", "the", "end"]
+    assert r["lcs"] == 2
+    assert (r["precision"], r["recall"]) == (pytest.approx(2 / 4), pytest.approx(2 / 5))
+    assert r["f1"] == pytest.approx(4 / 9)  # 2 * 0.5 * 0.4 / 0.9
+
+    assert rouge_l("a b c", "d e f")["f1"] == 0.0
+    assert rouge_l("", "")["f1"] == 1.0 and rouge_l("", "x")["f1"] == 0.0
+    assert rouge_l("Same text.", "same TEXT")["f1"] == 1.0
+
+
+def test_lcs_bit_parallel_matches_dynamic_programme():
+    rng = random.Random(0)
+    for _ in range(300):
+        a = [rng.choice("abcde") for _ in range(rng.randint(0, 40))]
+        b = [rng.choice("abcde") for _ in range(rng.randint(0, 40))]
+        assert lcs_length(a, b) == _lcs_dp(a, b)
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+
+
+@pytest.fixture()
+def response_files(tmp_path):
+    rows = [{"id": i, "prompt": p, "response": c, "finish_reason": "stop", "response_tokens": 5, "model": "t"}
+            for i, (p, c, _) in enumerate(PREF_ROWS)]
+    teacher = write_jsonl(str(tmp_path / "teacher.jsonl"), rows)
+    same = write_jsonl(str(tmp_path / "same.jsonl"), list(reversed(rows)))  # order does not matter
+    worse = write_jsonl(str(tmp_path / "worse.jsonl"),
+                        [dict(r, response=PREF_ROWS[r["id"]][2], finish_reason="length" if r["id"] < 2 else "stop")
+                         for r in rows])
+    return {"teacher": teacher, "same": same, "worse": worse, "rows": rows, "dir": tmp_path}
+
+
+def _direct_nll(model_dir, prompt, response, cut=False):
+    """Teacher NLL of one response, straight from transformers (cut: without the closing tokens)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    msgs = [{"role": "user", "content": prompt}]
+    p_text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    f_text = tok.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
+    p_ids = tok(p_text, add_special_tokens=False)["input_ids"]
+    f_ids = tok(f_text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([f_ids])).logits[0].float(), -1)
+    n = len(p_ids)
+    end = len(tok(p_text + response, add_special_tokens=False)["input_ids"]) if cut else len(f_ids)
+    assert end < len(f_ids) or not cut
+    nll = [-logp[t - 1, f_ids[t]].item() for t in range(n, end)]
+    return sum(nll), len(nll)
+
+
+def test_evaluate_writes_reports_and_matches_direct_nll(tiny_teacher_other_family, response_files):
+    out = str(response_files["dir"] / "report")
+    teacher = tiny_teacher_other_family  # its own (Gemma-like) template and vocabulary
+    report = evaluate_responses(teacher, response_files["teacher"],
+                                {"same": response_files["same"], "dSFT": response_files["worse"]}, out,
+                                batch_size=3, progress=False)
+    for name in ("report.json", "report.md", "report.png", "scores.jsonl"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    assert json.load(open(os.path.join(out, "report.json")))["models"].keys() == {"teacher", "same", "dSFT"}
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| dSFT |" in md and "ROUGE-L" in md
+
+    same, worse, ref = report["models"]["same"], report["models"]["dSFT"], report["models"]["teacher"]
+    assert same["rouge_l_f1"] == 1.0 and ref["rouge_l_f1"] == 1.0
+    assert worse["rouge_l_f1"] < 0.5
+    assert same["teacher_nll"] == pytest.approx(ref["teacher_nll"], abs=1e-5)
+    assert worse["truncated"] == pytest.approx(2 / len(PREF_ROWS)) and same["truncated"] == 0.0
+
+    # One row against transformers directly; then the row and token averages.
+    per_row = [json.loads(line) for line in open(os.path.join(out, "scores.jsonl"))]
+    s, n = _direct_nll(teacher, PREF_ROWS[3][0], PREF_ROWS[3][2])
+    row3 = next(r for r in per_row if r["model"] == "dSFT" and r["id"] == 3)
+    assert row3["teacher_tokens"] == n
+    assert row3["teacher_nll"] == pytest.approx(s / n, rel=1e-4)
+    # Row 0 was cut off by the token limit: the closing "<end_of_turn>\n" is not scored.
+    s, n = _direct_nll(teacher, PREF_ROWS[0][0], PREF_ROWS[0][2], cut=True)
+    row0 = next(r for r in per_row if r["model"] == "dSFT" and r["id"] == 0)
+    assert row0["teacher_tokens"] == n
+    assert row0["teacher_nll"] == pytest.approx(s / n, rel=1e-4)
+    rows = [r for r in per_row if r["model"] == "dSFT"]
+    assert worse["teacher_nll"] == pytest.approx(sum(r["teacher_nll"] for r in rows) / len(rows), rel=1e-6)
+    tok_mean = sum(r["teacher_nll"] * r["teacher_tokens"] for r in rows) / sum(r["teacher_tokens"] for r in rows)
+    assert worse["teacher_nll_tokens"] == pytest.approx(tok_mean, rel=1e-6)
+    assert worse["mean_words"] == pytest.approx(sum(len(words(b)) for _, _, b in PREF_ROWS) / len(PREF_ROWS))
+
+
+def test_missing_ids_name_the_file_and_count(tiny_dir, response_files):
+    from openrlhf.datasets import DataError
+
+    short = write_jsonl(str(response_files["dir"] / "short.jsonl"), response_files["rows"][:5])
+    with pytest.raises(DataError, match=r"short\.jsonl.*3 of the teacher's 8 ids are missing"):
+        evaluate_responses(tiny_dir, response_files["teacher"], {"base": short}, str(response_files["dir"] / "o"),
+                           progress=False)
+    other = write_jsonl(str(response_files["dir"] / "other.jsonl"),
+                        [dict(r, prompt="something else") if r["id"] == 4 else r for r in response_files["rows"]])
+    with pytest.raises(DataError, match=r"other\.jsonl: row 5 .*another prompt"):
+        evaluate_responses(tiny_dir, response_files["teacher"], {"base": other}, str(response_files["dir"] / "o"),
+                           progress=False)
+    with pytest.raises(ValueError, match="reserved"):
+        evaluate_responses(tiny_dir, response_files["teacher"], {"teacher": short}, str(response_files["dir"] / "o"))
+
+
+def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):
+    from openrlhf.cli.evaluate import main
+
+    out = str(response_files["dir"] / "cli")
+    main(["--teacher", tiny_dir, "--teacher_responses", response_files["teacher"], "--candidate",
+          f"base={response_files['worse']}", "--candidate", f"daDPO={response_files['same']}", "--output_dir", out])
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert list(report["models"]) == ["teacher", "base", "daDPO"]
+    assert "| daDPO | 1.0000 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--teacher", tiny_dir, "--teacher_responses", response_files["teacher"], "--candidate", "nolabel",
+              "--output_dir", out])
