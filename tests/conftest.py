@@ -32,6 +32,14 @@ def tiny_teacher_other_family(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_talking_teacher(tmp_path_factory):
+    """A tiny teacher that answers "Tell me about X." briefly and ends its turn."""
+    from tiny import make_talking_teacher
+
+    return make_talking_teacher(str(tmp_path_factory.mktemp("tiny_talking_teacher")))
+
+
+@pytest.fixture(scope="session")
 def tiny_no_template(tmp_path_factory):
     return make_tiny(str(tmp_path_factory.mktemp("tiny_no_template")), style="none", vocab_size=300, seed=3)
 

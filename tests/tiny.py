@@ -131,3 +131,42 @@ def pref_rows(n: int = 8):
 
 def sft_rows(n: int = 8):
     return [{"input": r["prompt"], "output": r["chosen"]} for r in pref_rows(n)]
+
+
+TOPICS = ["the sea", "a fox", "Paris", "numbers", "distillation", "tea", "music", "rain", "books", "trees",
+          "the moon", "bread", "snow", "clocks", "rivers", "birds"]
+
+
+def make_talking_teacher(folder: str, answer: str = "It is nice.", steps: int = 150, seed: int = 0) -> str:
+    """A tiny ChatML model fitted (plain torch, a few seconds) to answer "Tell me about X." with
+    ``answer`` and then end its turn, so greedy generation stops by itself."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    make_tiny(folder, style="chatml", vocab_size=400, seed=seed, hidden=48)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    seqs, masks = [], []
+    for topic in TOPICS:
+        msgs = [{"role": "user", "content": f"Tell me about {topic}."}]
+        p = tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids
+        full = tok(tok.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=False),
+                   add_special_tokens=False).input_ids
+        seqs.append(full)
+        masks.append([0] * len(p) + [1] * (len(full) - len(p)))
+    T = max(map(len, seqs))
+    ids = torch.tensor([s + [tok.pad_token_id] * (T - len(s)) for s in seqs])
+    mask = torch.tensor([m + [0] * (T - len(m)) for m in masks], dtype=torch.float)
+    att = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs])
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                reduction="none").view(ids.shape[0], -1)
+        loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(folder)
+    return folder

@@ -1,0 +1,38 @@
+"""python -m openrlhf.cli.build_sets --teacher gen/teacher.jsonl --student gen/student.jsonl --output_dir data/sets
+
+Step 3 of Algorithm 1: join the teacher's and the student's responses by id into
+preference.jsonl (prompt, chosen = teacher, rejected = student) and sft.jsonl
+(input, output = teacher), with report.json counting every dropped row. The drop
+policy is documented in :mod:`openrlhf.generation.sets`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict, Optional
+
+
+def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m openrlhf.cli.build_sets", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", required=True, help="generation JSONL of the teacher")
+    ap.add_argument("--student", required=True, help="generation JSONL of the student")
+    ap.add_argument("--output_dir", required=True, help="folder for preference.jsonl, sft.jsonl, report.json")
+    ap.add_argument("--prompt_key", default="prompt", help="key of the prompt in both generation files")
+    return ap.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def main(argv: Optional[list] = None) -> Dict[str, Any]:
+    from openrlhf.datasets.loading import DataError
+    from openrlhf.generation.sets import build_sets
+
+    a = parse_args(argv)
+    try:
+        return build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

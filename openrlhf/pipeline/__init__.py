@@ -1,0 +1,1 @@
+"""Algorithm 1 end to end (python -m openrlhf.cli.distill)."""

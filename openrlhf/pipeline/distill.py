@@ -1,0 +1,209 @@
+"""Algorithm 1 from one YAML file.
+
+Stages, each writing into ``run_dir`` and skipped when its output is complete (a marker
+``run_dir/.done/<stage>`` is written after the stage succeeds), so a killed run resumes:
+
+    teacher    HF folder of the teacher (converted from GGUF when asked)
+    prompts    ShareGPT first human turns -> prompts/train.jsonl, prompts/eval.jsonl
+    student    the student (a pruned teacher when no student path is given)
+    gen_*      greedy responses: teacher and student on train prompts, all models on eval prompts
+    sets       preference set (teacher chosen, student rejected) and SFT set
+    dsft       SFT of the student on the teacher's responses -> pi_sft (policy init and reference)
+    score      (cache_logps) teacher and reference log-probs cached once
+    dadpo      daDPO from pi_sft with the teacher frozen
+    ddpo       (optional) the dDPO baseline
+    report     ROUGE-L vs the teacher and the teacher's NLL for base, dSFT, daDPO (and dDPO)
+
+Launched under ``deepspeed --num_gpus N --module openrlhf.cli.distill`` the training and
+scoring stages run on every process (DeepSpeed data parallel); the other stages run on
+rank 0 while the others wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+from openrlhf.pipeline.config import DistillConfig, to_flags
+
+
+class Pipeline:
+    def __init__(self, cfg: DistillConfig, log: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self.run = cfg.run_dir
+        self.log = log
+        self.strategy = None
+        self.timings: Dict[str, float] = {}
+
+    # ---- paths ---------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.run, *parts)
+
+    @property
+    def teacher_path(self) -> str:
+        t = self.cfg.teacher
+        return self.path("teacher") if t.startswith("gguf:") else t
+
+    @property
+    def student_path(self) -> str:
+        return self.cfg.student.model_name_or_path or self.path("student")
+
+    # ---- configs of the stage CLIs ---------------------------------------------------------
+    def stage_config(self, task: str, *mappings: Dict, check_paths: bool = False):
+        from openrlhf.config import load_config
+
+        return load_config(to_flags(self.cfg.common, *mappings), task=task, check_paths=check_paths)
+
+    def planned_configs(self) -> Dict[str, object]:
+        """Every stage's config, built up front so bad flags fail before any work."""
+        c = self.cfg
+        dsft, sets = self.path("dsft"), self.path("sets")
+        pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
+        out = {
+            "gen": self.stage_config("generate", {"model.model_name_or_path": self.teacher_path,
+                                                  "data.dataset": self.path("prompts", "train.jsonl"),
+                                                  "generate.output_path": self.path("gen", "x.jsonl")}, c.generate),
+            "dsft": self.stage_config("sft", {"model.model_name_or_path": self.student_path,
+                                              "data.dataset": os.path.join(sets, "sft.jsonl"),
+                                              "ckpt.output_dir": dsft}, c.sft),
+            "dadpo": self.stage_config("dadpo", {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
+                                                 "teacher.model_name_or_path": self.teacher_path,
+                                                 "data.dataset": pref, "ckpt.output_dir": self.path("dadpo")}, c.dadpo),
+        }
+        if c.cache_logps:
+            out["score"] = self.stage_config("score_logps", {
+                "model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
+                "teacher.model_name_or_path": self.teacher_path,
+                "data.dataset": os.path.join(sets, "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
+                {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data."))}, c.score)
+        if c.ddpo is not None:
+            out["ddpo"] = self.stage_config("dpo", {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
+                                                    "data.dataset": os.path.join(sets, "preference.jsonl"),
+                                                    "ckpt.output_dir": self.path("ddpo")}, c.ddpo)
+        return out
+
+    # ---- stage bookkeeping -----------------------------------------------------------------
+    def _done_marker(self, name: str) -> str:
+        return self.path(".done", name)
+
+    def is_done(self, name: str) -> bool:
+        return os.path.exists(self._done_marker(name))
+
+    def _barrier(self) -> None:
+        if self.strategy is not None:
+            self.strategy.barrier()
+
+    def _rank0(self) -> bool:
+        return self.strategy is None or self.strategy.is_rank_0()
+
+    def stage(self, name: str, fn: Callable[[], None], everywhere: bool = False) -> None:
+        """Run ``fn`` unless the stage is done; on rank 0 only unless ``everywhere``."""
+        if self.is_done(name):
+            self.log(f"[distill] {name}: done before, skipped")
+            return
+        self.log(f"[distill] {name}: running")
+        t0 = time.time()
+        if everywhere or self._rank0():
+            fn()
+        self._barrier()
+        self.timings[name] = round(time.time() - t0, 1)
+        if self._rank0():
+            os.makedirs(self.path(".done"), exist_ok=True)
+            with open(self._done_marker(name), "w") as f:
+                json.dump({"seconds": self.timings[name]}, f)
+        self._barrier()
+
+    # ---- the stages ------------------------------------------------------------------------
+    def _teacher(self) -> None:
+        from openrlhf.tools.gguf_convert import convert_gguf, gemma3_gguf_path, smollm2_gguf_path
+
+        name = self.cfg.teacher[len("gguf:"):]
+        src = {"smollm2": smollm2_gguf_path, "gemma3": gemma3_gguf_path}.get(name.lower(), lambda: name)()
+        convert_gguf(src, self.teacher_path, overwrite=True)
+
+    def _prompts(self) -> None:
+        from openrlhf.generation.sharegpt import prepare_prompts
+
+        p = self.cfg.prompts
+        prepare_prompts(None if p.source == "sharegpt" else p.source, self.path("prompts"),
+                        eval_size=p.eval_size, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars,
+                        max_prompts=p.train_size + p.eval_size, log=self.log)
+
+    def _student(self) -> None:
+        from openrlhf.tools.prune import prune
+
+        flags = {f"prune.{k}": v for k, v in self.cfg.student.prune.items()}
+        cfg = self.stage_config("prune", {"model.model_name_or_path": self.teacher_path,
+                                          "data.dataset": self.path("prompts", "train.jsonl"),
+                                          "prune.output_dir": self.path("student")}, flags, check_paths=True)
+        prune(cfg)
+
+    def _generate(self, model: str, prompts: str, out: str) -> Callable[[], None]:
+        def run() -> None:
+            from openrlhf.cli.generate import generate
+
+            generate(self.stage_config("generate", {"model.model_name_or_path": model, "data.dataset": prompts,
+                                                    "generate.output_path": out}, self.cfg.generate), log=self.log)
+        return run
+
+    def _sets(self) -> None:
+        from openrlhf.generation.sets import build_sets
+
+        build_sets(self.path("gen", "teacher_train.jsonl"), self.path("gen", "student_train.jsonl"),
+                   self.path("sets"), log=self.log)
+
+    def _report(self, labels: Dict[str, str]) -> None:
+        from openrlhf.tools.evaluate import evaluate_responses
+
+        apply = bool(self.cfg.common.get("data.apply_chat_template", False))
+        report = evaluate_responses(self.teacher_path, self.path("gen", "teacher_eval.jsonl"), labels,
+                                    self.path("report"), apply_chat_template=apply,
+                                    prompts=self.path("prompts", "eval.jsonl"))
+        with open(self.path("report", "timings.json"), "w") as f:
+            json.dump(self.timings, f, indent=2)
+        self.log(f"[distill] report: {self.path('report', 'report.md')}")
+        del report
+
+    def run_all(self) -> Dict[str, float]:
+        from openrlhf.cli.common import make_strategy
+
+        c = self.cfg
+        configs = self.planned_configs()  # every stage's flags checked before any work
+        os.makedirs(self.run, exist_ok=True)
+        # One process group for the whole pipeline (the training stages join it).
+        self.strategy = make_strategy(configs["dsft"], training=False)
+
+        if c.teacher.startswith("gguf:"):
+            self.stage("teacher", self._teacher)
+        self.stage("prompts", self._prompts)
+        if not c.student.model_name_or_path:
+            self.stage("student", self._student)
+        train_p, eval_p = self.path("prompts", "train.jsonl"), self.path("prompts", "eval.jsonl")
+        self.stage("gen_teacher_train", self._generate(self.teacher_path, train_p, self.path("gen", "teacher_train.jsonl")))
+        self.stage("gen_student_train", self._generate(self.student_path, train_p, self.path("gen", "student_train.jsonl")))
+        self.stage("sets", self._sets)
+
+        from openrlhf.cli.preference import train_preference
+        from openrlhf.cli.train_sft import train_sft
+
+        self.stage("dsft", lambda: train_sft(configs["dsft"]), everywhere=True)
+        if c.cache_logps:
+            from openrlhf.cli.score_logps import score_logps
+
+            self.stage("score", lambda: score_logps(configs["score"]), everywhere=True)
+        self.stage("dadpo", lambda: train_preference(configs["dadpo"], "dadpo"), everywhere=True)
+        models = {"base": self.student_path, "dSFT": self.path("dsft"), "daDPO": self.path("dadpo")}
+        if c.ddpo is not None:
+            self.stage("ddpo", lambda: train_preference(configs["ddpo"], "dpo"), everywhere=True)
+            models["dDPO"] = self.path("ddpo")
+
+        self.stage("gen_teacher_eval", self._generate(self.teacher_path, eval_p, self.path("gen", "teacher_eval.jsonl")))
+        labels = {}
+        for label, model in models.items():
+            out = self.path("gen", f"{label.lower()}_eval.jsonl")
+            self.stage(f"gen_{label.lower()}_eval", self._generate(model, eval_p, out))
+            labels[label] = out
+        self.stage("report", lambda: self._report(labels))
+        return self.timings

@@ -1,0 +1,86 @@
+"""The one-command pipeline (Algorithm 1) on tiny models: every stage runs, a rerun skips them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from openrlhf.config import ConfigError
+
+
+def _sharegpt(path: str, n: int = 14) -> str:
+    from tiny import TOPICS as topics
+
+    records = [{"id": f"c{i}", "conversations": [{"from": "human", "value": f"Tell me about {topics[i % len(topics)]}."},
+                                                 {"from": "gpt", "value": "Sure."}]} for i in range(n)]
+    with open(path, "w") as f:
+        json.dump(records, f)
+    return path
+
+
+def _config(tmp_path, teacher: str, student: str, **extra) -> str:
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "teacher": teacher,
+        "student": {"model_name_or_path": student},
+        "prompts": {"source": _sharegpt(str(tmp_path / "sharegpt.json")), "train_size": 8, "eval_size": 4,
+                    "seed": 0, "min_chars": 5, "max_chars": 200},
+        "common": {"data.apply_chat_template": True, "data.max_len": 256, "ds.param_dtype": "fp32",
+                   "ds.zero_stage": 0, "train.micro_batch_size": 2, "lr_warmup_ratio": 0},
+        "generate": {"generate.max_new_tokens": 12, "generate.batch_size": 4},
+        "sft": {"train.batch_size": 4, "train.max_epochs": 1, "adam.lr": 1e-3},
+        "dadpo": {"train.batch_size": 4, "train.max_epochs": 1, "adam.lr": 1e-3, "model.beta": 0.1, "teacher.beta": 0.1},
+        "ddpo": {"train.batch_size": 4, "adam.lr": 1e-3, "model.beta": 0.1},
+        "cache_logps": True,
+        **extra,
+    }
+    path = str(tmp_path / "distill.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return path
+
+
+def test_distill_runs_every_stage_then_skips_them(tiny_dir, tiny_talking_teacher, tmp_path):
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+
+    cfg = load_distill_config(_config(tmp_path, tiny_talking_teacher, tiny_dir))
+    lines = []
+    timings = Pipeline(cfg, log=lines.append).run_all()
+    expected = ["prompts", "gen_teacher_train", "gen_student_train", "sets", "dsft", "score", "dadpo", "ddpo",
+                "gen_teacher_eval", "gen_base_eval", "gen_dsft_eval", "gen_dadpo_eval", "gen_ddpo_eval", "report"]
+    assert list(timings) == expected
+    run = cfg.run_dir
+    report = json.load(open(os.path.join(run, "report", "report.json")))
+    assert os.path.exists(os.path.join(run, "report", "report.md"))
+    assert os.path.exists(os.path.join(run, "report", "report.png"))
+    text = json.dumps(report)
+    for label in ("base", "dSFT", "daDPO", "dDPO"):
+        assert label in text
+    for folder in ("dsft", "dadpo", "ddpo"):
+        assert os.path.exists(os.path.join(run, folder, "model.safetensors"))
+        assert os.path.exists(os.path.join(run, folder, "metrics.jsonl"))
+    pref = [json.loads(x) for x in open(os.path.join(run, "sets", "preference.jsonl"))]
+    assert pref and set(pref[0]) >= {"prompt", "chosen", "rejected"}
+    assert "teacher_chosen_logp" in json.loads(open(os.path.join(run, "scored", "train.jsonl")).readline())
+
+    again = []
+    assert Pipeline(cfg, log=again.append).run_all() == {}
+    assert sum("skipped" in line for line in again) == len(expected)
+
+
+def test_distill_bad_stage_flag_fails_before_any_work(tiny_dir, tiny_talking_teacher, tmp_path):
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+
+    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, sft={"train.batch_sise": 4})
+    with pytest.raises(ConfigError, match="--train.batch_sise"):
+        Pipeline(load_distill_config(path)).run_all()
+    assert not os.path.exists(str(tmp_path / "run"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: x\nstudnt: {}\n")
+    with pytest.raises(ConfigError, match="studnt: unknown key"):
+        load_distill_config(str(bad))
