@@ -293,7 +293,14 @@ def test_example_config_task_names():
 def test_example_config_parses(path):
     task = _task_of(path)
     if task is None:
-        pytest.skip("not a sft_/dpo_/dadpo_ training config")
+        # A pipeline config (python -m openrlhf.cli.distill): every stage's flags must parse.
+        from openrlhf.pipeline.config import load_distill_config
+        from openrlhf.pipeline.distill import Pipeline
+
+        configs = Pipeline(load_distill_config(path)).planned_configs()
+        assert {"gen", "dsft", "dadpo"} <= set(configs)
+        assert all(isinstance(c, Config) for c in configs.values())
+        return
     cfg = load_config(["--config", path], task, check_paths=False)
     assert isinstance(cfg, Config)
 
