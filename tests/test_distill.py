@@ -84,3 +84,25 @@ def test_distill_bad_stage_flag_fails_before_any_work(tiny_dir, tiny_talking_tea
     bad.write_text("teacher: x\nstudnt: {}\n")
     with pytest.raises(ConfigError, match="studnt: unknown key"):
         load_distill_config(str(bad))
+
+
+@pytest.mark.slow
+def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_teacher, tmp_path, monkeypatch):
+    """Training and scoring stages started as 2-process ZeRO-3 DeepSpeed jobs by the pipeline."""
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+    from test_train import REPO, _free_port
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
+                   launcher=f"deepspeed --num_gpus 2 --master_addr 127.0.0.1 --master_port {_free_port()}")
+    cfg = load_distill_config(path)
+    cfg.common["ds.zero_stage"] = 3
+    timings = Pipeline(cfg).run_all()
+    assert {"dsft", "score", "dadpo", "report"} <= set(timings)
+    run = cfg.run_dir
+    for folder in ("dsft", "dadpo"):
+        assert os.path.exists(os.path.join(run, folder, "model.safetensors"))
+    losses = [json.loads(x)["loss"] for x in open(os.path.join(run, "dadpo", "metrics.jsonl"))]
+    assert losses and all(v == v for v in losses)

@@ -48,6 +48,9 @@ class DistillConfig:
     dadpo: Dict[str, Any] = field(default_factory=dict)
     # dDPO baseline flags; absent / null: not run.
     ddpo: Optional[Dict[str, Any]] = None
+    # A command prefix that starts each training / scoring stage as its own multi-process
+    # job, e.g. "deepspeed --num_gpus 8"; empty: run them in this process.
+    launcher: str = ""
     # Cache teacher and reference log-probs once (score_logps) before daDPO.
     cache_logps: bool = False
     score: Dict[str, Any] = field(default_factory=dict)

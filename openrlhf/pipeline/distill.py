@@ -14,9 +14,15 @@ Stages, each writing into ``run_dir`` and skipped when its output is complete (a
     ddpo       (optional) the dDPO baseline
     report     ROUGE-L vs the teacher and the teacher's NLL for base, dSFT, daDPO (and dDPO)
 
-Launched under ``deepspeed --num_gpus N --module openrlhf.cli.distill`` the training and
-scoring stages run on every process (DeepSpeed data parallel); the other stages run on
-rank 0 while the others wait.
+Multi-process training, two ways:
+
+- ``launcher: "deepspeed --num_gpus 8"`` in the YAML (the GPU way): this process runs the
+  light stages and generation (vLLM may use every GPU), and each training / scoring stage
+  is started as its own job, ``<launcher> --module openrlhf.cli.train_sft <flags>``;
+- launched itself under ``deepspeed --num_gpus N --module openrlhf.cli.distill``: the
+  training and scoring stages run on every process (DeepSpeed data parallel) and the other
+  stages on rank 0 while the others wait at a barrier (fine on CPU and for short
+  generation; a generation longer than the process group's timeout would end the run).
 """
 
 from __future__ import annotations
@@ -58,31 +64,63 @@ class Pipeline:
 
     def planned_configs(self) -> Dict[str, object]:
         """Every stage's config, built up front so bad flags fail before any work."""
+        return {name: self.stage_config(task, *maps) for name, (task, maps) in self._plan().items()}
+
+    def _plan(self) -> Dict[str, tuple]:
+        """Stage name -> (task, the flag mappings after ``common``)."""
         c = self.cfg
         dsft, sets = self.path("dsft"), self.path("sets")
         pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
         out = {
-            "gen": self.stage_config("generate", {"model.model_name_or_path": self.teacher_path,
-                                                  "data.dataset": self.path("prompts", "train.jsonl"),
-                                                  "generate.output_path": self.path("gen", "x.jsonl")}, c.generate),
-            "dsft": self.stage_config("sft", {"model.model_name_or_path": self.student_path,
-                                              "data.dataset": os.path.join(sets, "sft.jsonl"),
-                                              "ckpt.output_dir": dsft}, c.sft),
-            "dadpo": self.stage_config("dadpo", {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
-                                                 "teacher.model_name_or_path": self.teacher_path,
-                                                 "data.dataset": pref, "ckpt.output_dir": self.path("dadpo")}, c.dadpo),
+            "gen": ("generate", ({"model.model_name_or_path": self.teacher_path,
+                                  "data.dataset": self.path("prompts", "train.jsonl"),
+                                  "generate.output_path": self.path("gen", "x.jsonl")}, c.generate)),
+            "dsft": ("sft", ({"model.model_name_or_path": self.student_path,
+                              "data.dataset": os.path.join(sets, "sft.jsonl"), "ckpt.output_dir": dsft}, c.sft)),
+            "dadpo": ("dadpo", ({"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
+                                 "teacher.model_name_or_path": self.teacher_path,
+                                 "data.dataset": pref, "ckpt.output_dir": self.path("dadpo")}, c.dadpo)),
         }
         if c.cache_logps:
-            out["score"] = self.stage_config("score_logps", {
-                "model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
-                "teacher.model_name_or_path": self.teacher_path,
-                "data.dataset": os.path.join(sets, "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
-                {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data."))}, c.score)
+            out["score"] = ("score_logps", (
+                {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
+                 "teacher.model_name_or_path": self.teacher_path,
+                 "data.dataset": os.path.join(sets, "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
+                {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data."))}, c.score))
         if c.ddpo is not None:
-            out["ddpo"] = self.stage_config("dpo", {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
-                                                    "data.dataset": os.path.join(sets, "preference.jsonl"),
-                                                    "ckpt.output_dir": self.path("ddpo")}, c.ddpo)
+            out["ddpo"] = ("dpo", ({"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
+                                    "data.dataset": os.path.join(sets, "preference.jsonl"),
+                                    "ckpt.output_dir": self.path("ddpo")}, c.ddpo))
         return out
+
+    _MODULES = {"sft": "openrlhf.cli.train_sft", "dpo": "openrlhf.cli.train_dpo",
+                "dadpo": "openrlhf.cli.train_dadpo", "score_logps": "openrlhf.cli.score_logps"}
+
+    def _train(self, name: str, cfg) -> Callable[[], None]:
+        """A training / scoring stage: in this process, or through ``launcher`` as its own job."""
+        task, maps = self._plan()[name]
+
+        def run() -> None:
+            if self.cfg.launcher:
+                import shlex
+                import subprocess
+
+                cmd = shlex.split(self.cfg.launcher) + ["--module", self._MODULES[task], *to_flags(self.cfg.common, *maps)]
+                self.log(f"[distill] {name}: {' '.join(shlex.quote(x) for x in cmd)}")
+                subprocess.run(cmd, check=True)
+            elif task == "sft":
+                from openrlhf.cli.train_sft import train_sft
+
+                train_sft(cfg)
+            elif task == "score_logps":
+                from openrlhf.cli.score_logps import score_logps
+
+                score_logps(cfg)
+            else:
+                from openrlhf.cli.preference import train_preference
+
+                train_preference(cfg, task)
+        return run
 
     # ---- stage bookkeeping -----------------------------------------------------------------
     def _done_marker(self, name: str) -> str:
@@ -185,18 +223,15 @@ class Pipeline:
         self.stage("gen_student_train", self._generate(self.student_path, train_p, self.path("gen", "student_train.jsonl")))
         self.stage("sets", self._sets)
 
-        from openrlhf.cli.preference import train_preference
-        from openrlhf.cli.train_sft import train_sft
-
-        self.stage("dsft", lambda: train_sft(configs["dsft"]), everywhere=True)
+        # With a launcher the jobs it starts do the multi-process work; this process only waits.
+        everywhere = not c.launcher
+        self.stage("dsft", self._train("dsft", configs["dsft"]), everywhere=everywhere)
         if c.cache_logps:
-            from openrlhf.cli.score_logps import score_logps
-
-            self.stage("score", lambda: score_logps(configs["score"]), everywhere=True)
-        self.stage("dadpo", lambda: train_preference(configs["dadpo"], "dadpo"), everywhere=True)
+            self.stage("score", self._train("score", configs["score"]), everywhere=everywhere)
+        self.stage("dadpo", self._train("dadpo", configs["dadpo"]), everywhere=everywhere)
         models = {"base": self.student_path, "dSFT": self.path("dsft"), "daDPO": self.path("dadpo")}
         if c.ddpo is not None:
-            self.stage("ddpo", lambda: train_preference(configs["ddpo"], "dpo"), everywhere=True)
+            self.stage("ddpo", self._train("ddpo", configs["ddpo"]), everywhere=everywhere)
             models["dDPO"] = self.path("ddpo")
 
         self.stage("gen_teacher_eval", self._generate(self.teacher_path, eval_p, self.path("gen", "teacher_eval.jsonl")))
