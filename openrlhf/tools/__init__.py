@@ -4,28 +4,18 @@ Light on import: names are resolved lazily, so ``import openrlhf.tools`` pulls i
 neither torch nor transformers.
 """
 
-from importlib import import_module
+from openrlhf.utils.lazy import lazy_exports
 
 _EXPORTS = {
-    "convert_gguf": "gguf_convert",
-    "smollm2_gguf_path": "gguf_convert",
-    "gemma3_gguf_path": "gguf_convert",
-    "prune_model": "prune",
-    "evaluate_responses": "evaluate",
-    "rouge_l": "evaluate",
+    "convert_gguf": ".gguf_convert",
+    "smollm2_gguf_path": ".gguf_convert",
+    "gemma3_gguf_path": ".gguf_convert",
+    "prune_model": ".prune",
+    "evaluate_responses": ".evaluate",
+    "rouge_l": ".evaluate",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

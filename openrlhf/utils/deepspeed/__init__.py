@@ -1,19 +1,12 @@
 """DeepSpeed strategy. Light: names are imported on first use (no deepspeed import here)."""
 
-__all__ = ["DeepspeedStrategy", "ResumableDistributedSampler", "exit_cleanly", "unwrap_model"]
+from openrlhf.utils.lazy import lazy_exports
 
-
-def __getattr__(name):
-    if name in ("DeepspeedStrategy", "unwrap_model"):
-        from openrlhf.utils.deepspeed import strategy
-
-        return getattr(strategy, name)
-    if name == "ResumableDistributedSampler":
-        from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
-
-        return ResumableDistributedSampler
-    if name == "exit_cleanly":
-        from openrlhf.utils.distributed import exit_cleanly
-
-        return exit_cleanly
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_EXPORTS = {
+    "DeepspeedStrategy": ".strategy",
+    "unwrap_model": ".strategy",
+    "ResumableDistributedSampler": ".sampler",
+    "exit_cleanly": "openrlhf.utils.distributed",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
