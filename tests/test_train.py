@@ -250,3 +250,28 @@ def test_batch_not_divisible_by_world_and_too_small_data(tiny_dir, pref_jsonl, t
                            "--train.micro_batch_size", "1"))
     with pytest.raises(ConfigError, match="--model.beta"):
         load_config(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "o"), "--model.beta", "-1"), task="dpo")
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_dir, sft_jsonl, tmp_path):
+    common = ["--train.batch_size", "4", "--train.micro_batch_size", "2", "--train.max_epochs", "2"]
+    run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "plain"), *common))
+    run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "gc"), *common, "--model.gradient_checkpointing_enable"))
+    assert train_losses(str(tmp_path / "gc")) == pytest.approx(train_losses(str(tmp_path / "plain")), abs=1e-5)
+
+
+def test_flash_attention_without_the_package_is_a_clear_error(tiny_dir, sft_jsonl, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(ValueError, match="--ds.attn_implementation flash_attention_2 needs the flash-attn package"):
+        run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--ds.attn_implementation", "flash_attention_2",
+                           "--train.batch_size", "4"))
+
+
+def test_tensorboard_logging_when_asked(tiny_dir, sft_jsonl, tmp_path):
+    pytest.importorskip("tensorboard")
+    tb = str(tmp_path / "tb")
+    run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size", "4",
+                       "--logger.tensorboard_dir", tb))
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tb))
