@@ -275,3 +275,14 @@ def test_tensorboard_logging_when_asked(tiny_dir, sft_jsonl, tmp_path):
     run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size", "4",
                        "--logger.tensorboard_dir", tb))
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tb))
+
+
+def test_fresh_run_into_an_old_output_dir_starts_metrics_anew(tiny_dir, sft_jsonl, tmp_path):
+    out = str(tmp_path / "o")
+    flags = base_flags(tiny_dir, sft_jsonl, out, "--train.batch_size", "4", "--train.max_epochs", "2")
+    run_sft(flags)
+    first = read_metrics(out)
+    run_sft(flags)
+    again = read_metrics(out)
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in first], abs=1e-6)

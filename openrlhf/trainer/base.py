@@ -96,12 +96,12 @@ class Trainer:
     # ---- loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, float]:
         step, epoch0, consumed0 = 0, 0, 0
-        if self.s.ckpt.load_enable:
-            state = self.strategy.load_ckpt(self.engine, self.s.checkpoint_dir)
-            if state is not None:
-                step, epoch0, consumed0 = state["global_step"], state["epoch"], state["consumed_samples"]
-                self.logger.truncate_after(step)
-                self.strategy.print(f"resumed from {self.s.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
+        state = self.strategy.load_ckpt(self.engine, self.s.checkpoint_dir) if self.s.ckpt.load_enable else None
+        if state is not None:
+            step, epoch0, consumed0 = state["global_step"], state["epoch"], state["consumed_samples"]
+            self.strategy.print(f"resumed from {self.s.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
+        # metrics.jsonl keeps what led to this state and nothing after it (a fresh run starts it anew).
+        self.logger.truncate_after(step)
         bs = self.s.train.batch_size
         bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(), dynamic_ncols=True)
         last: Dict[str, float] = {}
