@@ -123,6 +123,7 @@ def score_logps(cfg: Config) -> str:
     from openrlhf.cli.common import load_tokenizer, make_strategy
     from openrlhf.datasets import load_rows
     from openrlhf.datasets import logp_cache as lc
+    from openrlhf.generation.outputs import write_jsonl_atomic
 
     source, split = cfg.data.dataset, cfg.data.dataset_split
     rows = load_rows(source, split=split, max_samples=cfg.data.max_samples, what="--data.dataset")
@@ -138,22 +139,20 @@ def score_logps(cfg: Config) -> str:
     results = {job[0]: (job[2], _score_job(strategy, cfg, job, partial_dir)) for job in jobs}
     if strategy.is_rank_0():
         keys = (cfg.data.prompt_key, cfg.data.chosen_key, cfg.data.rejected_key)
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = out_file + ".tmp"
         missing = {kind: 0 for kind in results}
-        with open(tmp, "w") as f:
-            for i, row in enumerate(rows):
-                new = dict(row)
-                for kind, (fp, values) in results.items():
-                    c, r, fpc = lc.columns(kind)
-                    if i in values:
-                        new[c], new[r] = values[i]
-                        new[fpc] = lc.row_fingerprint(fp, row, keys)
-                    else:  # a row the dataset left out (see its report)
-                        new[c] = new[r] = new[fpc] = None
-                        missing[kind] += 1
-                f.write(json.dumps(new, ensure_ascii=False) + "\n")
-        os.replace(tmp, out_file)
+        merged = []
+        for i, row in enumerate(rows):
+            new = dict(row)
+            for kind, (fp, values) in results.items():
+                c, r, fpc = lc.columns(kind)
+                if i in values:
+                    new[c], new[r] = values[i]
+                    new[fpc] = lc.row_fingerprint(fp, row, keys)
+                else:  # a row the dataset left out (see its report)
+                    new[c] = new[r] = new[fpc] = None
+                    missing[kind] += 1
+            merged.append(new)
+        write_jsonl_atomic(out_file, merged)
         shutil.rmtree(partial_dir, ignore_errors=True)
         for kind, n in missing.items():
             print(f"{kind}: scored {len(rows) - n} of {len(rows)} rows ({n} left out by the dataset policy)")
