@@ -146,7 +146,10 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
 
 
 def _launch_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    """A fresh shell's environment: no process-group variables left by in-process runs."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return env
 
 

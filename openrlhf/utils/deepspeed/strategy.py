@@ -153,7 +153,7 @@ class DeepspeedStrategy:
             self._device = torch.device("cuda", local_rank)
         else:
             self._device = torch.device("cpu")
-        if self._env_we_set.get("WORLD_SIZE") == "1" and not dist.is_initialized():
+        if os.environ.get("WORLD_SIZE") == "1" and not dist.is_initialized():
             # A plain single process: an in-memory store, so no TCP port can be taken
             # by another process between choosing it and binding it.
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
