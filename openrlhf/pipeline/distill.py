@@ -212,6 +212,8 @@ class Pipeline:
         os.makedirs(self.run, exist_ok=True)
         # One process group for the whole pipeline (the training stages join it).
         self.strategy = make_strategy(configs["dsft"], training=False)
+        if not self._rank0():
+            self.log = lambda *_: None  # one voice: rank 0 reports
 
         if c.teacher.startswith("gguf:"):
             self.stage("teacher", self._teacher)
