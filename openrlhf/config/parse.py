@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import sys
-import tempfile
 import typing
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -393,14 +391,7 @@ def config_to_dict(cfg: Any) -> Dict[str, Any]:
 
 def dump_config(cfg: Config, path: str) -> None:
     """Write ``cfg`` as YAML (atomically) so that ``load_config(["--config", path])`` rebuilds it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config-", suffix=".yaml.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, allow_unicode=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from openrlhf.utils.atomic import atomic_write
+
+    with atomic_write(path) as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, allow_unicode=True)

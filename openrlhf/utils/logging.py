@@ -12,6 +12,7 @@ import os
 from typing import Any, Optional
 
 from openrlhf.config.schema import LoggerConfig
+from openrlhf.utils.atomic import atomic_write
 
 
 def _clean(v: Any) -> Any:
@@ -61,10 +62,8 @@ class MetricsLogger:
             return
         with open(self.path) as f:
             keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(self.path) as f:
             f.writelines(keep)
-        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self._tb is not None:

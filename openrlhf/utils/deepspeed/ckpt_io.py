@@ -55,12 +55,10 @@ def complete_tags(ckpt_dir: str) -> List[str]:
 
 def write_latest(ckpt_dir: str, tag: str) -> None:
     """Point ``latest`` at ``tag`` atomically (write a temp file, fsync, os.replace)."""
-    tmp = os.path.join(ckpt_dir, f"{TMP_PREFIX}{LATEST}.{os.getpid()}")
-    with open(tmp, "w") as f:
+    from openrlhf.utils.atomic import atomic_write
+
+    with atomic_write(os.path.join(ckpt_dir, LATEST)) as f:
         f.write(tag)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(ckpt_dir, LATEST))
 
 
 def find_latest_tag(ckpt_dir: str) -> Optional[str]:
