@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 import torch
 
 from openrlhf.config import ConfigError, load_config
-from test_train import REPO, _free_port, _launch_env, base_flags, read_metrics, train_losses
+from test_train import base_flags, read_metrics, run_deepspeed, train_losses
 from tiny import pref_rows, write_jsonl
 
 
@@ -216,10 +215,7 @@ def test_dadpo_two_processes_zero3_other_family_teacher(tiny_dir, tiny_teacher_s
                        "--model.beta", "0.5", "--train.batch_size", "4", "--train.micro_batch_size", "1",
                        "--train.max_epochs", "2")
     flags[flags.index("--ds.zero_stage") + 1] = "3"
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
-           "--module", "openrlhf.cli.train_dadpo", *flags]
-    res = subprocess.run(cmd, env=_launch_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_deepspeed("openrlhf.cli.train_dadpo", flags)
     losses = train_losses(out)
     assert len(losses) == 8
     assert sum(losses[-3:]) / 3 < losses[0] - 0.02
@@ -236,10 +232,7 @@ def test_score_logps_two_processes_zero3_equals_one_process(tiny_dir, tiny_teach
     one = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "one"))))]
     two_flags = flags(str(tmp_path / "two"))
     two_flags[two_flags.index("--ds.zero_stage") + 1] = "3"
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
-           "--module", "openrlhf.cli.score_logps", *two_flags]
-    res = subprocess.run(cmd, env=_launch_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_deepspeed("openrlhf.cli.score_logps", two_flags)
     two = [json.loads(x) for x in open(os.path.join(str(tmp_path / "two"), "train.jsonl"))]
     assert len(two) == 7
     for a, b in zip(one, two):

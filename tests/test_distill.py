@@ -112,18 +112,13 @@ def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_
 def test_distill_launched_under_deepspeed_two_processes(tiny_dir, tiny_talking_teacher, tmp_path):
     """`deepspeed --num_gpus 2 --module openrlhf.cli.distill`: training stages on both processes
     (ZeRO-3), the others on rank 0; every stage completes and the report is written."""
-    import subprocess
-
-    from test_train import REPO, _free_port, _launch_env
+    from test_train import run_deepspeed
 
     cfg = yaml.safe_load(open(_config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None)))
     cfg["common"].update({"ds.zero_stage": 3, "train.micro_batch_size": 1})
     path = str(tmp_path / "z3.yaml")
     yaml.safe_dump(cfg, open(path, "w"))
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
-           "--module", "openrlhf.cli.distill", "--config", path]
-    res = subprocess.run(cmd, env=_launch_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = run_deepspeed("openrlhf.cli.distill", ["--config", path], timeout=900)
     run = cfg["run_dir"]
     assert os.path.exists(os.path.join(run, "report", "report.json"))
     assert res.stdout.count("[distill] dadpo: running") == 1  # rank 0 alone reports

@@ -153,6 +153,15 @@ def _launch_env():
     return env
 
 
+def run_deepspeed(module: str, flags: list, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``deepspeed --num_gpus 2 --module <module> <flags>`` on CPU (gloo); asserts it succeeded."""
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
+           "--module", module, *flags]
+    res = subprocess.run(cmd, env=_launch_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
 def _free_port() -> str:
     import socket
 
@@ -203,10 +212,7 @@ def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "1",
                        "--train.max_epochs", "2", "--model.beta", "0.5")
     flags[flags.index("--ds.zero_stage") + 1] = "3"
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
-           "--module", "openrlhf.cli.train_dpo", *flags]
-    res = subprocess.run(cmd, env=_launch_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_deepspeed("openrlhf.cli.train_dpo", flags)
     losses = train_losses(out)
     assert len(losses) == 8
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)
