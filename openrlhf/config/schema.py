@@ -8,7 +8,7 @@ Field names follow OpenRLHF >= 0.10.2 dotted flags (``--ds.zero_stage 3``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Tuple
 
 
 @dataclass

@@ -7,7 +7,6 @@ the log-prob of token t is read from the logits at position t-1.
 from __future__ import annotations
 
 import importlib.util
-from typing import Optional
 
 import torch
 import torch.nn as nn

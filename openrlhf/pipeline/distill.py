@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict
 
 from openrlhf.pipeline.config import DistillConfig, to_flags
 
@@ -196,13 +196,11 @@ class Pipeline:
         from openrlhf.tools.evaluate import evaluate_responses
 
         apply = bool(self.cfg.common.get("data.apply_chat_template", False))
-        report = evaluate_responses(self.teacher_path, self.path("gen", "teacher_eval.jsonl"), labels,
-                                    self.path("report"), apply_chat_template=apply,
-                                    prompts=self.path("prompts", "eval.jsonl"))
+        evaluate_responses(self.teacher_path, self.path("gen", "teacher_eval.jsonl"), labels,
+                           self.path("report"), apply_chat_template=apply, prompts=self.path("prompts", "eval.jsonl"))
         with open(self.path("report", "timings.json"), "w") as f:
             json.dump(self.timings, f, indent=2)
         self.log(f"[distill] report: {self.path('report', 'report.md')}")
-        del report
 
     def run_all(self) -> Dict[str, float]:
         from openrlhf.cli.common import make_strategy

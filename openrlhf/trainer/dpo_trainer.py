@@ -6,7 +6,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from openrlhf.models.loss import DPOLoss, PreferenceLossOutput
+from openrlhf.models.loss import PreferenceLossOutput
 from openrlhf.trainer.base import Trainer
 
 REF_CHOSEN, REF_REJECTED = "ref_chosen_logp", "ref_rejected_logp"

@@ -37,6 +37,22 @@ def _batch(micro_batch_size: int, accumulated_gradient: int, world_size: int) ->
     }
 
 
+def _common(ds, zero: Dict[str, Any], micro_batch_size: int, accumulated_gradient: int,
+            world_size: int) -> Dict[str, Any]:
+    """What training and frozen engines share: ZeRO section, precision, batch, no monitors."""
+    cfg: Dict[str, Any] = {
+        "steps_per_print": _STEPS_PER_PRINT,
+        "wall_clock_breakdown": False,
+        "zero_optimization": zero,
+        "wandb": {"enabled": False},
+        "tensorboard": {"enabled": False},
+        "csv_monitor": {"enabled": False},
+    }
+    cfg.update(_precision(ds.param_dtype))
+    cfg.update(_batch(micro_batch_size, accumulated_gradient, world_size))
+    return cfg
+
+
 def train_ds_config(
     ds, *, max_norm: float, micro_batch_size: int, accumulated_gradient: int, world_size: int
 ) -> Dict[str, Any]:
@@ -49,19 +65,8 @@ def train_ds_config(
     if ds.zero_stage == 3:
         # We gather weights ourselves when exporting (fp32 stays fp32).
         zero["stage3_gather_16bit_weights_on_model_save"] = False
-    cfg: Dict[str, Any] = {
-        "steps_per_print": _STEPS_PER_PRINT,
-        "wall_clock_breakdown": False,
-        "zero_optimization": zero,
-        "gradient_clipping": max_norm,
-        "prescale_gradients": False,
-        "zero_allow_untested_optimizer": True,
-        "wandb": {"enabled": False},
-        "tensorboard": {"enabled": False},
-        "csv_monitor": {"enabled": False},
-    }
-    cfg.update(_precision(ds.param_dtype))
-    cfg.update(_batch(micro_batch_size, accumulated_gradient, world_size))
+    cfg = _common(ds, zero, micro_batch_size, accumulated_gradient, world_size)
+    cfg.update(gradient_clipping=max_norm, prescale_gradients=False, zero_allow_untested_optimizer=True)
     return cfg
 
 
@@ -79,14 +84,4 @@ def eval_ds_config(
     if stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True} if offload else {"device": "none"}
         zero["stage3_gather_16bit_weights_on_model_save"] = False
-    cfg: Dict[str, Any] = {
-        "steps_per_print": _STEPS_PER_PRINT,
-        "wall_clock_breakdown": False,
-        "zero_optimization": zero,
-        "wandb": {"enabled": False},
-        "tensorboard": {"enabled": False},
-        "csv_monitor": {"enabled": False},
-    }
-    cfg.update(_precision(ds.param_dtype))
-    cfg.update(_batch(micro_batch_size, accumulated_gradient, world_size))
-    return cfg
+    return _common(ds, zero, micro_batch_size, accumulated_gradient, world_size)
