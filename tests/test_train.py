@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from openrlhf.config import ConfigError, load_config
+from openrlhf.utils.errors import UserError
 from tiny import pref_rows, sft_rows, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +156,7 @@ def _launch_env():
 
 def run_deepspeed(module: str, flags: list, timeout: int = 600) -> subprocess.CompletedProcess:
     """``deepspeed --num_gpus 2 --module <module> <flags>`` on CPU (gloo); asserts it succeeded."""
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
            "--module", module, *flags]
     res = subprocess.run(cmd, env=_launch_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -273,13 +274,12 @@ def test_flash_attention_without_the_package_is_a_clear_error(tiny_dir, sft_json
 
     if importlib.util.find_spec("flash_attn") is not None:
         pytest.skip("flash-attn is installed here")
-    with pytest.raises(ValueError, match="--ds.attn_implementation flash_attention_2 needs the flash-attn package"):
+    with pytest.raises(UserError, match="flash_attention_2 .*needs the flash-attn package.*pip install"):
         run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--ds.attn_implementation", "flash_attention_2",
                            "--train.batch_size", "4"))
 
 
 def test_tensorboard_logging_when_asked(tiny_dir, sft_jsonl, tmp_path):
-    pytest.importorskip("tensorboard")
     tb = str(tmp_path / "tb")
     run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size", "4",
                        "--logger.tensorboard_dir", tb))
@@ -295,3 +295,24 @@ def test_fresh_run_into_an_old_output_dir_starts_metrics_anew(tiny_dir, sft_json
     again = read_metrics(out)
     assert [r["step"] for r in again] == [1, 2, 3, 4]
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in first], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_missing_optional_package_under_launcher_is_one_line_once(tiny_dir, sft_jsonl, tmp_path):
+    """2 processes under the deepspeed launcher, wandb hidden from both: one error line, no traceback."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    # find_spec() answers None for a module whose sys.modules entry is None: wandb is "not installed".
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
+    env = _launch_env()
+    env["PYTHONPATH"] = str(blocker) + os.pathsep + env["PYTHONPATH"]
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
+           "--master_port", _free_port(), "--module", "openrlhf.cli.train_sft",
+           *base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--logger.wandb.project", "p")]
+    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    lines = [line for line in out.splitlines() if "needs the wandb package" in line]
+    assert len(lines) == 1, out[-3000:]
+    assert "pip install 'openrlhf[wandb]'" in lines[0]
+    assert "Traceback" not in out

@@ -24,14 +24,11 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
-    from openrlhf.datasets.loading import DataError
+    from openrlhf.cli.common import run_main
     from openrlhf.generation.sets import build_sets
 
     a = parse_args(argv)
-    try:
-        return build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key)
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
+    return run_main(lambda: build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any, Callable, List, Optional
+
 from openrlhf.config.schema import Config
 
 
@@ -65,24 +68,37 @@ def make_run_logger(strategy, cfg: Config):
     return make_logger(strategy.is_rank_0(), cfg.ckpt.output_dir, cfg.logger, config_to_dict(cfg))
 
 
-def run_cli(train_fn, task: str, argv=None) -> None:
-    """Entry-point body: parse flags for ``task``, run ``train_fn(cfg)``, exit cleanly.
+def run_main(body: Callable[[], Any]) -> Any:
+    """Run a CLI entry point's body and end the process the same way for every CLI.
 
-    Bad flags and bad data end the process with exit code 2 and the message alone (no
-    traceback); under a multi-process launcher the process then exits at once so no rank
-    hangs at teardown.
+    A :class:`~openrlhf.utils.errors.UserError` (bad flags, bad data, a missing optional
+    package, an unwritable output) prints ``error: <message>`` without a traceback and
+    exits with code 2; under a multi-process launcher only rank 0 prints it (every rank
+    meets the same error). Ctrl-C exits with code 130. Under a launcher the process then
+    exits at once (see :func:`~openrlhf.utils.distributed.exit_cleanly`) so no rank hangs
+    at teardown.
     """
-    import sys
-
-    from openrlhf.config.parse import ConfigError, load_config
-    from openrlhf.datasets.loading import DataError
-    from openrlhf.utils.distributed import exit_cleanly
+    from openrlhf.utils.distributed import exit_cleanly, is_rank_zero_process
+    from openrlhf.utils.errors import UserError
 
     try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv, task=task)
-        train_fn(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        result = body()
+    except UserError as e:
+        if is_rank_zero_process():
+            print(f"error: {e}", file=sys.stderr, flush=True)
         exit_cleanly(2)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if is_rank_zero_process():
+            print("interrupted", file=sys.stderr, flush=True)
+        exit_cleanly(130)
+        sys.exit(130)
     exit_cleanly()
+    return result
+
+
+def run_cli(train_fn: Callable[[Config], Any], task: str, argv: Optional[List[str]] = None) -> Any:
+    """Entry-point body of a config-driven CLI: parse flags for ``task``, run ``train_fn(cfg)``."""
+    from openrlhf.config.parse import load_config
+
+    return run_main(lambda: train_fn(load_config(sys.argv[1:] if argv is None else argv, task=task)))

@@ -24,17 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list] = None) -> dict:
-    from openrlhf.tools.gguf_convert import gemma3_gguf_path, smollm2_gguf_path, timed_convert
+    from openrlhf.cli.common import run_main
+    from openrlhf.tools.gguf_convert import resolve_gguf, timed_convert
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    path = {"smollm2": smollm2_gguf_path, "gemma3": gemma3_gguf_path}.get(args.gguf.lower(), lambda: args.gguf)()
-    try:
-        info = timed_convert(path, args.output_dir, args.dtype, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    print(json.dumps(info, indent=2))
-    return info
+
+    def body() -> dict:
+        info = timed_convert(resolve_gguf(args.gguf), args.output_dir, args.dtype, overwrite=args.overwrite)
+        print(json.dumps(info, indent=2))
+        return info
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> dict:
     import os
 
+    from openrlhf.cli.common import run_main
     from openrlhf.tools.evaluate import evaluate_responses
 
     parser = build_parser()
@@ -59,16 +60,15 @@ def main(argv: Optional[list] = None) -> dict:
     if template and os.path.isfile(template):
         with open(template, encoding="utf-8") as f:
             template = f.read()
-    try:
+    def body() -> dict:
         report = evaluate_responses(args.teacher, args.teacher_responses, candidates, args.output_dir,
                                     apply_chat_template=not args.no_chat_template, batch_size=args.batch_size,
                                     prompts=args.prompts or None, chat_template=template, dtype=args.dtype)
-    except ValueError as e:  # DataError included: bad files, ids, labels
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    with open(os.path.join(args.output_dir, "report.md"), encoding="utf-8") as f:
-        print(f.read())
-    return report
+        with open(os.path.join(args.output_dir, "report.md"), encoding="utf-8") as f:
+            print(f.read())
+        return report
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

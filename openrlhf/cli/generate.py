@@ -151,16 +151,9 @@ def generate(cfg: Config, log=print) -> Dict[str, Any]:
 
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
-    from openrlhf.config.parse import load_config
+    from openrlhf.cli.common import run_cli
 
-    from openrlhf.config.parse import ConfigError
-    from openrlhf.datasets.loading import DataError
-
-    try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv, task="generate")
-        return generate(cfg)
-    except (ConfigError, DataError) as e:
-        raise SystemExit(f"error: {e}") from None
+    return run_cli(generate, "generate", argv)
 
 
 if __name__ == "__main__":

@@ -30,15 +30,13 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
+    from openrlhf.cli.common import run_main
     from openrlhf.generation.sharegpt import prepare_prompts
 
     a = parse_args(argv)
-    try:
-        return prepare_prompts(a.source or None, a.output_dir, eval_size=a.eval_size, seed=a.seed,
-                               min_chars=a.min_chars, max_chars=a.max_chars, max_prompts=a.max_prompts,
-                               first_part_only=not a.all_parts)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+    return run_main(lambda: prepare_prompts(a.source or None, a.output_dir, eval_size=a.eval_size, seed=a.seed,
+                                            min_chars=a.min_chars, max_chars=a.max_chars,
+                                            max_prompts=a.max_prompts, first_part_only=not a.all_parts))
 
 
 if __name__ == "__main__":

@@ -14,15 +14,17 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> dict:
-    from openrlhf.config.parse import load_config
+    from openrlhf.cli.common import run_cli
     from openrlhf.tools.prune import prune
 
-    cfg = load_config(sys.argv[1:] if argv is None else argv, task="prune")
-    report = prune(cfg)
-    keys = ("params_before", "params_after", "params_ratio", "loss_before", "loss_after",
-            "response_loss_before", "response_loss_after", "dropped_layers", "output_dir", "seconds")
-    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
-    return report
+    def body(cfg) -> dict:
+        report = prune(cfg)
+        keys = ("params_before", "params_after", "params_ratio", "loss_before", "loss_after",
+                "response_loss_before", "response_loss_after", "dropped_layers", "output_dir", "seconds")
+        print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
+        return report
+
+    return run_cli(body, "prune", argv)
 
 
 if __name__ == "__main__":

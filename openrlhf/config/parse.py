@@ -22,6 +22,7 @@ import yaml
 
 from openrlhf.config.schema import Config
 from openrlhf.config.validate import TASKS, validate
+from openrlhf.utils.errors import UserError
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -55,7 +56,7 @@ _LEGACY_NAMES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """One or more problems with the configuration; ``.problems`` lists them all."""
 
     def __init__(self, problems: List[str]):
@@ -329,12 +330,14 @@ def _split_argv(argv: List[str], leaves: Dict[str, Any], problems: List[str],
     return configs, overrides
 
 
-def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = True) -> Config:
+def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = True,
+                check_packages: bool = True) -> Config:
     """Parse ``argv`` (like ``sys.argv[1:]``; None: ``sys.argv[1:]``) into a validated Config.
 
     ``task`` is one of ``sft``, ``dpo``, ``dadpo``, ``score_logps``. Raises
     :class:`ConfigError` listing every problem; ``--help`` prints the flags and exits.
-    ``check_paths=False`` skips the check that local-looking paths exist.
+    ``check_paths=False`` skips the check that local-looking paths exist,
+    ``check_packages=False`` the check that optional packages the settings need are installed.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -351,7 +354,7 @@ def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = Tru
         _apply_yaml(cfg, path, leaves, sections, problems, bad)
     for name, value in overrides:
         _set(cfg, name, value)
-    problems += [p for p in validate(cfg, task, check_paths=check_paths)
+    problems += [p for p in validate(cfg, task, check_paths=check_paths, check_packages=check_packages)
                  if not any(p.startswith(f"--{b}:") for b in bad)]
     if problems:
         raise ConfigError(problems)

@@ -40,8 +40,12 @@ def _template_problem(template: str) -> str:
     return ""
 
 
-def validate(cfg: Config, task: str, *, check_paths: bool = True) -> List[str]:
-    """Every problem with ``cfg`` for ``task`` (sft | dpo | dadpo | score_logps); [] if none."""
+def validate(cfg: Config, task: str, *, check_paths: bool = True, check_packages: bool = True) -> List[str]:
+    """Every problem with ``cfg`` for ``task`` (one of :data:`TASKS`); [] if none.
+
+    ``check_paths``: local-looking paths must exist. ``check_packages``: the optional
+    packages the settings need (flash-attn, vllm, tensorboard, wandb) must be installed.
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     p: List[str] = []
@@ -145,6 +149,20 @@ def validate(cfg: Config, task: str, *, check_paths: bool = True) -> List[str]:
              f"unknown method {pr.method!r}; expected one of {', '.join(PRUNE_METHODS)}")
         need(pr.calibration_samples >= 1, "prune.calibration_samples", f"must be >= 1, got {pr.calibration_samples}")
         need(bool(pr.output_dir), "prune.output_dir", "required (the folder the pruned model is written to)")
+
+    if check_packages:
+        from openrlhf.utils.errors import missing_package
+
+        # (import name, needed?, flag, feature named in the message)
+        wanted = [("flash_attn", cfg.ds.attn_implementation == "flash_attention_2", "ds.attn_implementation",
+                   "--ds.attn_implementation flash_attention_2"),
+                  ("tensorboard", bool(cfg.logger.tensorboard_dir), "logger.tensorboard_dir", "tensorboard logging"),
+                  ("wandb", bool(cfg.logger.wandb.project), "logger.wandb.project", "wandb logging"),
+                  ("vllm", task == "generate" and cfg.generate.backend == "vllm", "generate.backend",
+                   "--generate.backend vllm")]
+        for module, used, flag, feature in wanted:
+            err = missing_package(module, feature) if used else None
+            need(err is None, flag, str(err))
 
     # Local-looking paths must exist (hub names are left to the loaders).
     if check_paths:

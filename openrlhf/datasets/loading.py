@@ -24,11 +24,13 @@ import os
 import re
 from typing import Any, List, Optional
 
+from openrlhf.utils.errors import UserError
+
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
 _KNOWN_SPLITS = ("train", "test", "validation", "valid", "val", "dev", "eval")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad data or data settings, with a message that names the flag, file and row."""
 
 

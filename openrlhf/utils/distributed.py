@@ -28,6 +28,11 @@ def launched_world_size() -> int:
         return 1
 
 
+def is_rank_zero_process() -> bool:
+    """True unless a launcher set RANK to something other than 0 (for printing once)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def under_launcher() -> bool:
     """True when a multi-process launcher (deepspeed / torchrun / mpirun) started us."""
     return launched_world_size() > 1

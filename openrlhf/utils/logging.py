@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from openrlhf.config.schema import LoggerConfig
 from openrlhf.utils.atomic import atomic_write
+from openrlhf.utils.errors import require_package
 
 
 def _clean(v: Any) -> Any:
@@ -30,10 +31,12 @@ class MetricsLogger:
         self._tb = None
         self._wandb = None
         if cfg.tensorboard_dir:
+            require_package("tensorboard", "tensorboard logging (--logger.tensorboard_dir)")
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(cfg.tensorboard_dir)
         if cfg.wandb.project:
+            require_package("wandb", "wandb logging (--logger.wandb.project)")
             import wandb
 
             self._wandb = wandb.init(
