@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from openrlhf.config import Config, ConfigError, config_to_dict, dump_config, load_config, validate
+from openrlhf.config import (TASK_CONFIGS, ConfigError, DADPOConfig, DPOConfig, RunConfig, SFTConfig, config_to_dict,
+                             dump_config, load_config, validate)
+from openrlhf.config.schema import DataConfig, ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,9 +36,8 @@ def test_defaults_need_model_and_dataset():
     problems, _ = problems_of([], "sft")
     assert any(p.startswith("--model.model_name_or_path:") for p in problems)
     assert any(p.startswith("--data.dataset:") for p in problems)
-    assert load_config(SFT, "sft") == Config(
-        model=Config().model.__class__(model_name_or_path="org/student"),
-        data=Config().data.__class__(dataset="org/sft"))
+    assert load_config(SFT, "sft") == SFTConfig(model=ModelConfig(model_name_or_path="org/student"),
+                                                data=DataConfig(dataset="org/sft"))
 
 
 def test_yaml_nested_and_dotted_then_flags_override(tmp_path):
@@ -161,12 +162,52 @@ def test_negative_betas_name_their_flag():
     assert load_config(DADPO + ["--teacher.beta", "0"], "dadpo").teacher.beta == 0.0
 
 
-def test_dpo_refuses_teacher_flags():
+def test_each_task_accepts_only_its_own_sections_and_fields():
     dpo = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/pairs"]
-    assert load_config(dpo, "dpo").teacher.beta == 0.01
+    assert isinstance(load_config(dpo, "dpo"), DPOConfig) and not hasattr(load_config(dpo, "dpo"), "teacher")
     problems, _ = problems_of(dpo + ["--teacher.model_name_or_path", "org/t", "--teacher.beta", "0.1"], "dpo")
-    assert problems == ["--teacher.model_name_or_path: only train_dadpo uses --teacher.*",
-                        "--teacher.beta: only train_dadpo uses --teacher.*"]
+    assert problems == [
+        "--teacher.model_name_or_path: unknown flag (not used by train_dpo; a flag of train_dadpo, score_logps)",
+        "--teacher.beta: unknown flag (not used by train_dpo; a flag of train_dadpo)"]
+    assert problems_of(SFT + ["--teacher.beta", "1"], "sft")[0] == [
+        "--teacher.beta: unknown flag (not used by train_sft; a flag of train_dadpo)"]
+    assert problems_of(SFT + ["--model.beta", "0.2"], "sft")[0] == [
+        "--model.beta: unknown flag (not used by train_sft; a flag of train_dpo, train_dadpo)"]
+    assert problems_of(DADPO + ["--prune.mlp_ratio", "0.3"], "dadpo")[0] == [
+        "--prune.mlp_ratio: unknown flag (not used by train_dadpo; a flag of prune)"]
+    score = DADPO + ["--ref.model_name_or_path", "org/ref"]
+    assert problems_of(score + ["--teacher.beta", "0.1", "--train.batch_size", "8", "--adam.lr", "1e-5"],
+                       "score_logps")[0] == [
+        "--teacher.beta: unknown flag (not used by score_logps; a flag of train_dadpo)",
+        "--train.batch_size: unknown flag (not used by score_logps; a flag of train_sft, train_dpo, train_dadpo)",
+        "--adam.lr: unknown flag (not used by score_logps; a flag of train_sft, train_dpo, train_dadpo)"]
+    gen = SFT + ["--generate.output_path", "o.jsonl"]
+    assert [p.split(":")[0] for p in problems_of(gen + ["--train.micro_batch_size", "2", "--ckpt.save_steps", "3"],
+                                                  "generate")[0]] == ["--train.micro_batch_size", "--ckpt.save_steps"]
+    # the same key in a YAML file is refused the same way
+    problems, _ = problems_of(SFT + ["--config", _yaml_of({"teacher": {"beta": 1}})], "sft")
+    assert problems[0].endswith("key teacher: unknown key (not used by train_sft; a flag of train_dadpo, score_logps)")
+
+
+def _yaml_of(data: dict) -> str:
+    import tempfile
+
+    import yaml
+
+    fd, path = tempfile.mkstemp(suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(data, f)
+    return path
+
+
+def test_every_task_has_a_root_with_its_own_help():
+    for task, root in TASK_CONFIGS.items():
+        assert issubclass(root, RunConfig)
+        from openrlhf.config.parse import format_help
+
+        text = format_help(task)
+        assert ("--teacher.beta" in text) == (task == "dadpo")
+        assert ("--adam.lr" in text) == (task in ("sft", "dpo", "dadpo"))
 
 
 def test_input_template_and_ranges():
@@ -174,16 +215,16 @@ def test_input_template_and_ranges():
                          ("{prompt}", False), ("{{literal}} {}", True), ("{", False)]:
         cfg = load_config(SFT, "sft")
         cfg.data.input_template = template
-        assert (validate(cfg, "sft") == []) == ok, template
+        assert (validate(cfg) == []) == ok, template
     cfg = load_config(SFT, "sft")
     cfg.adam.betas = (0.9, 1.0)
     cfg.lr_warmup_ratio = 1.5
     cfg.ckpt.max_num = 0
     cfg.data.max_len = 4
-    assert [p.split(":")[0] for p in validate(cfg, "sft")] == [
+    assert [p.split(":")[0] for p in validate(cfg)] == [
         "--data.max_len", "--adam.betas", "--lr_warmup_ratio", "--ckpt.max_num"]
-    with pytest.raises(ValueError):
-        validate(cfg, "ppo")
+    with pytest.raises(TypeError):
+        validate(cfg.data)
     with pytest.raises(ValueError):
         load_config([], "ppo")
 
@@ -210,7 +251,7 @@ data: {dataset: org/d, max_len: 2.5}
 adam: {betas: 0.9}
 train: 4
 """)
-    problems, _ = problems_of(["--config", path], "sft")
+    problems, _ = problems_of(["--config", path], "dpo")
     assert f"{path}: key ds.zero_stge: unknown key (did you mean ds.zero_stage?)" in problems
     assert any(p.startswith(f"{path}: key data.max_len: expected an int") for p in problems)
     assert any(p.startswith(f"{path}: key adam.betas: expected a list of 2") for p in problems)
@@ -268,42 +309,37 @@ def test_config_package_import_is_light():
     assert out.stdout.strip() == "[]"
 
 
-def _task_of(filename: str):
-    name = os.path.basename(filename)
-    if name.startswith("dadpo_") or "dadpo" in name.lower():
-        return "dadpo"
-    if name.startswith("dpo_"):
-        return "dpo"
-    if name.startswith("sft_"):
-        return "sft"
-    return None
-
-
+# Every shipped example config and the command it is for: a new file must be added here.
+EXAMPLE_TASKS = {
+    "sft_qwen2.5_1.5b.yaml": "sft",
+    "dpo_qwen2.5_1.5b.yaml": "dpo",
+    "dadpo_qwen2.5_7b_to_1.5b.yaml": "dadpo",
+    "dadpo_vicuna_7b_to_pruned.yaml": "dadpo",
+    "dadpo_qwen2.5_7b_to_llama3.2_1b.yaml": "dadpo",
+    "demo_cpu.yaml": "distill",
+    "distill_qwen2.5_7b_to_1.5b_gpu.yaml": "distill",
+}
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "**", "*.yaml"), recursive=True))
 
 
-def test_example_config_task_names():
-    assert _task_of("sft_smollm.yaml") == "sft"
-    assert _task_of("dpo_qwen.yaml") == "dpo"
-    assert _task_of("dadpo_qwen.yaml") == "dadpo"
-    assert _task_of("paper_daDPO_qwen.yaml") == "dadpo"
-    assert _task_of("generate_teacher.yaml") is None
+def test_every_example_config_is_listed():
+    assert sorted(os.path.basename(p) for p in EXAMPLES) == sorted(EXAMPLE_TASKS)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.relpath(p, REPO) for p in EXAMPLES])
 def test_example_config_parses(path):
-    task = _task_of(path)
-    if task is None:
+    task = EXAMPLE_TASKS[os.path.basename(path)]
+    if task == "distill":
         # A pipeline config (python -m openrlhf.cli.distill): every stage's flags must parse.
         from openrlhf.pipeline.config import load_distill_config
         from openrlhf.pipeline.distill import Pipeline
 
         configs = Pipeline(load_distill_config(path)).planned_configs(check_packages=False)
         assert {"gen", "dsft", "dadpo"} <= set(configs)
-        assert all(isinstance(c, Config) for c in configs.values())
+        assert all(isinstance(c, RunConfig) for c in configs.values())
         return
     cfg = load_config(["--config", path], task, check_paths=False, check_packages=False)
-    assert isinstance(cfg, Config)
+    assert type(cfg) is TASK_CONFIGS[task]
 
 
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from openrlhf.config import ConfigError, load_config
-from test_train import base_flags, read_metrics, run_deepspeed, train_losses
+from tiny import base_flags, read_metrics, run_deepspeed, score_flags, train_losses
 from tiny import pref_rows, write_jsonl
 
 
 def run(task: str, flags: list):
     if task == "dadpo":
-        from openrlhf.cli.train_dadpo import train_dadpo as fn
+        from openrlhf.recipes.preference import train_dadpo as fn
     elif task == "dpo":
-        from openrlhf.cli.train_dpo import train_dpo as fn
+        from openrlhf.recipes.preference import train_dpo as fn
     else:
-        from openrlhf.cli.score_logps import score_logps as fn
+        from openrlhf.recipes.score import score_logps as fn
     return fn(load_config(flags, task=task))
 
 
@@ -122,7 +122,7 @@ def test_cached_logps_equal_online_and_skip_the_models(tiny_dir, tiny_teacher_sa
     run("dadpo", one_step_flags(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, online))
 
     scored_dir = str(tmp_path / "scored")
-    path = run("score_logps", base_flags(tiny_dir, pref8, scored_dir, "--ref.model_name_or_path", tiny_teacher_same_vocab,
+    path = run("score_logps", score_flags(tiny_dir, pref8, scored_dir, "--ref.model_name_or_path", tiny_teacher_same_vocab,
                                          "--teacher.model_name_or_path", tiny_teacher_other_family,
                                          "--train.micro_batch_size", "3"))
     rows = [json.loads(x) for x in open(path)]
@@ -146,7 +146,7 @@ def test_cache_fingerprint_mismatch_is_a_clear_error(tiny_dir, tiny_teacher_same
     from openrlhf.datasets import DataError
 
     scored_dir = str(tmp_path / "scored")
-    path = run("score_logps", base_flags(tiny_dir, pref8, scored_dir,
+    path = run("score_logps", score_flags(tiny_dir, pref8, scored_dir,
                                          "--teacher.model_name_or_path", tiny_teacher_other_family))
     # Another teacher than the one that was scored.
     with pytest.raises(DataError, match=r"cached teacher log-probs do not belong.*--teacher.model_name_or_path"):
@@ -161,9 +161,9 @@ def test_cache_fingerprint_mismatch_is_a_clear_error(tiny_dir, tiny_teacher_same
 
 def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_family, pref8, tmp_path, monkeypatch):
     import openrlhf.datasets as datasets_pkg
-    from openrlhf.cli import score_logps as sl
+    from openrlhf.recipes import score as sl
 
-    flags = lambda out: base_flags(tiny_dir, pref8, out, "--teacher.model_name_or_path",  # noqa: E731
+    flags = lambda out: score_flags(tiny_dir, pref8, out, "--teacher.model_name_or_path",  # noqa: E731
                                    tiny_teacher_other_family, "--train.micro_batch_size", "2")
     full = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "full"))))]
     # Kill during the third micro-batch: the partial file holds the first 4 rows.
@@ -204,6 +204,7 @@ def test_bad_teacher_input(tiny_dir, tiny_no_template, pref8, tmp_path):
         run("dadpo", one_step_flags(tiny_dir, tiny_dir, tiny_no_template, pref8, str(tmp_path / "o")))
 
 
+@pytest.mark.slow
 def test_dadpo_two_processes_zero3_other_family_teacher(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family,
                                                         tmp_path):
     from transformers import AutoModelForCausalLM
@@ -224,10 +225,11 @@ def test_dadpo_two_processes_zero3_other_family_teacher(tiny_dir, tiny_teacher_s
     assert not torch.equal(trained.lm_head.weight, init.lm_head.weight)
 
 
+@pytest.mark.slow
 def test_score_logps_two_processes_zero3_equals_one_process(tiny_dir, tiny_teacher_same_vocab,
                                                             tiny_teacher_other_family, tmp_path):
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(7))  # odd: the shards need padding
-    flags = lambda out: base_flags(tiny_dir, data, out, "--teacher.model_name_or_path", tiny_teacher_other_family,  # noqa: E731
+    flags = lambda out: score_flags(tiny_dir, data, out, "--teacher.model_name_or_path", tiny_teacher_other_family,  # noqa: E731
                                    "--ref.model_name_or_path", tiny_teacher_same_vocab, "--train.micro_batch_size", "2")
     one = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "one"))))]
     two_flags = flags(str(tmp_path / "two"))
@@ -239,4 +241,8 @@ def test_score_logps_two_processes_zero3_equals_one_process(tiny_dir, tiny_teach
         assert a["prompt"] == b["prompt"]
         for key in ("teacher_chosen_logp", "teacher_rejected_logp", "ref_chosen_logp", "ref_rejected_logp"):
             assert b[key] == pytest.approx(a[key], abs=1e-4)
-        assert a["teacher_logp_fingerprint"] == b["teacher_logp_fingerprint"]
+    # The 2-process file is accepted by training (its fingerprints cover its own numbers).
+    run("dadpo", one_step_flags(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family,
+                                str(tmp_path / "two"), str(tmp_path / "train"), "--train.batch_size", "6",
+                                "--train.micro_batch_size", "3"))
+    assert len(train_losses(str(tmp_path / "train"))) == 1

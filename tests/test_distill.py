@@ -9,6 +9,8 @@ import sys
 import pytest
 import yaml
 
+from tiny import REPO, read_metrics
+
 from openrlhf.config import ConfigError
 
 
@@ -67,6 +69,7 @@ def test_distill_runs_every_stage_then_skips_them(tiny_dir, tiny_talking_teacher
     pref = [json.loads(x) for x in open(os.path.join(run, "sets", "preference.jsonl"))]
     assert pref and set(pref[0]) >= {"prompt", "chosen", "rejected"}
     assert "teacher_chosen_logp" in json.loads(open(os.path.join(run, "scored", "train.jsonl")).readline())
+    _check_dadpo_from_dsft(run)
 
     again = []
     assert Pipeline(cfg, log=again.append).run_all() == {}
@@ -92,12 +95,12 @@ def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_
     """Training and scoring stages started as 2-process ZeRO-3 DeepSpeed jobs by the pipeline."""
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
-    from test_train import REPO, _free_port
+    from tiny import DEEPSPEED, free_port
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
-                   launcher=f"{sys.executable} -m deepspeed.launcher.runner --num_gpus 2 --master_addr 127.0.0.1 --master_port {_free_port()}")
+                   launcher=" ".join(DEEPSPEED) + f" --num_gpus 2 --master_addr 127.0.0.1 --master_port {free_port()}")
     cfg = load_distill_config(path)
     cfg.common["ds.zero_stage"] = 3
     timings = Pipeline(cfg).run_all()
@@ -105,15 +108,31 @@ def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_
     run = cfg.run_dir
     for folder in ("dsft", "dadpo"):
         assert os.path.exists(os.path.join(run, folder, "model.safetensors"))
-    losses = [json.loads(x)["loss"] for x in open(os.path.join(run, "dadpo", "metrics.jsonl"))]
-    assert losses and all(v == v for v in losses)
+    _check_dadpo_from_dsft(run)
+
+
+def _check_dadpo_from_dsft(run: str) -> None:
+    """Algorithm 1, steps 5-6: the policy starts from pi_sft and the reference IS pi_sft, so the
+    first step's reference rewards are exactly 0; training then moves the weights away from it."""
+    from safetensors.torch import load_file
+
+    metrics = read_metrics(os.path.join(run, "dadpo"))
+    pairs = sum(1 for _ in open(os.path.join(run, "sets", "preference.jsonl")))
+    batch = yaml.safe_load(open(os.path.join(run, "dadpo", "run_config.yaml")))["train"]["batch_size"]
+    assert [m["step"] for m in metrics] == list(range(1, pairs // batch + 1))
+    assert metrics[0]["chosen_reward"] == pytest.approx(0.0, abs=1e-4)
+    assert metrics[0]["reject_reward"] == pytest.approx(0.0, abs=1e-4)
+    assert metrics[0]["teacher_chosen_reward"] != 0.0
+    dsft = load_file(os.path.join(run, "dsft", "model.safetensors"))
+    dadpo = load_file(os.path.join(run, "dadpo", "model.safetensors"))
+    assert dsft.keys() == dadpo.keys() and any(not (dsft[k] == dadpo[k]).all() for k in dsft)
 
 
 @pytest.mark.slow
 def test_distill_launched_under_deepspeed_two_processes(tiny_dir, tiny_talking_teacher, tmp_path):
     """`deepspeed --num_gpus 2 --module openrlhf.cli.distill`: training stages on both processes
     (ZeRO-3), the others on rank 0; every stage completes and the report is written."""
-    from test_train import run_deepspeed
+    from tiny import run_deepspeed
 
     cfg = yaml.safe_load(open(_config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None)))
     cfg["common"].update({"ds.zero_stage": 3, "train.micro_batch_size": 1})

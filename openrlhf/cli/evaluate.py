@@ -13,8 +13,11 @@ import argparse
 import sys
 from typing import Dict, List, Optional
 
+from openrlhf.config.schema import PARAM_DTYPES
 
-def _candidates(items: List[str], parser: argparse.ArgumentParser) -> Dict[str, str]:
+
+def candidate_files(items: List[str], parser: argparse.ArgumentParser) -> Dict[str, str]:
+    """``--candidate LABEL=FILE`` values -> {label: file}; bad or repeated labels are flag errors."""
     out: Dict[str, str] = {}
     for item in items:
         label, eq, path = item.partition("=")
@@ -28,7 +31,9 @@ def _candidates(items: List[str], parser: argparse.ArgumentParser) -> Dict[str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m openrlhf.cli.evaluate",
+    from openrlhf.cli.common import ArgParser
+
+    ap = ArgParser(prog="python -m openrlhf.cli.evaluate",
                                  description="Compare candidate models' responses with the teacher's.")
     ap.add_argument("--teacher", required=True, help="the teacher model folder (or hub name)")
     ap.add_argument("--teacher_responses", required=True, help="the teacher's responses (JSONL from generate)")
@@ -41,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--teacher_chat_template", default="",
                     help="a Jinja chat template (or a file holding one) that replaces the teacher tokenizer's")
     ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default="fp32", choices=list(PARAM_DTYPES),
+                    help="the teacher's dtype, as --ds.param_dtype (fp32 on CPU)")
     return ap
 
 
@@ -51,16 +57,16 @@ def main(argv: Optional[list] = None) -> dict:
     from openrlhf.cli.common import run_main
     from openrlhf.tools.evaluate import evaluate_responses
 
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    candidates = _candidates(args.candidate, parser)
-    if not candidates:
-        parser.error("--candidate: give at least one LABEL=FILE")
-    template = args.teacher_chat_template
-    if template and os.path.isfile(template):
-        with open(template, encoding="utf-8") as f:
-            template = f.read()
     def body() -> dict:
+        parser = build_parser()
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        candidates = candidate_files(args.candidate, parser)
+        if not candidates:
+            parser.error("--candidate: give at least one LABEL=FILE")
+        template = args.teacher_chat_template
+        if template and os.path.isfile(template):
+            with open(template, encoding="utf-8") as f:
+                template = f.read()
         report = evaluate_responses(args.teacher, args.teacher_responses, candidates, args.output_dir,
                                     apply_chat_template=not args.no_chat_template, batch_size=args.batch_size,
                                     prompts=args.prompts or None, chat_template=template, dtype=args.dtype)

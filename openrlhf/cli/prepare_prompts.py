@@ -14,7 +14,9 @@ from typing import Any, Dict, Optional
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m openrlhf.cli.prepare_prompts", description=__doc__,
+    from openrlhf.cli.common import ArgParser
+
+    ap = ArgParser(prog="python -m openrlhf.cli.prepare_prompts", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default="",
                     help="ShareGPT-style JSON array (may be cut off) or JSON lines file; default: the packaged ShareGPT V3")
@@ -33,10 +35,13 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
     from openrlhf.cli.common import run_main
     from openrlhf.generation.sharegpt import prepare_prompts
 
-    a = parse_args(argv)
-    return run_main(lambda: prepare_prompts(a.source or None, a.output_dir, eval_size=a.eval_size, seed=a.seed,
-                                            min_chars=a.min_chars, max_chars=a.max_chars,
-                                            max_prompts=a.max_prompts, first_part_only=not a.all_parts))
+    def body() -> Dict[str, Any]:
+        a = parse_args(argv)
+        return prepare_prompts(a.source or None, a.output_dir, eval_size=a.eval_size, seed=a.seed,
+                               min_chars=a.min_chars, max_chars=a.max_chars, max_prompts=a.max_prompts,
+                               first_part_only=not a.all_parts)
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,18 @@
 
 daDPO (Eq. 10): DPO plus a frozen teacher of any family, whose sentence-level log-probs
 come from its own tokenizer and chat template (online, or cached by ``score_logps``).
-Every train_dpo flag works; ``--model.beta`` is the paper's beta1, ``--teacher.beta`` its beta2.
+Every train_dpo flag works; ``--model.beta`` is the paper's beta1, ``--teacher.beta`` its
+beta2. The body is :func:`openrlhf.recipes.preference.train_dadpo`.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.config.schema import Config
-
-
-def train_dadpo(cfg: Config) -> dict:
-    """Train and save; returns the last step's metrics. Tests call this directly."""
-    from openrlhf.cli.preference import train_preference
-
-    return train_preference(cfg, "dadpo")
-
 
 def main(argv: Optional[list] = None) -> None:
     from openrlhf.cli.common import run_cli
+    from openrlhf.recipes.preference import train_dadpo
 
     run_cli(train_dadpo, "dadpo", argv)
 

@@ -1,4 +1,4 @@
-"""Build a :class:`Config` from YAML files and dotted command-line flags.
+"""Build a task's config root from YAML files and dotted command-line flags.
 
     python -m openrlhf.cli.train_dadpo --config run.yaml --ds.zero_stage 3 --ref.offload
 
@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import yaml
 
-from openrlhf.config.schema import Config
-from openrlhf.config.validate import TASKS, validate
+from openrlhf.config.schema import TASK_COMMANDS, TASK_CONFIGS, TASKS, RunConfig
+from openrlhf.config.validate import validate
 from openrlhf.utils.errors import UserError
 
 _TRUE = ("true", "1", "yes", "on")
@@ -70,7 +70,7 @@ class ConfigError(UserError):
 # The field table: dotted name -> type, read from the dataclass annotations.
 
 
-def _leaf_types(cls: type = Config, prefix: str = "") -> Tuple[Dict[str, Any], Set[str]]:
+def _leaf_types(cls: type, prefix: str = "") -> Tuple[Dict[str, Any], Set[str]]:
     """(dotted leaf name -> annotation, set of dotted section names) of a dataclass tree."""
     leaves: Dict[str, Any] = {}
     sections: Set[str] = set()
@@ -161,7 +161,7 @@ def _suggest(name: str, known: List[str], dashes: str = "") -> str:
     return f" (did you mean {' or '.join(dashes + g for g in guesses)}?)" if guesses else ""
 
 
-def _set(cfg: Config, name: str, value: Any) -> None:
+def _set(cfg: RunConfig, name: str, value: Any) -> None:
     *parents, leaf = name.split(".")
     obj: Any = cfg
     for p in parents:
@@ -193,7 +193,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def _flatten_yaml(data: dict, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str],
-                  prefix: str = "") -> Dict[str, Any]:
+                  task: str, prefix: str = "") -> Dict[str, Any]:
     """Nested or dotted YAML mapping -> {dotted leaf name: raw value}; problems named by file and key."""
     out: Dict[str, Any] = {}
     for key, value in data.items():
@@ -203,7 +203,7 @@ def _flatten_yaml(data: dict, path: str, leaves: Dict[str, Any], sections: Set[s
         name = prefix + key
         if name in sections:
             if isinstance(value, dict):
-                sub = _flatten_yaml(value, path, leaves, sections, problems, name + ".")
+                sub = _flatten_yaml(value, path, leaves, sections, problems, task, name + ".")
                 for k, v in sub.items():
                     if k in out:
                         problems.append(f"{path}: key {k}: given twice")
@@ -215,12 +215,12 @@ def _flatten_yaml(data: dict, path: str, leaves: Dict[str, Any], sections: Set[s
                 problems.append(f"{path}: key {name}: given twice")
             out[name] = value
         else:
-            problems.append(f"{path}: key {name}: unknown key{_suggest(name, sorted(leaves))}")
+            problems.append(f"{path}: key {name}: unknown key{_unknown(name, sorted(leaves), task, '')}")
     return out
 
 
-def _apply_yaml(cfg: Config, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str],
-                bad: Set[str]) -> None:
+def _apply_yaml(cfg: RunConfig, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str],
+                bad: Set[str], task: str) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=_StrictLoader)
@@ -238,7 +238,7 @@ def _apply_yaml(cfg: Config, path: str, leaves: Dict[str, Any], sections: Set[st
     if not isinstance(data, dict):
         problems.append(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
         return
-    for name, raw in _flatten_yaml(data, path, leaves, sections, problems).items():
+    for name, raw in _flatten_yaml(data, path, leaves, sections, problems, task).items():
         tp = leaves[name]
         if _tuple_len(tp) and not isinstance(raw, list):
             problems.append(f"{path}: key {name}: expected a list of {_tuple_len(tp)} values ({_type_name(tp)}), "
@@ -258,8 +258,24 @@ def _apply_yaml(cfg: Config, path: str, leaves: Dict[str, Any], sections: Set[st
 # Command line
 
 
+def task_flags(task: str) -> Set[str]:
+    """The dotted flag names (without ``--``) that ``task`` accepts."""
+    return set(_leaf_types(TASK_CONFIGS[task])[0])
+
+
+def _other_tasks(name: str, task: str) -> str:
+    """' (a flag of train_dadpo, score_logps)' when ``name`` belongs to other tasks' configs, else ''."""
+    owners = [TASK_COMMANDS[t] for t, cls in TASK_CONFIGS.items()
+              if t != task and (name in _leaf_types(cls)[0] or name in _leaf_types(cls)[1])]
+    return f" (not used by {TASK_COMMANDS[task]}; a flag of {', '.join(owners)})" if owners else ""
+
+
+def _unknown(name: str, known: List[str], task: str, dashes: str) -> str:
+    return _other_tasks(name, task) or _suggest(name, known, dashes)
+
+
 def _split_argv(argv: List[str], leaves: Dict[str, Any], problems: List[str],
-                bad: Set[str]) -> Tuple[List[str], List[Tuple[str, Any]]]:
+                bad: Set[str], task: str) -> Tuple[List[str], List[Tuple[str, Any]]]:
     """argv -> (config files, [(dotted name, parsed value)]); problems in argv order."""
     configs: List[str] = []
     overrides: List[Tuple[str, Any]] = []
@@ -296,7 +312,7 @@ def _split_argv(argv: List[str], leaves: Dict[str, Any], problems: List[str],
             continue
         if name not in leaves:
             take_following()  # its values belong to the unknown flag, not reported again
-            problems.append(f"{flag}: unknown flag{_suggest(name, known, '--')}")
+            problems.append(f"{flag}: unknown flag{_unknown(name, known, task, '--')}")
             continue
         tp = leaves[name]
         n = _tuple_len(tp)
@@ -331,11 +347,12 @@ def _split_argv(argv: List[str], leaves: Dict[str, Any], problems: List[str],
 
 
 def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = True,
-                check_packages: bool = True) -> Config:
-    """Parse ``argv`` (like ``sys.argv[1:]``; None: ``sys.argv[1:]``) into a validated Config.
+                check_packages: bool = True) -> Any:
+    """Parse ``argv`` (like ``sys.argv[1:]``; None: ``sys.argv[1:]``) into the validated
+    config root of ``task`` (one of :data:`~openrlhf.config.schema.TASKS`; e.g. ``"dadpo"``
+    gives a :class:`~openrlhf.config.schema.DADPOConfig`).
 
-    ``task`` is one of ``sft``, ``dpo``, ``dadpo``, ``score_logps``. Raises
-    :class:`ConfigError` listing every problem; ``--help`` prints the flags and exits.
+    Raises :class:`ConfigError` listing every problem; ``--help`` prints the flags and exits.
     ``check_paths=False`` skips the check that local-looking paths exist,
     ``check_packages=False`` the check that optional packages the settings need are installed.
     """
@@ -345,16 +362,17 @@ def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = Tru
     if "-h" in argv or "--help" in argv:
         print(format_help(task))
         raise SystemExit(0)
-    leaves, sections = _leaf_types()
+    root = TASK_CONFIGS[task]
+    leaves, sections = _leaf_types(root)
     problems: List[str] = []
     bad: Set[str] = set()  # fields whose given value was rejected: skip their checks
-    configs, overrides = _split_argv(argv, leaves, problems, bad)
-    cfg = Config()
+    configs, overrides = _split_argv(argv, leaves, problems, bad, task)
+    cfg = root()
     for path in configs:
-        _apply_yaml(cfg, path, leaves, sections, problems, bad)
+        _apply_yaml(cfg, path, leaves, sections, problems, bad, task)
     for name, value in overrides:
         _set(cfg, name, value)
-    problems += [p for p in validate(cfg, task, check_paths=check_paths, check_packages=check_packages)
+    problems += [p for p in validate(cfg, check_paths=check_paths, check_packages=check_packages)
                  if not any(p.startswith(f"--{b}:") for b in bad)]
     if problems:
         raise ConfigError(problems)
@@ -363,10 +381,11 @@ def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = Tru
 
 def format_help(task: str) -> str:
     """Every flag with its type and default, one per line."""
-    lines = [f"usage: {task} [--config FILE.yaml ...] [--section.name VALUE ...]", "",
-             "  --config FILE.yaml   settings as a nested (or dotted) YAML mapping; flags override it"]
-    defaults = config_to_dict(Config())
-    leaves, _ = _leaf_types()
+    root = TASK_CONFIGS[task]
+    lines = [f"usage: python -m openrlhf.cli.{TASK_COMMANDS[task]} [--config FILE.yaml ...] [--section.name VALUE ...]",
+             "", "  --config FILE.yaml   settings as a nested (or dotted) YAML mapping; flags override it"]
+    defaults = config_to_dict(root())
+    leaves, _ = _leaf_types(root)
     for name, tp in leaves.items():
         value: Any = defaults
         for part in name.split("."):
@@ -392,7 +411,7 @@ def config_to_dict(cfg: Any) -> Dict[str, Any]:
     return out
 
 
-def dump_config(cfg: Config, path: str) -> None:
+def dump_config(cfg: RunConfig, path: str) -> None:
     """Write ``cfg`` as YAML (atomically) so that ``load_config(["--config", path])`` rebuilds it."""
     from openrlhf.utils.atomic import atomic_write
 

@@ -1,23 +1,48 @@
-"""The one typed config tree shared by every CLI.
+"""Typed config trees: one root per task, built from shared section dataclasses.
 
-Field names follow OpenRLHF >= 0.10.2 dotted flags (``--ds.zero_stage 3``,
-``--model.beta 0.1``). Parsing lives in :mod:`openrlhf.config.parse`, checks in
-:mod:`openrlhf.config.validate`.
+Every field is a flag: ``--<section>.<name>`` (``--ds.zero_stage 3``, ``--model.beta 0.1``;
+OpenRLHF >= 0.10.2 names) or ``--<name>`` for the few top-level ones. A task accepts
+only the sections (and fields) it uses: ``train_sft --teacher.beta 1`` is an unknown
+flag there. :data:`TASK_CONFIGS` maps a task name to its root. Parsing lives in
+:mod:`openrlhf.config.parse`, checks in :mod:`openrlhf.config.validate`.
+
+Sets of choices live here once (:data:`PARAM_DTYPES`, :data:`LR_SCHEDULERS`, ...);
+everything else imports them.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import Dict, Tuple, Type
+
+# ---- the choices, one source each -----------------------------------------------------------
+
+# --ds.param_dtype (and evaluate / convert_gguf --dtype) -> torch dtype name.
+PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+ZERO_STAGES = (0, 1, 2, 3)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+# cosine_with_min_lr decays to 0.1 x lr; cosine and linear decay to 0.
+LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
+GENERATE_BACKENDS = ("hf", "vllm")
+PRUNE_METHODS = ("activation", "weight")
+
+
+# ---- sections -------------------------------------------------------------------------------
 
 
 @dataclass
 class ModelConfig:
-    """The trained model (the policy / student)."""
+    """The trained (or generating / pruned) model: the policy / student."""
 
     model_name_or_path: str = ""
     gradient_checkpointing_enable: bool = False
-    # DPO / daDPO: beta is the paper's beta1 (weight of the reference log-ratio).
+
+
+@dataclass
+class PreferenceModelConfig(ModelConfig):
+    """The policy of a preference loss. ``beta`` is the paper's beta1 (reference log-ratio)."""
+
     beta: float = 0.1
     ipo_enable: bool = False
     label_smoothing: float = 0.0
@@ -33,15 +58,20 @@ class RefConfig:
 
 
 @dataclass
-class TeacherConfig:
-    """The frozen teacher (daDPO only)."""
+class TeacherModelConfig:
+    """A frozen teacher, scored with its own tokenizer and chat template."""
 
     model_name_or_path: str = ""
-    # The paper's beta2 (weight of the teacher log-ratio).
-    beta: float = 0.01
     offload: bool = False
     # A Jinja chat template that replaces the teacher tokenizer's own.
     tokenizer_chat_template: str = ""
+
+
+@dataclass
+class TeacherConfig(TeacherModelConfig):
+    """The daDPO teacher: its weight in the loss is the paper's beta2."""
+
+    beta: float = 0.01
 
 
 @dataclass
@@ -72,12 +102,22 @@ class EvalConfig:
 
 
 @dataclass
-class TrainConfig:
+class SeedConfig:
+    seed: int = 42
+
+
+@dataclass
+class BatchConfig(SeedConfig):
+    """Rows per forward pass (per process) for the tasks that do not train."""
+
     micro_batch_size: int = 1
+
+
+@dataclass
+class TrainConfig(BatchConfig):
     # Global batch (rows per optimizer step, all processes together).
     batch_size: int = 128
     max_epochs: int = 1
-    seed: int = 42
 
 
 @dataclass
@@ -90,7 +130,7 @@ class AdamConfig:
 @dataclass
 class DSConfig:
     zero_stage: int = 2
-    # bf16 | fp16 | fp32 (fp32 is what CPUs use).
+    # bf16 | fp16 | fp32 (fp32 is what CPUs use): see PARAM_DTYPES.
     param_dtype: str = "bf16"
     adam_offload: bool = False
     # sdpa | eager | flash_attention_2
@@ -98,9 +138,13 @@ class DSConfig:
 
 
 @dataclass
-class CkptConfig:
-    # The final HF model folder and metrics.jsonl.
+class OutputConfig:
+    # The output folder (the final HF model folder and metrics.jsonl when training).
     output_dir: str = "./ckpt"
+
+
+@dataclass
+class CkptConfig(OutputConfig):
     # Save a resumable checkpoint every N optimizer steps; -1: never.
     save_steps: int = -1
     # Folder of resumable checkpoints; empty: <output_dir>/checkpoints.
@@ -164,11 +208,20 @@ class PruneConfig:
     calibration_samples: int = 64
 
 
+# ---- task roots -----------------------------------------------------------------------------
+
+
 @dataclass
-class Config:
+class RunConfig:
+    # Set by the deepspeed launcher; -1 otherwise.
+    local_rank: int = -1
+
+
+@dataclass
+class TrainingConfig(RunConfig):
+    """What every trainer shares (SFT, DPO, daDPO)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
-    ref: RefConfig = field(default_factory=RefConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -176,17 +229,82 @@ class Config:
     ds: DSConfig = field(default_factory=DSConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    # cosine_with_min_lr | cosine | linear | constant | constant_with_warmup
+    # see LR_SCHEDULERS
     lr_scheduler: str = "cosine_with_min_lr"
     lr_warmup_ratio: float = 0.03
     max_norm: float = 1.0
-    # Set by the deepspeed launcher; -1 otherwise.
-    local_rank: int = -1
 
     @property
     def checkpoint_dir(self) -> str:
-        import os
-
         return self.ckpt.path or os.path.join(self.ckpt.output_dir, "checkpoints")
+
+
+@dataclass
+class SFTConfig(TrainingConfig):
+    """python -m openrlhf.cli.train_sft"""
+
+
+@dataclass
+class DPOConfig(TrainingConfig):
+    """python -m openrlhf.cli.train_dpo"""
+
+    model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+
+
+@dataclass
+class DADPOConfig(DPOConfig):
+    """python -m openrlhf.cli.train_dadpo"""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
+@dataclass
+class ScoreLogpsConfig(RunConfig):
+    """python -m openrlhf.cli.score_logps (``model`` gives the reference side's tokenizer)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: BatchConfig = field(default_factory=BatchConfig)
+    ds: DSConfig = field(default_factory=DSConfig)
+    ckpt: OutputConfig = field(default_factory=OutputConfig)
+
+
+@dataclass
+class GenerateTaskConfig(RunConfig):
+    """python -m openrlhf.cli.generate"""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ds: DSConfig = field(default_factory=DSConfig)
+    train: SeedConfig = field(default_factory=SeedConfig)
+
+
+@dataclass
+class PruneTaskConfig(RunConfig):
+    """python -m openrlhf.cli.prune"""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    train: BatchConfig = field(default_factory=BatchConfig)
+
+
+# task name -> (root class, the command that takes it)
+TASK_CONFIGS: Dict[str, Type[RunConfig]] = {
+    "sft": SFTConfig,
+    "dpo": DPOConfig,
+    "dadpo": DADPOConfig,
+    "score_logps": ScoreLogpsConfig,
+    "generate": GenerateTaskConfig,
+    "prune": PruneTaskConfig,
+}
+TASK_COMMANDS: Dict[str, str] = {
+    "sft": "train_sft", "dpo": "train_dpo", "dadpo": "train_dadpo", "score_logps": "score_logps",
+    "generate": "generate", "prune": "prune",
+}
+TASKS = tuple(TASK_CONFIGS)
+TRAINING_TASKS = tuple(t for t, cls in TASK_CONFIGS.items() if issubclass(cls, TrainingConfig))

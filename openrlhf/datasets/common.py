@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from .loading import DataError
 
@@ -38,6 +38,18 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_value, dtype):
     return out
 
 
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, loss_masks: Optional[Sequence[Sequence[bool]]] = None):
+    """Right-padded ``(input_ids [B, T] long, attention_mask [B, T] long)`` and, when
+    ``loss_masks`` are given, the masks padded with False as a third [B, T] bool tensor."""
+    import torch
+
+    ids = pad_right(seqs, pad_id, torch.long)
+    attn = pad_right([[1] * len(s) for s in seqs], 0, torch.long)
+    if loss_masks is None:
+        return ids, attn
+    return ids, attn, pad_right(loss_masks, False, torch.bool)
+
+
 def masks(lengths: Sequence[int], prompt_lens: Sequence[int], T: int):
     """attention_mask ([B, T] long, 1 on real tokens) and loss_mask ([B, T] bool, response tokens)."""
     import torch
@@ -54,7 +66,7 @@ def format_report(kind: str, source_name: str, max_len: int, stats: Dict[str, in
     parts = [
         f"{kind} data {source_name}: {stats['rows']} rows, {stats['kept']} kept (max_len {max_len} tokens)",
         f"dropped {stats['dropped_prompt_too_long']} whose prompt alone has >= max_len tokens",
-        f"dropped {stats['dropped_empty_response']} with an empty response",
+        f"dropped {stats['dropped_empty_response']} with an empty or whitespace-only response",
         f"truncated the response of {stats['truncated_response']} rows to fit{truncated_detail}",
     ]
     return "; ".join(parts)

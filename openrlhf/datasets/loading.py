@@ -24,14 +24,10 @@ import os
 import re
 from typing import Any, List, Optional
 
-from openrlhf.utils.errors import UserError
+from openrlhf.utils.errors import DataError
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
 _KNOWN_SPLITS = ("train", "test", "validation", "valid", "val", "dev", "eval")
-
-
-class DataError(UserError):
-    """Bad data or data settings, with a message that names the flag, file and row."""
 
 
 def _prefix(what: str, path: str) -> str:

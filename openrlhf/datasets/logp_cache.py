@@ -3,14 +3,17 @@
 ``python -m openrlhf.cli.score_logps`` adds, per row,
 ``teacher_chosen_logp`` / ``teacher_rejected_logp`` / ``teacher_logp_fingerprint`` and
 ``ref_chosen_logp`` / ``ref_rejected_logp`` / ``ref_logp_fingerprint``. A row fingerprint
-hashes the model files, how the pair was tokenised and the row's own prompt / chosen /
-rejected values, so a trainer can tell, row by row, whether a cached number belongs to
-the model and the text it is about to train with.
+hashes the model files, how the pair was tokenised, the row's own prompt / chosen /
+rejected values and the two cached numbers themselves, so a trainer can tell, row by row,
+whether a cached number belongs to the model and the text it is about to train with, and
+whether it was edited.
 
-The model part of a fingerprint reads ``config.json``, the tokenizer files and, of each
-weight file, its name, size and first and last MiB (not the whole file: a 7B teacher would
-take minutes to hash); a model folder edited in place with the same sizes and the same
-head and tail bytes would go unnoticed.
+The model part of a fingerprint hashes ``config.json``, the tokenizer files and every
+weight file whole (SHA-256, streamed). ``score_logps`` keeps the weight digests it computed
+in ``model_digests.json`` next to the scored file, keyed by the file's real path, size,
+modification and change times and inode; training reuses a digest whose file still has
+that identity, so a 15 GB teacher is hashed once, and any write to a weight file (which
+moves its change time, even when the modification time is put back) is hashed again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,54 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .loading import DataError
 
 KINDS = ("teacher", "ref")
-_EDGE = 1 << 20
+DIGESTS_FILE = "model_digests.json"
+
+
+class DigestCache:
+    """SHA-256 digests of (weight) files by real path and file identity; see the module doc.
+    ``path`` None: nothing is remembered."""
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = path
+        self.entries: Dict[str, dict] = {}
+        if path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+                self.entries = data if isinstance(data, dict) else {}
+            except (OSError, ValueError):
+                self.entries = {}  # unreadable: digests are computed again
+
+    @staticmethod
+    def _identity(path: str) -> list:
+        st = os.stat(path)
+        # ctime changes on every write and every utime(), so a restored mtime cannot fool it.
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def digest(self, path: str) -> str:
+        key = os.path.realpath(path)
+        ident = self._identity(key)
+        entry = self.entries.get(key)
+        if isinstance(entry, dict) and entry.get("identity") == ident and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+        h = hashlib.sha256()
+        with open(key, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        self.entries[key] = {"identity": ident, "sha256": h.hexdigest()}
+        return self.entries[key]["sha256"]
+
+    def save(self) -> None:
+        if self.path:
+            from openrlhf.utils.jsonl import write_json_atomic
+
+            write_json_atomic(self.path, self.entries)
+
+
+def digests_near(source: str) -> DigestCache:
+    """The digest cache kept next to a scored data file (or in a scored data folder)."""
+    folder = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    return DigestCache(os.path.join(folder, DIGESTS_FILE))
 
 
 def columns(kind: str) -> Tuple[str, str, str]:
@@ -46,8 +96,9 @@ def _local_model_dir(path: str, what: str) -> str:
         raise DataError(f"{what}: {path!r} is neither a local folder nor a model in the local HF cache ({e})") from None
 
 
-def model_fingerprint(path: str, what: str = "--teacher.model_name_or_path") -> str:
-    """A hash of a model folder's config, tokenizer files and weight files (see module doc)."""
+def model_fingerprint(path: str, what: str = "--teacher.model_name_or_path",
+                      digests: Optional[DigestCache] = None) -> str:
+    """A hash of a model folder's config, tokenizer files and whole weight files (see module doc)."""
     folder = _local_model_dir(path, what)
     h = hashlib.sha256()
     names = sorted(
@@ -58,17 +109,11 @@ def model_fingerprint(path: str, what: str = "--teacher.model_name_or_path") -> 
     weights = [n for n in names if n.endswith((".safetensors", ".bin"))]
     if not weights:
         raise DataError(f"{what}: no weight files (*.safetensors / *.bin) in {folder}")
+    digests = digests if digests is not None else DigestCache()
     for n in names:
         p = os.path.join(folder, n)
-        size = os.path.getsize(p)
-        h.update(f"{n}\0{size}\0".encode())
-        with open(p, "rb") as f:
-            if n in weights and size > 2 * _EDGE:
-                h.update(f.read(_EDGE))
-                f.seek(size - _EDGE)
-                h.update(f.read(_EDGE))
-            else:
-                h.update(f.read())
+        h.update(f"{n}\0{os.path.getsize(p)}\0".encode())
+        h.update(digests.digest(p).encode())
     return h.hexdigest()
 
 
@@ -91,9 +136,17 @@ def setting_fingerprint(model_fp: str, tokenization_fp: str) -> str:
     return hashlib.sha256(f"{model_fp}:{tokenization_fp}".encode()).hexdigest()
 
 
-def row_fingerprint(setting_fp: str, row: dict, keys: Sequence[str]) -> str:
+def row_fingerprint(setting_fp: str, row: dict, keys: Sequence[str], values: Tuple[float, float]) -> str:
+    """Hash of the setting, the row's text under ``keys`` and the two cached numbers (exact reprs)."""
     content = json.dumps([row.get(k) for k in keys], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(f"{setting_fp}\0{content}".encode()).hexdigest()[:16]
+    numbers = f"{float(values[0])!r}\0{float(values[1])!r}"
+    return hashlib.sha256(f"{setting_fp}\0{content}\0{numbers}".encode()).hexdigest()[:16]
+
+
+def _is_number(v: Any) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -125,8 +178,13 @@ def load_cached(rows: Sequence[dict], kind: str, setting_fp: str, keys: Sequence
         if row.get(c) is None or row.get(r) is None or row.get(fpc) is None:
             problems.append(f"row {i + 1}: no cached {kind} log-probs ({c}, {r}, {fpc})")
             continue
-        if row[fpc] != row_fingerprint(setting_fp, row, keys):
-            problems.append(f"row {i + 1}: {fpc} does not match")
+        bad = [k for k in (c, r) if not _is_number(row[k])]
+        if bad:
+            problems.append(f"row {i + 1}: {', '.join(f'{k} is {row[k]!r}' for k in bad)}, not a finite number")
+            continue
+        if row[fpc] != row_fingerprint(setting_fp, row, keys, (row[c], row[r])):
+            problems.append(f"row {i + 1}: {fpc} does not match (another model, tokenisation or row text, "
+                            "or an edited number)")
             continue
         values[i] = (float(row[c]), float(row[r]))
     if problems:

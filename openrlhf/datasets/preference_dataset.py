@@ -16,7 +16,7 @@ Over-long rows: both prompt + chosen and prompt + rejected must fit ``data.max_l
 A row whose prompt alone has ``>= max_len`` tokens is dropped; otherwise each
 response is cut to ``max_len - prompt_len`` tokens (``chosen_truncated`` /
 ``rejected_truncated`` say so: the raw text kept for the teacher is NOT cut).
-Rows with an empty chosen or rejected response are dropped. ``stats`` counts
+Rows with an empty (or whitespace-only) chosen or rejected response are dropped. ``stats`` counts
 everything; ``report()`` summarises it.
 """
 
@@ -29,15 +29,8 @@ from torch.utils.data import Dataset
 
 from .common import format_report, masks, pad_right, raise_problems, where
 from .loading import DataError
-from .templates import PromptRenderer, resolve_pair
-
-
-def _same_prompt(a, b) -> bool:
-    if isinstance(a, str) or isinstance(b, str):
-        return a == b
-    return len(a) == len(b) and all(
-        x["role"] == y["role"] and x["content"] == y["content"] for x, y in zip(a, b)
-    )
+from .templates import PromptRenderer, resolve_pair, response_text, same_turns
+from .tokenizer import pad_token_id
 
 
 class PreferenceDataset(Dataset):
@@ -95,11 +88,11 @@ class PreferenceDataset(Dataset):
             p_ids_r, r_ids = tokenized[n + i]
             if p_ids != p_ids_r:  # pragma: no cover - same prompt text gives same ids
                 raise DataError(f"{wheres[i]}: the prompt tokenizes differently with chosen and rejected")
+            if not response_text(chosen).strip() or not response_text(rejected).strip():
+                self.stats["dropped_empty_response"] += 1
+                continue
             if len(p_ids) >= self.max_len:
                 self.stats["dropped_prompt_too_long"] += 1
-                continue
-            if not c_ids or not r_ids:
-                self.stats["dropped_empty_response"] += 1
                 continue
             budget = self.max_len - len(p_ids)
             c_cut, r_cut = len(c_ids) > budget, len(r_ids) > budget
@@ -144,7 +137,7 @@ class PreferenceDataset(Dataset):
         rej = row[rejected_key]
         if derived and isinstance(rej, (list, tuple)) and len(rej) > 1:
             p_r, rejected = resolve_pair(None, rej, where=w, prompt_key=prompt_key, response_key=rejected_key)
-            if not _same_prompt(p_c, p_r):
+            if not same_turns(p_c, p_r):
                 raise DataError(
                     f"{w}: the turns before the answer differ between {chosen_key!r} and {rejected_key!r}; "
                     "both conversations must share the same prompt"
@@ -220,8 +213,7 @@ def preference_collate(
     batch["rejected"] = [it["rejected"] for it in items]
     if teacher_renderer is not None:
         if teacher_pad_id is None:
-            t = teacher_renderer.tokenizer
-            teacher_pad_id = t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+            teacher_pad_id = pad_token_id(teacher_renderer.tokenizer)
         tb = pair_batch(teacher_renderer, batch["prompts"], batch["chosen"], batch["rejected"], teacher_pad_id)
         for k, v in tb.items():
             batch["teacher_" + k] = v

@@ -7,7 +7,7 @@ be the assistant's) is the response and the turns before it are the prompt.
 
 Over-long rows (``data.max_len`` counts prompt + response tokens): a row whose
 prompt alone has ``>= max_len`` tokens is dropped; otherwise the response is cut
-to ``max_len - prompt_len`` tokens. Rows with an empty response are dropped.
+to ``max_len - prompt_len`` tokens. Rows with an empty (or whitespace-only) response are dropped.
 Everything is counted in ``stats`` and summarised by ``report()``.
 """
 
@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from .common import format_report, masks, pad_right, raise_problems, where
 from .loading import DataError
-from .templates import PromptRenderer, resolve_pair
+from .templates import PromptRenderer, resolve_pair, response_text
 
 
 class SFTDataset(Dataset):
@@ -63,11 +63,11 @@ class SFTDataset(Dataset):
         self._items: List[Dict[str, Any]] = []
         self.rows_kept_indices: List[int] = []
         for i, ((prompt, response), (p_ids, r_ids)) in enumerate(zip(pairs, tokenized)):
+            if not response_text(response).strip():
+                self.stats["dropped_empty_response"] += 1
+                continue
             if len(p_ids) >= self.max_len:
                 self.stats["dropped_prompt_too_long"] += 1
-                continue
-            if not r_ids:
-                self.stats["dropped_empty_response"] += 1
                 continue
             budget = self.max_len - len(p_ids)
             if len(r_ids) > budget:

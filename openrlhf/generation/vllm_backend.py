@@ -31,9 +31,10 @@ import traceback
 from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from openrlhf.utils.dtypes import torch_dtype_name
+
 Result = Tuple[int, List[int], Optional[str]]
 
-_VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 @dataclass
@@ -54,7 +55,7 @@ class VLLMSettings:
     def from_config(cls, cfg, stop_ids: Sequence[int]) -> "VLLMSettings":
         g = cfg.generate
         return cls(model=cfg.model.model_name_or_path, tp_size=g.tp_size,
-                   dtype=_VLLM_DTYPES[cfg.ds.param_dtype], gpu_memory_utilization=g.gpu_memory_utilization,
+                   dtype=torch_dtype_name(cfg.ds.param_dtype), gpu_memory_utilization=g.gpu_memory_utilization,
                    seed=cfg.train.seed, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                    max_tokens=g.max_new_tokens, batch_size=g.batch_size, stop_ids=list(stop_ids))
 

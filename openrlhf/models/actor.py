@@ -33,12 +33,6 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     return logps * mask, mask
 
 
-def sequence_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Sum of response-token log-probs per row, shape [B]."""
-    logps, _ = masked_token_logps(model, input_ids, attention_mask, loss_mask)
-    return logps.sum(-1)
-
-
 def check_attn_implementation(name: str) -> None:
     if name == "flash_attention_2":
         from openrlhf.utils.errors import require_package
@@ -68,8 +62,11 @@ class Actor(nn.Module):
         check_attn_implementation(attn_implementation)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-        except OSError as e:
-            raise ValueError(f"{what}: cannot load a model from {path!r}: {e}") from e
+        except (OSError, ValueError) as e:
+            from openrlhf.utils.errors import UserError
+
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{what}: cannot load a model from {path!r}: {first}") from None
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -78,9 +75,6 @@ class Actor(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
         """(masked token log-probs [B, T-1], response mask [B, T-1])."""
         return masked_token_logps(self.model, input_ids, attention_mask, loss_mask)
-
-    def sequence_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        return self(input_ids, attention_mask, loss_mask)[0].sum(-1)
 
     # HF-style helpers used when saving
     @property

@@ -1,7 +1,8 @@
 """Losses. Torch only: importing this module must not import deepspeed, transformers or ray.
 
-Every preference loss takes per-sequence log-probs (sum over response tokens) and returns
-a :class:`PreferenceLossOutput` holding the scalar loss and the per-pair quantities the
+Every preference loss takes per-sequence log-probs (sum over response tokens) as
+:class:`PairLogps` (one per model: policy, reference, teacher) and returns a
+:class:`PreferenceLossOutput` holding the scalar loss and the per-pair quantities the
 trainers log.
 """
 
@@ -47,11 +48,28 @@ class KDLoss(nn.Module):
 
 
 @dataclass
+class PairLogps:
+    """Sequence log-probs of one model for B pairs: ``chosen`` [B] and ``rejected`` [B]."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+    @classmethod
+    def split(cls, seq: torch.Tensor) -> "PairLogps":
+        """A chosen-first batch [2B] (rows 0..B-1 chosen, B..2B-1 rejected; see
+        ``preference_collate``) -> its two halves."""
+        if seq.shape[0] % 2:
+            raise ValueError(f"a chosen-first pair batch has an even number of rows, got {seq.shape[0]}")
+        b = seq.shape[0] // 2
+        return cls(seq[:b], seq[b:])
+
+
+@dataclass
 class PreferenceLossOutput:
     """Per-pair tensors are shape [B]; ``loss`` is the mean over pairs."""
 
     loss: torch.Tensor
-    logits: torch.Tensor  # the argument of the sigmoid (z)
+    sigmoid_input: torch.Tensor  # z, the argument of the sigmoid (not model logits)
     chosen_reward: torch.Tensor  # beta * (log pi - log ref) of the chosen response (zeros when beta = 0)
     reject_reward: torch.Tensor
     teacher_chosen_reward: Optional[torch.Tensor] = None  # teacher_beta * (log pi - log te)
@@ -64,7 +82,7 @@ class PreferenceLossOutput:
             "chosen_reward": self.chosen_reward.mean().item(),
             "reject_reward": self.reject_reward.mean().item(),
             "margin": (self.chosen_reward - self.reject_reward).mean().item(),
-            "acc": (self.logits > 0).float().mean().item(),
+            "acc": (self.sigmoid_input > 0).float().mean().item(),
         }
         if self.teacher_chosen_reward is not None:
             out["teacher_chosen_reward"] = self.teacher_chosen_reward.mean().item()
@@ -96,15 +114,9 @@ class DPOLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.ipo = ipo
 
-    def forward(
-        self,
-        policy_chosen: torch.Tensor,
-        policy_rejected: torch.Tensor,
-        ref_chosen: torch.Tensor,
-        ref_rejected: torch.Tensor,
-    ) -> PreferenceLossOutput:
-        r_w = policy_chosen - ref_chosen
-        r_l = policy_rejected - ref_rejected
+    def forward(self, policy: PairLogps, reference: PairLogps) -> PreferenceLossOutput:
+        r_w = policy.chosen - reference.chosen
+        r_l = policy.rejected - reference.rejected
         h = r_w - r_l
         z = self.beta * h
         if self.ipo:
@@ -113,7 +125,7 @@ class DPOLoss(nn.Module):
             losses = _sigmoid_loss(z, self.label_smoothing)
         return PreferenceLossOutput(
             loss=losses.mean(),
-            logits=z,
+            sigmoid_input=z,
             chosen_reward=(self.beta * r_w).detach(),
             reject_reward=(self.beta * r_l).detach(),
         )
@@ -139,31 +151,23 @@ class DADPOLoss(nn.Module):
         self.teacher_beta = teacher_beta
         self.label_smoothing = label_smoothing
 
-    def forward(
-        self,
-        policy_chosen: torch.Tensor,
-        policy_rejected: torch.Tensor,
-        ref_chosen: Optional[torch.Tensor],
-        ref_rejected: Optional[torch.Tensor],
-        teacher_chosen: torch.Tensor,
-        teacher_rejected: torch.Tensor,
-    ) -> PreferenceLossOutput:
-        if self.beta != 0 and (ref_chosen is None or ref_rejected is None):
+    def forward(self, policy: PairLogps, reference: Optional[PairLogps], teacher: PairLogps) -> PreferenceLossOutput:
+        if self.beta != 0 and reference is None:
             raise ValueError("reference log-probs are required when --model.beta > 0")
-        rt_w = policy_chosen - teacher_chosen
-        rt_l = policy_rejected - teacher_rejected
-        if ref_chosen is None:
-            zero = torch.zeros_like(policy_chosen)
+        rt_w = policy.chosen - teacher.chosen
+        rt_l = policy.rejected - teacher.rejected
+        if reference is None:
+            zero = torch.zeros_like(policy.chosen)
             r_w, r_l = zero, zero
             z = self.teacher_beta * (rt_w - rt_l)
         else:
-            r_w = policy_chosen - ref_chosen
-            r_l = policy_rejected - ref_rejected
+            r_w = policy.chosen - reference.chosen
+            r_l = policy.rejected - reference.rejected
             z = self.beta * (r_w - r_l) + self.teacher_beta * (rt_w - rt_l)
         losses = _sigmoid_loss(z, self.label_smoothing)
         return PreferenceLossOutput(
             loss=losses.mean(),
-            logits=z,
+            sigmoid_input=z,
             chosen_reward=(self.beta * r_w).detach(),
             reject_reward=(self.beta * r_l).detach(),
             teacher_chosen_reward=(self.teacher_beta * rt_w).detach(),

@@ -57,19 +57,42 @@ class Pipeline:
         return self.cfg.student.model_name_or_path or self.path("student")
 
     # ---- configs of the stage CLIs ---------------------------------------------------------
+    def _common_for(self, task: str) -> Dict:
+        """The ``common:`` flags that ``task`` has (a --train.* flag does not go to generate)."""
+        from openrlhf.config.parse import task_flags
+
+        names = task_flags(task)
+        return {k: v for k, v in self.cfg.common.items() if k in names}
+
     def stage_config(self, task: str, *mappings: Dict, check_paths: bool = False, check_packages: bool = True):
         from openrlhf.config import load_config
 
-        return load_config(to_flags(self.cfg.common, *mappings), task=task, check_paths=check_paths,
+        return load_config(to_flags(self._common_for(task), *mappings), task=task, check_paths=check_paths,
                            check_packages=check_packages)
 
     def planned_configs(self, check_packages: bool = True) -> Dict[str, object]:
-        """Every stage's config, built up front so bad flags fail before any work."""
-        return {name: self.stage_config(task, *maps, check_packages=check_packages)
-                for name, (task, maps) in self._plan().items()}
+        """Every stage's config, built up front so bad flags fail before any work: the problems
+        of all stages are reported together, each line naming its stage."""
+        from openrlhf.config.parse import ConfigError, task_flags
+
+        configs: Dict[str, object] = {}
+        problems: List[str] = []
+        plan = self._plan()
+        for name, (task, maps) in plan.items():
+            try:
+                configs[name] = self.stage_config(task, *maps, check_packages=check_packages)
+            except ConfigError as e:
+                problems += [f"{name} stage: {p}" for p in e.problems]
+        used = set().union(*(task_flags(task) for task, _ in plan.values()))
+        problems += [f"common: {k}: no stage of this run takes it" for k in self.cfg.common if k not in used]
+        if problems:
+            raise ConfigError(problems)
+        return configs
 
     def _plan(self) -> Dict[str, tuple]:
         """Stage name -> (task, the flag mappings after ``common``)."""
+        from openrlhf.config.parse import task_flags
+
         c = self.cfg
         dsft, sets = self.path("dsft"), self.path("sets")
         pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
@@ -84,19 +107,28 @@ class Pipeline:
                                  "data.dataset": pref, "ckpt.output_dir": self.path("dadpo")}, c.dadpo)),
         }
         if c.cache_logps:
+            # The teacher and data flags of daDPO that scoring shares (not --teacher.beta).
+            score_flags = task_flags("score_logps")
             out["score"] = ("score_logps", (
                 {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
                  "teacher.model_name_or_path": self.teacher_path,
                  "data.dataset": os.path.join(sets, "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
-                {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data."))}, c.score))
+                {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data.")) and k in score_flags}, c.score))
         if c.ddpo is not None:
             out["ddpo"] = ("dpo", ({"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
                                     "data.dataset": os.path.join(sets, "preference.jsonl"),
                                     "ckpt.output_dir": self.path("ddpo")}, c.ddpo))
+        if not c.student.model_name_or_path:
+            out["student"] = ("prune", ({"model.model_name_or_path": self.teacher_path,
+                                         "data.dataset": self.path("prompts", "train.jsonl"),
+                                         "prune.output_dir": self.path("student")},
+                                        {f"prune.{k}": v for k, v in c.student.prune.items()}))
         return out
 
+    # task -> (entry point a launcher starts, recipe run in this process)
     _MODULES = {"sft": "openrlhf.cli.train_sft", "dpo": "openrlhf.cli.train_dpo",
                 "dadpo": "openrlhf.cli.train_dadpo", "score_logps": "openrlhf.cli.score_logps"}
+    _RECIPES = {"sft": "train_sft", "dpo": "train_dpo", "dadpo": "train_dadpo", "score_logps": "score_logps"}
 
     def _train(self, name: str, cfg) -> Callable[[], None]:
         """A training / scoring stage: in this process, or through ``launcher`` as its own job."""
@@ -107,21 +139,14 @@ class Pipeline:
                 import shlex
                 import subprocess
 
-                cmd = shlex.split(self.cfg.launcher) + ["--module", self._MODULES[task], *to_flags(self.cfg.common, *maps)]
+                cmd = shlex.split(self.cfg.launcher) + ["--module", self._MODULES[task],
+                                                         *to_flags(self._common_for(task), *maps)]
                 self.log(f"[distill] {name}: {' '.join(shlex.quote(x) for x in cmd)}")
                 subprocess.run(cmd, check=True)
-            elif task == "sft":
-                from openrlhf.cli.train_sft import train_sft
-
-                train_sft(cfg)
-            elif task == "score_logps":
-                from openrlhf.cli.score_logps import score_logps
-
-                score_logps(cfg)
             else:
-                from openrlhf.cli.preference import train_preference
+                import openrlhf.recipes as recipes
 
-                train_preference(cfg, task)
+                getattr(recipes, self._RECIPES[task])(cfg)
         return run
 
     # ---- stage bookkeeping -----------------------------------------------------------------
@@ -169,18 +194,16 @@ class Pipeline:
                         eval_size=p.eval_size, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars,
                         max_prompts=p.train_size + p.eval_size, log=self.log)
 
-    def _student(self) -> None:
-        from openrlhf.tools.prune import prune
+    def _student(self, cfg) -> Callable[[], None]:
+        def run() -> None:
+            from openrlhf.tools.prune import prune
 
-        flags = {f"prune.{k}": v for k, v in self.cfg.student.prune.items()}
-        cfg = self.stage_config("prune", {"model.model_name_or_path": self.teacher_path,
-                                          "data.dataset": self.path("prompts", "train.jsonl"),
-                                          "prune.output_dir": self.path("student")}, flags, check_paths=True)
-        prune(cfg)
+            prune(cfg)
+        return run
 
     def _generate(self, model: str, prompts: str, out: str) -> Callable[[], None]:
         def run() -> None:
-            from openrlhf.cli.generate import generate
+            from openrlhf.recipes.generate import generate
 
             generate(self.stage_config("generate", {"model.model_name_or_path": model, "data.dataset": prompts,
                                                     "generate.output_path": out}, self.cfg.generate), log=self.log)
@@ -210,7 +233,7 @@ class Pipeline:
             out.append(("teacher", self._teacher, False))
         out.append(("prompts", self._prompts, False))
         if not c.student.model_name_or_path:
-            out.append(("student", self._student, False))
+            out.append(("student", self._student(configs["student"]), False))
         train_p, eval_p = self.path("prompts", "train.jsonl"), self.path("prompts", "eval.jsonl")
         out.append(("gen_teacher_train", self._generate(self.teacher_path, train_p,
                                                         self.path("gen", "teacher_train.jsonl")), False))
@@ -240,8 +263,8 @@ class Pipeline:
 
     def run_all(self, stop_after: str = "") -> Dict[str, float]:
         """Run every stage not done yet (up to and including ``stop_after`` when given)."""
-        from openrlhf.cli.common import make_strategy
         from openrlhf.config.parse import ConfigError
+        from openrlhf.recipes.common import make_strategy
 
         configs = self.planned_configs()  # every stage's flags checked before any work
         plan = self.stages(configs)
@@ -249,6 +272,15 @@ class Pipeline:
         if stop_after and stop_after not in names:
             raise ConfigError([f"--stop_after: unknown stage {stop_after!r}; the stages of this run are "
                                f"{', '.join(names)}"])
+        from openrlhf.utils.paths import output_dir_problem
+
+        problem = output_dir_problem(self.run)
+        if problem:
+            raise ConfigError([f"run_dir: {problem}"])
+        if self.cfg.teacher.startswith("gguf:") and not self.is_done("teacher"):
+            from openrlhf.tools.gguf_convert import resolve_gguf
+
+            resolve_gguf(self.cfg.teacher[len("gguf:"):])  # a missing package or file: one line, before any work
         os.makedirs(self.run, exist_ok=True)
         # One process group for the whole pipeline (the training stages join it).
         self.strategy = make_strategy(configs["dsft"], training=False)

@@ -1,4 +1,4 @@
-"""Small helpers the offline tools share: output folders, parameter counts, token NLL."""
+"""Small helpers the offline tools share: output folders, parameter counts, the device."""
 
 from __future__ import annotations
 
@@ -50,19 +50,3 @@ def pick_device(device: Optional[str] = None):
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pad_batch(seqs, pad_id: int, masks=None):
-    """Right-pad lists of ids (and optional 0/1 masks) into tensors: ids, attention mask[, masks]."""
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    out_masks = torch.zeros((len(seqs), width), dtype=torch.bool) if masks is not None else None
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
-        if masks is not None:
-            out_masks[i, : len(s)] = torch.tensor(masks[i], dtype=torch.bool)
-    return (ids, attn) if masks is None else (ids, attn, out_masks)

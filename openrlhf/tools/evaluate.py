@@ -23,7 +23,6 @@ and ``scores.jsonl`` (per row and model) into the output folder.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -156,8 +155,8 @@ def teacher_nll(model, renderer, pairs: Sequence[Tuple[Any, Any]], *, pad_id: in
     import torch
     from tqdm.auto import tqdm
 
-    from openrlhf.models.actor import token_logps_from_logits
-    from openrlhf.tools.common import pad_batch
+    from openrlhf.datasets.common import pad_batch
+    from openrlhf.models.actor import masked_token_logps
 
     wheres = list(wheres) if wheres is not None else [""] * len(pairs)
     tokenized = renderer.tokenize_many(list(pairs), wheres)
@@ -178,10 +177,8 @@ def teacher_nll(model, renderer, pairs: Sequence[Tuple[Any, Any]], *, pad_id: in
             masks = [[False] * len(tokenized[i][0]) + [True] * len(tokenized[i][1]) for i in idx]
             ids, attn, resp = pad_batch(seqs, pad_id, masks)
             ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
-            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            logps = token_logps_from_logits(logits, ids)
-            mask = resp[:, 1:]
-            sums = -(logps * mask).sum(-1)
+            logps, mask = masked_token_logps(model, ids, attn, resp)
+            sums = -logps.sum(-1)
             counts = mask.sum(-1)
             for k, i in enumerate(idx):
                 out[i] = (float(sums[k]), int(counts[k]))
@@ -260,7 +257,7 @@ def evaluate_responses(
     batch_size: int = 8,
     prompts: Optional[str] = None,
     chat_template: str = "",
-    dtype: str = "float32",
+    dtype: str = "fp32",
     device: Optional[str] = None,
     progress: bool = True,
 ) -> dict:
@@ -272,24 +269,23 @@ def evaluate_responses(
     key, else the row's position counted from 0). ``chat_template`` replaces the
     teacher tokenizer's template.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
-    from openrlhf.cli.common import load_tokenizer
     from openrlhf.datasets import DataError, PromptRenderer, load_rows
+    from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
     from openrlhf.tools.common import pick_device
+    from openrlhf.utils.dtypes import torch_dtype
 
     # Cheap checks first: labels, files, ids; then the teacher.
     if not candidates:
-        raise ValueError("--candidate: give at least one candidate response file (label=FILE)")
+        raise DataError("--candidate: give at least one candidate response file (label=FILE)")
     for label in candidates:
         if not label or label == TEACHER_LABEL:
-            raise ValueError(f"--candidate: label {label!r} is empty or reserved (the teacher's own row is "
-                             f"{TEACHER_LABEL!r})")
+            raise DataError(f"--candidate: label {label!r} is empty or reserved (the teacher's own row is "
+                            f"{TEACHER_LABEL!r})")
     if batch_size < 1:
-        raise ValueError(f"--batch_size: must be >= 1, got {batch_size}")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ImportError("the report chart (report.png) needs matplotlib: pip install matplotlib")
+        raise DataError(f"--batch_size: must be >= 1, got {batch_size}")
+    model_dtype = torch_dtype(dtype, "--dtype")
     teacher_rows = read_responses(teacher_responses, "--teacher_responses")
     if prompts:
         prompt_ids = {str(r.get("id", i)) for i, r in enumerate(load_rows(prompts, what="--prompts"))}
@@ -305,16 +301,15 @@ def evaluate_responses(
 
     tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher")
     if apply_chat_template and not tokenizer.chat_template:
-        raise ValueError(f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
+        raise DataError(f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
                          "--teacher_chat_template, or score plain text with --no_chat_template")
     renderer = PromptRenderer(tokenizer, apply_chat_template=apply_chat_template, model_path=teacher_path)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=model_dtype)
     except OSError as e:
-        raise ValueError(f"--teacher: cannot load a model from {teacher_path!r}: {e}") from e
+        raise DataError(f"--teacher: cannot load a model from {teacher_path!r}: {e}") from e
     model.to(pick_device(device))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
 
     ids = list(teacher_rows)
     sources = {TEACHER_LABEL: (teacher_rows, teacher_responses)}

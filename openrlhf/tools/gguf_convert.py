@@ -28,13 +28,9 @@ import tempfile
 import time
 from typing import List, Optional
 
+from openrlhf.utils.dtypes import torch_dtype as to_torch_dtype
 from openrlhf.utils.errors import MissingPackage, UserError, require_package
 
-_DTYPES = {
-    "float32": "float32", "fp32": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16",
-}
 # Short text whose logits must match between the GGUF model and the saved folder.
 _CHECK_TEXT = "The capital of France is Paris. 1 2 3"
 
@@ -139,19 +135,14 @@ PACKAGED_GGUF = {"smollm2": smollm2_gguf_path, "gemma3": gemma3_gguf_path}
 def resolve_gguf(name_or_path: str) -> str:
     """The GGUF file for a packaged short name (see :data:`PACKAGED_GGUF`) or a path."""
     finder = PACKAGED_GGUF.get(name_or_path.lower())
-    return finder() if finder is not None else name_or_path
+    if finder is not None:
+        return finder()
+    if not os.path.isfile(os.path.expanduser(name_or_path)):
+        raise UserError(f"GGUF file not found: {name_or_path} (or use a packaged one: {', '.join(PACKAGED_GGUF)})")
+    return name_or_path
 
 
 # --------------------------------------------------------------------------- conversion
-
-
-def _torch_dtype(dtype: str):
-    import torch
-
-    name = _DTYPES.get(str(dtype).lower())
-    if name is None:
-        raise ValueError(f"dtype {dtype!r}: expected one of float32, bfloat16, float16")
-    return getattr(torch, name)
 
 
 def _strip_quantization(model) -> None:
@@ -167,7 +158,7 @@ def _strip_quantization(model) -> None:
             delattr(obj, "_model_name_or_path")
 
 
-def convert_gguf(gguf_path: str, output_dir: str, dtype: str = "float32", *, overwrite: bool = False) -> str:
+def convert_gguf(gguf_path: str, output_dir: str, dtype: str = "fp32", *, overwrite: bool = False) -> str:
     """Convert ``gguf_path`` into an HF folder at ``output_dir``; returns ``output_dir``.
 
     The folder holds ``model.safetensors``, ``config.json``, ``generation_config.json``
@@ -178,7 +169,7 @@ def convert_gguf(gguf_path: str, output_dir: str, dtype: str = "float32", *, ove
     """
     gguf_path = os.path.abspath(os.path.expanduser(gguf_path))
     output_dir = os.path.abspath(os.path.expanduser(output_dir))
-    torch_dtype = _torch_dtype(dtype)
+    torch_dtype = to_torch_dtype(dtype, "--dtype")
     if not os.path.isfile(gguf_path):
         raise UserError(f"GGUF file not found: {gguf_path}")
     require_package("gguf", "reading GGUF files")
@@ -258,7 +249,7 @@ def describe(folder: str) -> dict:
     }
 
 
-def timed_convert(gguf_path: str, output_dir: str, dtype: str = "float32", *, overwrite: bool = False) -> dict:
+def timed_convert(gguf_path: str, output_dir: str, dtype: str = "fp32", *, overwrite: bool = False) -> dict:
     """:func:`convert_gguf` plus :func:`describe` and the seconds it took."""
     start = time.time()
     convert_gguf(gguf_path, output_dir, dtype, overwrite=overwrite)

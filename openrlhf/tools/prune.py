@@ -43,6 +43,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from openrlhf.utils.errors import UserError
 import torch.nn.functional as F
 
 METHODS = ("activation", "weight")
@@ -159,11 +161,7 @@ def build_calibration(rows: Sequence[dict], tokenizer, data_cfg, *, source: str 
         prompt = row[data_cfg.prompt_key]
         response = next((row[k] for k in response_keys if row.get(k) not in (None, "")), None)
         if response is None:
-            text = renderer.render_prompt(prompt, where)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            bos = tokenizer.bos_token_id
-            if not renderer.apply_chat_template and bos is not None and not text.startswith(tokenizer.bos_token):
-                ids = [bos] + ids
+            ids = renderer.prompt_text_ids([renderer.render_prompt(prompt, where)])[0]
             mask = [False] * len(ids)
         else:
             p_ids, r_ids = renderer.tokenize(prompt, response, where)
@@ -180,7 +178,7 @@ def build_calibration(rows: Sequence[dict], tokenizer, data_cfg, *, source: str 
 
 def _batches(calib: CalibrationSet, batch_size: int, pad_id: int, device):
     """Length-sorted right-padded batches: (input_ids, attention_mask, response_mask)."""
-    from openrlhf.tools.common import pad_batch
+    from openrlhf.datasets.common import pad_batch
 
     order = sorted(range(len(calib.sequences)), key=lambda i: -len(calib.sequences[i]))
     for start in range(0, len(order), batch_size):
@@ -515,8 +513,8 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from openrlhf.cli.common import load_tokenizer
     from openrlhf.datasets import load_rows
+    from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
     from openrlhf.tools.common import check_output_dir, count_params, make_temp_dir, move_into_place, pick_device
 
     pc, data = cfg.prune, cfg.data
@@ -535,13 +533,13 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
         save_dtype = getattr(AutoConfig.from_pretrained(model_path), "dtype", None) or torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     except OSError as e:
-        raise ValueError(f"--model.model_name_or_path: cannot load a model from {model_path!r}: {e}") from e
+        raise UserError(f"--model.model_name_or_path: cannot load a model from {model_path!r}: {e}") from e
     if isinstance(save_dtype, str):
         save_dtype = getattr(torch, save_dtype, torch.float32)
     model.to(device)
     params_before = count_params(model)
     bs = batch_size or max(1, cfg.train.micro_batch_size)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
 
     report = prune_model(model, calib, mlp_ratio=pc.mlp_ratio, head_ratio=pc.head_ratio, num_layers=pc.num_layers,
                          method=pc.method, pad_id=pad_id, batch_size=bs, progress=progress)

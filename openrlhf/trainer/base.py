@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
+from openrlhf.utils.errors import DataError, Interrupted
 
 
 @dataclass
@@ -30,7 +31,7 @@ class LoopSettings:
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     """Optimizer steps in one epoch (the last partial global batch is dropped)."""
     if n_rows < batch_size:
-        raise ValueError(f"the training set has {n_rows} usable rows, fewer than one global batch (--train.batch_size {batch_size})")
+        raise DataError(f"the training set has {n_rows} usable rows, fewer than one global batch (--train.batch_size {batch_size})")
     return n_rows // batch_size
 
 
@@ -95,6 +96,34 @@ class Trainer:
 
     # ---- loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, float]:
+        """Train to the end; returns the last step's metrics.
+
+        Ctrl-C stops cleanly: a checkpoint being written is removed (the previous one and
+        ``latest`` are untouched) and :class:`~openrlhf.utils.errors.Interrupted` says where
+        the last complete checkpoint is."""
+        self._bar = None
+        try:
+            return self._fit()
+        except KeyboardInterrupt:
+            if self._bar is not None:
+                self._bar.close()  # ends the progress line, so the message below starts a line of its own
+            raise Interrupted(self._interrupted_message()) from None
+
+    def _interrupted_message(self) -> str:
+        import os
+
+        from openrlhf.utils.deepspeed import ckpt_io
+
+        ckpt_dir = self.s.checkpoint_dir
+        if self.strategy.is_rank_0():
+            ckpt_io.remove_leftovers(ckpt_dir)
+        tag = ckpt_io.find_latest_tag(ckpt_dir)
+        if tag is None:
+            return "no checkpoint was written (set --ckpt.save_steps to save resumable checkpoints)"
+        return (f"the last complete checkpoint is {os.path.join(ckpt_dir, tag)}; resume with the same flags "
+                "and --ckpt.load_enable")
+
+    def _fit(self) -> Dict[str, float]:
         step, epoch0, consumed0 = 0, 0, 0
         state = self.strategy.load_ckpt(self.engine, self.s.checkpoint_dir) if self.s.ckpt.load_enable else None
         if state is not None:
@@ -103,7 +132,8 @@ class Trainer:
         # metrics.jsonl keeps what led to this state and nothing after it (a fresh run starts it anew).
         self.logger.truncate_after(step)
         bs = self.s.train.batch_size
-        bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(), dynamic_ncols=True)
+        bar = self._bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(),
+                               dynamic_ncols=True)
         last: Dict[str, float] = {}
         for epoch in range(epoch0, self.s.train.max_epochs):
             consumed = consumed0 if epoch == epoch0 else 0

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
-import torch
-
-from openrlhf.models.loss import PreferenceLossOutput
-from openrlhf.trainer.dpo_trainer import DPOTrainer
-
-TEACHER_CHOSEN, TEACHER_REJECTED = "teacher_chosen_logp", "teacher_rejected_logp"
+from openrlhf.models.loss import PairLogps, PreferenceLossOutput
+from openrlhf.trainer.dpo_trainer import DPOTrainer, cached_pair, frozen_pair_logps
 
 
 class DADPOTrainer(DPOTrainer):
@@ -22,17 +16,12 @@ class DADPOTrainer(DPOTrainer):
         super().__init__(*args, **kw)
         self.teacher_engine = teacher_engine
 
-    def _teacher_logps(self, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
-        if TEACHER_CHOSEN in batch:
-            return batch[TEACHER_CHOSEN], batch[TEACHER_REJECTED]
-        with torch.no_grad():
-            seq = self.teacher_engine(
-                batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_loss_mask"]
-            )[0].sum(-1)
-        b = seq.shape[0] // 2
-        return seq[:b], seq[b:]
+    def _teacher_logps(self, batch: dict) -> PairLogps:
+        cached = cached_pair(batch, "teacher")
+        if cached is not None:
+            return cached
+        return frozen_pair_logps(self.teacher_engine, batch["teacher_input_ids"], batch["teacher_attention_mask"],
+                                 batch["teacher_loss_mask"])
 
-    def _preference_loss(self, batch: dict, policy_chosen, policy_rejected) -> PreferenceLossOutput:
-        ref_chosen, ref_rejected = self._reference_logps(batch)
-        teacher_chosen, teacher_rejected = self._teacher_logps(batch)
-        return self.loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, teacher_chosen, teacher_rejected)
+    def _preference_loss(self, batch: dict, policy: PairLogps) -> PreferenceLossOutput:
+        return self.loss_fn(policy, self._reference_logps(batch), self._teacher_logps(batch))

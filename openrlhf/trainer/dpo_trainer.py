@@ -6,10 +6,21 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from openrlhf.models.loss import PreferenceLossOutput
+from openrlhf.datasets.logp_cache import columns
+from openrlhf.models.loss import PairLogps, PreferenceLossOutput
 from openrlhf.trainer.base import Trainer
 
-REF_CHOSEN, REF_REJECTED = "ref_chosen_logp", "ref_rejected_logp"
+
+def cached_pair(batch: dict, kind: str) -> Optional[PairLogps]:
+    """The cached ``kind`` (ref / teacher) log-probs a batch carries (see ``score_logps``), or None."""
+    chosen, rejected, _ = columns(kind)
+    return PairLogps(batch[chosen], batch[rejected]) if chosen in batch else None
+
+
+def frozen_pair_logps(engine, input_ids, attention_mask, loss_mask) -> PairLogps:
+    """Sequence log-probs of a frozen model (reference / teacher) on a chosen-first batch."""
+    with torch.no_grad():
+        return PairLogps.split(engine(input_ids, attention_mask, loss_mask)[0].sum(-1))
 
 
 class DPOTrainer(Trainer):
@@ -26,32 +37,29 @@ class DPOTrainer(Trainer):
         self.nll_loss_coef = nll_loss_coef
 
     # ---- pieces shared with daDPO ------------------------------------------------------
-    def _policy_logps(self, batch: dict):
-        """(chosen [B], rejected [B], mean response-token NLL of the chosen rows)."""
+    def _policy_logps(self, batch: dict) -> Tuple[PairLogps, torch.Tensor]:
+        """(policy log-probs, mean response-token NLL of the chosen rows)."""
         token_logps, mask = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        seq = token_logps.sum(-1)
-        b = seq.shape[0] // 2
+        policy = PairLogps.split(token_logps.sum(-1))
+        b = policy.chosen.shape[0]
         nll = -token_logps[:b].sum() / mask[:b].sum().clamp(min=1)
-        return seq[:b], seq[b:], nll
+        return policy, nll
 
-    def _reference_logps(self, batch: dict) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        if REF_CHOSEN in batch:
-            return batch[REF_CHOSEN], batch[REF_REJECTED]
+    def _reference_logps(self, batch: dict) -> Optional[PairLogps]:
+        cached = cached_pair(batch, "ref")
+        if cached is not None:
+            return cached
         if self.ref_engine is None:
-            return None, None
-        with torch.no_grad():
-            seq = self.ref_engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])[0].sum(-1)
-        b = seq.shape[0] // 2
-        return seq[:b], seq[b:]
+            return None
+        return frozen_pair_logps(self.ref_engine, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
 
-    def _preference_loss(self, batch: dict, policy_chosen, policy_rejected) -> PreferenceLossOutput:
-        ref_chosen, ref_rejected = self._reference_logps(batch)
-        return self.loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    def _preference_loss(self, batch: dict, policy: PairLogps) -> PreferenceLossOutput:
+        return self.loss_fn(policy, self._reference_logps(batch))
 
     # ---- the step ----------------------------------------------------------------------
     def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        chosen, rejected, nll = self._policy_logps(batch)
-        out = self._preference_loss(batch, chosen, rejected)
+        policy, nll = self._policy_logps(batch)
+        out = self._preference_loss(batch, policy)
         loss = out.loss + self.nll_loss_coef * nll if self.nll_loss_coef > 0 else out.loss
         metrics = out.metrics()
         metrics["preference_loss"] = metrics["loss"]

@@ -16,6 +16,10 @@ class UserError(ValueError):
     """A problem the user can fix; the message says what and where (flag, file, row)."""
 
 
+class DataError(UserError):
+    """Bad data or data settings, with a message that names the flag, file and row."""
+
+
 class MissingPackage(UserError):
     """An optional package that a feature needs is not installed."""
 
@@ -24,6 +28,10 @@ class MissingPackage(UserError):
         self.feature = feature
         self.install = install
         super().__init__(f"{feature} needs the {package} package, which is not installed: {install}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after the interrupted work cleaned up; the message says where to resume from."""
 
 
 # Optional packages: import name -> (pip distribution, how to install it).

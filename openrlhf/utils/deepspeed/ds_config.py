@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
-
-VALID_DTYPES = ("bf16", "fp16", "fp32")
-VALID_STAGES = (0, 1, 2, 3)
+from typing import Any, Dict
 # Large enough that DeepSpeed never prints its own step logs.
 _STEPS_PER_PRINT = 10**12
-
-
-def check_ds_config(ds) -> List[str]:
-    """Problems with a DSConfig, each naming its flag (empty list: fine)."""
-    problems = []
-    if ds.zero_stage not in VALID_STAGES:
-        problems.append(f"--ds.zero_stage must be one of 0, 1, 2, 3 (got {ds.zero_stage!r})")
-    if ds.param_dtype not in VALID_DTYPES:
-        problems.append(f"--ds.param_dtype must be one of bf16, fp16, fp32 (got {ds.param_dtype!r})")
-    if ds.adam_offload and ds.zero_stage == 0:
-        problems.append("--ds.adam_offload needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
-    return problems
 
 
 def _precision(param_dtype: str) -> Dict[str, Any]:

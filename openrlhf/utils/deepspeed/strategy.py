@@ -40,15 +40,17 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from openrlhf.utils.deepspeed import ckpt_io
-from openrlhf.utils.deepspeed.ds_config import check_ds_config, eval_ds_config, train_ds_config
+from openrlhf.config.schema import LR_SCHEDULERS
+from openrlhf.config.validate import ds_problems
+from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port
+from openrlhf.utils.dtypes import torch_dtype
+from openrlhf.utils.errors import UserError
 
-__all__ = ["DeepspeedStrategy", "exit_cleanly", "unwrap_model", "SCHEDULERS"]
+__all__ = ["DeepspeedStrategy", "exit_cleanly", "unwrap_model"]
 
-SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
 _CLIENT_KEY = "openrlhf_client_state"
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def unwrap_model(model: Any) -> nn.Module:
@@ -100,12 +102,14 @@ class DeepspeedStrategy:
 
     Settings come only from the constructor arguments (no hidden globals)."""
 
-    def __init__(self, ds, train, max_norm: float, adam, training: bool = True):
-        """``training=False`` (scoring, generation): no optimizer, so the global batch
-        size is not checked against the process count."""
-        problems = check_ds_config(ds)
+    def __init__(self, ds, train, max_norm: float = 1.0, adam=None, training: bool = True):
+        """``ds``: the --ds.* section; ``train``: the --train.* section (micro_batch_size and
+        seed; batch_size too when training); ``max_norm`` and ``adam`` (--adam.*) are used
+        when training. ``training=False`` (scoring, generation): no optimizer, so the global
+        batch size is not checked against the process count."""
+        problems = ds_problems(ds, training=training)
         if problems:
-            raise ValueError("invalid DeepSpeed settings:\n  " + "\n  ".join(problems))
+            raise UserError("invalid DeepSpeed settings:\n  " + "\n  ".join(problems))
         self.ds = ds
         self.train = train
         self.max_norm = float(max_norm)
@@ -168,7 +172,7 @@ class DeepspeedStrategy:
         if not self.training:
             self.accumulated_gradient = 1
         elif self.train.micro_batch_size < 1 or self.train.batch_size < 1 or self.train.batch_size % per_step != 0:
-            raise ValueError(
+            raise UserError(
                 f"--train.batch_size ({self.train.batch_size}) must be a positive multiple of "
                 f"--train.micro_batch_size ({self.train.micro_batch_size}) x number of processes "
                 f"({self._world_size}) = {per_step}"
@@ -203,12 +207,7 @@ class DeepspeedStrategy:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.ds.param_dtype]
-
-    @property
-    def is_zero3(self) -> bool:
-        """True under ZeRO-3: ``generate`` on a sharded model then needs ``synced_gpus=True``."""
-        return self.ds.zero_stage == 3
+        return torch_dtype(self.ds.param_dtype)
 
     def _require_setup(self) -> int:
         if self.accumulated_gradient is None:
@@ -290,8 +289,8 @@ class DeepspeedStrategy:
         0.1 x lr; cosine and linear decay to 0."""
         from transformers import get_scheduler
 
-        if name not in SCHEDULERS:
-            raise ValueError(f"--lr_scheduler must be one of {', '.join(SCHEDULERS)} (got {name!r})")
+        if name not in LR_SCHEDULERS:
+            raise UserError(f"--lr_scheduler: must be one of {', '.join(LR_SCHEDULERS)} (got {name!r})")
         if total_steps < 1:
             raise ValueError(f"total optimizer steps must be >= 1 (got {total_steps}); is the dataset empty?")
         if not 0.0 <= warmup_ratio <= 1.0:
@@ -502,11 +501,15 @@ class DeepspeedStrategy:
             tmp = os.path.join(parent, f"{ckpt_io.TMP_PREFIX}hf_{os.path.basename(output_dir)}")
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
-            # save_pretrained pops tensors out of the dict it gets: hand it a copy.
-            module.save_pretrained(tmp, state_dict=dict(sd))
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            ckpt_io.install_folder(tmp, output_dir)
+            try:
+                # save_pretrained pops tensors out of the dict it gets: hand it a copy.
+                module.save_pretrained(tmp, state_dict=dict(sd))
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
+                ckpt_io.install_folder(tmp, output_dir)
+            finally:  # an interrupted or failed export leaves no temp folder behind
+                if os.path.exists(tmp):
+                    shutil.rmtree(tmp, ignore_errors=True)
         self.barrier()
 
     # ----- teardown ----------------------------------------------------------------------

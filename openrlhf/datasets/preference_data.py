@@ -1,0 +1,118 @@
+"""Preference data for DPO / daDPO: the dataset, the pairs a teacher can score, cached log-probs.
+
+Policy of this module (what :func:`prepare_preference_data` keeps and why, all reported):
+
+- rows are tokenised for the policy by :class:`~openrlhf.datasets.PreferenceDataset`
+  (its own drops and truncations are in its report);
+- with a teacher, a pair whose response was cut to ``--data.max_len`` for the policy is
+  left out: the teacher scores whole responses, so a cut pair would compare different
+  texts;
+- cached reference / teacher log-probs (columns written by ``score_logps``) are used when
+  present, after checking each needed row's fingerprint against the model, the
+  tokenisation and the row's text; the model is then not loaded for that side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence
+
+from .loading import DataError
+
+
+class Subset:
+    """A view of a dataset restricted to some of its items (``keep``: indices into ``base``)."""
+
+    def __init__(self, base, keep: Sequence[int]):
+        self.base, self.keep = base, list(keep)
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, i: int):
+        return self.base[self.keep[i]]
+
+
+@dataclass
+class ScoredSide:
+    """A frozen model whose log-probs the loss needs: ``kind`` (``ref`` / ``teacher``), its
+    model path and flag, and how pairs are tokenised for it (``renderer``, ``max_len``:
+    None for a teacher, which scores whole responses)."""
+
+    kind: str
+    model_path: str
+    flag: str
+    renderer: Any
+    max_len: Optional[int]
+
+
+@dataclass
+class PreferenceData:
+    train: Any
+    eval: Optional[Any]
+    collate: Callable
+    reports: List[str]
+    need_ref_model: bool
+    need_teacher_model: bool
+
+
+def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], source: str, split: str,
+           what: str):
+    """One split: (dataset view, report lines, kinds whose model must be loaded)."""
+    from . import logp_cache as lc
+    from .loading import load_rows
+    from .preference_dataset import PreferenceDataset
+
+    rows = load_rows(source, split=split, max_samples=data_cfg.max_samples, what=what)
+    ds = PreferenceDataset(rows, tokenizer, data_cfg, source, model_path=model_path)
+    reports = [ds.report()]
+    keep = list(range(len(ds)))
+    if any(s.kind == "teacher" for s in sides):
+        keep = [i for i in keep if not (ds[i]["chosen_truncated"] or ds[i]["rejected_truncated"])]
+        if len(keep) < len(ds):
+            reports.append(f"{source}: daDPO leaves out {len(ds) - len(keep)} pairs whose response was truncated "
+                           f"to --data.max_len {data_cfg.max_len} (the teacher scores whole responses)")
+    if not keep:
+        raise DataError(f"{source}: no pairs left for training: " + "; ".join(reports))
+    needed = [ds[i]["index"] for i in keep]
+    keys = (data_cfg.prompt_key, data_cfg.chosen_key, data_cfg.rejected_key)
+    caches, online = [], []
+    for side in sides:
+        if lc.has_cache(rows, side.kind):
+            renderer = side.renderer if side.renderer is not None else ds.renderer
+            fp = lc.setting_fingerprint(lc.model_fingerprint(side.model_path, side.flag, lc.digests_near(source)),
+                                        lc.tokenization_fingerprint(renderer, side.max_len))
+            caches.append(lc.load_cached(rows, side.kind, fp, keys, source, needed, side.flag))
+            name = "reference" if side.kind == "ref" else side.kind
+            reports.append(f"{source}: using cached {name} log-probs (the {name} model is not loaded for it)")
+        else:
+            online.append(side.kind)
+    view = Subset(ds, keep) if len(keep) < len(ds) else ds
+    return (lc.WithCachedLogps(view, caches) if caches else view), reports, online
+
+
+def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide],
+                            teacher_renderer=None) -> PreferenceData:
+    """Train (and eval, when ``eval_cfg.dataset``) preference data with the collate function
+    that adds what the loss needs: the teacher's own tokenisation when the teacher runs
+    online (``teacher_renderer``), cached log-prob columns otherwise."""
+    from .logp_cache import add_cached_to_batch
+    from .preference_dataset import preference_collate
+    from .tokenizer import pad_token_id
+
+    train, reports, online = _split(data_cfg, tokenizer, model_path, sides, data_cfg.dataset,
+                                    data_cfg.dataset_split, "--data.dataset")
+    ev = None
+    if eval_cfg is not None and eval_cfg.dataset:
+        ev, ev_reports, ev_online = _split(data_cfg, tokenizer, model_path, sides, eval_cfg.dataset,
+                                           eval_cfg.split, "--eval.dataset")
+        reports += ["eval: " + r for r in ev_reports]
+        online += ev_online
+    online_teacher = teacher_renderer if "teacher" in online else None
+    pad_id = pad_token_id(tokenizer)
+
+    def collate(items):
+        batch = preference_collate(items, pad_id, teacher_renderer=online_teacher)
+        return add_cached_to_batch(batch, items)
+
+    return PreferenceData(train, ev, collate, reports, "ref" in online, "teacher" in online)

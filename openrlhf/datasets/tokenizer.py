@@ -1,0 +1,65 @@
+"""Loading a tokenizer for training, scoring or generation, and its padding id."""
+
+from __future__ import annotations
+
+from openrlhf.datasets.loading import DataError
+
+# A folder holds a tokenizer when it has one of these.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used for padding: the tokenizer's pad token, else its EOS token.
+
+    Padding positions are masked out everywhere (attention, loss, log-probs), so any
+    real id works; EOS is the usual choice and is always a valid embedding row.
+    """
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    name = getattr(tokenizer, "name_or_path", "") or "<tokenizer>"
+    raise DataError(f"the tokenizer of {name} has neither a pad nor an EOS token; padding needs one of them")
+
+
+def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.model_name_or_path"):
+    """``AutoTokenizer`` of ``path`` with ``chat_template`` (if given) replacing its own and a pad
+    token set (EOS when it has none). Errors name the flag ``what``."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    local = os.path.expanduser(path)
+    if os.path.isdir(local) and not any(os.path.exists(os.path.join(local, f)) for f in TOKENIZER_FILES):
+        raise DataError(f"{what}: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the "
+                        "tokenizer into the model folder (tokenizer.save_pretrained(folder))")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # transformers raises OSError, ValueError and others for a bad or absent model
+        where = ("the local folder" if os.path.isdir(local) else
+                 "not a local folder, and not a model in the local Hugging Face cache (offline?) or on the hub")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{what}: cannot load a tokenizer from {path!r} ({where}): {first}") from None
+    if chat_template:
+        tok.chat_template = chat_template
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def teacher_renderer(teacher, data):
+    """The teacher's own tokenizer and chat template (another family works), as a
+    :class:`~openrlhf.datasets.templates.PromptRenderer` that renders pairs the way
+    ``data`` (--data.apply_chat_template / --data.input_template) asks.
+    ``teacher`` is a ``--teacher.*`` section."""
+    from openrlhf.datasets.templates import PromptRenderer
+
+    tok = load_tokenizer(teacher.model_name_or_path, what="--teacher.model_name_or_path")
+    return PromptRenderer(
+        tok,
+        apply_chat_template=data.apply_chat_template,
+        input_template=data.input_template,
+        chat_template=teacher.tokenizer_chat_template,
+        model_path=teacher.model_name_or_path,
+        chat_template_flag="--teacher.tokenizer_chat_template",
+    )

@@ -1,0 +1,20 @@
+"""Plain functions that build data, models and a trainer from a task's config and run it.
+
+``cli/`` parses flags and calls exactly one of these; ``pipeline/`` composes them.
+Tests call them directly. Light on import: names resolve lazily.
+"""
+
+from openrlhf.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "train_sft": ".sft",
+    "train_dpo": ".preference",
+    "train_dadpo": ".preference",
+    "score_logps": ".score",
+    "generate": ".generate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

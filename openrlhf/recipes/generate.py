@@ -1,0 +1,147 @@
+"""Responses of one model to every prompt of a dataset (steps 1 and 2 of Algorithm 1:
+the teacher's and the student's greedy responses). Example::
+
+    python -m openrlhf.cli.generate --model.model_name_or_path ./teacher \\
+        --data.dataset prompts/train.jsonl --data.apply_chat_template \\
+        --generate.max_new_tokens 512 --generate.batch_size 8 --ds.param_dtype fp32 \\
+        --generate.output_path gen/teacher.jsonl
+
+Prompts: ``--data.prompt_key`` (a string or chat messages), else the first human turn
+of a ShareGPT ``conversations`` list (see :mod:`openrlhf.generation.prompts`).
+Output rows (the id always under ``id``) and resuming: see
+:mod:`openrlhf.generation.outputs`. A rerun with the same output path skips the ids
+already there (an id already answered for another prompt is an error); when every
+prompt is answered the file is rewritten (atomically) in the order of the prompt file.
+
+Sampling (``--generate.temperature`` > 0) is seeded once with ``--train.seed``: an
+uninterrupted run is reproducible; a resumed run samples its remaining prompts afresh.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Dict
+
+from openrlhf.config.schema import GenerateTaskConfig
+
+
+def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
+    """Generate, append to ``cfg.generate.output_path``, return counts and speed. Tests call this directly."""
+    from openrlhf.datasets.loading import load_rows
+    from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
+    from openrlhf.generation.outputs import ID_KEY, ResultsFile, trim_response
+    from openrlhf.generation.prompts import (extract_prompts, generation_config_eos, jsonl_line_numbers,
+                                             render_prompt_ids, stop_token_ids)
+
+    g, d = cfg.generate, cfg.data
+    model_path = cfg.model.model_name_or_path
+
+    # Cheap checks first (data, tokenizer, output file), before any model is loaded.
+    tokenizer = load_tokenizer(model_path, d.tokenizer_chat_template)
+    rows = load_rows(d.dataset, split=d.dataset_split, max_samples=d.max_samples, what="--data.dataset")
+    items = extract_prompts(rows, d.prompt_key, g.id_key, d.dataset, jsonl_line_numbers(d.dataset))
+    prompt_ids = render_prompt_ids(items, tokenizer, d, model_path)
+    stop_ids = stop_token_ids(tokenizer, use_chat_template=d.apply_chat_template,
+                              chat_template=d.tokenizer_chat_template,
+                              generation_eos=generation_config_eos(model_path))
+    out = ResultsFile(g.output_path)
+    finished = out.load_finished(model_path)
+    if out.torn_line_dropped:
+        log(f"generate: dropped a torn last line of {g.output_path} (a killed run's unfinished write)")
+    clash = [f"id {it.id!r} ({it.where})" for it in items
+             if it.id in finished and finished[it.id].get(d.prompt_key) != it.prompt]
+    if clash:
+        from openrlhf.datasets.loading import DataError
+
+        raise DataError(
+            f"--generate.output_path {g.output_path} already answers {len(clash)} of these ids with another prompt "
+            f"(another prompt file, or ids by position?): {'; '.join(clash[:5])}; give another output path"
+        )
+    pending = [k for k, it in enumerate(items) if it.id not in finished]
+    n_before = sum(1 for it in items if it.id in finished)
+    log(f"generate: {len(items)} prompts, {n_before} already in {g.output_path}, {len(pending)} to generate "
+        f"(backend {g.backend}, {'greedy' if g.temperature == 0 else f'sampling T={g.temperature}'}, "
+        f"max_new_tokens {g.max_new_tokens}, stop ids {stop_ids})")
+
+    new_tokens = 0
+    elapsed = 0.0
+    if pending:
+        pend_ids = [prompt_ids[k] for k in pending]
+        if g.backend == "hf":
+            from openrlhf.generation.hf_backend import HFGenerator
+
+            gen = HFGenerator(model_path, g, param_dtype=cfg.ds.param_dtype,
+                              attn_implementation=cfg.ds.attn_implementation, seed=cfg.train.seed,
+                              pad_id=pad_token_id(tokenizer), stop_ids=stop_ids, log=log)
+            batches = gen.run(pend_ids)
+        else:
+            from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings
+
+            gen = VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=g.num_engines)
+            batches = gen.run(pend_ids)
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pending), desc=f"generate {g.backend}", unit="prompt", dynamic_ncols=True)
+        start = time.perf_counter()
+        try:
+            for results in batches:
+                rows_out: List[dict] = []
+                for pos, token_ids, backend_finish in results:
+                    it = items[pending[pos]]
+                    content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
+                    rows_out.append({
+                        ID_KEY: it.id,
+                        d.prompt_key: it.prompt,
+                        "response": tokenizer.decode(content, skip_special_tokens=True),
+                        "model": model_path,
+                        "finish_reason": finish,
+                        "response_tokens": n_tok,
+                    })
+                    new_tokens += n_tok
+                out.append(rows_out)
+                for r in rows_out:
+                    finished[r[ID_KEY]] = r
+                elapsed = time.perf_counter() - start
+                bar.update(len(rows_out))
+                bar.set_postfix(tok_s=f"{new_tokens / max(elapsed, 1e-9):.1f}")
+        finally:
+            bar.close()
+            gen.close()
+
+    missing = [it.id for it in items if it.id not in finished]
+    if missing:
+        raise RuntimeError(f"generate: the {g.backend} backend returned no response for ids {missing[:10]}")
+    # Every prompt answered: write the file in prompt-file order (rows of other ids kept after them).
+    ours = [finished[it.id] for it in items]
+    ids = {it.id for it in items}
+    others = [r for rid, r in finished.items() if rid not in ids]
+    current = list(finished.values())
+    wanted = ours + others
+    if [r[ID_KEY] for r in current] != [r[ID_KEY] for r in wanted]:
+        out.rewrite(wanted)
+
+    finish = Counter(r.get("finish_reason", "unknown") for r in ours)
+    stats = {
+        "output_path": g.output_path,
+        "model": model_path,
+        "backend": g.backend,
+        "prompts": len(items),
+        "already_done": n_before,
+        "generated": len(pending),
+        "rows_in_output": len(wanted),
+        "other_rows_in_output": len(others),
+        "finish_stop": finish.get("stop", 0),
+        "finish_length": finish.get("length", 0),
+        "new_tokens": new_tokens,
+        "seconds": round(elapsed, 3),
+        "tokens_per_s": round(new_tokens / elapsed, 2) if elapsed > 0 else 0.0,
+        "torn_line_dropped": out.torn_line_dropped,
+    }
+    log(f"generate: done; {stats['generated']} generated, {stats['already_done']} were already done, "
+        f"{stats['finish_length']} of {stats['prompts']} hit max_new_tokens; "
+        f"{new_tokens} tokens at {stats['tokens_per_s']} tokens/s -> {g.output_path}")
+    if others:
+        log(f"generate: note: {len(others)} rows of {g.output_path} have ids that are not in {d.dataset}")
+    return stats

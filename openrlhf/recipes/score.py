@@ -1,0 +1,190 @@
+"""Cache teacher and/or reference log-probs once (python -m openrlhf.cli.score_logps).
+
+Writes ``<ckpt.output_dir>/<split>.jsonl``: every input row with ``teacher_chosen_logp``,
+``teacher_rejected_logp``, ``teacher_logp_fingerprint`` (and the ``ref_*`` columns when a
+reference is given). ``train_dadpo`` / ``train_dpo`` on that file use the numbers and do
+not load those models. ``--model.model_name_or_path`` gives the tokenizer of the reference
+side.
+
+Runs under DeepSpeed (``deepspeed --num_gpus N --module openrlhf.cli.score_logps ...``):
+each process scores its share and appends it to ``<output_dir>/.score_partial/`` as it
+goes (flushed and fsynced per micro-batch), so a killed run, started again with the same
+flags, only scores what is missing. A last line torn by the kill is repaired before
+anything is appended after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
+
+from openrlhf.config.schema import ScoreLogpsConfig
+from openrlhf.utils.errors import DataError
+
+PARTIAL_DIR = ".score_partial"
+
+
+@dataclass
+class ScoreJob:
+    """One model to score: its pairs tokenised in its own vocabulary."""
+
+    kind: str  # "teacher" | "ref"
+    dataset: Any
+    setting_fp: str
+    model_path: str
+    offload: bool
+    flag: str
+
+
+def _partial_path(folder: str, kind: str, rank: int) -> str:
+    return os.path.join(folder, f"{kind}.rank{rank}.jsonl")
+
+
+def _read_partials(folder: str, kind: str, setting_fp: str) -> Dict[int, Tuple[float, float]]:
+    done: Dict[int, Tuple[float, float]] = {}
+    if not os.path.isdir(folder):
+        return done
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith(f"{kind}.rank"):
+            continue
+        path = os.path.join(folder, name)
+        with open(path) as f:
+            lines = f.read().split("\n")
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines) - 1:  # the last line, torn by a kill: repaired before the next append
+                    continue
+                raise DataError(f"{path}: line {n + 1} is not valid JSON (only a torn last line is repaired); "
+                                f"remove {folder} to score everything again") from None
+            if rec.get("fp") == setting_fp:
+                done[int(rec["index"])] = (float(rec["chosen"]), float(rec["rejected"]))
+    return done
+
+
+def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
+    from openrlhf.datasets import PreferenceDataset
+    from openrlhf.datasets import logp_cache as lc
+    from openrlhf.datasets.tokenizer import teacher_renderer
+
+    jobs = []
+    if cfg.teacher.model_name_or_path:
+        renderer = teacher_renderer(cfg.teacher, cfg.data)
+        # The teacher scores whole responses: no length cap on its side.
+        uncapped = dataclasses.replace(cfg.data, max_len=1 << 30)
+        ds = PreferenceDataset(rows, renderer.tokenizer, uncapped, source, renderer=renderer)
+        fp = lc.setting_fingerprint(lc.model_fingerprint(cfg.teacher.model_name_or_path, digests=digests),
+                                    lc.tokenization_fingerprint(renderer, None))
+        jobs.append(ScoreJob("teacher", ds, fp, cfg.teacher.model_name_or_path, cfg.teacher.offload,
+                             "--teacher.model_name_or_path"))
+    if cfg.ref.model_name_or_path:
+        ds = PreferenceDataset(rows, tokenizer, cfg.data, source, model_path=cfg.model.model_name_or_path)
+        fp = lc.setting_fingerprint(lc.model_fingerprint(cfg.ref.model_name_or_path, "--ref.model_name_or_path",
+                                                         digests),
+                                    lc.tokenization_fingerprint(ds.renderer, cfg.data.max_len))
+        jobs.append(ScoreJob("ref", ds, fp, cfg.ref.model_name_or_path, cfg.ref.offload, "--ref.model_name_or_path"))
+    return jobs
+
+
+def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str) -> Dict[int, Tuple[float, float]]:
+    import torch
+    from tqdm import tqdm
+
+    from openrlhf.datasets import preference_collate
+    from openrlhf.datasets.tokenizer import pad_token_id
+    from openrlhf.recipes.common import prepare_frozen
+    from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail
+
+    ds = job.dataset
+    strategy.barrier()
+    done = _read_partials(partial_dir, job.kind, job.setting_fp)
+    todo = [i for i in range(len(ds)) if ds[i]["index"] not in done]
+    strategy.print(f"{job.kind}: {len(ds)} pairs, {len(done)} already scored, {len(todo)} to score")
+    if not todo:
+        return done
+    world, mb = strategy.world_size, cfg.train.micro_batch_size
+    # Every process runs the same number of forwards (ZeRO-3 gathers weights collectively):
+    # pad the work list with repeats that are computed but not written.
+    per_round = world * mb
+    n = -(-len(todo) // per_round) * per_round
+    padded = todo + [todo[-1]] * (n - len(todo))
+    mine = [(padded[k], k < len(todo)) for k in range(strategy.rank, n, world)]
+    model = prepare_frozen(strategy, cfg, job.model_path, job.offload, what=job.flag)
+    pad_id = pad_token_id(ds.renderer.tokenizer)
+    os.makedirs(partial_dir, exist_ok=True)
+    out_path = _partial_path(partial_dir, job.kind, strategy.rank)
+    if repair_torn_tail(out_path) == "dropped":
+        print(f"{job.kind}: rank {strategy.rank}: dropped the torn last line of {out_path} (a killed run's "
+              "unfinished write); that row is scored again", flush=True)
+    bar = tqdm(total=len(todo), desc=f"score {job.kind}", disable=not strategy.is_rank_0(), dynamic_ncols=True)
+    dev = strategy.device
+    with torch.no_grad():
+        for start in range(0, len(mine), mb):
+            chunk = mine[start : start + mb]
+            items = [ds[i] for i, _ in chunk]
+            batch = preference_collate(items, pad_id)
+            seq = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["loss_mask"].to(dev))[0].sum(-1)
+            b = len(items)
+            recs = [{"fp": job.setting_fp, "index": item["index"], "chosen": seq[j].item(), "rejected": seq[b + j].item()}
+                    for j, ((_, real), item) in enumerate(zip(chunk, items)) if real]
+            append_jsonl(out_path, recs)
+            bar.n = min(len(todo), (start + mb) * world)
+            bar.refresh()
+    bar.close()
+    del model
+    strategy.barrier()
+    return _read_partials(partial_dir, job.kind, job.setting_fp)
+
+
+def score_logps(cfg: ScoreLogpsConfig) -> str:
+    """Score and write ``<ckpt.output_dir>/<split>.jsonl``; returns its path."""
+    import shutil
+
+    from openrlhf.datasets import load_rows
+    from openrlhf.datasets import logp_cache as lc
+    from openrlhf.datasets.tokenizer import load_tokenizer
+    from openrlhf.recipes.common import make_strategy
+    from openrlhf.utils.jsonl import write_jsonl_atomic
+
+    source, split = cfg.data.dataset, cfg.data.dataset_split
+    rows = load_rows(source, split=split, max_samples=cfg.data.max_samples, what="--data.dataset")
+    tokenizer = load_tokenizer(cfg.model.model_name_or_path, cfg.data.tokenizer_chat_template)
+    out_dir = cfg.ckpt.output_dir
+    digests = lc.DigestCache(os.path.join(out_dir, lc.DIGESTS_FILE))
+    jobs = _jobs(cfg, rows, tokenizer, source, digests)
+    partial_dir = os.path.join(out_dir, PARTIAL_DIR)
+    out_file = os.path.join(out_dir, f"{split or 'train'}.jsonl")
+
+    strategy = make_strategy(cfg, training=False)
+    for job in jobs:
+        strategy.print(f"{job.kind}: {job.dataset.report()}")
+    results = {job.kind: (job.setting_fp, _score_job(strategy, cfg, job, partial_dir)) for job in jobs}
+    if strategy.is_rank_0():
+        keys = (cfg.data.prompt_key, cfg.data.chosen_key, cfg.data.rejected_key)
+        missing = {kind: 0 for kind in results}
+        merged = []
+        for i, row in enumerate(rows):
+            new = dict(row)
+            for kind, (fp, values) in results.items():
+                c, r, fpc = lc.columns(kind)
+                if i in values:
+                    new[c], new[r] = values[i]
+                    new[fpc] = lc.row_fingerprint(fp, row, keys, values[i])
+                else:  # a row the dataset left out (see its report)
+                    new[c] = new[r] = new[fpc] = None
+                    missing[kind] += 1
+            merged.append(new)
+        write_jsonl_atomic(out_file, merged)
+        digests.save()
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        for kind, n in missing.items():
+            print(f"{kind}: scored {len(rows) - n} of {len(rows)} rows ({n} left out by the dataset policy)")
+        print(f"wrote {out_file}")
+    strategy.barrier()
+    return out_file

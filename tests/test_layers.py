@@ -1,0 +1,77 @@
+"""The package's layers (README, "Architecture"): nothing imports upward, nothing below cli/ imports cli/."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+from tiny import REPO
+
+PACKAGE = os.path.join(REPO, "openrlhf")
+
+# Top to bottom. A module may import its own package and any package of a lower rank.
+RANK = {
+    "cli": 5,
+    "pipeline": 4,
+    "recipes": 3, "tools": 3,
+    "trainer": 2, "generation": 2,
+    "models": 1, "datasets": 1,
+    "config": 0, "utils": 0,
+}
+
+
+def _modules():
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                yield os.path.relpath(path, REPO), path
+
+
+def _imports(path: str):
+    """Every ``openrlhf.<package>`` a module imports, at any depth of the code (function-level too)."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    here = os.path.relpath(os.path.dirname(path), REPO).replace(os.sep, ".")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = here.split(".")[: len(here.split(".")) - node.level + 1]
+                names = [".".join(base + ([node.module] if node.module else []))]
+            else:
+                names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "openrlhf" and len(parts) > 1:
+                yield node.lineno, parts[1]
+
+
+def _package_of(rel: str) -> str:
+    parts = rel.split(os.sep)
+    return parts[1] if len(parts) > 2 else ""
+
+
+def test_every_package_has_a_layer():
+    packages = {d for d in os.listdir(PACKAGE) if os.path.isdir(os.path.join(PACKAGE, d)) and d != "__pycache__"}
+    assert packages == set(RANK)
+
+
+def test_no_module_outside_cli_imports_cli():
+    bad = [f"{rel}:{line}" for rel, path in _modules() if _package_of(rel) != "cli"
+           for line, pkg in _imports(path) if pkg == "cli"]
+    assert bad == []
+
+
+@pytest.mark.parametrize("rel,path", list(_modules()), ids=[rel for rel, _ in _modules()])
+def test_imports_go_down_the_layers(rel, path):
+    own = _package_of(rel)
+    if not own:
+        return  # openrlhf/__init__.py
+    upward = [f"line {line}: openrlhf.{pkg}" for line, pkg in _imports(path)
+              if pkg in RANK and pkg != own and RANK[pkg] >= RANK[own] and not (RANK[own] == 0 and RANK[pkg] == 0)]
+    assert upward == [], f"{rel} imports a package at its own layer or above"
