@@ -159,34 +159,57 @@ def test_negative_betas_name_their_flag():
     assert len(problems) == 1 and "both 0" in problems[0]
     # beta1 = 0 alone is rDPO, beta2 = 0 alone is DPO: both fine
     assert load_config(DADPO + ["--model.beta", "0"], "dadpo").model.beta == 0.0
-    assert load_config(DADPO + ["--teacher.beta", "0"], "dadpo").teacher.beta == 0.0
+    assert load_config(DADPO + ["--teacher.beta", "0"], "dadpo").teacher.beta == (0.0,)
+
+
+def test_several_teachers_one_beta_each():
+    two = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/pairs",
+           "--teacher.model_name_or_path", "org/a,org/b"]
+    cfg = load_config(two + ["--teacher.beta", "0.01,0.005"], "dadpo")
+    assert cfg.teacher.model_name_or_path == ("org/a", "org/b") and cfg.teacher.beta == (0.01, 0.005)
+    assert load_config(two + ["--teacher.beta", "0.01", "0.005"], "dadpo") == cfg  # spaces work too
+    assert problems_of(two)[0] == ["--teacher.beta: give one beta per teacher: 2 teachers, 1 betas ([0.01])"]
+    assert problems_of(two + ["--teacher.beta", "0.1,0.1", "--teacher.tokenizer_chat_template", "{{ x }}",
+                              "--data.apply_chat_template"])[0] == [
+        "--teacher.tokenizer_chat_template: applies to one teacher; with several teachers each one uses its own "
+        "tokenizer's template"]
+    assert "a teacher is given twice" in problems_of(DADPO + ["--teacher.model_name_or_path", "x,x",
+                                                              "--teacher.beta", "1,1"])[1]
 
 
 def test_each_task_accepts_only_its_own_sections_and_fields():
     dpo = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/pairs"]
-    assert isinstance(load_config(dpo, "dpo"), DPOConfig) and not hasattr(load_config(dpo, "dpo"), "teacher")
+    assert isinstance(load_config(dpo, "dpo"), DPOConfig) and load_config(dpo, "dpo").kd.coef == 0.0
+    # train_dpo takes one teacher only for the KL of dDPO+KL, and no teacher beta
     problems, _ = problems_of(dpo + ["--teacher.model_name_or_path", "org/t", "--teacher.beta", "0.1"], "dpo")
     assert problems == [
-        "--teacher.model_name_or_path: unknown flag (not used by train_dpo; a flag of train_dadpo, score_logps)",
-        "--teacher.beta: unknown flag (not used by train_dpo; a flag of train_dadpo)"]
+        "--teacher.beta: unknown flag (not used by train_dpo; a flag of train_dadpo)",
+        "--teacher.model_name_or_path: set but --kd.coef is 0, so no KL to it would be computed (give --kd.coef > 0 "
+        "for dDPO+KL)"]
+    assert problems_of(dpo + ["--kd.coef", "0.2"], "dpo")[0] == [
+        "--teacher.model_name_or_path: required with --kd.coef 0.2 (dDPO+KL: the KL to this teacher)"]
+    assert load_config(dpo + ["--kd.coef", "0.2", "--teacher.model_name_or_path", "org/t"], "dpo").kd.coef == 0.2
     assert problems_of(SFT + ["--teacher.beta", "1"], "sft")[0] == [
         "--teacher.beta: unknown flag (not used by train_sft; a flag of train_dadpo)"]
     assert problems_of(SFT + ["--model.beta", "0.2"], "sft")[0] == [
-        "--model.beta: unknown flag (not used by train_sft; a flag of train_dpo, train_dadpo)"]
+        "--model.beta: unknown flag (not used by train_sft; a flag of train_dpo, train_dadpo, train_kto)"]
     assert problems_of(DADPO + ["--prune.mlp_ratio", "0.3"], "dadpo")[0] == [
         "--prune.mlp_ratio: unknown flag (not used by train_dadpo; a flag of prune)"]
     score = DADPO + ["--ref.model_name_or_path", "org/ref"]
+    every_trainer = "train_sft, train_kd, train_dpo, train_dadpo, train_kto"
     assert problems_of(score + ["--teacher.beta", "0.1", "--train.batch_size", "8", "--adam.lr", "1e-5"],
                        "score_logps")[0] == [
         "--teacher.beta: unknown flag (not used by score_logps; a flag of train_dadpo)",
-        "--train.batch_size: unknown flag (not used by score_logps; a flag of train_sft, train_dpo, train_dadpo)",
-        "--adam.lr: unknown flag (not used by score_logps; a flag of train_sft, train_dpo, train_dadpo)"]
+        f"--train.batch_size: unknown flag (not used by score_logps; a flag of {every_trainer})",
+        f"--adam.lr: unknown flag (not used by score_logps; a flag of {every_trainer})"]
     gen = SFT + ["--generate.output_path", "o.jsonl"]
     assert [p.split(":")[0] for p in problems_of(gen + ["--train.micro_batch_size", "2", "--ckpt.save_steps", "3"],
                                                   "generate")[0]] == ["--train.micro_batch_size", "--ckpt.save_steps"]
     # the same key in a YAML file is refused the same way
     problems, _ = problems_of(SFT + ["--config", _yaml_of({"teacher": {"beta": 1}})], "sft")
-    assert problems[0].endswith("key teacher: unknown key (not used by train_sft; a flag of train_dadpo, score_logps)")
+    assert problems[0].endswith(
+        "key teacher: unknown key (not used by train_sft; a flag of train_kd, train_dpo, train_dadpo, "
+        "score_logps)")
 
 
 def _yaml_of(data: dict) -> str:
@@ -207,7 +230,9 @@ def test_every_task_has_a_root_with_its_own_help():
 
         text = format_help(task)
         assert ("--teacher.beta" in text) == (task == "dadpo")
-        assert ("--adam.lr" in text) == (task in ("sft", "dpo", "dadpo"))
+        assert ("--adam.lr" in text) == (task in ("sft", "kd", "dpo", "dadpo", "kto"))
+        assert ("--kd.coef" in text) == (task in ("kd", "dpo"))
+        assert ("--kto.desirable_loss_weight" in text) == (task == "kto")
 
 
 def test_input_template_and_ranges():

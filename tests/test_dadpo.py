@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from openrlhf.config import ConfigError, load_config
-from tiny import base_flags, read_metrics, run_deepspeed, score_flags, train_losses
+from tiny import base_flags, direct_logps, read_metrics, run_deepspeed, score_flags, train_losses
 from tiny import pref_rows, write_jsonl
 
 
@@ -28,29 +28,6 @@ def one_step_flags(student, ref, teacher, data, out, *extra):
     return base_flags(student, data, out, "--ref.model_name_or_path", ref, "--teacher.model_name_or_path", teacher,
                       "--train.batch_size", "8", "--train.micro_batch_size", "4", "--model.beta", "0.3",
                       "--teacher.beta", "0.7", *extra)
-
-
-def direct_logps(path: str, rows: list) -> tuple:
-    """Sequence log-probs of chosen and rejected, straight from transformers, each model with its own
-    tokenizer and chat template (an independent rendering, not our dataset code)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    out = {"chosen": [], "rejected": []}
-    for row in rows:
-        msgs = [{"role": "user", "content": row["prompt"]}]
-        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        p_ids = tok(prompt, add_special_tokens=False).input_ids
-        for key in ("chosen", "rejected"):
-            full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": row[key]}], tokenize=False)
-            ids = tok(full, add_special_tokens=False).input_ids
-            assert ids[: len(p_ids)] == p_ids
-            with torch.no_grad():
-                logits = model(torch.tensor([ids])).logits[0].float()
-            logp = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
-            out[key].append(logp[len(p_ids) - 1 :].sum().item())
-    return torch.tensor(out["chosen"], dtype=torch.float64), torch.tensor(out["rejected"], dtype=torch.float64)
 
 
 @pytest.fixture()

@@ -142,7 +142,7 @@ def test_teacher_retokenizes_preference_items(tok, teacher_tok):
         assert tb["loss_mask"][row].nonzero().flatten().tolist() == list(range(len(t_p), n))
         assert teacher_tok.decode(tb["input_ids"][row][tb["loss_mask"][row]].tolist()) == it[side] + "<end_of_turn>\n"
     # The collate can add the teacher's view to the student's batch.
-    both = preference_collate(items, tok.pad_token_id, teacher_renderer=renderer)
+    both = preference_collate(items, tok.pad_token_id, teacher_renderers={"teacher": renderer})
     assert torch.equal(both["input_ids"], sb["input_ids"])
     for k in ("input_ids", "attention_mask", "loss_mask", "prompt_lens"):
         assert torch.equal(both["teacher_" + k], tb[k])

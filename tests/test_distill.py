@@ -144,3 +144,39 @@ def test_distill_launched_under_deepspeed_two_processes(tiny_dir, tiny_talking_t
     assert res.stdout.count("[distill] dadpo: running") == 1  # rank 0 alone reports
     for folder in ("dsft", "dadpo"):
         assert os.path.exists(os.path.join(run, folder, "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talking_teacher, tmp_path, monkeypatch):
+    """A 2 x 2 daDPO grid and every baseline, from one dSFT model and one scoring pass."""
+    import openrlhf.recipes as recipes
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+
+    calls = []
+    real = recipes.score_logps
+    monkeypatch.setattr(recipes, "score_logps", lambda cfg: calls.append(cfg) or real(cfg))
+    # The talking teacher shares the student's tokenizer, so the KL baselines apply.
+    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
+                   baselines={"dsft_kl": {"kd.coef": 0.1}, "ddpo": {}, "ddpo_kl": {}, "rdpo": {}, "dkto": {}},
+                   sweep={"dadpo": {"model.beta": [0.1, 0.5], "teacher.beta": [0.01, 0.1]}})
+    cfg = load_distill_config(path)
+    timings = Pipeline(cfg, log=lambda *a: None).run_all()
+    points = ["dadpo_b0.1_t0.01", "dadpo_b0.1_t0.1", "dadpo_b0.5_t0.01", "dadpo_b0.5_t0.1"]
+    for name in ["dsft_kl", "ddpo", "ddpo_kl", "rdpo", "dkto"] + points:
+        assert name in timings and os.path.exists(os.path.join(cfg.run_dir, name, "model.safetensors")), name
+    assert len(calls) == 1  # the teacher and the reference were scored once for all 10 runs
+    run = cfg.run_dir
+    report = json.load(open(os.path.join(run, "report", "report.json")))
+    labels = set(report["models"])
+    assert {"dSFT+KL", "dDPO", "dDPO+KL", "rDPO", "dKTO", "daDPO beta1=0.1 beta2=0.01"} <= labels
+    sweep = json.load(open(os.path.join(run, "report", "sweep.json")))
+    assert sweep["flags"] == ["model.beta", "teacher.beta"] and len(sweep["points"]) == 4
+    assert os.path.getsize(os.path.join(run, "report", "sweep.png")) > 10_000
+    # the baselines ran what they are: rDPO has no reference term, dDPO+KL logs its KL, dKTO its reference point
+    assert read_metrics(os.path.join(run, "rdpo"))[0]["chosen_reward"] == 0.0
+    assert "kd_loss" in read_metrics(os.path.join(run, "ddpo_kl"))[0]
+    assert "kl" in read_metrics(os.path.join(run, "dkto"))[0]
+    assert "kd_loss" in read_metrics(os.path.join(run, "dsft_kl"))[0]
+    again = []
+    assert Pipeline(cfg, log=again.append).run_all() == {}  # finished runs are skipped

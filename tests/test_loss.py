@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from openrlhf.models.loss import DADPOLoss, DPOLoss, GPTLMLoss, KDLoss, PairLogps
+from openrlhf.models.loss import DADPOLoss, DPOLoss, GPTLMLoss, KDLoss, KTOLoss, PairLogps
 
 # One pair: policy, reference and teacher sequence log-probs.
 PC, PR = -10.0, -12.0  # policy chosen / rejected
@@ -125,6 +125,54 @@ def test_bad_betas_rejected():
         DADPOLoss(0.1, 0.1)(pair(t(1.0), t(1.0)), None, pair(t(1.0), t(1.0)))
 
 
+def test_dadpo_two_teachers_hand_worked():
+    # second teacher: rt2_w = -10 - -10.5 = 0.5, rt2_l = -12 - -11 = -1
+    # z = 0.1 * 1.5 + 0.5 * (-1 - 2) + 0.2 * (0.5 - -1) = 0.15 - 1.5 + 0.3 = -1.05
+    # -log sigmoid(-1.05) = log(1 + e^1.05) = 1.3500585
+    teacher2 = pair(t(-10.5), t(-11.0))
+    out = DADPOLoss(beta=0.1, teacher_beta=[0.5, 0.2])(POLICY, REF, [TEACHER, teacher2])
+    assert out.loss.item() == pytest.approx(1.3500584796176431, abs=1e-12)
+    m = out.metrics()
+    assert m["teacher_chosen_reward"] == pytest.approx(-0.5) and m["teacher_2_chosen_reward"] == pytest.approx(0.1)
+    assert m["teacher_2_reject_reward"] == pytest.approx(-0.2)
+    with pytest.raises(ValueError, match="2 teachers' log-probs for 1 --teacher.beta"):
+        DADPOLoss(beta=0.1, teacher_beta=0.5)(POLICY, REF, [TEACHER, teacher2])
+
+
+def test_one_teacher_in_a_list_is_single_teacher_dadpo_bit_for_bit():
+    pc, pr, rc, rr, tc, tr = _random_logps(seed=3)
+    for beta in (0.1, 0.0):
+        ref = pair(rc, rr) if beta else None
+        single = DADPOLoss(beta=beta, teacher_beta=0.3)(pair(pc, pr), ref, pair(tc, tr))
+        listed = DADPOLoss(beta=beta, teacher_beta=[0.3])(pair(pc, pr), ref, [pair(tc, tr)])
+        assert torch.equal(single.loss, listed.loss) and torch.equal(single.sigmoid_input, listed.sigmoid_input)
+
+
+def test_kto_hand_worked():
+    # r_w = 1, r_l = -0.5 (as above); beta 0.5, reference point z_0 = 0.2, lambda_D 1, lambda_U 1.5
+    # desirable:   1   * (1 - sigmoid(0.5 * (1 - 0.2)))    = 1 - sigmoid(0.4)          = 0.4013123
+    # undesirable: 1.5 * (1 - sigmoid(0.5 * (0.2 - -0.5))) = 1.5 * (1 - sigmoid(0.35)) = 0.6200736
+    # loss = mean of the two examples = 0.5106930
+    out = KTOLoss(beta=0.5, desirable_weight=1.0, undesirable_weight=1.5)(POLICY, REF, t(0.2))
+    assert out.loss.item() == pytest.approx(0.5106929857557764, abs=1e-12)
+    m = out.metrics()
+    assert m["kl"] == pytest.approx(0.2) and m["chosen_reward"] == pytest.approx(0.5)
+    assert m["reject_reward"] == pytest.approx(-0.25) and m["acc"] == 1.0
+
+
+def test_kto_reference_point_gets_no_gradient_and_limits():
+    pc = t(-10.0).requires_grad_(True)
+    kl = t(0.3).requires_grad_(True)
+    out = KTOLoss(beta=1.0)(pair(pc, t(-12.0)), REF, kl)
+    out.loss.backward()
+    assert kl.grad is None and pc.grad is not None and pc.grad.item() < 0  # raising log pi(y_w) lowers the loss
+    # weights 0 switch a side off; a huge reward makes a desirable example cost nothing
+    only_u = KTOLoss(beta=1.0, desirable_weight=0.0)(POLICY, REF, t(0.0))
+    assert only_u.loss.item() == pytest.approx(0.5 * (1 - 1 / (1 + math.exp(-0.5))), abs=1e-12)
+    with pytest.raises(ValueError, match="--model.beta must be > 0 for KTO"):
+        KTOLoss(beta=0.0)
+
+
 def test_pair_split_is_chosen_first_and_refuses_odd_batches():
     both = PairLogps.split(t(1.0, 2.0, 3.0, 4.0))
     assert both.chosen.tolist() == [1.0, 2.0] and both.rejected.tolist() == [3.0, 4.0]
@@ -151,6 +199,9 @@ def test_kd_loss_zero_for_same_logits_and_refuses_other_vocab():
     assert KDLoss()(q, p, torch.ones(1, 1)).item() == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="one vocabulary"):
         KDLoss()(torch.randn(1, 2, 10), torch.randn(1, 2, 12), torch.ones(1, 2))
+    # a normalizer other than this batch's token count (the optimizer step's, as for SFT)
+    one = KDLoss()(q, p, torch.ones(1, 1), normalizer=4.0)
+    assert one.item() == pytest.approx(expected / 4, abs=1e-6)
 
 
 def test_loss_module_import_is_light():

@@ -250,3 +250,27 @@ def run_cli(module: str, flags: list, timeout: int = 300, env: dict = None):
 
     return subprocess.run([sys.executable, "-m", module, *flags], env=env or launch_env(), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def direct_logps(path: str, rows: list) -> tuple:
+    """Sequence log-probs of chosen and rejected, straight from transformers, each model with its own
+    tokenizer and chat template (an independent rendering, not our dataset code)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    out = {"chosen": [], "rejected": []}
+    for row in rows:
+        msgs = [{"role": "user", "content": row["prompt"]}]
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False).input_ids
+        for key in ("chosen", "rejected"):
+            full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": row[key]}], tokenize=False)
+            ids = tok(full, add_special_tokens=False).input_ids
+            assert ids[: len(p_ids)] == p_ids
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0].float()
+            logp = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+            out[key].append(logp[len(p_ids) - 1 :].sum().item())
+    return torch.tensor(out["chosen"], dtype=torch.float64), torch.tensor(out["rejected"], dtype=torch.float64)

@@ -53,6 +53,9 @@ _LEGACY_NAMES = {
     "wandb_project": "logger.wandb.project",
     "wandb_run_name": "logger.wandb.run_name",
     "wandb_org": "logger.wandb.org",
+    "kd_coef": "kd.coef",
+    "desirable_loss_weight": "kto.desirable_loss_weight",
+    "undesirable_loss_weight": "kto.undesirable_loss_weight",
 }
 
 
@@ -88,14 +91,24 @@ def _leaf_types(cls: type, prefix: str = "") -> Tuple[Dict[str, Any], Set[str]]:
     return leaves, sections
 
 
+def _is_list(tp: Any) -> bool:
+    """``Tuple[X, ...]``: any number of values (a comma-separated list on the command line)."""
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
 def _type_name(tp: Any) -> str:
+    if _is_list(tp):
+        return _type_name(typing.get_args(tp)[0]) + "[,...]"
     if typing.get_origin(tp) is tuple:
         return " ".join(_type_name(a) for a in typing.get_args(tp))
     return {str: "string", int: "int", float: "float", bool: "bool"}.get(tp, str(tp))
 
 
 def _tuple_len(tp: Any) -> int:
-    """Number of values a flag of this type takes (0 for a scalar)."""
+    """Number of values a flag of this type takes (0 for a scalar, -1 for a list)."""
+    if _is_list(tp):
+        return -1
     return len(typing.get_args(tp)) if typing.get_origin(tp) is tuple else 0
 
 
@@ -140,10 +153,17 @@ def _parse_scalar(tp: Any, value: Any) -> Any:
 
 
 def _parse_value(tp: Any, values: List[Any]) -> Any:
-    """Parse one field's value(s): a list of one item for scalars, n items for tuples."""
+    """Parse one field's value(s): a list of one item for scalars, n items for tuples, any
+    number for lists (strings are split at commas: ``a,b``)."""
     n = _tuple_len(tp)
     if n == 0:
         return _parse_scalar(tp, values[0])
+    if n < 0:
+        item = typing.get_args(tp)[0]
+        parts: List[Any] = []
+        for v in values:
+            parts += [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else [v]
+        return tuple(_parse_scalar(item, v) for v in parts)
     if len(values) != n:
         shown = " ".join(str(v) for v in values)
         raise ValueError(f"expected {n} values ({_type_name(tp)}), got {len(values)}: {shown!r}")
@@ -240,13 +260,13 @@ def _apply_yaml(cfg: RunConfig, path: str, leaves: Dict[str, Any], sections: Set
         return
     for name, raw in _flatten_yaml(data, path, leaves, sections, problems, task).items():
         tp = leaves[name]
-        if _tuple_len(tp) and not isinstance(raw, list):
+        if _tuple_len(tp) > 0 and not isinstance(raw, list):
             problems.append(f"{path}: key {name}: expected a list of {_tuple_len(tp)} values ({_type_name(tp)}), "
                             f"got {raw!r}")
             bad.add(name)
             continue
         try:
-            value = _parse_value(tp, raw if _tuple_len(tp) else [raw])
+            value = _parse_value(tp, raw if isinstance(raw, list) and _tuple_len(tp) else [raw])
         except ValueError as e:
             problems.append(f"{path}: key {name}: {e}")
             bad.add(name)
@@ -320,7 +340,8 @@ def _split_argv(argv: List[str], leaves: Dict[str, Any], problems: List[str],
             values = [v for v in inline.split(",") if v.strip()] if eq else []
             values += take_following()
             if not values:
-                problems.append(f"{flag}: missing value ({n} values: {_type_name(tp)})")
+                what = f"{n} values" if n > 0 else "one or more values"
+                problems.append(f"{flag}: missing value ({what}: {_type_name(tp)})")
                 bad.add(name)
                 continue
         elif tp is bool and not eq:

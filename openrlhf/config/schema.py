@@ -50,6 +50,13 @@ class PreferenceModelConfig(ModelConfig):
 
 
 @dataclass
+class KTOModelConfig(ModelConfig):
+    """The policy of KTO: ``beta`` scales the implicit reward log pi - log ref."""
+
+    beta: float = 0.1
+
+
+@dataclass
 class RefConfig:
     """The frozen reference model. Empty path: the policy's initial weights."""
 
@@ -59,19 +66,37 @@ class RefConfig:
 
 @dataclass
 class TeacherModelConfig:
-    """A frozen teacher, scored with its own tokenizer and chat template."""
+    """Frozen teacher(s). daDPO and score_logps score each teacher's own tokenisation (its own
+    tokenizer and chat template: another family works) and take several teachers
+    (``--teacher.model_name_or_path a,b``); the token-level KL baselines take one teacher
+    with the student's vocabulary."""
 
-    model_name_or_path: str = ""
+    model_name_or_path: Tuple[str, ...] = ()
     offload: bool = False
-    # A Jinja chat template that replaces the teacher tokenizer's own.
+    # A Jinja chat template that replaces the (one) teacher tokenizer's own.
     tokenizer_chat_template: str = ""
 
 
 @dataclass
 class TeacherConfig(TeacherModelConfig):
-    """The daDPO teacher: its weight in the loss is the paper's beta2."""
+    """The daDPO teacher(s): the weight of each in the loss, the paper's beta2 (one per teacher)."""
 
-    beta: float = 0.01
+    beta: Tuple[float, ...] = (0.01,)
+
+
+@dataclass
+class KDConfig:
+    """Token-level KL(teacher || student) on the response tokens (dSFT+KL, dDPO+KL)."""
+
+    coef: float = 0.0
+
+
+@dataclass
+class KTOConfig:
+    """Weights of the desirable (teacher) and undesirable (student) examples in KTO."""
+
+    desirable_loss_weight: float = 1.0
+    undesirable_loss_weight: float = 1.0
 
 
 @dataclass
@@ -245,18 +270,43 @@ class SFTConfig(TrainingConfig):
 
 
 @dataclass
-class DPOConfig(TrainingConfig):
-    """python -m openrlhf.cli.train_dpo"""
+class PreferenceTrainingConfig(TrainingConfig):
+    """What DPO and daDPO share: the policy with its preference-loss settings and a reference."""
 
     model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
     ref: RefConfig = field(default_factory=RefConfig)
 
 
 @dataclass
-class DADPOConfig(DPOConfig):
+class DPOConfig(PreferenceTrainingConfig):
+    """python -m openrlhf.cli.train_dpo (dDPO; with --kd.coef > 0 and a teacher: dDPO+KL)"""
+
+    teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+
+
+@dataclass
+class DADPOConfig(PreferenceTrainingConfig):
     """python -m openrlhf.cli.train_dadpo"""
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
+@dataclass
+class KDTrainConfig(TrainingConfig):
+    """python -m openrlhf.cli.train_kd (dSFT+KL)"""
+
+    teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+    kd: KDConfig = field(default_factory=lambda: KDConfig(coef=0.4))
+
+
+@dataclass
+class KTOTrainConfig(TrainingConfig):
+    """python -m openrlhf.cli.train_kto (dKTO)"""
+
+    model: KTOModelConfig = field(default_factory=KTOModelConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
 
 
 @dataclass
@@ -296,14 +346,17 @@ class PruneTaskConfig(RunConfig):
 # task name -> (root class, the command that takes it)
 TASK_CONFIGS: Dict[str, Type[RunConfig]] = {
     "sft": SFTConfig,
+    "kd": KDTrainConfig,
     "dpo": DPOConfig,
     "dadpo": DADPOConfig,
+    "kto": KTOTrainConfig,
     "score_logps": ScoreLogpsConfig,
     "generate": GenerateTaskConfig,
     "prune": PruneTaskConfig,
 }
 TASK_COMMANDS: Dict[str, str] = {
-    "sft": "train_sft", "dpo": "train_dpo", "dadpo": "train_dadpo", "score_logps": "score_logps",
+    "sft": "train_sft", "kd": "train_kd", "dpo": "train_dpo", "dadpo": "train_dadpo", "kto": "train_kto",
+    "score_logps": "score_logps",
     "generate": "generate", "prune": "prune",
 }
 TASKS = tuple(TASK_CONFIGS)

@@ -15,8 +15,8 @@ from typing import Callable, List
 
 from openrlhf.config.schema import (
     ATTN_IMPLEMENTATIONS, GENERATE_BACKENDS, LR_SCHEDULERS, PARAM_DTYPES, PRUNE_METHODS, TASK_CONFIGS,
-    ZERO_STAGES, DADPOConfig, DPOConfig, DSConfig, GenerateTaskConfig, PruneTaskConfig, RunConfig,
-    ScoreLogpsConfig, TrainingConfig,
+    ZERO_STAGES, DADPOConfig, DPOConfig, DSConfig, GenerateTaskConfig, KDTrainConfig, KTOTrainConfig,
+    PreferenceTrainingConfig, PruneTaskConfig, RunConfig, ScoreLogpsConfig, TrainingConfig,
 )
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
@@ -95,18 +95,51 @@ def _training(cfg: TrainingConfig, need: Need) -> None:
     need(cfg.logger.logging_steps >= 1, "logger.logging_steps", f"must be >= 1, got {cfg.logger.logging_steps}")
 
 
-def _preference(cfg: DPOConfig, need: Need) -> None:
+def _teachers(t, need: Need, *, required: str = "", single: str = "") -> None:
+    """--teacher.*: ``required`` (the reason) when a teacher must be given; ``single`` (the
+    reason) when exactly one is allowed."""
+    paths = t.model_name_or_path
+    if required:
+        need(len(paths) >= 1, "teacher.model_name_or_path", f"required {required}")
+    if single:
+        need(len(paths) <= 1, "teacher.model_name_or_path", f"one teacher only {single}, got {len(paths)}")
+    need(len(set(paths)) == len(paths), "teacher.model_name_or_path", f"a teacher is given twice: {list(paths)}")
+    need(not (t.tokenizer_chat_template and len(paths) > 1), "teacher.tokenizer_chat_template",
+         "applies to one teacher; with several teachers each one uses its own tokenizer's template")
+
+
+def _kd(cfg, need: Need) -> None:
+    """The token-level KL baselines: one teacher, read with the student's tokens."""
+    need(cfg.kd.coef >= 0, "kd.coef", f"must be >= 0, got {cfg.kd.coef}")
+    need(not cfg.teacher.tokenizer_chat_template, "teacher.tokenizer_chat_template",
+         "unused: the token-level KL reads the student's own tokens (no teacher template)")
+
+
+def _preference(cfg: PreferenceTrainingConfig, need: Need) -> None:
     m = cfg.model
     need(m.beta >= 0, "model.beta", f"must be >= 0, got {m.beta}")
     if isinstance(cfg, DADPOConfig):
         need(not m.ipo_enable, "model.ipo_enable", "train_dadpo has no IPO form; the daDPO loss is the sigmoid one")
         t = cfg.teacher
-        need(bool(t.model_name_or_path), "teacher.model_name_or_path", "required for daDPO")
-        need(t.beta >= 0, "teacher.beta", f"must be >= 0, got {t.beta}")
-        need(not (m.beta == 0 and t.beta == 0), "teacher.beta",
+        _teachers(t, need, required="for daDPO")
+        need(all(b >= 0 for b in t.beta), "teacher.beta",
+             f"must be >= 0, got {t.beta[0] if len(t.beta) == 1 else list(t.beta)}")
+        if t.model_name_or_path:
+            need(len(t.beta) == len(t.model_name_or_path), "teacher.beta",
+                 f"give one beta per teacher: {len(t.model_name_or_path)} teachers, {len(t.beta)} betas "
+                 f"({list(t.beta)})")
+        need(not (m.beta == 0 and t.beta and all(b == 0 for b in t.beta)), "teacher.beta",
              "--model.beta and --teacher.beta are both 0: the loss would be constant")
     else:
         need(m.beta != 0, "model.beta", "must be > 0 for DPO (beta 0 gives a constant loss)")
+        _teachers(cfg.teacher, need, single="(the KL of dDPO+KL)")
+        _kd(cfg, need)
+        if cfg.kd.coef > 0:
+            need(bool(cfg.teacher.model_name_or_path), "teacher.model_name_or_path",
+                 f"required with --kd.coef {cfg.kd.coef} (dDPO+KL: the KL to this teacher)")
+        else:
+            need(not cfg.teacher.model_name_or_path, "teacher.model_name_or_path",
+                 "set but --kd.coef is 0, so no KL to it would be computed (give --kd.coef > 0 for dDPO+KL)")
     need(0 <= m.label_smoothing < 0.5, "model.label_smoothing", f"must be in [0, 0.5), got {m.label_smoothing}")
     need(m.nll_loss_coef >= 0, "model.nll_loss_coef", f"must be >= 0, got {m.nll_loss_coef}")
     need(not (m.ipo_enable and m.label_smoothing > 0), "model.label_smoothing",
@@ -162,9 +195,10 @@ def _packages(cfg: RunConfig, need: Need) -> None:
 def _paths(cfg: RunConfig, need: Need) -> None:
     """Local-looking paths must exist (hub names are left to the loaders)."""
     paths = [("model.model_name_or_path", cfg.model.model_name_or_path), ("data.dataset", cfg.data.dataset)]
-    for section in ("ref", "teacher"):
-        if hasattr(cfg, section):
-            paths.append((f"{section}.model_name_or_path", getattr(cfg, section).model_name_or_path))
+    if hasattr(cfg, "ref"):
+        paths.append(("ref.model_name_or_path", cfg.ref.model_name_or_path))
+    if hasattr(cfg, "teacher"):
+        paths += [("teacher.model_name_or_path", p) for p in cfg.teacher.model_name_or_path]
     if hasattr(cfg, "eval"):
         paths.append(("eval.dataset", cfg.eval.dataset))
     for flag, path in paths:
@@ -207,9 +241,21 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
         p.extend(ds_problems(cfg.ds, training=isinstance(cfg, TrainingConfig)))
     if isinstance(cfg, TrainingConfig):
         _training(cfg, need)
-    if isinstance(cfg, DPOConfig):
+    if isinstance(cfg, PreferenceTrainingConfig):
         _preference(cfg, need)
+    if isinstance(cfg, KDTrainConfig):
+        _teachers(cfg.teacher, need, required="for dSFT+KL", single="(the token-level KL)")
+        _kd(cfg, need)
+    if isinstance(cfg, KTOTrainConfig):
+        need(cfg.model.beta > 0, "model.beta", f"must be > 0 for KTO, got {cfg.model.beta}")
+        for name in ("desirable_loss_weight", "undesirable_loss_weight"):
+            value = getattr(cfg.kto, name)
+            need(value >= 0, f"kto.{name}", f"must be >= 0, got {value}")
+        need(cfg.train.micro_batch_size >= 2, "train.micro_batch_size",
+             f"KTO estimates its KL reference point from mismatched prompt/response pairs of the micro-batch, "
+             f"which needs >= 2 pairs, got {cfg.train.micro_batch_size}")
     if isinstance(cfg, ScoreLogpsConfig):
+        _teachers(cfg.teacher, need)
         need(bool(cfg.teacher.model_name_or_path or cfg.ref.model_name_or_path), "teacher.model_name_or_path",
              "score_logps needs a model to score: --teacher.model_name_or_path and/or --ref.model_name_or_path")
         need(cfg.train.micro_batch_size >= 1, "train.micro_batch_size",

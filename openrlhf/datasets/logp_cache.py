@@ -22,12 +22,14 @@ import glob
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .loading import DataError
 
-KINDS = ("teacher", "ref")
+# ref, teacher (the first teacher), teacher_2, teacher_3, ... (see models.loss.teacher_name)
+_KIND = re.compile(r"^(ref|teacher(_[2-9]|_[1-9][0-9]+)?)$")
 DIGESTS_FILE = "model_digests.json"
 
 
@@ -80,7 +82,7 @@ def digests_near(source: str) -> DigestCache:
 
 def columns(kind: str) -> Tuple[str, str, str]:
     """(chosen column, rejected column, fingerprint column) of ``kind``."""
-    if kind not in KINDS:
+    if not _KIND.match(kind):
         raise ValueError(f"unknown cache kind {kind!r}")
     return f"{kind}_chosen_logp", f"{kind}_rejected_logp", f"{kind}_logp_fingerprint"
 
@@ -219,9 +221,11 @@ def add_cached_to_batch(batch: dict, items: Sequence[dict]) -> dict:
     """Copy cached log-prob columns found in the items into the batch as float tensors [B]."""
     import torch
 
-    for kind in KINDS:
-        c, r, _ = columns(kind)
-        if items and c in items[0]:
+    if not items:
+        return batch
+    for key in items[0]:
+        if key.endswith("_chosen_logp") and _KIND.match(key[: -len("_chosen_logp")]):
+            c, r, _ = columns(key[: -len("_chosen_logp")])
             batch[c] = torch.tensor([it[c] for it in items], dtype=torch.float32)
             batch[r] = torch.tensor([it[r] for it in items], dtype=torch.float32)
     return batch

@@ -52,8 +52,13 @@ class PreferenceData:
     eval: Optional[Any]
     collate: Callable
     reports: List[str]
-    need_ref_model: bool
-    need_teacher_model: bool
+    # The sides (``ref``, ``teacher``, ``teacher_2``, ...) whose log-probs are not cached: their
+    # models must be loaded.
+    online: List[str]
+
+    @property
+    def need_ref_model(self) -> bool:
+        return "ref" in self.online
 
 
 def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], source: str, split: str,
@@ -67,7 +72,7 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
     ds = PreferenceDataset(rows, tokenizer, data_cfg, source, model_path=model_path)
     reports = [ds.report()]
     keep = list(range(len(ds)))
-    if any(s.kind == "teacher" for s in sides):
+    if any(s.kind.startswith("teacher") for s in sides):
         keep = [i for i in keep if not (ds[i]["chosen_truncated"] or ds[i]["rejected_truncated"])]
         if len(keep) < len(ds):
             reports.append(f"{source}: daDPO leaves out {len(ds) - len(keep)} pairs whose response was truncated "
@@ -83,8 +88,8 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
             fp = lc.setting_fingerprint(lc.model_fingerprint(side.model_path, side.flag, lc.digests_near(source)),
                                         lc.tokenization_fingerprint(renderer, side.max_len))
             caches.append(lc.load_cached(rows, side.kind, fp, keys, source, needed, side.flag))
-            name = "reference" if side.kind == "ref" else side.kind
-            reports.append(f"{source}: using cached {name} log-probs (the {name} model is not loaded for it)")
+            name = "reference" if side.kind == "ref" else f"{side.kind} ({side.model_path})"
+            reports.append(f"{source}: using cached {name} log-probs (that model is not loaded for it)")
         else:
             online.append(side.kind)
     view = Subset(ds, keep) if len(keep) < len(ds) else ds
@@ -92,10 +97,11 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
 
 
 def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide],
-                            teacher_renderer=None) -> PreferenceData:
+                            extra_collate: Optional[Callable] = None) -> PreferenceData:
     """Train (and eval, when ``eval_cfg.dataset``) preference data with the collate function
-    that adds what the loss needs: the teacher's own tokenisation when the teacher runs
-    online (``teacher_renderer``), cached log-prob columns otherwise."""
+    that adds what the loss needs: each teacher's own tokenisation when that teacher runs
+    online (its side's ``renderer``), cached log-prob columns otherwise; ``extra_collate(items,
+    batch)`` may add more (KTO's mismatched pairs)."""
     from .logp_cache import add_cached_to_batch
     from .preference_dataset import preference_collate
     from .tokenizer import pad_token_id
@@ -107,12 +113,12 @@ def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, side
         ev, ev_reports, ev_online = _split(data_cfg, tokenizer, model_path, sides, eval_cfg.dataset,
                                            eval_cfg.split, "--eval.dataset")
         reports += ["eval: " + r for r in ev_reports]
-        online += ev_online
-    online_teacher = teacher_renderer if "teacher" in online else None
+        online += [kind for kind in ev_online if kind not in online]
+    online_teachers = {s.kind: s.renderer for s in sides if s.kind in online and s.kind != "ref"}
     pad_id = pad_token_id(tokenizer)
 
     def collate(items):
-        batch = preference_collate(items, pad_id, teacher_renderer=online_teacher)
-        return add_cached_to_batch(batch, items)
+        batch = add_cached_to_batch(preference_collate(items, pad_id, teacher_renderers=online_teachers), items)
+        return extra_collate(items, batch) if extra_collate is not None else batch
 
-    return PreferenceData(train, ev, collate, reports, "ref" in online, "teacher" in online)
+    return PreferenceData(train, ev, collate, reports, online)

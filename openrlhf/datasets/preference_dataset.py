@@ -181,8 +181,7 @@ def _pairs_batch(
 def preference_collate(
     items: Sequence[Dict[str, Any]],
     pad_id: int,
-    teacher_renderer: Optional[PromptRenderer] = None,
-    teacher_pad_id: Optional[int] = None,
+    teacher_renderers: Optional[Dict[str, PromptRenderer]] = None,
 ) -> Dict[str, Any]:
     """Right-padded batch of B pairs.
 
@@ -193,10 +192,10 @@ def preference_collate(
     indices). Also the raw ``prompts`` / ``chosen`` / ``rejected`` lists [B] and
     ``truncated`` [B] bool (either response was cut), for a teacher.
 
-    With ``teacher_renderer`` (the teacher's tokenizer / template), the batch also has
-    ``teacher_input_ids`` / ``teacher_attention_mask`` / ``teacher_loss_mask`` /
-    ``teacher_prompt_lens`` in the same layout, from :func:`pair_batch` of the raw
-    values (padded with ``teacher_pad_id``, default the teacher tokenizer's pad id).
+    ``teacher_renderers`` maps a teacher's name (``teacher``, ``teacher_2``, ...) to its
+    tokenizer / template: the batch then also has ``<name>_input_ids`` /
+    ``<name>_attention_mask`` / ``<name>_loss_mask`` / ``<name>_prompt_lens`` in the same
+    layout, from :func:`pair_batch` of the raw values (padded with that tokenizer's pad id).
     """
     batch: Dict[str, Any] = _pairs_batch(
         [it["prompt_ids"] for it in items],
@@ -211,13 +210,25 @@ def preference_collate(
     batch["prompts"] = [it["prompt"] for it in items]
     batch["chosen"] = [it["chosen"] for it in items]
     batch["rejected"] = [it["rejected"] for it in items]
-    if teacher_renderer is not None:
-        if teacher_pad_id is None:
-            teacher_pad_id = pad_token_id(teacher_renderer.tokenizer)
-        tb = pair_batch(teacher_renderer, batch["prompts"], batch["chosen"], batch["rejected"], teacher_pad_id)
+    for name, renderer in (teacher_renderers or {}).items():
+        tb = pair_batch(renderer, batch["prompts"], batch["chosen"], batch["rejected"], pad_token_id(renderer.tokenizer))
         for k, v in tb.items():
-            batch["teacher_" + k] = v
+            batch[f"{name}_{k}"] = v
     return batch
+
+
+def mismatched_pairs_batch(items: Sequence[Dict[str, Any]], pad_id: int, max_len: int) -> Dict[str, torch.Tensor]:
+    """KTO's KL reference pairs: prompt i with the chosen and the rejected response of pair
+    i + 1 (mod B), in :func:`preference_collate`'s layout (2B rows, responses cut to
+    ``max_len``). Needs B >= 2, so that no prompt meets its own responses."""
+    b = len(items)
+    if b < 2:
+        raise ValueError("mismatched pairs need a micro-batch of at least 2 pairs")
+    prompts = [it["prompt_ids"] for it in items]
+    nxt = [items[(i + 1) % b] for i in range(b)]
+    chosen = [n["chosen_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt)]
+    rejected = [n["rejected_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt)]
+    return _pairs_batch(prompts, chosen, rejected, pad_id)
 
 
 def pair_batch(

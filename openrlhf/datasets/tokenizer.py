@@ -47,19 +47,48 @@ def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.mode
     return tok
 
 
-def teacher_renderer(teacher, data):
-    """The teacher's own tokenizer and chat template (another family works), as a
-    :class:`~openrlhf.datasets.templates.PromptRenderer` that renders pairs the way
-    ``data`` (--data.apply_chat_template / --data.input_template) asks.
-    ``teacher`` is a ``--teacher.*`` section."""
+def teacher_renderer(path: str, data, chat_template: str = ""):
+    """A teacher's own tokenizer and chat template (another family works), as a
+    :class:`~openrlhf.datasets.templates.PromptRenderer` that renders pairs the way ``data``
+    (--data.apply_chat_template / --data.input_template) asks; ``chat_template`` replaces the
+    tokenizer's (--teacher.tokenizer_chat_template)."""
     from openrlhf.datasets.templates import PromptRenderer
 
-    tok = load_tokenizer(teacher.model_name_or_path, what="--teacher.model_name_or_path")
+    tok = load_tokenizer(path, what="--teacher.model_name_or_path")
     return PromptRenderer(
         tok,
         apply_chat_template=data.apply_chat_template,
         input_template=data.input_template,
-        chat_template=teacher.tokenizer_chat_template,
-        model_path=teacher.model_name_or_path,
+        chat_template=chat_template,
+        model_path=path,
         chat_template_flag="--teacher.tokenizer_chat_template",
     )
+
+
+def teacher_renderers(teacher, data) -> list:
+    """One renderer per --teacher.model_name_or_path (a ``--teacher.*`` section), in order."""
+    return [teacher_renderer(path, data, teacher.tokenizer_chat_template) for path in teacher.model_name_or_path]
+
+
+def shared_vocabulary(student_tok, teacher_tok, student_path: str, teacher_path: str,
+                      teacher_flag: str = "--teacher.model_name_or_path") -> int:
+    """The size of the one vocabulary a token-level loss (KD / KL to the teacher) compares
+    logits over; a :class:`DataError` naming both vocabularies when the tokenizers differ.
+
+    Both tokenizers must map every token string to the same id. The models' logits may have
+    more rows than that (embedding matrices padded to a multiple of 64 / 128); those rows
+    are no tokens of the vocabulary and the KL leaves them out."""
+    s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if s_vocab != t_vocab:
+        only_s = sorted(set(s_vocab) - set(t_vocab))[:3]
+        only_t = sorted(set(t_vocab) - set(s_vocab))[:3]
+        moved = sorted(k for k in set(s_vocab) & set(t_vocab) if s_vocab[k] != t_vocab[k])[:3]
+        detail = "; ".join(part for part in (
+            f"only the student has {only_s}" if only_s else "",
+            f"only the teacher has {only_t}" if only_t else "",
+            f"other ids for {moved}" if moved else "") if part)
+        raise DataError(
+            f"{teacher_flag}: a token-level KL needs the student's and the teacher's vocabulary to be the same; "
+            f"the student {student_path} has {len(s_vocab)} tokens, the teacher {teacher_path} {len(t_vocab)} "
+            f"({detail}). Use train_dadpo for a teacher of another family (sentence-level, own tokenizer).")
+    return len(s_vocab)

@@ -6,6 +6,8 @@ the log-prob of token t is read from the logits at position t-1.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -25,12 +27,19 @@ def token_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, chunk
     return torch.cat(out, dim=0)
 
 
-def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
-    """(token_logps [B, T-1] zeroed outside the response, response mask [B, T-1])."""
+def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       loss_mask: torch.Tensor, response_logits: Optional[slice] = None):
+    """(token_logps [B, T-1] zeroed outside the response, response mask [B, T-1]).
+
+    ``response_logits`` (a slice of rows, e.g. ``slice(0, B)``): also return the logits that
+    predict the response tokens of those rows, ``[N, V]`` in row-major order (for a token-level
+    KL), as a third item."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     logps = token_logps_from_logits(logits, input_ids)
     mask = loss_mask[:, 1:].bool()
-    return logps * mask, mask
+    if response_logits is None:
+        return logps * mask, mask
+    return logps * mask, mask, logits[response_logits, :-1][mask[response_logits]]
 
 
 def check_attn_implementation(name: str) -> None:
@@ -72,9 +81,11 @@ class Actor(nn.Module):
             model.config.use_cache = False
         return cls(model)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor):
-        """(masked token log-probs [B, T-1], response mask [B, T-1])."""
-        return masked_token_logps(self.model, input_ids, attention_mask, loss_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+                response_logits: Optional[slice] = None):
+        """(masked token log-probs [B, T-1], response mask [B, T-1][, response logits [N, V]]);
+        see :func:`masked_token_logps`."""
+        return masked_token_logps(self.model, input_ids, attention_mask, loss_mask, response_logits)
 
     # HF-style helpers used when saving
     @property

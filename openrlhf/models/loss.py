@@ -1,15 +1,16 @@
 """Losses. Torch only: importing this module must not import deepspeed, transformers or ray.
 
 Every preference loss takes per-sequence log-probs (sum over response tokens) as
-:class:`PairLogps` (one per model: policy, reference, teacher) and returns a
+:class:`PairLogps` (one per model: policy, reference, each teacher) and returns a
 :class:`PreferenceLossOutput` holding the scalar loss and the per-pair quantities the
-trainers log.
+trainers log. The token-level KL of the KD baselines works on logits of a shared
+vocabulary (:func:`token_kl`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -31,20 +32,31 @@ class GPTLMLoss(nn.Module):
         return total / denom
 
 
-class KDLoss(nn.Module):
-    """Token-level forward KL(teacher || student) over response tokens (needs a shared vocabulary)."""
+def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Forward KL(teacher || student) per position, in fp32: sum_v p_t(v) (log p_t(v) - log p_s(v)).
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        if student_logits.shape[-1] != teacher_logits.shape[-1]:
-            raise ValueError(
-                f"token-level KD needs one vocabulary: student logits have {student_logits.shape[-1]} entries, "
-                f"teacher logits {teacher_logits.shape[-1]}"
-            )
-        t_logp = F.log_softmax(teacher_logits.float(), dim=-1)
-        s_logp = F.log_softmax(student_logits.float(), dim=-1)
-        per_token = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    Both ``[..., V]`` over ONE vocabulary (the same tokenizer); a different last dimension
+    is an error, never a silent truncation."""
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise ValueError(
+            f"token-level KL needs one vocabulary: student logits have {student_logits.shape[-1]} entries, "
+            f"teacher logits {teacher_logits.shape[-1]}"
+        )
+    t_logp = F.log_softmax(teacher_logits.float(), dim=-1)
+    s_logp = F.log_softmax(student_logits.float(), dim=-1)
+    return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+
+
+class KDLoss(nn.Module):
+    """Token-level forward KL(teacher || student) over response tokens (paper Eq. 2; a shared
+    vocabulary). ``normalizer`` as in :class:`GPTLMLoss` (default: this batch's token count)."""
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, loss_mask: torch.Tensor,
+                normalizer: Optional[float] = None) -> torch.Tensor:
+        per_token = token_kl(student_logits, teacher_logits)
         mask = loss_mask.to(per_token.dtype)
-        return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+        denom = mask.sum().clamp(min=1.0) if normalizer is None else normalizer
+        return (per_token * mask).sum() / denom
 
 
 @dataclass
@@ -69,11 +81,19 @@ class PreferenceLossOutput:
     """Per-pair tensors are shape [B]; ``loss`` is the mean over pairs."""
 
     loss: torch.Tensor
-    sigmoid_input: torch.Tensor  # z, the argument of the sigmoid (not model logits)
+    sigmoid_input: torch.Tensor  # z, the argument of the sigmoid (not model logits); acc = share of z > 0
     chosen_reward: torch.Tensor  # beta * (log pi - log ref) of the chosen response (zeros when beta = 0)
     reject_reward: torch.Tensor
-    teacher_chosen_reward: Optional[torch.Tensor] = None  # teacher_beta * (log pi - log te)
-    teacher_reject_reward: Optional[torch.Tensor] = None
+    # (teacher_beta_k * (log pi - log te_k) of chosen, of rejected), one pair per teacher
+    teacher_rewards: List[Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def teacher_chosen_reward(self) -> Optional[torch.Tensor]:
+        return self.teacher_rewards[0][0] if self.teacher_rewards else None
+
+    @property
+    def teacher_reject_reward(self) -> Optional[torch.Tensor]:
+        return self.teacher_rewards[0][1] if self.teacher_rewards else None
 
     def metrics(self) -> dict:
         """Batch means of the logged quantities, as python floats."""
@@ -84,10 +104,17 @@ class PreferenceLossOutput:
             "margin": (self.chosen_reward - self.reject_reward).mean().item(),
             "acc": (self.sigmoid_input > 0).float().mean().item(),
         }
-        if self.teacher_chosen_reward is not None:
-            out["teacher_chosen_reward"] = self.teacher_chosen_reward.mean().item()
-            out["teacher_reject_reward"] = self.teacher_reject_reward.mean().item()
+        for k, (chosen, rejected) in enumerate(self.teacher_rewards):
+            name = teacher_name(k)
+            out[f"{name}_chosen_reward"] = chosen.mean().item()
+            out[f"{name}_reject_reward"] = rejected.mean().item()
         return out
+
+
+def teacher_name(k: int) -> str:
+    """``teacher`` for the first teacher, ``teacher_2``, ``teacher_3``, ... for the others (the
+    prefix of their metrics and cached log-prob columns)."""
+    return "teacher" if k == 0 else f"teacher_{k + 1}"
 
 
 def _sigmoid_loss(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -132,44 +159,107 @@ class DPOLoss(nn.Module):
 
 
 class DADPOLoss(nn.Module):
-    """daDPO (Eq. 10): -log sigmoid(beta * (r_w - r_l) + teacher_beta * (rt_w - rt_l)).
+    """daDPO (Eq. 10): -log sigmoid(beta * (r_w - r_l) + sum_k teacher_beta_k * (rt_w^k - rt_l^k)).
 
-    r = log pi - log ref, rt = log pi - log te, w = teacher response, l = student response.
-    teacher_beta = 0 is DPO bit for bit; beta = 0 is DPO with the teacher as the reference
-    (rDPO), and then the reference log-probs may be ``None`` (no reference model at all).
+    r = log pi - log ref, rt^k = log pi - log te_k, w = teacher response, l = student response.
+    One teacher is the paper's loss; several teachers (``teacher_beta`` a sequence, one per
+    teacher) add one weighted log-ratio term each. teacher_beta = 0 is DPO bit for bit;
+    beta = 0 is DPO with the teacher as the reference (rDPO), and then the reference
+    log-probs may be ``None`` (no reference model at all).
     """
 
-    def __init__(self, beta: float, teacher_beta: float, label_smoothing: float = 0.0) -> None:
+    def __init__(self, beta: float, teacher_beta: Union[float, Sequence[float]], label_smoothing: float = 0.0) -> None:
         super().__init__()
+        betas = [float(teacher_beta)] if isinstance(teacher_beta, (int, float)) else [float(b) for b in teacher_beta]
         if beta < 0:
             raise ValueError(f"--model.beta must be >= 0, got {beta}")
-        if teacher_beta < 0:
-            raise ValueError(f"--teacher.beta must be >= 0, got {teacher_beta}")
-        if beta == 0 and teacher_beta == 0:
+        if not betas or any(b < 0 for b in betas):
+            raise ValueError(f"--teacher.beta must be >= 0 (one per teacher), got {betas}")
+        if beta == 0 and all(b == 0 for b in betas):
             raise ValueError("--model.beta and --teacher.beta cannot both be 0")
         self.beta = beta
-        self.teacher_beta = teacher_beta
+        self.teacher_betas = betas
+        self.teacher_beta = betas[0]
         self.label_smoothing = label_smoothing
 
-    def forward(self, policy: PairLogps, reference: Optional[PairLogps], teacher: PairLogps) -> PreferenceLossOutput:
+    def forward(self, policy: PairLogps, reference: Optional[PairLogps],
+                teacher: Union[PairLogps, Sequence[PairLogps]]) -> PreferenceLossOutput:
+        teachers = [teacher] if isinstance(teacher, PairLogps) else list(teacher)
+        if len(teachers) != len(self.teacher_betas):
+            raise ValueError(f"{len(teachers)} teachers' log-probs for {len(self.teacher_betas)} --teacher.beta values")
         if self.beta != 0 and reference is None:
             raise ValueError("reference log-probs are required when --model.beta > 0")
-        rt_w = policy.chosen - teacher.chosen
-        rt_l = policy.rejected - teacher.rejected
+        ratios = [(policy.chosen - t.chosen, policy.rejected - t.rejected) for t in teachers]
         if reference is None:
             zero = torch.zeros_like(policy.chosen)
             r_w, r_l = zero, zero
-            z = self.teacher_beta * (rt_w - rt_l)
+            z = None
         else:
             r_w = policy.chosen - reference.chosen
             r_l = policy.rejected - reference.rejected
-            z = self.beta * (r_w - r_l) + self.teacher_beta * (rt_w - rt_l)
+            z = self.beta * (r_w - r_l)
+        for tb, (rt_w, rt_l) in zip(self.teacher_betas, ratios):
+            term = tb * (rt_w - rt_l)
+            z = term if z is None else z + term
         losses = _sigmoid_loss(z, self.label_smoothing)
         return PreferenceLossOutput(
             loss=losses.mean(),
             sigmoid_input=z,
             chosen_reward=(self.beta * r_w).detach(),
             reject_reward=(self.beta * r_l).detach(),
-            teacher_chosen_reward=(self.teacher_beta * rt_w).detach(),
-            teacher_reject_reward=(self.teacher_beta * rt_l).detach(),
+            teacher_rewards=[((tb * rt_w).detach(), (tb * rt_l).detach())
+                             for tb, (rt_w, rt_l) in zip(self.teacher_betas, ratios)],
+        )
+
+
+@dataclass
+class KTOLossOutput(PreferenceLossOutput):
+    kl: Optional[torch.Tensor] = None  # the reference point z_0 the loss used
+
+    def metrics(self) -> dict:
+        out = super().metrics()
+        out["acc"] = (self.chosen_reward > self.reject_reward).float().mean().item()
+        out["kl"] = float(self.kl) if self.kl is not None else 0.0
+        return out
+
+
+class KTOLoss(nn.Module):
+    """KTO (Ethayarajh et al., 2024) on pairs read as unpaired examples: every chosen (teacher)
+    response desirable, every rejected (student) response undesirable.
+
+        r    = log pi(y|x) - log ref(y|x)
+        z_0  = the KL reference point (given: estimated by the trainer from mismatched
+               prompt / response pairs of the batch, clamped at 0, no gradient)
+        loss = mean over the 2B examples of
+               desirable:   lambda_D * (1 - sigmoid(beta * (r - z_0)))
+               undesirable: lambda_U * (1 - sigmoid(beta * (z_0 - r)))
+
+    (``lambda_y - v(x, y)`` of the paper.) ``sigmoid_input`` holds beta * (r - z_0) of the
+    desirable examples (for reading the output; ``acc`` is the share of pairs whose desirable
+    reward exceeds the undesirable one).
+    """
+
+    def __init__(self, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"--model.beta must be > 0 for KTO, got {beta}")
+        if desirable_weight < 0 or undesirable_weight < 0:
+            raise ValueError("the KTO desirable / undesirable weights must be >= 0")
+        self.beta = beta
+        self.desirable_weight = desirable_weight
+        self.undesirable_weight = undesirable_weight
+
+    def forward(self, policy: PairLogps, reference: PairLogps, kl: torch.Tensor) -> KTOLossOutput:
+        kl = torch.as_tensor(kl, dtype=policy.chosen.dtype, device=policy.chosen.device).detach()
+        r_w = policy.chosen - reference.chosen
+        r_l = policy.rejected - reference.rejected
+        desirable = self.desirable_weight * (1.0 - torch.sigmoid(self.beta * (r_w - kl)))
+        undesirable = self.undesirable_weight * (1.0 - torch.sigmoid(self.beta * (kl - r_l)))
+        loss = torch.cat([desirable, undesirable]).mean()
+        return KTOLossOutput(
+            loss=loss,
+            sigmoid_input=self.beta * (r_w - kl),
+            chosen_reward=(self.beta * r_w).detach(),
+            reject_reward=(self.beta * r_l).detach(),
+            kl=kl,
         )

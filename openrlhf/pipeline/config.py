@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 
 @dataclass
@@ -46,8 +46,14 @@ class DistillConfig:
     generate: Dict[str, Any] = field(default_factory=dict)
     sft: Dict[str, Any] = field(default_factory=dict)
     dadpo: Dict[str, Any] = field(default_factory=dict)
-    # dDPO baseline flags; absent / null: not run.
+    # dDPO baseline flags; absent / null: not run (the same as ``baselines: {ddpo: {...}}``).
     ddpo: Optional[Dict[str, Any]] = None
+    # The paper's baselines, each trained on the same data and evaluated like daDPO: a list of
+    # names (dsft_kl, ddpo, ddpo_kl, rdpo, dkto) or a mapping name -> its own flags.
+    baselines: Any = None
+    # A grid per method, e.g. {dadpo: {model.beta: [0.01, 0.1], teacher.beta: [0.001, 0.01]}}:
+    # one run per point, from the dSFT model and the same cached log-probs.
+    sweep: Optional[Dict[str, Any]] = None
     # A command prefix that starts each training / scoring stage as its own multi-process
     # job, e.g. "deepspeed --num_gpus 8"; empty: run them in this process.
     launcher: str = ""
@@ -97,12 +103,84 @@ def load_distill_config(path: str) -> DistillConfig:
             problems.append(f"{path}: {key}: must be a mapping of dotted flags")
     if cfg.ddpo is not None and not isinstance(cfg.ddpo, dict):
         problems.append(f"{path}: ddpo: must be a mapping of dotted flags or null")
+    problems += baseline_problems(cfg, path) + sweep_problems(cfg, path)
     p = cfg.prompts
     if p.train_size < 1 or p.eval_size < 1:
         problems.append(f"{path}: prompts.train_size and prompts.eval_size must be >= 1")
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+# name -> (report label, task); see openrlhf.pipeline.distill for how each is trained.
+BASELINES: Dict[str, Tuple[str, str]] = {
+    "dsft_kl": ("dSFT+KL", "kd"),
+    "ddpo": ("dDPO", "dpo"),
+    "ddpo_kl": ("dDPO+KL", "dpo"),
+    "rdpo": ("rDPO", "dadpo"),
+    "dkto": ("dKTO", "kto"),
+}
+SWEEPABLE = ("dadpo",)
+
+
+def baselines_of(cfg: DistillConfig) -> Dict[str, Dict[str, Any]]:
+    """The baselines to run: name -> the user's flags for it (``ddpo:`` included)."""
+    b = cfg.baselines
+    out: Dict[str, Dict[str, Any]] = {}
+    if isinstance(b, list):
+        out = {name: {} for name in b}
+    elif isinstance(b, dict):
+        out = {name: dict(flags or {}) for name, flags in b.items()}
+    if cfg.ddpo is not None:
+        out["ddpo"] = dict(cfg.ddpo)
+    return out
+
+
+def baseline_problems(cfg: DistillConfig, path: str) -> List[str]:
+    b = cfg.baselines
+    problems: List[str] = []
+    if b is not None and not isinstance(b, (list, dict)):
+        return [f"{path}: baselines: a list of names or a mapping name -> flags, got {b!r}"]
+    names = list(b) if b is not None else []
+    for name in names:
+        if name not in BASELINES:
+            problems.append(f"{path}: baselines: unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+        elif isinstance(b, dict) and b[name] is not None and not isinstance(b[name], dict):
+            problems.append(f"{path}: baselines.{name}: must be a mapping of dotted flags")
+    if isinstance(b, list) and len(set(b)) != len(b):
+        problems.append(f"{path}: baselines: a name is given twice: {b}")
+    if cfg.ddpo is not None and "ddpo" in names:
+        problems.append(f"{path}: ddpo is given both as the ddpo: section and in baselines:; keep one")
+    return problems
+
+
+def sweep_points(cfg: DistillConfig) -> Dict[str, List[Dict[str, Any]]]:
+    """method -> every point of its grid (dicts of dotted flags), in a fixed order."""
+    import itertools
+
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for method, grid in (cfg.sweep or {}).items():
+        keys = list(grid)
+        out[method] = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    return out
+
+
+def sweep_problems(cfg: DistillConfig, path: str) -> List[str]:
+    if cfg.sweep is None:
+        return []
+    if not isinstance(cfg.sweep, dict):
+        return [f"{path}: sweep: a mapping method -> {{flag: [values]}}, got {cfg.sweep!r}"]
+    problems = []
+    for method, grid in cfg.sweep.items():
+        if method not in SWEEPABLE:
+            problems.append(f"{path}: sweep: {method!r} cannot be swept (sweepable: {', '.join(SWEEPABLE)})")
+        elif not isinstance(grid, dict) or not grid:
+            problems.append(f"{path}: sweep.{method}: a mapping of dotted flags to lists of values")
+        else:
+            for flag, values in grid.items():
+                if not isinstance(values, list) or not values:
+                    problems.append(f"{path}: sweep.{method}.{flag}: a non-empty list of values, got {values!r}")
+    return problems
 
 
 def to_flags(*mappings: Dict[str, Any]) -> List[str]:

@@ -9,10 +9,12 @@ Stages, each writing into ``run_dir`` and skipped when its output is complete (a
     gen_*      greedy responses: teacher and student on train prompts, all models on eval prompts
     sets       preference set (teacher chosen, student rejected) and SFT set
     dsft       SFT of the student on the teacher's responses -> pi_sft (policy init and reference)
-    score      (cache_logps) teacher and reference log-probs cached once
+    score      (cache_logps) teacher and reference log-probs cached once, for every run below
     dadpo      daDPO from pi_sft with the teacher frozen
-    ddpo       (optional) the dDPO baseline
-    report     ROUGE-L vs the teacher and the teacher's NLL for base, dSFT, daDPO (and dDPO)
+    <baseline> (``baselines:``) dsft_kl (SFT+KL from the base student, like dSFT), ddpo, ddpo_kl,
+               rdpo, dkto (from pi_sft); ``ddpo:`` alone is the dDPO baseline
+    <point>    (``sweep:``) one daDPO run per grid point, e.g. dadpo_b0.1_t0.01
+    report     ROUGE-L vs the teacher and the teacher's NLL for every model (+ the beta plot)
 
 Multi-process training, two ways:
 
@@ -30,9 +32,33 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from openrlhf.pipeline.config import DistillConfig, to_flags
+
+# Short names of swept flags in run names (dadpo_b0.1_t0.01) and their symbols in labels.
+_SHORT = {"model.beta": ("b", "beta1"), "teacher.beta": ("t", "beta2")}
+
+
+def _short(flag: str) -> str:
+    return _SHORT.get(flag, (flag.replace(".", "-") + "=",))[0]
+
+
+def _greek(flag: str) -> str:
+    return _SHORT.get(flag, (None, flag))[1]
+
+
+@dataclass
+class TrainRun:
+    """A training stage after dSFT: its stage / folder name, its report label, its task and
+    flag mappings (after ``common``), and its grid point when it belongs to a sweep."""
+
+    name: str
+    label: str
+    task: str
+    maps: tuple
+    sweep: Optional[Dict[str, Any]] = None
 
 
 class Pipeline:
@@ -90,21 +116,17 @@ class Pipeline:
         return configs
 
     def _plan(self) -> Dict[str, tuple]:
-        """Stage name -> (task, the flag mappings after ``common``)."""
+        """Stage name -> (task, the flag mappings after ``common``), for every stage with flags."""
         from openrlhf.config.parse import task_flags
 
         c = self.cfg
         dsft, sets = self.path("dsft"), self.path("sets")
-        pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
         out = {
             "gen": ("generate", ({"model.model_name_or_path": self.teacher_path,
                                   "data.dataset": self.path("prompts", "train.jsonl"),
                                   "generate.output_path": self.path("gen", "x.jsonl")}, c.generate)),
             "dsft": ("sft", ({"model.model_name_or_path": self.student_path,
                               "data.dataset": os.path.join(sets, "sft.jsonl"), "ckpt.output_dir": dsft}, c.sft)),
-            "dadpo": ("dadpo", ({"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
-                                 "teacher.model_name_or_path": self.teacher_path,
-                                 "data.dataset": pref, "ckpt.output_dir": self.path("dadpo")}, c.dadpo)),
         }
         if c.cache_logps:
             # The teacher and data flags of daDPO that scoring shares (not --teacher.beta).
@@ -114,10 +136,8 @@ class Pipeline:
                  "teacher.model_name_or_path": self.teacher_path,
                  "data.dataset": os.path.join(sets, "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
                 {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data.")) and k in score_flags}, c.score))
-        if c.ddpo is not None:
-            out["ddpo"] = ("dpo", ({"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
-                                    "data.dataset": os.path.join(sets, "preference.jsonl"),
-                                    "ckpt.output_dir": self.path("ddpo")}, c.ddpo))
+        for run in self.train_runs():
+            out[run.name] = (run.task, run.maps)
         if not c.student.model_name_or_path:
             out["student"] = ("prune", ({"model.model_name_or_path": self.teacher_path,
                                          "data.dataset": self.path("prompts", "train.jsonl"),
@@ -125,10 +145,50 @@ class Pipeline:
                                         {f"prune.{k}": v for k, v in c.student.prune.items()}))
         return out
 
+    def train_runs(self) -> List["TrainRun"]:
+        """daDPO, the baselines and the sweep points, in order; each a stage and a folder of run_dir."""
+        from openrlhf.config.parse import task_flags
+        from openrlhf.pipeline.config import BASELINES, baselines_of, sweep_points
+
+        c = self.cfg
+        dsft, sets = self.path("dsft"), self.path("sets")
+        pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
+        teacher = {"teacher.model_name_or_path": self.teacher_path}
+        from_dsft = {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft, "data.dataset": pref}
+
+        def shared(source: Dict, task: str) -> Dict:  # the flags of ``source`` that ``task`` takes
+            names = task_flags(task)
+            return {k: v for k, v in source.items() if k in names}
+
+        runs = [TrainRun("dadpo", "daDPO", "dadpo", ({**from_dsft, **teacher, "ckpt.output_dir": self.path("dadpo")},
+                                                       c.dadpo))]
+        defaults = {"dsft_kl": {"kd.coef": 0.2}, "ddpo_kl": {"kd.coef": 0.2}, "rdpo": {"model.beta": 0}}
+        for name, flags in baselines_of(c).items():
+            label, task = BASELINES[name]
+            out = {"ckpt.output_dir": self.path(name)}
+            if name == "dsft_kl":  # an SFT variant: from the base student, on the SFT set, like dSFT
+                base = {"model.model_name_or_path": self.student_path,
+                        "data.dataset": os.path.join(sets, "sft.jsonl"), **teacher, **out}
+                runs.append(TrainRun(name, label, task, (base, shared(c.sft, task), defaults[name], flags)))
+                continue
+            base = {**shared(from_dsft, task), **out}
+            if name in ("ddpo_kl", "rdpo"):
+                base.update(teacher)
+            runs.append(TrainRun(name, label, task, (base, shared(c.dadpo, task), defaults.get(name, {}), flags)))
+        for method, points in sweep_points(c).items():
+            for point in points:
+                name = method + "_" + "_".join(f"{_short(k)}{v}" for k, v in point.items())
+                label = "daDPO " + " ".join(f"{_greek(k)}={v}" for k, v in point.items())
+                runs.append(TrainRun(name, label, method, ({**from_dsft, **teacher, "ckpt.output_dir": self.path(name)},
+                                                           c.dadpo, point), sweep=dict(point)))
+        return runs
+
     # task -> (entry point a launcher starts, recipe run in this process)
-    _MODULES = {"sft": "openrlhf.cli.train_sft", "dpo": "openrlhf.cli.train_dpo",
-                "dadpo": "openrlhf.cli.train_dadpo", "score_logps": "openrlhf.cli.score_logps"}
-    _RECIPES = {"sft": "train_sft", "dpo": "train_dpo", "dadpo": "train_dadpo", "score_logps": "score_logps"}
+    _MODULES = {"sft": "openrlhf.cli.train_sft", "kd": "openrlhf.cli.train_kd", "dpo": "openrlhf.cli.train_dpo",
+                "dadpo": "openrlhf.cli.train_dadpo", "kto": "openrlhf.cli.train_kto",
+                "score_logps": "openrlhf.cli.score_logps"}
+    _RECIPES = {"sft": "train_sft", "kd": "train_kd", "dpo": "train_dpo", "dadpo": "train_dadpo", "kto": "train_kto",
+                "score_logps": "score_logps"}
 
     def _train(self, name: str, cfg) -> Callable[[], None]:
         """A training / scoring stage: in this process, or through ``launcher`` as its own job."""
@@ -216,11 +276,17 @@ class Pipeline:
                    self.path("sets"), log=self.log)
 
     def _report(self, labels: Dict[str, str]) -> None:
+        from openrlhf.pipeline.sweep import write_sweep_report
         from openrlhf.tools.evaluate import evaluate_responses
 
         apply = bool(self.cfg.common.get("data.apply_chat_template", False))
-        evaluate_responses(self.teacher_path, self.path("gen", "teacher_eval.jsonl"), labels,
-                           self.path("report"), apply_chat_template=apply, prompts=self.path("prompts", "eval.jsonl"))
+        report = evaluate_responses(self.teacher_path, self.path("gen", "teacher_eval.jsonl"), labels,
+                                    self.path("report"), apply_chat_template=apply,
+                                    prompts=self.path("prompts", "eval.jsonl"))
+        points = {run.label: run.sweep for run in self.train_runs() if run.sweep}
+        if points:
+            write_sweep_report(report, points, self.path("report"))
+            self.log(f"[distill] beta ablation: {self.path('report', 'sweep.png')}")
         with open(self.path("report", "timings.json"), "w") as f:
             json.dump(self.timings, f, indent=2)
         self.log(f"[distill] report: {self.path('report', 'report.md')}")
@@ -244,20 +310,19 @@ class Pipeline:
         # With a launcher the jobs it starts do the multi-process work; this process only waits.
         everywhere = not c.launcher
         out.append(("dsft", self._train("dsft", configs["dsft"]), everywhere))
-        if c.cache_logps:
+        if c.cache_logps:  # scored once; every run below reads the same cached log-probs
             out.append(("score", self._train("score", configs["score"]), everywhere))
-        out.append(("dadpo", self._train("dadpo", configs["dadpo"]), everywhere))
-        models = {"base": self.student_path, "dSFT": self.path("dsft"), "daDPO": self.path("dadpo")}
-        if c.ddpo is not None:
-            out.append(("ddpo", self._train("ddpo", configs["ddpo"]), everywhere))
-            models["dDPO"] = self.path("ddpo")
+        models = {"base": ("base", self.student_path), "dSFT": ("dsft", self.path("dsft"))}
+        for run in self.train_runs():
+            out.append((run.name, self._train(run.name, configs[run.name]), everywhere))
+            models[run.label] = (run.name, self.path(run.name))
 
         out.append(("gen_teacher_eval", self._generate(self.teacher_path, eval_p,
                                                        self.path("gen", "teacher_eval.jsonl")), False))
         labels = {}
-        for label, model in models.items():
-            labels[label] = self.path("gen", f"{label.lower()}_eval.jsonl")
-            out.append((f"gen_{label.lower()}_eval", self._generate(model, eval_p, labels[label]), False))
+        for label, (name, model) in models.items():
+            labels[label] = self.path("gen", f"{name}_eval.jsonl")
+            out.append((f"gen_{name}_eval", self._generate(model, eval_p, labels[label]), False))
         out.append(("report", lambda: self._report(labels), False))
         return out
 

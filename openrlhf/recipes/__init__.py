@@ -8,8 +8,10 @@ from openrlhf.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "train_sft": ".sft",
+    "train_kd": ".kd",
     "train_dpo": ".preference",
     "train_dadpo": ".preference",
+    "train_kto": ".preference",
     "score_logps": ".score",
     "generate": ".generate",
 }

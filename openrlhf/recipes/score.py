@@ -31,7 +31,7 @@ PARTIAL_DIR = ".score_partial"
 class ScoreJob:
     """One model to score: its pairs tokenised in its own vocabulary."""
 
-    kind: str  # "teacher" | "ref"
+    kind: str  # "ref" | "teacher" | "teacher_2" | ...
     dataset: Any
     setting_fp: str
     model_path: str
@@ -71,18 +71,17 @@ def _read_partials(folder: str, kind: str, setting_fp: str) -> Dict[int, Tuple[f
 def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
     from openrlhf.datasets import PreferenceDataset
     from openrlhf.datasets import logp_cache as lc
-    from openrlhf.datasets.tokenizer import teacher_renderer
+    from openrlhf.datasets.tokenizer import teacher_renderers
+    from openrlhf.models.loss import teacher_name
 
     jobs = []
-    if cfg.teacher.model_name_or_path:
-        renderer = teacher_renderer(cfg.teacher, cfg.data)
-        # The teacher scores whole responses: no length cap on its side.
-        uncapped = dataclasses.replace(cfg.data, max_len=1 << 30)
+    # The teachers score whole responses: no length cap on their side.
+    uncapped = dataclasses.replace(cfg.data, max_len=1 << 30)
+    for k, (path, renderer) in enumerate(zip(cfg.teacher.model_name_or_path, teacher_renderers(cfg.teacher, cfg.data))):
         ds = PreferenceDataset(rows, renderer.tokenizer, uncapped, source, renderer=renderer)
-        fp = lc.setting_fingerprint(lc.model_fingerprint(cfg.teacher.model_name_or_path, digests=digests),
+        fp = lc.setting_fingerprint(lc.model_fingerprint(path, digests=digests),
                                     lc.tokenization_fingerprint(renderer, None))
-        jobs.append(ScoreJob("teacher", ds, fp, cfg.teacher.model_name_or_path, cfg.teacher.offload,
-                             "--teacher.model_name_or_path"))
+        jobs.append(ScoreJob(teacher_name(k), ds, fp, path, cfg.teacher.offload, "--teacher.model_name_or_path"))
     if cfg.ref.model_name_or_path:
         ds = PreferenceDataset(rows, tokenizer, cfg.data, source, model_path=cfg.model.model_name_or_path)
         fp = lc.setting_fingerprint(lc.model_fingerprint(cfg.ref.model_name_or_path, "--ref.model_name_or_path",

@@ -1,27 +1,34 @@
-"""daDPO: DPO plus a frozen teacher (Eq. 10). Everything but the teacher term is DPOTrainer's."""
+"""daDPO: DPO plus frozen teacher(s) (Eq. 10). Everything but the teacher terms is DPOTrainer's."""
 
 from __future__ import annotations
+
+from typing import Dict, List, Optional
 
 from openrlhf.models.loss import PairLogps, PreferenceLossOutput
 from openrlhf.trainer.dpo_trainer import DPOTrainer, cached_pair, frozen_pair_logps
 
 
 class DADPOTrainer(DPOTrainer):
-    """``teacher_engine`` scores the teacher's own tokenisation of each pair
-    (``teacher_input_ids`` / ``teacher_attention_mask`` / ``teacher_loss_mask``, chosen rows
-    first); it may be ``None`` when batches carry cached ``teacher_chosen_logp`` /
-    ``teacher_rejected_logp``."""
+    """``teachers`` are the teachers' names in order (``teacher``, ``teacher_2``, ...; see
+    :func:`openrlhf.models.loss.teacher_name`). Each is scored on its own tokenisation of the
+    pair (``<name>_input_ids`` / ``_attention_mask`` / ``_loss_mask``, chosen rows first) by
+    ``teacher_engines[name]``, or read from the cached ``<name>_chosen_logp`` /
+    ``<name>_rejected_logp`` the batch carries (then its engine may be absent)."""
 
-    def __init__(self, *args, teacher_engine=None, **kw) -> None:
+    def __init__(self, *args, teachers: List[str], teacher_engines: Optional[Dict[str, object]] = None, **kw) -> None:
         super().__init__(*args, **kw)
-        self.teacher_engine = teacher_engine
+        self.teachers = list(teachers)
+        self.teacher_engines = dict(teacher_engines or {})
 
-    def _teacher_logps(self, batch: dict) -> PairLogps:
-        cached = cached_pair(batch, "teacher")
-        if cached is not None:
-            return cached
-        return frozen_pair_logps(self.teacher_engine, batch["teacher_input_ids"], batch["teacher_attention_mask"],
-                                 batch["teacher_loss_mask"])
+    def _teacher_logps(self, batch: dict) -> List[PairLogps]:
+        out = []
+        for name in self.teachers:
+            cached = cached_pair(batch, name)
+            if cached is None:
+                cached = frozen_pair_logps(self.teacher_engines[name], batch[f"{name}_input_ids"],
+                                           batch[f"{name}_attention_mask"], batch[f"{name}_loss_mask"])
+            out.append(cached)
+        return out
 
     def _preference_loss(self, batch: dict, policy: PairLogps) -> PreferenceLossOutput:
         return self.loss_fn(policy, self._reference_logps(batch), self._teacher_logps(batch))

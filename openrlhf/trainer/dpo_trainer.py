@@ -28,22 +28,42 @@ class DPOTrainer(Trainer):
 
     ``ref_engine`` may be ``None`` when the batches carry cached reference log-probs
     (``ref_chosen_logp`` / ``ref_rejected_logp``) or when the loss has no reference term.
+    ``kd_teacher_engine`` with ``kd_coef`` > 0 (dDPO+KL): the loss adds ``kd_coef`` x the
+    token-level KL(teacher || policy) on the chosen responses (mean over their tokens),
+    the teacher reading the policy's own tokens (one vocabulary of ``kd_vocab_size``).
     """
 
-    def __init__(self, *args, ref_engine=None, loss_fn=None, nll_loss_coef: float = 0.0, **kw) -> None:
+    def __init__(self, *args, ref_engine=None, loss_fn=None, nll_loss_coef: float = 0.0, kd_teacher_engine=None,
+                 kd_coef: float = 0.0, kd_vocab_size: int = 0, **kw) -> None:
         super().__init__(*args, **kw)
         self.ref_engine = ref_engine
         self.loss_fn = loss_fn
         self.nll_loss_coef = nll_loss_coef
+        self.kd_teacher_engine = kd_teacher_engine
+        self.kd_coef = kd_coef
+        self.kd_vocab_size = kd_vocab_size
 
     # ---- pieces shared with daDPO ------------------------------------------------------
-    def _policy_logps(self, batch: dict) -> Tuple[PairLogps, torch.Tensor]:
-        """(policy log-probs, mean response-token NLL of the chosen rows)."""
-        token_logps, mask = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    def _policy_logps(self, batch: dict) -> Tuple[PairLogps, torch.Tensor, Optional[torch.Tensor]]:
+        """(policy log-probs, mean response-token NLL of the chosen rows, KL(teacher || policy)
+        on the chosen rows' tokens when dDPO+KL, else None)."""
+        b = batch["input_ids"].shape[0] // 2
+        if self.kd_coef > 0:
+            token_logps, mask, logits = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                                                    response_logits=slice(0, b))
+        else:
+            token_logps, mask = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
         policy = PairLogps.split(token_logps.sum(-1))
-        b = policy.chosen.shape[0]
         nll = -token_logps[:b].sum() / mask[:b].sum().clamp(min=1)
-        return policy, nll
+        kl = None
+        if self.kd_coef > 0:
+            from openrlhf.trainer.kd_trainer import response_kl
+
+            with torch.no_grad():
+                _, _, t_logits = self.kd_teacher_engine(batch["input_ids"][:b], batch["attention_mask"][:b],
+                                                        batch["loss_mask"][:b], response_logits=slice(None))
+            kl = response_kl(logits, t_logits, self.kd_vocab_size).mean()
+        return policy, nll, kl
 
     def _reference_logps(self, batch: dict) -> Optional[PairLogps]:
         cached = cached_pair(batch, "ref")
@@ -58,11 +78,15 @@ class DPOTrainer(Trainer):
 
     # ---- the step ----------------------------------------------------------------------
     def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        policy, nll = self._policy_logps(batch)
+        policy, nll, kl = self._policy_logps(batch)
         out = self._preference_loss(batch, policy)
         loss = out.loss + self.nll_loss_coef * nll if self.nll_loss_coef > 0 else out.loss
+        if kl is not None:
+            loss = loss + self.kd_coef * kl
         metrics = out.metrics()
         metrics["preference_loss"] = metrics["loss"]
         metrics["loss"] = loss.item()
         metrics["nll_loss"] = nll.item()
+        if kl is not None:
+            metrics["kd_loss"] = kl.item()
         return loss, metrics

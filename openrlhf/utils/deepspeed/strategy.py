@@ -161,6 +161,7 @@ class DeepspeedStrategy:
             # A plain single process: an in-memory store, so no TCP port can be taken
             # by another process between choosing it and binding it.
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        _warn_stale_op_build_locks()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
         self._world_size = dist.get_world_size()
@@ -523,6 +524,26 @@ class DeepspeedStrategy:
             if os.environ.get(k) == v:
                 del os.environ[k]
         self._env_we_set = {}
+
+
+def _warn_stale_op_build_locks(max_age_s: float = 600.0) -> None:
+    """DeepSpeed JIT-compiles small ops (on CPU: its shared-memory comm op) under
+    ``TORCH_EXTENSIONS_DIR`` behind a lock file; a build killed half way leaves the lock, and
+    every later run then waits on it forever. Say so before that wait can start."""
+    import glob
+    import time
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+    now = time.time()
+    for lock in glob.glob(os.path.join(root, "*", "*", "lock")):
+        try:
+            age = now - os.path.getmtime(lock)
+        except OSError:
+            continue
+        if age > max_age_s:
+            print(f"warning: {lock} is {age / 60:.0f} minutes old: a DeepSpeed op build was interrupted. If no "
+                  "other process is building DeepSpeed ops now, delete that file, or this run waits for it forever.",
+                  flush=True)
 
 
 def _attach_offload_hooks(model: nn.Module, device: torch.device) -> None:

@@ -1,0 +1,22 @@
+"""python -m openrlhf.cli.train_kto --model.model_name_or_path STUDENT --data.dataset pairs.jsonl ...
+
+dKTO: KTO (Ethayarajh et al. 2024) on preference pairs read as unpaired examples (chosen =
+teacher response: desirable; rejected = student response: undesirable), ``--model.beta``,
+``--kto.desirable_loss_weight``, ``--kto.undesirable_loss_weight``. The body is
+:func:`openrlhf.recipes.preference.train_kto`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def main(argv: Optional[list] = None) -> None:
+    from openrlhf.cli.common import run_cli
+    from openrlhf.recipes.preference import train_kto
+
+    run_cli(train_kto, "kto", argv)
+
+
+if __name__ == "__main__":
+    main()
