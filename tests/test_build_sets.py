@@ -91,6 +91,42 @@ def test_built_sets_load_with_the_trainers_default_keys(gen_files, tmp_path, tin
     assert len(pref) == 3 and len(sft) == 5
 
 
+def test_keep_unfinished_keeps_truncated_teacher_responses_without_their_end_of_turn(gen_files, tmp_path, tiny_dir):
+    from transformers import AutoTokenizer
+
+    from openrlhf.config.schema import DataConfig
+    from openrlhf.datasets import build_dataset, pair_batch
+    from openrlhf.datasets.templates import PromptRenderer
+    from openrlhf.generation.sets import build_sets
+
+    out = str(tmp_path / "sets")
+    report = build_sets(*gen_files, out, log=lambda *a: None, keep_unfinished=True)
+    assert report["teacher_truncated"] == 0 and report["teacher_truncated_kept"] == 1 and report["keep_unfinished"]
+    pref = {r["id"]: r for r in read(os.path.join(out, "preference.jsonl"))}
+    sft = {r["id"]: r for r in read(os.path.join(out, "sft.jsonl"))}
+    assert pref[2]["chosen_unfinished"] is True and pref[2]["rejected_unfinished"] is False
+    assert pref[8]["rejected_unfinished"] is True and pref[1]["chosen_unfinished"] is False
+    assert sft[2]["output_unfinished"] is True and "output_unfinished" not in sft[1]
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    cfg = DataConfig(dataset=os.path.join(out, "preference.jsonl"), apply_chat_template=True)
+    ds = build_dataset("preference", cfg, tok)
+    items = {ds[i]["index"]: ds[i] for i in range(len(ds))}
+    rows = list(pref.values())
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    unfinished = items[rows.index(pref[2])]
+    finished = items[rows.index(pref[1])]
+    # "It was a long": its tokens and nothing after; a finished answer ends with <|im_end|> (and a newline).
+    assert tok.decode(unfinished["chosen_ids"]) == "It was a long" and end_of_turn not in unfinished["chosen_ids"]
+    assert end_of_turn in finished["chosen_ids"] and end_of_turn in unfinished["rejected_ids"]
+    # The teacher's own tokenisation of the same pair drops it too.
+    batch = pair_batch(PromptRenderer(tok, apply_chat_template=True), [unfinished["prompt"]], [unfinished["chosen"]],
+                       [unfinished["rejected"]], tok.pad_token_id, ([True], [False]))
+    assert tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist()) == "It was a long"
+    sft_ds = build_dataset("sft", DataConfig(dataset=os.path.join(out, "sft.jsonl"), apply_chat_template=True), tok)
+    assert len(sft_ds) == 6  # the truncated teacher answer is in the SFT set too
+
+
 def test_different_prompts_for_one_id_is_an_error(gen_files, tmp_path):
     from openrlhf.generation.sets import build_sets
 

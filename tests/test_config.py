@@ -343,6 +343,8 @@ EXAMPLE_TASKS = {
     "dadpo_qwen2.5_7b_to_llama3.2_1b.yaml": "dadpo",
     "demo_cpu.yaml": "distill",
     "distill_qwen2.5_7b_to_1.5b_gpu.yaml": "distill",
+    "distill_qwen2.5_7b_to_1.5b_baselines_gpu.yaml": "distill",
+    "sweep_cpu.yaml": "distill",
 }
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "**", "*.yaml"), recursive=True))
 

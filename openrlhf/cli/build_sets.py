@@ -22,6 +22,9 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     ap.add_argument("--student", required=True, help="generation JSONL of the student")
     ap.add_argument("--output_dir", required=True, help="folder for preference.jsonl, sft.jsonl, report.json")
     ap.add_argument("--prompt_key", default="prompt", help="key of the prompt in both generation files")
+    ap.add_argument("--keep_unfinished", action="store_true",
+                    help="keep teacher responses cut at max_new_tokens (trained without the end-of-turn token) "
+                         "instead of dropping them")
     return ap.parse_args(sys.argv[1:] if argv is None else argv)
 
 
@@ -31,7 +34,7 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
 
     def body() -> Dict[str, Any]:
         a = parse_args(argv)
-        return build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key)
+        return build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key, keep_unfinished=a.keep_unfinished)
 
     return run_main(body)
 

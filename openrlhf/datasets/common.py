@@ -26,6 +26,19 @@ def where(source_name: str, i: int) -> str:
     return f"{source_name}, row {i + 1}"
 
 
+# A response cut by a generation limit carries ``<its key>_unfinished: true`` (build_sets writes it
+# with --keep_unfinished): it is trained / scored without the tokens that close a finished turn.
+UNFINISHED_SUFFIX = "_unfinished"
+
+
+def unfinished_flag(row: dict, key: str, w: str) -> bool:
+    """The ``<key>_unfinished`` flag of a row (False when absent); a DataError if it is not a bool."""
+    value = row.get(key + UNFINISHED_SUFFIX, False)
+    if not isinstance(value, bool):
+        raise DataError(f"{w}: key {key + UNFINISHED_SUFFIX!r} is {value!r}, expected true or false")
+    return value
+
+
 def pad_right(seqs: Sequence[Sequence[int]], pad_value, dtype):
     """A [len(seqs), max_len] tensor, each row right-padded with ``pad_value``."""
     import torch

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .common import format_report, masks, pad_right, raise_problems, where
+from .common import format_report, masks, pad_right, raise_problems, unfinished_flag, where
 from .loading import DataError
 from .templates import PromptRenderer, resolve_pair, response_text, same_turns
 from .tokenizer import pad_token_id
@@ -57,12 +57,14 @@ class PreferenceDataset(Dataset):
         keys = (data_cfg.prompt_key, data_cfg.chosen_key, data_cfg.rejected_key)
 
         resolved: List[Tuple[Any, Any, Any]] = []
+        flags: List[Tuple[bool, bool]] = []  # (chosen unfinished, rejected unfinished)
         wheres: List[str] = []
         problems: List[str] = []
         for i, row in enumerate(rows):
             w = where(source_name, i)
             try:
                 resolved.append(self._resolve(row, *keys, w))
+                flags.append((unfinished_flag(row, keys[1], w), unfinished_flag(row, keys[2], w)))
                 wheres.append(w)
             except DataError as e:
                 problems.append(str(e))
@@ -70,7 +72,7 @@ class PreferenceDataset(Dataset):
 
         n = len(resolved)
         pairs = [(p, c) for p, c, _ in resolved] + [(p, r) for p, _, r in resolved]
-        tokenized = self.renderer.tokenize_many(pairs, wheres + wheres)
+        tokenized = self.renderer.tokenize_many(pairs, wheres + wheres, [c for c, _ in flags] + [r for _, r in flags])
 
         self.stats: Dict[str, int] = dict(
             rows=len(rows),
@@ -111,6 +113,8 @@ class PreferenceDataset(Dataset):
                     index=i,
                     chosen_truncated=c_cut,
                     rejected_truncated=r_cut,
+                    chosen_unfinished=flags[i][0],
+                    rejected_unfinished=flags[i][1],
                 )
             )
             self.rows_kept_indices.append(i)
@@ -211,7 +215,10 @@ def preference_collate(
     batch["chosen"] = [it["chosen"] for it in items]
     batch["rejected"] = [it["rejected"] for it in items]
     for name, renderer in (teacher_renderers or {}).items():
-        tb = pair_batch(renderer, batch["prompts"], batch["chosen"], batch["rejected"], pad_token_id(renderer.tokenizer))
+        unfinished = ([bool(it.get("chosen_unfinished")) for it in items],
+                      [bool(it.get("rejected_unfinished")) for it in items])
+        tb = pair_batch(renderer, batch["prompts"], batch["chosen"], batch["rejected"], pad_token_id(renderer.tokenizer),
+                        unfinished)
         for k, v in tb.items():
             batch[f"{name}_{k}"] = v
     return batch
@@ -237,12 +244,15 @@ def pair_batch(
     chosen: Sequence[Any],
     rejected: Sequence[Any],
     pad_id: int,
+    unfinished: Optional[Tuple[Sequence[bool], Sequence[bool]]] = None,
 ) -> Dict[str, torch.Tensor]:
     """Tokenize B raw pairs with ``renderer`` (e.g. the teacher's) into the layout of
     :func:`preference_collate` (``input_ids``/``attention_mask``/``loss_mask`` [2B, T],
-    ``prompt_lens`` [2B]). No truncation: the teacher scores the full text."""
+    ``prompt_lens`` [2B]). No truncation: the teacher scores the full text. ``unfinished``:
+    (chosen flags, rejected flags) of responses cut by a generation limit (no closing tokens)."""
     n = len(prompts)
-    tok = renderer.tokenize_many(list(zip(prompts, chosen)) + list(zip(prompts, rejected)))
+    flags = list(unfinished[0]) + list(unfinished[1]) if unfinished is not None else None
+    tok = renderer.tokenize_many(list(zip(prompts, chosen)) + list(zip(prompts, rejected)), unfinished=flags)
     return _pairs_batch(
         [tok[i][0] for i in range(n)],
         [tok[i][1] for i in range(n)],

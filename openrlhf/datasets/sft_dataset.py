@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .common import format_report, masks, pad_right, raise_problems, where
+from .common import format_report, masks, pad_right, raise_problems, unfinished_flag, where
 from .loading import DataError
 from .templates import PromptRenderer, resolve_pair, response_text
 
@@ -45,17 +45,18 @@ class SFTDataset(Dataset):
         self.renderer = renderer or PromptRenderer.from_data_config(tokenizer, data_cfg, model_path=model_path)
 
         in_key, out_key = data_cfg.input_key, data_cfg.output_key
-        pairs, wheres, problems = [], [], []
+        pairs, wheres, open_ended, problems = [], [], [], []
         for i, row in enumerate(rows):
             w = where(source_name, i)
             try:
                 pairs.append(self._resolve(row, in_key, out_key, w))
+                open_ended.append(unfinished_flag(row, out_key, w))
                 wheres.append(w)
             except DataError as e:
                 problems.append(str(e))
         raise_problems(problems, source_name, len(rows))
 
-        tokenized = self.renderer.tokenize_many(pairs, wheres)
+        tokenized = self.renderer.tokenize_many(pairs, wheres, open_ended)
 
         self.stats: Dict[str, int] = dict(
             rows=len(rows), kept=0, dropped_prompt_too_long=0, dropped_empty_response=0, truncated_response=0

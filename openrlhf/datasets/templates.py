@@ -356,9 +356,14 @@ class PromptRenderer:
         self,
         pairs: Sequence[Tuple[Any, Any]],
         wheres: Optional[Sequence[str]] = None,
+        unfinished: Optional[Sequence[bool]] = None,
     ) -> List[Tuple[List[int], List[int]]]:
-        """Batched :meth:`tokenize` (one tokenizer call per side)."""
+        """Batched :meth:`tokenize` (one tokenizer call per side).
+
+        ``unfinished[i]``: response i was cut by a generation limit, it did not end there, so its
+        ids stop after its text: without the end-of-turn / EOS tokens that close a finished answer."""
         wheres = list(wheres) if wheres is not None else [""] * len(pairs)
+        open_ended = list(unfinished) if unfinished is not None else [False] * len(pairs)
         if not pairs:
             return []
         tok = self.tokenizer
@@ -370,8 +375,11 @@ class PromptRenderer:
             uniq_ids = dict(zip(uniq, tok(uniq, add_special_tokens=False)["input_ids"]))
             prompt_ids = [uniq_ids[t[0]] for t in texts]
             full_ids = tok([t[1] for t in texts], add_special_tokens=False)["input_ids"]
+            cut = [i for i, flag in enumerate(open_ended) if flag]
+            open_ids = dict(zip(cut, tok([texts[i][0] + self._content(resolve_pair(*pairs[i])[1]) for i in cut],
+                                         add_special_tokens=False)["input_ids"])) if cut else {}
             out = []
-            for p_ids, f_ids, w in zip(prompt_ids, full_ids, wheres):
+            for i, (p_ids, f_ids, w) in enumerate(zip(prompt_ids, full_ids, wheres)):
                 n = len(p_ids)
                 if f_ids[:n] != p_ids:
                     raise DataError(
@@ -379,7 +387,13 @@ class PromptRenderer:
                         "conversation do not start with the tokens of the prompt (the tokenizer merges "
                         "across the prompt/answer boundary); the response tokens cannot be separated"
                     )
-                out.append((list(p_ids), list(f_ids[n:])))
+                end = len(f_ids)
+                o_ids = open_ids.get(i)
+                # Drop what closes the turn: the tokens after those of prompt + text alone (when these
+                # are an exact prefix; if the tokenizer merges across the boundary, nothing is dropped).
+                if o_ids is not None and len(o_ids) > n and f_ids[: len(o_ids)] == o_ids:
+                    end = len(o_ids)
+                out.append((list(p_ids), list(f_ids[n:end])))
             return out
 
         prompt_texts, contents = [], []
@@ -391,10 +405,10 @@ class PromptRenderer:
         prompt_ids = tok(prompt_texts, add_special_tokens=False)["input_ids"]
         resp_ids = tok(contents, add_special_tokens=False)["input_ids"]
         out = []
-        for text, p_ids, content, r_ids in zip(prompt_texts, prompt_ids, contents, resp_ids):
+        for text, p_ids, content, r_ids, open_end in zip(prompt_texts, prompt_ids, contents, resp_ids, open_ended):
             p_ids = self._with_bos(text, p_ids)
             r_ids = list(r_ids)
-            if not (content.endswith(eos) and r_ids and r_ids[-1] == eos_id):
+            if not open_end and not (content.endswith(eos) and r_ids and r_ids[-1] == eos_id):
                 r_ids.append(eos_id)
             out.append((p_ids, r_ids))
         return out

@@ -13,8 +13,12 @@ Written to ``output_dir`` (each atomically):
 Policy (every drop is counted in the report):
 
 - an id in only one of the two files: dropped (``only_teacher`` / ``only_student``);
-- the teacher response is empty (after strip) or truncated (``finish_reason`` is
-  ``length``): dropped from both sets (``teacher_empty`` / ``teacher_truncated``);
+- the teacher response is empty (after strip): dropped from both sets (``teacher_empty``);
+- the teacher response is truncated (``finish_reason`` is ``length``): dropped from both sets
+  (``teacher_truncated``), or, with ``keep_unfinished``, kept and marked
+  ``chosen_unfinished`` / ``output_unfinished`` so that it is trained and scored without the
+  end-of-turn token it never produced (``teacher_truncated_kept``); a truncated student
+  response is then marked ``rejected_unfinished`` the same way;
 - teacher and student responses identical after strip: no preference to learn, so
   dropped from the preference set only (``identical``), kept in the SFT set;
 - the student response is empty (after strip): dropped from the preference set only
@@ -74,7 +78,7 @@ def _index(path: str, what: str, prompt_key: str) -> Tuple[Dict[Any, dict], List
 
 
 def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key: str = "prompt",
-               log=print) -> Dict[str, Any]:
+               log=print, keep_unfinished: bool = False) -> Dict[str, Any]:
     """Write the preference and SFT sets (see the module doc); returns the report."""
     from openrlhf.utils.paths import output_dir_problem
 
@@ -102,8 +106,8 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
 
     counts = {"teacher_rows": len(teacher), "student_rows": len(student), "only_teacher": 0,
               "only_student": sum(1 for rid in student if rid not in teacher), "joined": 0,
-              "teacher_empty": 0, "teacher_truncated": 0, "identical": 0, "student_empty": 0,
-              "student_truncated_kept": 0}
+              "teacher_empty": 0, "teacher_truncated": 0, "teacher_truncated_kept": 0, "identical": 0,
+              "student_empty": 0, "student_truncated_kept": 0}
     preference: List[dict] = []
     sft: List[dict] = []
     for rid in t_order:
@@ -116,19 +120,24 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
         if not chosen.strip():
             counts["teacher_empty"] += 1
             continue
-        if t.get("finish_reason") == "length":
+        t_cut = t.get("finish_reason") == "length"
+        if t_cut and not keep_unfinished:
             counts["teacher_truncated"] += 1
             continue
-        sft.append({ID_KEY: rid, "input": t[prompt_key], "output": chosen})
+        counts["teacher_truncated_kept"] += int(t_cut)
+        sft.append({ID_KEY: rid, "input": t[prompt_key], "output": chosen, **({"output_unfinished": True} if t_cut else {})})
         if chosen.strip() == rejected.strip():
             counts["identical"] += 1
             continue
         if not rejected.strip():
             counts["student_empty"] += 1
             continue
-        if s.get("finish_reason") == "length":
-            counts["student_truncated_kept"] += 1
-        preference.append({ID_KEY: rid, "prompt": t[prompt_key], "chosen": chosen, "rejected": rejected})
+        s_cut = s.get("finish_reason") == "length"
+        counts["student_truncated_kept"] += int(s_cut)
+        row = {ID_KEY: rid, "prompt": t[prompt_key], "chosen": chosen, "rejected": rejected}
+        if keep_unfinished:
+            row.update({"chosen_unfinished": t_cut, "rejected_unfinished": s_cut})
+        preference.append(row)
 
     os.makedirs(output_dir, exist_ok=True)
     pref_path = os.path.join(output_dir, PREFERENCE_FILE)
@@ -145,14 +154,18 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
         "sft_rows": len(sft),
         "preference_path": os.path.abspath(pref_path),
         "sft_path": os.path.abspath(sft_path),
-        "policy": ("ids in one file only: dropped; teacher response empty or truncated (finish_reason length): "
-                   "dropped from both sets; identical responses (after strip) or empty student response: "
-                   "dropped from the preference set only"),
+        "keep_unfinished": keep_unfinished,
+        "policy": ("ids in one file only: dropped; teacher response empty: dropped from both sets; teacher response "
+                   "truncated (finish_reason length): " + ("kept, marked unfinished (trained without the end-of-turn "
+                   "token), as are truncated student responses" if keep_unfinished else "dropped from both sets") +
+                   "; identical responses (after strip) or empty student response: dropped from the preference "
+                   "set only"),
     }
     write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
     log(f"build_sets: {counts['joined']} ids in both files ({counts['only_teacher']} only in --teacher, "
         f"{counts['only_student']} only in --student); dropped from both sets: {counts['teacher_empty']} empty and "
-        f"{counts['teacher_truncated']} truncated teacher responses; dropped from the preference set only: "
+        f"{counts['teacher_truncated']} truncated teacher responses ({counts['teacher_truncated_kept']} truncated "
+        f"ones kept as unfinished); dropped from the preference set only: "
         f"{counts['identical']} identical and {counts['student_empty']} empty student responses "
         f"({counts['student_truncated_kept']} truncated student responses kept) -> "
         f"{len(preference)} preference rows, {len(sft)} SFT rows in {output_dir}")

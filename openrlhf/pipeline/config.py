@@ -34,12 +34,19 @@ class StudentConfig:
 
 
 @dataclass
+class SetsConfig:
+    # Keep teacher responses cut at max_new_tokens, trained without the end-of-turn token.
+    keep_unfinished: bool = False
+
+
+@dataclass
 class DistillConfig:
     run_dir: str = "runs/distill"
     # An HF folder / hub name, or "gguf:smollm2" / "gguf:gemma3" / "gguf:<file.gguf>".
     teacher: str = ""
     student: StudentConfig = field(default_factory=StudentConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    sets: SetsConfig = field(default_factory=SetsConfig)
     # Flags shared by every stage (e.g. data.apply_chat_template, data.max_len, ds.*).
     common: Dict[str, Any] = field(default_factory=dict)
     # Flags of each stage CLI on top of ``common``.
@@ -69,7 +76,8 @@ def _check_keys(cls, data: dict, where: str, problems: List[str]) -> dict:
         if k not in names:
             problems.append(f"{where}{k}: unknown key (known: {', '.join(sorted(names))})")
             continue
-        nested = {"student": StudentConfig, "prompts": PromptsConfig}.get(k) if cls is DistillConfig else None
+        nested = ({"student": StudentConfig, "prompts": PromptsConfig, "sets": SetsConfig}.get(k)
+                  if cls is DistillConfig else None)
         if nested is not None and isinstance(v, dict):
             out[k] = nested(**_check_keys(nested, v, f"{where}{k}.", problems))
         else:

@@ -273,7 +273,7 @@ class Pipeline:
         from openrlhf.generation.sets import build_sets
 
         build_sets(self.path("gen", "teacher_train.jsonl"), self.path("gen", "student_train.jsonl"),
-                   self.path("sets"), log=self.log)
+                   self.path("sets"), log=self.log, keep_unfinished=self.cfg.sets.keep_unfinished)
 
     def _report(self, labels: Dict[str, str]) -> None:
         from openrlhf.pipeline.sweep import write_sweep_report

@@ -128,22 +128,6 @@ def _check_same_ids(teacher: Dict[str, dict], cand: Dict[str, dict], label: str,
 # --------------------------------------------------------------------------- teacher NLL
 
 
-def _closing_tokens(renderer, prompt: Any, response: Any, response_ids: Sequence[int], where: str) -> int:
-    """How many of ``response_ids`` close the turn (end-of-turn / EOS and what the template writes after it)."""
-    tok = renderer.tokenizer
-    prompt_text, full_text = renderer.render(prompt, response, where)
-    if not renderer.apply_chat_template:
-        return 1 if response_ids and response_ids[-1] == tok.eos_token_id else 0
-    content = _text(response)
-    if not full_text.startswith(prompt_text + content):
-        return 0
-    full = tok(full_text, add_special_tokens=False)["input_ids"]
-    open_ids = tok(prompt_text + content, add_special_tokens=False)["input_ids"]
-    if full[: len(open_ids)] != open_ids:
-        return 0  # the tokens merge across the boundary: score everything
-    return min(len(full) - len(open_ids), max(len(response_ids) - 1, 0))
-
-
 def teacher_nll(model, renderer, pairs: Sequence[Tuple[Any, Any]], *, pad_id: int, batch_size: int = 8,
                 wheres: Optional[Sequence[str]] = None, cut_off: Optional[Sequence[bool]] = None,
                 progress: bool = True, desc: str = "teacher NLL") -> List[Tuple[float, int]]:
@@ -159,13 +143,7 @@ def teacher_nll(model, renderer, pairs: Sequence[Tuple[Any, Any]], *, pad_id: in
     from openrlhf.models.actor import masked_token_logps
 
     wheres = list(wheres) if wheres is not None else [""] * len(pairs)
-    tokenized = renderer.tokenize_many(list(pairs), wheres)
-    if cut_off is not None:
-        for i, cut in enumerate(cut_off):
-            if cut:
-                p_ids, r_ids = tokenized[i]
-                n = _closing_tokens(renderer, pairs[i][0], pairs[i][1], r_ids, wheres[i])
-                tokenized[i] = (p_ids, list(r_ids)[: len(r_ids) - n])
+    tokenized = renderer.tokenize_many(list(pairs), wheres, unfinished=cut_off)
     device = next(model.parameters()).device
     order = sorted(range(len(tokenized)), key=lambda i: -(len(tokenized[i][0]) + len(tokenized[i][1])))
     out: List[Tuple[float, int]] = [(0.0, 0)] * len(tokenized)
