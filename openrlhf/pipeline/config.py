@@ -61,6 +61,10 @@ class DistillConfig:
     # A grid per method, e.g. {dadpo: {model.beta: [0.01, 0.1], teacher.beta: [0.001, 0.01]}}:
     # one run per point, from the dSFT model and the same cached log-probs.
     sweep: Optional[Dict[str, Any]] = None
+    # LLM-judge evaluation of every model: the --judge.* settings (base_url, model, api_key_env,
+    # temperature, max_tokens, concurrency, max_retries, timeout, prompt_file) plus
+    # ``tasks`` (indomain, mtbench, alpacaeval; default all three) and ``max_items`` (per task, -1: all).
+    judge: Optional[Dict[str, Any]] = None
     # A command prefix that starts each training / scoring stage as its own multi-process
     # job, e.g. "deepspeed --num_gpus 8"; empty: run them in this process.
     launcher: str = ""
@@ -111,7 +115,7 @@ def load_distill_config(path: str) -> DistillConfig:
             problems.append(f"{path}: {key}: must be a mapping of dotted flags")
     if cfg.ddpo is not None and not isinstance(cfg.ddpo, dict):
         problems.append(f"{path}: ddpo: must be a mapping of dotted flags or null")
-    problems += baseline_problems(cfg, path) + sweep_problems(cfg, path)
+    problems += baseline_problems(cfg, path) + sweep_problems(cfg, path) + judge_problems(cfg, path)
     p = cfg.prompts
     if p.train_size < 1 or p.eval_size < 1:
         problems.append(f"{path}: prompts.train_size and prompts.eval_size must be >= 1")
@@ -188,6 +192,42 @@ def sweep_problems(cfg: DistillConfig, path: str) -> List[str]:
             for flag, values in grid.items():
                 if not isinstance(values, list) or not values:
                     problems.append(f"{path}: sweep.{method}.{flag}: a non-empty list of values, got {values!r}")
+    return problems
+
+
+JUDGE_PIPELINE_KEYS = ("tasks", "max_items")
+
+
+def judge_settings(cfg: DistillConfig):
+    """(JudgeConfig, tasks, max_items) of the ``judge:`` section."""
+    from openrlhf.config.schema import JUDGE_TASKS, JudgeConfig
+
+    j = dict(cfg.judge or {})
+    tasks = list(j.pop("tasks", list(JUDGE_TASKS)))
+    max_items = int(j.pop("max_items", -1))
+    return JudgeConfig(**j), tasks, max_items
+
+
+def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
+    from openrlhf.config.schema import JUDGE_TASKS, JudgeConfig
+    from openrlhf.config.validate import judge_section_problems
+
+    if cfg.judge is None:
+        return []
+    if not isinstance(cfg.judge, dict):
+        return [f"{path}: judge: a mapping of --judge.* settings (base_url, model, ...) and tasks, got {cfg.judge!r}"]
+    known = [f.name for f in dataclasses.fields(JudgeConfig)] + list(JUDGE_PIPELINE_KEYS)
+    problems = [f"{path}: judge.{k}: unknown key (known: {', '.join(known)})" for k in cfg.judge if k not in known]
+    if problems:
+        return problems
+    tasks = cfg.judge.get("tasks", list(JUDGE_TASKS))
+    if not isinstance(tasks, list) or not tasks or any(t not in JUDGE_TASKS for t in tasks):
+        problems.append(f"{path}: judge.tasks: a list of {', '.join(JUDGE_TASKS)}, got {tasks!r}")
+    try:
+        jc, _, _ = judge_settings(cfg)
+    except (TypeError, ValueError) as e:
+        return problems + [f"{path}: judge: {e}"]
+    judge_section_problems(jc, lambda ok, flag, msg: ok or problems.append(f"{path}: {flag}: {msg}"))
     return problems
 
 

@@ -178,7 +178,7 @@ class Pipeline:
         for method, points in sweep_points(c).items():
             for point in points:
                 name = method + "_" + "_".join(f"{_short(k)}{v}" for k, v in point.items())
-                label = "daDPO " + " ".join(f"{_greek(k)}={v}" for k, v in point.items())
+                label = "daDPO " + " ".join(f"{_greek(k)}:{v}" for k, v in point.items())
                 runs.append(TrainRun(name, label, method, ({**from_dsft, **teacher, "ckpt.output_dir": self.path(name)},
                                                            c.dadpo, point), sweep=dict(point)))
         return runs
@@ -283,6 +283,10 @@ class Pipeline:
         report = evaluate_responses(self.teacher_path, self.path("gen", "teacher_eval.jsonl"), labels,
                                     self.path("report"), apply_chat_template=apply,
                                     prompts=self.path("prompts", "eval.jsonl"))
+        judged = os.path.join(self.path("report", "judge"), "report.md")
+        if os.path.exists(judged):  # the LLM-judge table (judge:), the paper's Table 1 layout
+            with open(self.path("report", "report.md"), "a", encoding="utf-8") as f, open(judged, encoding="utf-8") as g:
+                f.write("\n## LLM judge\n\n" + g.read())
         points = {run.label: run.sweep for run in self.train_runs() if run.sweep}
         if points:
             write_sweep_report(report, points, self.path("report"))
@@ -323,8 +327,53 @@ class Pipeline:
         for label, (name, model) in models.items():
             labels[label] = self.path("gen", f"{name}_eval.jsonl")
             out.append((f"gen_{name}_eval", self._generate(model, eval_p, labels[label]), False))
+        if c.judge is not None:
+            out += self._judge_stages(models, labels)
         out.append(("report", lambda: self._report(labels), False))
         return out
+
+    def _judge_stages(self, models: Dict[str, Tuple[str, str]], labels: Dict[str, str]) -> List[tuple]:
+        """The benchmarks' answers of every model (the teacher included) and one judge stage per task;
+        results in report/judge/ (report.json: model -> task -> numbers)."""
+        from openrlhf.pipeline.config import judge_settings
+
+        judge_cfg, tasks, max_items = judge_settings(self.cfg)
+        everyone = {"teacher": ("teacher", self.teacher_path), **models}
+        out: List[tuple] = []
+        answers: Dict[str, Dict[str, str]] = {}
+        for task in ("mtbench", "alpacaeval"):
+            if task not in tasks:
+                continue
+            prompts = self.path("prompts", f"{task}.jsonl")
+            out.append((f"prompts_{task}", self._eval_prompts(task, prompts, max_items), False))
+            answers[task] = {}
+            for label, (name, model) in everyone.items():
+                answers[task][label] = self.path("gen", f"{name}_{task}.jsonl")
+                out.append((f"gen_{name}_{task}", self._generate(model, prompts, answers[task][label]), False))
+        if "indomain" in tasks:
+            answers["indomain"] = dict(labels)
+        for task in tasks:
+            out.append((f"judge_{task}", self._judge(task, judge_cfg, answers[task], max_items), False))
+        return out
+
+    def _eval_prompts(self, task: str, path: str, max_items: int) -> Callable[[], None]:
+        def run() -> None:
+            from openrlhf.eval.run import write_prompts
+
+            write_prompts(task, path, max_items)
+        return run
+
+    def _judge(self, task: str, judge_cfg, candidates: Dict[str, str], max_items: int) -> Callable[[], None]:
+        def run() -> None:
+            from openrlhf.config.schema import JudgeTaskConfig
+            from openrlhf.eval.run import judge
+
+            cfg = JudgeTaskConfig(task=task, candidate=tuple(f"{k}={v}" for k, v in candidates.items()),
+                                  teacher_responses=self.path("gen", "teacher_eval.jsonl"),
+                                  prompts=self.path("prompts", "eval.jsonl"), output_dir=self.path("report", "judge"),
+                                  max_items=max_items, judge=judge_cfg)
+            judge(cfg, log=self.log)
+        return run
 
     def run_all(self, stop_after: str = "") -> Dict[str, float]:
         """Run every stage not done yet (up to and including ``stop_after`` when given)."""

@@ -21,17 +21,42 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from openrlhf.config.schema import GenerateTaskConfig
 
 
+def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
+    """The generator of --generate.backend (hf or vllm); ``.run(list of prompt ids)`` yields batches
+    of (position, token ids, finish reason or None)."""
+    from openrlhf.datasets.tokenizer import pad_token_id
+
+    g = cfg.generate
+    if g.backend == "hf":
+        from openrlhf.generation.hf_backend import HFGenerator
+
+        return HFGenerator(cfg.model.model_name_or_path, g, param_dtype=cfg.ds.param_dtype,
+                           attn_implementation=cfg.ds.attn_implementation, seed=cfg.train.seed,
+                           pad_id=pad_token_id(tokenizer), stop_ids=stop_ids, log=log)
+    from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings
+
+    return VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=g.num_engines)
+
+
 def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
-    """Generate, append to ``cfg.generate.output_path``, return counts and speed. Tests call this directly."""
-    from openrlhf.datasets.loading import load_rows
-    from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
+    """Generate, append to ``cfg.generate.output_path``, return counts and speed. Tests call this directly.
+
+    A prompt row with ``turns`` (a list of user turns, as MT-Bench's question.jsonl) is answered turn
+    by turn, each turn with the earlier turns and answers in the chat history; its output row has
+    ``turns``, ``responses`` (one per turn), ``finish_reasons`` and, for the last turn, ``response``
+    and ``finish_reason``. Such a row is written when all its turns are answered."""
+    from tqdm import tqdm
+
+    from openrlhf.datasets.loading import DataError, load_rows
+    from openrlhf.datasets.templates import PromptRenderer
+    from openrlhf.datasets.tokenizer import load_tokenizer
     from openrlhf.generation.outputs import ID_KEY, ResultsFile, trim_response
-    from openrlhf.generation.prompts import (extract_prompts, generation_config_eos, jsonl_line_numbers,
+    from openrlhf.generation.prompts import (TURNS_KEY, extract_prompts, generation_config_eos, jsonl_line_numbers,
                                              render_prompt_ids, stop_token_ids)
 
     g, d = cfg.generate, cfg.data
@@ -41,7 +66,15 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     tokenizer = load_tokenizer(model_path, d.tokenizer_chat_template)
     rows = load_rows(d.dataset, split=d.dataset_split, max_samples=d.max_samples, what="--data.dataset")
     items = extract_prompts(rows, d.prompt_key, g.id_key, d.dataset, jsonl_line_numbers(d.dataset))
-    prompt_ids = render_prompt_ids(items, tokenizer, d, model_path)
+    multi = [it for it in items if it.multi_turn]
+    if multi and len(multi) != len(items):
+        raise DataError(f"--data.dataset {d.dataset}: {len(multi)} rows are multi-turn ({TURNS_KEY!r}) and "
+                        f"{len(items) - len(multi)} are not; use one kind per file")
+    if multi and not d.apply_chat_template:
+        raise DataError(f"--data.dataset {d.dataset}: multi-turn prompts ({TURNS_KEY!r}) need "
+                        "--data.apply_chat_template (the answers go into the chat history)")
+    prompt_key = TURNS_KEY if multi else d.prompt_key
+    prompt_ids = [] if multi else render_prompt_ids(items, tokenizer, d, model_path)
     stop_ids = stop_token_ids(tokenizer, use_chat_template=d.apply_chat_template,
                               chat_template=d.tokenizer_chat_template,
                               generation_eos=generation_config_eos(model_path))
@@ -50,64 +83,84 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     if out.torn_line_dropped:
         log(f"generate: dropped a torn last line of {g.output_path} (a killed run's unfinished write)")
     clash = [f"id {it.id!r} ({it.where})" for it in items
-             if it.id in finished and finished[it.id].get(d.prompt_key) != it.prompt]
+             if it.id in finished and finished[it.id].get(prompt_key) != it.prompt]
     if clash:
-        from openrlhf.datasets.loading import DataError
-
         raise DataError(
             f"--generate.output_path {g.output_path} already answers {len(clash)} of these ids with another prompt "
             f"(another prompt file, or ids by position?): {'; '.join(clash[:5])}; give another output path"
         )
     pending = [k for k, it in enumerate(items) if it.id not in finished]
     n_before = sum(1 for it in items if it.id in finished)
-    log(f"generate: {len(items)} prompts, {n_before} already in {g.output_path}, {len(pending)} to generate "
-        f"(backend {g.backend}, {'greedy' if g.temperature == 0 else f'sampling T={g.temperature}'}, "
-        f"max_new_tokens {g.max_new_tokens}, stop ids {stop_ids})")
+    log(f"generate: {len(items)} {'multi-turn ' if multi else ''}prompts, {n_before} already in {g.output_path}, "
+        f"{len(pending)} to generate (backend {g.backend}, "
+        f"{'greedy' if g.temperature == 0 else f'sampling T={g.temperature}'}, max_new_tokens {g.max_new_tokens}, "
+        f"stop ids {stop_ids})")
 
     new_tokens = 0
     elapsed = 0.0
     if pending:
-        pend_ids = [prompt_ids[k] for k in pending]
-        if g.backend == "hf":
-            from openrlhf.generation.hf_backend import HFGenerator
-
-            gen = HFGenerator(model_path, g, param_dtype=cfg.ds.param_dtype,
-                              attn_implementation=cfg.ds.attn_implementation, seed=cfg.train.seed,
-                              pad_id=pad_token_id(tokenizer), stop_ids=stop_ids, log=log)
-            batches = gen.run(pend_ids)
-        else:
-            from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings
-
-            gen = VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=g.num_engines)
-            batches = gen.run(pend_ids)
-
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(pending), desc=f"generate {g.backend}", unit="prompt", dynamic_ncols=True)
+        gen = _backend(cfg, tokenizer, stop_ids, log)
         start = time.perf_counter()
         try:
-            for results in batches:
-                rows_out: List[dict] = []
-                for pos, token_ids, backend_finish in results:
-                    it = items[pending[pos]]
-                    content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
-                    rows_out.append({
-                        ID_KEY: it.id,
-                        d.prompt_key: it.prompt,
-                        "response": tokenizer.decode(content, skip_special_tokens=True),
-                        "model": model_path,
-                        "finish_reason": finish,
-                        "response_tokens": n_tok,
-                    })
-                    new_tokens += n_tok
+            if multi:
+                renderer = PromptRenderer.from_data_config(tokenizer, d, model_path=model_path)
+                answers: Dict[int, List[tuple]] = {k: [] for k in pending}
+                for turn in range(max(len(items[k].prompt) for k in pending)):
+                    todo = [k for k in pending if len(items[k].prompt) > turn]
+                    texts = []
+                    for k in todo:
+                        msgs = []
+                        for q, (a, _, _) in zip(items[k].prompt[:turn], answers[k]):
+                            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                        msgs.append({"role": "user", "content": items[k].prompt[turn]})
+                        texts.append(renderer.render_prompt(msgs, items[k].where))
+                    bar = tqdm(total=len(todo), desc=f"generate {g.backend} turn {turn + 1}", unit="prompt",
+                               dynamic_ncols=True)
+                    for results in gen.run(renderer.prompt_text_ids(texts)):
+                        for pos, token_ids, backend_finish in results:
+                            content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
+                            answers[todo[pos]].append((tokenizer.decode(content, skip_special_tokens=True), finish, n_tok))
+                            new_tokens += n_tok
+                        bar.update(len(results))
+                        bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
+                    bar.close()
+                rows_out = []
+                for k in pending:
+                    it, done = items[k], answers[k]
+                    rows_out.append({ID_KEY: it.id, TURNS_KEY: it.prompt, "responses": [a for a, _, _ in done],
+                                     "finish_reasons": [f for _, f, _ in done], "response": done[-1][0],
+                                     "finish_reason": done[-1][1], "model": model_path,
+                                     "response_tokens": sum(n for _, _, n in done)})
                 out.append(rows_out)
                 for r in rows_out:
                     finished[r[ID_KEY]] = r
                 elapsed = time.perf_counter() - start
-                bar.update(len(rows_out))
-                bar.set_postfix(tok_s=f"{new_tokens / max(elapsed, 1e-9):.1f}")
+            else:
+                bar = tqdm(total=len(pending), desc=f"generate {g.backend}", unit="prompt", dynamic_ncols=True)
+                try:
+                    for results in gen.run([prompt_ids[k] for k in pending]):
+                        rows_out = []
+                        for pos, token_ids, backend_finish in results:
+                            it = items[pending[pos]]
+                            content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
+                            rows_out.append({
+                                ID_KEY: it.id,
+                                d.prompt_key: it.prompt,
+                                "response": tokenizer.decode(content, skip_special_tokens=True),
+                                "model": model_path,
+                                "finish_reason": finish,
+                                "response_tokens": n_tok,
+                            })
+                            new_tokens += n_tok
+                        out.append(rows_out)
+                        for r in rows_out:
+                            finished[r[ID_KEY]] = r
+                        elapsed = time.perf_counter() - start
+                        bar.update(len(rows_out))
+                        bar.set_postfix(tok_s=f"{new_tokens / max(elapsed, 1e-9):.1f}")
+                finally:
+                    bar.close()
         finally:
-            bar.close()
             gen.close()
 
     missing = [it.id for it in items if it.id not in finished]

@@ -79,7 +79,7 @@ def _train(cfg: PreferenceConfig) -> dict:
             return batch
 
     data = prepare_preference_data(cfg.data, cfg.eval, tokenizer, m.model_name_or_path,
-                                   scored_sides(cfg, renderers), extra_collate=extra)
+                                   scored_sides(cfg, renderers), extra_collate=extra, packing=cfg.ds.packing_samples)
     n_steps = steps_per_epoch(len(data.train), cfg.train.batch_size) * cfg.train.max_epochs
     loss_fn = _loss(cfg)
 

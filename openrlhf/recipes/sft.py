@@ -8,6 +8,7 @@ from openrlhf.config.schema import SFTConfig
 def train_sft(cfg: SFTConfig) -> dict:
     """Train and save; returns the last step's metrics. Tests call this directly."""
     from openrlhf.datasets import build_dataset, sft_collate
+    from openrlhf.datasets.packing import pack_batch
     from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
     from openrlhf.recipes.common import loop_settings, make_run_logger, make_strategy, prepare_policy
     from openrlhf.trainer.base import steps_per_epoch
@@ -29,8 +30,13 @@ def train_sft(cfg: SFTConfig) -> dict:
     logger = make_run_logger(strategy, cfg)
     engine = prepare_policy(strategy, cfg, n_steps)
     pad_id = pad_token_id(tokenizer)
-    trainer = SFTTrainer(strategy, engine, tokenizer, train_ds, lambda items: sft_collate(items, pad_id),
-                         loop_settings(cfg), logger, eval_dataset=eval_ds)
+
+    def collate(items):
+        batch = sft_collate(items, pad_id)
+        return pack_batch(batch) if cfg.ds.packing_samples else batch
+
+    trainer = SFTTrainer(strategy, engine, tokenizer, train_ds, collate, loop_settings(cfg), logger,
+                         eval_dataset=eval_ds)
     last = trainer.fit()
     strategy.save_hf_model(engine, tokenizer, cfg.ckpt.output_dir)
     logger.close()

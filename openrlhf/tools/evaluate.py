@@ -81,48 +81,10 @@ def rouge_l(candidate: str, reference: str) -> Dict[str, float]:
 
 # --------------------------------------------------------------------------- response files
 
-
 def _text(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("content", ""))
     return value if isinstance(value, str) else str(value)
-
-
-def read_responses(path: str, what: str) -> Dict[str, dict]:
-    """Rows of a response file keyed by ``str(id)``; errors name the file and row."""
-    from openrlhf.datasets import DataError, load_rows
-
-    rows = load_rows(path, what=what)
-    out: Dict[str, dict] = {}
-    for i, row in enumerate(rows):
-        for key in ("id", "prompt", "response"):
-            if key not in row:
-                raise DataError(f"{what} {path}: row {i + 1} has no {key!r} key (keys: {sorted(row)})")
-        if row["response"] is None:
-            raise DataError(f"{what} {path}: row {i + 1} (id {row['id']!r}): response is null")
-        rid = str(row["id"])
-        if rid in out:
-            raise DataError(f"{what} {path}: id {row['id']!r} appears twice (rows {out[rid]['_row']} and {i + 1})")
-        out[rid] = dict(row, _row=i + 1)
-    return out
-
-
-def _check_same_ids(teacher: Dict[str, dict], cand: Dict[str, dict], label: str, path: str) -> None:
-    from openrlhf.datasets import DataError
-
-    missing = [i for i in teacher if i not in cand]
-    extra = [i for i in cand if i not in teacher]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} of the teacher's {len(teacher)} ids are missing (e.g. {missing[:3]})")
-        if extra:
-            parts.append(f"{len(extra)} ids are not in the teacher's responses (e.g. {extra[:3]})")
-        raise DataError(f"--candidate {label}={path}: " + "; ".join(parts))
-    for rid, row in cand.items():
-        if row["prompt"] != teacher[rid]["prompt"]:
-            raise DataError(f"--candidate {label}={path}: row {row['_row']} (id {row['id']!r}) has another prompt "
-                            "than the teacher's row with that id")
 
 
 # --------------------------------------------------------------------------- teacher NLL
@@ -251,6 +213,7 @@ def evaluate_responses(
 
     from openrlhf.datasets import DataError, PromptRenderer, load_rows
     from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
+    from openrlhf.generation.outputs import check_same_ids, read_responses
     from openrlhf.tools.common import pick_device
     from openrlhf.utils.dtypes import torch_dtype
 
@@ -274,7 +237,7 @@ def evaluate_responses(
     cand_rows: Dict[str, Dict[str, dict]] = {}
     for label, path in candidates.items():
         rows = read_responses(path, f"--candidate {label}")
-        _check_same_ids(teacher_rows, rows, label, path)
+        check_same_ids(teacher_rows, rows, label, path)
         cand_rows[label] = rows
 
     tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher")

@@ -8,6 +8,7 @@ same order as an uninterrupted one.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
+from openrlhf.datasets.packing import real_and_padded_tokens
 from openrlhf.utils.errors import DataError, Interrupted
 
 
@@ -33,6 +35,20 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     if n_rows < batch_size:
         raise DataError(f"the training set has {n_rows} usable rows, fewer than one global batch (--train.batch_size {batch_size})")
     return n_rows // batch_size
+
+
+def forward_batch(engine, batch: dict, prefix: str = "", **kw):
+    """Run an Actor (engine) on one tokenisation of a padded or packed batch (keys ``<prefix>input_ids``,
+    ``_attention_mask``, ``_loss_mask`` and, packed, ``_position_ids``); returns what the Actor does."""
+    return engine(batch[prefix + "input_ids"], batch[prefix + "attention_mask"], batch[prefix + "loss_mask"],
+                  position_ids=batch.get(prefix + "position_ids"), **kw)
+
+
+def batch_sequence_sums(values: torch.Tensor, batch: dict, prefix: str = "") -> torch.Tensor:
+    """Per-sequence sums of per-token values [B, T-1] of a padded or packed batch (chosen rows first)."""
+    from openrlhf.models.actor import sequence_sums
+
+    return sequence_sums(values, batch.get(prefix + "seq_index"), batch.get(prefix + "n_seqs"))
 
 
 def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
@@ -139,7 +155,9 @@ class Trainer:
             consumed = consumed0 if epoch == epoch0 else 0
             it = iter(self._loader(self.train_dataset, epoch, consumed, shuffle=True))
             for _ in range(consumed // bs, self.steps_per_epoch):
+                t0 = time.perf_counter()
                 micro = [self._to_device(next(it)) for _ in range(self.accum)]
+                tokens = [real_and_padded_tokens(b) for b in micro]
                 self.engine.train()
                 self._begin_step(micro)
                 lr = self.engine.get_lr()[0]  # the rate this step uses
@@ -153,9 +171,14 @@ class Trainer:
                 consumed += bs
                 metrics = self.strategy.all_reduce(mean_metrics(records))
                 metrics["lr"] = lr
-                grad_norm = self.engine.get_global_grad_norm()
+                # Throughput: the policy's real tokens and the tokens its forward computed (padding
+                # included), all processes together, and the wall time of the step.
+                metrics["tokens"] = self.strategy.all_reduce(float(sum(t[0] for t in tokens)), op="sum")
+                metrics["padded_tokens"] = self.strategy.all_reduce(float(sum(t[1] for t in tokens)), op="sum")
+                metrics["step_seconds"] = self.strategy.all_reduce(time.perf_counter() - t0, op="max")
+                grad_norm = self.strategy.grad_norm(self.engine)
                 if grad_norm is not None:
-                    metrics["grad_norm"] = float(grad_norm)
+                    metrics["grad_norm"] = grad_norm
                 metrics["epoch"] = epoch
                 last = metrics
                 bar.update(1)

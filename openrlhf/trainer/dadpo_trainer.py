@@ -25,8 +25,7 @@ class DADPOTrainer(DPOTrainer):
         for name in self.teachers:
             cached = cached_pair(batch, name)
             if cached is None:
-                cached = frozen_pair_logps(self.teacher_engines[name], batch[f"{name}_input_ids"],
-                                           batch[f"{name}_attention_mask"], batch[f"{name}_loss_mask"])
+                cached = frozen_pair_logps(self.teacher_engines[name], batch, f"{name}_")
             out.append(cached)
         return out
 

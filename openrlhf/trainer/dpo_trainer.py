@@ -8,7 +8,7 @@ import torch
 
 from openrlhf.datasets.logp_cache import columns
 from openrlhf.models.loss import PairLogps, PreferenceLossOutput
-from openrlhf.trainer.base import Trainer
+from openrlhf.trainer.base import Trainer, batch_sequence_sums, forward_batch
 
 
 def cached_pair(batch: dict, kind: str) -> Optional[PairLogps]:
@@ -17,10 +17,11 @@ def cached_pair(batch: dict, kind: str) -> Optional[PairLogps]:
     return PairLogps(batch[chosen], batch[rejected]) if chosen in batch else None
 
 
-def frozen_pair_logps(engine, input_ids, attention_mask, loss_mask) -> PairLogps:
-    """Sequence log-probs of a frozen model (reference / teacher) on a chosen-first batch."""
+def frozen_pair_logps(engine, batch: dict, prefix: str = "") -> PairLogps:
+    """Sequence log-probs of a frozen model (reference / teacher) on one tokenisation of a
+    chosen-first batch (padded or packed)."""
     with torch.no_grad():
-        return PairLogps.split(engine(input_ids, attention_mask, loss_mask)[0].sum(-1))
+        return PairLogps.split(batch_sequence_sums(forward_batch(engine, batch, prefix)[0], batch, prefix))
 
 
 class DPOTrainer(Trainer):
@@ -47,14 +48,15 @@ class DPOTrainer(Trainer):
     def _policy_logps(self, batch: dict) -> Tuple[PairLogps, torch.Tensor, Optional[torch.Tensor]]:
         """(policy log-probs, mean response-token NLL of the chosen rows, KL(teacher || policy)
         on the chosen rows' tokens when dDPO+KL, else None)."""
-        b = batch["input_ids"].shape[0] // 2
         if self.kd_coef > 0:
-            token_logps, mask, logits = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                                                    response_logits=slice(0, b))
+            b = batch["input_ids"].shape[0] // 2
+            token_logps, mask, logits = forward_batch(self.engine, batch, response_logits=slice(0, b))
         else:
-            token_logps, mask = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        policy = PairLogps.split(token_logps.sum(-1))
-        nll = -token_logps[:b].sum() / mask[:b].sum().clamp(min=1)
+            token_logps, mask = forward_batch(self.engine, batch)
+        policy = PairLogps.split(batch_sequence_sums(token_logps, batch))
+        b = policy.chosen.shape[0]
+        chosen_tokens = batch_sequence_sums(mask.to(token_logps.dtype), batch)[:b]
+        nll = -policy.chosen.sum() / chosen_tokens.sum().clamp(min=1)
         kl = None
         if self.kd_coef > 0:
             from openrlhf.trainer.kd_trainer import response_kl
@@ -71,7 +73,7 @@ class DPOTrainer(Trainer):
             return cached
         if self.ref_engine is None:
             return None
-        return frozen_pair_logps(self.ref_engine, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        return frozen_pair_logps(self.ref_engine, batch)
 
     def _preference_loss(self, batch: dict, policy: PairLogps) -> PreferenceLossOutput:
         return self.loss_fn(policy, self._reference_logps(batch))

@@ -7,6 +7,7 @@ from typing import Dict, Tuple
 import torch
 
 from openrlhf.models.loss import token_kl
+from openrlhf.trainer.base import forward_batch
 from openrlhf.trainer.sft_trainer import SFTTrainer
 
 
@@ -33,12 +34,10 @@ class KDTrainer(SFTTrainer):
 
     def _terms(self, batch: dict, normalizer) -> Tuple[torch.Tensor, torch.Tensor]:
         every = slice(None)
-        logps, _, s_logits = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                                         response_logits=every)
+        logps, _, s_logits = forward_batch(self.engine, batch, response_logits=every)
         nll = self.loss_fn(logps, batch["loss_mask"][:, 1:], normalizer=normalizer)
         with torch.no_grad():
-            _, mask, t_logits = self.teacher_engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                                                    response_logits=every)
+            _, mask, t_logits = forward_batch(self.teacher_engine, batch, response_logits=every)
         kl_sum = response_kl(s_logits, t_logits, self.vocab_size).sum()
         denom = normalizer if normalizer is not None else mask.sum().clamp(min=1).item()
         return nll, kl_sum / denom

@@ -6,6 +6,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from openrlhf.trainer.base import batch_sequence_sums, forward_batch
 from openrlhf.trainer.dpo_trainer import DPOTrainer, frozen_pair_logps
 
 
@@ -19,9 +20,8 @@ class KTOTrainer(DPOTrainer):
 
     def _reference_point(self, batch: dict) -> torch.Tensor:
         with torch.no_grad():
-            policy = self.engine(batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_loss_mask"])[0].sum(-1)
-            ref = frozen_pair_logps(self.ref_engine, batch["kl_input_ids"], batch["kl_attention_mask"],
-                                    batch["kl_loss_mask"])
+            policy = batch_sequence_sums(forward_batch(self.engine, batch, "kl_")[0], batch, "kl_")
+            ref = frozen_pair_logps(self.ref_engine, batch, "kl_")
             gap = (policy - torch.cat([ref.chosen, ref.rejected])).mean()
             gap = self.strategy.all_reduce(gap, op="mean")
         return gap.clamp(min=0).detach()

@@ -7,7 +7,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from openrlhf.models.loss import GPTLMLoss
-from openrlhf.trainer.base import Trainer
+from openrlhf.trainer.base import Trainer, forward_batch
 
 
 class SFTTrainer(Trainer):
@@ -30,11 +30,11 @@ class SFTTrainer(Trainer):
         self._normalizer = max(total, 1.0) / (self.accum * self.strategy.world_size)
 
     def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        logps, _ = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        logps, _ = forward_batch(self.engine, batch)
         loss = self.loss_fn(logps, batch["loss_mask"][:, 1:], normalizer=self._normalizer)
         return loss, {"loss": loss.item()}
 
     def _eval_step(self, batch: dict) -> Dict[str, float]:
         with torch.no_grad():
-            logps, _ = self.engine(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+            logps, _ = forward_batch(self.engine, batch)
             return {"loss": self.loss_fn(logps, batch["loss_mask"][:, 1:]).item()}

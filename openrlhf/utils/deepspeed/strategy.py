@@ -354,8 +354,23 @@ class DeepspeedStrategy:
         engine.backward(loss)
 
     def optimizer_step(self, engine) -> None:
-        """Optimizer + scheduler step at accumulation boundaries (a no-op in between)."""
+        """Optimizer + scheduler step at accumulation boundaries (a no-op in between).
+
+        At ZeRO stage 0 DeepSpeed keeps no gradient norm (``get_global_grad_norm()`` is None),
+        so the norm of the full, already averaged gradients is measured here before the step
+        (the same pre-clipping quantity the ZeRO optimizers report); see :meth:`grad_norm`."""
+        if self.ds.zero_stage == 0 and engine.is_gradient_accumulation_boundary():
+            grads = [p.grad.detach().float() for p in engine.module.parameters() if p.grad is not None]
+            self._stage0_grad_norm = float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
         engine.step()
+
+    def grad_norm(self, engine) -> Optional[float]:
+        """The gradient norm of the last optimizer step (before clipping), at every ZeRO stage."""
+        norm = engine.get_global_grad_norm()
+        if norm is None and self.ds.zero_stage == 0:
+            return getattr(self, "_stage0_grad_norm", None)
+        return None if norm is None else float(norm)
 
     # ----- collectives -------------------------------------------------------------------
 

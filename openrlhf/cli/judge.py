@@ -1,0 +1,20 @@
+"""python -m openrlhf.cli.judge --task indomain|mtbench|alpacaeval --candidate NAME=responses.jsonl ... \\
+       [--teacher_responses teacher.jsonl] --judge.base_url URL --judge.model NAME --output_dir report/
+
+LLM-as-judge evaluation against any OpenAI-compatible endpoint (see :mod:`openrlhf.eval.run`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def main(argv: Optional[list] = None) -> dict:
+    from openrlhf.cli.common import run_cli
+    from openrlhf.eval.run import judge
+
+    return run_cli(judge, "judge", argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""--ds.packing_samples: the packed layout gives the padded layout's losses (fp32, CPU), and the memory-lean
+log-probs give what a plain log_softmax gives, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openrlhf.config import load_config
+from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
+
+
+def _rows_of_uneven_length(kind: str):
+    rows = pref_rows(8) if kind != "sft" else sft_rows(8)
+    for i, r in enumerate(rows):  # responses of very different lengths: lots of padding when padded
+        key = "output" if kind == "sft" else "chosen"
+        r[key] = r[key] + " and more" * (i * 3)
+    return rows
+
+
+def _run(task, flags):
+    import openrlhf.recipes as recipes
+
+    return getattr(recipes, {"sft": "train_sft", "dpo": "train_dpo", "dadpo": "train_dadpo"}[task])(
+        load_config(flags, task=task))
+
+
+@pytest.mark.parametrize("task", ["sft", "dpo", "dadpo"])
+@pytest.mark.parametrize("stage", ["0", "3"])
+def test_packed_losses_equal_padded(task, stage, tiny_dir, tiny_teacher_other_family, tmp_path):
+    data = write_jsonl(str(tmp_path / "d.jsonl"), _rows_of_uneven_length(task))
+    extra = ["--teacher.model_name_or_path", tiny_teacher_other_family, "--teacher.beta", "0.3"] \
+        if task == "dadpo" else []
+    losses = {}
+    for packing in ("false", "true"):
+        out = str(tmp_path / f"p{packing}")
+        flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",
+                           "--train.max_epochs", "2", "--ds.packing_samples", packing, *extra)
+        flags[flags.index("--ds.zero_stage") + 1] = stage
+        _run(task, flags)
+        losses[packing] = read_metrics(out)
+    assert len(losses["true"]) == 4
+    for key in ("loss", "chosen_reward", "teacher_chosen_reward", "nll_loss"):
+        if key in losses["false"][0]:
+            assert [r[key] for r in losses["true"]] == pytest.approx([r[key] for r in losses["false"]], abs=1e-5)
+
+
+def test_packing_is_refused_where_it_is_not_supported(tiny_dir, tmp_path):
+    from openrlhf.config import ConfigError
+
+    data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(4))
+    with pytest.raises(ConfigError, match="--ds.packing_samples: not supported yet"):
+        load_config(base_flags(tiny_dir, data, str(tmp_path / "o"), "--ds.packing_samples", "--train.micro_batch_size",
+                               "2"), "kto")
+
+
+def test_selected_logps_match_log_softmax_values_and_gradients():
+    from openrlhf.models.actor import selected_logps
+
+    torch.manual_seed(0)
+    logits = torch.randn(37, 50, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 50, (37,))
+    weights = torch.randn(37, dtype=torch.float64)
+    ours = selected_logps(logits, labels, chunk=8)  # chunks of 8 rows: the last one partial
+    ref = torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1)
+    assert torch.allclose(ours.double(), ref, atol=1e-6)
+    (g_ours,) = torch.autograd.grad((ours.double() * weights).sum(), logits)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), logits)
+    assert torch.allclose(g_ours, g_ref, atol=1e-6)
+
+
+def test_packed_batch_layout_and_sequence_sums(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openrlhf.config.schema import DataConfig
+    from openrlhf.datasets import PreferenceDataset, preference_collate
+    from openrlhf.datasets.packing import pack_batch
+    from openrlhf.models.actor import masked_token_logps, sequence_sums
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ds = PreferenceDataset(_rows_of_uneven_length("dpo")[:3], tok, DataConfig(apply_chat_template=True))
+    padded = preference_collate([ds[i] for i in range(3)], tok.pad_token_id)
+    packed = pack_batch(padded)
+    lengths = padded["attention_mask"].sum(-1)
+    assert packed["input_ids"].shape == (1, int(lengths.sum())) and packed["n_seqs"] == 6
+    assert packed["position_ids"][0, : int(lengths[0]) + 1].tolist() == list(range(int(lengths[0]))) + [0]
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        a, _ = masked_token_logps(model, padded["input_ids"], padded["attention_mask"], padded["loss_mask"])
+        b, _ = masked_token_logps(model, packed["input_ids"], None, packed["loss_mask"],
+                                  position_ids=packed["position_ids"])
+    assert torch.allclose(sequence_sums(a), sequence_sums(b, packed["seq_index"], 6), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_packed_two_processes_zero3_equals_padded(tiny_dir, tiny_teacher_other_family, tmp_path):
+    data = write_jsonl(str(tmp_path / "d.jsonl"), _rows_of_uneven_length("dpo") * 2)
+    losses = {}
+    for packing in ("false", "true"):
+        out = str(tmp_path / f"p{packing}")
+        flags = base_flags(tiny_dir, data, out, "--train.batch_size", "8", "--train.micro_batch_size", "2",
+                           "--train.max_epochs", "2", "--ds.packing_samples", packing, "--teacher.model_name_or_path",
+                           tiny_teacher_other_family, "--teacher.beta", "0.3")
+        flags[flags.index("--ds.zero_stage") + 1] = "3"
+        run_deepspeed("openrlhf.cli.train_dadpo", flags)
+        losses[packing] = train_losses(out)
+    assert len(losses["true"]) == 4
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
