@@ -86,16 +86,24 @@ def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict
     return [{"prompt": turns[i][0], "chosen": turns[i][1], "rejected": turns[i + 1][1]} for i in range(n)]
 
 
-def matmul_peak_flops(size: int = 2048, reps: int = 8) -> float:
-    """fp32 FLOP/s of a square matmul with this process's threads (best of ``reps``)."""
+def matmul_peak_flops(dtype: str = "fp32", size: int = 2048, reps: int = 8) -> float:
+    """FLOP/s of a square matmul in ``dtype`` on this process's device / threads (best of ``reps``)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda":
+        size = 8192
+    t = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a, b = torch.randn(size, size, device=dev, dtype=t), torch.randn(size, size, device=dev, dtype=t)
     a @ b
     best = float("inf")
     for _ in range(reps):
+        if dev == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         a @ b
+        if dev == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * size ** 3 / best
 
@@ -103,10 +111,15 @@ def matmul_peak_flops(size: int = 2048, reps: int = 8) -> float:
 # ---- one configuration (a child process) -------------------------------------------------------------
 
 
+def _ds(a) -> List[str]:
+    return ["--ds.zero_stage", str(a.zero_stage), "--ds.param_dtype", a.param_dtype,
+            "--ds.attn_implementation", a.attn_implementation]
+
+
 def _flags(a, data: str, out: str, packing: bool) -> List[str]:
     return ["--model.model_name_or_path", a.model, "--ref.model_name_or_path", a.model, "--data.dataset", data,
-            "--data.apply_chat_template", "--data.max_len", str(a.max_len), "--ds.zero_stage", "0",
-            "--ds.param_dtype", "fp32", "--train.batch_size", str(a.batch), "--train.micro_batch_size",
+            "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
+            "--train.batch_size", str(a.batch), "--train.micro_batch_size",
             str(a.micro), "--train.max_epochs", "1", "--adam.lr", "5e-7", "--lr_warmup_ratio", "0", "--lr_scheduler", "constant",
             "--model.beta", "0.1", "--ckpt.output_dir", out, "--ds.packing_samples", str(packing).lower()]
 
@@ -120,8 +133,8 @@ def run_ours(a, name: str, data: str, work: str) -> Dict:
     packing = "packed" in name
     if "cached" in name:
         score = ["--model.model_name_or_path", a.model, "--ref.model_name_or_path", a.model, "--data.dataset", data,
-                 "--data.apply_chat_template", "--data.max_len", str(a.max_len), "--ds.zero_stage", "0",
-                 "--ds.param_dtype", "fp32", "--train.micro_batch_size", str(a.micro),
+                 "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
+                 "--train.micro_batch_size", str(a.micro),
                  "--ckpt.output_dir", os.path.join(work, "scored")]
         if dadpo:
             score += ["--teacher.model_name_or_path", a.teacher]
@@ -157,7 +170,8 @@ def run_trl(a, name: str, data: str, work: str) -> Dict:
                              "chosen": [{"role": "assistant", "content": r["chosen"]}],
                              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
     tok = AutoTokenizer.from_pretrained(a.model)
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.param_dtype]
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation=a.attn_implementation)
     times: List[float] = []
 
     class Clock(TrainerCallback):
@@ -174,7 +188,8 @@ def run_trl(a, name: str, data: str, work: str) -> Dict:
     cfg = DPOConfig(output_dir=os.path.join(work, "trl"), per_device_train_batch_size=a.micro,
                     gradient_accumulation_steps=a.batch // a.micro, learning_rate=5e-7, beta=0.1,
                     max_length=a.max_len, lr_scheduler_type="constant", num_train_epochs=1, logging_steps=1,
-                    report_to=[], save_strategy="no", use_cpu=True, bf16=False, fp16=False, seed=42,
+                    report_to=[], save_strategy="no", use_cpu=not torch.cuda.is_available(),
+                    bf16=a.param_dtype == "bf16", fp16=a.param_dtype == "fp16", seed=42,
                     precompute_ref_log_probs="cached" in name, dataloader_num_workers=0, disable_dropout=True)
     trainer = InOrder(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
     trainer.train()
@@ -203,6 +218,8 @@ def child(a) -> None:
     run = run_trl if a.config.startswith("trl") else run_ours
     result = run(a, a.config, a.data, work)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -229,6 +246,9 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=2)
     ap.add_argument("--max_len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--param_dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--attn_implementation", default="sdpa")
+    ap.add_argument("--zero_stage", type=int, default=0)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", default="", help="write the results as JSON here too")
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "openrlhf", "bench"))
@@ -257,12 +277,13 @@ def main() -> None:
         from openrlhf.utils.jsonl import write_jsonl_atomic
 
         write_jsonl_atomic(data, sharegpt_pairs(a.model, n, a.max_len))
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops(a.param_dtype)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(a.model)).parameters())
     print(f"model {a.model} ({params / 1e6:.1f}M parameters), {n} pairs, {a.steps} steps of {a.batch} pairs "
-          f"(micro {a.micro}), max_len {a.max_len}, {a.threads} threads; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s",
+          f"(micro {a.micro}), max_len {a.max_len}, {a.threads} threads, {a.param_dtype}, {a.attn_implementation}, "
+          f"ZeRO-{a.zero_stage}; {a.param_dtype} matmul peak {peak / 1e9:.1f} GFLOP/s",
           flush=True)
     results = []
     for name in a.configs.split(","):
@@ -271,7 +292,8 @@ def main() -> None:
             continue
         cmd = [sys.executable, os.path.abspath(__file__), "--config", name, "--data", data, "--teacher", teacher,
                "--model", a.model, "--batch", str(a.batch), "--micro", str(a.micro), "--max_len", str(a.max_len),
-               "--threads", str(a.threads), "--steps", str(a.steps)]
+               "--threads", str(a.threads), "--steps", str(a.steps), "--param_dtype", a.param_dtype,
+               "--attn_implementation", a.attn_implementation, "--zero_stage", str(a.zero_stage)]
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=REPO)
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)

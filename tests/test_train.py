@@ -91,6 +91,33 @@ def test_micro_batch_times_accumulation_invariance(kind, tiny_dir, tmp_path):
         assert c == pytest.approx(curves[0], abs=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+@pytest.mark.parametrize("stage", ["0", "3"])
+def test_dynamic_token_budget_batches_give_the_fixed_split_loss_curve(kind, stage, tiny_dir, tmp_path):
+    """--train.dynamic_batch_enable: micro-batches of a token budget (so of varying row counts, some rows
+    alone) train exactly like fixed micro-batches of the same global batch."""
+    rows = pref_rows(8) if kind == "dpo" else sft_rows(8)
+    for i, r in enumerate(rows):  # uneven lengths, so the budget makes uneven micro-batches
+        r["chosen" if kind == "dpo" else "output"] += " and more" * (3 * i)
+    data = write_jsonl(str(tmp_path / "d.jsonl"), rows)
+    curves, metrics = [], []
+    for extra in ([], ["--train.dynamic_batch_enable", "--train.max_tokens_per_gpu", "90"],
+                  ["--train.dynamic_batch_enable", "--train.max_tokens_per_gpu", "100000"]):
+        out = str(tmp_path / f"o{len(curves)}")
+        flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",
+                           "--train.max_epochs", "2", *extra)
+        flags[flags.index("--ds.zero_stage") + 1] = stage
+        (run_dpo if kind == "dpo" else run_sft)(flags)
+        curves.append(train_losses(out))
+        metrics.append(read_metrics(out))
+    assert len(curves[0]) == 4
+    for c in curves[1:]:
+        assert c == pytest.approx(curves[0], abs=1e-5)
+    if kind == "dpo":
+        for m in metrics[1:]:
+            assert [r["chosen_reward"] for r in m] == pytest.approx([r["chosen_reward"] for r in metrics[0]], abs=1e-5)
+
+
 def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkeypatch):
     flags = lambda out: base_flags(tiny_dir, pref16, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",  # noqa: E731
                                    "--train.max_epochs", "2", "--ckpt.save_steps", "3", "--ckpt.load_enable")

@@ -144,6 +144,10 @@ class TrainConfig(BatchConfig):
     # Global batch (rows per optimizer step, all processes together).
     batch_size: int = 128
     max_epochs: int = 1
+    # Cut each process's rows of a step into micro-batches of at most max_tokens_per_gpu tokens
+    # (instead of micro_batch_size rows); the loss is weighted so the curve does not depend on the cut.
+    dynamic_batch_enable: bool = False
+    max_tokens_per_gpu: int = 0
 
 
 @dataclass

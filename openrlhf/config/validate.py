@@ -76,10 +76,15 @@ def _training(cfg: TrainingConfig, need: Need) -> None:
     need(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
     if t.batch_size < 1:
         need(False, "train.batch_size", f"must be >= 1, got {t.batch_size}")
-    elif t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size:
+    elif t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size and not t.dynamic_batch_enable:
         need(False, "train.batch_size", f"{t.batch_size} is not a multiple of --train.micro_batch_size "
                                         f"{t.micro_batch_size}")
     need(t.max_epochs >= 1, "train.max_epochs", f"must be >= 1, got {t.max_epochs}")
+    if t.dynamic_batch_enable:
+        need(t.max_tokens_per_gpu >= 1, "train.max_tokens_per_gpu",
+             f"required with --train.dynamic_batch_enable (a token budget per micro-batch), got {t.max_tokens_per_gpu}")
+    else:
+        need(t.max_tokens_per_gpu == 0, "train.max_tokens_per_gpu", "set but --train.dynamic_batch_enable is off")
     need(a.lr > 0, "adam.lr", f"must be > 0, got {a.lr}")
     need(all(0 <= b < 1 for b in a.betas), "adam.betas", f"each must be in [0, 1), got {list(a.betas)}")
     need(a.weight_decay >= 0, "adam.weight_decay", f"must be >= 0, got {a.weight_decay}")
@@ -306,6 +311,8 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
         for name in ("desirable_loss_weight", "undesirable_loss_weight"):
             value = getattr(cfg.kto, name)
             need(value >= 0, f"kto.{name}", f"must be >= 0, got {value}")
+        need(not cfg.train.dynamic_batch_enable, "train.dynamic_batch_enable",
+             "not supported by train_kto (its KL reference point needs >= 2 pairs in every micro-batch)")
         need(cfg.train.micro_batch_size >= 2, "train.micro_batch_size",
              f"KTO estimates its KL reference point from mismatched prompt/response pairs of the micro-batch, "
              f"which needs >= 2 pairs, got {cfg.train.micro_batch_size}")

@@ -93,13 +93,57 @@ class Trainer:
     def _begin_step(self, micro_batches: List[dict]) -> None:
         """Called with the micro-batches of one optimizer step before any forward."""
 
+    def _micro_weight(self, batch: dict, micro_batches: List[dict]) -> float:
+        """With dynamic batches (micro-batches of different sizes): this micro-batch's share of the
+        process's step, by which its loss and metrics are weighted (its rows / the step's rows; a
+        trainer whose loss is already normalised for the whole step overrides it)."""
+        rows = [int(b["indices"].numel()) for b in micro_batches]
+        return int(batch["indices"].numel()) / sum(rows)
+
+    # ---- dynamic batches ---------------------------------------------------------------------
+    @staticmethod
+    def _item_tokens(item: dict) -> int:
+        """Tokens the policy computes for one item (an SFT row, or a pair: prompt twice + both answers)."""
+        if "input_ids" in item:
+            return len(item["input_ids"])
+        return 2 * len(item["prompt_ids"]) + len(item["chosen_ids"]) + len(item["rejected_ids"])
+
+    def _token_budget_split(self, items: List[dict]) -> List[List[dict]]:
+        """This process's rows of one step cut, in order, into micro-batches of at most
+        ``--train.max_tokens_per_gpu`` tokens (a longer row alone), then split further until every
+        process has as many micro-batches as the process that needs the most (ZeRO-3 runs its
+        forward passes collectively)."""
+        budget = self.s.train.max_tokens_per_gpu
+        groups: List[List[dict]] = []
+        used = 0
+        for it in items:
+            n = self._item_tokens(it)
+            if groups and used + n <= budget:
+                groups[-1].append(it)
+                used += n
+            else:
+                groups.append([it])
+                used = n
+        k = int(self.strategy.all_reduce(float(len(groups)), op="max"))
+        while len(groups) < k:  # split the micro-batch with the most tokens in two
+            i = max((j for j in range(len(groups)) if len(groups[j]) > 1),
+                    key=lambda j: sum(self._item_tokens(x) for x in groups[j]))
+            half = len(groups[i]) // 2
+            groups[i:i + 1] = [groups[i][:half], groups[i][half:]]
+        return groups
+
     # ---- helpers -------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         dev = self.strategy.device
         return {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
-    def _loader(self, dataset: Dataset, epoch: int, consumed: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, epoch: int, consumed: int, shuffle: bool, whole_step: bool = False) -> DataLoader:
+        """Micro-batches of ``--train.micro_batch_size`` rows; ``whole_step``: the process's rows of a
+        whole optimizer step as a list of items (dynamic batches are cut from it)."""
         sampler = self.strategy.get_sampler(dataset, seed=self.s.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle)
+        if whole_step:
+            rows = self.s.train.batch_size // self.strategy.world_size
+            return DataLoader(dataset, batch_size=rows, sampler=sampler, collate_fn=list, drop_last=True)
         return DataLoader(dataset, batch_size=self.s.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn, drop_last=True)
 
     def _save_checkpoint(self, step: int, epoch: int, consumed: int) -> None:
@@ -151,25 +195,39 @@ class Trainer:
         bar = self._bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(),
                                dynamic_ncols=True)
         last: Dict[str, float] = {}
+        dynamic = self.s.train.dynamic_batch_enable
         for epoch in range(epoch0, self.s.train.max_epochs):
             consumed = consumed0 if epoch == epoch0 else 0
-            it = iter(self._loader(self.train_dataset, epoch, consumed, shuffle=True))
+            it = iter(self._loader(self.train_dataset, epoch, consumed, shuffle=True, whole_step=dynamic))
             for _ in range(consumed // bs, self.steps_per_epoch):
                 t0 = time.perf_counter()
-                micro = [self._to_device(next(it)) for _ in range(self.accum)]
+                if dynamic:
+                    micro = [self._to_device(self.collate_fn(g)) for g in self._token_budget_split(next(it))]
+                else:
+                    micro = [self._to_device(next(it)) for _ in range(self.accum)]
                 tokens = [real_and_padded_tokens(b) for b in micro]
                 self.engine.train()
                 self._begin_step(micro)
                 lr = self.engine.get_lr()[0]  # the rate this step uses
-                records = []
-                for batch in micro:
+                records, weights = [], []
+                for k, batch in enumerate(micro):
                     loss, metrics = self._loss_step(batch)
-                    self.strategy.backward(loss, self.engine)
-                    self.strategy.optimizer_step(self.engine)
+                    if dynamic:  # micro-batches of different sizes: weight them ourselves, DeepSpeed does not
+                        w = self._micro_weight(batch, micro)
+                        self.strategy.backward(loss * w, self.engine, boundary=k == len(micro) - 1)
+                        weights.append(w)
+                    else:
+                        self.strategy.backward(loss, self.engine)
+                        self.strategy.optimizer_step(self.engine)
                     records.append(metrics)
+                if dynamic:
+                    self.strategy.optimizer_step(self.engine)
+                    metrics = self.strategy.all_reduce({key: sum(w * r[key] for w, r in zip(weights, records))
+                                                        for key in records[0]})
+                else:
+                    metrics = self.strategy.all_reduce(mean_metrics(records))
                 step += 1
                 consumed += bs
-                metrics = self.strategy.all_reduce(mean_metrics(records))
                 metrics["lr"] = lr
                 # Throughput: the policy's real tokens and the tokens its forward computed (padding
                 # included), all processes together, and the wall time of the step.

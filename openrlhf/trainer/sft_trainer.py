@@ -25,9 +25,13 @@ class SFTTrainer(Trainer):
     def _begin_step(self, micro_batches: List[dict]) -> None:
         local = float(sum(int(b["loss_mask"][:, 1:].sum()) for b in micro_batches))
         total = self.strategy.all_reduce(local, op="sum")
-        # DeepSpeed divides each micro-batch loss by the accumulation steps and averages
-        # gradients over ranks; undo both so the gradient is that of the global token mean.
-        self._normalizer = max(total, 1.0) / (self.accum * self.strategy.world_size)
+        # Each micro-batch loss is divided by the micro-batch count (DeepSpeed does it, or, with
+        # dynamic batches, _micro_weight) and gradients are averaged over ranks; undo both so the
+        # gradient is that of the global token mean.
+        self._normalizer = max(total, 1.0) / (len(micro_batches) * self.strategy.world_size)
+
+    def _micro_weight(self, batch: dict, micro_batches: List[dict]) -> float:
+        return 1.0 / len(micro_batches)  # the loss is already normalised by the step's tokens
 
     def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
         logps, _ = forward_batch(self.engine, batch)

@@ -172,6 +172,12 @@ class DeepspeedStrategy:
         per_step = self.train.micro_batch_size * self._world_size
         if not self.training:
             self.accumulated_gradient = 1
+        elif getattr(self.train, "dynamic_batch_enable", False):
+            # Micro-batches are cut by tokens; the trainer marks the last one of each step.
+            if self.train.batch_size % self._world_size:
+                raise UserError(f"--train.batch_size ({self.train.batch_size}) must be a multiple of the number of "
+                                f"processes ({self._world_size})")
+            self.accumulated_gradient = 1
         elif self.train.micro_batch_size < 1 or self.train.batch_size < 1 or self.train.batch_size % per_step != 0:
             raise UserError(
                 f"--train.batch_size ({self.train.batch_size}) must be a positive multiple of "
@@ -349,9 +355,17 @@ class DeepspeedStrategy:
 
     # ----- training step -----------------------------------------------------------------
 
-    def backward(self, loss: torch.Tensor, engine) -> None:
-        """Backward through the engine (it scales by 1 / gradient accumulation steps)."""
-        engine.backward(loss)
+    def backward(self, loss: torch.Tensor, engine, boundary: Optional[bool] = None) -> None:
+        """Backward through the engine (it scales by 1 / gradient accumulation steps).
+
+        ``boundary`` (dynamic batches: a variable number of micro-batches per step, the loss
+        weighted by the caller): whether this is the step's last micro-batch; DeepSpeed then
+        neither scales the loss nor counts micro-steps, and ``optimizer_step`` is called once."""
+        if boundary is None:
+            engine.backward(loss)
+            return
+        engine.set_gradient_accumulation_boundary(boundary)
+        engine.backward(loss, scale_wrt_gas=False)
 
     def optimizer_step(self, engine) -> None:
         """Optimizer + scheduler step at accumulation boundaries (a no-op in between).
