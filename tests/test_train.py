@@ -298,7 +298,7 @@ def test_missing_optional_package_under_launcher_is_one_line_once(tiny_dir, sft_
     env = launch_env()
     env["PYTHONPATH"] = str(blocker) + os.pathsep + env["PYTHONPATH"]
     res = run_deepspeed("openrlhf.cli.train_sft",
-                        base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--logger.wandb.project", "p"),
+                        base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--logger.wandb.key", "True"),
                         timeout=300, check=False, env=env)
     out = res.stdout + res.stderr
     assert res.returncode != 0

@@ -188,12 +188,20 @@ def train_losses(output_dir: str) -> list:
     return [r["loss"] for r in read_metrics(output_dir) if "loss" in r]
 
 
+# The prompt / response columns of pref_rows and sft_rows (the trainers' defaults are OpenRLHF's: no
+# prompt column for preference pairs, no output column for SFT).
+DATA_KEYS = ("--data.prompt_key", "prompt", "--data.output_key", "output")
+
+
 def base_flags(model: str, data: str, out: str, *extra: str) -> list:
-    """The flags of a tiny CPU training run (chat template, ZeRO-2, fp32, a large learning rate)."""
+    """The flags of a tiny CPU training run (chat template, the columns of :func:`pref_rows` /
+    :func:`sft_rows`, one row per micro-batch, ZeRO-2, fp32, a large learning rate)."""
     return [
         "--model.model_name_or_path", model,
         "--data.dataset", data,
+        *DATA_KEYS,
         "--data.apply_chat_template",
+        "--train.micro_batch_size", "1",
         "--ds.zero_stage", "2",
         "--ds.param_dtype", "fp32",
         "--adam.lr", "2e-3",
@@ -205,8 +213,9 @@ def base_flags(model: str, data: str, out: str, *extra: str) -> list:
 
 def score_flags(model: str, data: str, out: str, *extra: str) -> list:
     """The flags of a tiny score_logps run (the flags of :func:`base_flags` that it takes)."""
-    return ["--model.model_name_or_path", model, "--data.dataset", data, "--data.apply_chat_template",
-            "--ds.zero_stage", "2", "--ds.param_dtype", "fp32", "--ckpt.output_dir", out, *extra]
+    return ["--model.model_name_or_path", model, "--data.dataset", data, *DATA_KEYS, "--data.apply_chat_template",
+            "--train.micro_batch_size", "1", "--ds.zero_stage", "2", "--ds.param_dtype", "fp32",
+            "--ckpt.output_dir", out, *extra]
 
 
 def free_port() -> str:

@@ -13,7 +13,7 @@ deepspeed --num_gpus 8 --module openrlhf.cli.train_dadpo \
   --teacher.model_name_or_path lmsys/vicuna-7b-v1.5 \
   --model.beta "$BETA" --teacher.beta "$TEACHER_BETA" \
   --model.gradient_checkpointing_enable \
-  --data.dataset data/vicuna/preference_train.jsonl \
+  --data.dataset data/vicuna/preference_train.jsonl --data.prompt_key prompt \
   --data.apply_chat_template --data.max_len 2048 \
   --data.tokenizer_chat_template "$TEMPLATE" --teacher.tokenizer_chat_template "$TEMPLATE" \
   --train.micro_batch_size 1 --train.batch_size 32 --train.max_epochs 1 \

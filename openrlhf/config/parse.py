@@ -50,7 +50,19 @@ _LEGACY_NAMES = {
     "eval_steps": "eval.steps",
     "eval_dataset": "eval.dataset",
     "use_tensorboard": "logger.tensorboard_dir",
-    "use_wandb": "logger.wandb.project",
+    "use_wandb": "logger.wandb.key",
+    "wandb_group": "logger.wandb.group",
+    "lora_rank": "ds.lora.rank",
+    "lora_alpha": "ds.lora.alpha",
+    "lora_dropout": "ds.lora.dropout",
+    "target_modules": "ds.lora.target_modules",
+    "disable_ds_ckpt": "ckpt.disable_ds",
+    "max_ckpt_mem": "ckpt.max_mem",
+    "save_hf_ckpt": "ckpt.save_hf",
+    "use_ds_universal_ckpt": "ds.use_universal_ckpt",
+    "full_determinism": "train.full_determinism_enable",
+    "gradient_checkpointing_use_reentrant": "model.gradient_checkpointing_reentrant",
+    "pretrain_mode": "model.pretrain_mode_enable",
     "wandb_project": "logger.wandb.project",
     "wandb_run_name": "logger.wandb.run_name",
     "wandb_org": "logger.wandb.org",
@@ -291,7 +303,14 @@ def _other_tasks(name: str, task: str) -> str:
     return f" (not used by {TASK_COMMANDS[task]}; a flag of {', '.join(owners)})" if owners else ""
 
 
+# OpenRLHF flag sections for features this fork does not have.
+_UNSUPPORTED_SECTIONS = {"muon": "the Muon optimizer is not supported by this fork; only AdamW, --adam.*"}
+
+
 def _unknown(name: str, known: List[str], task: str, dashes: str) -> str:
+    section = name.split(".", 1)[0]
+    if section in _UNSUPPORTED_SECTIONS and "." in name:
+        return f" ({_UNSUPPORTED_SECTIONS[section]})"
     return _other_tasks(name, task) or _suggest(name, known, dashes)
 
 
@@ -424,22 +443,26 @@ def format_help(task: str) -> str:
 # Saving the resolved config
 
 
-def config_to_dict(cfg: Any) -> Dict[str, Any]:
-    """A dataclass tree as nested plain dicts (tuples become lists)."""
+def config_to_dict(cfg: Any, redact: bool = False) -> Dict[str, Any]:
+    """A dataclass tree as nested plain dicts (tuples become lists). ``redact``: secrets (fields with
+    ``metadata={"secret": True}``, e.g. --logger.wandb.key) written as ``""``."""
     out: Dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            value = config_to_dict(value)
+            value = config_to_dict(value, redact)
         elif isinstance(value, tuple):
             value = list(value)
+        elif redact and f.metadata.get("secret"):
+            value = ""
         out[f.name] = value
     return out
 
 
 def dump_config(cfg: RunConfig, path: str) -> None:
-    """Write ``cfg`` as YAML (atomically) so that ``load_config(["--config", path])`` rebuilds it."""
+    """Write ``cfg`` as YAML (atomically) so that ``load_config(["--config", path])`` rebuilds it
+    (secrets such as --logger.wandb.key are left out)."""
     from openrlhf.utils.atomic import atomic_write
 
     with atomic_write(path) as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, allow_unicode=True)
+        yaml.safe_dump(config_to_dict(cfg, redact=True), f, sort_keys=False, allow_unicode=True)

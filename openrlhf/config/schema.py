@@ -13,6 +13,7 @@ everything else imports them.
 from __future__ import annotations
 
 import os
+import copy
 from dataclasses import dataclass, field
 from typing import Dict, Tuple, Type
 
@@ -21,7 +22,8 @@ from typing import Dict, Tuple, Type
 # --ds.param_dtype (and evaluate / convert_gguf --dtype) -> torch dtype name.
 PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 ZERO_STAGES = (0, 1, 2, 3)
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+# "auto": flash_attention_2 on a CUDA machine with flash-attn installed, else sdpa.
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 # cosine_with_min_lr decays to 0.1 x lr; cosine and linear decay to 0.
 LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
 GENERATE_BACKENDS = ("hf", "vllm")
@@ -38,6 +40,15 @@ class ModelConfig:
 
     model_name_or_path: str = ""
     gradient_checkpointing_enable: bool = False
+    gradient_checkpointing_reentrant: bool = False
+    # MoE router balancing loss (models that return one, e.g. Mixtral); 0: off.
+    aux_loss_coef: float = 0.0
+
+
+@dataclass
+class SFTModelConfig(ModelConfig):
+    # Continued pre-training: the text under --data.input_key alone, the loss on every token.
+    pretrain_mode_enable: bool = False
 
 
 @dataclass
@@ -102,21 +113,33 @@ class KTOConfig:
 
 @dataclass
 class DataConfig:
+    # One source, or several separated by commas (mixed by --data.dataset_probs, else concatenated).
     dataset: str = ""
+    # One sampling probability per source (upstream's interleaving, until every source is used up).
+    dataset_probs: Tuple[float, ...] = ()
     dataset_split: str = "train"
-    # -1: every row.
-    max_samples: int = -1
+    # Rows taken from each source; -1: every row.
+    max_samples: int = 1000000
+    # Preference tasks (train_dpo / train_dadpo / train_kto / score_logps) default to empty, as
+    # OpenRLHF: no prompt column, the prompt is what chosen and rejected share (Anthropic HH style).
     prompt_key: str = "prompt"
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
     input_key: str = "input"
+    # train_sft / train_kd default to empty, as OpenRLHF: the response is the last assistant turn of
+    # the conversation under input_key (or every assistant turn with --data.multiturn).
     output_key: str = "output"
     apply_chat_template: bool = False
-    # A Python format string with one "{}" for the prompt, e.g. "User: {}\nAssistant: ".
+    # A Python format string with one "{}" for the prompt, e.g. "User: {}\nAssistant: "; used
+    # only without --data.apply_chat_template.
     input_template: str = ""
     # A Jinja chat template that replaces the tokenizer's own.
     tokenizer_chat_template: str = ""
     max_len: int = 2048
+    # SFT: the loss on every assistant turn of a conversation (needs --data.apply_chat_template).
+    multiturn: bool = False
+    disable_fast_tokenizer: bool = False
+    dataloader_num_workers: int = 0
 
 
 @dataclass
@@ -136,7 +159,7 @@ class SeedConfig:
 class BatchConfig(SeedConfig):
     """Rows per forward pass (per process) for the tasks that do not train."""
 
-    micro_batch_size: int = 1
+    micro_batch_size: int = 8
 
 
 @dataclass
@@ -144,6 +167,8 @@ class TrainConfig(BatchConfig):
     # Global batch (rows per optimizer step, all processes together).
     batch_size: int = 128
     max_epochs: int = 1
+    # transformers.enable_full_determinism: deterministic kernels (slower).
+    full_determinism_enable: bool = False
     # Cut each process's rows of a step into micro-batches of at most max_tokens_per_gpu tokens
     # (instead of micro_batch_size rows); the loss is weighted so the curve does not depend on the cut.
     dynamic_batch_enable: bool = False
@@ -154,7 +179,18 @@ class TrainConfig(BatchConfig):
 class AdamConfig:
     lr: float = 5e-7
     betas: Tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
     weight_decay: float = 0.0
+
+
+@dataclass
+class LoRAConfig:
+    # 0: no LoRA (full fine-tuning).
+    rank: int = 0
+    alpha: int = 16
+    # Module names, or all-linear.
+    target_modules: Tuple[str, ...] = ("all-linear",)
+    dropout: float = 0.0
 
 
 @dataclass
@@ -163,10 +199,28 @@ class DSConfig:
     # bf16 | fp16 | fp32 (fp32 is what CPUs use): see PARAM_DTYPES.
     param_dtype: str = "bf16"
     adam_offload: bool = False
-    # sdpa | eager | flash_attention_2
-    attn_implementation: str = "sdpa"
+    # auto | sdpa | eager | flash_attention_2 | flash_attention_3 (see ATTN_IMPLEMENTATIONS)
+    attn_implementation: str = "auto"
     # Pack the sequences of a micro-batch into one row without padding (attention kept inside each).
     packing_samples: bool = False
+    # ZeRO overlap_comm + contiguous_gradients.
+    overlap_comm: bool = False
+    # DeepSpeed data_types.grad_accum_dtype (fp32 / bf16 / fp16); empty: DeepSpeed's choice.
+    grad_accum_dtype: str = ""
+    # Load DeepSpeed universal checkpoints (after a change of ZeRO stage or process count).
+    use_universal_ckpt: bool = False
+    # Liger kernels for the trained model (GPU, liger-kernel installed).
+    use_liger_kernel: bool = False
+    # QLoRA: the base weights in 4 bits (GPU, bitsandbytes installed; needs --ds.lora.rank).
+    load_in_4bit: bool = False
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    # Upstream features this fork does not have: any other value than these defaults is refused.
+    ring_attn_size: int = 1
+    ring_attn_head_stride: int = 1
+    tensor_parallel_size: int = 1
+    zpg: int = 1
+    deepcompile: bool = False
+    experts_implementation: str = ""
 
 
 @dataclass
@@ -179,6 +233,10 @@ class OutputConfig:
 class CkptConfig(OutputConfig):
     # Save a resumable checkpoint every N optimizer steps; -1: never.
     save_steps: int = -1
+    # Write no DeepSpeed (resumable) checkpoint at save steps (--ckpt.save_hf still writes HF folders).
+    disable_ds: bool = False
+    # Delete the oldest checkpoints while the folder holds more than this many GB.
+    max_mem: int = 100000000
     # Folder of resumable checkpoints; empty: <output_dir>/checkpoints.
     path: str = ""
     max_num: int = 3
@@ -189,9 +247,13 @@ class CkptConfig(OutputConfig):
 
 @dataclass
 class WandbConfig:
-    project: str = ""
+    # Logging to wandb is on when a key is given (OpenRLHF's switch): an API key to log in with, or
+    # "True" to use this machine's `wandb login`. Never written to run_config.yaml.
+    key: str = field(default="", metadata={"secret": True})
+    project: str = "openrlhf_train"
     run_name: str = ""
     org: str = ""
+    group: str = ""
 
 
 @dataclass
@@ -289,24 +351,56 @@ class TrainingConfig(RunConfig):
     # see LR_SCHEDULERS
     lr_scheduler: str = "cosine_with_min_lr"
     lr_warmup_ratio: float = 0.03
+    # cosine_with_min_lr decays to min_lr_ratio x adam.lr.
+    min_lr_ratio: float = 0.1
     max_norm: float = 1.0
+    # adam (Muon is not in this fork: refused)
+    optim: str = "adam"
+    # ModelScope hub downloads (not in this fork: refused)
+    use_ms: bool = False
 
     @property
     def checkpoint_dir(self) -> str:
         return self.ckpt.path or os.path.join(self.ckpt.output_dir, "checkpoints")
 
 
+# train_sft's prompt format without --data.apply_chat_template (OpenRLHF's default).
+SFT_INPUT_TEMPLATE = "User: {}\nAssistant: "
+
+
+def _section(cls, **overrides):
+    """A default_factory giving ``cls(**overrides)``: a task's own defaults for a shared section
+    (nested sections in ``overrides`` are copied, never shared between configs)."""
+    return field(default_factory=lambda: cls(**copy.deepcopy(overrides)))
+
+
+# train_dpo's data defaults (OpenRLHF), shared by every task that reads preference pairs: score_logps
+# must tokenise exactly as the trainer that uses its cached log-probs.
+PREFERENCE_DATA = dict(prompt_key="", max_len=512)
+
+
 @dataclass
 class SFTConfig(TrainingConfig):
-    """python -m openrlhf.cli.train_sft"""
+    """python -m openrlhf.cli.train_sft (OpenRLHF's SFT defaults)"""
+
+    model: SFTModelConfig = field(default_factory=SFTModelConfig)
+    data: DataConfig = _section(DataConfig, input_template=SFT_INPUT_TEMPLATE, output_key="")
+    train: TrainConfig = _section(TrainConfig, max_epochs=2)
+    adam: AdamConfig = _section(AdamConfig, lr=5e-6)
+    eval: EvalConfig = _section(EvalConfig, split="train")
+    logger: LoggerConfig = _section(LoggerConfig, wandb=WandbConfig(project="openrlhf_train_sft"))
 
 
 @dataclass
 class PreferenceTrainingConfig(TrainingConfig):
-    """What DPO and daDPO share: the policy with its preference-loss settings and a reference."""
+    """What DPO and daDPO share: the policy with its preference-loss settings and a reference
+    (OpenRLHF's DPO defaults)."""
 
     model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
     ref: RefConfig = field(default_factory=RefConfig)
+    data: DataConfig = _section(DataConfig, **PREFERENCE_DATA)
+    adam: AdamConfig = _section(AdamConfig, lr=1e-5)
+    logger: LoggerConfig = _section(LoggerConfig, wandb=WandbConfig(project="openrlhf_train_dpo"))
 
 
 @dataclass
@@ -325,8 +419,8 @@ class DADPOConfig(PreferenceTrainingConfig):
 
 
 @dataclass
-class KDTrainConfig(TrainingConfig):
-    """python -m openrlhf.cli.train_kd (dSFT+KL)"""
+class KDTrainConfig(SFTConfig):
+    """python -m openrlhf.cli.train_kd (dSFT+KL; train_sft's defaults)"""
 
     teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
     kd: KDConfig = field(default_factory=lambda: KDConfig(coef=0.4))
@@ -334,9 +428,12 @@ class KDTrainConfig(TrainingConfig):
 
 @dataclass
 class KTOTrainConfig(TrainingConfig):
-    """python -m openrlhf.cli.train_kto (dKTO)"""
+    """python -m openrlhf.cli.train_kto (dKTO; train_dpo's defaults)"""
 
     model: KTOModelConfig = field(default_factory=KTOModelConfig)
+    data: DataConfig = _section(DataConfig, **PREFERENCE_DATA)
+    adam: AdamConfig = _section(AdamConfig, lr=1e-5)
+    logger: LoggerConfig = _section(LoggerConfig, wandb=WandbConfig(project="openrlhf_train_kto"))
     ref: RefConfig = field(default_factory=RefConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
 
@@ -348,7 +445,7 @@ class ScoreLogpsConfig(RunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     ref: RefConfig = field(default_factory=RefConfig)
     teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = _section(DataConfig, **PREFERENCE_DATA)
     train: BatchConfig = field(default_factory=BatchConfig)
     ds: DSConfig = field(default_factory=DSConfig)
     ckpt: OutputConfig = field(default_factory=OutputConfig)

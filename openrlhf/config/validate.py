@@ -41,9 +41,34 @@ def _template_problem(template: str) -> str:
     return ""
 
 
+# Upstream OpenRLHF features this fork does not have: flag -> (the default that means "off", what it is).
+NOT_SUPPORTED = {
+    "ring_attn_size": (1, "ring attention"),
+    "ring_attn_head_stride": (1, "ring attention"),
+    "tensor_parallel_size": (1, "DeepSpeed tensor parallelism (AutoTP)"),
+    "zpg": (1, "ZeRO++ hierarchical partitioning"),
+    "deepcompile": (False, "DeepSpeed DeepCompile"),
+    "experts_implementation": ("", "a choice of MoE expert kernels"),
+}
+
+
 def ds_problems(ds: DSConfig, training: bool = True) -> List[str]:
     """Problems of the --ds.* section alone (also checked by the strategy when built directly)."""
     p: List[str] = []
+    for name, (off, what) in NOT_SUPPORTED.items():
+        if getattr(ds, name, off) != off:
+            p.append(f"--ds.{name}: {what} is not supported by this fork (an OpenRLHF flag kept so that its scripts "
+                     f"parse); leave it at {off!r}")
+    lora = getattr(ds, "lora", None)
+    if lora is not None:
+        if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
+            p.append(f"--ds.lora.*: rank >= 0, alpha > 0 and 0 <= dropout < 1, got rank {lora.rank}, alpha "
+                     f"{lora.alpha}, dropout {lora.dropout}")
+        if getattr(ds, "load_in_4bit", False) and lora.rank == 0:
+            p.append("--ds.load_in_4bit: needs --ds.lora.rank > 0 (4-bit base weights are trained through LoRA)")
+    if getattr(ds, "grad_accum_dtype", "") and ds.grad_accum_dtype not in PARAM_DTYPES:
+        p.append(f"--ds.grad_accum_dtype: unknown dtype {ds.grad_accum_dtype!r}; expected one of "
+                 f"{', '.join(PARAM_DTYPES)}")
     if ds.zero_stage not in ZERO_STAGES:
         p.append(f"--ds.zero_stage: must be 0, 1, 2 or 3, got {ds.zero_stage!r}")
     if ds.param_dtype not in PARAM_DTYPES:
@@ -65,8 +90,22 @@ def _data(cfg, need: Need) -> None:
     if d.input_template:
         reason = _template_problem(d.input_template)
         need(not reason, "data.input_template", reason)
-    need(not (d.apply_chat_template and d.input_template), "data.input_template",
+    # A task's own default template is unused with the chat template (as upstream); one you set conflicts.
+    default = type(cfg)().data.input_template
+    need(not (d.apply_chat_template and d.input_template and d.input_template != default), "data.input_template",
          "conflicts with --data.apply_chat_template (use one way to format prompts, not both)")
+    from openrlhf.utils.paths import split_sources
+
+    sources = split_sources(d.dataset)
+    need(len(sources) <= 1 or isinstance(cfg, TrainingConfig), "data.dataset",
+         f"one source only for this command (several, comma-separated, are mixed by the trainers); got {len(sources)}")
+    if d.dataset_probs:
+        need(len(d.dataset_probs) == len(sources), "data.dataset_probs",
+             f"give one probability per source of --data.dataset: {len(sources)} sources, {len(d.dataset_probs)} "
+             f"probabilities")
+        need(all(p > 0 for p in d.dataset_probs) and abs(sum(d.dataset_probs) - 1.0) < 1e-6, "data.dataset_probs",
+             f"positive and summing to 1, got {list(d.dataset_probs)}")
+    need(d.dataloader_num_workers >= 0, "data.dataloader_num_workers", f"must be >= 0, got {d.dataloader_num_workers}")
     need(not d.tokenizer_chat_template or d.apply_chat_template, "data.tokenizer_chat_template",
          "set but --data.apply_chat_template is false, so it would be unused")
 
@@ -92,6 +131,23 @@ def _training(cfg: TrainingConfig, need: Need) -> None:
     need(cfg.max_norm >= 0, "max_norm", f"must be >= 0 (0: no clipping), got {cfg.max_norm}")
     need(cfg.lr_scheduler in LR_SCHEDULERS, "lr_scheduler",
          f"unknown scheduler {cfg.lr_scheduler!r}; expected one of {', '.join(LR_SCHEDULERS)}")
+    need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {cfg.min_lr_ratio}")
+    need(a.eps > 0, "adam.eps", f"must be > 0, got {a.eps}")
+    need(cfg.optim == "adam", "optim", f"{cfg.optim!r}: only adam (AdamW) is in this fork; Muon is not supported")
+    need(not cfg.use_ms, "use_ms", "ModelScope downloads are not supported by this fork; give local folders or HF hub "
+         "names")
+    need(cfg.model.aux_loss_coef >= 0, "model.aux_loss_coef", f"must be >= 0, got {cfg.model.aux_loss_coef}")
+    c = cfg.ckpt
+    need(c.max_mem >= 1, "ckpt.max_mem", f"must be >= 1 (GB), got {c.max_mem}")
+    need(not (c.disable_ds and c.load_enable and c.save_steps > 0 and not c.save_hf), "ckpt.disable_ds",
+         "with --ckpt.disable_ds no resumable checkpoint is written, so --ckpt.load_enable has nothing to resume")
+    d = cfg.data
+    sft = getattr(cfg.model, "pretrain_mode_enable", None) is not None
+    need(not d.multiturn or sft, "data.multiturn", "only train_sft / train_kd train on every assistant turn")
+    need(not (d.multiturn and not d.apply_chat_template), "data.multiturn", "needs --data.apply_chat_template")
+    if sft and cfg.model.pretrain_mode_enable:
+        need(not d.apply_chat_template and not d.multiturn, "model.pretrain_mode_enable",
+             "conflicts with --data.apply_chat_template / --data.multiturn (pre-training reads plain text)")
     need(cfg.eval.steps == -1 or cfg.eval.steps >= 1, "eval.steps",
          f"must be -1 (end of each epoch) or >= 1, got {cfg.eval.steps}")
     c = cfg.ckpt
@@ -187,9 +243,15 @@ def _packages(cfg: RunConfig, need: Need) -> None:
     if hasattr(cfg, "ds"):
         wanted.append(("flash_attn", cfg.ds.attn_implementation == "flash_attention_2", "ds.attn_implementation",
                        "--ds.attn_implementation flash_attention_2"))
+        wanted.append(("flash_attn_interface", cfg.ds.attn_implementation == "flash_attention_3",
+                       "ds.attn_implementation", "--ds.attn_implementation flash_attention_3"))
+        if hasattr(cfg.ds, "lora"):
+            wanted.append(("peft", cfg.ds.lora.rank > 0, "ds.lora.rank", "LoRA (--ds.lora.rank > 0)"))
+            wanted.append(("bitsandbytes", cfg.ds.load_in_4bit, "ds.load_in_4bit", "--ds.load_in_4bit"))
+            wanted.append(("liger_kernel", cfg.ds.use_liger_kernel, "ds.use_liger_kernel", "--ds.use_liger_kernel"))
     if hasattr(cfg, "logger"):
         wanted += [("tensorboard", bool(cfg.logger.tensorboard_dir), "logger.tensorboard_dir", "tensorboard logging"),
-                   ("wandb", bool(cfg.logger.wandb.project), "logger.wandb.project", "wandb logging")]
+                   ("wandb", bool(cfg.logger.wandb.key), "logger.wandb.key", "wandb logging")]
     if isinstance(cfg, GenerateTaskConfig):
         wanted.append(("vllm", cfg.generate.backend == "vllm", "generate.backend", "--generate.backend vllm"))
     for module, used, flag, feature in wanted:
@@ -199,13 +261,16 @@ def _packages(cfg: RunConfig, need: Need) -> None:
 
 def _paths(cfg: RunConfig, need: Need) -> None:
     """Local-looking paths must exist (hub names are left to the loaders)."""
-    paths = [("model.model_name_or_path", cfg.model.model_name_or_path), ("data.dataset", cfg.data.dataset)]
+    from openrlhf.utils.paths import split_sources
+
+    paths = [("model.model_name_or_path", cfg.model.model_name_or_path)]
+    paths += [("data.dataset", p) for p in split_sources(cfg.data.dataset)]
     if hasattr(cfg, "ref"):
         paths.append(("ref.model_name_or_path", cfg.ref.model_name_or_path))
     if hasattr(cfg, "teacher"):
         paths += [("teacher.model_name_or_path", p) for p in cfg.teacher.model_name_or_path]
     if hasattr(cfg, "eval"):
-        paths.append(("eval.dataset", cfg.eval.dataset))
+        paths += [("eval.dataset", p) for p in split_sources(cfg.eval.dataset)]
     for flag, path in paths:
         if path and _looks_local(path):
             need(os.path.exists(os.path.expanduser(path)), flag, f"file or folder not found: {path}")

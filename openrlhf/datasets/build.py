@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .loading import DataError, load_rows
+from .loading import DataError, load_sources
 
 KINDS = ("sft", "preference")
 
@@ -19,23 +19,29 @@ def build_dataset(
     max_samples: Optional[int] = None,
     model_path: Optional[str] = None,
     what: str = "--data.dataset",
+    seed: int = 42,
+    pretrain: bool = False,
 ):
     """An :class:`SFTDataset` (``kind="sft"``) or :class:`PreferenceDataset` (``"preference"``).
 
     ``dataset`` / ``split`` / ``max_samples`` default to ``data_cfg.dataset`` /
     ``data_cfg.dataset_split`` / ``data_cfg.max_samples`` (pass e.g. the eval set and
-    ``what="--eval.dataset"`` for evaluation data). The caller prints ``report()``.
+    ``what="--eval.dataset"`` for evaluation data). Several comma-separated sources are joined,
+    or mixed by ``data_cfg.dataset_probs`` with ``seed`` (training data only; see
+    :func:`~openrlhf.datasets.loading.load_sources`). ``pretrain``: SFT rows as plain text with
+    the loss on every token. The caller prints ``report()``.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
     source = data_cfg.dataset if dataset is None else dataset
     split = data_cfg.dataset_split if split is None else split
     max_samples = data_cfg.max_samples if max_samples is None else max_samples
-    rows = load_rows(source, split=split, max_samples=max_samples, what=what)
+    probs = getattr(data_cfg, "dataset_probs", ()) if dataset is None else ()
+    rows = load_sources(source, split=split, max_samples=max_samples, probs=probs, seed=seed, what=what)
     if kind == "sft":
         from .sft_dataset import SFTDataset
 
-        return SFTDataset(rows, tokenizer, data_cfg, source, model_path=model_path)
+        return SFTDataset(rows, tokenizer, data_cfg, source, model_path=model_path, pretrain=pretrain)
     from .preference_dataset import PreferenceDataset
 
     return PreferenceDataset(rows, tokenizer, data_cfg, source, model_path=model_path)

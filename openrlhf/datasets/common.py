@@ -21,9 +21,11 @@ def raise_problems(problems: Sequence[str], source_name: str, n_rows: int) -> No
     )
 
 
-def where(source_name: str, i: int) -> str:
-    """Location of row ``i`` (0-based) in messages; rows count from 1 there."""
-    return f"{source_name}, row {i + 1}"
+def where(source_name: str, i: int, rows=None) -> str:
+    """Location of row ``i`` (0-based) in messages; rows count from 1 there. ``rows`` loaded from
+    several sources (:class:`~openrlhf.datasets.loading.Rows`) name the row's own file."""
+    origin = getattr(rows, "origin", None)
+    return origin(i) if origin is not None else f"{source_name}, row {i + 1}"
 
 
 # A response cut by a generation limit carries ``<its key>_unfinished: true`` (build_sets writes it

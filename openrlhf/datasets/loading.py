@@ -13,6 +13,10 @@ Supported sources (``load_rows``):
   read, whatever the split asked for;
 - any other name is handed to ``datasets.load_dataset(name, split=split)``.
 
+Several sources separated by commas (``--data.dataset a.jsonl,b.jsonl``) are read one by one
+(``max_samples`` rows from each) and joined, or mixed by ``--data.dataset_probs``
+(:func:`mix_rows`); each row remembers its file and row number for messages (:class:`Rows`).
+
 Every problem is a :class:`DataError` naming the flag, the file and the row/line.
 Row numbers in messages count from 1.
 """
@@ -22,9 +26,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from openrlhf.utils.errors import DataError
+from openrlhf.utils.paths import split_sources
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
 _KNOWN_SPLITS = ("train", "test", "validation", "valid", "val", "dev", "eval")
@@ -273,3 +278,68 @@ def load_rows(
         if not isinstance(r, dict):
             raise DataError(f"{_prefix(what, source)}: row {i + 1} is a {type(r).__name__}, expected an object")
     return rows
+
+
+# --------------------------------------------------------------------------- several sources
+
+
+class Rows(list):
+    """Loaded rows (a list of dicts) that know where each came from: ``origin(i)`` is
+    ``"<file>, row <n>"`` (rows count from 1) for messages about row ``i``."""
+
+    def __init__(self, rows: Sequence[dict], name: str, origins: Optional[Sequence[tuple]] = None):
+        super().__init__(rows)
+        self.name = name
+        self._origins = list(origins) if origins is not None else None  # (source, row index) per row
+
+    def origin(self, i: int) -> str:
+        if self._origins is None:
+            return f"{self.name}, row {i + 1}"
+        source, j = self._origins[i]
+        return f"{source}, row {j + 1}"
+
+
+def mix_rows(parts: Sequence[Sequence[Any]], probs: Sequence[float], seed: int) -> List[tuple]:
+    """(part, row) picks that interleave ``parts`` with probabilities ``probs`` until every part has been
+    used up at least once (a part that runs out starts again from its first row: the smaller sources
+    are oversampled). Deterministic for a seed."""
+    import random
+
+    rng = random.Random(seed)
+    pos = [0] * len(parts)
+    done = [len(p) == 0 for p in parts]
+    picks: List[tuple] = []
+    weights = [p if parts[k] else 0.0 for k, p in enumerate(probs)]
+    while not all(done):
+        k = rng.choices(range(len(parts)), weights=weights)[0]
+        picks.append((k, pos[k]))
+        pos[k] += 1
+        if pos[k] == len(parts[k]):
+            pos[k], done[k] = 0, True
+    return picks
+
+
+def load_sources(
+    spec: str,
+    split: str = "train",
+    max_samples: int = -1,
+    probs: Sequence[float] = (),
+    seed: int = 42,
+    what: str = "--data.dataset",
+) -> Rows:
+    """The rows of one or several comma-separated sources (:func:`load_rows` for each, ``max_samples``
+    rows from each): joined in order, or mixed by ``probs`` (:func:`mix_rows`, one probability per
+    source) and then cut to ``max_samples``."""
+    sources = split_sources(spec)
+    if len(sources) <= 1:
+        return Rows(load_rows(spec.strip(), split=split, max_samples=max_samples, what=what), spec.strip())
+    if probs and len(probs) != len(sources):
+        raise DataError(f"{what}: {len(sources)} sources but --data.dataset_probs gives {len(probs)} probabilities")
+    parts = [load_rows(s, split=split, max_samples=max_samples, what=what) for s in sources]
+    if probs:
+        picks = mix_rows(parts, probs, seed)
+        if max_samples is not None and max_samples >= 0:
+            picks = picks[:max_samples]
+    else:
+        picks = [(k, j) for k, part in enumerate(parts) for j in range(len(part))]
+    return Rows([parts[k][j] for k, j in picks], spec, [(sources[k], j) for k, j in picks])

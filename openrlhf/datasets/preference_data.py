@@ -62,13 +62,13 @@ class PreferenceData:
 
 
 def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], source: str, split: str,
-           what: str):
+           what: str, probs: Sequence[float] = (), seed: int = 42):
     """One split: (dataset view, report lines, kinds whose model must be loaded)."""
     from . import logp_cache as lc
-    from .loading import load_rows
+    from .loading import load_sources, split_sources
     from .preference_dataset import PreferenceDataset
 
-    rows = load_rows(source, split=split, max_samples=data_cfg.max_samples, what=what)
+    rows = load_sources(source, split=split, max_samples=data_cfg.max_samples, probs=probs, seed=seed, what=what)
     ds = PreferenceDataset(rows, tokenizer, data_cfg, source, model_path=model_path)
     reports = [ds.report()]
     keep = list(range(len(ds)))
@@ -84,6 +84,10 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
     caches, online = [], []
     for side in sides:
         if lc.has_cache(rows, side.kind):
+            if len(split_sources(source)) > 1:
+                raise DataError(f"{what} {source}: rows with cached log-prob columns come from several sources; "
+                                "cached log-probs are checked against one scored file: score one joined file "
+                                "(score_logps), or drop the cached columns and score online")
             renderer = side.renderer if side.renderer is not None else ds.renderer
             fp = lc.setting_fingerprint(lc.model_fingerprint(side.model_path, side.flag, lc.digests_near(source)),
                                         lc.tokenization_fingerprint(renderer, side.max_len))
@@ -97,7 +101,8 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
 
 
 def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide],
-                            extra_collate: Optional[Callable] = None, packing: bool = False) -> PreferenceData:
+                            extra_collate: Optional[Callable] = None, packing: bool = False,
+                            seed: int = 42) -> PreferenceData:
     """Train (and eval, when ``eval_cfg.dataset``) preference data with the collate function
     that adds what the loss needs: each teacher's own tokenisation when that teacher runs
     online (its side's ``renderer``), cached log-prob columns otherwise; ``extra_collate(items,
@@ -109,7 +114,7 @@ def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, side
     from .tokenizer import pad_token_id
 
     train, reports, online = _split(data_cfg, tokenizer, model_path, sides, data_cfg.dataset,
-                                    data_cfg.dataset_split, "--data.dataset")
+                                    data_cfg.dataset_split, "--data.dataset", data_cfg.dataset_probs, seed)
     ev = None
     if eval_cfg is not None and eval_cfg.dataset:
         ev, ev_reports, ev_online = _split(data_cfg, tokenizer, model_path, sides, eval_cfg.dataset,

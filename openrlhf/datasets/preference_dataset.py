@@ -5,7 +5,9 @@ Values are strings or chat messages. ``chosen`` / ``rejected`` may be the answer
 only (a string, or ``[{"role": "assistant", ...}]``) or the whole conversation
 whose last turn is the answer; when the prompt key is empty or absent from a row,
 the turns before the answer are the prompt, and chosen and rejected must then
-agree on them.
+agree on them. Without a prompt, two whole texts (Anthropic HH's ``"\n\nHuman: ...
+\n\nAssistant: ..."``) are split where they stop sharing a prefix
+(:func:`~openrlhf.datasets.templates.split_shared_prefix`).
 
 Each item keeps the resolved ``prompt`` / ``chosen`` / ``rejected`` (strings or
 messages) so a teacher can re-tokenize the same text with its own tokenizer and
@@ -29,8 +31,11 @@ from torch.utils.data import Dataset
 
 from .common import format_report, masks, pad_right, raise_problems, unfinished_flag, where
 from .loading import DataError
-from .templates import PromptRenderer, resolve_pair, response_text, same_turns
+from .templates import PromptRenderer, resolve_pair, response_text, same_turns, split_shared_prefix
 from .tokenizer import pad_token_id
+
+# The usual name of a prompt column: refused when --data.prompt_key is empty (it would be ignored).
+PROMPT_COLUMN = "prompt"
 
 
 class PreferenceDataset(Dataset):
@@ -61,9 +66,9 @@ class PreferenceDataset(Dataset):
         wheres: List[str] = []
         problems: List[str] = []
         for i, row in enumerate(rows):
-            w = where(source_name, i)
+            w = where(source_name, i, rows)
             try:
-                resolved.append(self._resolve(row, *keys, w))
+                resolved.append(self._resolve(row, *keys, w, self.renderer))
                 flags.append((unfinished_flag(row, keys[1], w), unfinished_flag(row, keys[2], w)))
                 wheres.append(w)
             except DataError as e:
@@ -123,20 +128,32 @@ class PreferenceDataset(Dataset):
             raise DataError(f"no rows left: {self.report()}")
 
     @staticmethod
-    def _resolve(row: dict, prompt_key: str, chosen_key: str, rejected_key: str, w: str):
+    def _resolve(row: dict, prompt_key: str, chosen_key: str, rejected_key: str, w: str,
+                 renderer: Optional[PromptRenderer] = None):
         missing = [k for k in (chosen_key, rejected_key) if k not in row]
         if missing:
             raise DataError(
                 f"{w}: missing key{'s' if len(missing) > 1 else ''} {', '.join(repr(k) for k in missing)} "
                 f"(row keys: {sorted(row)})"
             )
+        if not prompt_key and PROMPT_COLUMN in row:
+            raise DataError(f"{w}: the row has a {PROMPT_COLUMN!r} column but --data.prompt_key is empty (the default "
+                            f"of the preference trainers, as in OpenRLHF), so it would be ignored; pass "
+                            f"--data.prompt_key {PROMPT_COLUMN}")
         prompt = row.get(prompt_key) if prompt_key else None
         derived = prompt is None or prompt == "" or (isinstance(prompt, (list, tuple)) and not prompt)
         if derived and isinstance(row[chosen_key], str):
-            raise DataError(
-                f"{w}: missing key {prompt_key!r} (row keys: {sorted(row)}); without it, "
-                f"{chosen_key!r} must be a whole conversation ending with the answer"
-            )
+            if prompt_key and prompt_key not in row:
+                raise DataError(f"{w}: missing key {prompt_key!r} (row keys: {sorted(row)}); leave --data.prompt_key "
+                                "empty for rows whose chosen and rejected are whole texts")
+            if not isinstance(row[rejected_key], str):
+                raise DataError(f"{w}: key {chosen_key!r} is a whole text but {rejected_key!r} is not; without a "
+                                "prompt both must be texts (or both conversations)")
+            if renderer is not None and (renderer.input_template or renderer.apply_chat_template):
+                raise DataError(f"{w}: chosen and rejected are whole texts (no prompt column), so they are used as "
+                                "they are: unset --data.input_template / --data.apply_chat_template, or give the "
+                                "prompt in its own column (--data.prompt_key)")
+            return split_shared_prefix(row[chosen_key], row[rejected_key])
         p_c, chosen = resolve_pair(prompt, row[chosen_key], where=w, prompt_key=prompt_key, response_key=chosen_key)
         rej = row[rejected_key]
         if derived and isinstance(rej, (list, tuple)) and len(rej) > 1:

@@ -245,10 +245,17 @@ class PromptRenderer:
 
     @classmethod
     def from_data_config(cls, tokenizer, data_cfg, model_path: Optional[str] = None) -> "PromptRenderer":
+        """From a --data.* section. train_sft's default --data.input_template is unused with the chat
+        template (as in OpenRLHF); any other template set with it is refused."""
+        from openrlhf.config.schema import SFT_INPUT_TEMPLATE
+
+        template = data_cfg.input_template
+        if data_cfg.apply_chat_template and template == SFT_INPUT_TEMPLATE:
+            template = ""
         return cls(
             tokenizer,
             apply_chat_template=data_cfg.apply_chat_template,
-            input_template=data_cfg.input_template,
+            input_template=template,
             chat_template=data_cfg.tokenizer_chat_template,
             model_path=model_path,
         )
@@ -270,6 +277,12 @@ class PromptRenderer:
         if not isinstance(text, str):  # pragma: no cover - defensive against API drift
             raise DataError(f"the chat template of {self.model_path} did not return text")
         return text
+
+    def chat_text(self, messages: List[Message], add_generation_prompt: bool, where: str = "") -> str:
+        """``messages`` rendered by the chat template (needs ``apply_chat_template``)."""
+        if not self.apply_chat_template:
+            raise DataError(f"{_at(where)}rendering a conversation needs {self.template_flag}")
+        return self._template(messages, add_generation_prompt, where)
 
     def _plain_prompt(self, prompt: Prompt, where: str) -> str:
         if isinstance(prompt, list):
@@ -412,6 +425,33 @@ class PromptRenderer:
                 r_ids.append(eos_id)
             out.append((p_ids, r_ids))
         return out
+
+
+# Anthropic HH's turn marker: the answer follows the last one that chosen and rejected share.
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def split_shared_prefix(chosen: str, rejected: str) -> Tuple[str, str, str]:
+    """Whole texts that share a prompt -> ``(prompt, chosen answer, rejected answer)``.
+
+    The prompt ends after the last ``"\\n\\nAssistant:"`` (Anthropic HH) inside the longest common
+    prefix; without one, just before the last whitespace run of the common prefix, so that no word
+    is cut (each answer then starts with that whitespace, as a BPE tokenizer expects). The prompt is
+    empty when the common prefix has neither."""
+    n = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        n += 1
+    head = chosen[:n]
+    k = head.rfind(HH_ASSISTANT)
+    if k >= 0:
+        cut = k + len(HH_ASSISTANT)
+    else:
+        cut = max((i for i, ch in enumerate(head) if ch.isspace()), default=0)
+        while cut > 0 and head[cut - 1].isspace():
+            cut -= 1
+    return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
 def tokenize_pair(

@@ -22,9 +22,11 @@ def pad_token_id(tokenizer) -> int:
     raise DataError(f"the tokenizer of {name} has neither a pad nor an EOS token; padding needs one of them")
 
 
-def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.model_name_or_path"):
+def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.model_name_or_path",
+                   use_fast: bool = True):
     """``AutoTokenizer`` of ``path`` with ``chat_template`` (if given) replacing its own and a pad
-    token set (EOS when it has none). Errors name the flag ``what``."""
+    token set (EOS when it has none); ``use_fast=False``: the Python tokenizer
+    (--data.disable_fast_tokenizer). Errors name the flag ``what``."""
     import os
 
     from transformers import AutoTokenizer
@@ -34,7 +36,7 @@ def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.mode
         raise DataError(f"{what}: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the "
                         "tokenizer into the model folder (tokenizer.save_pretrained(folder))")
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast)
     except Exception as e:  # transformers raises OSError, ValueError and others for a bad or absent model
         where = ("the local folder" if os.path.isdir(local) else
                  "not a local folder, and not a model in the local Hugging Face cache (offline?) or on the hub")
@@ -45,6 +47,12 @@ def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.mode
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def data_tokenizer(path: str, data, what: str = "--model.model_name_or_path"):
+    """:func:`load_tokenizer` as a --data.* section asks (its chat template, fast or not)."""
+    return load_tokenizer(path, data.tokenizer_chat_template, what=what,
+                          use_fast=not getattr(data, "disable_fast_tokenizer", False))
 
 
 def teacher_renderer(path: str, data, chat_template: str = ""):

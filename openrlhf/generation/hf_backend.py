@@ -38,13 +38,16 @@ class HFGenerator:
             dtype = torch.float32
             if param_dtype != "fp32":
                 log(f"generate: running in fp32 on CPU (--ds.param_dtype {param_dtype} applies on GPU only)")
-            if attn_implementation == "flash_attention_2":
-                raise ValueError("--ds.attn_implementation flash_attention_2 needs a CUDA GPU; use sdpa or eager on CPU")
+            if attn_implementation.startswith("flash_attention"):
+                raise ValueError(f"--ds.attn_implementation {attn_implementation} needs a CUDA GPU; use auto, sdpa or "
+                                 "eager on CPU")
         else:
             dtype = torch_dtype(param_dtype)
+        from openrlhf.models.actor import resolve_attn_implementation
+
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
-                                                         attn_implementation=attn_implementation)
+            model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation))
         except (OSError, ValueError) as e:
             raise ValueError(f"--model.model_name_or_path: cannot load a causal LM from {model_path!r}: {e}") from e
         self.model = model.to(self.device).eval()

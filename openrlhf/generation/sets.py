@@ -5,9 +5,9 @@ Teacher and student rows (outputs of ``openrlhf.cli.generate``) are joined by ``
 Written to ``output_dir`` (each atomically):
 
 - ``preference.jsonl``: ``{"id", "prompt", "chosen": teacher response, "rejected": student
-  response}`` (the keys ``train_dpo`` / ``train_dadpo`` read by default);
-- ``sft.jsonl``: ``{"id", "input": prompt, "output": teacher response}`` (the keys
-  ``train_sft`` reads by default);
+  response}`` (train with ``--data.prompt_key prompt``: :data:`PREFERENCE_SET_FLAGS`);
+- ``sft.jsonl``: ``{"id", "input": prompt, "output": teacher response}`` (train with
+  ``--data.output_key output``: :data:`SFT_SET_FLAGS`);
 - ``report.json``: the counts below.
 
 Policy (every drop is counted in the report):
@@ -44,6 +44,10 @@ from openrlhf.utils.jsonl import read_jsonl, write_json_atomic, write_jsonl_atom
 PREFERENCE_FILE = "preference.jsonl"
 SFT_FILE = "sft.jsonl"
 REPORT_FILE = "report.json"
+# The data flags that read the two sets (the trainers' own defaults are OpenRLHF's: no prompt column
+# for preference pairs, no output column for SFT).
+PREFERENCE_SET_FLAGS = {"data.prompt_key": "prompt", "data.chosen_key": "chosen", "data.rejected_key": "rejected"}
+SFT_SET_FLAGS = {"data.input_key": "input", "data.output_key": "output"}
 
 
 def _index(path: str, what: str, prompt_key: str) -> Tuple[Dict[Any, dict], List[Any], Dict[Any, int]]:
@@ -125,7 +129,8 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
             counts["teacher_truncated"] += 1
             continue
         counts["teacher_truncated_kept"] += int(t_cut)
-        sft.append({ID_KEY: rid, "input": t[prompt_key], "output": chosen, **({"output_unfinished": True} if t_cut else {})})
+        sft.append({ID_KEY: rid, SFT_SET_FLAGS["data.input_key"]: t[prompt_key], SFT_SET_FLAGS["data.output_key"]: chosen,
+                    **({"output_unfinished": True} if t_cut else {})})
         if chosen.strip() == rejected.strip():
             counts["identical"] += 1
             continue
@@ -134,7 +139,8 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
             continue
         s_cut = s.get("finish_reason") == "length"
         counts["student_truncated_kept"] += int(s_cut)
-        row = {ID_KEY: rid, "prompt": t[prompt_key], "chosen": chosen, "rejected": rejected}
+        row = {ID_KEY: rid, PREFERENCE_SET_FLAGS["data.prompt_key"]: t[prompt_key],
+               PREFERENCE_SET_FLAGS["data.chosen_key"]: chosen, PREFERENCE_SET_FLAGS["data.rejected_key"]: rejected}
         if keep_unfinished:
             row.update({"chosen_unfinished": t_cut, "rejected_unfinished": s_cut})
         preference.append(row)

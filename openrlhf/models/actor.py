@@ -69,7 +69,7 @@ def sequence_sums(token_logps: torch.Tensor, seq_index: Optional[torch.Tensor] =
 
 def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                        loss_mask: torch.Tensor, response_logits: Optional[slice] = None,
-                       position_ids: Optional[torch.Tensor] = None):
+                       position_ids: Optional[torch.Tensor] = None, keep_output: bool = False):
     """(token_logps [B, T-1] zeroed outside the response, response mask [B, T-1]).
 
     Only the logits that predict response tokens are computed (the model's ``logits_to_keep``),
@@ -89,27 +89,53 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
         logits = out.logits[:, :-1][mask]
     picked = selected_logps(logits, input_ids[:, 1:][mask])
     token_logps = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
-    if response_logits is None:
-        return token_logps, mask
-    counts = torch.cat([mask.new_zeros(1, dtype=torch.long), mask.sum(-1).cumsum(0)]).tolist()
-    rows = range(mask.shape[0])[response_logits]
-    start, stop = (counts[rows.start], counts[rows.stop]) if len(rows) else (0, 0)
-    return token_logps, mask, logits[start:stop]
+    result = (token_logps, mask)
+    if response_logits is not None:
+        counts = torch.cat([mask.new_zeros(1, dtype=torch.long), mask.sum(-1).cumsum(0)]).tolist()
+        rows = range(mask.shape[0])[response_logits]
+        start, stop = (counts[rows.start], counts[rows.stop]) if len(rows) else (0, 0)
+        result += (logits[start:stop],)
+    return result + (out,) if keep_output else result
 
 
-def check_attn_implementation(name: str) -> None:
+def apply_lora(model: nn.Module, lora, gradient_checkpointing: bool = False) -> nn.Module:
+    """LoRA adapters (peft) on ``lora.target_modules`` of a causal LM (``all-linear``: every linear
+    layer but the output head); only the adapters train."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = list(lora.target_modules)
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules="all-linear" if targets == ["all-linear"] else targets, bias="none")
+    if gradient_checkpointing:  # the checkpointed blocks need an input that requires grad
+        model.enable_input_require_grads()
+    return get_peft_model(model, config)
+
+
+def resolve_attn_implementation(name: str) -> str:
+    """``auto``: flash_attention_2 on a CUDA machine where flash-attn is installed, else sdpa (what
+    a CPU runs). Any other name is checked for its package and returned."""
+    from openrlhf.utils.errors import has_package, require_package
+
+    if name == "auto":
+        return "flash_attention_2" if torch.cuda.is_available() and has_package("flash_attn") else "sdpa"
     if name == "flash_attention_2":
-        from openrlhf.utils.errors import require_package
-
         require_package("flash_attn", "--ds.attn_implementation flash_attention_2 (use sdpa without it)")
+    if name == "flash_attention_3":
+        require_package("flash_attn_interface", "--ds.attn_implementation flash_attention_3")
+    return name
 
 
 class Actor(nn.Module):
-    """Wraps an HF causal LM (``self.model``)."""
+    """Wraps an HF causal LM (``self.model``; a peft model with LoRA adapters when asked).
 
-    def __init__(self, model: nn.Module) -> None:
+    ``aux_loss_coef`` > 0 (MoE models): the router balancing loss of the last forward is kept in
+    ``last_aux_loss`` for the trainer to add."""
+
+    def __init__(self, model: nn.Module, aux_loss_coef: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.aux_loss_coef = aux_loss_coef
+        self.last_aux_loss: Optional[torch.Tensor] = None
 
     @classmethod
     def from_pretrained(
@@ -119,27 +145,69 @@ class Actor(nn.Module):
         dtype: torch.dtype = torch.float32,
         attn_implementation: str = "sdpa",
         gradient_checkpointing: bool = False,
+        gradient_checkpointing_reentrant: bool = False,
+        aux_loss_coef: float = 0.0,
+        lora=None,
+        load_in_4bit: bool = False,
+        use_liger_kernel: bool = False,
         what: str = "--model.model_name_or_path",
     ) -> "Actor":
+        """``lora``: a --ds.lora.* section (rank > 0: LoRA adapters through peft, the base frozen)."""
         from transformers import AutoModelForCausalLM
 
-        check_attn_implementation(attn_implementation)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-        except (OSError, ValueError) as e:
-            from openrlhf.utils.errors import UserError
+        from openrlhf.utils.errors import UserError
 
+        kwargs = dict(dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation))
+        if load_in_4bit:
+            if not torch.cuda.is_available():
+                raise UserError("--ds.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA GPU")
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                               bnb_4bit_use_double_quant=True,
+                                                               bnb_4bit_compute_dtype=dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{what}: cannot load a model from {path!r}: {first}") from None
+        if aux_loss_coef > 0:
+            if not hasattr(model.config, "output_router_logits"):
+                raise UserError(f"--model.aux_loss_coef: {path} is not a mixture-of-experts model with a router "
+                                "balancing loss; leave it at 0")
+            model.config.output_router_logits = True
+        if use_liger_kernel:
+            if not torch.cuda.is_available():
+                raise UserError("--ds.use_liger_kernel: Liger kernels (Triton) need a CUDA GPU")
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=model)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": gradient_checkpointing_reentrant}
+            if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.config.use_cache = False
-        return cls(model)
+        if lora is not None and lora.rank > 0:
+            model = apply_lora(model, lora, gradient_checkpointing)
+        return cls(model, aux_loss_coef)
+
+    def take_aux_loss(self) -> Optional[torch.Tensor]:
+        """``aux_loss_coef`` x the router balancing loss of the last forward with gradients (then
+        forgotten), or None."""
+        aux, self.last_aux_loss = self.last_aux_loss, None
+        return None if aux is None else self.aux_loss_coef * aux
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], loss_mask: torch.Tensor,
                 response_logits: Optional[slice] = None, position_ids: Optional[torch.Tensor] = None):
         """(masked token log-probs [B, T-1], response mask [B, T-1][, response logits [N, V]]);
         see :func:`masked_token_logps`."""
+        if self.aux_loss_coef > 0 and torch.is_grad_enabled():
+            out = masked_token_logps(self.model, input_ids, attention_mask, loss_mask, response_logits, position_ids,
+                                     keep_output=True)
+            self.last_aux_loss = out[-1].aux_loss
+            return out[:-1]
         return masked_token_logps(self.model, input_ids, attention_mask, loss_mask, response_logits, position_ids)
 
     # HF-style helpers used when saving

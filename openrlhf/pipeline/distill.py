@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
 from openrlhf.pipeline.config import DistillConfig, to_flags
 
 # Short names of swept flags in run names (dadpo_b0.1_t0.01) and their symbols in labels.
@@ -125,14 +126,14 @@ class Pipeline:
             "gen": ("generate", ({"model.model_name_or_path": self.teacher_path,
                                   "data.dataset": self.path("prompts", "train.jsonl"),
                                   "generate.output_path": self.path("gen", "x.jsonl")}, c.generate)),
-            "dsft": ("sft", ({"model.model_name_or_path": self.student_path,
+            "dsft": ("sft", ({"model.model_name_or_path": self.student_path, **SFT_SET_FLAGS,
                               "data.dataset": os.path.join(sets, "sft.jsonl"), "ckpt.output_dir": dsft}, c.sft)),
         }
         if c.cache_logps:
             # The teacher and data flags of daDPO that scoring shares (not --teacher.beta).
             score_flags = task_flags("score_logps")
             out["score"] = ("score_logps", (
-                {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft,
+                {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft, **PREFERENCE_SET_FLAGS,
                  "teacher.model_name_or_path": self.teacher_path,
                  "data.dataset": os.path.join(sets, "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
                 {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data.")) and k in score_flags}, c.score))
@@ -154,7 +155,8 @@ class Pipeline:
         dsft, sets = self.path("dsft"), self.path("sets")
         pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
         teacher = {"teacher.model_name_or_path": self.teacher_path}
-        from_dsft = {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft, "data.dataset": pref}
+        from_dsft = {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft, "data.dataset": pref,
+                     **PREFERENCE_SET_FLAGS}
 
         def shared(source: Dict, task: str) -> Dict:  # the flags of ``source`` that ``task`` takes
             names = task_flags(task)
@@ -167,7 +169,7 @@ class Pipeline:
             label, task = BASELINES[name]
             out = {"ckpt.output_dir": self.path(name)}
             if name == "dsft_kl":  # an SFT variant: from the base student, on the SFT set, like dSFT
-                base = {"model.model_name_or_path": self.student_path,
+                base = {"model.model_name_or_path": self.student_path, **SFT_SET_FLAGS,
                         "data.dataset": os.path.join(sets, "sft.jsonl"), **teacher, **out}
                 runs.append(TrainRun(name, label, task, (base, shared(c.sft, task), defaults[name], flags)))
                 continue

@@ -21,23 +21,47 @@ def make_strategy(cfg: RunConfig, training: bool = True):
 
 
 def load_actor(strategy, path: str, cfg: RunConfig, *, for_training: bool, offload: bool = False, what: str):
+    """The trained model (``for_training``: gradient checkpointing, MoE aux loss, LoRA, 4-bit, Liger as
+    asked) or a frozen one (reference / teacher: plain weights) as an :class:`Actor`."""
     from openrlhf.models.actor import Actor
 
+    m, ds = cfg.model, cfg.ds
+    extra = {}
+    if for_training:
+        extra = dict(gradient_checkpointing=m.gradient_checkpointing_enable,
+                     gradient_checkpointing_reentrant=m.gradient_checkpointing_reentrant,
+                     aux_loss_coef=m.aux_loss_coef, lora=ds.lora, load_in_4bit=ds.load_in_4bit,
+                     use_liger_kernel=ds.use_liger_kernel)
     with strategy.model_init_context(for_training=for_training, offload=offload):
-        return Actor.from_pretrained(
-            path,
-            dtype=strategy.torch_dtype,
-            attn_implementation=cfg.ds.attn_implementation,
-            gradient_checkpointing=for_training and cfg.model.gradient_checkpointing_enable,
-            what=what,
-        )
+        return Actor.from_pretrained(path, dtype=strategy.torch_dtype, attn_implementation=ds.attn_implementation,
+                                     what=what, **extra)
+
+
+class AdapterDisabled:
+    """The reference of a LoRA run: the policy engine with its adapters switched off, i.e. the
+    frozen base weights (no second copy of the model). Called like a frozen engine."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        from openrlhf.utils.deepspeed.strategy import unwrap_model
+
+        with torch.no_grad(), unwrap_model(self.engine).disable_adapter():
+            return self.engine(*args, **kwargs)
+
+
+def uses_lora(cfg: RunConfig) -> bool:
+    return hasattr(cfg.ds, "lora") and cfg.ds.lora.rank > 0
 
 
 def prepare_policy(strategy, cfg: TrainingConfig, total_steps: int):
     """The trained model as a DeepSpeed engine with its optimizer and LR schedule."""
     actor = load_actor(strategy, cfg.model.model_name_or_path, cfg, for_training=True, what="--model.model_name_or_path")
     optim = strategy.create_optimizer(actor)
-    sched = strategy.create_scheduler(optim, cfg.lr_scheduler, cfg.lr_warmup_ratio, total_steps)
+    sched = strategy.create_scheduler(optim, cfg.lr_scheduler, cfg.lr_warmup_ratio, total_steps, cfg.min_lr_ratio)
     return strategy.prepare_train(actor, optim, sched)
 
 
@@ -45,6 +69,35 @@ def prepare_frozen(strategy, cfg: RunConfig, path: str, offload: bool, what: str
     """A frozen model (reference / teacher) as an inference engine that follows the ZeRO stage."""
     actor = load_actor(strategy, path, cfg, for_training=False, offload=offload, what=what)
     return strategy.prepare_eval(actor, offload=offload)
+
+
+def save_trained(strategy, engine, tokenizer, cfg: TrainingConfig) -> None:
+    """The final HF folder in --ckpt.output_dir; with LoRA the adapters go to <output_dir>/adapter and the
+    folder holds the merged weights (a normal HF model)."""
+    if uses_lora(cfg):
+        strategy.save_lora_model(engine, tokenizer, cfg.ckpt.output_dir, cfg.ds.lora.alpha / cfg.ds.lora.rank)
+    else:
+        strategy.save_hf_model(engine, tokenizer, cfg.ckpt.output_dir)
+
+
+def sft_datasets(cfg, tokenizer, model_path: str):
+    """train_sft / train_kd data: (train dataset, eval dataset or None). Several training sources are
+    mixed by --data.dataset_probs with --train.seed; --model.pretrain_mode_enable reads plain text."""
+    from openrlhf.datasets import build_dataset
+
+    pretrain = cfg.model.pretrain_mode_enable
+    train = build_dataset("sft", cfg.data, tokenizer, model_path=model_path, seed=cfg.train.seed, pretrain=pretrain)
+    ev = None
+    if cfg.eval.dataset:
+        ev = build_dataset("sft", cfg.data, tokenizer, dataset=cfg.eval.dataset, split=cfg.eval.split,
+                           what="--eval.dataset", pretrain=pretrain)
+    return train, ev
+
+
+def print_reports(strategy, train_ds, eval_ds) -> None:
+    strategy.print(train_ds.report())
+    if eval_ds is not None:
+        strategy.print("eval: " + eval_ds.report())
 
 
 def make_run_logger(strategy, cfg: TrainingConfig):
@@ -56,7 +109,7 @@ def make_run_logger(strategy, cfg: TrainingConfig):
     if strategy.is_rank_0():
         os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
         dump_config(cfg, os.path.join(cfg.ckpt.output_dir, "run_config.yaml"))
-    return make_logger(strategy.is_rank_0(), cfg.ckpt.output_dir, cfg.logger, config_to_dict(cfg))
+    return make_logger(strategy.is_rank_0(), cfg.ckpt.output_dir, cfg.logger, config_to_dict(cfg, redact=True))
 
 
 def loop_settings(cfg: TrainingConfig):

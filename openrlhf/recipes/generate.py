@@ -54,7 +54,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
 
     from openrlhf.datasets.loading import DataError, load_rows
     from openrlhf.datasets.templates import PromptRenderer
-    from openrlhf.datasets.tokenizer import load_tokenizer
+    from openrlhf.datasets.tokenizer import data_tokenizer
     from openrlhf.generation.outputs import ID_KEY, ResultsFile, trim_response
     from openrlhf.generation.prompts import (TURNS_KEY, extract_prompts, generation_config_eos, jsonl_line_numbers,
                                              render_prompt_ids, stop_token_ids)
@@ -63,7 +63,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     model_path = cfg.model.model_name_or_path
 
     # Cheap checks first (data, tokenizer, output file), before any model is loaded.
-    tokenizer = load_tokenizer(model_path, d.tokenizer_chat_template)
+    tokenizer = data_tokenizer(model_path, d)
     rows = load_rows(d.dataset, split=d.dataset_split, max_samples=d.max_samples, what="--data.dataset")
     items = extract_prompts(rows, d.prompt_key, g.id_key, d.dataset, jsonl_line_numbers(d.dataset))
     multi = [it for it in items if it.multi_turn]

@@ -9,27 +9,22 @@ from openrlhf.config.schema import KDTrainConfig
 def train_kd(cfg: KDTrainConfig) -> dict:
     """Train and save; returns the last step's metrics. The teacher must share the student's
     vocabulary (refused before anything loads otherwise)."""
-    from openrlhf.datasets import build_dataset, sft_collate
-    from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id, shared_vocabulary
-    from openrlhf.recipes.common import loop_settings, make_run_logger, make_strategy, prepare_frozen, prepare_policy
+    from openrlhf.datasets import sft_collate
+    from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, pad_token_id, shared_vocabulary
+    from openrlhf.recipes.common import (loop_settings, make_run_logger, make_strategy, prepare_frozen, prepare_policy,
+                                         print_reports, save_trained, sft_datasets)
     from openrlhf.trainer.base import steps_per_epoch
     from openrlhf.trainer.kd_trainer import KDTrainer
 
     student = cfg.model.model_name_or_path
     teacher = cfg.teacher.model_name_or_path[0]
-    tokenizer = load_tokenizer(student, cfg.data.tokenizer_chat_template)
+    tokenizer = data_tokenizer(student, cfg.data)
     vocab = shared_vocabulary(tokenizer, load_tokenizer(teacher, what="--teacher.model_name_or_path"), student, teacher)
-    train_ds = build_dataset("sft", cfg.data, tokenizer, model_path=student)
-    eval_ds = None
-    if cfg.eval.dataset:
-        eval_ds = build_dataset("sft", cfg.data, tokenizer, dataset=cfg.eval.dataset, split=cfg.eval.split,
-                                what="--eval.dataset")
+    train_ds, eval_ds = sft_datasets(cfg, tokenizer, student)
     n_steps = steps_per_epoch(len(train_ds), cfg.train.batch_size) * cfg.train.max_epochs
 
     strategy = make_strategy(cfg)
-    strategy.print(train_ds.report())
-    if eval_ds is not None:
-        strategy.print("eval: " + eval_ds.report())
+    print_reports(strategy, train_ds, eval_ds)
     strategy.print(f"dSFT+KL: KL(teacher || student) on the response tokens over the {vocab} tokens of the shared "
                    f"vocabulary, weight --kd.coef {cfg.kd.coef}")
     logger = make_run_logger(strategy, cfg)
@@ -38,8 +33,8 @@ def train_kd(cfg: KDTrainConfig) -> dict:
     pad_id = pad_token_id(tokenizer)
     trainer = KDTrainer(strategy, engine, tokenizer, train_ds, lambda items: sft_collate(items, pad_id),
                         loop_settings(cfg), logger, eval_dataset=eval_ds, teacher_engine=teacher_engine,
-                        kd_coef=cfg.kd.coef, vocab_size=vocab)
+                        kd_coef=cfg.kd.coef, vocab_size=vocab, num_workers=cfg.data.dataloader_num_workers)
     last = trainer.fit()
-    strategy.save_hf_model(engine, tokenizer, cfg.ckpt.output_dir)
+    save_trained(strategy, engine, tokenizer, cfg)
     logger.close()
     return last

@@ -48,8 +48,9 @@ def _loss(cfg: PreferenceConfig):
 
 def _train(cfg: PreferenceConfig) -> dict:
     from openrlhf.datasets.preference_data import prepare_preference_data
-    from openrlhf.datasets.tokenizer import load_tokenizer, shared_vocabulary, teacher_renderers
-    from openrlhf.recipes.common import loop_settings, make_run_logger, make_strategy, prepare_frozen, prepare_policy
+    from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, shared_vocabulary, teacher_renderers
+    from openrlhf.recipes.common import (AdapterDisabled, loop_settings, make_run_logger, make_strategy, prepare_frozen,
+                                         prepare_policy, save_trained, uses_lora)
     from openrlhf.trainer.base import steps_per_epoch
     from openrlhf.trainer.dadpo_trainer import DADPOTrainer
     from openrlhf.trainer.dpo_trainer import DPOTrainer
@@ -59,7 +60,7 @@ def _train(cfg: PreferenceConfig) -> dict:
     dadpo, kto = isinstance(cfg, DADPOConfig), isinstance(cfg, KTOTrainConfig)
     kd = isinstance(cfg, DPOConfig) and cfg.kd.coef > 0
     # Cheap work first: tokenizers, data, caches, losses; no model is loaded before this passes.
-    tokenizer = load_tokenizer(m.model_name_or_path, cfg.data.tokenizer_chat_template)
+    tokenizer = data_tokenizer(m.model_name_or_path, cfg.data)
     renderers = teacher_renderers(cfg.teacher, cfg.data) if dadpo else []
     kd_vocab = 0
     if kd:
@@ -79,7 +80,8 @@ def _train(cfg: PreferenceConfig) -> dict:
             return batch
 
     data = prepare_preference_data(cfg.data, cfg.eval, tokenizer, m.model_name_or_path,
-                                   scored_sides(cfg, renderers), extra_collate=extra, packing=cfg.ds.packing_samples)
+                                   scored_sides(cfg, renderers), extra_collate=extra, packing=cfg.ds.packing_samples,
+                                   seed=cfg.train.seed)
     n_steps = steps_per_epoch(len(data.train), cfg.train.batch_size) * cfg.train.max_epochs
     loss_fn = _loss(cfg)
 
@@ -93,8 +95,15 @@ def _train(cfg: PreferenceConfig) -> dict:
     engine = prepare_policy(strategy, cfg, n_steps)
     ref_engine = None
     if data.need_ref_model or kto:  # KTO's KL reference point needs the reference online
-        ref_engine = prepare_frozen(strategy, cfg, reference_path(cfg), cfg.ref.offload, what="--ref.model_name_or_path")
-    common = dict(eval_dataset=data.eval, ref_engine=ref_engine, loss_fn=loss_fn)
+        if uses_lora(cfg) and reference_path(cfg) == m.model_name_or_path:
+            # The reference is the frozen base: the policy with its adapters off (no second copy).
+            ref_engine = AdapterDisabled(engine)
+            strategy.print("reference: the base weights with the LoRA adapters switched off (no second copy)")
+        else:
+            ref_engine = prepare_frozen(strategy, cfg, reference_path(cfg), cfg.ref.offload,
+                                        what="--ref.model_name_or_path")
+    common = dict(eval_dataset=data.eval, ref_engine=ref_engine, loss_fn=loss_fn,
+                  num_workers=cfg.data.dataloader_num_workers)
     args = (strategy, engine, tokenizer, data.train, data.collate, loop_settings(cfg), logger)
     if dadpo:
         names = teacher_names(cfg)
@@ -111,7 +120,7 @@ def _train(cfg: PreferenceConfig) -> dict:
         trainer = DPOTrainer(*args, nll_loss_coef=m.nll_loss_coef, kd_teacher_engine=kd_engine,
                              kd_coef=cfg.kd.coef if kd else 0.0, kd_vocab_size=kd_vocab, **common)
     last = trainer.fit()
-    strategy.save_hf_model(engine, tokenizer, cfg.ckpt.output_dir)
+    save_trained(strategy, engine, tokenizer, cfg)
     logger.close()
     return last
 

@@ -147,13 +147,13 @@ def score_logps(cfg: ScoreLogpsConfig) -> str:
 
     from openrlhf.datasets import load_rows
     from openrlhf.datasets import logp_cache as lc
-    from openrlhf.datasets.tokenizer import load_tokenizer
+    from openrlhf.datasets.tokenizer import data_tokenizer
     from openrlhf.recipes.common import make_strategy
     from openrlhf.utils.jsonl import write_jsonl_atomic
 
     source, split = cfg.data.dataset, cfg.data.dataset_split
     rows = load_rows(source, split=split, max_samples=cfg.data.max_samples, what="--data.dataset")
-    tokenizer = load_tokenizer(cfg.model.model_name_or_path, cfg.data.tokenizer_chat_template)
+    tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
     out_dir = cfg.ckpt.output_dir
     digests = lc.DigestCache(os.path.join(out_dir, lc.DIGESTS_FILE))
     jobs = _jobs(cfg, rows, tokenizer, source, digests)

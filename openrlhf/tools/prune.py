@@ -514,7 +514,7 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from openrlhf.datasets import load_rows
-    from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
+    from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
     from openrlhf.tools.common import check_output_dir, count_params, make_temp_dir, move_into_place, pick_device
 
     pc, data = cfg.prune, cfg.data
@@ -522,7 +522,7 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
     start = time.time()
     # Cheap checks first: output folder, tokenizer, data; then the model.
     check_output_dir(pc.output_dir, "--prune.output_dir")
-    tokenizer = load_tokenizer(model_path, data.tokenizer_chat_template)
+    tokenizer = data_tokenizer(model_path, data)
     max_rows = pc.calibration_samples if data.max_samples < 0 else min(pc.calibration_samples, data.max_samples)
     rows = load_rows(data.dataset, data.dataset_split, max_rows)
     calib = build_calibration(rows, tokenizer, data, response_keys=response_keys_for(data))

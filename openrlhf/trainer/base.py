@@ -69,8 +69,10 @@ class Trainer:
         settings: LoopSettings,
         logger,
         eval_dataset: Optional[Dataset] = None,
+        num_workers: int = 0,
     ) -> None:
         self.strategy = strategy
+        self.num_workers = num_workers  # DataLoader worker processes (--data.dataloader_num_workers)
         self.engine = engine
         self.tokenizer = tokenizer
         self.train_dataset = train_dataset
@@ -141,14 +143,25 @@ class Trainer:
         """Micro-batches of ``--train.micro_batch_size`` rows; ``whole_step``: the process's rows of a
         whole optimizer step as a list of items (dynamic batches are cut from it)."""
         sampler = self.strategy.get_sampler(dataset, seed=self.s.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle)
+        workers = dict(num_workers=self.num_workers, persistent_workers=False) if self.num_workers else {}
         if whole_step:
             rows = self.s.train.batch_size // self.strategy.world_size
-            return DataLoader(dataset, batch_size=rows, sampler=sampler, collate_fn=list, drop_last=True)
-        return DataLoader(dataset, batch_size=self.s.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn, drop_last=True)
+            return DataLoader(dataset, batch_size=rows, sampler=sampler, collate_fn=list, drop_last=True, **workers)
+        return DataLoader(dataset, batch_size=self.s.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn,
+                          drop_last=True, **workers)
+
+    def _take_aux_loss(self):
+        """``--model.aux_loss_coef`` x the router balancing loss of the policy's last forward (MoE
+        models), or None; taken once."""
+        actor = getattr(self.engine, "module", self.engine)
+        take = getattr(actor, "take_aux_loss", None)
+        return take() if take is not None else None
 
     def _save_checkpoint(self, step: int, epoch: int, consumed: int) -> None:
         state = {"global_step": step, "epoch": epoch, "consumed_samples": consumed}
-        self.strategy.save_ckpt(self.engine, self.s.checkpoint_dir, step, state, self.s.ckpt.max_num)
+        if not self.s.ckpt.disable_ds:
+            self.strategy.save_ckpt(self.engine, self.s.checkpoint_dir, step, state, self.s.ckpt.max_num,
+                                    max_gb=self.s.ckpt.max_mem)
         if self.s.ckpt.save_hf:
             import os
 
@@ -212,6 +225,10 @@ class Trainer:
                 records, weights = [], []
                 for k, batch in enumerate(micro):
                     loss, metrics = self._loss_step(batch)
+                    aux = self._take_aux_loss()
+                    if aux is not None:  # MoE router balancing loss (--model.aux_loss_coef)
+                        loss = loss + aux
+                        metrics["aux_loss"] = float(aux)
                     if dynamic:  # micro-batches of different sizes: weight them ourselves, DeepSpeed does not
                         w = self._micro_weight(batch, micro)
                         self.strategy.backward(loss * w, self.engine, boundary=k == len(micro) - 1)

@@ -43,6 +43,9 @@ OPTIONAL_PACKAGES = {
     "ray": ("ray", "pip install 'openrlhf[ray]'"),
     "openai": ("openai", "pip install 'openrlhf[judge]'"),
     "peft": ("peft", "pip install 'openrlhf[lora]'"),
+    "flash_attn_interface": ("flash-attn 3", "build flash-attention 3 (hopper/) from source on an H100 machine"),
+    "bitsandbytes": ("bitsandbytes", "pip install bitsandbytes (a CUDA machine)"),
+    "liger_kernel": ("liger-kernel", "pip install liger-kernel (a CUDA machine)"),
 }
 
 

@@ -15,6 +15,8 @@ from openrlhf.config.schema import LoggerConfig
 from openrlhf.utils.atomic import atomic_write
 from openrlhf.utils.errors import require_package
 
+# --logger.wandb.key values that mean "use this machine's wandb login" rather than an API key.
+WANDB_USE_LOGIN = ("true", "1")
 
 def _clean(v: Any) -> Any:
     if hasattr(v, "item"):
@@ -35,14 +37,17 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(cfg.tensorboard_dir)
-        if cfg.wandb.project:
-            require_package("wandb", "wandb logging (--logger.wandb.project)")
+        if cfg.wandb.key:
+            require_package("wandb", "wandb logging (--logger.wandb.key)")
             import wandb
 
+            if cfg.wandb.key.lower() not in WANDB_USE_LOGIN:
+                wandb.login(key=cfg.wandb.key)
             self._wandb = wandb.init(
                 project=cfg.wandb.project,
                 name=cfg.wandb.run_name or None,
                 entity=cfg.wandb.org or None,
+                group=cfg.wandb.group or None,
                 config=run_config,
                 reinit=True,
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional
 
 
 def _nearest_existing(path: str) -> str:
@@ -37,3 +37,8 @@ def output_file_problem(path: str) -> Optional[str]:
     if os.path.exists(full):
         return None if os.access(full, os.W_OK) else f"{path} is not writable"
     return output_dir_problem(os.path.dirname(full))
+
+
+def split_sources(spec: str) -> List[str]:
+    """The sources of a --data.dataset / --eval.dataset value: comma-separated, blanks ignored."""
+    return [s.strip() for s in (spec or "").split(",") if s.strip()]

@@ -109,14 +109,34 @@ def commit(ckpt_dir: str, tmp_name: str, tag: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def prune(ckpt_dir: str, max_num: int, keep_tag: str) -> List[str]:
-    """Delete the oldest complete checkpoints so that at most ``max(max_num, 1)`` remain.
+def _folder_bytes(path: str) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(folder, name))
+            except OSError:
+                pass
+    return total
+
+
+def prune(ckpt_dir: str, max_num: int, keep_tag: str, max_gb: Optional[float] = None) -> List[str]:
+    """Delete the oldest complete checkpoints so that at most ``max(max_num, 1)`` remain and, with
+    ``max_gb`` (--ckpt.max_mem), while the checkpoints take more than that many GB.
     ``keep_tag`` (the one just written) is never deleted. An HF export of a deleted
     checkpoint next to it (``global_step<N>_hf``) goes with it. Returns the deleted tags."""
     keep = max(int(max_num), 1)
     tags = [t for t in complete_tags(ckpt_dir) if t != keep_tag]
     deleted = []
-    while len(tags) + 1 > keep and tags:
+
+    def too_big() -> bool:
+        if max_gb is None:
+            return False
+        used = sum(_folder_bytes(os.path.join(ckpt_dir, t)) + _folder_bytes(os.path.join(ckpt_dir, t + HF_SUFFIX))
+                   for t in tags + [keep_tag])
+        return used > max_gb * 1024 ** 3
+
+    while tags and (len(tags) + 1 > keep or too_big()):
         victim = tags.pop(0)
         shutil.rmtree(os.path.join(ckpt_dir, victim), ignore_errors=True)
         shutil.rmtree(os.path.join(ckpt_dir, victim + HF_SUFFIX), ignore_errors=True)

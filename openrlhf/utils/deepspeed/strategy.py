@@ -168,6 +168,10 @@ class DeepspeedStrategy:
         self._rank = dist.get_rank()
         self._local_rank = local_rank
         self._seed(self.train.seed)
+        if getattr(self.train, "full_determinism_enable", False):
+            from transformers import enable_full_determinism
+
+            enable_full_determinism(self.train.seed)
 
         per_step = self.train.micro_batch_size * self._world_size
         if not self.training:
@@ -275,7 +279,7 @@ class DeepspeedStrategy:
         ) if g["params"]]
         if not groups:
             raise ValueError("the model has no trainable parameters")
-        kw = dict(lr=self.adam.lr, betas=tuple(self.adam.betas))
+        kw = dict(lr=self.adam.lr, betas=tuple(self.adam.betas), eps=getattr(self.adam, "eps", 1e-8))
         if self.ds.adam_offload:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -289,11 +293,12 @@ class DeepspeedStrategy:
                 return torch.optim.AdamW(groups, **kw)
         return torch.optim.AdamW(groups, **kw)
 
-    def create_scheduler(self, optimizer, name: str, warmup_ratio: float, total_steps: int):
+    def create_scheduler(self, optimizer, name: str, warmup_ratio: float, total_steps: int,
+                         min_lr_ratio: float = 0.1):
         """An LR scheduler stepped once per optimizer step (DeepSpeed steps it).
 
         Warmup steps = ceil(warmup_ratio * total_steps). cosine_with_min_lr decays to
-        0.1 x lr; cosine and linear decay to 0."""
+        min_lr_ratio x lr; cosine and linear decay to 0."""
         from transformers import get_scheduler
 
         if name not in LR_SCHEDULERS:
@@ -303,7 +308,7 @@ class DeepspeedStrategy:
         if not 0.0 <= warmup_ratio <= 1.0:
             raise ValueError(f"--lr_warmup_ratio must be in [0, 1] (got {warmup_ratio})")
         warmup = math.ceil(warmup_ratio * total_steps)
-        kwargs = {"min_lr_rate": 0.1} if name == "cosine_with_min_lr" else None
+        kwargs = {"min_lr_rate": min_lr_ratio} if name == "cosine_with_min_lr" else None
         if name == "constant":
             return get_scheduler(name, optimizer)
         return get_scheduler(
@@ -435,7 +440,8 @@ class DeepspeedStrategy:
 
     # ----- resumable checkpoints ---------------------------------------------------------
 
-    def save_ckpt(self, engine, ckpt_dir: str, step: int, client_state: Optional[dict] = None, max_num: int = 3) -> str:
+    def save_ckpt(self, engine, ckpt_dir: str, step: int, client_state: Optional[dict] = None, max_num: int = 3,
+                  max_gb: Optional[float] = None) -> str:
         """Write a resumable checkpoint ``<ckpt_dir>/global_step<step>`` (collective).
 
         Model, optimizer and LR-scheduler state (DeepSpeed), ``client_state`` (your dict,
@@ -461,7 +467,7 @@ class DeepspeedStrategy:
         self.barrier()
         if self.is_rank_0():
             ckpt_io.commit(ckpt_dir, tmp_name, tag)
-            ckpt_io.prune(ckpt_dir, max_num, keep_tag=tag)
+            ckpt_io.prune(ckpt_dir, max_num, keep_tag=tag, max_gb=max_gb)
         self.barrier()
         return os.path.join(ckpt_dir, tag)
 
@@ -524,22 +530,51 @@ class DeepspeedStrategy:
         content such as metrics.jsonl or checkpoints/ stays)."""
         sd = self.gathered_state_dict(model)
         if self.is_rank_0():
-            module = unwrap_model(model)
-            output_dir = os.path.normpath(output_dir)
-            parent = os.path.dirname(output_dir) or "."
-            os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f"{ckpt_io.TMP_PREFIX}hf_{os.path.basename(output_dir)}")
+            self._write_hf_folder(unwrap_model(model), sd, tokenizer, output_dir)
+        self.barrier()
+
+    @staticmethod
+    def _write_hf_folder(module, sd: Dict[str, torch.Tensor], tokenizer, output_dir: str) -> None:
+        """Rank 0: ``module``'s config with the weights ``sd`` (and the tokenizer) into ``output_dir``,
+        through a sibling temp folder (see :func:`ckpt_io.install_folder`)."""
+        output_dir = os.path.normpath(output_dir)
+        parent = os.path.dirname(output_dir) or "."
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f"{ckpt_io.TMP_PREFIX}hf_{os.path.basename(output_dir)}")
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        try:
+            # save_pretrained pops tensors out of the dict it gets: hand it a copy.
+            module.save_pretrained(tmp, state_dict=dict(sd))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            ckpt_io.install_folder(tmp, output_dir)
+        finally:  # an interrupted or failed export leaves no temp folder behind
             if os.path.exists(tmp):
-                shutil.rmtree(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def save_lora_model(self, model, tokenizer, output_dir: str, scaling: float) -> None:
+        """A LoRA run's outputs (collective): the adapters (peft's adapter_config.json +
+        adapter_model.safetensors) in ``<output_dir>/adapter`` and the merged weights as a normal
+        HF folder in ``output_dir``."""
+        from openrlhf.utils.lora import merge_lora_state_dict
+
+        sd = self.gathered_state_dict(model)
+        if self.is_rank_0():
+            from peft import get_peft_model_state_dict
+
+            peft_model = unwrap_model(model)
+            adapter_tmp = os.path.join(os.path.dirname(os.path.normpath(output_dir)) or ".",
+                                       f"{ckpt_io.TMP_PREFIX}adapter_{os.path.basename(os.path.normpath(output_dir))}")
             try:
-                # save_pretrained pops tensors out of the dict it gets: hand it a copy.
-                module.save_pretrained(tmp, state_dict=dict(sd))
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(tmp)
-                ckpt_io.install_folder(tmp, output_dir)
-            finally:  # an interrupted or failed export leaves no temp folder behind
-                if os.path.exists(tmp):
-                    shutil.rmtree(tmp, ignore_errors=True)
+                peft_model.save_pretrained(adapter_tmp, state_dict=get_peft_model_state_dict(peft_model, state_dict=sd))
+                os.makedirs(output_dir, exist_ok=True)
+                ckpt_io.install_folder(adapter_tmp, os.path.join(output_dir, "adapter"))
+            finally:
+                if os.path.exists(adapter_tmp):
+                    shutil.rmtree(adapter_tmp, ignore_errors=True)
+            merged = merge_lora_state_dict(sd, scaling)
+            self._write_hf_folder(peft_model.get_base_model(), merged, tokenizer, output_dir)
         self.barrier()
 
     # ----- teardown ----------------------------------------------------------------------
