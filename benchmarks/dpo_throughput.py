@@ -118,7 +118,7 @@ def _ds(a) -> List[str]:
 
 def _flags(a, data: str, out: str, packing: bool) -> List[str]:
     return ["--model.model_name_or_path", a.model, "--ref.model_name_or_path", a.model, "--data.dataset", data,
-            "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
+            "--data.prompt_key", "prompt", "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
             "--train.batch_size", str(a.batch), "--train.micro_batch_size",
             str(a.micro), "--train.max_epochs", "1", "--adam.lr", "5e-7", "--lr_warmup_ratio", "0", "--lr_scheduler", "constant",
             "--model.beta", "0.1", "--ckpt.output_dir", out, "--ds.packing_samples", str(packing).lower()]
@@ -133,7 +133,7 @@ def run_ours(a, name: str, data: str, work: str) -> Dict:
     packing = "packed" in name
     if "cached" in name:
         score = ["--model.model_name_or_path", a.model, "--ref.model_name_or_path", a.model, "--data.dataset", data,
-                 "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
+                 "--data.prompt_key", "prompt", "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
                  "--train.micro_batch_size", str(a.micro),
                  "--ckpt.output_dir", os.path.join(work, "scored")]
         if dadpo:
