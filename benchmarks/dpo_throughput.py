@@ -7,7 +7,8 @@ same number of optimizer steps, each in its own process (so each has its own pea
 
     ours_dpo            train_dpo, reference online, padded batches
     ours_dpo_cached     train_dpo on score_logps' cached reference log-probs
-    ours_dpo_packed     train_dpo, reference online, --ds.packing_samples
+    ours_dpo_packed     train_dpo, reference online, --ds.packing_samples (no padding: one forward per
+                        sequence with sdpa / eager, one varlen forward with flash-attention)
     ours_dpo_packed_cached
     ours_dadpo          train_dadpo, reference and a same-size teacher online (the teacher is the
                         model itself under another folder: the work is the same as any 135M teacher)

@@ -230,9 +230,10 @@ def test_every_task_has_a_root_with_its_own_help():
         from openrlhf.config.parse import format_help
 
         text = format_help(task)
-        assert ("--teacher.beta" in text) == (task == "dadpo")
-        assert ("--adam.lr" in text) == (task in ("sft", "kd", "dpo", "dadpo", "kto"))
-        assert ("--kd.coef" in text) == (task in ("kd", "dpo"))
+        assert ("--teacher.beta" in text) == (task in ("dadpo", "dadpo_ray"))
+        assert ("--adam.lr" in text) == (task in ("sft", "kd", "dpo", "dadpo", "kto", "dpo_ray", "dadpo_ray"))
+        assert ("--kd.coef" in text) == (task in ("kd", "dpo", "dpo_ray"))
+        assert ("--actor.num_gpus_per_node" in text) == task.endswith("_ray")
         assert ("--kto.desirable_loss_weight" in text) == (task == "kto")
 
 
@@ -356,7 +357,9 @@ EXAMPLE_TASKS = {
     "demo_cpu.yaml": "distill",
     "distill_qwen2.5_7b_to_1.5b_gpu.yaml": "distill",
     "distill_qwen2.5_7b_to_1.5b_baselines_gpu.yaml": "distill",
+    "distill_qwen2.5_7b_to_1.5b_ray.yaml": "distill",
     "sweep_cpu.yaml": "distill",
+    "experiment_cpu.yaml": "distill",
 }
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "**", "*.yaml"), recursive=True))
 
@@ -373,8 +376,13 @@ def test_example_config_parses(path):
         from openrlhf.pipeline.config import load_distill_config
         from openrlhf.pipeline.distill import Pipeline
 
-        configs = Pipeline(load_distill_config(path)).planned_configs(check_packages=False)
-        assert {"gen", "dsft", "dadpo"} <= set(configs)
+        pipeline = Pipeline(load_distill_config(path))
+        configs = pipeline.planned_configs(check_packages=False)
+        assert {"gen", "dsft"} <= set(configs)
+        # daDPO: its own run, or (select_by) the grid point chosen on the validation prompts
+        assert ("dadpo" in configs) != pipeline.selecting
+        if pipeline.on_ray:  # daDPO on its Ray trainer, generation on engine actors
+            assert configs["dadpo"].actor.num_gpus_per_node == 8 and configs["gen"].generate.ray
         assert all(isinstance(c, RunConfig) for c in configs.values())
         return
     cfg = load_config(["--config", path], task, check_paths=False, check_packages=False)

@@ -208,3 +208,37 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
     assert judged["models"]["teacher"]["alpacaeval"]["win_rate"] == 50.0
     assert "teacher" not in judged["models"] or "indomain" not in judged["models"]["teacher"]
     assert "## LLM judge" in open(os.path.join(cfg.run_dir, "report", "report.md")).read()
+
+
+@pytest.mark.slow
+def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talking_teacher, tmp_path):
+    """select_by: the grid is compared on the validation prompts only; the best point becomes run_dir/dadpo
+    and is the one daDPO row of the held-out report (compared prompt by prompt with the others)."""
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+
+    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None, select_by="teacher_nll",
+                   sweep={"dadpo": {"model.beta": [0.1, 0.5]}})
+    with pytest.raises(ConfigError, match="select_by: needs validation prompts"):
+        load_distill_config(path)  # never chosen on the held-out prompts
+    data = yaml.safe_load(open(path))
+    data["prompts"]["val_size"] = 4
+    yaml.safe_dump(data, open(path, "w"))
+    cfg = load_distill_config(path)
+    timings = Pipeline(cfg, log=lambda *_: None).run_all()
+    assert "dadpo" not in timings and {"dadpo_b0.1", "dadpo_b0.5", "gen_teacher_val", "select"} <= set(timings)
+    assert "gen_dadpo_b0.1_eval" not in timings  # the grid never sees the held-out prompts
+    run = cfg.run_dir
+    val = {json.loads(x)["id"] for x in open(os.path.join(run, "prompts", "val.jsonl"))}
+    held = {json.loads(x)["id"] for x in open(os.path.join(run, "prompts", "eval.jsonl"))}
+    train = {json.loads(x)["id"] for x in open(os.path.join(run, "prompts", "train.jsonl"))}
+    assert len(val) == 4 and not (val & held) and not (val & train)
+    choice = json.load(open(os.path.join(run, "report", "validation", "selection.json")))
+    values = choice["values"]
+    assert choice["chosen"] == min(values, key=values.get)
+    assert os.readlink(os.path.join(run, "dadpo")) == choice["chosen"]
+    report = json.load(open(os.path.join(run, "report", "report.json")))
+    assert list(report["models"]) == ["teacher", "base", "dSFT", "daDPO"] and report["compare_to"] == "daDPO"
+    assert "daDPO is daDPO" in open(os.path.join(run, "report", "report.md")).read()
+    for name in ("sweep.json", "sweep.png", "report.md"):
+        assert os.path.exists(os.path.join(run, "report", "validation", name))

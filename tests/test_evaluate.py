@@ -142,10 +142,48 @@ def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):
           f"base={response_files['worse']}", "--candidate", f"daDPO={response_files['same']}", "--output_dir", out])
     report = json.load(open(os.path.join(out, "report.json")))
     assert list(report["models"]) == ["teacher", "base", "daDPO"]
-    assert "| daDPO | 1.0000 |" in capsys.readouterr().out
+    assert "| daDPO | 1.0000 [1.0000, 1.0000] |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["--teacher", tiny_dir, "--teacher_responses", response_files["teacher"], "--candidate", "nolabel",
               "--output_dir", out])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: invalid configuration (1 problem):") and "expected LABEL=FILE" in err
+
+
+def test_intervals_and_the_paired_comparison_in_the_report(tiny_teacher_other_family, response_files):
+    """With a daDPO candidate: every metric has its bootstrap interval, and daDPO is compared prompt by prompt."""
+    out = str(response_files["dir"] / "paired")
+    report = evaluate_responses(tiny_teacher_other_family, response_files["teacher"],
+                                {"daDPO": response_files["same"], "dSFT": response_files["worse"]}, out,
+                                batch_size=3, progress=False)
+    n = len(PREF_ROWS)
+    ci = report["models"]["dSFT"]["ci"]["rouge_l_f1"]
+    assert ci["n"] == n and ci["lo"] <= report["models"]["dSFT"]["rouge_l_f1"] <= ci["hi"]
+    assert report["models"]["daDPO"]["ci"]["rouge_l_f1"] == {"mean": 1.0, "lo": 1.0, "hi": 1.0, "n": n}
+    cmp = report["paired"]["dSFT"]["rouge_l_f1"]
+    # daDPO answers exactly like the teacher (F1 1.0 on every prompt), dSFT never does: all wins.
+    assert (cmp["wins"], cmp["ties"], cmp["losses"]) == (n, 0, 0)
+    assert cmp["p_sign"] == pytest.approx(2 / 2 ** n)
+    assert list(report["paired"]) == ["dSFT"] and report["compare_to"] == "daDPO"
+    md = open(os.path.join(out, "report.md")).read()
+    assert "daDPO against each model" in md and f"| dSFT | {n}/0/0 |" in md
+
+
+def test_bootstrap_and_paired_statistics_by_hand():
+    from openrlhf.utils.stats import bootstrap_ci, paired_comparison, sign_test_p
+
+    assert sign_test_p(9, 1) == pytest.approx(2 * (1 + 10) / 1024)
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) == 1.0
+    assert bootstrap_ci([2.0, 2.0, None, float("nan"), 2.0]) == {"mean": 2.0, "lo": 2.0, "hi": 2.0, "n": 3}
+    wide = bootstrap_ci(list(range(100)))
+    assert wide["mean"] == 49.5 and 40 < wide["lo"] < 49.5 < wide["hi"] < 59
+    r = paired_comparison([1, 2, 3, 4], [0, 2, 1, 5])  # differences 1, 0, 2, -1
+    assert (r["wins"], r["ties"], r["losses"], r["diff"]) == (2, 1, 1, 0.5)
+    assert r["p_sign"] == 1.0
+    lower = paired_comparison([1, 2, 3, 4], [0, 2, 1, 5], higher_is_better=False)
+    assert (lower["wins"], lower["losses"]) == (1, 2)
+    # Ten prompts, all better: the exact sign test gives 2 / 2^10; the permutation test about the same.
+    ten = paired_comparison([1.0 + i for i in range(10)], [0.5 + i for i in range(10)])
+    assert ten["p_sign"] == pytest.approx(2 / 1024) and ten["p_perm"] < 0.01
+    assert ten["diff_lo"] == ten["diff_hi"] == 0.5

@@ -229,13 +229,18 @@ def test_generate_config_is_validated(tiny_dir, prompts_jsonl):
     argv = ["--model.model_name_or_path", tiny_dir, "--data.dataset", prompts_jsonl,
             "--generate.backend", "tgi", "--generate.max_new_tokens", "0", "--generate.temperature", "-1",
             "--generate.top_p", "0", "--generate.top_k", "0", "--generate.batch_size", "0",
-            "--generate.tp_size", "0", "--generate.num_engines", "0", "--generate.gpu_memory_utilization", "1.5"]
+            "--vllm.tensor_parallel_size", "0", "--vllm.num_engines", "0", "--vllm.gpu_memory_utilization", "1.5"]
     with pytest.raises(ConfigError) as e:
         load_config(argv, task="generate")
     flags = {p.split(":")[0] for p in e.value.problems}
     assert flags == {"--generate.backend", "--generate.output_path", "--generate.max_new_tokens",
                      "--generate.temperature", "--generate.top_p", "--generate.top_k", "--generate.batch_size",
-                     "--generate.tp_size", "--generate.num_engines", "--generate.gpu_memory_utilization"}
+                     "--vllm.tensor_parallel_size", "--vllm.num_engines", "--vllm.gpu_memory_utilization"}
+    # The names of earlier versions point to the new ones.
+    with pytest.raises(ConfigError) as e:
+        load_config(argv[:4] + ["--generate.tp_size", "2", "--generate.num_engines", "2"], task="generate")
+    assert any("did you mean --vllm.tensor_parallel_size" in p for p in e.value.problems)
+    assert any("did you mean --vllm.num_engines" in p for p in e.value.problems)
 
 
 # --------------------------------------------------------------------------- vLLM (a stand-in module)

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--teacher_chat_template", default="",
                     help="a Jinja chat template (or a file holding one) that replaces the teacher tokenizer's")
     ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--compare_to", default="daDPO",
+                    help="the candidate compared prompt by prompt with every other (wins / ties / losses, paired "
+                         "tests); default daDPO, when given")
     ap.add_argument("--dtype", default="fp32", choices=list(PARAM_DTYPES),
                     help="the teacher's dtype, as --ds.param_dtype (fp32 on CPU)")
     return ap
@@ -69,7 +72,8 @@ def main(argv: Optional[list] = None) -> dict:
                 template = f.read()
         report = evaluate_responses(args.teacher, args.teacher_responses, candidates, args.output_dir,
                                     apply_chat_template=not args.no_chat_template, batch_size=args.batch_size,
-                                    prompts=args.prompts or None, chat_template=template, dtype=args.dtype)
+                                    prompts=args.prompts or None, chat_template=template, dtype=args.dtype,
+                                    compare_to=args.compare_to)
         with open(os.path.join(args.output_dir, "report.md"), encoding="utf-8") as f:
             print(f.read())
         return report

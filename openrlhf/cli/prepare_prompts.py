@@ -22,6 +22,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
                     help="ShareGPT-style JSON array (may be cut off) or JSON lines file; default: the packaged ShareGPT V3")
     ap.add_argument("--output_dir", required=True, help="folder for train.jsonl, eval.jsonl, report.json")
     ap.add_argument("--eval_size", type=int, default=500, help="held-out prompts (eval.jsonl)")
+    ap.add_argument("--val_size", type=int, default=0,
+                    help="validation prompts (val.jsonl) for choosing hyper-parameters; 0: none")
     ap.add_argument("--seed", type=int, default=42, help="shuffle seed")
     ap.add_argument("--min_chars", type=int, default=10, help="drop prompts shorter than this (characters)")
     ap.add_argument("--max_chars", type=int, default=2000, help="drop prompts longer than this (characters)")
@@ -37,7 +39,7 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
 
     def body() -> Dict[str, Any]:
         a = parse_args(argv)
-        return prepare_prompts(a.source or None, a.output_dir, eval_size=a.eval_size, seed=a.seed,
+        return prepare_prompts(a.source or None, a.output_dir, eval_size=a.eval_size, val_size=a.val_size, seed=a.seed,
                                min_chars=a.min_chars, max_chars=a.max_chars, max_prompts=a.max_prompts,
                                first_part_only=not a.all_parts)
 

@@ -63,6 +63,12 @@ _LEGACY_NAMES = {
     "full_determinism": "train.full_determinism_enable",
     "gradient_checkpointing_use_reentrant": "model.gradient_checkpointing_reentrant",
     "pretrain_mode": "model.pretrain_mode_enable",
+    "generate.num_engines": "vllm.num_engines",
+    "generate.tp_size": "vllm.tensor_parallel_size",
+    "generate.gpu_memory_utilization": "vllm.gpu_memory_utilization",
+    "vllm_num_engines": "vllm.num_engines",
+    "vllm_tensor_parallel_size": "vllm.tensor_parallel_size",
+    "vllm_gpu_memory_utilization": "vllm.gpu_memory_utilization",
     "wandb_project": "logger.wandb.project",
     "wandb_run_name": "logger.wandb.run_name",
     "wandb_org": "logger.wandb.org",
@@ -300,6 +306,8 @@ def _other_tasks(name: str, task: str) -> str:
     """' (a flag of train_dadpo, score_logps)' when ``name`` belongs to other tasks' configs, else ''."""
     owners = [TASK_COMMANDS[t] for t, cls in TASK_CONFIGS.items()
               if t != task and (name in _leaf_types(cls)[0] or name in _leaf_types(cls)[1])]
+    # A Ray trainer takes every flag of its plain sibling: name it only for the flags of its own.
+    owners = [o for o in owners if not (o.endswith("_ray") and o[: -len("_ray")] in owners)]
     return f" (not used by {TASK_COMMANDS[task]}; a flag of {', '.join(owners)})" if owners else ""
 
 

@@ -280,9 +280,30 @@ class GenerateConfig:
     batch_size: int = 16
     # Row key holding a unique id; empty: the row's position in the prompt file.
     id_key: str = "id"
-    # vLLM only.
-    tp_size: int = 1
+    # The engines (--vllm.num_engines of them) as Ray actors on the cluster (--ray.address or
+    # $RAY_ADDRESS), prompts sharded between them; works with both backends (hf: one CPU/GPU each).
+    ray: bool = False
+
+
+@dataclass
+class RaySettings:
+    # The cluster; empty: $RAY_ADDRESS, else a new single-node cluster in this process.
+    address: str = ""
+    # CPUs per actor (GPU clusters also give each actor one GPU, or its share when colocated).
+    num_cpus_per_actor: float = 1.0
+    # Seconds to wait for the cluster to have room for a group before giving up with an error.
+    placement_timeout: float = 600.0
+
+
+@dataclass
+class VLLMConfig:
+    """vLLM engines (OpenRLHF's --vllm.* names)."""
+
+    # Engines working on shards of the prompts (data parallel): processes of this machine's GPUs, or
+    # Ray actors with --generate.ray (then also for --generate.backend hf).
     num_engines: int = 1
+    # GPUs per engine (vLLM tensor parallelism).
+    tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
 
 
@@ -458,6 +479,8 @@ class GenerateTaskConfig(RunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    ray: RaySettings = field(default_factory=RaySettings)
     ds: DSConfig = field(default_factory=DSConfig)
     train: SeedConfig = field(default_factory=SeedConfig)
 
@@ -492,6 +515,61 @@ class JudgeTaskConfig(RunConfig):
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
+# ---- Ray (train_dpo_ray / train_dadpo_ray; OpenRLHF's Ray flag names) -----------------------------
+
+
+@dataclass
+class RayGroupConfig:
+    """A group of Ray actors, each one process of the group's own DeepSpeed world: num_nodes x
+    num_gpus_per_node actors (one GPU each on a GPU cluster; on a CPU-only cluster the count of
+    processes, placed by --ray.num_cpus_per_actor)."""
+
+    num_nodes: int = 1
+    num_gpus_per_node: int = 1
+
+
+@dataclass
+class RayRefConfig(RefConfig, RayGroupConfig):
+    """The reference and its actor group."""
+
+
+@dataclass
+class RayTeacherConfig(TeacherConfig, RayGroupConfig):
+    """The teacher(s) and the size of each one's actor group."""
+
+
+@dataclass
+class RayTrainConfig(TrainConfig):
+    # Policy, reference and teacher actors share the same GPUs (one placement group, bundles shared);
+    # otherwise each group has bundles of its own and the frozen groups score ahead of the policy.
+    colocate_all: bool = False
+
+
+@dataclass
+class DPORayConfig(DPOConfig):
+    """python -m openrlhf.cli.train_dpo_ray: train_dpo with the policy and the reference as Ray actor groups"""
+
+    actor: RayGroupConfig = field(default_factory=RayGroupConfig)
+    ref: RayRefConfig = field(default_factory=RayRefConfig)
+    train: RayTrainConfig = field(default_factory=RayTrainConfig)
+    ray: RaySettings = field(default_factory=RaySettings)
+
+
+@dataclass
+class DADPORayConfig(DADPOConfig):
+    """python -m openrlhf.cli.train_dadpo_ray: train_dadpo with the policy, the reference and each teacher as
+    Ray actor groups"""
+
+    actor: RayGroupConfig = field(default_factory=RayGroupConfig)
+    ref: RayRefConfig = field(default_factory=RayRefConfig)
+    teacher: RayTeacherConfig = field(default_factory=RayTeacherConfig)
+    train: RayTrainConfig = field(default_factory=RayTrainConfig)
+    ray: RaySettings = field(default_factory=RaySettings)
+
+
+RAY_CONFIGS = (DPORayConfig, DADPORayConfig)
+
+
 # task name -> (root class, the command that takes it)
 TASK_CONFIGS: Dict[str, Type[RunConfig]] = {
     "sft": SFTConfig,
@@ -499,6 +577,8 @@ TASK_CONFIGS: Dict[str, Type[RunConfig]] = {
     "dpo": DPOConfig,
     "dadpo": DADPOConfig,
     "kto": KTOTrainConfig,
+    "dpo_ray": DPORayConfig,
+    "dadpo_ray": DADPORayConfig,
     "score_logps": ScoreLogpsConfig,
     "generate": GenerateTaskConfig,
     "prune": PruneTaskConfig,
@@ -506,6 +586,7 @@ TASK_CONFIGS: Dict[str, Type[RunConfig]] = {
 }
 TASK_COMMANDS: Dict[str, str] = {
     "sft": "train_sft", "kd": "train_kd", "dpo": "train_dpo", "dadpo": "train_dadpo", "kto": "train_kto",
+    "dpo_ray": "train_dpo_ray", "dadpo_ray": "train_dadpo_ray",
     "score_logps": "score_logps",
     "generate": "generate", "prune": "prune", "judge": "judge",
 }

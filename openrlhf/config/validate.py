@@ -16,7 +16,8 @@ from typing import Callable, List
 from openrlhf.config.schema import (
     ATTN_IMPLEMENTATIONS, GENERATE_BACKENDS, JUDGE_TASKS, LR_SCHEDULERS, PARAM_DTYPES, PRUNE_METHODS, TASK_CONFIGS,
     ZERO_STAGES, DADPOConfig, DPOConfig, DSConfig, GenerateTaskConfig, JudgeTaskConfig, KDTrainConfig,
-    KTOTrainConfig, PreferenceTrainingConfig, PruneTaskConfig, RunConfig, ScoreLogpsConfig, TrainingConfig,
+    KTOTrainConfig, PreferenceTrainingConfig, PruneTaskConfig, RAY_CONFIGS, RunConfig, ScoreLogpsConfig,
+    TrainingConfig,
 )
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
@@ -217,10 +218,13 @@ def _generate(cfg: GenerateTaskConfig, need: Need) -> None:
     need(0 < g.top_p <= 1, "generate.top_p", f"must be in (0, 1], got {g.top_p}")
     need(g.top_k == -1 or g.top_k >= 1, "generate.top_k", f"must be -1 (off) or >= 1, got {g.top_k}")
     need(g.batch_size >= 1, "generate.batch_size", f"must be >= 1, got {g.batch_size}")
-    need(g.tp_size >= 1, "generate.tp_size", f"must be >= 1, got {g.tp_size}")
-    need(g.num_engines >= 1, "generate.num_engines", f"must be >= 1, got {g.num_engines}")
-    need(0 < g.gpu_memory_utilization <= 1, "generate.gpu_memory_utilization",
-         f"must be in (0, 1], got {g.gpu_memory_utilization}")
+    v = cfg.vllm
+    need(v.tensor_parallel_size >= 1, "vllm.tensor_parallel_size", f"must be >= 1, got {v.tensor_parallel_size}")
+    need(v.num_engines >= 1, "vllm.num_engines", f"must be >= 1, got {v.num_engines}")
+    need(0 < v.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
+         f"must be in (0, 1], got {v.gpu_memory_utilization}")
+    need(v.num_engines == 1 or g.backend == "vllm" or g.ray, "vllm.num_engines",
+         "several hf engines run as Ray actors only: add --generate.ray (or use --generate.backend vllm)")
 
 
 def _prune(cfg: PruneTaskConfig, need: Need) -> None:
@@ -233,6 +237,25 @@ def _prune(cfg: PruneTaskConfig, need: Need) -> None:
     need(pr.calibration_samples >= 1, "prune.calibration_samples", f"must be >= 1, got {pr.calibration_samples}")
     need(bool(pr.output_dir), "prune.output_dir", "required (the folder the pruned model is written to)")
     need(cfg.train.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {cfg.train.micro_batch_size}")
+
+
+def _ray(cfg, need: Need) -> None:
+    """train_dpo_ray / train_dadpo_ray: group sizes, and what the remote log-probs cannot do yet."""
+    groups = [("actor", cfg.actor), ("ref", cfg.ref)] + ([("teacher", cfg.teacher)] if isinstance(cfg, DADPOConfig)
+                                                          else [])
+    for name, g in groups:
+        for field_name in ("num_nodes", "num_gpus_per_node"):
+            value = getattr(g, field_name)
+            need(value >= 1, f"{name}.{field_name}", f"must be >= 1, got {value}")
+    need(cfg.ray.num_cpus_per_actor > 0, "ray.num_cpus_per_actor", f"must be > 0, got {cfg.ray.num_cpus_per_actor}")
+    need(cfg.ray.placement_timeout > 0, "ray.placement_timeout", f"must be > 0, got {cfg.ray.placement_timeout}")
+    if isinstance(cfg, DPOConfig):
+        need(cfg.kd.coef == 0, "kd.coef", "dDPO+KL needs the teacher's logits in the policy's process: use "
+             "train_dpo (deepspeed / torchrun) for it")
+    need(not cfg.eval.dataset, "eval.dataset", "the Ray trainers do not evaluate during training yet; evaluate the "
+         "saved model afterwards (evaluate / judge)")
+    need(cfg.data.dataloader_num_workers == 0, "data.dataloader_num_workers",
+         "must be 0 with the Ray trainers (the log-probs come from other actors)")
 
 
 def _packages(cfg: RunConfig, need: Need) -> None:
@@ -254,6 +277,9 @@ def _packages(cfg: RunConfig, need: Need) -> None:
                    ("wandb", bool(cfg.logger.wandb.key), "logger.wandb.key", "wandb logging")]
     if isinstance(cfg, GenerateTaskConfig):
         wanted.append(("vllm", cfg.generate.backend == "vllm", "generate.backend", "--generate.backend vllm"))
+        wanted.append(("ray", cfg.generate.ray, "generate.ray", "engines as Ray actors (--generate.ray)"))
+    if isinstance(cfg, RAY_CONFIGS):
+        wanted.append(("ray", True, "actor.num_nodes", "the Ray trainers"))
     for module, used, flag, feature in wanted:
         err = missing_package(module, feature) if used else None
         need(err is None, flag, str(err))
@@ -389,6 +415,8 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
              f"must be >= 1, got {cfg.train.micro_batch_size}")
     if isinstance(cfg, GenerateTaskConfig):
         _generate(cfg, need)
+    if isinstance(cfg, RAY_CONFIGS):
+        _ray(cfg, need)
     if isinstance(cfg, PruneTaskConfig):
         _prune(cfg, need)
     if check_packages:

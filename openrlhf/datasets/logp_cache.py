@@ -199,22 +199,46 @@ def load_cached(rows: Sequence[dict], kind: str, setting_fp: str, keys: Sequence
     return CachedLogps(kind, values)
 
 
-class WithCachedLogps:
-    """A dataset view that adds the cached columns to each item (by its ``index``)."""
+class WithRemoteLogps:
+    """A dataset view that adds log-prob columns of ``kinds`` (``ref``, ``teacher``, ...) to each item from
+    ``provider.get(kind, row index) -> (chosen, rejected)``: frozen models that run elsewhere (the Ray
+    trainers' actor groups). The batch then carries them as if they were cached."""
 
-    def __init__(self, base, caches: Sequence[CachedLogps]):
+    def __init__(self, base, provider, kinds: Sequence[str]):
         self.base = base
-        self.caches = list(caches)
+        self.provider = provider
+        self.kinds = list(kinds)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         item = self.base[i]
-        for cache in self.caches:
-            c, r, _ = columns(cache.kind)
-            item[c], item[r] = cache.values[item["index"]]
+        for kind in self.kinds:
+            c, r, _ = columns(kind)
+            item[c], item[r] = self.provider.get(kind, item["index"])
         return item
+
+    def row_index(self, i: int) -> int:
+        """The original row index of item ``i`` (without asking the provider)."""
+        return self.base[i]["index"]
+
+
+class _Cached:
+    """The provider of :class:`WithCachedLogps`: cached values by kind and row index."""
+
+    def __init__(self, caches: Sequence[CachedLogps]):
+        self.values = {c.kind: c.values for c in caches}
+
+    def get(self, kind: str, index: int) -> Tuple[float, float]:
+        return self.values[kind][index]
+
+
+class WithCachedLogps(WithRemoteLogps):
+    """A dataset view that adds the cached columns to each item (by its ``index``)."""
+
+    def __init__(self, base, caches: Sequence[CachedLogps]):
+        super().__init__(base, _Cached(caches), [c.kind for c in caches])
 
 
 def add_cached_to_batch(batch: dict, items: Sequence[dict]) -> dict:

@@ -9,11 +9,14 @@ Policy of this module (what :func:`prepare_preference_data` keeps and why, all r
   texts;
 - cached reference / teacher log-probs (columns written by ``score_logps``) are used when
   present, after checking each needed row's fingerprint against the model, the
-  tokenisation and the row's text; the model is then not loaded for that side.
+  tokenisation and the row's text; the model is then not loaded for that side;
+- with a ``remote`` provider (the Ray trainers: frozen actor groups score the rows), every side
+  that is not cached is read from it instead of being computed here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -55,6 +58,8 @@ class PreferenceData:
     # The sides (``ref``, ``teacher``, ``teacher_2``, ...) whose log-probs are not cached: their
     # models must be loaded.
     online: List[str]
+    # The sides a remote provider scores (then ``online`` is empty).
+    remote: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def need_ref_model(self) -> bool:
@@ -62,8 +67,8 @@ class PreferenceData:
 
 
 def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], source: str, split: str,
-           what: str, probs: Sequence[float] = (), seed: int = 42):
-    """One split: (dataset view, report lines, kinds whose model must be loaded)."""
+           what: str, probs: Sequence[float] = (), seed: int = 42, remote=None):
+    """One split: (dataset view, report lines, kinds whose model must be loaded or ``remote`` scores)."""
     from . import logp_cache as lc
     from .loading import load_sources, split_sources
     from .preference_dataset import PreferenceDataset
@@ -97,33 +102,48 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
         else:
             online.append(side.kind)
     view = Subset(ds, keep) if len(keep) < len(ds) else ds
-    return (lc.WithCachedLogps(view, caches) if caches else view), reports, online
+    if caches:
+        view = lc.WithCachedLogps(view, caches)
+    if remote is not None and online:
+        view = lc.WithRemoteLogps(view, remote, online)
+    return view, reports, online
 
 
 def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide],
                             extra_collate: Optional[Callable] = None, packing: bool = False,
-                            seed: int = 42) -> PreferenceData:
+                            seed: int = 42, remote=None) -> PreferenceData:
     """Train (and eval, when ``eval_cfg.dataset``) preference data with the collate function
     that adds what the loss needs: each teacher's own tokenisation when that teacher runs
     online (its side's ``renderer``), cached log-prob columns otherwise; ``extra_collate(items,
     batch)`` may add more (KTO's mismatched pairs). ``packing``: every tokenisation of the batch
     packed into one row (:mod:`openrlhf.datasets.packing`)."""
+    train, reports, online = _split(data_cfg, tokenizer, model_path, sides, data_cfg.dataset,
+                                    data_cfg.dataset_split, "--data.dataset", data_cfg.dataset_probs, seed,
+                                    remote=remote)
+    ev = None
+    if eval_cfg is not None and eval_cfg.dataset:
+        if remote is not None:
+            raise DataError("--eval.dataset: the Ray trainers do not evaluate during training yet; evaluate the "
+                            "saved model afterwards (python -m openrlhf.cli.evaluate / judge)")
+        ev, ev_reports, ev_online = _split(data_cfg, tokenizer, model_path, sides, eval_cfg.dataset,
+                                           eval_cfg.split, "--eval.dataset")
+        reports += ["eval: " + r for r in ev_reports]
+        online += [kind for kind in ev_online if kind not in online]
+    if remote is not None:
+        return PreferenceData(train, ev, _collate(tokenizer, {}, extra_collate, packing), reports, [], online)
+    online_teachers = {s.kind: s.renderer for s in sides if s.kind in online and s.kind != "ref"}
+    return PreferenceData(train, ev, _collate(tokenizer, online_teachers, extra_collate, packing), reports, online)
+
+
+def _collate(tokenizer, online_teachers: dict, extra_collate: Optional[Callable], packing: bool) -> Callable:
+    """The collate function: the policy's batch, each online teacher's own tokenisation, the cached (or
+    remote) log-prob columns, ``extra_collate``'s keys; packed when ``packing``."""
     from .logp_cache import add_cached_to_batch
     from .packing import pack_batch
     from .preference_dataset import preference_collate
     from .tokenizer import pad_token_id
 
-    train, reports, online = _split(data_cfg, tokenizer, model_path, sides, data_cfg.dataset,
-                                    data_cfg.dataset_split, "--data.dataset", data_cfg.dataset_probs, seed)
-    ev = None
-    if eval_cfg is not None and eval_cfg.dataset:
-        ev, ev_reports, ev_online = _split(data_cfg, tokenizer, model_path, sides, eval_cfg.dataset,
-                                           eval_cfg.split, "--eval.dataset")
-        reports += ["eval: " + r for r in ev_reports]
-        online += [kind for kind in ev_online if kind not in online]
-    online_teachers = {s.kind: s.renderer for s in sides if s.kind in online and s.kind != "ref"}
     pad_id = pad_token_id(tokenizer)
-
     prefixes = [""] + [name + "_" for name in online_teachers]
 
     def collate(items):
@@ -132,4 +152,4 @@ def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, side
             batch = extra_collate(items, batch)
         return pack_batch(batch, prefixes) if packing else batch
 
-    return PreferenceData(train, ev, collate, reports, online)
+    return collate

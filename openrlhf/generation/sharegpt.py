@@ -23,7 +23,8 @@ says where it stopped.
    characters per token for English text, so the default 2,000 leaves room for a
    512-token answer within 2,048 tokens);
 4. a shuffle with ``random.Random(seed)``, then at most ``max_prompts`` prompts;
-5. the first ``eval_size`` go to ``eval.jsonl`` (held out), the rest to ``train.jsonl``.
+5. the first ``eval_size`` go to ``eval.jsonl`` (held out), the next ``val_size`` to ``val.jsonl`` (validation),
+   the rest to ``train.jsonl``.
 
 Rows: ``{"id": sha1(prompt text, UTF-8) first 16 hex digits, "prompt": text}``, so the
 same prompt has the same id whatever the seed or the source order.
@@ -177,6 +178,7 @@ def prepare_prompts(
     output_dir: str,
     *,
     eval_size: int = 500,
+    val_size: int = 0,
     seed: int = 42,
     min_chars: int = 10,
     max_chars: int = 2000,
@@ -184,7 +186,9 @@ def prepare_prompts(
     first_part_only: bool = True,
     log=print,
 ) -> Dict[str, Any]:
-    """Write ``train.jsonl``, ``eval.jsonl`` and ``report.json`` to ``output_dir``; return the report.
+    """Write ``train.jsonl``, ``eval.jsonl`` (``eval_size`` held-out prompts), ``val.jsonl`` (``val_size``
+    validation prompts for choosing hyper-parameters, when > 0; disjoint from both) and ``report.json``
+    to ``output_dir``; return the report. The eval split does not depend on ``val_size``.
 
     ``source``: a ShareGPT-style JSON array (may be cut off) or JSON lines file;
     None or "": the packaged ShareGPT V3 file.
@@ -192,6 +196,8 @@ def prepare_prompts(
     problems = []
     if eval_size < 0:
         problems.append(f"--eval_size must be >= 0, got {eval_size}")
+    if val_size < 0:
+        problems.append(f"--val_size must be >= 0, got {val_size}")
     if min_chars < 0:
         problems.append(f"--min_chars must be >= 0, got {min_chars}")
     if max_chars < max(min_chars, 1):
@@ -244,16 +250,20 @@ def prepare_prompts(
     random.Random(seed).shuffle(kept)
     if max_prompts >= 0:
         kept = kept[:max_prompts]
-    if eval_size > len(kept):
-        raise ValueError(f"--eval_size {eval_size} is more than the {len(kept)} prompts left after filtering")
+    if eval_size + val_size > len(kept):
+        raise ValueError(f"--eval_size {eval_size} + --val_size {val_size} is more than the {len(kept)} prompts left "
+                         "after filtering")
     rows = [{"id": prompt_id(t), "prompt": t} for t in kept]
     if len({r["id"] for r in rows}) != len(rows):  # pragma: no cover - a SHA-1 prefix collision
         raise ValueError("two prompts share an id (a 64-bit SHA-1 prefix collision)")
-    eval_rows, train_rows = rows[:eval_size], rows[eval_size:]
+    eval_rows, val_rows = rows[:eval_size], rows[eval_size:eval_size + val_size]
+    train_rows = rows[eval_size + val_size:]
 
     os.makedirs(output_dir, exist_ok=True)
     write_jsonl_atomic(os.path.join(output_dir, "train.jsonl"), train_rows)
     write_jsonl_atomic(os.path.join(output_dir, "eval.jsonl"), eval_rows)
+    if val_size:
+        write_jsonl_atomic(os.path.join(output_dir, "val.jsonl"), val_rows)
     report = {
         "source": os.path.abspath(path),
         "complete_records": reader.complete if reader else counts["records"],
@@ -265,6 +275,7 @@ def prepare_prompts(
         "kept": len(kept),
         "train": len(train_rows),
         "eval": len(eval_rows),
+        "val": len(val_rows),
         "seed": seed,
         "min_chars": min_chars,
         "max_chars": max_chars,
@@ -280,5 +291,6 @@ def prepare_prompts(
     log(f"prepare_prompts: {len(unique):,} unique first human turns ({counts['duplicates']:,} duplicates, "
         f"{counts['no_human_turn'] + counts['empty_first_turn'] + counts['not_an_object']:,} without a usable "
         f"human turn); {counts['too_short']:,} shorter than {min_chars} and {counts['too_long']:,} longer than "
-        f"{max_chars} characters dropped -> {len(train_rows):,} train + {len(eval_rows):,} eval prompts in {output_dir}")
+        f"{max_chars} characters dropped -> {len(train_rows):,} train + {len(eval_rows):,} eval"
+        f"{f' + {len(val_rows):,} validation' if val_size else ''} prompts in {output_dir}")
     return report

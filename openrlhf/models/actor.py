@@ -67,6 +67,50 @@ def sequence_sums(token_logps: torch.Tensor, seq_index: Optional[torch.Tensor] =
     return out.index_add(0, seq_index[:, 1:].reshape(-1), values.reshape(-1)).to(token_logps.dtype)
 
 
+def _varlen_attention(model: nn.Module) -> bool:
+    """Whether the model's attention runs packed sequences in one call (flash-attention's varlen kernel)."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_attn_implementation", "") or "").startswith("flash_attention")
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether activation (gradient) checkpointing is on: its recomputation does not mix with several
+    forwards of the same weights in one step under ZeRO-3 (each would reduce the gradients anew)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        value = getattr(model, name, None)
+        if value is not None:
+            return bool(value)
+    return False
+
+
+class _Outputs:
+    """The parts of a model output that :func:`masked_token_logps` uses."""
+
+    def __init__(self, logits: torch.Tensor, aux_loss: Optional[torch.Tensor]):
+        self.logits, self.aux_loss = logits, aux_loss
+
+
+def _per_sequence(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor) -> _Outputs:
+    """A packed row (``position_ids`` restarting at 0 per sequence) run one sequence at a time: no padding
+    and no [L x L] block-diagonal mask (sdpa / eager would compute it whole, a cost quadratic in the
+    packed length), so each sequence costs what it would alone. Returns the kept logits of every
+    sequence in order, ``[N, V]``, and the token-weighted mean of the MoE router losses, if any."""
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [position_ids.shape[1]]
+    parts, aux, weights = [], [], []
+    for s, e in zip(starts[:-1], starts[1:]):
+        k = keep[:, s:e]
+        out = model(input_ids=input_ids[:, s:e], use_cache=False, logits_to_keep=k)
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
+        if logits.shape[0] != int(k.sum()):  # a model that ignores a boolean logits_to_keep
+            logits = out.logits[0][k[0]]
+        parts.append(logits)
+        if getattr(out, "aux_loss", None) is not None:
+            aux.append(out.aux_loss)
+            weights.append(e - s)
+    aux_loss = sum(a * w for a, w in zip(aux, weights)) / sum(weights) if aux else None
+    return _Outputs(torch.cat(parts), aux_loss)
+
+
 def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                        loss_mask: torch.Tensor, response_logits: Optional[slice] = None,
                        position_ids: Optional[torch.Tensor] = None, keep_output: bool = False):
@@ -74,16 +118,22 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
 
     Only the logits that predict response tokens are computed (the model's ``logits_to_keep``),
     and their log-probs are taken a chunk at a time (:func:`selected_logps`). A packed batch
-    (``attention_mask`` None, ``position_ids`` restarting per sequence) works the same way.
+    (``attention_mask`` None, ``position_ids`` restarting per sequence) runs in one call with
+    flash-attention (varlen) or with activation checkpointing on, else one sequence at a time
+    (:func:`_per_sequence`); both without padding.
     ``response_logits`` (a slice of rows of a padded batch, e.g. ``slice(0, B)``): also return the
     logits that predict the response tokens of those rows, ``[N, V]`` in row-major order (for a
     token-level KL), as a third item."""
     mask = loss_mask[:, 1:].bool()
     keep = torch.zeros_like(loss_mask, dtype=torch.bool)
     keep[:, :-1] = mask
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                logits_to_keep=keep)
-    logits = out.logits.reshape(-1, out.logits.shape[-1])
+    if position_ids is not None and attention_mask is None and not (_varlen_attention(model) or _checkpointing(model)):
+        out = _per_sequence(model, input_ids, position_ids, keep)
+        logits = out.logits
+    else:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                    logits_to_keep=keep)
+        logits = out.logits.reshape(-1, out.logits.shape[-1])
     n = int(mask.sum())
     if logits.shape[0] != n:  # a model that ignores a boolean logits_to_keep: select the positions here
         logits = out.logits[:, :-1][mask]

@@ -20,6 +20,8 @@ class PromptsConfig:
     source: str = "sharegpt"
     train_size: int = 64
     eval_size: int = 16
+    # Validation prompts (disjoint from both) on which `select_by` chooses the sweep point; 0: none.
+    val_size: int = 0
     seed: int = 42
     min_chars: int = 10
     max_chars: int = 2000
@@ -61,16 +63,32 @@ class DistillConfig:
     # A grid per method, e.g. {dadpo: {model.beta: [0.01, 0.1], teacher.beta: [0.001, 0.01]}}:
     # one run per point, from the dSFT model and the same cached log-probs.
     sweep: Optional[Dict[str, Any]] = None
+    # With a daDPO sweep and prompts.val_size > 0: the metric (teacher_nll: lowest wins; rouge_l_f1:
+    # highest) on the validation prompts that picks the grid point reported as daDPO; the held-out
+    # prompts then see only the chosen point. Empty: every grid point is reported on the held-out prompts.
+    select_by: str = ""
     # LLM-judge evaluation of every model: the --judge.* settings (base_url, model, api_key_env,
     # temperature, max_tokens, concurrency, max_retries, timeout, prompt_file) plus
     # ``tasks`` (indomain, mtbench, alpacaeval; default all three) and ``max_items`` (per task, -1: all).
     judge: Optional[Dict[str, Any]] = None
     # A command prefix that starts each training / scoring stage as its own multi-process
-    # job, e.g. "deepspeed --num_gpus 8"; empty: run them in this process.
+    # job, e.g. "deepspeed --num_gpus 8"; "ray": every stage on the Ray cluster (generation on
+    # engine actors, daDPO / dDPO on policy, reference and teacher actor groups, the other training
+    # and scoring stages on one actor group); empty: run them in this process.
     launcher: str = ""
+    # With launcher: ray, the placement flags (RAY_FLAGS), e.g. {actor.num_gpus_per_node: 8,
+    # train.colocate_all: true, vllm.num_engines: 8}; each stage takes the ones its command has.
+    ray: Dict[str, Any] = field(default_factory=dict)
     # Cache teacher and reference log-probs once (score_logps) before daDPO.
     cache_logps: bool = False
     score: Dict[str, Any] = field(default_factory=dict)
+
+
+# The flags a `ray:` section may set (the Ray trainers', generation's and the actor groups' placement).
+RAY_FLAGS = ("ray.address", "ray.num_cpus_per_actor", "ray.placement_timeout", "actor.num_nodes",
+             "actor.num_gpus_per_node", "ref.num_nodes", "ref.num_gpus_per_node", "teacher.num_nodes",
+             "teacher.num_gpus_per_node", "train.colocate_all", "vllm.num_engines", "vllm.tensor_parallel_size",
+             "vllm.gpu_memory_utilization")
 
 
 def _check_keys(cls, data: dict, where: str, problems: List[str]) -> dict:
@@ -110,15 +128,30 @@ def load_distill_config(path: str) -> DistillConfig:
     cfg = DistillConfig(**kw)
     if not cfg.teacher:
         problems.append(f"{path}: teacher: required (an HF folder / hub name or gguf:<name>)")
-    for key in ("common", "generate", "sft", "dadpo", "score"):
+    for key in ("common", "generate", "sft", "dadpo", "score", "ray"):
         if not isinstance(getattr(cfg, key), dict):
             problems.append(f"{path}: {key}: must be a mapping of dotted flags")
+    if isinstance(cfg.ray, dict):
+        problems += [f"{path}: ray: {k}: not a placement flag (one of {', '.join(RAY_FLAGS)})"
+                     for k in cfg.ray if k not in RAY_FLAGS]
+        if cfg.ray and cfg.launcher != "ray":
+            problems.append(f"{path}: ray: set, but launcher is {cfg.launcher!r}; add launcher: ray")
     if cfg.ddpo is not None and not isinstance(cfg.ddpo, dict):
         problems.append(f"{path}: ddpo: must be a mapping of dotted flags or null")
     problems += baseline_problems(cfg, path) + sweep_problems(cfg, path) + judge_problems(cfg, path)
     p = cfg.prompts
     if p.train_size < 1 or p.eval_size < 1:
         problems.append(f"{path}: prompts.train_size and prompts.eval_size must be >= 1")
+    if p.val_size < 0:
+        problems.append(f"{path}: prompts.val_size must be >= 0")
+    if cfg.select_by:
+        if cfg.select_by not in SELECT_METRICS:
+            problems.append(f"{path}: select_by: {cfg.select_by!r}; expected one of {', '.join(SELECT_METRICS)}")
+        if not (isinstance(cfg.sweep, dict) and cfg.sweep.get("dadpo")):
+            problems.append(f"{path}: select_by: needs a daDPO grid to choose from (sweep: {{dadpo: ...}})")
+        if p.val_size < 1:
+            problems.append(f"{path}: select_by: needs validation prompts (prompts.val_size >= 1), never the "
+                            "held-out ones")
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -133,6 +166,8 @@ BASELINES: Dict[str, Tuple[str, str]] = {
     "dkto": ("dKTO", "kto"),
 }
 SWEEPABLE = ("dadpo",)
+# select_by metric -> True when higher is better.
+SELECT_METRICS = {"teacher_nll": False, "rouge_l_f1": True}
 
 
 def baselines_of(cfg: DistillConfig) -> Dict[str, Dict[str, Any]]:

@@ -94,8 +94,38 @@ class Pipeline:
     def stage_config(self, task: str, *mappings: Dict, check_paths: bool = False, check_packages: bool = True):
         from openrlhf.config import load_config
 
-        return load_config(to_flags(self._common_for(task), *mappings), task=task, check_paths=check_paths,
-                           check_packages=check_packages)
+        return load_config(to_flags(self._common_for(task), *mappings, self._ray_for(task)), task=task,
+                           check_paths=check_paths, check_packages=check_packages)
+
+    # ---- launcher: ray ----------------------------------------------------------------------
+    @property
+    def on_ray(self) -> bool:
+        return self.cfg.launcher == "ray"
+
+    def _ray_for(self, task: str) -> Dict:
+        """The ``ray:`` placement flags that ``task`` takes (generation also gets --generate.ray)."""
+        if not self.on_ray:
+            return {}
+        from openrlhf.config.parse import task_flags
+
+        names = task_flags(task)
+        out = {k: v for k, v in self.cfg.ray.items() if k in names}
+        if task == "generate":
+            out["generate.ray"] = True
+        return out
+
+    def _ray_task(self, task: str) -> str:
+        """daDPO and dDPO have Ray trainers of their own (policy, reference and teacher groups)."""
+        return {"dadpo": "dadpo_ray", "dpo": "dpo_ray"}.get(task, task) if self.on_ray else task
+
+    def _ray_group(self):
+        """(actors per group, RaySettings) of the stages run on one actor group."""
+        from openrlhf.config.schema import RayGroupConfig, RaySettings
+
+        r = self.cfg.ray
+        actor = RayGroupConfig(**{k[len("actor."):]: v for k, v in r.items() if k.startswith("actor.")})
+        settings = RaySettings(**{k[len("ray."):]: v for k, v in r.items() if k.startswith("ray.")})
+        return actor.num_nodes * actor.num_gpus_per_node, settings
 
     def planned_configs(self, check_packages: bool = True) -> Dict[str, object]:
         """Every stage's config, built up front so bad flags fail before any work: the problems
@@ -162,8 +192,10 @@ class Pipeline:
             names = task_flags(task)
             return {k: v for k, v in source.items() if k in names}
 
-        runs = [TrainRun("dadpo", "daDPO", "dadpo", ({**from_dsft, **teacher, "ckpt.output_dir": self.path("dadpo")},
-                                                       c.dadpo))]
+        # With select_by, daDPO is the grid point chosen on the validation prompts (no run of its own).
+        runs = [] if self.selecting else [TrainRun("dadpo", "daDPO", self._ray_task("dadpo"),
+                                                   ({**from_dsft, **teacher, "ckpt.output_dir": self.path("dadpo")},
+                                                    c.dadpo))]
         defaults = {"dsft_kl": {"kd.coef": 0.2}, "ddpo_kl": {"kd.coef": 0.2}, "rdpo": {"model.beta": 0}}
         for name, flags in baselines_of(c).items():
             label, task = BASELINES[name]
@@ -173,6 +205,8 @@ class Pipeline:
                         "data.dataset": os.path.join(sets, "sft.jsonl"), **teacher, **out}
                 runs.append(TrainRun(name, label, task, (base, shared(c.sft, task), defaults[name], flags)))
                 continue
+            if name in ("ddpo", "rdpo"):  # dDPO+KL needs the teacher's logits in the policy: a plain group
+                task = self._ray_task(task)
             base = {**shared(from_dsft, task), **out}
             if name in ("ddpo_kl", "rdpo"):
                 base.update(teacher)
@@ -181,8 +215,9 @@ class Pipeline:
             for point in points:
                 name = method + "_" + "_".join(f"{_short(k)}{v}" for k, v in point.items())
                 label = "daDPO " + " ".join(f"{_greek(k)}:{v}" for k, v in point.items())
-                runs.append(TrainRun(name, label, method, ({**from_dsft, **teacher, "ckpt.output_dir": self.path(name)},
-                                                           c.dadpo, point), sweep=dict(point)))
+                runs.append(TrainRun(name, label, self._ray_task(method),
+                                     ({**from_dsft, **teacher, "ckpt.output_dir": self.path(name)}, c.dadpo, point),
+                                     sweep=dict(point)))
         return runs
 
     # task -> (entry point a launcher starts, recipe run in this process)
@@ -190,14 +225,24 @@ class Pipeline:
                 "dadpo": "openrlhf.cli.train_dadpo", "kto": "openrlhf.cli.train_kto",
                 "score_logps": "openrlhf.cli.score_logps"}
     _RECIPES = {"sft": "train_sft", "kd": "train_kd", "dpo": "train_dpo", "dadpo": "train_dadpo", "kto": "train_kto",
-                "score_logps": "score_logps"}
+                "score_logps": "score_logps", "dpo_ray": "train_dpo_ray", "dadpo_ray": "train_dadpo_ray"}
 
     def _train(self, name: str, cfg) -> Callable[[], None]:
         """A training / scoring stage: in this process, or through ``launcher`` as its own job."""
         task, maps = self._plan()[name]
 
         def run() -> None:
-            if self.cfg.launcher:
+            if self.on_ray:
+                import openrlhf.recipes as recipes
+
+                if task in ("dpo_ray", "dadpo_ray"):  # this process drives the policy / frozen groups
+                    getattr(recipes, self._RECIPES[task])(cfg)
+                else:
+                    from openrlhf.recipes.ray_launch import run_recipe_on_ray
+
+                    size, settings = self._ray_group()
+                    run_recipe_on_ray(self._RECIPES[task], cfg, size, settings, name=name)
+            elif self.cfg.launcher:
                 import shlex
                 import subprocess
 
@@ -210,6 +255,41 @@ class Pipeline:
 
                 getattr(recipes, self._RECIPES[task])(cfg)
         return run
+
+    # ---- choosing daDPO's hyper-parameters on the validation prompts ------------------------
+    @property
+    def selecting(self) -> bool:
+        return bool(self.cfg.select_by)
+
+    def _select(self) -> None:
+        """Evaluate every grid point on the validation prompts, link the best (by ``select_by``) as
+        run_dir/dadpo and write report/validation/ (the report, sweep.{json,md,png}, selection.json)."""
+        from openrlhf.pipeline.config import SELECT_METRICS
+        from openrlhf.pipeline.sweep import write_sweep_report
+        from openrlhf.tools.evaluate import evaluate_responses
+
+        runs = [run for run in self.train_runs() if run.sweep]
+        folder = self.path("report", "validation")
+        apply = bool(self.cfg.common.get("data.apply_chat_template", False))
+        report = evaluate_responses(self.teacher_path, self.path("gen", "teacher_val.jsonl"),
+                                    {run.label: self.path("gen", f"{run.name}_val.jsonl") for run in runs}, folder,
+                                    apply_chat_template=apply, prompts=self.path("prompts", "val.jsonl"),
+                                    compare_to=None)
+        metric = self.cfg.select_by
+        sign = 1 if SELECT_METRICS[metric] else -1
+        best = max(runs, key=lambda run: sign * report["models"][run.label][metric])
+        write_sweep_report(report, {run.label: run.sweep for run in runs}, folder)
+        choice = {"metric": metric, "higher_is_better": SELECT_METRICS[metric], "chosen": best.name,
+                  "label": best.label, "point": best.sweep, "validation_prompts": report["num_rows"],
+                  "values": {run.name: report["models"][run.label][metric] for run in runs}}
+        with open(os.path.join(folder, "selection.json"), "w") as f:
+            json.dump(choice, f, indent=2)
+        link = self.path("dadpo")
+        if os.path.islink(link):
+            os.remove(link)
+        os.symlink(best.name, link)  # relative: the run folder can move
+        self.log(f"[distill] select: {best.label} has the best validation {metric} "
+                 f"({report['models'][best.label][metric]:.4f} on {report['num_rows']} prompts): it is daDPO")
 
     # ---- stage bookkeeping -----------------------------------------------------------------
     def _done_marker(self, name: str) -> str:
@@ -254,7 +334,7 @@ class Pipeline:
         p = self.cfg.prompts
         prepare_prompts(None if p.source == "sharegpt" else p.source, self.path("prompts"),
                         eval_size=p.eval_size, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars,
-                        max_prompts=p.train_size + p.eval_size, log=self.log)
+                        max_prompts=p.train_size + p.eval_size + p.val_size, val_size=p.val_size, log=self.log)
 
     def _student(self, cfg) -> Callable[[], None]:
         def run() -> None:
@@ -290,7 +370,13 @@ class Pipeline:
             with open(self.path("report", "report.md"), "a", encoding="utf-8") as f, open(judged, encoding="utf-8") as g:
                 f.write("\n## LLM judge\n\n" + g.read())
         points = {run.label: run.sweep for run in self.train_runs() if run.sweep}
-        if points:
+        if self.selecting:  # the grid was compared on the validation prompts only
+            with open(self.path("report", "validation", "selection.json")) as f:
+                choice = json.load(f)
+            with open(self.path("report", "report.md"), "a", encoding="utf-8") as f:
+                f.write(f"\ndaDPO is {choice['label']}: the best validation {choice['metric']} of the grid on "
+                        f"{choice['validation_prompts']} validation prompts (report/validation/).\n")
+        elif points:
             write_sweep_report(report, points, self.path("report"))
             self.log(f"[distill] beta ablation: {self.path('report', 'sweep.png')}")
         with open(self.path("report", "timings.json"), "w") as f:
@@ -319,9 +405,21 @@ class Pipeline:
         if c.cache_logps:  # scored once; every run below reads the same cached log-probs
             out.append(("score", self._train("score", configs["score"]), everywhere))
         models = {"base": ("base", self.student_path), "dSFT": ("dsft", self.path("dsft"))}
+        if self.selecting:  # run_dir/dadpo becomes the chosen grid point (the select stage links it)
+            models["daDPO"] = ("dadpo", self.path("dadpo"))
         for run in self.train_runs():
             out.append((run.name, self._train(run.name, configs[run.name]), everywhere))
-            models[run.label] = (run.name, self.path(run.name))
+            if not (self.selecting and run.sweep):
+                models[run.label] = (run.name, self.path(run.name))
+        if self.selecting:
+            val_p = self.path("prompts", "val.jsonl")
+            out.append(("gen_teacher_val", self._generate(self.teacher_path, val_p,
+                                                          self.path("gen", "teacher_val.jsonl")), False))
+            for run in self.train_runs():
+                if run.sweep:
+                    out.append((f"gen_{run.name}_val", self._generate(self.path(run.name), val_p,
+                                                                      self.path("gen", f"{run.name}_val.jsonl")), False))
+            out.append(("select", self._select, False))
 
         out.append(("gen_teacher_eval", self._generate(self.teacher_path, eval_p,
                                                        self.path("gen", "teacher_eval.jsonl")), False))

@@ -14,6 +14,8 @@ _EXPORTS = {
     "train_kto": ".preference",
     "score_logps": ".score",
     "generate": ".generate",
+    "train_dpo_ray": ".ray_preference",
+    "train_dadpo_ray": ".ray_preference",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,11 +27,16 @@ from openrlhf.config.schema import GenerateTaskConfig
 
 
 def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
-    """The generator of --generate.backend (hf or vllm); ``.run(list of prompt ids)`` yields batches
-    of (position, token ids, finish reason or None)."""
+    """The generator of --generate.backend (hf or vllm), in this process (or its engine processes) or as
+    Ray actors (--generate.ray); ``.run(list of prompt ids)`` yields batches of (position, token ids,
+    finish reason or None)."""
     from openrlhf.datasets.tokenizer import pad_token_id
 
     g = cfg.generate
+    if g.ray:
+        from openrlhf.generation.ray_engines import RayGenerator
+
+        return RayGenerator(cfg, stop_ids, pad_token_id(tokenizer), log=log)
     if g.backend == "hf":
         from openrlhf.generation.hf_backend import HFGenerator
 
@@ -40,7 +45,7 @@ def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
                            pad_id=pad_token_id(tokenizer), stop_ids=stop_ids, log=log)
     from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings
 
-    return VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=g.num_engines)
+    return VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=cfg.vllm.num_engines)
 
 
 def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:

@@ -46,7 +46,7 @@ def _loss(cfg: PreferenceConfig):
     return DPOLoss(m.beta, label_smoothing=m.label_smoothing, ipo=m.ipo_enable)
 
 
-def _train(cfg: PreferenceConfig) -> dict:
+def _train(cfg: PreferenceConfig, remote=None) -> dict:
     from openrlhf.datasets.preference_data import prepare_preference_data
     from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, shared_vocabulary, teacher_renderers
     from openrlhf.recipes.common import (AdapterDisabled, loop_settings, make_run_logger, make_strategy, prepare_frozen,
@@ -81,7 +81,7 @@ def _train(cfg: PreferenceConfig) -> dict:
 
     data = prepare_preference_data(cfg.data, cfg.eval, tokenizer, m.model_name_or_path,
                                    scored_sides(cfg, renderers), extra_collate=extra, packing=cfg.ds.packing_samples,
-                                   seed=cfg.train.seed)
+                                   seed=cfg.train.seed, remote=remote)
     n_steps = steps_per_epoch(len(data.train), cfg.train.batch_size) * cfg.train.max_epochs
     loss_fn = _loss(cfg)
 
@@ -140,6 +140,15 @@ def train_dadpo(cfg: DADPOConfig) -> dict:
     if not isinstance(cfg, DADPOConfig):
         raise TypeError(f"train_dadpo takes a DADPOConfig, got {type(cfg).__name__}")
     return _train(cfg)
+
+
+def train_with_remote_logps(cfg: PreferenceConfig, provider) -> dict:
+    """train_dpo / train_dadpo with every reference / teacher log-prob that is not cached read from
+    ``provider.get(kind, row index)`` (the Ray trainers' frozen actor groups): no frozen model is
+    loaded in this process. Everything else (data, loss, loop, checkpoints, outputs) is the same."""
+    if not isinstance(cfg, (DPOConfig, DADPOConfig)):
+        raise TypeError(f"train_with_remote_logps takes a DPOConfig or DADPOConfig, got {type(cfg).__name__}")
+    return _train(cfg, remote=provider)
 
 
 def train_kto(cfg: KTOTrainConfig) -> dict:

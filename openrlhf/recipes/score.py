@@ -68,22 +68,32 @@ def _read_partials(folder: str, kind: str, setting_fp: str) -> Dict[int, Tuple[f
     return done
 
 
-def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
+def side_dataset(cfg, kind: str, rows: List[dict], tokenizer, source: str, renderer=None):
+    """The pairs of ``rows`` as the frozen model of side ``kind`` scores them: the reference in the
+    policy's tokenisation (``tokenizer``, cut to --data.max_len, as the policy is trained), a teacher in
+    its own (``renderer``: its tokenizer and chat template) over whole responses."""
     from openrlhf.datasets import PreferenceDataset
+
+    if kind == "ref":
+        return PreferenceDataset(rows, tokenizer, cfg.data, source, model_path=cfg.model.model_name_or_path)
+    # The teachers score whole responses: no length cap on their side.
+    uncapped = dataclasses.replace(cfg.data, max_len=1 << 30)
+    return PreferenceDataset(rows, renderer.tokenizer, uncapped, source, renderer=renderer)
+
+
+def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
     from openrlhf.datasets import logp_cache as lc
     from openrlhf.datasets.tokenizer import teacher_renderers
     from openrlhf.models.loss import teacher_name
 
     jobs = []
-    # The teachers score whole responses: no length cap on their side.
-    uncapped = dataclasses.replace(cfg.data, max_len=1 << 30)
     for k, (path, renderer) in enumerate(zip(cfg.teacher.model_name_or_path, teacher_renderers(cfg.teacher, cfg.data))):
-        ds = PreferenceDataset(rows, renderer.tokenizer, uncapped, source, renderer=renderer)
+        ds = side_dataset(cfg, teacher_name(k), rows, tokenizer, source, renderer)
         fp = lc.setting_fingerprint(lc.model_fingerprint(path, digests=digests),
                                     lc.tokenization_fingerprint(renderer, None))
         jobs.append(ScoreJob(teacher_name(k), ds, fp, path, cfg.teacher.offload, "--teacher.model_name_or_path"))
     if cfg.ref.model_name_or_path:
-        ds = PreferenceDataset(rows, tokenizer, cfg.data, source, model_path=cfg.model.model_name_or_path)
+        ds = side_dataset(cfg, "ref", rows, tokenizer, source)
         fp = lc.setting_fingerprint(lc.model_fingerprint(cfg.ref.model_name_or_path, "--ref.model_name_or_path",
                                                          digests),
                                     lc.tokenization_fingerprint(ds.renderer, cfg.data.max_len))
@@ -91,12 +101,48 @@ def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, diges
     return jobs
 
 
-def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str) -> Dict[int, Tuple[float, float]]:
+def score_pairs(strategy, model, ds, positions: List[int], micro_batch_size: int,
+                on_batch=None) -> Dict[int, Tuple[float, float]]:
+    """Sequence log-probs (summed over the response tokens) of the pairs at ``positions`` of the preference
+    dataset ``ds`` under the frozen engine ``model``, the positions shared out between the processes
+    (collective: every process takes part). Returns this process's share as {row index: (chosen,
+    rejected)}; ``on_batch(scores)`` is called with each micro-batch's share as it is done."""
     import torch
-    from tqdm import tqdm
 
     from openrlhf.datasets import preference_collate
     from openrlhf.datasets.tokenizer import pad_token_id
+
+    out: Dict[int, Tuple[float, float]] = {}
+    if not positions:
+        return out
+    world, mb = strategy.world_size, micro_batch_size
+    # Every process runs the same number of forwards (ZeRO-3 gathers weights collectively):
+    # pad the work list with repeats that are computed but not returned.
+    per_round = world * mb
+    n = -(-len(positions) // per_round) * per_round
+    padded = list(positions) + [positions[-1]] * (n - len(positions))
+    mine = [(padded[k], k < len(positions)) for k in range(strategy.rank, n, world)]
+    pad_id = pad_token_id(ds.renderer.tokenizer)
+    dev = strategy.device
+    with torch.no_grad():
+        for start in range(0, len(mine), mb):
+            chunk = mine[start : start + mb]
+            items = [ds[i] for i, _ in chunk]
+            batch = preference_collate(items, pad_id)
+            seq = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
+                        batch["loss_mask"].to(dev))[0].sum(-1)
+            b = len(items)
+            scores = {item["index"]: (seq[j].item(), seq[b + j].item())
+                      for j, ((_, real), item) in enumerate(zip(chunk, items)) if real}
+            out.update(scores)
+            if on_batch is not None:
+                on_batch(scores)
+    return out
+
+
+def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str) -> Dict[int, Tuple[float, float]]:
+    from tqdm import tqdm
+
     from openrlhf.recipes.common import prepare_frozen
     from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail
 
@@ -107,34 +153,20 @@ def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str)
     strategy.print(f"{job.kind}: {len(ds)} pairs, {len(done)} already scored, {len(todo)} to score")
     if not todo:
         return done
-    world, mb = strategy.world_size, cfg.train.micro_batch_size
-    # Every process runs the same number of forwards (ZeRO-3 gathers weights collectively):
-    # pad the work list with repeats that are computed but not written.
-    per_round = world * mb
-    n = -(-len(todo) // per_round) * per_round
-    padded = todo + [todo[-1]] * (n - len(todo))
-    mine = [(padded[k], k < len(todo)) for k in range(strategy.rank, n, world)]
     model = prepare_frozen(strategy, cfg, job.model_path, job.offload, what=job.flag)
-    pad_id = pad_token_id(ds.renderer.tokenizer)
     os.makedirs(partial_dir, exist_ok=True)
     out_path = _partial_path(partial_dir, job.kind, strategy.rank)
     if repair_torn_tail(out_path) == "dropped":
         print(f"{job.kind}: rank {strategy.rank}: dropped the torn last line of {out_path} (a killed run's "
               "unfinished write); that row is scored again", flush=True)
     bar = tqdm(total=len(todo), desc=f"score {job.kind}", disable=not strategy.is_rank_0(), dynamic_ncols=True)
-    dev = strategy.device
-    with torch.no_grad():
-        for start in range(0, len(mine), mb):
-            chunk = mine[start : start + mb]
-            items = [ds[i] for i, _ in chunk]
-            batch = preference_collate(items, pad_id)
-            seq = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["loss_mask"].to(dev))[0].sum(-1)
-            b = len(items)
-            recs = [{"fp": job.setting_fp, "index": item["index"], "chosen": seq[j].item(), "rejected": seq[b + j].item()}
-                    for j, ((_, real), item) in enumerate(zip(chunk, items)) if real]
-            append_jsonl(out_path, recs)
-            bar.n = min(len(todo), (start + mb) * world)
-            bar.refresh()
+
+    def write(scores: Dict[int, Tuple[float, float]]) -> None:
+        append_jsonl(out_path, [{"fp": job.setting_fp, "index": i, "chosen": c, "rejected": r}
+                                for i, (c, r) in scores.items()])
+        bar.update(min(len(scores) * strategy.world_size, bar.total - bar.n))
+
+    score_pairs(strategy, model, ds, todo, cfg.train.micro_batch_size, on_batch=write)
     bar.close()
     del model
     strategy.barrier()

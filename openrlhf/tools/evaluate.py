@@ -138,23 +138,53 @@ def _fmt(x: Optional[float], digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _with_ci(m: dict, key: str, digits: int = 4, scale: float = 1.0) -> str:
+    ci = m.get("ci", {}).get(key)
+    if not ci or ci.get("n", 0) == 0:
+        return _fmt(m.get(key) * scale if m.get(key) is not None else None, digits)
+    return f"{ci['mean'] * scale:.{digits}f} [{ci['lo'] * scale:.{digits}f}, {ci['hi'] * scale:.{digits}f}]"
+
+
+def _p(x: float) -> str:
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
 def write_markdown(report: dict, path: str) -> None:
     lines = [
         f"Teacher: `{report['teacher']}`; {report['num_rows']} prompts; "
-        f"chat template: {'yes' if report['apply_chat_template'] else 'no'}.",
+        f"chat template: {'yes' if report['apply_chat_template'] else 'no'}. Each metric: the mean over prompts "
+        "[bootstrap 95% interval].",
         "",
         "| model | ROUGE-L F1 | teacher NLL (row mean) | teacher NLL (token mean) | mean words "
-        "| mean teacher tokens | cut off |",
+        "| mean teacher tokens | cut off (%) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, m in report["models"].items():
-        cut = "-" if m.get("truncated") is None else f"{100 * m['truncated']:.1f}%"
+        cut = "-" if m.get("truncated") is None else _with_ci(m, "truncated", 1, 100.0)
         lines.append(
-            f"| {label} | {_fmt(m['rouge_l_f1'])} | {_fmt(m['teacher_nll'])} | {_fmt(m['teacher_nll_tokens'])} "
-            f"| {_fmt(m['mean_words'], 1)} | {_fmt(m['mean_teacher_tokens'], 1)} | {cut} |"
+            f"| {label} | {_with_ci(m, 'rouge_l_f1')} | {_with_ci(m, 'teacher_nll')} | {_fmt(m['teacher_nll_tokens'])} "
+            f"| {_with_ci(m, 'mean_words', 1)} | {_fmt(m['mean_teacher_tokens'], 1)} | {cut} |"
         )
     lines += ["", "ROUGE-L: against the teacher's response (higher: closer). Teacher NLL: mean negative "
               "log-likelihood per response token under the teacher (lower: more teacher-like).", ""]
+    paired = report.get("paired") or {}
+    if paired:
+        ref = report["compare_to"]
+        lines += [f"### {ref} against each model, prompt by prompt", "",
+                  f"Wins / ties / losses of {ref}; the mean difference ({ref} minus the other) with its paired "
+                  "bootstrap 95% interval; p: two-sided exact sign test over the non-tied prompts, and a sign-flip "
+                  "permutation test of the mean difference.", "",
+                  "| against | ROUGE-L W/T/L | ROUGE-L diff | p sign / perm | teacher NLL W/T/L | NLL diff "
+                  "| p sign / perm |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for other, cmp in paired.items():
+            r, n = cmp["rouge_l_f1"], cmp["teacher_nll"]
+            lines.append(
+                f"| {other} | {r['wins']}/{r['ties']}/{r['losses']} | {r['diff']:+.4f} [{r['diff_lo']:+.4f}, "
+                f"{r['diff_hi']:+.4f}] | {_p(r['p_sign'])} / {_p(r['p_perm'])} | {n['wins']}/{n['ties']}/{n['losses']} "
+                f"| {n['diff']:+.4f} [{n['diff_lo']:+.4f}, {n['diff_hi']:+.4f}] | {_p(n['p_sign'])} / "
+                f"{_p(n['p_perm'])} |")
+        lines.append("")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
 
@@ -173,7 +203,11 @@ def write_chart(report: dict, path: str) -> None:
     for k, (key, title) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         values = [report["models"][lab][key] for lab in labels]
-        bars = ax.bar(range(len(labels)), values, color=colors)
+        cis = [report["models"][lab].get("ci", {}).get(key) for lab in labels]
+        err = None
+        if all(ci and ci.get("n") for ci in cis):
+            err = [[v - ci["lo"] for v, ci in zip(values, cis)], [ci["hi"] - v for v, ci in zip(values, cis)]]
+        bars = ax.bar(range(len(labels)), values, color=colors, yerr=err, capsize=3 if err else 0)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30, ha="right")
         ax.set_title(title, fontsize=9)
@@ -200,8 +234,14 @@ def evaluate_responses(
     dtype: str = "fp32",
     device: Optional[str] = None,
     progress: bool = True,
+    compare_to: Optional[str] = "daDPO",
 ) -> dict:
     """Score every candidate's responses against the teacher's; write the reports; return report.json's dict.
+
+    Every metric gets its per-prompt bootstrap 95% interval (``ci``); when ``compare_to`` is one of the
+    labels, ``paired`` holds its prompt-by-prompt comparison with every other candidate
+    (:func:`~openrlhf.utils.stats.paired_comparison`: wins / ties / losses, mean difference with its
+    interval, sign test and permutation test) for ROUGE-L F1 and the teacher NLL.
 
     ``candidates`` maps a label (e.g. ``dSFT``) to a response file whose ids must be
     exactly the teacher file's ids, each with the same prompt. ``prompts`` (optional)
@@ -216,6 +256,7 @@ def evaluate_responses(
     from openrlhf.generation.outputs import check_same_ids, read_responses
     from openrlhf.tools.common import pick_device
     from openrlhf.utils.dtypes import torch_dtype
+    from openrlhf.utils.stats import bootstrap_ci, paired_comparison
 
     # Cheap checks first: labels, files, ids; then the teacher.
     if not candidates:
@@ -264,6 +305,7 @@ def evaluate_responses(
         "models": {},
     }
     per_row: List[dict] = []
+    per_prompt: Dict[str, Dict[str, list]] = {}
     for label, (rows, path) in sources.items():
         pairs = [(teacher_rows[i]["prompt"], rows[i]["response"]) for i in ids]
         wheres = [f"{path}: row {rows[i]['_row']}" for i in ids]
@@ -288,10 +330,22 @@ def evaluate_responses(
                           else None),
             "rows": len(ids),
         }
+        per_prompt[label] = {"rouge_l_f1": [r["f1"] for r in rouge], "teacher_nll": row_nll,
+                             "mean_words": [float(w) for w in n_words],
+                             "truncated": [float(r == "length") for r in reasons] if all(r is not None for r in reasons)
+                             else []}
+        report["models"][label]["ci"] = {key: bootstrap_ci(v) for key, v in per_prompt[label].items() if v}
         for i, r, (s, n), w in zip(ids, rouge, nll, n_words):
             per_row.append({"id": teacher_rows[i]["id"], "model": label, "rouge_l_f1": r["f1"],
                             "teacher_nll": s / n if n else None, "teacher_tokens": n, "words": w})
 
+    if compare_to in candidates:
+        ref = per_prompt[compare_to]
+        report["compare_to"] = compare_to
+        report["paired"] = {
+            label: {"rouge_l_f1": paired_comparison(ref["rouge_l_f1"], v["rouge_l_f1"], higher_is_better=True),
+                    "teacher_nll": paired_comparison(ref["teacher_nll"], v["teacher_nll"], higher_is_better=False)}
+            for label, v in per_prompt.items() if label not in (compare_to, TEACHER_LABEL)}
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)

@@ -228,7 +228,7 @@ class Trainer:
                     aux = self._take_aux_loss()
                     if aux is not None:  # MoE router balancing loss (--model.aux_loss_coef)
                         loss = loss + aux
-                        metrics["aux_loss"] = float(aux)
+                        metrics["aux_loss"] = float(aux.detach())
                     if dynamic:  # micro-batches of different sizes: weight them ourselves, DeepSpeed does not
                         w = self._micro_weight(batch, micro)
                         self.strategy.backward(loss * w, self.engine, boundary=k == len(micro) - 1)

@@ -149,6 +149,17 @@ def write_meta(folder: str, meta: Dict[str, Any]) -> None:
         json.dump(meta, f)
 
 
+def read_latest_meta(ckpt_dir: str) -> Optional[Dict[str, Any]]:
+    """What the newest complete checkpoint of ``ckpt_dir`` says of itself (step, world size and the
+    trainer's state: epoch, consumed_samples), without loading it; None without one."""
+    tag = find_latest_tag(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    path = os.path.join(ckpt_dir, tag, META_FILE) if tag else None
+    if path is None or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 # ----- RNG states -----------------------------------------------------------------------
 
 

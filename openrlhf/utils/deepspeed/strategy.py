@@ -463,7 +463,7 @@ class DeepspeedStrategy:
         )
         ckpt_io.save_rng_state(tmp_path, self._rank)
         if self.is_rank_0():
-            ckpt_io.write_meta(tmp_path, {"step": int(step), "world_size": self._world_size})
+            ckpt_io.write_meta(tmp_path, {**(client_state or {}), "step": int(step), "world_size": self._world_size})
         self.barrier()
         if self.is_rank_0():
             ckpt_io.commit(ckpt_dir, tmp_name, tag)

@@ -1,0 +1,22 @@
+"""python -m openrlhf.cli.train_dpo_ray --actor.num_nodes 1 --actor.num_gpus_per_node 8 ...
+
+train_dpo on a Ray cluster: the policy and the reference as groups of Ray actors
+(placement groups; --train.colocate_all puts them on the same GPUs), every other flag as train_dpo's.
+Submit it as a job: ray job submit --address http://HEAD:8265 --working-dir . -- python -m
+openrlhf.cli.train_dpo_ray .... The body is :func:`openrlhf.recipes.ray_preference.train_dpo_ray`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def main(argv: Optional[list] = None) -> None:
+    from openrlhf.cli.common import run_cli
+    from openrlhf.recipes.ray_preference import train_dpo_ray
+
+    run_cli(train_dpo_ray, "dpo_ray", argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Generation engines as Ray actors (``generate --generate.ray``): ``--vllm.num_engines`` actors on the
+cluster, each running one backend (vLLM with ``--vllm.tensor_parallel_size`` GPUs, or transformers'
+generate on one GPU or on CPUs), the prompts dealt out in chunks of ``--generate.batch_size``
+(chunk j to engine j mod N). Each finished chunk comes back as it is done, so the caller writes the
+resumable output file as it goes, exactly as with the in-process backends. A dead engine stops the run
+with an error naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from openrlhf.utils.ray_group import DistWorker
+
+Result = Tuple[int, List[int], Optional[str]]
+
+
+class EngineWorker(DistWorker):
+    """One engine: ``load`` builds the backend, ``generate`` answers a chunk of (position, prompt ids)."""
+
+    def load(self, cfg, stop_ids: Sequence[int], pad_id: int) -> None:
+        g = cfg.generate
+        if g.backend == "hf":
+            from openrlhf.generation.hf_backend import HFGenerator
+
+            self.engine = HFGenerator(cfg.model.model_name_or_path, g, param_dtype=cfg.ds.param_dtype,
+                                      attn_implementation=cfg.ds.attn_implementation, seed=cfg.train.seed,
+                                      pad_id=pad_id, stop_ids=stop_ids)
+            self.positional = True
+        else:
+            from openrlhf.generation.vllm_backend import VLLMSettings, _Engine
+
+            self.engine = _Engine(VLLMSettings.from_config(cfg, stop_ids))
+            self.positional = False
+
+    def generate(self, items: List[Tuple[int, List[int]]]) -> List[Result]:
+        out: List[Result] = []
+        if self.positional:  # the hf generator numbers the prompts it is given from 0
+            for results in self.engine.run([ids for _, ids in items]):
+                out += [(items[k][0], ids, finish) for k, ids, finish in results]
+        else:
+            for results in self.engine.run(items):
+                out += results
+        return out
+
+    def close(self) -> None:
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.close()
+
+
+class RayGenerator:
+    """The engines of one run, started on the cluster at ``cfg.ray.address`` (or $RAY_ADDRESS)."""
+
+    def __init__(self, cfg, stop_ids: Sequence[int], pad_id: int, log=print):
+        from openrlhf.utils.ray_group import ActorGroup, cluster_has_gpus, connect, make_bundles
+
+        connect(cfg.ray.address)
+        v, g = cfg.vllm, cfg.generate
+        self.batch_size = g.batch_size
+        gpus = (v.tensor_parallel_size if g.backend == "vllm" else 1) if cluster_has_gpus() else 0
+        self.bundles = make_bundles("the generation engines", v.num_engines, cfg.ray.num_cpus_per_actor, gpus,
+                                    cfg.ray.placement_timeout)
+        self.group = ActorGroup("generation engine", EngineWorker, v.num_engines, self.bundles, range(v.num_engines),
+                                cfg.ray.num_cpus_per_actor, gpus, rendezvous=False)
+        log(f"generate: {v.num_engines} {g.backend} engine(s) as Ray actors on "
+            + ", ".join(sorted({n['ip'] for n in self.group.nodes})))
+        self.group.get(self.group.call("load", cfg, list(stop_ids), pad_id))
+
+    def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
+        """Yield finished chunks ``[(position, token ids, finish reason)]`` as they arrive."""
+        import ray
+
+        from openrlhf.utils.ray_group import get_named
+
+        items = [(i, list(ids)) for i, ids in enumerate(prompt_ids)]
+        chunks = [items[s:s + self.batch_size] for s in range(0, len(items), self.batch_size)]
+        n = len(self.group)
+        where = {}
+        for j, chunk in enumerate(chunks):
+            where[self.group.actors[j % n].generate.remote(chunk)] = j % n
+        pending = list(where)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield get_named(done[0], f"generation engine {where[done[0]]}")
+
+    def close(self) -> None:
+        from openrlhf.utils.ray_group import free_bundles
+
+        try:
+            self.group.get(self.group.call("close"))
+        finally:
+            self.group.kill()
+            free_bundles(self.bundles)

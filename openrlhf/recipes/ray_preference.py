@@ -1,0 +1,288 @@
+"""train_dpo_ray / train_dadpo_ray: DPO and daDPO with the policy, the reference and each teacher as
+groups of Ray actors (python -m openrlhf.cli.train_dadpo_ray).
+
+The driver (this process; under ``ray job submit``, the job's entrypoint) places the groups and
+feeds them:
+
+- the policy group (``--actor.num_nodes`` x ``--actor.num_gpus_per_node`` actors, one DeepSpeed
+  world, the --ds.* ZeRO stage) runs :func:`~openrlhf.recipes.preference.train_with_remote_logps`:
+  train_dpo / train_dadpo's own loop, checkpoints, metrics.jsonl and HF output, with the
+  reference / teacher log-probs read from the frozen groups instead of computed in place;
+- a reference group (``--ref.*``) and one group per teacher (``--teacher.*``; each teacher in its
+  own tokenizer and chat template) load their model frozen, sharded by ZeRO-3 across their own
+  group when --ds.zero_stage is 3, and score the pairs in the order the policy will use them, one
+  global batch at a time: with groups of their own (not ``--train.colocate_all``) they run ahead
+  of the policy, so the policy trains on batch k while they score batch k+1. Each row is scored
+  once, whatever the number of epochs. The scores go to the policy through Ray's object store.
+
+The per-step losses equal train_dadpo's under ``deepspeed --num_gpus N`` for the same data order
+(the same sampler, seed and processes; tested to 1e-5 in fp32 on CPU). Resuming
+(``--ckpt.load_enable``) reads the last checkpoint's step to order the scoring, then the policy
+resumes exactly as train_dadpo does. A dead actor (killed, out of memory, lost node) stops the job
+with an error naming its group and rank; ``<ckpt.output_dir>/ray_actors.json`` lists every
+actor's group, rank, node and process id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from openrlhf.config.schema import DADPOConfig, DADPORayConfig, DPORayConfig
+from openrlhf.utils.ray_group import DistWorker
+
+GROUP_NAMES = {"ref": "reference"}  # kind -> group name (teachers keep theirs: teacher, teacher_2, ...)
+
+
+def group_name(kind: str) -> str:
+    return GROUP_NAMES.get(kind, kind)
+
+
+# ---- actors ---------------------------------------------------------------------------------------------
+
+
+class ChunkedLogps:
+    """The policy's view of the frozen groups' scores: ``chunks`` is a list of (row indices, {kind: object
+    refs, one per rank of that kind's group}); :meth:`get` waits for a chunk the first time one of its rows
+    is asked for. ``wait_seconds``: the time spent waiting (what the overlap did not hide)."""
+
+    def __init__(self, chunks: Sequence[Tuple[List[int], Dict[str, list]]]):
+        self.chunks = list(chunks)
+        self.where = {i: k for k, (indices, _) in enumerate(self.chunks) for i in indices}
+        self.loaded: Dict[Tuple[int, str], Dict[int, Tuple[float, float]]] = {}
+        self.wait_seconds = 0.0
+
+    def get(self, kind: str, index: int) -> Tuple[float, float]:
+        import ray
+
+        k = self.where[index]
+        if (k, kind) not in self.loaded:
+            t = time.perf_counter()
+            merged: Dict[int, Tuple[float, float]] = {}
+            for part in ray.get(self.chunks[k][1][kind]):
+                merged.update(part)
+            self.wait_seconds += time.perf_counter() - t
+            self.loaded[(k, kind)] = merged
+        return self.loaded[(k, kind)][index]
+
+
+class PolicyWorker(DistWorker):
+    """One process of the policy group: the whole train_dpo / train_dadpo run with remote log-probs."""
+
+    def fit(self, cfg, chunks) -> Dict[str, Any]:
+        from openrlhf.recipes.preference import train_with_remote_logps
+        from openrlhf.utils.distributed import destroy_process_group
+
+        provider = ChunkedLogps(chunks)
+        t = time.perf_counter()
+        last = train_with_remote_logps(cfg, provider)
+        seconds = time.perf_counter() - t
+        destroy_process_group()
+        return {"metrics": last, "wait_seconds": provider.wait_seconds, "seconds": seconds}
+
+
+class FrozenWorker(DistWorker):
+    """One process of a frozen group (the reference, or one teacher): loads the model once, then scores
+    the pairs it is given (a global batch at a time, shared out between the group's processes)."""
+
+    def setup(self, cfg, kind: str, model_path: str, offload: bool, flag: str) -> int:
+        from openrlhf.datasets.loading import load_sources
+        from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
+        from openrlhf.recipes.common import make_strategy, prepare_frozen
+        from openrlhf.recipes.score import side_dataset
+
+        d = cfg.data
+        rows = load_sources(d.dataset, split=d.dataset_split, max_samples=d.max_samples, probs=d.dataset_probs,
+                            seed=cfg.train.seed)
+        tokenizer = data_tokenizer(cfg.model.model_name_or_path, d)
+        renderer = None
+        if kind != "ref":
+            names = [n for n in _teacher_kinds(cfg)]
+            renderer = teacher_renderers(cfg.teacher, d)[names.index(kind)]
+        self.kind = kind
+        self.ds = side_dataset(cfg, kind, rows, tokenizer, d.dataset, renderer)
+        self.position = {item_index: pos for pos, item_index in enumerate(self.ds.rows_kept_indices)}
+        self.strategy = make_strategy(cfg, training=False)
+        self.model = prepare_frozen(self.strategy, cfg, model_path, offload, what=flag)
+        self.micro = cfg.train.micro_batch_size
+        self.busy = 0.0
+        return len(self.ds)
+
+    def score(self, indices: List[int]) -> Dict[int, Tuple[float, float]]:
+        from openrlhf.recipes.score import score_pairs
+
+        t = time.perf_counter()
+        out = score_pairs(self.strategy, self.model, self.ds, [self.position[i] for i in indices], self.micro)
+        self.busy += time.perf_counter() - t
+        return out
+
+    def busy_seconds(self) -> float:
+        return self.busy
+
+
+def _teacher_kinds(cfg) -> List[str]:
+    from openrlhf.models.loss import teacher_name
+
+    if not isinstance(cfg, DADPOConfig):
+        return []
+    return [teacher_name(k) for k in range(len(cfg.teacher.model_name_or_path))]
+
+
+# ---- the driver -----------------------------------------------------------------------------------------
+
+
+class _NotYet:
+    """Stands in for the provider while the driver builds the data only to learn its order."""
+
+    def get(self, kind, index):  # pragma: no cover - never called
+        raise AssertionError("the driver does not read log-probs")
+
+
+def _schedule(view, cfg, world: int, start: Optional[dict]) -> List[List[int]]:
+    """Row indices in the order the policy will first need them, one list per global step (rows already
+    listed at an earlier step are left out): the sampler's order from the resume point on."""
+    from openrlhf.trainer.base import steps_per_epoch
+    from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
+
+    bs = cfg.train.batch_size
+    n_steps = steps_per_epoch(len(view), bs)
+    epoch0, consumed0 = (int(start.get("epoch", 0)), int(start.get("consumed_samples", 0))) if start else (0, 0)
+    seen, steps = set(), []
+    for epoch in range(epoch0, cfg.train.max_epochs):
+        order = ResumableDistributedSampler(len(view), world, 0, shuffle=True, seed=cfg.train.seed,
+                                            epoch=epoch).global_order()
+        for k in range((consumed0 if epoch == epoch0 else 0) // bs, n_steps):
+            rows = [view.row_index(p) for p in order[k * bs:(k + 1) * bs]]
+            new = [i for i in rows if i not in seen]
+            seen.update(new)
+            if new:
+                steps.append(new)
+    return steps
+
+
+def _frozen_sides(cfg, kinds: Sequence[str]) -> List[Tuple[str, str, bool, str, int]]:
+    """(kind, model path, offload, flag, group size) of each frozen group to start."""
+    from openrlhf.recipes.preference import reference_path
+
+    out = []
+    for kind in kinds:
+        if kind == "ref":
+            out.append((kind, reference_path(cfg), cfg.ref.offload, "--ref.model_name_or_path",
+                        cfg.ref.num_nodes * cfg.ref.num_gpus_per_node))
+        else:
+            path = cfg.teacher.model_name_or_path[_teacher_kinds(cfg).index(kind)]
+            out.append((kind, path, cfg.teacher.offload, "--teacher.model_name_or_path",
+                        cfg.teacher.num_nodes * cfg.teacher.num_gpus_per_node))
+    return out
+
+
+def train_preference_ray(cfg) -> Dict[str, Any]:
+    """Place the groups, score ahead, train; returns the policy's last metrics plus the timing of the
+    overlap (``ray_policy_seconds``, ``ray_wait_seconds``: policy time blocked on scores,
+    ``ray_<group>_busy_seconds``)."""
+    from openrlhf.datasets.preference_data import prepare_preference_data
+    from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
+    from openrlhf.recipes.preference import scored_sides
+    from openrlhf.utils.deepspeed import ckpt_io
+    from openrlhf.utils.errors import UserError
+    from openrlhf.utils.ray_group import ActorGroup, cluster_has_gpus, connect, free_bundles, make_bundles, wait_groups
+
+    if not isinstance(cfg, (DPORayConfig, DADPORayConfig)):
+        raise TypeError(f"train_preference_ray takes a DPORayConfig or DADPORayConfig, got {type(cfg).__name__}")
+    world = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node
+    per_step = cfg.train.micro_batch_size * world
+    if cfg.train.batch_size % per_step:
+        raise UserError(f"--train.batch_size ({cfg.train.batch_size}) must be a multiple of --train.micro_batch_size "
+                        f"({cfg.train.micro_batch_size}) x the policy group's {world} actors (--actor.num_nodes x "
+                        f"--actor.num_gpus_per_node) = {per_step}")
+
+    # Cheap checks first (tokenizers, data, caches), exactly as every policy process will build them.
+    m = cfg.model
+    tokenizer = data_tokenizer(m.model_name_or_path, cfg.data)
+    renderers = teacher_renderers(cfg.teacher, cfg.data) if isinstance(cfg, DADPOConfig) else []
+    data = prepare_preference_data(cfg.data, cfg.eval, tokenizer, m.model_name_or_path, scored_sides(cfg, renderers),
+                                   packing=cfg.ds.packing_samples, seed=cfg.train.seed, remote=_NotYet())
+    for line in data.reports:
+        print(line, flush=True)
+    start = ckpt_io.read_latest_meta(cfg.checkpoint_dir) if cfg.ckpt.load_enable else None
+    steps = _schedule(data.train, cfg, world, start) if data.remote else []
+
+    connect(cfg.ray.address)
+    gpus = cluster_has_gpus()
+    frozen = _frozen_sides(cfg, data.remote)
+    cpus, timeout = cfg.ray.num_cpus_per_actor, cfg.ray.placement_timeout
+    bundles, groups = [], []
+    try:
+        if cfg.train.colocate_all:
+            too_big = [group_name(k) for k, *_, n in frozen if n > world]
+            if too_big:
+                raise UserError(f"--train.colocate_all: the {', '.join(too_big)} group(s) have more actors than the "
+                                f"policy's {world} bundles; make them at most as large")
+            shared = make_bundles("the colocated groups", world, cpus, 1 if gpus else 0, timeout)
+            bundles.append(shared)
+            sharing = [1 + sum(1 for *_, n in frozen if n > b) for b in range(world)]
+            share = 1.0 / max(sharing)  # every actor on a bundle gets the same share of it
+            policy = ActorGroup("policy", PolicyWorker, world, shared, range(world), cpus * share,
+                                share if gpus else 0)
+            groups.append(policy)
+            for kind, path, offload, flag, n in frozen:
+                groups.append(ActorGroup(group_name(kind), FrozenWorker, n, shared, range(n), cpus * share,
+                                         share if gpus else 0))
+        else:
+            own = make_bundles("the policy group", world, cpus, 1 if gpus else 0, timeout)
+            bundles.append(own)
+            policy = ActorGroup("policy", PolicyWorker, world, own, range(world), cpus, 1 if gpus else 0)
+            groups.append(policy)
+            for kind, path, offload, flag, n in frozen:
+                b = make_bundles(f"the {group_name(kind)} group", n, cpus, 1 if gpus else 0, timeout)
+                bundles.append(b)
+                groups.append(ActorGroup(group_name(kind), FrozenWorker, n, b, range(n), cpus, 1 if gpus else 0))
+        frozen_groups = dict(zip([k for k, *_ in frozen], groups[1:]))
+        os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.ckpt.output_dir, "ray_actors.json"), "w") as f:
+            json.dump([row for g in groups for row in g.describe()], f, indent=1)
+
+        wait_groups([(frozen_groups[kind], frozen_groups[kind].call("setup", cfg, kind, path, offload, flag))
+                     for kind, path, offload, flag, _ in frozen])
+        # Every scoring call is queued now, in the policy's order: each group works through them as fast
+        # as it can while the policy trains.
+        chunks, score_calls = [], []
+        for rows in steps:
+            refs = {kind: g.call("score", rows) for kind, g in frozen_groups.items()}
+            chunks.append((rows, refs))
+            score_calls += [(frozen_groups[kind], r) for kind, r in refs.items()]
+        t = time.perf_counter()
+        results = wait_groups([(policy, policy.call("fit", cfg, chunks))] + score_calls)[0]
+        seconds = time.perf_counter() - t
+        busy = {kind: max(wait_groups([(g, g.call("busy_seconds"))])[0]) for kind, g in frozen_groups.items()}
+    finally:
+        for g in groups:
+            g.kill()
+        free_bundles(*bundles)
+    out = dict(results[0]["metrics"] or {})
+    timing = {"ray_seconds": round(seconds, 3), "ray_policy_seconds": round(max(r["seconds"] for r in results), 3),
+              "ray_wait_seconds": round(max(r["wait_seconds"] for r in results), 3),
+              **{f"ray_{group_name(k)}_busy_seconds": round(v, 3) for k, v in busy.items()}}
+    with open(os.path.join(cfg.ckpt.output_dir, "ray_timing.json"), "w") as f:
+        json.dump(timing, f, indent=1)
+    print(f"ray: policy {timing['ray_policy_seconds']} s, of which {timing['ray_wait_seconds']} s waiting for "
+          f"log-probs; frozen groups busy " + ", ".join(f"{group_name(k)} {v:.1f} s" for k, v in busy.items()),
+          flush=True)
+    out.update(timing)
+    return out
+
+
+def train_dpo_ray(cfg: DPORayConfig) -> Dict[str, Any]:
+    """train_dpo with the policy and the reference as Ray actor groups."""
+    if not isinstance(cfg, DPORayConfig):
+        raise TypeError(f"train_dpo_ray takes a DPORayConfig, got {type(cfg).__name__}")
+    return train_preference_ray(cfg)
+
+
+def train_dadpo_ray(cfg: DADPORayConfig) -> Dict[str, Any]:
+    """train_dadpo with the policy, the reference and each teacher as Ray actor groups."""
+    if not isinstance(cfg, DADPORayConfig):
+        raise TypeError(f"train_dadpo_ray takes a DADPORayConfig, got {type(cfg).__name__}")
+    return train_preference_ray(cfg)
