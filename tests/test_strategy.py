@@ -489,24 +489,51 @@ def _check_two_process_run(out, tiny_dir, result):
 @pytest.mark.slow
 def test_two_process_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     """~15 s here: ZeRO-3 training + a ZeRO-3 offloaded frozen copy, 2 CPU processes."""
-    out = str(tmp_path)
+    out, port = str(tmp_path), str(find_free_port())
     cmd = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", str(find_free_port()),
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", port,
         SCRIPT, "--model", tiny_dir, "--out", out, "--stage", "3", "--offload_ref",
     ]
     result = _launch(cmd, out)
     assert result["partitioned_at_load"] and result["ref_partitioned_at_load"]
     _check_two_process_run(out, tiny_dir, result)
+    _assert_no_shm_segments_left(port)
 
 
 @pytest.mark.slow
 def test_two_process_zero2_torchrun(tiny_dir, tmp_path):
     """~8 s here: the same run under torchrun with ZeRO-2."""
-    out = str(tmp_path)
+    out, port = str(tmp_path), str(find_free_port())
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(find_free_port()), SCRIPT, "--model", tiny_dir, "--out", out, "--stage", "2",
+        "--master_port", port, SCRIPT, "--model", tiny_dir, "--out", out, "--stage", "2",
     ]
     result = _launch(cmd, out)
     assert not result["partitioned_at_load"]
     _check_two_process_run(out, tiny_dir, result)
+    _assert_no_shm_segments_left(port)
+
+
+def _assert_no_shm_segments_left(port: str) -> None:
+    """DeepSpeed's CPU all-reduce segments (67 MB of RAM per process) must not outlive the run."""
+    import glob
+
+    assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*")
+
+
+def test_release_shm_allreduce_buffer_removes_only_this_rank(tmp_path, monkeypatch):
+    from openrlhf.utils.distributed import release_shm_allreduce_buffer
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29555")
+    uid = os.getuid()
+    mine = tmp_path / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29555_1"
+    peer = tmp_path / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29555_0"
+    other_run = tmp_path / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29556_1"
+    for f in (mine, peer, other_run):
+        f.write_bytes(b"x")
+    assert release_shm_allreduce_buffer(1, str(tmp_path)) is True
+    assert not mine.exists() and peer.exists() and other_run.exists()
+    assert release_shm_allreduce_buffer(1, str(tmp_path)) is False  # already gone
+    monkeypatch.delenv("MASTER_PORT")
+    assert release_shm_allreduce_buffer(0, str(tmp_path)) is False and peer.exists()

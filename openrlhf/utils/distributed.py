@@ -76,3 +76,22 @@ def exit_cleanly(code: int = 0) -> None:
             except Exception:
                 pass
         os._exit(code)
+
+
+def release_shm_allreduce_buffer(rank: int, shm_dir: str = "/dev/shm") -> bool:
+    """Unlink this process's DeepSpeed CPU all-reduce segment name; True when one was removed.
+
+    On CPU every DeepSpeed process creates ``<shm_dir>/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>``
+    (about 67 MB of RAM) and never unlinks it, so each finished run leaves its segments behind until
+    the machine restarts. Call it once every rank has mapped its peers' segments (after
+    ``init_distributed`` and a barrier): the mappings stay valid, only the names go.
+    """
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return False
+    path = os.path.join(shm_dir, f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -44,7 +44,7 @@ from openrlhf.config.schema import LR_SCHEDULERS
 from openrlhf.config.validate import ds_problems
 from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
-from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port
+from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port, release_shm_allreduce_buffer
 from openrlhf.utils.dtypes import torch_dtype
 from openrlhf.utils.errors import UserError
 
@@ -166,6 +166,9 @@ class DeepspeedStrategy:
 
         self._world_size = dist.get_world_size()
         self._rank = dist.get_rank()
+        if not torch.cuda.is_available():
+            dist.barrier()  # every rank has mapped its peers' shared-memory segments
+            release_shm_allreduce_buffer(self._rank)
         self._local_rank = local_rank
         self._seed(self.train.seed)
         if getattr(self.train, "full_determinism_enable", False):
