@@ -69,6 +69,22 @@ def test_selected_logps_match_log_softmax_values_and_gradients():
     assert torch.allclose(g_ours, g_ref, atol=1e-6)
 
 
+def test_selected_logps_default_chunk_follows_the_vocabulary(monkeypatch):
+    from openrlhf.models import actor
+
+    seen = []
+    real_apply = actor._SelectedLogps.apply
+    monkeypatch.setattr(actor._SelectedLogps, "apply", lambda lg, lb, chunk: seen.append(chunk) or real_apply(lg, lb, chunk))
+    monkeypatch.setattr(actor, "CHUNK_ELEMENTS", 150)
+    logits = torch.randn(7, 50, dtype=torch.float64)
+    labels = torch.randint(0, 50, (7,))
+    ours = actor.selected_logps(logits, labels)
+    assert seen == [3]  # 150 elements / 50 per row
+    assert torch.allclose(ours.double(), torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1))
+    actor.selected_logps(torch.randn(2, 400), torch.tensor([1, 2]))
+    assert seen[-1] == 1  # a row wider than the budget still runs, one row at a time
+
+
 def test_packed_batch_layout_and_sequence_sums(tiny_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
