@@ -58,7 +58,8 @@ def default_model(cache: str) -> str:
 
 def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict]:
     """n pairs of real ShareGPT text: a first human turn, its GPT answer (chosen) and the GPT answer of
-    another conversation (rejected); prompts under 96 tokens, answers of 64..(max_len - prompt) tokens."""
+    another conversation (rejected); prompts under 96 tokens, answers of at least 64 tokens, both chat
+    renderings within max_len (so no configuration cuts or leaves out a pair)."""
     import random
 
     from transformers import AutoTokenizer
@@ -81,10 +82,19 @@ def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict
         if len(turns) >= 4 * n:
             break
     rng.shuffle(turns)
-    turns = turns[: n + 1]
-    if len(turns) < n + 1:
-        raise SystemExit(f"only {len(turns)} ShareGPT pairs fit max_len {max_len}")
-    return [{"prompt": turns[i][0], "chosen": turns[i][1], "rejected": turns[i + 1][1]} for i in range(n)]
+
+    def fits(prompt: str, response: str) -> bool:  # the whole chat rendering, system prompt included
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return len(tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]) <= max_len
+
+    pairs = []
+    for i in range(len(turns) - 1):  # no pair is cut to max_len: daDPO would leave a cut pair out
+        row = {"prompt": turns[i][0], "chosen": turns[i][1], "rejected": turns[i + 1][1]}
+        if fits(row["prompt"], row["chosen"]) and fits(row["prompt"], row["rejected"]):
+            pairs.append(row)
+        if len(pairs) == n:
+            return pairs
+    raise SystemExit(f"only {len(pairs)} ShareGPT pairs fit max_len {max_len}")
 
 
 def matmul_peak_flops(dtype: str = "fp32", size: int = 2048, reps: int = 8) -> float:
@@ -273,7 +283,7 @@ def main() -> None:
     if not os.path.exists(os.path.join(teacher, "model.safetensors")):
         shutil.copytree(a.model, teacher, dirs_exist_ok=True)
     n = min(a.pairs, a.steps * a.batch)
-    data = os.path.join(a.cache, f"pairs_{n}_{a.max_len}.jsonl")
+    data = os.path.join(a.cache, f"pairs_{n}_{a.max_len}_whole.jsonl")
     if not os.path.exists(data):
         from openrlhf.utils.jsonl import write_jsonl_atomic
 
