@@ -24,10 +24,10 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 import time
 from typing import List, Optional
 
+from openrlhf.utils.atomic import make_temp_file
 from openrlhf.utils.dtypes import torch_dtype as to_torch_dtype
 from openrlhf.utils.errors import MissingPackage, UserError, require_package
 
@@ -113,7 +113,7 @@ def gemma3_gguf_path(cache_dir: Optional[str] = None) -> str:
     size = sum(os.path.getsize(p) for p in parts)
     if os.path.exists(target) and os.path.getsize(target) == size and (expected is None or _sha256(target) == expected):
         return target
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".tmp")
+    fd, tmp = make_temp_file(cache_dir, name)
     try:
         with os.fdopen(fd, "wb") as out:
             for p in parts:

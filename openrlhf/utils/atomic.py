@@ -22,13 +22,36 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def make_temp_file(folder: str, name: str) -> tuple:
+    """``mkstemp`` in ``folder`` for a file that will be renamed to ``name``, with the permissions a
+    plain ``open`` would give (mkstemp makes 0600 files: outputs a shared cluster's group could not read)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + name + ".", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting and restoring
+    it would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
     """``with atomic_write(p) as f: f.write(...)``: readers see the old file or the whole new
     one, never a part; on an exception the temp file is removed and ``path`` is untouched."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = make_temp_file(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
