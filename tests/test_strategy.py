@@ -18,6 +18,7 @@ from openrlhf.config.validate import ds_problems
 from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import find_free_port
+from tiny import assert_no_shm_segments_left
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "scripts", "ds_train_tiny.py")
@@ -497,7 +498,7 @@ def test_two_process_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     result = _launch(cmd, out)
     assert result["partitioned_at_load"] and result["ref_partitioned_at_load"]
     _check_two_process_run(out, tiny_dir, result)
-    _assert_no_shm_segments_left(port)
+    assert_no_shm_segments_left(port)
 
 
 @pytest.mark.slow
@@ -511,14 +512,7 @@ def test_two_process_zero2_torchrun(tiny_dir, tmp_path):
     result = _launch(cmd, out)
     assert not result["partitioned_at_load"]
     _check_two_process_run(out, tiny_dir, result)
-    _assert_no_shm_segments_left(port)
-
-
-def _assert_no_shm_segments_left(port: str) -> None:
-    """DeepSpeed's CPU all-reduce segments (67 MB of RAM per process) must not outlive the run."""
-    import glob
-
-    assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*")
+    assert_no_shm_segments_left(port)
 
 
 def test_release_shm_allreduce_buffer_removes_only_this_rank(tmp_path, monkeypatch):

@@ -243,17 +243,22 @@ def deepspeed_cmd(module: str, flags: list, nprocs: int = 2) -> list:
 def run_deepspeed(module: str, flags: list, timeout: int = 600, check: bool = True, env: dict = None):
     """``deepspeed --num_gpus 2 --module <module> <flags>`` on CPU (gloo); asserts it succeeded unless
     ``check=False``."""
-    import glob
     import subprocess
 
     cmd = deepspeed_cmd(module, flags)
     res = subprocess.run(cmd, env=env or launch_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if check:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        port = cmd[cmd.index("--master_port") + 1]
-        left = glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*")
-        assert not left, f"shared-memory segments left behind: {left}"
+        assert_no_shm_segments_left(cmd[cmd.index("--master_port") + 1])
     return res
+
+
+def assert_no_shm_segments_left(port: str) -> None:
+    """DeepSpeed's CPU all-reduce segments (67 MB of RAM per process) must not outlive the run."""
+    import glob
+
+    left = glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*")
+    assert not left, f"shared-memory segments left behind: {left}"
 
 
 def run_cli(module: str, flags: list, timeout: int = 300, env: dict = None):
