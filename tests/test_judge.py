@@ -250,6 +250,170 @@ def test_client_does_not_cache_empty_or_truncated_replies(tmp_path):
         assert c2.stats.from_cache == 1 and c2.stats.requests == 2 and len(server.requests) == 5
 
 
+# ---- AlpacaEval 2: ours against alpaca_eval 0.6.6's own annotator, metrics and GLM -------------------------
+
+_SHOWN = re.compile(r'"model_identifier": "(m|M)",\s*"output": """(.*?)"""\s*}', re.S)
+
+
+def alpaca_top_logprobs(user_message: str):
+    """A canned judge: P(m) grows with the length of the output shown as m; an output containing
+    'mumble' gets a reply without m / M among its top tokens (unparsed)."""
+    shown = dict(_SHOWN.findall(user_message))
+    if not shown:  # the client's test request
+        return [("OK", -0.01)]
+    if "mumble" in shown["m"] + shown["M"]:
+        return [("The", -0.1), ("Both", -2.0)]
+    pm = (len(shown["m"]) + 1) / (len(shown["m"]) + len(shown["M"]) + 2)
+    return [("m", math.log(pm * 0.9)), ("M", math.log((1 - pm) * 0.9)), ("I", math.log(0.1))]
+
+
+@pytest.fixture()
+def alpaca_eval_lib(monkeypatch):
+    """The alpaca_eval package (the test extra installs 0.6.6). Its utils import pkg_resources, which
+    setuptools >= 81 no longer ships: for this test only, a stand-in with the two functions it uses."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("alpaca_eval") is None:
+        pytest.skip("alpaca-eval is not installed (pip install 'openrlhf[test]' installs 0.6.6)")
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        import importlib.metadata
+
+        from packaging.version import parse
+
+        shim = types.ModuleType("pkg_resources")
+        shim.parse_version = parse
+        shim.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
+        monkeypatch.setitem(sys.modules, "pkg_resources", shim)
+    import alpaca_eval
+
+    assert alpaca_eval.__version__ == "0.6.6"
+    return alpaca_eval
+
+
+def _alpaca_files(tmp_path):
+    instructions = [f"Write {k} sentences about {t}." for k, t in
+                    enumerate(["cats", "dogs", "the sea", "tea", "rain", "snow", "{output_1} braces", "maps"])]
+    ref = [{"instruction": i, "output": f"Reference answer {k}. " * (k % 3 + 1), "generator": "gpt4_1106_preview"}
+           for k, i in enumerate(instructions)]
+    answers = [f"My answer number {k}! " * (k % 4 + 1) for k in range(len(instructions))]
+    answers[2] = "mumble"  # unparsed
+    answers[4] = ref[4]["output"]  # identical outputs: 1.5, no request
+    with open(tmp_path / "ref.json", "w") as f:
+        json.dump(ref, f)
+    cand = write_jsonl(str(tmp_path / "cand.jsonl"),
+                       [{"id": k, "prompt": i, "response": a, "finish_reason": "length" if k == 5 else "stop"}
+                        for k, (i, a) in enumerate(zip(instructions, answers))])
+    return ref, answers, str(tmp_path / "ref.json"), cand
+
+
+def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, tmp_path, monkeypatch):
+    import pandas as pd
+    from judge_server import FakeJudge
+
+    import alpaca_eval.decoders.openai as upstream_decoder
+    import alpaca_eval.metrics.glm_winrate as glm
+    from alpaca_eval import metrics, utils
+    from alpaca_eval.annotators import PairwiseAnnotator
+
+    ref, answers, ref_path, cand = _alpaca_files(tmp_path)
+    # A stand-in for alpaca_eval's instruction difficulties and gamed baselines (df_gamed.csv on the hub).
+    gamed = [{"model": g, "index": k, "instruction_difficulty": 0.4 * k - 1.5, "not_gamed_baseline": False,
+              "preference": (0.15 * k + (0.3 if g == "a" else 0.1)) % 1, "std_delta_len": (k - 3.5) / 2 * (1 if g == "a" else -1)}
+             for g in ("a", "b") for k in range(len(ref))]
+    pd.DataFrame(gamed).to_csv(tmp_path / "df_gamed.csv", index=False)
+    monkeypatch.setattr(glm, "hf_hub_download", lambda **kw: str(tmp_path / "df_gamed.csv"))
+
+    # alpaca_eval's own pipeline (alpaca_eval evaluate's annotate_head2head + get_winrate + the GLM), its
+    # OpenAI call replaced by the canned judge.
+    upstream_sent = []
+
+    def canned_completions(prompts, model_name, max_tokens, temperature, logprobs, top_logprobs, **kw):
+        assert (model_name, max_tokens, temperature, logprobs, top_logprobs) == ("gpt-4-1106-preview", 1, 1, True, 5)
+        alls = []
+        for p in prompts:
+            msgs = utils.prompt_to_chatml(p)
+            upstream_sent.append(msgs)
+            top = alpaca_top_logprobs(msgs[-1]["content"])
+            alls.append({"text": top[0][0], "logprobs": {"content": [
+                {"token": top[0][0], "logprob": top[0][1], "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}]}})
+        n = len(prompts)
+        return dict(completions=[a["text"] for a in alls], price_per_example=[0.0] * n, time_per_example=[0.0] * n,
+                    completions_all=alls)
+
+    monkeypatch.setattr(upstream_decoder, "openai_completions", canned_completions)
+    upstream = PairwiseAnnotator(annotators_config="weighted_alpaca_eval_gpt4_turbo", caching_path=None) \
+        .annotate_head2head(outputs_1=ref, outputs_2=[{"instruction": r["instruction"], "output": a, "generator": "m1"}
+                                                      for r, a in zip(ref, answers)])
+    up = metrics.get_winrate(upstream)
+    up_lc = glm.get_length_controlled_winrate(pd.DataFrame(upstream), save_weights_dir=None)
+    assert len(upstream_sent) == 7 and up["n_total"] == 7  # 8 instructions: one identical pair, one unparsed
+
+    # Ours, through a real HTTP endpoint serving the same canned judge.
+    with FakeJudge(lambda msgs: {"content": alpaca_top_logprobs(msgs[-1]["content"])[0][0],
+                                 "finish_reason": "length", "top_logprobs": [alpaca_top_logprobs(msgs[-1]["content"])]},
+                   model="gpt-4-1106-preview") as server:
+        report = _run_judge(["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate", f"m1={cand}",
+                             "--judge.base_url", server.url, "--judge.model", "gpt-4-1106-preview",
+                             "--output_dir", str(tmp_path / "out")])
+        ours_sent = server.requests[1:]  # after the check request
+        body = server.bodies[1]
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["logprobs"], body["top_logprobs"]) == \
+        (1, 1.0, 1.0, True, 5)
+    # the same requests (prompt, system message, which output is shown as m) ...
+    canon = lambda msgs: sorted(json.dumps(m, sort_keys=True) for m in msgs)  # noqa: E731
+    assert sorted(map(canon, ours_sent)) == sorted(map(canon, upstream_sent))
+    # ... the same per-instruction preferences, in order (NaN / None: unparsed) ...
+    audit = [json.loads(x) for x in open(tmp_path / "out" / "judgments_alpacaeval.jsonl")]
+    up_prefs = [None if r["preference"] is None or r["preference"] != r["preference"] else r["preference"]
+                for r in upstream]
+    assert [r["preference"] for r in audit] == pytest.approx(up_prefs)
+    assert up_prefs[2] is None and up_prefs[4] == 1.5 and audit[4]["judgment"] is None
+    # ... and the same numbers.
+    r = report["models"]["m1"]["alpacaeval"]
+    for k in ("win_rate", "standard_error", "discrete_win_rate"):
+        assert r[k] == pytest.approx(float(up[k]), abs=1e-9), k
+    assert (r["n_wins"], r["n_wins_base"], r["n_draws"], r["n_total"]) == \
+        (int(up["n_wins"]), int(up["n_wins_base"]), int(up["n_draws"]), int(up["n_total"]))
+    assert (r["unparsed"], r["unparsed_ids"], r["hit_token_limit"], r["hit_token_limit_ids"]) == (1, ["2"], 1, ["5"])
+    assert r["length_controlled_win_rate"] == pytest.approx(float(up_lc["length_controlled_winrate"]), abs=1e-9)
+    assert r["length_controlled_standard_error"] == pytest.approx(float(up_lc["lc_standard_error"]), abs=1e-9)
+    # Dropping the unparsed row before the GLM (as this fork once did) shifts every later instruction's
+    # difficulty and gives another number: the rows must stay in order.
+    kept = pd.DataFrame([u for u, p in zip(upstream, up_prefs) if p is not None])
+    assert abs(float(glm.get_length_controlled_winrate(kept, save_weights_dir=None)["length_controlled_winrate"])
+               - r["length_controlled_win_rate"]) > 1e-3
+    md = open(tmp_path / "out" / "report.md").read()
+    assert "alpacaeval: AlpacaEval 2's annotator weighted_alpaca_eval_gpt4_turbo" in md and "comparable" in md
+    assert "m1 / alpacaeval: 1 of 8 answers stopped at the generation token limit: 5" in md
+
+
+def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
+    from judge_server import FakeJudge
+
+    pytest.importorskip("yaml")
+    from openrlhf.eval.data import alpaca_annotator
+
+    try:
+        alpaca_annotator()
+    except UserError:
+        pytest.skip("alpaca-eval is not installed (pip install 'openrlhf[test]' installs 0.6.6)")
+    _, _, ref_path, cand = _alpaca_files(tmp_path)
+    flags = lambda url, out: ["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate",  # noqa: E731
+                              f"m1={cand}", "--judge.base_url", url, "--judge.model", "fake-judge", "--output_dir", out]
+    with FakeJudge(lambda msgs: {"content": "m", "top_logprobs": [alpaca_top_logprobs(msgs[-1]["content"])]}) as server:
+        report = _run_judge(flags(server.url, str(tmp_path / "a")))
+    r = report["models"]["m1"]["alpacaeval"]
+    assert r["n_total"] == 7 and r["length_controlled_win_rate"] is None
+    assert "fitted on gpt-4-1106-preview's annotations, the judge here is fake-judge" in r["length_controlled_note"]
+    assert "not comparable" in report["judge"]["alpacaeval"]["comparability"]
+    with FakeJudge(lambda msgs: "m") as server:  # an endpoint that ignores logprobs
+        with pytest.raises(UserError, match="answered without log-probabilities"):
+            _run_judge(flags(server.url, str(tmp_path / "b")))
+
+
 def test_bad_input_fails_before_any_judgment(files, tmp_path, monkeypatch):
     from judge_server import FakeJudge
 
