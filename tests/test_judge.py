@@ -496,6 +496,36 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
     assert write_prompts("alpacaeval", str(tmp_path / "ae.jsonl"), max_items=3) == 3
     rows = [json.loads(x) for x in open(tmp_path / "mt.jsonl")]
     assert rows[0]["id"] == 81 and len(rows[0]["turns"]) == 2 and rows[0]["category"] == "writing"
+    # FastChat's gen_model_answer settings: temperature by category, 1024 new tokens
+    temps = {r["category"]: r["temperature"] for r in rows}
+    assert temps == {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0, "coding": 0.0,
+                     "extraction": 0.0, "stem": 0.1, "humanities": 0.1}
+    assert {r["max_new_tokens"] for r in rows} == {1024}
+    ae = [json.loads(x) for x in open(tmp_path / "ae.jsonl")]
+    assert [(r["id"], r["temperature"], r["max_new_tokens"]) for r in ae] == [(0, 0.7, 1024), (1, 0.7, 1024), (2, 0.7, 1024)]
+    write_prompts("mtbench", str(tmp_path / "mt0.jsonl"), max_items=2, temperature=0.0, max_new_tokens=2048)
+    assert [(r["temperature"], r["max_new_tokens"]) for r in map(json.loads, open(tmp_path / "mt0.jsonl"))] == \
+        [(0.0, 2048), (0.0, 2048)]
+    # generate applies a row's own settings (one group per setting), unless --generate.row_settings false
+    own = write_jsonl(str(tmp_path / "own.jsonl"), [
+        {"id": 0, "prompt": "Tell me about the sea.", "temperature": 0.0, "max_new_tokens": 2},
+        {"id": 1, "prompt": "Tell me about tea."}])
+    logs = []
+    flags = ["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", own, "--data.apply_chat_template",
+             "--generate.max_new_tokens", "12", "--ds.param_dtype", "fp32"]
+    generate(load_config(flags + ["--generate.output_path", str(tmp_path / "own_out.jsonl")], "generate"),
+             log=logs.append)
+    got = [json.loads(x) for x in open(tmp_path / "own_out.jsonl")]
+    assert [(r["finish_reason"], r["response_tokens"]) for r in got] == [("length", 2), ("stop", got[1]["response_tokens"])]
+    assert any("1 prompts with their rows' own settings: greedy, max_new_tokens 2" in x for x in logs)
+    generate(load_config(flags + ["--generate.output_path", str(tmp_path / "cfg_out.jsonl"),
+                                  "--generate.row_settings", "false"], "generate"), log=lambda *a: None)
+    assert [r["finish_reason"] for r in map(json.loads, open(tmp_path / "cfg_out.jsonl"))] == ["stop", "stop"]
+    bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"id": 0, "prompt": "Hi.", "max_new_tokens": "many"}])
+    with pytest.raises(DataError, match="line 1: max_new_tokens must be an integer >= 1, got 'many'"):
+        generate(load_config(["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", bad,
+                              "--generate.output_path", str(tmp_path / "bad_out.jsonl")], "generate"),
+                 log=lambda *a: None)
     # generate answers multi-turn prompts turn by turn, the first answer in the second turn's history
     two = write_jsonl(str(tmp_path / "two.jsonl"), [{"id": 1, "turns": ["Tell me about the sea.", "Tell me about tea."]}])
     generate(load_config(["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", two,

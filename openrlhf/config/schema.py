@@ -280,6 +280,9 @@ class GenerateConfig:
     batch_size: int = 16
     # Row key holding a unique id; empty: the row's position in the prompt file.
     id_key: str = "id"
+    # A prompt row's own `temperature` / `max_new_tokens` (eval_prompts writes FastChat's for MT-Bench
+    # and AlpacaEval) replace --generate.temperature / --generate.max_new_tokens for that row.
+    row_settings: bool = True
     # The engines (--vllm.num_engines of them) as Ray actors on the cluster (--ray.address or
     # $RAY_ADDRESS), prompts sharded between them; works with both backends (hf: one CPU/GPU each).
     ray: bool = False

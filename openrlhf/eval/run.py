@@ -18,7 +18,7 @@ its numbers (not) comparable with the published leaderboards (``comparability``)
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from openrlhf.config.schema import JudgeTaskConfig
 from openrlhf.utils.errors import DataError
@@ -302,20 +302,40 @@ def lc_rows(name: str, items, prefs, reference, annotator_name: str) -> List[dic
             for it, p, r in zip(items, prefs, reference)]
 
 
-def write_prompts(task: str, output: str, max_items: int = -1) -> int:
-    """The prompt file ``generate`` answers for MT-Bench (ids = question ids, ``turns``) or AlpacaEval
-    (ids = positions, ``prompt`` = instruction); returns the row count."""
+# FastChat's llm_judge (gen_model_answer.py): sampling temperature by MT-Bench category, 0.7 for any
+# other question (an AlpacaEval instruction has no category), and 1024 new tokens.
+FASTCHAT_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                        "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
+FASTCHAT_OTHER_TEMPERATURE = 0.7
+FASTCHAT_MAX_NEW_TOKENS = 1024
+
+
+def write_prompts(task: str, output: str, max_items: int = -1, temperature: Optional[float] = None,
+                  max_new_tokens: int = FASTCHAT_MAX_NEW_TOKENS) -> int:
+    """The prompt file ``generate`` answers for MT-Bench (ids = question ids, ``category``, ``turns``) or
+    AlpacaEval (ids = positions, ``prompt`` = instruction), each row with the ``temperature`` and
+    ``max_new_tokens`` to answer it with: FastChat's (by category; ``temperature`` given: that one for
+    every row); returns the row count."""
     from openrlhf.eval.data import alpaca_reference, mtbench_questions
     from openrlhf.utils.jsonl import write_jsonl_atomic
 
+    if temperature is not None and temperature < 0:
+        raise DataError(f"--temperature: must be >= 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise DataError(f"--max_new_tokens: must be >= 1, got {max_new_tokens}")
+
+    def settings(category: str) -> dict:
+        t = temperature if temperature is not None else FASTCHAT_TEMPERATURE.get(category, FASTCHAT_OTHER_TEMPERATURE)
+        return {"temperature": t, "max_new_tokens": max_new_tokens}
+
     if task == "mtbench":
-        rows = [{"id": q["question_id"], "category": q["category"], "turns": q["turns"]} for q in mtbench_questions()]
+        rows = [{"id": q["question_id"], "category": q["category"], "turns": q["turns"], **settings(q["category"])}
+                for q in mtbench_questions()]
     elif task == "alpacaeval":
-        rows = [{"id": k, "prompt": r["instruction"]} for k, r in enumerate(alpaca_reference())]
+        rows = [{"id": k, "prompt": r["instruction"], **settings("")} for k, r in enumerate(alpaca_reference())]
     else:
         raise DataError(f"--task {task}: prompt files exist for mtbench and alpacaeval (indomain uses the held-out "
                         "prompts of prepare_prompts)")
     if max_items > 0:
         rows = rows[:max_items]
     return write_jsonl_atomic(output, rows)
-
