@@ -616,6 +616,34 @@ def test_real_vllm_judge_plumbing(vllm_judge, tmp_path):
     stats = report["judge"]["indomain"]
     assert stats["from_cache"] >= min(before, 8) and stats["requests_sent"] + stats["from_cache"] == 8
     assert stats["prompt_tokens"] > 0 or stats["requests_sent"] == 0
+    # a judgment cut by --judge.max_tokens (SmolLM2 rambles) is used but not cached: asked again next time
     keys = [json.loads(x)["key"] for x in open(cache)]
-    assert len(keys) == len(set(keys)) == 8
+    assert len(keys) == len(set(keys)) == stats["from_cache"] + stats["requests_sent"] - stats["not_cached"]
     assert math.isnan(r["omega"]) or -100 <= r["omega"] <= 100
+
+
+@pytest.mark.slow
+def test_real_vllm_alpacaeval_log_probabilities(vllm_judge, tmp_path):
+    """AlpacaEval 2's annotator against vLLM's server: one-token requests with top log-probabilities,
+    read back as preferences (SmolLM2 may put neither m nor M among its top 5: then unparsed)."""
+    pytest.importorskip("yaml")
+    from openrlhf.eval.data import alpaca_annotator
+
+    try:
+        alpaca_annotator()
+    except UserError:
+        pytest.skip("alpaca-eval is not installed (pip install 'openrlhf[test]' installs 0.6.6)")
+    ref = [{"instruction": f"What is {k} + {k}?", "output": f"{2 * k}", "generator": "reference"} for k in range(3)]
+    with open(tmp_path / "ref.json", "w") as f:
+        json.dump(ref, f)
+    cand = write_jsonl(str(tmp_path / "c.jsonl"), [{"id": k, "prompt": r["instruction"], "response": f"It is {2 * k}.",
+                                                   "finish_reason": "stop"} for k, r in enumerate(ref)])
+    report = _run_judge(["--task", "alpacaeval", "--reference_outputs", str(tmp_path / "ref.json"),
+                         "--candidate", f"student={cand}", "--judge.base_url", vllm_judge,
+                         "--judge.model", "smollm2-judge", "--output_dir", str(tmp_path / "out")])
+    r = report["models"]["student"]["alpacaeval"]
+    assert r["n_total"] + r["unparsed"] == 3 and report["judge"]["alpacaeval"]["requests_sent"] == 3
+    audit = [json.loads(x) for x in open(tmp_path / "out" / "judgments_alpacaeval.jsonl")]
+    assert all(len(a["judge_tokens"]) == 5 for a in audit)  # top_logprobs 5 came back for every request
+    assert all(a["preference"] is None or 1.0 <= a["preference"] <= 2.0 for a in audit)
+    assert r["length_controlled_win_rate"] is None and "the judge here is smollm2-judge" in r["length_controlled_note"]

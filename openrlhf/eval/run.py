@@ -251,9 +251,11 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
 def comparability(task: str, judge_model: str, annotator=None) -> str:
     """One line: what makes this task's numbers (not) comparable with the published ones."""
     if task == "mtbench":
+        same = judge_model in ("gpt-4", "gpt-4-0613")
         return (f"MT-Bench as FastChat's llm_judge grades it (single-v1 prompts, GPT-4 references for math / "
-                f"reasoning / coding, FastChat's verdict parsing); the published scores use GPT-4 as the judge, "
-                f"these use {judge_model}")
+                f"reasoning / coding, FastChat's verdict parsing) with judge {judge_model}: "
+                + ("the leaderboard's judge model, comparable" if same else
+                   "the leaderboard's scores come from GPT-4 as the judge, so these are not comparable with them"))
     if task == "alpacaeval":
         same = judge_model == annotator.model
         return (f"AlpacaEval 2's annotator {annotator.name} (alpaca_eval 0.6.6: its prompt, order coin and "
