@@ -414,6 +414,30 @@ def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
             _run_judge(flags(server.url, str(tmp_path / "b")))
 
 
+def test_alpacaeval_without_alpaca_eval_is_a_one_line_error_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+    import types
+
+    from judge_server import FakeJudge
+
+    from openrlhf.pipeline.config import judge_problems
+
+    _, _, ref_path, cand = _alpaca_files(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "alpaca_eval" else real(name, *a))
+    with FakeJudge(lambda msgs: "m") as server:
+        with pytest.raises(UserError, match=r"AlpacaEval 2's annotator .* needs the alpaca-eval package.*"
+                                            r"pip install 'openrlhf\[alpacaeval\]'"):
+            _run_judge(["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate", f"m1={cand}",
+                        "--judge.base_url", server.url, "--judge.model", "fake-judge", "--output_dir", str(tmp_path)])
+        assert server.requests == []
+    # distill's judge: section says so when its config is read, before any training
+    cfg = types.SimpleNamespace(judge={"base_url": "http://127.0.0.1:1/v1", "model": "j"})
+    assert any("judge.tasks: alpacaeval needs the alpaca-eval package" in p for p in judge_problems(cfg, "c.yaml"))
+    cfg.judge["tasks"] = ["indomain", "mtbench"]
+    assert judge_problems(cfg, "c.yaml") == []
+
+
 def test_bad_input_fails_before_any_judgment(files, tmp_path, monkeypatch):
     from judge_server import FakeJudge
 
