@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from openrlhf.eval.client import JudgeRequest, TopLogprobs
+from openrlhf.utils.errors import DataError
 
 # FastChat's grade patterns: [[x]], else [x] (an integer or a decimal number).
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -203,12 +204,11 @@ def alpaca_requests(items: Sequence[PairItem], annotator) -> List[Optional[Judge
     """One request per item, in item order; None where the two outputs are identical (preference 1.5)."""
     out: List[Optional[JudgeRequest]] = []
     for it in items:
-        if it.candidate == it.other:
-            out.append(None)
-        elif alpaca_switched(it.question):
-            out.append(alpaca_request(annotator, it.question, it.candidate, it.other))
-        else:
-            out.append(alpaca_request(annotator, it.question, it.other, it.candidate))
+        first, second = (it.candidate, it.other) if alpaca_switched(it.question) else (it.other, it.candidate)
+        try:
+            out.append(None if it.candidate == it.other else alpaca_request(annotator, it.question, first, second))
+        except ValueError as e:  # an output holding the chat markup's own <|im_start|> splits the prompt
+            raise DataError(f"AlpacaEval instruction id {it.id}: {e} (an output contains '<|im_start|>')") from None
     return out
 
 
