@@ -242,3 +242,22 @@ def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talkin
     assert "daDPO is daDPO" in open(os.path.join(run, "report", "report.md")).read()
     for name in ("sweep.json", "sweep.png", "report.md"):
         assert os.path.exists(os.path.join(run, "report", "validation", name))
+
+
+def test_kl_baselines_get_the_kd_coef_default_of_train_kd(tiny_dir, tmp_path):
+    """One --kd.coef default for the KL baselines: the pipeline's dsft_kl and ddpo_kl get train_kd's (0.4, as the
+    README says) when their sections give none, and a section's own value wins. Planned only, nothing runs."""
+    from openrlhf.config import load_config
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+
+    kd_default = load_config(["--model.model_name_or_path", "m", "--teacher.model_name_or_path", "t",
+                              "--data.dataset", "d"], "kd", check_paths=False, check_packages=False).kd.coef
+    assert kd_default == 0.4
+    for given, want in [({}, kd_default), ({"kd.coef": 0.1}, 0.1)]:
+        path = _config(tmp_path, tiny_dir, tiny_dir, baselines={"dsft_kl": dict(given), "ddpo_kl": dict(given)})
+        pipe = Pipeline(load_distill_config(path), log=lambda *a: None)
+        runs = {run.name: run for run in pipe.train_runs()}
+        for name in ("dsft_kl", "ddpo_kl"):
+            cfg = pipe.stage_config(runs[name].task, *runs[name].maps, check_packages=False)
+            assert cfg.kd.coef == want, (name, given)

@@ -29,6 +29,9 @@ LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant
 GENERATE_BACKENDS = ("hf", "vllm")
 PRUNE_METHODS = ("activation", "weight")
 JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
+# --kd.coef of the KL baselines when none is given: train_kd (dSFT+KL) and the pipeline's dsft_kl / ddpo_kl
+# (paper grid 0.1 / 0.2 / 0.4). train_dpo's own default stays 0 (plain dDPO, no teacher).
+KL_BASELINE_COEF = 0.4
 
 
 # ---- sections -------------------------------------------------------------------------------
@@ -444,7 +447,7 @@ class KDTrainConfig(SFTConfig):
     """python -m openrlhf.cli.train_kd (dSFT+KL; train_sft's defaults)"""
 
     teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
-    kd: KDConfig = field(default_factory=lambda: KDConfig(coef=0.4))
+    kd: KDConfig = field(default_factory=lambda: KDConfig(coef=KL_BASELINE_COEF))
 
 
 @dataclass
