@@ -50,8 +50,9 @@ import torch.nn.functional as F
 METHODS = ("activation", "weight")
 
 
-class PruneError(ValueError):
-    """A model or setting pruning cannot handle; the message names the flag or module."""
+class PruneError(UserError):
+    """A model or setting pruning cannot handle; the message names the flag or module (a user error: one
+    ``error:`` line and exit code 2 from the CLI)."""
 
 
 # --------------------------------------------------------------------------- model structure
@@ -541,6 +542,11 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
     bs = batch_size or max(1, cfg.train.micro_batch_size)
     pad_id = pad_token_id(tokenizer)
 
+    try:
+        decoder_layers(model)
+        attention_shape(model)
+    except PruneError as e:
+        raise PruneError(f"--model.model_name_or_path {model_path}: {e}") from None
     report = prune_model(model, calib, mlp_ratio=pc.mlp_ratio, head_ratio=pc.head_ratio, num_layers=pc.num_layers,
                          method=pc.method, pad_id=pad_id, batch_size=bs, progress=progress)
     params_after = count_params(model)
