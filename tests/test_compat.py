@@ -14,8 +14,8 @@ import torch
 
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError, UserError
-from tiny import (base_flags, make_tiny, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses,
-                  write_jsonl)
+
+from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
 
 
 def parse(flags, task):
@@ -379,7 +379,7 @@ def test_multiturn_sft_trains_every_assistant_turn(tiny_dir):
 
 
 def test_pretrain_mode_trains_every_token_of_plain_text(tiny_dir):
-    from openrlhf.config.schema import DataConfig, SFT_INPUT_TEMPLATE
+    from openrlhf.config.schema import SFT_INPUT_TEMPLATE, DataConfig
     from openrlhf.datasets import SFTDataset
     from openrlhf.datasets.tokenizer import load_tokenizer
 

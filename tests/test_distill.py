@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 import yaml
 
-from tiny import REPO, read_metrics
-
 from openrlhf.config import ConfigError
+
+from tiny import REPO, read_metrics
 
 
 def _sharegpt(path: str, n: int = 14) -> str:
@@ -95,6 +94,7 @@ def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_
     """Training and scoring stages started as 2-process ZeRO-3 DeepSpeed jobs by the pipeline."""
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
+
     from tiny import DEEPSPEED, free_port
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -185,9 +185,10 @@ def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talki
 def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_talking_teacher, tmp_path):
     """judge: the benchmarks' answers of every model and the three judged evaluations, through a real
     (local) OpenAI-compatible endpoint; the table lands in the run's report."""
-    from judge_server import FakeJudge
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
+
+    from judge_server import FakeJudge
 
     def grade(messages):
         text = messages[-1]["content"]

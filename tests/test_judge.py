@@ -17,6 +17,7 @@ import pytest
 from openrlhf.config import load_config
 from openrlhf.eval import judged
 from openrlhf.utils.errors import DataError, UserError
+
 from tiny import REPO, free_port, launch_env, run_cli, write_jsonl
 
 # ---- the arithmetic ----------------------------------------------------------------------------------------

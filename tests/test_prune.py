@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from tiny import CORPUS, make_model, write_jsonl
-
 from openrlhf.config.parse import ConfigError, load_config
 from openrlhf.config.schema import DataConfig
 from openrlhf.tools import prune as P
 from openrlhf.utils.errors import UserError
+
+from tiny import CORPUS, make_model, write_jsonl
 
 MLP = 64  # intermediate size of the test models
 HEADS, KV, HEAD_DIM, HIDDEN = 4, 2, 8, 32
@@ -268,7 +268,7 @@ def test_activation_ranking_keeps_large_activations_and_drops_dead_columns(stron
             layer.mlp.down_proj.weight[:, 7] = 0
     stats = P.calibration_pass(model, calib, pad_id=0, mlp=True, progress=False)
     n_keep = P.kept_count(MLP, 0.25)
-    for i, act in enumerate(stats["mlp_act"]):
+    for act in stats["mlp_act"]:
         assert int(act.argmax()) == 7  # large activation ...
     pruned = copy.deepcopy(model)
     captured = {}

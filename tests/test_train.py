@@ -13,8 +13,19 @@ import torch
 
 from openrlhf.config import load_config
 from openrlhf.utils.errors import UserError
-from tiny import (REPO, base_flags, launch_env, pref_rows, read_metrics, run_cli, run_deepspeed, sft_rows,
-                  train_losses, write_jsonl)
+
+from tiny import (
+    REPO,
+    base_flags,
+    launch_env,
+    pref_rows,
+    read_metrics,
+    run_cli,
+    run_deepspeed,
+    sft_rows,
+    train_losses,
+    write_jsonl,
+)
 
 
 def run_dpo(flags: list) -> dict:

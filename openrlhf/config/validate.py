@@ -14,9 +14,23 @@ import string
 from typing import Callable, List
 
 from openrlhf.config.schema import (
-    GENERATE_BACKENDS, JUDGE_TASKS, LR_SCHEDULERS, PRUNE_METHODS, TASK_CONFIGS,
-    DADPOConfig, DPOConfig, DSConfig, GenerateTaskConfig, JudgeTaskConfig, KDTrainConfig,
-    KTOTrainConfig, PreferenceTrainingConfig, PruneTaskConfig, RAY_CONFIGS, RunConfig, ScoreLogpsConfig,
+    GENERATE_BACKENDS,
+    JUDGE_TASKS,
+    LR_SCHEDULERS,
+    PRUNE_METHODS,
+    RAY_CONFIGS,
+    TASK_CONFIGS,
+    DADPOConfig,
+    DPOConfig,
+    DSConfig,
+    GenerateTaskConfig,
+    JudgeTaskConfig,
+    KDTrainConfig,
+    KTOTrainConfig,
+    PreferenceTrainingConfig,
+    PruneTaskConfig,
+    RunConfig,
+    ScoreLogpsConfig,
     TrainingConfig,
 )
 

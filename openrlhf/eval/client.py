@@ -168,7 +168,7 @@ class JudgeClient:
         keys = [self.key_of(r) for r in requests]
         out: Dict[str, Judgment] = {}
         todo: Dict[str, JudgeRequest] = {}
-        for k, r in zip(keys, requests):
+        for k, r in zip(keys, requests, strict=True):
             if k in self._cache:
                 out[k] = self._cache[k]
             else:

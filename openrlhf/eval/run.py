@@ -176,10 +176,10 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
         if cfg.task == "mtbench":
             reqs = judged.mtbench_requests(its, prompts, references)
             texts = [j.text for j in client.judge([r for _, _, r in reqs], desc=f"MT-Bench {name}")]
-            grades = [(q, t, judged.parse_rating(x)) for (q, t, _), x in zip(reqs, texts)]
+            grades = [(q, t, judged.parse_rating(x)) for (q, t, _), x in zip(reqs, texts, strict=True)]
             numbers = judged.mtbench_summary(its, grades)
             audit += [{"model": name, "question_id": q, "turn": t, "rating": g, "judgment": x}
-                      for (q, t, g), x in zip(grades, texts)]
+                      for (q, t, g), x in zip(grades, texts, strict=True)]
         else:
             texts = [j.text for j in client.judge(judged.pair_requests(its, prompts["pair-v2"]),
                                                   desc=f"{cfg.task} {name}")]
@@ -189,7 +189,7 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
             else:
                 numbers = judged.alpaca_summary(outcomes)
                 numbers.update(length_controlled(name, its, outcomes, reference, cfg.judge.model))
-            for o, k in zip(outcomes, range(len(outcomes))):
+            for o, k in zip(outcomes, range(len(outcomes)), strict=True):
                 audit.append({"model": name, **o, "judgment_candidate_first": texts[2 * k],
                               "judgment_candidate_second": texts[2 * k + 1]})
         report.setdefault("models", {}).setdefault(name, {})[cfg.task] = numbers
@@ -220,7 +220,7 @@ def length_controlled(name: str, items, outcomes, reference, annotator: str) -> 
         rows = [{"instruction": r["instruction"], "output_1": r["output"], "output_2": it.candidate,
                  "generator_1": r.get("generator", "reference"), "generator_2": name, "annotator": annotator,
                  "preference": 1.0 + o["preference"]}
-                for it, o, r in zip(items, outcomes, reference) if o.get("preference") is not None]
+                for it, o, r in zip(items, outcomes, reference, strict=True) if o.get("preference") is not None]
         metrics = get_length_controlled_winrate(pd.DataFrame(rows), save_weights_dir=None)
         return {"length_controlled_win_rate": float(metrics["length_controlled_winrate"]),
                 "length_controlled_standard_error": float(metrics.get("lc_standard_error", float("nan")))}

@@ -47,7 +47,7 @@ def _short(flag: str) -> str:
     return _SHORT.get(flag, (flag.replace(".", "-") + "=",))[0]
 
 
-def _greek(flag: str) -> str:
+def _label_symbol(flag: str) -> str:
     return _SHORT.get(flag, (None, flag))[1]
 
 
@@ -216,7 +216,7 @@ class Pipeline:
         for method, points in sweep_points(c).items():
             for point in points:
                 name = method + "_" + "_".join(f"{_short(k)}{v}" for k, v in point.items())
-                label = "daDPO " + " ".join(f"{_greek(k)}:{v}" for k, v in point.items())
+                label = "daDPO " + " ".join(f"{_label_symbol(k)}:{v}" for k, v in point.items())
                 runs.append(TrainRun(name, label, self._ray_task(method),
                                      ({**from_dsft, **teacher, "ckpt.output_dir": self.path(name)}, c.dadpo, point),
                                      sweep=dict(point)))

@@ -43,9 +43,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from openrlhf.utils.errors import UserError
-import torch.nn.functional as F
 
 METHODS = ("activation", "weight")
 
@@ -368,7 +368,7 @@ def prune_mlp_channels(model, keep: Sequence[torch.Tensor]) -> None:
     sizes = {len(k) for k in keep}
     if len(keep) != len(layers) or len(sizes) != 1:
         raise ValueError("keep one index set per layer, all of the same size")
-    for layer, idx in zip(layers, keep):
+    for layer, idx in zip(layers, keep, strict=True):
         mlp = layer.mlp
         mlp.gate_proj = slice_linear(mlp.gate_proj, out_idx=idx)
         mlp.up_proj = slice_linear(mlp.up_proj, out_idx=idx)
@@ -386,7 +386,7 @@ def prune_kv_groups(model, keep: Sequence[torch.Tensor]) -> None:
     sizes = {len(k) for k in keep}
     if len(keep) != len(layers) or len(sizes) != 1:
         raise ValueError("keep one group set per layer, all of the same size")
-    for layer, groups in zip(layers, keep):
+    for layer, groups in zip(layers, keep, strict=True):
         att = layer.self_attn
         q_heads = torch.tensor([g * group + h for g in groups.tolist() for h in range(group)], dtype=torch.long)
         q_rows = (q_heads[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
