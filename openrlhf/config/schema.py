@@ -240,17 +240,16 @@ class DSConfig:
         """Problems of this section alone, each naming its flag (``training=False``: no optimizer)."""
         p: List[str] = []
         for name, (off, what) in DS_NOT_SUPPORTED.items():
-            if getattr(self, name, off) != off:
+            if getattr(self, name) != off:
                 p.append(f"--ds.{name}: {what} is not supported by this fork (an OpenRLHF flag kept so that its "
                          f"scripts parse); leave it at {off!r}")
-        lora = getattr(self, "lora", None)
-        if lora is not None:
-            if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
-                p.append(f"--ds.lora.*: rank >= 0, alpha > 0 and 0 <= dropout < 1, got rank {lora.rank}, alpha "
-                         f"{lora.alpha}, dropout {lora.dropout}")
-            if getattr(self, "load_in_4bit", False) and lora.rank == 0:
-                p.append("--ds.load_in_4bit: needs --ds.lora.rank > 0 (4-bit base weights are trained through LoRA)")
-        if getattr(self, "grad_accum_dtype", "") and self.grad_accum_dtype not in PARAM_DTYPES:
+        lora = self.lora
+        if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
+            p.append(f"--ds.lora.*: rank >= 0, alpha > 0 and 0 <= dropout < 1, got rank {lora.rank}, alpha "
+                     f"{lora.alpha}, dropout {lora.dropout}")
+        if self.load_in_4bit and lora.rank == 0:
+            p.append("--ds.load_in_4bit: needs --ds.lora.rank > 0 (4-bit base weights are trained through LoRA)")
+        if self.grad_accum_dtype and self.grad_accum_dtype not in PARAM_DTYPES:
             p.append(f"--ds.grad_accum_dtype: unknown dtype {self.grad_accum_dtype!r}; expected one of "
                      f"{', '.join(PARAM_DTYPES)}")
         if self.zero_stage not in ZERO_STAGES:
