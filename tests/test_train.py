@@ -220,7 +220,8 @@ def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(task, tiny
                                                                       tiny_teacher_other_family, tmp_path):
     """README: the loss curve does not depend on how the global batch is split into processes. The same global
     batch of 4 under ZeRO-3: 1 process x micro-batch 2 x 2 accumulation steps against 2 processes x micro-batch 1
-    x 2 accumulation steps (each process averaging its own half would give other losses from step 2 on)."""
+    x 2 accumulation steps. Step 1 is the same model on the same 4 pairs; a gradient averaged wrongly across
+    processes or accumulation steps would change every loss from step 2 on (measured here: at most 7e-7 apart)."""
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
     extra = ["--train.batch_size", "4", "--train.max_epochs", "2", "--model.beta", "0.5", "--adam.lr", "1e-2"]
     if task == "dadpo":
