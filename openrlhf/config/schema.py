@@ -323,6 +323,9 @@ class GenerateConfig:
     batch_size: int = 16
     # Row key holding a unique id; empty: the row's position in the prompt file.
     id_key: str = "id"
+    # A prompt row's own `temperature` / `max_new_tokens` (eval_prompts writes FastChat's for MT-Bench
+    # and AlpacaEval) replace --generate.temperature / --generate.max_new_tokens for that row.
+    row_settings: bool = True
     # The engines (--vllm.num_engines of them) as Ray actors on the cluster (--ray.address or
     # $RAY_ADDRESS), prompts sharded between them; works with both backends (hf: one CPU/GPU each).
     ray: bool = False
@@ -384,7 +387,8 @@ class JudgeConfig:
     # Name of the environment variable holding the API key; an endpoint without keys works.
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.0
-    max_tokens: int = 1024
+    # FastChat's judge budget (a long judgment cut before its verdict is unparsed).
+    max_tokens: int = 2048
     # Requests in flight at once.
     concurrency: int = 8
     # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.
