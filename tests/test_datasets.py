@@ -22,6 +22,7 @@ from openrlhf.datasets import (
     sft_collate,
     tokenize_pair,
 )
+
 from tiny import pref_rows, sft_rows, write_jsonl
 
 PROMPT = "What is the capital of France?"
@@ -215,7 +216,7 @@ def test_preference_full_conversations_without_prompt_key(tok):
     ]
     ds = PreferenceDataset(rows, tok, chat_cfg(max_len=512), "conv.jsonl")
     ref = PreferenceDataset(pref_rows(3), tok, chat_cfg(max_len=512), "str.jsonl")
-    for a, b in zip(ds, ref):
+    for a, b in zip(ds, ref, strict=True):
         assert (a["prompt_ids"], a["chosen_ids"], a["rejected_ids"]) == (b["prompt_ids"], b["chosen_ids"], b["rejected_ids"])
     assert ds[0]["prompt"] == [{"role": "user", "content": pref_rows(1)[0]["prompt"]}]
     assert ds[0]["chosen"]["role"] == "assistant"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from openrlhf.config import load_config
+
 from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
 
 

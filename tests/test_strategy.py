@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from openrlhf.config.schema import AdamConfig, DSConfig, TrainConfig
-from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.config.validate import ds_problems
+from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import find_free_port
+
 from tiny import assert_no_shm_segments_left
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -366,7 +367,7 @@ def test_checkpoint_resume_is_exact(group, tiny_dir, tmp_path, stage):
     loaded = _params(s, engine)
     assert all(torch.equal(saved_params[k], loaded[k]) for k in saved_params)
     opt = _optim_tensors(engine)
-    assert len(opt) == len(saved_opt) and all(torch.equal(a, b) for a, b in zip(opt, saved_opt))
+    assert len(opt) == len(saved_opt) and all(torch.equal(a, b) for a, b in zip(opt, saved_opt, strict=True))
     assert engine.get_lr() == saved_lr
     # The resumed run reproduces the tail of the loss curve exactly.
     assert [_micro(s, engine, ids) for ids in data[4:]] == tail

@@ -186,8 +186,8 @@ def _pairs_batch(
     rejected_ids: Sequence[Sequence[int]],
     pad_id: int,
 ) -> Dict[str, torch.Tensor]:
-    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, chosen_ids)]
-    seqs += [list(p) + list(r) for p, r in zip(prompt_ids, rejected_ids)]
+    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, chosen_ids, strict=True)]
+    seqs += [list(p) + list(r) for p, r in zip(prompt_ids, rejected_ids, strict=True)]
     prompt_lens = [len(p) for p in prompt_ids] * 2
     input_ids = pad_right(seqs, pad_id, torch.long)
     attention_mask, loss_mask = masks([len(s) for s in seqs], prompt_lens, input_ids.shape[1])
@@ -250,8 +250,8 @@ def mismatched_pairs_batch(items: Sequence[Dict[str, Any]], pad_id: int, max_len
         raise ValueError("mismatched pairs need a micro-batch of at least 2 pairs")
     prompts = [it["prompt_ids"] for it in items]
     nxt = [items[(i + 1) % b] for i in range(b)]
-    chosen = [n["chosen_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt)]
-    rejected = [n["rejected_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt)]
+    chosen = [n["chosen_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt, strict=True)]
+    rejected = [n["rejected_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt, strict=True)]
     return _pairs_batch(prompts, chosen, rejected, pad_id)
 
 
@@ -269,7 +269,7 @@ def pair_batch(
     (chosen flags, rejected flags) of responses cut by a generation limit (no closing tokens)."""
     n = len(prompts)
     flags = list(unfinished[0]) + list(unfinished[1]) if unfinished is not None else None
-    tok = renderer.tokenize_many(list(zip(prompts, chosen)) + list(zip(prompts, rejected)), unfinished=flags)
+    tok = renderer.tokenize_many(list(zip(prompts, chosen, strict=True)) + list(zip(prompts, rejected, strict=True)), unfinished=flags)
     return _pairs_batch(
         [tok[i][0] for i in range(n)],
         [tok[i][1] for i in range(n)],

@@ -91,7 +91,7 @@ class SFTDataset(Dataset):
         raise_problems(problems, source_name, len(rows))
 
         tokenized = self.renderer.tokenize_many(pairs, wheres, open_ended)
-        for i, ((prompt, response), (p_ids, r_ids)) in enumerate(zip(pairs, tokenized)):
+        for i, ((prompt, response), (p_ids, r_ids)) in enumerate(zip(pairs, tokenized, strict=True)):
             if not response_text(response).strip():
                 self.stats["dropped_empty_response"] += 1
                 continue
@@ -119,7 +119,7 @@ class SFTDataset(Dataset):
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         if tokenizer.eos_token_id is None:
             raise DataError("the tokenizer has no EOS token, needed to end each text in pre-training mode")
-        for i, (text, ids) in enumerate(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])):
+        for i, (text, ids) in enumerate(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True)):
             if not text.strip():
                 self.stats["dropped_empty_response"] += 1
                 continue

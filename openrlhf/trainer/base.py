@@ -78,7 +78,7 @@ class Trainer:
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.collate_fn = collate_fn
-        self.s = settings
+        self.settings = settings
         self.logger = logger
         self.accum = strategy.accumulated_gradient
         self.steps_per_epoch = steps_per_epoch(len(train_dataset), settings.train.batch_size)
@@ -115,7 +115,7 @@ class Trainer:
         ``--train.max_tokens_per_gpu`` tokens (a longer row alone), then split further until every
         process has as many micro-batches as the process that needs the most (ZeRO-3 runs its
         forward passes collectively)."""
-        budget = self.s.train.max_tokens_per_gpu
+        budget = self.settings.train.max_tokens_per_gpu
         groups: List[List[dict]] = []
         used = 0
         for it in items:
@@ -142,12 +142,12 @@ class Trainer:
     def _loader(self, dataset: Dataset, epoch: int, consumed: int, shuffle: bool, whole_step: bool = False) -> DataLoader:
         """Micro-batches of ``--train.micro_batch_size`` rows; ``whole_step``: the process's rows of a
         whole optimizer step as a list of items (dynamic batches are cut from it)."""
-        sampler = self.strategy.get_sampler(dataset, seed=self.s.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle)
+        sampler = self.strategy.get_sampler(dataset, seed=self.settings.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle)
         workers = dict(num_workers=self.num_workers, persistent_workers=False) if self.num_workers else {}
         if whole_step:
-            rows = self.s.train.batch_size // self.strategy.world_size
+            rows = self.settings.train.batch_size // self.strategy.world_size
             return DataLoader(dataset, batch_size=rows, sampler=sampler, collate_fn=list, drop_last=True, **workers)
-        return DataLoader(dataset, batch_size=self.s.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn,
+        return DataLoader(dataset, batch_size=self.settings.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn,
                           drop_last=True, **workers)
 
     def _take_aux_loss(self):
@@ -159,13 +159,13 @@ class Trainer:
 
     def _save_checkpoint(self, step: int, epoch: int, consumed: int) -> None:
         state = {"global_step": step, "epoch": epoch, "consumed_samples": consumed}
-        if not self.s.ckpt.disable_ds:
-            self.strategy.save_ckpt(self.engine, self.s.checkpoint_dir, step, state, self.s.ckpt.max_num,
-                                    max_gb=self.s.ckpt.max_mem)
-        if self.s.ckpt.save_hf:
+        if not self.settings.ckpt.disable_ds:
+            self.strategy.save_ckpt(self.engine, self.settings.checkpoint_dir, step, state, self.settings.ckpt.max_num,
+                                    max_gb=self.settings.ckpt.max_mem)
+        if self.settings.ckpt.save_hf:
             import os
 
-            self.strategy.save_hf_model(self.engine, self.tokenizer, os.path.join(self.s.checkpoint_dir, f"global_step{step}_hf"))
+            self.strategy.save_hf_model(self.engine, self.tokenizer, os.path.join(self.settings.checkpoint_dir, f"global_step{step}_hf"))
 
     # ---- loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, float]:
@@ -187,7 +187,7 @@ class Trainer:
 
         from openrlhf.utils.deepspeed import ckpt_io
 
-        ckpt_dir = self.s.checkpoint_dir
+        ckpt_dir = self.settings.checkpoint_dir
         if self.strategy.is_rank_0():
             ckpt_io.remove_leftovers(ckpt_dir)
         tag = ckpt_io.find_latest_tag(ckpt_dir)
@@ -198,18 +198,18 @@ class Trainer:
 
     def _fit(self) -> Dict[str, float]:
         step, epoch0, consumed0 = 0, 0, 0
-        state = self.strategy.load_ckpt(self.engine, self.s.checkpoint_dir) if self.s.ckpt.load_enable else None
+        state = self.strategy.load_ckpt(self.engine, self.settings.checkpoint_dir) if self.settings.ckpt.load_enable else None
         if state is not None:
             step, epoch0, consumed0 = state["global_step"], state["epoch"], state["consumed_samples"]
-            self.strategy.print(f"resumed from {self.s.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
+            self.strategy.print(f"resumed from {self.settings.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
         # metrics.jsonl keeps what led to this state and nothing after it (a fresh run starts it anew).
         self.logger.truncate_after(step)
-        bs = self.s.train.batch_size
+        bs = self.settings.train.batch_size
         bar = self._bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(),
                                dynamic_ncols=True)
         last: Dict[str, float] = {}
-        dynamic = self.s.train.dynamic_batch_enable
-        for epoch in range(epoch0, self.s.train.max_epochs):
+        dynamic = self.settings.train.dynamic_batch_enable
+        for epoch in range(epoch0, self.settings.train.max_epochs):
             consumed = consumed0 if epoch == epoch0 else 0
             it = iter(self._loader(self.train_dataset, epoch, consumed, shuffle=True, whole_step=dynamic))
             for _ in range(consumed // bs, self.steps_per_epoch):
@@ -239,7 +239,7 @@ class Trainer:
                     records.append(metrics)
                 if dynamic:
                     self.strategy.optimizer_step(self.engine)
-                    metrics = self.strategy.all_reduce({key: sum(w * r[key] for w, r in zip(weights, records))
+                    metrics = self.strategy.all_reduce({key: sum(w * r[key] for w, r in zip(weights, records, strict=True))
                                                         for key in records[0]})
                 else:
                     metrics = self.strategy.all_reduce(mean_metrics(records))
@@ -258,14 +258,14 @@ class Trainer:
                 last = metrics
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if step % self.s.logger.logging_steps == 0:
+                if step % self.settings.logger.logging_steps == 0:
                     self.logger.log(step, metrics)
-                if self.eval_dataset is not None and self.s.eval.steps > 0 and step % self.s.eval.steps == 0:
+                if self.eval_dataset is not None and self.settings.eval.steps > 0 and step % self.settings.eval.steps == 0:
                     self.logger.log(step, self.evaluate())
-                if self.s.ckpt.save_steps > 0 and step % self.s.ckpt.save_steps == 0:
+                if self.settings.ckpt.save_steps > 0 and step % self.settings.ckpt.save_steps == 0:
                     self._save_checkpoint(step, epoch if consumed < self.steps_per_epoch * bs else epoch + 1,
                                           consumed if consumed < self.steps_per_epoch * bs else 0)
-            if self.eval_dataset is not None and self.s.eval.steps == -1:
+            if self.eval_dataset is not None and self.settings.eval.steps == -1:
                 self.logger.log(step, self.evaluate())
         bar.close()
         return last

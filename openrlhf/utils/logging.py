@@ -11,7 +11,6 @@ import math
 import os
 from typing import Any, Optional
 
-from openrlhf.config.schema import LoggerConfig
 from openrlhf.utils.atomic import atomic_write
 from openrlhf.utils.errors import require_package
 
@@ -27,7 +26,9 @@ def _clean(v: Any) -> Any:
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: str, cfg: LoggerConfig, run_config: Optional[dict] = None, filename: str = "metrics.jsonl") -> None:
+    """``cfg``: the --logger.* section (:class:`openrlhf.config.schema.LoggerConfig`)."""
+
+    def __init__(self, output_dir: str, cfg, run_config: Optional[dict] = None, filename: str = "metrics.jsonl") -> None:
         os.makedirs(output_dir, exist_ok=True)
         self.path = os.path.join(output_dir, filename)
         self._tb = None
@@ -95,5 +96,5 @@ class NullLogger:
         pass
 
 
-def make_logger(is_rank_0: bool, output_dir: str, cfg: LoggerConfig, run_config: Optional[dict] = None):
+def make_logger(is_rank_0: bool, output_dir: str, cfg, run_config: Optional[dict] = None):
     return MetricsLogger(output_dir, cfg, run_config) if is_rank_0 else NullLogger()

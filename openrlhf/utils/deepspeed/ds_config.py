@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from typing import Any, Dict
+
+# --lr_scheduler: the schedulers DeepspeedStrategy.create_scheduler builds (re-exported by config.schema).
+# cosine_with_min_lr decays to min_lr_ratio x lr; cosine and linear decay to 0.
+LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
+
 # Large enough that DeepSpeed never prints its own step logs.
 _STEPS_PER_PRINT = 10**12
 

@@ -40,9 +40,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from openrlhf.utils.deepspeed import ckpt_io
-from openrlhf.config.schema import LR_SCHEDULERS
-from openrlhf.config.validate import ds_problems
-from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
+from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS, eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port, release_shm_allreduce_buffer
 from openrlhf.utils.dtypes import torch_dtype
@@ -55,7 +53,7 @@ _CLIENT_KEY = "openrlhf_client_state"
 
 def unwrap_model(model: Any) -> nn.Module:
     """The HF module inside a DeepSpeed engine and/or an :class:`~openrlhf.models.actor.Actor`."""
-    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module):
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
     # An Actor keeps its HF model under ``.model``.
     if not hasattr(model, "save_pretrained") and isinstance(getattr(model, "model", None), nn.Module):
@@ -107,7 +105,7 @@ class DeepspeedStrategy:
         seed; batch_size too when training); ``max_norm`` and ``adam`` (--adam.*) are used
         when training. ``training=False`` (scoring, generation): no optimizer, so the global
         batch size is not checked against the process count."""
-        problems = ds_problems(ds, training=training)
+        problems = ds.problems(training=training)
         if problems:
             raise UserError("invalid DeepSpeed settings:\n  " + "\n  ".join(problems))
         self.ds = ds
