@@ -8,6 +8,7 @@ same order as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
 from openrlhf.datasets.packing import real_and_padded_tokens
+from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.errors import DataError, Interrupted
 
 
@@ -157,14 +159,12 @@ class Trainer:
         take = getattr(actor, "take_aux_loss", None)
         return take() if take is not None else None
 
-    def _save_checkpoint(self, step: int, epoch: int, consumed: int) -> None:
-        state = {"global_step": step, "epoch": epoch, "consumed_samples": consumed}
+    def _save_checkpoint(self, step: int) -> None:
+        state = ckpt_io.trainer_state(step, self.s.train.batch_size, self.steps_per_epoch)
         if not self.s.ckpt.disable_ds:
             self.strategy.save_ckpt(self.engine, self.s.checkpoint_dir, step, state, self.s.ckpt.max_num,
                                     max_gb=self.s.ckpt.max_mem)
         if self.s.ckpt.save_hf:
-            import os
-
             self.strategy.save_hf_model(self.engine, self.tokenizer, os.path.join(self.s.checkpoint_dir, f"global_step{step}_hf"))
 
     # ---- loop ----------------------------------------------------------------------------
@@ -183,10 +183,6 @@ class Trainer:
             raise Interrupted(self._interrupted_message()) from None
 
     def _interrupted_message(self) -> str:
-        import os
-
-        from openrlhf.utils.deepspeed import ckpt_io
-
         ckpt_dir = self.s.checkpoint_dir
         if self.strategy.is_rank_0():
             ckpt_io.remove_leftovers(ckpt_dir)
@@ -200,8 +196,11 @@ class Trainer:
         step, epoch0, consumed0 = 0, 0, 0
         state = self.strategy.load_ckpt(self.engine, self.s.checkpoint_dir) if self.s.ckpt.load_enable else None
         if state is not None:
-            step, epoch0, consumed0 = state["global_step"], state["epoch"], state["consumed_samples"]
+            step, epoch0, consumed0 = ckpt_io.resume_position(state, self.s.train.batch_size, self.steps_per_epoch)
             self.strategy.print(f"resumed from {self.s.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
+        elif self.s.ckpt.load_enable:
+            self.strategy.print(f"--ckpt.load_enable: no checkpoint in {os.path.abspath(self.s.checkpoint_dir)} "
+                                "(--ckpt.path; default <ckpt.output_dir>/checkpoints), starting at step 0")
         # metrics.jsonl keeps what led to this state and nothing after it (a fresh run starts it anew).
         self.logger.truncate_after(step)
         bs = self.s.train.batch_size
@@ -263,8 +262,7 @@ class Trainer:
                 if self.eval_dataset is not None and self.s.eval.steps > 0 and step % self.s.eval.steps == 0:
                     self.logger.log(step, self.evaluate())
                 if self.s.ckpt.save_steps > 0 and step % self.s.ckpt.save_steps == 0:
-                    self._save_checkpoint(step, epoch if consumed < self.steps_per_epoch * bs else epoch + 1,
-                                          consumed if consumed < self.steps_per_epoch * bs else 0)
+                    self._save_checkpoint(step)
             if self.eval_dataset is not None and self.s.eval.steps == -1:
                 self.logger.log(step, self.evaluate())
         bar.close()
