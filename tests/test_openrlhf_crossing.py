@@ -98,3 +98,42 @@ def test_resume_position_from_either_client_state():
     assert ckpt_io.resume_position({"consumed_samples": 24}, 4, 4) == (6, 1, 8)  # OpenRLHF's
     assert ckpt_io.resume_position({"consumed_samples": 16}, 4, 4) == (4, 1, 0)  # an epoch boundary
     assert ckpt_io.resume_position({"step": 3}, 4, 4) == (3, 0, 12)  # a folder name only (Ray's meta read)
+
+
+# ---- dashboards ---------------------------------------------------------------------------------------
+
+def test_dashboard_keys_are_openrlhf_keys():
+    from openrlhf.utils.logging import dashboard_view
+
+    dpo = {"step": 3, "loss": 0.9, "preference_loss": 0.6, "nll_loss": 0.6, "acc": 0.5, "lr": 1e-5}
+    view = dashboard_view(dpo, 3)
+    assert view["train/loss"] == 0.6 and view["train/total_loss"] == 0.9  # OpenRLHF's loss: the preference loss
+    assert view["train/loss_mean"] == 0.6 and view["train/acc_mean"] == 0.5 and view["train/lr"] == 1e-5
+    assert view["train/global_step"] == 3 and not any(k.startswith("eval/") or "/" not in k for k in view)
+    ev = dashboard_view({"step": 4, "eval_loss": 0.8, "eval_preference_loss": 0.7, "eval_acc": 0.25}, 4)
+    assert ev["eval/eval_loss"] == 0.7 and ev["eval/acc_mean"] == 0.25 and ev["eval/global_step"] == 4
+    assert not any(k.startswith("train/") for k in ev)
+    sft = dashboard_view({"step": 1, "loss": 2.5}, 1, loss_name="gpt_loss")
+    assert sft["train/gpt_loss"] == sft["train/loss"] == 2.5
+    assert dashboard_view({"step": 1, "eval_loss": 2.0}, 1, loss_name="gpt_loss")["eval/eval gpt_loss"] == 2.0
+
+
+def test_tensorboard_run_folder_and_keys(tiny_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(8))
+    out, tb = str(tmp_path / "dpo"), str(tmp_path / "tb")
+    run_dpo(base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",
+                       "--model.nll_loss_coef", "0.5", "--eval.dataset", data, "--eval.split", "train",
+                       "--eval.steps", "2", "--logger.tensorboard_dir", tb, "--logger.wandb.run_name", "run1"))
+    assert os.listdir(tb) == ["run1"]
+    acc = EventAccumulator(os.path.join(tb, "run1"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/total_loss", "train/lr", "eval/eval_loss", "eval/acc_mean"} <= tags
+    assert not any("/" not in t for t in tags)
+    recs = [r for r in read_metrics(out) if "loss" in r]
+    got = [e.value for e in acc.Scalars("train/loss")]
+    assert got == pytest.approx([r["preference_loss"] for r in recs], rel=1e-6)
+    assert [e.value for e in acc.Scalars("train/total_loss")] == pytest.approx([r["loss"] for r in recs], rel=1e-6)
+    assert all(r["loss"] > r["preference_loss"] + 0.1 for r in recs)  # the NLL term: the two differ

@@ -61,6 +61,10 @@ def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
 class Trainer:
     """Subclasses set ``self.engine`` (the DeepSpeed engine of the trained model)."""
 
+    # OpenRLHF's dashboard name of this trainer's loss (train/<name>, eval/eval <name>); see
+    # openrlhf.utils.logging.dashboard_view.
+    upstream_loss_name = "loss"
+
     def __init__(
         self,
         strategy,
@@ -258,13 +262,13 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if step % self.s.logger.logging_steps == 0:
-                    self.logger.log(step, metrics)
+                    self.logger.log(step, metrics, self.upstream_loss_name)
                 if self.eval_dataset is not None and self.s.eval.steps > 0 and step % self.s.eval.steps == 0:
-                    self.logger.log(step, self.evaluate())
+                    self.logger.log(step, self.evaluate(), self.upstream_loss_name)
                 if self.s.ckpt.save_steps > 0 and step % self.s.ckpt.save_steps == 0:
                     self._save_checkpoint(step)
             if self.eval_dataset is not None and self.s.eval.steps == -1:
-                self.logger.log(step, self.evaluate())
+                self.logger.log(step, self.evaluate(), self.upstream_loss_name)
         bar.close()
         return last
 
