@@ -137,3 +137,45 @@ def test_tensorboard_run_folder_and_keys(tiny_dir, tmp_path):
     assert got == pytest.approx([r["preference_loss"] for r in recs], rel=1e-6)
     assert [e.value for e in acc.Scalars("train/total_loss")] == pytest.approx([r["loss"] for r in recs], rel=1e-6)
     assert all(r["loss"] > r["preference_loss"] + 0.1 for r in recs)  # the NLL term: the two differ
+
+
+# ---- schedulers and attention ----------------------------------------------------------------------
+
+def test_every_transformers_scheduler_is_taken_or_refused_with_a_reason():
+    from transformers import SchedulerType
+
+    from openrlhf.config import ConfigError
+    from openrlhf.config.schema import LR_SCHEDULERS, LR_SCHEDULERS_REFUSED
+
+    names = {t.value for t in SchedulerType}
+    assert set(LR_SCHEDULERS) | set(LR_SCHEDULERS_REFUSED) == names  # none left out, none made up
+    assert not set(LR_SCHEDULERS) & set(LR_SCHEDULERS_REFUSED)
+    for name in ("cosine_with_restarts", "polynomial", "inverse_sqrt", "warmup_stable_decay", "cosine_warmup_with_min_lr"):
+        assert load_config(["--model.model_name_or_path", "m", "--data.dataset", "d", "--lr_scheduler", name],
+                           task="dpo").lr_scheduler == name
+    with pytest.raises(ConfigError, match=r"--lr_scheduler: 'reduce_lr_on_plateau' is not supported: it steps on a "
+                                          r"validation metric"):
+        load_config(["--model.model_name_or_path", "m", "--data.dataset", "d", "--lr_scheduler",
+                     "reduce_lr_on_plateau"], task="dpo")
+
+
+def test_attention_strings_are_checked_by_transformers(tiny_dir):
+    from openrlhf.config import ConfigError
+    from openrlhf.models.actor import Actor
+
+    flags = ["--model.model_name_or_path", tiny_dir, "--data.dataset", "d"]
+    for name in ("flex_attention", "paged|eager", "kernels-community/vllm-flash-attn3", "org/repo@v1:fn", "auto"):
+        assert load_config(flags + ["--ds.attn_implementation", name], task="sft").ds.attn_implementation == name
+    with pytest.raises(ConfigError, match=r"--ds.attn_implementation: transformers does not know 'flash_atention_2'; "
+                                          r"it takes eager, .*flex_attention"):
+        load_config(flags + ["--ds.attn_implementation", "flash_atention_2"], task="sft")
+    # A name transformers takes reaches the model: flex attention runs (on a CPU too) like sdpa.
+    ids = torch.tensor([[5, 9, 13, 21, 34, 2]])
+    mask = torch.ones_like(ids)
+    outs = []
+    for name in ("sdpa", "flex_attention"):
+        actor = Actor.from_pretrained(tiny_dir, attn_implementation=name)
+        assert actor.model.config._attn_implementation == name
+        with torch.no_grad():
+            outs.append(actor.model(input_ids=ids, attention_mask=mask).logits)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)

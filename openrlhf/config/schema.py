@@ -22,10 +22,20 @@ from typing import Dict, Tuple, Type
 # --ds.param_dtype (and evaluate / convert_gguf --dtype) -> torch dtype name.
 PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 ZERO_STAGES = (0, 1, 2, 3)
-# "auto": flash_attention_2 on a CUDA machine with flash-attn installed, else sdpa.
+# --ds.attn_implementation: "auto" (ours: flash_attention_2 on a CUDA machine with flash-attn installed,
+# else sdpa) and the common names, checked without importing transformers; any other string is checked
+# by transformers (flex_attention, paged|sdpa, a hub kernel "org/repo[@rev][:fn]", ...).
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
-# cosine_with_min_lr decays to 0.1 x lr; cosine and linear decay to 0.
-LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
+# --lr_scheduler: every name of transformers' get_scheduler (SchedulerType) that steps without a metric;
+# cosine_with_min_lr and cosine_warmup_with_min_lr decay to --min_lr_ratio x lr (OpenRLHF's special case),
+# warmup_stable_decay too, over the last 10% of the steps; cosine and linear decay to 0.
+LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
+                 "polynomial", "inverse_sqrt", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+# SchedulerType names refused, with the reason.
+LR_SCHEDULERS_REFUSED = {
+    "reduce_lr_on_plateau": "it steps on a validation metric, and the optimizer step has none to give it",
+    "greedy": "it steps on a validation metric, and the optimizer step has none to give it",
+}
 GENERATE_BACKENDS = ("hf", "vllm")
 PRUNE_METHODS = ("activation", "weight")
 JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")

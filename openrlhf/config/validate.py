@@ -14,7 +14,7 @@ import string
 from typing import Callable, List
 
 from openrlhf.config.schema import (
-    ATTN_IMPLEMENTATIONS, GENERATE_BACKENDS, JUDGE_TASKS, LR_SCHEDULERS, PARAM_DTYPES, PRUNE_METHODS, TASK_CONFIGS,
+    ATTN_IMPLEMENTATIONS, GENERATE_BACKENDS, JUDGE_TASKS, LR_SCHEDULERS, LR_SCHEDULERS_REFUSED, PARAM_DTYPES, PRUNE_METHODS, TASK_CONFIGS,
     ZERO_STAGES, DADPOConfig, DPOConfig, DSConfig, GenerateTaskConfig, JudgeTaskConfig, KDTrainConfig,
     KTOTrainConfig, PreferenceTrainingConfig, PruneTaskConfig, RAY_CONFIGS, RunConfig, ScoreLogpsConfig,
     TrainingConfig,
@@ -75,11 +75,26 @@ def ds_problems(ds: DSConfig, training: bool = True) -> List[str]:
     if ds.param_dtype not in PARAM_DTYPES:
         p.append(f"--ds.param_dtype: unknown dtype {ds.param_dtype!r}; expected one of {', '.join(PARAM_DTYPES)}")
     if ds.attn_implementation not in ATTN_IMPLEMENTATIONS:
-        p.append(f"--ds.attn_implementation: unknown {ds.attn_implementation!r}; expected one of "
-                 f"{', '.join(ATTN_IMPLEMENTATIONS)}")
+        problem = transformers_attn_problem(ds.attn_implementation)
+        if problem:
+            p.append(f"--ds.attn_implementation: {problem}")
     if training and ds.adam_offload and ds.zero_stage == 0:
         p.append("--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
     return p
+
+
+def transformers_attn_problem(name: str) -> str:
+    """Why transformers would refuse ``attn_implementation=name`` ("" when it takes it): one of its
+    registered attention functions (with their ``paged|`` forms) or a hub kernel ``org/repo[@rev][:fn]``.
+    Imports transformers (only for names outside :data:`ATTN_IMPLEMENTATIONS`)."""
+    from transformers.integrations.hub_kernels import is_kernel
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name in valid or is_kernel(name):
+        return ""
+    return (f"transformers does not know {name!r}; it takes {', '.join(valid)} or a hub kernel "
+            "'org/repo[@revision][:function]' (and 'auto': flash_attention_2 where it runs, else sdpa)")
 
 
 def _data(cfg, need: Need) -> None:
@@ -130,8 +145,11 @@ def _training(cfg: TrainingConfig, need: Need) -> None:
     need(a.weight_decay >= 0, "adam.weight_decay", f"must be >= 0, got {a.weight_decay}")
     need(0 <= cfg.lr_warmup_ratio <= 1, "lr_warmup_ratio", f"must be in [0, 1], got {cfg.lr_warmup_ratio}")
     need(cfg.max_norm >= 0, "max_norm", f"must be >= 0 (0: no clipping), got {cfg.max_norm}")
-    need(cfg.lr_scheduler in LR_SCHEDULERS, "lr_scheduler",
-         f"unknown scheduler {cfg.lr_scheduler!r}; expected one of {', '.join(LR_SCHEDULERS)}")
+    if cfg.lr_scheduler in LR_SCHEDULERS_REFUSED:
+        need(False, "lr_scheduler", f"{cfg.lr_scheduler!r} is not supported: {LR_SCHEDULERS_REFUSED[cfg.lr_scheduler]}")
+    else:
+        need(cfg.lr_scheduler in LR_SCHEDULERS, "lr_scheduler",
+             f"unknown scheduler {cfg.lr_scheduler!r}; expected one of {', '.join(LR_SCHEDULERS)}")
     need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {cfg.min_lr_ratio}")
     need(a.eps > 0, "adam.eps", f"must be > 0, got {a.eps}")
     need(cfg.optim == "adam", "optim", f"{cfg.optim!r}: only adam (AdamW) is in this fork; Muon is not supported")

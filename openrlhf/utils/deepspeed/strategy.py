@@ -323,18 +323,28 @@ class DeepspeedStrategy:
                          min_lr_ratio: float = 0.1):
         """An LR scheduler stepped once per optimizer step (DeepSpeed steps it).
 
-        Warmup steps = ceil(warmup_ratio * total_steps). cosine_with_min_lr decays to
-        min_lr_ratio x lr; cosine and linear decay to 0."""
-        from transformers import get_scheduler
+        Any name of transformers' ``get_scheduler`` that steps without a metric. Warmup steps =
+        ceil(warmup_ratio * total_steps). cosine_with_min_lr and cosine_warmup_with_min_lr decay to
+        min_lr_ratio x lr (OpenRLHF's special case); warmup_stable_decay decays to min_lr_ratio x lr over
+        the last ceil(10%) of the steps (transformers needs a decay length; OpenRLHF gives none);
+        cosine and linear decay to 0."""
+        from transformers import SchedulerType, get_scheduler
 
-        if name not in LR_SCHEDULERS:
-            raise UserError(f"--lr_scheduler: must be one of {', '.join(LR_SCHEDULERS)} (got {name!r})")
+        known = {t.value for t in SchedulerType}
+        if name not in LR_SCHEDULERS or name not in known:
+            raise UserError(f"--lr_scheduler: {name!r} is not one of this transformers' schedulers that step "
+                            f"without a metric: {', '.join(n for n in LR_SCHEDULERS if n in known)}")
         if total_steps < 1:
             raise ValueError(f"total optimizer steps must be >= 1 (got {total_steps}); is the dataset empty?")
         if not 0.0 <= warmup_ratio <= 1.0:
             raise ValueError(f"--lr_warmup_ratio must be in [0, 1] (got {warmup_ratio})")
         warmup = math.ceil(warmup_ratio * total_steps)
-        kwargs = {"min_lr_rate": min_lr_ratio} if name == "cosine_with_min_lr" else None
+        kwargs = None
+        if name in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
+            kwargs = {"min_lr_rate": min_lr_ratio}
+        elif name == "warmup_stable_decay":
+            decay = max(1, min(math.ceil(0.1 * total_steps), total_steps - warmup))
+            kwargs = {"num_decay_steps": decay, "min_lr_ratio": min_lr_ratio}
         if name == "constant":
             return get_scheduler(name, optimizer)
         return get_scheduler(
