@@ -179,3 +179,34 @@ def test_attention_strings_are_checked_by_transformers(tiny_dir):
         with torch.no_grad():
             outs.append(actor.model(input_ids=ids, attention_mask=mask).logits)
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+# ---- lora_combiner ---------------------------------------------------------------------------------
+
+def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tiny import run_cli
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    adapter = str(tmp_path / "adapter")
+    get_peft_model(base, cfg).save_pretrained(adapter)  # B != 0: the adapter changes the outputs
+    out = str(tmp_path / "merged")
+    res = run_cli("openrlhf.cli.lora_combiner", ["--model_path", tiny_dir, "--lora_path", adapter,
+                                                  "--output_path", out, "--ds.param_dtype", "fp32"])
+    assert res.returncode == 0, res.stderr
+    ids = torch.tensor([[5, 9, 13, 21, 34, 55, 2]])
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(tiny_dir)(input_ids=ids).logits
+        want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), adapter)(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits
+    assert not torch.allclose(plain, want, atol=1e-3)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tiny_dir).chat_template
+    # The default dtype is OpenRLHF's bf16; a folder that is not an adapter is one clear line.
+    bad = run_cli("openrlhf.cli.lora_combiner", ["--model_path", tiny_dir, "--lora_path", tiny_dir,
+                                                  "--output_path", str(tmp_path / "x")])
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --lora_path:")
