@@ -210,3 +210,55 @@ def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     bad = run_cli("openrlhf.cli.lora_combiner", ["--model_path", tiny_dir, "--lora_path", tiny_dir,
                                                   "--output_path", str(tmp_path / "x")])
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --lora_path:")
+
+
+# ---- data sources ----------------------------------------------------------------------------------
+
+def test_csv_arrow_and_name_at_data_dir_sources(tmp_path, monkeypatch):
+    import csv
+
+    import datasets
+
+    from openrlhf.datasets.loading import load_rows
+
+    rows = pref_rows(5)
+    path = str(tmp_path / "pairs.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert load_rows(path) == rows
+    assert load_rows(path, max_samples=2) == rows[:2]
+    saved = str(tmp_path / "saved")
+    datasets.Dataset.from_list(rows).save_to_disk(saved)
+    arrow = [os.path.join(saved, n) for n in os.listdir(saved) if n.endswith(".arrow")]
+    assert len(arrow) == 1 and load_rows(arrow[0]) == rows
+    # name@data_dir: only the files under that folder of a local folder ...
+    for sub, part in (("a", rows[:2]), ("b", rows[2:])):
+        write_jsonl(str(tmp_path / "multi" / sub / "train.jsonl"), part)
+    assert load_rows(str(tmp_path / "multi") + "@b") == rows[2:]
+    assert len(load_rows(str(tmp_path / "multi"))) == 5
+    with pytest.raises(Exception, match=r"'c' is not a folder in"):
+        load_rows(str(tmp_path / "multi") + "@c")
+    # ... or of a hub dataset: datasets.load_dataset(name, data_dir=...)
+    seen = {}
+
+    def fake_load(name, split=None, **kw):
+        seen.update(name=name, split=split, **kw)
+        return datasets.Dataset.from_list(rows[:1])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert load_rows("org/pairs@helpful-base", split="test") == rows[:1]
+    assert seen == {"name": "org/pairs", "split": "test", "data_dir": "helpful-base"}
+
+
+def test_several_sources_are_capped_in_total(tmp_path):
+    from openrlhf.datasets.loading import load_sources
+
+    a = write_jsonl(str(tmp_path / "a.jsonl"), pref_rows(4))
+    b = write_jsonl(str(tmp_path / "b.jsonl"), pref_rows(6)[2:])
+    joined = load_sources(f"{a},{b}", max_samples=5)
+    assert joined == (pref_rows(4) + pref_rows(6)[2:])[:5]  # 4 of a, then 1 of b: 5 in all (OpenRLHF's cap)
+    assert len(load_sources(f"{a},{b}", max_samples=3)) == 3  # a alone gives 3 (each source capped too)
+    assert len(load_sources(f"{a},{b}")) == 8
+    assert len(load_sources(f"{a},{b}", max_samples=5, probs=[0.5, 0.5], seed=1)) == 5
