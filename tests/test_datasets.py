@@ -516,10 +516,14 @@ def test_load_errors(tmp_path):
     arr.write_text('[{"a": 1}, 3]')
     with pytest.raises(DataError, match=r"arr\.json: row 2 is a JSON int"):
         load_rows(str(arr))
-    txt = tmp_path / "x.csv"
+    txt = tmp_path / "x.txt"
     txt.write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type"):
         load_rows(str(txt))
+    header_only = tmp_path / "x.csv"  # .csv is read (OpenRLHF reads it); a header alone is no data
+    header_only.write_text("a,b\n")
+    with pytest.raises(DataError, match=r"x\.csv: cannot read the csv file"):
+        load_rows(str(header_only))
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(DataError, match="holds no"):
         load_rows(str(tmp_path / "emptydir"))
