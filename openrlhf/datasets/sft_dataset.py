@@ -161,7 +161,7 @@ class SFTDataset(Dataset):
             if not spans:
                 self.stats["dropped_empty_response"] += 1
                 continue
-            if spans[0][0] >= self.max_len:
+            if prompt_too_long(spans[0][0], self.max_len):
                 self.stats["dropped_prompt_too_long"] += 1
                 continue
             if len(full) > self.max_len:
