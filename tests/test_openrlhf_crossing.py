@@ -262,3 +262,105 @@ def test_several_sources_are_capped_in_total(tmp_path):
     assert len(load_sources(f"{a},{b}", max_samples=3)) == 3  # a alone gives 3 (each source capped too)
     assert len(load_sources(f"{a},{b}")) == 8
     assert len(load_sources(f"{a},{b}", max_samples=5, probs=[0.5, 0.5], seed=1)) == 5
+
+
+# ---- token-level choices (README "Coming from OpenRLHF": one test per difference) ------------------
+# Each test builds what OpenRLHF 0.11 feeds the model from its documented rule (the text it tokenizes,
+# add_special_tokens=False) next to ours, and pins the choice.
+
+PROMPT, ANSWER = "What is the capital of France?", "The capital of France is Paris."
+
+
+@pytest.fixture(scope="module")
+def student_tok(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def bos_tok(tiny_teacher_other_family):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_teacher_other_family)
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_kept_plain_text_prompts_start_with_bos(bos_tok):
+    from openrlhf.datasets.templates import tokenize_pair
+
+    p_ids, _ = tokenize_pair(bos_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: ")
+    upstream = _ids(bos_tok, f"Q: {PROMPT}\nA: ")  # OpenRLHF: add_special_tokens=False, no BOS
+    assert p_ids == [bos_tok.bos_token_id] + upstream
+
+
+def test_kept_eos_is_the_eos_id_right_after_the_answer(bos_tok):
+    from openrlhf.datasets.templates import tokenize_pair
+
+    _, r_ids = tokenize_pair(bos_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: ")
+    assert r_ids == _ids(bos_tok, ANSWER) + [bos_tok.eos_token_id]
+    # OpenRLHF appends " " + eos_token as text: one more token, a space, before the EOS.
+    upstream = _ids(bos_tok, ANSWER + " " + bos_tok.eos_token)
+    assert upstream[-1] == bos_tok.eos_token_id and len(upstream) == len(r_ids) + 1
+    assert bos_tok.decode(upstream[-2:-1]).strip() == ""
+
+
+def test_kept_chat_template_answer_ends_as_the_template_writes_it(student_tok):
+    from openrlhf.datasets.templates import tokenize_pair
+
+    msgs = [{"role": "user", "content": PROMPT}]
+    p_ids, r_ids = tokenize_pair(student_tok, PROMPT, ANSWER, apply_chat_template=True)
+    full = student_tok.apply_chat_template(msgs + [{"role": "assistant", "content": ANSWER}], tokenize=False)
+    assert full.endswith("<|im_end|>\n")
+    assert p_ids + r_ids == _ids(student_tok, full)  # the template's own tokens, its closing "\n" included
+    upstream = _ids(student_tok, full.rstrip("\n"))  # OpenRLHF strips the trailing newline
+    assert upstream == (p_ids + r_ids)[:-1] and upstream[-1] == student_tok.eos_token_id
+
+
+def test_kept_a_cut_response_gets_no_forced_eos(student_tok):
+    from openrlhf.datasets import PreferenceDataset
+    from openrlhf.config.schema import DataConfig
+    from openrlhf.datasets.templates import PromptRenderer
+
+    rows = pref_rows(1)
+    renderer = PromptRenderer(student_tok, apply_chat_template=True)
+    p_ids, c_ids = renderer.tokenize(rows[0]["prompt"], rows[0]["chosen"])
+    max_len = len(p_ids) + 3  # room for 3 answer tokens: the answer is cut
+    assert len(c_ids) > 3
+    item = PreferenceDataset(rows, student_tok, DataConfig(apply_chat_template=True, prompt_key="prompt",
+                                                           max_len=max_len), "p.jsonl")[0]
+    assert item["chosen_ids"] == c_ids[:3] and item["chosen_truncated"]
+    assert item["chosen_ids"][-1] != student_tok.eos_token_id  # OpenRLHF would overwrite it with EOS
+
+
+def test_matched_prompts_of_max_len_minus_2_tokens_are_dropped(student_tok):
+    from openrlhf.config.schema import DataConfig
+    from openrlhf.datasets import PreferenceDataset, SFTDataset
+    from openrlhf.datasets.templates import PromptRenderer
+    from openrlhf.utils.errors import DataError
+
+    rows = pref_rows(1)
+    n = len(PromptRenderer(student_tok, apply_chat_template=True).tokenize(rows[0]["prompt"], rows[0]["chosen"])[0])
+    cfg = lambda m: DataConfig(apply_chat_template=True, prompt_key="prompt", max_len=m)  # noqa: E731
+    assert len(PreferenceDataset(rows, student_tok, cfg(n + 3), "p.jsonl")) == 1
+    with pytest.raises(DataError, match=r"dropped 1 whose prompt alone has >= max_len - 2 tokens"):
+        PreferenceDataset(rows, student_tok, cfg(n + 2), "p.jsonl")
+    sft = [{"prompt": rows[0]["prompt"], "output": rows[0]["chosen"]}]
+    scfg = lambda m: DataConfig(apply_chat_template=True, input_key="prompt", output_key="output", max_len=m)  # noqa: E731
+    assert len(SFTDataset(sft, student_tok, scfg(n + 3), "s.jsonl")) == 1
+    with pytest.raises(DataError, match=r"dropped 1 whose prompt"):
+        SFTDataset(sft, student_tok, scfg(n + 2), "s.jsonl")
+
+
+def test_kept_hh_whole_texts_split_after_the_last_shared_assistant_turn():
+    from openrlhf.datasets.templates import split_shared_prefix
+
+    chosen = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Capital of France?\n\nAssistant: Paris."
+    rejected = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Capital of France?\n\nAssistant: Lyon, I think."
+    prompt, c, r = split_shared_prefix(chosen, rejected)
+    # OpenRLHF (no prompt key): prompt "" and every token of the whole text scored.
+    assert prompt == "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Capital of France?\n\nAssistant:"
+    assert (c, r) == (" Paris.", " Lyon, I think.")
