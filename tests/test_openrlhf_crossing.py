@@ -89,6 +89,15 @@ def test_checkpoints_cross_with_openrlhf_both_ways(tiny_dir, tmp_path, capsys):
     assert train_losses(resumed) == pytest.approx(expected[3:], abs=1e-5)
 
 
+def test_no_checkpoint_line_names_openrlhf_default_folders(tmp_path, monkeypatch):
+    from openrlhf.trainer.base import _openrlhf_default_hint
+
+    monkeypatch.chdir(tmp_path)
+    assert _openrlhf_default_hint() == ""
+    os.makedirs(tmp_path / "ckpt" / "checkpoints_dpo" / "global_step4")
+    assert "ckpt/checkpoints_dpo holds one: pass --ckpt.path" in _openrlhf_default_hint()
+
+
 def test_resume_position_from_either_client_state():
     from openrlhf.utils.deepspeed import ckpt_io
 

@@ -53,6 +53,15 @@ def batch_sequence_sums(values: torch.Tensor, batch: dict, prefix: str = "") -> 
     return sequence_sums(values, batch.get(prefix + "seq_index"), batch.get(prefix + "n_seqs"))
 
 
+def _openrlhf_default_hint() -> str:
+    """A note naming OpenRLHF's default checkpoint folders (./ckpt/checkpoints_<task>) that hold a
+    checkpoint, for a run that found none where it looked; "" when there are none."""
+    root = os.path.join(os.getcwd(), "ckpt")
+    found = sorted(os.path.join("ckpt", d) for d in (os.listdir(root) if os.path.isdir(root) else [])
+                   if d.startswith("checkpoints_") and ckpt_io.find_latest_tag(os.path.join(root, d)))
+    return f"; OpenRLHF's default folder {', '.join(found)} holds one: pass --ckpt.path to resume it" if found else ""
+
+
 def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
     keys = records[0].keys()
     return {k: sum(r[k] for r in records) / len(records) for k in keys}
@@ -204,7 +213,8 @@ class Trainer:
             self.strategy.print(f"resumed from {self.s.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
         elif self.s.ckpt.load_enable:
             self.strategy.print(f"--ckpt.load_enable: no checkpoint in {os.path.abspath(self.s.checkpoint_dir)} "
-                                "(--ckpt.path; default <ckpt.output_dir>/checkpoints), starting at step 0")
+                                f"(--ckpt.path; default <ckpt.output_dir>/checkpoints), starting at step 0"
+                                f"{_openrlhf_default_hint()}")
         # metrics.jsonl keeps what led to this state and nothing after it (a fresh run starts it anew).
         self.logger.truncate_after(step)
         bs = self.s.train.batch_size
