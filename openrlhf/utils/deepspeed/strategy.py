@@ -357,8 +357,9 @@ class DeepspeedStrategy:
         accumulation from the config). Returns the engine; DeepSpeed steps ``scheduler``."""
         import deepspeed
 
-        if _wraps_hf_model(model):
-            model.register_state_dict_post_hook(_hf_names_hook)
+        if _wraps_hf_model(model) and not getattr(model, "_hf_names_hooked", False):
+            model.register_state_dict_post_hook(_hf_names_hook)  # once: a second pass would strip HF's own "model."
+            model._hf_names_hooked = True
         engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
