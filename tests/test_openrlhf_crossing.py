@@ -144,6 +144,7 @@ def test_dashboard_keys_are_openrlhf_keys():
     assert view["train/global_step"] == 3 and not any(k.startswith("eval/") or "/" not in k for k in view)
     ev = dashboard_view({"step": 4, "eval_loss": 0.8, "eval_preference_loss": 0.7, "eval_acc": 0.25}, 4)
     assert ev["eval/eval_loss"] == 0.7 and ev["eval/acc_mean"] == 0.25 and ev["eval/global_step"] == 4
+    assert ev["eval/loss"] == 0.7 and ev["eval/total_loss"] == 0.8
     assert not any(k.startswith("train/") for k in ev)
     sft = dashboard_view({"step": 1, "loss": 2.5}, 1, loss_name="gpt_loss")
     assert sft["train/gpt_loss"] == sft["train/loss"] == 2.5

@@ -19,6 +19,7 @@ from openrlhf.utils.errors import require_package
 # --logger.wandb.key values that mean "use this machine's wandb login" rather than an API key.
 WANDB_USE_LOGIN = ("true", "1")
 
+
 def dashboard_view(metrics: dict, step: int, loss_name: str = "loss") -> Dict[str, float]:
     """What wandb / TensorBoard get for one metrics.jsonl record: OpenRLHF's keys.
 
@@ -33,6 +34,8 @@ def dashboard_view(metrics: dict, step: int, loss_name: str = "loss") -> Dict[st
     if numeric and all(k.startswith("eval_") for k in numeric):
         got = {k[len("eval_"):]: v for k, v in numeric.items()}
         out = {f"eval/{k}": v for k, v in got.items()}
+        if "preference_loss" in got and "loss" in got:  # as in training: eval/loss is OpenRLHF's loss
+            out["eval/loss"], out["eval/total_loss"] = got["preference_loss"], got["loss"]
         loss = got.get("preference_loss", got.get("loss"))
         if loss is not None:
             out["eval/eval_loss"] = loss
