@@ -496,8 +496,9 @@ def test_wandb_key_switches_wandb_on_with_group(monkeypatch, tmp_path):
     calls = {}
     fake = types.ModuleType("wandb")
     fake.login = lambda key: calls.setdefault("login", key)
-    fake.init = lambda **kw: calls.setdefault("init", kw) and types.SimpleNamespace(log=lambda *a, **k: None,
-                                                                                     finish=lambda: None)
+    fake.init = lambda **kw: calls.setdefault("init", kw) and types.SimpleNamespace(
+        log=lambda *a, **k: None, finish=lambda: None,
+        define_metric=lambda name, **k: calls.setdefault("axes", {}).__setitem__(name, k.get("step_metric")))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setattr(metrics_logging, "require_package", lambda *a, **k: None)
     cfg = LoggerConfig(wandb=WandbConfig(key="abc123", project="p", group="g", org="o", run_name="r"))
@@ -505,6 +506,9 @@ def test_wandb_key_switches_wandb_on_with_group(monkeypatch, tmp_path):
     assert calls["login"] == "abc123"
     assert {k: calls["init"][k] for k in ("project", "group", "entity", "name")} == \
         {"project": "p", "group": "g", "entity": "o", "name": "r"}
+    # OpenRLHF's step axes: train/* against train/global_step, eval/* against eval/global_step.
+    assert calls["axes"] == {"train/global_step": None, "train/*": "train/global_step",
+                             "eval/global_step": None, "eval/*": "eval/global_step"}
     calls.clear()
     metrics_logging.MetricsLogger(str(tmp_path), LoggerConfig(wandb=WandbConfig(key="True")))
     assert "login" not in calls and "init" in calls  # "True": this machine's `wandb login`

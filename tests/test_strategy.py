@@ -281,8 +281,15 @@ def test_scheduler_shapes(group, tiny_dir):
     assert lrs("linear")[-1] == pytest.approx(lr / 8)
     assert set(lrs("constant")) == {lr}
     assert lrs("constant_with_warmup")[0] == 0.0 and lrs("constant_with_warmup")[-1] == lr
+    # Every other transformers name (OpenRLHF passes any to get_scheduler), worked by hand:
+    assert lrs("cosine_with_restarts") == pytest.approx(lrs("cosine"))  # one cycle: the cosine
+    assert lrs("polynomial")[-1] == pytest.approx((lr - 1e-7) / 8 + 1e-7)  # linear to lr_end=1e-7
+    assert lrs("inverse_sqrt")[8] == pytest.approx(lr / 2)  # lr x sqrt(warmup / step)
+    assert lrs("cosine_warmup_with_min_lr", total=100, warmup=0.0)[-1] == pytest.approx(0.1 * lr, rel=0.01)
+    wsd = lrs("warmup_stable_decay", total=20, warmup=0.0)  # stable, then decays over the last 2 steps
+    assert wsd[:19] == [lr] * 19 and wsd[19] == pytest.approx(0.1 * lr + 0.9 * lr * 0.5)
     with pytest.raises(ValueError, match="--lr_scheduler"):
-        lrs("polynomial")
+        lrs("reduce_lr_on_plateau")
     groups = s.create_optimizer(model).param_groups
     assert [g["weight_decay"] for g in groups] == [0.01, 0.0]  # norms / biases: no decay
 

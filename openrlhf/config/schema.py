@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple, Type
 
 from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS as LR_SCHEDULERS
+from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS_REFUSED as LR_SCHEDULERS_REFUSED
 from openrlhf.utils.dtypes import PARAM_DTYPES as PARAM_DTYPES
 
 # ---- the choices, one source each -----------------------------------------------------------
 
 # PARAM_DTYPES (--ds.param_dtype, evaluate / convert_gguf --dtype) and LR_SCHEDULERS: imported above.
 ZERO_STAGES = (0, 1, 2, 3)
-# "auto": flash_attention_2 on a CUDA machine with flash-attn installed, else sdpa.
+# --ds.attn_implementation: "auto" (ours: flash_attention_2 on a CUDA machine with flash-attn installed,
+# else sdpa) and the common names, checked without importing transformers; any other string is checked
+# by transformers (flex_attention, paged|eager, a hub kernel "org/repo[@rev][:fn]", ...).
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 GENERATE_BACKENDS = ("hf", "vllm", "auto")
 PRUNE_METHODS = ("activation", "weight")
@@ -207,6 +210,20 @@ class LoRAConfig:
     dropout: float = 0.0
 
 
+def transformers_attn_problem(name: str) -> str:
+    """Why transformers would refuse ``attn_implementation=name`` ("" when it takes it): one of its
+    registered attention functions (with their ``paged|`` forms) or a hub kernel ``org/repo[@rev][:fn]``.
+    Imports transformers (only for names outside :data:`ATTN_IMPLEMENTATIONS`)."""
+    from transformers.integrations.hub_kernels import is_kernel
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name in valid or is_kernel(name):
+        return ""
+    return (f"transformers does not know {name!r}; it takes {', '.join(valid)} or a hub kernel "
+            "'org/repo[@revision][:function]' (and 'auto': flash_attention_2 where it runs, else sdpa)")
+
+
 @dataclass
 class DSConfig:
     zero_stage: int = 2
@@ -258,8 +275,9 @@ class DSConfig:
             p.append(f"--ds.param_dtype: unknown dtype {self.param_dtype!r}; expected one of "
                      f"{', '.join(PARAM_DTYPES)}")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            p.append(f"--ds.attn_implementation: unknown {self.attn_implementation!r}; expected one of "
-                     f"{', '.join(ATTN_IMPLEMENTATIONS)}")
+            problem = transformers_attn_problem(self.attn_implementation)
+            if problem:
+                p.append(f"--ds.attn_implementation: {problem}")
         if training and self.adam_offload and self.zero_stage == 0:
             p.append("--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
         return p

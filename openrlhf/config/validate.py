@@ -17,6 +17,7 @@ from openrlhf.config.schema import (
     GENERATE_BACKENDS,
     JUDGE_TASKS,
     LR_SCHEDULERS,
+    LR_SCHEDULERS_REFUSED,
     PRUNE_METHODS,
     RAY_CONFIGS,
     TASK_CONFIGS,
@@ -110,8 +111,11 @@ def _training(cfg: TrainingConfig, need: Need) -> None:
     need(a.weight_decay >= 0, "adam.weight_decay", f"must be >= 0, got {a.weight_decay}")
     need(0 <= cfg.lr_warmup_ratio <= 1, "lr_warmup_ratio", f"must be in [0, 1], got {cfg.lr_warmup_ratio}")
     need(cfg.max_norm >= 0, "max_norm", f"must be >= 0 (0: no clipping), got {cfg.max_norm}")
-    need(cfg.lr_scheduler in LR_SCHEDULERS, "lr_scheduler",
-         f"unknown scheduler {cfg.lr_scheduler!r}; expected one of {', '.join(LR_SCHEDULERS)}")
+    if cfg.lr_scheduler in LR_SCHEDULERS_REFUSED:
+        need(False, "lr_scheduler", f"{cfg.lr_scheduler!r} is not supported: {LR_SCHEDULERS_REFUSED[cfg.lr_scheduler]}")
+    else:
+        need(cfg.lr_scheduler in LR_SCHEDULERS, "lr_scheduler",
+             f"unknown scheduler {cfg.lr_scheduler!r}; expected one of {', '.join(LR_SCHEDULERS)}")
     need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {cfg.min_lr_ratio}")
     need(a.eps > 0, "adam.eps", f"must be > 0, got {a.eps}")
     need(cfg.optim == "adam", "optim", f"{cfg.optim!r}: only adam (AdamW) is in this fork; Muon is not supported")

@@ -15,7 +15,7 @@ chat template (:func:`openrlhf.datasets.templates.tokenize_pair`, or
 :func:`pair_batch` for a whole batch).
 
 Over-long rows: both prompt + chosen and prompt + rejected must fit ``data.max_len``.
-A row whose prompt alone has ``>= max_len`` tokens is dropped; otherwise each
+A row whose prompt alone has ``>= max_len - 2`` tokens is dropped (OpenRLHF's rule); otherwise each
 response is cut to ``max_len - prompt_len`` tokens (``chosen_truncated`` /
 ``rejected_truncated`` say so: the raw text kept for the teacher is NOT cut).
 Rows with an empty (or whitespace-only) chosen or rejected response are dropped. ``stats`` counts
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .common import format_report, masks, pad_right, raise_problems, unfinished_flag, where
+from .common import format_report, masks, pad_right, prompt_too_long, raise_problems, unfinished_flag, where
 from .loading import DataError
 from .templates import PromptRenderer, resolve_pair, response_text, same_turns, split_shared_prefix
 from .tokenizer import pad_token_id
@@ -98,7 +98,7 @@ class PreferenceDataset(Dataset):
             if not response_text(chosen).strip() or not response_text(rejected).strip():
                 self.stats["dropped_empty_response"] += 1
                 continue
-            if len(p_ids) >= self.max_len:
+            if prompt_too_long(len(p_ids), self.max_len):
                 self.stats["dropped_prompt_too_long"] += 1
                 continue
             budget = self.max_len - len(p_ids)

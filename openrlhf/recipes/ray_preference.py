@@ -144,11 +144,12 @@ def _schedule(view, cfg, world: int, start: Optional[dict]) -> List[List[int]]:
     """Row indices in the order the policy will first need them, one list per global step (rows already
     listed at an earlier step are left out): the sampler's order from the resume point on."""
     from openrlhf.trainer.base import steps_per_epoch
+    from openrlhf.utils.deepspeed import ckpt_io
     from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 
     bs = cfg.train.batch_size
     n_steps = steps_per_epoch(len(view), bs)
-    epoch0, consumed0 = (int(start.get("epoch", 0)), int(start.get("consumed_samples", 0))) if start else (0, 0)
+    _, epoch0, consumed0 = ckpt_io.resume_position(start, bs, n_steps) if start else (0, 0, 0)
     seen, steps = set(), []
     for epoch in range(epoch0, cfg.train.max_epochs):
         order = ResumableDistributedSampler(len(view), world, 0, shuffle=True, seed=cfg.train.seed,
