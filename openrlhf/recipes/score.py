@@ -83,7 +83,8 @@ def side_dataset(cfg, kind: str, rows: List[dict], tokenizer, source: str, rende
 
 def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
     from openrlhf.datasets import logp_cache as lc
-    from openrlhf.datasets.tokenizer import teacher_renderers
+    from openrlhf.datasets.preference_dataset import rendered_pairs
+    from openrlhf.datasets.tokenizer import check_reference_tokenizer, teacher_renderers
     from openrlhf.models.loss import teacher_name
 
     jobs = []
@@ -94,6 +95,8 @@ def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, diges
         jobs.append(ScoreJob(teacher_name(k), ds, fp, path, cfg.teacher.offload, "--teacher.model_name_or_path"))
     if cfg.ref.model_name_or_path:
         ds = side_dataset(cfg, "ref", rows, tokenizer, source)
+        check_reference_tokenizer(ds.renderer, rendered_pairs(ds), cfg.ref.model_name_or_path,
+                                  cfg.model.model_name_or_path)
         fp = lc.setting_fingerprint(lc.model_fingerprint(cfg.ref.model_name_or_path, "--ref.model_name_or_path",
                                                          digests),
                                     lc.tokenization_fingerprint(ds.renderer, cfg.data.max_len))

@@ -1,0 +1,101 @@
+"""Bad input, round two (issue 24): a reference of another tokenizer, a Ray address where no cluster
+answers, a judge answering without choices, a file that is not GGUF, LoRA targets that match nothing,
+a token budget smaller than a row, unused distill sections; and the stated behaviours around them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+
+import pytest
+
+from openrlhf.config import ConfigError, load_config
+from openrlhf.utils.errors import DataError, UserError
+from tiny import base_flags, make_tiny, pref_rows, run_cli, score_flags, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def ref_bigger_vocab(tmp_path_factory):
+    """Another tokenizer with MORE tokens than the policy's: the policy's ids all fit its embedding."""
+    return make_tiny(str(tmp_path_factory.mktemp("ref_big")), style="chatml", vocab_size=480, seed=5)
+
+
+# ---- 1. a DPO reference of another tokenizer -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["smaller", "bigger"])
+def test_dpo_refuses_a_reference_of_another_tokenizer(tiny_dir, tiny_teacher_other_family, ref_bigger_vocab,
+                                                      pref_jsonl, tmp_path, which):
+    from openrlhf.recipes.preference import train_dpo
+
+    ref = tiny_teacher_other_family if which == "smaller" else ref_bigger_vocab
+    out = str(tmp_path / "dpo")
+    cfg = load_config(base_flags(tiny_dir, pref_jsonl, out, "--ref.model_name_or_path", ref,
+                                 "--train.batch_size", "4"), task="dpo")
+    with pytest.raises(DataError) as e:
+        train_dpo(cfg)
+    msg = str(e.value)
+    assert msg.startswith("--ref.model_name_or_path: ")
+    assert ref in msg and tiny_dir in msg and "share the policy's tokenizer" in msg
+    assert not os.path.exists(out)  # refused before the strategy, the logger or any model
+
+
+def test_dadpo_and_score_logps_refuse_a_reference_of_another_tokenizer(tiny_dir, tiny_teacher_other_family,
+                                                                      ref_bigger_vocab, pref_jsonl, tmp_path):
+    from openrlhf.recipes.preference import train_dadpo
+    from openrlhf.recipes.score import score_logps
+
+    cfg = load_config(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "d"), "--ref.model_name_or_path",
+                                 ref_bigger_vocab, "--teacher.model_name_or_path", tiny_teacher_other_family,
+                                 "--train.batch_size", "4"), task="dadpo")
+    with pytest.raises(DataError, match="another tokenizer than the policy"):
+        train_dadpo(cfg)
+    cfg = load_config(score_flags(tiny_dir, pref_jsonl, str(tmp_path / "s"), "--ref.model_name_or_path",
+                                  ref_bigger_vocab), task="score_logps")
+    with pytest.raises(DataError, match=r"--ref.model_name_or_path: the reference .* has another tokenizer"):
+        score_logps(cfg)
+    assert not os.path.exists(str(tmp_path / "s" / ".score_partial"))
+
+
+def test_ray_driver_refuses_a_reference_of_another_tokenizer_before_connecting(tiny_dir, ref_bigger_vocab,
+                                                                              pref_jsonl, tmp_path):
+    pytest.importorskip("ray")
+    from openrlhf.recipes.ray_preference import train_dpo_ray
+
+    cfg = load_config(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "r"), "--ref.model_name_or_path",
+                                 ref_bigger_vocab, "--train.batch_size", "4",
+                                 "--ray.address", "127.0.0.1:1"), task="dpo_ray")
+    with pytest.raises(DataError, match="another tokenizer than the policy"):
+        train_dpo_ray(cfg)
+
+
+def test_reference_tokenizer_check_compares_ids_of_the_rendered_text(tiny_dir, tiny_teacher_same_vocab, tmp_path):
+    """Same vocabulary (the same tokenizer files): accepted. Same vocabulary, other tokenisation of the text
+    (the pre-tokenizer changed): refused, naming the row."""
+    from transformers import AutoTokenizer
+
+    from openrlhf.datasets import PreferenceDataset
+    from openrlhf.datasets.preference_dataset import rendered_pairs
+    from openrlhf.datasets.tokenizer import check_reference_tokenizer
+
+    cfg = load_config(base_flags(tiny_dir, "x.jsonl", str(tmp_path / "o")), task="dpo", check_paths=False)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ds = PreferenceDataset(pref_rows(4), tok, cfg.data, "pairs.jsonl")
+    check_reference_tokenizer(ds.renderer, rendered_pairs(ds), tiny_teacher_same_vocab, tiny_dir)
+
+    # The same vocabulary and merges, but no merges across spaces any more: other ids for the same text.
+    other = str(tmp_path / "ref_split")
+    raw = json.load(open(os.path.join(tiny_dir, "tokenizer.json")))
+    raw["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": " "}, "behavior": "Isolated", "invert": False},
+        raw["pre_tokenizer"]]}
+    os.makedirs(other)
+    for name in os.listdir(tiny_dir):
+        if name != "tokenizer.json":
+            with open(os.path.join(tiny_dir, name), "rb") as src, open(os.path.join(other, name), "wb") as dst:
+                dst.write(src.read())
+    json.dump(raw, open(os.path.join(other, "tokenizer.json"), "w"))
+    with pytest.raises(DataError, match=r"has the vocabulary of the policy .* tokenizes the text of pairs.jsonl, row 1"):
+        check_reference_tokenizer(ds.renderer, rendered_pairs(ds), other, tiny_dir)
