@@ -99,3 +99,48 @@ def test_reference_tokenizer_check_compares_ids_of_the_rendered_text(tiny_dir, t
     json.dump(raw, open(os.path.join(other, "tokenizer.json"), "w"))
     with pytest.raises(DataError, match=r"has the vocabulary of the policy .* tokenizes the text of pairs.jsonl, row 1"):
         check_reference_tokenizer(ds.renderer, rendered_pairs(ds), other, tiny_dir)
+
+
+# ---- 2. a Ray address where no cluster answers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:{free}", "nowhere.invalid:6379"])
+def test_ray_trainer_on_an_address_without_a_cluster_is_a_one_line_error(tiny_dir, tiny_teacher_other_family,
+                                                                          pref_jsonl, tmp_path, address):
+    """It used to hang for ever (Ray's own retries); now exit 2 within seconds, naming the flag."""
+    import time
+
+    from tiny import free_port
+
+    pytest.importorskip("ray")
+    address = address.format(free=free_port())
+    flags = base_flags(tiny_dir, pref_jsonl, str(tmp_path / "out"), "--teacher.model_name_or_path",
+                       tiny_teacher_other_family, "--train.batch_size", "4", "--ray.address", address)
+    t = time.time()
+    res = run_cli("openrlhf.cli.train_dadpo_ray", flags, timeout=240)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --ray.address {address}: no Ray cluster answers there"), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert time.time() - t < 200
+
+
+def test_ray_address_probe_tells_a_listener_that_is_not_a_gcs(tmp_path):
+    """A port where something else listens (an HTTP server, as the dashboard's 8265) is refused too."""
+    import http.server
+    import socketserver
+    import threading
+
+    pytest.importorskip("ray")
+    from openrlhf.utils.ray_group import probe_cluster
+
+    with socketserver.TCPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        address = f"127.0.0.1:{srv.server_address[1]}"
+        try:
+            with pytest.raises(UserError, match=rf"--ray.address {address}: no Ray cluster answers there .*not a Ray GCS"):
+                probe_cluster(address, "--ray.address", timeout=5)
+        finally:
+            srv.shutdown()
+    with pytest.raises(UserError, match="expected HOST:PORT"):
+        probe_cluster("6379", "--ray.address")
