@@ -12,8 +12,9 @@ from typing import Callable, List, Optional
 
 class FakeJudge:
     def __init__(self, answer: Callable[[List[dict]], str], model: str = "fake-judge", fail_first: int = 0,
-                 fail_status: int = 429, api_key: Optional[str] = None):
+                 fail_status: int = 429, api_key: Optional[str] = None, empty_first: int = 0):
         self.answer, self.model = answer, model
+        self.empty_first, self.emptied = empty_first, 0  # the first answers: HTTP 200 with "choices": []
         self.fail_first, self.fail_status, self.api_key = fail_first, fail_status, api_key
         self.requests: List[List[dict]] = []  # every completed chat request's messages
         self.failed = 0
@@ -43,6 +44,12 @@ class FakeJudge:
                     if owner.failed < owner.fail_first:
                         owner.failed += 1
                         return self._send(owner.fail_status, {"error": {"message": "try later", "code": owner.fail_status}})
+                with owner._lock:
+                    empty = owner.emptied < owner.empty_first
+                    owner.emptied += int(empty)
+                if empty:
+                    return self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
+                                            "model": owner.model, "choices": []})
                 text = owner.answer(data["messages"])
                 with owner._lock:
                     owner.requests.append(data["messages"])

@@ -51,6 +51,10 @@ class JudgeStats:
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
 
+class EmptyAnswer(Exception):
+    """An HTTP 200 answer without a choice (``"choices": []``): a failed request, retried like a 5xx."""
+
+
 class JudgeClient:
     """``judge.*`` settings (a :class:`~openrlhf.config.schema.JudgeConfig`) -> judgments."""
 
@@ -116,6 +120,8 @@ class JudgeClient:
                 resp = self._client.chat.completions.create(model=self.cfg.model, messages=messages,
                                                             temperature=self.cfg.temperature,
                                                             max_tokens=max_tokens or self.cfg.max_tokens)
+                if not getattr(resp, "choices", None) or resp.choices[0].message is None:
+                    raise EmptyAnswer('HTTP 200 without an answer ("choices": [])')
                 usage = resp.usage
                 j = Judgment(self.key_of(req), resp.choices[0].message.content or "",
                              getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
@@ -124,8 +130,9 @@ class JudgeClient:
                     self.stats.prompt_tokens += j.prompt_tokens
                     self.stats.completion_tokens += j.completion_tokens
                 return j
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as e:
-                # 429, 5xx, timeouts (a kind of connection error) and dropped connections: try again.
+            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, EmptyAnswer) as e:
+                # 429, 5xx, timeouts (a kind of connection error), dropped connections and answers without a
+                # choice: try again.
                 if isinstance(e, openai.APIConnectionError) and not retry_connection:
                     raise
                 if attempt == self.cfg.max_retries:
