@@ -201,3 +201,39 @@ def test_report_json_is_strict_json_when_every_verdict_is_unparsed(tmp_path):
         _judge(server.url, out, teacher, cand, "--judge.cache_path", str(tmp_path / "other_cache.jsonl"))
     again = json.load(open(os.path.join(out, "report.json")))["models"]["long"]["indomain"]
     assert (again["omega"], again["tie"]) == (0.0, 3)  # always "A": each order prefers another answer
+
+
+# ---- 4. a file that is not GGUF --------------------------------------------------------------------------------
+
+
+def _distill_yaml(tmp_path, teacher, student, **extra):
+    import yaml
+
+    prompts = str(tmp_path / "sharegpt.json")
+    json.dump([{"id": f"c{i}", "conversations": [{"from": "human", "value": f"Tell me about item {i}."},
+                                                 {"from": "gpt", "value": "Sure."}]} for i in range(14)],
+              open(prompts, "w"))
+    cfg = {"run_dir": str(tmp_path / "run"), "teacher": teacher, "student": {"model_name_or_path": student},
+           "prompts": {"source": prompts, "train_size": 8, "eval_size": 4, "min_chars": 5},
+           "common": {"data.apply_chat_template": True, "ds.param_dtype": "fp32", "ds.zero_stage": 0,
+                      "train.micro_batch_size": 2},
+           "sft": {"train.batch_size": 4}, "dadpo": {"train.batch_size": 4}, **extra}
+    path = str(tmp_path / "distill.yaml")
+    yaml.safe_dump(cfg, open(path, "w"))
+    return path
+
+
+def test_a_file_that_is_not_gguf_is_one_line_before_any_folder(tiny_dir, tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_text('{"not": "gguf"}\n')
+    out = tmp_path / "converted"
+    res = run_cli("openrlhf.cli.convert_gguf", ["--gguf", str(fake), "--output_dir", str(out)], timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip() == (f"error: {fake} is not a GGUF file: it starts with b'{{\"no', not the GGUF magic "
+                                  "bytes b'GGUF'")
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["model.gguf"]
+
+    res = run_cli("openrlhf.cli.distill", ["--config", _distill_yaml(tmp_path, f"gguf:{fake}", tiny_dir)], timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(f"error: {fake} is not a GGUF file")
+    assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
