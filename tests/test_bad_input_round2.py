@@ -237,3 +237,33 @@ def test_a_file_that_is_not_gguf_is_one_line_before_any_folder(tiny_dir, tmp_pat
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith(f"error: {fake} is not a GGUF file")
     assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
+
+
+# ---- 5. LoRA target modules that match nothing ------------------------------------------------------------------
+
+
+def test_lora_target_modules_are_checked_against_the_model_before_deepspeed(tiny_dir, tmp_path):
+    pytest.importorskip("peft")
+    from openrlhf.recipes.common import check_lora_targets, make_strategy
+
+    flags = lambda *t: load_config(base_flags(tiny_dir, "x.jsonl", str(tmp_path / "o"), "--ds.lora.rank", "4",  # noqa
+                                              "--ds.lora.target_modules", *t), task="sft", check_paths=False)
+    with pytest.raises(UserError) as e:
+        make_strategy(flags("q_proj", "nope_proj"))  # refused before the strategy (DeepSpeed) is set up
+    msg = str(e.value)
+    assert msg.startswith("--ds.lora.target_modules: 'nope_proj' names no module of " + tiny_dir)
+    assert "q_proj, " in msg and "v_proj" in msg and "down_proj" in msg and "'q_proj'" not in msg
+    with pytest.raises(UserError, match="'mlp' is a LlamaMLP, not a layer LoRA adapts"):
+        check_lora_targets(flags("mlp"))
+    check_lora_targets(flags("q_proj", "self_attn.v_proj"))  # peft's suffix rule: accepted
+    check_lora_targets(flags("all-linear"))
+
+
+def test_train_sft_with_a_lora_target_that_does_not_exist_is_one_line(tiny_dir, sft_jsonl, tmp_path):
+    pytest.importorskip("peft")
+    res = run_cli("openrlhf.cli.train_sft", base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size",
+                                                       "4", "--ds.lora.rank", "4", "--ds.lora.target_modules",
+                                                       "nope_proj"), timeout=240)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("error: --ds.lora.target_modules: 'nope_proj' names no")
+    assert "Traceback" not in res.stderr and "NoMatchingPeftModuleError" not in res.stderr
