@@ -267,3 +267,55 @@ def test_train_sft_with_a_lora_target_that_does_not_exist_is_one_line(tiny_dir, 
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith("error: --ds.lora.target_modules: 'nope_proj' names no")
     assert "Traceback" not in res.stderr and "NoMatchingPeftModuleError" not in res.stderr
+
+
+# ---- 6. a token budget smaller than the rows; rows a last global batch leaves out; a run all in warm-up ----------
+
+
+def _sft(flags, capsys):
+    from openrlhf.recipes.sft import train_sft
+
+    capsys.readouterr()
+    last = train_sft(load_config(flags, task="sft"))
+    return last, capsys.readouterr().out
+
+
+def test_dynamic_batch_budget_exceeded_and_unused_rows_are_said_before_training(tiny_dir, tmp_path, capsys):
+    from tiny import sft_rows
+
+    data = write_jsonl(str(tmp_path / "sft.jsonl"), sft_rows(6))
+    out = str(tmp_path / "o")
+    _, printed = _sft(base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.dynamic_batch_enable",
+                                 "--train.max_tokens_per_gpu", "8"), capsys)
+    lines = printed.splitlines()
+    budget = [x for x in lines if x.startswith("warning: --train.max_tokens_per_gpu 8: 6 of 6 rows have more tokens")]
+    unused = [x for x in lines if x.startswith("data: 6 rows make 1 global batches of --train.batch_size 4; each "
+                                               "epoch leaves the last 2 rows of its (shuffled) order unused")]
+    assert budget and unused, printed[-3000:]
+    # Said before the first step (the metrics of step 1 come later in the file, and training did run).
+    assert len(open(os.path.join(out, "metrics.jsonl")).read().splitlines()) >= 1
+
+
+def test_a_run_all_in_warm_up_says_its_model_equals_the_input(tiny_dir, tmp_path, capsys):
+    """One optimizer step with --lr_warmup_ratio 0.03 (ceil(0.03 x 1) = 1 warm-up step): lr 0, so the saved
+    weights are the initial ones; the run says so before and after training. The saved weights are 0644
+    like every other output (safetensors writes 0600)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tiny import sft_rows
+
+    data = write_jsonl(str(tmp_path / "sft.jsonl"), sft_rows(4))
+    out = str(tmp_path / "o")
+    flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.max_epochs", "1")
+    flags[flags.index("--lr_warmup_ratio") + 1] = "0.03"
+    last, printed = _sft(flags, capsys)
+    assert last["lr"] == 0.0
+    assert "warning: every optimizer step left to this run (1) falls in the learning-rate warm-up at lr 0" in printed
+    assert "note: all 1 optimizer steps of this run had lr 0 (learning-rate warm-up)" in printed
+    before, after = load_file(os.path.join(tiny_dir, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl"):
+        assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == 0o666 & ~mask, name
