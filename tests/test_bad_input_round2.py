@@ -206,14 +206,15 @@ def test_report_json_is_strict_json_when_every_verdict_is_unparsed(tmp_path):
 # ---- 4. a file that is not GGUF --------------------------------------------------------------------------------
 
 
-def _distill_yaml(tmp_path, teacher, student, **extra):
+def _distill_yaml(tmp_path, teacher, student, prune=None, **extra):
+    prune = {"prune": prune} if prune else {}
     import yaml
 
     prompts = str(tmp_path / "sharegpt.json")
     json.dump([{"id": f"c{i}", "conversations": [{"from": "human", "value": f"Tell me about item {i}."},
                                                  {"from": "gpt", "value": "Sure."}]} for i in range(14)],
               open(prompts, "w"))
-    cfg = {"run_dir": str(tmp_path / "run"), "teacher": teacher, "student": {"model_name_or_path": student},
+    cfg = {"run_dir": str(tmp_path / "run"), "teacher": teacher, "student": {"model_name_or_path": student, **prune},
            "prompts": {"source": prompts, "train_size": 8, "eval_size": 4, "min_chars": 5},
            "common": {"data.apply_chat_template": True, "ds.param_dtype": "fp32", "ds.zero_stage": 0,
                       "train.micro_batch_size": 2},
@@ -319,3 +320,32 @@ def test_a_run_all_in_warm_up_says_its_model_equals_the_input(tiny_dir, tmp_path
     os.umask(mask)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl"):
         assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == 0o666 & ~mask, name
+
+
+# ---- 7. distill sections the plan does not use -------------------------------------------------------------------
+
+
+def test_distill_checks_sections_it_will_not_use_and_says_so(tiny_dir, tiny_talking_teacher, tmp_path):
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+
+    bad = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=False,
+                        score={"train.micro_batch_sise": 4}, prune={"mlp_ration": 0.5})
+    with pytest.raises(ConfigError) as e:
+        Pipeline(load_distill_config(bad)).run_all()
+    problems = e.value.problems
+    assert any(p.startswith("score (a section this plan does not use: cache_logps is false") and
+               "--train.micro_batch_sise" in p for p in problems), problems
+    assert any(p.startswith("student.prune (a section this plan does not use: student.model_name_or_path is given")
+               and "--prune.mlp_ration" in p for p in problems), problems
+    assert not os.path.exists(str(tmp_path / "run"))
+
+    good = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=False,
+                         score={"train.micro_batch_size": 4})
+    said = []
+    Pipeline(load_distill_config(good), log=said.append).run_all(stop_after="prompts")
+    assert ("[distill] note: the score: section is not used by this plan (cache_logps is false: daDPO scores the "
+            "teacher and the reference online); its flags were checked") in said, said
+    # With cache_logps the same section is a stage, and no note.
+    used = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=True, score={"train.micro_batch_size": 4})
+    assert Pipeline(load_distill_config(used)).unused_sections() == {}
