@@ -349,3 +349,98 @@ def test_distill_checks_sections_it_will_not_use_and_says_so(tiny_dir, tiny_talk
     # With cache_logps the same section is a stage, and no note.
     used = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=True, score={"train.micro_batch_size": 4})
     assert Pipeline(load_distill_config(used)).unused_sections() == {}
+
+
+# ---- Ctrl-C in generate, score_logps and judge: one line saying that the same command resumes ------------------
+
+
+def _interrupt_when(cmd, ready, timeout=240):
+    """Start ``cmd``, send SIGINT once ``ready()`` holds; (return code, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tiny import REPO, launch_env
+
+    proc = subprocess.Popen([sys.executable, "-m", *cmd], env=launch_env(), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+def _lines(path):
+    return len(open(path).read().splitlines()) if os.path.exists(path) else 0
+
+
+def _one_interrupted_line(rc, stderr, *parts):
+    assert rc == 130, stderr[-3000:]
+    # split on "\n" only: a message glued to a progress bar (its "\r" redraws) would not start a line
+    lines = [x for x in stderr.split("\n") if "interrupted" in x]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), stderr[-3000:]
+    assert "rerun the same command to resume" in lines[0] and all(p in lines[0] for p in parts), lines[0]
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_ctrl_c_in_score_logps_says_the_same_command_resumes(tiny_dir, tiny_teacher_other_family, tmp_path):
+    rows = pref_rows(8) * 6
+    for i, r in enumerate(rows):
+        r["prompt"] = f"{r['prompt']} ({i})"
+    data = write_jsonl(str(tmp_path / "pairs.jsonl"), rows)
+    out = str(tmp_path / "scored")
+    flags = score_flags(tiny_dir, data, out, "--teacher.model_name_or_path", tiny_teacher_other_family)
+    partial = os.path.join(out, ".score_partial", "teacher.rank0.jsonl")
+    rc, err = _interrupt_when(["openrlhf.cli.score_logps", *flags], lambda: _lines(partial) >= 3)
+    _one_interrupted_line(rc, err, f"the pairs scored so far are kept in {os.path.join(out, '.score_partial')}")
+    res = run_cli("openrlhf.cli.score_logps", flags, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(open(os.path.join(out, "train.jsonl")).read().splitlines()) == 48
+
+
+def test_ctrl_c_in_generate_says_the_same_command_resumes(tiny_dir, tmp_path):
+    prompts = write_jsonl(str(tmp_path / "prompts.jsonl"),
+                          [{"id": i, "prompt": f"Tell me about the number {i}."} for i in range(40)])
+    out = str(tmp_path / "gen.jsonl")
+    flags = ["--model.model_name_or_path", tiny_dir, "--data.dataset", prompts, "--data.prompt_key", "prompt",
+             "--data.apply_chat_template", "--generate.batch_size", "1", "--generate.max_new_tokens", "24",
+             "--ds.param_dtype", "fp32", "--generate.output_path", out]
+    rc, err = _interrupt_when(["openrlhf.cli.generate", *flags], lambda: _lines(out) >= 2)
+    line = _one_interrupted_line(rc, err, f"of 40 prompts are answered in {out}")
+    done = int(line.split("interrupted: ")[1].split(" of ")[0])
+    assert 2 <= done < 40 and _lines(out) == done
+
+
+def test_ctrl_c_in_judge_says_the_same_command_resumes_and_loses_no_verdict(tmp_path):
+    pytest.importorskip("openai")
+    import time
+
+    from judge_server import FakeJudge
+
+    teacher, cand = _judge_files(tmp_path)
+    more = write_jsonl(str(tmp_path / "more.jsonl"), [{"id": i, "prompt": f"Tell me a story {i}.", "response": "x" * i,
+                                                       "finish_reason": "stop"} for i in range(3)])
+
+    def slow(messages):
+        time.sleep(0.4)
+        return "OK" if "Say OK" in messages[-1]["content"] else "[[A]]"
+
+    out = str(tmp_path / "j")
+    cache = os.path.join(out, "judge_cache.jsonl")
+    with FakeJudge(slow) as server:
+        flags = ["--judge.base_url", server.url, "--judge.model", "fake-judge", "--judge.concurrency", "2",
+                 "--output_dir", out, "--task", "indomain", "--teacher_responses", teacher,
+                 "--candidate", f"long={cand}", "--candidate", f"more={more}"]
+        rc, err = _interrupt_when(["openrlhf.cli.judge", *flags], lambda: _lines(cache) >= 2)
+        _one_interrupted_line(rc, err, f"every verdict received so far is kept in {cache}",
+                              "requests in flight at the interrupt are sent again")
+        kept = _lines(cache)
+        assert 2 <= kept < 12
+        res = run_cli("openrlhf.cli.judge", flags, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+    keys = [json.loads(x)["key"] for x in open(cache)]
+    assert len(keys) == len(set(keys)) == 12  # 2 models x 3 items x 2 orders: none lost, none twice

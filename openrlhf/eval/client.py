@@ -188,10 +188,16 @@ class JudgeClient:
                 self._remember(j)  # cached the moment it arrives, whatever happens to the others
                 return j
 
-            with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
+            pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency))
+            try:
                 for j in pool.map(one, todo.values()):
                     out[j.key] = j
                     bar.update(1)
+            except BaseException:
+                # Ctrl-C or an error: send nothing more (requests already in flight finish and are cached).
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         finally:
             bar.close()
         return [out[k] for k in keys]

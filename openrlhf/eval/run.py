@@ -17,7 +17,7 @@ import os
 from typing import Any, Callable, Dict, List, Tuple
 
 from openrlhf.config.schema import JudgeTaskConfig
-from openrlhf.utils.errors import DataError
+from openrlhf.utils.errors import DataError, Interrupted
 
 TASKS = ("indomain", "mtbench", "alpacaeval")
 
@@ -144,11 +144,8 @@ def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
 
 def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Judge every candidate for ``cfg.task``; returns (and writes) the merged report."""
-    from openrlhf.eval import judged
     from openrlhf.eval.client import JudgeClient
     from openrlhf.eval.data import judge_prompts, mtbench_references
-    from openrlhf.eval.report import load_report, write_report
-    from openrlhf.utils.jsonl import write_jsonl_atomic
 
     candidates = parse_candidates(cfg.candidate)
     if not candidates:
@@ -159,6 +156,7 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
     missing = [n for n in need if n not in prompts]
     if missing:
         raise DataError(f"--judge.prompt_file: no judge prompt named {missing}")
+    reference = references = None
     if cfg.task == "indomain":
         items = _indomain_items(cfg, candidates)
     elif cfg.task == "alpacaeval":
@@ -170,6 +168,19 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
     os.makedirs(cfg.output_dir, exist_ok=True)
     client = JudgeClient(cfg.judge, cfg.judge.cache_path or os.path.join(cfg.output_dir, "judge_cache.jsonl"), log=log)
     client.check()
+    try:
+        return _judge_all(cfg, client, items, prompts, reference, references, log)
+    except KeyboardInterrupt:
+        raise Interrupted(f"every verdict received so far is kept in {client.cache_path}; rerun the same command "
+                          "to resume (only what is missing is asked; requests in flight at the interrupt are sent "
+                          "again)") from None
+
+
+def _judge_all(cfg: JudgeTaskConfig, client, items, prompts, reference, references, log) -> Dict[str, Any]:
+    from openrlhf.eval import judged
+    from openrlhf.eval.report import load_report, write_report
+    from openrlhf.utils.jsonl import write_jsonl_atomic
+
     report = load_report(cfg.output_dir)
     audit: List[dict] = []
     for name, its in items.items():
