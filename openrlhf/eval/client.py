@@ -4,7 +4,8 @@ parallel requests, retries with backoff, a JSONL cache of every judgment and tok
 
 The cache (``judge_cache.jsonl`` in the output folder unless told otherwise) holds one line per
 judgment, keyed by a hash of the judge model, the sampling settings and the full prompt (system +
-user message): a run started again, after a kill or with more candidates, sends no request twice.
+user message): a run started again, after a kill or with more candidates, asks only for what is not
+cached (requests in flight at a kill are sent again; no verdict is lost or written twice).
 Lines are appended and fsynced one by one, and a last line torn by a kill is repaired first.
 """
 
