@@ -69,8 +69,9 @@ def probe_cluster(address: str, flag: str, timeout: float = PROBE_TIMEOUT_S) -> 
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as e:
-        reason = "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e))
-        raise UserError(f"{where} (connecting failed within {timeout:.0f} s: {reason}); start the cluster with "
+        reason = (f"no answer within {timeout:.0f} s" if isinstance(e, socket.timeout) else
+                  f"connecting failed: {e.strerror or e}")
+        raise UserError(f"{where} ({reason}); start the cluster with "
                         "`ray start --head` and give its address (HEAD:6379)") from None
     if client:
         return
