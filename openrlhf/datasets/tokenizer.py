@@ -109,6 +109,19 @@ def _vocab_difference(a: dict, b: dict, a_name: str, b_name: str) -> str:
         f"other ids for {moved}" if moved else "") if part)
 
 
+def _backend_definition(tok):
+    """A fast tokenizer's whole definition as JSON, padding / truncation settings left out; None for a slow one."""
+    import json
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    spec.pop("padding", None)
+    spec.pop("truncation", None)
+    return spec
+
+
 def check_reference_tokenizer(renderer, pairs, ref_path: str, policy_path: str,
                               flag: str = "--ref.model_name_or_path") -> None:
     """Refuse a DPO reference whose tokenizer is not the policy's: the reference is fed the policy's
@@ -129,7 +142,11 @@ def check_reference_tokenizer(renderer, pairs, ref_path: str, policy_path: str,
         raise DataError(f"{flag}: the reference {ref_path} has another tokenizer than the policy {policy_path} "
                         f"({len(r_vocab)} vs {len(p_vocab)} tokens; {detail}); {fix}")
     pairs = list(pairs)
-    texts = [renderer.render(p, r, w)[1] for w, p, r in pairs]
+    # The same fast-tokenizer definition (vocabulary, merges, normalizer, pre-tokenizer, added tokens) gives
+    # the same ids for every text: the rows need not be tokenized twice.
+    same_definition = _backend_definition(pol_tok) is not None and \
+        _backend_definition(pol_tok) == _backend_definition(ref_tok)
+    texts = [] if same_definition else [renderer.render(p, r, w)[1] for w, p, r in pairs]
     if texts:
         mine = pol_tok(texts, add_special_tokens=False)["input_ids"]
         theirs = ref_tok(texts, add_special_tokens=False)["input_ids"]
