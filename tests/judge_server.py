@@ -18,8 +18,10 @@ from typing import Callable, List, Optional
 
 class FakeJudge:
     def __init__(self, answer: Callable[[List[dict]], str], model: str = "fake-judge", fail_first: int = 0,
-                 fail_status: int = 429, api_key: Optional[str] = None, fail_headers: Optional[dict] = None):
+                 fail_status: int = 429, api_key: Optional[str] = None, fail_headers: Optional[dict] = None,
+                 empty_first: int = 0):
         self.answer, self.model = answer, model
+        self.empty_first, self.emptied = empty_first, 0  # the first answers: HTTP 200 with "choices": []
         self.fail_first, self.fail_status, self.api_key = fail_first, fail_status, api_key
         self.fail_headers = dict(fail_headers or {})
         self.requests: List[List[dict]] = []  # every completed chat request's messages
@@ -56,6 +58,12 @@ class FakeJudge:
                         owner.fail_times.append(time.monotonic())
                         return self._send(owner.fail_status, {"error": {"message": "try later", "code": owner.fail_status}},
                                           owner.fail_headers)
+                with owner._lock:
+                    empty = owner.emptied < owner.empty_first
+                    owner.emptied += int(empty)
+                if empty:
+                    return self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
+                                            "model": owner.model, "choices": []})
                 reply = owner.answer(data["messages"])
                 if not isinstance(reply, dict):
                     reply = {"content": reply}

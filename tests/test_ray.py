@@ -71,6 +71,14 @@ def ray_head(tmp_path_factory):
     log.close()
 
 
+def test_the_address_probe_lets_a_real_cluster_through(ray_head):
+    """--ray.address is probed before ray.init (no cluster there: a one-line error, see
+    test_bad_input_round2.py); a running head's GCS answers the probe."""
+    from openrlhf.utils.ray_group import probe_cluster
+
+    probe_cluster(ray_head["address"], "--ray.address", timeout=10)
+
+
 def _flags(tiny_dir, teacher, data, out, zero="3"):
     """32 pairs, 2 epochs of 4-pair steps (16 steps), ZeRO-3: the same run for every test here."""
     flags = base_flags(tiny_dir, data, out, "--teacher.model_name_or_path", teacher, "--train.batch_size", "4",

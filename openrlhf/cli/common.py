@@ -44,12 +44,23 @@ def run_main(body: Callable[[], Any]) -> Any:
         exit_cleanly(2)
         sys.exit(2)
     except KeyboardInterrupt as e:
+        _end_progress_bars()  # the message below starts a line of its own, not glued to a bar
         if is_rank_zero_process():
             print(f"interrupted: {e}" if isinstance(e, Interrupted) else "interrupted", file=sys.stderr, flush=True)
         exit_cleanly(130)
         sys.exit(130)
     exit_cleanly()
     return result
+
+
+def _end_progress_bars() -> None:
+    """Close every tqdm bar still open (each ends its line)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the interrupt: nothing more to end
+            pass
 
 
 def run_cli(fn: Callable[[Any], Any], task: str, argv: Optional[List[str]] = None) -> Any:

@@ -71,7 +71,8 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
     """One split: (dataset view, report lines, kinds whose model must be loaded or ``remote`` scores)."""
     from . import logp_cache as lc
     from .loading import load_sources, split_sources
-    from .preference_dataset import PreferenceDataset
+    from .preference_dataset import PreferenceDataset, rendered_pairs
+    from .tokenizer import check_reference_tokenizer
 
     rows = load_sources(source, split=split, max_samples=data_cfg.max_samples, probs=probs, seed=seed, what=what)
     ds = PreferenceDataset(rows, tokenizer, data_cfg, source, model_path=model_path)
@@ -101,6 +102,8 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
             reports.append(f"{source}: using cached {name} log-probs (that model is not loaded for it)")
         else:
             online.append(side.kind)
+            if side.kind == "ref":  # fed the policy's token ids: its tokenizer must be the policy's
+                check_reference_tokenizer(ds.renderer, rendered_pairs(ds, keep), side.model_path, model_path, side.flag)
     view = Subset(ds, keep) if len(keep) < len(ds) else ds
     if caches:
         view = lc.WithCachedLogps(view, caches)

@@ -180,6 +180,17 @@ class PreferenceDataset(Dataset):
         return format_report("preference", self.source_name, self.max_len, self.stats, detail)
 
 
+def rendered_pairs(ds: "PreferenceDataset", positions: Optional[Sequence[int]] = None) -> List[Tuple[str, Any, Any]]:
+    """(where, prompt, response) of the chosen and the rejected answer of the items at ``positions`` (all by
+    default): what :func:`~openrlhf.datasets.tokenizer.check_reference_tokenizer` renders."""
+    out = []
+    for pos in range(len(ds)) if positions is None else positions:
+        it = ds[pos]
+        w = f"{ds.source_name}, row {it['index'] + 1}"
+        out += [(w, it["prompt"], it["chosen"]), (w, it["prompt"], it["rejected"])]
+    return out
+
+
 def _pairs_batch(
     prompt_ids: Sequence[Sequence[int]],
     chosen_ids: Sequence[Sequence[int]],

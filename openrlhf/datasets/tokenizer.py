@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from openrlhf.datasets.loading import DataError
 
 # A folder holds a tokenizer when it has one of these.
@@ -88,15 +90,72 @@ def shared_vocabulary(student_tok, teacher_tok, student_path: str, teacher_path:
     are no tokens of the vocabulary and the KL leaves them out."""
     s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
     if s_vocab != t_vocab:
-        only_s = sorted(set(s_vocab) - set(t_vocab))[:3]
-        only_t = sorted(set(t_vocab) - set(s_vocab))[:3]
-        moved = sorted(k for k in set(s_vocab) & set(t_vocab) if s_vocab[k] != t_vocab[k])[:3]
-        detail = "; ".join(part for part in (
-            f"only the student has {only_s}" if only_s else "",
-            f"only the teacher has {only_t}" if only_t else "",
-            f"other ids for {moved}" if moved else "") if part)
+        detail = _vocab_difference(s_vocab, t_vocab, "the student", "the teacher")
         raise DataError(
             f"{teacher_flag}: a token-level KL needs the student's and the teacher's vocabulary to be the same; "
             f"the student {student_path} has {len(s_vocab)} tokens, the teacher {teacher_path} {len(t_vocab)} "
             f"({detail}). Use train_dadpo for a teacher of another family (sentence-level, own tokenizer).")
     return len(s_vocab)
+
+
+def _vocab_difference(a: dict, b: dict, a_name: str, b_name: str) -> str:
+    """A few tokens that only one of two vocabularies has, or that they number differently."""
+    only_a = sorted(set(a) - set(b))[:3]
+    only_b = sorted(set(b) - set(a))[:3]
+    moved = sorted(k for k in set(a) & set(b) if a[k] != b[k])[:3]
+    return "; ".join(part for part in (
+        f"only {a_name} has {only_a}" if only_a else "",
+        f"only {b_name} has {only_b}" if only_b else "",
+        f"other ids for {moved}" if moved else "") if part)
+
+
+def _backend_definition(tok):
+    """A fast tokenizer's whole definition as JSON, padding / truncation settings left out; None for a slow one."""
+    import json
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    spec.pop("padding", None)
+    spec.pop("truncation", None)
+    return spec
+
+
+def check_reference_tokenizer(renderer, pairs, ref_path: str, policy_path: str,
+                              flag: str = "--ref.model_name_or_path") -> None:
+    """Refuse a DPO reference whose tokenizer is not the policy's: the reference is fed the policy's
+    token ids, so both tokenizers must have the same vocabulary (every token string with the same id)
+    and give the same ids for the text of every pair as the policy renders it (``renderer``: the
+    policy's :class:`~openrlhf.datasets.templates.PromptRenderer`; ``pairs``: (where, prompt, response),
+    ``where`` naming the row in messages). A :class:`DataError` naming both models otherwise. Only the tokenizer is loaded."""
+    if os.path.abspath(os.path.expanduser(ref_path)) == os.path.abspath(os.path.expanduser(policy_path)):
+        return
+    ref_tok = load_tokenizer(ref_path, what=flag)
+    pol_tok = renderer.tokenizer
+    fix = ("a reference must share the policy's tokenizer (DPO compares their log-probs of the same token "
+           "ids); give a reference of the policy's family, or leave the flag empty to use the policy's "
+           "initial weights")
+    p_vocab, r_vocab = pol_tok.get_vocab(), ref_tok.get_vocab()
+    if p_vocab != r_vocab:
+        detail = _vocab_difference(p_vocab, r_vocab, "the policy", "the reference")
+        raise DataError(f"{flag}: the reference {ref_path} has another tokenizer than the policy {policy_path} "
+                        f"({len(r_vocab)} vs {len(p_vocab)} tokens; {detail}); {fix}")
+    pairs = list(pairs)
+    # The same fast-tokenizer definition (vocabulary, merges, normalizer, pre-tokenizer, added tokens) gives
+    # the same ids for every text: the rows need not be tokenized twice.
+    same_definition = _backend_definition(pol_tok) is not None and \
+        _backend_definition(pol_tok) == _backend_definition(ref_tok)
+    texts = [] if same_definition else [renderer.render(p, r, w)[1] for w, p, r in pairs]
+    if texts:
+        mine = pol_tok(texts, add_special_tokens=False)["input_ids"]
+        theirs = ref_tok(texts, add_special_tokens=False)["input_ids"]
+        for (w, _, _), a, b in zip(pairs, mine, theirs):
+            if a != b:
+                raise DataError(f"{flag}: the reference {ref_path} has the vocabulary of the policy "
+                                f"{policy_path} but tokenizes the text of {w} differently "
+                                f"({len(b)} vs {len(a)} tokens); {fix}")
+    for name in ("bos_token_id", "eos_token_id"):
+        if getattr(pol_tok, name) != getattr(ref_tok, name):
+            raise DataError(f"{flag}: the reference {ref_path} has another {name[:-3]} ({getattr(ref_tok, name)}) "
+                            f"than the policy {policy_path} ({getattr(pol_tok, name)}); {fix}")

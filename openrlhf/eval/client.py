@@ -4,9 +4,11 @@ parallel requests, retries with backoff, a JSONL cache of every judgment and tok
 
 The cache (``judge_cache.jsonl`` in the output folder unless told otherwise) holds one line per
 judgment, keyed by a hash of the endpoint (``--judge.base_url``), the judge model, the sampling settings
-and the full prompt (every message): a run started again, after a kill or with more candidates, sends
-no request twice, and two servers that serve the same model name never share verdicts. A reply that is
-empty or was cut by the token limit is used for this run but not cached (the next run asks again).
+and the full prompt (every message): a run started again, after a kill or with more candidates, asks only
+for what is not cached (requests in flight at a kill are sent again; no verdict is lost or written twice),
+and two servers that serve the same model name never share verdicts. A reply that is empty or was cut by
+the token limit is used for this run but not cached (the next run asks again). An answer without a
+choice (HTTP 200, ``"choices": []``) is a failed request, retried.
 Lines are appended and fsynced one by one, and a last line torn by a kill is repaired first.
 
 Retries: 408, 409, 429, 5xx, timeouts and dropped connections, waiting what the server's
@@ -27,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from openrlhf.utils.errors import UserError, require_package
+from openrlhf.utils.errors import Interrupted, UserError, require_package
 
 # HTTP statuses worth another try besides 5xx: request timeout, conflict, rate limit.
 RETRY_STATUS = (408, 409, 429)
@@ -113,6 +115,10 @@ class JudgeStats:
         return {"requests_sent": self.requests, "from_cache": self.from_cache, "retries": self.retries,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "not_cached": self.not_cached}
+
+
+class EmptyAnswer(Exception):
+    """An HTTP 200 answer without a choice (``"choices": []``): a failed request, retried like a 5xx."""
 
 
 class JudgeClient:
@@ -203,6 +209,8 @@ class JudgeClient:
         for attempt in range(self.cfg.max_retries + 1):
             try:
                 resp = self._client.chat.completions.create(model=self.cfg.model, messages=req.messages, **settings)
+                if not getattr(resp, "choices", None) or resp.choices[0].message is None:
+                    raise EmptyAnswer('HTTP 200 without an answer ("choices": [])')
                 usage = resp.usage
                 choice = resp.choices[0]
                 j = Judgment(self.key_of(req), choice.message.content or "",
@@ -214,9 +222,9 @@ class JudgeClient:
                     self.stats.completion_tokens += j.completion_tokens
                 return j
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError,
-                    openai.APIStatusError) as e:
-                # 408 / 409 / 429 / 5xx, timeouts (a kind of connection error) and dropped connections: try
-                # again; any other status (400, 404, ...) cannot get better.
+                    openai.APIStatusError, EmptyAnswer) as e:
+                # 408 / 409 / 429 / 5xx, timeouts (a kind of connection error), dropped connections and answers
+                # without a choice: try again; any other status (400, 404, ...) cannot get better.
                 if isinstance(e, openai.AuthenticationError):
                     state = "is not set" if not os.environ.get(self.cfg.api_key_env or "") else "holds a key it refuses"
                     raise UserError(f"--judge.api_key_env: the endpoint needs a key (HTTP 401) and "
@@ -277,10 +285,20 @@ class JudgeClient:
                         self.stats.not_cached += 1
                 return j
 
-            with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
+            pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency))
+            try:
                 for j in pool.map(one, todo.values()):
                     out[j.key] = j
                     bar.update(1)
+            except BaseException as e:
+                # Ctrl-C or an error: send nothing more (requests already in flight finish and are cached).
+                pool.shutdown(wait=False, cancel_futures=True)
+                if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+                    raise Interrupted(f"every verdict received so far is kept in {self.cache_path}; rerun the same "
+                                      "command to resume (only what is missing is asked; requests in flight at the "
+                                      "interrupt are sent again)") from None
+                raise
+            pool.shutdown()
         finally:
             bar.close()
         return [out[k] for k in keys]

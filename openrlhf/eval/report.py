@@ -26,6 +26,10 @@ def _num(x: Any, fmt: str = "{:.2f}") -> str:
     return fmt.format(x)
 
 
+def _finite(x: Any) -> float:
+    return 0.0 if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
 def table_rows(report: Dict[str, Any]) -> List[List[str]]:
     rows = []
     for name, tasks in report.get("models", {}).items():
@@ -102,9 +106,10 @@ def write_chart(report: Dict[str, Any], path: str) -> None:
             ax.set_title("MT-Bench per category (1-10)", fontsize=9)
             ax.legend(fontsize=6)
         elif task == "alpacaeval":
-            vals = [models[n][task]["win_rate"] for n in have]
-            errs = [models[n][task]["standard_error"] for n in have]
-            ax.bar(range(len(have)), vals, yerr=[0 if math.isnan(e) else e for e in errs], capsize=3)
+            # A number the data did not give is NaN in memory and null in report.json: drawn as 0.
+            vals = [_finite(models[n][task]["win_rate"]) for n in have]
+            errs = [_finite(models[n][task]["standard_error"]) for n in have]
+            ax.bar(range(len(have)), vals, yerr=errs, capsize=3)
             ax.set_xticks(range(len(have)))
             ax.set_xticklabels(have, rotation=30, ha="right", fontsize=7)
             ax.set_title("AlpacaEval win rate % (± s.e.)", fontsize=9)

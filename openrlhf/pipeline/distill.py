@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from openrlhf.config.schema import KL_BASELINE_COEF
 from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
-from openrlhf.pipeline.config import DistillConfig, to_flags
+from openrlhf.pipeline.config import DistillConfig, StudentConfig, to_flags
 
 # Short names of swept flags in run names (dadpo_b0.1_t0.01) and their symbols in labels.
 _SHORT = {"model.beta": ("b", "beta1"), "teacher.beta": ("t", "beta2")}
@@ -141,6 +141,11 @@ class Pipeline:
                 configs[name] = self.stage_config(task, *maps, check_packages=check_packages)
             except ConfigError as e:
                 problems += [f"{name} stage: {p}" for p in e.problems]
+        for name, ((task, maps), why) in self.unused_sections().items():
+            try:
+                self.stage_config(task, *maps, check_packages=check_packages)
+            except ConfigError as e:
+                problems += [f"{name} (a section this plan does not use: {why}): {p}" for p in e.problems]
         used = set().union(*(task_flags(task) for task, _ in plan.values()))
         problems += [f"common: {k}: no stage of this run takes it" for k in self.cfg.common if k not in used]
         if problems:
@@ -161,20 +166,41 @@ class Pipeline:
                               "data.dataset": os.path.join(sets, "sft.jsonl"), "ckpt.output_dir": dsft}, c.sft)),
         }
         if c.cache_logps:
-            # The teacher and data flags of daDPO that scoring shares (not --teacher.beta).
-            score_flags = task_flags("score_logps")
-            out["score"] = ("score_logps", (
-                {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft, **PREFERENCE_SET_FLAGS,
-                 "teacher.model_name_or_path": self.teacher_path,
-                 "data.dataset": os.path.join(sets, "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
-                {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data.")) and k in score_flags}, c.score))
+            out["score"] = self._score_stage()
         for run in self.train_runs():
             out[run.name] = (run.task, run.maps)
         if not c.student.model_name_or_path:
-            out["student"] = ("prune", ({"model.model_name_or_path": self.teacher_path,
-                                         "data.dataset": self.path("prompts", "train.jsonl"),
-                                         "prune.output_dir": self.path("student")},
-                                        {f"prune.{k}": v for k, v in c.student.prune.items()}))
+            out["student"] = self._prune_stage()
+        return out
+
+    def _score_stage(self) -> tuple:
+        from openrlhf.config.parse import task_flags
+
+        c, dsft = self.cfg, self.path("dsft")
+        # The teacher and data flags of daDPO that scoring shares (not --teacher.beta).
+        score_flags = task_flags("score_logps")
+        return ("score_logps", (
+            {"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft, **PREFERENCE_SET_FLAGS,
+             "teacher.model_name_or_path": self.teacher_path,
+             "data.dataset": os.path.join(self.path("sets"), "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
+            {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data.")) and k in score_flags}, c.score))
+
+    def _prune_stage(self) -> tuple:
+        return ("prune", ({"model.model_name_or_path": self.teacher_path,
+                           "data.dataset": self.path("prompts", "train.jsonl"),
+                           "prune.output_dir": self.path("student")},
+                          {f"prune.{k}": v for k, v in self.cfg.student.prune.items()}))
+
+    def unused_sections(self) -> Dict[str, tuple]:
+        """Sections of the YAML that this plan does not run: name -> ((task, maps) as a stage would use
+        them, why). Their flags are checked all the same (a typo there is still an error)."""
+        c = self.cfg
+        out: Dict[str, tuple] = {}
+        if c.score and not c.cache_logps:
+            out["score"] = (self._score_stage(), "cache_logps is false: daDPO scores the teacher and the reference "
+                                                 "online")
+        if c.student.model_name_or_path and c.student.prune != StudentConfig().prune:
+            out["student.prune"] = (self._prune_stage(), "student.model_name_or_path is given: nothing is pruned")
         return out
 
     def train_runs(self) -> List["TrainRun"]:
@@ -502,6 +528,8 @@ class Pipeline:
         self.strategy = make_strategy(configs["dsft"], training=False)
         if not self._rank0():
             self.log = lambda *_: None  # one voice: rank 0 reports
+        for name, (_, why) in self.unused_sections().items():
+            self.log(f"[distill] note: the {name}: section is not used by this plan ({why}); its flags were checked")
         for name, body, everywhere in plan:
             self.stage(name, body, everywhere=everywhere)
             if name == stop_after:

@@ -13,11 +13,48 @@ def make_strategy(cfg: RunConfig, training: bool = True):
     from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
 
     if training:
+        check_lora_targets(cfg)  # before DeepSpeed starts (peft would only fail once the model is loaded)
         strategy = DeepspeedStrategy(cfg.ds, cfg.train, cfg.max_norm, cfg.adam, training=True)
     else:
         strategy = DeepspeedStrategy(cfg.ds, cfg.train, training=False)
     strategy.setup_distributed()
     return strategy
+
+
+def check_lora_targets(cfg: RunConfig) -> None:
+    """With LoRA (``--ds.lora.rank`` > 0) and named ``--ds.lora.target_modules``: every name must match a
+    layer of the policy that LoRA can adapt (peft's rule: a module whose dotted name is the target or ends
+    in ``.<target>``; a linear, embedding or convolution layer), else a :class:`UserError` listing the names
+    the model has. The model is built on the meta device from its config (no weights are read)."""
+    if not uses_lora(cfg) or list(cfg.ds.lora.target_modules) == ["all-linear"]:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from openrlhf.utils.errors import UserError
+
+    path = cfg.model.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model.model_name_or_path: cannot read the model config of {path!r}: {first}") from None
+    adaptable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    modules = dict(model.named_modules())
+    layers = sorted({name.rsplit(".", 1)[-1] for name, m in modules.items()
+                     if name and (isinstance(m, adaptable) or type(m).__name__ == "Conv1D")})
+    bad = []
+    for target in cfg.ds.lora.target_modules:
+        hits = [m for name, m in modules.items() if name == target or name.endswith("." + target)]
+        if not hits:
+            bad.append(f"{target!r} names no module")
+        elif not any(isinstance(m, adaptable) or type(m).__name__ == "Conv1D" for m in hits):
+            bad.append(f"{target!r} is a {type(hits[0]).__name__}, not a layer LoRA adapts")
+    if bad:
+        raise UserError(f"--ds.lora.target_modules: {'; '.join(bad)} of {path} ({type(model).__name__}); its "
+                        f"linear / embedding layers are named {', '.join(layers)} (or give all-linear)")
 
 
 def load_actor(strategy, path: str, cfg: RunConfig, *, for_training: bool, offload: bool = False, what: str):

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Tuple
 
 from openrlhf.config.schema import GenerateTaskConfig
 from openrlhf.generation.vllm_backend import resolve_backend
+from openrlhf.utils.errors import Interrupted
 
 
 def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
@@ -226,6 +227,15 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                         bar.set_postfix(tok_s=f"{new_tokens / max(elapsed, 1e-9):.1f}")
                 finally:
                     bar.close()
+        except KeyboardInterrupt:
+            try:  # the file is the truth (the interrupt may fall between a write and the bookkeeping)
+                finished = out.load_finished(model_path)
+            except Exception:  # noqa: BLE001 - the count is only informative
+                pass
+            done = sum(1 for it in items if it.id in finished)
+            unit = "multi-turn prompts (a row is written when all its turns are answered)" if multi else "prompts"
+            raise Interrupted(f"{done} of {len(items)} {unit} are answered in {g.output_path}; rerun the same "
+                              "command to resume (only the missing ones are generated)") from None
         finally:
             gen.close()
 

@@ -185,6 +185,7 @@ def train_preference_ray(cfg) -> Dict[str, Any]:
     ``ray_<group>_busy_seconds``)."""
     from openrlhf.datasets.preference_data import prepare_preference_data
     from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
+    from openrlhf.recipes.common import check_lora_targets
     from openrlhf.recipes.preference import scored_sides
     from openrlhf.utils.deepspeed import ckpt_io
     from openrlhf.utils.errors import UserError
@@ -207,6 +208,7 @@ def train_preference_ray(cfg) -> Dict[str, Any]:
                                    packing=cfg.ds.packing_samples, seed=cfg.train.seed, remote=_NoLogpsProvider())
     for line in data.reports:
         print(line, flush=True)
+    check_lora_targets(cfg)
     start = ckpt_io.read_latest_meta(cfg.checkpoint_dir) if cfg.ckpt.load_enable else None
     steps = _schedule(data.train, cfg, world, start) if data.remote else []
 

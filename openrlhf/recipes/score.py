@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
 from openrlhf.config.schema import ScoreLogpsConfig
-from openrlhf.utils.errors import DataError
+from openrlhf.utils.errors import DataError, Interrupted
 
 PARTIAL_DIR = ".score_partial"
 
@@ -83,7 +83,8 @@ def side_dataset(cfg, kind: str, rows: List[dict], tokenizer, source: str, rende
 
 def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
     from openrlhf.datasets import logp_cache as lc
-    from openrlhf.datasets.tokenizer import teacher_renderers
+    from openrlhf.datasets.preference_dataset import rendered_pairs
+    from openrlhf.datasets.tokenizer import check_reference_tokenizer, teacher_renderers
     from openrlhf.models.loss import teacher_name
 
     jobs = []
@@ -94,6 +95,8 @@ def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, diges
         jobs.append(ScoreJob(teacher_name(k), ds, fp, path, cfg.teacher.offload, "--teacher.model_name_or_path"))
     if cfg.ref.model_name_or_path:
         ds = side_dataset(cfg, "ref", rows, tokenizer, source)
+        check_reference_tokenizer(ds.renderer, rendered_pairs(ds), cfg.ref.model_name_or_path,
+                                  cfg.model.model_name_or_path)
         fp = lc.setting_fingerprint(lc.model_fingerprint(cfg.ref.model_name_or_path, "--ref.model_name_or_path",
                                                          digests),
                                     lc.tokenization_fingerprint(ds.renderer, cfg.data.max_len))
@@ -166,8 +169,10 @@ def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str)
                                 for i, (c, r) in scores.items()])
         bar.update(min(len(scores) * strategy.world_size, bar.total - bar.n))
 
-    score_pairs(strategy, model, ds, todo, cfg.train.micro_batch_size, on_batch=write)
-    bar.close()
+    try:
+        score_pairs(strategy, model, ds, todo, cfg.train.micro_batch_size, on_batch=write)
+    finally:
+        bar.close()  # a Ctrl-C message then starts a line of its own
     del model
     strategy.barrier()
     return _read_partials(partial_dir, job.kind, job.setting_fp)
@@ -195,7 +200,11 @@ def score_logps(cfg: ScoreLogpsConfig) -> str:
     strategy = make_strategy(cfg, training=False)
     for job in jobs:
         strategy.print(f"{job.kind}: {job.dataset.report()}")
-    results = {job.kind: (job.setting_fp, _score_job(strategy, cfg, job, partial_dir)) for job in jobs}
+    try:
+        results = {job.kind: (job.setting_fp, _score_job(strategy, cfg, job, partial_dir)) for job in jobs}
+    except KeyboardInterrupt:
+        raise Interrupted(f"the pairs scored so far are kept in {partial_dir}; rerun the same command to resume "
+                          "(only what is missing is scored)") from None
     if strategy.is_rank_0():
         keys = (cfg.data.prompt_key, cfg.data.chosen_key, cfg.data.rejected_key)
         missing = {kind: 0 for kind in results}

@@ -23,6 +23,9 @@ def make_temp_dir(output_dir: str) -> str:
 
 def move_into_place(tmp: str, output_dir: str) -> None:
     """Replace ``output_dir`` (absent or empty, or replaced on purpose) by the finished ``tmp``."""
+    from openrlhf.utils.atomic import plain_permissions
+
+    plain_permissions(tmp)  # safetensors writes its weights 0600
     output_dir = os.path.abspath(output_dir)
     if os.path.isdir(output_dir):
         shutil.rmtree(output_dir)

@@ -139,7 +139,24 @@ def resolve_gguf(name_or_path: str) -> str:
         return finder()
     if not os.path.isfile(os.path.expanduser(name_or_path)):
         raise UserError(f"GGUF file not found: {name_or_path} (or use a packaged one: {', '.join(PACKAGED_GGUF)})")
+    check_gguf_magic(name_or_path)
     return name_or_path
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_magic(path: str) -> None:
+    """A :class:`UserError` naming ``path`` when it does not start with the 4 bytes ``GGUF`` (every GGUF file
+    does), before transformers tries to parse it."""
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the GGUF file: {e.strerror or e}") from None
+    if head != GGUF_MAGIC:
+        raise UserError(f"{path} is not a GGUF file: it starts with {head!r}, not the GGUF magic bytes "
+                        f"{GGUF_MAGIC!r}")
 
 
 # --------------------------------------------------------------------------- conversion
@@ -172,6 +189,7 @@ def convert_gguf(gguf_path: str, output_dir: str, dtype: str = "fp32", *, overwr
     torch_dtype = to_torch_dtype(dtype, "--dtype")
     if not os.path.isfile(gguf_path):
         raise UserError(f"GGUF file not found: {gguf_path}")
+    check_gguf_magic(gguf_path)
     require_package("gguf", "reading GGUF files")
     from openrlhf.tools.common import check_output_dir, make_temp_dir, move_into_place
 

@@ -98,6 +98,29 @@ class Trainer:
         self.accum = strategy.accumulated_gradient
         self.steps_per_epoch = steps_per_epoch(len(train_dataset), settings.train.batch_size)
         self.total_steps = self.steps_per_epoch * settings.train.max_epochs
+        for line in self._data_notes():
+            strategy.print(line)
+
+    def _data_notes(self) -> List[str]:
+        """What the data report leaves unsaid about this run: rows that no epoch uses (a last global batch
+        that is not full is dropped, as upstream) and, with dynamic batches, rows over the token budget."""
+        t = self.settings.train
+        n, bs = len(self.train_dataset), t.batch_size
+        notes = []
+        if n % bs:
+            notes.append(f"data: {n} rows make {n // bs} global batches of --train.batch_size {bs}; each epoch "
+                         f"leaves the last {n % bs} rows of its (shuffled) order unused")
+        if t.dynamic_batch_enable:
+            ds = self.train_dataset
+            if hasattr(ds, "provider"):  # remote log-probs (Ray): not needed to count tokens
+                ds = ds.base
+            sizes = [self._item_tokens(ds[i]) for i in range(len(ds))]
+            over = [k for k in sizes if k > t.max_tokens_per_gpu]
+            if over:
+                notes.append(f"warning: --train.max_tokens_per_gpu {t.max_tokens_per_gpu}: {len(over)} of {n} rows "
+                             f"have more tokens (up to {max(over)}); each of them makes a micro-batch of its own that "
+                             f"exceeds the budget (a budget of at least {max(over)} keeps every micro-batch within it)")
+        return notes
 
     # ---- hooks ---------------------------------------------------------------------------
     def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -195,6 +218,15 @@ class Trainer:
                 self._bar.close()  # ends the progress line, so the message below starts a line of its own
             raise Interrupted(self._interrupted_message()) from None
 
+    def _all_at_zero_lr(self, steps) -> bool:
+        """True when the LR scheduler gives a learning rate of 0 at every one of ``steps`` (False when it
+        cannot tell)."""
+        sched = getattr(self.engine, "lr_scheduler", None)
+        lambdas, base = getattr(sched, "lr_lambdas", None), getattr(sched, "base_lrs", None)
+        if not lambdas or not base:
+            return False
+        return not any(b * lam(s) > 0 for s in steps for b, lam in zip(base, lambdas))
+
     def _interrupted_message(self) -> str:
         ckpt_dir = self.settings.checkpoint_dir
         if self.strategy.is_rank_0():
@@ -217,10 +249,15 @@ class Trainer:
                                 f"{_openrlhf_default_hint()}")
         # metrics.jsonl keeps what led to this state and nothing after it (a fresh run starts it anew).
         self.logger.truncate_after(step)
+        if step < self.total_steps and self._all_at_zero_lr(range(step, self.total_steps)):
+            self.strategy.print(f"warning: every optimizer step left to this run ({self.total_steps - step}) falls in "
+                                "the learning-rate warm-up at lr 0: the weights will not change and the saved model "
+                                "will equal the initial one (lower --lr_warmup_ratio, or train more steps)")
         bs = self.settings.train.batch_size
         bar = self._bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(),
                                dynamic_ncols=True)
         last: Dict[str, float] = {}
+        lrs: List[float] = []  # the rate of each step this run trains
         dynamic = self.settings.train.dynamic_batch_enable
         for epoch in range(epoch0, self.settings.train.max_epochs):
             consumed = consumed0 if epoch == epoch0 else 0
@@ -235,6 +272,7 @@ class Trainer:
                 self.engine.train()
                 self._begin_step(micro)
                 lr = self.engine.get_lr()[0]  # the rate this step uses
+                lrs.append(lr)
                 records, weights = [], []
                 for k, batch in enumerate(micro):
                     loss, metrics = self._loss_step(batch)
@@ -280,6 +318,9 @@ class Trainer:
             if self.eval_dataset is not None and self.settings.eval.steps == -1:
                 self.logger.log(step, self.evaluate(), self.upstream_loss_name)
         bar.close()
+        if lrs and max(lrs) == 0.0:
+            self.strategy.print(f"note: all {len(lrs)} optimizer steps of this run had lr 0 (learning-rate warm-up): "
+                                "the weights did not change; the saved model equals the initial one")
         return last
 
     def evaluate(self) -> Dict[str, float]:

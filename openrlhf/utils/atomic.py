@@ -30,6 +30,19 @@ def make_temp_file(folder: str, name: str) -> tuple:
     return fd, tmp
 
 
+def plain_permissions(folder: str) -> None:
+    """Give every file under ``folder`` the permissions a plain ``open`` would (0644 under umask 022) and every
+    folder those of ``mkdir``: writers such as safetensors make their files 0600, which the group of a shared
+    cluster cannot read."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def _umask() -> int:
     """The process's umask, read without changing it where Linux shows it (setting and restoring
     it would race with other threads creating files)."""

@@ -4,6 +4,7 @@ the repair of a last line torn by a killed writer."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Iterable, List, Sequence, Tuple
 
@@ -21,9 +22,22 @@ def write_jsonl_atomic(path: str, rows: Iterable[dict]) -> int:
     return n
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN / infinite float replaced by None: strict JSON (``null``), which every
+    JSON reader takes (Python's json writes a bare ``NaN`` that is not JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
+    """``obj`` as indented strict JSON (NaN / infinities as ``null``), written atomically."""
     with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
+        json.dump(json_safe(obj), f, indent=2, ensure_ascii=False, allow_nan=False)
         f.write("\n")
 
 

@@ -26,13 +26,72 @@ class ActorDied(UserError):
     """A Ray actor of a group died (killed, out of memory, node lost)."""
 
 
+# Seconds a probe of --ray.address waits for an answer (ray.init itself retries without end).
+PROBE_TIMEOUT_S = 10.0
+
+
 def connect(address: str = "") -> Dict[str, float]:
-    """Join the Ray cluster (``address``, else $RAY_ADDRESS, else start one here); returns its resources."""
+    """Join the Ray cluster (``address``, else $RAY_ADDRESS, else start one here); returns its resources.
+    An address where no Ray cluster answers is a :class:`UserError` within seconds (:func:`probe_cluster`)."""
     import ray
 
     if not ray.is_initialized():
+        if address:
+            probe_cluster(address, "--ray.address")
+        elif os.environ.get("RAY_ADDRESS"):
+            probe_cluster(os.environ["RAY_ADDRESS"], "$RAY_ADDRESS")
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     return dict(ray.cluster_resources())
+
+
+def probe_cluster(address: str, flag: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Check that a Ray cluster answers at ``address`` (``HOST:PORT``: the head's GCS port; ``ray://HOST:PORT``:
+    a Ray client server) before ``ray.init``, which on an address without a cluster retries for ever. A
+    :class:`UserError` naming ``flag`` when the host does not resolve, nothing accepts connections there within
+    ``timeout`` seconds, or (GCS address) what answers is not a Ray GCS (e.g. the dashboard's port).
+    ``auto`` / ``local`` are left to ``ray.init`` (it fails at once when there is no cluster)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    host, _, port = (address[len("ray://"):] if client else address).rpartition(":")
+    host = host.strip("[]")
+    where = f"{flag} {address}: no Ray cluster answers there"
+    if not host or not port.isdigit():
+        raise UserError(f"{flag} {address}: expected HOST:PORT (the head node's GCS port, 6379 unless `ray start "
+                        "--head --port` said otherwise), ray://HOST:PORT or auto")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"{where} (the host name does not resolve: {getattr(e, 'strerror', None) or e})") from None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = (f"no answer within {timeout:.0f} s" if isinstance(e, socket.timeout) else
+                  f"connecting failed: {e.strerror or e}")
+        raise UserError(f"{where} ({reason}); start the cluster with "
+                        "`ray start --head` and give its address (HEAD:6379)") from None
+    if client:
+        return
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).CheckAlive(gcs_service_pb2.CheckAliveRequest(),
+                                                                        timeout=timeout)
+    except grpc.RpcError as e:
+        code = e.code() if hasattr(e, "code") else None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+                    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            raise UserError(f"{where} (something listens on that port but it is not a Ray GCS: "
+                            f"{code.name if code else e}); give the head's GCS port (6379 by default), not the "
+                            "dashboard's (8265)") from None
+        # Any other status (e.g. UNAUTHENTICATED) comes from a GCS: ray.init says what it wants.
+    finally:
+        channel.close()
 
 
 def cluster_has_gpus() -> bool:

@@ -23,6 +23,8 @@ import re
 import shutil
 from typing import Any, Dict, List, Optional
 
+from openrlhf.utils.atomic import plain_permissions
+
 TAG_PREFIX = "global_step"
 TMP_PREFIX = ".tmp_"
 OLD_PREFIX = ".old_"
@@ -250,7 +252,9 @@ def install_folder(tmp_dir: str, output_dir: str) -> None:
     hold metrics.jsonl, checkpoints/, ...): every file of ``tmp_dir`` replaces its namesake
     with ``os.replace`` (each file is whole at every instant; weights go in first, config
     last), then weight files of an earlier save that the new one does not have (other shard
-    counts) are removed. Other content of ``output_dir`` is left alone."""
+    counts) are removed. Other content of ``output_dir`` is left alone. Files get the permissions of a
+    plain ``open`` (safetensors writes its weights 0600)."""
+    plain_permissions(tmp_dir)
     if not os.path.exists(output_dir):
         os.rename(tmp_dir, output_dir)
         return
