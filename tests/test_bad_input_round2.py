@@ -13,6 +13,7 @@ import pytest
 
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError, UserError
+
 from tiny import base_flags, make_tiny, pref_rows, run_cli, score_flags, write_jsonl
 
 

@@ -317,7 +317,9 @@ def test_tensorboard_logging_when_asked(tiny_dir, sft_jsonl, tmp_path):
     tb = str(tmp_path / "tb")
     run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size", "4",
                        "--logger.tensorboard_dir", tb))
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tb))
+    runs = os.listdir(tb)  # one folder per run (OpenRLHF's <tensorboard_dir>/<run name>)
+    assert len(runs) == 1 and runs[0].startswith("exp_")
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(tb, runs[0])))
 
 
 def test_fresh_run_into_an_old_output_dir_starts_metrics_anew(tiny_dir, sft_jsonl, tmp_path):

@@ -150,7 +150,7 @@ def check_reference_tokenizer(renderer, pairs, ref_path: str, policy_path: str,
     if texts:
         mine = pol_tok(texts, add_special_tokens=False)["input_ids"]
         theirs = ref_tok(texts, add_special_tokens=False)["input_ids"]
-        for (w, _, _), a, b in zip(pairs, mine, theirs):
+        for (w, _, _), a, b in zip(pairs, mine, theirs, strict=True):
             if a != b:
                 raise DataError(f"{flag}: the reference {ref_path} has the vocabulary of the policy "
                                 f"{policy_path} but tokenizes the text of {w} differently "

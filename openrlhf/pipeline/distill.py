@@ -154,7 +154,6 @@ class Pipeline:
 
     def _plan(self) -> Dict[str, tuple]:
         """Stage name -> (task, the flag mappings after ``common``), for every stage with flags."""
-        from openrlhf.config.parse import task_flags
 
         c = self.cfg
         dsft, sets = self.path("dsft"), self.path("sets")

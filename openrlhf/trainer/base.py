@@ -225,7 +225,7 @@ class Trainer:
         lambdas, base = getattr(sched, "lr_lambdas", None), getattr(sched, "base_lrs", None)
         if not lambdas or not base:
             return False
-        return not any(b * lam(s) > 0 for s in steps for b, lam in zip(base, lambdas))
+        return not any(b * lam(s) > 0 for s in steps for b, lam in zip(base, lambdas, strict=True))
 
     def _interrupted_message(self) -> str:
         ckpt_dir = self.settings.checkpoint_dir

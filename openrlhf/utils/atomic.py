@@ -35,7 +35,7 @@ def plain_permissions(folder: str) -> None:
     folder those of ``mkdir``: writers such as safetensors make their files 0600, which the group of a shared
     cluster cannot read."""
     mask = _umask()
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for name in files:
             path = os.path.join(root, name)
