@@ -333,6 +333,37 @@ def test_wandb_key_is_never_written_to_the_saved_config(tmp_path):
     assert load_config(["--config", path], "dadpo", check_packages=False).logger.wandb.key == ""
 
 
+def test_the_registry_is_what_every_command_runs():
+    """Each task's CLI module parses that task's flags (its --help names the module) and imports nothing heavy
+    before parsing; its recipe resolves to a function of that name; each Ray variant takes its method's
+    flags plus the Ray ones."""
+    from openrlhf.config.schema import RAY_CONFIGS, REGISTRY
+
+    code = ("import contextlib, importlib, io, sys\n"
+            "from openrlhf.config.schema import REGISTRY\n"
+            "for t in REGISTRY.values():\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        try:\n"
+            "            importlib.import_module(t.module).main(['--help'])\n"
+            "        except SystemExit as e:\n"
+            "            assert e.code == 0, (t.name, e.code)\n"
+            "    print(t.name, out.getvalue().split()[3])\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[:-1] == [f"{t.name} {t.module}" for t in REGISTRY.values()]
+    assert lines[-1] == "[]"
+    from openrlhf.recipes import recipe_of
+
+    for task in REGISTRY.values():
+        fn = recipe_of(task.name)
+        assert callable(fn) and f"{fn.__module__}:{fn.__name__}" == task.recipe
+        if task.ray:
+            ray_root = REGISTRY[task.ray].config
+            assert issubclass(ray_root, task.config) and ray_root in RAY_CONFIGS
+
+
 def test_help_lists_every_flag():
     code = "from openrlhf.config import load_config; load_config(['--help'], 'dpo')"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

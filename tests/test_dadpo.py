@@ -14,13 +14,9 @@ from tiny import pref_rows, write_jsonl
 
 
 def run(task: str, flags: list):
-    if task == "dadpo":
-        from openrlhf.recipes.preference import train_dadpo as fn
-    elif task == "dpo":
-        from openrlhf.recipes.preference import train_dpo as fn
-    else:
-        from openrlhf.recipes.score import score_logps as fn
-    return fn(load_config(flags, task=task))
+    from openrlhf.recipes import recipe_of
+
+    return recipe_of(task)(load_config(flags, task=task))
 
 
 def one_step_flags(student, ref, teacher, data, out, *extra):

@@ -19,7 +19,7 @@ from tiny import (REPO, base_flags, launch_env, pref_rows, read_metrics, run_cli
 
 
 def run_dpo(flags: list) -> dict:
-    from openrlhf.recipes.preference import train_dpo
+    from openrlhf.recipes.dpo import train_dpo
 
     return train_dpo(load_config(flags, task="dpo"))
 

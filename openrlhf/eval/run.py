@@ -19,8 +19,6 @@ from typing import Any, Callable, Dict, List, Tuple
 from openrlhf.config.schema import JudgeTaskConfig
 from openrlhf.utils.errors import DataError
 
-TASKS = ("indomain", "mtbench", "alpacaeval")
-
 
 def parse_candidates(values) -> Dict[str, str]:
     """``NAME=FILE`` values -> {name: file}; DataError naming the bad value."""

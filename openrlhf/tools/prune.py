@@ -44,10 +44,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from openrlhf.config.schema import PRUNE_METHODS
 from openrlhf.utils.errors import UserError
 import torch.nn.functional as F
 
-METHODS = ("activation", "weight")
 
 
 class PruneError(ValueError):
@@ -327,7 +327,7 @@ def mlp_channel_scores(model, method: str, mlp_act: Optional[List[torch.Tensor]]
             up = mlp.up_proj.weight.detach().float().norm(dim=1).cpu()
             scores.append(gate * up * down_norm)
         else:
-            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
     return scores
 
 
@@ -347,7 +347,7 @@ def head_group_scores(model, method: str, head_act: Optional[List[torch.Tensor]]
             q_norm = att.q_proj.weight.detach().float().reshape(heads, d, -1).norm(dim=(1, 2)).cpu()
             per_head = o_norm * q_norm
         else:
-            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
         scores.append(per_head.reshape(kv, heads // kv).sum(-1))
     return scores
 
@@ -437,8 +437,8 @@ def prune_model(model, calib: Optional[CalibrationSet], *, mlp_ratio: float = 0.
 
     ``calib`` may be None only for ``method="weight"`` with ``num_layers=0``.
     """
-    if method not in METHODS:
-        raise PruneError(f"--prune.method: unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method not in PRUNE_METHODS:
+        raise PruneError(f"--prune.method: unknown method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
     for flag, r in (("--prune.mlp_ratio", mlp_ratio), ("--prune.head_ratio", head_ratio)):
         if not 0 <= r < 1:
             raise PruneError(f"{flag}: must be in [0, 1), got {r}")
