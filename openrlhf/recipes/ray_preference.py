@@ -181,39 +181,24 @@ def _frozen_groups(cfg, sides: Sequence[FrozenSide], kinds: Sequence[str]) -> Li
     return groups
 
 
-def _check_policy_group(cfg) -> int:
-    """The policy group's actor count; the global batch must split evenly over them."""
-    from openrlhf.utils.errors import UserError
-
-    world = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node
-    per_step = cfg.train.micro_batch_size * world
-    if cfg.train.batch_size % per_step:
-        raise UserError(f"--train.batch_size ({cfg.train.batch_size}) must be a multiple of --train.micro_batch_size "
-                        f"({cfg.train.micro_batch_size}) x the policy group's {world} actors (--actor.num_nodes x "
-                        f"--actor.num_gpus_per_node) = {per_step}")
-    return world
-
-
 def train_dpo_ray(cfg: DPORayConfig) -> Dict[str, Any]:
     """train_dpo with the policy and the reference as Ray actor groups."""
     from openrlhf.datasets.tokenizer import data_tokenizer
 
-    world = _check_policy_group(cfg)
     tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
-    return _train_on_ray(cfg, train_dpo, world, tokenizer, [reference_side(cfg)])
+    return _train_on_ray(cfg, train_dpo, tokenizer, [reference_side(cfg)])
 
 
 def train_dadpo_ray(cfg: DADPORayConfig) -> Dict[str, Any]:
     """train_dadpo with the policy, the reference and each teacher as Ray actor groups."""
     from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
 
-    world = _check_policy_group(cfg)
     tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
     teachers = teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data))
-    return _train_on_ray(cfg, train_dadpo, world, tokenizer, dadpo_sides(cfg, teachers))
+    return _train_on_ray(cfg, train_dadpo, tokenizer, dadpo_sides(cfg, teachers))
 
 
-def _train_on_ray(cfg, recipe: Callable, world: int, tokenizer, sides: Sequence[FrozenSide]) -> Dict[str, Any]:
+def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide]) -> Dict[str, Any]:
     """Place the groups, score ahead, train (the policy group runs ``recipe``: train_dpo / train_dadpo);
     returns the policy's last metrics plus the timing of the overlap (``ray_policy_seconds``,
     ``ray_wait_seconds``: policy time blocked on scores, ``ray_<group>_busy_seconds``)."""
@@ -222,6 +207,9 @@ def _train_on_ray(cfg, recipe: Callable, world: int, tokenizer, sides: Sequence[
     from openrlhf.utils.errors import UserError
     from openrlhf.utils.ray_group import ActorGroup, cluster_has_gpus, connect, free_bundles, make_bundles, wait_groups
 
+    # The policy group: one DeepSpeed world of this many actors (--train.batch_size splits evenly over them:
+    # checked when the flags were parsed).
+    world = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node
     # Cheap checks first (tokenizers, data, caches), exactly as every policy process will build them.
     data = preference_data(cfg, tokenizer, sides, remote=_NotYet())
     for line in data.reports:

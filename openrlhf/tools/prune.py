@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 from openrlhf.config.schema import PRUNE_METHODS
+from openrlhf.config.validate import prune_problems
 from openrlhf.utils.errors import UserError
 import torch.nn.functional as F
 
@@ -437,11 +438,9 @@ def prune_model(model, calib: Optional[CalibrationSet], *, mlp_ratio: float = 0.
 
     ``calib`` may be None only for ``method="weight"`` with ``num_layers=0``.
     """
-    if method not in PRUNE_METHODS:
-        raise PruneError(f"--prune.method: unknown method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
-    for flag, r in (("--prune.mlp_ratio", mlp_ratio), ("--prune.head_ratio", head_ratio)):
-        if not 0 <= r < 1:
-            raise PruneError(f"{flag}: must be in [0, 1), got {r}")
+    problems = prune_problems(method, mlp_ratio, head_ratio)
+    if problems:
+        raise PruneError("; ".join(problems))
     layers = decoder_layers(model)
     n_layers = len(layers)
     if not 0 <= num_layers < n_layers:

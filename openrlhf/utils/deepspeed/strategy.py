@@ -40,8 +40,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from openrlhf.utils.deepspeed import ckpt_io
-from openrlhf.config.schema import LR_SCHEDULERS
-from openrlhf.config.validate import ds_problems
+from openrlhf.config.validate import batch_problems, ds_problems, scheduler_problems
 from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port, release_shm_allreduce_buffer
@@ -176,23 +175,17 @@ class DeepspeedStrategy:
 
             enable_full_determinism(self.train.seed)
 
-        per_step = self.train.micro_batch_size * self._world_size
         if not self.training:
             self.accumulated_gradient = 1
-        elif getattr(self.train, "dynamic_batch_enable", False):
+            return
+        problems = batch_problems(self.train, self._world_size, "processes")
+        if problems:
+            raise UserError("; ".join(problems))
+        if getattr(self.train, "dynamic_batch_enable", False):
             # Micro-batches are cut by tokens; the trainer marks the last one of each step.
-            if self.train.batch_size % self._world_size:
-                raise UserError(f"--train.batch_size ({self.train.batch_size}) must be a multiple of the number of "
-                                f"processes ({self._world_size})")
             self.accumulated_gradient = 1
-        elif self.train.micro_batch_size < 1 or self.train.batch_size < 1 or self.train.batch_size % per_step != 0:
-            raise UserError(
-                f"--train.batch_size ({self.train.batch_size}) must be a positive multiple of "
-                f"--train.micro_batch_size ({self.train.micro_batch_size}) x number of processes "
-                f"({self._world_size}) = {per_step}"
-            )
         else:
-            self.accumulated_gradient = self.train.batch_size // per_step
+            self.accumulated_gradient = self.train.batch_size // (self.train.micro_batch_size * self._world_size)
 
     @staticmethod
     def _seed(seed: int) -> None:
@@ -304,12 +297,11 @@ class DeepspeedStrategy:
         min_lr_ratio x lr; cosine and linear decay to 0."""
         from transformers import get_scheduler
 
-        if name not in LR_SCHEDULERS:
-            raise UserError(f"--lr_scheduler: must be one of {', '.join(LR_SCHEDULERS)} (got {name!r})")
+        problems = scheduler_problems(name, warmup_ratio, min_lr_ratio)
+        if problems:
+            raise UserError("; ".join(problems))
         if total_steps < 1:
             raise ValueError(f"total optimizer steps must be >= 1 (got {total_steps}); is the dataset empty?")
-        if not 0.0 <= warmup_ratio <= 1.0:
-            raise ValueError(f"--lr_warmup_ratio must be in [0, 1] (got {warmup_ratio})")
         warmup = math.ceil(warmup_ratio * total_steps)
         kwargs = {"min_lr_rate": min_lr_ratio} if name == "cosine_with_min_lr" else None
         if name == "constant":
