@@ -42,6 +42,7 @@ OPTIONAL_PACKAGES = {
     "wandb": ("wandb", "pip install 'openrlhf[wandb]'"),
     "ray": ("ray", "pip install 'openrlhf[ray]'"),
     "openai": ("openai", "pip install 'openrlhf[judge]'"),
+    "alpaca_eval": ("alpaca-eval", "pip install 'openrlhf[alpacaeval]'"),
     "peft": ("peft", "pip install 'openrlhf[lora]'"),
     "flash_attn_interface": ("flash-attn 3", "build flash-attention 3 (hopper/) from source on an H100 machine"),
     "bitsandbytes": ("bitsandbytes", "pip install bitsandbytes (a CUDA machine)"),
