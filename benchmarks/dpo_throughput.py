@@ -117,7 +117,8 @@ def _flags(a, data: str, out: str, packing: bool) -> List[str]:
 
 def run_ours(a, name: str, data: str, work: str) -> Dict:
     from openrlhf.config import load_config
-    from openrlhf.recipes.preference import train_dadpo, train_dpo
+    from openrlhf.recipes.dadpo import train_dadpo
+    from openrlhf.recipes.dpo import train_dpo
     from openrlhf.recipes.score import score_logps
 
     dadpo = "dadpo" in name

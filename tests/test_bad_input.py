@@ -18,7 +18,7 @@ from tiny import REPO, base_flags, launch_env, pref_rows, read_metrics, run_cli,
 
 
 def _dadpo(flags):
-    from openrlhf.recipes.preference import train_dadpo
+    from openrlhf.recipes.dadpo import train_dadpo
 
     return train_dadpo(load_config(flags, task="dadpo"))
 

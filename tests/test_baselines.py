@@ -29,11 +29,9 @@ STEPS = ["--train.batch_size", "4", "--train.micro_batch_size", "2"]
 
 
 def run(task: str, flags: list) -> dict:
-    import openrlhf.recipes as recipes
+    from openrlhf.recipes import recipe_of
 
-    fn = {"sft": "train_sft", "kd": "train_kd", "dpo": "train_dpo", "dadpo": "train_dadpo", "kto": "train_kto",
-          "score_logps": "score_logps"}[task]
-    return getattr(recipes, fn)(load_config(flags, task=task))
+    return recipe_of(task)(load_config(flags, task=task))
 
 
 @pytest.fixture()

@@ -38,11 +38,9 @@ def replace(flags, **values):
 
 
 def run(task, flags):
-    from openrlhf.recipes import kd, preference, sft
+    from openrlhf.recipes import recipe_of
 
-    recipe = {"sft": sft.train_sft, "dpo": preference.train_dpo, "dadpo": preference.train_dadpo,
-              "kd": kd.train_kd}[task]
-    return recipe(load_config(flags, task))
+    return recipe_of(task)(load_config(flags, task))
 
 
 # ---- upstream's example scripts: their flags, written out here (upstream OpenRLHF 0.11.0) ----------

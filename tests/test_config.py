@@ -342,6 +342,83 @@ def test_wandb_key_is_never_written_to_the_saved_config(tmp_path):
     assert load_config(["--config", path], "dadpo", check_packages=False).logger.wandb.key == ""
 
 
+def test_the_registry_is_what_every_command_runs():
+    """Each task's CLI module parses that task's flags (its --help names the module) and imports nothing heavy
+    before parsing; its recipe resolves to a function of that name; each Ray variant takes its method's
+    flags plus the Ray ones."""
+    from openrlhf.config.schema import RAY_CONFIGS, REGISTRY
+
+    code = ("import contextlib, importlib, io, sys\n"
+            "from openrlhf.config.schema import REGISTRY\n"
+            "for t in REGISTRY.values():\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        try:\n"
+            "            importlib.import_module(t.module).main(['--help'])\n"
+            "        except SystemExit as e:\n"
+            "            assert e.code == 0, (t.name, e.code)\n"
+            "    print(t.name, out.getvalue().split()[3])\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[:-1] == [f"{t.name} {t.module}" for t in REGISTRY.values()]
+    assert lines[-1] == "[]"
+    from openrlhf.recipes import recipe_of
+
+    for task in REGISTRY.values():
+        fn = recipe_of(task.name)
+        assert callable(fn) and f"{fn.__module__}:{fn.__name__}" == task.recipe
+        if task.ray:
+            ray_root = REGISTRY[task.ray].config
+            assert issubclass(ray_root, task.config) and ray_root in RAY_CONFIGS
+
+
+def test_each_rule_is_one_function_that_every_checker_calls():
+    """The batch, scheduler, prune-range, input-template and NAME=FILE rules: validation, the strategy, the
+    Ray driver, the pruner, the prompt renderer and the judge all report them from config/validate.py."""
+    from openrlhf.config.schema import TrainConfig
+    from openrlhf.config.validate import (
+        batch_problems,
+        input_template_problem,
+        parse_named_files,
+        prune_problems,
+        scheduler_problems,
+    )
+    from openrlhf.datasets.templates import PromptRenderer
+    from openrlhf.utils.errors import DataError
+
+    assert batch_problems(TrainConfig(batch_size=6, micro_batch_size=2)) == []
+    assert batch_problems(TrainConfig(batch_size=6, micro_batch_size=2), 2, "processes") == [
+        "--train.batch_size: 6 is not a multiple of --train.micro_batch_size 2 x the 2 processes = 4"]
+    assert batch_problems(TrainConfig(batch_size=6, micro_batch_size=4, dynamic_batch_enable=True), 4, "processes") \
+        == ["--train.batch_size: 6 is not a multiple of the 4 processes"]
+    assert batch_problems(TrainConfig(batch_size=0, micro_batch_size=0)) == [
+        "--train.micro_batch_size: must be >= 1, got 0", "--train.batch_size: must be >= 1, got 0"]
+    # The Ray policy group's size is known when parsing: refused there, naming the group's flags.
+    problems, _ = problems_of(DADPO + ["--actor.num_gpus_per_node", "2", "--train.batch_size", "6",
+                                       "--train.micro_batch_size", "2"], "dadpo_ray", check_packages=False)
+    assert problems == ["--train.batch_size: 6 is not a multiple of --train.micro_batch_size 2 x the 2 actors of the "
+                        "policy group (--actor.num_nodes x --actor.num_gpus_per_node) = 4"]
+    assert scheduler_problems("cosine", 1.5, -0.1) == ["--lr_warmup_ratio: must be in [0, 1], got 1.5",
+                                                       "--min_lr_ratio: must be in [0, 1], got -0.1"]
+    assert prune_problems("magnitude", 1.0, 0.0) == [
+        "--prune.method: unknown method 'magnitude'; expected one of activation, weight",
+        "--prune.mlp_ratio: must be in [0, 1), got 1.0"]
+    assert parse_named_files(["a=x.jsonl", "b", "a=y.jsonl"]) == ({"a": "x.jsonl"}, [
+        "--candidate 'b': expected NAME=FILE, e.g. --candidate daDPO=dadpo_eval.jsonl",
+        "--candidate: the name 'a' is given twice"])
+
+    class Tok:  # what the renderer reads of a tokenizer without a chat template
+        eos_token_id, chat_template, name_or_path = 2, None, "tok"
+
+    for template in ("{name}: {}", "no placeholder", "{} and {}"):
+        reason = input_template_problem(template)
+        assert reason
+        with pytest.raises(DataError) as e:
+            PromptRenderer(Tok(), input_template=template)
+        assert str(e.value) == f"--data.input_template {template!r}: {reason}"
+
+
 def test_help_lists_every_flag():
     code = "from openrlhf.config import load_config; load_config(['--help'], 'dpo')"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -23,13 +23,9 @@ from tiny import (
 
 
 def run(task: str, flags: list):
-    if task == "dadpo":
-        from openrlhf.recipes.preference import train_dadpo as fn
-    elif task == "dpo":
-        from openrlhf.recipes.preference import train_dpo as fn
-    else:
-        from openrlhf.recipes.score import score_logps as fn
-    return fn(load_config(flags, task=task))
+    from openrlhf.recipes import recipe_of
+
+    return recipe_of(task)(load_config(flags, task=task))
 
 
 def one_step_flags(student, ref, teacher, data, out, *extra):
@@ -174,22 +170,23 @@ def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_f
 
 
 
-def test_scored_sides_keep_every_teacher_with_its_own_renderer(tiny_dir, tiny_teacher_same_vocab,
-                                                                tiny_teacher_other_family, pref8, tmp_path):
+def test_dadpo_sides_keep_every_teacher_with_its_own_renderer(tiny_dir, tiny_teacher_same_vocab,
+                                                               tiny_teacher_other_family, pref8, tmp_path):
     """The frozen sides of a two-teacher daDPO: the reference and both teachers, each teacher rendered with its own
-    tokenizer (the default builds them; it once dropped every teacher); a renderer list of another length is refused."""
-    from openrlhf.recipes.preference import scored_sides
+    tokenizer (a default of no renderers once dropped every teacher); a renderer list of another length is refused."""
+    from openrlhf.datasets.tokenizer import teacher_renderers
+    from openrlhf.recipes.dadpo import dadpo_sides, teacher_sides
 
     teachers = f"{tiny_teacher_same_vocab},{tiny_teacher_other_family}"
     flags = one_step_flags(tiny_dir, tiny_dir, teachers, pref8, str(tmp_path / "o"))
     flags[flags.index("--teacher.beta") + 1] = "0.7,0.1"
     cfg = load_config(flags, task="dadpo")
-    sides = scored_sides(cfg)
+    sides = dadpo_sides(cfg, teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data)))
     assert [(s.kind, s.model_path) for s in sides] == [("ref", tiny_dir), ("teacher", tiny_teacher_same_vocab),
                                                        ("teacher_2", tiny_teacher_other_family)]
     assert [len(s.renderer.tokenizer) for s in sides[1:]] == [400, 350]  # each teacher's own vocabulary
     with pytest.raises(ValueError):
-        scored_sides(cfg, [sides[1].renderer])
+        teacher_sides(cfg, [sides[1].renderer])
 
 
 def test_bad_teacher_input(tiny_dir, tiny_no_template, pref8, tmp_path):

@@ -29,7 +29,7 @@ from tiny import (
 
 
 def run_dpo(flags: list) -> dict:
-    from openrlhf.recipes.preference import train_dpo
+    from openrlhf.recipes.dpo import train_dpo
 
     return train_dpo(load_config(flags, task="dpo"))
 

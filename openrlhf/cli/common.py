@@ -63,6 +63,22 @@ def _end_progress_bars() -> None:
             pass
 
 
+def run_task(task: str, argv: Optional[List[str]] = None) -> Any:
+    """Entry-point body of a config-driven CLI: parse the flags of ``task`` into its config root, then
+    import the task's recipe (:data:`~openrlhf.config.schema.REGISTRY`) and run it, through
+    :func:`run_main`. The recipe is imported only after parsing: ``--help`` and config errors come
+    before torch is imported."""
+    from openrlhf.config.parse import load_config
+
+    def body() -> Any:
+        cfg = load_config(sys.argv[1:] if argv is None else argv, task=task)
+        from openrlhf.recipes import recipe_of
+
+        return recipe_of(task)(cfg)
+
+    return run_main(body)
+
+
 def run_cli(fn: Callable[[Any], Any], task: str, argv: Optional[List[str]] = None) -> Any:
     """Entry-point body of a config-driven CLI: parse the flags of ``task`` into its config
     root (see :data:`~openrlhf.config.schema.TASK_CONFIGS`), then ``fn(cfg)``, through :func:`run_main`."""

@@ -14,19 +14,14 @@ import sys
 from typing import Dict, List, Optional
 
 from openrlhf.config.schema import PARAM_DTYPES
+from openrlhf.config.validate import parse_named_files
 
 
 def candidate_files(items: List[str], parser: argparse.ArgumentParser) -> Dict[str, str]:
     """``--candidate LABEL=FILE`` values -> {label: file}; bad or repeated labels are flag errors."""
-    out: Dict[str, str] = {}
-    for item in items:
-        label, eq, path = item.partition("=")
-        label, path = label.strip(), path.strip()
-        if not eq or not label or not path:
-            parser.error(f"--candidate {item!r}: expected LABEL=FILE, e.g. --candidate dSFT=dsft_responses.jsonl")
-        if label in out:
-            parser.error(f"--candidate: label {label!r} given twice")
-        out[label] = path
+    out, problems = parse_named_files(items, word="LABEL", example="dSFT=dsft_responses.jsonl")
+    if problems:
+        parser.error(problems[0])
     return out
 
 

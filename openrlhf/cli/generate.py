@@ -25,10 +25,9 @@ from typing import Any, Dict, Optional
 
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.recipes.generate import generate
+    from openrlhf.cli.common import run_task
 
-    return run_cli(generate, "generate", argv)
+    return run_task("generate", argv)
 
 
 if __name__ == "__main__":

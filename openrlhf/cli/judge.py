@@ -10,10 +10,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> dict:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.eval.run import judge
+    from openrlhf.cli.common import run_task
 
-    return run_cli(judge, "judge", argv)
+    return run_task("judge", argv)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from typing import Optional
 
 def main(argv: Optional[list] = None) -> dict:
     from openrlhf.cli.common import run_cli
-    from openrlhf.tools.prune import prune
 
     def body(cfg) -> dict:
-        report = prune(cfg)
+        from openrlhf.recipes import recipe_of
+
+        report = recipe_of("prune")(cfg)  # imported after parsing: --help and config errors stay light
         keys = ("params_before", "params_after", "params_ratio", "loss_before", "loss_after",
                 "response_loss_before", "response_loss_after", "dropped_layers", "output_dir", "seconds")
         print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))

@@ -13,10 +13,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.recipes.score import score_logps
+    from openrlhf.cli.common import run_task
 
-    run_cli(score_logps, "score_logps", argv)
+    run_task("score_logps", argv)
 
 
 if __name__ == "__main__":

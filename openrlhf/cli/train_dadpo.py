@@ -3,7 +3,7 @@
 daDPO (Eq. 10): DPO plus a frozen teacher of any family, whose sentence-level log-probs
 come from its own tokenizer and chat template (online, or cached by ``score_logps``).
 Every train_dpo flag works; ``--model.beta`` is the paper's beta1, ``--teacher.beta`` its
-beta2. The body is :func:`openrlhf.recipes.preference.train_dadpo`.
+beta2. The body is :func:`openrlhf.recipes.dadpo.train_dadpo`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.recipes.preference import train_dadpo
+    from openrlhf.cli.common import run_task
 
-    run_cli(train_dadpo, "dadpo", argv)
+    run_task("dadpo", argv)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.recipes.ray_preference import train_dadpo_ray
+    from openrlhf.cli.common import run_task
 
-    run_cli(train_dadpo_ray, "dadpo_ray", argv)
+    run_task("dadpo_ray", argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 DPO / conservative DPO / IPO against a frozen reference (or cached reference log-probs
 from ``score_logps``). See README for the flags; the body is
-:func:`openrlhf.recipes.preference.train_dpo`.
+:func:`openrlhf.recipes.dpo.train_dpo`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.recipes.preference import train_dpo
+    from openrlhf.cli.common import run_task
 
-    run_cli(train_dpo, "dpo", argv)
+    run_task("dpo", argv)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.recipes.kd import train_kd
+    from openrlhf.cli.common import run_task
 
-    run_cli(train_kd, "kd", argv)
+    run_task("kd", argv)
 
 
 if __name__ == "__main__":

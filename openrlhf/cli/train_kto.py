@@ -3,7 +3,7 @@
 dKTO: KTO (Ethayarajh et al. 2024) on preference pairs read as unpaired examples (chosen =
 teacher response: desirable; rejected = student response: undesirable), ``--model.beta``,
 ``--kto.desirable_loss_weight``, ``--kto.undesirable_loss_weight``. The body is
-:func:`openrlhf.recipes.preference.train_kto`.
+:func:`openrlhf.recipes.kto.train_kto`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.recipes.preference import train_kto
+    from openrlhf.cli.common import run_task
 
-    run_cli(train_kto, "kto", argv)
+    run_task("kto", argv)
 
 
 if __name__ == "__main__":

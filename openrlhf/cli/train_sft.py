@@ -10,10 +10,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_cli
-    from openrlhf.recipes.sft import train_sft
+    from openrlhf.cli.common import run_task
 
-    run_cli(train_sft, "sft", argv)
+    run_task("sft", argv)
 
 
 if __name__ == "__main__":

@@ -639,28 +639,48 @@ class DADPORayConfig(DADPOConfig):
     ray: RaySettings = field(default_factory=RaySettings)
 
 
-RAY_CONFIGS = (DPORayConfig, DADPORayConfig)
+# ---- the task registry: the one declaration of every config-driven command ----------------------
 
 
-# task name -> (root class, the command that takes it)
-TASK_CONFIGS: Dict[str, Type[RunConfig]] = {
-    "sft": SFTConfig,
-    "kd": KDTrainConfig,
-    "dpo": DPOConfig,
-    "dadpo": DADPOConfig,
-    "kto": KTOTrainConfig,
-    "dpo_ray": DPORayConfig,
-    "dadpo_ray": DADPORayConfig,
-    "score_logps": ScoreLogpsConfig,
-    "generate": GenerateTaskConfig,
-    "prune": PruneTaskConfig,
-    "judge": JudgeTaskConfig,
-}
-TASK_COMMANDS: Dict[str, str] = {
-    "sft": "train_sft", "kd": "train_kd", "dpo": "train_dpo", "dadpo": "train_dadpo", "kto": "train_kto",
-    "dpo_ray": "train_dpo_ray", "dadpo_ray": "train_dadpo_ray",
-    "score_logps": "score_logps",
-    "generate": "generate", "prune": "prune", "judge": "judge",
-}
-TASKS = tuple(TASK_CONFIGS)
+@dataclass(frozen=True)
+class Task:
+    """One command: ``python -m openrlhf.cli.<command>`` parses the flags of ``config`` (the task's root)
+    and calls ``recipe`` (``"module:function"``, a string so config/ imports nothing above it; see
+    :func:`openrlhf.recipes.recipe_of`). ``ray``: the task that runs the same method with the frozen
+    models as Ray actor groups of their own (the pipeline's ``launcher: ray``), if there is one."""
+
+    name: str
+    config: Type[RunConfig]
+    command: str
+    recipe: str
+    ray: str = ""
+
+    @property
+    def module(self) -> str:
+        """The entry point a launcher starts (``deepspeed --module <module>``)."""
+        return f"openrlhf.cli.{self.command}"
+
+
+REGISTRY: Dict[str, Task] = {t.name: t for t in (
+    Task("sft", SFTConfig, "train_sft", "openrlhf.recipes.sft:train_sft"),
+    Task("kd", KDTrainConfig, "train_kd", "openrlhf.recipes.kd:train_kd"),
+    Task("dpo", DPOConfig, "train_dpo", "openrlhf.recipes.dpo:train_dpo", ray="dpo_ray"),
+    Task("dadpo", DADPOConfig, "train_dadpo", "openrlhf.recipes.dadpo:train_dadpo", ray="dadpo_ray"),
+    Task("kto", KTOTrainConfig, "train_kto", "openrlhf.recipes.kto:train_kto"),
+    Task("dpo_ray", DPORayConfig, "train_dpo_ray", "openrlhf.recipes.ray_preference:train_dpo_ray"),
+    Task("dadpo_ray", DADPORayConfig, "train_dadpo_ray", "openrlhf.recipes.ray_preference:train_dadpo_ray"),
+    Task("score_logps", ScoreLogpsConfig, "score_logps", "openrlhf.recipes.score:score_logps"),
+    Task("generate", GenerateTaskConfig, "generate", "openrlhf.recipes.generate:generate"),
+    Task("prune", PruneTaskConfig, "prune", "openrlhf.tools.prune:prune"),
+    Task("judge", JudgeTaskConfig, "judge", "openrlhf.eval.run:judge"),
+)}
+
+# Derived from REGISTRY (nothing else declares a task):
+# task name -> root class, task name -> the command that takes it.
+TASK_CONFIGS: Dict[str, Type[RunConfig]] = {name: t.config for name, t in REGISTRY.items()}
+TASK_COMMANDS: Dict[str, str] = {name: t.command for name, t in REGISTRY.items()}
+TASKS = tuple(REGISTRY)
 TRAINING_TASKS = tuple(t for t, cls in TASK_CONFIGS.items() if issubclass(cls, TrainingConfig))
+# The tasks that drive Ray actor groups of their own, and their roots.
+RAY_TASKS = tuple(t.ray for t in REGISTRY.values() if t.ray)
+RAY_CONFIGS = tuple(TASK_CONFIGS[t] for t in RAY_TASKS)

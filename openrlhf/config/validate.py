@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 import string
-from typing import Callable, List
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from openrlhf.config.schema import (
     GENERATE_BACKENDS,
     JUDGE_TASKS,
-    LR_SCHEDULERS,
-    LR_SCHEDULERS_REFUSED,
     PRUNE_METHODS,
     RAY_CONFIGS,
     TASK_CONFIGS,
@@ -34,6 +32,7 @@ from openrlhf.config.schema import (
     ScoreLogpsConfig,
     TrainingConfig,
 )
+from openrlhf.utils.deepspeed.ds_config import batch_problems, scheduler_problems
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -46,8 +45,9 @@ def _looks_local(path: str) -> bool:
     return path.startswith(_LOCAL_PREFIXES) or path.endswith(_LOCAL_SUFFIXES)
 
 
-def _template_problem(template: str) -> str:
-    """'' if ``template.format(prompt)`` fills exactly one ``{}``, else the reason."""
+def input_template_problem(template: str) -> str:
+    """'' if ``template.format(prompt)`` fills exactly one ``{}``, else the reason (--data.input_template; also
+    what the prompt renderer checks a template given to it directly with)."""
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as e:
@@ -63,6 +63,35 @@ def ds_problems(ds: DSConfig, training: bool = True) -> List[str]:
     return ds.problems(training=training)
 
 
+def prune_problems(method: str, mlp_ratio: float, head_ratio: float) -> List[str]:
+    """--prune.method and the --prune.*_ratio ranges (also checked by ``prune_model`` when called directly)."""
+    p: List[str] = []
+    if method not in PRUNE_METHODS:
+        p.append(f"--prune.method: unknown method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
+    for flag, r in (("--prune.mlp_ratio", mlp_ratio), ("--prune.head_ratio", head_ratio)):
+        if not 0 <= r < 1:
+            p.append(f"{flag}: must be in [0, 1), got {r}")
+    return p
+
+
+def parse_named_files(items: Sequence[str], flag: str = "--candidate", word: str = "NAME",
+                      example: str = "daDPO=dadpo_eval.jsonl") -> Tuple[Dict[str, str], List[str]]:
+    """``NAME=FILE`` values (judge's --candidate, evaluate's LABEL=FILE) -> ({name: file}, problems): a value
+    without a name or a file, and a name given twice, are problems naming ``flag``."""
+    out: Dict[str, str] = {}
+    p: List[str] = []
+    for item in items:
+        name, eq, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not eq or not name or not path:
+            p.append(f"{flag} {item!r}: expected {word}=FILE, e.g. {flag} {example}")
+        elif name in out:
+            p.append(f"{flag}: the {word.lower()} {name!r} is given twice")
+        else:
+            out[name] = path
+    return out, p
+
+
 def _data(cfg, need: Need) -> None:
     d = cfg.data
     need(bool(d.dataset), "data.dataset", "required (an HF hub name, a local folder or a .json/.jsonl/.parquet file)")
@@ -70,7 +99,7 @@ def _data(cfg, need: Need) -> None:
     need(d.max_samples == -1 or d.max_samples >= 1, "data.max_samples",
          f"must be -1 (all) or >= 1, got {d.max_samples}")
     if d.input_template:
-        reason = _template_problem(d.input_template)
+        reason = input_template_problem(d.input_template)
         need(not reason, "data.input_template", reason)
     # A task's own default template is unused with the chat template (as upstream); one you set conflicts.
     default = type(cfg)().data.input_template
@@ -92,14 +121,13 @@ def _data(cfg, need: Need) -> None:
          "set but --data.apply_chat_template is false, so it would be unused")
 
 
-def _training(cfg: TrainingConfig, need: Need) -> None:
+def _training(cfg: TrainingConfig, need: Need, extend: Callable[[List[str]], None]) -> None:
     t, a = cfg.train, cfg.adam
-    need(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
-    if t.batch_size < 1:
-        need(False, "train.batch_size", f"must be >= 1, got {t.batch_size}")
-    elif t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size and not t.dynamic_batch_enable:
-        need(False, "train.batch_size", f"{t.batch_size} is not a multiple of --train.micro_batch_size "
-                                        f"{t.micro_batch_size}")
+    if isinstance(cfg, RAY_CONFIGS):  # the policy group's size is known now
+        world = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node
+        extend(batch_problems(t, world, "actors of the policy group (--actor.num_nodes x --actor.num_gpus_per_node)"))
+    else:
+        extend(batch_problems(t))
     need(t.max_epochs >= 1, "train.max_epochs", f"must be >= 1, got {t.max_epochs}")
     if t.dynamic_batch_enable:
         need(t.max_tokens_per_gpu >= 1, "train.max_tokens_per_gpu",
@@ -109,14 +137,8 @@ def _training(cfg: TrainingConfig, need: Need) -> None:
     need(a.lr > 0, "adam.lr", f"must be > 0, got {a.lr}")
     need(all(0 <= b < 1 for b in a.betas), "adam.betas", f"each must be in [0, 1), got {list(a.betas)}")
     need(a.weight_decay >= 0, "adam.weight_decay", f"must be >= 0, got {a.weight_decay}")
-    need(0 <= cfg.lr_warmup_ratio <= 1, "lr_warmup_ratio", f"must be in [0, 1], got {cfg.lr_warmup_ratio}")
+    extend(scheduler_problems(cfg.lr_scheduler, cfg.lr_warmup_ratio, cfg.min_lr_ratio))
     need(cfg.max_norm >= 0, "max_norm", f"must be >= 0 (0: no clipping), got {cfg.max_norm}")
-    if cfg.lr_scheduler in LR_SCHEDULERS_REFUSED:
-        need(False, "lr_scheduler", f"{cfg.lr_scheduler!r} is not supported: {LR_SCHEDULERS_REFUSED[cfg.lr_scheduler]}")
-    else:
-        need(cfg.lr_scheduler in LR_SCHEDULERS, "lr_scheduler",
-             f"unknown scheduler {cfg.lr_scheduler!r}; expected one of {', '.join(LR_SCHEDULERS)}")
-    need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {cfg.min_lr_ratio}")
     need(a.eps > 0, "adam.eps", f"must be > 0, got {a.eps}")
     need(cfg.optim == "adam", "optim", f"{cfg.optim!r}: only adam (AdamW) is in this fork; Muon is not supported")
     need(not cfg.use_ms, "use_ms", "ModelScope downloads are not supported by this fork; give local folders or HF hub "
@@ -212,13 +234,10 @@ def _generate(cfg: GenerateTaskConfig, need: Need) -> None:
          "several hf engines run as Ray actors only: add --generate.ray (or use --generate.backend vllm)")
 
 
-def _prune(cfg: PruneTaskConfig, need: Need) -> None:
+def _prune(cfg: PruneTaskConfig, need: Need, extend: Callable[[List[str]], None]) -> None:
     pr = cfg.prune
-    need(0 <= pr.mlp_ratio < 1, "prune.mlp_ratio", f"must be in [0, 1), got {pr.mlp_ratio}")
-    need(0 <= pr.head_ratio < 1, "prune.head_ratio", f"must be in [0, 1), got {pr.head_ratio}")
+    extend(prune_problems(pr.method, pr.mlp_ratio, pr.head_ratio))
     need(pr.num_layers >= 0, "prune.num_layers", f"must be >= 0, got {pr.num_layers}")
-    need(pr.method in PRUNE_METHODS, "prune.method",
-         f"unknown method {pr.method!r}; expected one of {', '.join(PRUNE_METHODS)}")
     need(pr.calibration_samples >= 1, "prune.calibration_samples", f"must be >= 1, got {pr.calibration_samples}")
     need(bool(pr.output_dir), "prune.output_dir", "required (the folder the pruned model is written to)")
     need(cfg.train.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {cfg.train.micro_batch_size}")
@@ -315,21 +334,16 @@ def judge_section_problems(j, need: Need) -> None:
     need(j.timeout > 0, "judge.timeout", f"must be > 0, got {j.timeout}")
 
 
-def _judge(cfg: JudgeTaskConfig, need: Need, check_paths: bool) -> None:
+def _judge(cfg: JudgeTaskConfig, need: Need, extend: Callable[[List[str]], None], check_paths: bool) -> None:
     need(cfg.task in JUDGE_TASKS, "task", f"unknown task {cfg.task!r}; expected one of {', '.join(JUDGE_TASKS)}")
     need(bool(cfg.candidate), "candidate", "give at least one NAME=FILE (repeat the flag for more models)")
     need(bool(cfg.output_dir), "output_dir", "required (the report folder)")
     need(cfg.max_items == -1 or cfg.max_items >= 1, "max_items", f"must be -1 (all) or >= 1, got {cfg.max_items}")
-    names = []
-    for item in cfg.candidate:
-        name, eq, path = item.partition("=")
-        if not eq or not name.strip() or not path.strip():
-            need(False, "candidate", f"{item!r}: expected NAME=FILE, e.g. daDPO=dadpo_eval.jsonl")
-            continue
-        need(name.strip() not in names, "candidate", f"the name {name.strip()!r} is given twice")
-        names.append(name.strip())
-        if check_paths:
-            need(os.path.exists(os.path.expanduser(path.strip())), "candidate", f"file not found: {path.strip()}")
+    files, problems = parse_named_files(cfg.candidate)
+    extend(problems)
+    if check_paths:
+        for path in files.values():
+            need(os.path.exists(os.path.expanduser(path)), "candidate", f"file not found: {path}")
     if cfg.task == "indomain":
         need(bool(cfg.teacher_responses), "teacher_responses", "required for --task indomain")
     for flag in ("teacher_responses", "prompts", "reference_outputs", "judge.prompt_file"):
@@ -353,8 +367,10 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
         if not ok:
             p.append(f"--{flag}: {msg}")
 
+    extend = p.extend
+
     if isinstance(cfg, JudgeTaskConfig):
-        _judge(cfg, need, check_paths)
+        _judge(cfg, need, extend, check_paths)
         if check_packages:
             from openrlhf.utils.errors import missing_package
 
@@ -371,7 +387,7 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
     if hasattr(cfg, "ds"):
         p.extend(ds_problems(cfg.ds, training=isinstance(cfg, TrainingConfig)))
     if isinstance(cfg, TrainingConfig):
-        _training(cfg, need)
+        _training(cfg, need, extend)
     if isinstance(cfg, PreferenceTrainingConfig):
         _preference(cfg, need)
     if isinstance(cfg, KDTrainConfig):
@@ -403,7 +419,7 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
     if isinstance(cfg, RAY_CONFIGS):
         _ray(cfg, need)
     if isinstance(cfg, PruneTaskConfig):
-        _prune(cfg, need)
+        _prune(cfg, need, extend)
     if check_packages:
         _packages(cfg, need)
     if check_paths:

@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
+from openrlhf.config.validate import input_template_problem
+
 from .loading import DataError
 
 Message = dict
@@ -230,18 +232,9 @@ class PromptRenderer:
                     f"the tokenizer of {self.model_path} has no EOS token, needed to end responses "
                     f"when {template_flag} is off"
                 )
-            if self.input_template:
-                if "{}" not in self.input_template:
-                    raise DataError(
-                        f"{input_template_flag} {self.input_template!r} has no '{{}}' for the prompt"
-                    )
-                try:
-                    self.input_template.format("x")
-                except (IndexError, KeyError, ValueError) as e:
-                    raise DataError(
-                        f"{input_template_flag} {self.input_template!r} is not a valid format string with one "
-                        f"'{{}}' ({type(e).__name__}: {e}); write literal braces as '{{{{' and '}}}}'"
-                    ) from None
+            problem = input_template_problem(self.input_template) if self.input_template else ""
+            if problem:
+                raise DataError(f"{input_template_flag} {self.input_template!r}: {problem}")
 
     @classmethod
     def from_data_config(cls, tokenizer, data_cfg, model_path: Optional[str] = None) -> "PromptRenderer":

@@ -21,22 +21,15 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from openrlhf.config.schema import JudgeTaskConfig
+from openrlhf.config.validate import parse_named_files
 from openrlhf.utils.errors import DataError
-
-TASKS = ("indomain", "mtbench", "alpacaeval")
 
 
 def parse_candidates(values) -> Dict[str, str]:
     """``NAME=FILE`` values -> {name: file}; DataError naming the bad value."""
-    out: Dict[str, str] = {}
-    for item in values:
-        name, eq, path = item.partition("=")
-        name, path = name.strip(), path.strip()
-        if not eq or not name or not path:
-            raise DataError(f"--candidate {item!r}: expected NAME=FILE, e.g. --candidate daDPO=dadpo_eval.jsonl")
-        if name in out:
-            raise DataError(f"--candidate: the name {name!r} is given twice")
-        out[name] = path
+    out, problems = parse_named_files(values)
+    if problems:
+        raise DataError(problems[0])
     return out
 
 

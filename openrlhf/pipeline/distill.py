@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from openrlhf.config.schema import KL_BASELINE_COEF
+from openrlhf.config.schema import KL_BASELINE_COEF, RAY_TASKS, REGISTRY
 from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
 from openrlhf.pipeline.config import DistillConfig, StudentConfig, to_flags
 
@@ -116,8 +116,8 @@ class Pipeline:
         return out
 
     def _ray_task(self, task: str) -> str:
-        """daDPO and dDPO have Ray trainers of their own (policy, reference and teacher groups)."""
-        return {"dadpo": "dadpo_ray", "dpo": "dpo_ray"}.get(task, task) if self.on_ray else task
+        """The task's Ray trainer (policy, reference and teacher groups) where the registry names one."""
+        return (REGISTRY[task].ray or task) if self.on_ray else task
 
     def _ray_group(self):
         """(actors per group, RaySettings) of the stages run on one actor group."""
@@ -247,40 +247,33 @@ class Pipeline:
                                      sweep=dict(point)))
         return runs
 
-    # task -> (entry point a launcher starts, recipe run in this process)
-    _MODULES = {"sft": "openrlhf.cli.train_sft", "kd": "openrlhf.cli.train_kd", "dpo": "openrlhf.cli.train_dpo",
-                "dadpo": "openrlhf.cli.train_dadpo", "kto": "openrlhf.cli.train_kto",
-                "score_logps": "openrlhf.cli.score_logps"}
-    _RECIPES = {"sft": "train_sft", "kd": "train_kd", "dpo": "train_dpo", "dadpo": "train_dadpo", "kto": "train_kto",
-                "score_logps": "score_logps", "dpo_ray": "train_dpo_ray", "dadpo_ray": "train_dadpo_ray"}
-
     def _train(self, name: str, cfg) -> Callable[[], None]:
         """A training / scoring stage: in this process, or through ``launcher`` as its own job."""
         task, maps = self._plan()[name]
 
         def run() -> None:
             if self.on_ray:
-                import openrlhf.recipes as recipes
+                from openrlhf.recipes import recipe_of
 
-                if task in ("dpo_ray", "dadpo_ray"):  # this process drives the policy / frozen groups
-                    getattr(recipes, self._RECIPES[task])(cfg)
+                if task in RAY_TASKS:  # this process drives the policy / frozen groups
+                    recipe_of(task)(cfg)
                 else:
                     from openrlhf.recipes.ray_launch import run_recipe_on_ray
 
                     size, settings = self._ray_group()
-                    run_recipe_on_ray(self._RECIPES[task], cfg, size, settings, name=name)
+                    run_recipe_on_ray(task, cfg, size, settings, name=name)
             elif self.cfg.launcher:
                 import shlex
                 import subprocess
 
-                cmd = shlex.split(self.cfg.launcher) + ["--module", self._MODULES[task],
+                cmd = shlex.split(self.cfg.launcher) + ["--module", REGISTRY[task].module,
                                                          *to_flags(self._common_for(task), *maps)]
                 self.log(f"[distill] {name}: {' '.join(shlex.quote(x) for x in cmd)}")
                 subprocess.run(cmd, check=True)
             else:
-                import openrlhf.recipes as recipes
+                from openrlhf.recipes import recipe_of
 
-                getattr(recipes, self._RECIPES[task])(cfg)
+                recipe_of(task)(cfg)
         return run
 
     # ---- choosing daDPO's hyper-parameters on the validation prompts ------------------------

@@ -12,29 +12,29 @@ from openrlhf.utils.ray_group import DistWorker
 
 
 class RecipeWorker(DistWorker):
-    def run(self, recipe: str, cfg) -> Any:
-        import openrlhf.recipes as recipes
+    def run(self, task: str, cfg) -> Any:
+        from openrlhf.recipes import recipe_of
         from openrlhf.utils.distributed import destroy_process_group
 
-        result = getattr(recipes, recipe)(cfg)
+        result = recipe_of(task)(cfg)
         destroy_process_group()
         return result
 
 
-def run_recipe_on_ray(recipe: str, cfg, size: int, ray_settings, name: str = "") -> Any:
-    """``recipes.<recipe>(cfg)`` on ``size`` actors (one GPU each on a GPU cluster, else
+def run_recipe_on_ray(task: str, cfg, size: int, ray_settings, name: str = "") -> Any:
+    """``task``'s recipe (see :func:`~openrlhf.recipes.recipe_of`) run on ``cfg`` by ``size`` actors (one GPU each on a GPU cluster, else
     ``ray_settings.num_cpus_per_actor`` CPUs) of the cluster at ``ray_settings.address``."""
     from openrlhf.utils.ray_group import ActorGroup, cluster_has_gpus, connect, free_bundles, make_bundles
 
     connect(ray_settings.address)
     gpus = 1 if cluster_has_gpus() else 0
-    label = name or recipe
+    label = name or task
     bundles = make_bundles(f"the {label} group", size, ray_settings.num_cpus_per_actor, gpus,
                            ray_settings.placement_timeout)
     group = None
     try:
         group = ActorGroup(label, RecipeWorker, size, bundles, range(size), ray_settings.num_cpus_per_actor, gpus)
-        return group.get(group.call("run", recipe, cfg))[0]
+        return group.get(group.call("run", task, cfg))[0]
     finally:
         if group is not None:
             group.kill()

@@ -5,9 +5,10 @@ The driver (this process; under ``ray job submit``, the job's entrypoint) places
 feeds them:
 
 - the policy group (``--actor.num_nodes`` x ``--actor.num_gpus_per_node`` actors, one DeepSpeed
-  world, the --ds.* ZeRO stage) runs :func:`~openrlhf.recipes.preference.train_with_remote_logps`:
-  train_dpo / train_dadpo's own loop, checkpoints, metrics.jsonl and HF output, with the
-  reference / teacher log-probs read from the frozen groups instead of computed in place;
+  world, the --ds.* ZeRO stage) runs :func:`~openrlhf.recipes.dpo.train_dpo` /
+  :func:`~openrlhf.recipes.dadpo.train_dadpo` with a ``remote`` provider: their own loop, checkpoints,
+  metrics.jsonl and HF output, with the reference / teacher log-probs read from the frozen groups
+  instead of computed in place;
 - a reference group (``--ref.*``) and one group per teacher (``--teacher.*``; each teacher in its
   own tokenizer and chat template) load their model frozen, sharded by ZeRO-3 across their own
   group when --ds.zero_stage is 3, and score the pairs in the order the policy will use them, one
@@ -28,9 +29,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from openrlhf.config.schema import DADPOConfig, DADPORayConfig, DPORayConfig
+from openrlhf.config.schema import DADPORayConfig, DPORayConfig
+from openrlhf.recipes.dadpo import dadpo_sides, teacher_sides, train_dadpo
+from openrlhf.recipes.dpo import train_dpo
+from openrlhf.recipes.preference import FrozenSide, reference_side
 from openrlhf.utils.ray_group import DistWorker
 
 GROUP_NAMES = {"ref": "reference"}  # kind -> group name (teachers keep theirs: teacher, teacher_2, ...)
@@ -68,16 +72,27 @@ class ChunkedLogps:
         return self.loaded[(k, kind)][index]
 
 
-class PolicyWorker(DistWorker):
-    """One process of the policy group: the whole train_dpo / train_dadpo run with remote log-probs."""
+class FrozenGroup(NamedTuple):
+    """A frozen side (reference or one teacher) as a group of ``size`` Ray actors. Its renderer stays
+    behind: each actor builds the teacher's tokenizer and chat template itself."""
 
-    def fit(self, cfg, chunks) -> Dict[str, Any]:
-        from openrlhf.recipes.preference import train_with_remote_logps
+    kind: str
+    model_path: str
+    flag: str
+    offload: bool
+    size: int
+
+
+class PolicyWorker(DistWorker):
+    """One process of the policy group: the whole train_dpo / train_dadpo run (``recipe``) with remote
+    log-probs."""
+
+    def fit(self, recipe: Callable, cfg, chunks) -> Dict[str, Any]:
         from openrlhf.utils.distributed import destroy_process_group
 
         provider = ChunkedLogps(chunks)
         t = time.perf_counter()
-        last = train_with_remote_logps(cfg, provider)
+        last = recipe(cfg, remote=provider)
         seconds = time.perf_counter() - t
         destroy_process_group()
         return {"metrics": last, "wait_seconds": provider.wait_seconds, "seconds": seconds}
@@ -87,7 +102,7 @@ class FrozenWorker(DistWorker):
     """One process of a frozen group (the reference, or one teacher): loads the model once, then scores
     the pairs it is given (a global batch at a time, shared out between the group's processes)."""
 
-    def setup(self, cfg, kind: str, model_path: str, offload: bool, flag: str) -> int:
+    def setup(self, cfg, group: FrozenGroup) -> int:
         from openrlhf.datasets.loading import load_sources
         from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
         from openrlhf.recipes.common import make_strategy, prepare_frozen
@@ -98,14 +113,14 @@ class FrozenWorker(DistWorker):
                             seed=cfg.train.seed)
         tokenizer = data_tokenizer(cfg.model.model_name_or_path, d)
         renderer = None
-        if kind != "ref":
-            names = [n for n in _teacher_kinds(cfg)]
-            renderer = teacher_renderers(cfg.teacher, d)[names.index(kind)]
-        self.kind = kind
-        self.ds = side_dataset(cfg, kind, rows, tokenizer, d.dataset, renderer)
+        if group.kind != "ref":
+            teachers = teacher_sides(cfg, teacher_renderers(cfg.teacher, d))
+            renderer = next(t.renderer for t in teachers if t.kind == group.kind)
+        self.kind = group.kind
+        self.ds = side_dataset(cfg, group.kind, rows, tokenizer, d.dataset, renderer)
         self.position = {item_index: pos for pos, item_index in enumerate(self.ds.rows_kept_indices)}
         self.strategy = make_strategy(cfg, training=False)
-        self.model = prepare_frozen(self.strategy, cfg, model_path, offload, what=flag)
+        self.model = prepare_frozen(self.strategy, cfg, group.model_path, group.offload, what=group.flag)
         self.micro = cfg.train.micro_batch_size
         self.busy = 0.0
         return len(self.ds)
@@ -120,14 +135,6 @@ class FrozenWorker(DistWorker):
 
     def busy_seconds(self) -> float:
         return self.busy
-
-
-def _teacher_kinds(cfg) -> List[str]:
-    from openrlhf.models.loss import teacher_name
-
-    if not isinstance(cfg, DADPOConfig):
-        return []
-    return [teacher_name(k) for k in range(len(cfg.teacher.model_name_or_path))]
 
 
 # ---- the driver -----------------------------------------------------------------------------------------
@@ -163,49 +170,50 @@ def _schedule(view, cfg, world: int, start: Optional[dict]) -> List[List[int]]:
     return steps
 
 
-def _frozen_sides(cfg, kinds: Sequence[str]) -> List[Tuple[str, str, bool, str, int]]:
-    """(kind, model path, offload, flag, group size) of each frozen group to start."""
-    from openrlhf.recipes.preference import reference_path
-
-    out = []
-    for kind in kinds:
-        if kind == "ref":
-            out.append((kind, reference_path(cfg), cfg.ref.offload, "--ref.model_name_or_path",
-                        cfg.ref.num_nodes * cfg.ref.num_gpus_per_node))
-        else:
-            path = cfg.teacher.model_name_or_path[_teacher_kinds(cfg).index(kind)]
-            out.append((kind, path, cfg.teacher.offload, "--teacher.model_name_or_path",
-                        cfg.teacher.num_nodes * cfg.teacher.num_gpus_per_node))
-    return out
+def _frozen_groups(cfg, sides: Sequence[FrozenSide], kinds: Sequence[str]) -> List[FrozenGroup]:
+    """The groups to start: one per side of ``kinds`` (the sides the remote provider scores), each of
+    --ref.* / --teacher.* num_nodes x num_gpus_per_node actors."""
+    groups = []
+    for side in sides:
+        if side.kind in kinds:
+            section = cfg.ref if side.kind == "ref" else cfg.teacher
+            groups.append(FrozenGroup(side.kind, side.model_path, side.flag, side.offload,
+                                      section.num_nodes * section.num_gpus_per_node))
+    return groups
 
 
-def train_preference_ray(cfg) -> Dict[str, Any]:
-    """Place the groups, score ahead, train; returns the policy's last metrics plus the timing of the
-    overlap (``ray_policy_seconds``, ``ray_wait_seconds``: policy time blocked on scores,
-    ``ray_<group>_busy_seconds``)."""
-    from openrlhf.datasets.preference_data import prepare_preference_data
+def train_dpo_ray(cfg: DPORayConfig) -> Dict[str, Any]:
+    """train_dpo with the policy and the reference as Ray actor groups."""
+    from openrlhf.datasets.tokenizer import data_tokenizer
+
+    tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
+    return _train_on_ray(cfg, train_dpo, tokenizer, [reference_side(cfg)])
+
+
+def train_dadpo_ray(cfg: DADPORayConfig) -> Dict[str, Any]:
+    """train_dadpo with the policy, the reference and each teacher as Ray actor groups."""
     from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
+
+    tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
+    teachers = teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data))
+    return _train_on_ray(cfg, train_dadpo, tokenizer, dadpo_sides(cfg, teachers))
+
+
+def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide]) -> Dict[str, Any]:
+    """Place the groups, score ahead, train (the policy group runs ``recipe``: train_dpo / train_dadpo);
+    returns the policy's last metrics plus the timing of the overlap (``ray_policy_seconds``,
+    ``ray_wait_seconds``: policy time blocked on scores, ``ray_<group>_busy_seconds``)."""
     from openrlhf.recipes.common import check_lora_targets
-    from openrlhf.recipes.preference import scored_sides
+    from openrlhf.recipes.preference import preference_data
     from openrlhf.utils.deepspeed import ckpt_io
     from openrlhf.utils.errors import UserError
     from openrlhf.utils.ray_group import ActorGroup, cluster_has_gpus, connect, free_bundles, make_bundles, wait_groups
 
-    if not isinstance(cfg, (DPORayConfig, DADPORayConfig)):
-        raise TypeError(f"train_preference_ray takes a DPORayConfig or DADPORayConfig, got {type(cfg).__name__}")
+    # The policy group: one DeepSpeed world of this many actors (--train.batch_size splits evenly over them:
+    # checked when the flags were parsed).
     world = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node
-    per_step = cfg.train.micro_batch_size * world
-    if cfg.train.batch_size % per_step:
-        raise UserError(f"--train.batch_size ({cfg.train.batch_size}) must be a multiple of --train.micro_batch_size "
-                        f"({cfg.train.micro_batch_size}) x the policy group's {world} actors (--actor.num_nodes x "
-                        f"--actor.num_gpus_per_node) = {per_step}")
-
     # Cheap checks first (tokenizers, data, caches), exactly as every policy process will build them.
-    m = cfg.model
-    tokenizer = data_tokenizer(m.model_name_or_path, cfg.data)
-    renderers = teacher_renderers(cfg.teacher, cfg.data) if isinstance(cfg, DADPOConfig) else []
-    data = prepare_preference_data(cfg.data, cfg.eval, tokenizer, m.model_name_or_path, scored_sides(cfg, renderers),
-                                   packing=cfg.ds.packing_samples, seed=cfg.train.seed, remote=_NoLogpsProvider())
+    data = preference_data(cfg, tokenizer, sides, remote=_NoLogpsProvider())
     for line in data.reports:
         print(line, flush=True)
     check_lora_targets(cfg)
@@ -214,41 +222,41 @@ def train_preference_ray(cfg) -> Dict[str, Any]:
 
     connect(cfg.ray.address)
     gpus = cluster_has_gpus()
-    frozen = _frozen_sides(cfg, data.remote)
+    frozen = _frozen_groups(cfg, sides, data.remote)
     cpus, timeout = cfg.ray.num_cpus_per_actor, cfg.ray.placement_timeout
     bundles, groups = [], []
     try:
         if cfg.train.colocate_all:
-            too_big = [group_name(k) for k, *_, n in frozen if n > world]
+            too_big = [group_name(g.kind) for g in frozen if g.size > world]
             if too_big:
                 raise UserError(f"--train.colocate_all: the {', '.join(too_big)} group(s) have more actors than the "
                                 f"policy's {world} bundles; make them at most as large")
             shared = make_bundles("the colocated groups", world, cpus, 1 if gpus else 0, timeout)
             bundles.append(shared)
-            sharing = [1 + sum(1 for *_, n in frozen if n > b) for b in range(world)]
+            sharing = [1 + sum(1 for g in frozen if g.size > b) for b in range(world)]
             share = 1.0 / max(sharing)  # every actor on a bundle gets the same share of it
             policy = ActorGroup("policy", PolicyWorker, world, shared, range(world), cpus * share,
                                 share if gpus else 0)
             groups.append(policy)
-            for kind, _path, _offload, _flag, n in frozen:
-                groups.append(ActorGroup(group_name(kind), FrozenWorker, n, shared, range(n), cpus * share,
-                                         share if gpus else 0))
+            for g in frozen:
+                groups.append(ActorGroup(group_name(g.kind), FrozenWorker, g.size, shared, range(g.size),
+                                         cpus * share, share if gpus else 0))
         else:
             own = make_bundles("the policy group", world, cpus, 1 if gpus else 0, timeout)
             bundles.append(own)
             policy = ActorGroup("policy", PolicyWorker, world, own, range(world), cpus, 1 if gpus else 0)
             groups.append(policy)
-            for kind, _path, _offload, _flag, n in frozen:
-                b = make_bundles(f"the {group_name(kind)} group", n, cpus, 1 if gpus else 0, timeout)
+            for g in frozen:
+                b = make_bundles(f"the {group_name(g.kind)} group", g.size, cpus, 1 if gpus else 0, timeout)
                 bundles.append(b)
-                groups.append(ActorGroup(group_name(kind), FrozenWorker, n, b, range(n), cpus, 1 if gpus else 0))
-        frozen_groups = dict(zip([k for k, *_ in frozen], groups[1:], strict=True))
+                groups.append(ActorGroup(group_name(g.kind), FrozenWorker, g.size, b, range(g.size), cpus,
+                                         1 if gpus else 0))
+        frozen_groups = dict(zip([g.kind for g in frozen], groups[1:], strict=True))
         os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
         with open(os.path.join(cfg.ckpt.output_dir, "ray_actors.json"), "w") as f:
             json.dump([row for g in groups for row in g.describe()], f, indent=1)
 
-        wait_groups([(frozen_groups[kind], frozen_groups[kind].call("setup", cfg, kind, path, offload, flag))
-                     for kind, path, offload, flag, _ in frozen])
+        wait_groups([(frozen_groups[g.kind], frozen_groups[g.kind].call("setup", cfg, g)) for g in frozen])
         # Every scoring call is queued now, in the policy's order: each group works through them as fast
         # as it can while the policy trains.
         chunks, score_calls = [], []
@@ -257,7 +265,7 @@ def train_preference_ray(cfg) -> Dict[str, Any]:
             chunks.append((rows, refs))
             score_calls += [(frozen_groups[kind], r) for kind, r in refs.items()]
         t = time.perf_counter()
-        results = wait_groups([(policy, policy.call("fit", cfg, chunks))] + score_calls)[0]
+        results = wait_groups([(policy, policy.call("fit", recipe, cfg, chunks))] + score_calls)[0]
         seconds = time.perf_counter() - t
         busy = {kind: max(wait_groups([(g, g.call("busy_seconds"))])[0]) for kind, g in frozen_groups.items()}
     finally:
@@ -276,16 +284,3 @@ def train_preference_ray(cfg) -> Dict[str, Any]:
     out.update(timing)
     return out
 
-
-def train_dpo_ray(cfg: DPORayConfig) -> Dict[str, Any]:
-    """train_dpo with the policy and the reference as Ray actor groups."""
-    if not isinstance(cfg, DPORayConfig):
-        raise TypeError(f"train_dpo_ray takes a DPORayConfig, got {type(cfg).__name__}")
-    return train_preference_ray(cfg)
-
-
-def train_dadpo_ray(cfg: DADPORayConfig) -> Dict[str, Any]:
-    """train_dadpo with the policy, the reference and each teacher as Ray actor groups."""
-    if not isinstance(cfg, DADPORayConfig):
-        raise TypeError(f"train_dadpo_ray takes a DADPORayConfig, got {type(cfg).__name__}")
-    return train_preference_ray(cfg)

@@ -45,9 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from openrlhf.config.schema import PRUNE_METHODS
+from openrlhf.config.validate import prune_problems
 from openrlhf.utils.errors import UserError
-
-METHODS = ("activation", "weight")
 
 
 class PruneError(UserError):
@@ -328,7 +328,7 @@ def mlp_channel_scores(model, method: str, mlp_act: Optional[List[torch.Tensor]]
             up = mlp.up_proj.weight.detach().float().norm(dim=1).cpu()
             scores.append(gate * up * down_norm)
         else:
-            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
     return scores
 
 
@@ -348,7 +348,7 @@ def head_group_scores(model, method: str, head_act: Optional[List[torch.Tensor]]
             q_norm = att.q_proj.weight.detach().float().reshape(heads, d, -1).norm(dim=(1, 2)).cpu()
             per_head = o_norm * q_norm
         else:
-            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
         scores.append(per_head.reshape(kv, heads // kv).sum(-1))
     return scores
 
@@ -438,11 +438,9 @@ def prune_model(model, calib: Optional[CalibrationSet], *, mlp_ratio: float = 0.
 
     ``calib`` may be None only for ``method="weight"`` with ``num_layers=0``.
     """
-    if method not in METHODS:
-        raise PruneError(f"--prune.method: unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    for flag, r in (("--prune.mlp_ratio", mlp_ratio), ("--prune.head_ratio", head_ratio)):
-        if not 0 <= r < 1:
-            raise PruneError(f"{flag}: must be in [0, 1), got {r}")
+    problems = prune_problems(method, mlp_ratio, head_ratio)
+    if problems:
+        raise PruneError("; ".join(problems))
     layers = decoder_layers(model)
     n_layers = len(layers)
     if not 0 <= num_layers < n_layers:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from openrlhf.models.loss import PairLogps, PreferenceLossOutput
 from openrlhf.trainer.dpo_trainer import DPOTrainer, cached_pair, frozen_pair_logps
@@ -13,10 +13,12 @@ class DADPOTrainer(DPOTrainer):
     :func:`openrlhf.models.loss.teacher_name`). Each is scored on its own tokenisation of the
     pair (``<name>_input_ids`` / ``_attention_mask`` / ``_loss_mask``, chosen rows first) by
     ``teacher_engines[name]``, or read from the cached ``<name>_chosen_logp`` /
-    ``<name>_rejected_logp`` the batch carries (then its engine may be absent)."""
+    ``<name>_rejected_logp`` the batch carries (then its engine may be absent). Every other
+    keyword argument is :class:`DPOTrainer`'s."""
 
-    def __init__(self, *args, teachers: List[str], teacher_engines: Optional[Dict[str, object]] = None, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, *, teachers: Sequence[str], teacher_engines: Optional[Dict[str, object]] = None,
+                 **dpo_kwargs) -> None:
+        super().__init__(**dpo_kwargs)
         self.teachers = list(teachers)
         self.teacher_engines = dict(teacher_engines or {})
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
+from torch.utils.data import Dataset
 
 from openrlhf.datasets.logp_cache import columns
 from openrlhf.models.loss import PairLogps, PreferenceLossOutput
-from openrlhf.trainer.base import Trainer, batch_sequence_sums, forward_batch
+from openrlhf.trainer.base import LoopSettings, Trainer, batch_sequence_sums, forward_batch
 
 
 def cached_pair(batch: dict, kind: str) -> Optional[PairLogps]:
@@ -24,31 +25,42 @@ def frozen_pair_logps(engine, batch: dict, prefix: str = "") -> PairLogps:
         return PairLogps.split(batch_sequence_sums(forward_batch(engine, batch, prefix)[0], batch, prefix))
 
 
+class KLTeacher(NamedTuple):
+    """dDPO+KL's teacher: a frozen engine of the policy's vocabulary (``vocab_size`` tokens) and the
+    weight ``coef`` of KL(teacher || policy) in the loss."""
+
+    engine: Any
+    coef: float
+    vocab_size: int
+
+
 class DPOTrainer(Trainer):
     """Batches hold chosen rows first, then rejected rows (``preference_collate``).
 
     ``ref_engine`` may be ``None`` when the batches carry cached reference log-probs
     (``ref_chosen_logp`` / ``ref_rejected_logp``) or when the loss has no reference term.
-    ``kd_teacher_engine`` with ``kd_coef`` > 0 (dDPO+KL): the loss adds ``kd_coef`` x the
-    token-level KL(teacher || policy) on the chosen responses (mean over their tokens),
-    the teacher reading the policy's own tokens (one vocabulary of ``kd_vocab_size``).
+    ``kd`` (dDPO+KL): the loss adds ``kd.coef`` x the token-level KL(teacher || policy) on the
+    chosen responses (mean over their tokens), the teacher reading the policy's own tokens (one
+    vocabulary of ``kd.vocab_size``). The first nine keyword arguments are the loop's
+    (:class:`~openrlhf.trainer.base.Trainer`).
     """
 
-    def __init__(self, *args, ref_engine=None, loss_fn=None, nll_loss_coef: float = 0.0, kd_teacher_engine=None,
-                 kd_coef: float = 0.0, kd_vocab_size: int = 0, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, *, strategy, engine, tokenizer, train_dataset: Dataset, collate_fn: Callable,
+                 settings: LoopSettings, logger, eval_dataset: Optional[Dataset] = None, num_workers: int = 0,
+                 loss_fn: Callable, ref_engine=None, nll_loss_coef: float = 0.0,
+                 kd: Optional[KLTeacher] = None) -> None:
+        super().__init__(strategy, engine, tokenizer, train_dataset, collate_fn, settings, logger,
+                         eval_dataset=eval_dataset, num_workers=num_workers)
         self.ref_engine = ref_engine
         self.loss_fn = loss_fn
         self.nll_loss_coef = nll_loss_coef
-        self.kd_teacher_engine = kd_teacher_engine
-        self.kd_coef = kd_coef
-        self.kd_vocab_size = kd_vocab_size
+        self.kd = kd
 
     # ---- pieces shared with daDPO ------------------------------------------------------
     def _policy_logps(self, batch: dict) -> Tuple[PairLogps, torch.Tensor, Optional[torch.Tensor]]:
         """(policy log-probs, mean response-token NLL of the chosen rows, KL(teacher || policy)
         on the chosen rows' tokens when dDPO+KL, else None)."""
-        if self.kd_coef > 0:
+        if self.kd is not None:
             b = batch["input_ids"].shape[0] // 2
             token_logps, mask, logits = forward_batch(self.engine, batch, response_logits=slice(0, b))
         else:
@@ -58,13 +70,13 @@ class DPOTrainer(Trainer):
         chosen_tokens = batch_sequence_sums(mask.to(token_logps.dtype), batch)[:b]
         nll = -policy.chosen.sum() / chosen_tokens.sum().clamp(min=1)
         kl = None
-        if self.kd_coef > 0:
+        if self.kd is not None:
             from openrlhf.trainer.kd_trainer import response_kl
 
             with torch.no_grad():
-                _, _, t_logits = self.kd_teacher_engine(batch["input_ids"][:b], batch["attention_mask"][:b],
+                _, _, t_logits = self.kd.engine(batch["input_ids"][:b], batch["attention_mask"][:b],
                                                         batch["loss_mask"][:b], response_logits=slice(None))
-            kl = response_kl(logits, t_logits, self.kd_vocab_size).mean()
+            kl = response_kl(logits, t_logits, self.kd.vocab_size).mean()
         return policy, nll, kl
 
     def _reference_logps(self, batch: dict) -> Optional[PairLogps]:
@@ -84,7 +96,7 @@ class DPOTrainer(Trainer):
         out = self._preference_loss(batch, policy)
         loss = out.loss + self.nll_loss_coef * nll if self.nll_loss_coef > 0 else out.loss
         if kl is not None:
-            loss = loss + self.kd_coef * kl
+            loss = loss + self.kd.coef * kl
         metrics = out.metrics()
         metrics["preference_loss"] = metrics["loss"]
         metrics["loss"] = loss.item()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 # --lr_scheduler: the schedulers DeepspeedStrategy.create_scheduler builds (re-exported by config.schema).
 # cosine_with_min_lr decays to min_lr_ratio x lr; cosine and linear decay to 0.
@@ -90,3 +90,44 @@ def eval_ds_config(
         zero["offload_param"] = {"device": "cpu", "pin_memory": True} if offload else {"device": "none"}
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     return _common(ds, zero, micro_batch_size, accumulated_gradient, world_size)
+
+
+# ---- the rules that both the config validation and the strategy check (one copy each) ----------------
+
+
+def batch_problems(train, world: int = 1, processes: str = "") -> List[str]:
+    """--train.batch_size (rows per optimizer step, all processes) against --train.micro_batch_size and
+    ``world`` processes: a whole number of micro-batches per process and step (with
+    --train.dynamic_batch_enable, a whole number of rows per process). ``processes`` names the processes in
+    the message; validation checks with 1 (the count is not known yet) or the Ray policy group's size, the
+    strategy again once it knows the count."""
+    b, m = train.batch_size, train.micro_batch_size
+    p: List[str] = []
+    if m < 1:
+        p.append(f"--train.micro_batch_size: must be >= 1, got {m}")
+    if b < 1:
+        p.append(f"--train.batch_size: must be >= 1, got {b}")
+    if p or world < 1:
+        return p
+    who = f" x the {world} {processes}" if processes else ""
+    if getattr(train, "dynamic_batch_enable", False):
+        if b % world:
+            p.append(f"--train.batch_size: {b} is not a multiple of the {world} {processes}")
+    elif b % (m * world):
+        p.append(f"--train.batch_size: {b} is not a multiple of --train.micro_batch_size {m}{who}"
+                 + (f" = {m * world}" if processes else ""))
+    return p
+
+
+def scheduler_problems(name: str, warmup_ratio: float, min_lr_ratio: float) -> List[str]:
+    """--lr_scheduler, --lr_warmup_ratio, --min_lr_ratio (also checked by the strategy's scheduler factory)."""
+    p: List[str] = []
+    if name in LR_SCHEDULERS_REFUSED:
+        p.append(f"--lr_scheduler: {name!r} is not supported: {LR_SCHEDULERS_REFUSED[name]}")
+    elif name not in LR_SCHEDULERS:
+        p.append(f"--lr_scheduler: unknown scheduler {name!r}; expected one of {', '.join(LR_SCHEDULERS)}")
+    if not 0 <= warmup_ratio <= 1:
+        p.append(f"--lr_warmup_ratio: must be in [0, 1], got {warmup_ratio}")
+    if not 0 <= min_lr_ratio <= 1:
+        p.append(f"--min_lr_ratio: must be in [0, 1], got {min_lr_ratio}")
+    return p

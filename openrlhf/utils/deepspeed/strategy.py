@@ -40,7 +40,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from openrlhf.utils.deepspeed import ckpt_io
-from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS, eval_ds_config, train_ds_config
+from openrlhf.utils.deepspeed.ds_config import batch_problems, eval_ds_config, scheduler_problems, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port, release_shm_allreduce_buffer
 from openrlhf.utils.dtypes import torch_dtype
@@ -197,23 +197,17 @@ class DeepspeedStrategy:
 
             enable_full_determinism(self.train.seed)
 
-        per_step = self.train.micro_batch_size * self._world_size
         if not self.training:
             self.accumulated_gradient = 1
-        elif getattr(self.train, "dynamic_batch_enable", False):
+            return
+        problems = batch_problems(self.train, self._world_size, "processes")
+        if problems:
+            raise UserError("; ".join(problems))
+        if getattr(self.train, "dynamic_batch_enable", False):
             # Micro-batches are cut by tokens; the trainer marks the last one of each step.
-            if self.train.batch_size % self._world_size:
-                raise UserError(f"--train.batch_size ({self.train.batch_size}) must be a multiple of the number of "
-                                f"processes ({self._world_size})")
             self.accumulated_gradient = 1
-        elif self.train.micro_batch_size < 1 or self.train.batch_size < 1 or self.train.batch_size % per_step != 0:
-            raise UserError(
-                f"--train.batch_size ({self.train.batch_size}) must be a positive multiple of "
-                f"--train.micro_batch_size ({self.train.micro_batch_size}) x number of processes "
-                f"({self._world_size}) = {per_step}"
-            )
         else:
-            self.accumulated_gradient = self.train.batch_size // per_step
+            self.accumulated_gradient = self.train.batch_size // (self.train.micro_batch_size * self._world_size)
 
     @staticmethod
     def _seed(seed: int) -> None:
@@ -326,16 +320,13 @@ class DeepspeedStrategy:
         min_lr_ratio x lr (OpenRLHF's special case); warmup_stable_decay decays to min_lr_ratio x lr over
         the last ceil(10%) of the steps (transformers needs a decay length; OpenRLHF gives none);
         cosine and linear decay to 0."""
-        from transformers import SchedulerType, get_scheduler
+        from transformers import get_scheduler
 
-        known = {t.value for t in SchedulerType}
-        if name not in LR_SCHEDULERS or name not in known:
-            raise UserError(f"--lr_scheduler: {name!r} is not one of this transformers' schedulers that step "
-                            f"without a metric: {', '.join(n for n in LR_SCHEDULERS if n in known)}")
+        problems = scheduler_problems(name, warmup_ratio, min_lr_ratio)
+        if problems:
+            raise UserError("; ".join(problems))
         if total_steps < 1:
             raise ValueError(f"total optimizer steps must be >= 1 (got {total_steps}); is the dataset empty?")
-        if not 0.0 <= warmup_ratio <= 1.0:
-            raise ValueError(f"--lr_warmup_ratio must be in [0, 1] (got {warmup_ratio})")
         warmup = math.ceil(warmup_ratio * total_steps)
         kwargs = None
         if name in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
