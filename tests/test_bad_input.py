@@ -189,14 +189,14 @@ def test_distill_reports_the_bad_flags_of_every_stage_at_once(tmp_path):
     import yaml
 
     from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
+    from openrlhf.pipeline.plan import plan_distill
 
     path = str(tmp_path / "d.yaml")
     yaml.safe_dump({"run_dir": str(tmp_path / "run"), "teacher": "org/teacher", "student": {"model_name_or_path": "s"},
                     "sft": {"train.batch_sise": 8}, "dadpo": {"teacher.beta": -1}, "ddpo": {"model.beta": 0},
                     "common": {"prune.mlp_ratio": 0.1, "nope.x": 1}}, open(path, "w"))
     with pytest.raises(ConfigError) as e:
-        Pipeline(load_distill_config(path)).planned_configs()
+        plan_distill(load_distill_config(path))
     text = str(e.value)
     for part in ("dsft stage: --train.batch_sise: unknown flag", "dadpo stage: --teacher.beta: must be >= 0",
                  "ddpo stage: --model.beta: must be > 0", "common: nope.x: no stage of this run takes it",

@@ -328,12 +328,13 @@ def test_a_run_all_in_warm_up_says_its_model_equals_the_input(tiny_dir, tmp_path
 
 def test_distill_checks_sections_it_will_not_use_and_says_so(tiny_dir, tiny_talking_teacher, tmp_path):
     from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
+    from openrlhf.pipeline.distill import run_distill
+    from openrlhf.pipeline.plan import plan_distill
 
     bad = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=False,
                         score={"train.micro_batch_sise": 4}, prune={"mlp_ration": 0.5})
     with pytest.raises(ConfigError) as e:
-        Pipeline(load_distill_config(bad)).run_all()
+        run_distill(load_distill_config(bad))
     problems = e.value.problems
     assert any(p.startswith("score (a section this plan does not use: cache_logps is false") and
                "--train.micro_batch_sise" in p for p in problems), problems
@@ -344,12 +345,12 @@ def test_distill_checks_sections_it_will_not_use_and_says_so(tiny_dir, tiny_talk
     good = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=False,
                          score={"train.micro_batch_size": 4})
     said = []
-    Pipeline(load_distill_config(good), log=said.append).run_all(stop_after="prompts")
+    run_distill(load_distill_config(good), log=said.append, stop_after="prompts")
     assert ("[distill] note: the score: section is not used by this plan (cache_logps is false: daDPO scores the "
             "teacher and the reference online); its flags were checked") in said, said
     # With cache_logps the same section is a stage, and no note.
     used = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=True, score={"train.micro_batch_size": 4})
-    assert Pipeline(load_distill_config(used)).unused_sections() == {}
+    assert plan_distill(load_distill_config(used)).unused == {}
 
 
 # ---- Ctrl-C in generate, score_logps and judge: one line saying that the same command resumes ------------------

@@ -460,15 +460,15 @@ def test_example_config_parses(path):
     if task == "distill":
         # A pipeline config (python -m openrlhf.cli.distill): every stage's flags must parse.
         from openrlhf.pipeline.config import load_distill_config
-        from openrlhf.pipeline.distill import Pipeline
+        from openrlhf.pipeline.plan import plan_distill
 
-        pipeline = Pipeline(load_distill_config(path))
-        configs = pipeline.planned_configs(check_packages=False)
-        assert {"gen", "dsft"} <= set(configs)
+        plan = plan_distill(load_distill_config(path), check_packages=False)
+        configs = plan.configs()
+        assert {"gen_teacher_train", "dsft"} <= set(configs)
         # daDPO: its own run, or (select_by) the grid point chosen on the validation prompts
-        assert ("dadpo" in configs) != pipeline.selecting
-        if pipeline.on_ray:  # daDPO on its Ray trainer, generation on engine actors
-            assert configs["dadpo"].actor.num_gpus_per_node == 8 and configs["gen"].generate.ray
+        assert ("dadpo" in configs) != plan.selecting
+        if plan.on_ray:  # daDPO on its Ray trainer, generation on engine actors
+            assert configs["dadpo"].actor.num_gpus_per_node == 8 and configs["gen_teacher_train"].generate.ray
         assert all(isinstance(c, RunConfig) for c in configs.values())
         return
     cfg = load_config(["--config", path], task, check_paths=False, check_packages=False)

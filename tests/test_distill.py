@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from openrlhf.config import ConfigError
+from openrlhf.config import ConfigError, load_config
+from openrlhf.config.parse import config_from_flags, config_to_flags
+from openrlhf.config.schema import KL_BASELINE_COEF, REGISTRY, SFTConfig
+from openrlhf.pipeline.config import load_distill_config
+from openrlhf.pipeline.distill import launch_command, run_distill
+from openrlhf.pipeline.plan import plan_distill
 
 from tiny import REPO, read_metrics
 
@@ -46,12 +53,9 @@ def _config(tmp_path, teacher: str, student: str, **extra) -> str:
 
 
 def test_distill_runs_every_stage_then_skips_them(tiny_dir, tiny_talking_teacher, tmp_path):
-    from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
-
     cfg = load_distill_config(_config(tmp_path, tiny_talking_teacher, tiny_dir))
     lines = []
-    timings = Pipeline(cfg, log=lines.append).run_all()
+    timings = run_distill(cfg, log=lines.append)
     expected = ["prompts", "gen_teacher_train", "gen_student_train", "sets", "dsft", "score", "dadpo", "ddpo",
                 "gen_teacher_eval", "gen_base_eval", "gen_dsft_eval", "gen_dadpo_eval", "gen_ddpo_eval", "report"]
     assert list(timings) == expected
@@ -71,17 +75,14 @@ def test_distill_runs_every_stage_then_skips_them(tiny_dir, tiny_talking_teacher
     _check_dadpo_from_dsft(run)
 
     again = []
-    assert Pipeline(cfg, log=again.append).run_all() == {}
+    assert run_distill(cfg, log=again.append) == {}
     assert sum("skipped" in line for line in again) == len(expected)
 
 
 def test_distill_bad_stage_flag_fails_before_any_work(tiny_dir, tiny_talking_teacher, tmp_path):
-    from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
-
     path = _config(tmp_path, tiny_talking_teacher, tiny_dir, sft={"train.batch_sise": 4})
     with pytest.raises(ConfigError, match="--train.batch_sise"):
-        Pipeline(load_distill_config(path)).run_all()
+        run_distill(load_distill_config(path))
     assert not os.path.exists(str(tmp_path / "run"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("teacher: x\nstudnt: {}\n")
@@ -92,9 +93,6 @@ def test_distill_bad_stage_flag_fails_before_any_work(tiny_dir, tiny_talking_tea
 @pytest.mark.slow
 def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_teacher, tmp_path, monkeypatch):
     """Training and scoring stages started as 2-process ZeRO-3 DeepSpeed jobs by the pipeline."""
-    from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
-
     from tiny import DEEPSPEED, free_port
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -103,7 +101,7 @@ def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_
                    launcher=" ".join(DEEPSPEED) + f" --num_gpus 2 --master_addr 127.0.0.1 --master_port {free_port()}")
     cfg = load_distill_config(path)
     cfg.common["ds.zero_stage"] = 3
-    timings = Pipeline(cfg).run_all()
+    timings = run_distill(cfg)
     assert {"dsft", "score", "dadpo", "report"} <= set(timings)
     run = cfg.run_dir
     for folder in ("dsft", "dadpo"):
@@ -149,19 +147,17 @@ def test_distill_launched_under_deepspeed_two_processes(tiny_dir, tiny_talking_t
 @pytest.mark.slow
 def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talking_teacher, tmp_path, monkeypatch):
     """A 2 x 2 daDPO grid and every baseline, from one dSFT model and one scoring pass."""
-    import openrlhf.recipes as recipes
-    from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
+    import openrlhf.recipes.score as score  # the module recipe_of("score_logps") reads
 
     calls = []
-    real = recipes.score_logps
-    monkeypatch.setattr(recipes, "score_logps", lambda cfg: calls.append(cfg) or real(cfg))
+    real = score.score_logps
+    monkeypatch.setattr(score, "score_logps", lambda cfg: calls.append(cfg) or real(cfg))
     # The talking teacher shares the student's tokenizer, so the KL baselines apply.
     path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
                    baselines={"dsft_kl": {"kd.coef": 0.1}, "ddpo": {}, "ddpo_kl": {}, "rdpo": {}, "dkto": {}},
                    sweep={"dadpo": {"model.beta": [0.1, 0.5], "teacher.beta": [0.01, 0.1]}})
     cfg = load_distill_config(path)
-    timings = Pipeline(cfg, log=lambda *a: None).run_all()
+    timings = run_distill(cfg, log=lambda *a: None)
     points = ["dadpo_b0.1_t0.01", "dadpo_b0.1_t0.1", "dadpo_b0.5_t0.01", "dadpo_b0.5_t0.1"]
     for name in ["dsft_kl", "ddpo", "ddpo_kl", "rdpo", "dkto"] + points:
         assert name in timings and os.path.exists(os.path.join(cfg.run_dir, name, "model.safetensors")), name
@@ -179,15 +175,12 @@ def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talki
     assert "kl" in read_metrics(os.path.join(run, "dkto"))[0]
     assert "kd_loss" in read_metrics(os.path.join(run, "dsft_kl"))[0]
     again = []
-    assert Pipeline(cfg, log=again.append).run_all() == {}  # finished runs are skipped
+    assert run_distill(cfg, log=again.append) == {}  # finished runs are skipped
 
 
 def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_talking_teacher, tmp_path):
     """judge: the benchmarks' answers of every model and the three judged evaluations, through a real
     (local) OpenAI-compatible endpoint; the table lands in the run's report."""
-    from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
-
     from judge_server import FakeJudge
 
     def grade(messages):
@@ -201,7 +194,7 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
         path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
                        judge={"base_url": server.url, "model": "fake-judge", "max_items": 2, "concurrency": 2})
         cfg = load_distill_config(path)
-        timings = Pipeline(cfg, log=lambda *a: None).run_all()
+        timings = run_distill(cfg, log=lambda *a: None)
     for stage in ("prompts_mtbench", "gen_teacher_mtbench", "gen_dadpo_alpacaeval", "judge_indomain",
                   "judge_mtbench", "judge_alpacaeval", "report"):
         assert stage in timings, stage
@@ -217,9 +210,6 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
 def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talking_teacher, tmp_path):
     """select_by: the grid is compared on the validation prompts only; the best point becomes run_dir/dadpo
     and is the one daDPO row of the held-out report (compared prompt by prompt with the others)."""
-    from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
-
     path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None, select_by="teacher_nll",
                    sweep={"dadpo": {"model.beta": [0.1, 0.5]}})
     with pytest.raises(ConfigError, match="select_by: needs validation prompts"):
@@ -228,7 +218,7 @@ def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talkin
     data["prompts"]["val_size"] = 4
     yaml.safe_dump(data, open(path, "w"))
     cfg = load_distill_config(path)
-    timings = Pipeline(cfg, log=lambda *_: None).run_all()
+    timings = run_distill(cfg, log=lambda *_: None)
     assert "dadpo" not in timings and {"dadpo_b0.1", "dadpo_b0.5", "gen_teacher_val", "select"} <= set(timings)
     assert "gen_dadpo_b0.1_eval" not in timings  # the grid never sees the held-out prompts
     run = cfg.run_dir
@@ -250,17 +240,147 @@ def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talkin
 def test_kl_baselines_get_the_kd_coef_default_of_train_kd(tiny_dir, tmp_path):
     """One --kd.coef default for the KL baselines: the pipeline's dsft_kl and ddpo_kl get train_kd's (0.4, as the
     README says) when their sections give none, and a section's own value wins. Planned only, nothing runs."""
-    from openrlhf.config import load_config
-    from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
-
     kd_default = load_config(["--model.model_name_or_path", "m", "--teacher.model_name_or_path", "t",
                               "--data.dataset", "d"], "kd", check_paths=False, check_packages=False).kd.coef
     assert kd_default == 0.4
     for given, want in [({}, kd_default), ({"kd.coef": 0.1}, 0.1)]:
         path = _config(tmp_path, tiny_dir, tiny_dir, baselines={"dsft_kl": dict(given), "ddpo_kl": dict(given)})
-        pipe = Pipeline(load_distill_config(path), log=lambda *a: None)
-        runs = {run.name: run for run in pipe.train_runs()}
+        plan = plan_distill(load_distill_config(path), check_packages=False)
         for name in ("dsft_kl", "ddpo_kl"):
-            cfg = pipe.stage_config(runs[name].task, *runs[name].maps, check_packages=False)
-            assert cfg.kd.coef == want, (name, given)
+            assert plan.stage(name).config.kd.coef == want, (name, given)
+
+
+# ---- the planner: the stages of a config, planned without running anything ------------------------------------
+
+
+def _plan_example(tmp_path, name: str, **changes):
+    """The plan of examples/configs/<name> (run_dir in tmp_path), with top-level keys replaced."""
+    data = yaml.safe_load(open(os.path.join(REPO, "examples", "configs", name)))
+    data.update(run_dir=str(tmp_path / "run"), **changes)
+    path = str(tmp_path / name)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)  # the order of baselines: is the order of the runs
+    return plan_distill(load_distill_config(path), check_packages=False)
+
+
+def test_plan_of_the_cpu_demo(tmp_path):
+    plan = _plan_example(tmp_path, "demo_cpu.yaml")
+    run = lambda *p: os.path.join(str(tmp_path / "run"), *p)  # noqa: E731
+    assert plan.names == ["teacher", "prompts", "student", "gen_teacher_train", "gen_student_train", "sets", "dsft",
+                          "score", "dadpo", "gen_teacher_eval", "gen_base_eval", "gen_dsft_eval", "gen_dadpo_eval",
+                          "report"]
+    assert [s.task for s in plan.stages] == ["gguf_convert", "prepare_prompts", "prune", "generate", "generate",
+                                             "build_sets", "sft", "score_logps", "dadpo", "generate", "generate",
+                                             "generate", "generate", "report"]
+    assert plan.stage("teacher").config == "smollm2" and plan.stage("teacher").outputs == (run("teacher"),)
+    prune = plan.stage("student").config
+    assert (prune.model.model_name_or_path, prune.prune.output_dir) == (run("teacher"), run("student"))
+    assert (prune.prune.mlp_ratio, prune.prune.method, prune.prune.calibration_samples) == (0.2, "activation", 32)
+    gen = plan.stage("gen_student_train").config
+    assert (gen.model.model_name_or_path, gen.data.dataset, gen.generate.output_path) == (
+        run("student"), run("prompts", "train.jsonl"), run("gen", "student_train.jsonl"))
+    assert (gen.generate.backend, gen.generate.max_new_tokens, gen.vllm.gpu_memory_utilization) == ("auto", 256, 0.15)
+    assert gen.data.apply_chat_template and gen.data.max_len == 384 and not gen.generate.ray  # common: applies
+    dsft = plan.stage("dsft").config
+    assert type(dsft) is SFTConfig
+    assert (dsft.model.model_name_or_path, dsft.data.dataset, dsft.ckpt.output_dir) == (
+        run("student"), run("sets", "sft.jsonl"), run("dsft"))
+    assert (dsft.data.input_key, dsft.data.output_key) == ("input", "output")
+    assert (dsft.train.batch_size, dsft.train.micro_batch_size, dsft.train.max_epochs, dsft.adam.lr) == (8, 4, 2, 2e-5)
+    assert (dsft.ds.zero_stage, dsft.ds.param_dtype, dsft.lr_warmup_ratio) == (0, "fp32", 0.05)
+    score = plan.stage("score").config
+    assert (score.model.model_name_or_path, score.ref.model_name_or_path, score.teacher.model_name_or_path) == (
+        run("dsft"), run("dsft"), (run("teacher"),))
+    assert (score.data.dataset, score.ckpt.output_dir) == (run("sets", "preference.jsonl"), run("scored"))
+    dadpo = plan.stage("dadpo").config
+    assert (dadpo.model.beta, dadpo.teacher.beta, dadpo.adam.lr, dadpo.train.batch_size) == (0.1, (0.01,), 5e-6, 8)
+    assert (dadpo.model.model_name_or_path, dadpo.ref.model_name_or_path, dadpo.data.dataset) == (
+        run("dsft"), run("dsft"), run("scored"))  # from pi_sft, on the cached log-probs
+    # No launcher: the training / scoring stages run on every process of this one, the others on rank 0.
+    assert [s.name for s in plan.stages if s.everywhere] == [s.name for s in plan.stages if s.job] == [
+        "dsft", "score", "dadpo"]
+    report = plan.stage("report").config
+    assert report.models == {"base": run("gen", "base_eval.jsonl"), "dSFT": run("gen", "dsft_eval.jsonl"),
+                             "daDPO": run("gen", "dadpo_eval.jsonl")}
+    assert plan.runs[0].name == "dadpo" and plan.unused == {} and plan.ray_group is None
+    assert not os.path.exists(run())  # planning writes nothing
+
+
+def test_planning_imports_no_torch_and_loads_no_model():
+    code = ("import sys; from openrlhf.pipeline.config import load_distill_config; "
+            "from openrlhf.pipeline.plan import plan_distill; "
+            "cfg = load_distill_config('examples/configs/demo_cpu.yaml'); cfg.run_dir = sys.argv[1]; "
+            "plan = plan_distill(cfg, check_packages=False); "
+            "print(len(plan.stages), 'torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, "/nonexistent/run"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": REPO}, check=True).stdout.split()
+    assert out == ["14", "False", "False"]
+
+
+def test_plan_of_the_baselines_and_sweep_with_a_launcher(tmp_path):
+    plan = _plan_example(tmp_path, "distill_qwen2.5_7b_to_1.5b_baselines_gpu.yaml")
+    run = lambda *p: os.path.join(str(tmp_path / "run"), *p)  # noqa: E731
+    points = [f"dadpo_b{b}_t{t}" for b in (0.01, 0.1, 1.0) for t in (0.001, 0.01, 0.1, 1.0)]
+    runs = ["dadpo", "dsft_kl", "ddpo", "ddpo_kl", "rdpo", "dkto"] + points
+    assert plan.names[:7] == ["prompts", "gen_teacher_train", "gen_student_train", "sets", "dsft", "score", "dadpo"]
+    assert plan.names[6:6 + len(runs)] == runs and [r.name for r in plan.runs] == runs
+    assert plan.names[-1] == "report" and "student" not in plan.names  # the student is given: nothing pruned
+    assert [plan.stage(n).task for n in runs[:6]] == ["dadpo", "kd", "dpo", "dpo", "dadpo", "kto"]
+    kl = plan.stage("dsft_kl").config
+    assert kl.kd.coef == 0.2 and kl.model.model_name_or_path == "Qwen/Qwen2.5-1.5B-Instruct"  # from the base student
+    assert (kl.data.dataset, kl.teacher.model_name_or_path) == (run("sets", "sft.jsonl"), ("Qwen/Qwen2.5-7B-Instruct",))
+    assert (kl.train.batch_size, kl.train.max_epochs, kl.adam.lr) == (32, 3, 5e-6)  # the sft: section's settings
+    assert plan.stage("ddpo_kl").config.kd.coef == 0.2 and plan.stage("ddpo").config.kd.coef == 0.0
+    assert plan.stage("rdpo").config.model.beta == 0.0 and plan.stage("dkto").config.train.micro_batch_size == 2
+    for name in points:
+        cfg = plan.stage(name).config
+        assert f"dadpo_b{cfg.model.beta}_t{cfg.teacher.beta[0]}" == name and cfg.ckpt.output_dir == run(name)
+        assert cfg.data.dataset == run("scored") and cfg.adam.lr == 5e-7
+    labels = plan.stage("report").config.models
+    assert list(labels)[:8] == ["base", "dSFT", "daDPO", "dSFT+KL", "dDPO", "dDPO+KL", "rDPO", "dKTO"]
+    assert "daDPO beta1:0.1 beta2:0.01" in labels and len(plan.stage("report").config.points) == 12
+    # A launcher: the training / scoring stages are its jobs, each started from its config's flags.
+    assert all(s.job and not s.everywhere for s in plan.stages if s.name in runs + ["dsft", "score"])
+    for name in ["dsft", "score"] + runs[:6]:
+        stage = plan.stage(name)
+        cmd = launch_command(plan.launcher, stage.task, stage.config)
+        assert cmd[:5] == ["deepspeed", "--num_gpus", "8", "--module", f"openrlhf.cli.{REGISTRY[stage.task].command}"]
+        assert load_config(cmd[5:], stage.task, check_paths=False, check_packages=False) == stage.config, name
+
+    # Baselines given as a list take no flags of their own: both KL baselines get train_kd's default.
+    names = ["dsft_kl", "ddpo", "ddpo_kl", "rdpo"]  # (dkto would take daDPO's micro-batch of 1: refused)
+    plan = _plan_example(tmp_path, "distill_qwen2.5_7b_to_1.5b_baselines_gpu.yaml", baselines=names, sweep=None)
+    assert [r.name for r in plan.runs] == ["dadpo"] + names
+    assert plan.stage("dsft_kl").config.kd.coef == plan.stage("ddpo_kl").config.kd.coef == KL_BASELINE_COEF
+
+
+def test_plan_of_a_selected_sweep_on_ray(tmp_path):
+    plan = _plan_example(tmp_path, "distill_qwen2.5_7b_to_1.5b_ray.yaml", select_by="teacher_nll",
+                         sweep={"dadpo": {"model.beta": [0.1, 0.5]}},
+                         prompts={"source": "sharegpt", "train_size": 8, "eval_size": 4, "val_size": 4})
+    assert "dadpo" not in [r.name for r in plan.runs]  # daDPO is the chosen grid point
+    i = plan.names.index("select")
+    assert plan.names[i - 3:i + 1] == ["gen_teacher_val", "gen_dadpo_b0.1_val", "gen_dadpo_b0.5_val", "select"]
+    assert "gen_dadpo_b0.1_eval" not in plan.names and "gen_dadpo_eval" in plan.names
+    assert [p.name for p in plan.stage("select").config.points] == ["dadpo_b0.1", "dadpo_b0.5"]
+    assert plan.stage("dadpo_b0.1").task == "dadpo_ray" and plan.stage("dsft").task == "sft"  # sft has no Ray trainer
+    assert plan.stage("gen_teacher_val").config.generate.ray and plan.ray_group.size >= 1
+    assert plan.stage("report").config.selected and plan.stage("report").config.points == {}
+
+
+def test_config_from_flags_reads_yaml_values_and_names_each_bad_flag():
+    cfg = config_from_flags("dadpo", {"model.model_name_or_path": "m", "data.dataset": "d", "adam.lr": "2e-5",
+                                      "adam.betas": [0.9, 0.99], "teacher.model_name_or_path": "a,b",
+                                      "teacher.beta": [0.1, 0.2], "ref.offload": True}, check_paths=False)
+    assert (cfg.adam.lr, cfg.adam.betas, cfg.teacher.model_name_or_path) == (2e-5, (0.9, 0.99), ("a", "b"))
+    assert (cfg.teacher.beta, cfg.ref.offload) == ((0.1, 0.2), True)
+    flags = config_to_flags(cfg)
+    # only what differs from train_dadpo's defaults (adam.lr 1e-5, train.batch_size 128, ...)
+    assert "--adam.lr=2e-05" in flags and "--ref.offload=true" in flags and not any("batch_size" in f for f in flags)
+    assert load_config(flags, "dadpo", check_paths=False) == cfg
+    with pytest.raises(ConfigError) as e:
+        config_from_flags("dpo", {"model.model_name_or_path": "m", "data.dataset": "d", "train.batch_sise": 8,
+                                  "adam.betas": 0.9, "model.beta": "x"}, check_paths=False)
+    assert e.value.problems == ["--train.batch_sise: unknown flag (did you mean --train.batch_size or --train.micro_batch_size?)",
+                                "--adam.betas: expected a list of 2 values (float float), got 0.9",
+                                "--model.beta: expected a float, got 'x'"]

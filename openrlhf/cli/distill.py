@@ -3,7 +3,7 @@
 Algorithm 1 of the daDPO paper from one YAML file: teacher and student responses, the
 preference and SFT sets, dSFT, (cached log-probs,) daDPO, (dDPO,) and an offline report.
 Each stage is skipped when its output is complete, so a killed run resumes where it was.
-See :mod:`openrlhf.pipeline.distill` for the stages.
+See :mod:`openrlhf.pipeline.plan` for the stages and :mod:`openrlhf.pipeline.distill` for how they run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Optional
 def main(argv: Optional[list] = None) -> None:
     from openrlhf.cli.common import ArgParser, run_main
     from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.distill import Pipeline
+    from openrlhf.pipeline.plan import plan_distill
 
     ap = ArgParser(prog="python -m openrlhf.cli.distill", description=__doc__.split("\n\n")[1])
     ap.add_argument("--config", required=True, help="the pipeline YAML (see examples/configs/demo_cpu.yaml)")
@@ -29,7 +29,10 @@ def main(argv: Optional[list] = None) -> None:
         cfg = load_distill_config(args.config)
         if args.run_dir:
             cfg.run_dir = args.run_dir
-        Pipeline(cfg).run_all(stop_after=args.stop_after)
+        plan = plan_distill(cfg)  # every stage's config checked before torch is imported
+        from openrlhf.pipeline.distill import Runner
+
+        Runner(plan).run(stop_after=args.stop_after)
 
     run_main(body)
 

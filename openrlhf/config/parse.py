@@ -278,19 +278,21 @@ def _apply_yaml(cfg: RunConfig, path: str, leaves: Dict[str, Any], sections: Set
         problems.append(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
         return
     for name, raw in _flatten_yaml(data, path, leaves, sections, problems, task).items():
-        tp = leaves[name]
-        if _tuple_len(tp) > 0 and not isinstance(raw, list):
-            problems.append(f"{path}: key {name}: expected a list of {_tuple_len(tp)} values ({_type_name(tp)}), "
-                            f"got {raw!r}")
-            bad.add(name)
-            continue
         try:
-            value = _parse_value(tp, raw if isinstance(raw, list) and _tuple_len(tp) else [raw])
+            value = _yaml_value(leaves[name], raw)
         except ValueError as e:
             problems.append(f"{path}: key {name}: {e}")
             bad.add(name)
             continue
         _set(cfg, name, value)
+
+
+def _yaml_value(tp: Any, raw: Any) -> Any:
+    """One field's value as a YAML mapping gives it (a list for tuple fields); ValueError with a short reason."""
+    n = _tuple_len(tp)
+    if n > 0 and not isinstance(raw, list):
+        raise ValueError(f"expected a list of {n} values ({_type_name(tp)}), got {raw!r}")
+    return _parse_value(tp, raw if isinstance(raw, list) and n else [raw])
 
 
 # ---------------------------------------------------------------------------
@@ -425,11 +427,78 @@ def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = Tru
         given[name] = given[name] + value if name in given and _tuple_len(leaves[name]) < 0 else value
     for name, value in given.items():
         _set(cfg, name, value)
-    problems += [p for p in validate(cfg, check_paths=check_paths, check_packages=check_packages)
-                 if not any(p.startswith(f"--{b}:") for b in bad)]
+    return _validated(cfg, problems, bad, check_paths, check_packages)
+
+
+def config_from_flags(task: str, flags: Dict[str, Any], *, check_paths: bool = True,
+                      check_packages: bool = True) -> Any:
+    """The validated config root of ``task`` from a mapping of dotted flag names to values, each read
+    as a ``--config`` file's value of that flag is (``{"train.batch_size": 8, "adam.lr": "1e-5",
+    "adam.betas": [0.9, 0.95]}``): how the distillation pipeline builds its stages' configs from
+    its YAML sections. Raises :class:`ConfigError` listing every problem, each naming its flag
+    (``--train.batch_sise: unknown flag (did you mean --train.batch_size?)``)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    root = TASK_CONFIGS[task]
+    leaves, _ = _leaf_types(root)
+    problems: List[str] = []
+    bad: Set[str] = set()
+    cfg = root()
+    for name, raw in flags.items():
+        if name not in leaves:
+            problems.append(f"--{name}: unknown flag{_unknown(name, sorted(leaves), task, '--')}")
+            continue
+        try:
+            _set(cfg, name, _yaml_value(leaves[name], raw))
+        except ValueError as e:
+            problems.append(f"--{name}: {e}")
+            bad.add(name)
+    return _validated(cfg, problems, bad, check_paths, check_packages)
+
+
+def _validated(cfg: RunConfig, problems: List[str], bad: Set[str], check_paths: bool, check_packages: bool) -> Any:
+    """``cfg`` after :func:`validate`, or :class:`ConfigError` with ``problems`` and the checks' own (a field
+    whose given value was rejected is not checked again)."""
+    problems = problems + [p for p in validate(cfg, check_paths=check_paths, check_packages=check_packages)
+                           if not any(p.startswith(f"--{b}:") for b in bad)]
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def config_to_flags(cfg: RunConfig) -> List[str]:
+    """The command-line flags that rebuild ``cfg`` (``load_config(config_to_flags(cfg), task)`` gives an
+    equal config): one per field whose value differs from the task root's default, ``--name=value``
+    (``--name v1 v2 ...`` for tuples). For a process boundary, e.g. a pipeline stage started as a
+    DeepSpeed job. ValueError for a value no flag can express (an empty list over a non-empty
+    default, a list item holding a comma)."""
+    leaves, _ = _leaf_types(type(cfg))
+    default = type(cfg)()
+    argv: List[str] = []
+    for name, tp in leaves.items():
+        value, base = _get(cfg, name), _get(default, name)
+        if value == base:
+            continue
+        if _tuple_len(tp):
+            items = [_flag_text(v) for v in value]
+            if not items or (_is_list(tp) and any("," in v for v in items)) or any(v.startswith("--") for v in items):
+                raise ValueError(f"--{name}: {value!r} cannot be given as a flag")
+            argv += [f"--{name}", *items]
+        else:
+            argv.append(f"--{name}={_flag_text(value)}")
+    return argv
+
+
+def _get(cfg: Any, name: str) -> Any:
+    for part in name.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _flag_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def format_help(task: str) -> str:

@@ -1,9 +1,10 @@
 """The distillation pipeline's config: one YAML file for Algorithm 1.
 
 Stage settings (``common``, ``generate``, ``sft``, ``dadpo``, ``ddpo``, ``score``) are
-dotted flags of the stage CLIs (``train.batch_size: 8``, ``adam.lr: 1e-5``) so they mean
-exactly what they mean on the command line; they are checked by the same parser, all at
-once, before any stage runs.
+dotted flags of the stage CLIs (``train.batch_size: 8``, ``adam.lr: 1e-5``), each value read as
+a ``--config`` file of that CLI reads it. :func:`openrlhf.pipeline.plan.plan_distill` turns them
+into each stage's typed task config (the registry's roots), all checked at once before any
+stage runs.
 """
 
 from __future__ import annotations
@@ -271,19 +272,3 @@ def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
         return problems + [f"{path}: judge: {e}"]
     judge_section_problems(jc, lambda ok, flag, msg: ok or problems.append(f"{path}: {flag}: {msg}"))
     return problems
-
-
-def to_flags(*mappings: Dict[str, Any]) -> List[str]:
-    """Dotted-flag mappings (later ones win) -> an argv list for :func:`load_config`."""
-    merged: Dict[str, Any] = {}
-    for m in mappings:
-        merged.update(m or {})
-    argv: List[str] = []
-    for k, v in merged.items():
-        if isinstance(v, bool):
-            argv += [f"--{k}", "true" if v else "false"]
-        elif isinstance(v, (list, tuple)):
-            argv += [f"--{k}", *[str(x) for x in v]]
-        else:
-            argv += [f"--{k}={v}"]
-    return argv
