@@ -15,7 +15,7 @@ from openrlhf.config.parse import config_from_flags, config_to_flags
 from openrlhf.config.schema import KL_BASELINE_COEF, REGISTRY, SFTConfig
 from openrlhf.pipeline.config import load_distill_config
 from openrlhf.pipeline.distill import launch_command, run_distill
-from openrlhf.pipeline.plan import plan_distill
+from openrlhf.pipeline.plan import STEPS, plan_distill
 
 from tiny import REPO, read_metrics
 
@@ -272,6 +272,7 @@ def test_plan_of_the_cpu_demo(tmp_path):
     assert [s.task for s in plan.stages] == ["gguf_convert", "prepare_prompts", "prune", "generate", "generate",
                                              "build_sets", "sft", "score_logps", "dadpo", "generate", "generate",
                                              "generate", "generate", "report"]
+    assert all(s.task in REGISTRY or s.task in STEPS for s in plan.stages)
     assert plan.stage("teacher").config == "smollm2" and plan.stage("teacher").outputs == (run("teacher"),)
     prune = plan.stage("student").config
     assert (prune.model.model_name_or_path, prune.prune.output_dir) == (run("teacher"), run("student"))

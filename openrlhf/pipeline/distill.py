@@ -144,10 +144,11 @@ class Runner:
 
     # ---- executing one stage -----------------------------------------------------------------
     def execute(self, stage: Stage) -> None:
-        if stage.task in REGISTRY:
-            self._task(stage)
-        else:
-            getattr(self, "_" + stage.task)(stage)
+        """Run one stage now: a registry task through :meth:`_task`, else the pipeline's own step (STEPS)."""
+        steps = {"gguf_convert": self._gguf_convert, "prepare_prompts": self._prepare_prompts,
+                 "build_sets": self._build_sets, "eval_prompts": self._eval_prompts, "select": self._select,
+                 "report": self._report}
+        (self._task if stage.task in REGISTRY else steps[stage.task])(stage)
 
     def _task(self, stage: Stage) -> None:
         """A registry task: a training / scoring job through ``launcher:`` (Ray, or a command), else here."""
