@@ -385,3 +385,16 @@ def test_config_from_flags_reads_yaml_values_and_names_each_bad_flag():
     assert e.value.problems == ["--train.batch_sise: unknown flag (did you mean --train.batch_size or --train.micro_batch_size?)",
                                 "--adam.betas: expected a list of 2 values (float float), got 0.9",
                                 "--model.beta: expected a float, got 'x'"]
+
+
+def test_a_value_no_flag_can_carry_is_refused_when_planning_for_a_launcher(tmp_path):
+    """Under launcher: a stage runs as its own command built from its config: a value that no flag can give
+    (an empty list over a non-empty default) is a planning error naming the stage, before anything runs."""
+    sft = yaml.safe_load(open(os.path.join(REPO, "examples", "configs", "distill_qwen2.5_7b_to_1.5b_gpu.yaml")))["sft"]
+    with pytest.raises(ConfigError) as e:
+        _plan_example(tmp_path, "distill_qwen2.5_7b_to_1.5b_gpu.yaml", sft={**sft, "ds.lora.target_modules": []})
+    assert e.value.problems == ["dsft stage: --ds.lora.target_modules: () cannot be given as a flag (launcher: starts "
+                                "this stage as its own command)"]
+    plan = _plan_example(tmp_path, "distill_qwen2.5_7b_to_1.5b_gpu.yaml", sft={**sft, "ds.lora.target_modules": []},
+                         launcher="")  # in this process the config is handed over as it is
+    assert plan.stage("dsft").config.ds.lora.target_modules == ()

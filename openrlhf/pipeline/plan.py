@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from openrlhf.config.parse import ConfigError, config_from_flags, task_flags
+from openrlhf.config.parse import ConfigError, config_from_flags, config_to_flags, task_flags
 from openrlhf.config.schema import KL_BASELINE_COEF, REGISTRY, JudgeTaskConfig, RayGroupConfig, RaySettings, RunConfig
 from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
 from openrlhf.pipeline.config import (
@@ -209,9 +209,15 @@ class _Planner:
         return (REGISTRY[task].ray or task) if self.on_ray else task
 
     def training(self, name: str, task: str, *mappings: Optional[Dict[str, Any]], inputs=(), outputs=()) -> Stage:
+        config = self.build(f"{name} stage", task, *mappings)
+        if config is not None and self.cfg.launcher and not self.on_ray:
+            try:  # the job's command line is built from the config: every value must have a flag
+                config_to_flags(config)
+            except ValueError as e:
+                self.problems.append(f"{name} stage: {e} (launcher: starts this stage as its own command)")
         # With a launcher the jobs it starts do the multi-process work; this process only waits.
-        return Stage(name, task, self.build(f"{name} stage", task, *mappings), tuple(inputs),
-                     tuple(outputs) or (self.path(name),), job=True, everywhere=not self.cfg.launcher)
+        return Stage(name, task, config, tuple(inputs), tuple(outputs) or (self.path(name),), job=True,
+                     everywhere=not self.cfg.launcher)
 
     def generation(self, name: str, model: str, prompts: str, out: str) -> Stage:
         config = self.build("gen_* stages", "generate", {"model.model_name_or_path": model, "data.dataset": prompts,
