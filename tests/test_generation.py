@@ -309,6 +309,26 @@ def test_vllm_engines_get_their_own_gpus_and_a_shard(fake_vllm, monkeypatch):
         device_slices(["0", "1", "2", "3"], 3, 2)
 
 
+def test_vllm_settings_name_the_executor_and_skip_detokenizing(fake_vllm):
+    """A Ray-placed engine holds one bundle of tp GPUs; vLLM 0.32's Ray executor refuses such a bundle
+    ("Placement group bundle cannot have more than 1 GPU"), so the executor is named: ``mp`` (tp worker
+    processes inside the engine's actor) for tp > 1, ``uni`` for one GPU. Output text is never used."""
+    from openrlhf.generation.ray_engines import engine_gpus
+    from openrlhf.generation.vllm_backend import VLLMSettings, _Engine
+
+    for tp, backend in ((1, "uni"), (2, "mp"), (4, "mp")):
+        s = VLLMSettings(model="m", tp_size=tp, dtype="bfloat16", gpu_memory_utilization=0.5, seed=3,
+                         temperature=0.0, top_p=1.0, top_k=-1, max_tokens=4, batch_size=2, stop_ids=[7, 8])
+        engine = _Engine(s)
+        assert engine.llm.kw == {"tensor_parallel_size": tp, "dtype": "bfloat16", "gpu_memory_utilization": 0.5,
+                                 "seed": 3, "distributed_executor_backend": backend}
+        assert engine.params.kw == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 4,
+                                    "stop_token_ids": [7, 8], "detokenize": False}
+        # one bundle (one node, one actor) of all tp GPUs per vLLM engine; one GPU per hf engine; none on CPUs
+        assert engine_gpus("vllm", tp, True) == tp and engine_gpus("hf", tp, True) == 1
+        assert engine_gpus("vllm", tp, False) == 0
+
+
 def test_a_failing_vllm_engine_stops_the_run_with_its_traceback(fake_vllm, monkeypatch):
     from openrlhf.generation.vllm_backend import VLLMSettings, run_vllm
 
