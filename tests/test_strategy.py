@@ -84,6 +84,52 @@ def test_sampler_rejects_bad_consumed_samples():
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_grad_accum_dtype_is_refused_where_deepspeed_would_refuse_it(stage):
+    """Without ZeRO, DeepSpeed accumulates gradients only in the model's dtype: its optimizer check in
+    ``deepspeed.initialize`` raises NotImplementedError for any other grad_accum_dtype. Validation refuses
+    exactly those settings, checked against DeepSpeed's own check."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+    class Engine:  # what DeepSpeed's check reads of an engine without ZeRO
+        pipeline_parallelism = False
+
+        def __init__(self, model, accum):
+            self.types = (dtypes[model], dtypes[accum])
+
+        def get_data_types(self):
+            return self.types
+
+        def zero_optimization(self):
+            return False
+
+    for param in dtypes:
+        for accum in dtypes:
+            found = [p for p in ds_problems(DSConfig(zero_stage=stage, param_dtype=param, grad_accum_dtype=accum))
+                     if p.startswith("--ds.grad_accum_dtype")]
+            if stage > 0:
+                assert found == []
+                continue
+            try:
+                DeepSpeedEngine._do_optimizer_sanity_check(Engine(param, accum), None)
+                deepspeed_refuses = False
+            except NotImplementedError:
+                deepspeed_refuses = True
+            assert bool(found) == deepspeed_refuses == (param != accum), (param, accum, found)
+            if found:
+                assert "--ds.zero_stage 1, 2 or 3" in found[0] and f"--ds.param_dtype {param}" in found[0]
+
+
+def test_flash_attention_with_fp32_is_refused():
+    for name in ("flash_attention_2", "flash_attention_3"):
+        found = ds_problems(DSConfig(param_dtype="fp32", attn_implementation=name), training=False)
+        assert len(found) == 1 and found[0].startswith(f"--ds.attn_implementation {name}") and "fp32" in found[0]
+        assert ds_problems(DSConfig(param_dtype="bf16", attn_implementation=name)) == []
+    assert ds_problems(DSConfig(param_dtype="fp32", attn_implementation="auto")) == []
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("offload", [False, True])
 def test_ds_config_dicts(stage, dtype, offload):

@@ -77,6 +77,16 @@ def ds_problems(ds: DSConfig, training: bool = True) -> List[str]:
     if ds.attn_implementation not in ATTN_IMPLEMENTATIONS:
         p.append(f"--ds.attn_implementation: unknown {ds.attn_implementation!r}; expected one of "
                  f"{', '.join(ATTN_IMPLEMENTATIONS)}")
+    if (training and ds.zero_stage == 0 and getattr(ds, "grad_accum_dtype", "") in PARAM_DTYPES
+            and ds.param_dtype in PARAM_DTYPES and ds.grad_accum_dtype != ds.param_dtype):
+        # DeepSpeed without ZeRO accumulates gradients in the model's dtype only (engine.py: "unsupported mix
+        # of model_dtype and grad_accum_dtype", raised in deepspeed.initialize).
+        p.append(f"--ds.grad_accum_dtype: {ds.grad_accum_dtype} with --ds.param_dtype {ds.param_dtype} needs "
+                 f"--ds.zero_stage 1, 2 or 3 (without ZeRO DeepSpeed accumulates gradients in the model's dtype); "
+                 f"leave it unset or set it to {ds.param_dtype}")
+    if ds.attn_implementation in ("flash_attention_2", "flash_attention_3") and ds.param_dtype == "fp32":
+        p.append(f"--ds.attn_implementation {ds.attn_implementation}: flash-attention runs bf16 or fp16 only, and "
+                 "--ds.param_dtype is fp32; use --ds.param_dtype bf16, or sdpa / auto (auto picks sdpa for fp32)")
     if training and ds.adam_offload and ds.zero_stage == 0:
         p.append("--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
     return p
