@@ -6,7 +6,8 @@ the log-prob of token t is read from the logits at position t-1.
 
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -97,6 +98,35 @@ class _Outputs:
         self.logits, self.aux_loss = logits, aux_loss
 
 
+@contextmanager
+def kept_rows_only(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
+    """While active, the model's output head sees only the hidden states at the ``keep`` positions
+    (``keep`` [B, T] bool): a forward returns logits ``[1, N, V]`` for the N kept positions in
+    row-major order instead of ``[B, T, V]``.
+
+    Done with a forward pre-hook on the output embeddings rather than with ``logits_to_keep``, which
+    transformers accepts as a tensor only from 5.21 on, and which forwards that replace the model's
+    own (Liger's) slice with an expression a boolean mask breaks. Whatever runs after the head in the
+    model's forward (logit soft-capping, scaling, the MoE router loss) runs unchanged."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None): "
+                         "not a causal LM with an output head")
+
+    def select(module: nn.Module, args: tuple):
+        hidden = args[0]
+        if tuple(hidden.shape[:2]) != tuple(keep.shape):
+            raise RuntimeError(f"the output head of {type(model).__name__} got hidden states of shape "
+                               f"{tuple(hidden.shape)}, expected [B, T, H] with [B, T] = {tuple(keep.shape)}")
+        return (hidden[keep].unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _per_sequence(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor) -> _Outputs:
     """A packed row (``position_ids`` restarting at 0 per sequence) run one sequence at a time: no padding
     and no [L x L] block-diagonal mask (sdpa / eager would compute it whole, a cost quadratic in the
@@ -105,12 +135,9 @@ def _per_sequence(model: nn.Module, input_ids: torch.Tensor, position_ids: torch
     starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [position_ids.shape[1]]
     parts, aux, weights = [], [], []
     for s, e in zip(starts[:-1], starts[1:]):
-        k = keep[:, s:e]
-        out = model(input_ids=input_ids[:, s:e], use_cache=False, logits_to_keep=k)
-        logits = out.logits.reshape(-1, out.logits.shape[-1])
-        if logits.shape[0] != int(k.sum()):  # a model that ignores a boolean logits_to_keep
-            logits = out.logits[0][k[0]]
-        parts.append(logits)
+        with kept_rows_only(model, keep[:, s:e]):
+            out = model(input_ids=input_ids[:, s:e], use_cache=False)
+        parts.append(out.logits.reshape(-1, out.logits.shape[-1]))
         if getattr(out, "aux_loss", None) is not None:
             aux.append(out.aux_loss)
             weights.append(e - s)
@@ -123,8 +150,8 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
                        position_ids: Optional[torch.Tensor] = None, keep_output: bool = False):
     """(token_logps [B, T-1] zeroed outside the response, response mask [B, T-1]).
 
-    Only the logits that predict response tokens are computed (the model's ``logits_to_keep``),
-    and their log-probs are taken a chunk at a time (:func:`selected_logps`). A packed batch
+    Only the logits that predict response tokens are computed (:func:`kept_rows_only`), and their
+    log-probs are taken a chunk at a time (:func:`selected_logps`). A packed batch
     (``attention_mask`` None, ``position_ids`` restarting per sequence) runs in one call with
     flash-attention (varlen) or with activation checkpointing on, else one sequence at a time
     (:func:`_per_sequence`); both without padding.
@@ -138,12 +165,9 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
         out = _per_sequence(model, input_ids, position_ids, keep)
         logits = out.logits
     else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                    logits_to_keep=keep)
+        with kept_rows_only(model, keep):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         logits = out.logits.reshape(-1, out.logits.shape[-1])
-    n = int(mask.sum())
-    if logits.shape[0] != n:  # a model that ignores a boolean logits_to_keep: select the positions here
-        logits = out.logits[:, :-1][mask]
     picked = selected_logps(logits, input_ids[:, 1:][mask])
     token_logps = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
     result = (token_logps, mask)
