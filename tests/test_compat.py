@@ -620,6 +620,21 @@ def test_ckpt_max_mem_deletes_the_oldest_checkpoints(tmp_path):
     assert ckpt_io.prune(ck, max_num=10, keep_tag="global_step3", max_gb=1.0) == []
 
 
+def test_attn_auto_picks_flash_only_for_half_precision_on_cuda(monkeypatch):
+    """flash-attn refuses fp32 at its first forward: ``auto`` picks it only for bf16 / fp16 models on a CUDA
+    machine that has it (the CUDA machine and the package are pretended here)."""
+    from openrlhf.models import actor
+    from openrlhf.utils import errors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(errors, "has_package", lambda module: module == "flash_attn")
+    for dtype, want in ((torch.bfloat16, "flash_attention_2"), (torch.float16, "flash_attention_2"),
+                        (torch.float32, "sdpa"), (None, "sdpa")):
+        assert actor.resolve_attn_implementation("auto", dtype) == want, dtype
+    monkeypatch.setattr(errors, "has_package", lambda module: False)
+    assert actor.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"
+
+
 def test_attn_auto_is_sdpa_on_a_cpu(tiny_dir):
     from openrlhf.models.actor import Actor, resolve_attn_implementation
 

@@ -192,13 +192,15 @@ def apply_lora(model: nn.Module, lora, gradient_checkpointing: bool = False) -> 
     return get_peft_model(model, config)
 
 
-def resolve_attn_implementation(name: str) -> str:
-    """``auto``: flash_attention_2 on a CUDA machine where flash-attn is installed, else sdpa (what
-    a CPU runs). Any other name is checked for its package and returned."""
+def resolve_attn_implementation(name: str, dtype: Optional[torch.dtype] = None) -> str:
+    """``auto``: flash_attention_2 for a bf16 / fp16 model (``dtype``) on a CUDA machine where flash-attn is
+    installed, else sdpa (flash-attn refuses fp32 at the first forward; a CPU runs sdpa). Any other name
+    is checked for its package and returned (validation refuses flash with fp32 before this)."""
     from openrlhf.utils.errors import has_package, require_package
 
     if name == "auto":
-        return "flash_attention_2" if torch.cuda.is_available() and has_package("flash_attn") else "sdpa"
+        half = dtype in (torch.bfloat16, torch.float16)
+        return "flash_attention_2" if half and torch.cuda.is_available() and has_package("flash_attn") else "sdpa"
     if name == "flash_attention_2":
         require_package("flash_attn", "--ds.attn_implementation flash_attention_2 (use sdpa without it)")
     if name == "flash_attention_3":
@@ -238,7 +240,7 @@ class Actor(nn.Module):
 
         from openrlhf.utils.errors import UserError
 
-        kwargs = dict(dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation))
+        kwargs = dict(dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, dtype))
         if load_in_4bit:
             if not torch.cuda.is_available():
                 raise UserError("--ds.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA GPU")
