@@ -242,3 +242,17 @@ def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talkin
     assert "daDPO is daDPO" in open(os.path.join(run, "report", "report.md")).read()
     for name in ("sweep.json", "sweep.png", "report.md"):
         assert os.path.exists(os.path.join(run, "report", "validation", name))
+
+
+def test_report_stages_score_in_the_runs_dtype():
+    """select_by and the report score with the teacher in the run's ds.param_dtype (bf16 on a GPU unless
+    common: says otherwise), not in fp32 (evaluate_responses itself runs fp32 on a CPU)."""
+    from types import SimpleNamespace
+
+    from openrlhf.pipeline.distill import Pipeline
+
+    def dtype(common):
+        return Pipeline(SimpleNamespace(common=common, run_dir="r"), log=lambda *a: None).eval_dtype()
+
+    assert dtype({}) == "bf16" and dtype({"ds.param_dtype": "fp32"}) == "fp32"
+    assert dtype({"ds.param_dtype": "fp16"}) == "fp16"
