@@ -91,6 +91,20 @@ def _checkpointing(model: nn.Module) -> bool:
     return False
 
 
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """The flash-attention varlen arguments of a packed row (``position_ids`` [1, T] restarting at 0 per
+    sequence): ``cu_seq_lens_q/k`` (int32 sequence boundaries, [n + 1]) and ``max_length_q/k`` (the
+    longest sequence, a Python int). Passed to the model's forward, they reach every attention layer, so
+    transformers does not derive them again from ``position_ids`` in each layer, and the length is an int
+    (transformers' own is a tensor that flash-attn reads back to the host in every layer: one host sync
+    per layer and forward; here one per batch)."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()
+    cu = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+
+
 class _Outputs:
     """The parts of a model output that :func:`masked_token_logps` uses."""
 
@@ -153,7 +167,8 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     Only the logits that predict response tokens are computed (:func:`kept_rows_only`), and their
     log-probs are taken a chunk at a time (:func:`selected_logps`). A packed batch
     (``attention_mask`` None, ``position_ids`` restarting per sequence) runs in one call with
-    flash-attention (varlen) or with activation checkpointing on, else one sequence at a time
+    flash-attention (varlen, its sequence boundaries computed once: :func:`varlen_kwargs`) or with
+    activation checkpointing on, else one sequence at a time
     (:func:`_per_sequence`); both without padding.
     ``response_logits`` (a slice of rows of a padded batch, e.g. ``slice(0, B)``): also return the
     logits that predict the response tokens of those rows, ``[N, V]`` in row-major order (for a
@@ -165,8 +180,11 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
         out = _per_sequence(model, input_ids, position_ids, keep)
         logits = out.logits
     else:
+        packed = position_ids is not None and attention_mask is None and _varlen_attention(model)
+        extra = varlen_kwargs(position_ids) if packed else {}
         with kept_rows_only(model, keep):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                        **extra)
         logits = out.logits.reshape(-1, out.logits.shape[-1])
     picked = selected_logps(logits, input_ids[:, 1:][mask])
     token_logps = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
