@@ -105,6 +105,15 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict:
     return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
 
 
+def _zero3_partitioned(model: nn.Module) -> bool:
+    """Whether the weights are ZeRO-3 partitioned: every forward then gathers each layer's weights
+    collectively, so every rank must run the same forwards. A packed row runs as one forward then
+    (ranks' packed rows hold different numbers of sequences with dynamic batches: one forward per
+    sequence left the ranks' collectives unmatched, a hang)."""
+    first = next(model.parameters(), None)
+    return first is not None and hasattr(first, "ds_id")
+
+
 class _Outputs:
     """The parts of a model output that :func:`masked_token_logps` uses."""
 
@@ -167,8 +176,9 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     Only the logits that predict response tokens are computed (:func:`kept_rows_only`), and their
     log-probs are taken a chunk at a time (:func:`selected_logps`). A packed batch
     (``attention_mask`` None, ``position_ids`` restarting per sequence) runs in one call with
-    flash-attention (varlen, its sequence boundaries computed once: :func:`varlen_kwargs`) or with
-    activation checkpointing on, else one sequence at a time
+    flash-attention (varlen, its sequence boundaries computed once: :func:`varlen_kwargs`), with
+    activation checkpointing on or with ZeRO-3 partitioned weights (a block-diagonal mask from the
+    position ids for sdpa / eager), else one sequence at a time
     (:func:`_per_sequence`); both without padding.
     ``response_logits`` (a slice of rows of a padded batch, e.g. ``slice(0, B)``): also return the
     logits that predict the response tokens of those rows, ``[N, V]`` in row-major order (for a
@@ -176,7 +186,8 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     mask = loss_mask[:, 1:].bool()
     keep = torch.zeros_like(loss_mask, dtype=torch.bool)
     keep[:, :-1] = mask
-    if position_ids is not None and attention_mask is None and not (_varlen_attention(model) or _checkpointing(model)):
+    one_call = _varlen_attention(model) or _checkpointing(model) or _zero3_partitioned(model)
+    if position_ids is not None and attention_mask is None and not one_call:
         out = _per_sequence(model, input_ids, position_ids, keep)
         logits = out.logits
     else:
