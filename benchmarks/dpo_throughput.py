@@ -39,6 +39,8 @@ from typing import Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from interleave import matmul_peak_flops  # noqa: E402  (benchmarks/interleave.py, beside this file)
+
 CONFIGS = ["ours_dpo", "ours_dpo_cached", "ours_dpo_packed", "ours_dpo_packed_cached", "ours_dadpo",
            "ours_dadpo_cached", "ours_dadpo_packed", "trl_dpo", "trl_dpo_cached"]
 
@@ -113,28 +115,6 @@ def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict
         if len(pairs) == n:
             return pairs
     raise SystemExit(f"only {len(pairs)} ShareGPT pairs fit max_len {max_len}")
-
-
-def matmul_peak_flops(dtype: str = "fp32", size: int = 2048, reps: int = 8) -> float:
-    """FLOP/s of a square matmul in ``dtype`` on this process's device / threads (best of ``reps``)."""
-    import torch
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if dev == "cuda":
-        size = 8192
-    t = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    a, b = torch.randn(size, size, device=dev, dtype=t), torch.randn(size, size, device=dev, dtype=t)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best
 
 
 # ---- one configuration (a child process) -------------------------------------------------------------

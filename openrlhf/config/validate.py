@@ -233,7 +233,8 @@ def _generate(cfg: GenerateTaskConfig, need: Need) -> None:
     need(v.num_engines >= 1, "vllm.num_engines", f"must be >= 1, got {v.num_engines}")
     need(0 < v.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
          f"must be in (0, 1], got {v.gpu_memory_utilization}")
-    need(v.num_engines == 1 or g.backend == "vllm" or g.ray, "vllm.num_engines",
+    need(v.max_model_len >= 0, "vllm.max_model_len", f"must be >= 0 (0: the model's own), got {v.max_model_len}")
+    need(v.num_engines == 1 or g.backend != "hf" or g.ray, "vllm.num_engines",
          "several hf engines run as Ray actors only: add --generate.ray (or use --generate.backend vllm)")
 
 

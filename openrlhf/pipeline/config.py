@@ -258,6 +258,13 @@ def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
     tasks = cfg.judge.get("tasks", list(JUDGE_TASKS))
     if not isinstance(tasks, list) or not tasks or any(t not in JUDGE_TASKS for t in tasks):
         problems.append(f"{path}: judge.tasks: a list of {', '.join(JUDGE_TASKS)}, got {tasks!r}")
+    elif "alpacaeval" in tasks:
+        import importlib.util
+
+        if importlib.util.find_spec("alpaca_eval") is None:  # AlpacaEval 2's annotator: known before any training
+            problems.append(f"{path}: judge.tasks: alpacaeval needs the alpaca-eval package (AlpacaEval 2's "
+                            "annotator), which is not installed: pip install -e '.[alpacaeval]' in this fork's folder, or leave "
+                            "alpacaeval out of judge.tasks")
     try:
         jc, _, _ = judge_settings(cfg)
     except (TypeError, ValueError) as e:

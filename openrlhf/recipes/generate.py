@@ -15,15 +15,22 @@ prompt is answered the file is rewritten (atomically) in the order of the prompt
 
 Sampling (``--generate.temperature`` > 0) is seeded once with ``--train.seed``: an
 uninterrupted run is reproducible; a resumed run samples its remaining prompts afresh.
+
+A prompt row may carry its own ``temperature`` and ``max_new_tokens`` (the MT-Bench / AlpacaEval
+prompt files of ``python -m openrlhf.cli.eval_prompts`` carry FastChat's: by MT-Bench category, 1024
+new tokens); they apply to that row unless ``--generate.row_settings false``. Rows are answered in
+one group per distinct setting (the model loaded once per group).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from openrlhf.config.schema import GenerateTaskConfig
+from openrlhf.generation.vllm_backend import resolve_backend
 
 
 def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
@@ -46,6 +53,49 @@ def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
     from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings
 
     return VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=cfg.vllm.num_engines)
+
+
+def row_sampling(cfg: GenerateTaskConfig, rows, items) -> List[Tuple[float, int]]:
+    """(temperature, max_new_tokens) of every item: the row's own ``temperature`` / ``max_new_tokens``
+    when it has them and ``--generate.row_settings`` is on (the benchmark prompt files of
+    ``eval_prompts`` carry FastChat's settings), else ``--generate.temperature`` /
+    ``--generate.max_new_tokens``. A bad value is a DataError naming the row."""
+    from openrlhf.datasets.loading import DataError
+
+    g = cfg.generate
+    out, bad = [], []
+    for it in items:
+        row = rows[it.index] if g.row_settings else {}
+        t, m = row.get("temperature", g.temperature), row.get("max_new_tokens", g.max_new_tokens)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+            bad.append(f"{it.where}: temperature must be a number >= 0, got {t!r}")
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            bad.append(f"{it.where}: max_new_tokens must be an integer >= 1, got {m!r}")
+        out.append((float(t), m))
+    if bad:
+        raise DataError(f"--data.dataset {cfg.data.dataset}: {len(bad)} bad sampling settings (or set "
+                        f"--generate.row_settings false to use --generate.*): " + "; ".join(bad[:5]))
+    return out
+
+
+def sampling_groups(cfg: GenerateTaskConfig, rows, items, pending: List[int], log=print):
+    """(config, pending positions) per distinct (temperature, max_new_tokens) of the pending items, in
+    order of first appearance; one group with ``cfg`` itself when every row uses ``--generate.*``."""
+    settings = row_sampling(cfg, rows, items)
+    groups: Dict[Tuple[float, int], List[int]] = {}
+    for k in pending:
+        groups.setdefault(settings[k], []).append(k)
+    g = cfg.generate
+    out = []
+    for (temp, max_new), ks in groups.items():
+        if (temp, max_new) == (g.temperature, g.max_new_tokens):
+            out.append((cfg, ks))
+            continue
+        log(f"generate: {len(ks)} prompts with their rows' own settings: "
+            f"{'greedy' if temp == 0 else f'sampling T={temp}'}, max_new_tokens {max_new}")
+        out.append((dataclasses.replace(cfg, generate=dataclasses.replace(g, temperature=temp, max_new_tokens=max_new)),
+                    ks))
+    return out
 
 
 def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
@@ -95,6 +145,10 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
             f"(another prompt file, or ids by position?): {'; '.join(clash[:5])}; give another output path"
         )
     pending = [k for k, it in enumerate(items) if it.id not in finished]
+    backend = resolve_backend(g.backend, cfg.vllm.num_engines, g.ray, log) if pending else g.backend
+    if backend != g.backend:  # --generate.backend auto, resolved (and said) above
+        cfg = dataclasses.replace(cfg, generate=dataclasses.replace(g, backend=backend))
+        g = cfg.generate
     n_before = sum(1 for it in items if it.id in finished)
     log(f"generate: {len(items)} {'multi-turn ' if multi else ''}prompts, {n_before} already in {g.output_path}, "
         f"{len(pending)} to generate (backend {g.backend}, "
@@ -103,9 +157,10 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
 
     new_tokens = 0
     elapsed = 0.0
-    if pending:
-        gen = _backend(cfg, tokenizer, stop_ids, log)
-        start = time.perf_counter()
+    all_pending = pending
+    for group_cfg, pending in sampling_groups(cfg, rows, items, all_pending, log):
+        gen = _backend(group_cfg, tokenizer, stop_ids, log)
+        start, before = time.perf_counter(), elapsed
         try:
             if multi:
                 renderer = PromptRenderer.from_data_config(tokenizer, d, model_path=model_path)
@@ -127,7 +182,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                             answers[todo[pos]].append((tokenizer.decode(content, skip_special_tokens=True), finish, n_tok))
                             new_tokens += n_tok
                         bar.update(len(results))
-                        bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
+                        bar.set_postfix(tok_s=f"{new_tokens / max(before + time.perf_counter() - start, 1e-9):.1f}")
                     bar.close()
                 rows_out = []
                 for k in pending:
@@ -139,7 +194,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                 out.append(rows_out)
                 for r in rows_out:
                     finished[r[ID_KEY]] = r
-                elapsed = time.perf_counter() - start
+                elapsed = before + time.perf_counter() - start
             else:
                 bar = tqdm(total=len(pending), desc=f"generate {g.backend}", unit="prompt", dynamic_ncols=True)
                 try:
@@ -160,7 +215,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                         out.append(rows_out)
                         for r in rows_out:
                             finished[r[ID_KEY]] = r
-                        elapsed = time.perf_counter() - start
+                        elapsed = before + time.perf_counter() - start
                         bar.update(len(rows_out))
                         bar.set_postfix(tok_s=f"{new_tokens / max(elapsed, 1e-9):.1f}")
                 finally:
@@ -187,7 +242,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
         "backend": g.backend,
         "prompts": len(items),
         "already_done": n_before,
-        "generated": len(pending),
+        "generated": len(all_pending),
         "rows_in_output": len(wanted),
         "other_rows_in_output": len(others),
         "finish_stop": finish.get("stop", 0),

