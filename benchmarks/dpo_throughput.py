@@ -333,7 +333,7 @@ def main() -> None:
     for a_, b_ in (("ours_dpo", "trl_dpo"), ("ours_dpo_cached", "trl_dpo_cached")):
         if a_ in by and b_ in by:
             n_ = min(len(by[a_]["losses"]), len(by[b_]["losses"]))
-            diff = max(abs(x - y) for x, y in zip(by[a_]["losses"][:n_], by[b_]["losses"][:n_]))
+            diff = max(abs(x - y) for x, y in zip(by[a_]["losses"][:n_], by[b_]["losses"][:n_], strict=True))
             print(f"max |loss difference| {a_} vs {b_} over {n_} steps: {diff:.2e}")
     if a.out:
         with open(a.out, "w") as f:

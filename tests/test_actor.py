@@ -9,7 +9,14 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+)
 
 from openrlhf.models.actor import kept_rows_only, masked_token_logps
 
@@ -171,8 +178,9 @@ def test_packed_flash_path_gets_sequence_boundaries_once_per_batch():
         cu = kw["cu_seq_lens_q"].tolist()
         rep = query.shape[1] // key.shape[1]
         k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+        spans = zip(cu[:-1], cu[1:], strict=True)
         out = torch.cat([F.scaled_dot_product_attention(query[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
-                                                        scale=scaling) for s, e in zip(cu[:-1], cu[1:])], dim=2)
+                                                        scale=scaling) for s, e in spans], dim=2)
         return out.transpose(1, 2).contiguous(), None
 
     name = "flash_attention_cpu_standin"

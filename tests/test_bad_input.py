@@ -12,9 +12,9 @@ import time
 import pytest
 
 from openrlhf.config import ConfigError, load_config
-from openrlhf.utils.errors import DataError, UserError
-from tiny import (REPO, base_flags, launch_env, pref_rows, read_metrics, run_cli, score_flags, sft_rows,
-                  write_jsonl)
+from openrlhf.utils.errors import DataError
+
+from tiny import REPO, base_flags, launch_env, pref_rows, read_metrics, run_cli, score_flags, sft_rows, write_jsonl
 
 
 def _dadpo(flags):

@@ -12,8 +12,18 @@ import torch
 
 from openrlhf.config import load_config
 from openrlhf.utils.errors import DataError
-from tiny import base_flags, direct_logps, pref_rows, read_metrics, run_deepspeed, score_flags, sft_rows, train_losses
-from tiny import write_jsonl
+
+from tiny import (
+    base_flags,
+    direct_logps,
+    pref_rows,
+    read_metrics,
+    run_deepspeed,
+    score_flags,
+    sft_rows,
+    train_losses,
+    write_jsonl,
+)
 
 STEPS = ["--train.batch_size", "4", "--train.micro_batch_size", "2"]
 

@@ -12,7 +12,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _bench():
+def _bench(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # as when run as a script: its helpers beside it
     spec = importlib.util.spec_from_file_location("dpo_throughput", os.path.join(ROOT, "benchmarks", "dpo_throughput.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -20,7 +21,7 @@ def _bench():
 
 
 def test_benchmark_model_is_a_folder_or_a_fetched_hub_snapshot(tmp_path, monkeypatch):
-    bench = _bench()
+    bench = _bench(monkeypatch)
     folder = tmp_path / "my_model"
     folder.mkdir()
     assert bench.resolve_model(str(folder)) == str(folder)

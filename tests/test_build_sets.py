@@ -7,6 +7,7 @@ import os
 import pytest
 
 from openrlhf.datasets.loading import DataError
+
 from tiny import write_jsonl
 
 

@@ -14,8 +14,8 @@ import torch
 
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError, UserError
-from tiny import (base_flags, make_tiny, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses,
-                  write_jsonl)
+
+from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
 
 
 def parse(flags, task):
@@ -46,9 +46,10 @@ def run(task, flags):
 
 
 # ---- upstream's example scripts: their flags, written out here (upstream OpenRLHF 0.11.0) ----------
+# Each list is the script's `training_commands` after the module name, word for word as the v0.11.0 tag
+# (commit 3c3be62) has it, no flag edited.
 
-# examples/scripts/train_dpo_llama.sh. Upstream's copy passes `--beta 0.1`, which upstream's own parser
-# rejects too (the flag is --model.beta since the dotted names); we write the flag it means.
+# examples/scripts/train_dpo_llama.sh
 DPO_LLAMA = """--ckpt.output_dir ./checkpoint/llama3-8b-dpo --ckpt.save_steps -1 --logger.logging_steps 1
 --eval.steps -1 --train.batch_size 256 --train.micro_batch_size 1
 --model.model_name_or_path OpenRLHF/Llama-3-8b-sft-mixture --ds.param_dtype bf16 --train.max_epochs 1
@@ -296,6 +297,8 @@ def test_qlora_final_save_dequantizes_the_4bit_base_and_writes_a_plain_folder(tm
     from openrlhf.models.actor import apply_lora
     from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
 
+    from tiny import make_tiny
+
     # bitsandbytes' CPU kernels need input features >= its block size (64)
     tiny_dir = make_tiny(str(tmp_path / "base"), hidden=64)
     # what Actor.from_pretrained asks for with --ds.load_in_4bit (it refuses a machine without CUDA)
@@ -352,15 +355,29 @@ def test_qlora_final_save_dequantizes_the_4bit_base_and_writes_a_plain_folder(tm
     assert base.hf_quantizer is not None and "quantization_config" in base.config.to_dict()  # put back
 
 
-def test_4bit_and_liger_need_a_gpu_here(tiny_dir):
+def test_4bit_and_liger_need_a_gpu(tiny_dir, monkeypatch):
+    """Without a CUDA GPU (a GPU machine is made to look like a CPU one, so this runs everywhere)."""
     from openrlhf.models.actor import Actor
 
-    if torch.cuda.is_available():  # pragma: no cover - this check is for CPU machines
-        pytest.skip("a GPU machine: 4-bit and Liger may run")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="--ds.load_in_4bit: .*CUDA GPU"):
         Actor.from_pretrained(tiny_dir, load_in_4bit=True)
     with pytest.raises(UserError, match="--ds.use_liger_kernel: .*CUDA GPU"):
         Actor.from_pretrained(tiny_dir, use_liger_kernel=True)
+
+
+@pytest.mark.gpu
+def test_4bit_loads_the_base_weights_in_4_bits_on_a_gpu(tiny_dir):
+    """On a CUDA machine with bitsandbytes: --ds.load_in_4bit loads every linear layer but the head as NF4."""
+    import bitsandbytes as bnb
+
+    from openrlhf.models.actor import Actor
+
+    actor = Actor.from_pretrained(tiny_dir, dtype=torch.bfloat16, load_in_4bit=True)
+    quantised = [name for name, m in actor.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    layers = actor.model.config.num_hidden_layers
+    assert len(quantised) == 7 * layers  # q, k, v, o, gate, up, down per layer
+    assert actor.model.get_parameter(quantised[0] + ".weight").quant_state.quant_type == "nf4"
 
 
 # ---- data: mixing, multi-turn, pre-training, Anthropic HH ------------------------------------------
@@ -433,7 +450,7 @@ def test_multiturn_sft_trains_every_assistant_turn(tiny_dir):
 
 
 def test_pretrain_mode_trains_every_token_of_plain_text(tiny_dir):
-    from openrlhf.config.schema import DataConfig, SFT_INPUT_TEMPLATE
+    from openrlhf.config.schema import SFT_INPUT_TEMPLATE, DataConfig
     from openrlhf.datasets import SFTDataset
     from openrlhf.datasets.tokenizer import load_tokenizer
 
@@ -550,8 +567,9 @@ def test_wandb_key_switches_wandb_on_with_group(monkeypatch, tmp_path):
     calls = {}
     fake = types.ModuleType("wandb")
     fake.login = lambda key: calls.setdefault("login", key)
-    fake.init = lambda **kw: calls.setdefault("init", kw) and types.SimpleNamespace(log=lambda *a, **k: None,
-                                                                                     finish=lambda: None)
+    fake.init = lambda **kw: calls.setdefault("init", kw) and types.SimpleNamespace(
+        log=lambda *a, **k: None, finish=lambda: None,
+        define_metric=lambda name, **k: calls.setdefault("axes", {}).__setitem__(name, k.get("step_metric")))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setattr(metrics_logging, "require_package", lambda *a, **k: None)
     cfg = LoggerConfig(wandb=WandbConfig(key="abc123", project="p", group="g", org="o", run_name="r"))
@@ -559,6 +577,9 @@ def test_wandb_key_switches_wandb_on_with_group(monkeypatch, tmp_path):
     assert calls["login"] == "abc123"
     assert {k: calls["init"][k] for k in ("project", "group", "entity", "name")} == \
         {"project": "p", "group": "g", "entity": "o", "name": "r"}
+    # OpenRLHF's step axes: train/* against train/global_step, eval/* against eval/global_step.
+    assert calls["axes"] == {"train/global_step": None, "train/*": "train/global_step",
+                             "eval/global_step": None, "eval/*": "eval/global_step"}
     calls.clear()
     metrics_logging.MetricsLogger(str(tmp_path), LoggerConfig(wandb=WandbConfig(key="True")))
     assert "login" not in calls and "init" in calls  # "True": this machine's `wandb login`
@@ -635,10 +656,22 @@ def test_attn_auto_picks_flash_only_for_half_precision_on_cuda(monkeypatch):
     assert actor.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"
 
 
-def test_attn_auto_is_sdpa_on_a_cpu(tiny_dir):
+def test_attn_auto_is_sdpa_on_a_cpu(tiny_dir, monkeypatch):
+    """A machine without CUDA (a GPU machine is made to look like one, so this runs everywhere)."""
     from openrlhf.models.actor import Actor, resolve_attn_implementation
 
-    if torch.cuda.is_available():  # pragma: no cover
-        pytest.skip("a GPU machine")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_attn_implementation("auto") == "sdpa"
     assert Actor.from_pretrained(tiny_dir, attn_implementation="auto").model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.gpu
+def test_attn_auto_is_flash_attention_2_on_a_gpu_with_flash_attn(tiny_dir):
+    """On a CUDA machine with flash-attn (the `flash` extra), `auto` is flash_attention_2 and the model loads with it."""
+    from openrlhf.models.actor import Actor, resolve_attn_implementation
+    from openrlhf.utils.errors import has_package
+
+    assert torch.cuda.is_available() and has_package("flash_attn"), "a CUDA machine with `pip install -e .[flash]`"
+    assert resolve_attn_implementation("auto", torch.bfloat16) == "flash_attention_2"
+    actor = Actor.from_pretrained(tiny_dir, dtype=torch.bfloat16, attn_implementation="auto")
+    assert actor.model.config._attn_implementation == "flash_attention_2"

@@ -9,9 +9,18 @@ import sys
 
 import pytest
 
-from openrlhf.config import (TASK_CONFIGS, ConfigError, DADPOConfig, DPOConfig, RunConfig, SFTConfig, config_to_dict,
-                             dump_config, load_config, validate)
-from openrlhf.config.schema import SFT_INPUT_TEMPLATE, DataConfig, ModelConfig, SFTModelConfig
+from openrlhf.config import (
+    TASK_CONFIGS,
+    ConfigError,
+    DPOConfig,
+    RunConfig,
+    SFTConfig,
+    config_to_dict,
+    dump_config,
+    load_config,
+    validate,
+)
+from openrlhf.config.schema import SFT_INPUT_TEMPLATE, DataConfig, SFTModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

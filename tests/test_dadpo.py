@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from openrlhf.config import ConfigError, load_config
-from tiny import base_flags, direct_logps, read_metrics, run_deepspeed, score_flags, train_losses
-from tiny import pref_rows, write_jsonl
+
+from tiny import (
+    base_flags,
+    direct_logps,
+    pref_rows,
+    read_metrics,
+    run_deepspeed,
+    score_flags,
+    train_losses,
+    write_jsonl,
+)
 
 
 def run(task: str, flags: list):
@@ -164,6 +173,25 @@ def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_f
     assert not os.path.exists(os.path.dirname(partial))
 
 
+
+def test_scored_sides_keep_every_teacher_with_its_own_renderer(tiny_dir, tiny_teacher_same_vocab,
+                                                                tiny_teacher_other_family, pref8, tmp_path):
+    """The frozen sides of a two-teacher daDPO: the reference and both teachers, each teacher rendered with its own
+    tokenizer (the default builds them; it once dropped every teacher); a renderer list of another length is refused."""
+    from openrlhf.recipes.preference import scored_sides
+
+    teachers = f"{tiny_teacher_same_vocab},{tiny_teacher_other_family}"
+    flags = one_step_flags(tiny_dir, tiny_dir, teachers, pref8, str(tmp_path / "o"))
+    flags[flags.index("--teacher.beta") + 1] = "0.7,0.1"
+    cfg = load_config(flags, task="dadpo")
+    sides = scored_sides(cfg)
+    assert [(s.kind, s.model_path) for s in sides] == [("ref", tiny_dir), ("teacher", tiny_teacher_same_vocab),
+                                                       ("teacher_2", tiny_teacher_other_family)]
+    assert [len(s.renderer.tokenizer) for s in sides[1:]] == [400, 350]  # each teacher's own vocabulary
+    with pytest.raises(ValueError):
+        scored_sides(cfg, [sides[1].renderer])
+
+
 def test_bad_teacher_input(tiny_dir, tiny_no_template, pref8, tmp_path):
     from openrlhf.datasets import DataError
 
@@ -214,7 +242,7 @@ def test_score_logps_two_processes_zero3_equals_one_process(tiny_dir, tiny_teach
     run_deepspeed("openrlhf.cli.score_logps", two_flags)
     two = [json.loads(x) for x in open(os.path.join(str(tmp_path / "two"), "train.jsonl"))]
     assert len(two) == 7
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert a["prompt"] == b["prompt"]
         for key in ("teacher_chosen_logp", "teacher_rejected_logp", "ref_chosen_logp", "ref_rejected_logp"):
             assert b[key] == pytest.approx(a[key], abs=1e-4)

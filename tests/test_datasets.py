@@ -22,6 +22,7 @@ from openrlhf.datasets import (
     sft_collate,
     tokenize_pair,
 )
+
 from tiny import pref_rows, sft_rows, write_jsonl
 
 PROMPT = "What is the capital of France?"
@@ -215,7 +216,7 @@ def test_preference_full_conversations_without_prompt_key(tok):
     ]
     ds = PreferenceDataset(rows, tok, chat_cfg(max_len=512), "conv.jsonl")
     ref = PreferenceDataset(pref_rows(3), tok, chat_cfg(max_len=512), "str.jsonl")
-    for a, b in zip(ds, ref):
+    for a, b in zip(ds, ref, strict=True):
         assert (a["prompt_ids"], a["chosen_ids"], a["rejected_ids"]) == (b["prompt_ids"], b["chosen_ids"], b["rejected_ids"])
     assert ds[0]["prompt"] == [{"role": "user", "content": pref_rows(1)[0]["prompt"]}]
     assert ds[0]["chosen"]["role"] == "assistant"
@@ -294,14 +295,14 @@ def test_sft_loss_mask_only_on_response(tok):
 def test_sft_over_long_truncates_and_drops(tok):
     rows = sft_rows(8)
     lens = [len(tokenize_pair(tok, r["input"], r["output"], apply_chat_template=True)[0]) for r in rows]
-    max_len = sorted(lens)[len(lens) // 2] + 1  # about half the prompts fit
+    max_len = sorted(lens)[len(lens) // 2] + 3  # about half the prompts fit
     ds = SFTDataset(rows, tok, chat_cfg(max_len=max_len), "sft.jsonl")
-    dropped = sum(n >= max_len for n in lens)
+    dropped = sum(n >= max_len - 2 for n in lens)  # OpenRLHF's rule: room for 3 response tokens at least
     assert 0 < dropped < 8
     assert ds.stats["dropped_prompt_too_long"] == dropped
     assert ds.stats["kept"] == len(ds) == 8 - dropped
-    assert ds.rows_kept_indices == [i for i, n in enumerate(lens) if n < max_len]
-    assert ds.stats["truncated_response"] == len(ds)  # budget of one token: every response is cut
+    assert ds.rows_kept_indices == [i for i, n in enumerate(lens) if n < max_len - 2]
+    assert ds.stats["truncated_response"] == len(ds)  # a budget of a few tokens: every response is cut
     for it in ds:
         assert len(it["input_ids"]) == max_len and it["loss_mask"].sum() == max_len - it["prompt_len"]
     rep = ds.report()
@@ -313,7 +314,7 @@ def test_preference_over_long_truncates_and_drops(tok):
     renderer = PromptRenderer(tok, apply_chat_template=True)
     toks = [(renderer.tokenize(r["prompt"], r["chosen"]), renderer.tokenize(r["prompt"], r["rejected"])) for r in rows]
     p_lens = [len(c[0]) for c, _ in toks]
-    max_len = max(p_lens) + 3
+    max_len = max(p_lens) + 3  # the longest prompt leaves room for 3 response tokens: kept
     ds = PreferenceDataset(rows, tok, chat_cfg(max_len=max_len), "pref.jsonl")
     assert ds.stats["dropped_prompt_too_long"] == 0
     n_c = sum(len(c[0]) + len(c[1]) > max_len for c, _ in toks)
@@ -328,8 +329,8 @@ def test_preference_over_long_truncates_and_drops(tok):
         assert it["chosen_ids"] == full_c[: len(it["chosen_ids"])]
         assert it["chosen_truncated"] == (len(full_c) > len(it["chosen_ids"]))
     # Now drop the rows with the longest prompts.
-    ds2 = PreferenceDataset(rows, tok, chat_cfg(max_len=max(p_lens)), "pref.jsonl")
-    n_drop = sum(n >= max(p_lens) for n in p_lens)
+    ds2 = PreferenceDataset(rows, tok, chat_cfg(max_len=max(p_lens) + 2), "pref.jsonl")
+    n_drop = sum(n >= max(p_lens) for n in p_lens)  # >= max_len - 2 (OpenRLHF's rule)
     assert ds2.stats["dropped_prompt_too_long"] == n_drop and len(ds2) == 8 - n_drop
     assert all(p_lens[i] < max(p_lens) for i in ds2.rows_kept_indices)
     assert [it["index"] for it in ds2] == ds2.rows_kept_indices
@@ -516,10 +517,14 @@ def test_load_errors(tmp_path):
     arr.write_text('[{"a": 1}, 3]')
     with pytest.raises(DataError, match=r"arr\.json: row 2 is a JSON int"):
         load_rows(str(arr))
-    txt = tmp_path / "x.csv"
+    txt = tmp_path / "x.txt"
     txt.write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type"):
         load_rows(str(txt))
+    header_only = tmp_path / "x.csv"  # .csv is read (OpenRLHF reads it); a header alone is no data
+    header_only.write_text("a,b\n")
+    with pytest.raises(DataError, match=r"x\.csv: cannot read the csv file"):
+        load_rows(str(header_only))
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(DataError, match="holds no"):
         load_rows(str(tmp_path / "emptydir"))

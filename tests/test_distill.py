@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 import yaml
 
-from tiny import REPO, read_metrics
-
 from openrlhf.config import ConfigError
+
+from tiny import REPO, read_metrics
 
 
 def _sharegpt(path: str, n: int = 14) -> str:
@@ -95,6 +94,7 @@ def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_
     """Training and scoring stages started as 2-process ZeRO-3 DeepSpeed jobs by the pipeline."""
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
+
     from tiny import DEEPSPEED, free_port
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -185,9 +185,10 @@ def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talki
 def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_talking_teacher, tmp_path):
     """judge: the benchmarks' answers of every model and the three judged evaluations, through a real
     (local) OpenAI-compatible endpoint; the table lands in the run's report."""
-    from judge_server import FakeJudge
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
+
+    from judge_server import FakeJudge
 
     def grade(messages):
         text = messages[-1]["content"]
@@ -258,3 +259,22 @@ def test_report_stages_score_in_the_runs_dtype():
 
     assert dtype({}) == "bf16" and dtype({"ds.param_dtype": "fp32"}) == "fp32"
     assert dtype({"ds.param_dtype": "fp16"}) == "fp16"
+
+
+def test_kl_baselines_get_the_kd_coef_default_of_train_kd(tiny_dir, tmp_path):
+    """One --kd.coef default for the KL baselines: the pipeline's dsft_kl and ddpo_kl get train_kd's (0.4, as the
+    README says) when their sections give none, and a section's own value wins. Planned only, nothing runs."""
+    from openrlhf.config import load_config
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import Pipeline
+
+    kd_default = load_config(["--model.model_name_or_path", "m", "--teacher.model_name_or_path", "t",
+                              "--data.dataset", "d"], "kd", check_paths=False, check_packages=False).kd.coef
+    assert kd_default == 0.4
+    for given, want in [({}, kd_default), ({"kd.coef": 0.1}, 0.1)]:
+        path = _config(tmp_path, tiny_dir, tiny_dir, baselines={"dsft_kl": dict(given), "ddpo_kl": dict(given)})
+        pipe = Pipeline(load_distill_config(path), log=lambda *a: None)
+        runs = {run.name: run for run in pipe.train_runs()}
+        for name in ("dsft_kl", "ddpo_kl"):
+            cfg = pipe.stage_config(runs[name].task, *runs[name].maps, check_packages=False)
+            assert cfg.kd.coef == want, (name, given)

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from tiny import PREF_ROWS, write_jsonl
-
 from openrlhf.tools.evaluate import evaluate_responses, lcs_length, rouge_l, words
+
+from tiny import PREF_ROWS, write_jsonl
 
 
 def _lcs_dp(a, b):

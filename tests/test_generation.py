@@ -8,6 +8,7 @@ import pytest
 
 from openrlhf.config.parse import ConfigError, load_config
 from openrlhf.datasets.loading import DataError
+
 from tiny import write_jsonl
 
 PROMPTS = [
@@ -71,7 +72,7 @@ def test_greedy_is_deterministic_and_matches_transformers(tiny_dir, prompts_json
     # Written in prompt-file order, whatever the length-sorted batching did.
     assert [r["id"] for r in ra] == [p["id"] for p in PROMPTS]
     assert [r["response"] for r in ra] == [r["response"] for r in rb]  # batched (left-padded) == one by one
-    for row, p in zip(ra, PROMPTS):
+    for row, p in zip(ra, PROMPTS, strict=True):
         assert row["prompt"] == p["prompt"]  # kept as given (string or messages)
         assert row["model"] == tiny_dir
         assert set(row) == {"id", "prompt", "response", "model", "finish_reason", "response_tokens"}

@@ -18,6 +18,7 @@ import pytest
 from openrlhf.config import load_config
 from openrlhf.eval import judged
 from openrlhf.utils.errors import DataError, UserError
+
 from tiny import REPO, free_port, launch_env, run_cli, write_jsonl
 
 # ---- the arithmetic ----------------------------------------------------------------------------------------
@@ -197,9 +198,9 @@ def test_retry_wait_honours_retry_after_with_jitter():
 
 
 def test_client_retries_408_honours_retry_after_and_keys_the_cache_by_endpoint(tmp_path):
-    from judge_server import FakeJudge
-
     from openrlhf.eval.client import JudgeRequest
+
+    from judge_server import FakeJudge
 
     cache = str(tmp_path / "cache.jsonl")
     req = JudgeRequest("sys", "Which is better? [[A]] or [[B]]")
@@ -225,9 +226,9 @@ def test_client_retries_408_honours_retry_after_and_keys_the_cache_by_endpoint(t
 
 
 def test_client_does_not_cache_empty_or_truncated_replies(tmp_path):
-    from judge_server import FakeJudge
-
     from openrlhf.eval.client import JudgeRequest
+
+    from judge_server import FakeJudge
 
     def reply(messages):
         q = messages[-1]["content"]
@@ -306,18 +307,18 @@ def _alpaca_files(tmp_path):
         json.dump(ref, f)
     cand = write_jsonl(str(tmp_path / "cand.jsonl"),
                        [{"id": k, "prompt": i, "response": a, "finish_reason": "length" if k == 5 else "stop"}
-                        for k, (i, a) in enumerate(zip(instructions, answers))])
+                        for k, (i, a) in enumerate(zip(instructions, answers, strict=True))])
     return ref, answers, str(tmp_path / "ref.json"), cand
 
 
 def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, tmp_path, monkeypatch):
-    import pandas as pd
-    from judge_server import FakeJudge
-
     import alpaca_eval.decoders.openai as upstream_decoder
     import alpaca_eval.metrics.glm_winrate as glm
+    import pandas as pd
     from alpaca_eval import metrics, utils
     from alpaca_eval.annotators import PairwiseAnnotator
+
+    from judge_server import FakeJudge
 
     ref, answers, ref_path, cand = _alpaca_files(tmp_path)
     # A stand-in for alpaca_eval's instruction difficulties and gamed baselines (df_gamed.csv on the hub).
@@ -347,7 +348,7 @@ def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, t
     monkeypatch.setattr(upstream_decoder, "openai_completions", canned_completions)
     upstream = PairwiseAnnotator(annotators_config="weighted_alpaca_eval_gpt4_turbo", caching_path=None) \
         .annotate_head2head(outputs_1=ref, outputs_2=[{"instruction": r["instruction"], "output": a, "generator": "m1"}
-                                                      for r, a in zip(ref, answers)])
+                                                      for r, a in zip(ref, answers, strict=True)])
     up = metrics.get_winrate(upstream)
     up_lc = glm.get_length_controlled_winrate(pd.DataFrame(upstream), save_weights_dir=None)
     assert len(upstream_sent) == 7 and up["n_total"] == 7  # 8 instructions: one identical pair, one unparsed
@@ -383,7 +384,7 @@ def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, t
     assert r["length_controlled_standard_error"] == pytest.approx(float(up_lc["lc_standard_error"]), abs=1e-9)
     # Dropping the unparsed row before the GLM (as this fork once did) shifts every later instruction's
     # difficulty and gives another number: the rows must stay in order.
-    kept = pd.DataFrame([u for u, p in zip(upstream, up_prefs) if p is not None])
+    kept = pd.DataFrame([u for u, p in zip(upstream, up_prefs, strict=True) if p is not None])
     assert abs(float(glm.get_length_controlled_winrate(kept, save_weights_dir=None)["length_controlled_winrate"])
                - r["length_controlled_win_rate"]) > 1e-3
     md = open(tmp_path / "out" / "report.md").read()
@@ -419,9 +420,9 @@ def test_alpacaeval_without_alpaca_eval_is_a_one_line_error_before_any_work(tmp_
     import importlib.util
     import types
 
-    from judge_server import FakeJudge
-
     from openrlhf.pipeline.config import judge_problems
+
+    from judge_server import FakeJudge
 
     _, _, ref_path, cand = _alpaca_files(tmp_path)
     real = importlib.util.find_spec

@@ -75,3 +75,16 @@ def test_imports_go_down_the_layers(rel, path):
     upward = [f"line {line}: openrlhf.{pkg}" for line, pkg in _imports(path)
               if pkg in RANK and pkg != own and RANK[pkg] >= RANK[own] and not (RANK[own] == 0 and RANK[pkg] == 0)]
     assert upward == [], f"{rel} imports a package at its own layer or above"
+
+
+def test_config_and_utils_do_not_import_each_other_both_ways():
+    """Layer 0 holds two packages; one builds on the other, never both ways: config/ uses utils/ (errors, paths,
+    atomic files), and utils/ imports nothing of config/ (the choices it implements, PARAM_DTYPES and
+    LR_SCHEDULERS, are declared in utils/ and re-exported by config/schema.py)."""
+    edges = {("config", "utils"): [], ("utils", "config"): []}
+    for rel, path in _modules():
+        for line, pkg in _imports(path):
+            if (_package_of(rel), pkg) in edges:
+                edges[(_package_of(rel), pkg)].append(f"{rel}:{line}")
+    assert edges[("config", "utils")], "config/ no longer uses utils/: revisit this rule"
+    assert edges[("utils", "config")] == [], "utils/ imports config/ (config/ imports utils/)"

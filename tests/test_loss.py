@@ -223,7 +223,7 @@ def test_chunked_token_kl_equals_the_unchunked_formula_in_values_and_gradients(d
     for chunk in (1, 3, 11, None):
         for view in (lambda x: x, lambda x: x[:, :37], lambda x: x.view(1, 11, 40)):
             got, want = [], []
-            for fn, out in ((lambda s, t: token_kl(s, t, chunk), got), (plain, want)):
+            for fn, out in ((lambda s, t, chunk=chunk: token_kl(s, t, chunk), got), (plain, want)):
                 s = base_s.clone().requires_grad_(True)
                 t = base_t.clone().requires_grad_(True)
                 kl = fn(view(s), view(t))
@@ -232,7 +232,7 @@ def test_chunked_token_kl_equals_the_unchunked_formula_in_values_and_gradients(d
                 out += [kl.detach(), s.grad, t.grad]
             assert got[0].dtype == torch.float32 and got[0].shape == want[0].shape
             tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=True):
                 torch.testing.assert_close(g, w, **tol)
     # the teacher frozen (no_grad logits, as in the trainers): only the student gets a gradient
     s = base_s.float().requires_grad_(True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from openrlhf.config import load_config
+
 from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
 
 
@@ -190,4 +191,4 @@ def test_zero3_packing_with_dynamic_batches_runs_the_same_forwards_on_every_rank
     # to rank 1's 4 in the first step here, and the run hung)
     assert [v for v, _, _ in r0] == ["400", "400", "350"] * (len(r0) // 3)
     assert sum(int(n) for v, n, _ in r0 if v == "350") == sum(int(n) for v, n, _ in r1 if v == "350") == 2 * 8
-    assert any(a[1] != b[1] for a, b in zip(r0, r1)), (r0, r1)
+    assert any(a[1] != b[1] for a, b in zip(r0, r1, strict=True)), (r0, r1)

@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from tiny import CORPUS, make_model, write_jsonl
-
 from openrlhf.config.parse import ConfigError, load_config
 from openrlhf.config.schema import DataConfig
 from openrlhf.tools import prune as P
 from openrlhf.utils.errors import UserError
+
+from tiny import CORPUS, make_model, write_jsonl
 
 MLP = 64  # intermediate size of the test models
 HEADS, KV, HEAD_DIM, HIDDEN = 4, 2, 8, 32
@@ -268,7 +268,7 @@ def test_activation_ranking_keeps_large_activations_and_drops_dead_columns(stron
             layer.mlp.down_proj.weight[:, 7] = 0
     stats = P.calibration_pass(model, calib, pad_id=0, mlp=True, progress=False)
     n_keep = P.kept_count(MLP, 0.25)
-    for i, act in enumerate(stats["mlp_act"]):
+    for act in stats["mlp_act"]:
         assert int(act.argmax()) == 7  # large activation ...
     pruned = copy.deepcopy(model)
     captured = {}
@@ -328,6 +328,32 @@ def test_too_many_layers_and_non_empty_output_rejected(strong_dir, calib_jsonl, 
     cfg = load_config(_argv(strong_dir, calib_jsonl, str(busy)), task="prune")
     with pytest.raises(UserError, match="--prune.output_dir"):
         P.prune(cfg, progress=False)
+
+
+
+def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, calib_jsonl, tmp_path):
+    """README "What happens when things go wrong": one ``error:`` line naming the flag, exit code 2, no traceback:
+    more layers removed than a 2-layer model has, and a model that is not of the Llama family (GPT-2)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from tiny import run_cli
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    gpt2 = str(tmp_path / "gpt2")
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256)).save_pretrained(gpt2)
+    tok.save_pretrained(gpt2)
+    cases = [(tiny_dir, ["--prune.num_layers", "5"], "--prune.num_layers: must be in [0, 1] (the model has 2 layers)"),
+             (gpt2, ["--prune.mlp_ratio", "0.2"], f"--model.model_name_or_path {gpt2}: GPT2LMHeadModel is not a "
+                                                  "Llama-family causal LM")]
+    for i, (model, flags, says) in enumerate(cases):
+        res = run_cli("openrlhf.cli.prune", ["--model.model_name_or_path", model, "--data.dataset", calib_jsonl,
+                                             "--data.prompt_key", "prompt", "--prune.calibration_samples", "2",
+                                             "--prune.output_dir", str(tmp_path / f"out{i}"), *flags])
+        assert res.returncode == 2, res.stderr[-3000:]
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and says in errors[0], res.stderr[-3000:]
+        assert "Traceback" not in res.stderr
+        assert not os.path.exists(tmp_path / f"out{i}")
 
 
 def test_calibration_rows_with_responses_and_missing_prompt_key(strong_dir, tmp_path):

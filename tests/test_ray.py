@@ -15,7 +15,17 @@ import urllib.request
 
 import pytest
 
-from tiny import REPO, base_flags, free_port, launch_env, pref_rows, read_metrics, run_deepspeed, train_losses, write_jsonl
+from tiny import (
+    REPO,
+    base_flags,
+    free_port,
+    launch_env,
+    pref_rows,
+    read_metrics,
+    run_deepspeed,
+    train_losses,
+    write_jsonl,
+)
 
 pytestmark = [pytest.mark.ray]
 
@@ -42,7 +52,7 @@ def ray_head(tmp_path_factory):
         except Exception:
             if proc.poll() is not None or time.time() > deadline:
                 log.close()
-                raise RuntimeError("the Ray head did not start: " + open(log.name).read()[-3000:])
+                raise RuntimeError("the Ray head did not start: " + open(log.name).read()[-3000:]) from None
             time.sleep(1)
     yield {"address": f"127.0.0.2:{gcs}", "dashboard": dashboard, "env": env}
     import ray
@@ -199,7 +209,6 @@ def test_tiny_distill_pipeline_as_one_ray_job(ray_head, tiny_dir, tiny_talking_t
     """`ray job submit ... -- python -m openrlhf.cli.distill --config` with launcher: ray: every stage on
     the cluster (generation engines, the dSFT / scoring group, daDPO's groups); status SUCCEEDED."""
     import yaml
-
     from test_distill import _config
 
     path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None, launcher="ray",

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from openrlhf.config.schema import AdamConfig, DSConfig, TrainConfig
-from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.config.validate import ds_problems
+from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import find_free_port
+
 from tiny import assert_no_shm_segments_left
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -326,8 +327,15 @@ def test_scheduler_shapes(group, tiny_dir):
     assert lrs("linear")[-1] == pytest.approx(lr / 8)
     assert set(lrs("constant")) == {lr}
     assert lrs("constant_with_warmup")[0] == 0.0 and lrs("constant_with_warmup")[-1] == lr
+    # Every other transformers name (OpenRLHF passes any to get_scheduler), worked by hand:
+    assert lrs("cosine_with_restarts") == pytest.approx(lrs("cosine"))  # one cycle: the cosine
+    assert lrs("polynomial")[-1] == pytest.approx((lr - 1e-7) / 8 + 1e-7)  # linear to lr_end=1e-7
+    assert lrs("inverse_sqrt")[8] == pytest.approx(lr / 2)  # lr x sqrt(warmup / step)
+    assert lrs("cosine_warmup_with_min_lr", total=100, warmup=0.0)[-1] == pytest.approx(0.1 * lr, rel=0.01)
+    wsd = lrs("warmup_stable_decay", total=20, warmup=0.0)  # stable, then decays over the last 2 steps
+    assert wsd[:19] == [lr] * 19 and wsd[19] == pytest.approx(0.1 * lr + 0.9 * lr * 0.5)
     with pytest.raises(ValueError, match="--lr_scheduler"):
-        lrs("polynomial")
+        lrs("reduce_lr_on_plateau")
     groups = s.create_optimizer(model).param_groups
     assert [g["weight_decay"] for g in groups] == [0.01, 0.0]  # norms / biases: no decay
 
@@ -412,7 +420,7 @@ def test_checkpoint_resume_is_exact(group, tiny_dir, tmp_path, stage):
     loaded = _params(s, engine)
     assert all(torch.equal(saved_params[k], loaded[k]) for k in saved_params)
     opt = _optim_tensors(engine)
-    assert len(opt) == len(saved_opt) and all(torch.equal(a, b) for a, b in zip(opt, saved_opt))
+    assert len(opt) == len(saved_opt) and all(torch.equal(a, b) for a, b in zip(opt, saved_opt, strict=True))
     assert engine.get_lr() == saved_lr
     # The resumed run reproduces the tail of the loss curve exactly.
     assert [_micro(s, engine, ids) for ids in data[4:]] == tail

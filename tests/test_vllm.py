@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_ray import ray_head  # noqa: F401  (the module-scoped Ray head fixture)
 
 from openrlhf.config.parse import load_config
 from openrlhf.generation import vllm_backend as V
 from openrlhf.utils.errors import UserError
-from test_ray import ray_head  # noqa: F401  (the module-scoped Ray head fixture)
+
 from tiny import write_jsonl
 
 PROMPTS = [

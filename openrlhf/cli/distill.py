@@ -14,11 +14,9 @@ from typing import Optional
 
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_main
+    from openrlhf.cli.common import ArgParser, run_main
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
-
-    from openrlhf.cli.common import ArgParser
 
     ap = ArgParser(prog="python -m openrlhf.cli.distill", description=__doc__.split("\n\n")[1])
     ap.add_argument("--config", required=True, help="the pipeline YAML (see examples/configs/demo_cpu.yaml)")

@@ -9,7 +9,6 @@ Llama-family model, guided by calibration prompts; writes a normal HF folder and
 from __future__ import annotations
 
 import json
-import sys
 from typing import Optional
 
 

@@ -2,8 +2,16 @@
 
 from openrlhf.config.parse import ConfigError, config_to_dict, dump_config, load_config
 from openrlhf.config.schema import (
-    TASK_CONFIGS, TASKS, DADPOConfig, DPOConfig, GenerateTaskConfig, PruneTaskConfig, RunConfig, ScoreLogpsConfig,
-    SFTConfig, TrainingConfig,
+    TASK_CONFIGS,
+    TASKS,
+    DADPOConfig,
+    DPOConfig,
+    GenerateTaskConfig,
+    PruneTaskConfig,
+    RunConfig,
+    ScoreLogpsConfig,
+    SFTConfig,
+    TrainingConfig,
 )
 from openrlhf.config.validate import validate
 

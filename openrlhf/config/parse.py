@@ -186,7 +186,7 @@ def _parse_value(tp: Any, values: List[Any]) -> Any:
     if len(values) != n:
         shown = " ".join(str(v) for v in values)
         raise ValueError(f"expected {n} values ({_type_name(tp)}), got {len(values)}: {shown!r}")
-    return tuple(_parse_scalar(a, v) for a, v in zip(typing.get_args(tp), values))
+    return tuple(_parse_scalar(a, v) for a, v in zip(typing.get_args(tp), values, strict=True))
 
 
 def _suggest(name: str, known: List[str], dashes: str = "") -> str:

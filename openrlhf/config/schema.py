@@ -6,29 +6,46 @@ only the sections (and fields) it uses: ``train_sft --teacher.beta 1`` is an unk
 flag there. :data:`TASK_CONFIGS` maps a task name to its root. Parsing lives in
 :mod:`openrlhf.config.parse`, checks in :mod:`openrlhf.config.validate`.
 
-Sets of choices live here once (:data:`PARAM_DTYPES`, :data:`LR_SCHEDULERS`, ...);
-everything else imports them.
+Sets of choices live here once (:data:`ZERO_STAGES`, :data:`ATTN_IMPLEMENTATIONS`, ...); everything
+else imports them from here. The two that the utilities implement are declared next to their code and
+re-exported here: :data:`PARAM_DTYPES` (:mod:`openrlhf.utils.dtypes`) and :data:`LR_SCHEDULERS`
+(:mod:`openrlhf.utils.deepspeed.ds_config`), so utils/ never imports config/.
 """
 
 from __future__ import annotations
 
-import os
 import copy
+import os
 from dataclasses import dataclass, field
-from typing import Dict, Tuple, Type
+from typing import Dict, List, Tuple, Type
+
+from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS as LR_SCHEDULERS
+from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS_REFUSED as LR_SCHEDULERS_REFUSED
+from openrlhf.utils.dtypes import PARAM_DTYPES as PARAM_DTYPES
 
 # ---- the choices, one source each -----------------------------------------------------------
 
-# --ds.param_dtype (and evaluate / convert_gguf --dtype) -> torch dtype name.
-PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# PARAM_DTYPES (--ds.param_dtype, evaluate / convert_gguf --dtype) and LR_SCHEDULERS: imported above.
 ZERO_STAGES = (0, 1, 2, 3)
-# "auto": flash_attention_2 on a CUDA machine with flash-attn installed, else sdpa.
+# --ds.attn_implementation: "auto" (ours: flash_attention_2 on a CUDA machine with flash-attn installed,
+# else sdpa) and the common names, checked without importing transformers; any other string is checked
+# by transformers (flex_attention, paged|eager, a hub kernel "org/repo[@rev][:fn]", ...).
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
-# cosine_with_min_lr decays to 0.1 x lr; cosine and linear decay to 0.
-LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup")
 GENERATE_BACKENDS = ("hf", "vllm", "auto")
 PRUNE_METHODS = ("activation", "weight")
 JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
+# Upstream OpenRLHF features this fork does not have: --ds.<flag> -> (the default that means "off", what it is).
+DS_NOT_SUPPORTED = {
+    "ring_attn_size": (1, "ring attention"),
+    "ring_attn_head_stride": (1, "ring attention"),
+    "tensor_parallel_size": (1, "DeepSpeed tensor parallelism (AutoTP)"),
+    "zpg": (1, "ZeRO++ hierarchical partitioning"),
+    "deepcompile": (False, "DeepSpeed DeepCompile"),
+    "experts_implementation": ("", "a choice of MoE expert kernels"),
+}
+# --kd.coef of the KL baselines when none is given: train_kd (dSFT+KL) and the pipeline's dsft_kl / ddpo_kl
+# (paper grid 0.1 / 0.2 / 0.4). train_dpo's own default stays 0 (plain dDPO, no teacher).
+KL_BASELINE_COEF = 0.4
 
 
 # ---- sections -------------------------------------------------------------------------------
@@ -193,6 +210,20 @@ class LoRAConfig:
     dropout: float = 0.0
 
 
+def transformers_attn_problem(name: str) -> str:
+    """Why transformers would refuse ``attn_implementation=name`` ("" when it takes it): one of its
+    registered attention functions (with their ``paged|`` forms) or a hub kernel ``org/repo[@rev][:fn]``.
+    Imports transformers (only for names outside :data:`ATTN_IMPLEMENTATIONS`)."""
+    from transformers.integrations.hub_kernels import is_kernel
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name in valid or is_kernel(name):
+        return ""
+    return (f"transformers does not know {name!r}; it takes {', '.join(valid)} or a hub kernel "
+            "'org/repo[@revision][:function]' (and 'auto': flash_attention_2 where it runs, else sdpa)")
+
+
 @dataclass
 class DSConfig:
     zero_stage: int = 2
@@ -221,6 +252,46 @@ class DSConfig:
     zpg: int = 1
     deepcompile: bool = False
     experts_implementation: str = ""
+
+    def problems(self, training: bool = True) -> List[str]:
+        """Problems of this section alone, each naming its flag (``training=False``: no optimizer)."""
+        p: List[str] = []
+        for name, (off, what) in DS_NOT_SUPPORTED.items():
+            if getattr(self, name) != off:
+                p.append(f"--ds.{name}: {what} is not supported by this fork (an OpenRLHF flag kept so that its "
+                         f"scripts parse); leave it at {off!r}")
+        lora = self.lora
+        if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
+            p.append(f"--ds.lora.*: rank >= 0, alpha > 0 and 0 <= dropout < 1, got rank {lora.rank}, alpha "
+                     f"{lora.alpha}, dropout {lora.dropout}")
+        if self.load_in_4bit and lora.rank == 0:
+            p.append("--ds.load_in_4bit: needs --ds.lora.rank > 0 (4-bit base weights are trained through LoRA)")
+        if self.grad_accum_dtype and self.grad_accum_dtype not in PARAM_DTYPES:
+            p.append(f"--ds.grad_accum_dtype: unknown dtype {self.grad_accum_dtype!r}; expected one of "
+                     f"{', '.join(PARAM_DTYPES)}")
+        if self.zero_stage not in ZERO_STAGES:
+            p.append(f"--ds.zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage!r}")
+        if self.param_dtype not in PARAM_DTYPES:
+            p.append(f"--ds.param_dtype: unknown dtype {self.param_dtype!r}; expected one of "
+                     f"{', '.join(PARAM_DTYPES)}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            problem = transformers_attn_problem(self.attn_implementation)
+            if problem:
+                p.append(f"--ds.attn_implementation: {problem}")
+        if (training and self.zero_stage == 0 and self.grad_accum_dtype in PARAM_DTYPES
+                and self.param_dtype in PARAM_DTYPES and self.grad_accum_dtype != self.param_dtype):
+            # DeepSpeed without ZeRO accumulates gradients in the model's dtype only (engine.py: "unsupported
+            # mix of model_dtype and grad_accum_dtype", raised in deepspeed.initialize).
+            p.append(f"--ds.grad_accum_dtype: {self.grad_accum_dtype} with --ds.param_dtype {self.param_dtype} needs "
+                     "--ds.zero_stage 1, 2 or 3 (without ZeRO DeepSpeed accumulates gradients in the model's dtype); "
+                     f"leave it unset or set it to {self.param_dtype}")
+        if self.attn_implementation in ("flash_attention_2", "flash_attention_3") and self.param_dtype == "fp32":
+            p.append(f"--ds.attn_implementation {self.attn_implementation}: flash-attention runs bf16 or fp16 only, "
+                     "and --ds.param_dtype is fp32; use --ds.param_dtype bf16, or sdpa / auto (auto picks sdpa for "
+                     "fp32)")
+        if training and self.adam_offload and self.zero_stage == 0:
+            p.append("--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
+        return p
 
 
 @dataclass
@@ -456,7 +527,7 @@ class KDTrainConfig(SFTConfig):
     """python -m openrlhf.cli.train_kd (dSFT+KL; train_sft's defaults)"""
 
     teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
-    kd: KDConfig = field(default_factory=lambda: KDConfig(coef=0.4))
+    kd: KDConfig = field(default_factory=lambda: KDConfig(coef=KL_BASELINE_COEF))
 
 
 @dataclass

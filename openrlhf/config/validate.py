@@ -14,9 +14,24 @@ import string
 from typing import Callable, List
 
 from openrlhf.config.schema import (
-    ATTN_IMPLEMENTATIONS, GENERATE_BACKENDS, JUDGE_TASKS, LR_SCHEDULERS, PARAM_DTYPES, PRUNE_METHODS, TASK_CONFIGS,
-    ZERO_STAGES, DADPOConfig, DPOConfig, DSConfig, GenerateTaskConfig, JudgeTaskConfig, KDTrainConfig,
-    KTOTrainConfig, PreferenceTrainingConfig, PruneTaskConfig, RAY_CONFIGS, RunConfig, ScoreLogpsConfig,
+    GENERATE_BACKENDS,
+    JUDGE_TASKS,
+    LR_SCHEDULERS,
+    LR_SCHEDULERS_REFUSED,
+    PRUNE_METHODS,
+    RAY_CONFIGS,
+    TASK_CONFIGS,
+    DADPOConfig,
+    DPOConfig,
+    DSConfig,
+    GenerateTaskConfig,
+    JudgeTaskConfig,
+    KDTrainConfig,
+    KTOTrainConfig,
+    PreferenceTrainingConfig,
+    PruneTaskConfig,
+    RunConfig,
+    ScoreLogpsConfig,
     TrainingConfig,
 )
 
@@ -42,54 +57,10 @@ def _template_problem(template: str) -> str:
     return ""
 
 
-# Upstream OpenRLHF features this fork does not have: flag -> (the default that means "off", what it is).
-NOT_SUPPORTED = {
-    "ring_attn_size": (1, "ring attention"),
-    "ring_attn_head_stride": (1, "ring attention"),
-    "tensor_parallel_size": (1, "DeepSpeed tensor parallelism (AutoTP)"),
-    "zpg": (1, "ZeRO++ hierarchical partitioning"),
-    "deepcompile": (False, "DeepSpeed DeepCompile"),
-    "experts_implementation": ("", "a choice of MoE expert kernels"),
-}
-
-
 def ds_problems(ds: DSConfig, training: bool = True) -> List[str]:
-    """Problems of the --ds.* section alone (also checked by the strategy when built directly)."""
-    p: List[str] = []
-    for name, (off, what) in NOT_SUPPORTED.items():
-        if getattr(ds, name, off) != off:
-            p.append(f"--ds.{name}: {what} is not supported by this fork (an OpenRLHF flag kept so that its scripts "
-                     f"parse); leave it at {off!r}")
-    lora = getattr(ds, "lora", None)
-    if lora is not None:
-        if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
-            p.append(f"--ds.lora.*: rank >= 0, alpha > 0 and 0 <= dropout < 1, got rank {lora.rank}, alpha "
-                     f"{lora.alpha}, dropout {lora.dropout}")
-        if getattr(ds, "load_in_4bit", False) and lora.rank == 0:
-            p.append("--ds.load_in_4bit: needs --ds.lora.rank > 0 (4-bit base weights are trained through LoRA)")
-    if getattr(ds, "grad_accum_dtype", "") and ds.grad_accum_dtype not in PARAM_DTYPES:
-        p.append(f"--ds.grad_accum_dtype: unknown dtype {ds.grad_accum_dtype!r}; expected one of "
-                 f"{', '.join(PARAM_DTYPES)}")
-    if ds.zero_stage not in ZERO_STAGES:
-        p.append(f"--ds.zero_stage: must be 0, 1, 2 or 3, got {ds.zero_stage!r}")
-    if ds.param_dtype not in PARAM_DTYPES:
-        p.append(f"--ds.param_dtype: unknown dtype {ds.param_dtype!r}; expected one of {', '.join(PARAM_DTYPES)}")
-    if ds.attn_implementation not in ATTN_IMPLEMENTATIONS:
-        p.append(f"--ds.attn_implementation: unknown {ds.attn_implementation!r}; expected one of "
-                 f"{', '.join(ATTN_IMPLEMENTATIONS)}")
-    if (training and ds.zero_stage == 0 and getattr(ds, "grad_accum_dtype", "") in PARAM_DTYPES
-            and ds.param_dtype in PARAM_DTYPES and ds.grad_accum_dtype != ds.param_dtype):
-        # DeepSpeed without ZeRO accumulates gradients in the model's dtype only (engine.py: "unsupported mix
-        # of model_dtype and grad_accum_dtype", raised in deepspeed.initialize).
-        p.append(f"--ds.grad_accum_dtype: {ds.grad_accum_dtype} with --ds.param_dtype {ds.param_dtype} needs "
-                 f"--ds.zero_stage 1, 2 or 3 (without ZeRO DeepSpeed accumulates gradients in the model's dtype); "
-                 f"leave it unset or set it to {ds.param_dtype}")
-    if ds.attn_implementation in ("flash_attention_2", "flash_attention_3") and ds.param_dtype == "fp32":
-        p.append(f"--ds.attn_implementation {ds.attn_implementation}: flash-attention runs bf16 or fp16 only, and "
-                 "--ds.param_dtype is fp32; use --ds.param_dtype bf16, or sdpa / auto (auto picks sdpa for fp32)")
-    if training and ds.adam_offload and ds.zero_stage == 0:
-        p.append("--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
-    return p
+    """Problems of the --ds.* section alone (the section checks itself: :meth:`DSConfig.problems`, which the
+    strategy also calls when built directly)."""
+    return ds.problems(training=training)
 
 
 def _data(cfg, need: Need) -> None:
@@ -140,8 +111,11 @@ def _training(cfg: TrainingConfig, need: Need) -> None:
     need(a.weight_decay >= 0, "adam.weight_decay", f"must be >= 0, got {a.weight_decay}")
     need(0 <= cfg.lr_warmup_ratio <= 1, "lr_warmup_ratio", f"must be in [0, 1], got {cfg.lr_warmup_ratio}")
     need(cfg.max_norm >= 0, "max_norm", f"must be >= 0 (0: no clipping), got {cfg.max_norm}")
-    need(cfg.lr_scheduler in LR_SCHEDULERS, "lr_scheduler",
-         f"unknown scheduler {cfg.lr_scheduler!r}; expected one of {', '.join(LR_SCHEDULERS)}")
+    if cfg.lr_scheduler in LR_SCHEDULERS_REFUSED:
+        need(False, "lr_scheduler", f"{cfg.lr_scheduler!r} is not supported: {LR_SCHEDULERS_REFUSED[cfg.lr_scheduler]}")
+    else:
+        need(cfg.lr_scheduler in LR_SCHEDULERS, "lr_scheduler",
+             f"unknown scheduler {cfg.lr_scheduler!r}; expected one of {', '.join(LR_SCHEDULERS)}")
     need(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {cfg.min_lr_ratio}")
     need(a.eps > 0, "adam.eps", f"must be > 0, got {a.eps}")
     need(cfg.optim == "adam", "optim", f"{cfg.optim!r}: only adam (AdamW) is in this fork; Muon is not supported")

@@ -77,10 +77,20 @@ def masks(lengths: Sequence[int], prompt_lens: Sequence[int], T: int):
     return attention.long(), loss
 
 
+# A row is dropped when its prompt alone has at least max_len - PROMPT_ROOM tokens (OpenRLHF's rule): a kept
+# row has room for at least PROMPT_ROOM + 1 response tokens.
+PROMPT_ROOM = 2
+
+
+def prompt_too_long(prompt_len: int, max_len: int) -> bool:
+    """OpenRLHF's drop rule for over-long prompts: ``prompt_len >= max_len - 2``."""
+    return prompt_len >= max_len - PROMPT_ROOM
+
+
 def format_report(kind: str, source_name: str, max_len: int, stats: Dict[str, int], truncated_detail: str = "") -> str:
     parts = [
         f"{kind} data {source_name}: {stats['rows']} rows, {stats['kept']} kept (max_len {max_len} tokens)",
-        f"dropped {stats['dropped_prompt_too_long']} whose prompt alone has >= max_len tokens",
+        f"dropped {stats['dropped_prompt_too_long']} whose prompt alone has >= max_len - {PROMPT_ROOM} tokens",
         f"dropped {stats['dropped_empty_response']} with an empty or whitespace-only response",
         f"truncated the response of {stats['truncated_response']} rows to fit{truncated_detail}",
     ]

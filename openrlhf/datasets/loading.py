@@ -5,17 +5,21 @@ Supported sources (``load_rows``):
 - a ``.json`` file: a list of objects, or JSON lines;
 - a ``.jsonl`` file: one object per line (blank lines are skipped);
 - a ``.parquet`` file;
+- a ``.csv`` file or an ``.arrow`` file (Arrow streaming format, as ``save_to_disk`` writes its
+  shards), read with datasets' own builders (what OpenRLHF does);
 - a folder written by ``datasets.Dataset.save_to_disk`` or
   ``datasets.DatasetDict.save_to_disk`` (the split is picked from the latter);
 - a folder of ``.jsonl`` / ``.json`` / ``.parquet`` files. When file names (or a
   sub-folder name) carry split names (``train.jsonl``, ``test-00000.parquet``,
   ``train/``), only the requested split's files are read; otherwise every file is
   read, whatever the split asked for;
-- any other name is handed to ``datasets.load_dataset(name, split=split)``.
+- any other name is handed to ``datasets.load_dataset(name, split=split)``;
+- ``name@data_dir`` (OpenRLHF's form): only the files under ``data_dir`` of a hub dataset
+  (``load_dataset(name, data_dir=data_dir)``) or of a local folder.
 
 Several sources separated by commas (``--data.dataset a.jsonl,b.jsonl``) are read one by one
 (``max_samples`` rows from each) and joined, or mixed by ``--data.dataset_probs``
-(:func:`mix_rows`); each row remembers its file and row number for messages (:class:`Rows`).
+(:func:`mix_rows`), then cut to ``max_samples`` in all (OpenRLHF's caps); each row remembers its file and row number for messages (:class:`Rows`).
 
 Every problem is a :class:`DataError` naming the flag, the file and the row/line.
 Row numbers in messages count from 1.
@@ -31,7 +35,7 @@ from typing import Any, List, Optional, Sequence
 from openrlhf.utils.errors import DataError
 from openrlhf.utils.paths import split_sources
 
-DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
+DATA_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
 _KNOWN_SPLITS = ("train", "test", "validation", "valid", "val", "dev", "eval")
 
 
@@ -122,10 +126,24 @@ def _read_file(path: str, what: str, max_samples: int) -> List[dict]:
         return _read_json_file(path, what, max_samples)
     if low.endswith(".parquet"):
         return _read_parquet_file(path, what, max_samples)
+    if low.endswith((".csv", ".arrow")):
+        return _read_with_builder(low.rsplit(".", 1)[1], path, what, max_samples)
     raise DataError(
         f"{_prefix(what, path)}: unsupported file type; use one of {', '.join(DATA_EXTENSIONS)}, "
         "a folder written by datasets' save_to_disk, or a folder of such files"
     )
+
+
+def _read_with_builder(kind: str, path: str, what: str, max_samples: int) -> List[dict]:
+    """A ``.csv`` / ``.arrow`` file through datasets' ``csv`` / ``arrow`` builder (OpenRLHF's reading:
+    the same column types, e.g. an empty CSV cell is None)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(kind, data_files=path, split="train")
+    except Exception as e:  # the builders raise several types for broken files
+        raise DataError(f"{_prefix(what, path)}: cannot read the {kind} file ({type(e).__name__}: {e})") from None
+    return _arrow_to_rows(ds, max_samples)
 
 
 # --------------------------------------------------------------------------- folders
@@ -227,13 +245,13 @@ _NOT_LOCAL = (
 )
 
 
-def _read_hub(source: str, split: str, what: str, max_samples: int) -> List[dict]:
+def _read_hub(source: str, split: str, what: str, max_samples: int, data_dir: Optional[str] = None) -> List[dict]:
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a dependency
         raise DataError(f"{what} {source}: not a local file or folder, and `datasets` is not installed") from None
     try:
-        ds = datasets.load_dataset(source, split=split)
+        ds = datasets.load_dataset(source, split=split, **({"data_dir": data_dir} if data_dir else {}))
     except ValueError as e:
         msg = str(e)
         if "split" in msg.lower():
@@ -262,7 +280,20 @@ def load_rows(
     if not source:
         raise DataError(f"{what} is empty: give a .json/.jsonl/.parquet file, a folder or a hub dataset name")
     path = os.path.expanduser(source)
-    if os.path.isfile(path):
+    if "@" in source and not os.path.exists(path):  # OpenRLHF's name@data_dir
+        name, data_dir = (part.strip() for part in source.split("@", 1))
+        if not name or not data_dir:
+            raise DataError(f"{what} {source}: expected name@data_dir (a hub dataset or folder, @ a folder in it)")
+        if os.path.isdir(os.path.expanduser(name)):
+            sub = os.path.join(os.path.expanduser(name), data_dir)
+            if not os.path.isdir(sub):
+                raise DataError(f"{what} {source}: {data_dir!r} is not a folder in {name}")
+            rows = _read_folder(sub, split, what, max_samples)
+        elif _looks_like_path(name):
+            raise DataError(f"{what} {source}: folder {name} not found")
+        else:
+            rows = _read_hub(name, split, what, max_samples, data_dir=data_dir)
+    elif os.path.isfile(path):
         rows = _read_file(path, what, max_samples)
     elif os.path.isdir(path):
         rows = _read_folder(path, split, what, max_samples)
@@ -329,7 +360,7 @@ def load_sources(
 ) -> Rows:
     """The rows of one or several comma-separated sources (:func:`load_rows` for each, ``max_samples``
     rows from each): joined in order, or mixed by ``probs`` (:func:`mix_rows`, one probability per
-    source) and then cut to ``max_samples``."""
+    source); either way then cut to ``max_samples`` rows in all (OpenRLHF's caps)."""
     sources = split_sources(spec)
     if len(sources) <= 1:
         return Rows(load_rows(spec.strip(), split=split, max_samples=max_samples, what=what), spec.strip())
@@ -338,8 +369,8 @@ def load_sources(
     parts = [load_rows(s, split=split, max_samples=max_samples, what=what) for s in sources]
     if probs:
         picks = mix_rows(parts, probs, seed)
-        if max_samples is not None and max_samples >= 0:
-            picks = picks[:max_samples]
     else:
         picks = [(k, j) for k, part in enumerate(parts) for j in range(len(part))]
+    if max_samples is not None and max_samples >= 0:
+        picks = picks[:max_samples]
     return Rows([parts[k][j] for k, j in picks], spec, [(sources[k], j) for k, j in picks])

@@ -15,7 +15,7 @@ chat template (:func:`openrlhf.datasets.templates.tokenize_pair`, or
 :func:`pair_batch` for a whole batch).
 
 Over-long rows: both prompt + chosen and prompt + rejected must fit ``data.max_len``.
-A row whose prompt alone has ``>= max_len`` tokens is dropped; otherwise each
+A row whose prompt alone has ``>= max_len - 2`` tokens is dropped (OpenRLHF's rule); otherwise each
 response is cut to ``max_len - prompt_len`` tokens (``chosen_truncated`` /
 ``rejected_truncated`` say so: the raw text kept for the teacher is NOT cut).
 Rows with an empty (or whitespace-only) chosen or rejected response are dropped. ``stats`` counts
@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .common import format_report, masks, pad_right, raise_problems, unfinished_flag, where
+from .common import format_report, masks, pad_right, prompt_too_long, raise_problems, unfinished_flag, where
 from .loading import DataError
 from .templates import PromptRenderer, resolve_pair, response_text, same_turns, split_shared_prefix
 from .tokenizer import pad_token_id
@@ -98,7 +98,7 @@ class PreferenceDataset(Dataset):
             if not response_text(chosen).strip() or not response_text(rejected).strip():
                 self.stats["dropped_empty_response"] += 1
                 continue
-            if len(p_ids) >= self.max_len:
+            if prompt_too_long(len(p_ids), self.max_len):
                 self.stats["dropped_prompt_too_long"] += 1
                 continue
             budget = self.max_len - len(p_ids)
@@ -186,8 +186,8 @@ def _pairs_batch(
     rejected_ids: Sequence[Sequence[int]],
     pad_id: int,
 ) -> Dict[str, torch.Tensor]:
-    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, chosen_ids)]
-    seqs += [list(p) + list(r) for p, r in zip(prompt_ids, rejected_ids)]
+    seqs = [list(p) + list(c) for p, c in zip(prompt_ids, chosen_ids, strict=True)]
+    seqs += [list(p) + list(r) for p, r in zip(prompt_ids, rejected_ids, strict=True)]
     prompt_lens = [len(p) for p in prompt_ids] * 2
     input_ids = pad_right(seqs, pad_id, torch.long)
     attention_mask, loss_mask = masks([len(s) for s in seqs], prompt_lens, input_ids.shape[1])
@@ -250,8 +250,8 @@ def mismatched_pairs_batch(items: Sequence[Dict[str, Any]], pad_id: int, max_len
         raise ValueError("mismatched pairs need a micro-batch of at least 2 pairs")
     prompts = [it["prompt_ids"] for it in items]
     nxt = [items[(i + 1) % b] for i in range(b)]
-    chosen = [n["chosen_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt)]
-    rejected = [n["rejected_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt)]
+    chosen = [n["chosen_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt, strict=True)]
+    rejected = [n["rejected_ids"][: max(max_len - len(p), 1)] for p, n in zip(prompts, nxt, strict=True)]
     return _pairs_batch(prompts, chosen, rejected, pad_id)
 
 
@@ -269,7 +269,7 @@ def pair_batch(
     (chosen flags, rejected flags) of responses cut by a generation limit (no closing tokens)."""
     n = len(prompts)
     flags = list(unfinished[0]) + list(unfinished[1]) if unfinished is not None else None
-    tok = renderer.tokenize_many(list(zip(prompts, chosen)) + list(zip(prompts, rejected)), unfinished=flags)
+    tok = renderer.tokenize_many(list(zip(prompts, chosen, strict=True)) + list(zip(prompts, rejected, strict=True)), unfinished=flags)
     return _pairs_batch(
         [tok[i][0] for i in range(n)],
         [tok[i][1] for i in range(n)],

@@ -16,7 +16,7 @@ Two other modes:
   ``input_key`` alone (BOS when the tokenizer has one, the text, EOS), the loss on every token.
 
 Over-long rows (``data.max_len`` counts prompt + response tokens): a row whose
-prompt alone has ``>= max_len`` tokens is dropped; otherwise the response is cut
+prompt alone has ``>= max_len - 2`` tokens is dropped (OpenRLHF's rule); otherwise the response is cut
 to ``max_len - prompt_len`` tokens. Rows with an empty (or whitespace-only) response are dropped.
 Everything is counted in ``stats`` and summarised by ``report()``.
 """
@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .common import format_report, masks, pad_right, raise_problems, unfinished_flag, where
+from .common import format_report, masks, pad_right, prompt_too_long, raise_problems, unfinished_flag, where
 from .loading import DataError
 from .templates import ASSISTANT, PromptRenderer, message_problem, resolve_pair, response_text, value_problem
 
@@ -91,11 +91,11 @@ class SFTDataset(Dataset):
         raise_problems(problems, source_name, len(rows))
 
         tokenized = self.renderer.tokenize_many(pairs, wheres, open_ended)
-        for i, ((prompt, response), (p_ids, r_ids)) in enumerate(zip(pairs, tokenized)):
+        for i, ((prompt, response), (p_ids, r_ids)) in enumerate(zip(pairs, tokenized, strict=True)):
             if not response_text(response).strip():
                 self.stats["dropped_empty_response"] += 1
                 continue
-            if len(p_ids) >= self.max_len:
+            if prompt_too_long(len(p_ids), self.max_len):
                 self.stats["dropped_prompt_too_long"] += 1
                 continue
             budget = self.max_len - len(p_ids)
@@ -119,7 +119,7 @@ class SFTDataset(Dataset):
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         if tokenizer.eos_token_id is None:
             raise DataError("the tokenizer has no EOS token, needed to end each text in pre-training mode")
-        for i, (text, ids) in enumerate(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])):
+        for i, (text, ids) in enumerate(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True)):
             if not text.strip():
                 self.stats["dropped_empty_response"] += 1
                 continue
@@ -161,7 +161,7 @@ class SFTDataset(Dataset):
             if not spans:
                 self.stats["dropped_empty_response"] += 1
                 continue
-            if spans[0][0] >= self.max_len:
+            if prompt_too_long(spans[0][0], self.max_len):
                 self.stats["dropped_prompt_too_long"] += 1
                 continue
             if len(full) > self.max_len:

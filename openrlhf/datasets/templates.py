@@ -107,7 +107,7 @@ def same_turns(a: Union[str, Sequence[Message]], b: Union[str, Sequence[Message]
     if isinstance(a, str) or isinstance(b, str):
         return a == b
     return len(a) == len(b) and all(
-        x["role"] == y["role"] and x["content"] == y["content"] for x, y in zip(a, b)
+        x["role"] == y["role"] and x["content"] == y["content"] for x, y in zip(a, b, strict=True)
     )
 
 
@@ -359,7 +359,7 @@ class PromptRenderer:
         if not texts:
             return []
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [self._with_bos(t, i) for t, i in zip(texts, ids)]
+        return [self._with_bos(t, i) for t, i in zip(texts, ids, strict=True)]
 
     def tokenize(self, prompt: Any, response: Any, where: str = "") -> Tuple[List[int], List[int]]:
         """``(prompt_ids, response_ids)`` in this tokenizer's vocabulary."""
@@ -382,17 +382,17 @@ class PromptRenderer:
         tok = self.tokenizer
         if self.apply_chat_template:
             cache: dict = {}
-            texts = [self._render(p, r, w, cache) for (p, r), w in zip(pairs, wheres)]
+            texts = [self._render(p, r, w, cache) for (p, r), w in zip(pairs, wheres, strict=True)]
             # Each distinct prompt text is tokenized once (chosen and rejected share it).
             uniq = list(dict.fromkeys(t[0] for t in texts))
-            uniq_ids = dict(zip(uniq, tok(uniq, add_special_tokens=False)["input_ids"]))
+            uniq_ids = dict(zip(uniq, tok(uniq, add_special_tokens=False)["input_ids"], strict=True))
             prompt_ids = [uniq_ids[t[0]] for t in texts]
             full_ids = tok([t[1] for t in texts], add_special_tokens=False)["input_ids"]
             cut = [i for i, flag in enumerate(open_ended) if flag]
             open_ids = dict(zip(cut, tok([texts[i][0] + self._content(resolve_pair(*pairs[i])[1]) for i in cut],
-                                         add_special_tokens=False)["input_ids"])) if cut else {}
+                                         add_special_tokens=False)["input_ids"], strict=True)) if cut else {}
             out = []
-            for i, (p_ids, f_ids, w) in enumerate(zip(prompt_ids, full_ids, wheres)):
+            for i, (p_ids, f_ids, w) in enumerate(zip(prompt_ids, full_ids, wheres, strict=True)):
                 n = len(p_ids)
                 if f_ids[:n] != p_ids:
                     raise DataError(
@@ -410,7 +410,7 @@ class PromptRenderer:
             return out
 
         prompt_texts, contents = [], []
-        for (p, r), w in zip(pairs, wheres):
+        for (p, r), w in zip(pairs, wheres, strict=True):
             p, r = resolve_pair(p, r, where=w)
             prompt_texts.append(self._plain_prompt(p, w))
             contents.append(self._content(r))
@@ -418,7 +418,7 @@ class PromptRenderer:
         prompt_ids = tok(prompt_texts, add_special_tokens=False)["input_ids"]
         resp_ids = tok(contents, add_special_tokens=False)["input_ids"]
         out = []
-        for text, p_ids, content, r_ids, open_end in zip(prompt_texts, prompt_ids, contents, resp_ids, open_ended):
+        for text, p_ids, content, r_ids, open_end in zip(prompt_texts, prompt_ids, contents, resp_ids, open_ended, strict=True):
             p_ids = self._with_bos(text, p_ids)
             r_ids = list(r_ids)
             if not open_end and not (content.endswith(eos) and r_ids and r_ids[-1] == eos_id):
@@ -439,7 +439,7 @@ def split_shared_prefix(chosen: str, rejected: str) -> Tuple[str, str, str]:
     is cut (each answer then starts with that whitespace, as a BPE tokenizer expects). The prompt is
     empty when the common prefix has neither."""
     n = 0
-    for a, b in zip(chosen, rejected):
+    for a, b in zip(chosen, rejected, strict=False):  # the common prefix: the texts differ in length
         if a != b:
             break
         n += 1

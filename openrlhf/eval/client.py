@@ -29,7 +29,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from openrlhf.utils.errors import UserError, require_package
 
-
 # HTTP statuses worth another try besides 5xx: request timeout, conflict, rate limit.
 RETRY_STATUS = (408, 409, 429)
 MAX_BACKOFF_S = 30.0
@@ -261,7 +260,7 @@ class JudgeClient:
         keys = [self.key_of(r) for r in requests]
         out: Dict[str, Judgment] = {}
         todo: Dict[str, JudgeRequest] = {}
-        for k, r in zip(keys, requests):
+        for k, r in zip(keys, requests, strict=True):
             if k in self._cache:
                 out[k] = self._cache[k]
             else:

@@ -189,7 +189,7 @@ def alpaca_preferences(items: Sequence[PairItem], annotator, judgments) -> List[
     judge's top tokens. ``judgments`` holds, in item order, the Judgment of every item that needed
     a request (see :func:`alpaca_requests`) and None for the others."""
     out = []
-    for it, j in zip(items, judgments):
+    for it, j in zip(items, judgments, strict=True):
         row = {"id": it.id, "switched": None, "preference": 1.5, "judge_tokens": None}
         if j is not None:
             switched = alpaca_switched(it.question)
@@ -226,7 +226,7 @@ def alpaca_summary(prefs: Sequence[Optional[float]], ids: Sequence[str] = ()) ->
             "n_wins": sum(v > 0.5 for v in x), "n_wins_base": sum(v < 0.5 for v in x),
             "n_draws": sum(p == 1.5 for p in valid), "n_total": n, "n": n,
             "unparsed": len(prefs) - n,
-            "unparsed_ids": [i for i, p in zip(ids, prefs) if p is None or not 1.0 <= p <= 2.0]}
+            "unparsed_ids": [i for i, p in zip(ids, prefs, strict=True) if p is None or not 1.0 <= p <= 2.0]}
 
 
 # ---- MT-Bench ----------------------------------------------------------------------------------------------

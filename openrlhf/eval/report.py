@@ -115,7 +115,7 @@ def write_chart(report: Dict[str, Any], path: str) -> None:
             x = range(len(have))
             ax.bar(x, w, color="C2", label="win")
             ax.bar(x, t, bottom=w, color="C7", label="tie")
-            ax.bar(x, lo, bottom=[a + b for a, b in zip(w, t)], color="C3", label="lose")
+            ax.bar(x, lo, bottom=[a + b for a, b in zip(w, t, strict=True)], color="C3", label="lose")
             ax.set_xticks(list(x))
             ax.set_xticklabels(have, rotation=30, ha="right", fontsize=7)
             ax.set_title("in-domain vs the teacher (W/T/L)", fontsize=9)

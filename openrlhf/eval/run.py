@@ -206,10 +206,10 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
         if cfg.task == "mtbench":
             reqs = judged.mtbench_requests(its, prompts, references)
             texts = [j.text for j in client.judge([r for _, _, r in reqs], desc=f"MT-Bench {name}")]
-            grades = [(q, t, judged.parse_rating(x)) for (q, t, _), x in zip(reqs, texts)]
+            grades = [(q, t, judged.parse_rating(x)) for (q, t, _), x in zip(reqs, texts, strict=True)]
             numbers = judged.mtbench_summary(its, grades)
             audit += [{"model": name, "question_id": q, "turn": t, "rating": g, "judgment": x}
-                      for (q, t, g), x in zip(grades, texts)]
+                      for (q, t, g), x in zip(grades, texts, strict=True)]
         elif cfg.task == "alpacaeval":
             reqs = judged.alpaca_requests(its, annotator)
             sent = iter(client.judge([r for r in reqs if r is not None], desc=f"alpacaeval {name}"))
@@ -224,13 +224,13 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
             numbers["annotator"] = annotator.name
             numbers.update(length_controlled(name, its, prefs, reference, cfg.judge.model, annotator))
             audit += [{"model": name, **r, "judgment": j.text if j is not None else None}
-                      for r, j in zip(rows, judgments)]
+                      for r, j in zip(rows, judgments, strict=True)]
         else:
             texts = [j.text for j in client.judge(judged.pair_requests(its, prompts["pair-v2"]),
                                                   desc=f"{cfg.task} {name}")]
             outcomes = judged.pairwise_outcomes(its, texts)
             numbers = judged.indomain_summary(outcomes)
-            for o, k in zip(outcomes, range(len(outcomes))):
+            for o, k in zip(outcomes, range(len(outcomes)), strict=True):
                 audit.append({"model": name, **o, "judgment_candidate_first": texts[2 * k],
                               "judgment_candidate_second": texts[2 * k + 1]})
         numbers.update(limits[name])
@@ -301,7 +301,7 @@ def lc_rows(name: str, items, prefs, reference, annotator_name: str) -> List[dic
     return [{"instruction": r["instruction"], "output_1": r["output"], "output_2": it.candidate,
              "generator_1": r.get("generator", "reference"), "generator_2": name, "annotator": annotator_name,
              "preference": float("nan") if p is None else float(p)}
-            for it, p, r in zip(items, prefs, reference)]
+            for it, p, r in zip(items, prefs, reference, strict=True)]
 
 
 # FastChat's llm_judge (gen_model_answer.py): sampling temperature by MT-Bench category, 0.7 for any

@@ -97,7 +97,7 @@ class HFGenerator:
                 out = self.model.generate(input_ids=ids, attention_mask=mask,
                                           generation_config=self.generation_config)
             gen = out[:, ids.shape[1]:].tolist()
-            yield [(i, g, None) for i, g in zip(idx, gen)]
+            yield [(i, g, None) for i, g in zip(idx, gen, strict=True)]
 
     def close(self) -> None:
         """Free the model (and its GPU memory)."""

@@ -115,7 +115,7 @@ class _Engine:
             chunk = items[start:start + self.batch_size]
             outs = self.llm.generate([{"prompt_token_ids": list(ids)} for _, ids in chunk], self.params,
                                      use_tqdm=False)
-            yield [(i, list(o.outputs[0].token_ids), o.outputs[0].finish_reason) for (i, _), o in zip(chunk, outs)]
+            yield [(i, list(o.outputs[0].token_ids), o.outputs[0].finish_reason) for (i, _), o in zip(chunk, outs, strict=True)]
 
     def close(self) -> None:
         """Stop vLLM's engine-core processes now (they would otherwise outlive a worker)."""
@@ -259,7 +259,7 @@ class VLLMGenerator:
                     for rank, p in procs:
                         if rank in running and not p.is_alive():
                             raise RuntimeError(f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) "
-                                               f"exited with code {p.exitcode} before finishing")
+                                               f"exited with code {p.exitcode} before finishing") from None
                     continue
                 if kind == "batch":
                     yield payload

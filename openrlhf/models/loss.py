@@ -249,7 +249,7 @@ class DADPOLoss(nn.Module):
             r_w = policy.chosen - reference.chosen
             r_l = policy.rejected - reference.rejected
             z = self.beta * (r_w - r_l)
-        for tb, (rt_w, rt_l) in zip(self.teacher_betas, ratios):
+        for tb, (rt_w, rt_l) in zip(self.teacher_betas, ratios, strict=True):
             term = tb * (rt_w - rt_l)
             z = term if z is None else z + term
         losses = _sigmoid_loss(z, self.label_smoothing)
@@ -259,7 +259,7 @@ class DADPOLoss(nn.Module):
             chosen_reward=(self.beta * r_w).detach(),
             reject_reward=(self.beta * r_l).detach(),
             teacher_rewards=[((tb * rt_w).detach(), (tb * rt_l).detach())
-                             for tb, (rt_w, rt_l) in zip(self.teacher_betas, ratios)],
+                             for tb, (rt_w, rt_l) in zip(self.teacher_betas, ratios, strict=True)],
         )
 
 

@@ -208,7 +208,7 @@ def sweep_points(cfg: DistillConfig) -> Dict[str, List[Dict[str, Any]]]:
     out: Dict[str, List[Dict[str, Any]]] = {}
     for method, grid in (cfg.sweep or {}).items():
         keys = list(grid)
-        out[method] = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+        out[method] = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
     return out
 
 

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from openrlhf.config.schema import KL_BASELINE_COEF
 from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
 from openrlhf.pipeline.config import DistillConfig, to_flags
 
@@ -46,7 +47,7 @@ def _short(flag: str) -> str:
     return _SHORT.get(flag, (flag.replace(".", "-") + "=",))[0]
 
 
-def _greek(flag: str) -> str:
+def _label_symbol(flag: str) -> str:
     return _SHORT.get(flag, (None, flag))[1]
 
 
@@ -196,14 +197,15 @@ class Pipeline:
         runs = [] if self.selecting else [TrainRun("dadpo", "daDPO", self._ray_task("dadpo"),
                                                    ({**from_dsft, **teacher, "ckpt.output_dir": self.path("dadpo")},
                                                     c.dadpo))]
-        defaults = {"dsft_kl": {"kd.coef": 0.2}, "ddpo_kl": {"kd.coef": 0.2}, "rdpo": {"model.beta": 0}}
+        # dsft_kl takes train_kd's own --kd.coef default; train_dpo's (0) would be plain dDPO, so ddpo_kl gets the same.
+        defaults = {"ddpo_kl": {"kd.coef": KL_BASELINE_COEF}, "rdpo": {"model.beta": 0}}
         for name, flags in baselines_of(c).items():
             label, task = BASELINES[name]
             out = {"ckpt.output_dir": self.path(name)}
             if name == "dsft_kl":  # an SFT variant: from the base student, on the SFT set, like dSFT
                 base = {"model.model_name_or_path": self.student_path, **SFT_SET_FLAGS,
                         "data.dataset": os.path.join(sets, "sft.jsonl"), **teacher, **out}
-                runs.append(TrainRun(name, label, task, (base, shared(c.sft, task), defaults[name], flags)))
+                runs.append(TrainRun(name, label, task, (base, shared(c.sft, task), flags)))
                 continue
             if name in ("ddpo", "rdpo"):  # dDPO+KL needs the teacher's logits in the policy: a plain group
                 task = self._ray_task(task)
@@ -214,7 +216,7 @@ class Pipeline:
         for method, points in sweep_points(c).items():
             for point in points:
                 name = method + "_" + "_".join(f"{_short(k)}{v}" for k, v in point.items())
-                label = "daDPO " + " ".join(f"{_greek(k)}:{v}" for k, v in point.items())
+                label = "daDPO " + " ".join(f"{_label_symbol(k)}:{v}" for k, v in point.items())
                 runs.append(TrainRun(name, label, self._ray_task(method),
                                      ({**from_dsft, **teacher, "ckpt.output_dir": self.path(name)}, c.dadpo, point),
                                      sweep=dict(point)))

@@ -55,7 +55,7 @@ def _plot(rows: List[dict], flags: List[str], path: str) -> None:
                 groups.setdefault(tuple(r[f] for f in others), []).append(r)
             for key, group in sorted(groups.items(), key=lambda kv: kv[0]):
                 group = sorted((r for r in group if metric in r), key=lambda r: r[x_flag])
-                name = ", ".join(f"{f}={v}" for f, v in zip(others, key)) or metric
+                name = ", ".join(f"{f}={v}" for f, v in zip(others, key, strict=True)) or metric
                 ax.plot([r[x_flag] for r in group], [r[metric] for r in group], marker="o", label=name)
             if all(r[x_flag] > 0 for r in rows):
                 ax.set_xscale("log")

@@ -111,8 +111,14 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     from openrlhf.datasets.templates import PromptRenderer
     from openrlhf.datasets.tokenizer import data_tokenizer
     from openrlhf.generation.outputs import ID_KEY, ResultsFile, trim_response
-    from openrlhf.generation.prompts import (TURNS_KEY, extract_prompts, generation_config_eos, jsonl_line_numbers,
-                                             render_prompt_ids, stop_token_ids)
+    from openrlhf.generation.prompts import (
+        TURNS_KEY,
+        extract_prompts,
+        generation_config_eos,
+        jsonl_line_numbers,
+        render_prompt_ids,
+        stop_token_ids,
+    )
 
     g, d = cfg.generate, cfg.data
     model_path = cfg.model.model_name_or_path
@@ -170,7 +176,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                     texts = []
                     for k in todo:
                         msgs = []
-                        for q, (a, _, _) in zip(items[k].prompt[:turn], answers[k]):
+                        for q, (a, _, _) in zip(items[k].prompt[:turn], answers[k], strict=True):
                             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
                         msgs.append({"role": "user", "content": items[k].prompt[turn]})
                         texts.append(renderer.render_prompt(msgs, items[k].where))

@@ -11,8 +11,16 @@ def train_kd(cfg: KDTrainConfig) -> dict:
     vocabulary (refused before anything loads otherwise)."""
     from openrlhf.datasets import sft_collate
     from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, pad_token_id, shared_vocabulary
-    from openrlhf.recipes.common import (loop_settings, make_run_logger, make_strategy, prepare_frozen, prepare_policy,
-                                         print_reports, save_trained, sft_datasets)
+    from openrlhf.recipes.common import (
+        loop_settings,
+        make_run_logger,
+        make_strategy,
+        prepare_frozen,
+        prepare_policy,
+        print_reports,
+        save_trained,
+        sft_datasets,
+    )
     from openrlhf.trainer.base import steps_per_epoch
     from openrlhf.trainer.kd_trainer import KDTrainer
 

@@ -21,16 +21,21 @@ def teacher_names(cfg: DADPOConfig) -> List[str]:
     return [teacher_name(k) for k in range(len(cfg.teacher.model_name_or_path))]
 
 
-def scored_sides(cfg: PreferenceConfig, teacher_renderers=()) -> List:
+def scored_sides(cfg: PreferenceConfig, teacher_renderers=None) -> List:
     """The frozen models whose sequence log-probs the loss needs (each may be cached): the
-    reference unless daDPO runs with beta 0 (rDPO), and every daDPO teacher."""
+    reference unless daDPO runs with beta 0 (rDPO), and every daDPO teacher. ``teacher_renderers``:
+    one per teacher, in order (None: each teacher's own tokenizer and template, loaded here)."""
     from openrlhf.datasets.preference_data import ScoredSide
+    from openrlhf.datasets.tokenizer import teacher_renderers as own_renderers
 
     sides = []
     if not isinstance(cfg, DADPOConfig) or cfg.model.beta > 0:
         sides.append(ScoredSide("ref", reference_path(cfg), "--ref.model_name_or_path", None, cfg.data.max_len))
     if isinstance(cfg, DADPOConfig):
-        for name, path, renderer in zip(teacher_names(cfg), cfg.teacher.model_name_or_path, teacher_renderers):
+        if teacher_renderers is None:
+            teacher_renderers = own_renderers(cfg.teacher, cfg.data)
+        for name, path, renderer in zip(teacher_names(cfg), cfg.teacher.model_name_or_path, teacher_renderers,
+                                        strict=True):
             sides.append(ScoredSide(name, path, "--teacher.model_name_or_path", renderer, None))
     return sides
 
@@ -108,7 +113,7 @@ def _train(cfg: PreferenceConfig, remote=None) -> dict:
     if dadpo:
         names = teacher_names(cfg)
         engines = {name: prepare_frozen(strategy, cfg, path, cfg.teacher.offload, what="--teacher.model_name_or_path")
-                   for name, path in zip(names, cfg.teacher.model_name_or_path) if name in data.online}
+                   for name, path in zip(names, cfg.teacher.model_name_or_path, strict=True) if name in data.online}
         trainer = DADPOTrainer(*args, teachers=names, teacher_engines=engines, nll_loss_coef=m.nll_loss_coef, **common)
     elif kto:
         trainer = KTOTrainer(*args, **common)

@@ -133,7 +133,7 @@ def _teacher_kinds(cfg) -> List[str]:
 # ---- the driver -----------------------------------------------------------------------------------------
 
 
-class _NotYet:
+class _NoLogpsProvider:
     """Stands in for the provider while the driver builds the data only to learn its order."""
 
     def get(self, kind, index):  # pragma: no cover - never called
@@ -144,11 +144,12 @@ def _schedule(view, cfg, world: int, start: Optional[dict]) -> List[List[int]]:
     """Row indices in the order the policy will first need them, one list per global step (rows already
     listed at an earlier step are left out): the sampler's order from the resume point on."""
     from openrlhf.trainer.base import steps_per_epoch
+    from openrlhf.utils.deepspeed import ckpt_io
     from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 
     bs = cfg.train.batch_size
     n_steps = steps_per_epoch(len(view), bs)
-    epoch0, consumed0 = (int(start.get("epoch", 0)), int(start.get("consumed_samples", 0))) if start else (0, 0)
+    _, epoch0, consumed0 = ckpt_io.resume_position(start, bs, n_steps) if start else (0, 0, 0)
     seen, steps = set(), []
     for epoch in range(epoch0, cfg.train.max_epochs):
         order = ResumableDistributedSampler(len(view), world, 0, shuffle=True, seed=cfg.train.seed,
@@ -203,7 +204,7 @@ def train_preference_ray(cfg) -> Dict[str, Any]:
     tokenizer = data_tokenizer(m.model_name_or_path, cfg.data)
     renderers = teacher_renderers(cfg.teacher, cfg.data) if isinstance(cfg, DADPOConfig) else []
     data = prepare_preference_data(cfg.data, cfg.eval, tokenizer, m.model_name_or_path, scored_sides(cfg, renderers),
-                                   packing=cfg.ds.packing_samples, seed=cfg.train.seed, remote=_NotYet())
+                                   packing=cfg.ds.packing_samples, seed=cfg.train.seed, remote=_NoLogpsProvider())
     for line in data.reports:
         print(line, flush=True)
     start = ckpt_io.read_latest_meta(cfg.checkpoint_dir) if cfg.ckpt.load_enable else None
@@ -227,7 +228,7 @@ def train_preference_ray(cfg) -> Dict[str, Any]:
             policy = ActorGroup("policy", PolicyWorker, world, shared, range(world), cpus * share,
                                 share if gpus else 0)
             groups.append(policy)
-            for kind, path, offload, flag, n in frozen:
+            for kind, _path, _offload, _flag, n in frozen:
                 groups.append(ActorGroup(group_name(kind), FrozenWorker, n, shared, range(n), cpus * share,
                                          share if gpus else 0))
         else:
@@ -235,11 +236,11 @@ def train_preference_ray(cfg) -> Dict[str, Any]:
             bundles.append(own)
             policy = ActorGroup("policy", PolicyWorker, world, own, range(world), cpus, 1 if gpus else 0)
             groups.append(policy)
-            for kind, path, offload, flag, n in frozen:
+            for kind, _path, _offload, _flag, n in frozen:
                 b = make_bundles(f"the {group_name(kind)} group", n, cpus, 1 if gpus else 0, timeout)
                 bundles.append(b)
                 groups.append(ActorGroup(group_name(kind), FrozenWorker, n, b, range(n), cpus, 1 if gpus else 0))
-        frozen_groups = dict(zip([k for k, *_ in frozen], groups[1:]))
+        frozen_groups = dict(zip([k for k, *_ in frozen], groups[1:], strict=True))
         os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
         with open(os.path.join(cfg.ckpt.output_dir, "ray_actors.json"), "w") as f:
             json.dump([row for g in groups for row in g.describe()], f, indent=1)

@@ -87,7 +87,7 @@ def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, diges
     from openrlhf.models.loss import teacher_name
 
     jobs = []
-    for k, (path, renderer) in enumerate(zip(cfg.teacher.model_name_or_path, teacher_renderers(cfg.teacher, cfg.data))):
+    for k, (path, renderer) in enumerate(zip(cfg.teacher.model_name_or_path, teacher_renderers(cfg.teacher, cfg.data), strict=True)):
         ds = side_dataset(cfg, teacher_name(k), rows, tokenizer, source, renderer)
         fp = lc.setting_fingerprint(lc.model_fingerprint(path, digests=digests),
                                     lc.tokenization_fingerprint(renderer, None))
@@ -133,7 +133,7 @@ def score_pairs(strategy, model, ds, positions: List[int], micro_batch_size: int
                         batch["loss_mask"].to(dev))[0].sum(-1)
             b = len(items)
             scores = {item["index"]: (seq[j].item(), seq[b + j].item())
-                      for j, ((_, real), item) in enumerate(zip(chunk, items)) if real}
+                      for j, ((_, real), item) in enumerate(zip(chunk, items, strict=True)) if real}
             out.update(scores)
             if on_batch is not None:
                 on_batch(scores)

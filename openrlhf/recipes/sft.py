@@ -10,8 +10,15 @@ def train_sft(cfg: SFTConfig) -> dict:
     from openrlhf.datasets import sft_collate
     from openrlhf.datasets.packing import pack_batch
     from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
-    from openrlhf.recipes.common import (loop_settings, make_run_logger, make_strategy, prepare_policy, print_reports,
-                                         save_trained, sft_datasets)
+    from openrlhf.recipes.common import (
+        loop_settings,
+        make_run_logger,
+        make_strategy,
+        prepare_policy,
+        print_reports,
+        save_trained,
+        sft_datasets,
+    )
     from openrlhf.trainer.base import steps_per_epoch
     from openrlhf.trainer.sft_trainer import SFTTrainer
 

@@ -206,12 +206,12 @@ def write_chart(report: dict, path: str) -> None:
         cis = [report["models"][lab].get("ci", {}).get(key) for lab in labels]
         err = None
         if all(ci and ci.get("n") for ci in cis):
-            err = [[v - ci["lo"] for v, ci in zip(values, cis)], [ci["hi"] - v for v, ci in zip(values, cis)]]
+            err = [[v - ci["lo"] for v, ci in zip(values, cis, strict=True)], [ci["hi"] - v for v, ci in zip(values, cis, strict=True)]]
         bars = ax.bar(range(len(labels)), values, color=colors, yerr=err, capsize=3 if err else 0)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30, ha="right")
         ax.set_title(title, fontsize=9)
-        for bar, v in zip(bars, values):
+        for bar, v in zip(bars, values, strict=True):
             ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                         va="bottom", fontsize=7)
     fig.tight_layout()
@@ -349,7 +349,7 @@ def evaluate_responses(
                              "truncated": [float(r == "length") for r in reasons] if all(r is not None for r in reasons)
                              else []}
         report["models"][label]["ci"] = {key: bootstrap_ci(v) for key, v in per_prompt[label].items() if v}
-        for i, r, (s, n), w in zip(ids, rouge, nll, n_words):
+        for i, r, (s, n), w in zip(ids, rouge, nll, n_words, strict=True):
             per_row.append({"id": teacher_rows[i]["id"], "model": label, "rouge_l_f1": r["f1"],
                             "teacher_nll": s / n if n else None, "teacher_tokens": n, "words": w})
 

@@ -43,15 +43,16 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from openrlhf.utils.errors import UserError
-import torch.nn.functional as F
 
 METHODS = ("activation", "weight")
 
 
-class PruneError(ValueError):
-    """A model or setting pruning cannot handle; the message names the flag or module."""
+class PruneError(UserError):
+    """A model or setting pruning cannot handle; the message names the flag or module (a user error: one
+    ``error:`` line and exit code 2 from the CLI)."""
 
 
 # --------------------------------------------------------------------------- model structure
@@ -367,7 +368,7 @@ def prune_mlp_channels(model, keep: Sequence[torch.Tensor]) -> None:
     sizes = {len(k) for k in keep}
     if len(keep) != len(layers) or len(sizes) != 1:
         raise ValueError("keep one index set per layer, all of the same size")
-    for layer, idx in zip(layers, keep):
+    for layer, idx in zip(layers, keep, strict=True):
         mlp = layer.mlp
         mlp.gate_proj = slice_linear(mlp.gate_proj, out_idx=idx)
         mlp.up_proj = slice_linear(mlp.up_proj, out_idx=idx)
@@ -385,7 +386,7 @@ def prune_kv_groups(model, keep: Sequence[torch.Tensor]) -> None:
     sizes = {len(k) for k in keep}
     if len(keep) != len(layers) or len(sizes) != 1:
         raise ValueError("keep one group set per layer, all of the same size")
-    for layer, groups in zip(layers, keep):
+    for layer, groups in zip(layers, keep, strict=True):
         att = layer.self_attn
         q_heads = torch.tensor([g * group + h for g in groups.tolist() for h in range(group)], dtype=torch.long)
         q_rows = (q_heads[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
@@ -541,6 +542,11 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
     bs = batch_size or max(1, cfg.train.micro_batch_size)
     pad_id = pad_token_id(tokenizer)
 
+    try:
+        decoder_layers(model)
+        attention_shape(model)
+    except PruneError as e:
+        raise PruneError(f"--model.model_name_or_path {model_path}: {e}") from None
     report = prune_model(model, calib, mlp_ratio=pc.mlp_ratio, head_ratio=pc.head_ratio, num_layers=pc.num_layers,
                          method=pc.method, pad_id=pad_id, batch_size=bs, progress=progress)
     params_after = count_params(model)

@@ -8,6 +8,7 @@ same order as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
 from openrlhf.datasets.packing import real_and_padded_tokens
+from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.errors import DataError, Interrupted
 
 
@@ -51,6 +53,15 @@ def batch_sequence_sums(values: torch.Tensor, batch: dict, prefix: str = "") -> 
     return sequence_sums(values, batch.get(prefix + "seq_index"), batch.get(prefix + "n_seqs"))
 
 
+def _openrlhf_default_hint() -> str:
+    """A note naming OpenRLHF's default checkpoint folders (./ckpt/checkpoints_<task>) that hold a
+    checkpoint, for a run that found none where it looked; "" when there are none."""
+    root = os.path.join(os.getcwd(), "ckpt")
+    found = sorted(os.path.join("ckpt", d) for d in (os.listdir(root) if os.path.isdir(root) else [])
+                   if d.startswith("checkpoints_") and ckpt_io.find_latest_tag(os.path.join(root, d)))
+    return f"; OpenRLHF's default folder {', '.join(found)} holds one: pass --ckpt.path to resume it" if found else ""
+
+
 def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
     keys = records[0].keys()
     return {k: sum(r[k] for r in records) / len(records) for k in keys}
@@ -58,6 +69,10 @@ def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
 
 class Trainer:
     """Subclasses set ``self.engine`` (the DeepSpeed engine of the trained model)."""
+
+    # OpenRLHF's dashboard name of this trainer's loss (train/<name>, eval/eval <name>); see
+    # openrlhf.utils.logging.dashboard_view.
+    upstream_loss_name = "loss"
 
     def __init__(
         self,
@@ -78,7 +93,7 @@ class Trainer:
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.collate_fn = collate_fn
-        self.s = settings
+        self.settings = settings
         self.logger = logger
         self.accum = strategy.accumulated_gradient
         self.steps_per_epoch = steps_per_epoch(len(train_dataset), settings.train.batch_size)
@@ -115,7 +130,7 @@ class Trainer:
         ``--train.max_tokens_per_gpu`` tokens (a longer row alone), then split further until every
         process has as many micro-batches as the process that needs the most (ZeRO-3 runs its
         forward passes collectively)."""
-        budget = self.s.train.max_tokens_per_gpu
+        budget = self.settings.train.max_tokens_per_gpu
         groups: List[List[dict]] = []
         used = 0
         for it in items:
@@ -142,12 +157,12 @@ class Trainer:
     def _loader(self, dataset: Dataset, epoch: int, consumed: int, shuffle: bool, whole_step: bool = False) -> DataLoader:
         """Micro-batches of ``--train.micro_batch_size`` rows; ``whole_step``: the process's rows of a
         whole optimizer step as a list of items (dynamic batches are cut from it)."""
-        sampler = self.strategy.get_sampler(dataset, seed=self.s.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle)
+        sampler = self.strategy.get_sampler(dataset, seed=self.settings.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle)
         workers = dict(num_workers=self.num_workers, persistent_workers=False) if self.num_workers else {}
         if whole_step:
-            rows = self.s.train.batch_size // self.strategy.world_size
+            rows = self.settings.train.batch_size // self.strategy.world_size
             return DataLoader(dataset, batch_size=rows, sampler=sampler, collate_fn=list, drop_last=True, **workers)
-        return DataLoader(dataset, batch_size=self.s.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn,
+        return DataLoader(dataset, batch_size=self.settings.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn,
                           drop_last=True, **workers)
 
     def _take_aux_loss(self):
@@ -157,15 +172,13 @@ class Trainer:
         take = getattr(actor, "take_aux_loss", None)
         return take() if take is not None else None
 
-    def _save_checkpoint(self, step: int, epoch: int, consumed: int) -> None:
-        state = {"global_step": step, "epoch": epoch, "consumed_samples": consumed}
-        if not self.s.ckpt.disable_ds:
-            self.strategy.save_ckpt(self.engine, self.s.checkpoint_dir, step, state, self.s.ckpt.max_num,
-                                    max_gb=self.s.ckpt.max_mem)
-        if self.s.ckpt.save_hf:
-            import os
-
-            self.strategy.save_hf_model(self.engine, self.tokenizer, os.path.join(self.s.checkpoint_dir, f"global_step{step}_hf"))
+    def _save_checkpoint(self, step: int) -> None:
+        state = ckpt_io.trainer_state(step, self.settings.train.batch_size, self.steps_per_epoch)
+        if not self.settings.ckpt.disable_ds:
+            self.strategy.save_ckpt(self.engine, self.settings.checkpoint_dir, step, state, self.settings.ckpt.max_num,
+                                    max_gb=self.settings.ckpt.max_mem)
+        if self.settings.ckpt.save_hf:
+            self.strategy.save_hf_model(self.engine, self.tokenizer, os.path.join(self.settings.checkpoint_dir, f"global_step{step}_hf"))
 
     # ---- loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, float]:
@@ -183,11 +196,7 @@ class Trainer:
             raise Interrupted(self._interrupted_message()) from None
 
     def _interrupted_message(self) -> str:
-        import os
-
-        from openrlhf.utils.deepspeed import ckpt_io
-
-        ckpt_dir = self.s.checkpoint_dir
+        ckpt_dir = self.settings.checkpoint_dir
         if self.strategy.is_rank_0():
             ckpt_io.remove_leftovers(ckpt_dir)
         tag = ckpt_io.find_latest_tag(ckpt_dir)
@@ -198,18 +207,22 @@ class Trainer:
 
     def _fit(self) -> Dict[str, float]:
         step, epoch0, consumed0 = 0, 0, 0
-        state = self.strategy.load_ckpt(self.engine, self.s.checkpoint_dir) if self.s.ckpt.load_enable else None
+        state = self.strategy.load_ckpt(self.engine, self.settings.checkpoint_dir) if self.settings.ckpt.load_enable else None
         if state is not None:
-            step, epoch0, consumed0 = state["global_step"], state["epoch"], state["consumed_samples"]
-            self.strategy.print(f"resumed from {self.s.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
+            step, epoch0, consumed0 = ckpt_io.resume_position(state, self.settings.train.batch_size, self.steps_per_epoch)
+            self.strategy.print(f"resumed from {self.settings.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
+        elif self.settings.ckpt.load_enable:
+            self.strategy.print(f"--ckpt.load_enable: no checkpoint in {os.path.abspath(self.settings.checkpoint_dir)} "
+                                f"(--ckpt.path; default <ckpt.output_dir>/checkpoints), starting at step 0"
+                                f"{_openrlhf_default_hint()}")
         # metrics.jsonl keeps what led to this state and nothing after it (a fresh run starts it anew).
         self.logger.truncate_after(step)
-        bs = self.s.train.batch_size
+        bs = self.settings.train.batch_size
         bar = self._bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(),
                                dynamic_ncols=True)
         last: Dict[str, float] = {}
-        dynamic = self.s.train.dynamic_batch_enable
-        for epoch in range(epoch0, self.s.train.max_epochs):
+        dynamic = self.settings.train.dynamic_batch_enable
+        for epoch in range(epoch0, self.settings.train.max_epochs):
             consumed = consumed0 if epoch == epoch0 else 0
             it = iter(self._loader(self.train_dataset, epoch, consumed, shuffle=True, whole_step=dynamic))
             for _ in range(consumed // bs, self.steps_per_epoch):
@@ -239,7 +252,7 @@ class Trainer:
                     records.append(metrics)
                 if dynamic:
                     self.strategy.optimizer_step(self.engine)
-                    metrics = self.strategy.all_reduce({key: sum(w * r[key] for w, r in zip(weights, records))
+                    metrics = self.strategy.all_reduce({key: sum(w * r[key] for w, r in zip(weights, records, strict=True))
                                                         for key in records[0]})
                 else:
                     metrics = self.strategy.all_reduce(mean_metrics(records))
@@ -258,15 +271,14 @@ class Trainer:
                 last = metrics
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if step % self.s.logger.logging_steps == 0:
-                    self.logger.log(step, metrics)
-                if self.eval_dataset is not None and self.s.eval.steps > 0 and step % self.s.eval.steps == 0:
-                    self.logger.log(step, self.evaluate())
-                if self.s.ckpt.save_steps > 0 and step % self.s.ckpt.save_steps == 0:
-                    self._save_checkpoint(step, epoch if consumed < self.steps_per_epoch * bs else epoch + 1,
-                                          consumed if consumed < self.steps_per_epoch * bs else 0)
-            if self.eval_dataset is not None and self.s.eval.steps == -1:
-                self.logger.log(step, self.evaluate())
+                if step % self.settings.logger.logging_steps == 0:
+                    self.logger.log(step, metrics, self.upstream_loss_name)
+                if self.eval_dataset is not None and self.settings.eval.steps > 0 and step % self.settings.eval.steps == 0:
+                    self.logger.log(step, self.evaluate(), self.upstream_loss_name)
+                if self.settings.ckpt.save_steps > 0 and step % self.settings.ckpt.save_steps == 0:
+                    self._save_checkpoint(step)
+            if self.eval_dataset is not None and self.settings.eval.steps == -1:
+                self.logger.log(step, self.evaluate(), self.upstream_loss_name)
         bar.close()
         return last
 

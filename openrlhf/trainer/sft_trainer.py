@@ -17,6 +17,8 @@ class SFTTrainer(Trainer):
     curve the same however the global batch is split into micro-batches and processes.
     """
 
+    upstream_loss_name = "gpt_loss"  # OpenRLHF logs the SFT loss as train/gpt_loss
+
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
         self.loss_fn = GPTLMLoss()

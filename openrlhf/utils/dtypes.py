@@ -1,10 +1,14 @@
-"""``--ds.param_dtype`` names (bf16 / fp16 / fp32) -> torch dtypes. The names live in
-:data:`openrlhf.config.schema.PARAM_DTYPES`; this is the one place that maps them."""
+"""``--ds.param_dtype`` names (bf16 / fp16 / fp32) -> torch dtypes: the one place that declares and maps
+them (:mod:`openrlhf.config.schema` re-exports :data:`PARAM_DTYPES` with the other choices)."""
 
 from __future__ import annotations
 
-from openrlhf.config.schema import PARAM_DTYPES
+from typing import Dict
+
 from openrlhf.utils.errors import UserError
+
+# --ds.param_dtype (and evaluate / convert_gguf --dtype) -> torch dtype name.
+PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def torch_dtype_name(name: str, flag: str = "--ds.param_dtype") -> str:

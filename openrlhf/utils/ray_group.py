@@ -136,7 +136,7 @@ class ActorGroup:
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
 
     def call_each(self, method: str, args_per_rank: Sequence[tuple]) -> List[Any]:
-        return [getattr(a, method).remote(*args) for a, args in zip(self.actors, args_per_rank)]
+        return [getattr(a, method).remote(*args) for a, args in zip(self.actors, args_per_rank, strict=True)]
 
     def get(self, refs: Sequence[Any]) -> List[Any]:
         """The results of ``refs`` (one per rank, rank order); a dead actor or a failed call raises at once,

@@ -52,7 +52,7 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: 
     a None / non-finite side is left out). ``wins``: prompts where A is better by more than ``tie_tol``.
     ``diff``: mean of A - B with its paired bootstrap interval (``diff_lo``, ``diff_hi``). ``p_sign``: exact
     sign test; ``p_perm``: sign-flip permutation test of the mean difference."""
-    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
     d = np.asarray([x - y for x, y in pairs], dtype=np.float64)
     if len(d) == 0:
         return {"n": 0, "wins": 0, "ties": 0, "losses": 0, "diff": float("nan"), "diff_lo": float("nan"),

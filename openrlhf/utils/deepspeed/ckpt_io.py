@@ -8,7 +8,7 @@ Layout of a checkpoint folder ``ckpt_dir``::
       global_step<N>/         # complete checkpoints only (renamed into place)
         mp_rank_00_model_states.pt / zero_pp_rank_*  (DeepSpeed)
         rng_state_rank<r>.pt  # python / numpy / torch (/ cuda) RNG of rank r
-        openrlhf_ckpt.json    # {"step": N, "world_size": W}
+        openrlhf_ckpt.json    # {"step": N, "world_size": W, + the trainer's state}
       .tmp_global_step<N>/    # being written; ignored by readers, removed by the next save
       .old_global_step<N>/    # a replaced copy of the same step being deleted
       global_step<N>_hf/      # optional HF export of that step (pruned together with it)
@@ -30,6 +30,9 @@ LATEST = "latest"
 HF_SUFFIX = "_hf"  # <ckpt_dir>/global_step<N>_hf: an optional HF export of that checkpoint
 META_FILE = "openrlhf_ckpt.json"
 _TAG_RE = re.compile(r"^global_step(\d+)$")
+# What OpenRLHF (0.11) keeps in a checkpoint's DeepSpeed client state: rows consumed since the start of
+# training, i.e. global_step x train.batch_size over all epochs.
+UPSTREAM_CLIENT_KEYS = ("consumed_samples",)
 
 
 def tag_for(step: int) -> str:
@@ -144,6 +147,29 @@ def prune(ckpt_dir: str, max_num: int, keep_tag: str, max_gb: Optional[float] = 
     return deleted
 
 
+def trainer_state(step: int, batch_size: int, steps_per_epoch: int) -> Dict[str, int]:
+    """The trainer's client state at the end of optimizer step ``step``: ``consumed_samples`` with
+    OpenRLHF's meaning (rows since the start of training, so its trainers resume from our checkpoints)
+    and ours (the epoch to run next and the rows of it already done)."""
+    epoch, done = divmod(int(step), int(steps_per_epoch))
+    return {"consumed_samples": int(step) * int(batch_size), "global_step": int(step), "epoch": epoch,
+            "epoch_consumed_samples": done * int(batch_size)}
+
+
+def resume_position(state: Dict[str, Any], batch_size: int, steps_per_epoch: int):
+    """(global step, epoch, rows of that epoch done) to resume from a checkpoint's client state: ours
+    (``global_step``), OpenRLHF's (``consumed_samples`` only: global_step x batch size) or, with
+    neither, the step of its ``global_step<N>`` folder (``step``)."""
+    if "global_step" in state:
+        step = int(state["global_step"])
+    elif "consumed_samples" in state:
+        step = int(state["consumed_samples"]) // int(batch_size)
+    else:
+        step = int(state["step"])
+    epoch, done = divmod(step, int(steps_per_epoch))
+    return step, epoch, done * int(batch_size)
+
+
 def write_meta(folder: str, meta: Dict[str, Any]) -> None:
     with open(os.path.join(folder, META_FILE), "w") as f:
         json.dump(meta, f)
@@ -151,11 +177,13 @@ def write_meta(folder: str, meta: Dict[str, Any]) -> None:
 
 def read_latest_meta(ckpt_dir: str) -> Optional[Dict[str, Any]]:
     """What the newest complete checkpoint of ``ckpt_dir`` says of itself (step, world size and the
-    trainer's state: epoch, consumed_samples), without loading it; None without one."""
+    trainer's state, see :func:`trainer_state`), without loading it; None without one."""
     tag = find_latest_tag(ckpt_dir) if os.path.isdir(ckpt_dir) else None
     path = os.path.join(ckpt_dir, tag, META_FILE) if tag else None
-    if path is None or not os.path.exists(path):
+    if path is None:
         return None
+    if not os.path.exists(path):  # written by OpenRLHF (no meta file): the step of the folder's name
+        return {"step": step_of(tag)}
     with open(path) as f:
         return json.load(f)
 

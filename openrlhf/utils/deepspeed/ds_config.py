@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 from typing import Any, Dict
+
+# --lr_scheduler: the schedulers DeepspeedStrategy.create_scheduler builds (re-exported by config.schema).
+# cosine_with_min_lr decays to min_lr_ratio x lr; cosine and linear decay to 0.
+# --lr_scheduler: every name of transformers' get_scheduler (SchedulerType) that steps without a metric;
+# cosine_with_min_lr and cosine_warmup_with_min_lr decay to --min_lr_ratio x lr (OpenRLHF's special case),
+# warmup_stable_decay too, over the last 10% of the steps; cosine and linear decay to 0.
+LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
+                 "polynomial", "inverse_sqrt", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+# SchedulerType names refused, with the reason.
+LR_SCHEDULERS_REFUSED = {
+    "reduce_lr_on_plateau": "it steps on a validation metric, and the optimizer step has none to give it",
+    "greedy": "it steps on a validation metric, and the optimizer step has none to give it",
+}
+
 # Large enough that DeepSpeed never prints its own step logs.
 _STEPS_PER_PRINT = 10**12
 

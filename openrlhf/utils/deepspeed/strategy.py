@@ -40,9 +40,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from openrlhf.utils.deepspeed import ckpt_io
-from openrlhf.config.schema import LR_SCHEDULERS
-from openrlhf.config.validate import ds_problems
-from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
+from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS, eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port, release_shm_allreduce_buffer
 from openrlhf.utils.dtypes import torch_dtype
@@ -55,12 +53,35 @@ _CLIENT_KEY = "openrlhf_client_state"
 
 def unwrap_model(model: Any) -> nn.Module:
     """The HF module inside a DeepSpeed engine and/or an :class:`~openrlhf.models.actor.Actor`."""
-    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module):
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
     # An Actor keeps its HF model under ``.model``.
     if not hasattr(model, "save_pretrained") and isinstance(getattr(model, "model", None), nn.Module):
         model = model.model
     return model
+
+
+def _wraps_hf_model(module: nn.Module) -> bool:
+    """An :class:`~openrlhf.models.actor.Actor`-like wrapper: no ``save_pretrained`` of its own, the HF
+    model under ``.model``."""
+    return not hasattr(module, "save_pretrained") and isinstance(getattr(module, "model", None), nn.Module)
+
+
+def _hf_names_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook of a wrapper: its keys as the HF model's own (``model.`` of the wrapper
+    dropped), the names OpenRLHF's checkpoints hold (its DeepSpeed engine wraps the HF model)."""
+    inner = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _load_module_either_naming(src: dict, dst: nn.Module) -> None:
+    """DeepSpeed ``custom_load_fn``: a checkpoint's module weights under the HF model's names (ours and
+    OpenRLHF's) or under the wrapper's (``model.``-prefixed, checkpoints of earlier versions), strictly."""
+    if _wraps_hf_model(dst) and set(src) == set(dst.model.state_dict(keep_vars=True)):
+        dst.model.load_state_dict(src, strict=True)
+    else:
+        dst.load_state_dict(src, strict=True)
 
 
 def _is_zero3_param(p: torch.Tensor) -> bool:
@@ -107,7 +128,7 @@ class DeepspeedStrategy:
         seed; batch_size too when training); ``max_norm`` and ``adam`` (--adam.*) are used
         when training. ``training=False`` (scoring, generation): no optimizer, so the global
         batch size is not checked against the process count."""
-        problems = ds_problems(ds, training=training)
+        problems = ds.problems(training=training)
         if problems:
             raise UserError("invalid DeepSpeed settings:\n  " + "\n  ".join(problems))
         self.ds = ds
@@ -300,18 +321,28 @@ class DeepspeedStrategy:
                          min_lr_ratio: float = 0.1):
         """An LR scheduler stepped once per optimizer step (DeepSpeed steps it).
 
-        Warmup steps = ceil(warmup_ratio * total_steps). cosine_with_min_lr decays to
-        min_lr_ratio x lr; cosine and linear decay to 0."""
-        from transformers import get_scheduler
+        Any name of transformers' ``get_scheduler`` that steps without a metric. Warmup steps =
+        ceil(warmup_ratio * total_steps). cosine_with_min_lr and cosine_warmup_with_min_lr decay to
+        min_lr_ratio x lr (OpenRLHF's special case); warmup_stable_decay decays to min_lr_ratio x lr over
+        the last ceil(10%) of the steps (transformers needs a decay length; OpenRLHF gives none);
+        cosine and linear decay to 0."""
+        from transformers import SchedulerType, get_scheduler
 
-        if name not in LR_SCHEDULERS:
-            raise UserError(f"--lr_scheduler: must be one of {', '.join(LR_SCHEDULERS)} (got {name!r})")
+        known = {t.value for t in SchedulerType}
+        if name not in LR_SCHEDULERS or name not in known:
+            raise UserError(f"--lr_scheduler: {name!r} is not one of this transformers' schedulers that step "
+                            f"without a metric: {', '.join(n for n in LR_SCHEDULERS if n in known)}")
         if total_steps < 1:
             raise ValueError(f"total optimizer steps must be >= 1 (got {total_steps}); is the dataset empty?")
         if not 0.0 <= warmup_ratio <= 1.0:
             raise ValueError(f"--lr_warmup_ratio must be in [0, 1] (got {warmup_ratio})")
         warmup = math.ceil(warmup_ratio * total_steps)
-        kwargs = {"min_lr_rate": min_lr_ratio} if name == "cosine_with_min_lr" else None
+        kwargs = None
+        if name in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
+            kwargs = {"min_lr_rate": min_lr_ratio}
+        elif name == "warmup_stable_decay":
+            decay = max(1, min(math.ceil(0.1 * total_steps), total_steps - warmup))
+            kwargs = {"num_decay_steps": decay, "min_lr_ratio": min_lr_ratio}
         if name == "constant":
             return get_scheduler(name, optimizer)
         return get_scheduler(
@@ -324,6 +355,9 @@ class DeepspeedStrategy:
         accumulation from the config). Returns the engine; DeepSpeed steps ``scheduler``."""
         import deepspeed
 
+        if _wraps_hf_model(model) and not getattr(model, "_hf_names_hooked", False):
+            model.register_state_dict_post_hook(_hf_names_hook)  # once: a second pass would strip HF's own "model."
+            model._hf_names_hooked = True
         engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
@@ -461,10 +495,10 @@ class DeepspeedStrategy:
             os.makedirs(ckpt_dir, exist_ok=True)
             ckpt_io.remove_leftovers(ckpt_dir)
         self.barrier()
-        # Our dict goes under one key: DeepSpeed returns everything it does not know on load.
-        engine.save_checkpoint(
-            ckpt_dir, tag=tmp_name, client_state={_CLIENT_KEY: dict(client_state or {})}, save_latest=False
-        )
+        # Our dict goes under one key (DeepSpeed returns everything it does not know on load) and, for
+        # OpenRLHF, whose resume reads its keys (consumed_samples) from the top level, once more there.
+        ours = dict(client_state or {})
+        engine.save_checkpoint(ckpt_dir, tag=tmp_name, client_state={**ours, _CLIENT_KEY: ours}, save_latest=False)
         ckpt_io.save_rng_state(tmp_path, self._rank)
         if self.is_rank_0():
             ckpt_io.write_meta(tmp_path, {**(client_state or {}), "step": int(step), "world_size": self._world_size})
@@ -491,12 +525,17 @@ class DeepspeedStrategy:
         if tag is None:
             return None
         load_path, client_state = engine.load_checkpoint(
-            ckpt_dir, tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
+            ckpt_dir, tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True,
+            custom_load_fn=_load_module_either_naming,
         )
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {os.path.join(ckpt_dir, tag)}")
         ckpt_io.load_rng_state(os.path.join(ckpt_dir, tag), self._rank)
-        state = dict((client_state or {}).get(_CLIENT_KEY) or {})
+        client_state = client_state or {}
+        if _CLIENT_KEY in client_state:
+            state = dict(client_state[_CLIENT_KEY])
+        else:  # written by OpenRLHF: its client state is {"consumed_samples": global_step x batch size}
+            state = {k: client_state[k] for k in ckpt_io.UPSTREAM_CLIENT_KEYS if k in client_state}
         state.setdefault("step", ckpt_io.step_of(tag))
         return state
 
@@ -701,7 +740,7 @@ class FrozenOffload:
         self.pending[i] = (copies, ready)
 
     def _start(self, module, args) -> None:
-        for t, c in zip(self.rest, self._copy(self.rest)):
+        for t, c in zip(self.rest, self._copy(self.rest), strict=True):
             t.data = c
         self._prefetch(0)
 
@@ -713,7 +752,7 @@ class FrozenOffload:
             current.wait_event(ready)
             for c in copies:  # the memory is not reused while this stream may still read it
                 c.record_stream(current)
-        for t, c in zip(self.units[i], copies):
+        for t, c in zip(self.units[i], copies, strict=True):
             t.data = c
         self.loaded[i] = True
         self._prefetch(i + 1)

@@ -1,0 +1,52 @@
+"""Merge a LoRA adapter into its base model and write a normal HF folder (what OpenRLHF's LoRA scripts
+end with: ``python -m openrlhf.cli.lora_combiner``)."""
+
+from __future__ import annotations
+
+import os
+
+from openrlhf.config.schema import PARAM_DTYPES
+from openrlhf.tools.common import make_temp_dir
+from openrlhf.utils.errors import UserError, require_package
+
+
+def combine_lora(model_path: str, lora_path: str, output_path: str, param_dtype: str = "bf16",
+                 is_rm: bool = False) -> dict:
+    """``PeftModel(base, adapter)`` merged into the base weights, saved with the base's tokenizer (and
+    chat template) to ``output_path``. ``is_rm``: the base is a sequence-classification model (a reward
+    model's head), else a causal LM. The folder is written beside ``output_path`` and moved into place;
+    other files already in ``output_path`` stay."""
+    require_package("peft", "python -m openrlhf.cli.lora_combiner")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from openrlhf.utils.deepspeed.ckpt_io import install_folder
+
+    if param_dtype not in PARAM_DTYPES:
+        raise UserError(f"--ds.param_dtype: unknown dtype {param_dtype!r}; expected one of {', '.join(PARAM_DTYPES)}")
+    if not os.path.isfile(os.path.join(lora_path, "adapter_config.json")):
+        raise UserError(f"--lora_path: {lora_path} has no adapter_config.json (a peft adapter folder; this "
+                        "fork's LoRA runs write it to <ckpt.output_dir>/adapter)")
+    dtype = getattr(torch, PARAM_DTYPES[param_dtype])
+    auto = AutoModelForSequenceClassification if is_rm else AutoModelForCausalLM
+    print(f"loading the base model {model_path}", flush=True)
+    try:
+        base = auto.from_pretrained(model_path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model_path: cannot load a model from {model_path!r}: {first}") from None
+    print(f"applying the adapter {lora_path}", flush=True)
+    try:
+        peft_model = PeftModel.from_pretrained(base, lora_path, torch_dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--lora_path: cannot apply the adapter in {lora_path} to {model_path}: {first}") from None
+    merged = peft_model.merge_and_unload()
+    tmp = make_temp_dir(output_path)
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    install_folder(tmp, os.path.abspath(output_path))
+    print(f"saved the merged model to {output_path}", flush=True)
+    return {"output_path": output_path, "params": sum(p.numel() for p in merged.parameters())}
