@@ -58,6 +58,24 @@ def default_model(cache: str) -> str:
     return folder
 
 
+def resolve_model(name: str) -> str:
+    """``--model`` as a local folder: a folder is used as it is; a hub id (``Qwen/Qwen2.5-1.5B-Instruct``)
+    is fetched once into the Hugging Face cache (``snapshot_download``) and its snapshot folder used; the
+    benchmark copies the folder as the same-size teacher, which needs files, not a hub id."""
+    if os.path.isdir(name):
+        return name
+    if os.path.exists(name) or name.startswith(("/", "./", "../", "~")) or name.count("/") != 1:
+        raise SystemExit(f"error: --model {name}: not a model folder (a local HF folder or a hub id org/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:  # offline, unknown id, gated model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"error: --model {name}: not a local folder and not fetched from the hub ({first}); "
+                         "pass a local HF folder") from None
+
+
 def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict]:
     """n pairs of real ShareGPT text: a first human turn, its GPT answer (chosen) and the GPT answer of
     another conversation (rejected); prompts under 96 tokens, answers of at least 64 tokens, both chat
@@ -259,9 +277,10 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     os.makedirs(a.cache, exist_ok=True)
-    a.model = a.model or default_model(a.cache)
-    teacher = os.path.join(a.cache, "teacher_copy")  # a same-size teacher: the model under another folder
-    if not os.path.exists(os.path.join(teacher, "model.safetensors")):
+    a.model = resolve_model(a.model) if a.model else default_model(a.cache)
+    # a same-size teacher: the model under another folder (one per model)
+    teacher = os.path.join(a.cache, "teacher_copy_" + os.path.basename(os.path.normpath(a.model)))
+    if not os.path.exists(os.path.join(teacher, "config.json")):
         shutil.copytree(a.model, teacher, dirs_exist_ok=True)
     n = min(a.pairs, a.steps * a.batch)
     data = os.path.join(a.cache, f"pairs_{n}_{a.max_len}_whole.jsonl")
