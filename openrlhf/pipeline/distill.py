@@ -193,7 +193,7 @@ class Runner:
         report = evaluate_responses(step.teacher, self.path("gen", "teacher_val.jsonl"),
                                     {run.label: self.path("gen", f"{run.name}_val.jsonl") for run in runs}, folder,
                                     apply_chat_template=step.apply_chat_template,
-                                    prompts=self.path("prompts", "val.jsonl"), compare_to=None)
+                                    prompts=self.path("prompts", "val.jsonl"), compare_to=None, dtype=step.dtype)
         metric = step.metric
         sign = 1 if SELECT_METRICS[metric] else -1
         best = max(runs, key=lambda run: sign * report["models"][run.label][metric])
@@ -214,7 +214,7 @@ class Runner:
         step: ReportStep = stage.config
         report = evaluate_responses(step.teacher, self.path("gen", "teacher_eval.jsonl"), dict(step.models),
                                     self.path("report"), apply_chat_template=step.apply_chat_template,
-                                    prompts=self.path("prompts", "eval.jsonl"))
+                                    prompts=self.path("prompts", "eval.jsonl"), dtype=step.dtype)
         judged = os.path.join(self.path("report", "judge"), "report.md")
         if os.path.exists(judged):  # the LLM-judge table (judge:), the paper's Table 1 layout
             with open(self.path("report", "report.md"), "a", encoding="utf-8") as f, open(judged, encoding="utf-8") as g:

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from openrlhf.config.parse import ConfigError, config_from_flags, config_to_flags, task_flags
-from openrlhf.config.schema import KL_BASELINE_COEF, REGISTRY, JudgeTaskConfig, RayGroupConfig, RaySettings, RunConfig
+from openrlhf.config.schema import (
+    KL_BASELINE_COEF,
+    REGISTRY,
+    DSConfig,
+    JudgeTaskConfig,
+    RayGroupConfig,
+    RaySettings,
+    RunConfig,
+)
 from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
 from openrlhf.pipeline.config import (
     BASELINES,
@@ -95,6 +103,8 @@ class SelectStep:
     teacher: str
     apply_chat_template: bool
     points: Tuple[TrainRun, ...]
+    # The teacher's dtype when it scores (see _eval_dtype).
+    dtype: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,8 @@ class ReportStep:
     models: Dict[str, str]
     points: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     selected: bool = False
+    # The teacher's dtype when it scores (see _eval_dtype).
+    dtype: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,12 @@ class Plan:
     def configs(self) -> Dict[str, RunConfig]:
         """Stage name -> its typed task config, for the stages that run a registry task."""
         return {s.name: s.config for s in self.stages if s.task in REGISTRY}
+
+
+def _eval_dtype(cfg: DistillConfig) -> str:
+    """The teacher's dtype when the report stages score with it: the run's ``ds.param_dtype`` (bf16 unless
+    ``common:`` says otherwise; evaluate_responses runs fp32 on a CPU)."""
+    return str(cfg.common.get("ds.param_dtype", DSConfig().param_dtype))
 
 
 def plan_distill(cfg: DistillConfig, *, check_packages: bool = True) -> Plan:
@@ -366,6 +384,7 @@ class _Planner:
             if not (c.select_by and run.sweep):
                 models[run.label] = (run.name, self.path(run.name))
         apply = bool(c.common.get("data.apply_chat_template", False))
+        dtype = _eval_dtype(c)
         if c.select_by:
             gen_tv = self.path("gen", "teacher_val.jsonl")
             stages.append(self.generation("gen_teacher_val", self.teacher, val_p, gen_tv))
@@ -374,7 +393,7 @@ class _Planner:
             for run in points:
                 answers.append(self.path("gen", f"{run.name}_val.jsonl"))
                 stages.append(self.generation(f"gen_{run.name}_val", self.path(run.name), val_p, answers[-1]))
-            stages.append(Stage("select", "select", SelectStep(c.select_by, self.teacher, apply, points),
+            stages.append(Stage("select", "select", SelectStep(c.select_by, self.teacher, apply, points, dtype),
                                 (gen_tv, val_p, *answers), (self.path("dadpo"), self.path("report", "validation"))))
 
         gen_te = self.path("gen", "teacher_eval.jsonl")
@@ -386,8 +405,8 @@ class _Planner:
         if c.judge is not None:
             stages += self.judge_stages(models, labels)
         points_here = {} if c.select_by else {run.label: run.sweep for run, _ in runs if run.sweep}
-        stages.append(Stage("report", "report", ReportStep(self.teacher, apply, labels, points_here, bool(c.select_by)),
-                            (gen_te, eval_p, *labels.values()), (self.path("report"),)))
+        report = ReportStep(self.teacher, apply, labels, points_here, bool(c.select_by), dtype)
+        stages.append(Stage("report", "report", report, (gen_te, eval_p, *labels.values()), (self.path("report"),)))
 
         unused = self.unused()
         self.problems += [f"common: {k}: no stage of this run takes it" for k in c.common
