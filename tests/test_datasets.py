@@ -10,18 +10,11 @@ import pytest
 import torch
 
 from openrlhf.config.schema import DataConfig
-from openrlhf.datasets import (
-    DataError,
-    PreferenceDataset,
-    PromptRenderer,
-    SFTDataset,
-    build_dataset,
-    load_rows,
-    pair_batch,
-    preference_collate,
-    sft_collate,
-    tokenize_pair,
-)
+from openrlhf.datasets.build import build_dataset
+from openrlhf.datasets.loading import DataError, load_rows
+from openrlhf.datasets.preference_dataset import PreferenceDataset, pair_batch, preference_collate
+from openrlhf.datasets.sft_dataset import SFTDataset, sft_collate
+from openrlhf.datasets.templates import PromptRenderer, tokenize_pair
 
 from tiny import pref_rows, sft_rows, write_jsonl
 

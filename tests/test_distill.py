@@ -149,13 +149,13 @@ def test_distill_launched_under_deepspeed_two_processes(tiny_dir, tiny_talking_t
 @pytest.mark.slow
 def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talking_teacher, tmp_path, monkeypatch):
     """A 2 x 2 daDPO grid and every baseline, from one dSFT model and one scoring pass."""
-    import openrlhf.recipes as recipes
+    import openrlhf.recipes.score as score_recipe
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
 
     calls = []
-    real = recipes.score_logps
-    monkeypatch.setattr(recipes, "score_logps", lambda cfg: calls.append(cfg) or real(cfg))
+    real = score_recipe.score_logps
+    monkeypatch.setattr(score_recipe, "score_logps", lambda cfg: calls.append(cfg) or real(cfg))
     # The talking teacher shares the student's tokenizer, so the KL baselines apply.
     path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
                    baselines={"dsft_kl": {"kd.coef": 0.1}, "ddpo": {}, "ddpo_kl": {}, "rdpo": {}, "dkto": {}},
