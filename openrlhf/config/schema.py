@@ -214,6 +214,9 @@ def transformers_attn_problem(name: str) -> str:
     """Why transformers would refuse ``attn_implementation=name`` ("" when it takes it): one of its
     registered attention functions (with their ``paged|`` forms) or a hub kernel ``org/repo[@rev][:fn]``.
     Imports transformers (only for names outside :data:`ATTN_IMPLEMENTATIONS`)."""
+    # The one function-level import of config/: the CLI parses flags with this package before torch and
+    # transformers are imported (``--help`` and config errors stay fast), and only an unusual
+    # --ds.attn_implementation needs transformers' own list of names.
     from transformers.integrations.hub_kernels import is_kernel
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
