@@ -29,6 +29,22 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
+
+from openrlhf.datasets.common import pad_batch
+from openrlhf.datasets.loading import DataError, load_rows
+from openrlhf.datasets.templates import PromptRenderer
+from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
+from openrlhf.generation.outputs import check_same_ids, read_responses
+from openrlhf.models.actor import masked_token_logps
+from openrlhf.tools.common import pick_device
+from openrlhf.utils.dtypes import torch_dtype
+from openrlhf.utils.stats import bootstrap_ci, paired_comparison
+
 TEACHER_LABEL = "teacher"
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -98,12 +114,6 @@ def teacher_nll(model, renderer, pairs: Sequence[Tuple[Any, Any]], *, pad_id: in
     For pairs marked in ``cut_off`` (the generator hit its token limit) the tokens
     that close the turn are not scored: the response did not end there.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from openrlhf.datasets.common import pad_batch
-    from openrlhf.models.actor import masked_token_logps
-
     wheres = list(wheres) if wheres is not None else [""] * len(pairs)
     tokenized = renderer.tokenize_many(list(pairs), wheres, unfinished=cut_off)
     device = next(model.parameters()).device
@@ -190,9 +200,6 @@ def write_markdown(report: dict, path: str) -> None:
 
 
 def write_chart(report: dict, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     labels = list(report["models"])
     panels = [("rouge_l_f1", "ROUGE-L F1 vs teacher (higher is closer)"),
               ("teacher_nll", "teacher NLL per token (lower is closer)"),
@@ -249,15 +256,6 @@ def evaluate_responses(
     key, else the row's position counted from 0). ``chat_template`` replaces the
     teacher tokenizer's template.
     """
-    from transformers import AutoModelForCausalLM
-
-    from openrlhf.datasets import DataError, PromptRenderer, load_rows
-    from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
-    from openrlhf.generation.outputs import check_same_ids, read_responses
-    from openrlhf.tools.common import pick_device
-    from openrlhf.utils.dtypes import torch_dtype
-    from openrlhf.utils.stats import bootstrap_ci, paired_comparison
-
     # Cheap checks first: labels, files, ids; then the teacher.
     if not candidates:
         raise DataError("--candidate: give at least one candidate response file (label=FILE)")
