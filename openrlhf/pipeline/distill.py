@@ -31,13 +31,36 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from openrlhf.config.schema import KL_BASELINE_COEF, RAY_TASKS, REGISTRY
-from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
-from openrlhf.pipeline.config import DistillConfig, StudentConfig, to_flags
+from openrlhf.config.parse import ConfigError, load_config, task_flags
+from openrlhf.config.schema import KL_BASELINE_COEF, RAY_TASKS, REGISTRY, JudgeTaskConfig, RayGroupConfig, RaySettings
+from openrlhf.eval.run import judge, write_prompts
+from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS, build_sets
+from openrlhf.generation.sharegpt import prepare_prompts
+from openrlhf.pipeline.config import (
+    BASELINES,
+    SELECT_METRICS,
+    DistillConfig,
+    StudentConfig,
+    baselines_of,
+    judge_settings,
+    sweep_points,
+    to_flags,
+)
+from openrlhf.pipeline.sweep import write_sweep_report
+from openrlhf.recipes import recipe_of
+from openrlhf.recipes.common import make_strategy
+from openrlhf.recipes.generate import generate
+from openrlhf.recipes.ray_launch import run_recipe_on_ray
+from openrlhf.tools.evaluate import evaluate_responses
+from openrlhf.tools.gguf_convert import convert_gguf, resolve_gguf
+from openrlhf.tools.prune import prune
+from openrlhf.utils.paths import output_dir_problem
 
 # Short names of swept flags in run names (dadpo_b0.1_t0.01) and their symbols in labels.
 _SHORT = {"model.beta": ("b", "beta1"), "teacher.beta": ("t", "beta2")}
@@ -87,14 +110,10 @@ class Pipeline:
     # ---- configs of the stage CLIs ---------------------------------------------------------
     def _common_for(self, task: str) -> Dict:
         """The ``common:`` flags that ``task`` has (a --train.* flag does not go to generate)."""
-        from openrlhf.config.parse import task_flags
-
         names = task_flags(task)
         return {k: v for k, v in self.cfg.common.items() if k in names}
 
     def stage_config(self, task: str, *mappings: Dict, check_paths: bool = False, check_packages: bool = True):
-        from openrlhf.config import load_config
-
         return load_config(to_flags(self._common_for(task), *mappings, self._ray_for(task)), task=task,
                            check_paths=check_paths, check_packages=check_packages)
 
@@ -107,7 +126,6 @@ class Pipeline:
         """The ``ray:`` placement flags that ``task`` takes (generation also gets --generate.ray)."""
         if not self.on_ray:
             return {}
-        from openrlhf.config.parse import task_flags
 
         names = task_flags(task)
         out = {k: v for k, v in self.cfg.ray.items() if k in names}
@@ -121,8 +139,6 @@ class Pipeline:
 
     def _ray_group(self):
         """(actors per group, RaySettings) of the stages run on one actor group."""
-        from openrlhf.config.schema import RayGroupConfig, RaySettings
-
         r = self.cfg.ray
         actor = RayGroupConfig(**{k[len("actor."):]: v for k, v in r.items() if k.startswith("actor.")})
         settings = RaySettings(**{k[len("ray."):]: v for k, v in r.items() if k.startswith("ray.")})
@@ -131,8 +147,6 @@ class Pipeline:
     def planned_configs(self, check_packages: bool = True) -> Dict[str, object]:
         """Every stage's config, built up front so bad flags fail before any work: the problems
         of all stages are reported together, each line naming its stage."""
-        from openrlhf.config.parse import ConfigError, task_flags
-
         configs: Dict[str, object] = {}
         problems: List[str] = []
         plan = self._plan()
@@ -173,8 +187,6 @@ class Pipeline:
         return out
 
     def _score_stage(self) -> tuple:
-        from openrlhf.config.parse import task_flags
-
         c, dsft = self.cfg, self.path("dsft")
         # The teacher and data flags of daDPO that scoring shares (not --teacher.beta).
         score_flags = task_flags("score_logps")
@@ -204,9 +216,6 @@ class Pipeline:
 
     def train_runs(self) -> List["TrainRun"]:
         """daDPO, the baselines and the sweep points, in order; each a stage and a folder of run_dir."""
-        from openrlhf.config.parse import task_flags
-        from openrlhf.pipeline.config import BASELINES, baselines_of, sweep_points
-
         c = self.cfg
         dsft, sets = self.path("dsft"), self.path("sets")
         pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
@@ -253,26 +262,17 @@ class Pipeline:
 
         def run() -> None:
             if self.on_ray:
-                from openrlhf.recipes import recipe_of
-
                 if task in RAY_TASKS:  # this process drives the policy / frozen groups
                     recipe_of(task)(cfg)
                 else:
-                    from openrlhf.recipes.ray_launch import run_recipe_on_ray
-
                     size, settings = self._ray_group()
                     run_recipe_on_ray(task, cfg, size, settings, name=name)
             elif self.cfg.launcher:
-                import shlex
-                import subprocess
-
                 cmd = shlex.split(self.cfg.launcher) + ["--module", REGISTRY[task].module,
                                                          *to_flags(self._common_for(task), *maps)]
                 self.log(f"[distill] {name}: {' '.join(shlex.quote(x) for x in cmd)}")
                 subprocess.run(cmd, check=True)
             else:
-                from openrlhf.recipes import recipe_of
-
                 recipe_of(task)(cfg)
         return run
 
@@ -284,10 +284,6 @@ class Pipeline:
     def _select(self) -> None:
         """Evaluate every grid point on the validation prompts, link the best (by ``select_by``) as
         run_dir/dadpo and write report/validation/ (the report, sweep.{json,md,png}, selection.json)."""
-        from openrlhf.pipeline.config import SELECT_METRICS
-        from openrlhf.pipeline.sweep import write_sweep_report
-        from openrlhf.tools.evaluate import evaluate_responses
-
         runs = [run for run in self.train_runs() if run.sweep]
         folder = self.path("report", "validation")
         apply = bool(self.cfg.common.get("data.apply_chat_template", False))
@@ -344,13 +340,9 @@ class Pipeline:
 
     # ---- the stages ------------------------------------------------------------------------
     def _teacher(self) -> None:
-        from openrlhf.tools.gguf_convert import convert_gguf, resolve_gguf
-
         convert_gguf(resolve_gguf(self.cfg.teacher[len("gguf:"):]), self.teacher_path, overwrite=True)
 
     def _prompts(self) -> None:
-        from openrlhf.generation.sharegpt import prepare_prompts
-
         p = self.cfg.prompts
         prepare_prompts(None if p.source == "sharegpt" else p.source, self.path("prompts"),
                         eval_size=p.eval_size, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars,
@@ -358,29 +350,20 @@ class Pipeline:
 
     def _student(self, cfg) -> Callable[[], None]:
         def run() -> None:
-            from openrlhf.tools.prune import prune
-
             prune(cfg)
         return run
 
     def _generate(self, model: str, prompts: str, out: str) -> Callable[[], None]:
         def run() -> None:
-            from openrlhf.recipes.generate import generate
-
             generate(self.stage_config("generate", {"model.model_name_or_path": model, "data.dataset": prompts,
                                                     "generate.output_path": out}, self.cfg.generate), log=self.log)
         return run
 
     def _sets(self) -> None:
-        from openrlhf.generation.sets import build_sets
-
         build_sets(self.path("gen", "teacher_train.jsonl"), self.path("gen", "student_train.jsonl"),
                    self.path("sets"), log=self.log, keep_unfinished=self.cfg.sets.keep_unfinished)
 
     def _report(self, labels: Dict[str, str]) -> None:
-        from openrlhf.pipeline.sweep import write_sweep_report
-        from openrlhf.tools.evaluate import evaluate_responses
-
         apply = bool(self.cfg.common.get("data.apply_chat_template", False))
         report = evaluate_responses(self.teacher_path, self.path("gen", "teacher_eval.jsonl"), labels,
                                     self.path("report"), apply_chat_template=apply,
@@ -455,8 +438,6 @@ class Pipeline:
     def _judge_stages(self, models: Dict[str, Tuple[str, str]], labels: Dict[str, str]) -> List[tuple]:
         """The benchmarks' answers of every model (the teacher included) and one judge stage per task;
         results in report/judge/ (report.json: model -> task -> numbers)."""
-        from openrlhf.pipeline.config import judge_settings
-
         judge_cfg, tasks, max_items = judge_settings(self.cfg)
         everyone = {"teacher": ("teacher", self.teacher_path), **models}
         out: List[tuple] = []
@@ -478,16 +459,11 @@ class Pipeline:
 
     def _eval_prompts(self, task: str, path: str, max_items: int) -> Callable[[], None]:
         def run() -> None:
-            from openrlhf.eval.run import write_prompts
-
             write_prompts(task, path, max_items)
         return run
 
     def _judge(self, task: str, judge_cfg, candidates: Dict[str, str], max_items: int) -> Callable[[], None]:
         def run() -> None:
-            from openrlhf.config.schema import JudgeTaskConfig
-            from openrlhf.eval.run import judge
-
             cfg = JudgeTaskConfig(task=task, candidate=tuple(f"{k}={v}" for k, v in candidates.items()),
                                   teacher_responses=self.path("gen", "teacher_eval.jsonl"),
                                   prompts=self.path("prompts", "eval.jsonl"), output_dir=self.path("report", "judge"),
@@ -497,23 +473,17 @@ class Pipeline:
 
     def run_all(self, stop_after: str = "") -> Dict[str, float]:
         """Run every stage not done yet (up to and including ``stop_after`` when given)."""
-        from openrlhf.config.parse import ConfigError
-        from openrlhf.recipes.common import make_strategy
-
         configs = self.planned_configs()  # every stage's flags checked before any work
         plan = self.stages(configs)
         names = [name for name, _, _ in plan]
         if stop_after and stop_after not in names:
             raise ConfigError([f"--stop_after: unknown stage {stop_after!r}; the stages of this run are "
                                f"{', '.join(names)}"])
-        from openrlhf.utils.paths import output_dir_problem
 
         problem = output_dir_problem(self.run)
         if problem:
             raise ConfigError([f"run_dir: {problem}"])
         if self.cfg.teacher.startswith("gguf:") and not self.is_done("teacher"):
-            from openrlhf.tools.gguf_convert import resolve_gguf
-
             resolve_gguf(self.cfg.teacher[len("gguf:"):])  # a missing package or file: one line, before any work
         os.makedirs(self.run, exist_ok=True)
         # One process group for the whole pipeline (the training stages join it).
