@@ -217,8 +217,8 @@ def transformers_attn_problem(name: str) -> str:
     # The one function-level import of config/: the CLI parses flags with this package before torch and
     # transformers are imported (``--help`` and config errors stay fast), and only an unusual
     # --ds.attn_implementation needs transformers' own list of names.
-    from transformers.integrations.hub_kernels import is_kernel
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.integrations.hub_kernels import is_kernel  # noqa: PLC0415 (see above)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: PLC0415
 
     valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
     if name in valid or is_kernel(name):
