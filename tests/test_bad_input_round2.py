@@ -29,7 +29,7 @@ def ref_bigger_vocab(tmp_path_factory):
 @pytest.mark.parametrize("which", ["smaller", "bigger"])
 def test_dpo_refuses_a_reference_of_another_tokenizer(tiny_dir, tiny_teacher_other_family, ref_bigger_vocab,
                                                       pref_jsonl, tmp_path, which):
-    from openrlhf.recipes.preference import train_dpo
+    from openrlhf.recipes.dpo import train_dpo
 
     ref = tiny_teacher_other_family if which == "smaller" else ref_bigger_vocab
     out = str(tmp_path / "dpo")
@@ -45,7 +45,7 @@ def test_dpo_refuses_a_reference_of_another_tokenizer(tiny_dir, tiny_teacher_oth
 
 def test_dadpo_and_score_logps_refuse_a_reference_of_another_tokenizer(tiny_dir, tiny_teacher_other_family,
                                                                       ref_bigger_vocab, pref_jsonl, tmp_path):
-    from openrlhf.recipes.preference import train_dadpo
+    from openrlhf.recipes.dadpo import train_dadpo
     from openrlhf.recipes.score import score_logps
 
     cfg = load_config(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "d"), "--ref.model_name_or_path",

@@ -15,7 +15,7 @@ from tiny import base_flags, pref_rows, read_metrics, train_losses, write_jsonl
 
 
 def run_dpo(flags: list) -> dict:
-    from openrlhf.recipes.preference import train_dpo
+    from openrlhf.recipes.dpo import train_dpo
 
     return train_dpo(load_config(flags, task="dpo"))
 
