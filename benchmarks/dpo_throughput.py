@@ -1,6 +1,6 @@
 """DPO / daDPO training throughput of this project, side by side with TRL's DPOTrainer when installed.
 
-    python benchmarks/dpo_throughput.py --steps 8 --pairs 64            # SmolLM2-135M-Instruct, CPU, fp32
+    python benchmarks/dpo_throughput.py --steps 4 --repeats 3 --pairs 32   # SmolLM2-135M-Instruct, CPU, fp32
 
 Every configuration trains on the same ShareGPT pairs, in the same order (our sampler's), for the
 same number of optimizer steps, each in its own process (so each has its own peak memory):
@@ -17,11 +17,15 @@ same number of optimizer steps, each in its own process (so each has its own pea
     trl_dpo             TRL DPOTrainer, reference online (TRL pads; its padding_free is disabled for DPO)
     trl_dpo_cached      TRL DPOTrainer with precompute_ref_log_probs
 
-It prints, per configuration: seconds per optimizer step (mean over the steps after the first),
-real and computed (padded) tokens per second, peak resident memory of the process, and the
-model-FLOPs utilisation (6 x parameters x real tokens of the policy + 2 x parameters x tokens
-of each frozen forward, per second) against a fp32 matmul peak measured here first. Then the
-ratios the project tracks. Timings depend on the machine: compare numbers from one run only.
+The configurations run in alternation, --repeats times each (A B C, B C A, C A B, ...: see
+benchmarks/interleave.py), because these machines drift by ~30% in speed over minutes: one run per
+configuration, one after another, cannot resolve a ratio of 1.2x. Each run prints, and the summary
+gives per configuration (median [min, max] over the repeats): seconds per optimizer step (mean over
+the steps after the first), real and computed (padded) tokens per second, peak resident memory of the
+process, and the model-FLOPs utilisation (6 x parameters x real tokens of the policy + 2 x parameters x
+tokens of each frozen forward, per second) against the fp32 matmul peak measured just before that run.
+Then the ratios the project tracks, each with a bootstrap 95% interval over the repeats; a ratio whose
+interval holds 1 is printed as "no measurable difference".
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from interleave import matmul_peak_flops  # noqa: E402  (benchmarks/interleave.py, beside this file)
+from interleave import describe_ratio, matmul_peak_flops, run_interleaved, spread  # noqa: E402  (beside this file)
 
 CONFIGS = ["ours_dpo", "ours_dpo_cached", "ours_dpo_packed", "ours_dpo_packed_cached", "ours_dadpo",
            "ours_dadpo_cached", "ours_dadpo_packed", "trl_dpo", "trl_dpo_cached"]
@@ -56,6 +60,24 @@ def default_model(cache: str) -> str:
     if not os.path.exists(os.path.join(folder, "model.safetensors")):
         convert_gguf(smollm2_gguf_path(), folder, overwrite=True)
     return folder
+
+
+def resolve_model(name: str) -> str:
+    """``--model`` as a local folder: a folder is used as it is; a hub id (``Qwen/Qwen2.5-1.5B-Instruct``)
+    is fetched once into the Hugging Face cache (``snapshot_download``) and its snapshot folder used; the
+    benchmark copies the folder as the same-size teacher, which needs files, not a hub id."""
+    if os.path.isdir(name):
+        return name
+    if os.path.exists(name) or name.startswith(("/", "./", "../", "~")) or name.count("/") != 1:
+        raise SystemExit(f"error: --model {name}: not a model folder (a local HF folder or a hub id org/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:  # offline, unknown id, gated model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"error: --model {name}: not a local folder and not fetched from the hub ({first}); "
+                         "pass a local HF folder") from None
 
 
 def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict]:
@@ -233,7 +255,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="HF folder of the policy (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--pairs", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per configuration")
+    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first one is not timed)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration, in alternation")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--micro", type=int, default=2)
     ap.add_argument("--max_len", type=int, default=512)
@@ -259,9 +282,10 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     os.makedirs(a.cache, exist_ok=True)
-    a.model = a.model or default_model(a.cache)
-    teacher = os.path.join(a.cache, "teacher_copy")  # a same-size teacher: the model under another folder
-    if not os.path.exists(os.path.join(teacher, "model.safetensors")):
+    a.model = resolve_model(a.model) if a.model else default_model(a.cache)
+    # a same-size teacher: the model under another folder (one per model)
+    teacher = os.path.join(a.cache, "teacher_copy_" + os.path.basename(os.path.normpath(a.model)))
+    if not os.path.exists(os.path.join(teacher, "config.json")):
         shutil.copytree(a.model, teacher, dirs_exist_ok=True)
     n = min(a.pairs, a.steps * a.batch)
     data = os.path.join(a.cache, f"pairs_{n}_{a.max_len}_whole.jsonl")
@@ -269,57 +293,76 @@ def main() -> None:
         from openrlhf.utils.jsonl import write_jsonl_atomic
 
         write_jsonl_atomic(data, sharegpt_pairs(a.model, n, a.max_len))
-    peak = matmul_peak_flops(a.param_dtype)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(a.model)).parameters())
+    configs = [c for c in a.configs.split(",") if c]
+    if importlib.util.find_spec("trl") is None:
+        for name in [c for c in configs if c.startswith("trl")]:
+            print(f"{name}: skipped (trl is not installed: pip install trl)", flush=True)
+        configs = [c for c in configs if not c.startswith("trl")]
     print(f"model {a.model} ({params / 1e6:.1f}M parameters), {n} pairs, {a.steps} steps of {a.batch} pairs "
           f"(micro {a.micro}), max_len {a.max_len}, {a.threads} threads, {a.param_dtype}, {a.attn_implementation}, "
-          f"ZeRO-{a.zero_stage}; {a.param_dtype} matmul peak {peak / 1e9:.1f} GFLOP/s",
-          flush=True)
-    results = []
-    for name in a.configs.split(","):
-        if name.startswith("trl") and importlib.util.find_spec("trl") is None:
-            print(f"{name}: skipped (trl is not installed: pip install trl)", flush=True)
-            continue
+          f"ZeRO-{a.zero_stage}; {a.repeats} repeats of {len(configs)} configurations in alternation", flush=True)
+    if any(c.startswith("trl") for c in configs):
+        print("TRL: DPOTrainer with DPOConfig's defaults (sigmoid loss, beta 0.1, dropout disabled, padding to the "
+              "longest in a micro-batch) except what makes the runs comparable: the same rows in our sampler's "
+              f"order, per-device batch {a.micro} x {a.batch // a.micro} accumulation, max_length {a.max_len}, "
+              "learning rate 5e-7 with a constant schedule, no saving or reporting", flush=True)
+
+    def run_one(name: str, repeat: int) -> Dict:
         cmd = [sys.executable, os.path.abspath(__file__), "--config", name, "--data", data, "--teacher", teacher,
                "--model", a.model, "--batch", str(a.batch), "--micro", str(a.micro), "--max_len", str(a.max_len),
                "--threads", str(a.threads), "--steps", str(a.steps), "--param_dtype", a.param_dtype,
                "--attn_implementation", a.attn_implementation, "--zero_stage", str(a.zero_stage)]
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=REPO)
-        t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            print(f"{name}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
-            continue
-        s = summarise(name, json.loads(line[len("RESULT "):]), params, peak)
-        results.append(s)
-        print(f"{name:24s} {s['s_per_step']:7.2f} s/step  {s['real_tok_s']:7.1f} real tok/s  "
-              f"{s['padded_tok_s']:7.1f} computed tok/s  padding {100 * s['padding']:4.1f}%  "
-              f"peak {s['peak_rss_mb']:7.0f} MB  MFU {100 * s['mfu']:4.1f}%  ({time.time() - t0:.0f} s)", flush=True)
-    by = {r["config"]: r for r in results}
+            raise SystemExit(f"{name}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}")
+        peak = matmul_peak_flops(a.param_dtype)
+        r = summarise(name, json.loads(line[len("RESULT "):]), params, peak)
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "config"}
 
-    def ratio(label: str, a_: str, b_: str, key: str, target: str) -> None:
-        if a_ in by and b_ in by:
-            print(f"{label}: {by[a_][key] / by[b_][key]:.2f}  (target {target})")
+    runs = run_interleaved(configs, a.repeats, run_one, log=lambda line: print(line, flush=True))
+    print(f"\n{'configuration':24s} {'s/step median [min, max]':>26s} {'real tok/s median [min, max]':>30s} "
+          f"{'padding':>8s} {'peak RSS MB':>12s} {'MFU':>6s}")
+    table = {}
+    for name in configs:
+        rs = runs[name]
+        st, tok = spread([r["s_per_step"] for r in rs]), spread([r["real_tok_s"] for r in rs])
+        table[name] = {"s_per_step": st, "real_tok_s": tok, "padding": rs[0]["padding"],
+                       "peak_rss_mb": spread([r["peak_rss_mb"] for r in rs])["median"],
+                       "mfu": spread([r["mfu"] for r in rs])["median"], "runs": rs}
+        print(f"{name:24s} {st['median']:8.2f} [{st['min']:.2f}, {st['max']:.2f}]{'':6s} "
+              f"{tok['median']:10.1f} [{tok['min']:.1f}, {tok['max']:.1f}]{'':6s} {100 * rs[0]['padding']:6.1f}% "
+              f"{table[name]['peak_rss_mb']:12.0f} {100 * table[name]['mfu']:5.1f}%")
+
+    def ratio(label: str, a_: str, b_: str, key: str) -> None:
+        if a_ in runs and b_ in runs:
+            print(describe_ratio(label, [r[key] for r in runs[a_]], [r[key] for r in runs[b_]]))
 
     print()
-    ratio("DPO real tok/s, ours packed / TRL", "ours_dpo_packed", "trl_dpo", "real_tok_s", ">= 1.5")
+    ratio("DPO real tok/s, ours padded / TRL", "ours_dpo", "trl_dpo", "real_tok_s")
+    ratio("DPO real tok/s, ours packed / TRL", "ours_dpo_packed", "trl_dpo", "real_tok_s")
+    ratio("DPO real tok/s, ours packed / ours padded", "ours_dpo_packed", "ours_dpo", "real_tok_s")
+    ratio("DPO real tok/s, ours cached / TRL precomputed", "ours_dpo_cached", "trl_dpo_cached", "real_tok_s")
     ratio("DPO real tok/s, ours packed cached / TRL precomputed", "ours_dpo_packed_cached", "trl_dpo_cached",
-          "real_tok_s", ">= 1.5")
-    ratio("DPO real tok/s, ours padded / TRL", "ours_dpo", "trl_dpo", "real_tok_s", "-")
-    ratio("daDPO cached / DPO cached, s/step", "ours_dadpo_cached", "ours_dpo_cached", "s_per_step", "<= 1.05")
-    ratio("daDPO online teacher / DPO, s/step", "ours_dadpo", "ours_dpo", "s_per_step", "<= 1.15")
-    ratio("daDPO online teacher / DPO, s/step, packed", "ours_dadpo_packed", "ours_dpo_packed", "s_per_step", "<= 1.15")
+          "real_tok_s")
+    ratio("daDPO cached / DPO cached, s/step", "ours_dadpo_cached", "ours_dpo_cached", "s_per_step")
+    ratio("daDPO online teacher / DPO, s/step", "ours_dadpo", "ours_dpo", "s_per_step")
+    ratio("daDPO online teacher / DPO, s/step, packed", "ours_dadpo_packed", "ours_dpo_packed", "s_per_step")
     for a_, b_ in (("ours_dpo", "trl_dpo"), ("ours_dpo_cached", "trl_dpo_cached")):
-        if a_ in by and b_ in by:
-            n_ = min(len(by[a_]["losses"]), len(by[b_]["losses"]))
-            diff = max(abs(x - y) for x, y in zip(by[a_]["losses"][:n_], by[b_]["losses"][:n_], strict=True))
+        if a_ in runs and b_ in runs:
+            la, lb = runs[a_][0]["losses"], runs[b_][0]["losses"]
+            n_ = min(len(la), len(lb))
+            diff = max(abs(x - y) for x, y in zip(la[:n_], lb[:n_], strict=True))
             print(f"max |loss difference| {a_} vs {b_} over {n_} steps: {diff:.2e}")
+    peaks = [r["peak_gflops"] for rs in runs.values() for r in rs]
+    print(f"fp32 matmul peak between runs, GFLOP/s: {spread(peaks)}")
     if a.out:
         with open(a.out, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(table, f, indent=2)
 
 
 if __name__ == "__main__":

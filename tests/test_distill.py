@@ -247,6 +247,20 @@ def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talkin
         assert os.path.exists(os.path.join(run, "report", "validation", name))
 
 
+def test_report_stages_score_in_the_runs_dtype():
+    """select_by and the report score with the teacher in the run's ds.param_dtype (bf16 on a GPU unless
+    common: says otherwise), not in fp32 (evaluate_responses itself runs fp32 on a CPU)."""
+    from types import SimpleNamespace
+
+    from openrlhf.pipeline.distill import Pipeline
+
+    def dtype(common):
+        return Pipeline(SimpleNamespace(common=common, run_dir="r"), log=lambda *a: None).eval_dtype()
+
+    assert dtype({}) == "bf16" and dtype({"ds.param_dtype": "fp32"}) == "fp32"
+    assert dtype({"ds.param_dtype": "fp16"}) == "fp16"
+
+
 def test_kl_baselines_get_the_kd_coef_default_of_train_kd(tiny_dir, tmp_path):
     """One --kd.coef default for the KL baselines: the pipeline's dsft_kl and ddpo_kl get train_kd's (0.4, as the
     README says) when their sections give none, and a section's own value wins. Planned only, nothing runs."""

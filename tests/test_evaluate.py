@@ -187,3 +187,42 @@ def test_bootstrap_and_paired_statistics_by_hand():
     ten = paired_comparison([1.0 + i for i in range(10)], [0.5 + i for i in range(10)])
     assert ten["p_sign"] == pytest.approx(2 / 1024) and ten["p_perm"] < 0.01
     assert ten["diff_lo"] == ten["diff_hi"] == 0.5
+
+
+def test_evaluation_releases_the_teacher_and_runs_fp32_on_cpu(tiny_dir, response_files, monkeypatch):
+    """The report stages run before vLLM engines on the same GPU: no reference to the teacher survives the
+    call and the CUDA allocator's cache is emptied (pretended CUDA here); a CPU scores in fp32 whatever
+    the run's dtype (bf16 on a GPU)."""
+    import gc
+    import weakref
+
+    import torch
+    import transformers
+
+    from openrlhf.tools import evaluate as ev
+
+    loaded, released = [], []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(path, **kw):
+        model = real(path, **kw)
+        loaded.append((kw.get("dtype"), weakref.ref(model)))
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    real_release = ev.release_memory
+    monkeypatch.setattr(ev, "release_memory", lambda device: (released.append(str(device)), real_release(device)))
+    out = str(response_files["dir"] / "released")
+    ev.evaluate_responses(tiny_dir, response_files["teacher"], {"same": response_files["same"]}, out,
+                          dtype="bf16", device="cpu", progress=False)
+    gc.collect()
+    assert [d for d, _ in loaded] == [torch.float32] and released == ["cpu"]
+    assert loaded[0][1]() is None  # the teacher is gone once the call returns
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    real_release(torch.device("cpu"))
+    assert emptied == []
+    real_release(torch.device("cuda", 0))
+    assert emptied == [True]

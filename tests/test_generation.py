@@ -243,6 +243,27 @@ def test_generate_config_is_validated(tiny_dir, prompts_jsonl):
     assert any("did you mean --vllm.num_engines" in p for p in e.value.problems)
 
 
+def test_vllm_settings_name_the_executor_and_skip_detokenizing():
+    """What ``vllm.LLM`` / ``vllm.SamplingParams`` get. A Ray-placed engine holds one bundle of tp GPUs;
+    vLLM 0.32's Ray executor refuses such a bundle ("Placement group bundle cannot have more than 1 GPU"),
+    so the executor is named: ``mp`` (tp worker processes inside the engine's actor) for tp > 1, ``uni``
+    for one device. Output text is never used: no detokenizing."""
+    from openrlhf.generation.ray_engines import engine_gpus
+    from openrlhf.generation.vllm_backend import VLLMSettings, llm_kwargs, sampling_kwargs
+
+    for tp, backend in ((1, "uni"), (2, "mp"), (4, "mp")):
+        s = VLLMSettings(model="m", tp_size=tp, dtype="bfloat16", gpu_memory_utilization=0.5, seed=3,
+                         temperature=0.0, top_p=1.0, top_k=-1, max_tokens=4, batch_size=2, stop_ids=[7, 8])
+        assert llm_kwargs(s) == {"model": "m", "tensor_parallel_size": tp, "dtype": "bfloat16",
+                                 "gpu_memory_utilization": 0.5, "seed": 3, "enforce_eager": False,
+                                 "max_model_len": None, "distributed_executor_backend": backend}
+        assert sampling_kwargs(s) == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 4,
+                                      "stop_token_ids": [7, 8], "detokenize": False}
+        # one bundle (one node, one actor) of all tp GPUs per vLLM engine; one GPU per hf engine; none on CPUs
+        assert engine_gpus("vllm", tp, True) == tp and engine_gpus("hf", tp, True) == 1
+        assert engine_gpus("vllm", tp, False) == 0
+
+
 def test_package_import_is_light():
     import subprocess
 

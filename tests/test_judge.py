@@ -277,7 +277,7 @@ def alpaca_eval_lib(monkeypatch):
     import types
 
     if importlib.util.find_spec("alpaca_eval") is None:
-        pytest.skip("alpaca-eval is not installed (pip install 'openrlhf[test]' installs 0.6.6)")
+        pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
     try:
         import pkg_resources  # noqa: F401
     except ImportError:
@@ -401,7 +401,7 @@ def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
     try:
         alpaca_annotator()
     except UserError:
-        pytest.skip("alpaca-eval is not installed (pip install 'openrlhf[test]' installs 0.6.6)")
+        pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
     _, _, ref_path, cand = _alpaca_files(tmp_path)
     flags = lambda url, out: ["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate",  # noqa: E731
                               f"m1={cand}", "--judge.base_url", url, "--judge.model", "fake-judge", "--output_dir", out]
@@ -660,7 +660,7 @@ def test_real_vllm_alpacaeval_log_probabilities(vllm_judge, tmp_path):
     try:
         alpaca_annotator()
     except UserError:
-        pytest.skip("alpaca-eval is not installed (pip install 'openrlhf[test]' installs 0.6.6)")
+        pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
     ref = [{"instruction": f"What is {k} + {k}?", "output": f"{2 * k}", "generator": "reference"} for k in range(3)]
     with open(tmp_path / "ref.json", "w") as f:
         json.dump(ref, f)

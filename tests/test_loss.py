@@ -204,6 +204,44 @@ def test_kd_loss_zero_for_same_logits_and_refuses_other_vocab():
     assert one.item() == pytest.approx(expected / 4, abs=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_token_kl_equals_the_unchunked_formula_in_values_and_gradients(dtype):
+    """token_kl runs a few rows at a time (no fp32 [N, V] tensor); its values and its gradients for both
+    the student and the teacher logits are those of the plain formula, whatever the chunk, for [N, V]
+    rows, a sliced (non-contiguous) view of them and [B, T, V] batches."""
+    from openrlhf.models.loss import token_kl
+
+    torch.manual_seed(0)
+
+    def plain(s, t):
+        t_logp = torch.log_softmax(t.float(), dim=-1)
+        s_logp = torch.log_softmax(s.float(), dim=-1)
+        return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+
+    base_s = (torch.randn(11, 40) * 3).to(dtype)
+    base_t = (torch.randn(11, 40) * 3).to(dtype)
+    for chunk in (1, 3, 11, None):
+        for view in (lambda x: x, lambda x: x[:, :37], lambda x: x.view(1, 11, 40)):
+            got, want = [], []
+            for fn, out in ((lambda s, t, chunk=chunk: token_kl(s, t, chunk), got), (plain, want)):
+                s = base_s.clone().requires_grad_(True)
+                t = base_t.clone().requires_grad_(True)
+                kl = fn(view(s), view(t))
+                weights = torch.arange(1, kl.numel() + 1, dtype=torch.float32).view(kl.shape)
+                (kl * weights).sum().backward()  # a gradient that differs per row
+                out += [kl.detach(), s.grad, t.grad]
+            assert got[0].dtype == torch.float32 and got[0].shape == want[0].shape
+            tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, **tol)
+    # the teacher frozen (no_grad logits, as in the trainers): only the student gets a gradient
+    s = base_s.float().requires_grad_(True)
+    token_kl(s, base_t.float(), 4).sum().backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    with pytest.raises(ValueError, match="different positions"):
+        token_kl(torch.randn(3, 5), torch.randn(4, 5))
+
+
 def test_loss_module_import_is_light():
     code = (
         "import sys, openrlhf.models.loss\n"

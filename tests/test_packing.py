@@ -3,6 +3,8 @@ log-probs give what a plain log_softmax gives, values and gradients."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -122,3 +124,70 @@ def test_packed_two_processes_zero3_equals_padded(tiny_dir, tiny_teacher_other_f
         losses[packing] = train_losses(out)
     assert len(losses["true"]) == 4
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
+
+
+FORWARD_LOG = '''
+import functools
+import os
+
+if os.environ.get("RANK") is not None and os.environ.get("FORWARD_LOG_DIR"):
+    from transformers.models.llama import modeling_llama
+
+    _forward = modeling_llama.LlamaModel.forward
+
+    @functools.wraps(_forward)
+    def forward(self, *args, **kwargs):
+        pos = kwargs.get("position_ids")
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        seqs = int((pos == 0).sum()) if pos is not None else ids.shape[0]
+        with open(os.path.join(os.environ["FORWARD_LOG_DIR"], "rank" + os.environ["RANK"] + ".txt"), "a") as f:
+            f.write(f"{self.config.vocab_size} {seqs} {ids.shape[-1]}\\n")
+        return _forward(self, *args, **kwargs)
+
+    modeling_llama.LlamaModel.forward = forward
+'''
+
+
+@pytest.mark.slow
+def test_zero3_packing_with_dynamic_batches_runs_the_same_forwards_on_every_rank(tmp_path):
+    """ZeRO-3 gathers each layer's parameters in every forward, collectively: every rank must run the same
+    forwards in the same order. Dynamic batches give the ranks micro-batches with different numbers of
+    sequences; a packed row is therefore one forward per model under ZeRO-3 (not one per sequence). Models
+    large enough that ZeRO-3 partitions their weights (a 1e5-element persistence threshold keeps tiny
+    ones whole, and then no forward communicates); a teacher of another family; lengths 1x to 9x. Each
+    rank logs its forwards (vocabulary, sequences, tokens); the losses equal the padded run's."""
+    from tiny import launch_env, make_tiny
+
+    student = make_tiny(str(tmp_path / "student"), hidden=320)
+    teacher = make_tiny(str(tmp_path / "teacher"), style="gemma", vocab_size=350, seed=2, hidden=320)
+    rows = pref_rows(8)
+    for i, r in enumerate(rows):  # 1x .. 9x
+        r["chosen"] = r["chosen"] + " and more" * (i * 4)
+    data = write_jsonl(str(tmp_path / "d.jsonl"), rows)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FORWARD_LOG)
+    losses, logs = {}, {}
+    for packing in ("false", "true"):
+        out, log = tmp_path / f"p{packing}", tmp_path / f"log{packing}"
+        log.mkdir()
+        flags = base_flags(str(student), data, str(out), "--train.batch_size", "8", "--train.max_epochs", "2",
+                           "--ds.packing_samples", packing, "--teacher.model_name_or_path", str(teacher),
+                           "--teacher.beta", "0.3", "--train.dynamic_batch_enable", "--train.max_tokens_per_gpu",
+                           "320")
+        flags[flags.index("--ds.zero_stage") + 1] = "3"
+        env = launch_env(FORWARD_LOG_DIR=str(log))
+        env["PYTHONPATH"] = str(tmp_path / "site") + os.pathsep + env["PYTHONPATH"]
+        run_deepspeed("openrlhf.cli.train_dadpo", flags, timeout=400, env=env)
+        losses[packing] = train_losses(str(out))
+        logs[packing] = [[line.split() for line in open(log / f"rank{r}.txt")] for r in (0, 1)]
+    assert len(losses["true"]) == 2
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
+    r0, r1 = logs["true"]
+    assert [v for v, _, _ in r0] == [v for v, _, _ in r1]  # the same forwards, model by model, in order
+    assert {v for v, _, _ in r0} == {"400", "350"}
+    # one forward per model and micro-batch (policy, reference, teacher), although the ranks' packed rows
+    # held different numbers of sequences (one forward per sequence made rank 0 run 5 policy forwards
+    # to rank 1's 4 in the first step here, and the run hung)
+    assert [v for v, _, _ in r0] == ["400", "400", "350"] * (len(r0) // 3)
+    assert sum(int(n) for v, n, _ in r0 if v == "350") == sum(int(n) for v, n, _ in r1 if v == "350") == 2 * 8
+    assert any(a[1] != b[1] for a, b in zip(r0, r1, strict=True)), (r0, r1)

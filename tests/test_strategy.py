@@ -85,6 +85,52 @@ def test_sampler_rejects_bad_consumed_samples():
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_grad_accum_dtype_is_refused_where_deepspeed_would_refuse_it(stage):
+    """Without ZeRO, DeepSpeed accumulates gradients only in the model's dtype: its optimizer check in
+    ``deepspeed.initialize`` raises NotImplementedError for any other grad_accum_dtype. Validation refuses
+    exactly those settings, checked against DeepSpeed's own check."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+    class Engine:  # what DeepSpeed's check reads of an engine without ZeRO
+        pipeline_parallelism = False
+
+        def __init__(self, model, accum):
+            self.types = (dtypes[model], dtypes[accum])
+
+        def get_data_types(self):
+            return self.types
+
+        def zero_optimization(self):
+            return False
+
+    for param in dtypes:
+        for accum in dtypes:
+            found = [p for p in ds_problems(DSConfig(zero_stage=stage, param_dtype=param, grad_accum_dtype=accum))
+                     if p.startswith("--ds.grad_accum_dtype")]
+            if stage > 0:
+                assert found == []
+                continue
+            try:
+                DeepSpeedEngine._do_optimizer_sanity_check(Engine(param, accum), None)
+                deepspeed_refuses = False
+            except NotImplementedError:
+                deepspeed_refuses = True
+            assert bool(found) == deepspeed_refuses == (param != accum), (param, accum, found)
+            if found:
+                assert "--ds.zero_stage 1, 2 or 3" in found[0] and f"--ds.param_dtype {param}" in found[0]
+
+
+def test_flash_attention_with_fp32_is_refused():
+    for name in ("flash_attention_2", "flash_attention_3"):
+        found = ds_problems(DSConfig(param_dtype="fp32", attn_implementation=name), training=False)
+        assert len(found) == 1 and found[0].startswith(f"--ds.attn_implementation {name}") and "fp32" in found[0]
+        assert ds_problems(DSConfig(param_dtype="bf16", attn_implementation=name)) == []
+    assert ds_problems(DSConfig(param_dtype="fp32", attn_implementation="auto")) == []
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("offload", [False, True])
 def test_ds_config_dicts(stage, dtype, offload):
@@ -539,3 +585,62 @@ def test_release_shm_allreduce_buffer_removes_only_this_rank(tmp_path, monkeypat
     assert release_shm_allreduce_buffer(1, str(tmp_path)) is False  # already gone
     monkeypatch.delenv("MASTER_PORT")
     assert release_shm_allreduce_buffer(0, str(tmp_path)) is False and peer.exists()
+
+
+def test_frozen_offload_streams_blocks_and_copies_nothing_back(tiny_dir):
+    """ZeRO 0-2 frozen-model offload: the weights stay in one CPU master copy (pinned on CUDA); a forward
+    copies the non-block weights, then each decoder layer just before it runs (the next one prefetched),
+    and drops each copy after use: nothing is copied back to the host and no new host memory is taken.
+    On CPU the copies are real copies, so which layers are resident when is observable."""
+    from transformers import AutoModelForCausalLM
+
+    from openrlhf.utils.deepspeed.strategy import FrozenOffload
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    off = FrozenOffload(model, torch.device("cpu"))
+    layers = list(model.model.layers)
+    assert len(off.units) == len(layers) == 2
+    masters = {name: t.data_ptr() for name, t in list(model.named_parameters()) + list(model.named_buffers())}
+
+    def resident(module) -> bool:
+        prefix = next(name for name, m in model.named_modules() if m is module)
+        return all(p.data_ptr() != masters[f"{prefix}.{n}"] for n, p in module.named_parameters())
+
+    seen = []
+    for i, layer in enumerate(layers):  # registered after FrozenOffload's hooks: sees the loaded state
+        layer.register_forward_pre_hook(lambda m, a, i=i: seen.append((i, [resident(x) for x in layers],
+                                                                       resident(model.lm_head))))
+    ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = plain(input_ids=ids).logits
+        for _ in range(2):
+            seen.clear()
+            copies = off.copies
+            got = model(input_ids=ids).logits
+            assert torch.equal(got, want)
+            # layer 0 runs with layer 1 prefetched; layer 1 runs after layer 0 was dropped
+            assert seen == [(0, [True, False], True), (1, [False, True], True)]
+            n_tensors = len(masters)
+            assert off.copies - copies == n_tensors  # each weight copied once per forward, none twice
+            now = {name: t.data_ptr() for name, t in list(model.named_parameters()) + list(model.named_buffers())}
+            assert now == masters  # back on the very same host storage: nothing copied back
+
+
+def test_frozen_offload_of_an_actor_running_packed_rows(tiny_dir):
+    """Offload hooks sit on the Actor, whose packed forward may call the model once per sequence: every
+    call streams the layers again and the log-probs equal the resident model's."""
+    from openrlhf.models.actor import Actor
+    from openrlhf.utils.deepspeed.strategy import FrozenOffload
+
+    plain, actor = Actor.from_pretrained(tiny_dir).eval(), Actor.from_pretrained(tiny_dir).eval()
+    off = FrozenOffload(actor, torch.device("cpu"))
+    ids = torch.randint(3, 300, (1, 15), generator=torch.Generator().manual_seed(1))
+    position_ids = torch.tensor([list(range(6)) + list(range(4)) + list(range(5))])
+    loss_mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        want, _ = plain(ids, None, loss_mask, position_ids=position_ids)
+        got, _ = actor(ids, None, loss_mask, position_ids=position_ids)
+    assert torch.equal(got, want) and want.abs().sum() > 0
+    n_block = sum(len(u) for u in off.units)
+    assert off.copies == len(off.rest) + 3 * n_block  # the rest once, the layers once per sequence

@@ -349,7 +349,7 @@ def test_missing_optional_package_under_launcher_is_one_line_once(tiny_dir, sft_
     assert res.returncode != 0
     lines = [line for line in out.splitlines() if "needs the wandb package" in line]
     assert len(lines) == 1, out[-3000:]
-    assert "pip install 'openrlhf[wandb]'" in lines[0]
+    assert "pip install -e '.[wandb]' in this fork's folder" in lines[0]
     assert "Traceback" not in out
 
 

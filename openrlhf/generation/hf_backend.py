@@ -47,7 +47,7 @@ class HFGenerator:
 
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation))
+                model_path, dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, dtype))
         except (OSError, ValueError) as e:
             raise ValueError(f"--model.model_name_or_path: cannot load a causal LM from {model_path!r}: {e}") from e
         self.model = model.to(self.device).eval()

@@ -25,6 +25,16 @@ from openrlhf.utils.ray_group import (
 Result = Tuple[int, List[int], Optional[str]]
 
 
+def engine_gpus(backend: str, tensor_parallel_size: int, cluster_has_gpus: bool) -> int:
+    """GPUs of each engine's bundle (and actor): all ``tensor_parallel_size`` GPUs of a vLLM engine in one
+    bundle, so they are on one node and the actor sees them all; vLLM then runs its ``tp`` workers as
+    processes of the actor (``distributed_executor_backend="mp"``, see ``vllm_backend.llm_kwargs``), not
+    as Ray actors of their own (its Ray executor refuses a bundle of more than one GPU)."""
+    if not cluster_has_gpus:
+        return 0
+    return tensor_parallel_size if backend == "vllm" else 1
+
+
 class EngineWorker(DistWorker):
     """One engine: ``load`` builds the backend, ``generate`` answers a chunk of (position, prompt ids)."""
 
@@ -62,7 +72,7 @@ class RayGenerator:
         connect(cfg.ray.address)
         v, g = cfg.vllm, cfg.generate
         self.batch_size = g.batch_size
-        gpus = (v.tensor_parallel_size if g.backend == "vllm" else 1) if cluster_has_gpus() else 0
+        gpus = engine_gpus(g.backend, v.tensor_parallel_size, cluster_has_gpus())
         self.bundles = make_bundles("the generation engines", v.num_engines, cfg.ray.num_cpus_per_actor, gpus,
                                     cfg.ray.placement_timeout)
         self.group = ActorGroup("generation engine", EngineWorker, v.num_engines, self.bundles, range(v.num_engines),

@@ -82,6 +82,25 @@ class VLLMSettings:
                    enforce_eager=v.enforce_eager, max_model_len=v.max_model_len)
 
 
+def llm_kwargs(s: VLLMSettings) -> dict:
+    """The arguments of ``vllm.LLM``. The executor is named, not left to vLLM: inside a Ray actor (the
+    Ray-placed engines hold one bundle of ``tp_size`` GPUs each) vLLM would pick its Ray executor for
+    ``tp_size > 1``, which refuses a placement-group bundle of more than one GPU (vLLM 0.32
+    ``v1/executor/ray_utils.py``). ``mp`` starts the ``tp_size`` workers as processes of this engine
+    (spawned: vLLM switches to spawn inside a Ray actor itself), on the GPUs this process sees;
+    ``uni`` runs one GPU's worker in the engine process, which is vLLM's own choice for one GPU."""
+    return dict(model=s.model, tensor_parallel_size=s.tp_size, dtype=s.dtype,
+                gpu_memory_utilization=s.gpu_memory_utilization, seed=s.seed, enforce_eager=s.enforce_eager,
+                max_model_len=s.max_model_len or None, distributed_executor_backend="mp" if s.tp_size > 1 else "uni")
+
+
+def sampling_kwargs(s: VLLMSettings) -> dict:
+    """The arguments of ``vllm.SamplingParams``. ``detokenize=False``: only the token ids are used (the
+    caller decodes them once); stopping is on ``stop_token_ids``, which vLLM checks on ids."""
+    return dict(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
+                stop_token_ids=list(s.stop_ids), detokenize=False)
+
+
 class _Engine:
     """One ``vllm.LLM`` and its sampling parameters."""
 
@@ -89,11 +108,8 @@ class _Engine:
         require_package("vllm", "--generate.backend vllm (use --generate.backend hf without it)")
         from vllm import LLM, SamplingParams
 
-        self.llm = LLM(model=s.model, tensor_parallel_size=s.tp_size, dtype=s.dtype,
-                       gpu_memory_utilization=s.gpu_memory_utilization, seed=s.seed,
-                       enforce_eager=s.enforce_eager, max_model_len=s.max_model_len or None)
-        self.params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                     max_tokens=s.max_tokens, stop_token_ids=list(s.stop_ids))
+        self.llm = LLM(**llm_kwargs(s))
+        self.params = SamplingParams(**sampling_kwargs(s))
         self.batch_size = s.batch_size
 
     def run(self, items: Sequence[Tuple[int, List[int]]]) -> Iterator[List[Result]]:

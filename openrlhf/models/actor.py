@@ -94,6 +94,29 @@ def _checkpointing(model: nn.Module) -> bool:
     return False
 
 
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """The flash-attention varlen arguments of a packed row (``position_ids`` [1, T] restarting at 0 per
+    sequence): ``cu_seq_lens_q/k`` (int32 sequence boundaries, [n + 1]) and ``max_length_q/k`` (the
+    longest sequence, a Python int). Passed to the model's forward, they reach every attention layer, so
+    transformers does not derive them again from ``position_ids`` in each layer, and the length is an int
+    (transformers' own is a tensor that flash-attn reads back to the host in every layer: one host sync
+    per layer and forward; here one per batch)."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()
+    cu = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+
+
+def _zero3_partitioned(model: nn.Module) -> bool:
+    """Whether the weights are ZeRO-3 partitioned: every forward then gathers each layer's weights
+    collectively, so every rank must run the same forwards. A packed row runs as one forward then
+    (ranks' packed rows hold different numbers of sequences with dynamic batches: one forward per
+    sequence left the ranks' collectives unmatched, a hang)."""
+    first = next(model.parameters(), None)
+    return first is not None and hasattr(first, "ds_id")
+
+
 class _Outputs:
     """The parts of a model output that :func:`masked_token_logps` uses."""
 
@@ -156,7 +179,9 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     Only the logits that predict response tokens are computed (:func:`kept_rows_only`), and their
     log-probs are taken a chunk at a time (:func:`selected_logps`). A packed batch
     (``attention_mask`` None, ``position_ids`` restarting per sequence) runs in one call with
-    flash-attention (varlen) or with activation checkpointing on, else one sequence at a time
+    flash-attention (varlen, its sequence boundaries computed once: :func:`varlen_kwargs`), with
+    activation checkpointing on or with ZeRO-3 partitioned weights (a block-diagonal mask from the
+    position ids for sdpa / eager), else one sequence at a time
     (:func:`_per_sequence`); both without padding.
     ``response_logits`` (a slice of rows of a padded batch, e.g. ``slice(0, B)``): also return the
     logits that predict the response tokens of those rows, ``[N, V]`` in row-major order (for a
@@ -164,12 +189,16 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     mask = loss_mask[:, 1:].bool()
     keep = torch.zeros_like(loss_mask, dtype=torch.bool)
     keep[:, :-1] = mask
-    if position_ids is not None and attention_mask is None and not (_varlen_attention(model) or _checkpointing(model)):
+    one_call = _varlen_attention(model) or _checkpointing(model) or _zero3_partitioned(model)
+    if position_ids is not None and attention_mask is None and not one_call:
         out = _per_sequence(model, input_ids, position_ids, keep)
         logits = out.logits
     else:
+        packed = position_ids is not None and attention_mask is None and _varlen_attention(model)
+        extra = varlen_kwargs(position_ids) if packed else {}
         with kept_rows_only(model, keep):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                        **extra)
         logits = out.logits.reshape(-1, out.logits.shape[-1])
     picked = selected_logps(logits, input_ids[:, 1:][mask])
     token_logps = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
@@ -195,11 +224,13 @@ def apply_lora(model: nn.Module, lora, gradient_checkpointing: bool = False) -> 
     return get_peft_model(model, config)
 
 
-def resolve_attn_implementation(name: str) -> str:
-    """``auto``: flash_attention_2 on a CUDA machine where flash-attn is installed, else sdpa (what
-    a CPU runs). Any other name is checked for its package and returned."""
+def resolve_attn_implementation(name: str, dtype: Optional[torch.dtype] = None) -> str:
+    """``auto``: flash_attention_2 for a bf16 / fp16 model (``dtype``) on a CUDA machine where flash-attn is
+    installed, else sdpa (flash-attn refuses fp32 at the first forward; a CPU runs sdpa). Any other name
+    is checked for its package and returned (validation refuses flash with fp32 before this)."""
     if name == "auto":
-        return "flash_attention_2" if torch.cuda.is_available() and has_package("flash_attn") else "sdpa"
+        half = dtype in (torch.bfloat16, torch.float16)
+        return "flash_attention_2" if half and torch.cuda.is_available() and has_package("flash_attn") else "sdpa"
     if name == "flash_attention_2":
         require_package("flash_attn", "--ds.attn_implementation flash_attention_2 (use sdpa without it)")
     if name == "flash_attention_3":
@@ -235,7 +266,7 @@ class Actor(nn.Module):
         what: str = "--model.model_name_or_path",
     ) -> "Actor":
         """``lora``: a --ds.lora.* section (rank > 0: LoRA adapters through peft, the base frozen)."""
-        kwargs = dict(dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation))
+        kwargs = dict(dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, dtype))
         if load_in_4bit:
             if not torch.cuda.is_available():
                 raise UserError("--ds.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA GPU")

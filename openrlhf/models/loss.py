@@ -32,19 +32,70 @@ class GPTLMLoss(nn.Module):
         return total / denom
 
 
-def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+class _TokenKL(torch.autograd.Function):
+    """KL(teacher || student) per row of ``[N, V]`` logits, in fp32, ``chunk`` rows at a time.
+
+    Neither direction holds an fp32 ``[N, V]`` tensor (the unchunked formula keeps four: both
+    log-softmaxes, the teacher's probabilities and their product, then as many gradients): at 152k
+    vocabulary x 4k response tokens one of them is 2.5 GB. The backward recomputes the softmaxes of a
+    chunk: d/d student = p_s - p_t, d/d teacher = p_t (log p_t - log p_s - KL)."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, chunk: int) -> torch.Tensor:
+        out = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
+        for s in range(0, student.shape[0], chunk):
+            t_logp = F.log_softmax(teacher[s : s + chunk].float(), dim=-1)
+            s_logp = F.log_softmax(student[s : s + chunk].float(), dim=-1)
+            out[s : s + chunk] = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+        ctx.save_for_backward(student, teacher, out)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        student, teacher, kl = ctx.saved_tensors
+        want_s, want_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g_s = torch.empty_like(student) if want_s else None
+        g_t = torch.empty_like(teacher) if want_t else None
+        for s in range(0, student.shape[0], ctx.chunk):
+            g = grad_out[s : s + ctx.chunk, None].float()
+            t_logp = F.log_softmax(teacher[s : s + ctx.chunk].float(), dim=-1)
+            s_logp = F.log_softmax(student[s : s + ctx.chunk].float(), dim=-1)
+            p_t = t_logp.exp()
+            if want_s:
+                g_s[s : s + ctx.chunk] = ((s_logp.exp() - p_t) * g).to(g_s.dtype)
+            if want_t:
+                diff = t_logp.sub_(s_logp).sub_(kl[s : s + ctx.chunk, None])
+                g_t[s : s + ctx.chunk] = (p_t * diff * g).to(g_t.dtype)
+        return g_s, g_t, None
+
+
+# fp32 elements of one chunk's temporaries in token_kl (64 MB each).
+KL_CHUNK_ELEMENTS = 1 << 24
+
+
+def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
     """Forward KL(teacher || student) per position, in fp32: sum_v p_t(v) (log p_t(v) - log p_s(v)).
 
     Both ``[..., V]`` over ONE vocabulary (the same tokenizer); a different last dimension
-    is an error, never a silent truncation."""
+    is an error, never a silent truncation. Computed ``chunk`` positions at a time (default: as
+    many as fit in :data:`KL_CHUNK_ELEMENTS`), see :class:`_TokenKL`; values and gradients are
+    those of the formula above."""
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(
             f"token-level KL needs one vocabulary: student logits have {student_logits.shape[-1]} entries, "
             f"teacher logits {teacher_logits.shape[-1]}"
         )
-    t_logp = F.log_softmax(teacher_logits.float(), dim=-1)
-    s_logp = F.log_softmax(student_logits.float(), dim=-1)
-    return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"token-level KL: student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} cover different positions")
+    v = student_logits.shape[-1]
+    if chunk is None:
+        chunk = max(1, KL_CHUNK_ELEMENTS // max(1, v))
+    if student_logits.dim() == 2:  # rows are sliced in place: a view such as logits[:, :vocab_size] is not copied
+        return _TokenKL.apply(student_logits, teacher_logits, chunk)
+    kl = _TokenKL.apply(student_logits.reshape(-1, v), teacher_logits.reshape(-1, v), chunk)
+    return kl.view(student_logits.shape[:-1])
 
 
 class KDLoss(nn.Module):

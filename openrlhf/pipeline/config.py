@@ -258,7 +258,7 @@ def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
     elif "alpacaeval" in tasks:
         if importlib.util.find_spec("alpaca_eval") is None:  # AlpacaEval 2's annotator: known before any training
             problems.append(f"{path}: judge.tasks: alpacaeval needs the alpaca-eval package (AlpacaEval 2's "
-                            "annotator), which is not installed: pip install 'openrlhf[alpacaeval]', or leave "
+                            "annotator), which is not installed: pip install -e '.[alpacaeval]' in this fork's folder, or leave "
                             "alpacaeval out of judge.tasks")
     try:
         jc, _, _ = judge_settings(cfg)

@@ -38,7 +38,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from openrlhf.config.parse import ConfigError, load_config, task_flags
-from openrlhf.config.schema import KL_BASELINE_COEF, RAY_TASKS, REGISTRY, JudgeTaskConfig, RayGroupConfig, RaySettings
+from openrlhf.config.schema import (
+    KL_BASELINE_COEF,
+    RAY_TASKS,
+    REGISTRY,
+    DSConfig,
+    JudgeTaskConfig,
+    RayGroupConfig,
+    RaySettings,
+)
 from openrlhf.eval.run import judge, write_prompts
 from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS, build_sets
 from openrlhf.generation.sharegpt import prepare_prompts
@@ -290,7 +298,7 @@ class Pipeline:
         report = evaluate_responses(self.teacher_path, self.path("gen", "teacher_val.jsonl"),
                                     {run.label: self.path("gen", f"{run.name}_val.jsonl") for run in runs}, folder,
                                     apply_chat_template=apply, prompts=self.path("prompts", "val.jsonl"),
-                                    compare_to=None)
+                                    compare_to=None, dtype=self.eval_dtype())
         metric = self.cfg.select_by
         sign = 1 if SELECT_METRICS[metric] else -1
         best = max(runs, key=lambda run: sign * report["models"][run.label][metric])
@@ -363,11 +371,16 @@ class Pipeline:
         build_sets(self.path("gen", "teacher_train.jsonl"), self.path("gen", "student_train.jsonl"),
                    self.path("sets"), log=self.log, keep_unfinished=self.cfg.sets.keep_unfinished)
 
+    def eval_dtype(self) -> str:
+        """The teacher's dtype when the report stages score with it: the run's ``ds.param_dtype`` (bf16 unless
+        ``common:`` says otherwise; evaluate_responses runs fp32 on a CPU)."""
+        return str(self.cfg.common.get("ds.param_dtype", DSConfig().param_dtype))
+
     def _report(self, labels: Dict[str, str]) -> None:
         apply = bool(self.cfg.common.get("data.apply_chat_template", False))
         report = evaluate_responses(self.teacher_path, self.path("gen", "teacher_eval.jsonl"), labels,
                                     self.path("report"), apply_chat_template=apply,
-                                    prompts=self.path("prompts", "eval.jsonl"))
+                                    prompts=self.path("prompts", "eval.jsonl"), dtype=self.eval_dtype())
         judged = os.path.join(self.path("report", "judge"), "report.md")
         if os.path.exists(judged):  # the LLM-judge table (judge:), the paper's Table 1 layout
             with open(self.path("report", "report.md"), "a", encoding="utf-8") as f, open(judged, encoding="utf-8") as g:

@@ -23,6 +23,7 @@ and ``scores.jsonl`` (per row and model) into the output folder.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -228,6 +229,13 @@ def write_chart(report: dict, path: str) -> None:
 # --------------------------------------------------------------------------- the whole job
 
 
+def release_memory(device) -> None:
+    """Collect what was freed and, on a CUDA device, give the allocator's cached blocks back to the driver."""
+    gc.collect()
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def evaluate_responses(
     teacher_path: str,
     teacher_responses: str,
@@ -238,7 +246,7 @@ def evaluate_responses(
     batch_size: int = 8,
     prompts: Optional[str] = None,
     chat_template: str = "",
-    dtype: str = "fp32",
+    dtype: str = "fp32",  # the teacher's dtype on a GPU; a CPU runs fp32
     device: Optional[str] = None,
     progress: bool = True,
     compare_to: Optional[str] = "daDPO",
@@ -284,11 +292,14 @@ def evaluate_responses(
         raise DataError(f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
                          "--teacher_chat_template, or score plain text with --no_chat_template")
     renderer = PromptRenderer(tokenizer, apply_chat_template=apply_chat_template, model_path=teacher_path)
+    where = pick_device(device)
+    if where.type == "cpu":
+        model_dtype = torch_dtype("fp32")  # bf16 / fp16 matmuls are several times slower on a CPU
     try:
         model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=model_dtype)
     except OSError as e:
         raise DataError(f"--teacher: cannot load a model from {teacher_path!r}: {e}") from e
-    model.to(pick_device(device))
+    model.to(where)
     pad_id = pad_token_id(tokenizer)
 
     ids = list(teacher_rows)
@@ -344,6 +355,10 @@ def evaluate_responses(
             label: {"rouge_l_f1": paired_comparison(ref["rouge_l_f1"], v["rouge_l_f1"], higher_is_better=True),
                     "teacher_nll": paired_comparison(ref["teacher_nll"], v["teacher_nll"], higher_is_better=False)}
             for label, v in per_prompt.items() if label not in (compare_to, TEACHER_LABEL)}
+    # The teacher leaves the GPU now: the next stage (a vLLM engine checking free memory at start-up) must
+    # find that memory free, not held in this process's allocator cache.
+    del model
+    release_memory(where)
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)

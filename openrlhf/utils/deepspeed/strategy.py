@@ -354,9 +354,10 @@ class DeepspeedStrategy:
 
         ZeRO-3: a DeepSpeed inference engine that shards the params (``offload``: shards
         in CPU memory, gathered per layer on use). Stages 0-2: the plain module cast to the
-        training dtype; on the device, or, with ``offload`` on a GPU machine, kept in CPU
-        memory and moved to the GPU for each forward call (hooks), back afterwards. On CPU
-        ``offload`` changes nothing. Call it like the module (``model(input_ids, ...)``);
+        training dtype; on the device, or, with ``offload`` on a GPU machine, kept in pinned CPU
+        memory and streamed to the GPU block by block for each forward call, the next block's copy
+        overlapping the current block's compute (:class:`FrozenOffload`). On CPU ``offload`` changes
+        nothing. Call it like the module (``model(input_ids, ...)``);
         use ``unwrap_model`` for ``generate``."""
         for p in model.parameters():
             p.requires_grad_(False)
@@ -591,8 +592,10 @@ class DeepspeedStrategy:
             finally:
                 if os.path.exists(adapter_tmp):
                     shutil.rmtree(adapter_tmp, ignore_errors=True)
-            merged = merge_lora_state_dict(sd, scaling)
-            self._write_hf_folder(peft_model.get_base_model(), merged, tokenizer, output_dir)
+            merged = merge_lora_state_dict(sd, scaling)  # 4-bit (QLoRA) base weights come back dequantized
+            base = peft_model.get_base_model()
+            with _saved_unquantized(base):
+                self._write_hf_folder(base, merged, tokenizer, output_dir)
         self.barrier()
 
     # ----- teardown ----------------------------------------------------------------------
@@ -625,16 +628,125 @@ def _warn_stale_op_build_locks(max_age_s: float = 600.0) -> None:
                   flush=True)
 
 
-def _attach_offload_hooks(model: nn.Module, device: torch.device) -> None:
-    """Keep ``model`` in CPU memory; move it to ``device`` for each top-level call."""
+@contextlib.contextmanager
+def _saved_unquantized(module: nn.Module):
+    """Save ``module`` (a 4-bit QLoRA base) as the plain model its merged weights are: transformers'
+    ``save_pretrained`` would write the quantizer's own state dict instead of the one handed to it and a
+    ``quantization_config`` into config.json. Both are put back afterwards."""
+    quantizer = getattr(module, "hf_quantizer", None)
+    config = getattr(module, "config", None)
+    qconfig = getattr(config, "quantization_config", None)
+    if quantizer is None and qconfig is None:
+        yield
+        return
+    module.hf_quantizer = None
+    if qconfig is not None:
+        del config.quantization_config
+    try:
+        yield
+    finally:
+        module.hf_quantizer = quantizer
+        if qconfig is not None:
+            config.quantization_config = qconfig
 
-    def pre(module, args, kwargs):
-        module.to(device)
-        return None
 
-    def post(module, args, kwargs, output):
-        module.to("cpu")
+class FrozenOffload:
+    """A frozen model kept in CPU memory and streamed to ``device`` block by block for each forward.
+
+    Every parameter and buffer gets one CPU master copy, page-locked (pinned) on a CUDA device so that
+    host-to-device copies run asynchronously at full bus speed. The blocks are the entries of the model's
+    largest ``nn.ModuleList`` (its decoder layers); the rest (embeddings, final norm, output head) is
+    copied when the forward starts. While block i computes, block i+1 is copied on a side stream;
+    after block i its device copy is dropped (the tensors point at the CPU masters again, the caching
+    allocator reuses the memory). The weights are frozen, so nothing is ever copied back, and the device
+    holds the rest plus two blocks at a time instead of the whole model. On a CPU ``device`` (tests) the
+    copies are plain synchronous ones (still copies, so tests see what is resident when)."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+        blocks = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()), default=None)
+        self.blocks = list(blocks) if blocks is not None and len(blocks) > 1 else []
+        seen: Dict[int, None] = {}
+
+        def tensors(module: nn.Module):
+            out = []
+            for t in list(module.parameters()) + list(module.buffers()):
+                if id(t) not in seen:
+                    seen[id(t)] = None
+                    out.append(t)
+            return out
+
+        self.units = [tensors(b) for b in self.blocks]
+        self.rest = tensors(model)
+        self.masters: Dict[int, torch.Tensor] = {}
+        for t in self.rest + [t for unit in self.units for t in unit]:
+            t.data = t.data.cpu()
+            if self.cuda:
+                t.data = t.data.pin_memory()
+            self.masters[id(t)] = t.data
+        self.pending: Dict[int, Any] = {}  # block -> (device copies, ready event)
+        self.loaded: Dict[int, bool] = {}
+        self.copies = 0  # tensors copied to the device (tests count them)
+        model.register_forward_pre_hook(self._start)
+        model.register_forward_hook(self._end)
+        for i, block in enumerate(self.blocks):
+            block.register_forward_pre_hook(lambda m, a, i=i: self._enter(i))
+            block.register_forward_hook(lambda m, a, o, i=i: self._leave(i))
+
+    def _copy(self, tensors) -> list:
+        self.copies += len(tensors)
+        return [self.masters[id(t)].to(self.device, non_blocking=self.cuda, copy=True) for t in tensors]
+
+    def _prefetch(self, i: int) -> None:
+        if i >= len(self.units) or i in self.pending or self.loaded.get(i):
+            return
+        if self.cuda:  # the copy reads pinned masters that never change: it waits for nothing
+            with torch.cuda.stream(self.stream):
+                copies = self._copy(self.units[i])
+                ready = torch.cuda.Event()
+                ready.record(self.stream)
+        else:
+            copies, ready = self._copy(self.units[i]), None
+        self.pending[i] = (copies, ready)
+
+    def _start(self, module, args) -> None:
+        for t, c in zip(self.rest, self._copy(self.rest), strict=True):
+            t.data = c
+        self._prefetch(0)
+
+    def _enter(self, i: int) -> None:
+        self._prefetch(i)
+        copies, ready = self.pending.pop(i)
+        if self.cuda:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            for c in copies:  # the memory is not reused while this stream may still read it
+                c.record_stream(current)
+        for t, c in zip(self.units[i], copies, strict=True):
+            t.data = c
+        self.loaded[i] = True
+        self._prefetch(i + 1)
+
+    def _release(self, tensors) -> None:
+        for t in tensors:
+            t.data = self.masters[id(t)]
+
+    def _leave(self, i: int) -> None:
+        self._release(self.units[i])
+        self.loaded[i] = False
+
+    def _end(self, module, args, output):
+        for i in [i for i, on in self.loaded.items() if on]:
+            self._leave(i)
+        self.pending.clear()  # a prefetch the forward did not use (it stopped early)
+        self._release(self.rest)
         return output
 
-    model.register_forward_pre_hook(pre, with_kwargs=True)
-    model.register_forward_hook(post, with_kwargs=True)
+
+def _attach_offload_hooks(model: nn.Module, device: torch.device) -> FrozenOffload:
+    """Keep the frozen ``model`` in (pinned) CPU memory; stream it to ``device`` for each call
+    (:class:`FrozenOffload`)."""
+    return FrozenOffload(model, device)
