@@ -149,7 +149,7 @@ def test_distill_launched_under_deepspeed_two_processes(tiny_dir, tiny_talking_t
 @pytest.mark.slow
 def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talking_teacher, tmp_path, monkeypatch):
     """A 2 x 2 daDPO grid and every baseline, from one dSFT model and one scoring pass."""
-    import openrlhf.recipes.score as score_recipe
+    import openrlhf.recipes.score as score_recipe  # where the registry's "openrlhf.recipes.score:score_logps" points
     from openrlhf.pipeline.config import load_distill_config
     from openrlhf.pipeline.distill import Pipeline
 

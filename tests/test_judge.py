@@ -429,7 +429,7 @@ def test_alpacaeval_without_alpaca_eval_is_a_one_line_error_before_any_work(tmp_
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "alpaca_eval" else real(name, *a))
     with FakeJudge(lambda msgs: "m") as server:
         with pytest.raises(UserError, match=r"AlpacaEval 2's annotator .* needs the alpaca-eval package.*"
-                                            r"pip install 'openrlhf\[alpacaeval\]'"):
+                                            r"pip install -e '\.\[alpacaeval\]' in this fork's folder"):
             _run_judge(["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate", f"m1={cand}",
                         "--judge.base_url", server.url, "--judge.model", "fake-judge", "--output_dir", str(tmp_path)])
         assert server.requests == []
@@ -651,6 +651,7 @@ def test_real_vllm_judge_plumbing(vllm_judge, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_real_vllm_alpacaeval_log_probabilities(vllm_judge, tmp_path):
     """AlpacaEval 2's annotator against vLLM's server: one-token requests with top log-probabilities,
     read back as preferences (SmolLM2 may put neither m nor M among its top 5: then unparsed)."""

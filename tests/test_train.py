@@ -291,10 +291,11 @@ def test_global_batch_not_divisible_by_the_process_count(tiny_dir, pref16, tmp_p
     res = run_deepspeed("openrlhf.cli.train_dpo", base_flags(tiny_dir, pref16, str(tmp_path / "o"),
                         "--train.batch_size", "3", "--train.micro_batch_size", "1"), check=False)
     out = res.stdout + res.stderr
-    lines = [line for line in out.splitlines() if "must be a positive multiple" in line]
-    assert res.returncode != 0 and len(lines) == 1, out[-3000:]
-    assert "--train.batch_size (3)" in lines[0] and "--train.micro_batch_size (1)" in lines[0]
-    assert "number of processes (2)" in lines[0] and "Traceback" not in out
+    lines = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert res.returncode == 2 and len(lines) == 1, out[-3000:]
+    assert lines[0] == ("error: --train.batch_size: 3 is not a multiple of --train.micro_batch_size 1 x the 2 "
+                        "processes = 2")
+    assert "Traceback" not in out
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tiny_dir, sft_jsonl, tmp_path):
