@@ -89,7 +89,8 @@ def test_empty_or_blank_response_is_dropped_and_counted(tiny_dir, key):
     from transformers import AutoTokenizer
 
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets import PreferenceDataset, SFTDataset
+    from openrlhf.datasets.preference_dataset import PreferenceDataset
+    from openrlhf.datasets.sft_dataset import SFTDataset
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     rows = pref_rows(4)

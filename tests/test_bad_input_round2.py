@@ -77,8 +77,7 @@ def test_reference_tokenizer_check_compares_ids_of_the_rendered_text(tiny_dir, t
     (the pre-tokenizer changed): refused, naming the row."""
     from transformers import AutoTokenizer
 
-    from openrlhf.datasets import PreferenceDataset
-    from openrlhf.datasets.preference_dataset import rendered_pairs
+    from openrlhf.datasets.preference_dataset import PreferenceDataset, rendered_pairs
     from openrlhf.datasets.tokenizer import check_reference_tokenizer
 
     cfg = load_config(base_flags(tiny_dir, "x.jsonl", str(tmp_path / "o")), task="dpo", check_paths=False)

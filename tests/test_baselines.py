@@ -45,12 +45,13 @@ def pref8(tmp_path):
 
 
 def _no_models(monkeypatch):
-    from openrlhf.recipes import common
+    from openrlhf.recipes import kd, preference
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the vocabularies were compared")
 
-    monkeypatch.setattr(common, "make_strategy", refuse)
+    for recipe in (kd, preference):  # the modules whose recipes build the strategy (train_kd; train_dpo's setup)
+        monkeypatch.setattr(recipe, "make_strategy", refuse)
 
 
 # ---- dSFT+KL ----------------------------------------------------------------------------------------

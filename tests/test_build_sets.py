@@ -80,7 +80,7 @@ def test_built_sets_load_with_the_trainers_default_keys(gen_files, tmp_path, tin
     from transformers import AutoTokenizer
 
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets import build_dataset
+    from openrlhf.datasets.build import build_dataset
     from openrlhf.generation.sets import build_sets
 
     out = str(tmp_path / "sets")
@@ -96,7 +96,8 @@ def test_keep_unfinished_keeps_truncated_teacher_responses_without_their_end_of_
     from transformers import AutoTokenizer
 
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets import build_dataset, pair_batch
+    from openrlhf.datasets.build import build_dataset
+    from openrlhf.datasets.preference_dataset import pair_batch
     from openrlhf.datasets.templates import PromptRenderer
     from openrlhf.generation.sets import build_sets
 

@@ -424,7 +424,7 @@ def test_sft_on_two_mixed_sources(tiny_dir, tmp_path, capsys):
 
 def test_multiturn_sft_trains_every_assistant_turn(tiny_dir):
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets import SFTDataset
+    from openrlhf.datasets.sft_dataset import SFTDataset
     from openrlhf.datasets.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
@@ -449,7 +449,7 @@ def test_multiturn_sft_trains_every_assistant_turn(tiny_dir):
 
 def test_pretrain_mode_trains_every_token_of_plain_text(tiny_dir):
     from openrlhf.config.schema import SFT_INPUT_TEMPLATE, DataConfig
-    from openrlhf.datasets import SFTDataset
+    from openrlhf.datasets.sft_dataset import SFTDataset
     from openrlhf.datasets.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
@@ -487,7 +487,7 @@ HH = [
 
 def test_anthropic_hh_rows_without_a_prompt_key(tiny_dir):
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets import PreferenceDataset
+    from openrlhf.datasets.preference_dataset import PreferenceDataset
     from openrlhf.datasets.templates import split_shared_prefix
     from openrlhf.datasets.tokenizer import load_tokenizer
 

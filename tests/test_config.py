@@ -373,6 +373,28 @@ def test_the_registry_is_what_every_command_runs():
             assert issubclass(ray_root, task.config) and ray_root in RAY_CONFIGS
 
 
+def test_file_tools_help_and_flag_errors_come_before_torch():
+    """The argparse file tools (every cli/ module outside the registry) answer --help and a bad flag without
+    importing torch: the CLI's one lazy boundary."""
+    from openrlhf.config.schema import REGISTRY
+
+    commands = {t.command for t in REGISTRY.values()}
+    tools = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "openrlhf", "cli"))
+                   if name.endswith(".py") and name[:-3] not in commands | {"__init__", "common"})
+    assert "build_sets" in tools and "distill" in tools
+    code = ("import contextlib, importlib, io, sys\n"
+            f"for name in {tools!r}:\n"
+            "    for argv, code in ((['--help'], 0), (['--no_such_flag'], 2)):\n"
+            "        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "            try:\n"
+            "                importlib.import_module('openrlhf.cli.' + name).main(argv)\n"
+            "            except SystemExit as e:\n"
+            "                assert e.code == code, (name, argv, e.code)\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_each_rule_is_one_function_that_every_checker_calls():
     """The batch, scheduler, prune-range, input-template and NAME=FILE rules: validation, the strategy, the
     Ray driver, the pruner, the prompt renderer and the judge all report them from config/validate.py."""

@@ -125,7 +125,7 @@ def test_cached_logps_equal_online_and_skip_the_models(tiny_dir, tiny_teacher_sa
 
 def test_cache_fingerprint_mismatch_is_a_clear_error(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family,
                                                      pref8, tmp_path):
-    from openrlhf.datasets import DataError
+    from openrlhf.datasets.loading import DataError
 
     scored_dir = str(tmp_path / "scored")
     path = run("score_logps", score_flags(tiny_dir, pref8, scored_dir,
@@ -142,14 +142,13 @@ def test_cache_fingerprint_mismatch_is_a_clear_error(tiny_dir, tiny_teacher_same
 
 
 def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_family, pref8, tmp_path, monkeypatch):
-    import openrlhf.datasets as datasets_pkg
     from openrlhf.recipes import score as sl
 
     flags = lambda out: score_flags(tiny_dir, pref8, out, "--teacher.model_name_or_path",  # noqa: E731
                                    tiny_teacher_other_family, "--train.micro_batch_size", "2")
     full = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "full"))))]
     # Kill during the third micro-batch: the partial file holds the first 4 rows.
-    real = datasets_pkg.preference_collate
+    real = sl.preference_collate
     calls = {"n": 0}
 
     def dying(items, pad_id, **kw):
@@ -158,10 +157,10 @@ def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_f
             raise KeyboardInterrupt("simulated kill")
         return real(items, pad_id, **kw)
 
-    monkeypatch.setattr(datasets_pkg, "preference_collate", dying)
+    monkeypatch.setattr(sl, "preference_collate", dying)
     with pytest.raises(KeyboardInterrupt):
         run("score_logps", flags(str(tmp_path / "s")))
-    monkeypatch.setattr(datasets_pkg, "preference_collate", real)
+    monkeypatch.setattr(sl, "preference_collate", real)
     partial = os.path.join(str(tmp_path / "s"), sl.PARTIAL_DIR, "teacher.rank0.jsonl")
     assert len(open(partial).read().splitlines()) == 4
     resumed = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "s"))))]
@@ -190,7 +189,7 @@ def test_dadpo_sides_keep_every_teacher_with_its_own_renderer(tiny_dir, tiny_tea
 
 
 def test_bad_teacher_input(tiny_dir, tiny_no_template, pref8, tmp_path):
-    from openrlhf.datasets import DataError
+    from openrlhf.datasets.loading import DataError
 
     flags = one_step_flags(tiny_dir, tiny_dir, str(tmp_path / "missing_teacher"), pref8, str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="--teacher.model_name_or_path: file or folder not found"):

@@ -119,7 +119,7 @@ def test_evaluate_writes_reports_and_matches_direct_nll(tiny_teacher_other_famil
 
 
 def test_missing_ids_name_the_file_and_count(tiny_dir, response_files):
-    from openrlhf.datasets import DataError
+    from openrlhf.datasets.loading import DataError
 
     short = write_jsonl(str(response_files["dir"] / "short.jsonl"), response_files["rows"][:5])
     with pytest.raises(DataError, match=r"short\.jsonl.*3 of the teacher's 8 ids are missing"):

@@ -88,3 +88,24 @@ def test_config_and_utils_do_not_import_each_other_both_ways():
                 edges[(_package_of(rel), pkg)].append(f"{rel}:{line}")
     assert edges[("config", "utils")], "config/ no longer uses utils/: revisit this rule"
     assert edges[("utils", "config")] == [], "utils/ imports config/ (config/ imports utils/)"
+
+
+def test_package_inits_are_plain():
+    """No lazy re-exports (a module-level ``__getattr__``): a name is imported from the module that defines it.
+    Only config/ (its light parsing API) and recipes/ (``recipe_of``) import anything in their ``__init__``."""
+    lazy, importing = [], []
+    for rel, path in _modules():
+        if os.path.basename(path) != "__init__.py":
+            continue
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        names = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                 if isinstance(t, ast.Name)}
+        names |= {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        if "__getattr__" in names or any(isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple)
+                                         and "__getattr__" in {e.id for e in node.targets[0].elts
+                                                               if isinstance(e, ast.Name)} for node in tree.body):
+            lazy.append(rel)
+        if any(isinstance(node, (ast.Import, ast.ImportFrom)) for node in tree.body):
+            importing.append(_package_of(rel) or rel)
+    assert lazy == []
+    assert sorted(importing) == ["config", "recipes"]

@@ -356,7 +356,7 @@ def test_kept_chat_template_answer_ends_as_the_template_writes_it(student_tok):
 
 def test_kept_a_cut_response_gets_no_forced_eos(student_tok):
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets import PreferenceDataset
+    from openrlhf.datasets.preference_dataset import PreferenceDataset
     from openrlhf.datasets.templates import PromptRenderer
 
     rows = pref_rows(1)
@@ -372,7 +372,8 @@ def test_kept_a_cut_response_gets_no_forced_eos(student_tok):
 
 def test_matched_prompts_of_max_len_minus_2_tokens_are_dropped(student_tok):
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets import PreferenceDataset, SFTDataset
+    from openrlhf.datasets.preference_dataset import PreferenceDataset
+    from openrlhf.datasets.sft_dataset import SFTDataset
     from openrlhf.datasets.templates import PromptRenderer
     from openrlhf.utils.errors import DataError
 

@@ -22,10 +22,9 @@ def _rows_of_uneven_length(kind: str):
 
 
 def _run(task, flags):
-    import openrlhf.recipes as recipes
+    from openrlhf.recipes import recipe_of
 
-    return getattr(recipes, {"sft": "train_sft", "dpo": "train_dpo", "dadpo": "train_dadpo"}[task])(
-        load_config(flags, task=task))
+    return recipe_of(task)(load_config(flags, task=task))
 
 
 @pytest.mark.parametrize("task", ["sft", "dpo", "dadpo"])
@@ -92,8 +91,8 @@ def test_packed_batch_layout_and_sequence_sums(tiny_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets import PreferenceDataset, preference_collate
     from openrlhf.datasets.packing import pack_batch
+    from openrlhf.datasets.preference_dataset import PreferenceDataset, preference_collate
     from openrlhf.models.actor import masked_token_logps, sequence_sums
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)

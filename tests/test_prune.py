@@ -357,7 +357,7 @@ def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, cali
 
 
 def test_calibration_rows_with_responses_and_missing_prompt_key(strong_dir, tmp_path):
-    from openrlhf.datasets import DataError
+    from openrlhf.datasets.loading import DataError
 
     _, tok = _load(strong_dir)
     rows = [{"prompt": "Hi", "response": "Hello there."}, {"prompt": "Count to three."}]

@@ -174,7 +174,7 @@ def test_strategy_rejects_bad_ds_settings():
 def test_light_import():
     code = (
         "import sys, openrlhf.utils.deepspeed, openrlhf.utils.distributed;"
-        "from openrlhf.utils.deepspeed import ResumableDistributedSampler;"
+        "from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler;"
         "assert 'deepspeed' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=_clean_env())

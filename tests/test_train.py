@@ -273,12 +273,12 @@ def test_bad_rows_rejected_with_file_row_and_key(tiny_dir, tmp_path):
 
 def test_global_batch_larger_than_the_data_is_refused_before_any_model_loads(tiny_dir, pref_jsonl, tmp_path,
                                                                              monkeypatch):
-    from openrlhf.recipes import common
+    from openrlhf.recipes import preference
 
     def no_models(*a, **k):
         raise AssertionError("a model was loaded before the batch size was checked")
 
-    monkeypatch.setattr(common, "make_strategy", no_models)
+    monkeypatch.setattr(preference, "make_strategy", no_models)  # train_dpo's setup builds the strategy there
     with pytest.raises(UserError, match=r"8 usable rows, fewer than one global batch \(--train.batch_size 64\)"):
         run_dpo(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "o"), "--train.batch_size", "64",
                            "--train.micro_batch_size", "1"))

@@ -12,10 +12,10 @@ import argparse
 import sys
 from typing import Any, Dict, Optional
 
+from openrlhf.cli.common import ArgParser, run_main
+
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
-    from openrlhf.cli.common import ArgParser
-
     ap = ArgParser(prog="python -m openrlhf.cli.build_sets", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, help="generation JSONL of the teacher")
@@ -29,11 +29,11 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
-    from openrlhf.cli.common import run_main
-    from openrlhf.generation.sets import build_sets
-
     def body() -> Dict[str, Any]:
         a = parse_args(argv)
+        # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
+        from openrlhf.generation.sets import build_sets
+
         return build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key, keep_unfinished=a.keep_unfinished)
 
     return run_main(body)

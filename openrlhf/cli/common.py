@@ -10,6 +10,11 @@ import argparse
 import sys
 from typing import Any, Callable, List, Optional
 
+from openrlhf.config.parse import ConfigError, load_config
+from openrlhf.recipes import recipe_of
+from openrlhf.utils.distributed import exit_cleanly, is_rank_zero_process
+from openrlhf.utils.errors import Interrupted, UserError
+
 
 class ArgParser(argparse.ArgumentParser):
     """``argparse`` for the file tools (build_sets, convert_gguf, distill, ...) with the error path
@@ -18,8 +23,6 @@ class ArgParser(argparse.ArgumentParser):
     prints and exits 0). Parse inside the body given to :func:`run_main`."""
 
     def error(self, message: str):
-        from openrlhf.config.parse import ConfigError
-
         raise ConfigError([f"{message} (see {self.prog} --help)"])
 
 
@@ -33,9 +36,6 @@ def run_main(body: Callable[[], Any]) -> Any:
     exits at once (see :func:`~openrlhf.utils.distributed.exit_cleanly`) so no rank hangs
     at teardown.
     """
-    from openrlhf.utils.distributed import exit_cleanly, is_rank_zero_process
-    from openrlhf.utils.errors import Interrupted, UserError
-
     try:
         result = body()
     except UserError as e:
@@ -68,13 +68,9 @@ def run_task(task: str, argv: Optional[List[str]] = None) -> Any:
     import the task's recipe (:data:`~openrlhf.config.schema.REGISTRY`) and run it, through
     :func:`run_main`. The recipe is imported only after parsing: ``--help`` and config errors come
     before torch is imported."""
-    from openrlhf.config.parse import load_config
-
     def body() -> Any:
         cfg = load_config(sys.argv[1:] if argv is None else argv, task=task)
-        from openrlhf.recipes import recipe_of
-
-        return recipe_of(task)(cfg)
+        return recipe_of(task)(cfg)  # imports the recipe (and torch) now, after parsing
 
     return run_main(body)
 
@@ -82,6 +78,4 @@ def run_task(task: str, argv: Optional[List[str]] = None) -> Any:
 def run_cli(fn: Callable[[Any], Any], task: str, argv: Optional[List[str]] = None) -> Any:
     """Entry-point body of a config-driven CLI: parse the flags of ``task`` into its config
     root (see :data:`~openrlhf.config.schema.TASK_CONFIGS`), then ``fn(cfg)``, through :func:`run_main`."""
-    from openrlhf.config.parse import load_config
-
     return run_main(lambda: fn(load_config(sys.argv[1:] if argv is None else argv, task=task)))

@@ -12,12 +12,11 @@ import json
 import sys
 from typing import Optional
 
+from openrlhf.cli.common import ArgParser, run_main
 from openrlhf.config.schema import PARAM_DTYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from openrlhf.cli.common import ArgParser
-
     ap = ArgParser(prog="python -m openrlhf.cli.convert_gguf", description=__doc__.split("\n\n")[1])
     ap.add_argument("--gguf", required=True,
                     help="a .gguf file, or 'smollm2' / 'gemma3' for the files shipped by those PyPI packages")
@@ -28,11 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list] = None) -> dict:
-    from openrlhf.cli.common import run_main
-    from openrlhf.tools.gguf_convert import resolve_gguf, timed_convert
-
     def body() -> dict:
         args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
+        from openrlhf.tools.gguf_convert import resolve_gguf, timed_convert
+
         info = timed_convert(resolve_gguf(args.gguf), args.output_dir, args.dtype, overwrite=args.overwrite)
         print(json.dumps(info, indent=2))
         return info

@@ -12,20 +12,23 @@ import argparse
 import sys
 from typing import Optional
 
+from openrlhf.cli.common import ArgParser, run_main
+
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import ArgParser, run_main
-    from openrlhf.pipeline.config import load_distill_config
-    from openrlhf.pipeline.plan import plan_distill
-
     ap = ArgParser(prog="python -m openrlhf.cli.distill", description=__doc__.split("\n\n")[1])
     ap.add_argument("--config", required=True, help="the pipeline YAML (see examples/configs/demo_cpu.yaml)")
     ap.add_argument("--run_dir", default="", help="override run_dir of the YAML")
     ap.add_argument("--stop_after", default="", metavar="STAGE",
                     help="stop after this stage (e.g. teacher, prompts, sets, dsft); a rerun without it goes on")
     ap.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+
     def body() -> None:
         args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+        # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
+        from openrlhf.pipeline.config import load_distill_config
+        from openrlhf.pipeline.plan import plan_distill
+
         cfg = load_distill_config(args.config)
         if args.run_dir:
             cfg.run_dir = args.run_dir

@@ -13,11 +13,10 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
+from openrlhf.cli.common import ArgParser, run_main
+
 
 def main(argv: Optional[list] = None) -> int:
-    from openrlhf.cli.common import ArgParser, run_main
-    from openrlhf.eval.run import write_prompts
-
     def body() -> int:
         ap = ArgParser(prog="python -m openrlhf.cli.eval_prompts", description=__doc__.split("\n\n")[1])
         ap.add_argument("--task", required=True, choices=["mtbench", "alpacaeval"])
@@ -27,6 +26,9 @@ def main(argv: Optional[list] = None) -> int:
                         help="one sampling temperature for every row (default: FastChat's, by MT-Bench category)")
         ap.add_argument("--max_new_tokens", type=int, default=1024, help="new tokens per answer (FastChat: 1024)")
         a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+        # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
+        from openrlhf.eval.run import write_prompts
+
         n = write_prompts(a.task, a.output, a.max_items, a.temperature, a.max_new_tokens)
         how = f"temperature {a.temperature}" if a.temperature is not None else "FastChat's temperatures"
         print(f"wrote {n} {a.task} prompts to {a.output} ({how}, max_new_tokens {a.max_new_tokens})")

@@ -10,9 +10,11 @@ report.md, report.png and scores.jsonl into --output_dir.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Dict, List, Optional
 
+from openrlhf.cli.common import ArgParser, run_main
 from openrlhf.config.schema import PARAM_DTYPES
 from openrlhf.config.validate import parse_named_files
 
@@ -26,8 +28,6 @@ def candidate_files(items: List[str], parser: argparse.ArgumentParser) -> Dict[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from openrlhf.cli.common import ArgParser
-
     ap = ArgParser(prog="python -m openrlhf.cli.evaluate",
                                  description="Compare candidate models' responses with the teacher's.")
     ap.add_argument("--teacher", required=True, help="the teacher model folder (or hub name)")
@@ -50,17 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list] = None) -> dict:
-    import os
-
-    from openrlhf.cli.common import run_main
-    from openrlhf.tools.evaluate import evaluate_responses
-
     def body() -> dict:
         parser = build_parser()
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         candidates = candidate_files(args.candidate, parser)
         if not candidates:
             parser.error("--candidate: give at least one LABEL=FILE")
+        # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
+        from openrlhf.tools.evaluate import evaluate_responses
+
         template = args.teacher_chat_template
         if template and os.path.isfile(template):
             with open(template, encoding="utf-8") as f:

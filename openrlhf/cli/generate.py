@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from openrlhf.cli.common import run_task
+
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
-    from openrlhf.cli.common import run_task
-
     return run_task("generate", argv)
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+from openrlhf.cli.common import run_task
+
 
 def main(argv: Optional[list] = None) -> dict:
-    from openrlhf.cli.common import run_task
-
     return run_task("judge", argv)
 
 

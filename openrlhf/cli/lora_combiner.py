@@ -12,12 +12,11 @@ import json
 import sys
 from typing import Optional
 
+from openrlhf.cli.common import ArgParser, run_main
 from openrlhf.config.schema import PARAM_DTYPES
 
 
 def build_parser():
-    from openrlhf.cli.common import ArgParser
-
     ap = ArgParser(prog="python -m openrlhf.cli.lora_combiner", description=__doc__.split("\n\n")[1])
     ap.add_argument("--model_path", required=True, help="the base model (HF folder or hub name)")
     ap.add_argument("--lora_path", required=True, help="the peft adapter folder (adapter_config.json)")
@@ -29,10 +28,9 @@ def build_parser():
 
 
 def main(argv: Optional[list] = None) -> dict:
-    from openrlhf.cli.common import run_main
-
     def body() -> dict:
         args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
         from openrlhf.tools.lora_combine import combine_lora
 
         info = combine_lora(args.model_path, args.lora_path, args.output_path, args.param_dtype, args.is_rm)

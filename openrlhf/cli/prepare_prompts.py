@@ -12,10 +12,10 @@ import argparse
 import sys
 from typing import Any, Dict, Optional
 
+from openrlhf.cli.common import ArgParser, run_main
+
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
-    from openrlhf.cli.common import ArgParser
-
     ap = ArgParser(prog="python -m openrlhf.cli.prepare_prompts", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default="",
@@ -34,11 +34,11 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
-    from openrlhf.cli.common import run_main
-    from openrlhf.generation.sharegpt import prepare_prompts
-
     def body() -> Dict[str, Any]:
         a = parse_args(argv)
+        # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
+        from openrlhf.generation.sharegpt import prepare_prompts
+
         return prepare_prompts(a.source or None, a.output_dir, eval_size=a.eval_size, val_size=a.val_size, seed=a.seed,
                                min_chars=a.min_chars, max_chars=a.max_chars, max_prompts=a.max_prompts,
                                first_part_only=not a.all_parts)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from openrlhf.cli.common import run_cli
+from openrlhf.recipes import recipe_of
+
 
 def main(argv: Optional[list] = None) -> dict:
-    from openrlhf.cli.common import run_cli
-
     def body(cfg) -> dict:
-        from openrlhf.recipes import recipe_of
-
-        report = recipe_of("prune")(cfg)  # imported after parsing: --help and config errors stay light
+        report = recipe_of("prune")(cfg)  # imports the pruner (and torch) now, after parsing
         keys = ("params_before", "params_after", "params_ratio", "loss_before", "loss_after",
                 "response_loss_before", "response_loss_after", "dropped_layers", "output_dir", "seconds")
         print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+from openrlhf.cli.common import run_task
+
 
 def main(argv: Optional[list] = None) -> None:
-    from openrlhf.cli.common import run_task
-
     run_task("kto", argv)
 
 

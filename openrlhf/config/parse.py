@@ -23,6 +23,7 @@ import yaml
 
 from openrlhf.config.schema import TASK_COMMANDS, TASK_CONFIGS, TASKS, RunConfig
 from openrlhf.config.validate import validate
+from openrlhf.utils.atomic import atomic_write
 from openrlhf.utils.errors import UserError
 
 _TRUE = ("true", "1", "yes", "on")
@@ -539,7 +540,5 @@ def config_to_dict(cfg: Any, redact: bool = False) -> Dict[str, Any]:
 def dump_config(cfg: RunConfig, path: str) -> None:
     """Write ``cfg`` as YAML (atomically) so that ``load_config(["--config", path])`` rebuilds it
     (secrets such as --logger.wandb.key are left out)."""
-    from openrlhf.utils.atomic import atomic_write
-
     with atomic_write(path) as f:
         yaml.safe_dump(config_to_dict(cfg, redact=True), f, sort_keys=False, allow_unicode=True)

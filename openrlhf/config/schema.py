@@ -8,8 +8,8 @@ flag there. :data:`TASK_CONFIGS` maps a task name to its root. Parsing lives in
 
 Sets of choices live here once (:data:`ZERO_STAGES`, :data:`ATTN_IMPLEMENTATIONS`, ...); everything
 else imports them from here. The two that the utilities implement are declared next to their code and
-re-exported here: :data:`PARAM_DTYPES` (:mod:`openrlhf.utils.dtypes`) and :data:`LR_SCHEDULERS`
-(:mod:`openrlhf.utils.deepspeed.ds_config`), so utils/ never imports config/.
+re-exported here: :data:`PARAM_DTYPES` and :data:`LR_SCHEDULERS` (:mod:`openrlhf.utils.deepspeed.ds_config`,
+torch-free), so utils/ never imports config/.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Dict, List, Tuple, Type
 
 from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS as LR_SCHEDULERS
 from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS_REFUSED as LR_SCHEDULERS_REFUSED
-from openrlhf.utils.dtypes import PARAM_DTYPES as PARAM_DTYPES
+from openrlhf.utils.deepspeed.ds_config import PARAM_DTYPES as PARAM_DTYPES
 
 # ---- the choices, one source each -----------------------------------------------------------
 
@@ -214,8 +214,11 @@ def transformers_attn_problem(name: str) -> str:
     """Why transformers would refuse ``attn_implementation=name`` ("" when it takes it): one of its
     registered attention functions (with their ``paged|`` forms) or a hub kernel ``org/repo[@rev][:fn]``.
     Imports transformers (only for names outside :data:`ATTN_IMPLEMENTATIONS`)."""
-    from transformers.integrations.hub_kernels import is_kernel
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    # The one function-level import of config/: the CLI parses flags with this package before torch and
+    # transformers are imported (``--help`` and config errors stay fast), and only an unusual
+    # --ds.attn_implementation needs transformers' own list of names.
+    from transformers.integrations.hub_kernels import is_kernel  # noqa: PLC0415 (see above)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: PLC0415
 
     valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
     if name in valid or is_kernel(name):

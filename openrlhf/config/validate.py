@@ -33,6 +33,8 @@ from openrlhf.config.schema import (
     TrainingConfig,
 )
 from openrlhf.utils.deepspeed.ds_config import batch_problems, scheduler_problems
+from openrlhf.utils.errors import missing_package
+from openrlhf.utils.paths import output_dir_problem, output_file_problem, split_sources
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -105,7 +107,6 @@ def _data(cfg, need: Need) -> None:
     default = type(cfg)().data.input_template
     need(not (d.apply_chat_template and d.input_template and d.input_template != default), "data.input_template",
          "conflicts with --data.apply_chat_template (use one way to format prompts, not both)")
-    from openrlhf.utils.paths import split_sources
 
     sources = split_sources(d.dataset)
     need(len(sources) <= 1 or isinstance(cfg, TrainingConfig), "data.dataset",
@@ -263,8 +264,6 @@ def _ray(cfg, need: Need) -> None:
 
 
 def _packages(cfg: RunConfig, need: Need) -> None:
-    from openrlhf.utils.errors import missing_package
-
     # (import name, needed?, flag, feature named in the message)
     wanted = []
     if hasattr(cfg, "ds"):
@@ -291,8 +290,6 @@ def _packages(cfg: RunConfig, need: Need) -> None:
 
 def _paths(cfg: RunConfig, need: Need) -> None:
     """Local-looking paths must exist (hub names are left to the loaders)."""
-    from openrlhf.utils.paths import split_sources
-
     paths = [("model.model_name_or_path", cfg.model.model_name_or_path)]
     paths += [("data.dataset", p) for p in split_sources(cfg.data.dataset)]
     if hasattr(cfg, "ref"):
@@ -305,8 +302,6 @@ def _paths(cfg: RunConfig, need: Need) -> None:
         if path and _looks_local(path):
             need(os.path.exists(os.path.expanduser(path)), flag, f"file or folder not found: {path}")
     # Outputs must be writable (found now, not after the models load).
-    from openrlhf.utils.paths import output_dir_problem, output_file_problem
-
     outputs = []
     if hasattr(cfg, "ckpt"):
         outputs.append(("ckpt.output_dir", cfg.ckpt.output_dir, output_dir_problem))
@@ -372,13 +367,9 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
     if isinstance(cfg, JudgeTaskConfig):
         _judge(cfg, need, extend, check_paths)
         if check_packages:
-            from openrlhf.utils.errors import missing_package
-
             err = missing_package("openai", "the LLM judge (--judge.*)")
             need(err is None, "judge.base_url", str(err))
         if check_paths and cfg.output_dir:
-            from openrlhf.utils.paths import output_dir_problem
-
             problem = output_dir_problem(cfg.output_dir)
             need(problem is None, "output_dir", str(problem))
         return p

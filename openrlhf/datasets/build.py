@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+from openrlhf.datasets.preference_dataset import PreferenceDataset
+from openrlhf.datasets.sft_dataset import SFTDataset
+
 from .loading import DataError, load_sources
 
 KINDS = ("sft", "preference")
@@ -39,10 +42,7 @@ def build_dataset(
     probs = getattr(data_cfg, "dataset_probs", ()) if dataset is None else ()
     rows = load_sources(source, split=split, max_samples=max_samples, probs=probs, seed=seed, what=what)
     if kind == "sft":
-        from .sft_dataset import SFTDataset
-
         return SFTDataset(rows, tokenizer, data_cfg, source, model_path=model_path, pretrain=pretrain)
-    from .preference_dataset import PreferenceDataset
 
     return PreferenceDataset(rows, tokenizer, data_cfg, source, model_path=model_path)
 

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
+import torch
+
+from openrlhf.utils.errors import raise_problems  # noqa: F401  (re-exported for the datasets)
+
 from .loading import DataError
-
-MAX_PROBLEMS_SHOWN = 5
-
-
-def raise_problems(problems: Sequence[str], source_name: str, n_rows: int) -> None:
-    """Raise one :class:`DataError` listing the first few problems and the total count."""
-    if not problems:
-        return
-    shown = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
-    more = len(problems) - MAX_PROBLEMS_SHOWN
-    tail = f"\n  ... and {more} more" if more > 0 else ""
-    raise DataError(
-        f"{source_name}: {len(problems)} problem(s) in {n_rows} rows:\n{shown}{tail}"
-    )
 
 
 def where(source_name: str, i: int, rows=None) -> str:
@@ -43,8 +33,6 @@ def unfinished_flag(row: dict, key: str, w: str) -> bool:
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_value, dtype):
     """A [len(seqs), max_len] tensor, each row right-padded with ``pad_value``."""
-    import torch
-
     T = max((len(s) for s in seqs), default=0)
     out = torch.full((len(seqs), T), pad_value, dtype=dtype)
     for i, s in enumerate(seqs):
@@ -56,8 +44,6 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_value, dtype):
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, loss_masks: Optional[Sequence[Sequence[bool]]] = None):
     """Right-padded ``(input_ids [B, T] long, attention_mask [B, T] long)`` and, when
     ``loss_masks`` are given, the masks padded with False as a third [B, T] bool tensor."""
-    import torch
-
     ids = pad_right(seqs, pad_id, torch.long)
     attn = pad_right([[1] * len(s) for s in seqs], 0, torch.long)
     if loss_masks is None:
@@ -67,8 +53,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, loss_masks: Optional[S
 
 def masks(lengths: Sequence[int], prompt_lens: Sequence[int], T: int):
     """attention_mask ([B, T] long, 1 on real tokens) and loss_mask ([B, T] bool, response tokens)."""
-    import torch
-
     pos = torch.arange(T).unsqueeze(0)
     lengths_t = torch.as_tensor(list(lengths)).unsqueeze(1)
     prompt_t = torch.as_tensor(list(prompt_lens)).unsqueeze(1)

@@ -29,8 +29,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from typing import Any, List, Optional, Sequence
+
+import datasets
+import pyarrow.parquet as pq
 
 from openrlhf.utils.errors import DataError
 from openrlhf.utils.paths import split_sources
@@ -109,8 +113,6 @@ def _read_json_file(path: str, what: str, max_samples: int) -> List[dict]:
 
 
 def _read_parquet_file(path: str, what: str, max_samples: int) -> List[dict]:
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for broken files
@@ -137,8 +139,6 @@ def _read_file(path: str, what: str, max_samples: int) -> List[dict]:
 def _read_with_builder(kind: str, path: str, what: str, max_samples: int) -> List[dict]:
     """A ``.csv`` / ``.arrow`` file through datasets' ``csv`` / ``arrow`` builder (OpenRLHF's reading:
     the same column types, e.g. an empty CSV cell is None)."""
-    import datasets
-
     try:
         ds = datasets.load_dataset(kind, data_files=path, split="train")
     except Exception as e:  # the builders raise several types for broken files
@@ -156,8 +156,6 @@ def _arrow_to_rows(ds, max_samples: int) -> List[dict]:
 
 
 def _read_saved_dataset(path: str, split: str, what: str, max_samples: int) -> List[dict]:
-    import datasets
-
     try:
         if os.path.exists(os.path.join(path, "dataset_dict.json")):
             dd = datasets.DatasetDict.load_from_disk(path)
@@ -247,10 +245,6 @@ _NOT_LOCAL = (
 
 def _read_hub(source: str, split: str, what: str, max_samples: int, data_dir: Optional[str] = None) -> List[dict]:
     try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        raise DataError(f"{what} {source}: not a local file or folder, and `datasets` is not installed") from None
-    try:
         ds = datasets.load_dataset(source, split=split, **({"data_dir": data_dir} if data_dir else {}))
     except ValueError as e:
         msg = str(e)
@@ -334,8 +328,6 @@ def mix_rows(parts: Sequence[Sequence[Any]], probs: Sequence[float], seed: int) 
     """(part, row) picks that interleave ``parts`` with probabilities ``probs`` until every part has been
     used up at least once (a part that runs out starts again from its first row: the smaller sources
     are oversampled). Deterministic for a seed."""
-    import random
-
     rng = random.Random(seed)
     pos = [0] * len(parts)
     done = [len(p) == 0 for p in parts]

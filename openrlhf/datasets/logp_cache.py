@@ -21,10 +21,16 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from huggingface_hub import snapshot_download
+
+from openrlhf.utils.jsonl import write_json_atomic
 
 from .loading import DataError
 
@@ -69,8 +75,6 @@ class DigestCache:
 
     def save(self) -> None:
         if self.path:
-            from openrlhf.utils.jsonl import write_json_atomic
-
             write_json_atomic(self.path, self.entries)
 
 
@@ -91,8 +95,6 @@ def _local_model_dir(path: str, what: str) -> str:
     if os.path.isdir(path):
         return path
     try:
-        from huggingface_hub import snapshot_download
-
         return snapshot_download(path, local_files_only=True)
     except Exception as e:  # not downloaded / not a hub name
         raise DataError(f"{what}: {path!r} is neither a local folder nor a model in the local HF cache ({e})") from None
@@ -146,8 +148,6 @@ def row_fingerprint(setting_fp: str, row: dict, keys: Sequence[str], values: Tup
 
 
 def _is_number(v: Any) -> bool:
-    import math
-
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -243,8 +243,6 @@ class WithCachedLogps(WithRemoteLogps):
 
 def add_cached_to_batch(batch: dict, items: Sequence[dict]) -> dict:
     """Copy cached log-prob columns found in the items into the batch as float tensors [B]."""
-    import torch
-
     if not items:
         return batch
     for key in items[0]:

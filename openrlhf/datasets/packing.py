@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+import torch
+
 # Batch keys of one tokenisation (``""``: the policy's; ``"teacher_"``, ... for teachers).
 _LAYOUT = ("input_ids", "attention_mask", "loss_mask")
 
 
 def pack_rows(input_ids, attention_mask, loss_mask) -> Dict[str, object]:
     """Right-padded ``[N, T]`` tensors -> one packed row (see the module doc)."""
-    import torch
-
     lengths = attention_mask.sum(-1).tolist()
     ids, pos, loss, seq = [], [], [], []
     for k, n in enumerate(lengths):

@@ -20,6 +20,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
+from openrlhf.datasets import logp_cache as lc
+from openrlhf.datasets.loading import load_sources, split_sources
+from openrlhf.datasets.logp_cache import add_cached_to_batch
+from openrlhf.datasets.packing import pack_batch
+from openrlhf.datasets.preference_dataset import PreferenceDataset, preference_collate, rendered_pairs
+from openrlhf.datasets.tokenizer import check_reference_tokenizer, pad_token_id
+
 from .loading import DataError
 
 
@@ -69,11 +76,6 @@ class PreferenceData:
 def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], source: str, split: str,
            what: str, probs: Sequence[float] = (), seed: int = 42, remote=None):
     """One split: (dataset view, report lines, kinds whose model must be loaded or ``remote`` scores)."""
-    from . import logp_cache as lc
-    from .loading import load_sources, split_sources
-    from .preference_dataset import PreferenceDataset, rendered_pairs
-    from .tokenizer import check_reference_tokenizer
-
     rows = load_sources(source, split=split, max_samples=data_cfg.max_samples, probs=probs, seed=seed, what=what)
     ds = PreferenceDataset(rows, tokenizer, data_cfg, source, model_path=model_path)
     reports = [ds.report()]
@@ -141,11 +143,6 @@ def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, side
 def _collate(tokenizer, online_teachers: dict, extra_collate: Optional[Callable], packing: bool) -> Callable:
     """The collate function: the policy's batch, each online teacher's own tokenisation, the cached (or
     remote) log-prob columns, ``extra_collate``'s keys; packed when ``packing``."""
-    from .logp_cache import add_cached_to_batch
-    from .packing import pack_batch
-    from .preference_dataset import preference_collate
-    from .tokenizer import pad_token_id
-
     pad_id = pad_token_id(tokenizer)
     prefixes = [""] + [name + "_" for name in online_teachers]
 

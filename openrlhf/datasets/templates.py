@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
+from openrlhf.config.schema import SFT_INPUT_TEMPLATE
 from openrlhf.config.validate import input_template_problem
 
 from .loading import DataError
@@ -240,8 +241,6 @@ class PromptRenderer:
     def from_data_config(cls, tokenizer, data_cfg, model_path: Optional[str] = None) -> "PromptRenderer":
         """From a --data.* section. train_sft's default --data.input_template is unused with the chat
         template (as in OpenRLHF); any other template set with it is refused."""
-        from openrlhf.config.schema import SFT_INPUT_TEMPLATE
-
         template = data_cfg.input_template
         if data_cfg.apply_chat_template and template == SFT_INPUT_TEMPLATE:
             template = ""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+from transformers import AutoTokenizer
+
 from openrlhf.datasets.loading import DataError
+from openrlhf.datasets.templates import PromptRenderer
 
 # A folder holds a tokenizer when it has one of these.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -29,10 +33,6 @@ def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.mode
     """``AutoTokenizer`` of ``path`` with ``chat_template`` (if given) replacing its own and a pad
     token set (EOS when it has none); ``use_fast=False``: the Python tokenizer
     (--data.disable_fast_tokenizer). Errors name the flag ``what``."""
-    import os
-
-    from transformers import AutoTokenizer
-
     local = os.path.expanduser(path)
     if os.path.isdir(local) and not any(os.path.exists(os.path.join(local, f)) for f in TOKENIZER_FILES):
         raise DataError(f"{what}: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the "
@@ -62,8 +62,6 @@ def teacher_renderer(path: str, data, chat_template: str = ""):
     :class:`~openrlhf.datasets.templates.PromptRenderer` that renders pairs the way ``data``
     (--data.apply_chat_template / --data.input_template) asks; ``chat_template`` replaces the
     tokenizer's (--teacher.tokenizer_chat_template)."""
-    from openrlhf.datasets.templates import PromptRenderer
-
     tok = load_tokenizer(path, what="--teacher.model_name_or_path")
     return PromptRenderer(
         tok,
@@ -111,8 +109,6 @@ def _vocab_difference(a: dict, b: dict, a_name: str, b_name: str) -> str:
 
 def _backend_definition(tok):
     """A fast tokenizer's whole definition as JSON, padding / truncation settings left out; None for a slow one."""
-    import json
-
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         return None

@@ -29,7 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from tqdm import tqdm
+
 from openrlhf.utils.errors import Interrupted, UserError, require_package
+from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail
 
 # HTTP statuses worth another try besides 5xx: request timeout, conflict, rate limit.
 RETRY_STATUS = (408, 409, 429)
@@ -163,8 +166,6 @@ class JudgeClient:
         return bool(j.text.strip()) and j.finish_reason != "length"
 
     def _load_cache(self) -> Dict[str, Judgment]:
-        from openrlhf.utils.jsonl import repair_torn_tail
-
         out: Dict[str, Judgment] = {}
         if not os.path.exists(self.cache_path):
             return out
@@ -188,8 +189,6 @@ class JudgeClient:
         return out
 
     def _remember(self, j: Judgment) -> None:
-        from openrlhf.utils.jsonl import append_jsonl
-
         with self._lock:
             self._cache[j.key] = j
             rec = {"key": j.key, "model": self.cfg.model, "base_url": self.cfg.base_url, "text": j.text,
@@ -263,8 +262,6 @@ class JudgeClient:
     def judge(self, requests: Sequence[JudgeRequest], desc: str = "judge") -> List[Judgment]:
         """Judgments in the order of ``requests``: from the cache when there, else sent
         (``--judge.concurrency`` at a time) and appended to the cache as each arrives."""
-        from tqdm import tqdm
-
         keys = [self.key_of(r) for r in requests]
         out: Dict[str, Judgment] = {}
         todo: Dict[str, JudgeRequest] = {}

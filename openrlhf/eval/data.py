@@ -14,10 +14,13 @@ The packages are located with ``importlib.util.find_spec`` and not imported.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
+
+import yaml
 
 from openrlhf.utils.errors import MissingPackage, UserError
 
@@ -38,8 +41,6 @@ class JudgePrompt:
 
 
 def _package_dir(module: str, dist: str, what: str, install: str = "") -> str:
-    import importlib.util
-
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -149,8 +150,6 @@ class AlpacaAnnotator:
 def alpaca_annotator(name: str = ALPACA_ANNOTATOR) -> AlpacaAnnotator:
     """``name``'s settings and prompt from the installed alpaca_eval package (its ``configs.yaml`` and
     prompt file, read as data; the package is not imported)."""
-    import yaml
-
     base = _package_dir(ALPACA_EVAL_PACKAGE, ALPACA_EVAL_DIST, "AlpacaEval 2's annotator (its prompt and settings)",
                         "pip install -e '.[alpacaeval]' in this fork's folder")
     root = os.path.join(base, "evaluators_configs")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from openrlhf.eval.client import JudgeRequest, TopLogprobs
+from openrlhf.eval.data import NEED_REFERENCE
 from openrlhf.utils.errors import DataError
 
 # FastChat's grade patterns: [[x]], else [x] (an integer or a decimal number).
@@ -243,8 +244,6 @@ class MTBenchAnswer:
 def mtbench_requests(answers: Sequence[MTBenchAnswer], prompts: Dict[str, object],
                      references: Dict[int, List[str]]) -> List[Tuple[int, int, JudgeRequest]]:
     """(question id, turn 1 or 2, request) for every answer to grade."""
-    from openrlhf.eval.data import NEED_REFERENCE
-
     out = []
     for a in answers:
         ref = references.get(a.id) if a.category in NEED_REFERENCE else None

@@ -9,6 +9,11 @@ import math
 import os
 from typing import Any, Dict, List
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from openrlhf.utils.jsonl import write_json_atomic
+
 TASK_ORDER = ("mtbench", "alpacaeval", "indomain")
 
 
@@ -81,9 +86,6 @@ def write_markdown(report: Dict[str, Any], path: str) -> None:
 
 
 def write_chart(report: Dict[str, Any], path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     models = report.get("models", {})
     names = list(models)
     tasks = [t for t in TASK_ORDER if any(t in models[n] for n in names)]
@@ -130,8 +132,6 @@ def write_chart(report: Dict[str, Any], path: str) -> None:
 
 
 def write_report(report: Dict[str, Any], output_dir: str) -> None:
-    from openrlhf.utils.jsonl import write_json_atomic
-
     write_json_atomic(os.path.join(output_dir, "report.json"), report)
     write_markdown(report, os.path.join(output_dir, "report.md"))
     write_chart(report, os.path.join(output_dir, "report.png"))

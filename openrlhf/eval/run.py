@@ -17,12 +17,21 @@ its numbers (not) comparable with the published leaderboards (``comparability``)
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from openrlhf.config.schema import JudgeTaskConfig
 from openrlhf.config.validate import parse_named_files
-from openrlhf.utils.errors import DataError
+from openrlhf.datasets.loading import load_rows
+from openrlhf.eval import judged
+from openrlhf.eval.client import JudgeClient
+from openrlhf.eval.data import alpaca_annotator, alpaca_reference, judge_prompts, mtbench_questions, mtbench_references
+from openrlhf.eval.judged import MTBenchAnswer, PairItem
+from openrlhf.eval.report import load_report, write_report
+from openrlhf.generation.outputs import check_same_ids, read_responses
+from openrlhf.utils.errors import DataError, UserError
+from openrlhf.utils.jsonl import write_jsonl_atomic
 
 
 def parse_candidates(values) -> Dict[str, str]:
@@ -43,8 +52,6 @@ def _question_text(prompt: Any) -> str:
 
 
 def _read(path: str, what: str, keys: Tuple[str, ...]) -> Dict[str, dict]:
-    from openrlhf.datasets import load_rows
-
     rows = load_rows(path, what=what)
     out: Dict[str, dict] = {}
     for i, row in enumerate(rows):
@@ -77,15 +84,10 @@ def token_limit_hits(rows: Dict[str, dict], ids) -> Dict[str, Any]:
 
 
 def _indomain_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
-    from openrlhf.eval.judged import PairItem
-    from openrlhf.generation.outputs import check_same_ids, read_responses
-
     if not cfg.teacher_responses:
         raise DataError("--teacher_responses: required for --task indomain (the teacher's responses to the same prompts)")
     teacher = read_responses(cfg.teacher_responses, "--teacher_responses")
     if cfg.prompts:
-        from openrlhf.datasets import load_rows
-
         known = {str(r.get("id", i)) for i, r in enumerate(load_rows(cfg.prompts, what="--prompts"))}
         unknown = [i for i in teacher if i not in known]
         if unknown:
@@ -103,9 +105,6 @@ def _indomain_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
 
 
 def _alpaca_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
-    from openrlhf.eval.data import alpaca_reference
-    from openrlhf.eval.judged import PairItem
-
     ref = alpaca_reference(cfg.reference_outputs or None)
     n = min(len(ref), cfg.max_items) if cfg.max_items > 0 else len(ref)
     out, limits = {}, {}
@@ -128,9 +127,6 @@ def _alpaca_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
 
 
 def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
-    from openrlhf.eval.data import mtbench_questions
-    from openrlhf.eval.judged import MTBenchAnswer
-
     questions = mtbench_questions()
     if cfg.max_items > 0:
         questions = questions[: cfg.max_items]
@@ -159,20 +155,11 @@ def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
 
 def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Judge every candidate for ``cfg.task``; returns (and writes) the merged report."""
-    from openrlhf.eval import judged
-    from openrlhf.eval.client import JudgeClient
-    from openrlhf.eval.data import judge_prompts, mtbench_references
-    from openrlhf.eval.report import load_report, write_report
-    from openrlhf.utils.errors import UserError
-    from openrlhf.utils.jsonl import write_jsonl_atomic
-
     candidates = parse_candidates(cfg.candidate)
     if not candidates:
         raise DataError("--candidate: give at least one NAME=FILE")
     annotator = None
     if cfg.task == "alpacaeval":
-        from openrlhf.eval.data import alpaca_annotator
-
         annotator = alpaca_annotator()
         prompts = {}
     else:
@@ -264,8 +251,6 @@ def length_controlled(name: str, items, prefs, reference, judge_model: str, anno
     """AlpacaEval's length-controlled win rate through the ``alpaca_eval`` library: every instruction's row,
     in the order of AlpacaEval's instructions (an unparsed one with a NaN preference, as alpaca_eval keeps
     it), and only for the judge the library's GLM was fitted with; otherwise the reason it was not computed."""
-    import importlib.util
-
     if judge_model != annotator.model:
         return {"length_controlled_win_rate": None,
                 "length_controlled_note": f"not computed: its GLM (instruction difficulties, gamed baselines) was "
@@ -311,9 +296,6 @@ def write_prompts(task: str, output: str, max_items: int = -1, temperature: Opti
     AlpacaEval (ids = positions, ``prompt`` = instruction), each row with the ``temperature`` and
     ``max_new_tokens`` to answer it with: FastChat's (by category; ``temperature`` given: that one for
     every row); returns the row count."""
-    from openrlhf.eval.data import alpaca_reference, mtbench_questions
-    from openrlhf.utils.jsonl import write_jsonl_atomic
-
     if temperature is not None and temperature < 0:
         raise DataError(f"--temperature: must be >= 0, got {temperature}")
     if max_new_tokens < 1:

@@ -15,6 +15,12 @@ from __future__ import annotations
 
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from openrlhf.models.actor import resolve_attn_implementation
+from openrlhf.utils.dtypes import torch_dtype
+
 # (position in the prompt list, generated token ids, backend's finish reason or None)
 Result = Tuple[int, List[int], Optional[str]]
 
@@ -24,11 +30,6 @@ class HFGenerator:
     def __init__(self, model_path: str, gen_cfg, *, param_dtype: str = "bf16",
                  attn_implementation: str = "sdpa", seed: int = 42, pad_id: int = 0,
                  stop_ids: Sequence[int] = (), log=print):
-        import torch
-        from transformers import AutoModelForCausalLM, GenerationConfig
-
-        from openrlhf.utils.dtypes import torch_dtype
-
         self.torch = torch
         self.cfg = gen_cfg
         self.pad_id = int(pad_id)
@@ -43,7 +44,6 @@ class HFGenerator:
                                  "eager on CPU")
         else:
             dtype = torch_dtype(param_dtype)
-        from openrlhf.models.actor import resolve_attn_implementation
 
         try:
             model = AutoModelForCausalLM.from_pretrained(

@@ -22,6 +22,7 @@ import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from openrlhf.datasets.loading import load_rows
 from openrlhf.utils.errors import DataError
 from openrlhf.utils.jsonl import append_jsonl, write_jsonl_atomic
 
@@ -142,8 +143,6 @@ class ResultsFile:
 
 def read_responses(path: str, what: str) -> Dict[str, dict]:
     """Rows of a response file keyed by ``str(id)``; errors name the file and row."""
-    from openrlhf.datasets.loading import load_rows
-
     rows = load_rows(path, what=what)
     out: Dict[str, dict] = {}
     for i, row in enumerate(rows):

@@ -21,9 +21,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from openrlhf.datasets.common import raise_problems
+from transformers import GenerationConfig
+
 from openrlhf.datasets.loading import DataError
-from openrlhf.datasets.templates import prompt_problem, value_problem
+from openrlhf.datasets.templates import PromptRenderer, prompt_problem, value_problem
+from openrlhf.utils.errors import raise_problems
 
 SHAREGPT_KEY = "conversations"
 # Multi-turn prompts (MT-Bench's question.jsonl): a list of user turns, answered one after the other.
@@ -164,8 +166,6 @@ def render_prompt_ids(items: Sequence[PromptItem], tokenizer, data_cfg, model_pa
     Plain text: ``--data.input_template`` (or the prompt itself), with the BOS id put in
     front when the tokenizer has one that the text does not already start with.
     """
-    from openrlhf.datasets.templates import PromptRenderer
-
     renderer = PromptRenderer.from_data_config(tokenizer, data_cfg, model_path=model_path)
     texts: List[str] = []
     problems: List[str] = []
@@ -235,8 +235,6 @@ def stop_token_ids(tokenizer, *, use_chat_template: bool, chat_template: str = "
 def generation_config_eos(model_path: str) -> Any:
     """``eos_token_id`` of the model's ``generation_config.json`` (int, list or None)."""
     try:
-        from transformers import GenerationConfig
-
         return GenerationConfig.from_pretrained(model_path).eos_token_id
     except Exception:  # no generation_config.json: the tokenizer's EOS is enough
         return None

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from openrlhf.utils.ray_group import DistWorker
+from openrlhf.generation.hf_backend import HFGenerator
+from openrlhf.generation.vllm_backend import VLLMSettings, _Engine
+from openrlhf.utils.ray_group import (
+    ActorGroup,
+    DistWorker,
+    cluster_has_gpus,
+    connect,
+    free_bundles,
+    get_named,
+    make_bundles,
+)
 
 Result = Tuple[int, List[int], Optional[str]]
 
@@ -31,15 +41,11 @@ class EngineWorker(DistWorker):
     def load(self, cfg, stop_ids: Sequence[int], pad_id: int) -> None:
         g = cfg.generate
         if g.backend == "hf":
-            from openrlhf.generation.hf_backend import HFGenerator
-
             self.engine = HFGenerator(cfg.model.model_name_or_path, g, param_dtype=cfg.ds.param_dtype,
                                       attn_implementation=cfg.ds.attn_implementation, seed=cfg.train.seed,
                                       pad_id=pad_id, stop_ids=stop_ids)
             self.positional = True
         else:
-            from openrlhf.generation.vllm_backend import VLLMSettings, _Engine
-
             self.engine = _Engine(VLLMSettings.from_config(cfg, stop_ids))
             self.positional = False
 
@@ -63,8 +69,6 @@ class RayGenerator:
     """The engines of one run, started on the cluster at ``cfg.ray.address`` (or $RAY_ADDRESS)."""
 
     def __init__(self, cfg, stop_ids: Sequence[int], pad_id: int, log=print):
-        from openrlhf.utils.ray_group import ActorGroup, cluster_has_gpus, connect, make_bundles
-
         connect(cfg.ray.address)
         v, g = cfg.vllm, cfg.generate
         self.batch_size = g.batch_size
@@ -81,8 +85,6 @@ class RayGenerator:
         """Yield finished chunks ``[(position, token ids, finish reason)]`` as they arrive."""
         import ray
 
-        from openrlhf.utils.ray_group import get_named
-
         items = [(i, list(ids)) for i, ids in enumerate(prompt_ids)]
         chunks = [items[s:s + self.batch_size] for s in range(0, len(items), self.batch_size)]
         n = len(self.group)
@@ -95,8 +97,6 @@ class RayGenerator:
             yield get_named(done[0], f"generation engine {where[done[0]]}")
 
     def close(self) -> None:
-        from openrlhf.utils.ray_group import free_bundles
-
         try:
             self.group.get(self.group.call("close"))
         finally:

@@ -36,10 +36,11 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Tuple
 
-from openrlhf.datasets.common import raise_problems
 from openrlhf.datasets.loading import DataError
 from openrlhf.generation.outputs import ID_KEY
+from openrlhf.utils.errors import raise_problems
 from openrlhf.utils.jsonl import read_jsonl, write_json_atomic, write_jsonl_atomic
+from openrlhf.utils.paths import output_dir_problem
 
 PREFERENCE_FILE = "preference.jsonl"
 SFT_FILE = "sft.jsonl"
@@ -84,8 +85,6 @@ def _index(path: str, what: str, prompt_key: str) -> Tuple[Dict[Any, dict], List
 def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key: str = "prompt",
                log=print, keep_unfinished: bool = False) -> Dict[str, Any]:
     """Write the preference and SFT sets (see the module doc); returns the report."""
-    from openrlhf.utils.paths import output_dir_problem
-
     problem = output_dir_problem(output_dir)
     if problem:
         raise DataError(f"--output_dir: {problem}")

@@ -24,14 +24,18 @@ reserves (0.1-0.2 for a small model; 0.9 fails at start-up when anything else ru
 
 from __future__ import annotations
 
+import gc
+import multiprocessing as mp
 import os
 import queue as queue_mod
 import traceback
 from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+import torch
+
 from openrlhf.utils.dtypes import torch_dtype_name
-from openrlhf.utils.errors import UserError, has_package
+from openrlhf.utils.errors import UserError, has_package, require_package
 
 Result = Tuple[int, List[int], Optional[str]]
 
@@ -101,8 +105,6 @@ class _Engine:
     """One ``vllm.LLM`` and its sampling parameters."""
 
     def __init__(self, s: VLLMSettings):
-        from openrlhf.utils.errors import require_package
-
         require_package("vllm", "--generate.backend vllm (use --generate.backend hf without it)")
         from vllm import LLM, SamplingParams
 
@@ -127,7 +129,6 @@ class _Engine:
             except Exception:  # best effort: the process is about to end anyway
                 pass
         del llm
-        import gc
 
         gc.collect()
 
@@ -137,12 +138,7 @@ def visible_devices() -> List[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip()]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def device_slices(devices: Sequence[str], num_engines: int, tp_size: int) -> List[str]:
@@ -173,12 +169,7 @@ def cpu_slices(cores: Sequence[int], num_engines: int) -> List[str]:
 
 
 def _cuda_machine() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+    return torch.cuda.is_available()
 
 
 # The environment variable that gives an engine process its devices: GPUs, or CPU cores on the CPU build.
@@ -236,8 +227,6 @@ class VLLMGenerator:
             yield from self._run_engines(items)
 
     def _run_engines(self, items: List[Tuple[int, List[int]]]) -> Iterator[List[Result]]:
-        import multiprocessing as mp
-
         ctx = mp.get_context("spawn")
         out_queue = ctx.Queue()
         procs = []

@@ -1,1 +1,1 @@
-"""Models and losses. Kept light: submodules import what they need."""
+"""Models (actor.py: the HF causal LM and its log-probs) and losses (loss.py, torch only)."""

@@ -11,6 +11,9 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+from openrlhf.utils.errors import UserError, has_package, require_package
 
 
 class _SelectedLogps(torch.autograd.Function):
@@ -225,8 +228,6 @@ def resolve_attn_implementation(name: str, dtype: Optional[torch.dtype] = None) 
     """``auto``: flash_attention_2 for a bf16 / fp16 model (``dtype``) on a CUDA machine where flash-attn is
     installed, else sdpa (flash-attn refuses fp32 at the first forward; a CPU runs sdpa). Any other name
     is checked for its package and returned (validation refuses flash with fp32 before this)."""
-    from openrlhf.utils.errors import has_package, require_package
-
     if name == "auto":
         half = dtype in (torch.bfloat16, torch.float16)
         return "flash_attention_2" if half and torch.cuda.is_available() and has_package("flash_attn") else "sdpa"
@@ -265,16 +266,10 @@ class Actor(nn.Module):
         what: str = "--model.model_name_or_path",
     ) -> "Actor":
         """``lora``: a --ds.lora.* section (rank > 0: LoRA adapters through peft, the base frozen)."""
-        from transformers import AutoModelForCausalLM
-
-        from openrlhf.utils.errors import UserError
-
         kwargs = dict(dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, dtype))
         if load_in_4bit:
             if not torch.cuda.is_available():
                 raise UserError("--ds.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA GPU")
-            from transformers import BitsAndBytesConfig
-
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                                bnb_4bit_use_double_quant=True,
                                                                bnb_4bit_compute_dtype=dtype)

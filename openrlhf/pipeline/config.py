@@ -10,8 +10,16 @@ stage runs.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from openrlhf.config.parse import ConfigError
+from openrlhf.config.schema import JUDGE_TASKS, JudgeConfig
+from openrlhf.config.validate import judge_section_problems
 
 
 @dataclass
@@ -109,10 +117,6 @@ def _check_keys(cls, data: dict, where: str, problems: List[str]) -> dict:
 
 
 def load_distill_config(path: str) -> DistillConfig:
-    import yaml
-
-    from openrlhf.config.parse import ConfigError
-
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -204,8 +208,6 @@ def baseline_problems(cfg: DistillConfig, path: str) -> List[str]:
 
 def sweep_points(cfg: DistillConfig) -> Dict[str, List[Dict[str, Any]]]:
     """method -> every point of its grid (dicts of dotted flags), in a fixed order."""
-    import itertools
-
     out: Dict[str, List[Dict[str, Any]]] = {}
     for method, grid in (cfg.sweep or {}).items():
         keys = list(grid)
@@ -236,8 +238,6 @@ JUDGE_PIPELINE_KEYS = ("tasks", "max_items")
 
 def judge_settings(cfg: DistillConfig):
     """(JudgeConfig, tasks, max_items) of the ``judge:`` section."""
-    from openrlhf.config.schema import JUDGE_TASKS, JudgeConfig
-
     j = dict(cfg.judge or {})
     tasks = list(j.pop("tasks", list(JUDGE_TASKS)))
     max_items = int(j.pop("max_items", -1))
@@ -245,9 +245,6 @@ def judge_settings(cfg: DistillConfig):
 
 
 def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
-    from openrlhf.config.schema import JUDGE_TASKS, JudgeConfig
-    from openrlhf.config.validate import judge_section_problems
-
     if cfg.judge is None:
         return []
     if not isinstance(cfg.judge, dict):
@@ -260,8 +257,6 @@ def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
     if not isinstance(tasks, list) or not tasks or any(t not in JUDGE_TASKS for t in tasks):
         problems.append(f"{path}: judge.tasks: a list of {', '.join(JUDGE_TASKS)}, got {tasks!r}")
     elif "alpacaeval" in tasks:
-        import importlib.util
-
         if importlib.util.find_spec("alpaca_eval") is None:  # AlpacaEval 2's annotator: known before any training
             problems.append(f"{path}: judge.tasks: alpacaeval needs the alpaca-eval package (AlpacaEval 2's "
                             "annotator), which is not installed: pip install -e '.[alpacaeval]' in this fork's folder, or leave "

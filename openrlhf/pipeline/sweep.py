@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from openrlhf.utils.jsonl import write_json_atomic
+
 # report.json keys drawn, with their titles (higher / lower is better).
 METRICS = {"rouge_l_f1": "ROUGE-L F1 vs teacher (higher is closer)",
            "teacher_nll": "teacher NLL per token (lower is closer)"}
@@ -24,8 +29,6 @@ def sweep_rows(report: dict, points: Dict[str, Dict[str, Any]]) -> List[dict]:
 
 def write_sweep_report(report: dict, points: Dict[str, Dict[str, Any]], out_dir: str) -> List[dict]:
     """Write sweep.json / sweep.md / sweep.png for the grid points (label -> {flag: value})."""
-    from openrlhf.utils.jsonl import write_json_atomic
-
     rows = sweep_rows(report, points)
     flags = list(next(iter(points.values())).keys()) if points else []
     write_json_atomic(os.path.join(out_dir, "sweep.json"), {"flags": flags, "points": rows})
@@ -40,9 +43,6 @@ def write_sweep_report(report: dict, points: Dict[str, Dict[str, Any]], out_dir:
 
 
 def _plot(rows: List[dict], flags: List[str], path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     axes_flags = flags[:2]
     fig = Figure(figsize=(4.4 * len(axes_flags), 3.4 * len(METRICS)))
     FigureCanvasAgg(fig)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from openrlhf.config.parse import config_to_dict, dump_config
 from openrlhf.config.schema import RunConfig, TrainingConfig
+from openrlhf.datasets.build import build_dataset
+from openrlhf.models.actor import Actor
+from openrlhf.trainer.base import LoopSettings
+from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy, unwrap_model
+from openrlhf.utils.errors import UserError
+from openrlhf.utils.logging import make_logger
 
 
 def make_strategy(cfg: RunConfig, training: bool = True):
     """A set-up :class:`DeepspeedStrategy` for ``cfg``'s --ds / --train (and, when
     training, --adam / --max_norm) sections."""
-    from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
-
     if training:
         check_lora_targets(cfg)  # before DeepSpeed starts (peft would only fail once the model is loaded)
         strategy = DeepspeedStrategy(cfg.ds, cfg.train, cfg.max_norm, cfg.adam, training=True)
@@ -28,10 +36,6 @@ def check_lora_targets(cfg: RunConfig) -> None:
     the model has. The model is built on the meta device from its config (no weights are read)."""
     if not uses_lora(cfg) or list(cfg.ds.lora.target_modules) == ["all-linear"]:
         return
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from openrlhf.utils.errors import UserError
 
     path = cfg.model.model_name_or_path
     try:
@@ -60,8 +64,6 @@ def check_lora_targets(cfg: RunConfig) -> None:
 def load_actor(strategy, path: str, cfg: RunConfig, *, for_training: bool, offload: bool = False, what: str):
     """The trained model (``for_training``: gradient checkpointing, MoE aux loss, LoRA, 4-bit, Liger as
     asked) or a frozen one (reference / teacher: plain weights) as an :class:`Actor`."""
-    from openrlhf.models.actor import Actor
-
     m, ds = cfg.model, cfg.ds
     extra = {}
     if for_training:
@@ -82,10 +84,6 @@ class AdapterDisabled:
         self.engine = engine
 
     def __call__(self, *args, **kwargs):
-        import torch
-
-        from openrlhf.utils.deepspeed.strategy import unwrap_model
-
         with torch.no_grad(), unwrap_model(self.engine).disable_adapter():
             return self.engine(*args, **kwargs)
 
@@ -120,8 +118,6 @@ def save_trained(strategy, engine, tokenizer, cfg: TrainingConfig) -> None:
 def sft_datasets(cfg, tokenizer, model_path: str):
     """train_sft / train_kd data: (train dataset, eval dataset or None). Several training sources are
     mixed by --data.dataset_probs with --train.seed; --model.pretrain_mode_enable reads plain text."""
-    from openrlhf.datasets import build_dataset
-
     pretrain = cfg.model.pretrain_mode_enable
     train = build_dataset("sft", cfg.data, tokenizer, model_path=model_path, seed=cfg.train.seed, pretrain=pretrain)
     ev = None
@@ -140,9 +136,6 @@ def print_reports(strategy, train_ds, eval_ds) -> None:
 def make_run_logger(strategy, cfg: TrainingConfig):
     """metrics.jsonl (+ tensorboard / wandb) in --ckpt.output_dir on rank 0, a no-op elsewhere;
     also writes the resolved run_config.yaml."""
-    from openrlhf.config.parse import config_to_dict, dump_config
-    from openrlhf.utils.logging import make_logger
-
     if strategy.is_rank_0():
         os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
         dump_config(cfg, os.path.join(cfg.ckpt.output_dir, "run_config.yaml"))
@@ -150,6 +143,4 @@ def make_run_logger(strategy, cfg: TrainingConfig):
 
 
 def loop_settings(cfg: TrainingConfig):
-    from openrlhf.trainer.base import LoopSettings
-
     return LoopSettings(cfg.train, cfg.eval, cfg.ckpt, cfg.logger, cfg.checkpoint_dir)

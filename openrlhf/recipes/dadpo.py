@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import List, Sequence
 
 from openrlhf.config.schema import DADPOConfig
-from openrlhf.recipes.preference import TEACHER_FLAG, FrozenSide, reference_side
+from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
+from openrlhf.models.loss import DADPOLoss, teacher_name
+from openrlhf.recipes.preference import TEACHER_FLAG, FrozenSide, preference_data, reference_side, start_run
+from openrlhf.trainer.dadpo_trainer import DADPOTrainer
 
 
 def teacher_sides(cfg: DADPOConfig, renderers: Sequence) -> List[FrozenSide]:
     """One side per --teacher.model_name_or_path (``teacher``, ``teacher_2``, ...), with its renderer."""
-    from openrlhf.models.loss import teacher_name
-
     paths = cfg.teacher.model_name_or_path
     return [FrozenSide(teacher_name(k), path, TEACHER_FLAG, cfg.teacher.offload, renderer)
             for k, (path, renderer) in enumerate(zip(paths, renderers, strict=True))]
@@ -28,11 +29,6 @@ def train_dadpo(cfg: DADPOConfig, remote=None) -> dict:
     """Train, save the HF folder to --ckpt.output_dir, return the last step's metrics.
     ``--teacher.beta 0`` is DPO; ``--model.beta 0`` is rDPO (no reference model loaded). ``remote``:
     see :func:`~openrlhf.recipes.dpo.train_dpo`."""
-    from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
-    from openrlhf.models.loss import DADPOLoss
-    from openrlhf.recipes.preference import preference_data, start_run
-    from openrlhf.trainer.dadpo_trainer import DADPOTrainer
-
     m = cfg.model
     # Cheap work first: tokenizers, data, caches, the loss; no model is loaded before this passes.
     tokenizer = data_tokenizer(m.model_name_or_path, cfg.data)

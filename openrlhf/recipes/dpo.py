@@ -6,6 +6,10 @@ from __future__ import annotations
 from typing import Optional
 
 from openrlhf.config.schema import DPOConfig
+from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, shared_vocabulary
+from openrlhf.models.loss import DPOLoss
+from openrlhf.recipes.preference import TEACHER_FLAG, FrozenSide, preference_data, reference_side, start_run
+from openrlhf.trainer.dpo_trainer import DPOTrainer, KLTeacher
 
 
 def train_dpo(cfg: DPOConfig, remote=None) -> dict:
@@ -14,11 +18,6 @@ def train_dpo(cfg: DPOConfig, remote=None) -> dict:
     The reference log-probs come from the reference model, from the cached columns of
     ``score_logps`` (the model is then not loaded), or, with ``remote`` (the Ray trainer's frozen
     groups: ``remote.get(kind, row index)``), from elsewhere."""
-    from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, shared_vocabulary
-    from openrlhf.models.loss import DPOLoss
-    from openrlhf.recipes.preference import TEACHER_FLAG, FrozenSide, preference_data, reference_side, start_run
-    from openrlhf.trainer.dpo_trainer import DPOTrainer, KLTeacher
-
     m = cfg.model
     # Cheap work first: tokenizers, data, caches, the loss; no model is loaded before this passes.
     tokenizer = data_tokenizer(m.model_name_or_path, cfg.data)

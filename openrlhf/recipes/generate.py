@@ -29,8 +29,24 @@ import time
 from collections import Counter
 from typing import Any, Dict, List, Tuple
 
+from tqdm import tqdm
+
 from openrlhf.config.schema import GenerateTaskConfig
-from openrlhf.generation.vllm_backend import resolve_backend
+from openrlhf.datasets.loading import DataError, load_rows
+from openrlhf.datasets.templates import PromptRenderer
+from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
+from openrlhf.generation.hf_backend import HFGenerator
+from openrlhf.generation.outputs import ID_KEY, ResultsFile, trim_response
+from openrlhf.generation.prompts import (
+    TURNS_KEY,
+    extract_prompts,
+    generation_config_eos,
+    jsonl_line_numbers,
+    render_prompt_ids,
+    stop_token_ids,
+)
+from openrlhf.generation.ray_engines import RayGenerator
+from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings, resolve_backend
 from openrlhf.utils.errors import Interrupted
 
 
@@ -38,20 +54,13 @@ def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
     """The generator of --generate.backend (hf or vllm), in this process (or its engine processes) or as
     Ray actors (--generate.ray); ``.run(list of prompt ids)`` yields batches of (position, token ids,
     finish reason or None)."""
-    from openrlhf.datasets.tokenizer import pad_token_id
-
     g = cfg.generate
     if g.ray:
-        from openrlhf.generation.ray_engines import RayGenerator
-
         return RayGenerator(cfg, stop_ids, pad_token_id(tokenizer), log=log)
     if g.backend == "hf":
-        from openrlhf.generation.hf_backend import HFGenerator
-
         return HFGenerator(cfg.model.model_name_or_path, g, param_dtype=cfg.ds.param_dtype,
                            attn_implementation=cfg.ds.attn_implementation, seed=cfg.train.seed,
                            pad_id=pad_token_id(tokenizer), stop_ids=stop_ids, log=log)
-    from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings
 
     return VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=cfg.vllm.num_engines)
 
@@ -61,8 +70,6 @@ def row_sampling(cfg: GenerateTaskConfig, rows, items) -> List[Tuple[float, int]
     when it has them and ``--generate.row_settings`` is on (the benchmark prompt files of
     ``eval_prompts`` carry FastChat's settings), else ``--generate.temperature`` /
     ``--generate.max_new_tokens``. A bad value is a DataError naming the row."""
-    from openrlhf.datasets.loading import DataError
-
     g = cfg.generate
     out, bad = [], []
     for it in items:
@@ -106,21 +113,6 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     by turn, each turn with the earlier turns and answers in the chat history; its output row has
     ``turns``, ``responses`` (one per turn), ``finish_reasons`` and, for the last turn, ``response``
     and ``finish_reason``. Such a row is written when all its turns are answered."""
-    from tqdm import tqdm
-
-    from openrlhf.datasets.loading import DataError, load_rows
-    from openrlhf.datasets.templates import PromptRenderer
-    from openrlhf.datasets.tokenizer import data_tokenizer
-    from openrlhf.generation.outputs import ID_KEY, ResultsFile, trim_response
-    from openrlhf.generation.prompts import (
-        TURNS_KEY,
-        extract_prompts,
-        generation_config_eos,
-        jsonl_line_numbers,
-        render_prompt_ids,
-        stop_token_ids,
-    )
-
     g, d = cfg.generate, cfg.data
     model_path = cfg.model.model_name_or_path
 

@@ -4,26 +4,25 @@
 from __future__ import annotations
 
 from openrlhf.config.schema import KDTrainConfig
+from openrlhf.datasets.sft_dataset import sft_collate
+from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, pad_token_id, shared_vocabulary
+from openrlhf.recipes.common import (
+    loop_settings,
+    make_run_logger,
+    make_strategy,
+    prepare_frozen,
+    prepare_policy,
+    print_reports,
+    save_trained,
+    sft_datasets,
+)
+from openrlhf.trainer.base import steps_per_epoch
+from openrlhf.trainer.kd_trainer import KDTrainer
 
 
 def train_kd(cfg: KDTrainConfig) -> dict:
     """Train and save; returns the last step's metrics. The teacher must share the student's
     vocabulary (refused before anything loads otherwise)."""
-    from openrlhf.datasets import sft_collate
-    from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, pad_token_id, shared_vocabulary
-    from openrlhf.recipes.common import (
-        loop_settings,
-        make_run_logger,
-        make_strategy,
-        prepare_frozen,
-        prepare_policy,
-        print_reports,
-        save_trained,
-        sft_datasets,
-    )
-    from openrlhf.trainer.base import steps_per_epoch
-    from openrlhf.trainer.kd_trainer import KDTrainer
-
     student = cfg.model.model_name_or_path
     teacher = cfg.teacher.model_name_or_path[0]
     tokenizer = data_tokenizer(student, cfg.data)

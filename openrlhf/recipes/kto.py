@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 from openrlhf.config.schema import KTOTrainConfig
+from openrlhf.datasets.preference_dataset import mismatched_pairs_batch
+from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
+from openrlhf.models.loss import KTOLoss
+from openrlhf.recipes.preference import preference_data, reference_side, start_run
+from openrlhf.trainer.kto_trainer import KTOTrainer
 
 
 def train_kto(cfg: KTOTrainConfig) -> dict:
     """Train, save the HF folder to --ckpt.output_dir, return the last step's metrics."""
-    from openrlhf.datasets.preference_dataset import mismatched_pairs_batch
-    from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
-    from openrlhf.models.loss import KTOLoss
-    from openrlhf.recipes.preference import preference_data, reference_side, start_run
-    from openrlhf.trainer.kto_trainer import KTOTrainer
-
     m = cfg.model
     # Cheap work first: tokenizer, data, caches, the loss; no model is loaded before this passes.
     tokenizer = data_tokenizer(m.model_name_or_path, cfg.data)

@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Union
 
 from openrlhf.config.schema import KTOTrainConfig, PreferenceTrainingConfig
+from openrlhf.datasets.preference_data import prepare_preference_data
+from openrlhf.recipes.common import make_run_logger, make_strategy, prepare_policy
+from openrlhf.trainer.base import steps_per_epoch
+from openrlhf.datasets.preference_data import ScoredSide
+from openrlhf.recipes.common import loop_settings
+from openrlhf.recipes.common import prepare_frozen
+from openrlhf.recipes.common import AdapterDisabled, uses_lora
+from openrlhf.recipes.common import save_trained
 
 # The task roots that have a policy, a reference (--ref.*) and preference data.
 WithReference = Union[PreferenceTrainingConfig, KTOTrainConfig]
@@ -35,8 +43,6 @@ class FrozenSide(NamedTuple):
 
     def scored(self):
         """This side as the data layer sees it (:class:`~openrlhf.datasets.preference_data.ScoredSide`)."""
-        from openrlhf.datasets.preference_data import ScoredSide
-
         return ScoredSide(kind=self.kind, model_path=self.model_path, flag=self.flag, renderer=self.renderer,
                           max_len=self.max_len)
 
@@ -56,8 +62,6 @@ def preference_data(cfg: WithReference, tokenizer, sides: Sequence[FrozenSide], 
     (:func:`~openrlhf.datasets.preference_data.prepare_preference_data`): ``sides`` are the frozen models
     whose log-probs the loss reads (each may be cached); ``remote`` (the Ray trainers' provider) scores every
     side that is not cached."""
-    from openrlhf.datasets.preference_data import prepare_preference_data
-
     return prepare_preference_data(cfg.data, cfg.eval, tokenizer, cfg.model.model_name_or_path,
                                    [side.scored() for side in sides], extra_collate=extra_collate,
                                    packing=cfg.ds.packing_samples, seed=cfg.train.seed, remote=remote)
@@ -77,23 +81,17 @@ class PreferenceRun:
 
     def trainer_args(self) -> Dict[str, Any]:
         """The keyword arguments of the loop that every preference trainer takes."""
-        from openrlhf.recipes.common import loop_settings
-
         return dict(strategy=self.strategy, engine=self.engine, tokenizer=self.tokenizer,
                     train_dataset=self.data.train, collate_fn=self.data.collate, settings=loop_settings(self.cfg),
                     logger=self.logger, eval_dataset=self.data.eval, num_workers=self.cfg.data.dataloader_num_workers)
 
     def load_frozen(self, side: FrozenSide):
         """``side``'s model as a frozen inference engine that follows the ZeRO stage."""
-        from openrlhf.recipes.common import prepare_frozen
-
         return prepare_frozen(self.strategy, self.cfg, side.model_path, side.offload, what=side.flag)
 
     def reference_engine(self):
         """The reference model: with LoRA and no --ref.model_name_or_path, the policy with its adapters
         switched off (the frozen base, no second copy); else its own frozen engine."""
-        from openrlhf.recipes.common import AdapterDisabled, uses_lora
-
         side = reference_side(self.cfg)
         if uses_lora(self.cfg) and side.model_path == self.cfg.model.model_name_or_path:
             self.strategy.print("reference: the base weights with the LoRA adapters switched off (no second copy)")
@@ -102,8 +100,6 @@ class PreferenceRun:
 
     def finish(self, trainer) -> dict:
         """Train, save the HF folder to --ckpt.output_dir, close the logger; the last step's metrics."""
-        from openrlhf.recipes.common import save_trained
-
         last = trainer.fit()
         save_trained(self.strategy, self.engine, self.tokenizer, self.cfg)
         self.logger.close()
@@ -113,9 +109,6 @@ class PreferenceRun:
 def start_run(cfg: WithReference, tokenizer, data, notes: Sequence[str] = ()) -> PreferenceRun:
     """The expensive part begins: the strategy (distributed setup), the data's reports and ``notes`` printed on
     rank 0, the metrics logger (and run_config.yaml), the policy with its optimizer and LR schedule."""
-    from openrlhf.recipes.common import make_run_logger, make_strategy, prepare_policy
-    from openrlhf.trainer.base import steps_per_epoch
-
     n_steps = steps_per_epoch(len(data.train), cfg.train.batch_size) * cfg.train.max_epochs
     strategy = make_strategy(cfg)
     for line in [*data.reports, *notes]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from openrlhf.utils.ray_group import DistWorker
+from openrlhf.recipes import recipe_of
+from openrlhf.utils.distributed import destroy_process_group
+from openrlhf.utils.ray_group import ActorGroup, DistWorker, cluster_has_gpus, connect, free_bundles, make_bundles
 
 
 class RecipeWorker(DistWorker):
     def run(self, task: str, cfg) -> Any:
-        from openrlhf.recipes import recipe_of
-        from openrlhf.utils.distributed import destroy_process_group
-
         result = recipe_of(task)(cfg)
         destroy_process_group()
         return result
@@ -24,8 +23,6 @@ class RecipeWorker(DistWorker):
 def run_recipe_on_ray(task: str, cfg, size: int, ray_settings, name: str = "") -> Any:
     """``task``'s recipe (see :func:`~openrlhf.recipes.recipe_of`) run on ``cfg`` by ``size`` actors (one GPU each on a GPU cluster, else
     ``ray_settings.num_cpus_per_actor`` CPUs) of the cluster at ``ray_settings.address``."""
-    from openrlhf.utils.ray_group import ActorGroup, cluster_has_gpus, connect, free_bundles, make_bundles
-
     connect(ray_settings.address)
     gpus = 1 if cluster_has_gpus() else 0
     label = name or task

@@ -32,10 +32,27 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from openrlhf.config.schema import DADPORayConfig, DPORayConfig
+from openrlhf.datasets.loading import load_sources
+from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
+from openrlhf.recipes.common import check_lora_targets, make_strategy, prepare_frozen
 from openrlhf.recipes.dadpo import dadpo_sides, teacher_sides, train_dadpo
 from openrlhf.recipes.dpo import train_dpo
-from openrlhf.recipes.preference import FrozenSide, reference_side
-from openrlhf.utils.ray_group import DistWorker
+from openrlhf.recipes.preference import FrozenSide, preference_data, reference_side
+from openrlhf.recipes.score import score_pairs, side_dataset
+from openrlhf.trainer.base import steps_per_epoch
+from openrlhf.utils.deepspeed import ckpt_io
+from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
+from openrlhf.utils.distributed import destroy_process_group
+from openrlhf.utils.errors import UserError
+from openrlhf.utils.ray_group import (
+    ActorGroup,
+    DistWorker,
+    cluster_has_gpus,
+    connect,
+    free_bundles,
+    make_bundles,
+    wait_groups,
+)
 
 GROUP_NAMES = {"ref": "reference"}  # kind -> group name (teachers keep theirs: teacher, teacher_2, ...)
 
@@ -88,8 +105,6 @@ class PolicyWorker(DistWorker):
     log-probs."""
 
     def fit(self, recipe: Callable, cfg, chunks) -> Dict[str, Any]:
-        from openrlhf.utils.distributed import destroy_process_group
-
         provider = ChunkedLogps(chunks)
         t = time.perf_counter()
         last = recipe(cfg, remote=provider)
@@ -103,11 +118,6 @@ class FrozenWorker(DistWorker):
     the pairs it is given (a global batch at a time, shared out between the group's processes)."""
 
     def setup(self, cfg, group: FrozenGroup) -> int:
-        from openrlhf.datasets.loading import load_sources
-        from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
-        from openrlhf.recipes.common import make_strategy, prepare_frozen
-        from openrlhf.recipes.score import side_dataset
-
         d = cfg.data
         rows = load_sources(d.dataset, split=d.dataset_split, max_samples=d.max_samples, probs=d.dataset_probs,
                             seed=cfg.train.seed)
@@ -126,8 +136,6 @@ class FrozenWorker(DistWorker):
         return len(self.ds)
 
     def score(self, indices: List[int]) -> Dict[int, Tuple[float, float]]:
-        from openrlhf.recipes.score import score_pairs
-
         t = time.perf_counter()
         out = score_pairs(self.strategy, self.model, self.ds, [self.position[i] for i in indices], self.micro)
         self.busy += time.perf_counter() - t
@@ -150,10 +158,6 @@ class _NoLogpsProvider:
 def _schedule(view, cfg, world: int, start: Optional[dict]) -> List[List[int]]:
     """Row indices in the order the policy will first need them, one list per global step (rows already
     listed at an earlier step are left out): the sampler's order from the resume point on."""
-    from openrlhf.trainer.base import steps_per_epoch
-    from openrlhf.utils.deepspeed import ckpt_io
-    from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
-
     bs = cfg.train.batch_size
     n_steps = steps_per_epoch(len(view), bs)
     _, epoch0, consumed0 = ckpt_io.resume_position(start, bs, n_steps) if start else (0, 0, 0)
@@ -184,16 +188,12 @@ def _frozen_groups(cfg, sides: Sequence[FrozenSide], kinds: Sequence[str]) -> Li
 
 def train_dpo_ray(cfg: DPORayConfig) -> Dict[str, Any]:
     """train_dpo with the policy and the reference as Ray actor groups."""
-    from openrlhf.datasets.tokenizer import data_tokenizer
-
     tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
     return _train_on_ray(cfg, train_dpo, tokenizer, [reference_side(cfg)])
 
 
 def train_dadpo_ray(cfg: DADPORayConfig) -> Dict[str, Any]:
     """train_dadpo with the policy, the reference and each teacher as Ray actor groups."""
-    from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
-
     tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
     teachers = teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data))
     return _train_on_ray(cfg, train_dadpo, tokenizer, dadpo_sides(cfg, teachers))
@@ -203,12 +203,6 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
     """Place the groups, score ahead, train (the policy group runs ``recipe``: train_dpo / train_dadpo);
     returns the policy's last metrics plus the timing of the overlap (``ray_policy_seconds``,
     ``ray_wait_seconds``: policy time blocked on scores, ``ray_<group>_busy_seconds``)."""
-    from openrlhf.recipes.common import check_lora_targets
-    from openrlhf.recipes.preference import preference_data
-    from openrlhf.utils.deepspeed import ckpt_io
-    from openrlhf.utils.errors import UserError
-    from openrlhf.utils.ray_group import ActorGroup, cluster_has_gpus, connect, free_bundles, make_bundles, wait_groups
-
     # The policy group: one DeepSpeed world of this many actors (--train.batch_size splits evenly over them:
     # checked when the flags were parsed).
     world = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node

@@ -18,11 +18,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
+import torch
+from tqdm import tqdm
+
 from openrlhf.config.schema import ScoreLogpsConfig
+from openrlhf.datasets import logp_cache as lc
+from openrlhf.datasets.loading import load_rows
+from openrlhf.datasets.preference_dataset import PreferenceDataset, preference_collate, rendered_pairs
+from openrlhf.datasets.tokenizer import check_reference_tokenizer, data_tokenizer, pad_token_id, teacher_renderers
+from openrlhf.models.loss import teacher_name
+from openrlhf.recipes.common import make_strategy, prepare_frozen
 from openrlhf.utils.errors import DataError, Interrupted
+from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail, write_jsonl_atomic
 
 PARTIAL_DIR = ".score_partial"
 
@@ -72,8 +83,6 @@ def side_dataset(cfg, kind: str, rows: List[dict], tokenizer, source: str, rende
     """The pairs of ``rows`` as the frozen model of side ``kind`` scores them: the reference in the
     policy's tokenisation (``tokenizer``, cut to --data.max_len, as the policy is trained), a teacher in
     its own (``renderer``: its tokenizer and chat template) over whole responses."""
-    from openrlhf.datasets import PreferenceDataset
-
     if kind == "ref":
         return PreferenceDataset(rows, tokenizer, cfg.data, source, model_path=cfg.model.model_name_or_path)
     # The teachers score whole responses: no length cap on their side.
@@ -82,11 +91,6 @@ def side_dataset(cfg, kind: str, rows: List[dict], tokenizer, source: str, rende
 
 
 def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
-    from openrlhf.datasets import logp_cache as lc
-    from openrlhf.datasets.preference_dataset import rendered_pairs
-    from openrlhf.datasets.tokenizer import check_reference_tokenizer, teacher_renderers
-    from openrlhf.models.loss import teacher_name
-
     jobs = []
     for k, (path, renderer) in enumerate(zip(cfg.teacher.model_name_or_path, teacher_renderers(cfg.teacher, cfg.data), strict=True)):
         ds = side_dataset(cfg, teacher_name(k), rows, tokenizer, source, renderer)
@@ -110,11 +114,6 @@ def score_pairs(strategy, model, ds, positions: List[int], micro_batch_size: int
     dataset ``ds`` under the frozen engine ``model``, the positions shared out between the processes
     (collective: every process takes part). Returns this process's share as {row index: (chosen,
     rejected)}; ``on_batch(scores)`` is called with each micro-batch's share as it is done."""
-    import torch
-
-    from openrlhf.datasets import preference_collate
-    from openrlhf.datasets.tokenizer import pad_token_id
-
     out: Dict[int, Tuple[float, float]] = {}
     if not positions:
         return out
@@ -144,11 +143,6 @@ def score_pairs(strategy, model, ds, positions: List[int], micro_batch_size: int
 
 
 def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str) -> Dict[int, Tuple[float, float]]:
-    from tqdm import tqdm
-
-    from openrlhf.recipes.common import prepare_frozen
-    from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail
-
     ds = job.dataset
     strategy.barrier()
     done = _read_partials(partial_dir, job.kind, job.setting_fp)
@@ -180,14 +174,6 @@ def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str)
 
 def score_logps(cfg: ScoreLogpsConfig) -> str:
     """Score and write ``<ckpt.output_dir>/<split>.jsonl``; returns its path."""
-    import shutil
-
-    from openrlhf.datasets import load_rows
-    from openrlhf.datasets import logp_cache as lc
-    from openrlhf.datasets.tokenizer import data_tokenizer
-    from openrlhf.recipes.common import make_strategy
-    from openrlhf.utils.jsonl import write_jsonl_atomic
-
     source, split = cfg.data.dataset, cfg.data.dataset_split
     rows = load_rows(source, split=split, max_samples=cfg.data.max_samples, what="--data.dataset")
     tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)

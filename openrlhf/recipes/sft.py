@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 from openrlhf.config.schema import SFTConfig
+from openrlhf.datasets.packing import pack_batch
+from openrlhf.datasets.sft_dataset import sft_collate
+from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
+from openrlhf.recipes.common import (
+    loop_settings,
+    make_run_logger,
+    make_strategy,
+    prepare_policy,
+    print_reports,
+    save_trained,
+    sft_datasets,
+)
+from openrlhf.trainer.base import steps_per_epoch
+from openrlhf.trainer.sft_trainer import SFTTrainer
 
 
 def train_sft(cfg: SFTConfig) -> dict:
     """Train and save; returns the last step's metrics. Tests call this directly."""
-    from openrlhf.datasets import sft_collate
-    from openrlhf.datasets.packing import pack_batch
-    from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
-    from openrlhf.recipes.common import (
-        loop_settings,
-        make_run_logger,
-        make_strategy,
-        prepare_policy,
-        print_reports,
-        save_trained,
-        sft_datasets,
-    )
-    from openrlhf.trainer.base import steps_per_epoch
-    from openrlhf.trainer.sft_trainer import SFTTrainer
-
     # Cheap checks first: tokenizer and data, before any model is loaded.
     tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
     train_ds, eval_ds = sft_datasets(cfg, tokenizer, cfg.model.model_name_or_path)

@@ -7,6 +7,9 @@ import shutil
 import tempfile
 from typing import Optional
 
+import torch
+
+from openrlhf.utils.atomic import plain_permissions
 from openrlhf.utils.errors import UserError
 
 
@@ -23,8 +26,6 @@ def make_temp_dir(output_dir: str) -> str:
 
 def move_into_place(tmp: str, output_dir: str) -> None:
     """Replace ``output_dir`` (absent or empty, or replaced on purpose) by the finished ``tmp``."""
-    from openrlhf.utils.atomic import plain_permissions
-
     plain_permissions(tmp)  # safetensors writes its weights 0600
     output_dir = os.path.abspath(output_dir)
     if os.path.isdir(output_dir):
@@ -48,8 +49,6 @@ def count_params(model) -> int:
 
 
 def pick_device(device: Optional[str] = None):
-    import torch
-
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,11 +23,28 @@ and ``scores.jsonl`` (per row and model) into the output folder.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
+
+from openrlhf.datasets.common import pad_batch
+from openrlhf.datasets.loading import DataError, load_rows
+from openrlhf.datasets.templates import PromptRenderer
+from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
+from openrlhf.generation.outputs import check_same_ids, read_responses
+from openrlhf.models.actor import masked_token_logps
+from openrlhf.tools.common import pick_device
+from openrlhf.utils.dtypes import torch_dtype
+from openrlhf.utils.stats import bootstrap_ci, paired_comparison
 
 TEACHER_LABEL = "teacher"
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -98,12 +115,6 @@ def teacher_nll(model, renderer, pairs: Sequence[Tuple[Any, Any]], *, pad_id: in
     For pairs marked in ``cut_off`` (the generator hit its token limit) the tokens
     that close the turn are not scored: the response did not end there.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from openrlhf.datasets.common import pad_batch
-    from openrlhf.models.actor import masked_token_logps
-
     wheres = list(wheres) if wheres is not None else [""] * len(pairs)
     tokenized = renderer.tokenize_many(list(pairs), wheres, unfinished=cut_off)
     device = next(model.parameters()).device
@@ -190,9 +201,6 @@ def write_markdown(report: dict, path: str) -> None:
 
 
 def write_chart(report: dict, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     labels = list(report["models"])
     panels = [("rouge_l_f1", "ROUGE-L F1 vs teacher (higher is closer)"),
               ("teacher_nll", "teacher NLL per token (lower is closer)"),
@@ -223,10 +231,6 @@ def write_chart(report: dict, path: str) -> None:
 
 def release_memory(device) -> None:
     """Collect what was freed and, on a CUDA device, give the allocator's cached blocks back to the driver."""
-    import gc
-
-    import torch
-
     gc.collect()
     if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -260,15 +264,6 @@ def evaluate_responses(
     key, else the row's position counted from 0). ``chat_template`` replaces the
     teacher tokenizer's template.
     """
-    from transformers import AutoModelForCausalLM
-
-    from openrlhf.datasets import DataError, PromptRenderer, load_rows
-    from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
-    from openrlhf.generation.outputs import check_same_ids, read_responses
-    from openrlhf.tools.common import pick_device
-    from openrlhf.utils.dtypes import torch_dtype
-    from openrlhf.utils.stats import bootstrap_ci, paired_comparison
-
     # Cheap checks first: labels, files, ids; then the teacher.
     if not candidates:
         raise DataError("--candidate: give at least one candidate response file (label=FILE)")

@@ -22,11 +22,17 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import time
 from typing import List, Optional
 
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from openrlhf.tools.common import check_output_dir, make_temp_dir, move_into_place
 from openrlhf.utils.atomic import make_temp_file
 from openrlhf.utils.dtypes import torch_dtype as to_torch_dtype
 from openrlhf.utils.errors import MissingPackage, UserError, require_package
@@ -191,10 +197,8 @@ def convert_gguf(gguf_path: str, output_dir: str, dtype: str = "fp32", *, overwr
         raise UserError(f"GGUF file not found: {gguf_path}")
     check_gguf_magic(gguf_path)
     require_package("gguf", "reading GGUF files")
-    from openrlhf.tools.common import check_output_dir, make_temp_dir, move_into_place
 
     check_output_dir(output_dir, "--output_dir", overwrite, hint="pass --overwrite to replace it")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = os.path.split(gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -216,9 +220,6 @@ def convert_gguf(gguf_path: str, output_dir: str, dtype: str = "fp32", *, overwr
 
 
 def _check_roundtrip(model, tokenizer, folder: str, torch_dtype) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tok2 = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer(_CHECK_TEXT, return_tensors="pt")["input_ids"]
     ids2 = tok2(_CHECK_TEXT, return_tensors="pt")["input_ids"]
@@ -237,15 +238,10 @@ def _check_roundtrip(model, tokenizer, folder: str, torch_dtype) -> None:
 
 def describe(folder: str) -> dict:
     """A few facts about a converted folder (parameters, vocabulary, chat template)."""
-    import json
-
-    from transformers import AutoTokenizer
-
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     tok = AutoTokenizer.from_pretrained(folder)
     n_params = 0
-    from safetensors import safe_open
 
     for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
         with safe_open(path, "pt") as st:

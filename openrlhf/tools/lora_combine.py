@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
 from openrlhf.config.schema import PARAM_DTYPES
 from openrlhf.tools.common import make_temp_dir
+from openrlhf.utils.deepspeed.ckpt_io import install_folder
 from openrlhf.utils.errors import UserError, require_package
 
 
@@ -17,11 +21,7 @@ def combine_lora(model_path: str, lora_path: str, output_path: str, param_dtype:
     model's head), else a causal LM. The folder is written beside ``output_path`` and moved into place;
     other files already in ``output_path`` stay."""
     require_package("peft", "python -m openrlhf.cli.lora_combiner")
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from openrlhf.utils.deepspeed.ckpt_io import install_folder
 
     if param_dtype not in PARAM_DTYPES:
         raise UserError(f"--ds.param_dtype: unknown dtype {param_dtype!r}; expected one of {', '.join(PARAM_DTYPES)}")

@@ -44,9 +44,17 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from openrlhf.config.schema import PRUNE_METHODS
 from openrlhf.config.validate import prune_problems
+from openrlhf.datasets.common import pad_batch
+from openrlhf.datasets.loading import DataError, load_rows
+from openrlhf.datasets.templates import PromptRenderer
+from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
+from openrlhf.models.actor import token_logps_from_logits
+from openrlhf.tools.common import check_output_dir, count_params, make_temp_dir, move_into_place, pick_device
 from openrlhf.utils.errors import UserError
 
 
@@ -149,8 +157,6 @@ def build_calibration(rows: Sequence[dict], tokenizer, data_cfg, *, source: str 
     training renders it (chat template or input template); the response, if any, is
     the first of ``response_keys`` the row has. Texts are cut to ``data_cfg.max_len``.
     """
-    from openrlhf.datasets import DataError, PromptRenderer
-
     renderer = PromptRenderer.from_data_config(tokenizer, data_cfg)
     seqs: List[List[int]] = []
     masks: List[List[bool]] = []
@@ -179,8 +185,6 @@ def build_calibration(rows: Sequence[dict], tokenizer, data_cfg, *, source: str 
 
 def _batches(calib: CalibrationSet, batch_size: int, pad_id: int, device):
     """Length-sorted right-padded batches: (input_ids, attention_mask, response_mask)."""
-    from openrlhf.datasets.common import pad_batch
-
     order = sorted(range(len(calib.sequences)), key=lambda i: -len(calib.sequences[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -265,10 +269,6 @@ def calibration_pass(model, calib: CalibrationSet, *, pad_id: int, batch_size: i
     layer: mean |o_proj input| per query head), ``layer_cos`` (per layer: mean cosine
     similarity of the layer's input and output hidden states).
     """
-    from tqdm.auto import tqdm
-
-    from openrlhf.models.actor import token_logps_from_logits
-
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -510,12 +510,6 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
     ``--prune.calibration_samples`` rows of ``--data.dataset``; the forward passes use
     ``--train.micro_batch_size`` rows at a time unless ``batch_size`` is given.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from openrlhf.datasets import load_rows
-    from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
-    from openrlhf.tools.common import check_output_dir, count_params, make_temp_dir, move_into_place, pick_device
-
     pc, data = cfg.prune, cfg.data
     model_path = cfg.model.model_name_or_path
     start = time.time()

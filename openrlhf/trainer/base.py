@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
 from openrlhf.datasets.packing import real_and_padded_tokens
+from openrlhf.models.actor import sequence_sums
 from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.errors import DataError, Interrupted
 
@@ -48,8 +49,6 @@ def forward_batch(engine, batch: dict, prefix: str = "", **kw):
 
 def batch_sequence_sums(values: torch.Tensor, batch: dict, prefix: str = "") -> torch.Tensor:
     """Per-sequence sums of per-token values [B, T-1] of a padded or packed batch (chosen rows first)."""
-    from openrlhf.models.actor import sequence_sums
-
     return sequence_sums(values, batch.get(prefix + "seq_index"), batch.get(prefix + "n_seqs"))
 
 

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from openrlhf.datasets.logp_cache import columns
 from openrlhf.models.loss import PairLogps, PreferenceLossOutput
 from openrlhf.trainer.base import LoopSettings, Trainer, batch_sequence_sums, forward_batch
+from openrlhf.trainer.kd_trainer import response_kl
 
 
 def cached_pair(batch: dict, kind: str) -> Optional[PairLogps]:
@@ -71,8 +72,6 @@ class DPOTrainer(Trainer):
         nll = -policy.chosen.sum() / chosen_tokens.sum().clamp(min=1)
         kl = None
         if self.kd is not None:
-            from openrlhf.trainer.kd_trainer import response_kl
-
             with torch.no_grad():
                 _, _, t_logits = self.kd.engine(batch["input_ids"][:b], batch["attention_mask"][:b],
                                                         batch["loss_mask"][:b], response_logits=slice(None))

@@ -1,6 +1,7 @@
 """Small, dependency-light helpers around process launch and teardown.
 
-Nothing here imports deepspeed or transformers; ``torch`` is imported lazily.
+Nothing here imports torch, deepspeed or transformers (the CLI's error path uses it before any of them is
+imported): a process group can only be up when ``torch.distributed`` is already in ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -40,11 +41,8 @@ def under_launcher() -> bool:
 
 def destroy_process_group() -> None:
     """Tear down torch.distributed (and DeepSpeed's view of it) if it is up. Safe to call twice."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return
-    if not (dist.is_available() and dist.is_initialized()):
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
         return
     # No barrier here: a peer that already died must not make this one hang.
     deepspeed_comm = sys.modules.get("deepspeed.comm.comm")

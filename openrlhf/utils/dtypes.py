@@ -1,14 +1,12 @@
-"""``--ds.param_dtype`` names (bf16 / fp16 / fp32) -> torch dtypes: the one place that declares and maps
-them (:mod:`openrlhf.config.schema` re-exports :data:`PARAM_DTYPES` with the other choices)."""
+"""``--ds.param_dtype`` names (bf16 / fp16 / fp32, declared in :data:`~openrlhf.utils.deepspeed.ds_config.PARAM_DTYPES`,
+with the other choices that config/ parses without torch) -> torch dtypes."""
 
 from __future__ import annotations
 
-from typing import Dict
+import torch
 
+from openrlhf.utils.deepspeed.ds_config import PARAM_DTYPES
 from openrlhf.utils.errors import UserError
-
-# --ds.param_dtype (and evaluate / convert_gguf --dtype) -> torch dtype name.
-PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def torch_dtype_name(name: str, flag: str = "--ds.param_dtype") -> str:
@@ -19,7 +17,5 @@ def torch_dtype_name(name: str, flag: str = "--ds.param_dtype") -> str:
         raise UserError(f"{flag}: unknown dtype {name!r}; expected one of {', '.join(PARAM_DTYPES)}") from None
 
 
-def torch_dtype(name: str, flag: str = "--ds.param_dtype"):
-    import torch
-
+def torch_dtype(name: str, flag: str = "--ds.param_dtype") -> torch.dtype:
     return getattr(torch, torch_dtype_name(name, flag))

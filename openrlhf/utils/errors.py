@@ -9,7 +9,7 @@ line per problem and exit with code 2, without a traceback; see
 from __future__ import annotations
 
 import importlib.util
-from typing import Optional
+from typing import Optional, Sequence
 
 
 class UserError(ValueError):
@@ -74,3 +74,18 @@ def require_package(module: str, feature: str) -> None:
     err = missing_package(module, feature)
     if err is not None:
         raise err
+
+
+MAX_PROBLEMS_SHOWN = 5
+
+
+def raise_problems(problems: Sequence[str], source_name: str, n_rows: int) -> None:
+    """Raise one :class:`DataError` listing the first few problems and the total count."""
+    if not problems:
+        return
+    shown = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    raise DataError(
+        f"{source_name}: {len(problems)} problem(s) in {n_rows} rows:\n{shown}{tail}"
+    )

@@ -16,9 +16,11 @@ placed with Ray placement groups.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from openrlhf.utils.distributed import find_free_port
 from openrlhf.utils.errors import UserError
 
 
@@ -50,8 +52,6 @@ def probe_cluster(address: str, flag: str, timeout: float = PROBE_TIMEOUT_S) -> 
     :class:`UserError` naming ``flag`` when the host does not resolve, nothing accepts connections there within
     ``timeout`` seconds, or (GCS address) what answers is not a Ray GCS (e.g. the dashboard's port).
     ``auto`` / ``local`` are left to ``ray.init`` (it fails at once when there is no cluster)."""
-    import socket
-
     if address in ("auto", "local"):
         return
     client = address.startswith("ray://")
@@ -143,8 +143,6 @@ class DistWorker:
     def node(self) -> Dict[str, Any]:
         """This actor's node address, a free TCP port there, its process id and its GPUs."""
         import ray
-
-        from openrlhf.utils.distributed import find_free_port
 
         return {"ip": ray.util.get_node_ip_address(), "port": find_free_port(), "pid": os.getpid(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}

@@ -23,7 +23,10 @@ import re
 import shutil
 from typing import Any, Dict, List, Optional
 
-from openrlhf.utils.atomic import plain_permissions
+import numpy as np
+import torch
+
+from openrlhf.utils.atomic import atomic_write, plain_permissions
 
 TAG_PREFIX = "global_step"
 TMP_PREFIX = ".tmp_"
@@ -60,8 +63,6 @@ def complete_tags(ckpt_dir: str) -> List[str]:
 
 def write_latest(ckpt_dir: str, tag: str) -> None:
     """Point ``latest`` at ``tag`` atomically (write a temp file, fsync, os.replace)."""
-    from openrlhf.utils.atomic import atomic_write
-
     with atomic_write(os.path.join(ckpt_dir, LATEST)) as f:
         f.write(tag)
 
@@ -198,9 +199,6 @@ def rng_file(folder: str, rank: int) -> str:
 
 
 def get_rng_state() -> Dict[str, Any]:
-    import numpy as np
-    import torch
-
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -212,9 +210,6 @@ def get_rng_state() -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -223,15 +218,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save_rng_state(folder: str, rank: int) -> None:
-    import torch
-
     torch.save(get_rng_state(), rng_file(folder, rank))
 
 
 def load_rng_state(folder: str, rank: int) -> bool:
     """Restore this rank's RNG states from ``folder``; False when the file is missing."""
-    import torch
-
     path = rng_file(folder, rank)
     if not os.path.isfile(path):
         return False

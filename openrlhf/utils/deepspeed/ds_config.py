@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
+# --ds.param_dtype (and evaluate / convert_gguf --dtype) -> torch dtype name (re-exported by config.schema;
+# utils/dtypes.py maps them to torch dtypes).
+PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
 # --lr_scheduler: the schedulers DeepspeedStrategy.create_scheduler builds (re-exported by config.schema).
 # cosine_with_min_lr decays to min_lr_ratio x lr; cosine and linear decay to 0.
 # --lr_scheduler: every name of transformers' get_scheduler (SchedulerType) that steps without a metric;

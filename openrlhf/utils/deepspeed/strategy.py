@@ -28,16 +28,22 @@ call it (``save_ckpt``, ``load_ckpt``, ``save_hf_model``, ``prepare_*``, the
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import random
 import shutil
+import time
 from typing import Any, Dict, Optional
 
+import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
+from transformers import enable_full_determinism, get_scheduler
+from transformers.integrations import deepspeed as hf_ds
 
 from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.deepspeed.ds_config import batch_problems, eval_ds_config, scheduler_problems, train_ds_config
@@ -45,6 +51,7 @@ from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import destroy_process_group, exit_cleanly, find_free_port, release_shm_allreduce_buffer
 from openrlhf.utils.dtypes import torch_dtype
 from openrlhf.utils.errors import UserError
+from openrlhf.utils.lora import merge_lora_state_dict
 
 __all__ = ["DeepspeedStrategy", "exit_cleanly", "unwrap_model"]
 
@@ -100,16 +107,12 @@ class _HfZero3Init:
         self._previous = None
 
     def __enter__(self):
-        from transformers.integrations import deepspeed as hf_ds
-
         self._previous = getattr(hf_ds, "_hf_deepspeed_config_weak_ref", None)
         # HfDeepSpeedConfig registers a weakref to itself; we hold the strong reference.
         self._obj = hf_ds.HfDeepSpeedConfig(self.config)
         return self
 
     def __exit__(self, *exc):
-        from transformers.integrations import deepspeed as hf_ds
-
         if hasattr(hf_ds, "_hf_deepspeed_config_weak_ref"):
             hf_ds._hf_deepspeed_config_weak_ref = self._previous
         else:  # pragma: no cover - older/newer transformers without the private global
@@ -154,8 +157,6 @@ class DeepspeedStrategy:
         - Already initialised (a second strategy in the same process): reuses the group.
         Backend: nccl when CUDA is available, gloo otherwise.
         """
-        import deepspeed
-
         if not (dist.is_available() and dist.is_initialized()):
             if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
                 defaults = {
@@ -193,8 +194,6 @@ class DeepspeedStrategy:
         self._local_rank = local_rank
         self._seed(self.train.seed)
         if getattr(self.train, "full_determinism_enable", False):
-            from transformers import enable_full_determinism
-
             enable_full_determinism(self.train.seed)
 
         if not self.training:
@@ -299,13 +298,9 @@ class DeepspeedStrategy:
             raise ValueError("the model has no trainable parameters")
         kw = dict(lr=self.adam.lr, betas=tuple(self.adam.betas), eps=getattr(self.adam, "eps", 1e-8))
         if self.ds.adam_offload:
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
             return DeepSpeedCPUAdam(groups, adamw_mode=True, **kw)
         if torch.cuda.is_available():
             try:
-                from deepspeed.ops.adam import FusedAdam
-
                 return FusedAdam(groups, adam_w_mode=True, **kw)
             except Exception:  # op cannot be built here (no nvcc, ...)
                 return torch.optim.AdamW(groups, **kw)
@@ -320,8 +315,6 @@ class DeepspeedStrategy:
         min_lr_ratio x lr (OpenRLHF's special case); warmup_stable_decay decays to min_lr_ratio x lr over
         the last ceil(10%) of the steps (transformers needs a decay length; OpenRLHF gives none);
         cosine and linear decay to 0."""
-        from transformers import get_scheduler
-
         problems = scheduler_problems(name, warmup_ratio, min_lr_ratio)
         if problems:
             raise UserError("; ".join(problems))
@@ -344,8 +337,6 @@ class DeepspeedStrategy:
     def prepare_train(self, model: nn.Module, optimizer, scheduler):
         """Wrap the trained model in a DeepSpeed engine (ZeRO stage, dtype, clipping, grad
         accumulation from the config). Returns the engine; DeepSpeed steps ``scheduler``."""
-        import deepspeed
-
         if _wraps_hf_model(model) and not getattr(model, "_hf_names_hooked", False):
             model.register_state_dict_post_hook(_hf_names_hook)  # once: a second pass would strip HF's own "model."
             model._hf_names_hooked = True
@@ -371,8 +362,6 @@ class DeepspeedStrategy:
         for p in model.parameters():
             p.requires_grad_(False)
         if self.ds.zero_stage == 3:
-            import deepspeed
-
             engine, _, _, _ = deepspeed.initialize(
                 model=model, config=self.eval_ds_config(offload=offload), dist_init_required=False
             )
@@ -544,8 +533,6 @@ class DeepspeedStrategy:
                     out[name] = seen[id(t)]
                 continue
             if _is_zero3_param(t):
-                import deepspeed
-
                 with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
                     value = t.data.detach().cpu().clone() if self.is_rank_0() else None
             else:
@@ -591,8 +578,6 @@ class DeepspeedStrategy:
         """A LoRA run's outputs (collective): the adapters (peft's adapter_config.json +
         adapter_model.safetensors) in ``<output_dir>/adapter`` and the merged weights as a normal
         HF folder in ``output_dir``."""
-        from openrlhf.utils.lora import merge_lora_state_dict
-
         sd = self.gathered_state_dict(model)
         if self.is_rank_0():
             from peft import get_peft_model_state_dict
@@ -630,9 +615,6 @@ def _warn_stale_op_build_locks(max_age_s: float = 600.0) -> None:
     """DeepSpeed JIT-compiles small ops (on CPU: its shared-memory comm op) under
     ``TORCH_EXTENSIONS_DIR`` behind a lock file; a build killed half way leaves the lock, and
     every later run then waits on it forever. Say so before that wait can start."""
-    import glob
-    import time
-
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
     now = time.time()
     for lock in glob.glob(os.path.join(root, "*", "*", "lock")):
