@@ -24,14 +24,9 @@ from tiny import (
     train_losses,
     write_jsonl,
 )
+from tiny import run_task as run
 
 STEPS = ["--train.batch_size", "4", "--train.micro_batch_size", "2"]
-
-
-def run(task: str, flags: list) -> dict:
-    from openrlhf.recipes import recipe_of
-
-    return recipe_of(task)(load_config(flags, task=task))
 
 
 @pytest.fixture()

@@ -16,6 +16,7 @@ from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError, UserError
 
 from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
+from tiny import run_task as run
 
 
 def parse(flags, task):
@@ -37,10 +38,7 @@ def replace(flags, **values):
     return out
 
 
-def run(task, flags):
-    from openrlhf.recipes import recipe_of
 
-    return recipe_of(task)(load_config(flags, task))
 
 
 # ---- upstream's example scripts: their flags, written out here (upstream OpenRLHF 0.11.0) ----------
@@ -643,14 +641,13 @@ def test_attn_auto_picks_flash_only_for_half_precision_on_cuda(monkeypatch):
     """flash-attn refuses fp32 at its first forward: ``auto`` picks it only for bf16 / fp16 models on a CUDA
     machine that has it (the CUDA machine and the package are pretended here)."""
     from openrlhf.models import actor
-    from openrlhf.utils import errors
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(errors, "has_package", lambda module: module == "flash_attn")
+    monkeypatch.setattr(actor, "has_package", lambda module: module == "flash_attn")  # actor's own name for it
     for dtype, want in ((torch.bfloat16, "flash_attention_2"), (torch.float16, "flash_attention_2"),
                         (torch.float32, "sdpa"), (None, "sdpa")):
         assert actor.resolve_attn_implementation("auto", dtype) == want, dtype
-    monkeypatch.setattr(errors, "has_package", lambda module: False)
+    monkeypatch.setattr(actor, "has_package", lambda module: False)
     assert actor.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"
 
 

@@ -20,12 +20,7 @@ from tiny import (
     train_losses,
     write_jsonl,
 )
-
-
-def run(task: str, flags: list):
-    from openrlhf.recipes import recipe_of
-
-    return recipe_of(task)(load_config(flags, task=task))
+from tiny import run_task as run
 
 
 def one_step_flags(student, ref, teacher, data, out, *extra):

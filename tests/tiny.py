@@ -292,3 +292,11 @@ def direct_logps(path: str, rows: list) -> tuple:
             logp = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
             out[key].append(logp[len(p_ids) - 1 :].sum().item())
     return torch.tensor(out["chosen"], dtype=torch.float64), torch.tensor(out["rejected"], dtype=torch.float64)
+
+
+def run_task(task: str, flags: list):
+    """The registry's recipe of ``task`` on the parsed ``flags``, in this process (what the CLI runs)."""
+    from openrlhf.config import load_config
+    from openrlhf.recipes import recipe_of
+
+    return recipe_of(task)(load_config(flags, task=task))
