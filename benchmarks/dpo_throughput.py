@@ -23,7 +23,7 @@ configuration, one after another, cannot resolve a ratio of 1.2x. Each run print
 gives per configuration (median [min, max] over the repeats): seconds per optimizer step (mean over
 the steps after the first), real and computed (padded) tokens per second, peak resident memory of the
 process, and the model-FLOPs utilisation (6 x parameters x real tokens of the policy + 2 x parameters x
-tokens of each frozen forward, per second) against the fp32 matmul peak measured just before that run.
+tokens of each frozen forward, per second) against the matmul peak (in --param_dtype) measured just before that run.
 Then the ratios the project tracks, each with a bootstrap 95% interval over the repeats; a ratio whose
 interval holds 1 is printed as "no measurable difference".
 """
@@ -240,14 +240,14 @@ def child(a) -> None:
 # ---- the table -----------------------------------------------------------------------------------------
 
 
-def summarise(name: str, r: Dict, params: int, peak: float) -> Dict:
+def summarise(name: str, r: Dict, params: int) -> Dict:
     steps = list(range(1, len(r["step_seconds"]))) or [0]  # the first step warms up
     secs = sum(r["step_seconds"][i] for i in steps) / len(steps)
     real = sum(r["tokens"][i] for i in steps) / len(steps)
     padded = sum(r["padded_tokens"][i] for i in steps) / len(steps)
     flops = (6 + 2 * r["frozen_forwards"]) * params * real
     return {"config": name, "s_per_step": secs, "real_tok_s": real / secs, "padded_tok_s": padded / secs,
-            "padding": 1 - real / padded, "peak_rss_mb": r["peak_rss_mb"], "mfu": flops / secs / peak,
+            "padding": 1 - real / padded, "peak_rss_mb": r["peak_rss_mb"], "model_flops_per_s": flops / secs,
             "losses": r["losses"]}
 
 
@@ -320,11 +320,14 @@ def main() -> None:
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             raise SystemExit(f"{name}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}")
-        peak = matmul_peak_flops(a.param_dtype)
-        r = summarise(name, json.loads(line[len("RESULT "):]), params, peak)
+        r = summarise(name, json.loads(line[len("RESULT "):]), params)
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "config"}
 
-    runs = run_interleaved(configs, a.repeats, run_one, log=lambda line: print(line, flush=True))
+    runs = run_interleaved(configs, a.repeats, run_one, log=lambda line: print(line, flush=True),
+                           peak=lambda: matmul_peak_flops(a.param_dtype))
+    for rs in runs.values():  # model-FLOPs utilisation against the matmul peak measured just before each run
+        for r in rs:
+            r["mfu"] = r["model_flops_per_s"] / (r["peak_gflops"] * 1e9)
     print(f"\n{'configuration':24s} {'s/step median [min, max]':>26s} {'real tok/s median [min, max]':>30s} "
           f"{'padding':>8s} {'peak RSS MB':>12s} {'MFU':>6s}")
     table = {}
@@ -359,7 +362,7 @@ def main() -> None:
             diff = max(abs(x - y) for x, y in zip(la[:n_], lb[:n_], strict=True))
             print(f"max |loss difference| {a_} vs {b_} over {n_} steps: {diff:.2e}")
     peaks = [r["peak_gflops"] for rs in runs.values() for r in rs]
-    print(f"fp32 matmul peak between runs, GFLOP/s: {spread(peaks)}")
+    print(f"{a.param_dtype} matmul peak between runs, GFLOP/s: {spread(peaks)}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(table, f, indent=2)

@@ -69,14 +69,15 @@ def matmul_peak_flops(dtype: str = "fp32", size: int = 2048, reps: int = 8) -> f
 
 
 def run_interleaved(configs: Sequence[str], repeats: int, run_one: Callable[[str, int], Dict],
-                    log=print) -> Dict[str, List[Dict]]:
+                    log=print, peak: Callable[[], float] = lambda: matmul_peak_flops(size=1024, reps=4)
+                    ) -> Dict[str, List[Dict]]:
     """Run ``run_one(config, repeat)`` in :func:`schedule` order; each result gets the matmul peak
-    measured just before it (``peak_gflops``). Returns the results per configuration."""
+    (``peak()``, FLOP/s) measured just before it, as ``peak_gflops``. Returns the results per configuration."""
     results: Dict[str, List[Dict]] = {c: [] for c in configs}
     for r, c in schedule(configs, repeats):
-        peak = matmul_peak_flops(size=1024, reps=4) / 1e9
+        gflops = peak() / 1e9
         res = dict(run_one(c, r))
-        res["peak_gflops"] = round(peak, 1)
+        res["peak_gflops"] = round(gflops, 1)
         results[c].append(res)
         log(f"[repeat {r + 1}/{repeats}] {c}: " + ", ".join(f"{k} {v}" for k, v in res.items()
                                                              if isinstance(v, (int, float))))
