@@ -134,7 +134,7 @@ def _flags(a, data: str, out: str, packing: bool) -> List[str]:
             "--data.prompt_key", "prompt", "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
             "--train.batch_size", str(a.batch), "--train.micro_batch_size",
             str(a.micro), "--train.max_epochs", "1", "--adam.lr", "5e-7", "--lr_warmup_ratio", "0", "--lr_scheduler", "constant",
-            "--model.beta", "0.1", "--ckpt.output_dir", out, "--ds.packing_samples", str(packing).lower()]
+            "--model.beta", "0.1", "--ckpt.output_dir", out] + (["--ds.packing_samples", "true"] if packing else [])
 
 
 def run_ours(a, name: str, data: str, work: str) -> Dict:
@@ -223,6 +223,42 @@ def run_trl(a, name: str, data: str, work: str) -> Dict:
             "frozen_forwards": 0 if "cached" in name else 1}
 
 
+# The padded DPO run of another checkout of this project (--baseline_repo, e.g. a git worktree of an older
+# commit), through its own CLI in a fresh interpreter whose imports resolve to that checkout. Its
+# metrics.jsonl may predate the step_seconds / tokens fields, so steps are timed as the interval between
+# consecutive metrics.jsonl records (MetricsLogger.log, one per optimizer step) -- measured the same way for
+# the configurations of this checkout ("log_seconds"), so the two are compared like for like.
+BASE_CHILD = """
+import json, sys, time
+import openrlhf.utils.logging as L
+stamps, losses, log = [], [], L.MetricsLogger.log
+def timed(self, step, metrics, *args, **kw):
+    stamps.append(time.perf_counter())
+    losses.append(metrics.get("loss"))
+    return log(self, step, metrics, *args, **kw)
+L.MetricsLogger.log = timed
+from openrlhf.cli.train_dpo import main
+main(json.loads(sys.argv[1]))
+gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+print("RESULT " + json.dumps({"log_seconds": gaps, "losses": losses}), flush=True)
+"""
+
+
+def log_clock() -> List[float]:
+    """Times of this process's metrics.jsonl records (see BASE_CHILD), for the same per-step interval."""
+    import openrlhf.utils.logging as metrics_logging
+
+    stamps: List[float] = []
+    log = metrics_logging.MetricsLogger.log
+
+    def timed(self, step, metrics, *args, **kw):
+        stamps.append(time.perf_counter())
+        return log(self, step, metrics, *args, **kw)
+
+    metrics_logging.MetricsLogger.log = timed
+    return stamps
+
+
 def child(a) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     import torch
@@ -230,7 +266,9 @@ def child(a) -> None:
     torch.set_num_threads(a.threads)
     work = tempfile.mkdtemp(prefix=f"bench_{a.config}_")
     run = run_trl if a.config.startswith("trl") else run_ours
+    stamps = log_clock()
     result = run(a, a.config, a.data, work)
+    result["log_seconds"] = [y - x for x, y in zip(stamps, stamps[1:], strict=False)]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -241,6 +279,10 @@ def child(a) -> None:
 
 
 def summarise(name: str, r: Dict, params: int) -> Dict:
+    gaps = r.get("log_seconds") or []
+    log_s = sum(gaps) / len(gaps) if gaps else float("nan")  # steps 2.. as metrics.jsonl intervals
+    if name.startswith("base"):
+        return {"config": name, "log_s_per_step": log_s, "losses": r["losses"], "peak_rss_mb": r["peak_rss_mb"]}
     steps = list(range(1, len(r["step_seconds"]))) or [0]  # the first step warms up
     secs = sum(r["step_seconds"][i] for i in steps) / len(steps)
     real = sum(r["tokens"][i] for i in steps) / len(steps)
@@ -248,7 +290,7 @@ def summarise(name: str, r: Dict, params: int) -> Dict:
     flops = (6 + 2 * r["frozen_forwards"]) * params * real
     return {"config": name, "s_per_step": secs, "real_tok_s": real / secs, "padded_tok_s": padded / secs,
             "padding": 1 - real / padded, "peak_rss_mb": r["peak_rss_mb"], "model_flops_per_s": flops / secs,
-            "losses": r["losses"]}
+            "log_s_per_step": log_s, "losses": r["losses"]}
 
 
 def main() -> None:
@@ -266,6 +308,9 @@ def main() -> None:
     ap.add_argument("--zero_stage", type=int, default=0)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", default="", help="write the results as JSON here too")
+    ap.add_argument("--baseline_repo", default="",
+                    help="another checkout of this project (e.g. `git worktree add ../base OLD_COMMIT`): adds the "
+                         "configuration base_dpo, its padded train_dpo, compared with ours_dpo in s/step")
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "openrlhf", "bench"))
     # internal: one configuration in a child process
     ap.add_argument("--config", default="", help=argparse.SUPPRESS)
@@ -297,6 +342,11 @@ def main() -> None:
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(a.model)).parameters())
     configs = [c for c in a.configs.split(",") if c]
+    if a.baseline_repo:
+        a.baseline_repo = os.path.abspath(a.baseline_repo)
+        if not os.path.exists(os.path.join(a.baseline_repo, "openrlhf", "cli", "train_dpo.py")):
+            raise SystemExit(f"error: --baseline_repo {a.baseline_repo}: no openrlhf/cli/train_dpo.py there")
+        configs.append("base_dpo")
     if importlib.util.find_spec("trl") is None:
         for name in [c for c in configs if c.startswith("trl")]:
             print(f"{name}: skipped (trl is not installed: pip install trl)", flush=True)
@@ -311,6 +361,21 @@ def main() -> None:
               "learning rate 5e-7 with a constant schedule, no saving or reporting", flush=True)
 
     def run_one(name: str, repeat: int) -> Dict:
+        if name == "base_dpo":
+            flags = _flags(a, data, tempfile.mkdtemp(prefix="bench_base_dpo_"), packing=False)
+            env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=a.baseline_repo)
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", BASE_CHILD, json.dumps(flags)], capture_output=True,
+                                  text=True, env=env, cwd=a.baseline_repo)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                raise SystemExit(f"{name}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}")
+            r = json.loads(line[len("RESULT "):])
+            r["peak_rss_mb"] = float("nan")
+            out = summarise(name, r, params)
+            print(f"  {name}: {out['log_s_per_step']:.2f} s/step (metrics.jsonl intervals), "
+                  f"wall {time.perf_counter() - t0:.0f} s", flush=True)
+            return {k: v for k, v in out.items() if k != "config"}
         cmd = [sys.executable, os.path.abspath(__file__), "--config", name, "--data", data, "--teacher", teacher,
                "--model", a.model, "--batch", str(a.batch), "--micro", str(a.micro), "--max_len", str(a.max_len),
                "--threads", str(a.threads), "--steps", str(a.steps), "--param_dtype", a.param_dtype,
@@ -327,11 +392,12 @@ def main() -> None:
                            peak=lambda: matmul_peak_flops(a.param_dtype))
     for rs in runs.values():  # model-FLOPs utilisation against the matmul peak measured just before each run
         for r in rs:
-            r["mfu"] = r["model_flops_per_s"] / (r["peak_gflops"] * 1e9)
+            if "model_flops_per_s" in r:
+                r["mfu"] = r["model_flops_per_s"] / (r["peak_gflops"] * 1e9)
     print(f"\n{'configuration':24s} {'s/step median [min, max]':>26s} {'real tok/s median [min, max]':>30s} "
           f"{'padding':>8s} {'peak RSS MB':>12s} {'MFU':>6s}")
     table = {}
-    for name in configs:
+    for name in [c for c in configs if c != "base_dpo"]:
         rs = runs[name]
         st, tok = spread([r["s_per_step"] for r in rs]), spread([r["real_tok_s"] for r in rs])
         table[name] = {"s_per_step": st, "real_tok_s": tok, "padding": rs[0]["padding"],
@@ -352,10 +418,16 @@ def main() -> None:
     ratio("DPO real tok/s, ours cached / TRL precomputed", "ours_dpo_cached", "trl_dpo_cached", "real_tok_s")
     ratio("DPO real tok/s, ours packed cached / TRL precomputed", "ours_dpo_packed_cached", "trl_dpo_cached",
           "real_tok_s")
+    if "base_dpo" in runs:
+        base = spread([r["log_s_per_step"] for r in runs["base_dpo"]])
+        print(f"base_dpo ({a.baseline_repo}): {base['median']:.2f} [{base['min']:.2f}, {base['max']:.2f}] s/step "
+              "as metrics.jsonl intervals")
+        ratio("DPO s/step (metrics.jsonl intervals), ours padded / baseline padded", "ours_dpo", "base_dpo",
+              "log_s_per_step")
     ratio("daDPO cached / DPO cached, s/step", "ours_dadpo_cached", "ours_dpo_cached", "s_per_step")
     ratio("daDPO online teacher / DPO, s/step", "ours_dadpo", "ours_dpo", "s_per_step")
     ratio("daDPO online teacher / DPO, s/step, packed", "ours_dadpo_packed", "ours_dpo_packed", "s_per_step")
-    for a_, b_ in (("ours_dpo", "trl_dpo"), ("ours_dpo_cached", "trl_dpo_cached")):
+    for a_, b_ in (("ours_dpo", "trl_dpo"), ("ours_dpo_cached", "trl_dpo_cached"), ("ours_dpo", "base_dpo")):
         if a_ in runs and b_ in runs:
             la, lb = runs[a_][0]["losses"], runs[b_][0]["losses"]
             n_ = min(len(la), len(lb))
@@ -363,6 +435,9 @@ def main() -> None:
             print(f"max |loss difference| {a_} vs {b_} over {n_} steps: {diff:.2e}")
     peaks = [r["peak_gflops"] for rs in runs.values() for r in rs]
     print(f"{a.param_dtype} matmul peak between runs, GFLOP/s: {spread(peaks)}")
+    if "base_dpo" in runs:
+        table["base_dpo"] = {"log_s_per_step": spread([r["log_s_per_step"] for r in runs["base_dpo"]]),
+                             "repo": a.baseline_repo, "runs": runs["base_dpo"]}
     if a.out:
         with open(a.out, "w") as f:
             json.dump(table, f, indent=2)

@@ -134,8 +134,11 @@ def test_liger_style_forward_trains_like_the_plain_model():
     assert losses["plain"] == pytest.approx(losses["patched"], abs=1e-6)
 
 
-def test_packed_rows_per_sequence_equal_padded():
-    """A packed row (no attention mask, position ids restarting) gives each sequence's padded values."""
+@pytest.mark.parametrize("packed_forward", ["auto", "one_call", "per_sequence"])
+def test_packed_rows_per_sequence_equal_padded(packed_forward):
+    """A packed row (no attention mask, position ids restarting) gives each sequence's padded values, run
+    one sequence at a time or in one forward (sdpa with the block-diagonal causal mask transformers
+    builds from the restarting position ids: the second sequence must not see the first)."""
     model = _llama()
     g = torch.Generator().manual_seed(3)
     a, b = torch.randint(3, 97, (1, 7), generator=g), torch.randint(3, 97, (1, 5), generator=g)
@@ -143,13 +146,22 @@ def test_packed_rows_per_sequence_equal_padded():
     packed_ids = torch.cat([a, b], 1)
     packed_mask = torch.cat([ma, mb], 1)
     pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
-    packed, pmask = masked_token_logps(model, packed_ids, None, packed_mask, position_ids=pos)
+    packed, pmask = masked_token_logps(model, packed_ids, None, packed_mask, position_ids=pos,
+                                       packed_forward=packed_forward)
     sa, _ = masked_token_logps(model, a, torch.ones_like(a), ma)
     sb, _ = masked_token_logps(model, b, torch.ones_like(b), mb)
     # the packed row's log-prob at the junction (predicting b's first token from a) is not a response token
     assert torch.allclose(packed[0, :6], sa[0], atol=1e-5)
     assert torch.allclose(packed[0, 7:], sb[0], atol=1e-5)
     assert not pmask[0, 6]
+
+
+def test_packed_forward_choice_is_checked():
+    model = _llama()
+    ids = torch.randint(3, 97, (1, 6))
+    with pytest.raises(ValueError, match="packed_forward must be one of"):
+        masked_token_logps(model, ids, None, torch.ones_like(ids), position_ids=torch.arange(6)[None],
+                           packed_forward="fast")
 
 
 def test_packed_flash_path_gets_sequence_boundaries_once_per_batch():

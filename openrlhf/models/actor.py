@@ -171,9 +171,13 @@ def _per_sequence(model: nn.Module, input_ids: torch.Tensor, position_ids: torch
     return _Outputs(torch.cat(parts), aux_loss)
 
 
+PACKED_FORWARDS = ("auto", "one_call", "per_sequence")
+
+
 def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                        loss_mask: torch.Tensor, response_logits: Optional[slice] = None,
-                       position_ids: Optional[torch.Tensor] = None, keep_output: bool = False):
+                       position_ids: Optional[torch.Tensor] = None, keep_output: bool = False,
+                       packed_forward: str = "auto"):
     """(token_logps [B, T-1] zeroed outside the response, response mask [B, T-1]).
 
     Only the logits that predict response tokens are computed (:func:`kept_rows_only`), and their
@@ -189,7 +193,10 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     mask = loss_mask[:, 1:].bool()
     keep = torch.zeros_like(loss_mask, dtype=torch.bool)
     keep[:, :-1] = mask
-    one_call = _varlen_attention(model) or _checkpointing(model) or _zero3_partitioned(model)
+    if packed_forward not in PACKED_FORWARDS:
+        raise ValueError(f"packed_forward must be one of {PACKED_FORWARDS}, got {packed_forward!r}")
+    one_call = (packed_forward == "one_call" or _varlen_attention(model) or _checkpointing(model)
+                or _zero3_partitioned(model))
     if position_ids is not None and attention_mask is None and not one_call:
         out = _per_sequence(model, input_ids, position_ids, keep)
         logits = out.logits
