@@ -22,6 +22,7 @@ should be ~1e-5 in fp32).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -44,12 +45,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--param_dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--attn_implementation", default="sdpa", choices=["sdpa", "eager"])
+    ap.add_argument("--data", default="", help="a JSONL file of prompt / chosen / rejected rows instead of ShareGPT "
+                    "pairs (e.g. the benchmark cache's pairs_*.jsonl, on a machine without the data package)")
+    ap.add_argument("--random_init", action="store_true",
+                    help="the model of --model's config.json with random weights (timing only, where the weights "
+                         "are not at hand; the log-probs still agree between layouts)")
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "openrlhf", "bench"))
     a = ap.parse_args()
 
     import torch
     from dpo_throughput import default_model, resolve_model, sharegpt_pairs
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from openrlhf.datasets.packing import pack_batch, real_and_padded_tokens
     from openrlhf.datasets.preference_dataset import pair_batch
@@ -62,10 +68,20 @@ def main() -> None:
     model_path = resolve_model(a.model) if a.model else default_model(a.cache)
     tok = AutoTokenizer.from_pretrained(model_path)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.param_dtype]
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=a.attn_implementation)
-    model.train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if a.random_init:
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=dtype,
+                                                 attn_implementation=a.attn_implementation)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                     attn_implementation=a.attn_implementation)
+    model.to(device).train()
     renderer = PromptRenderer(tok, apply_chat_template=True, model_path=model_path)
-    rows = sharegpt_pairs(model_path, a.pairs, a.max_len)
+    if a.data:
+        with open(a.data) as f:
+            rows = [json.loads(line) for line in f if line.strip()][:a.pairs]
+    else:
+        rows = sharegpt_pairs(model_path, a.pairs, a.max_len)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     padded = []
     for i in range(0, len(rows) - a.micro + 1, a.micro):
@@ -73,11 +89,13 @@ def main() -> None:
         padded.append(pair_batch(renderer, [r["prompt"] for r in part], [r["chosen"] for r in part],
                                  [r["rejected"] for r in part], pad))
     packed = [pack_batch(b) for b in padded]
+    padded = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in padded]
+    packed = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in packed]
     real = sum(real_and_padded_tokens(b)[0] for b in padded)
     computed = sum(real_and_padded_tokens(b)[1] for b in padded)
     print(f"model {model_path}, {len(padded)} micro-batches of {a.micro} pairs ({2 * a.micro} sequences), "
           f"{real} real tokens, {computed} padded ({100 * (1 - real / computed):.1f}% padding), {a.threads} threads, "
-          f"{a.param_dtype}, {a.attn_implementation}, {a.repeats} repeats in alternation", flush=True)
+          f"{a.param_dtype}, {a.attn_implementation}, {device}, {a.repeats} repeats in alternation", flush=True)
 
     sums = {}
 
@@ -94,10 +112,14 @@ def main() -> None:
 
     def run_one(layout: str, repeat: int):
         model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = [step(layout, bp, bk) for bp, bk in zip(padded, packed, strict=True)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        sums.setdefault(layout, torch.cat(out))
+        sums.setdefault(layout, torch.cat(out).float().cpu())
         print(f"  repeat {repeat} {layout:13s} {seconds / len(padded):7.3f} s per micro-batch", flush=True)
         return {"s_per_micro": seconds / len(padded), "real_tok_s": real / seconds}
 
@@ -115,7 +137,7 @@ def main() -> None:
     diff = max(float((sums[x] - sums["padded"]).abs().max()) for x in ("per_sequence", "one_call"))
     print(f"largest |sequence log-prob sum difference| against padded: {diff:.2e}")
     peaks = [r["peak_gflops"] for rs in runs.values() for r in rs]
-    print(f"matmul peak between repeats, GFLOP/s: {spread(peaks)}")
+    print(f"{device} matmul peak between repeats, GFLOP/s: {spread(peaks)}")
 
 
 if __name__ == "__main__":
