@@ -257,12 +257,38 @@ def test_input_template_and_ranges():
     cfg.lr_warmup_ratio = 1.5
     cfg.ckpt.max_num = 0
     cfg.data.max_len = 4
+    # each section in the order of the root's fields, then the root's own top-level flags
     assert [p.split(":")[0] for p in validate(cfg)] == [
-        "--data.max_len", "--adam.betas", "--lr_warmup_ratio", "--ckpt.max_num"]
+        "--data.max_len", "--adam.betas", "--ckpt.max_num", "--lr_warmup_ratio"]
     with pytest.raises(TypeError):
         validate(cfg.data)
     with pytest.raises(ValueError):
         load_config([], "ppo")
+
+
+def test_every_task_root_lists_its_cross_section_rules():
+    from openrlhf.config.validate import CROSS_RULES
+
+    assert set(CROSS_RULES) == set(TASK_CONFIGS.values())
+
+
+def test_a_section_checks_itself_in_every_task_that_has_it():
+    """A section's own rules hold wherever the section is used, not only in the tasks a rule was written for."""
+    gen = SFT + ["--generate.output_path", "o.jsonl"]
+    for task, argv in (("generate", gen), ("prune", SFT + ["--prune.output_dir", "p"]), ("sft", SFT),
+                       ("dadpo_ray", DADPO)):
+        problems, _ = problems_of(argv + ["--model.aux_loss_coef", "-1"], task, check_paths=False,
+                                  check_packages=False)
+        assert problems == ["--model.aux_loss_coef: must be >= 0, got -1.0"], task
+    for task, argv in (("generate", gen), ("dpo_ray", DADPO[:4])):
+        problems, _ = problems_of(argv + ["--ray.placement_timeout", "0"], task, check_paths=False,
+                                  check_packages=False)
+        assert problems == ["--ray.placement_timeout: must be > 0, got 0.0"], task
+    # the optimizer's --ds rules hold where there is an optimizer
+    offload = ["--ds.zero_stage", "0", "--ds.adam_offload"]
+    assert problems_of(SFT + offload, "sft")[0] == [
+        "--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)"]
+    assert load_config(gen + offload, "generate", check_paths=False).ds.adam_offload
 
 
 def test_local_paths_checked_hub_names_not(tmp_path):

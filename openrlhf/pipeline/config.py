@@ -19,7 +19,6 @@ import yaml
 
 from openrlhf.config.parse import ConfigError
 from openrlhf.config.schema import JUDGE_TASKS, JudgeConfig
-from openrlhf.config.validate import judge_section_problems
 
 
 @dataclass
@@ -265,5 +264,6 @@ def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
         jc, _, _ = judge_settings(cfg)
     except (TypeError, ValueError) as e:
         return problems + [f"{path}: judge: {e}"]
-    judge_section_problems(jc, lambda ok, flag, msg: ok or problems.append(f"{path}: {flag}: {msg}"))
+    # the --judge.* section checks itself; here each problem names the YAML file and its key
+    problems += [f"{path}: {p.removeprefix('--')}" for p in jc.problems()]
     return problems
