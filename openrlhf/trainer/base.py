@@ -67,7 +67,11 @@ def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
 
 
 class Trainer:
-    """Subclasses set ``self.engine`` (the DeepSpeed engine of the trained model)."""
+    """The loop's keyword arguments: ``strategy`` (the DeepSpeed strategy), ``engine`` (the DeepSpeed
+    engine of the trained model), ``tokenizer`` (saved with HF checkpoints), ``train_dataset`` /
+    ``eval_dataset`` and the ``collate_fn`` that batches their items, ``settings`` (the config sections
+    the loop reads), ``logger`` (the run's metrics logger) and ``num_workers`` (DataLoader worker
+    processes, --data.dataloader_num_workers). Subclasses add their own keyword arguments."""
 
     # OpenRLHF's dashboard name of this trainer's loss (train/<name>, eval/eval <name>); see
     # openrlhf.utils.logging.dashboard_view.
@@ -75,6 +79,7 @@ class Trainer:
 
     def __init__(
         self,
+        *,
         strategy,
         engine,
         tokenizer,
@@ -86,7 +91,7 @@ class Trainer:
         num_workers: int = 0,
     ) -> None:
         self.strategy = strategy
-        self.num_workers = num_workers  # DataLoader worker processes (--data.dataloader_num_workers)
+        self.num_workers = num_workers
         self.engine = engine
         self.tokenizer = tokenizer
         self.train_dataset = train_dataset
