@@ -108,20 +108,20 @@ class Trainer:
     def _data_notes(self) -> List[str]:
         """What the data report leaves unsaid about this run: rows that no epoch uses (a last global batch
         that is not full is dropped, as upstream) and, with dynamic batches, rows over the token budget."""
-        t = self.settings.train
-        n, bs = len(self.train_dataset), t.batch_size
+        train = self.settings.train
+        n, bs = len(self.train_dataset), train.batch_size
         notes = []
         if n % bs:
             notes.append(f"data: {n} rows make {n // bs} global batches of --train.batch_size {bs}; each epoch "
                          f"leaves the last {n % bs} rows of its (shuffled) order unused")
-        if t.dynamic_batch_enable:
+        if train.dynamic_batch_enable:
             ds = self.train_dataset
             if hasattr(ds, "provider"):  # remote log-probs (Ray): not needed to count tokens
                 ds = ds.base
             sizes = [self._item_tokens(ds[i]) for i in range(len(ds))]
-            over = [k for k in sizes if k > t.max_tokens_per_gpu]
+            over = [k for k in sizes if k > train.max_tokens_per_gpu]
             if over:
-                notes.append(f"warning: --train.max_tokens_per_gpu {t.max_tokens_per_gpu}: {len(over)} of {n} rows "
+                notes.append(f"warning: --train.max_tokens_per_gpu {train.max_tokens_per_gpu}: {len(over)} of {n} rows "
                              f"have more tokens (up to {max(over)}); each of them makes a micro-batch of its own that "
                              f"exceeds the budget (a budget of at least {max(over)} keeps every micro-batch within it)")
         return notes
