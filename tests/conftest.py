@@ -54,6 +54,31 @@ def tiny_no_template(tmp_path_factory):
     return make_tiny(str(tmp_path_factory.mktemp("tiny_no_template")), style="none", vocab_size=300, seed=3)
 
 
+# The tokenizers of the tiny models above (one per test module).
+@pytest.fixture(scope="module")
+def student_tok(tiny_dir):
+    """The tokenizer of ``tiny_dir`` (ChatML template, no BOS token)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def other_family_tok(tiny_teacher_other_family):
+    """The tokenizer of ``tiny_teacher_other_family`` (another vocabulary, a Gemma-like template, a BOS token)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_teacher_other_family)
+
+
+@pytest.fixture(scope="module")
+def no_template_tok(tiny_no_template):
+    """The tokenizer of ``tiny_no_template`` (no chat template)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_no_template)
+
+
 @pytest.fixture()
 def pref_jsonl(tmp_path):
     return write_jsonl(str(tmp_path / "pref.jsonl"), pref_rows(8))

@@ -305,41 +305,27 @@ def test_several_sources_are_capped_in_total(tmp_path):
 PROMPT, ANSWER = "What is the capital of France?", "The capital of France is Paris."
 
 
-@pytest.fixture(scope="module")
-def student_tok(tiny_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def bos_tok(tiny_teacher_other_family):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_teacher_other_family)
-
-
 def _ids(tok, text):
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def test_kept_plain_text_prompts_start_with_bos(bos_tok):
+def test_kept_plain_text_prompts_start_with_bos(other_family_tok):
     from openrlhf.datasets.templates import tokenize_pair
 
-    p_ids, _ = tokenize_pair(bos_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: ")
-    upstream = _ids(bos_tok, f"Q: {PROMPT}\nA: ")  # OpenRLHF: add_special_tokens=False, no BOS
-    assert p_ids == [bos_tok.bos_token_id] + upstream
+    p_ids, _ = tokenize_pair(other_family_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: ")
+    upstream = _ids(other_family_tok, f"Q: {PROMPT}\nA: ")  # OpenRLHF: add_special_tokens=False, no BOS
+    assert p_ids == [other_family_tok.bos_token_id] + upstream
 
 
-def test_kept_eos_is_the_eos_id_right_after_the_answer(bos_tok):
+def test_kept_eos_is_the_eos_id_right_after_the_answer(other_family_tok):
     from openrlhf.datasets.templates import tokenize_pair
 
-    _, r_ids = tokenize_pair(bos_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: ")
-    assert r_ids == _ids(bos_tok, ANSWER) + [bos_tok.eos_token_id]
+    _, r_ids = tokenize_pair(other_family_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: ")
+    assert r_ids == _ids(other_family_tok, ANSWER) + [other_family_tok.eos_token_id]
     # OpenRLHF appends " " + eos_token as text: one more token, a space, before the EOS.
-    upstream = _ids(bos_tok, ANSWER + " " + bos_tok.eos_token)
-    assert upstream[-1] == bos_tok.eos_token_id and len(upstream) == len(r_ids) + 1
-    assert bos_tok.decode(upstream[-2:-1]).strip() == ""
+    upstream = _ids(other_family_tok, ANSWER + " " + other_family_tok.eos_token)
+    assert upstream[-1] == other_family_tok.eos_token_id and len(upstream) == len(r_ids) + 1
+    assert other_family_tok.decode(upstream[-2:-1]).strip() == ""
 
 
 def test_kept_chat_template_answer_ends_as_the_template_writes_it(student_tok):

@@ -168,10 +168,6 @@ def cpu_slices(cores: Sequence[int], num_engines: int) -> List[str]:
     return out
 
 
-def _cuda_machine() -> bool:
-    return torch.cuda.is_available()
-
-
 # The environment variable that gives an engine process its devices: GPUs, or CPU cores on the CPU build.
 GPU_SLICE_ENV, CPU_SLICE_ENV = "CUDA_VISIBLE_DEVICES", "VLLM_CPU_OMP_THREADS_BIND"
 
@@ -212,7 +208,7 @@ class VLLMGenerator:
         self.engine: Optional[_Engine] = None
         if self.num_engines == 1:
             self.engine = _Engine(settings)
-        elif _cuda_machine():
+        elif torch.cuda.is_available():
             self.slices = device_slices(visible_devices(), self.num_engines, settings.tp_size)
         else:
             self.slice_env = CPU_SLICE_ENV

@@ -38,9 +38,10 @@ def train_kd(cfg: KDTrainConfig) -> dict:
     engine = prepare_policy(strategy, cfg, n_steps)
     teacher_engine = prepare_frozen(strategy, cfg, teacher, cfg.teacher.offload, what="--teacher.model_name_or_path")
     pad_id = pad_token_id(tokenizer)
-    trainer = KDTrainer(strategy, engine, tokenizer, train_ds, lambda items: sft_collate(items, pad_id),
-                        loop_settings(cfg), logger, eval_dataset=eval_ds, teacher_engine=teacher_engine,
-                        kd_coef=cfg.kd.coef, vocab_size=vocab, num_workers=cfg.data.dataloader_num_workers)
+    trainer = KDTrainer(strategy=strategy, engine=engine, tokenizer=tokenizer, train_dataset=train_ds,
+                        collate_fn=lambda items: sft_collate(items, pad_id), settings=loop_settings(cfg),
+                        logger=logger, eval_dataset=eval_ds, num_workers=cfg.data.dataloader_num_workers,
+                        teacher_engine=teacher_engine, kd_coef=cfg.kd.coef, vocab_size=vocab)
     last = trainer.fit()
     save_trained(strategy, engine, tokenizer, cfg)
     logger.close()

@@ -67,7 +67,11 @@ def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
 
 
 class Trainer:
-    """Subclasses set ``self.engine`` (the DeepSpeed engine of the trained model)."""
+    """The loop's keyword arguments: ``strategy`` (the DeepSpeed strategy), ``engine`` (the DeepSpeed
+    engine of the trained model), ``tokenizer`` (saved with HF checkpoints), ``train_dataset`` /
+    ``eval_dataset`` and the ``collate_fn`` that batches their items, ``settings`` (the config sections
+    the loop reads), ``logger`` (the run's metrics logger) and ``num_workers`` (DataLoader worker
+    processes, --data.dataloader_num_workers). Subclasses add their own keyword arguments."""
 
     # OpenRLHF's dashboard name of this trainer's loss (train/<name>, eval/eval <name>); see
     # openrlhf.utils.logging.dashboard_view.
@@ -75,6 +79,7 @@ class Trainer:
 
     def __init__(
         self,
+        *,
         strategy,
         engine,
         tokenizer,
@@ -86,7 +91,7 @@ class Trainer:
         num_workers: int = 0,
     ) -> None:
         self.strategy = strategy
-        self.num_workers = num_workers  # DataLoader worker processes (--data.dataloader_num_workers)
+        self.num_workers = num_workers
         self.engine = engine
         self.tokenizer = tokenizer
         self.train_dataset = train_dataset
@@ -103,20 +108,20 @@ class Trainer:
     def _data_notes(self) -> List[str]:
         """What the data report leaves unsaid about this run: rows that no epoch uses (a last global batch
         that is not full is dropped, as upstream) and, with dynamic batches, rows over the token budget."""
-        t = self.settings.train
-        n, bs = len(self.train_dataset), t.batch_size
+        train = self.settings.train
+        n, bs = len(self.train_dataset), train.batch_size
         notes = []
         if n % bs:
             notes.append(f"data: {n} rows make {n // bs} global batches of --train.batch_size {bs}; each epoch "
                          f"leaves the last {n % bs} rows of its (shuffled) order unused")
-        if t.dynamic_batch_enable:
+        if train.dynamic_batch_enable:
             ds = self.train_dataset
             if hasattr(ds, "provider"):  # remote log-probs (Ray): not needed to count tokens
                 ds = ds.base
             sizes = [self._item_tokens(ds[i]) for i in range(len(ds))]
-            over = [k for k in sizes if k > t.max_tokens_per_gpu]
+            over = [k for k in sizes if k > train.max_tokens_per_gpu]
             if over:
-                notes.append(f"warning: --train.max_tokens_per_gpu {t.max_tokens_per_gpu}: {len(over)} of {n} rows "
+                notes.append(f"warning: --train.max_tokens_per_gpu {train.max_tokens_per_gpu}: {len(over)} of {n} rows "
                              f"have more tokens (up to {max(over)}); each of them makes a micro-batch of its own that "
                              f"exceeds the budget (a budget of at least {max(over)} keeps every micro-batch within it)")
         return notes

@@ -50,8 +50,9 @@ class DPOTrainer(Trainer):
                  settings: LoopSettings, logger, eval_dataset: Optional[Dataset] = None, num_workers: int = 0,
                  loss_fn: Callable, ref_engine=None, nll_loss_coef: float = 0.0,
                  kd: Optional[KLTeacher] = None) -> None:
-        super().__init__(strategy, engine, tokenizer, train_dataset, collate_fn, settings, logger,
-                         eval_dataset=eval_dataset, num_workers=num_workers)
+        super().__init__(strategy=strategy, engine=engine, tokenizer=tokenizer, train_dataset=train_dataset,
+                         collate_fn=collate_fn, settings=settings, logger=logger, eval_dataset=eval_dataset,
+                         num_workers=num_workers)
         self.ref_engine = ref_engine
         self.loss_fn = loss_fn
         self.nll_loss_coef = nll_loss_coef

@@ -24,10 +24,12 @@ def response_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, voca
 class KDTrainer(SFTTrainer):
     """Loss = (response-token NLL + ``kd_coef`` x KL(teacher || student) summed over the same
     tokens) / response tokens of the optimizer step; the teacher (a frozen engine) reads the
-    student's own tokens, so the two must share a vocabulary (checked before training)."""
+    student's own tokens, so the two must share a vocabulary (checked before training).
+    ``vocab_size``: the tokens of that shared vocabulary. Every other keyword argument is
+    :class:`SFTTrainer`'s."""
 
-    def __init__(self, *args, teacher_engine=None, kd_coef: float = 0.0, vocab_size: int = 0, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, *, teacher_engine, kd_coef: float, vocab_size: int, **sft_kwargs) -> None:
+        super().__init__(**sft_kwargs)
         self.teacher_engine = teacher_engine
         self.kd_coef = kd_coef
         self.vocab_size = vocab_size

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+from torch.utils.data import Dataset
 
 from openrlhf.models.loss import GPTLMLoss
-from openrlhf.trainer.base import Trainer, forward_batch
+from openrlhf.trainer.base import LoopSettings, Trainer, forward_batch
 
 
 class SFTTrainer(Trainer):
@@ -15,12 +16,16 @@ class SFTTrainer(Trainer):
 
     Normalising by the step's token count (all micro-batches, all ranks) makes the loss
     curve the same however the global batch is split into micro-batches and processes.
+    The keyword arguments are the loop's (:class:`~openrlhf.trainer.base.Trainer`).
     """
 
     upstream_loss_name = "gpt_loss"  # OpenRLHF logs the SFT loss as train/gpt_loss
 
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, *, strategy, engine, tokenizer, train_dataset: Dataset, collate_fn: Callable,
+                 settings: LoopSettings, logger, eval_dataset: Optional[Dataset] = None, num_workers: int = 0) -> None:
+        super().__init__(strategy=strategy, engine=engine, tokenizer=tokenizer, train_dataset=train_dataset,
+                         collate_fn=collate_fn, settings=settings, logger=logger, eval_dataset=eval_dataset,
+                         num_workers=num_workers)
         self.loss_fn = GPTLMLoss()
         self._normalizer = None
 
