@@ -42,7 +42,7 @@ from openrlhf.datasets.templates import PromptRenderer
 from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
 from openrlhf.generation.outputs import check_same_ids, read_responses
 from openrlhf.models.actor import masked_token_logps
-from openrlhf.tools.common import pick_device
+from openrlhf.utils.devices import pick_device
 from openrlhf.utils.dtypes import torch_dtype
 from openrlhf.utils.stats import bootstrap_ci, paired_comparison
 
