@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from openrlhf.tools.evaluate import evaluate_responses, lcs_length, rouge_l, words
+from openrlhf.eval.offline import evaluate_responses, lcs_length, rouge_l, words
 
 from tiny import PREF_ROWS, write_jsonl
 
@@ -199,7 +199,7 @@ def test_evaluation_releases_the_teacher_and_runs_fp32_on_cpu(tiny_dir, response
     import torch
     import transformers
 
-    from openrlhf.tools import evaluate as ev
+    from openrlhf.eval import offline as ev
 
     loaded, released = [], []
     real = transformers.AutoModelForCausalLM.from_pretrained

@@ -57,7 +57,7 @@ def main(argv: Optional[list] = None) -> dict:
         if not candidates:
             parser.error("--candidate: give at least one LABEL=FILE")
         # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
-        from openrlhf.tools.evaluate import evaluate_responses
+        from openrlhf.eval.offline import evaluate_responses
 
         template = args.teacher_chat_template
         if template and os.path.isfile(template):

@@ -1,2 +1,4 @@
-"""Judged evaluations (in-domain win rate vs the teacher, MT-Bench, AlpacaEval) against any OpenAI-compatible judge
-endpoint: ``openrlhf.eval.run`` (judge, write_prompts), ``.client`` (JudgeClient), ``.judged``, ``.report``."""
+"""Every evaluation: offline metrics against the teacher (``offline``: ROUGE-L, teacher NLL; ``evaluate_responses``),
+judged ones (in-domain win rate vs the teacher, MT-Bench, AlpacaEval) against any OpenAI-compatible judge endpoint
+(``run``: judge, write_prompts; ``client``: JudgeClient; ``data``, ``judged``), the reports (``report``) and charts
+(``plots``)."""

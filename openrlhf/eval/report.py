@@ -1,20 +1,55 @@
-"""The judged report: ``report.json`` (model -> task -> numbers), ``report.md`` in the layout of the
-paper's Table 1 (one row per model: MT-Bench, AlpacaEval, in-domain omega with W/T/L) and
-``report.png``."""
+"""The evaluation reports.
+
+Every report's markdown comes from here: :func:`markdown_table` (the one table writer), :func:`fmt_num` (the one
+format of a number cell: ``-`` for a missing one) and :func:`write_markdown`; every chart from
+:func:`openrlhf.eval.plots.write_chart`. Their users: the offline report (:mod:`openrlhf.eval.offline`), the judged
+report below and the pipeline's beta ablation (:mod:`openrlhf.pipeline.sweep`).
+
+The judged report: ``report.json`` (model -> task -> numbers), ``report.md`` in the layout of the paper's Table 1
+(one row per model: MT-Bench, AlpacaEval, in-domain omega with W/T/L) and ``report.png``."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
+from openrlhf.eval.plots import SMALL, Panel, bars, grouped_bars, stacked_bars, write_chart
 from openrlhf.utils.jsonl import write_json_atomic
 
 TASK_ORDER = ("mtbench", "alpacaeval", "indomain")
+
+
+# --------------------------------------------------------------------------- markdown, for every report
+
+
+def fmt_num(x: Any, fmt: str) -> str:
+    """``x`` formatted with ``fmt``; ``-`` when it is missing (None) or NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return fmt.format(x)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> List[str]:
+    """The lines of a markdown table: ``header``, the alignment row (``align``: one letter per column, ``l``
+    left, ``r`` right) and one line per row of cells."""
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align {align!r}: one of 'l' / 'r' per column ({len(header)} columns)")
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a table row has {len(row)} cells for {len(header)} columns: {row!r}")
+    return (["| " + " | ".join(header) + " |", "|" + "".join("---|" if a == "l" else "---:|" for a in align)]
+            + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def write_markdown(path: str, lines: Sequence[str]) -> None:
+    """Write ``lines`` to ``path``, each ended by a newline."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- the judged report
 
 
 def load_report(output_dir: str) -> Dict[str, Any]:
@@ -23,12 +58,6 @@ def load_report(output_dir: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     return {"models": {}}
-
-
-def _num(x: Any, fmt: str = "{:.2f}") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return fmt.format(x)
 
 
 def _finite(x: Any) -> float:
@@ -41,25 +70,24 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
         mt, ae, ind = tasks.get("mtbench", {}), tasks.get("alpacaeval", {}), tasks.get("indomain", {})
         ae_cell = "-"
         if ae:
-            ae_cell = f"{_num(ae.get('win_rate'))} ± {_num(ae.get('standard_error'))}"
+            ae_cell = f"{fmt_num(ae.get('win_rate'), '{:.2f}')} ± {fmt_num(ae.get('standard_error'), '{:.2f}')}"
             if ae.get("length_controlled_win_rate") is not None:
-                ae_cell += f" (LC {_num(ae['length_controlled_win_rate'])})"
+                ae_cell += f" (LC {fmt_num(ae['length_controlled_win_rate'], '{:.2f}')})"
         ind_cell = "-"
         if ind:
-            ind_cell = f"{_num(ind.get('omega'), '{:+.1f}')}% ({ind['win']}/{ind['tie']}/{ind['lose']})"
+            ind_cell = f"{fmt_num(ind.get('omega'), '{:+.1f}')}% ({ind['win']}/{ind['tie']}/{ind['lose']})"
         unparsed = sum(t.get("unparsed", 0) for t in tasks.values())
         hit = [f"{t['hit_token_limit']}/{t['answers']} {task}" for task, t in tasks.items()
                if t.get("hit_token_limit")]
-        rows.append([name, _num(mt.get("score")) if mt else "-", ae_cell, ind_cell, str(unparsed),
+        rows.append([name, fmt_num(mt.get("score"), "{:.2f}") if mt else "-", ae_cell, ind_cell, str(unparsed),
                      ", ".join(hit) if hit else "0"])
     return rows
 
 
-def write_markdown(report: Dict[str, Any], path: str) -> None:
-    lines = ["| model | MT-Bench (1-10) | AlpacaEval win rate % ± s.e. | in-domain omega (W/T/L) | unparsed | "
-             "answers at the token limit |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(report)]
+def judged_markdown(report: Dict[str, Any]) -> List[str]:
+    """The lines of the judged ``report.md``: the Table 1 layout, then the judge's costs and notes."""
+    lines = markdown_table(["model", "MT-Bench (1-10)", "AlpacaEval win rate % ± s.e.", "in-domain omega (W/T/L)",
+                            "unparsed", "answers at the token limit"], table_rows(report), "lrrrrr")
     lines.append("")
     for task, info in report.get("judge", {}).items():
         lines.append(f"{task}: judge `{info['model']}` at {info['base_url']}; {info['requests_sent']} requests sent, "
@@ -81,57 +109,36 @@ def write_markdown(report: Dict[str, Any], path: str) -> None:
                 lines.append(f"{name} / {task}: length-controlled win rate {numbers['length_controlled_note']}")
     lines += ["", "In-domain: each model's response vs the teacher's on held-out prompts, judged in both orders; a win "
               "needs both orders, a loss both, anything else is a tie; omega = (W - L) / (W + T + L) x 100."]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    return lines
 
 
-def write_chart(report: Dict[str, Any], path: str) -> None:
+def judged_panels(report: Dict[str, Any]) -> List[Panel]:
+    """The panels of the judged ``report.png``, one per task any model has, in TASK_ORDER."""
     models = report.get("models", {})
     names = list(models)
-    tasks = [t for t in TASK_ORDER if any(t in models[n] for n in names)]
-    if not tasks:
-        return
-    fig = Figure(figsize=(5.0 * len(tasks), 3.8))
-    FigureCanvasAgg(fig)
-    for k, task in enumerate(tasks):
-        ax = fig.add_subplot(1, len(tasks), k + 1)
+    panels = []
+    for task in TASK_ORDER:
         have = [n for n in names if task in models[n]]
+        if not have:
+            continue
+        numbers = [models[n][task] for n in have]
         if task == "mtbench":
-            cats = sorted({c for n in have for c in models[n][task].get("per_category", {})})
-            width = 0.8 / max(len(have), 1)
-            for i, n in enumerate(have):
-                vals = [models[n][task]["per_category"].get(c) or 0.0 for c in cats]
-                ax.bar([j + i * width for j in range(len(cats))], vals, width=width, label=n)
-            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
-            ax.set_xticklabels(cats, rotation=40, ha="right", fontsize=7)
-            ax.set_ylim(0, 10)
-            ax.set_title("MT-Bench per category (1-10)", fontsize=9)
-            ax.legend(fontsize=6)
+            cats = sorted({c for m in numbers for c in m.get("per_category", {})})
+            panels.append(grouped_bars("MT-Bench per category (1-10)", cats,
+                                       {n: [m["per_category"].get(c) or 0.0 for c in cats]
+                                        for n, m in zip(have, numbers, strict=True)}, ylim=(0, 10)))
         elif task == "alpacaeval":
             # A number the data did not give is NaN in memory and null in report.json: drawn as 0.
-            vals = [_finite(models[n][task]["win_rate"]) for n in have]
-            errs = [_finite(models[n][task]["standard_error"]) for n in have]
-            ax.bar(range(len(have)), vals, yerr=errs, capsize=3)
-            ax.set_xticks(range(len(have)))
-            ax.set_xticklabels(have, rotation=30, ha="right", fontsize=7)
-            ax.set_title("AlpacaEval win rate % (± s.e.)", fontsize=9)
+            panels.append(bars("AlpacaEval win rate % (± s.e.)", have, [_finite(m["win_rate"]) for m in numbers],
+                               errors=[_finite(m["standard_error"]) for m in numbers], fontsize=SMALL))
         else:
-            w = [models[n][task]["win"] for n in have]
-            t = [models[n][task]["tie"] for n in have]
-            lo = [models[n][task]["lose"] for n in have]
-            x = range(len(have))
-            ax.bar(x, w, color="C2", label="win")
-            ax.bar(x, t, bottom=w, color="C7", label="tie")
-            ax.bar(x, lo, bottom=[a + b for a, b in zip(w, t, strict=True)], color="C3", label="lose")
-            ax.set_xticks(list(x))
-            ax.set_xticklabels(have, rotation=30, ha="right", fontsize=7)
-            ax.set_title("in-domain vs the teacher (W/T/L)", fontsize=9)
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            panels.append(stacked_bars("in-domain vs the teacher (W/T/L)", have,
+                                       [(part, [m[part] for m in numbers], color)
+                                        for part, color in (("win", "C2"), ("tie", "C7"), ("lose", "C3"))]))
+    return panels
 
 
 def write_report(report: Dict[str, Any], output_dir: str) -> None:
     write_json_atomic(os.path.join(output_dir, "report.json"), report)
-    write_markdown(report, os.path.join(output_dir, "report.md"))
-    write_chart(report, os.path.join(output_dir, "report.png"))
+    write_markdown(os.path.join(output_dir, "report.md"), judged_markdown(report))
+    write_chart(os.path.join(output_dir, "report.png"), judged_panels(report), panel_size=(5.0, 3.8))

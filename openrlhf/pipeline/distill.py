@@ -43,6 +43,7 @@ from typing import Callable, Dict, List
 
 from openrlhf.config.parse import ConfigError, config_to_flags
 from openrlhf.config.schema import RAY_TASKS, REGISTRY, RunConfig
+from openrlhf.eval.offline import evaluate_responses
 from openrlhf.eval.run import write_prompts
 from openrlhf.generation.sets import build_sets
 from openrlhf.generation.sharegpt import prepare_prompts
@@ -52,7 +53,6 @@ from openrlhf.pipeline.sweep import write_sweep_report
 from openrlhf.recipes import recipe_of
 from openrlhf.recipes.common import make_strategy
 from openrlhf.recipes.ray_launch import run_recipe_on_ray
-from openrlhf.tools.evaluate import evaluate_responses
 from openrlhf.tools.gguf_convert import convert_gguf, resolve_gguf
 from openrlhf.utils.paths import output_dir_problem
 

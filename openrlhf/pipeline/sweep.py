@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
+from openrlhf.eval.plots import Panel, marked_lines, write_chart
+from openrlhf.eval.report import fmt_num, markdown_table, write_markdown
 from openrlhf.utils.jsonl import write_json_atomic
 
 # report.json keys drawn, with their titles (higher / lower is better).
@@ -32,36 +31,29 @@ def write_sweep_report(report: dict, points: Dict[str, Dict[str, Any]], out_dir:
     rows = sweep_rows(report, points)
     flags = list(next(iter(points.values())).keys()) if points else []
     write_json_atomic(os.path.join(out_dir, "sweep.json"), {"flags": flags, "points": rows})
-    lines = ["| " + " | ".join(flags + list(METRICS)) + " |", "|" + "---:|" * (len(flags) + len(METRICS))]
-    for r in rows:
-        lines.append("| " + " | ".join([str(r[f]) for f in flags] +
-                                       [f"{r[k]:.4f}" if k in r else "-" for k in METRICS]) + " |")
-    with open(os.path.join(out_dir, "sweep.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    _plot(rows, flags, os.path.join(out_dir, "sweep.png"))
+    table = [[str(r[f]) for f in flags] + [fmt_num(r.get(k), "{:.4f}") for k in METRICS] for r in rows]
+    write_markdown(os.path.join(out_dir, "sweep.md"), markdown_table(flags + list(METRICS), table,
+                                                                     "r" * (len(flags) + len(METRICS))))
+    axes_flags = flags[:2]
+    write_chart(os.path.join(out_dir, "sweep.png"), _panels(rows, axes_flags), cols=len(axes_flags),
+                panel_size=(4.4, 3.4))
     return rows
 
 
-def _plot(rows: List[dict], flags: List[str], path: str) -> None:
-    axes_flags = flags[:2]
-    fig = Figure(figsize=(4.4 * len(axes_flags), 3.4 * len(METRICS)))
-    FigureCanvasAgg(fig)
-    for i, (metric, title) in enumerate(METRICS.items()):
-        for j, x_flag in enumerate(axes_flags):
-            ax = fig.add_subplot(len(METRICS), len(axes_flags), i * len(axes_flags) + j + 1)
+def _panels(rows: List[dict], axes_flags: List[str]) -> List[Panel]:
+    """One panel per metric (a row of the grid) and swept flag (a column): the metric against that flag, one
+    line per value of the other flag; a log x axis when every value of the flag is positive."""
+    panels = []
+    for metric, title in METRICS.items():
+        for x_flag in axes_flags:
             others = [f for f in axes_flags if f != x_flag]
             groups: Dict[Any, List[dict]] = {}
             for r in rows:
                 groups.setdefault(tuple(r[f] for f in others), []).append(r)
+            series = []
             for key, group in sorted(groups.items(), key=lambda kv: kv[0]):
                 group = sorted((r for r in group if metric in r), key=lambda r: r[x_flag])
                 name = ", ".join(f"{f}={v}" for f, v in zip(others, key, strict=True)) or metric
-                ax.plot([r[x_flag] for r in group], [r[metric] for r in group], marker="o", label=name)
-            if all(r[x_flag] > 0 for r in rows):
-                ax.set_xscale("log")
-            ax.set_xlabel(x_flag)
-            ax.set_title(title, fontsize=8)
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
+                series.append((name, [r[x_flag] for r in group], [r[metric] for r in group]))
+            panels.append(marked_lines(title, x_flag, series, log_x=all(r[x_flag] > 0 for r in rows)))
+    return panels

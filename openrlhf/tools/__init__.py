@@ -1,2 +1,2 @@
-"""Offline tools: GGUF -> HF conversion (``gguf_convert``), structured pruning (``prune``), offline evaluation
-(``evaluate``), LoRA adapter merging (``lora_combine``)."""
+"""Offline tools: GGUF -> HF conversion (``gguf_convert``), structured pruning (``prune``), LoRA adapter merging
+(``lora_combine``). The offline evaluation lives in :mod:`openrlhf.eval.offline`."""

@@ -1,13 +1,10 @@
-"""Small helpers the offline tools share: output folders, parameter counts, the device."""
+"""Small helpers the offline tools share: output folders, parameter counts."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from typing import Optional
-
-import torch
 
 from openrlhf.utils.atomic import plain_permissions
 from openrlhf.utils.errors import UserError
@@ -46,9 +43,3 @@ def check_output_dir(output_dir: str, flag: str, overwrite: bool = False, hint: 
 def count_params(model) -> int:
     """Parameters of ``model``; tied tensors (embeddings / LM head) count once."""
     return sum(p.numel() for p in model.parameters())
-
-
-def pick_device(device: Optional[str] = None):
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

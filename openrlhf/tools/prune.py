@@ -54,7 +54,8 @@ from openrlhf.datasets.loading import DataError, load_rows
 from openrlhf.datasets.templates import PromptRenderer
 from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
 from openrlhf.models.actor import token_logps_from_logits
-from openrlhf.tools.common import check_output_dir, count_params, make_temp_dir, move_into_place, pick_device
+from openrlhf.tools.common import check_output_dir, count_params, make_temp_dir, move_into_place
+from openrlhf.utils.devices import pick_device
 from openrlhf.utils.errors import UserError
 
 

@@ -31,8 +31,6 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
@@ -40,9 +38,11 @@ from openrlhf.datasets.common import pad_batch
 from openrlhf.datasets.loading import DataError, load_rows
 from openrlhf.datasets.templates import PromptRenderer
 from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
+from openrlhf.eval.plots import Panel, bars, write_chart
+from openrlhf.eval.report import fmt_num, markdown_table, write_markdown
 from openrlhf.generation.outputs import check_same_ids, read_responses
 from openrlhf.models.actor import masked_token_logps
-from openrlhf.tools.common import pick_device
+from openrlhf.utils.devices import pick_device
 from openrlhf.utils.dtypes import torch_dtype
 from openrlhf.utils.stats import bootstrap_ci, paired_comparison
 
@@ -143,16 +143,10 @@ def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def _fmt(x: Optional[float], digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
 def _with_ci(m: dict, key: str, digits: int = 4, scale: float = 1.0) -> str:
     ci = m.get("ci", {}).get(key)
     if not ci or ci.get("n", 0) == 0:
-        return _fmt(m.get(key) * scale if m.get(key) is not None else None, digits)
+        return fmt_num(m.get(key) * scale if m.get(key) is not None else None, f"{{:.{digits}f}}")
     return f"{ci['mean'] * scale:.{digits}f} [{ci['lo'] * scale:.{digits}f}, {ci['hi'] * scale:.{digits}f}]"
 
 
@@ -160,70 +154,62 @@ def _p(x: float) -> str:
     return "<0.001" if x < 0.001 else f"{x:.3f}"
 
 
-def write_markdown(report: dict, path: str) -> None:
+def offline_markdown(report: dict) -> List[str]:
+    """The lines of the offline ``report.md``: one row per model, then ``compare_to`` against each other model."""
+    rows = []
+    for label, m in report["models"].items():
+        cut = "-" if m.get("truncated") is None else _with_ci(m, "truncated", 1, 100.0)
+        rows.append([label, _with_ci(m, "rouge_l_f1"), _with_ci(m, "teacher_nll"),
+                     fmt_num(m["teacher_nll_tokens"], "{:.4f}"), _with_ci(m, "mean_words", 1),
+                     fmt_num(m["mean_teacher_tokens"], "{:.1f}"), cut])
     lines = [
         f"Teacher: `{report['teacher']}`; {report['num_rows']} prompts; "
         f"chat template: {'yes' if report['apply_chat_template'] else 'no'}. Each metric: the mean over prompts "
         "[bootstrap 95% interval].",
         "",
-        "| model | ROUGE-L F1 | teacher NLL (row mean) | teacher NLL (token mean) | mean words "
-        "| mean teacher tokens | cut off (%) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *markdown_table(["model", "ROUGE-L F1", "teacher NLL (row mean)", "teacher NLL (token mean)", "mean words",
+                         "mean teacher tokens", "cut off (%)"], rows, "lrrrrrr"),
+        "",
+        "ROUGE-L: against the teacher's response (higher: closer). Teacher NLL: mean negative "
+        "log-likelihood per response token under the teacher (lower: more teacher-like).",
     ]
-    for label, m in report["models"].items():
-        cut = "-" if m.get("truncated") is None else _with_ci(m, "truncated", 1, 100.0)
-        lines.append(
-            f"| {label} | {_with_ci(m, 'rouge_l_f1')} | {_with_ci(m, 'teacher_nll')} | {_fmt(m['teacher_nll_tokens'])} "
-            f"| {_with_ci(m, 'mean_words', 1)} | {_fmt(m['mean_teacher_tokens'], 1)} | {cut} |"
-        )
-    lines += ["", "ROUGE-L: against the teacher's response (higher: closer). Teacher NLL: mean negative "
-              "log-likelihood per response token under the teacher (lower: more teacher-like).", ""]
     paired = report.get("paired") or {}
     if paired:
         ref = report["compare_to"]
-        lines += [f"### {ref} against each model, prompt by prompt", "",
+        rows = []
+        for other, cmp in paired.items():
+            r, n = cmp["rouge_l_f1"], cmp["teacher_nll"]
+            rows.append([other, f"{r['wins']}/{r['ties']}/{r['losses']}",
+                         f"{r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]",
+                         f"{_p(r['p_sign'])} / {_p(r['p_perm'])}", f"{n['wins']}/{n['ties']}/{n['losses']}",
+                         f"{n['diff']:+.4f} [{n['diff_lo']:+.4f}, {n['diff_hi']:+.4f}]",
+                         f"{_p(n['p_sign'])} / {_p(n['p_perm'])}"])
+        lines += ["", f"### {ref} against each model, prompt by prompt", "",
                   f"Wins / ties / losses of {ref}; the mean difference ({ref} minus the other) with its paired "
                   "bootstrap 95% interval; p: two-sided exact sign test over the non-tied prompts, and a sign-flip "
                   "permutation test of the mean difference.", "",
-                  "| against | ROUGE-L W/T/L | ROUGE-L diff | p sign / perm | teacher NLL W/T/L | NLL diff "
-                  "| p sign / perm |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for other, cmp in paired.items():
-            r, n = cmp["rouge_l_f1"], cmp["teacher_nll"]
-            lines.append(
-                f"| {other} | {r['wins']}/{r['ties']}/{r['losses']} | {r['diff']:+.4f} [{r['diff_lo']:+.4f}, "
-                f"{r['diff_hi']:+.4f}] | {_p(r['p_sign'])} / {_p(r['p_perm'])} | {n['wins']}/{n['ties']}/{n['losses']} "
-                f"| {n['diff']:+.4f} [{n['diff_lo']:+.4f}, {n['diff_hi']:+.4f}] | {_p(n['p_sign'])} / "
-                f"{_p(n['p_perm'])} |")
-        lines.append("")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+                  *markdown_table(["against", "ROUGE-L W/T/L", "ROUGE-L diff", "p sign / perm", "teacher NLL W/T/L",
+                                   "NLL diff", "p sign / perm"], rows, "lrrrrrr")]
+    return lines
 
 
-def write_chart(report: dict, path: str) -> None:
+def offline_panels(report: dict) -> List[Panel]:
+    """The panels of the offline ``report.png``: ROUGE-L, teacher NLL and length per model, with their 95%
+    intervals when every model has one; the teacher's bar grey."""
     labels = list(report["models"])
-    panels = [("rouge_l_f1", "ROUGE-L F1 vs teacher (higher is closer)"),
-              ("teacher_nll", "teacher NLL per token (lower is closer)"),
-              ("mean_words", "mean response length (words)")]
-    fig = Figure(figsize=(4.2 * len(panels), 3.6 + 0.1 * len(labels)))
-    FigureCanvasAgg(fig)
     colors = ["#7f7f7f" if lab == TEACHER_LABEL else f"C{i}" for i, lab in enumerate(labels)]
-    for k, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), k + 1)
+    panels = []
+    for key, title in (("rouge_l_f1", "ROUGE-L F1 vs teacher (higher is closer)"),
+                       ("teacher_nll", "teacher NLL per token (lower is closer)"),
+                       ("mean_words", "mean response length (words)")):
         values = [report["models"][lab][key] for lab in labels]
         cis = [report["models"][lab].get("ci", {}).get(key) for lab in labels]
         err = None
         if all(ci and ci.get("n") for ci in cis):
-            err = [[v - ci["lo"] for v, ci in zip(values, cis, strict=True)], [ci["hi"] - v for v, ci in zip(values, cis, strict=True)]]
-        bars = ax.bar(range(len(labels)), values, color=colors, yerr=err, capsize=3 if err else 0)
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, rotation=30, ha="right")
-        ax.set_title(title, fontsize=9)
-        for bar, v in zip(bars, values, strict=True):
-            ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                        va="bottom", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            err = [[v - ci["lo"] for v, ci in zip(values, cis, strict=True)],
+                   [ci["hi"] - v for v, ci in zip(values, cis, strict=True)]]
+        panels.append(bars(title, labels, values, errors=err, colors=colors, value_labels=True))
+    return panels
 
 
 # --------------------------------------------------------------------------- the whole job
@@ -365,6 +351,7 @@ def evaluate_responses(
     with open(os.path.join(output_dir, "scores.jsonl"), "w", encoding="utf-8") as f:
         for row in per_row:
             f.write(json.dumps(row) + "\n")
-    write_markdown(report, os.path.join(output_dir, "report.md"))
-    write_chart(report, os.path.join(output_dir, "report.png"))
+    write_markdown(os.path.join(output_dir, "report.md"), offline_markdown(report))
+    write_chart(os.path.join(output_dir, "report.png"), offline_panels(report),
+                panel_size=(4.2, 3.6 + 0.1 * len(report["models"])))
     return report
