@@ -94,22 +94,22 @@ def test_module_weights_under_hf_names_and_earlier_checkpoints_still_load(tiny_d
     from transformers import AutoModelForCausalLM
 
     from openrlhf.models.actor import Actor
-    from openrlhf.utils.deepspeed.strategy import _hf_names_hook, _load_module_either_naming
+    from openrlhf.utils.deepspeed.wrapping import hf_names_hook, load_module_either_naming
 
     actor = Actor(AutoModelForCausalLM.from_pretrained(tiny_dir))
     prefixed = {k: v.clone() for k, v in actor.state_dict().items()}  # how earlier versions saved it
     assert all(k.startswith("model.") for k in prefixed) and "model.lm_head.weight" in prefixed
-    actor.register_state_dict_post_hook(_hf_names_hook)
+    actor.register_state_dict_post_hook(hf_names_hook)
     hf_named = actor.state_dict()
     assert list(hf_named) == list(actor.model.state_dict())  # OpenRLHF's names: the HF model's own
     other = Actor(AutoModelForCausalLM.from_pretrained(tiny_dir))
     for p in other.parameters():
         torch.nn.init.zeros_(p)
-    _load_module_either_naming(src=hf_named, dst=other)
+    load_module_either_naming(src=hf_named, dst=other)
     assert all(torch.equal(a, b) for a, b in zip(other.parameters(), actor.parameters(), strict=True))
     for p in other.parameters():
         torch.nn.init.zeros_(p)
-    _load_module_either_naming(src=prefixed, dst=other)
+    load_module_either_naming(src=prefixed, dst=other)
     assert all(torch.equal(a, b) for a, b in zip(other.parameters(), actor.parameters(), strict=True))
 
 

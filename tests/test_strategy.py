@@ -594,7 +594,7 @@ def test_frozen_offload_streams_blocks_and_copies_nothing_back(tiny_dir):
     On CPU the copies are real copies, so which layers are resident when is observable."""
     from transformers import AutoModelForCausalLM
 
-    from openrlhf.utils.deepspeed.strategy import FrozenOffload
+    from openrlhf.utils.deepspeed.offload import FrozenOffload
 
     plain = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
     model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
@@ -631,7 +631,7 @@ def test_frozen_offload_of_an_actor_running_packed_rows(tiny_dir):
     """Offload hooks sit on the Actor, whose packed forward may call the model once per sequence: every
     call streams the layers again and the log-probs equal the resident model's."""
     from openrlhf.models.actor import Actor
-    from openrlhf.utils.deepspeed.strategy import FrozenOffload
+    from openrlhf.utils.deepspeed.offload import FrozenOffload
 
     plain, actor = Actor.from_pretrained(tiny_dir).eval(), Actor.from_pretrained(tiny_dir).eval()
     off = FrozenOffload(actor, torch.device("cpu"))

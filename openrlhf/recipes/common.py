@@ -12,7 +12,8 @@ from openrlhf.config.schema import RunConfig, TrainingConfig
 from openrlhf.datasets.build import build_dataset
 from openrlhf.models.actor import Actor
 from openrlhf.trainer.base import LoopSettings
-from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy, unwrap_model
+from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
+from openrlhf.utils.deepspeed.wrapping import unwrap_model
 from openrlhf.utils.errors import UserError
 from openrlhf.utils.logging import make_logger
 

@@ -17,7 +17,9 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from openrlhf.config.schema import AdamConfig, DSConfig, TrainConfig  # noqa: E402
-from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy, exit_cleanly, unwrap_model  # noqa: E402
+from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy  # noqa: E402
+from openrlhf.utils.deepspeed.wrapping import unwrap_model  # noqa: E402
+from openrlhf.utils.distributed import exit_cleanly  # noqa: E402
 
 
 def main():

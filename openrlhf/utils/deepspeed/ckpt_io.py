@@ -1,5 +1,7 @@
-"""Filesystem side of resumable checkpoints: folder names, the ``latest`` pointer, pruning,
-RNG states and atomic replacement. No deepspeed import; unit-testable on its own.
+"""Resumable checkpoints: writing and loading them through a DeepSpeed engine (:func:`save_ckpt`,
+:func:`load_ckpt`, collective) and their filesystem side: folder names, the ``latest`` pointer, pruning,
+RNG states and atomic replacement. No deepspeed import (the engine is handed in); the filesystem
+helpers are unit-testable on their own.
 
 Layout of a checkpoint folder ``ckpt_dir``::
 
@@ -25,8 +27,11 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from openrlhf.utils.atomic import atomic_write, plain_permissions
+from openrlhf.utils.deepspeed.comm import barrier
+from openrlhf.utils.deepspeed.wrapping import load_module_either_naming
 
 TAG_PREFIX = "global_step"
 TMP_PREFIX = ".tmp_"
@@ -38,6 +43,8 @@ _TAG_RE = re.compile(r"^global_step(\d+)$")
 # What OpenRLHF (0.11) keeps in a checkpoint's DeepSpeed client state: rows consumed since the start of
 # training, i.e. global_step x train.batch_size over all epochs.
 UPSTREAM_CLIENT_KEYS = ("consumed_samples",)
+# The key of the DeepSpeed client state under which save_ckpt keeps the trainer's dict.
+CLIENT_KEY = "openrlhf_client_state"
 
 
 def tag_for(step: int) -> str:
@@ -263,3 +270,71 @@ def install_folder(tmp_dir: str, output_dir: str) -> None:
         if _WEIGHT_RE.match(name) and name not in new:
             os.remove(os.path.join(output_dir, name))
     shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+# ----- saving and loading through a DeepSpeed engine ---------------------------------------
+
+
+def save_ckpt(engine, ckpt_dir: str, step: int, rank: int, world_size: int, client_state: Optional[dict] = None,
+              max_num: int = 3, max_gb: Optional[float] = None) -> str:
+    """Write a resumable checkpoint ``<ckpt_dir>/global_step<step>`` (collective; ``rank`` of
+    ``world_size`` is this process).
+
+    Model, optimizer and LR-scheduler state (DeepSpeed), ``client_state`` (your dict,
+    e.g. consumed samples) and every rank's python/numpy/torch RNG states. Written to
+    ``.tmp_global_step<step>``, renamed into place by rank 0 after all ranks finished,
+    then ``latest`` is replaced atomically; finally the oldest checkpoints beyond
+    ``max_num`` (at least 1 kept, never the new one) are deleted. Returns the folder.
+    ``ckpt_dir`` must be one filesystem shared by all ranks (rank 0 renames)."""
+    tag = tag_for(step)
+    tmp_name = TMP_PREFIX + tag
+    tmp_path = os.path.join(ckpt_dir, tmp_name)
+    if rank == 0:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        remove_leftovers(ckpt_dir)
+    barrier()
+    # Our dict goes under one key (DeepSpeed returns everything it does not know on load) and, for
+    # OpenRLHF, whose resume reads its keys (consumed_samples) from the top level, once more there.
+    ours = dict(client_state or {})
+    engine.save_checkpoint(ckpt_dir, tag=tmp_name, client_state={**ours, CLIENT_KEY: ours}, save_latest=False)
+    save_rng_state(tmp_path, rank)
+    if rank == 0:
+        write_meta(tmp_path, {**(client_state or {}), "step": int(step), "world_size": world_size})
+    barrier()
+    if rank == 0:
+        commit(ckpt_dir, tmp_name, tag)
+        prune(ckpt_dir, max_num, keep_tag=tag, max_gb=max_gb)
+    barrier()
+    return os.path.join(ckpt_dir, tag)
+
+
+def load_ckpt(engine, ckpt_dir: str, rank: int, world_size: int) -> Optional[dict]:
+    """Resume from the newest complete checkpoint in ``ckpt_dir`` (collective; ``rank`` of
+    ``world_size`` is this process).
+
+    Restores model, optimizer, LR scheduler and this rank's RNG states; returns the
+    ``client_state`` given to ``save_ckpt`` (plus ``"step"``), or None when there is no
+    checkpoint. Leftover temp folders of a crashed save are ignored."""
+    tag = find_latest_tag(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    # Every rank must pick the same tag (shared filesystem assumed).
+    if dist.is_available() and dist.is_initialized() and world_size > 1:
+        picked = [None] * world_size
+        dist.all_gather_object(picked, tag)
+        if len(set(picked)) != 1:
+            raise RuntimeError(f"ranks disagree on the checkpoint to load from {ckpt_dir}: {picked}")
+    if tag is None:
+        return None
+    load_path, client_state = engine.load_checkpoint(
+        ckpt_dir, tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True,
+        custom_load_fn=load_module_either_naming,
+    )
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint {os.path.join(ckpt_dir, tag)}")
+    load_rng_state(os.path.join(ckpt_dir, tag), rank)
+    client_state = client_state or {}
+    if CLIENT_KEY in client_state:
+        state = dict(client_state[CLIENT_KEY])
+    else:  # written by OpenRLHF: its client state is {"consumed_samples": global_step x batch size}
+        state = {k: client_state[k] for k in UPSTREAM_CLIENT_KEYS if k in client_state}
+    state.setdefault("step", step_of(tag))
+    return state

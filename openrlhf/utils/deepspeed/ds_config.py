@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 # utils/dtypes.py maps them to torch dtypes).
 PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
-# --lr_scheduler: the schedulers DeepspeedStrategy.create_scheduler builds (re-exported by config.schema).
+# --lr_scheduler: the schedulers optim.create_scheduler builds (re-exported by config.schema).
 # cosine_with_min_lr decays to min_lr_ratio x lr; cosine and linear decay to 0.
 # --lr_scheduler: every name of transformers' get_scheduler (SchedulerType) that steps without a metric;
 # cosine_with_min_lr and cosine_warmup_with_min_lr decay to --min_lr_ratio x lr (OpenRLHF's special case),
