@@ -156,6 +156,19 @@ def test_packed_rows_per_sequence_equal_padded(packed_forward):
     assert not pmask[0, 6]
 
 
+def test_packed_rows_run_one_sequence_at_a_time_on_cpu_unless_asked():
+    """auto on a CPU: one forward per sequence (the fastest layout there); one_call: one forward."""
+    model = _llama()
+    calls = []
+    model.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    ids = torch.randint(3, 97, (1, 12))
+    pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    for mode, forwards in (("auto", 2), ("per_sequence", 2), ("one_call", 1)):
+        calls.clear()
+        masked_token_logps(model, ids, None, torch.ones_like(ids), position_ids=pos, packed_forward=mode)
+        assert len(calls) == forwards, mode
+
+
 def test_packed_forward_choice_is_checked():
     model = _llama()
     ids = torch.randint(3, 97, (1, 6))

@@ -183,10 +183,11 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     Only the logits that predict response tokens are computed (:func:`kept_rows_only`), and their
     log-probs are taken a chunk at a time (:func:`selected_logps`). A packed batch
     (``attention_mask`` None, ``position_ids`` restarting per sequence) runs in one call with
-    flash-attention (varlen, its sequence boundaries computed once: :func:`varlen_kwargs`), with
-    activation checkpointing on or with ZeRO-3 partitioned weights (a block-diagonal mask from the
-    position ids for sdpa / eager), else one sequence at a time
-    (:func:`_per_sequence`); both without padding.
+    flash-attention (varlen, its sequence boundaries computed once: :func:`varlen_kwargs`), on a GPU,
+    with activation checkpointing on or with ZeRO-3 partitioned weights (a block-diagonal mask from the
+    position ids for sdpa / eager), else, on a CPU, one sequence at a time (:func:`_per_sequence`,
+    faster there); both without padding. ``packed_forward`` ("one_call" / "per_sequence") forces the
+    sdpa / eager layout where nothing above requires one call (benchmarks/packed_forward.py).
     ``response_logits`` (a slice of rows of a padded batch, e.g. ``slice(0, B)``): also return the
     logits that predict the response tokens of those rows, ``[N, V]`` in row-major order (for a
     token-level KL), as a third item."""
@@ -195,8 +196,12 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     keep[:, :-1] = mask
     if packed_forward not in PACKED_FORWARDS:
         raise ValueError(f"packed_forward must be one of {PACKED_FORWARDS}, got {packed_forward!r}")
-    one_call = (packed_forward == "one_call" or _varlen_attention(model) or _checkpointing(model)
-                or _zero3_partitioned(model))
+    # auto: one sequence at a time on a CPU (sdpa / eager: 1.17x the padded layout's real tokens/s, the one
+    # call 1.08x), one call on an accelerator (where one small forward per sequence was 0.24x padded and
+    # the one call on par with it); README "Performance", benchmarks/packed_forward.py.
+    on_cpu = input_ids.device.type == "cpu"
+    one_call = (packed_forward == "one_call" or (packed_forward == "auto" and not on_cpu)
+                or _varlen_attention(model) or _checkpointing(model) or _zero3_partitioned(model))
     if position_ids is not None and attention_mask is None and not one_call:
         out = _per_sequence(model, input_ids, position_ids, keep)
         logits = out.logits
