@@ -14,7 +14,18 @@ import pytest
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError
 
-from tiny import REPO, base_flags, launch_env, pref_rows, read_metrics, run_cli, score_flags, sft_rows, write_jsonl
+from tiny import (
+    REPO,
+    base_flags,
+    launch_env,
+    pref_rows,
+    read_metrics,
+    run_cli,
+    score_flags,
+    sft_rows,
+    sigint_default,
+    write_jsonl,
+)
 
 
 def _dadpo(flags):
@@ -280,7 +291,7 @@ def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path):
     flags = base_flags(tiny_dir, data, out, "--train.batch_size", "2", "--train.micro_batch_size", "1",
                        "--train.max_epochs", "8", "--ckpt.save_steps", "1", "--ckpt.load_enable")
     proc = subprocess.Popen([sys.executable, "-m", "openrlhf.cli.train_dpo", *flags], env=launch_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     metrics = os.path.join(out, "metrics.jsonl")
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 3):

@@ -362,10 +362,10 @@ def _interrupt_when(cmd, ready, timeout=240):
     import sys
     import time
 
-    from tiny import REPO, launch_env
+    from tiny import REPO, launch_env, sigint_default
 
     proc = subprocess.Popen([sys.executable, "-m", *cmd], env=launch_env(), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.01)

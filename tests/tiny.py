@@ -235,6 +235,15 @@ def launch_env(**extra: str) -> dict:
     return env
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` of a child the test interrupts with SIGINT: a shell starts background jobs with SIGINT
+    ignored and children inherit that (Python then never raises KeyboardInterrupt), so a test suite run
+    in the background (``pytest ... &``) would see the child ignore the Ctrl-C under test."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def deepspeed_cmd(module: str, flags: list, nprocs: int = 2) -> list:
     return [*DEEPSPEED, "--num_gpus", str(nprocs), "--master_addr", "127.0.0.1", "--master_port", free_port(),
             "--module", module, *flags]
