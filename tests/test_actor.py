@@ -23,23 +23,52 @@ from openrlhf.models.actor import kept_rows_only, masked_token_logps
 
 def _llama():
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _gemma2_softcapped():
     """Soft-capped final logits (applied after the head inside the model's forward)."""
     torch.manual_seed(0)
-    return Gemma2ForCausalLM(Gemma2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                          final_logit_softcapping=2.0, attn_implementation="eager"))
+    return Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            final_logit_softcapping=2.0,
+            attn_implementation="eager",
+        )
+    )
 
 
 def _mixtral():
     torch.manual_seed(0)
-    return MixtralForCausalLM(MixtralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
-                                            num_experts_per_tok=2, output_router_logits=True))
+    return MixtralForCausalLM(
+        MixtralConfig(
+            vocab_size=97,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            output_router_logits=True,
+        )
+    )
 
 
 def _batch():
@@ -96,13 +125,15 @@ def test_head_sees_only_kept_rows_and_hook_is_removed():
     assert model(input_ids=ids, attention_mask=attn, use_cache=False).logits.shape == (2, 12, 97)
 
 
-def _liger_style_forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=None,
-                         logits_to_keep=0, **kw):
+def _liger_style_forward(
+    self, input_ids=None, attention_mask=None, position_ids=None, use_cache=None, logits_to_keep=0, **kw
+):
     """The shape of the forward Liger installs (liger_kernel.transformers.model.llama.lce_forward,
     0.8.5, labels None): decoder, then ``hidden[:, slice_indices, :]`` with an int or a tensor
     ``logits_to_keep``, then the head. A boolean [B, T] ``logits_to_keep`` is an IndexError there."""
-    hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=use_cache).last_hidden_state
+    hidden = self.model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+    ).last_hidden_state
     slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
     return types.SimpleNamespace(logits=self.lm_head(hidden[:, slice_indices, :]), aux_loss=None)
 
@@ -146,8 +177,9 @@ def test_packed_rows_per_sequence_equal_padded(packed_forward):
     packed_ids = torch.cat([a, b], 1)
     packed_mask = torch.cat([ma, mb], 1)
     pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
-    packed, pmask = masked_token_logps(model, packed_ids, None, packed_mask, position_ids=pos,
-                                       packed_forward=packed_forward)
+    packed, pmask = masked_token_logps(
+        model, packed_ids, None, packed_mask, position_ids=pos, packed_forward=packed_forward
+    )
     sa, _ = masked_token_logps(model, a, torch.ones_like(a), ma)
     sb, _ = masked_token_logps(model, b, torch.ones_like(b), mb)
     # the packed row's log-prob at the junction (predicting b's first token from a) is not a response token
@@ -173,8 +205,9 @@ def test_packed_forward_choice_is_checked():
     model = _llama()
     ids = torch.randint(3, 97, (1, 6))
     with pytest.raises(ValueError, match="packed_forward must be one of"):
-        masked_token_logps(model, ids, None, torch.ones_like(ids), position_ids=torch.arange(6)[None],
-                           packed_forward="fast")
+        masked_token_logps(
+            model, ids, None, torch.ones_like(ids), position_ids=torch.arange(6)[None], packed_forward="fast"
+        )
 
 
 def test_packed_flash_path_gets_sequence_boundaries_once_per_batch():
@@ -204,8 +237,15 @@ def test_packed_flash_path_gets_sequence_boundaries_once_per_batch():
         rep = query.shape[1] // key.shape[1]
         k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
         spans = zip(cu[:-1], cu[1:], strict=True)
-        out = torch.cat([F.scaled_dot_product_attention(query[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
-                                                        scale=scaling) for s, e in spans], dim=2)
+        out = torch.cat(
+            [
+                F.scaled_dot_product_attention(
+                    query[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True, scale=scaling
+                )
+                for s, e in spans
+            ],
+            dim=2,
+        )
         return out.transpose(1, 2).contiguous(), None
 
     name = "flash_attention_cpu_standin"

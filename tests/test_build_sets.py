@@ -12,8 +12,14 @@ from tiny import write_jsonl
 
 
 def gen_row(rid, prompt, response, finish="stop", model="m"):
-    return {"id": rid, "prompt": prompt, "response": response, "model": model, "finish_reason": finish,
-            "response_tokens": 3}
+    return {
+        "id": rid,
+        "prompt": prompt,
+        "response": response,
+        "model": model,
+        "finish_reason": finish,
+        "response_tokens": 3,
+    }
 
 
 MSGS = [{"role": "user", "content": "Hello there"}]
@@ -47,8 +53,10 @@ def read(path):
 
 @pytest.fixture()
 def gen_files(tmp_path):
-    return (write_jsonl(str(tmp_path / "teacher.jsonl"), TEACHER),
-            write_jsonl(str(tmp_path / "student.jsonl"), STUDENT))
+    return (
+        write_jsonl(str(tmp_path / "teacher.jsonl"), TEACHER),
+        write_jsonl(str(tmp_path / "student.jsonl"), STUDENT),
+    )
 
 
 def test_build_sets_keys_counts_and_policy(gen_files, tmp_path):
@@ -65,9 +73,20 @@ def test_build_sets_keys_counts_and_policy(gen_files, tmp_path):
     assert [r["id"] for r in sft] == [1, 4, 7, 8, "m9"]  # identical / empty-student rows stay in SFT
     assert sft[0] == {"id": 1, "input": "What is the capital of France?", "output": "Paris."}
 
-    expected = {"teacher_rows": 8, "student_rows": 8, "joined": 7, "only_teacher": 1, "only_student": 1,
-                "teacher_empty": 1, "teacher_truncated": 1, "identical": 1, "student_empty": 1,
-                "student_truncated_kept": 1, "preference_rows": 3, "sft_rows": 5}
+    expected = {
+        "teacher_rows": 8,
+        "student_rows": 8,
+        "joined": 7,
+        "only_teacher": 1,
+        "only_student": 1,
+        "teacher_empty": 1,
+        "teacher_truncated": 1,
+        "identical": 1,
+        "student_empty": 1,
+        "student_truncated_kept": 1,
+        "preference_rows": 3,
+        "sft_rows": 5,
+    }
     assert {k: report[k] for k in expected} == expected
     with open(os.path.join(out, "report.json")) as f:
         saved = json.load(f)
@@ -86,8 +105,9 @@ def test_built_sets_load_with_the_trainers_default_keys(gen_files, tmp_path, tin
     out = str(tmp_path / "sets")
     build_sets(*gen_files, out, log=lambda *a: None)
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    pref = build_dataset("preference", DataConfig(dataset=os.path.join(out, "preference.jsonl"),
-                                                  apply_chat_template=True), tok)
+    pref = build_dataset(
+        "preference", DataConfig(dataset=os.path.join(out, "preference.jsonl"), apply_chat_template=True), tok
+    )
     sft = build_dataset("sft", DataConfig(dataset=os.path.join(out, "sft.jsonl"), apply_chat_template=True), tok)
     assert len(pref) == 3 and len(sft) == 5
 
@@ -122,8 +142,14 @@ def test_keep_unfinished_keeps_truncated_teacher_responses_without_their_end_of_
     assert tok.decode(unfinished["chosen_ids"]) == "It was a long" and end_of_turn not in unfinished["chosen_ids"]
     assert end_of_turn in finished["chosen_ids"] and end_of_turn in unfinished["rejected_ids"]
     # The teacher's own tokenisation of the same pair drops it too.
-    batch = pair_batch(PromptRenderer(tok, apply_chat_template=True), [unfinished["prompt"]], [unfinished["chosen"]],
-                       [unfinished["rejected"]], tok.pad_token_id, ([True], [False]))
+    batch = pair_batch(
+        PromptRenderer(tok, apply_chat_template=True),
+        [unfinished["prompt"]],
+        [unfinished["chosen"]],
+        [unfinished["rejected"]],
+        tok.pad_token_id,
+        ([True], [False]),
+    )
     assert tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist()) == "It was a long"
     sft_ds = build_dataset("sft", DataConfig(dataset=os.path.join(out, "sft.jsonl"), apply_chat_template=True), tok)
     assert len(sft_ds) == 6  # the truncated teacher answer is in the SFT set too
@@ -215,9 +241,19 @@ def test_prepare_prompts_filters_dedups_and_splits_by_seed(tmp_path):
     prepare_prompts(src, str(tmp_path / "s2"), seed=2, **kw)
 
     assert r1["complete_records"] == len(RECORDS) and r1["tail_truncated"] is True
-    expected = {"continuation_parts": 1, "not_an_object": 1, "no_human_turn": 1, "empty_first_turn": 1,
-                "duplicates": 1, "too_short": 1, "too_long": 1, "unique_first_turns": 16, "kept": 14,
-                "train": 11, "eval": 3}
+    expected = {
+        "continuation_parts": 1,
+        "not_an_object": 1,
+        "no_human_turn": 1,
+        "empty_first_turn": 1,
+        "duplicates": 1,
+        "too_short": 1,
+        "too_long": 1,
+        "unique_first_turns": 16,
+        "kept": 14,
+        "train": 11,
+        "eval": 3,
+    }
     assert {k: r1[k] for k in expected} == expected
 
     def files(d):

@@ -38,9 +38,6 @@ def replace(flags, **values):
     return out
 
 
-
-
-
 # ---- upstream's example scripts: their flags, written out here (upstream OpenRLHF 0.11.0) ----------
 # Each list is the script's `training_commands` after the module name, word for word as the v0.11.0 tag
 # (commit 3c3be62) has it, no flag edited.
@@ -82,8 +79,9 @@ def test_upstream_dpo_script_flags_mean_what_they_mean_upstream():
     # conversation), the reference is the policy's initial weights.
     assert cfg.data.prompt_key == "" and cfg.ref.model_name_or_path == ""
     assert (cfg.data.chosen_key, cfg.data.rejected_key) == ("chosen", "rejected")
-    assert any("--model.beta" in p for p in problems(replace(DPO_LLAMA, model__beta="x")[:-1] + ["--beta", "0.1"],
-                                                      "dpo"))
+    assert any(
+        "--model.beta" in p for p in problems(replace(DPO_LLAMA, model__beta="x")[:-1] + ["--beta", "0.1"], "dpo")
+    )
 
 
 def test_upstream_sft_script_flags_mean_what_they_mean_upstream():
@@ -112,8 +110,12 @@ def test_upstream_defaults():
     dpo, sft = defaults("dpo"), defaults("sft")
     for cfg in (dpo, sft):
         assert (cfg.train.micro_batch_size, cfg.train.batch_size, cfg.data.max_samples) == (8, 128, 1000000)
-        assert (cfg.adam.eps, cfg.adam.betas, cfg.min_lr_ratio, cfg.lr_scheduler) == \
-            (1e-8, (0.9, 0.95), 0.1, "cosine_with_min_lr")
+        assert (cfg.adam.eps, cfg.adam.betas, cfg.min_lr_ratio, cfg.lr_scheduler) == (
+            1e-8,
+            (0.9, 0.95),
+            0.1,
+            "cosine_with_min_lr",
+        )
         assert cfg.ds.attn_implementation == "auto"  # flash_attention_2 where it can run, sdpa on a CPU
         assert cfg.logger.wandb.key == "" and cfg.ckpt.max_mem == 100000000
     assert (dpo.data.max_len, dpo.adam.lr, dpo.train.max_epochs, dpo.eval.split) == (512, 1e-5, 1, "test")
@@ -129,17 +131,20 @@ def test_upstream_defaults():
     assert defaults("dpo").logger.wandb.project == "openrlhf_train_dpo"
 
 
-@pytest.mark.parametrize("flags,says", [
-    (["--ds.ring_attn_size", "2"], "ring attention is not supported"),
-    (["--ds.ring_attn_head_stride", "2"], "ring attention is not supported"),
-    (["--ds.tensor_parallel_size", "2"], "tensor parallelism (AutoTP) is not supported"),
-    (["--ds.zpg", "8"], "ZeRO++ hierarchical partitioning is not supported"),
-    (["--ds.deepcompile"], "DeepCompile is not supported"),
-    (["--ds.experts_implementation", "grouped_mm"], "MoE expert kernels is not supported"),
-    (["--optim", "muon"], "Muon is not supported"),
-    (["--muon.lr", "0.02"], "Muon optimizer is not supported"),
-    (["--use_ms"], "ModelScope downloads are not supported"),
-])
+@pytest.mark.parametrize(
+    "flags,says",
+    [
+        (["--ds.ring_attn_size", "2"], "ring attention is not supported"),
+        (["--ds.ring_attn_head_stride", "2"], "ring attention is not supported"),
+        (["--ds.tensor_parallel_size", "2"], "tensor parallelism (AutoTP) is not supported"),
+        (["--ds.zpg", "8"], "ZeRO++ hierarchical partitioning is not supported"),
+        (["--ds.deepcompile"], "DeepCompile is not supported"),
+        (["--ds.experts_implementation", "grouped_mm"], "MoE expert kernels is not supported"),
+        (["--optim", "muon"], "Muon is not supported"),
+        (["--muon.lr", "0.02"], "Muon optimizer is not supported"),
+        (["--use_ms"], "ModelScope downloads are not supported"),
+    ],
+)
 def test_features_we_do_not_have_are_refused_never_ignored(flags, says):
     found = problems(["--model.model_name_or_path", "m", "--data.dataset", "d"] + flags, "dpo")
     assert len(found) == 1 and found[0].startswith(flags[0]) and says in found[0], found
@@ -160,8 +165,10 @@ def test_bad_compat_values_are_refused_naming_the_flag():
         found = problems(base + extra, "sft")
         assert any(p.startswith(flag) for p in found), (flag, found)
     assert any(p.startswith("--data.multiturn") for p in problems(base + ["--data.multiturn"], "dpo"))
-    assert any(p.startswith("--model.pretrain_mode_enable") for p in
-               problems(base + ["--model.pretrain_mode_enable", "--data.apply_chat_template"], "sft"))
+    assert any(
+        p.startswith("--model.pretrain_mode_enable")
+        for p in problems(base + ["--model.pretrain_mode_enable", "--data.apply_chat_template"], "sft")
+    )
 
 
 # ---- the upstream scripts, scaled down, run here ---------------------------------------------------
@@ -177,10 +184,20 @@ def tiny_mixtral(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("mixtral"))
     tok = make_tokenizer(folder, vocab_size=400)
     torch.manual_seed(0)
-    cfg = MixtralConfig(vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                        max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
+    cfg = MixtralConfig(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     MixtralForCausalLM(cfg).save_pretrained(folder)
     AutoTokenizer.from_pretrained(folder)  # the folder holds a loadable tokenizer
     return folder
@@ -195,9 +212,18 @@ def test_upstream_mixtral_lora_script_runs_scaled_down(tiny_mixtral, tmp_path):
     (sizes, paths, dtype and attention scaled to this CPU)."""
     data = write_jsonl(str(tmp_path / "qa.jsonl"), qa_rows(16))
     out = str(tmp_path / "mixtral_lora")
-    flags = replace(SFT_MIXTRAL_LORA, data__dataset=data, model__model_name_or_path=tiny_mixtral,
-                    ckpt__output_dir=out, train__batch_size="8", train__micro_batch_size="4",
-                    ds__param_dtype="fp32", ds__attn_implementation="sdpa", adam__lr="1e-2", data__max_len="128")
+    flags = replace(
+        SFT_MIXTRAL_LORA,
+        data__dataset=data,
+        model__model_name_or_path=tiny_mixtral,
+        ckpt__output_dir=out,
+        train__batch_size="8",
+        train__micro_batch_size="4",
+        ds__param_dtype="fp32",
+        ds__attn_implementation="sdpa",
+        adam__lr="1e-2",
+        data__max_len="128",
+    )
     run("sft", flags + ["--train.max_epochs", "3", "--lr_warmup_ratio", "0"])
     recs = read_metrics(out)
     assert len(recs) == 6 and all(r["aux_loss"] > 0 for r in recs)  # the router loss, x 0.001
@@ -209,8 +235,12 @@ def test_upstream_mixtral_lora_script_runs_scaled_down(tiny_mixtral, tmp_path):
 
 def test_aux_loss_on_a_dense_model_is_a_clear_error(tiny_dir, sft_jsonl, tmp_path):
     with pytest.raises(UserError, match="--model.aux_loss_coef: .* not a mixture-of-experts model"):
-        run("sft", base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size", "2",
-                              "--model.aux_loss_coef", "0.01"))
+        run(
+            "sft",
+            base_flags(
+                tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size", "2", "--model.aux_loss_coef", "0.01"
+            ),
+        )
 
 
 # ---- LoRA -------------------------------------------------------------------------------------------
@@ -244,9 +274,28 @@ def check_lora_outputs(base: str, out: str):
 def test_lora_dpo_reference_is_the_frozen_base(tiny_dir, tmp_path, capsys):
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
     out = str(tmp_path / "lora_dpo")
-    run("dpo", base_flags(tiny_dir, data, out, "--train.batch_size", "8", "--train.micro_batch_size", "4",
-                          "--train.max_epochs", "4", "--model.beta", "0.5", "--adam.lr", "1e-2",
-                          "--ds.lora.rank", "8", "--ds.lora.alpha", "16"))
+    run(
+        "dpo",
+        base_flags(
+            tiny_dir,
+            data,
+            out,
+            "--train.batch_size",
+            "8",
+            "--train.micro_batch_size",
+            "4",
+            "--train.max_epochs",
+            "4",
+            "--model.beta",
+            "0.5",
+            "--adam.lr",
+            "1e-2",
+            "--ds.lora.rank",
+            "8",
+            "--ds.lora.alpha",
+            "16",
+        ),
+    )
     losses = train_losses(out)
     # Step 1: the policy (zero-initialised adapters) equals the reference (adapters off): log 2 exactly.
     assert losses[0] == pytest.approx(0.6931, abs=1e-4) and losses[-1] < losses[0] - 0.2
@@ -256,9 +305,26 @@ def test_lora_dpo_reference_is_the_frozen_base(tiny_dir, tmp_path, capsys):
 
 def test_lora_sft_trains_only_adapters(tiny_dir, sft_jsonl, tmp_path):
     out = str(tmp_path / "lora_sft")
-    run("sft", base_flags(tiny_dir, sft_jsonl, out, "--train.batch_size", "2", "--train.max_epochs", "4",
-                          "--adam.lr", "1e-2", "--ds.lora.rank", "4", "--ds.lora.target_modules", "q_proj",
-                          "v_proj", "down_proj"))
+    run(
+        "sft",
+        base_flags(
+            tiny_dir,
+            sft_jsonl,
+            out,
+            "--train.batch_size",
+            "2",
+            "--train.max_epochs",
+            "4",
+            "--adam.lr",
+            "1e-2",
+            "--ds.lora.rank",
+            "4",
+            "--ds.lora.target_modules",
+            "q_proj",
+            "v_proj",
+            "down_proj",
+        ),
+    )
     losses = train_losses(out)
     assert losses[-1] < losses[0]
     cfg = json.load(open(os.path.join(out, "adapter", "adapter_config.json")))
@@ -270,9 +336,25 @@ def test_lora_sft_trains_only_adapters(tiny_dir, sft_jsonl, tmp_path):
 def test_lora_dadpo_two_processes_zero3(tiny_dir, tiny_teacher_other_family, tmp_path):
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
     out = str(tmp_path / "lora_dadpo_z3")
-    flags = base_flags(tiny_dir, data, out, "--teacher.model_name_or_path", tiny_teacher_other_family,
-                       "--train.batch_size", "4", "--train.max_epochs", "2", "--model.beta", "0.5",
-                       "--teacher.beta", "0.1", "--adam.lr", "1e-2", "--ds.lora.rank", "8")
+    flags = base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--teacher.model_name_or_path",
+        tiny_teacher_other_family,
+        "--train.batch_size",
+        "4",
+        "--train.max_epochs",
+        "2",
+        "--model.beta",
+        "0.5",
+        "--teacher.beta",
+        "0.1",
+        "--adam.lr",
+        "1e-2",
+        "--ds.lora.rank",
+        "8",
+    )
     proc = run_deepspeed("openrlhf.cli.train_dadpo", replace(flags, ds__zero_stage="3"))
     losses = train_losses(out)
     assert len(losses) == 8 and sum(losses[-3:]) / 3 < losses[0]
@@ -298,10 +380,15 @@ def test_qlora_final_save_dequantizes_the_4bit_base_and_writes_a_plain_folder(tm
     # bitsandbytes' CPU kernels need input features >= its block size (64)
     tiny_dir = make_tiny(str(tmp_path / "base"), hidden=64)
     # what Actor.from_pretrained asks for with --ds.load_in_4bit (it refuses a machine without CUDA)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, quantization_config=quant,
-                                                device_map="cpu")
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_dir, dtype=torch.float32, quantization_config=quant, device_map="cpu"
+    )
     assert base.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8
     model = apply_lora(base, LoRAConfig(rank=4, alpha=8, target_modules=("all-linear",)))
     torch.manual_seed(0)
@@ -314,8 +401,12 @@ def test_qlora_final_save_dequantizes_the_4bit_base_and_writes_a_plain_folder(tm
         without_adapters = _logits(model, ids)
     assert not torch.allclose(without_adapters, expected, atol=1e-2)  # the comparison below sees the merge
 
-    strategy = DeepspeedStrategy(DSConfig(zero_stage=2, param_dtype="fp32"), TrainConfig(micro_batch_size=1,
-                                 batch_size=1), max_norm=1.0, adam=AdamConfig())
+    strategy = DeepspeedStrategy(
+        DSConfig(zero_stage=2, param_dtype="fp32"),
+        TrainConfig(micro_batch_size=1, batch_size=1),
+        max_norm=1.0,
+        adam=AdamConfig(),
+    )
     strategy.setup_distributed()
     try:
         out = str(tmp_path / "qlora")
@@ -339,7 +430,8 @@ def test_qlora_final_save_dequantizes_the_4bit_base_and_writes_a_plain_folder(tm
         if hasattr(module, "base_layer") and hasattr(module.base_layer.weight, "quant_state"):
             w = module.base_layer.weight
             want = dequantize_4bit(w.data, w.quant_state).float() + 2.0 * (
-                module.lora_B["default"].weight @ module.lora_A["default"].weight)
+                module.lora_B["default"].weight @ module.lora_A["default"].weight
+            )
             got_w = saved[name.replace("base_model.model.", "") + ".weight"]
             assert torch.allclose(got_w, want, atol=1e-6), name
             checked += 1
@@ -411,8 +503,21 @@ def test_sft_on_two_mixed_sources(tiny_dir, tmp_path, capsys):
     a = write_jsonl(str(tmp_path / "a.jsonl"), sft_rows(4))
     b = write_jsonl(str(tmp_path / "b.jsonl"), sft_rows(8))
     out = str(tmp_path / "mix")
-    run("sft", base_flags(tiny_dir, f"{a},{b}", out, "--data.dataset_probs", "0.5", "0.5",
-                          "--train.batch_size", "4", "--train.max_epochs", "1"))
+    run(
+        "sft",
+        base_flags(
+            tiny_dir,
+            f"{a},{b}",
+            out,
+            "--data.dataset_probs",
+            "0.5",
+            "0.5",
+            "--train.batch_size",
+            "4",
+            "--train.max_epochs",
+            "1",
+        ),
+    )
     from openrlhf.datasets.loading import load_sources
 
     n = len(load_sources(f"{a},{b}", probs=(0.5, 0.5), seed=42))
@@ -426,20 +531,28 @@ def test_multiturn_sft_trains_every_assistant_turn(tiny_dir):
     from openrlhf.datasets.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_dir)
-    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there."},
-            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "And the sea?"},
-            {"role": "assistant", "content": "It is big."}]
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "And the sea?"},
+        {"role": "assistant", "content": "It is big."},
+    ]
     cfg = DataConfig(apply_chat_template=True, multiturn=True, input_key="messages", output_key="")
     item = SFTDataset([{"messages": conv}], tok, cfg)[0]
     trained = tok.decode(item["input_ids"][item["loss_mask"]])
     assert trained == "Hello.<|im_end|>\nIt is big.<|im_end|>\n"
     # Without --data.multiturn only the last answer is trained.
-    last = SFTDataset([{"messages": conv}], tok, DataConfig(apply_chat_template=True, input_key="messages",
-                                                               output_key=""))[0]
+    last = SFTDataset(
+        [{"messages": conv}], tok, DataConfig(apply_chat_template=True, input_key="messages", output_key="")
+    )[0]
     assert tok.decode(last["input_ids"][last["loss_mask"]]) == "It is big.<|im_end|>\n"
     # output_key's answer is appended to the conversation.
-    more = SFTDataset([{"messages": conv[:4], "answer": "Wet."}], tok,
-                      DataConfig(apply_chat_template=True, multiturn=True, input_key="messages", output_key="answer"))
+    more = SFTDataset(
+        [{"messages": conv[:4], "answer": "Wet."}],
+        tok,
+        DataConfig(apply_chat_template=True, multiturn=True, input_key="messages", output_key="answer"),
+    )
     assert tok.decode(more[0]["input_ids"][more[0]["loss_mask"]]) == "Hello.<|im_end|>\nWet.<|im_end|>\n"
     with pytest.raises(DataError, match="row 1: key 'messages' is a str; --data.multiturn needs a conversation"):
         SFTDataset([{"messages": "hi"}], tok, cfg)
@@ -452,8 +565,7 @@ def test_pretrain_mode_trains_every_token_of_plain_text(tiny_dir):
 
     tok = load_tokenizer(tiny_dir)
     text = "The sea is big and the fox is red."
-    ds = SFTDataset([{"input": text}], tok, DataConfig(input_template=SFT_INPUT_TEMPLATE, output_key=""),
-                    pretrain=True)
+    ds = SFTDataset([{"input": text}], tok, DataConfig(input_template=SFT_INPUT_TEMPLATE, output_key=""), pretrain=True)
     item = ds[0]
     ids = tok(text, add_special_tokens=False)["input_ids"]
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
@@ -464,11 +576,25 @@ def test_pretrain_mode_trains_every_token_of_plain_text(tiny_dir):
 
 
 def test_sft_pretrain_mode_run(tiny_dir, tmp_path):
-    data = write_jsonl(str(tmp_path / "text.jsonl"), [{"text": f"Tell me about {t}. It is nice."}
-                                                       for t in ("the sea", "a fox", "rain", "tea")])
+    data = write_jsonl(
+        str(tmp_path / "text.jsonl"),
+        [{"text": f"Tell me about {t}. It is nice."} for t in ("the sea", "a fox", "rain", "tea")],
+    )
     out = str(tmp_path / "pt")
-    flags = base_flags(tiny_dir, data, out, "--model.pretrain_mode_enable", "--data.input_key", "text",
-                       "--train.batch_size", "2", "--train.max_epochs", "3", "--adam.lr", "1e-2")
+    flags = base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--model.pretrain_mode_enable",
+        "--data.input_key",
+        "text",
+        "--train.batch_size",
+        "2",
+        "--train.max_epochs",
+        "3",
+        "--adam.lr",
+        "1e-2",
+    )
     flags.remove("--data.apply_chat_template")
     run("sft", flags)
     losses = train_losses(out)
@@ -476,10 +602,14 @@ def test_sft_pretrain_mode_run(tiny_dir, tmp_path):
 
 
 HH = [
-    {"chosen": "\n\nHuman: What is the sea?\n\nAssistant: A large body of salt water.",
-     "rejected": "\n\nHuman: What is the sea?\n\nAssistant: A kind of tea."},
-    {"chosen": "\n\nHuman: Hi.\n\nAssistant: Hello.\n\nHuman: Name a fox.\n\nAssistant: The red fox.",
-     "rejected": "\n\nHuman: Hi.\n\nAssistant: Hello.\n\nHuman: Name a fox.\n\nAssistant: The red rain."},
+    {
+        "chosen": "\n\nHuman: What is the sea?\n\nAssistant: A large body of salt water.",
+        "rejected": "\n\nHuman: What is the sea?\n\nAssistant: A kind of tea.",
+    },
+    {
+        "chosen": "\n\nHuman: Hi.\n\nAssistant: Hello.\n\nHuman: Name a fox.\n\nAssistant: The red fox.",
+        "rejected": "\n\nHuman: Hi.\n\nAssistant: Hello.\n\nHuman: Name a fox.\n\nAssistant: The red rain.",
+    },
 ]
 
 
@@ -490,7 +620,10 @@ def test_anthropic_hh_rows_without_a_prompt_key(tiny_dir):
     from openrlhf.datasets.tokenizer import load_tokenizer
 
     assert split_shared_prefix(HH[0]["chosen"], HH[0]["rejected"]) == (
-        "\n\nHuman: What is the sea?\n\nAssistant:", " A large body of salt water.", " A kind of tea.")
+        "\n\nHuman: What is the sea?\n\nAssistant:",
+        " A large body of salt water.",
+        " A kind of tea.",
+    )
     # The prompt ends after the last shared "Assistant:" turn, not inside the answer's shared words.
     assert split_shared_prefix(HH[1]["chosen"], HH[1]["rejected"])[1:] == (" The red fox.", " The red rain.")
     # No turn marker: cut before the last shared whitespace, so that no word is split.
@@ -509,8 +642,19 @@ def test_anthropic_hh_rows_without_a_prompt_key(tiny_dir):
 def test_dpo_on_anthropic_hh_rows(tiny_dir, tmp_path):
     data = write_jsonl(str(tmp_path / "hh.jsonl"), HH * 4)
     out = str(tmp_path / "hh")
-    flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.max_epochs", "3",
-                       "--model.beta", "0.5", "--data.prompt_key", "")
+    flags = base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--train.batch_size",
+        "4",
+        "--train.max_epochs",
+        "3",
+        "--model.beta",
+        "0.5",
+        "--data.prompt_key",
+        "",
+    )
     flags.remove("--data.apply_chat_template")
     run("dpo", flags)
     losses = train_losses(out)
@@ -524,12 +668,18 @@ def test_ds_flags_reach_the_deepspeed_config():
     from openrlhf.config.schema import DSConfig
     from openrlhf.utils.deepspeed.ds_config import train_ds_config
 
-    cfg = train_ds_config(DSConfig(zero_stage=2, overlap_comm=True, grad_accum_dtype="fp32", use_universal_ckpt=True),
-                          micro_batch_size=1, accumulated_gradient=1, world_size=1, max_norm=1.0)
+    cfg = train_ds_config(
+        DSConfig(zero_stage=2, overlap_comm=True, grad_accum_dtype="fp32", use_universal_ckpt=True),
+        micro_batch_size=1,
+        accumulated_gradient=1,
+        world_size=1,
+        max_norm=1.0,
+    )
     assert cfg["zero_optimization"]["overlap_comm"] and cfg["zero_optimization"]["contiguous_gradients"]
     assert cfg["data_types"] == {"grad_accum_dtype": "fp32"} and cfg["checkpoint"] == {"load_universal": True}
-    plain = train_ds_config(DSConfig(zero_stage=2), micro_batch_size=1, accumulated_gradient=1, world_size=1,
-                            max_norm=1.0)
+    plain = train_ds_config(
+        DSConfig(zero_stage=2), micro_batch_size=1, accumulated_gradient=1, world_size=1, max_norm=1.0
+    )
     assert "data_types" not in plain and "checkpoint" not in plain
     assert not plain["zero_optimization"].get("overlap_comm", False)
 
@@ -540,9 +690,23 @@ def test_adam_eps_min_lr_ratio_and_determinism_reach_optimizer_scheduler_and_tor
     try:
         from openrlhf.recipes.common import make_strategy, prepare_policy
 
-        cfg = load_config(base_flags(tiny_dir, data, out, "--adam.eps", "1e-3", "--min_lr_ratio", "0.5",
-                                     "--lr_warmup_ratio", "0", "--train.batch_size", "1",
-                                     "--train.full_determinism_enable"), "sft")
+        cfg = load_config(
+            base_flags(
+                tiny_dir,
+                data,
+                out,
+                "--adam.eps",
+                "1e-3",
+                "--min_lr_ratio",
+                "0.5",
+                "--lr_warmup_ratio",
+                "0",
+                "--train.batch_size",
+                "1",
+                "--train.full_determinism_enable",
+            ),
+            "sft",
+        )
         strategy = make_strategy(cfg)
         assert torch.are_deterministic_algorithms_enabled()
         engine = prepare_policy(strategy, cfg, total_steps=20)
@@ -563,19 +727,32 @@ def test_wandb_key_switches_wandb_on_with_group(monkeypatch, tmp_path):
     calls = {}
     fake = types.ModuleType("wandb")
     fake.login = lambda key: calls.setdefault("login", key)
-    fake.init = lambda **kw: calls.setdefault("init", kw) and types.SimpleNamespace(
-        log=lambda *a, **k: None, finish=lambda: None,
-        define_metric=lambda name, **k: calls.setdefault("axes", {}).__setitem__(name, k.get("step_metric")))
+    fake.init = lambda **kw: (
+        calls.setdefault("init", kw)
+        and types.SimpleNamespace(
+            log=lambda *a, **k: None,
+            finish=lambda: None,
+            define_metric=lambda name, **k: calls.setdefault("axes", {}).__setitem__(name, k.get("step_metric")),
+        )
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setattr(metrics_logging, "require_package", lambda *a, **k: None)
     cfg = LoggerConfig(wandb=WandbConfig(key="abc123", project="p", group="g", org="o", run_name="r"))
     metrics_logging.MetricsLogger(str(tmp_path), cfg, {"x": 1})
     assert calls["login"] == "abc123"
-    assert {k: calls["init"][k] for k in ("project", "group", "entity", "name")} == \
-        {"project": "p", "group": "g", "entity": "o", "name": "r"}
+    assert {k: calls["init"][k] for k in ("project", "group", "entity", "name")} == {
+        "project": "p",
+        "group": "g",
+        "entity": "o",
+        "name": "r",
+    }
     # OpenRLHF's step axes: train/* against train/global_step, eval/* against eval/global_step.
-    assert calls["axes"] == {"train/global_step": None, "train/*": "train/global_step",
-                             "eval/global_step": None, "eval/*": "eval/global_step"}
+    assert calls["axes"] == {
+        "train/global_step": None,
+        "train/*": "train/global_step",
+        "eval/global_step": None,
+        "eval/*": "eval/global_step",
+    }
     calls.clear()
     metrics_logging.MetricsLogger(str(tmp_path), LoggerConfig(wandb=WandbConfig(key="True")))
     assert "login" not in calls and "init" in calls  # "True": this machine's `wandb login`
@@ -608,9 +785,10 @@ def test_dataloader_workers_and_reentrant_checkpointing_keep_the_loss_curve(tiny
     common = ("--train.batch_size", "2", "--train.max_epochs", "2", "--adam.lr", "1e-2")
     ref = str(tmp_path / "ref")
     run("sft", base_flags(tiny_dir, sft_jsonl, ref, *common))
-    for name, extra in (("workers", ("--data.dataloader_num_workers", "2")),
-                        ("reentrant", ("--model.gradient_checkpointing_enable",
-                                       "--model.gradient_checkpointing_reentrant"))):
+    for name, extra in (
+        ("workers", ("--data.dataloader_num_workers", "2")),
+        ("reentrant", ("--model.gradient_checkpointing_enable", "--model.gradient_checkpointing_reentrant")),
+    ):
         out = str(tmp_path / name)
         run("sft", base_flags(tiny_dir, sft_jsonl, out, *common, *extra))
         assert train_losses(out) == pytest.approx(train_losses(ref), rel=1e-5), name
@@ -618,8 +796,22 @@ def test_dataloader_workers_and_reentrant_checkpointing_keep_the_loss_curve(tiny
 
 def test_disable_ds_writes_no_resumable_checkpoint_but_hf_exports(tiny_dir, sft_jsonl, tmp_path):
     out = str(tmp_path / "o")
-    run("sft", base_flags(tiny_dir, sft_jsonl, out, "--train.batch_size", "2", "--ckpt.save_steps", "2",
-                          "--ckpt.disable_ds", "--ckpt.save_hf", "--train.max_epochs", "1"))
+    run(
+        "sft",
+        base_flags(
+            tiny_dir,
+            sft_jsonl,
+            out,
+            "--train.batch_size",
+            "2",
+            "--ckpt.save_steps",
+            "2",
+            "--ckpt.disable_ds",
+            "--ckpt.save_hf",
+            "--train.max_epochs",
+            "1",
+        ),
+    )
     names = sorted(os.listdir(os.path.join(out, "checkpoints")))
     assert names == ["global_step2_hf", "global_step4_hf"]
 
@@ -633,7 +825,7 @@ def test_ckpt_max_mem_deletes_the_oldest_checkpoints(tmp_path):
         with open(os.path.join(ck, f"global_step{step}", "w.bin"), "wb") as f:
             f.write(b"\0" * 600_000)
     # Three checkpoints of 0.6 MB against 1.3 MB (0.0012 GB): the oldest goes.
-    assert ckpt_io.prune(ck, max_num=10, keep_tag="global_step3", max_gb=1.3e6 / 1024 ** 3) == ["global_step1"]
+    assert ckpt_io.prune(ck, max_num=10, keep_tag="global_step3", max_gb=1.3e6 / 1024**3) == ["global_step1"]
     assert ckpt_io.prune(ck, max_num=10, keep_tag="global_step3", max_gb=1.0) == []
 
 
@@ -644,8 +836,12 @@ def test_attn_auto_picks_flash_only_for_half_precision_on_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(actor, "has_package", lambda module: module == "flash_attn")  # actor's own name for it
-    for dtype, want in ((torch.bfloat16, "flash_attention_2"), (torch.float16, "flash_attention_2"),
-                        (torch.float32, "sdpa"), (None, "sdpa")):
+    for dtype, want in (
+        (torch.bfloat16, "flash_attention_2"),
+        (torch.float16, "flash_attention_2"),
+        (torch.float32, "sdpa"),
+        (None, "sdpa"),
+    ):
         assert actor.resolve_attn_implementation("auto", dtype) == want, dtype
     monkeypatch.setattr(actor, "has_package", lambda module: False)
     assert actor.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"

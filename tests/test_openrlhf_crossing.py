@@ -22,6 +22,7 @@ def run_dpo(flags: list) -> dict:
 
 # ---- checkpoints ------------------------------------------------------------------------------------
 
+
 def _as_openrlhf_checkpoint(ours: str, tag: str, dst: str, batch_size: int) -> None:
     """An OpenRLHF 0.11 checkpoint folder from one of ours, written from what OpenRLHF documents and keeps:
     DeepSpeed's files of ``tag`` and a ``latest`` pointer, the engine's module under the HF model's
@@ -36,7 +37,7 @@ def _as_openrlhf_checkpoint(ours: str, tag: str, dst: str, batch_size: int) -> N
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     for key in ("openrlhf_client_state", "global_step", "epoch", "epoch_consumed_samples"):
         ckpt.pop(key)
-    step = int(tag[len("global_step"):])
+    step = int(tag[len("global_step") :])
     ckpt["consumed_samples"] = step * batch_size
     torch.save(ckpt, path)
     with open(os.path.join(dst, "latest"), "w") as f:
@@ -47,8 +48,18 @@ def test_checkpoints_cross_with_openrlhf_both_ways(tiny_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
-    flags = lambda out, *x: base_flags(tiny_dir, data, out, "--train.batch_size", "4",  # noqa: E731
-                                       "--train.micro_batch_size", "2", "--train.max_epochs", "2", *x)
+    flags = lambda out, *x: base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--train.batch_size",
+        "4",  # noqa: E731
+        "--train.micro_batch_size",
+        "2",
+        "--train.max_epochs",
+        "2",
+        *x,
+    )
     full = str(tmp_path / "full")
     run_dpo(flags(full, "--ckpt.save_steps", "3", "--ckpt.save_hf", "--ckpt.max_num", "5", "--ckpt.load_enable"))
     # --ckpt.load_enable with nothing to resume: one line naming where it looked.
@@ -135,6 +146,7 @@ def test_resume_position_from_either_client_state():
 
 # ---- dashboards ---------------------------------------------------------------------------------------
 
+
 def test_dashboard_keys_are_openrlhf_keys():
     from openrlhf.utils.logging import dashboard_view
 
@@ -157,9 +169,29 @@ def test_tensorboard_run_folder_and_keys(tiny_dir, tmp_path):
 
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(8))
     out, tb = str(tmp_path / "dpo"), str(tmp_path / "tb")
-    run_dpo(base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",
-                       "--model.nll_loss_coef", "0.5", "--eval.dataset", data, "--eval.split", "train",
-                       "--eval.steps", "2", "--logger.tensorboard_dir", tb, "--logger.wandb.run_name", "run1"))
+    run_dpo(
+        base_flags(
+            tiny_dir,
+            data,
+            out,
+            "--train.batch_size",
+            "4",
+            "--train.micro_batch_size",
+            "2",
+            "--model.nll_loss_coef",
+            "0.5",
+            "--eval.dataset",
+            data,
+            "--eval.split",
+            "train",
+            "--eval.steps",
+            "2",
+            "--logger.tensorboard_dir",
+            tb,
+            "--logger.wandb.run_name",
+            "run1",
+        )
+    )
     assert os.listdir(tb) == ["run1"]
     acc = EventAccumulator(os.path.join(tb, "run1"))
     acc.Reload()
@@ -175,6 +207,7 @@ def test_tensorboard_run_folder_and_keys(tiny_dir, tmp_path):
 
 # ---- schedulers and attention ----------------------------------------------------------------------
 
+
 def test_every_transformers_scheduler_is_taken_or_refused_with_a_reason():
     from transformers import SchedulerType
 
@@ -184,13 +217,28 @@ def test_every_transformers_scheduler_is_taken_or_refused_with_a_reason():
     names = {t.value for t in SchedulerType}
     assert set(LR_SCHEDULERS) | set(LR_SCHEDULERS_REFUSED) == names  # none left out, none made up
     assert not set(LR_SCHEDULERS) & set(LR_SCHEDULERS_REFUSED)
-    for name in ("cosine_with_restarts", "polynomial", "inverse_sqrt", "warmup_stable_decay", "cosine_warmup_with_min_lr"):
-        assert load_config(["--model.model_name_or_path", "m", "--data.dataset", "d", "--lr_scheduler", name],
-                           task="dpo").lr_scheduler == name
-    with pytest.raises(ConfigError, match=r"--lr_scheduler: 'reduce_lr_on_plateau' is not supported: it steps on a "
-                                          r"validation metric"):
-        load_config(["--model.model_name_or_path", "m", "--data.dataset", "d", "--lr_scheduler",
-                     "reduce_lr_on_plateau"], task="dpo")
+    for name in (
+        "cosine_with_restarts",
+        "polynomial",
+        "inverse_sqrt",
+        "warmup_stable_decay",
+        "cosine_warmup_with_min_lr",
+    ):
+        assert (
+            load_config(
+                ["--model.model_name_or_path", "m", "--data.dataset", "d", "--lr_scheduler", name], task="dpo"
+            ).lr_scheduler
+            == name
+        )
+    with pytest.raises(
+        ConfigError,
+        match=r"--lr_scheduler: 'reduce_lr_on_plateau' is not supported: it steps on a "
+        r"validation metric",
+    ):
+        load_config(
+            ["--model.model_name_or_path", "m", "--data.dataset", "d", "--lr_scheduler", "reduce_lr_on_plateau"],
+            task="dpo",
+        )
 
 
 def test_attention_strings_are_checked_by_transformers(tiny_dir):
@@ -200,8 +248,11 @@ def test_attention_strings_are_checked_by_transformers(tiny_dir):
     flags = ["--model.model_name_or_path", tiny_dir, "--data.dataset", "d"]
     for name in ("flex_attention", "paged|eager", "kernels-community/vllm-flash-attn3", "org/repo@v1:fn", "auto"):
         assert load_config(flags + ["--ds.attn_implementation", name], task="sft").ds.attn_implementation == name
-    with pytest.raises(ConfigError, match=r"--ds.attn_implementation: transformers does not know 'flash_atention_2'; "
-                                          r"it takes eager, .*flex_attention"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--ds.attn_implementation: transformers does not know 'flash_atention_2'; "
+        r"it takes eager, .*flex_attention",
+    ):
         load_config(flags + ["--ds.attn_implementation", "flash_atention_2"], task="sft")
     # A name transformers takes reaches the model: flex attention runs (on a CPU too) like sdpa.
     ids = torch.tensor([[5, 9, 13, 21, 34, 2]])
@@ -217,6 +268,7 @@ def test_attention_strings_are_checked_by_transformers(tiny_dir):
 
 # ---- lora_combiner ---------------------------------------------------------------------------------
 
+
 def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -229,8 +281,10 @@ def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     adapter = str(tmp_path / "adapter")
     get_peft_model(base, cfg).save_pretrained(adapter)  # B != 0: the adapter changes the outputs
     out = str(tmp_path / "merged")
-    res = run_cli("openrlhf.cli.lora_combiner", ["--model_path", tiny_dir, "--lora_path", adapter,
-                                                  "--output_path", out, "--ds.param_dtype", "fp32"])
+    res = run_cli(
+        "openrlhf.cli.lora_combiner",
+        ["--model_path", tiny_dir, "--lora_path", adapter, "--output_path", out, "--ds.param_dtype", "fp32"],
+    )
     assert res.returncode == 0, res.stderr
     ids = torch.tensor([[5, 9, 13, 21, 34, 55, 2]])
     with torch.no_grad():
@@ -241,12 +295,15 @@ def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     assert torch.allclose(got, want, atol=1e-5)
     assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tiny_dir).chat_template
     # The default dtype is OpenRLHF's bf16; a folder that is not an adapter is one clear line.
-    bad = run_cli("openrlhf.cli.lora_combiner", ["--model_path", tiny_dir, "--lora_path", tiny_dir,
-                                                  "--output_path", str(tmp_path / "x")])
+    bad = run_cli(
+        "openrlhf.cli.lora_combiner",
+        ["--model_path", tiny_dir, "--lora_path", tiny_dir, "--output_path", str(tmp_path / "x")],
+    )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --lora_path:")
 
 
 # ---- data sources ----------------------------------------------------------------------------------
+
 
 def test_csv_arrow_and_name_at_data_dir_sources(tmp_path, monkeypatch):
     import csv
@@ -350,8 +407,9 @@ def test_kept_a_cut_response_gets_no_forced_eos(student_tok):
     p_ids, c_ids = renderer.tokenize(rows[0]["prompt"], rows[0]["chosen"])
     max_len = len(p_ids) + 3  # room for 3 answer tokens: the answer is cut
     assert len(c_ids) > 3
-    item = PreferenceDataset(rows, student_tok, DataConfig(apply_chat_template=True, prompt_key="prompt",
-                                                           max_len=max_len), "p.jsonl")[0]
+    item = PreferenceDataset(
+        rows, student_tok, DataConfig(apply_chat_template=True, prompt_key="prompt", max_len=max_len), "p.jsonl"
+    )[0]
     assert item["chosen_ids"] == c_ids[:3] and item["chosen_truncated"]
     assert item["chosen_ids"][-1] != student_tok.eos_token_id  # OpenRLHF would overwrite it with EOS
 

@@ -31,13 +31,26 @@ def _run(task, flags):
 @pytest.mark.parametrize("stage", ["0", "3"])
 def test_packed_losses_equal_padded(task, stage, tiny_dir, tiny_teacher_other_family, tmp_path):
     data = write_jsonl(str(tmp_path / "d.jsonl"), _rows_of_uneven_length(task))
-    extra = ["--teacher.model_name_or_path", tiny_teacher_other_family, "--teacher.beta", "0.3"] \
-        if task == "dadpo" else []
+    extra = (
+        ["--teacher.model_name_or_path", tiny_teacher_other_family, "--teacher.beta", "0.3"] if task == "dadpo" else []
+    )
     losses = {}
     for packing in ("false", "true"):
         out = str(tmp_path / f"p{packing}")
-        flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",
-                           "--train.max_epochs", "2", "--ds.packing_samples", packing, *extra)
+        flags = base_flags(
+            tiny_dir,
+            data,
+            out,
+            "--train.batch_size",
+            "4",
+            "--train.micro_batch_size",
+            "2",
+            "--train.max_epochs",
+            "2",
+            "--ds.packing_samples",
+            packing,
+            *extra,
+        )
         flags[flags.index("--ds.zero_stage") + 1] = stage
         _run(task, flags)
         losses[packing] = read_metrics(out)
@@ -52,8 +65,10 @@ def test_packing_is_refused_where_it_is_not_supported(tiny_dir, tmp_path):
 
     data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(4))
     with pytest.raises(ConfigError, match="--ds.packing_samples: not supported yet"):
-        load_config(base_flags(tiny_dir, data, str(tmp_path / "o"), "--ds.packing_samples", "--train.micro_batch_size",
-                               "2"), "kto")
+        load_config(
+            base_flags(tiny_dir, data, str(tmp_path / "o"), "--ds.packing_samples", "--train.micro_batch_size", "2"),
+            "kto",
+        )
 
 
 def test_selected_logps_match_log_softmax_values_and_gradients():
@@ -76,7 +91,9 @@ def test_selected_logps_default_chunk_follows_the_vocabulary(monkeypatch):
 
     seen = []
     real_apply = actor._SelectedLogps.apply
-    monkeypatch.setattr(actor._SelectedLogps, "apply", lambda lg, lb, chunk: seen.append(chunk) or real_apply(lg, lb, chunk))
+    monkeypatch.setattr(
+        actor._SelectedLogps, "apply", lambda lg, lb, chunk: seen.append(chunk) or real_apply(lg, lb, chunk)
+    )
     monkeypatch.setattr(actor, "CHUNK_ELEMENTS", 150)
     logits = torch.randn(7, 50, dtype=torch.float64)
     labels = torch.randint(0, 50, (7,))
@@ -105,8 +122,9 @@ def test_packed_batch_layout_and_sequence_sums(tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         a, _ = masked_token_logps(model, padded["input_ids"], padded["attention_mask"], padded["loss_mask"])
-        b, _ = masked_token_logps(model, packed["input_ids"], None, packed["loss_mask"],
-                                  position_ids=packed["position_ids"])
+        b, _ = masked_token_logps(
+            model, packed["input_ids"], None, packed["loss_mask"], position_ids=packed["position_ids"]
+        )
     assert torch.allclose(sequence_sums(a), sequence_sums(b, packed["seq_index"], 6), atol=1e-4)
 
 
@@ -116,9 +134,23 @@ def test_packed_two_processes_zero3_equals_padded(tiny_dir, tiny_teacher_other_f
     losses = {}
     for packing in ("false", "true"):
         out = str(tmp_path / f"p{packing}")
-        flags = base_flags(tiny_dir, data, out, "--train.batch_size", "8", "--train.micro_batch_size", "2",
-                           "--train.max_epochs", "2", "--ds.packing_samples", packing, "--teacher.model_name_or_path",
-                           tiny_teacher_other_family, "--teacher.beta", "0.3")
+        flags = base_flags(
+            tiny_dir,
+            data,
+            out,
+            "--train.batch_size",
+            "8",
+            "--train.micro_batch_size",
+            "2",
+            "--train.max_epochs",
+            "2",
+            "--ds.packing_samples",
+            packing,
+            "--teacher.model_name_or_path",
+            tiny_teacher_other_family,
+            "--teacher.beta",
+            "0.3",
+        )
         flags[flags.index("--ds.zero_stage") + 1] = "3"
         run_deepspeed("openrlhf.cli.train_dadpo", flags)
         losses[packing] = train_losses(out)
@@ -126,7 +158,7 @@ def test_packed_two_processes_zero3_equals_padded(tiny_dir, tiny_teacher_other_f
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
 
 
-FORWARD_LOG = '''
+FORWARD_LOG = """
 import functools
 import os
 
@@ -145,7 +177,7 @@ if os.environ.get("RANK") is not None and os.environ.get("FORWARD_LOG_DIR"):
         return _forward(self, *args, **kwargs)
 
     modeling_llama.LlamaModel.forward = forward
-'''
+"""
 
 
 @pytest.mark.slow
@@ -170,10 +202,24 @@ def test_zero3_packing_with_dynamic_batches_runs_the_same_forwards_on_every_rank
     for packing in ("false", "true"):
         out, log = tmp_path / f"p{packing}", tmp_path / f"log{packing}"
         log.mkdir()
-        flags = base_flags(str(student), data, str(out), "--train.batch_size", "8", "--train.max_epochs", "2",
-                           "--ds.packing_samples", packing, "--teacher.model_name_or_path", str(teacher),
-                           "--teacher.beta", "0.3", "--train.dynamic_batch_enable", "--train.max_tokens_per_gpu",
-                           "320")
+        flags = base_flags(
+            str(student),
+            data,
+            str(out),
+            "--train.batch_size",
+            "8",
+            "--train.max_epochs",
+            "2",
+            "--ds.packing_samples",
+            packing,
+            "--teacher.model_name_or_path",
+            str(teacher),
+            "--teacher.beta",
+            "0.3",
+            "--train.dynamic_batch_enable",
+            "--train.max_tokens_per_gpu",
+            "320",
+        )
         flags[flags.index("--ds.zero_stage") + 1] = "3"
         env = launch_env(FORWARD_LOG_DIR=str(log))
         env["PYTHONPATH"] = str(tmp_path / "site") + os.pathsep + env["PYTHONPATH"]

@@ -24,8 +24,13 @@ def _strengthen(model, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in model.model.layers:
-            for lin in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj,
-                        layer.self_attn.o_proj, layer.self_attn.v_proj):
+            for lin in (
+                layer.mlp.gate_proj,
+                layer.mlp.up_proj,
+                layer.mlp.down_proj,
+                layer.self_attn.o_proj,
+                layer.self_attn.v_proj,
+            ):
                 lin.weight.mul_(10)
             # Channels of very different strength, as in trained models.
             layer.mlp.up_proj.weight.mul_(torch.exp(torch.randn(MLP, generator=g))[:, None])
@@ -85,8 +90,18 @@ def _param_formula(cfg) -> int:
 
 
 def _argv(model, data, out, *extra):
-    return ["--model.model_name_or_path", model, "--data.dataset", data, "--data.prompt_key", "prompt",
-            "--data.apply_chat_template", "--prune.output_dir", out, *extra]
+    return [
+        "--model.model_name_or_path",
+        model,
+        "--data.dataset",
+        data,
+        "--data.prompt_key",
+        "prompt",
+        "--data.apply_chat_template",
+        "--prune.output_dir",
+        out,
+        *extra,
+    ]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -119,18 +134,36 @@ def test_prune_heads_and_layers_loadable_with_updated_config(strong_dir, calib_j
     from openrlhf.tools.prune import prune
 
     out = str(tmp_path / "pruned")
-    cfg = load_config(_argv(strong_dir, calib_jsonl, out, "--prune.mlp_ratio", "0.25", "--prune.head_ratio", "0.5",
-                            "--prune.num_layers", "1"), task="prune")
+    cfg = load_config(
+        _argv(
+            strong_dir,
+            calib_jsonl,
+            out,
+            "--prune.mlp_ratio",
+            "0.25",
+            "--prune.head_ratio",
+            "0.5",
+            "--prune.num_layers",
+            "1",
+        ),
+        task="prune",
+    )
     report = prune(cfg, progress=False)
     model, tok = _load(out)
     c = model.config
-    assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size) == \
-        (2, 2, 1, HEAD_DIM, 48)
+    assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size) == (
+        2,
+        2,
+        1,
+        HEAD_DIM,
+        48,
+    )
     assert len(report["dropped_layers"]) == 1 and len(report["layer_cosine"]) == 3
     assert sum(p.numel() for p in model.parameters()) == _param_formula(c)
     # Generation with a KV cache exercises the renumbered layers and smaller heads.
-    ids = tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Hello"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out_ids = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out_ids.shape[1] == ids["input_ids"].shape[1] + 5
 
@@ -172,16 +205,34 @@ def test_pruned_model_equals_original_with_removed_units_zeroed(strong_dir, fami
     elif family == "gemma3":  # q/k norms, four norms per layer, mixed layer types, tied embeddings
         torch.manual_seed(0)
         layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
-        model = Gemma3ForCausalLM(Gemma3TextConfig(
-            vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=MLP, num_hidden_layers=3,
-            num_attention_heads=HEADS, num_key_value_heads=KV, head_dim=HEAD_DIM, max_position_embeddings=128,
-            sliding_window=4, layer_types=layer_types)).eval()
+        model = Gemma3ForCausalLM(
+            Gemma3TextConfig(
+                vocab_size=len(tok),
+                hidden_size=HIDDEN,
+                intermediate_size=MLP,
+                num_hidden_layers=3,
+                num_attention_heads=HEADS,
+                num_key_value_heads=KV,
+                head_dim=HEAD_DIM,
+                max_position_embeddings=128,
+                sliding_window=4,
+                layer_types=layer_types,
+            )
+        ).eval()
         _strengthen(model)
     else:  # biases on q/k/v and a layer_types list in the config
         torch.manual_seed(0)
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=MLP,
-                                             num_hidden_layers=3, num_attention_heads=HEADS,
-                                             num_key_value_heads=KV, max_position_embeddings=128)).eval()
+        model = Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=len(tok),
+                hidden_size=HIDDEN,
+                intermediate_size=MLP,
+                num_hidden_layers=3,
+                num_attention_heads=HEADS,
+                num_key_value_heads=KV,
+                max_position_embeddings=128,
+            )
+        ).eval()
         _strengthen(model)
         with torch.no_grad():
             for layer in model.model.layers:
@@ -306,14 +357,33 @@ def test_weight_method_needs_no_calibration_and_differs(strong_dir):
 
 
 def test_bad_prune_flags_are_rejected_naming_each_flag(strong_dir, calib_jsonl):
-    argv = ["--model.model_name_or_path", strong_dir, "--data.dataset", calib_jsonl, "--prune.mlp_ratio", "1.0",
-            "--prune.head_ratio", "-0.1", "--prune.num_layers", "-1", "--prune.method", "magnitude",
-            "--prune.calibration_samples", "0"]
+    argv = [
+        "--model.model_name_or_path",
+        strong_dir,
+        "--data.dataset",
+        calib_jsonl,
+        "--prune.mlp_ratio",
+        "1.0",
+        "--prune.head_ratio",
+        "-0.1",
+        "--prune.num_layers",
+        "-1",
+        "--prune.method",
+        "magnitude",
+        "--prune.calibration_samples",
+        "0",
+    ]
     with pytest.raises(ConfigError) as e:
         load_config(argv, task="prune")
     text = str(e.value)
-    for flag in ("--prune.mlp_ratio", "--prune.head_ratio", "--prune.num_layers", "--prune.method",
-                 "--prune.calibration_samples", "--prune.output_dir"):
+    for flag in (
+        "--prune.mlp_ratio",
+        "--prune.head_ratio",
+        "--prune.num_layers",
+        "--prune.method",
+        "--prune.calibration_samples",
+        "--prune.output_dir",
+    ):
         assert flag in text
     assert "[0, 1)" in text
 
@@ -330,7 +400,6 @@ def test_too_many_layers_and_non_empty_output_rejected(strong_dir, calib_jsonl, 
         P.prune(cfg, progress=False)
 
 
-
 def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, calib_jsonl, tmp_path):
     """README "What happens when things go wrong": one ``error:`` line naming the flag, exit code 2, no traceback:
     more layers removed than a 2-layer model has, and a model that is not of the Llama family (GPT-2)."""
@@ -340,15 +409,35 @@ def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, cali
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     gpt2 = str(tmp_path / "gpt2")
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256)).save_pretrained(gpt2)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256)).save_pretrained(
+        gpt2
+    )
     tok.save_pretrained(gpt2)
-    cases = [(tiny_dir, ["--prune.num_layers", "5"], "--prune.num_layers: must be in [0, 1] (the model has 2 layers)"),
-             (gpt2, ["--prune.mlp_ratio", "0.2"], f"--model.model_name_or_path {gpt2}: GPT2LMHeadModel is not a "
-                                                  "Llama-family causal LM")]
+    cases = [
+        (tiny_dir, ["--prune.num_layers", "5"], "--prune.num_layers: must be in [0, 1] (the model has 2 layers)"),
+        (
+            gpt2,
+            ["--prune.mlp_ratio", "0.2"],
+            f"--model.model_name_or_path {gpt2}: GPT2LMHeadModel is not a Llama-family causal LM",
+        ),
+    ]
     for i, (model, flags, says) in enumerate(cases):
-        res = run_cli("openrlhf.cli.prune", ["--model.model_name_or_path", model, "--data.dataset", calib_jsonl,
-                                             "--data.prompt_key", "prompt", "--prune.calibration_samples", "2",
-                                             "--prune.output_dir", str(tmp_path / f"out{i}"), *flags])
+        res = run_cli(
+            "openrlhf.cli.prune",
+            [
+                "--model.model_name_or_path",
+                model,
+                "--data.dataset",
+                calib_jsonl,
+                "--data.prompt_key",
+                "prompt",
+                "--prune.calibration_samples",
+                "2",
+                "--prune.output_dir",
+                str(tmp_path / f"out{i}"),
+                *flags,
+            ],
+        )
         assert res.returncode == 2, res.stderr[-3000:]
         errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and says in errors[0], res.stderr[-3000:]

@@ -16,8 +16,9 @@ SCRIPT = os.path.join(REPO, "quickstart.sh")
 def _run(args, tmp_path, **env):
     base = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     base.update(env)
-    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=base, timeout=60,
-                          cwd=str(tmp_path))
+    return subprocess.run(
+        ["bash", SCRIPT, *args], capture_output=True, text=True, env=base, timeout=60, cwd=str(tmp_path)
+    )
 
 
 def _fake(tmp_path, name, body):
@@ -44,8 +45,12 @@ def test_old_python_is_refused_before_anything_is_made(tmp_path):
 
 def test_short_disk_is_refused_with_the_space_needed(tmp_path):
     # df -Pk: 1 GiB available
-    _fake(tmp_path, "df", 'echo "Filesystem 1024-blocks Used Available Capacity Mounted"\n'
-                          'echo "/dev/x 100000000 99000000 1048576 99% /"\n')
+    _fake(
+        tmp_path,
+        "df",
+        'echo "Filesystem 1024-blocks Used Available Capacity Mounted"\n'
+        'echo "/dev/x 100000000 99000000 1048576 99% /"\n',
+    )
     path = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
     res = _run(["--setup-only"], tmp_path, PATH=path, PYTHON=sys.executable)
     assert res.returncode == 2

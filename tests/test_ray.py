@@ -39,10 +39,31 @@ def ray_head(tmp_path_factory):
     gcs, dash = free_port(), free_port()
     log = open(tmp_path_factory.mktemp("ray_head") / "head.log", "w")
     env = launch_env()
-    proc = subprocess.Popen(RAY + ["start", "--head", "--block", "--num-cpus", "2", "--node-ip-address", "127.0.0.2",
-                                   "--port", gcs, "--dashboard-host", "127.0.0.1", "--dashboard-port", dash,
-                                   "--include-dashboard", "true", "--disable-usage-stats"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        RAY
+        + [
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--node-ip-address",
+            "127.0.0.2",
+            "--port",
+            gcs,
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            dash,
+            "--include-dashboard",
+            "true",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     dashboard = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while True:
@@ -81,14 +102,37 @@ def test_the_address_probe_lets_a_real_cluster_through(ray_head):
 
 def _flags(tiny_dir, teacher, data, out, zero="3"):
     """32 pairs, 2 epochs of 4-pair steps (16 steps), ZeRO-3: the same run for every test here."""
-    flags = base_flags(tiny_dir, data, out, "--teacher.model_name_or_path", teacher, "--train.batch_size", "4",
-                       "--train.max_epochs", "2", "--model.beta", "0.5", "--teacher.beta", "0.1", "--adam.lr", "1e-2")
+    flags = base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--teacher.model_name_or_path",
+        teacher,
+        "--train.batch_size",
+        "4",
+        "--train.max_epochs",
+        "2",
+        "--model.beta",
+        "0.5",
+        "--teacher.beta",
+        "0.1",
+        "--adam.lr",
+        "1e-2",
+    )
     flags[flags.index("--ds.zero_stage") + 1] = zero
     return flags
 
 
-RAY_FLAGS = ["--actor.num_gpus_per_node", "2", "--ref.num_gpus_per_node", "1", "--teacher.num_gpus_per_node", "1",
-             "--ray.num_cpus_per_actor", "0.5"]
+RAY_FLAGS = [
+    "--actor.num_gpus_per_node",
+    "2",
+    "--ref.num_gpus_per_node",
+    "1",
+    "--teacher.num_gpus_per_node",
+    "1",
+    "--ray.num_cpus_per_actor",
+    "0.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +150,9 @@ def reference_run(tiny_dir, tiny_teacher_other_family, pairs, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("colocate", [False, True])
-def test_dadpo_ray_matches_the_deepspeed_launcher(colocate, ray_head, reference_run, tiny_dir, tiny_teacher_other_family,
-                                                  pairs, tmp_path):
+def test_dadpo_ray_matches_the_deepspeed_launcher(
+    colocate, ray_head, reference_run, tiny_dir, tiny_teacher_other_family, pairs, tmp_path
+):
     from transformers import AutoModelForCausalLM
 
     from openrlhf.config import load_config
@@ -127,21 +172,30 @@ def test_dadpo_ray_matches_the_deepspeed_launcher(colocate, ray_head, reference_
         assert [r[key] for r in got] == pytest.approx([r[key] for r in ref], rel=1e-4, abs=1e-5)
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 400
     actors = json.load(open(os.path.join(out, "ray_actors.json")))
-    assert sorted((a["group"], a["rank"]) for a in actors) == [("policy", 0), ("policy", 1), ("reference", 0),
-                                                              ("teacher", 0)]
+    assert sorted((a["group"], a["rank"]) for a in actors) == [
+        ("policy", 0),
+        ("policy", 1),
+        ("reference", 0),
+        ("teacher", 0),
+    ]
     timing = json.load(open(os.path.join(out, "ray_timing.json")))
     assert timing["ray_wait_seconds"] <= timing["ray_policy_seconds"] and last["ray_teacher_busy_seconds"] > 0
 
 
 @pytest.mark.slow
-def test_a_killed_policy_actor_stops_the_job_and_a_resubmitted_job_resumes(ray_head, reference_run, tiny_dir,
-                                                                          tiny_teacher_other_family, pairs, tmp_path):
+def test_a_killed_policy_actor_stops_the_job_and_a_resubmitted_job_resumes(
+    ray_head, reference_run, tiny_dir, tiny_teacher_other_family, pairs, tmp_path
+):
     out = str(tmp_path / "killed")
-    flags = (_flags(tiny_dir, tiny_teacher_other_family, pairs, out) + RAY_FLAGS
-             + ["--ckpt.save_steps", "2", "--ray.address", ray_head["address"]])
+    flags = (
+        _flags(tiny_dir, tiny_teacher_other_family, pairs, out)
+        + RAY_FLAGS
+        + ["--ckpt.save_steps", "2", "--ray.address", ray_head["address"]]
+    )
     cmd = [sys.executable, "-m", "openrlhf.cli.train_dadpo_ray", *flags]
-    driver = subprocess.Popen(cmd, env=ray_head["env"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    driver = subprocess.Popen(
+        cmd, env=ray_head["env"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ckpt = os.path.join(out, "checkpoints", "global_step2")
     deadline = time.time() + 600
     while not os.path.exists(ckpt):
@@ -156,8 +210,9 @@ def test_a_killed_policy_actor_stops_the_job_and_a_resubmitted_job_resumes(ray_h
     assert "error: the policy group's rank 1 actor died" in stderr and "--ckpt.load_enable" in stderr
     assert len(train_losses(out)) < 16  # it stopped before the end
 
-    res = subprocess.run(cmd + ["--ckpt.load_enable"], env=ray_head["env"], cwd=REPO, capture_output=True, text=True,
-                         timeout=900)
+    res = subprocess.run(
+        cmd + ["--ckpt.load_enable"], env=ray_head["env"], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "resumed from" in res.stdout + res.stderr
     assert train_losses(out) == pytest.approx(train_losses(reference_run), abs=1e-5)
@@ -167,18 +222,46 @@ def test_generation_engines_as_ray_actors_answer_like_the_hf_backend(ray_head, t
     from openrlhf.config import load_config
     from openrlhf.recipes.generate import generate
 
-    prompts = write_jsonl(str(tmp_path / "prompts.jsonl"),
-                          [{"id": i, "prompt": f"Tell me about {t}."} for i, t in enumerate(["the sea", "a fox", "tea",
-                                                                                            "rain", "books"])])
-    common = ["--model.model_name_or_path", tiny_talking_teacher, "--data.dataset", prompts,
-              "--data.apply_chat_template", "--generate.max_new_tokens", "8", "--generate.batch_size", "2",
-              "--ds.param_dtype", "fp32"]
+    prompts = write_jsonl(
+        str(tmp_path / "prompts.jsonl"),
+        [
+            {"id": i, "prompt": f"Tell me about {t}."}
+            for i, t in enumerate(["the sea", "a fox", "tea", "rain", "books"])
+        ],
+    )
+    common = [
+        "--model.model_name_or_path",
+        tiny_talking_teacher,
+        "--data.dataset",
+        prompts,
+        "--data.apply_chat_template",
+        "--generate.max_new_tokens",
+        "8",
+        "--generate.batch_size",
+        "2",
+        "--ds.param_dtype",
+        "fp32",
+    ]
     here = str(tmp_path / "here.jsonl")
     generate(load_config(common + ["--generate.output_path", here], "generate"))
     on_ray = str(tmp_path / "ray.jsonl")
-    stats = generate(load_config(common + ["--generate.output_path", on_ray, "--generate.ray", "--vllm.num_engines",
-                                           "2", "--ray.num_cpus_per_actor", "0.5", "--ray.address",
-                                           ray_head["address"]], "generate"))
+    stats = generate(
+        load_config(
+            common
+            + [
+                "--generate.output_path",
+                on_ray,
+                "--generate.ray",
+                "--vllm.num_engines",
+                "2",
+                "--ray.num_cpus_per_actor",
+                "0.5",
+                "--ray.address",
+                ray_head["address"],
+            ],
+            "generate",
+        )
+    )
     assert stats["generated"] == 5
 
     def answers(path):
@@ -193,9 +276,16 @@ def test_a_group_that_does_not_fit_is_a_clear_error(ray_head, tiny_dir, tiny_tea
     from openrlhf.recipes.ray_preference import train_dadpo_ray
     from openrlhf.utils.errors import UserError
 
-    flags = (_flags(tiny_dir, tiny_teacher_other_family, pairs, str(tmp_path / "o"))
-             + ["--actor.num_gpus_per_node", "2", "--ray.num_cpus_per_actor", "4", "--ray.placement_timeout", "3",
-                "--ray.address", ray_head["address"]])
+    flags = _flags(tiny_dir, tiny_teacher_other_family, pairs, str(tmp_path / "o")) + [
+        "--actor.num_gpus_per_node",
+        "2",
+        "--ray.num_cpus_per_actor",
+        "4",
+        "--ray.placement_timeout",
+        "3",
+        "--ray.address",
+        ray_head["address"],
+    ]
     with pytest.raises(UserError, match="no room for the policy group: 2 bundle"):
         train_dadpo_ray(load_config(flags, "dadpo_ray"))
 
@@ -219,15 +309,39 @@ def test_tiny_distill_pipeline_as_one_ray_job(ray_head, tiny_dir, tiny_talking_t
     import yaml
     from test_distill import _config
 
-    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None, launcher="ray",
-                   ray={"ray.num_cpus_per_actor": 0.5, "actor.num_gpus_per_node": 2, "vllm.num_engines": 2})
+    path = _config(
+        tmp_path,
+        tiny_talking_teacher,
+        tiny_dir,
+        ddpo=None,
+        launcher="ray",
+        ray={"ray.num_cpus_per_actor": 0.5, "actor.num_gpus_per_node": 2, "vllm.num_engines": 2},
+    )
     work = tmp_path / "job"
     work.mkdir()
     cfg = yaml.safe_load(open(path))
     (work / "distill.yaml").write_text(yaml.safe_dump(cfg))
-    res = subprocess.run(RAY + ["job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(work),
-                                "--", sys.executable, "-m", "openrlhf.cli.distill", "--config", "distill.yaml"],
-                         env=ray_head["env"], capture_output=True, text=True, timeout=1800)
+    res = subprocess.run(
+        RAY
+        + [
+            "job",
+            "submit",
+            "--address",
+            ray_head["dashboard"],
+            "--working-dir",
+            str(work),
+            "--",
+            sys.executable,
+            "-m",
+            "openrlhf.cli.distill",
+            "--config",
+            "distill.yaml",
+        ],
+        env=ray_head["env"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     from ray.job_submission import JobStatus, JobSubmissionClient

@@ -31,7 +31,9 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
 
 def _rank_orders(n, world, seed=5, epoch=0, consumed=0, shuffle=True):
     return [
-        list(ResumableDistributedSampler(n, world, r, shuffle=shuffle, seed=seed, epoch=epoch, consumed_samples=consumed))
+        list(
+            ResumableDistributedSampler(n, world, r, shuffle=shuffle, seed=seed, epoch=epoch, consumed_samples=consumed)
+        )
         for r in range(world)
     ]
 
@@ -107,8 +109,11 @@ def test_grad_accum_dtype_is_refused_where_deepspeed_would_refuse_it(stage):
 
     for param in dtypes:
         for accum in dtypes:
-            found = [p for p in ds_problems(DSConfig(zero_stage=stage, param_dtype=param, grad_accum_dtype=accum))
-                     if p.startswith("--ds.grad_accum_dtype")]
+            found = [
+                p
+                for p in ds_problems(DSConfig(zero_stage=stage, param_dtype=param, grad_accum_dtype=accum))
+                if p.startswith("--ds.grad_accum_dtype")
+            ]
             if stage > 0:
                 assert found == []
                 continue
@@ -546,8 +551,23 @@ def test_two_process_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     """~15 s here: ZeRO-3 training + a ZeRO-3 offloaded frozen copy, 2 CPU processes."""
     out, port = str(tmp_path), str(find_free_port())
     cmd = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", port,
-        SCRIPT, "--model", tiny_dir, "--out", out, "--stage", "3", "--offload_ref",
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        port,
+        SCRIPT,
+        "--model",
+        tiny_dir,
+        "--out",
+        out,
+        "--stage",
+        "3",
+        "--offload_ref",
     ]
     result = _launch(cmd, out)
     assert result["partitioned_at_load"] and result["ref_partitioned_at_load"]
@@ -560,8 +580,22 @@ def test_two_process_zero2_torchrun(tiny_dir, tmp_path):
     """~8 s here: the same run under torchrun with ZeRO-2."""
     out, port = str(tmp_path), str(find_free_port())
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", port, SCRIPT, "--model", tiny_dir, "--out", out, "--stage", "2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        port,
+        SCRIPT,
+        "--model",
+        tiny_dir,
+        "--out",
+        out,
+        "--stage",
+        "2",
     ]
     result = _launch(cmd, out)
     assert not result["partitioned_at_load"]
@@ -609,8 +643,9 @@ def test_frozen_offload_streams_blocks_and_copies_nothing_back(tiny_dir):
 
     seen = []
     for i, layer in enumerate(layers):  # registered after FrozenOffload's hooks: sees the loaded state
-        layer.register_forward_pre_hook(lambda m, a, i=i: seen.append((i, [resident(x) for x in layers],
-                                                                       resident(model.lm_head))))
+        layer.register_forward_pre_hook(
+            lambda m, a, i=i: seen.append((i, [resident(x) for x in layers], resident(model.lm_head)))
+        )
     ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = plain(input_ids=ids).logits

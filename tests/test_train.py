@@ -49,8 +49,21 @@ def test_dpo_learns_and_saves_loadable_hf_folder(tiny_dir, pref16, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = str(tmp_path / "dpo")
-    last = run_dpo(base_flags(tiny_dir, pref16, out, "--train.batch_size", "8", "--train.micro_batch_size", "4",
-                              "--train.max_epochs", "4", "--model.beta", "0.5"))
+    last = run_dpo(
+        base_flags(
+            tiny_dir,
+            pref16,
+            out,
+            "--train.batch_size",
+            "8",
+            "--train.micro_batch_size",
+            "4",
+            "--train.max_epochs",
+            "4",
+            "--model.beta",
+            "0.5",
+        )
+    )
     recs = read_metrics(out)
     assert [r["step"] for r in recs] == list(range(1, 9))
     for key in ("loss", "acc", "chosen_reward", "reject_reward", "margin", "lr", "grad_norm"):
@@ -61,7 +74,11 @@ def test_dpo_learns_and_saves_loadable_hf_folder(tiny_dir, pref16, tmp_path):
     # The saved folder is a normal HF model with the trained weights and the chat template.
     model = AutoModelForCausalLM.from_pretrained(out)
     init = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    moved = [n for (n, p), (_, q) in zip(model.named_parameters(), init.named_parameters(), strict=True) if not torch.equal(p, q)]
+    moved = [
+        n
+        for (n, p), (_, q) in zip(model.named_parameters(), init.named_parameters(), strict=True)
+        if not torch.equal(p, q)
+    ]
     assert len(moved) > 10
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
@@ -71,9 +88,27 @@ def test_sft_learns_and_saves(tiny_dir, sft_jsonl, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = str(tmp_path / "sft")
-    run_sft(base_flags(tiny_dir, sft_jsonl, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",
-                       "--train.max_epochs", "5", "--eval.dataset", sft_jsonl, "--eval.split", "train",
-                       "--eval.steps", "5", "--adam.lr", "1e-2"))
+    run_sft(
+        base_flags(
+            tiny_dir,
+            sft_jsonl,
+            out,
+            "--train.batch_size",
+            "4",
+            "--train.micro_batch_size",
+            "2",
+            "--train.max_epochs",
+            "5",
+            "--eval.dataset",
+            sft_jsonl,
+            "--eval.split",
+            "train",
+            "--eval.steps",
+            "5",
+            "--adam.lr",
+            "1e-2",
+        )
+    )
     recs = read_metrics(out)
     losses = [r["loss"] for r in recs if "loss" in r]
     assert len(losses) == 10
@@ -92,8 +127,9 @@ def test_micro_batch_times_accumulation_invariance(kind, tiny_dir, tmp_path):
     curves = []
     for mb in ("1", "2", "4"):
         out = str(tmp_path / f"{kind}_mb{mb}")
-        flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", mb,
-                           "--train.max_epochs", "2")
+        flags = base_flags(
+            tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", mb, "--train.max_epochs", "2"
+        )
         (run_dpo if kind == "dpo" else run_sft)(flags)
         curves.append(train_losses(out))
     assert len(curves[0]) == 4
@@ -111,11 +147,24 @@ def test_dynamic_token_budget_batches_give_the_fixed_split_loss_curve(kind, stag
         r["chosen" if kind == "dpo" else "output"] += " and more" * (3 * i)
     data = write_jsonl(str(tmp_path / "d.jsonl"), rows)
     curves, metrics = [], []
-    for extra in ([], ["--train.dynamic_batch_enable", "--train.max_tokens_per_gpu", "90"],
-                  ["--train.dynamic_batch_enable", "--train.max_tokens_per_gpu", "100000"]):
+    for extra in (
+        [],
+        ["--train.dynamic_batch_enable", "--train.max_tokens_per_gpu", "90"],
+        ["--train.dynamic_batch_enable", "--train.max_tokens_per_gpu", "100000"],
+    ):
         out = str(tmp_path / f"o{len(curves)}")
-        flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",
-                           "--train.max_epochs", "2", *extra)
+        flags = base_flags(
+            tiny_dir,
+            data,
+            out,
+            "--train.batch_size",
+            "4",
+            "--train.micro_batch_size",
+            "2",
+            "--train.max_epochs",
+            "2",
+            *extra,
+        )
         flags[flags.index("--ds.zero_stage") + 1] = stage
         (run_dpo if kind == "dpo" else run_sft)(flags)
         curves.append(train_losses(out))
@@ -129,8 +178,20 @@ def test_dynamic_token_budget_batches_give_the_fixed_split_loss_curve(kind, stag
 
 
 def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkeypatch):
-    flags = lambda out: base_flags(tiny_dir, pref16, out, "--train.batch_size", "4", "--train.micro_batch_size", "2",  # noqa: E731
-                                   "--train.max_epochs", "2", "--ckpt.save_steps", "3", "--ckpt.load_enable")
+    flags = lambda out: base_flags(
+        tiny_dir,
+        pref16,
+        out,
+        "--train.batch_size",
+        "4",
+        "--train.micro_batch_size",
+        "2",  # noqa: E731
+        "--train.max_epochs",
+        "2",
+        "--ckpt.save_steps",
+        "3",
+        "--ckpt.load_enable",
+    )
     full = str(tmp_path / "full")
     run_dpo(flags(full))
     expected = train_losses(full)
@@ -163,19 +224,34 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
 def test_killed_process_resumes_exactly(tiny_dir, tmp_path):
     """A real SIGKILL of the CLI process, then a resumed run: the same per-step losses."""
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(8))
-    common = ["--train.batch_size", "2", "--train.micro_batch_size", "1", "--train.max_epochs", "12",
-              "--ckpt.save_steps", "4", "--ckpt.load_enable"]
+    common = [
+        "--train.batch_size",
+        "2",
+        "--train.micro_batch_size",
+        "1",
+        "--train.max_epochs",
+        "12",
+        "--ckpt.save_steps",
+        "4",
+        "--ckpt.load_enable",
+    ]
     full = str(tmp_path / "full")
     cmd = [sys.executable, "-m", "openrlhf.cli.train_dpo"]
-    res = subprocess.run(cmd + base_flags(tiny_dir, data, full, *common), env=launch_env(), cwd=REPO,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        cmd + base_flags(tiny_dir, data, full, *common), env=launch_env(), cwd=REPO, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     expected = train_losses(full)
     assert len(expected) == 48
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(cmd + base_flags(tiny_dir, data, killed, *common), env=launch_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + base_flags(tiny_dir, data, killed, *common),
+        env=launch_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = os.path.join(killed, "metrics.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -186,8 +262,9 @@ def test_killed_process_resumes_exactly(tiny_dir, tmp_path):
     proc.wait()
     done = len(read_metrics(killed))
     assert 10 <= done < 48, "the run should have been killed part way"
-    res = subprocess.run(cmd + base_flags(tiny_dir, data, killed, *common), env=launch_env(), cwd=REPO,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        cmd + base_flags(tiny_dir, data, killed, *common), env=launch_env(), cwd=REPO, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["step"] for r in read_metrics(killed)] == list(range(1, 49))
     assert train_losses(killed) == pytest.approx(expected, abs=1e-5)
@@ -199,8 +276,19 @@ def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
 
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
     out = str(tmp_path / "z3")
-    flags = base_flags(tiny_dir, data, out, "--train.batch_size", "4", "--train.micro_batch_size", "1",
-                       "--train.max_epochs", "2", "--model.beta", "0.5")
+    flags = base_flags(
+        tiny_dir,
+        data,
+        out,
+        "--train.batch_size",
+        "4",
+        "--train.micro_batch_size",
+        "1",
+        "--train.max_epochs",
+        "2",
+        "--model.beta",
+        "0.5",
+    )
     flags[flags.index("--ds.zero_stage") + 1] = "3"
     run_deepspeed("openrlhf.cli.train_dpo", flags)
     losses = train_losses(out)
@@ -213,11 +301,11 @@ def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     assert not torch.equal(trained.lm_head.weight, init.lm_head.weight)
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["dpo", "dadpo"])
-def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(task, tiny_dir, tiny_teacher_same_vocab,
-                                                                      tiny_teacher_other_family, tmp_path):
+def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(
+    task, tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, tmp_path
+):
     """README: the loss curve does not depend on how the global batch is split into processes. The same global
     batch of 4 under ZeRO-3: 1 process x micro-batch 2 x 2 accumulation steps against 2 processes x micro-batch 1
     x 2 accumulation steps. Step 1 is the same model on the same 4 pairs; a gradient averaged wrongly across
@@ -225,8 +313,14 @@ def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(task, tiny
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
     extra = ["--train.batch_size", "4", "--train.max_epochs", "2", "--model.beta", "0.5", "--adam.lr", "1e-2"]
     if task == "dadpo":
-        extra += ["--ref.model_name_or_path", tiny_teacher_same_vocab,
-                  "--teacher.model_name_or_path", tiny_teacher_other_family, "--teacher.beta", "0.2"]
+        extra += [
+            "--ref.model_name_or_path",
+            tiny_teacher_same_vocab,
+            "--teacher.model_name_or_path",
+            tiny_teacher_other_family,
+            "--teacher.beta",
+            "0.2",
+        ]
     module = f"openrlhf.cli.train_{task}"
     curves = []
     for procs, micro in ((1, "2"), (2, "1")):
@@ -248,9 +342,12 @@ def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(task, tiny
 
 # ---- bad input -----------------------------------------------------------------------------
 
+
 def test_unknown_flag_and_missing_model_rejected_before_training(tiny_dir, pref_jsonl, tmp_path):
-    res = run_cli("openrlhf.cli.train_dpo", base_flags(str(tmp_path / "nope"), pref_jsonl, str(tmp_path / "o"),
-                                                    "--train.micro_batch_sise", "2"))
+    res = run_cli(
+        "openrlhf.cli.train_dpo",
+        base_flags(str(tmp_path / "nope"), pref_jsonl, str(tmp_path / "o"), "--train.micro_batch_sise", "2"),
+    )
     assert res.returncode == 2
     assert "--train.micro_batch_sise" in res.stderr and "--train.micro_batch_size" in res.stderr
     assert "--model.model_name_or_path" in res.stderr and "not found" in res.stderr
@@ -271,8 +368,9 @@ def test_bad_rows_rejected_with_file_row_and_key(tiny_dir, tmp_path):
     assert res.returncode == 2 and "wrong.jsonl" in res.stderr and "output" in res.stderr
 
 
-def test_global_batch_larger_than_the_data_is_refused_before_any_model_loads(tiny_dir, pref_jsonl, tmp_path,
-                                                                             monkeypatch):
+def test_global_batch_larger_than_the_data_is_refused_before_any_model_loads(
+    tiny_dir, pref_jsonl, tmp_path, monkeypatch
+):
     from openrlhf.recipes import preference
 
     def no_models(*a, **k):
@@ -280,21 +378,28 @@ def test_global_batch_larger_than_the_data_is_refused_before_any_model_loads(tin
 
     monkeypatch.setattr(preference, "make_strategy", no_models)  # train_dpo's setup builds the strategy there
     with pytest.raises(UserError, match=r"8 usable rows, fewer than one global batch \(--train.batch_size 64\)"):
-        run_dpo(base_flags(tiny_dir, pref_jsonl, str(tmp_path / "o"), "--train.batch_size", "64",
-                           "--train.micro_batch_size", "1"))
+        run_dpo(
+            base_flags(
+                tiny_dir, pref_jsonl, str(tmp_path / "o"), "--train.batch_size", "64", "--train.micro_batch_size", "1"
+            )
+        )
     assert not os.path.exists(tmp_path / "o")
 
 
 @pytest.mark.slow
 def test_global_batch_not_divisible_by_the_process_count(tiny_dir, pref16, tmp_path):
     """batch 3 = micro 1 x 2 processes x ? : one clear line naming both flags and the count, exit code 2."""
-    res = run_deepspeed("openrlhf.cli.train_dpo", base_flags(tiny_dir, pref16, str(tmp_path / "o"),
-                        "--train.batch_size", "3", "--train.micro_batch_size", "1"), check=False)
+    res = run_deepspeed(
+        "openrlhf.cli.train_dpo",
+        base_flags(tiny_dir, pref16, str(tmp_path / "o"), "--train.batch_size", "3", "--train.micro_batch_size", "1"),
+        check=False,
+    )
     out = res.stdout + res.stderr
     lines = [line for line in out.splitlines() if line.startswith("error: ")]
     assert res.returncode == 2 and len(lines) == 1, out[-3000:]
-    assert lines[0] == ("error: --train.batch_size: 3 is not a multiple of --train.micro_batch_size 1 x the 2 "
-                        "processes = 2")
+    assert lines[0] == (
+        "error: --train.batch_size: 3 is not a multiple of --train.micro_batch_size 1 x the 2 processes = 2"
+    )
     assert "Traceback" not in out
 
 
@@ -310,14 +415,24 @@ def test_flash_attention_without_the_package_is_a_clear_error(tiny_dir, sft_json
 
     monkeypatch.setattr(errors, "has_package", lambda module: module != "flash_attn")  # as on a CPU machine
     with pytest.raises(UserError, match="flash_attention_2 .*needs the flash-attn package.*pip install"):
-        run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--ds.attn_implementation", "flash_attention_2",
-                           "--train.batch_size", "4"))
+        run_sft(
+            base_flags(
+                tiny_dir,
+                sft_jsonl,
+                str(tmp_path / "o"),
+                "--ds.attn_implementation",
+                "flash_attention_2",
+                "--train.batch_size",
+                "4",
+            )
+        )
 
 
 def test_tensorboard_logging_when_asked(tiny_dir, sft_jsonl, tmp_path):
     tb = str(tmp_path / "tb")
-    run_sft(base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size", "4",
-                       "--logger.tensorboard_dir", tb))
+    run_sft(
+        base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--train.batch_size", "4", "--logger.tensorboard_dir", tb)
+    )
     runs = os.listdir(tb)  # one folder per run (OpenRLHF's <tensorboard_dir>/<run name>)
     assert len(runs) == 1 and runs[0].startswith("exp_")
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(tb, runs[0])))
@@ -343,9 +458,13 @@ def test_missing_optional_package_under_launcher_is_one_line_once(tiny_dir, sft_
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['wandb'] = None\n")
     env = launch_env()
     env["PYTHONPATH"] = str(blocker) + os.pathsep + env["PYTHONPATH"]
-    res = run_deepspeed("openrlhf.cli.train_sft",
-                        base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--logger.wandb.key", "True"),
-                        timeout=300, check=False, env=env)
+    res = run_deepspeed(
+        "openrlhf.cli.train_sft",
+        base_flags(tiny_dir, sft_jsonl, str(tmp_path / "o"), "--logger.wandb.key", "True"),
+        timeout=300,
+        check=False,
+        env=env,
+    )
     out = res.stdout + res.stderr
     assert res.returncode != 0
     lines = [line for line in out.splitlines() if "needs the wandb package" in line]

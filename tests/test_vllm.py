@@ -31,9 +31,25 @@ VLLM_CPU = ["--vllm.gpu_memory_utilization", "0.1", "--vllm.enforce_eager", "--v
 
 
 def _cfg(model, prompts, out, *extra):
-    return load_config(["--model.model_name_or_path", model, "--data.dataset", prompts, "--data.apply_chat_template",
-                        "--generate.output_path", out, "--ds.param_dtype", "fp32", "--generate.max_new_tokens", "24",
-                        "--generate.batch_size", "4", *extra], task="generate")
+    return load_config(
+        [
+            "--model.model_name_or_path",
+            model,
+            "--data.dataset",
+            prompts,
+            "--data.apply_chat_template",
+            "--generate.output_path",
+            out,
+            "--ds.param_dtype",
+            "fp32",
+            "--generate.max_new_tokens",
+            "24",
+            "--generate.batch_size",
+            "4",
+            *extra,
+        ],
+        task="generate",
+    )
 
 
 def _answers(path):
@@ -42,8 +58,10 @@ def _answers(path):
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
-    return write_jsonl(str(tmp_path_factory.mktemp("vllm_prompts") / "p.jsonl"),
-                       [{"id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
+    return write_jsonl(
+        str(tmp_path_factory.mktemp("vllm_prompts") / "p.jsonl"),
+        [{"id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +75,7 @@ def hf_answers(smollm2_dir, prompts_file, tmp_path_factory):
 
 
 # ---- pure functions: both legs --------------------------------------------------------------------------------
+
 
 def test_gpu_slices_and_cpu_slices():
     assert V.device_slices(["0", "1", "2", "3"], 2, 2) == ["0,1", "2,3"]
@@ -84,6 +103,7 @@ def test_backend_auto_is_vllm_when_installed_else_hf_said_in_one_line(monkeypatc
 
 # ---- the real vLLM package ------------------------------------------------------------------------------------
 
+
 @pytest.mark.vllm
 def test_vllm_backend_answers_like_the_hf_backend(smollm2_dir, prompts_file, hf_answers, tmp_path):
     from openrlhf.recipes.generate import generate
@@ -102,8 +122,9 @@ def test_two_vllm_engine_processes_on_cpu_cores(smollm2_dir, prompts_file, hf_an
     from openrlhf.recipes.generate import generate
 
     out = str(tmp_path / "two.jsonl")
-    stats = generate(_cfg(smollm2_dir, prompts_file, out, "--generate.backend", "vllm", "--vllm.num_engines", "2",
-                          *VLLM_CPU))
+    stats = generate(
+        _cfg(smollm2_dir, prompts_file, out, "--generate.backend", "vllm", "--vllm.num_engines", "2", *VLLM_CPU)
+    )
     assert stats["generated"] == len(PROMPTS)
     assert _answers(out) == hf_answers
     assert [json.loads(x)["id"] for x in open(out)] == [f"p{i}" for i in range(len(PROMPTS))]
@@ -111,9 +132,20 @@ def test_two_vllm_engine_processes_on_cpu_cores(smollm2_dir, prompts_file, hf_an
 
 @pytest.mark.vllm
 def test_a_failing_vllm_engine_stops_the_run_with_its_traceback(tmp_path):
-    s = V.VLLMSettings(model=str(tmp_path / "no_such_model"), tp_size=1, dtype="float32", gpu_memory_utilization=0.1,
-                       seed=0, temperature=0.0, top_p=1.0, top_k=-1, max_tokens=4, batch_size=2, stop_ids=[7],
-                       enforce_eager=True)
+    s = V.VLLMSettings(
+        model=str(tmp_path / "no_such_model"),
+        tp_size=1,
+        dtype="float32",
+        gpu_memory_utilization=0.1,
+        seed=0,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=-1,
+        max_tokens=4,
+        batch_size=2,
+        stop_ids=[7],
+        enforce_eager=True,
+    )
     with pytest.raises(RuntimeError, match=r"(?s)vLLM engine \d \(VLLM_CPU_OMP_THREADS_BIND=\d\) failed:.*Traceback"):
         list(V.run_vllm(s, [[1, 2]] * 4, num_engines=2, poll_s=0.5))
 
@@ -125,8 +157,22 @@ def test_vllm_engines_as_ray_actors_on_cpu(ray_head, smollm2_dir, prompts_file, 
     from openrlhf.recipes.generate import generate
 
     out = str(tmp_path / "ray.jsonl")
-    stats = generate(_cfg(smollm2_dir, prompts_file, out, "--generate.backend", "vllm", "--generate.ray",
-                          "--vllm.num_engines", "2", "--ray.num_cpus_per_actor", "1", "--ray.address",
-                          ray_head["address"], *VLLM_CPU))
+    stats = generate(
+        _cfg(
+            smollm2_dir,
+            prompts_file,
+            out,
+            "--generate.backend",
+            "vllm",
+            "--generate.ray",
+            "--vllm.num_engines",
+            "2",
+            "--ray.num_cpus_per_actor",
+            "1",
+            "--ray.address",
+            ray_head["address"],
+            *VLLM_CPU,
+        )
+    )
     assert stats["generated"] == len(PROMPTS)
     assert _answers(out) == hf_answers

@@ -133,8 +133,24 @@ def sft_rows(n: int = 8):
     return [{"input": r["prompt"], "output": r["chosen"]} for r in pref_rows(n)]
 
 
-TOPICS = ["the sea", "a fox", "Paris", "numbers", "distillation", "tea", "music", "rain", "books", "trees",
-          "the moon", "bread", "snow", "clocks", "rivers", "birds"]
+TOPICS = [
+    "the sea",
+    "a fox",
+    "Paris",
+    "numbers",
+    "distillation",
+    "tea",
+    "music",
+    "rain",
+    "books",
+    "trees",
+    "the moon",
+    "bread",
+    "snow",
+    "clocks",
+    "rivers",
+    "birds",
+]
 
 
 def make_talking_teacher(folder: str, answer: str = "It is nice.", steps: int = 150, seed: int = 0) -> str:
@@ -149,9 +165,13 @@ def make_talking_teacher(folder: str, answer: str = "It is nice.", steps: int = 
     seqs, masks = [], []
     for topic in TOPICS:
         msgs = [{"role": "user", "content": f"Tell me about {topic}."}]
-        p = tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids
-        full = tok(tok.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=False),
-                   add_special_tokens=False).input_ids
+        p = tok(
+            tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+        ).input_ids
+        full = tok(
+            tok.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=False),
+            add_special_tokens=False,
+        ).input_ids
         seqs.append(full)
         masks.append([0] * len(p) + [1] * (len(full) - len(p)))
     T = max(map(len, seqs))
@@ -162,8 +182,9 @@ def make_talking_teacher(folder: str, answer: str = "It is nice.", steps: int = 
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                reduction="none").view(ids.shape[0], -1)
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+        ).view(ids.shape[0], -1)
         loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
         opt.zero_grad()
         loss.backward()
@@ -197,25 +218,47 @@ def base_flags(model: str, data: str, out: str, *extra: str) -> list:
     """The flags of a tiny CPU training run (chat template, the columns of :func:`pref_rows` /
     :func:`sft_rows`, one row per micro-batch, ZeRO-2, fp32, a large learning rate)."""
     return [
-        "--model.model_name_or_path", model,
-        "--data.dataset", data,
+        "--model.model_name_or_path",
+        model,
+        "--data.dataset",
+        data,
         *DATA_KEYS,
         "--data.apply_chat_template",
-        "--train.micro_batch_size", "1",
-        "--ds.zero_stage", "2",
-        "--ds.param_dtype", "fp32",
-        "--adam.lr", "2e-3",
-        "--lr_warmup_ratio", "0",
-        "--ckpt.output_dir", out,
+        "--train.micro_batch_size",
+        "1",
+        "--ds.zero_stage",
+        "2",
+        "--ds.param_dtype",
+        "fp32",
+        "--adam.lr",
+        "2e-3",
+        "--lr_warmup_ratio",
+        "0",
+        "--ckpt.output_dir",
+        out,
         *extra,
     ]
 
 
 def score_flags(model: str, data: str, out: str, *extra: str) -> list:
     """The flags of a tiny score_logps run (the flags of :func:`base_flags` that it takes)."""
-    return ["--model.model_name_or_path", model, "--data.dataset", data, *DATA_KEYS, "--data.apply_chat_template",
-            "--train.micro_batch_size", "1", "--ds.zero_stage", "2", "--ds.param_dtype", "fp32",
-            "--ckpt.output_dir", out, *extra]
+    return [
+        "--model.model_name_or_path",
+        model,
+        "--data.dataset",
+        data,
+        *DATA_KEYS,
+        "--data.apply_chat_template",
+        "--train.micro_batch_size",
+        "1",
+        "--ds.zero_stage",
+        "2",
+        "--ds.param_dtype",
+        "fp32",
+        "--ckpt.output_dir",
+        out,
+        *extra,
+    ]
 
 
 def free_port() -> str:
@@ -228,8 +271,11 @@ def free_port() -> str:
 
 def launch_env(**extra: str) -> dict:
     """A fresh shell's environment: no process-group variables left by in-process runs."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.update(extra)
     return env
@@ -245,8 +291,18 @@ def sigint_default() -> None:
 
 
 def deepspeed_cmd(module: str, flags: list, nprocs: int = 2) -> list:
-    return [*DEEPSPEED, "--num_gpus", str(nprocs), "--master_addr", "127.0.0.1", "--master_port", free_port(),
-            "--module", module, *flags]
+    return [
+        *DEEPSPEED,
+        "--num_gpus",
+        str(nprocs),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        free_port(),
+        "--module",
+        module,
+        *flags,
+    ]
 
 
 def run_deepspeed(module: str, flags: list, timeout: int = 600, check: bool = True, env: dict = None):
@@ -275,8 +331,14 @@ def run_cli(module: str, flags: list, timeout: int = 300, env: dict = None):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", module, *flags], env=env or launch_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *flags],
+        env=env or launch_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def direct_logps(path: str, rows: list) -> tuple:

@@ -16,15 +16,21 @@ from openrlhf.cli.common import ArgParser, run_main
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
-    ap = ArgParser(prog="python -m openrlhf.cli.build_sets", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(
+        prog="python -m openrlhf.cli.build_sets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--teacher", required=True, help="generation JSONL of the teacher")
     ap.add_argument("--student", required=True, help="generation JSONL of the student")
     ap.add_argument("--output_dir", required=True, help="folder for preference.jsonl, sft.jsonl, report.json")
     ap.add_argument("--prompt_key", default="prompt", help="key of the prompt in both generation files")
-    ap.add_argument("--keep_unfinished", action="store_true",
-                    help="keep teacher responses cut at max_new_tokens (trained without the end-of-turn token) "
-                         "instead of dropping them")
+    ap.add_argument(
+        "--keep_unfinished",
+        action="store_true",
+        help="keep teacher responses cut at max_new_tokens (trained without the end-of-turn token) "
+        "instead of dropping them",
+    )
     return ap.parse_args(sys.argv[1:] if argv is None else argv)
 
 
@@ -34,7 +40,9 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
         # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
         from openrlhf.generation.sets import build_sets
 
-        return build_sets(a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key, keep_unfinished=a.keep_unfinished)
+        return build_sets(
+            a.teacher, a.student, a.output_dir, prompt_key=a.prompt_key, keep_unfinished=a.keep_unfinished
+        )
 
     return run_main(body)
 

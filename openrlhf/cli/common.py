@@ -68,6 +68,7 @@ def run_task(task: str, argv: Optional[List[str]] = None) -> Any:
     import the task's recipe (:data:`~openrlhf.config.schema.REGISTRY`) and run it, through
     :func:`run_main`. The recipe is imported only after parsing: ``--help`` and config errors come
     before torch is imported."""
+
     def body() -> Any:
         cfg = load_config(sys.argv[1:] if argv is None else argv, task=task)
         return recipe_of(task)(cfg)  # imports the recipe (and torch) now, after parsing

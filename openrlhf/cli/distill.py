@@ -19,8 +19,12 @@ def main(argv: Optional[list] = None) -> None:
     ap = ArgParser(prog="python -m openrlhf.cli.distill", description=__doc__.split("\n\n")[1])
     ap.add_argument("--config", required=True, help="the pipeline YAML (see examples/configs/demo_cpu.yaml)")
     ap.add_argument("--run_dir", default="", help="override run_dir of the YAML")
-    ap.add_argument("--stop_after", default="", metavar="STAGE",
-                    help="stop after this stage (e.g. teacher, prompts, sets, dsft); a rerun without it goes on")
+    ap.add_argument(
+        "--stop_after",
+        default="",
+        metavar="STAGE",
+        help="stop after this stage (e.g. teacher, prompts, sets, dsft); a rerun without it goes on",
+    )
     ap.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
 
     def body() -> None:

@@ -22,8 +22,12 @@ def main(argv: Optional[list] = None) -> int:
         ap.add_argument("--task", required=True, choices=["mtbench", "alpacaeval"])
         ap.add_argument("--output", required=True, help="the prompt file to write (JSON lines)")
         ap.add_argument("--max_items", type=int, default=-1, help="only the first N (-1: all)")
-        ap.add_argument("--temperature", type=float, default=None,
-                        help="one sampling temperature for every row (default: FastChat's, by MT-Bench category)")
+        ap.add_argument(
+            "--temperature",
+            type=float,
+            default=None,
+            help="one sampling temperature for every row (default: FastChat's, by MT-Bench category)",
+        )
         ap.add_argument("--max_new_tokens", type=int, default=1024, help="new tokens per answer (FastChat: 1024)")
         a = ap.parse_args(sys.argv[1:] if argv is None else argv)
         # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)

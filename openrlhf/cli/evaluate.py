@@ -28,24 +28,43 @@ def candidate_files(items: List[str], parser: argparse.ArgumentParser) -> Dict[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = ArgParser(prog="python -m openrlhf.cli.evaluate",
-                                 description="Compare candidate models' responses with the teacher's.")
+    ap = ArgParser(
+        prog="python -m openrlhf.cli.evaluate", description="Compare candidate models' responses with the teacher's."
+    )
     ap.add_argument("--teacher", required=True, help="the teacher model folder (or hub name)")
     ap.add_argument("--teacher_responses", required=True, help="the teacher's responses (JSONL from generate)")
-    ap.add_argument("--candidate", action="append", default=[], metavar="LABEL=FILE",
-                    help="a candidate's responses (repeatable), e.g. --candidate daDPO=dadpo.jsonl")
+    ap.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="LABEL=FILE",
+        help="a candidate's responses (repeatable), e.g. --candidate daDPO=dadpo.jsonl",
+    )
     ap.add_argument("--output_dir", required=True)
     ap.add_argument("--prompts", default="", help="the held-out prompt file: checks that the teacher ids are in it")
-    ap.add_argument("--no_chat_template", action="store_true",
-                    help="score plain prompt + response + EOS instead of the teacher's chat template")
-    ap.add_argument("--teacher_chat_template", default="",
-                    help="a Jinja chat template (or a file holding one) that replaces the teacher tokenizer's")
+    ap.add_argument(
+        "--no_chat_template",
+        action="store_true",
+        help="score plain prompt + response + EOS instead of the teacher's chat template",
+    )
+    ap.add_argument(
+        "--teacher_chat_template",
+        default="",
+        help="a Jinja chat template (or a file holding one) that replaces the teacher tokenizer's",
+    )
     ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--compare_to", default="daDPO",
-                    help="the candidate compared prompt by prompt with every other (wins / ties / losses, paired "
-                         "tests); default daDPO, when given")
-    ap.add_argument("--dtype", default="fp32", choices=list(PARAM_DTYPES),
-                    help="the teacher's dtype, as --ds.param_dtype (fp32 on CPU)")
+    ap.add_argument(
+        "--compare_to",
+        default="daDPO",
+        help="the candidate compared prompt by prompt with every other (wins / ties / losses, paired "
+        "tests); default daDPO, when given",
+    )
+    ap.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=list(PARAM_DTYPES),
+        help="the teacher's dtype, as --ds.param_dtype (fp32 on CPU)",
+    )
     return ap
 
 
@@ -63,10 +82,18 @@ def main(argv: Optional[list] = None) -> dict:
         if template and os.path.isfile(template):
             with open(template, encoding="utf-8") as f:
                 template = f.read()
-        report = evaluate_responses(args.teacher, args.teacher_responses, candidates, args.output_dir,
-                                    apply_chat_template=not args.no_chat_template, batch_size=args.batch_size,
-                                    prompts=args.prompts or None, chat_template=template, dtype=args.dtype,
-                                    compare_to=args.compare_to)
+        report = evaluate_responses(
+            args.teacher,
+            args.teacher_responses,
+            candidates,
+            args.output_dir,
+            apply_chat_template=not args.no_chat_template,
+            batch_size=args.batch_size,
+            prompts=args.prompts or None,
+            chat_template=template,
+            dtype=args.dtype,
+            compare_to=args.compare_to,
+        )
         with open(os.path.join(args.output_dir, "report.md"), encoding="utf-8") as f:
             print(f.read())
         return report

@@ -22,8 +22,13 @@ def build_parser():
     ap.add_argument("--lora_path", required=True, help="the peft adapter folder (adapter_config.json)")
     ap.add_argument("--output_path", required=True, help="the folder to write the merged model to")
     ap.add_argument("--is_rm", action="store_true", help="the base is a sequence-classification (reward) model")
-    ap.add_argument("--ds.param_dtype", dest="param_dtype", default="bf16", choices=list(PARAM_DTYPES),
-                    help="dtype of the merged weights (bf16 as OpenRLHF; fp32 for a CPU)")
+    ap.add_argument(
+        "--ds.param_dtype",
+        dest="param_dtype",
+        default="bf16",
+        choices=list(PARAM_DTYPES),
+        help="dtype of the merged weights (bf16 as OpenRLHF; fp32 for a CPU)",
+    )
     return ap
 
 

@@ -18,8 +18,18 @@ from openrlhf.recipes import recipe_of
 def main(argv: Optional[list] = None) -> dict:
     def body(cfg) -> dict:
         report = recipe_of("prune")(cfg)  # imports the pruner (and torch) now, after parsing
-        keys = ("params_before", "params_after", "params_ratio", "loss_before", "loss_after",
-                "response_loss_before", "response_loss_after", "dropped_layers", "output_dir", "seconds")
+        keys = (
+            "params_before",
+            "params_after",
+            "params_ratio",
+            "loss_before",
+            "loss_after",
+            "response_loss_before",
+            "response_loss_after",
+            "dropped_layers",
+            "output_dir",
+            "seconds",
+        )
         print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
         return report
 

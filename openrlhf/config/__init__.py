@@ -15,6 +15,20 @@ from openrlhf.config.schema import (
 )
 from openrlhf.config.validate import validate
 
-__all__ = ["ConfigError", "config_to_dict", "dump_config", "load_config", "validate", "TASK_CONFIGS", "TASKS",
-           "RunConfig", "TrainingConfig", "SFTConfig", "DPOConfig", "DADPOConfig", "ScoreLogpsConfig",
-           "GenerateTaskConfig", "PruneTaskConfig"]
+__all__ = [
+    "ConfigError",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "validate",
+    "TASK_CONFIGS",
+    "TASKS",
+    "RunConfig",
+    "TrainingConfig",
+    "SFTConfig",
+    "DPOConfig",
+    "DADPOConfig",
+    "ScoreLogpsConfig",
+    "GenerateTaskConfig",
+    "PruneTaskConfig",
+]

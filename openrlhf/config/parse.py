@@ -232,8 +232,9 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _flatten_yaml(data: dict, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str],
-                  task: str, prefix: str = "") -> Dict[str, Any]:
+def _flatten_yaml(
+    data: dict, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str], task: str, prefix: str = ""
+) -> Dict[str, Any]:
     """Nested or dotted YAML mapping -> {dotted leaf name: raw value}; problems named by file and key."""
     out: Dict[str, Any] = {}
     for key, value in data.items():
@@ -259,8 +260,9 @@ def _flatten_yaml(data: dict, path: str, leaves: Dict[str, Any], sections: Set[s
     return out
 
 
-def _apply_yaml(cfg: RunConfig, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str],
-                bad: Set[str], task: str) -> None:
+def _apply_yaml(
+    cfg: RunConfig, path: str, leaves: Dict[str, Any], sections: Set[str], problems: List[str], bad: Set[str], task: str
+) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=_StrictLoader)
@@ -307,8 +309,11 @@ def task_flags(task: str) -> Set[str]:
 
 def _other_tasks(name: str, task: str) -> str:
     """' (a flag of train_dadpo, score_logps)' when ``name`` belongs to other tasks' configs, else ''."""
-    owners = [TASK_COMMANDS[t] for t, cls in TASK_CONFIGS.items()
-              if t != task and (name in _leaf_types(cls)[0] or name in _leaf_types(cls)[1])]
+    owners = [
+        TASK_COMMANDS[t]
+        for t, cls in TASK_CONFIGS.items()
+        if t != task and (name in _leaf_types(cls)[0] or name in _leaf_types(cls)[1])
+    ]
     # A Ray trainer takes every flag of its plain sibling: name it only for the flags of its own.
     owners = [o for o in owners if not (o.endswith("_ray") and o[: -len("_ray")] in owners)]
     return f" (not used by {TASK_COMMANDS[task]}; a flag of {', '.join(owners)})" if owners else ""
@@ -325,8 +330,9 @@ def _unknown(name: str, known: List[str], task: str, dashes: str) -> str:
     return _other_tasks(name, task) or _suggest(name, known, dashes)
 
 
-def _split_argv(argv: List[str], leaves: Dict[str, Any], problems: List[str],
-                bad: Set[str], task: str) -> Tuple[List[str], List[Tuple[str, Any]]]:
+def _split_argv(
+    argv: List[str], leaves: Dict[str, Any], problems: List[str], bad: Set[str], task: str
+) -> Tuple[List[str], List[Tuple[str, Any]]]:
     """argv -> (config files, [(dotted name, parsed value)]); problems in argv order."""
     configs: List[str] = []
     overrides: List[Tuple[str, Any]] = []
@@ -398,8 +404,7 @@ def _split_argv(argv: List[str], leaves: Dict[str, Any], problems: List[str],
     return configs, overrides
 
 
-def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = True,
-                check_packages: bool = True) -> Any:
+def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = True, check_packages: bool = True) -> Any:
     """Parse ``argv`` (like ``sys.argv[1:]``; None: ``sys.argv[1:]``) into the validated
     config root of ``task`` (one of :data:`~openrlhf.config.schema.TASKS`; e.g. ``"dadpo"``
     gives a :class:`~openrlhf.config.schema.DADPOConfig`).
@@ -431,8 +436,9 @@ def load_config(argv: Optional[List[str]], task: str, *, check_paths: bool = Tru
     return _validated(cfg, problems, bad, check_paths, check_packages)
 
 
-def config_from_flags(task: str, flags: Dict[str, Any], *, check_paths: bool = True,
-                      check_packages: bool = True) -> Any:
+def config_from_flags(
+    task: str, flags: Dict[str, Any], *, check_paths: bool = True, check_packages: bool = True
+) -> Any:
     """The validated config root of ``task`` from a mapping of dotted flag names to values, each read
     as a ``--config`` file's value of that flag is (``{"train.batch_size": 8, "adam.lr": "1e-5",
     "adam.betas": [0.9, 0.95]}``): how the distillation pipeline builds its stages' configs from
@@ -460,8 +466,11 @@ def config_from_flags(task: str, flags: Dict[str, Any], *, check_paths: bool = T
 def _validated(cfg: RunConfig, problems: List[str], bad: Set[str], check_paths: bool, check_packages: bool) -> Any:
     """``cfg`` after :func:`validate`, or :class:`ConfigError` with ``problems`` and the checks' own (a field
     whose given value was rejected is not checked again)."""
-    problems = problems + [p for p in validate(cfg, check_paths=check_paths, check_packages=check_packages)
-                           if not any(p.startswith(f"--{b}:") for b in bad)]
+    problems = problems + [
+        p
+        for p in validate(cfg, check_paths=check_paths, check_packages=check_packages)
+        if not any(p.startswith(f"--{b}:") for b in bad)
+    ]
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -505,8 +514,11 @@ def _flag_text(value: Any) -> str:
 def format_help(task: str) -> str:
     """Every flag with its type and default, one per line."""
     root = TASK_CONFIGS[task]
-    lines = [f"usage: python -m openrlhf.cli.{TASK_COMMANDS[task]} [--config FILE.yaml ...] [--section.name VALUE ...]",
-             "", "  --config FILE.yaml   settings as a nested (or dotted) YAML mapping; flags override it"]
+    lines = [
+        f"usage: python -m openrlhf.cli.{TASK_COMMANDS[task]} [--config FILE.yaml ...] [--section.name VALUE ...]",
+        "",
+        "  --config FILE.yaml   settings as a nested (or dotted) YAML mapping; flags override it",
+    ]
     defaults = config_to_dict(root())
     leaves, _ = _leaf_types(root)
     for name, tp in leaves.items():

@@ -109,8 +109,9 @@ def prune_problems(method: str, mlp_ratio: float, head_ratio: float) -> List[str
     return p
 
 
-def parse_named_files(items: Sequence[str], flag: str = "--candidate", word: str = "NAME",
-                      example: str = "daDPO=dadpo_eval.jsonl") -> Tuple[Dict[str, str], List[str]]:
+def parse_named_files(
+    items: Sequence[str], flag: str = "--candidate", word: str = "NAME", example: str = "daDPO=dadpo_eval.jsonl"
+) -> Tuple[Dict[str, str], List[str]]:
     """``NAME=FILE`` values (judge's --candidate, evaluate's LABEL=FILE) -> ({name: file}, problems): a value
     without a name or a file, and a name given twice, are problems naming ``flag``."""
     out: Dict[str, str] = {}
@@ -168,11 +169,15 @@ class PreferenceModelConfig(ModelConfig):
     def problems(self) -> List[str]:
         p = Problems(super().problems())
         p.need(self.beta >= 0, "model.beta", f"must be >= 0, got {self.beta}")
-        p.need(0 <= self.label_smoothing < 0.5, "model.label_smoothing",
-               f"must be in [0, 0.5), got {self.label_smoothing}")
+        p.need(
+            0 <= self.label_smoothing < 0.5, "model.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}"
+        )
         p.need(self.nll_loss_coef >= 0, "model.nll_loss_coef", f"must be >= 0, got {self.nll_loss_coef}")
-        p.need(not (self.ipo_enable and self.label_smoothing > 0), "model.label_smoothing",
-               "conflicts with --model.ipo_enable (IPO has no label smoothing; set it to 0)")
+        p.need(
+            not (self.ipo_enable and self.label_smoothing > 0),
+            "model.label_smoothing",
+            "conflicts with --model.ipo_enable (IPO has no label smoothing; set it to 0)",
+        )
         return p
 
 
@@ -215,8 +220,11 @@ class TeacherModelConfig(Section):
         p = Problems()
         paths = self.model_name_or_path
         p.need(len(set(paths)) == len(paths), "teacher.model_name_or_path", f"a teacher is given twice: {list(paths)}")
-        p.need(not (self.tokenizer_chat_template and len(paths) > 1), "teacher.tokenizer_chat_template",
-               "applies to one teacher; with several teachers each one uses its own tokenizer's template")
+        p.need(
+            not (self.tokenizer_chat_template and len(paths) > 1),
+            "teacher.tokenizer_chat_template",
+            "applies to one teacher; with several teachers each one uses its own tokenizer's template",
+        )
         return p
 
     def inputs(self) -> List[Tuple[str, str]]:
@@ -234,11 +242,15 @@ class TeacherConfig(TeacherModelConfig):
         p = Problems()
         p.need(len(paths) >= 1, "teacher.model_name_or_path", "required for daDPO")
         p.extend(super().problems())
-        p.need(all(b >= 0 for b in beta), "teacher.beta",
-               f"must be >= 0, got {beta[0] if len(beta) == 1 else list(beta)}")
+        p.need(
+            all(b >= 0 for b in beta), "teacher.beta", f"must be >= 0, got {beta[0] if len(beta) == 1 else list(beta)}"
+        )
         if paths:
-            p.need(len(beta) == len(paths), "teacher.beta",
-                   f"give one beta per teacher: {len(paths)} teachers, {len(beta)} betas ({list(beta)})")
+            p.need(
+                len(beta) == len(paths),
+                "teacher.beta",
+                f"give one beta per teacher: {len(paths)} teachers, {len(beta)} betas ({list(beta)})",
+            )
         return p
 
 
@@ -263,8 +275,10 @@ class KTOConfig(Section):
 
     def problems(self) -> List[str]:
         p = Problems()
-        for name, value in (("desirable_loss_weight", self.desirable_loss_weight),
-                            ("undesirable_loss_weight", self.undesirable_loss_weight)):
+        for name, value in (
+            ("desirable_loss_weight", self.desirable_loss_weight),
+            ("undesirable_loss_weight", self.undesirable_loss_weight),
+        ):
             p.need(value >= 0, f"kto.{name}", f"must be >= 0, got {value}")
         return p
 
@@ -301,24 +315,42 @@ class DataConfig(Section):
 
     def problems(self) -> List[str]:
         p = Problems()
-        p.need(bool(self.dataset), "data.dataset",
-               "required (an HF hub name, a local folder or a .json/.jsonl/.parquet file)")
+        p.need(
+            bool(self.dataset),
+            "data.dataset",
+            "required (an HF hub name, a local folder or a .json/.jsonl/.parquet file)",
+        )
         p.need(self.max_len >= 8, "data.max_len", f"must be >= 8, got {self.max_len}")
-        p.need(self.max_samples == -1 or self.max_samples >= 1, "data.max_samples",
-               f"must be -1 (all) or >= 1, got {self.max_samples}")
+        p.need(
+            self.max_samples == -1 or self.max_samples >= 1,
+            "data.max_samples",
+            f"must be -1 (all) or >= 1, got {self.max_samples}",
+        )
         if self.input_template:
             reason = input_template_problem(self.input_template)
             p.need(not reason, "data.input_template", reason)
         if self.dataset_probs:
             probs, n = self.dataset_probs, len(split_sources(self.dataset))
-            p.need(len(probs) == n, "data.dataset_probs",
-                   f"give one probability per source of --data.dataset: {n} sources, {len(probs)} probabilities")
-            p.need(all(x > 0 for x in probs) and abs(sum(probs) - 1.0) < 1e-6, "data.dataset_probs",
-                   f"positive and summing to 1, got {list(probs)}")
-        p.need(self.dataloader_num_workers >= 0, "data.dataloader_num_workers",
-               f"must be >= 0, got {self.dataloader_num_workers}")
-        p.need(not self.tokenizer_chat_template or self.apply_chat_template, "data.tokenizer_chat_template",
-               "set but --data.apply_chat_template is false, so it would be unused")
+            p.need(
+                len(probs) == n,
+                "data.dataset_probs",
+                f"give one probability per source of --data.dataset: {n} sources, {len(probs)} probabilities",
+            )
+            p.need(
+                all(x > 0 for x in probs) and abs(sum(probs) - 1.0) < 1e-6,
+                "data.dataset_probs",
+                f"positive and summing to 1, got {list(probs)}",
+            )
+        p.need(
+            self.dataloader_num_workers >= 0,
+            "data.dataloader_num_workers",
+            f"must be >= 0, got {self.dataloader_num_workers}",
+        )
+        p.need(
+            not self.tokenizer_chat_template or self.apply_chat_template,
+            "data.tokenizer_chat_template",
+            "set but --data.apply_chat_template is false, so it would be unused",
+        )
         return p
 
     def inputs(self) -> List[Tuple[str, str]]:
@@ -334,8 +366,11 @@ class EvalConfig(Section):
 
     def problems(self) -> List[str]:
         p = Problems()
-        p.need(self.steps == -1 or self.steps >= 1, "eval.steps",
-               f"must be -1 (end of each epoch) or >= 1, got {self.steps}")
+        p.need(
+            self.steps == -1 or self.steps >= 1,
+            "eval.steps",
+            f"must be -1 (end of each epoch) or >= 1, got {self.steps}",
+        )
         return p
 
     def inputs(self) -> List[Tuple[str, str]]:
@@ -379,12 +414,16 @@ class TrainConfig(BatchConfig):
         p = Problems()
         p.need(self.max_epochs >= 1, "train.max_epochs", f"must be >= 1, got {self.max_epochs}")
         if self.dynamic_batch_enable:
-            p.need(self.max_tokens_per_gpu >= 1, "train.max_tokens_per_gpu",
-                   f"required with --train.dynamic_batch_enable (a token budget per micro-batch), got "
-                   f"{self.max_tokens_per_gpu}")
+            p.need(
+                self.max_tokens_per_gpu >= 1,
+                "train.max_tokens_per_gpu",
+                f"required with --train.dynamic_batch_enable (a token budget per micro-batch), got "
+                f"{self.max_tokens_per_gpu}",
+            )
         else:
-            p.need(self.max_tokens_per_gpu == 0, "train.max_tokens_per_gpu",
-                   "set but --train.dynamic_batch_enable is off")
+            p.need(
+                self.max_tokens_per_gpu == 0, "train.max_tokens_per_gpu", "set but --train.dynamic_batch_enable is off"
+            )
         return p
 
 
@@ -427,8 +466,10 @@ def transformers_attn_problem(name: str) -> str:
     valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
     if name in valid or is_kernel(name):
         return ""
-    return (f"transformers does not know {name!r}; it takes {', '.join(valid)} or a hub kernel "
-            "'org/repo[@revision][:function]' (and 'auto': flash_attention_2 where it runs, else sdpa)")
+    return (
+        f"transformers does not know {name!r}; it takes {', '.join(valid)} or a hub kernel "
+        "'org/repo[@revision][:function]' (and 'auto': flash_attention_2 where it runs, else sdpa)"
+    )
 
 
 @dataclass
@@ -465,49 +506,73 @@ class DSConfig(Section):
         p: List[str] = []
         for name, (off, what) in DS_NOT_SUPPORTED.items():
             if getattr(self, name) != off:
-                p.append(f"--ds.{name}: {what} is not supported by this fork (an OpenRLHF flag kept so that its "
-                         f"scripts parse); leave it at {off!r}")
+                p.append(
+                    f"--ds.{name}: {what} is not supported by this fork (an OpenRLHF flag kept so that its "
+                    f"scripts parse); leave it at {off!r}"
+                )
         lora = self.lora
         if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
-            p.append(f"--ds.lora.*: rank >= 0, alpha > 0 and 0 <= dropout < 1, got rank {lora.rank}, alpha "
-                     f"{lora.alpha}, dropout {lora.dropout}")
+            p.append(
+                f"--ds.lora.*: rank >= 0, alpha > 0 and 0 <= dropout < 1, got rank {lora.rank}, alpha "
+                f"{lora.alpha}, dropout {lora.dropout}"
+            )
         if self.load_in_4bit and lora.rank == 0:
             p.append("--ds.load_in_4bit: needs --ds.lora.rank > 0 (4-bit base weights are trained through LoRA)")
         if self.grad_accum_dtype and self.grad_accum_dtype not in PARAM_DTYPES:
-            p.append(f"--ds.grad_accum_dtype: unknown dtype {self.grad_accum_dtype!r}; expected one of "
-                     f"{', '.join(PARAM_DTYPES)}")
+            p.append(
+                f"--ds.grad_accum_dtype: unknown dtype {self.grad_accum_dtype!r}; expected one of "
+                f"{', '.join(PARAM_DTYPES)}"
+            )
         if self.zero_stage not in ZERO_STAGES:
             p.append(f"--ds.zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage!r}")
         if self.param_dtype not in PARAM_DTYPES:
-            p.append(f"--ds.param_dtype: unknown dtype {self.param_dtype!r}; expected one of "
-                     f"{', '.join(PARAM_DTYPES)}")
+            p.append(f"--ds.param_dtype: unknown dtype {self.param_dtype!r}; expected one of {', '.join(PARAM_DTYPES)}")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             problem = transformers_attn_problem(self.attn_implementation)
             if problem:
                 p.append(f"--ds.attn_implementation: {problem}")
-        if (training and self.zero_stage == 0 and self.grad_accum_dtype in PARAM_DTYPES
-                and self.param_dtype in PARAM_DTYPES and self.grad_accum_dtype != self.param_dtype):
+        if (
+            training
+            and self.zero_stage == 0
+            and self.grad_accum_dtype in PARAM_DTYPES
+            and self.param_dtype in PARAM_DTYPES
+            and self.grad_accum_dtype != self.param_dtype
+        ):
             # DeepSpeed without ZeRO accumulates gradients in the model's dtype only (engine.py: "unsupported
             # mix of model_dtype and grad_accum_dtype", raised in deepspeed.initialize).
-            p.append(f"--ds.grad_accum_dtype: {self.grad_accum_dtype} with --ds.param_dtype {self.param_dtype} needs "
-                     "--ds.zero_stage 1, 2 or 3 (without ZeRO DeepSpeed accumulates gradients in the model's dtype); "
-                     f"leave it unset or set it to {self.param_dtype}")
+            p.append(
+                f"--ds.grad_accum_dtype: {self.grad_accum_dtype} with --ds.param_dtype {self.param_dtype} needs "
+                "--ds.zero_stage 1, 2 or 3 (without ZeRO DeepSpeed accumulates gradients in the model's dtype); "
+                f"leave it unset or set it to {self.param_dtype}"
+            )
         if self.attn_implementation in ("flash_attention_2", "flash_attention_3") and self.param_dtype == "fp32":
-            p.append(f"--ds.attn_implementation {self.attn_implementation}: flash-attention runs bf16 or fp16 only, "
-                     "and --ds.param_dtype is fp32; use --ds.param_dtype bf16, or sdpa / auto (auto picks sdpa for "
-                     "fp32)")
+            p.append(
+                f"--ds.attn_implementation {self.attn_implementation}: flash-attention runs bf16 or fp16 only, "
+                "and --ds.param_dtype is fp32; use --ds.param_dtype bf16, or sdpa / auto (auto picks sdpa for "
+                "fp32)"
+            )
         if training and self.adam_offload and self.zero_stage == 0:
             p.append("--ds.adam_offload: needs --ds.zero_stage 1, 2 or 3 (ZeRO offloads the optimizer)")
         return p
 
     def packages(self) -> List[Tuple[str, str, str]]:
-        wanted = [("flash_attn", self.attn_implementation == "flash_attention_2", "ds.attn_implementation",
-                   "--ds.attn_implementation flash_attention_2"),
-                  ("flash_attn_interface", self.attn_implementation == "flash_attention_3", "ds.attn_implementation",
-                   "--ds.attn_implementation flash_attention_3"),
-                  ("peft", self.lora.rank > 0, "ds.lora.rank", "LoRA (--ds.lora.rank > 0)"),
-                  ("bitsandbytes", self.load_in_4bit, "ds.load_in_4bit", "--ds.load_in_4bit"),
-                  ("liger_kernel", self.use_liger_kernel, "ds.use_liger_kernel", "--ds.use_liger_kernel")]
+        wanted = [
+            (
+                "flash_attn",
+                self.attn_implementation == "flash_attention_2",
+                "ds.attn_implementation",
+                "--ds.attn_implementation flash_attention_2",
+            ),
+            (
+                "flash_attn_interface",
+                self.attn_implementation == "flash_attention_3",
+                "ds.attn_implementation",
+                "--ds.attn_implementation flash_attention_3",
+            ),
+            ("peft", self.lora.rank > 0, "ds.lora.rank", "LoRA (--ds.lora.rank > 0)"),
+            ("bitsandbytes", self.load_in_4bit, "ds.load_in_4bit", "--ds.load_in_4bit"),
+            ("liger_kernel", self.use_liger_kernel, "ds.use_liger_kernel", "--ds.use_liger_kernel"),
+        ]
         return [(module, flag, feature) for module, used, flag, feature in wanted if used]
 
 
@@ -547,11 +612,16 @@ class CkptConfig(OutputConfig):
     def problems(self) -> List[str]:
         p = Problems()
         p.need(self.max_mem >= 1, "ckpt.max_mem", f"must be >= 1 (GB), got {self.max_mem}")
-        p.need(not (self.disable_ds and self.load_enable and self.save_steps > 0 and not self.save_hf),
-               "ckpt.disable_ds",
-               "with --ckpt.disable_ds no resumable checkpoint is written, so --ckpt.load_enable has nothing to resume")
-        p.need(self.save_steps == -1 or self.save_steps >= 1, "ckpt.save_steps",
-               f"must be -1 (never) or >= 1, got {self.save_steps}")
+        p.need(
+            not (self.disable_ds and self.load_enable and self.save_steps > 0 and not self.save_hf),
+            "ckpt.disable_ds",
+            "with --ckpt.disable_ds no resumable checkpoint is written, so --ckpt.load_enable has nothing to resume",
+        )
+        p.need(
+            self.save_steps == -1 or self.save_steps >= 1,
+            "ckpt.save_steps",
+            f"must be -1 (never) or >= 1, got {self.save_steps}",
+        )
         p.need(self.max_num >= 1, "ckpt.max_num", f"must be >= 1, got {self.max_num}")
         return p
 
@@ -582,8 +652,10 @@ class LoggerConfig(Section):
         return p
 
     def packages(self) -> List[Tuple[str, str, str]]:
-        wanted = [("tensorboard", bool(self.tensorboard_dir), "logger.tensorboard_dir", "tensorboard logging"),
-                  ("wandb", bool(self.wandb.key), "logger.wandb.key", "wandb logging")]
+        wanted = [
+            ("tensorboard", bool(self.tensorboard_dir), "logger.tensorboard_dir", "tensorboard logging"),
+            ("wandb", bool(self.wandb.key), "logger.wandb.key", "wandb logging"),
+        ]
         return [(module, flag, feature) for module, used, flag, feature in wanted if used]
 
 
@@ -614,8 +686,11 @@ class GenerateConfig(Section):
 
     def problems(self) -> List[str]:
         p = Problems()
-        p.need(self.backend in GENERATE_BACKENDS, "generate.backend",
-               f"unknown backend {self.backend!r}; expected one of {', '.join(GENERATE_BACKENDS)}")
+        p.need(
+            self.backend in GENERATE_BACKENDS,
+            "generate.backend",
+            f"unknown backend {self.backend!r}; expected one of {', '.join(GENERATE_BACKENDS)}",
+        )
         p.need(bool(self.output_path), "generate.output_path", "required (the output .jsonl file)")
         p.need(self.max_new_tokens >= 1, "generate.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         p.need(self.temperature >= 0, "generate.temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
@@ -628,8 +703,10 @@ class GenerateConfig(Section):
         return [("generate.output_path", self.output_path, True)] if self.output_path else []
 
     def packages(self) -> List[Tuple[str, str, str]]:
-        wanted = [("vllm", self.backend == "vllm", "generate.backend", "--generate.backend vllm"),
-                  ("ray", self.ray, "generate.ray", "engines as Ray actors (--generate.ray)")]
+        wanted = [
+            ("vllm", self.backend == "vllm", "generate.backend", "--generate.backend vllm"),
+            ("ray", self.ray, "generate.ray", "engines as Ray actors (--generate.ray)"),
+        ]
         return [(module, flag, feature) for module, used, flag, feature in wanted if used]
 
 
@@ -669,13 +746,22 @@ class VLLMConfig(Section):
 
     def problems(self) -> List[str]:
         p = Problems()
-        p.need(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size",
-               f"must be >= 1, got {self.tensor_parallel_size}")
+        p.need(
+            self.tensor_parallel_size >= 1,
+            "vllm.tensor_parallel_size",
+            f"must be >= 1, got {self.tensor_parallel_size}",
+        )
         p.need(self.num_engines >= 1, "vllm.num_engines", f"must be >= 1, got {self.num_engines}")
-        p.need(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization",
-               f"must be in (0, 1], got {self.gpu_memory_utilization}")
-        p.need(self.max_model_len >= 0, "vllm.max_model_len",
-               f"must be >= 0 (0: the model's own), got {self.max_model_len}")
+        p.need(
+            0 < self.gpu_memory_utilization <= 1,
+            "vllm.gpu_memory_utilization",
+            f"must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
+        p.need(
+            self.max_model_len >= 0,
+            "vllm.max_model_len",
+            f"must be >= 0 (0: the model's own), got {self.max_model_len}",
+        )
         return p
 
 
@@ -697,8 +783,9 @@ class PruneConfig(Section):
     def problems(self) -> List[str]:
         p = Problems(prune_problems(self.method, self.mlp_ratio, self.head_ratio))
         p.need(self.num_layers >= 0, "prune.num_layers", f"must be >= 0, got {self.num_layers}")
-        p.need(self.calibration_samples >= 1, "prune.calibration_samples",
-               f"must be >= 1, got {self.calibration_samples}")
+        p.need(
+            self.calibration_samples >= 1, "prune.calibration_samples", f"must be >= 1, got {self.calibration_samples}"
+        )
         p.need(bool(self.output_dir), "prune.output_dir", "required (the folder the pruned model is written to)")
         return p
 
@@ -734,10 +821,16 @@ class JudgeConfig(Section):
     def problems(self) -> List[str]:
         """Also what distill's ``judge:`` section is checked with."""
         p = Problems()
-        p.need(bool(self.base_url), "judge.base_url",
-               "required: the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-        p.need(not self.base_url or self.base_url.startswith(("http://", "https://")), "judge.base_url",
-               f"expected an http(s):// URL, got {self.base_url!r}")
+        p.need(
+            bool(self.base_url),
+            "judge.base_url",
+            "required: the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1",
+        )
+        p.need(
+            not self.base_url or self.base_url.startswith(("http://", "https://")),
+            "judge.base_url",
+            f"expected an http(s):// URL, got {self.base_url!r}",
+        )
         p.need(bool(self.model), "judge.model", "required: the judge model's name at the endpoint")
         p.need(self.temperature >= 0, "judge.temperature", f"must be >= 0, got {self.temperature}")
         p.need(self.max_tokens >= 1, "judge.max_tokens", f"must be >= 1, got {self.max_tokens}")
@@ -786,10 +879,14 @@ class TrainingConfig(RunConfig):
         """The top-level flags (the sections check theirs)."""
         p = Problems(scheduler_problems(self.lr_scheduler, self.lr_warmup_ratio, self.min_lr_ratio))
         p.need(self.max_norm >= 0, "max_norm", f"must be >= 0 (0: no clipping), got {self.max_norm}")
-        p.need(self.optim == "adam", "optim",
-               f"{self.optim!r}: only adam (AdamW) is in this fork; Muon is not supported")
-        p.need(not self.use_ms, "use_ms",
-               "ModelScope downloads are not supported by this fork; give local folders or HF hub names")
+        p.need(
+            self.optim == "adam", "optim", f"{self.optim!r}: only adam (AdamW) is in this fork; Muon is not supported"
+        )
+        p.need(
+            not self.use_ms,
+            "use_ms",
+            "ModelScope downloads are not supported by this fork; give local folders or HF hub names",
+        )
         return p
 
     @property
@@ -929,12 +1026,14 @@ class JudgeTaskConfig(RunConfig):
     def problems(self) -> List[str]:
         """The top-level flags (--judge.* checks its own; whether the files exist: validate.py)."""
         p = Problems()
-        p.need(self.task in JUDGE_TASKS, "task",
-               f"unknown task {self.task!r}; expected one of {', '.join(JUDGE_TASKS)}")
+        p.need(
+            self.task in JUDGE_TASKS, "task", f"unknown task {self.task!r}; expected one of {', '.join(JUDGE_TASKS)}"
+        )
         p.need(bool(self.candidate), "candidate", "give at least one NAME=FILE (repeat the flag for more models)")
         p.need(bool(self.output_dir), "output_dir", "required (the report folder)")
-        p.need(self.max_items == -1 or self.max_items >= 1, "max_items",
-               f"must be -1 (all) or >= 1, got {self.max_items}")
+        p.need(
+            self.max_items == -1 or self.max_items >= 1, "max_items", f"must be -1 (all) or >= 1, got {self.max_items}"
+        )
         p.extend(parse_named_files(self.candidate)[1])
         if self.task == "indomain":
             p.need(bool(self.teacher_responses), "teacher_responses", "required for --task indomain")
@@ -1038,19 +1137,22 @@ class Task:
         return f"openrlhf.cli.{self.command}"
 
 
-REGISTRY: Dict[str, Task] = {t.name: t for t in (
-    Task("sft", SFTConfig, "train_sft", "openrlhf.recipes.sft:train_sft"),
-    Task("kd", KDTrainConfig, "train_kd", "openrlhf.recipes.kd:train_kd"),
-    Task("dpo", DPOConfig, "train_dpo", "openrlhf.recipes.dpo:train_dpo", ray="dpo_ray"),
-    Task("dadpo", DADPOConfig, "train_dadpo", "openrlhf.recipes.dadpo:train_dadpo", ray="dadpo_ray"),
-    Task("kto", KTOTrainConfig, "train_kto", "openrlhf.recipes.kto:train_kto"),
-    Task("dpo_ray", DPORayConfig, "train_dpo_ray", "openrlhf.recipes.ray_preference:train_dpo_ray"),
-    Task("dadpo_ray", DADPORayConfig, "train_dadpo_ray", "openrlhf.recipes.ray_preference:train_dadpo_ray"),
-    Task("score_logps", ScoreLogpsConfig, "score_logps", "openrlhf.recipes.score:score_logps"),
-    Task("generate", GenerateTaskConfig, "generate", "openrlhf.recipes.generate:generate"),
-    Task("prune", PruneTaskConfig, "prune", "openrlhf.tools.prune:prune"),
-    Task("judge", JudgeTaskConfig, "judge", "openrlhf.eval.run:judge"),
-)}
+REGISTRY: Dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("sft", SFTConfig, "train_sft", "openrlhf.recipes.sft:train_sft"),
+        Task("kd", KDTrainConfig, "train_kd", "openrlhf.recipes.kd:train_kd"),
+        Task("dpo", DPOConfig, "train_dpo", "openrlhf.recipes.dpo:train_dpo", ray="dpo_ray"),
+        Task("dadpo", DADPOConfig, "train_dadpo", "openrlhf.recipes.dadpo:train_dadpo", ray="dadpo_ray"),
+        Task("kto", KTOTrainConfig, "train_kto", "openrlhf.recipes.kto:train_kto"),
+        Task("dpo_ray", DPORayConfig, "train_dpo_ray", "openrlhf.recipes.ray_preference:train_dpo_ray"),
+        Task("dadpo_ray", DADPORayConfig, "train_dadpo_ray", "openrlhf.recipes.ray_preference:train_dadpo_ray"),
+        Task("score_logps", ScoreLogpsConfig, "score_logps", "openrlhf.recipes.score:score_logps"),
+        Task("generate", GenerateTaskConfig, "generate", "openrlhf.recipes.generate:generate"),
+        Task("prune", PruneTaskConfig, "prune", "openrlhf.tools.prune:prune"),
+        Task("judge", JudgeTaskConfig, "judge", "openrlhf.eval.run:judge"),
+    )
+}
 
 # Derived from REGISTRY (nothing else declares a task):
 # task name -> root class, task name -> the command that takes it.

@@ -74,15 +74,21 @@ def _data_template(cfg: Any, c: Checks) -> None:
     # A task's own default template is unused with the chat template (as upstream); one you set conflicts.
     d = cfg.data
     default = type(cfg)().data.input_template
-    c.need(not (d.apply_chat_template and d.input_template and d.input_template != default), "data.input_template",
-           "conflicts with --data.apply_chat_template (use one way to format prompts, not both)")
+    c.need(
+        not (d.apply_chat_template and d.input_template and d.input_template != default),
+        "data.input_template",
+        "conflicts with --data.apply_chat_template (use one way to format prompts, not both)",
+    )
 
 
 def _one_source(cfg: Any, c: Checks) -> None:
     """The tasks that do not train read one --data.dataset source."""
     n = len(split_sources(cfg.data.dataset))
-    c.need(n <= 1, "data.dataset",
-           f"one source only for this command (several, comma-separated, are mixed by the trainers); got {n}")
+    c.need(
+        n <= 1,
+        "data.dataset",
+        f"one source only for this command (several, comma-separated, are mixed by the trainers); got {n}",
+    )
 
 
 def _one_turn(cfg: Any, c: Checks) -> None:
@@ -100,12 +106,17 @@ def _pretrain_mode(cfg: Any, c: Checks) -> None:
     """train_sft / train_kd: pre-training reads plain text."""
     d = cfg.data
     if cfg.model.pretrain_mode_enable:
-        c.need(not d.apply_chat_template and not d.multiturn, "model.pretrain_mode_enable",
-               "conflicts with --data.apply_chat_template / --data.multiturn (pre-training reads plain text)")
+        c.need(
+            not d.apply_chat_template and not d.multiturn,
+            "model.pretrain_mode_enable",
+            "conflicts with --data.apply_chat_template / --data.multiturn (pre-training reads plain text)",
+        )
 
 
-_PACKING_REFUSED = ("not supported yet by the token-level KL baselines (train_kd, train_dpo --kd.coef) and "
-                    "train_kto; it works with train_sft, train_dpo and train_dadpo")
+_PACKING_REFUSED = (
+    "not supported yet by the token-level KL baselines (train_kd, train_dpo --kd.coef) and "
+    "train_kto; it works with train_sft, train_dpo and train_dadpo"
+)
 
 
 def _no_packing(cfg: Any, c: Checks) -> None:
@@ -114,8 +125,11 @@ def _no_packing(cfg: Any, c: Checks) -> None:
 
 def _token_kl(cfg: Any, c: Checks) -> None:
     """The token-level KL baselines read the teacher with the student's tokens."""
-    c.need(not cfg.teacher.tokenizer_chat_template, "teacher.tokenizer_chat_template",
-           "unused: the token-level KL reads the student's own tokens (no teacher template)")
+    c.need(
+        not cfg.teacher.tokenizer_chat_template,
+        "teacher.tokenizer_chat_template",
+        "unused: the token-level KL reads the student's own tokens (no teacher template)",
+    )
 
 
 def _kd(cfg: KDTrainConfig, c: Checks) -> None:
@@ -131,61 +145,92 @@ def _dpo(cfg: DPOConfig, c: Checks) -> None:
     paths = cfg.teacher.model_name_or_path
     c.need(len(paths) <= 1, "teacher.model_name_or_path", f"one teacher only (the KL of dDPO+KL), got {len(paths)}")
     if cfg.kd.coef > 0:
-        c.need(bool(paths), "teacher.model_name_or_path",
-               f"required with --kd.coef {cfg.kd.coef} (dDPO+KL: the KL to this teacher)")
+        c.need(
+            bool(paths),
+            "teacher.model_name_or_path",
+            f"required with --kd.coef {cfg.kd.coef} (dDPO+KL: the KL to this teacher)",
+        )
         _no_packing(cfg, c)
     else:
-        c.need(not paths, "teacher.model_name_or_path",
-               "set but --kd.coef is 0, so no KL to it would be computed (give --kd.coef > 0 for dDPO+KL)")
+        c.need(
+            not paths,
+            "teacher.model_name_or_path",
+            "set but --kd.coef is 0, so no KL to it would be computed (give --kd.coef > 0 for dDPO+KL)",
+        )
 
 
 def _dadpo(cfg: DADPOConfig, c: Checks) -> None:
     """train_dadpo: the sigmoid loss; beta1 and beta2 not both 0."""
     m, t = cfg.model, cfg.teacher
     c.need(not m.ipo_enable, "model.ipo_enable", "train_dadpo has no IPO form; the daDPO loss is the sigmoid one")
-    c.need(not (m.beta == 0 and t.beta and all(b == 0 for b in t.beta)), "teacher.beta",
-           "--model.beta and --teacher.beta are both 0: the loss would be constant")
+    c.need(
+        not (m.beta == 0 and t.beta and all(b == 0 for b in t.beta)),
+        "teacher.beta",
+        "--model.beta and --teacher.beta are both 0: the loss would be constant",
+    )
 
 
 def _kto(cfg: KTOTrainConfig, c: Checks) -> None:
     """train_kto: its KL reference point needs >= 2 pairs in every micro-batch."""
     t = cfg.train
-    c.need(not t.dynamic_batch_enable, "train.dynamic_batch_enable",
-           "not supported by train_kto (its KL reference point needs >= 2 pairs in every micro-batch)")
-    c.need(t.micro_batch_size >= 2, "train.micro_batch_size",
-           f"KTO estimates its KL reference point from mismatched prompt/response pairs of the micro-batch, "
-           f"which needs >= 2 pairs, got {t.micro_batch_size}")
+    c.need(
+        not t.dynamic_batch_enable,
+        "train.dynamic_batch_enable",
+        "not supported by train_kto (its KL reference point needs >= 2 pairs in every micro-batch)",
+    )
+    c.need(
+        t.micro_batch_size >= 2,
+        "train.micro_batch_size",
+        f"KTO estimates its KL reference point from mismatched prompt/response pairs of the micro-batch, "
+        f"which needs >= 2 pairs, got {t.micro_batch_size}",
+    )
 
 
 def _ray(cfg: Any, c: Checks) -> None:
     """train_dpo_ray / train_dadpo_ray: the batch against the policy group, what the remote log-probs cannot do
     yet, and the ray package."""
     world = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node
-    c.extend(batch_problems(cfg.train, world,
-                            "actors of the policy group (--actor.num_nodes x --actor.num_gpus_per_node)"))
-    c.need(not cfg.eval.dataset, "eval.dataset", "the Ray trainers do not evaluate during training yet; evaluate the "
-           "saved model afterwards (evaluate / judge)")
-    c.need(cfg.data.dataloader_num_workers == 0, "data.dataloader_num_workers",
-           "must be 0 with the Ray trainers (the log-probs come from other actors)")
+    c.extend(
+        batch_problems(cfg.train, world, "actors of the policy group (--actor.num_nodes x --actor.num_gpus_per_node)")
+    )
+    c.need(
+        not cfg.eval.dataset,
+        "eval.dataset",
+        "the Ray trainers do not evaluate during training yet; evaluate the saved model afterwards (evaluate / judge)",
+    )
+    c.need(
+        cfg.data.dataloader_num_workers == 0,
+        "data.dataloader_num_workers",
+        "must be 0 with the Ray trainers (the log-probs come from other actors)",
+    )
     if c.check_packages:
         err = missing_package("ray", "the Ray trainers")
         c.need(err is None, "actor.num_nodes", str(err))
 
 
 def _ray_dpo(cfg: DPORayConfig, c: Checks) -> None:
-    c.need(cfg.kd.coef == 0, "kd.coef", "dDPO+KL needs the teacher's logits in the policy's process: use "
-           "train_dpo (deepspeed / torchrun) for it")
+    c.need(
+        cfg.kd.coef == 0,
+        "kd.coef",
+        "dDPO+KL needs the teacher's logits in the policy's process: use train_dpo (deepspeed / torchrun) for it",
+    )
 
 
 def _score(cfg: ScoreLogpsConfig, c: Checks) -> None:
-    c.need(bool(cfg.teacher.model_name_or_path or cfg.ref.model_name_or_path), "teacher.model_name_or_path",
-           "score_logps needs a model to score: --teacher.model_name_or_path and/or --ref.model_name_or_path")
+    c.need(
+        bool(cfg.teacher.model_name_or_path or cfg.ref.model_name_or_path),
+        "teacher.model_name_or_path",
+        "score_logps needs a model to score: --teacher.model_name_or_path and/or --ref.model_name_or_path",
+    )
 
 
 def _generate(cfg: GenerateTaskConfig, c: Checks) -> None:
     g, v = cfg.generate, cfg.vllm
-    c.need(v.num_engines == 1 or g.backend != "hf" or g.ray, "vllm.num_engines",
-           "several hf engines run as Ray actors only: add --generate.ray (or use --generate.backend vllm)")
+    c.need(
+        v.num_engines == 1 or g.backend != "hf" or g.ray,
+        "vllm.num_engines",
+        "several hf engines run as Ray actors only: add --generate.ray (or use --generate.backend vllm)",
+    )
 
 
 def _judge_files(cfg: JudgeTaskConfig, c: Checks) -> None:
@@ -195,8 +240,12 @@ def _judge_files(cfg: JudgeTaskConfig, c: Checks) -> None:
     files, _ = parse_named_files(cfg.candidate)
     for path in files.values():
         c.need(os.path.exists(os.path.expanduser(path)), "candidate", f"file not found: {path}")
-    for flag, value in (("teacher_responses", cfg.teacher_responses), ("prompts", cfg.prompts),
-                        ("reference_outputs", cfg.reference_outputs), ("judge.prompt_file", cfg.judge.prompt_file)):
+    for flag, value in (
+        ("teacher_responses", cfg.teacher_responses),
+        ("prompts", cfg.prompts),
+        ("reference_outputs", cfg.reference_outputs),
+        ("judge.prompt_file", cfg.judge.prompt_file),
+    ):
         if value:
             c.need(os.path.exists(os.path.expanduser(value)), flag, f"file not found: {value}")
 

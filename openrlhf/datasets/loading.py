@@ -70,9 +70,7 @@ def _read_jsonl_text(text: str, path: str, what: str, max_samples: int) -> List[
                 f"{_prefix(what, path)}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
             ) from None
         if not isinstance(obj, dict):
-            raise DataError(
-                f"{_prefix(what, path)}: line {lineno} is a JSON {type(obj).__name__}, expected an object"
-            )
+            raise DataError(f"{_prefix(what, path)}: line {lineno} is a JSON {type(obj).__name__}, expected an object")
         rows.append(obj)
     return rows
 
@@ -106,9 +104,7 @@ def _read_json_file(path: str, what: str, max_samples: int) -> List[dict]:
     doc = _take(doc, max_samples)
     for i, obj in enumerate(doc):
         if not isinstance(obj, dict):
-            raise DataError(
-                f"{_prefix(what, path)}: row {i + 1} is a JSON {type(obj).__name__}, expected an object"
-            )
+            raise DataError(f"{_prefix(what, path)}: row {i + 1} is a JSON {type(obj).__name__}, expected an object")
     return doc
 
 
@@ -186,9 +182,7 @@ def _split_of(name: str) -> Optional[str]:
 
 
 def _read_folder(path: str, split: str, what: str, max_samples: int) -> List[dict]:
-    if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(
-        os.path.join(path, "state.json")
-    ):
+    if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(os.path.join(path, "state.json")):
         return _read_saved_dataset(path, split, what, max_samples)
 
     # A split sub-folder (folder/train/...) wins.
@@ -213,9 +207,7 @@ def _read_folder(path: str, split: str, what: str, max_samples: int) -> List[dic
     if split and named:
         chosen = [f for f, s in by_split.items() if s == split.lower()]
         if not chosen:
-            raise DataError(
-                f"{_prefix(what, path)}: split {split!r} not found; available splits: {named}"
-            )
+            raise DataError(f"{_prefix(what, path)}: split {split!r} not found; available splits: {named}")
         files = chosen
 
     rows: List[dict] = []
@@ -238,9 +230,7 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-_NOT_LOCAL = (
-    "no such local file or folder, and loading it as a hub dataset with datasets.load_dataset failed"
-)
+_NOT_LOCAL = "no such local file or folder, and loading it as a hub dataset with datasets.load_dataset failed"
 
 
 def _read_hub(source: str, split: str, what: str, max_samples: int, data_dir: Optional[str] = None) -> List[dict]:

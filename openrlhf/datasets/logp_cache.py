@@ -100,8 +100,9 @@ def _local_model_dir(path: str, what: str) -> str:
         raise DataError(f"{what}: {path!r} is neither a local folder nor a model in the local HF cache ({e})") from None
 
 
-def model_fingerprint(path: str, what: str = "--teacher.model_name_or_path",
-                      digests: Optional[DigestCache] = None) -> str:
+def model_fingerprint(
+    path: str, what: str = "--teacher.model_name_or_path", digests: Optional[DigestCache] = None
+) -> str:
     """A hash of a model folder's config, tokenizer files and whole weight files (see module doc)."""
     folder = _local_model_dir(path, what)
     h = hashlib.sha256()
@@ -127,7 +128,9 @@ def tokenization_fingerprint(renderer, max_len: Optional[int]) -> str:
     spec = {
         "apply_chat_template": renderer.apply_chat_template,
         "input_template": renderer.input_template,
-        "chat_template": (renderer.chat_template or getattr(tok, "chat_template", None)) if renderer.apply_chat_template else None,
+        "chat_template": (renderer.chat_template or getattr(tok, "chat_template", None))
+        if renderer.apply_chat_template
+        else None,
         "vocab": len(tok),
         "eos": tok.eos_token,
         "bos": tok.bos_token,
@@ -164,8 +167,9 @@ def has_cache(rows: Sequence[dict], kind: str) -> bool:
     return any(c in row or r in row for row in rows)
 
 
-def load_cached(rows: Sequence[dict], kind: str, setting_fp: str, keys: Sequence[str], source: str,
-                needed: Sequence[int], flag: str) -> CachedLogps:
+def load_cached(
+    rows: Sequence[dict], kind: str, setting_fp: str, keys: Sequence[str], source: str, needed: Sequence[int], flag: str
+) -> CachedLogps:
     """Check and read the ``kind`` columns for the rows in ``needed`` (original indices).
 
     Every needed row must carry both numbers and a fingerprint equal to the one computed
@@ -185,8 +189,9 @@ def load_cached(rows: Sequence[dict], kind: str, setting_fp: str, keys: Sequence
             problems.append(f"row {i + 1}: {', '.join(f'{k} is {row[k]!r}' for k in bad)}, not a finite number")
             continue
         if row[fpc] != row_fingerprint(setting_fp, row, keys, (row[c], row[r])):
-            problems.append(f"row {i + 1}: {fpc} does not match (another model, tokenisation or row text, "
-                            "or an edited number)")
+            problems.append(
+                f"row {i + 1}: {fpc} does not match (another model, tokenisation or row text, or an edited number)"
+            )
             continue
         values[i] = (float(row[c]), float(row[r]))
     if problems:

@@ -73,8 +73,18 @@ class PreferenceData:
         return "ref" in self.online
 
 
-def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], source: str, split: str,
-           what: str, probs: Sequence[float] = (), seed: int = 42, remote=None):
+def _split(
+    data_cfg,
+    tokenizer,
+    model_path: str,
+    sides: Sequence[ScoredSide],
+    source: str,
+    split: str,
+    what: str,
+    probs: Sequence[float] = (),
+    seed: int = 42,
+    remote=None,
+):
     """One split: (dataset view, report lines, kinds whose model must be loaded or ``remote`` scores)."""
     rows = load_sources(source, split=split, max_samples=data_cfg.max_samples, probs=probs, seed=seed, what=what)
     ds = PreferenceDataset(rows, tokenizer, data_cfg, source, model_path=model_path)
@@ -83,8 +93,10 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
     if any(s.kind.startswith("teacher") for s in sides):
         keep = [i for i in keep if not (ds[i]["chosen_truncated"] or ds[i]["rejected_truncated"])]
         if len(keep) < len(ds):
-            reports.append(f"{source}: daDPO leaves out {len(ds) - len(keep)} pairs whose response was truncated "
-                           f"to --data.max_len {data_cfg.max_len} (the teacher scores whole responses)")
+            reports.append(
+                f"{source}: daDPO leaves out {len(ds) - len(keep)} pairs whose response was truncated "
+                f"to --data.max_len {data_cfg.max_len} (the teacher scores whole responses)"
+            )
     if not keep:
         raise DataError(f"{source}: no pairs left for training: " + "; ".join(reports))
     needed = [ds[i]["index"] for i in keep]
@@ -93,12 +105,16 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
     for side in sides:
         if lc.has_cache(rows, side.kind):
             if len(split_sources(source)) > 1:
-                raise DataError(f"{what} {source}: rows with cached log-prob columns come from several sources; "
-                                "cached log-probs are checked against one scored file: score one joined file "
-                                "(score_logps), or drop the cached columns and score online")
+                raise DataError(
+                    f"{what} {source}: rows with cached log-prob columns come from several sources; "
+                    "cached log-probs are checked against one scored file: score one joined file "
+                    "(score_logps), or drop the cached columns and score online"
+                )
             renderer = side.renderer if side.renderer is not None else ds.renderer
-            fp = lc.setting_fingerprint(lc.model_fingerprint(side.model_path, side.flag, lc.digests_near(source)),
-                                        lc.tokenization_fingerprint(renderer, side.max_len))
+            fp = lc.setting_fingerprint(
+                lc.model_fingerprint(side.model_path, side.flag, lc.digests_near(source)),
+                lc.tokenization_fingerprint(renderer, side.max_len),
+            )
             caches.append(lc.load_cached(rows, side.kind, fp, keys, source, needed, side.flag))
             name = "reference" if side.kind == "ref" else f"{side.kind} ({side.model_path})"
             reports.append(f"{source}: using cached {name} log-probs (that model is not loaded for it)")
@@ -114,24 +130,44 @@ def _split(data_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide], so
     return view, reports, online
 
 
-def prepare_preference_data(data_cfg, eval_cfg, tokenizer, model_path: str, sides: Sequence[ScoredSide],
-                            extra_collate: Optional[Callable] = None, packing: bool = False,
-                            seed: int = 42, remote=None) -> PreferenceData:
+def prepare_preference_data(
+    data_cfg,
+    eval_cfg,
+    tokenizer,
+    model_path: str,
+    sides: Sequence[ScoredSide],
+    extra_collate: Optional[Callable] = None,
+    packing: bool = False,
+    seed: int = 42,
+    remote=None,
+) -> PreferenceData:
     """Train (and eval, when ``eval_cfg.dataset``) preference data with the collate function
     that adds what the loss needs: each teacher's own tokenisation when that teacher runs
     online (its side's ``renderer``), cached log-prob columns otherwise; ``extra_collate(items,
     batch)`` may add more (KTO's mismatched pairs). ``packing``: every tokenisation of the batch
     packed into one row (:mod:`openrlhf.datasets.packing`)."""
-    train, reports, online = _split(data_cfg, tokenizer, model_path, sides, data_cfg.dataset,
-                                    data_cfg.dataset_split, "--data.dataset", data_cfg.dataset_probs, seed,
-                                    remote=remote)
+    train, reports, online = _split(
+        data_cfg,
+        tokenizer,
+        model_path,
+        sides,
+        data_cfg.dataset,
+        data_cfg.dataset_split,
+        "--data.dataset",
+        data_cfg.dataset_probs,
+        seed,
+        remote=remote,
+    )
     ev = None
     if eval_cfg is not None and eval_cfg.dataset:
         if remote is not None:
-            raise DataError("--eval.dataset: the Ray trainers do not evaluate during training yet; evaluate the "
-                            "saved model afterwards (python -m openrlhf.cli.evaluate / judge)")
-        ev, ev_reports, ev_online = _split(data_cfg, tokenizer, model_path, sides, eval_cfg.dataset,
-                                           eval_cfg.split, "--eval.dataset")
+            raise DataError(
+                "--eval.dataset: the Ray trainers do not evaluate during training yet; evaluate the "
+                "saved model afterwards (python -m openrlhf.cli.evaluate / judge)"
+            )
+        ev, ev_reports, ev_online = _split(
+            data_cfg, tokenizer, model_path, sides, eval_cfg.dataset, eval_cfg.split, "--eval.dataset"
+        )
         reports += ["eval: " + r for r in ev_reports]
         online += [kind for kind in ev_online if kind not in online]
     if remote is not None:

@@ -128,8 +128,14 @@ class PreferenceDataset(Dataset):
             raise DataError(f"no rows left: {self.report()}")
 
     @staticmethod
-    def _resolve(row: dict, prompt_key: str, chosen_key: str, rejected_key: str, w: str,
-                 renderer: Optional[PromptRenderer] = None):
+    def _resolve(
+        row: dict,
+        prompt_key: str,
+        chosen_key: str,
+        rejected_key: str,
+        w: str,
+        renderer: Optional[PromptRenderer] = None,
+    ):
         missing = [k for k in (chosen_key, rejected_key) if k not in row]
         if missing:
             raise DataError(
@@ -137,22 +143,30 @@ class PreferenceDataset(Dataset):
                 f"(row keys: {sorted(row)})"
             )
         if not prompt_key and PROMPT_COLUMN in row:
-            raise DataError(f"{w}: the row has a {PROMPT_COLUMN!r} column but --data.prompt_key is empty (the default "
-                            f"of the preference trainers, as in OpenRLHF), so it would be ignored; pass "
-                            f"--data.prompt_key {PROMPT_COLUMN}")
+            raise DataError(
+                f"{w}: the row has a {PROMPT_COLUMN!r} column but --data.prompt_key is empty (the default "
+                f"of the preference trainers, as in OpenRLHF), so it would be ignored; pass "
+                f"--data.prompt_key {PROMPT_COLUMN}"
+            )
         prompt = row.get(prompt_key) if prompt_key else None
         derived = prompt is None or prompt == "" or (isinstance(prompt, (list, tuple)) and not prompt)
         if derived and isinstance(row[chosen_key], str):
             if prompt_key and prompt_key not in row:
-                raise DataError(f"{w}: missing key {prompt_key!r} (row keys: {sorted(row)}); leave --data.prompt_key "
-                                "empty for rows whose chosen and rejected are whole texts")
+                raise DataError(
+                    f"{w}: missing key {prompt_key!r} (row keys: {sorted(row)}); leave --data.prompt_key "
+                    "empty for rows whose chosen and rejected are whole texts"
+                )
             if not isinstance(row[rejected_key], str):
-                raise DataError(f"{w}: key {chosen_key!r} is a whole text but {rejected_key!r} is not; without a "
-                                "prompt both must be texts (or both conversations)")
+                raise DataError(
+                    f"{w}: key {chosen_key!r} is a whole text but {rejected_key!r} is not; without a "
+                    "prompt both must be texts (or both conversations)"
+                )
             if renderer is not None and (renderer.input_template or renderer.apply_chat_template):
-                raise DataError(f"{w}: chosen and rejected are whole texts (no prompt column), so they are used as "
-                                "they are: unset --data.input_template / --data.apply_chat_template, or give the "
-                                "prompt in its own column (--data.prompt_key)")
+                raise DataError(
+                    f"{w}: chosen and rejected are whole texts (no prompt column), so they are used as "
+                    "they are: unset --data.input_template / --data.apply_chat_template, or give the "
+                    "prompt in its own column (--data.prompt_key)"
+                )
             return split_shared_prefix(row[chosen_key], row[rejected_key])
         p_c, chosen = resolve_pair(prompt, row[chosen_key], where=w, prompt_key=prompt_key, response_key=chosen_key)
         rej = row[rejected_key]
@@ -243,10 +257,13 @@ def preference_collate(
     batch["chosen"] = [it["chosen"] for it in items]
     batch["rejected"] = [it["rejected"] for it in items]
     for name, renderer in (teacher_renderers or {}).items():
-        unfinished = ([bool(it.get("chosen_unfinished")) for it in items],
-                      [bool(it.get("rejected_unfinished")) for it in items])
-        tb = pair_batch(renderer, batch["prompts"], batch["chosen"], batch["rejected"], pad_token_id(renderer.tokenizer),
-                        unfinished)
+        unfinished = (
+            [bool(it.get("chosen_unfinished")) for it in items],
+            [bool(it.get("rejected_unfinished")) for it in items],
+        )
+        tb = pair_batch(
+            renderer, batch["prompts"], batch["chosen"], batch["rejected"], pad_token_id(renderer.tokenizer), unfinished
+        )
         for k, v in tb.items():
             batch[f"{name}_{k}"] = v
     return batch
@@ -280,7 +297,9 @@ def pair_batch(
     (chosen flags, rejected flags) of responses cut by a generation limit (no closing tokens)."""
     n = len(prompts)
     flags = list(unfinished[0]) + list(unfinished[1]) if unfinished is not None else None
-    tok = renderer.tokenize_many(list(zip(prompts, chosen, strict=True)) + list(zip(prompts, rejected, strict=True)), unfinished=flags)
+    tok = renderer.tokenize_many(
+        list(zip(prompts, chosen, strict=True)) + list(zip(prompts, rejected, strict=True)), unfinished=flags
+    )
     return _pairs_batch(
         [tok[i][0] for i in range(n)],
         [tok[i][1] for i in range(n)],

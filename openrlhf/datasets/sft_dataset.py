@@ -111,15 +111,19 @@ class SFTDataset(Dataset):
             if in_key not in row:
                 problems.append(f"{w}: missing key {in_key!r} (row keys: {sorted(row)})")
             elif not isinstance(row[in_key], str):
-                problems.append(f"{w}: key {in_key!r} is a {type(row[in_key]).__name__}; pre-training "
-                                "(--model.pretrain_mode_enable) reads plain text")
+                problems.append(
+                    f"{w}: key {in_key!r} is a {type(row[in_key]).__name__}; pre-training "
+                    "(--model.pretrain_mode_enable) reads plain text"
+                )
             else:
                 texts.append(row[in_key])
         raise_problems(problems, source_name, len(rows))
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         if tokenizer.eos_token_id is None:
             raise DataError("the tokenizer has no EOS token, needed to end each text in pre-training mode")
-        for i, (text, ids) in enumerate(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True)):
+        for i, (text, ids) in enumerate(
+            zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True)
+        ):
             if not text.strip():
                 self.stats["dropped_empty_response"] += 1
                 continue
@@ -140,8 +144,10 @@ class SFTDataset(Dataset):
         raise_problems(problems, source_name, len(rows))
         tok, r = self.renderer.tokenizer, self.renderer
         if not r.apply_chat_template:
-            raise DataError("--data.multiturn needs --data.apply_chat_template (each assistant turn is located in "
-                            "the chat template's rendering)")
+            raise DataError(
+                "--data.multiturn needs --data.apply_chat_template (each assistant turn is located in "
+                "the chat template's rendering)"
+            )
         for i, msgs in enumerate(convs):
             w = where(source_name, i, rows)
             full = tok(r.chat_text(msgs, False, w), add_special_tokens=False)["input_ids"]
@@ -155,7 +161,8 @@ class SFTDataset(Dataset):
                     raise DataError(
                         f"{w}: with the chat template of {r.model_path}, the tokens of the conversation up to "
                         f"assistant turn {t} are not a prefix of the whole conversation's (the template renders "
-                        "earlier turns differently later); --data.multiturn cannot locate that turn")
+                        "earlier turns differently later); --data.multiturn cannot locate that turn"
+                    )
                 if m["content"].strip():
                     spans.append((len(before), len(upto)))
             if not spans:
@@ -177,8 +184,10 @@ class SFTDataset(Dataset):
             raise DataError(f"{w}: missing key {in_key!r} (row keys: {sorted(row)})")
         msgs = row[in_key]
         if not isinstance(msgs, (list, tuple)):
-            raise DataError(f"{w}: key {in_key!r} is a {type(msgs).__name__}; --data.multiturn needs a "
-                            "conversation (a list of chat messages)")
+            raise DataError(
+                f"{w}: key {in_key!r} is a {type(msgs).__name__}; --data.multiturn needs a "
+                "conversation (a list of chat messages)"
+            )
         p = value_problem(list(msgs), in_key)
         if p:
             raise DataError(f"{w}: {p}")
@@ -196,8 +205,10 @@ class SFTDataset(Dataset):
         if not any(m["role"] == ASSISTANT for m in msgs):
             raise DataError(f"{w}: key {in_key!r}: the conversation has no {ASSISTANT!r} turn to train on")
         if msgs[0]["role"] == ASSISTANT:
-            raise DataError(f"{w}: key {in_key!r}: the conversation starts with an {ASSISTANT!r} turn; the first "
-                            "answer needs a prompt before it")
+            raise DataError(
+                f"{w}: key {in_key!r}: the conversation starts with an {ASSISTANT!r} turn; the first "
+                "answer needs a prompt before it"
+            )
         return msgs
 
     @staticmethod
@@ -216,8 +227,10 @@ class SFTDataset(Dataset):
         if prompt is None:
             raise DataError(f"{w}: missing key {in_key!r} (row keys: {sorted(row)})")
         if not out_key:
-            raise DataError(f"{w}: key {in_key!r} is a string and --data.output_key is not set; name the response "
-                            f"column with --data.output_key, or give whole conversations under {in_key!r}")
+            raise DataError(
+                f"{w}: key {in_key!r} is a string and --data.output_key is not set; name the response "
+                f"column with --data.output_key, or give whole conversations under {in_key!r}"
+            )
         raise DataError(f"{w}: missing key {out_key!r} (row keys: {sorted(row)})")
 
     def __len__(self) -> int:

@@ -69,8 +69,10 @@ def message_problem(msg: Any, key: str, i: int) -> Optional[str]:
         if not isinstance(msg[k], str):
             return f"key {key!r}: message {i} {k!r} is a {type(msg[k]).__name__}, expected a string"
     if msg["role"] not in CHAT_ROLES:
-        return (f"key {key!r}: message {i} has role {msg['role']!r}, not a chat role ({', '.join(CHAT_ROLES)}); "
-                "map ShareGPT's human/gpt to user/assistant")
+        return (
+            f"key {key!r}: message {i} has role {msg['role']!r}, not a chat role ({', '.join(CHAT_ROLES)}); "
+            "map ShareGPT's human/gpt to user/assistant"
+        )
     return None
 
 
@@ -341,8 +343,12 @@ class PromptRenderer:
         (A chat template writes its own BOS.)"""
         tok = self.tokenizer
         ids = list(ids)
-        if not self.apply_chat_template and tok.bos_token_id is not None and tok.bos_token \
-                and not text.startswith(tok.bos_token):
+        if (
+            not self.apply_chat_template
+            and tok.bos_token_id is not None
+            and tok.bos_token
+            and not text.startswith(tok.bos_token)
+        ):
             ids = [tok.bos_token_id] + ids
         return ids
 
@@ -381,8 +387,20 @@ class PromptRenderer:
             prompt_ids = [uniq_ids[t[0]] for t in texts]
             full_ids = tok([t[1] for t in texts], add_special_tokens=False)["input_ids"]
             cut = [i for i, flag in enumerate(open_ended) if flag]
-            open_ids = dict(zip(cut, tok([texts[i][0] + self._content(resolve_pair(*pairs[i])[1]) for i in cut],
-                                         add_special_tokens=False)["input_ids"], strict=True)) if cut else {}
+            open_ids = (
+                dict(
+                    zip(
+                        cut,
+                        tok(
+                            [texts[i][0] + self._content(resolve_pair(*pairs[i])[1]) for i in cut],
+                            add_special_tokens=False,
+                        )["input_ids"],
+                        strict=True,
+                    )
+                )
+                if cut
+                else {}
+            )
             out = []
             for i, (p_ids, f_ids, w) in enumerate(zip(prompt_ids, full_ids, wheres, strict=True)):
                 n = len(p_ids)
@@ -410,7 +428,9 @@ class PromptRenderer:
         prompt_ids = tok(prompt_texts, add_special_tokens=False)["input_ids"]
         resp_ids = tok(contents, add_special_tokens=False)["input_ids"]
         out = []
-        for text, p_ids, content, r_ids, open_end in zip(prompt_texts, prompt_ids, contents, resp_ids, open_ended, strict=True):
+        for text, p_ids, content, r_ids, open_end in zip(
+            prompt_texts, prompt_ids, contents, resp_ids, open_ended, strict=True
+        ):
             p_ids = self._with_bos(text, p_ids)
             r_ids = list(r_ids)
             if not open_end and not (content.endswith(eos) and r_ids and r_ids[-1] == eos_id):

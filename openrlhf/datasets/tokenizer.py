@@ -28,20 +28,24 @@ def pad_token_id(tokenizer) -> int:
     raise DataError(f"the tokenizer of {name} has neither a pad nor an EOS token; padding needs one of them")
 
 
-def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.model_name_or_path",
-                   use_fast: bool = True):
+def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.model_name_or_path", use_fast: bool = True):
     """``AutoTokenizer`` of ``path`` with ``chat_template`` (if given) replacing its own and a pad
     token set (EOS when it has none); ``use_fast=False``: the Python tokenizer
     (--data.disable_fast_tokenizer). Errors name the flag ``what``."""
     local = os.path.expanduser(path)
     if os.path.isdir(local) and not any(os.path.exists(os.path.join(local, f)) for f in TOKENIZER_FILES):
-        raise DataError(f"{what}: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the "
-                        "tokenizer into the model folder (tokenizer.save_pretrained(folder))")
+        raise DataError(
+            f"{what}: {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the "
+            "tokenizer into the model folder (tokenizer.save_pretrained(folder))"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast)
     except Exception as e:  # transformers raises OSError, ValueError and others for a bad or absent model
-        where = ("the local folder" if os.path.isdir(local) else
-                 "not a local folder, and not a model in the local Hugging Face cache (offline?) or on the hub")
+        where = (
+            "the local folder"
+            if os.path.isdir(local)
+            else "not a local folder, and not a model in the local Hugging Face cache (offline?) or on the hub"
+        )
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{what}: cannot load a tokenizer from {path!r} ({where}): {first}") from None
     if chat_template:
@@ -53,8 +57,9 @@ def load_tokenizer(path: str, chat_template: str = "", what: str = "--model.mode
 
 def data_tokenizer(path: str, data, what: str = "--model.model_name_or_path"):
     """:func:`load_tokenizer` as a --data.* section asks (its chat template, fast or not)."""
-    return load_tokenizer(path, data.tokenizer_chat_template, what=what,
-                          use_fast=not getattr(data, "disable_fast_tokenizer", False))
+    return load_tokenizer(
+        path, data.tokenizer_chat_template, what=what, use_fast=not getattr(data, "disable_fast_tokenizer", False)
+    )
 
 
 def teacher_renderer(path: str, data, chat_template: str = ""):
@@ -78,8 +83,9 @@ def teacher_renderers(teacher, data) -> list:
     return [teacher_renderer(path, data, teacher.tokenizer_chat_template) for path in teacher.model_name_or_path]
 
 
-def shared_vocabulary(student_tok, teacher_tok, student_path: str, teacher_path: str,
-                      teacher_flag: str = "--teacher.model_name_or_path") -> int:
+def shared_vocabulary(
+    student_tok, teacher_tok, student_path: str, teacher_path: str, teacher_flag: str = "--teacher.model_name_or_path"
+) -> int:
     """The size of the one vocabulary a token-level loss (KD / KL to the teacher) compares
     logits over; a :class:`DataError` naming both vocabularies when the tokenizers differ.
 
@@ -92,7 +98,8 @@ def shared_vocabulary(student_tok, teacher_tok, student_path: str, teacher_path:
         raise DataError(
             f"{teacher_flag}: a token-level KL needs the student's and the teacher's vocabulary to be the same; "
             f"the student {student_path} has {len(s_vocab)} tokens, the teacher {teacher_path} {len(t_vocab)} "
-            f"({detail}). Use train_dadpo for a teacher of another family (sentence-level, own tokenizer).")
+            f"({detail}). Use train_dadpo for a teacher of another family (sentence-level, own tokenizer)."
+        )
     return len(s_vocab)
 
 
@@ -101,10 +108,15 @@ def _vocab_difference(a: dict, b: dict, a_name: str, b_name: str) -> str:
     only_a = sorted(set(a) - set(b))[:3]
     only_b = sorted(set(b) - set(a))[:3]
     moved = sorted(k for k in set(a) & set(b) if a[k] != b[k])[:3]
-    return "; ".join(part for part in (
-        f"only {a_name} has {only_a}" if only_a else "",
-        f"only {b_name} has {only_b}" if only_b else "",
-        f"other ids for {moved}" if moved else "") if part)
+    return "; ".join(
+        part
+        for part in (
+            f"only {a_name} has {only_a}" if only_a else "",
+            f"only {b_name} has {only_b}" if only_b else "",
+            f"other ids for {moved}" if moved else "",
+        )
+        if part
+    )
 
 
 def _backend_definition(tok):
@@ -118,8 +130,9 @@ def _backend_definition(tok):
     return spec
 
 
-def check_reference_tokenizer(renderer, pairs, ref_path: str, policy_path: str,
-                              flag: str = "--ref.model_name_or_path") -> None:
+def check_reference_tokenizer(
+    renderer, pairs, ref_path: str, policy_path: str, flag: str = "--ref.model_name_or_path"
+) -> None:
     """Refuse a DPO reference whose tokenizer is not the policy's: the reference is fed the policy's
     token ids, so both tokenizers must have the same vocabulary (every token string with the same id)
     and give the same ids for the text of every pair as the policy renders it (``renderer``: the
@@ -129,29 +142,38 @@ def check_reference_tokenizer(renderer, pairs, ref_path: str, policy_path: str,
         return
     ref_tok = load_tokenizer(ref_path, what=flag)
     pol_tok = renderer.tokenizer
-    fix = ("a reference must share the policy's tokenizer (DPO compares their log-probs of the same token "
-           "ids); give a reference of the policy's family, or leave the flag empty to use the policy's "
-           "initial weights")
+    fix = (
+        "a reference must share the policy's tokenizer (DPO compares their log-probs of the same token "
+        "ids); give a reference of the policy's family, or leave the flag empty to use the policy's "
+        "initial weights"
+    )
     p_vocab, r_vocab = pol_tok.get_vocab(), ref_tok.get_vocab()
     if p_vocab != r_vocab:
         detail = _vocab_difference(p_vocab, r_vocab, "the policy", "the reference")
-        raise DataError(f"{flag}: the reference {ref_path} has another tokenizer than the policy {policy_path} "
-                        f"({len(r_vocab)} vs {len(p_vocab)} tokens; {detail}); {fix}")
+        raise DataError(
+            f"{flag}: the reference {ref_path} has another tokenizer than the policy {policy_path} "
+            f"({len(r_vocab)} vs {len(p_vocab)} tokens; {detail}); {fix}"
+        )
     pairs = list(pairs)
     # The same fast-tokenizer definition (vocabulary, merges, normalizer, pre-tokenizer, added tokens) gives
     # the same ids for every text: the rows need not be tokenized twice.
-    same_definition = _backend_definition(pol_tok) is not None and \
-        _backend_definition(pol_tok) == _backend_definition(ref_tok)
+    same_definition = _backend_definition(pol_tok) is not None and _backend_definition(pol_tok) == _backend_definition(
+        ref_tok
+    )
     texts = [] if same_definition else [renderer.render(p, r, w)[1] for w, p, r in pairs]
     if texts:
         mine = pol_tok(texts, add_special_tokens=False)["input_ids"]
         theirs = ref_tok(texts, add_special_tokens=False)["input_ids"]
         for (w, _, _), a, b in zip(pairs, mine, theirs, strict=True):
             if a != b:
-                raise DataError(f"{flag}: the reference {ref_path} has the vocabulary of the policy "
-                                f"{policy_path} but tokenizes the text of {w} differently "
-                                f"({len(b)} vs {len(a)} tokens); {fix}")
+                raise DataError(
+                    f"{flag}: the reference {ref_path} has the vocabulary of the policy "
+                    f"{policy_path} but tokenizes the text of {w} differently "
+                    f"({len(b)} vs {len(a)} tokens); {fix}"
+                )
     for name in ("bos_token_id", "eos_token_id"):
         if getattr(pol_tok, name) != getattr(ref_tok, name):
-            raise DataError(f"{flag}: the reference {ref_path} has another {name[:-3]} ({getattr(ref_tok, name)}) "
-                            f"than the policy {policy_path} ({getattr(pol_tok, name)}); {fix}")
+            raise DataError(
+                f"{flag}: the reference {ref_path} has another {name[:-3]} ({getattr(ref_tok, name)}) "
+                f"than the policy {policy_path} ({getattr(pol_tok, name)}); {fix}"
+            )

@@ -60,7 +60,7 @@ def retry_wait(attempt: int, headers=None, rng: Callable[[], float] = random.ran
                     asked = when.timestamp() - time.time()
         except (TypeError, ValueError):
             asked = None
-    base = min(max(asked, 0.0), MAX_RETRY_AFTER_S) if asked is not None else min(2.0 ** attempt, MAX_BACKOFF_S)
+    base = min(max(asked, 0.0), MAX_RETRY_AFTER_S) if asked is not None else min(2.0**attempt, MAX_BACKOFF_S)
     return base * (1.0 + 0.5 * rng())
 
 
@@ -88,8 +88,9 @@ class JudgeRequest:
 
     @property
     def messages(self) -> List[dict]:
-        return ([{"role": "system", "content": self.system}] if self.system else []) + \
-            [{"role": "user", "content": self.user}]
+        return ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": self.user}
+        ]
 
 
 @dataclass
@@ -115,9 +116,14 @@ class JudgeStats:
     errors: List[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"requests_sent": self.requests, "from_cache": self.from_cache, "retries": self.retries,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "not_cached": self.not_cached}
+        return {
+            "requests_sent": self.requests,
+            "from_cache": self.from_cache,
+            "retries": self.retries,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "not_cached": self.not_cached,
+        }
 
 
 class EmptyAnswer(Exception):
@@ -144,8 +150,10 @@ class JudgeClient:
     # ---- the cache ----------------------------------------------------------------------------
     def settings_of(self, req: JudgeRequest) -> dict:
         """The sampling settings sent with ``req``."""
-        out = {"temperature": self.cfg.temperature if req.temperature is None else req.temperature,
-               "max_tokens": self.cfg.max_tokens if req.max_tokens is None else req.max_tokens}
+        out = {
+            "temperature": self.cfg.temperature if req.temperature is None else req.temperature,
+            "max_tokens": self.cfg.max_tokens if req.max_tokens is None else req.max_tokens,
+        }
         if req.top_p is not None:
             out["top_p"] = req.top_p
         if req.top_logprobs > 0:
@@ -153,8 +161,10 @@ class JudgeClient:
         return out
 
     def key_of(self, req: JudgeRequest) -> str:
-        spec = json.dumps([self.cfg.base_url.rstrip("/"), self.cfg.model, sorted(self.settings_of(req).items()),
-                           req.messages], ensure_ascii=False)
+        spec = json.dumps(
+            [self.cfg.base_url.rstrip("/"), self.cfg.model, sorted(self.settings_of(req).items()), req.messages],
+            ensure_ascii=False,
+        )
         return hashlib.sha256(spec.encode("utf-8")).hexdigest()
 
     @staticmethod
@@ -178,22 +188,34 @@ class JudgeClient:
                 try:
                     rec = json.loads(line)
                     lp = rec.get("top_logprobs")
-                    out[rec["key"]] = Judgment(rec["key"], rec["text"], rec.get("prompt_tokens", 0),
-                                               rec.get("completion_tokens", 0), cached=True,
-                                               finish_reason=rec.get("finish_reason", ""),
-                                               top_logprobs=[[(t, float(v)) for t, v in pos] for pos in lp]
-                                               if lp is not None else None)
+                    out[rec["key"]] = Judgment(
+                        rec["key"],
+                        rec["text"],
+                        rec.get("prompt_tokens", 0),
+                        rec.get("completion_tokens", 0),
+                        cached=True,
+                        finish_reason=rec.get("finish_reason", ""),
+                        top_logprobs=[[(t, float(v)) for t, v in pos] for pos in lp] if lp is not None else None,
+                    )
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserError(f"{self.cache_path}: line {n} is not a judgment written by this tool; "
-                                    "delete the file to judge again") from None
+                    raise UserError(
+                        f"{self.cache_path}: line {n} is not a judgment written by this tool; "
+                        "delete the file to judge again"
+                    ) from None
         return out
 
     def _remember(self, j: Judgment) -> None:
         with self._lock:
             self._cache[j.key] = j
-            rec = {"key": j.key, "model": self.cfg.model, "base_url": self.cfg.base_url, "text": j.text,
-                   "finish_reason": j.finish_reason, "prompt_tokens": j.prompt_tokens,
-                   "completion_tokens": j.completion_tokens}
+            rec = {
+                "key": j.key,
+                "model": self.cfg.model,
+                "base_url": self.cfg.base_url,
+                "text": j.text,
+                "finish_reason": j.finish_reason,
+                "prompt_tokens": j.prompt_tokens,
+                "completion_tokens": j.completion_tokens,
+            }
             if j.top_logprobs is not None:
                 rec["top_logprobs"] = [[list(c) for c in pos] for pos in j.top_logprobs]
             append_jsonl(self.cache_path, [rec])
@@ -212,31 +234,46 @@ class JudgeClient:
                     raise EmptyAnswer('HTTP 200 without an answer ("choices": [])')
                 usage = resp.usage
                 choice = resp.choices[0]
-                j = Judgment(self.key_of(req), choice.message.content or "",
-                             getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0,
-                             finish_reason=choice.finish_reason or "", top_logprobs=_top_logprobs(choice))
+                j = Judgment(
+                    self.key_of(req),
+                    choice.message.content or "",
+                    getattr(usage, "prompt_tokens", 0) or 0,
+                    getattr(usage, "completion_tokens", 0) or 0,
+                    finish_reason=choice.finish_reason or "",
+                    top_logprobs=_top_logprobs(choice),
+                )
                 with self._lock:
                     self.stats.requests += 1
                     self.stats.prompt_tokens += j.prompt_tokens
                     self.stats.completion_tokens += j.completion_tokens
                 return j
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError,
-                    openai.APIStatusError, EmptyAnswer) as e:
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.APIConnectionError,
+                openai.APIStatusError,
+                EmptyAnswer,
+            ) as e:
                 # 408 / 409 / 429 / 5xx, timeouts (a kind of connection error), dropped connections and answers
                 # without a choice: try again; any other status (400, 404, ...) cannot get better.
                 if isinstance(e, openai.AuthenticationError):
                     state = "is not set" if not os.environ.get(self.cfg.api_key_env or "") else "holds a key it refuses"
-                    raise UserError(f"--judge.api_key_env: the endpoint needs a key (HTTP 401) and "
-                                    f"{self.cfg.api_key_env} {state}") from None
+                    raise UserError(
+                        f"--judge.api_key_env: the endpoint needs a key (HTTP 401) and {self.cfg.api_key_env} {state}"
+                    ) from None
                 status = getattr(e, "status_code", None)
                 if isinstance(e, openai.APIStatusError) and status not in RETRY_STATUS and status < 500:
-                    raise UserError(f"--judge.model {self.cfg.model}: the endpoint {self.cfg.base_url} refused a "
-                                    f"request (HTTP {status}): {e.message}") from None
+                    raise UserError(
+                        f"--judge.model {self.cfg.model}: the endpoint {self.cfg.base_url} refused a "
+                        f"request (HTTP {status}): {e.message}"
+                    ) from None
                 if isinstance(e, openai.APIConnectionError) and not retry_connection:
                     raise
                 if attempt == self.cfg.max_retries:
-                    raise UserError(f"--judge.base_url {self.cfg.base_url}: the request still failed after "
-                                    f"{attempt} retries ({type(e).__name__}: {e})") from None
+                    raise UserError(
+                        f"--judge.base_url {self.cfg.base_url}: the request still failed after "
+                        f"{attempt} retries ({type(e).__name__}: {e})"
+                    ) from None
                 with self._lock:
                     self.stats.retries += 1
                 response = getattr(e, "response", None)
@@ -248,7 +285,11 @@ class JudgeClient:
         is a clear error here."""
         import openai
 
-        if self.cfg.api_key_env and self.cfg.api_key_env != "OPENAI_API_KEY" and not os.environ.get(self.cfg.api_key_env):
+        if (
+            self.cfg.api_key_env
+            and self.cfg.api_key_env != "OPENAI_API_KEY"
+            and not os.environ.get(self.cfg.api_key_env)
+        ):
             raise UserError(f"--judge.api_key_env: the environment variable {self.cfg.api_key_env} is not set")
         try:  # retried like any request on 429 / 5xx; an endpoint that is not there fails at once
             before = (self.stats.requests, self.stats.prompt_tokens, self.stats.completion_tokens)
@@ -256,8 +297,10 @@ class JudgeClient:
             with self._lock:  # not a judgment: not counted
                 self.stats.requests, self.stats.prompt_tokens, self.stats.completion_tokens = before
         except openai.APIConnectionError as e:
-            raise UserError(f"--judge.base_url {self.cfg.base_url}: the endpoint cannot be reached "
-                            f"({type(e).__name__}: {e}); start the judge server first") from None
+            raise UserError(
+                f"--judge.base_url {self.cfg.base_url}: the endpoint cannot be reached "
+                f"({type(e).__name__}: {e}); start the judge server first"
+            ) from None
 
     def judge(self, requests: Sequence[JudgeRequest], desc: str = "judge") -> List[Judgment]:
         """Judgments in the order of ``requests``: from the cache when there, else sent
@@ -273,6 +316,7 @@ class JudgeClient:
         self.stats.from_cache += sum(1 for k in keys if k in out)
         bar = tqdm(total=len(todo), desc=desc, unit="req", dynamic_ncols=True, disable=not todo)
         try:
+
             def one(req: JudgeRequest) -> Judgment:
                 j = self._send(req)
                 if self.cacheable(req, j):
@@ -291,9 +335,11 @@ class JudgeClient:
                 # Ctrl-C or an error: send nothing more (requests already in flight finish and are cached).
                 pool.shutdown(wait=False, cancel_futures=True)
                 if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
-                    raise Interrupted(f"every verdict received so far is kept in {self.cache_path}; rerun the same "
-                                      "command to resume (only what is missing is asked; requests in flight at the "
-                                      "interrupt are sent again)") from None
+                    raise Interrupted(
+                        f"every verdict received so far is kept in {self.cache_path}; rerun the same "
+                        "command to resume (only what is missing is asked; requests in flight at the "
+                        "interrupt are sent again)"
+                    ) from None
                 raise
             pool.shutdown()
         finally:

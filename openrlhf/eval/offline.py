@@ -98,6 +98,7 @@ def rouge_l(candidate: str, reference: str) -> Dict[str, float]:
 
 # --------------------------------------------------------------------------- response files
 
+
 def _text(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("content", ""))
@@ -107,9 +108,18 @@ def _text(value: Any) -> str:
 # --------------------------------------------------------------------------- teacher NLL
 
 
-def teacher_nll(model, renderer, pairs: Sequence[Tuple[Any, Any]], *, pad_id: int, batch_size: int = 8,
-                wheres: Optional[Sequence[str]] = None, cut_off: Optional[Sequence[bool]] = None,
-                progress: bool = True, desc: str = "teacher NLL") -> List[Tuple[float, int]]:
+def teacher_nll(
+    model,
+    renderer,
+    pairs: Sequence[Tuple[Any, Any]],
+    *,
+    pad_id: int,
+    batch_size: int = 8,
+    wheres: Optional[Sequence[str]] = None,
+    cut_off: Optional[Sequence[bool]] = None,
+    progress: bool = True,
+    desc: str = "teacher NLL",
+) -> List[Tuple[float, int]]:
     """(sum of NLL over response tokens, number of response tokens) per (prompt, response) pair.
 
     For pairs marked in ``cut_off`` (the generator hit its token limit) the tokens
@@ -159,16 +169,35 @@ def offline_markdown(report: dict) -> List[str]:
     rows = []
     for label, m in report["models"].items():
         cut = "-" if m.get("truncated") is None else _with_ci(m, "truncated", 1, 100.0)
-        rows.append([label, _with_ci(m, "rouge_l_f1"), _with_ci(m, "teacher_nll"),
-                     fmt_num(m["teacher_nll_tokens"], "{:.4f}"), _with_ci(m, "mean_words", 1),
-                     fmt_num(m["mean_teacher_tokens"], "{:.1f}"), cut])
+        rows.append(
+            [
+                label,
+                _with_ci(m, "rouge_l_f1"),
+                _with_ci(m, "teacher_nll"),
+                fmt_num(m["teacher_nll_tokens"], "{:.4f}"),
+                _with_ci(m, "mean_words", 1),
+                fmt_num(m["mean_teacher_tokens"], "{:.1f}"),
+                cut,
+            ]
+        )
     lines = [
         f"Teacher: `{report['teacher']}`; {report['num_rows']} prompts; "
         f"chat template: {'yes' if report['apply_chat_template'] else 'no'}. Each metric: the mean over prompts "
         "[bootstrap 95% interval].",
         "",
-        *markdown_table(["model", "ROUGE-L F1", "teacher NLL (row mean)", "teacher NLL (token mean)", "mean words",
-                         "mean teacher tokens", "cut off (%)"], rows, "lrrrrrr"),
+        *markdown_table(
+            [
+                "model",
+                "ROUGE-L F1",
+                "teacher NLL (row mean)",
+                "teacher NLL (token mean)",
+                "mean words",
+                "mean teacher tokens",
+                "cut off (%)",
+            ],
+            rows,
+            "lrrrrrr",
+        ),
         "",
         "ROUGE-L: against the teacher's response (higher: closer). Teacher NLL: mean negative "
         "log-likelihood per response token under the teacher (lower: more teacher-like).",
@@ -179,17 +208,39 @@ def offline_markdown(report: dict) -> List[str]:
         rows = []
         for other, cmp in paired.items():
             r, n = cmp["rouge_l_f1"], cmp["teacher_nll"]
-            rows.append([other, f"{r['wins']}/{r['ties']}/{r['losses']}",
-                         f"{r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]",
-                         f"{_p(r['p_sign'])} / {_p(r['p_perm'])}", f"{n['wins']}/{n['ties']}/{n['losses']}",
-                         f"{n['diff']:+.4f} [{n['diff_lo']:+.4f}, {n['diff_hi']:+.4f}]",
-                         f"{_p(n['p_sign'])} / {_p(n['p_perm'])}"])
-        lines += ["", f"### {ref} against each model, prompt by prompt", "",
-                  f"Wins / ties / losses of {ref}; the mean difference ({ref} minus the other) with its paired "
-                  "bootstrap 95% interval; p: two-sided exact sign test over the non-tied prompts, and a sign-flip "
-                  "permutation test of the mean difference.", "",
-                  *markdown_table(["against", "ROUGE-L W/T/L", "ROUGE-L diff", "p sign / perm", "teacher NLL W/T/L",
-                                   "NLL diff", "p sign / perm"], rows, "lrrrrrr")]
+            rows.append(
+                [
+                    other,
+                    f"{r['wins']}/{r['ties']}/{r['losses']}",
+                    f"{r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]",
+                    f"{_p(r['p_sign'])} / {_p(r['p_perm'])}",
+                    f"{n['wins']}/{n['ties']}/{n['losses']}",
+                    f"{n['diff']:+.4f} [{n['diff_lo']:+.4f}, {n['diff_hi']:+.4f}]",
+                    f"{_p(n['p_sign'])} / {_p(n['p_perm'])}",
+                ]
+            )
+        lines += [
+            "",
+            f"### {ref} against each model, prompt by prompt",
+            "",
+            f"Wins / ties / losses of {ref}; the mean difference ({ref} minus the other) with its paired "
+            "bootstrap 95% interval; p: two-sided exact sign test over the non-tied prompts, and a sign-flip "
+            "permutation test of the mean difference.",
+            "",
+            *markdown_table(
+                [
+                    "against",
+                    "ROUGE-L W/T/L",
+                    "ROUGE-L diff",
+                    "p sign / perm",
+                    "teacher NLL W/T/L",
+                    "NLL diff",
+                    "p sign / perm",
+                ],
+                rows,
+                "lrrrrrr",
+            ),
+        ]
     return lines
 
 
@@ -199,15 +250,19 @@ def offline_panels(report: dict) -> List[Panel]:
     labels = list(report["models"])
     colors = ["#7f7f7f" if lab == TEACHER_LABEL else f"C{i}" for i, lab in enumerate(labels)]
     panels = []
-    for key, title in (("rouge_l_f1", "ROUGE-L F1 vs teacher (higher is closer)"),
-                       ("teacher_nll", "teacher NLL per token (lower is closer)"),
-                       ("mean_words", "mean response length (words)")):
+    for key, title in (
+        ("rouge_l_f1", "ROUGE-L F1 vs teacher (higher is closer)"),
+        ("teacher_nll", "teacher NLL per token (lower is closer)"),
+        ("mean_words", "mean response length (words)"),
+    ):
         values = [report["models"][lab][key] for lab in labels]
         cis = [report["models"][lab].get("ci", {}).get(key) for lab in labels]
         err = None
         if all(ci and ci.get("n") for ci in cis):
-            err = [[v - ci["lo"] for v, ci in zip(values, cis, strict=True)],
-                   [ci["hi"] - v for v, ci in zip(values, cis, strict=True)]]
+            err = [
+                [v - ci["lo"] for v, ci in zip(values, cis, strict=True)],
+                [ci["hi"] - v for v, ci in zip(values, cis, strict=True)],
+            ]
         panels.append(bars(title, labels, values, errors=err, colors=colors, value_labels=True))
     return panels
 
@@ -255,8 +310,9 @@ def evaluate_responses(
         raise DataError("--candidate: give at least one candidate response file (label=FILE)")
     for label in candidates:
         if not label or label == TEACHER_LABEL:
-            raise DataError(f"--candidate: label {label!r} is empty or reserved (the teacher's own row is "
-                            f"{TEACHER_LABEL!r})")
+            raise DataError(
+                f"--candidate: label {label!r} is empty or reserved (the teacher's own row is {TEACHER_LABEL!r})"
+            )
     if batch_size < 1:
         raise DataError(f"--batch_size: must be >= 1, got {batch_size}")
     model_dtype = torch_dtype(dtype, "--dtype")
@@ -265,8 +321,10 @@ def evaluate_responses(
         prompt_ids = {str(r.get("id", i)) for i, r in enumerate(load_rows(prompts, what="--prompts"))}
         unknown = [i for i in teacher_rows if i not in prompt_ids]
         if unknown:
-            raise DataError(f"--teacher_responses {teacher_responses}: {len(unknown)} ids are not in --prompts "
-                            f"{prompts} (e.g. {unknown[:3]})")
+            raise DataError(
+                f"--teacher_responses {teacher_responses}: {len(unknown)} ids are not in --prompts "
+                f"{prompts} (e.g. {unknown[:3]})"
+            )
     cand_rows: Dict[str, Dict[str, dict]] = {}
     for label, path in candidates.items():
         rows = read_responses(path, f"--candidate {label}")
@@ -275,8 +333,10 @@ def evaluate_responses(
 
     tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher")
     if apply_chat_template and not tokenizer.chat_template:
-        raise DataError(f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
-                         "--teacher_chat_template, or score plain text with --no_chat_template")
+        raise DataError(
+            f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
+            "--teacher_chat_template, or score plain text with --no_chat_template"
+        )
     renderer = PromptRenderer(tokenizer, apply_chat_template=apply_chat_template, model_path=teacher_path)
     where = pick_device(device)
     if where.type == "cpu":
@@ -305,8 +365,17 @@ def evaluate_responses(
         pairs = [(teacher_rows[i]["prompt"], rows[i]["response"]) for i in ids]
         wheres = [f"{path}: row {rows[i]['_row']}" for i in ids]
         cut = [rows[i].get("finish_reason") == "length" for i in ids]
-        nll = teacher_nll(model, renderer, pairs, pad_id=pad_id, batch_size=batch_size, wheres=wheres,
-                          cut_off=cut, progress=progress, desc=f"teacher NLL ({label})")
+        nll = teacher_nll(
+            model,
+            renderer,
+            pairs,
+            pad_id=pad_id,
+            batch_size=batch_size,
+            wheres=wheres,
+            cut_off=cut,
+            progress=progress,
+            desc=f"teacher NLL ({label})",
+        )
         rouge = [rouge_l(_text(rows[i]["response"]), _text(teacher_rows[i]["response"])) for i in ids]
         n_words = [len(words(_text(rows[i]["response"]))) for i in ids]
         reasons = [rows[i].get("finish_reason") for i in ids]
@@ -321,26 +390,39 @@ def evaluate_responses(
             "teacher_nll_tokens": sum(s for s, _ in nll) / tok_total if tok_total else float("nan"),
             "mean_words": _mean(n_words),
             "mean_teacher_tokens": _mean([n for _, n in nll]),
-            "truncated": (_mean([r == "length" for r in reasons]) if all(r is not None for r in reasons)
-                          else None),
+            "truncated": (_mean([r == "length" for r in reasons]) if all(r is not None for r in reasons) else None),
             "rows": len(ids),
         }
-        per_prompt[label] = {"rouge_l_f1": [r["f1"] for r in rouge], "teacher_nll": row_nll,
-                             "mean_words": [float(w) for w in n_words],
-                             "truncated": [float(r == "length") for r in reasons] if all(r is not None for r in reasons)
-                             else []}
+        per_prompt[label] = {
+            "rouge_l_f1": [r["f1"] for r in rouge],
+            "teacher_nll": row_nll,
+            "mean_words": [float(w) for w in n_words],
+            "truncated": [float(r == "length") for r in reasons] if all(r is not None for r in reasons) else [],
+        }
         report["models"][label]["ci"] = {key: bootstrap_ci(v) for key, v in per_prompt[label].items() if v}
         for i, r, (s, n), w in zip(ids, rouge, nll, n_words, strict=True):
-            per_row.append({"id": teacher_rows[i]["id"], "model": label, "rouge_l_f1": r["f1"],
-                            "teacher_nll": s / n if n else None, "teacher_tokens": n, "words": w})
+            per_row.append(
+                {
+                    "id": teacher_rows[i]["id"],
+                    "model": label,
+                    "rouge_l_f1": r["f1"],
+                    "teacher_nll": s / n if n else None,
+                    "teacher_tokens": n,
+                    "words": w,
+                }
+            )
 
     if compare_to in candidates:
         ref = per_prompt[compare_to]
         report["compare_to"] = compare_to
         report["paired"] = {
-            label: {"rouge_l_f1": paired_comparison(ref["rouge_l_f1"], v["rouge_l_f1"], higher_is_better=True),
-                    "teacher_nll": paired_comparison(ref["teacher_nll"], v["teacher_nll"], higher_is_better=False)}
-            for label, v in per_prompt.items() if label not in (compare_to, TEACHER_LABEL)}
+            label: {
+                "rouge_l_f1": paired_comparison(ref["rouge_l_f1"], v["rouge_l_f1"], higher_is_better=True),
+                "teacher_nll": paired_comparison(ref["teacher_nll"], v["teacher_nll"], higher_is_better=False),
+            }
+            for label, v in per_prompt.items()
+            if label not in (compare_to, TEACHER_LABEL)
+        }
     # The teacher leaves the GPU now: the next stage (a vLLM engine checking free memory at start-up) must
     # find that memory free, not held in this process's allocator cache.
     del model
@@ -352,6 +434,9 @@ def evaluate_responses(
         for row in per_row:
             f.write(json.dumps(row) + "\n")
     write_markdown(os.path.join(output_dir, "report.md"), offline_markdown(report))
-    write_chart(os.path.join(output_dir, "report.png"), offline_panels(report),
-                panel_size=(4.2, 3.6 + 0.1 * len(report["models"])))
+    write_chart(
+        os.path.join(output_dir, "report.png"),
+        offline_panels(report),
+        panel_size=(4.2, 3.6 + 0.1 * len(report["models"])),
+    )
     return report

@@ -22,8 +22,9 @@ SMALL = 7  # tick labels and value labels of the crowded panels
 LEGEND_SIZE = 6
 
 
-def write_chart(path: str, panels: Sequence[Panel], *, cols: Optional[int] = None,
-                panel_size: Tuple[float, float] = (4.4, 3.4)) -> bool:
+def write_chart(
+    path: str, panels: Sequence[Panel], *, cols: Optional[int] = None, panel_size: Tuple[float, float] = (4.4, 3.4)
+) -> bool:
     """Draw ``panels`` row by row on a grid of ``cols`` columns (default: one row), each panel
     ``panel_size`` inches (width, height), and save the PNG to ``path``. No panel: no file (False)."""
     if not panels:
@@ -39,15 +40,23 @@ def write_chart(path: str, panels: Sequence[Panel], *, cols: Optional[int] = Non
     return True
 
 
-def _names_below(ax: Axes, positions: Sequence[float], names: Sequence[str], fontsize: Optional[int],
-                 rotation: int = 30) -> None:
+def _names_below(
+    ax: Axes, positions: Sequence[float], names: Sequence[str], fontsize: Optional[int], rotation: int = 30
+) -> None:
     ax.set_xticks(list(positions))
     ax.set_xticklabels(names, rotation=rotation, ha="right", **({} if fontsize is None else {"fontsize": fontsize}))
 
 
-def bars(title: str, names: Sequence[str], values: Sequence[float], *,
-         errors: Optional[Sequence[Sequence[float]]] = None, colors: Optional[Sequence[str]] = None,
-         value_labels: bool = False, fontsize: Optional[int] = None) -> Panel:
+def bars(
+    title: str,
+    names: Sequence[str],
+    values: Sequence[float],
+    *,
+    errors: Optional[Sequence[Sequence[float]]] = None,
+    colors: Optional[Sequence[str]] = None,
+    value_labels: bool = False,
+    fontsize: Optional[int] = None,
+) -> Panel:
     """One bar per name. ``errors``: symmetric (one list) or [below, above] error bars; ``value_labels``
     writes each value (3 significant digits) on its bar; ``fontsize``: of the names (matplotlib's default
     when None)."""
@@ -58,8 +67,13 @@ def bars(title: str, names: Sequence[str], values: Sequence[float], *,
         ax.set_title(title, fontsize=TITLE_SIZE)
         if value_labels:
             for bar, v in zip(drawn, values, strict=True):
-                ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                            va="bottom", fontsize=SMALL)
+                ax.annotate(
+                    f"{v:.3g}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=SMALL,
+                )
 
     return draw
 
@@ -79,8 +93,9 @@ def stacked_bars(title: str, names: Sequence[str], parts: Sequence[Tuple[str, Se
     return draw
 
 
-def grouped_bars(title: str, groups: Sequence[str], series: Dict[str, Sequence[float]], *,
-                 ylim: Optional[Tuple[float, float]] = None) -> Panel:
+def grouped_bars(
+    title: str, groups: Sequence[str], series: Dict[str, Sequence[float]], *, ylim: Optional[Tuple[float, float]] = None
+) -> Panel:
     """One group of bars per entry of ``groups`` (the x axis), one bar of each group per series (name ->
     one value per group), with a legend of the series."""
 
@@ -97,8 +112,9 @@ def grouped_bars(title: str, groups: Sequence[str], series: Dict[str, Sequence[f
     return draw
 
 
-def marked_lines(title: str, xlabel: str, series: Sequence[Tuple[str, Sequence[Any], Sequence[float]]], *,
-          log_x: bool = False) -> Panel:
+def marked_lines(
+    title: str, xlabel: str, series: Sequence[Tuple[str, Sequence[Any], Sequence[float]]], *, log_x: bool = False
+) -> Panel:
     """One line with markers per series (label, xs, ys), a legend, log x axis when ``log_x``."""
 
     def draw(ax: Axes) -> None:

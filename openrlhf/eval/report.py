@@ -39,8 +39,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: 
     for row in rows:
         if len(row) != len(header):
             raise ValueError(f"a table row has {len(row)} cells for {len(header)} columns: {row!r}")
-    return (["| " + " | ".join(header) + " |", "|" + "".join("---|" if a == "l" else "---:|" for a in align)]
-            + ["| " + " | ".join(row) + " |" for row in rows])
+    return ["| " + " | ".join(header) + " |", "|" + "".join("---|" if a == "l" else "---:|" for a in align)] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
 
 
 def write_markdown(path: str, lines: Sequence[str]) -> None:
@@ -77,38 +78,64 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
         if ind:
             ind_cell = f"{fmt_num(ind.get('omega'), '{:+.1f}')}% ({ind['win']}/{ind['tie']}/{ind['lose']})"
         unparsed = sum(t.get("unparsed", 0) for t in tasks.values())
-        hit = [f"{t['hit_token_limit']}/{t['answers']} {task}" for task, t in tasks.items()
-               if t.get("hit_token_limit")]
-        rows.append([name, fmt_num(mt.get("score"), "{:.2f}") if mt else "-", ae_cell, ind_cell, str(unparsed),
-                     ", ".join(hit) if hit else "0"])
+        hit = [f"{t['hit_token_limit']}/{t['answers']} {task}" for task, t in tasks.items() if t.get("hit_token_limit")]
+        rows.append(
+            [
+                name,
+                fmt_num(mt.get("score"), "{:.2f}") if mt else "-",
+                ae_cell,
+                ind_cell,
+                str(unparsed),
+                ", ".join(hit) if hit else "0",
+            ]
+        )
     return rows
 
 
 def judged_markdown(report: Dict[str, Any]) -> List[str]:
     """The lines of the judged ``report.md``: the Table 1 layout, then the judge's costs and notes."""
-    lines = markdown_table(["model", "MT-Bench (1-10)", "AlpacaEval win rate % ± s.e.", "in-domain omega (W/T/L)",
-                            "unparsed", "answers at the token limit"], table_rows(report), "lrrrrr")
+    lines = markdown_table(
+        [
+            "model",
+            "MT-Bench (1-10)",
+            "AlpacaEval win rate % ± s.e.",
+            "in-domain omega (W/T/L)",
+            "unparsed",
+            "answers at the token limit",
+        ],
+        table_rows(report),
+        "lrrrrr",
+    )
     lines.append("")
     for task, info in report.get("judge", {}).items():
-        lines.append(f"{task}: judge `{info['model']}` at {info['base_url']}; {info['requests_sent']} requests sent, "
-                     f"{info['from_cache']} judgments from the cache, {info['prompt_tokens']} prompt + "
-                     f"{info['completion_tokens']} completion tokens.")
+        lines.append(
+            f"{task}: judge `{info['model']}` at {info['base_url']}; {info['requests_sent']} requests sent, "
+            f"{info['from_cache']} judgments from the cache, {info['prompt_tokens']} prompt + "
+            f"{info['completion_tokens']} completion tokens."
+        )
         if info.get("comparability"):
             lines.append(f"{task}: {info['comparability']}.")
     for name, tasks in report.get("models", {}).items():
         for task, numbers in tasks.items():
             if numbers.get("unparsed_ids"):
-                lines.append(f"{name} / {task}: judgments without a verdict (not counted): "
-                             f"{', '.join(map(str, numbers['unparsed_ids'][:20]))}"
-                             + (" ..." if len(numbers["unparsed_ids"]) > 20 else ""))
+                lines.append(
+                    f"{name} / {task}: judgments without a verdict (not counted): "
+                    f"{', '.join(map(str, numbers['unparsed_ids'][:20]))}"
+                    + (" ..." if len(numbers["unparsed_ids"]) > 20 else "")
+                )
             if numbers.get("hit_token_limit"):
-                lines.append(f"{name} / {task}: {numbers['hit_token_limit']} of {numbers['answers']} answers stopped at "
-                             f"the generation token limit: {', '.join(numbers['hit_token_limit_ids'][:20])}"
-                             + (" ..." if len(numbers["hit_token_limit_ids"]) > 20 else ""))
+                lines.append(
+                    f"{name} / {task}: {numbers['hit_token_limit']} of {numbers['answers']} answers stopped at "
+                    f"the generation token limit: {', '.join(numbers['hit_token_limit_ids'][:20])}"
+                    + (" ..." if len(numbers["hit_token_limit_ids"]) > 20 else "")
+                )
             if numbers.get("length_controlled_note"):
                 lines.append(f"{name} / {task}: length-controlled win rate {numbers['length_controlled_note']}")
-    lines += ["", "In-domain: each model's response vs the teacher's on held-out prompts, judged in both orders; a win "
-              "needs both orders, a loss both, anything else is a tie; omega = (W - L) / (W + T + L) x 100."]
+    lines += [
+        "",
+        "In-domain: each model's response vs the teacher's on held-out prompts, judged in both orders; a win "
+        "needs both orders, a loss both, anything else is a tie; omega = (W - L) / (W + T + L) x 100.",
+    ]
     return lines
 
 
@@ -124,17 +151,36 @@ def judged_panels(report: Dict[str, Any]) -> List[Panel]:
         numbers = [models[n][task] for n in have]
         if task == "mtbench":
             cats = sorted({c for m in numbers for c in m.get("per_category", {})})
-            panels.append(grouped_bars("MT-Bench per category (1-10)", cats,
-                                       {n: [m["per_category"].get(c) or 0.0 for c in cats]
-                                        for n, m in zip(have, numbers, strict=True)}, ylim=(0, 10)))
+            panels.append(
+                grouped_bars(
+                    "MT-Bench per category (1-10)",
+                    cats,
+                    {n: [m["per_category"].get(c) or 0.0 for c in cats] for n, m in zip(have, numbers, strict=True)},
+                    ylim=(0, 10),
+                )
+            )
         elif task == "alpacaeval":
             # A number the data did not give is NaN in memory and null in report.json: drawn as 0.
-            panels.append(bars("AlpacaEval win rate % (± s.e.)", have, [_finite(m["win_rate"]) for m in numbers],
-                               errors=[_finite(m["standard_error"]) for m in numbers], fontsize=SMALL))
+            panels.append(
+                bars(
+                    "AlpacaEval win rate % (± s.e.)",
+                    have,
+                    [_finite(m["win_rate"]) for m in numbers],
+                    errors=[_finite(m["standard_error"]) for m in numbers],
+                    fontsize=SMALL,
+                )
+            )
         else:
-            panels.append(stacked_bars("in-domain vs the teacher (W/T/L)", have,
-                                       [(part, [m[part] for m in numbers], color)
-                                        for part, color in (("win", "C2"), ("tie", "C7"), ("lose", "C3"))]))
+            panels.append(
+                stacked_bars(
+                    "in-domain vs the teacher (W/T/L)",
+                    have,
+                    [
+                        (part, [m[part] for m in numbers], color)
+                        for part, color in (("win", "C2"), ("tie", "C7"), ("lose", "C3"))
+                    ],
+                )
+            )
     return panels
 
 

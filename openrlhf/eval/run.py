@@ -85,21 +85,27 @@ def token_limit_hits(rows: Dict[str, dict], ids) -> Dict[str, Any]:
 
 def _indomain_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
     if not cfg.teacher_responses:
-        raise DataError("--teacher_responses: required for --task indomain (the teacher's responses to the same prompts)")
+        raise DataError(
+            "--teacher_responses: required for --task indomain (the teacher's responses to the same prompts)"
+        )
     teacher = read_responses(cfg.teacher_responses, "--teacher_responses")
     if cfg.prompts:
         known = {str(r.get("id", i)) for i, r in enumerate(load_rows(cfg.prompts, what="--prompts"))}
         unknown = [i for i in teacher if i not in known]
         if unknown:
-            raise DataError(f"--teacher_responses {cfg.teacher_responses}: {len(unknown)} ids are not held-out prompts "
-                            f"of --prompts {cfg.prompts} (e.g. {unknown[:3]})")
+            raise DataError(
+                f"--teacher_responses {cfg.teacher_responses}: {len(unknown)} ids are not held-out prompts "
+                f"of --prompts {cfg.prompts} (e.g. {unknown[:3]})"
+            )
     ids = list(teacher)[: cfg.max_items] if cfg.max_items > 0 else list(teacher)
     out, limits = {}, {}
     for name, path in candidates.items():
         rows = read_responses(path, f"--candidate {name}")
         check_same_ids(teacher, rows, name, path)
-        out[name] = [PairItem(i, _question_text(teacher[i]["prompt"]), str(rows[i]["response"]),
-                              str(teacher[i]["response"])) for i in ids]
+        out[name] = [
+            PairItem(i, _question_text(teacher[i]["prompt"]), str(rows[i]["response"]), str(teacher[i]["response"]))
+            for i in ids
+        ]
         limits[name] = token_limit_hits(rows, ids)
     return out, limits
 
@@ -114,12 +120,16 @@ def _alpaca_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
         for k in range(n):
             row = rows.get(str(k))
             if row is None:
-                raise DataError(f"--candidate {name}={path}: no response for AlpacaEval instruction {k} (id {k}); "
-                                "generate answers from the prompt file of `python -m openrlhf.cli.eval_prompts "
-                                "--task alpacaeval`")
+                raise DataError(
+                    f"--candidate {name}={path}: no response for AlpacaEval instruction {k} (id {k}); "
+                    "generate answers from the prompt file of `python -m openrlhf.cli.eval_prompts "
+                    "--task alpacaeval`"
+                )
             if row["prompt"] != ref[k]["instruction"]:
-                raise DataError(f"--candidate {name}={path}: row {row['_row']} (id {k}) answers another instruction "
-                                "than AlpacaEval's")
+                raise DataError(
+                    f"--candidate {name}={path}: row {row['_row']} (id {k}) answers another instruction "
+                    "than AlpacaEval's"
+                )
             items.append(PairItem(str(k), ref[k]["instruction"], str(row["response"]), str(ref[k]["output"])))
         out[name] = items
         limits[name] = token_limit_hits(rows, range(n))
@@ -137,14 +147,21 @@ def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
         for q in questions:
             row = rows.get(str(q["question_id"]))
             if row is None:
-                raise DataError(f"--candidate {name}={path}: no answers to MT-Bench question {q['question_id']}; "
-                                "generate them from the prompt file of `python -m openrlhf.cli.eval_prompts --task "
-                                "mtbench`")
+                raise DataError(
+                    f"--candidate {name}={path}: no answers to MT-Bench question {q['question_id']}; "
+                    "generate them from the prompt file of `python -m openrlhf.cli.eval_prompts --task "
+                    "mtbench`"
+                )
             if list(row["turns"]) != list(q["turns"]) or len(row["responses"]) != len(q["turns"]):
-                raise DataError(f"--candidate {name}={path}: row {row['_row']} (question {q['question_id']}) does "
-                                "not hold the two answers to MT-Bench's two turns of that question")
-            answers.append(MTBenchAnswer(int(q["question_id"]), q["category"], list(q["turns"]),
-                                         [str(x) for x in row["responses"]]))
+                raise DataError(
+                    f"--candidate {name}={path}: row {row['_row']} (question {q['question_id']}) does "
+                    "not hold the two answers to MT-Bench's two turns of that question"
+                )
+            answers.append(
+                MTBenchAnswer(
+                    int(q["question_id"]), q["category"], list(q["turns"]), [str(x) for x in row["responses"]]
+                )
+            )
         out[name] = answers
         limits[name] = token_limit_hits(rows, [q["question_id"] for q in questions])
     return out, limits
@@ -164,8 +181,10 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
         prompts = {}
     else:
         prompts = judge_prompts(cfg.judge.prompt_file)
-        need = {"indomain": ["pair-v2"],
-                "mtbench": ["single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"]}[cfg.task]
+        need = {
+            "indomain": ["pair-v2"],
+            "mtbench": ["single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn"],
+        }[cfg.task]
         missing = [n for n in need if n not in prompts]
         if missing:
             raise DataError(f"--judge.prompt_file: no judge prompt named {missing}")
@@ -188,43 +207,67 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
             texts = [j.text for j in client.judge([r for _, _, r in reqs], desc=f"MT-Bench {name}")]
             grades = [(q, t, judged.parse_rating(x)) for (q, t, _), x in zip(reqs, texts, strict=True)]
             numbers = judged.mtbench_summary(its, grades)
-            audit += [{"model": name, "question_id": q, "turn": t, "rating": g, "judgment": x}
-                      for (q, t, g), x in zip(grades, texts, strict=True)]
+            audit += [
+                {"model": name, "question_id": q, "turn": t, "rating": g, "judgment": x}
+                for (q, t, g), x in zip(grades, texts, strict=True)
+            ]
         elif cfg.task == "alpacaeval":
             reqs = judged.alpaca_requests(its, annotator)
             sent = iter(client.judge([r for r in reqs if r is not None], desc=f"alpacaeval {name}"))
             judgments = [next(sent) if r is not None else None for r in reqs]
             if any(j is not None and not j.top_logprobs for j in judgments):
-                raise UserError(f"--judge.base_url {cfg.judge.base_url}: the endpoint answered without "
-                                f"log-probabilities (asked: logprobs, top_logprobs {annotator.top_logprobs}); "
-                                f"AlpacaEval 2's annotator reads its verdict from them (vLLM's server gives them)")
+                raise UserError(
+                    f"--judge.base_url {cfg.judge.base_url}: the endpoint answered without "
+                    f"log-probabilities (asked: logprobs, top_logprobs {annotator.top_logprobs}); "
+                    f"AlpacaEval 2's annotator reads its verdict from them (vLLM's server gives them)"
+                )
             rows = judged.alpaca_preferences(its, annotator, judgments)
             prefs = [r["preference"] for r in rows]
             numbers = judged.alpaca_summary(prefs, [it.id for it in its])
             numbers["annotator"] = annotator.name
             numbers.update(length_controlled(name, its, prefs, reference, cfg.judge.model, annotator))
-            audit += [{"model": name, **r, "judgment": j.text if j is not None else None}
-                      for r, j in zip(rows, judgments, strict=True)]
+            audit += [
+                {"model": name, **r, "judgment": j.text if j is not None else None}
+                for r, j in zip(rows, judgments, strict=True)
+            ]
         else:
-            texts = [j.text for j in client.judge(judged.pair_requests(its, prompts["pair-v2"]),
-                                                  desc=f"{cfg.task} {name}")]
+            texts = [
+                j.text for j in client.judge(judged.pair_requests(its, prompts["pair-v2"]), desc=f"{cfg.task} {name}")
+            ]
             outcomes = judged.pairwise_outcomes(its, texts)
             numbers = judged.indomain_summary(outcomes)
             for o, k in zip(outcomes, range(len(outcomes)), strict=True):
-                audit.append({"model": name, **o, "judgment_candidate_first": texts[2 * k],
-                              "judgment_candidate_second": texts[2 * k + 1]})
+                audit.append(
+                    {
+                        "model": name,
+                        **o,
+                        "judgment_candidate_first": texts[2 * k],
+                        "judgment_candidate_second": texts[2 * k + 1],
+                    }
+                )
         numbers.update(limits[name])
         report.setdefault("models", {}).setdefault(name, {})[cfg.task] = numbers
-        log(f"judge: {cfg.task} {name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                      for k, v in numbers.items() if not isinstance(v, (list, dict))))
-    report.setdefault("judge", {})[cfg.task] = {"base_url": cfg.judge.base_url, "model": cfg.judge.model,
-                                                **client.stats.as_dict(),
-                                                "comparability": comparability(cfg.task, cfg.judge.model, annotator)}
+        log(
+            f"judge: {cfg.task} {name}: "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in numbers.items()
+                if not isinstance(v, (list, dict))
+            )
+        )
+    report.setdefault("judge", {})[cfg.task] = {
+        "base_url": cfg.judge.base_url,
+        "model": cfg.judge.model,
+        **client.stats.as_dict(),
+        "comparability": comparability(cfg.task, cfg.judge.model, annotator),
+    }
     write_jsonl_atomic(os.path.join(cfg.output_dir, f"judgments_{cfg.task}.jsonl"), audit)
     write_report(report, cfg.output_dir)
-    log(f"judge: {client.stats.requests} requests sent, {client.stats.from_cache} judgments from the cache, "
+    log(
+        f"judge: {client.stats.requests} requests sent, {client.stats.from_cache} judgments from the cache, "
         f"{client.stats.retries} retries, {client.stats.prompt_tokens} prompt + {client.stats.completion_tokens} "
-        f"completion tokens -> {os.path.join(cfg.output_dir, 'report.md')}")
+        f"completion tokens -> {os.path.join(cfg.output_dir, 'report.md')}"
+    )
     return report
 
 
@@ -232,19 +275,31 @@ def comparability(task: str, judge_model: str, annotator=None) -> str:
     """One line: what makes this task's numbers (not) comparable with the published ones."""
     if task == "mtbench":
         same = judge_model in ("gpt-4", "gpt-4-0613")
-        return (f"MT-Bench as FastChat's llm_judge grades it (single-v1 prompts, GPT-4 references for math / "
-                f"reasoning / coding, FastChat's verdict parsing) with judge {judge_model}: "
-                + ("the leaderboard's judge model, comparable" if same else
-                   "the leaderboard's scores come from GPT-4 as the judge, so these are not comparable with them"))
+        return (
+            f"MT-Bench as FastChat's llm_judge grades it (single-v1 prompts, GPT-4 references for math / "
+            f"reasoning / coding, FastChat's verdict parsing) with judge {judge_model}: "
+            + (
+                "the leaderboard's judge model, comparable"
+                if same
+                else "the leaderboard's scores come from GPT-4 as the judge, so these are not comparable with them"
+            )
+        )
     if task == "alpacaeval":
         same = judge_model == annotator.model
-        return (f"AlpacaEval 2's annotator {annotator.name} (alpaca_eval 0.6.6: its prompt, order coin and "
-                f"log-probability preference) with judge {judge_model}: "
-                + ("the leaderboard's judge model, comparable" if same else
-                   f"the leaderboard uses {annotator.model}, so these win rates are not comparable with it and "
-                   f"no length-controlled win rate is computed"))
-    return ("in-domain: our own evaluation (the paper's omega vs the teacher, MT-Bench's pair-v2 prompt in both "
-            f"orders); no published leaderboard; judge {judge_model}")
+        return (
+            f"AlpacaEval 2's annotator {annotator.name} (alpaca_eval 0.6.6: its prompt, order coin and "
+            f"log-probability preference) with judge {judge_model}: "
+            + (
+                "the leaderboard's judge model, comparable"
+                if same
+                else f"the leaderboard uses {annotator.model}, so these win rates are not comparable with it and "
+                f"no length-controlled win rate is computed"
+            )
+        )
+    return (
+        "in-domain: our own evaluation (the paper's omega vs the teacher, MT-Bench's pair-v2 prompt in both "
+        f"orders); no published leaderboard; judge {judge_model}"
+    )
 
 
 def length_controlled(name: str, items, prefs, reference, judge_model: str, annotator) -> Dict[str, Any]:
@@ -252,46 +307,76 @@ def length_controlled(name: str, items, prefs, reference, judge_model: str, anno
     in the order of AlpacaEval's instructions (an unparsed one with a NaN preference, as alpaca_eval keeps
     it), and only for the judge the library's GLM was fitted with; otherwise the reason it was not computed."""
     if judge_model != annotator.model:
-        return {"length_controlled_win_rate": None,
-                "length_controlled_note": f"not computed: its GLM (instruction difficulties, gamed baselines) was "
-                                          f"fitted on {annotator.model}'s annotations, the judge here is {judge_model}"}
+        return {
+            "length_controlled_win_rate": None,
+            "length_controlled_note": f"not computed: its GLM (instruction difficulties, gamed baselines) was "
+            f"fitted on {annotator.model}'s annotations, the judge here is {judge_model}",
+        }
     if importlib.util.find_spec("alpaca_eval") is None:
-        return {"length_controlled_win_rate": None,
-                "length_controlled_note": "not computed: alpaca_eval is not installed (pip install -e '.[alpacaeval]' in this fork's folder)"}
+        return {
+            "length_controlled_win_rate": None,
+            "length_controlled_note": "not computed: alpaca_eval is not installed (pip install -e '.[alpacaeval]' in this fork's folder)",
+        }
     try:
         import pandas as pd
         from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
 
         frame = pd.DataFrame(lc_rows(name, items, prefs, reference, annotator.name))
         metrics = get_length_controlled_winrate(frame, save_weights_dir=None)
-        return {"length_controlled_win_rate": float(metrics["length_controlled_winrate"]),
-                "length_controlled_standard_error": float(metrics.get("lc_standard_error", float("nan")))}
+        return {
+            "length_controlled_win_rate": float(metrics["length_controlled_winrate"]),
+            "length_controlled_standard_error": float(metrics.get("lc_standard_error", float("nan"))),
+        }
     except Exception as e:  # the library needs its hub data (df_gamed.csv), the full 805 instructions, and
         # (0.6.6) setuptools' pkg_resources, gone from setuptools >= 81
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return {"length_controlled_win_rate": None,
-                "length_controlled_note": f"not computed: alpaca_eval failed ({type(e).__name__}: {first[:200]})"}
+        return {
+            "length_controlled_win_rate": None,
+            "length_controlled_note": f"not computed: alpaca_eval failed ({type(e).__name__}: {first[:200]})",
+        }
 
 
 def lc_rows(name: str, items, prefs, reference, annotator_name: str) -> List[dict]:
     """alpaca_eval's annotation rows: one per instruction, in order (the GLM looks instruction
     difficulty up by position), unparsed ones with a NaN preference."""
-    return [{"instruction": r["instruction"], "output_1": r["output"], "output_2": it.candidate,
-             "generator_1": r.get("generator", "reference"), "generator_2": name, "annotator": annotator_name,
-             "preference": float("nan") if p is None else float(p)}
-            for it, p, r in zip(items, prefs, reference, strict=True)]
+    return [
+        {
+            "instruction": r["instruction"],
+            "output_1": r["output"],
+            "output_2": it.candidate,
+            "generator_1": r.get("generator", "reference"),
+            "generator_2": name,
+            "annotator": annotator_name,
+            "preference": float("nan") if p is None else float(p),
+        }
+        for it, p, r in zip(items, prefs, reference, strict=True)
+    ]
 
 
 # FastChat's llm_judge (gen_model_answer.py): sampling temperature by MT-Bench category, 0.7 for any
 # other question (an AlpacaEval instruction has no category), and 1024 new tokens.
-FASTCHAT_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
-                        "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
+FASTCHAT_TEMPERATURE = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+    "arena-hard-200": 0.0,
+}
 FASTCHAT_OTHER_TEMPERATURE = 0.7
 FASTCHAT_MAX_NEW_TOKENS = 1024
 
 
-def write_prompts(task: str, output: str, max_items: int = -1, temperature: Optional[float] = None,
-                  max_new_tokens: int = FASTCHAT_MAX_NEW_TOKENS) -> int:
+def write_prompts(
+    task: str,
+    output: str,
+    max_items: int = -1,
+    temperature: Optional[float] = None,
+    max_new_tokens: int = FASTCHAT_MAX_NEW_TOKENS,
+) -> int:
     """The prompt file ``generate`` answers for MT-Bench (ids = question ids, ``category``, ``turns``) or
     AlpacaEval (ids = positions, ``prompt`` = instruction), each row with the ``temperature`` and
     ``max_new_tokens`` to answer it with: FastChat's (by category; ``temperature`` given: that one for
@@ -306,13 +391,17 @@ def write_prompts(task: str, output: str, max_items: int = -1, temperature: Opti
         return {"temperature": t, "max_new_tokens": max_new_tokens}
 
     if task == "mtbench":
-        rows = [{"id": q["question_id"], "category": q["category"], "turns": q["turns"], **settings(q["category"])}
-                for q in mtbench_questions()]
+        rows = [
+            {"id": q["question_id"], "category": q["category"], "turns": q["turns"], **settings(q["category"])}
+            for q in mtbench_questions()
+        ]
     elif task == "alpacaeval":
         rows = [{"id": k, "prompt": r["instruction"], **settings("")} for k, r in enumerate(alpaca_reference())]
     else:
-        raise DataError(f"--task {task}: prompt files exist for mtbench and alpacaeval (indomain uses the held-out "
-                        "prompts of prepare_prompts)")
+        raise DataError(
+            f"--task {task}: prompt files exist for mtbench and alpacaeval (indomain uses the held-out "
+            "prompts of prepare_prompts)"
+        )
     if max_items > 0:
         rows = rows[:max_items]
     return write_jsonl_atomic(output, rows)

@@ -25,11 +25,19 @@ from openrlhf.utils.dtypes import torch_dtype
 Result = Tuple[int, List[int], Optional[str]]
 
 
-
 class HFGenerator:
-    def __init__(self, model_path: str, gen_cfg, *, param_dtype: str = "bf16",
-                 attn_implementation: str = "sdpa", seed: int = 42, pad_id: int = 0,
-                 stop_ids: Sequence[int] = (), log=print):
+    def __init__(
+        self,
+        model_path: str,
+        gen_cfg,
+        *,
+        param_dtype: str = "bf16",
+        attn_implementation: str = "sdpa",
+        seed: int = 42,
+        pad_id: int = 0,
+        stop_ids: Sequence[int] = (),
+        log=print,
+    ):
         self.torch = torch
         self.cfg = gen_cfg
         self.pad_id = int(pad_id)
@@ -40,14 +48,16 @@ class HFGenerator:
             if param_dtype != "fp32":
                 log(f"generate: running in fp32 on CPU (--ds.param_dtype {param_dtype} applies on GPU only)")
             if attn_implementation.startswith("flash_attention"):
-                raise ValueError(f"--ds.attn_implementation {attn_implementation} needs a CUDA GPU; use auto, sdpa or "
-                                 "eager on CPU")
+                raise ValueError(
+                    f"--ds.attn_implementation {attn_implementation} needs a CUDA GPU; use auto, sdpa or eager on CPU"
+                )
         else:
             dtype = torch_dtype(param_dtype)
 
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, dtype))
+                model_path, dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, dtype)
+            )
         except (OSError, ValueError) as e:
             raise ValueError(f"--model.model_name_or_path: cannot load a causal LM from {model_path!r}: {e}") from e
         self.model = model.to(self.device).eval()
@@ -79,8 +89,8 @@ class HFGenerator:
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for r, s in enumerate(batch):
             if len(s):
-                ids[r, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-                mask[r, width - len(s):] = 1
+                ids[r, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+                mask[r, width - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
     def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
@@ -91,12 +101,11 @@ class HFGenerator:
         order = self.order(prompt_ids)
         bs = self.cfg.batch_size
         for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
+            idx = order[start : start + bs]
             ids, mask = self._left_pad([prompt_ids[i] for i in idx])
             with torch.no_grad():
-                out = self.model.generate(input_ids=ids, attention_mask=mask,
-                                          generation_config=self.generation_config)
-            gen = out[:, ids.shape[1]:].tolist()
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self.generation_config)
+            gen = out[:, ids.shape[1] :].tolist()
             yield [(i, g, None) for i, g in zip(idx, gen, strict=True)]
 
     def close(self) -> None:

@@ -102,8 +102,9 @@ class ResultsFile:
         for n, row in rows:
             for key in (ID_KEY, RESPONSE_KEY):
                 if key not in row:
-                    raise DataError(f"{self.what} {self.path}: line {n} has no {key!r} key; "
-                                    "it is not an output of this generator")
+                    raise DataError(
+                        f"{self.what} {self.path}: line {n} has no {key!r} key; it is not an output of this generator"
+                    )
             rid = row[ID_KEY]
             if isinstance(rid, list) or isinstance(rid, dict):
                 raise DataError(f"{self.what} {self.path}: line {n}: the id is a {type(rid).__name__}")
@@ -170,5 +171,7 @@ def check_same_ids(teacher: Dict[str, dict], cand: Dict[str, dict], label: str, 
         raise DataError(f"--candidate {label}={path}: " + "; ".join(parts))
     for rid, row in cand.items():
         if row["prompt"] != teacher[rid]["prompt"]:
-            raise DataError(f"--candidate {label}={path}: row {row['_row']} (id {row['id']!r}) has another prompt "
-                            "than the teacher's row with that id")
+            raise DataError(
+                f"--candidate {label}={path}: row {row['_row']} (id {row['id']!r}) has another prompt "
+                "than the teacher's row with that id"
+            )

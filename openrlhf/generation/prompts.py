@@ -126,14 +126,18 @@ def extract_prompts(
         elif SHAREGPT_KEY in row:
             prompt = first_human_turn(row[SHAREGPT_KEY])
             if prompt is None:
-                p = (f"key {SHAREGPT_KEY!r} has no human turn (a {{'from': 'human', 'value': <text>}} "
-                     f"object); key {prompt_key!r} is absent too")
+                p = (
+                    f"key {SHAREGPT_KEY!r} has no human turn (a {{'from': 'human', 'value': <text>}} "
+                    f"object); key {prompt_key!r} is absent too"
+                )
             else:
                 p = None if prompt.strip() else f"key {SHAREGPT_KEY!r}: the first human turn is empty"
         else:
             prompt = None
-            p = (f"missing key {prompt_key!r} (and no {TURNS_KEY!r} or {SHAREGPT_KEY!r} list); the row has keys "
-                 f"{sorted(row)[:10]}")
+            p = (
+                f"missing key {prompt_key!r} (and no {TURNS_KEY!r} or {SHAREGPT_KEY!r} list); the row has keys "
+                f"{sorted(row)[:10]}"
+            )
         if p:
             problems.append(f"{loc(i)}: {p}")
         if id_key and id_key in row:
@@ -149,8 +153,11 @@ def extract_prompts(
             continue
         first_seen[rid] = i
         if not p:
-            items.append(PromptItem(index=i, id=rid, prompt=prompt, where=where,
-                                    multi_turn=prompt_key not in row and TURNS_KEY in row))
+            items.append(
+                PromptItem(
+                    index=i, id=rid, prompt=prompt, where=where, multi_turn=prompt_key not in row and TURNS_KEY in row
+                )
+            )
     raise_problems(problems, source_name, len(rows))
     return items
 
@@ -214,8 +221,9 @@ def end_of_turn_id(tokenizer, chat_template: Optional[str] = None) -> Optional[i
     return int(ids[0]) if int(ids[0]) in special else None
 
 
-def stop_token_ids(tokenizer, *, use_chat_template: bool, chat_template: str = "",
-                   generation_eos: Any = None) -> List[int]:
+def stop_token_ids(
+    tokenizer, *, use_chat_template: bool, chat_template: str = "", generation_eos: Any = None
+) -> List[int]:
     """Ids that end a response: the generation config's eos ids (when given), the
     tokenizer's EOS, and (with a chat template) the template's end-of-turn token."""
     ids = _as_id_list(generation_eos) + _as_id_list(tokenizer.eos_token_id)

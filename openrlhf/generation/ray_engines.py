@@ -41,9 +41,15 @@ class EngineWorker(DistWorker):
     def load(self, cfg, stop_ids: Sequence[int], pad_id: int) -> None:
         g = cfg.generate
         if g.backend == "hf":
-            self.engine = HFGenerator(cfg.model.model_name_or_path, g, param_dtype=cfg.ds.param_dtype,
-                                      attn_implementation=cfg.ds.attn_implementation, seed=cfg.train.seed,
-                                      pad_id=pad_id, stop_ids=stop_ids)
+            self.engine = HFGenerator(
+                cfg.model.model_name_or_path,
+                g,
+                param_dtype=cfg.ds.param_dtype,
+                attn_implementation=cfg.ds.attn_implementation,
+                seed=cfg.train.seed,
+                pad_id=pad_id,
+                stop_ids=stop_ids,
+            )
             self.positional = True
         else:
             self.engine = _Engine(VLLMSettings.from_config(cfg, stop_ids))
@@ -73,12 +79,23 @@ class RayGenerator:
         v, g = cfg.vllm, cfg.generate
         self.batch_size = g.batch_size
         gpus = engine_gpus(g.backend, v.tensor_parallel_size, cluster_has_gpus())
-        self.bundles = make_bundles("the generation engines", v.num_engines, cfg.ray.num_cpus_per_actor, gpus,
-                                    cfg.ray.placement_timeout)
-        self.group = ActorGroup("generation engine", EngineWorker, v.num_engines, self.bundles, range(v.num_engines),
-                                cfg.ray.num_cpus_per_actor, gpus, rendezvous=False)
-        log(f"generate: {v.num_engines} {g.backend} engine(s) as Ray actors on "
-            + ", ".join(sorted({n['ip'] for n in self.group.nodes})))
+        self.bundles = make_bundles(
+            "the generation engines", v.num_engines, cfg.ray.num_cpus_per_actor, gpus, cfg.ray.placement_timeout
+        )
+        self.group = ActorGroup(
+            "generation engine",
+            EngineWorker,
+            v.num_engines,
+            self.bundles,
+            range(v.num_engines),
+            cfg.ray.num_cpus_per_actor,
+            gpus,
+            rendezvous=False,
+        )
+        log(
+            f"generate: {v.num_engines} {g.backend} engine(s) as Ray actors on "
+            + ", ".join(sorted({n["ip"] for n in self.group.nodes}))
+        )
         self.group.get(self.group.call("load", cfg, list(stop_ids), pad_id))
 
     def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
@@ -86,7 +103,7 @@ class RayGenerator:
         import ray
 
         items = [(i, list(ids)) for i, ids in enumerate(prompt_ids)]
-        chunks = [items[s:s + self.batch_size] for s in range(0, len(items), self.batch_size)]
+        chunks = [items[s : s + self.batch_size] for s in range(0, len(items), self.batch_size)]
         n = len(self.group)
         where = {}
         for j, chunk in enumerate(chunks):

@@ -82,35 +82,64 @@ def _index(path: str, what: str, prompt_key: str) -> Tuple[Dict[Any, dict], List
     return rows, order, line_of
 
 
-def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key: str = "prompt",
-               log=print, keep_unfinished: bool = False) -> Dict[str, Any]:
+def build_sets(
+    teacher_path: str,
+    student_path: str,
+    output_dir: str,
+    prompt_key: str = "prompt",
+    log=print,
+    keep_unfinished: bool = False,
+) -> Dict[str, Any]:
     """Write the preference and SFT sets (see the module doc); returns the report."""
     problem = output_dir_problem(output_dir)
     if problem:
         raise DataError(f"--output_dir: {problem}")
     if os.path.realpath(teacher_path) == os.path.realpath(student_path):
-        raise DataError(f"--teacher and --student are the same file ({teacher_path}): every pair would be the "
-                        "same response twice, leaving no preference to learn")
+        raise DataError(
+            f"--teacher and --student are the same file ({teacher_path}): every pair would be the "
+            "same response twice, leaving no preference to learn"
+        )
     teacher, t_order, t_line = _index(teacher_path, "--teacher", prompt_key)
     student, _, s_line = _index(student_path, "--student", prompt_key)
     if not any(rid in student for rid in t_order):
         t_types = sorted({type(r).__name__ for r in t_order})
         s_types = sorted({type(r).__name__ for r in student})
-        hint = (f"; the ids are of different types (--teacher: {', '.join(t_types)}, --student: "
-                f"{', '.join(s_types)}), so 0 and '0' never match" if t_types != s_types else "")
-        raise DataError(f"--teacher {teacher_path} and --student {student_path} share no id "
-                        f"(e.g. {t_order[:3]} vs {list(student)[:3]}){hint}; generate both from the same prompt file")
+        hint = (
+            f"; the ids are of different types (--teacher: {', '.join(t_types)}, --student: "
+            f"{', '.join(s_types)}), so 0 and '0' never match"
+            if t_types != s_types
+            else ""
+        )
+        raise DataError(
+            f"--teacher {teacher_path} and --student {student_path} share no id "
+            f"(e.g. {t_order[:3]} vs {list(student)[:3]}){hint}; generate both from the same prompt file"
+        )
 
-    mismatched = [f"id {rid!r}: --teacher line {t_line[rid]} and --student line {s_line[rid]}"
-                  for rid in t_order if rid in student and teacher[rid][prompt_key] != student[rid][prompt_key]]
+    mismatched = [
+        f"id {rid!r}: --teacher line {t_line[rid]} and --student line {s_line[rid]}"
+        for rid in t_order
+        if rid in student and teacher[rid][prompt_key] != student[rid][prompt_key]
+    ]
     if mismatched:
-        raise_problems([f"{m}: different prompts under {prompt_key!r}" for m in mismatched],
-                       f"{teacher_path} vs {student_path}", len(t_order))
+        raise_problems(
+            [f"{m}: different prompts under {prompt_key!r}" for m in mismatched],
+            f"{teacher_path} vs {student_path}",
+            len(t_order),
+        )
 
-    counts = {"teacher_rows": len(teacher), "student_rows": len(student), "only_teacher": 0,
-              "only_student": sum(1 for rid in student if rid not in teacher), "joined": 0,
-              "teacher_empty": 0, "teacher_truncated": 0, "teacher_truncated_kept": 0, "identical": 0,
-              "student_empty": 0, "student_truncated_kept": 0}
+    counts = {
+        "teacher_rows": len(teacher),
+        "student_rows": len(student),
+        "only_teacher": 0,
+        "only_student": sum(1 for rid in student if rid not in teacher),
+        "joined": 0,
+        "teacher_empty": 0,
+        "teacher_truncated": 0,
+        "teacher_truncated_kept": 0,
+        "identical": 0,
+        "student_empty": 0,
+        "student_truncated_kept": 0,
+    }
     preference: List[dict] = []
     sft: List[dict] = []
     for rid in t_order:
@@ -128,8 +157,14 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
             counts["teacher_truncated"] += 1
             continue
         counts["teacher_truncated_kept"] += int(t_cut)
-        sft.append({ID_KEY: rid, SFT_SET_FLAGS["data.input_key"]: t[prompt_key], SFT_SET_FLAGS["data.output_key"]: chosen,
-                    **({"output_unfinished": True} if t_cut else {})})
+        sft.append(
+            {
+                ID_KEY: rid,
+                SFT_SET_FLAGS["data.input_key"]: t[prompt_key],
+                SFT_SET_FLAGS["data.output_key"]: chosen,
+                **({"output_unfinished": True} if t_cut else {}),
+            }
+        )
         if chosen.strip() == rejected.strip():
             counts["identical"] += 1
             continue
@@ -138,8 +173,12 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
             continue
         s_cut = s.get("finish_reason") == "length"
         counts["student_truncated_kept"] += int(s_cut)
-        row = {ID_KEY: rid, PREFERENCE_SET_FLAGS["data.prompt_key"]: t[prompt_key],
-               PREFERENCE_SET_FLAGS["data.chosen_key"]: chosen, PREFERENCE_SET_FLAGS["data.rejected_key"]: rejected}
+        row = {
+            ID_KEY: rid,
+            PREFERENCE_SET_FLAGS["data.prompt_key"]: t[prompt_key],
+            PREFERENCE_SET_FLAGS["data.chosen_key"]: chosen,
+            PREFERENCE_SET_FLAGS["data.rejected_key"]: rejected,
+        }
         if keep_unfinished:
             row.update({"chosen_unfinished": t_cut, "rejected_unfinished": s_cut})
         preference.append(row)
@@ -160,23 +199,33 @@ def build_sets(teacher_path: str, student_path: str, output_dir: str, prompt_key
         "preference_path": os.path.abspath(pref_path),
         "sft_path": os.path.abspath(sft_path),
         "keep_unfinished": keep_unfinished,
-        "policy": ("ids in one file only: dropped; teacher response empty: dropped from both sets; teacher response "
-                   "truncated (finish_reason length): " + ("kept, marked unfinished (trained without the end-of-turn "
-                   "token), as are truncated student responses" if keep_unfinished else "dropped from both sets") +
-                   "; identical responses (after strip) or empty student response: dropped from the preference "
-                   "set only"),
+        "policy": (
+            "ids in one file only: dropped; teacher response empty: dropped from both sets; teacher response "
+            "truncated (finish_reason length): "
+            + (
+                "kept, marked unfinished (trained without the end-of-turn token), as are truncated student responses"
+                if keep_unfinished
+                else "dropped from both sets"
+            )
+            + "; identical responses (after strip) or empty student response: dropped from the preference "
+            "set only"
+        ),
     }
     write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
-    log(f"build_sets: {counts['joined']} ids in both files ({counts['only_teacher']} only in --teacher, "
+    log(
+        f"build_sets: {counts['joined']} ids in both files ({counts['only_teacher']} only in --teacher, "
         f"{counts['only_student']} only in --student); dropped from both sets: {counts['teacher_empty']} empty and "
         f"{counts['teacher_truncated']} truncated teacher responses ({counts['teacher_truncated_kept']} truncated "
         f"ones kept as unfinished); dropped from the preference set only: "
         f"{counts['identical']} identical and {counts['student_empty']} empty student responses "
         f"({counts['student_truncated_kept']} truncated student responses kept) -> "
-        f"{len(preference)} preference rows, {len(sft)} SFT rows in {output_dir}")
+        f"{len(preference)} preference rows, {len(sft)} SFT rows in {output_dir}"
+    )
     if not preference:
-        raise DataError(f"build_sets: the preference set is empty ({counts['joined']} ids joined; "
-                        f"{counts['teacher_empty']} empty and {counts['teacher_truncated']} truncated teacher "
-                        f"responses, {counts['identical']} identical pairs, {counts['student_empty']} empty student "
-                        f"responses); {sft_path} and {REPORT_FILE} were written")
+        raise DataError(
+            f"build_sets: the preference set is empty ({counts['joined']} ids joined; "
+            f"{counts['teacher_empty']} empty and {counts['teacher_truncated']} truncated teacher "
+            f"responses, {counts['identical']} identical pairs, {counts['student_empty']} empty student "
+            f"responses); {sft_path} and {REPORT_FILE} were written"
+        )
     return report

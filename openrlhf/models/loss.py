@@ -25,7 +25,9 @@ class GPTLMLoss(nn.Module):
     makes the loss curve independent of how the global batch is split.
     """
 
-    def forward(self, token_logps: torch.Tensor, loss_mask: torch.Tensor, normalizer: Optional[float] = None) -> torch.Tensor:
+    def forward(
+        self, token_logps: torch.Tensor, loss_mask: torch.Tensor, normalizer: Optional[float] = None
+    ) -> torch.Tensor:
         mask = loss_mask.to(token_logps.dtype)
         total = -(token_logps * mask).sum()
         denom = mask.sum().clamp(min=1.0) if normalizer is None else normalizer
@@ -87,8 +89,10 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, chunk: 
             f"teacher logits {teacher_logits.shape[-1]}"
         )
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"token-level KL: student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} cover different positions")
+        raise ValueError(
+            f"token-level KL: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} cover different positions"
+        )
     v = student_logits.shape[-1]
     if chunk is None:
         chunk = max(1, KL_CHUNK_ELEMENTS // max(1, v))
@@ -102,8 +106,13 @@ class KDLoss(nn.Module):
     """Token-level forward KL(teacher || student) over response tokens (paper Eq. 2; a shared
     vocabulary). ``normalizer`` as in :class:`GPTLMLoss` (default: this batch's token count)."""
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, loss_mask: torch.Tensor,
-                normalizer: Optional[float] = None) -> torch.Tensor:
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        loss_mask: torch.Tensor,
+        normalizer: Optional[float] = None,
+    ) -> torch.Tensor:
         per_token = token_kl(student_logits, teacher_logits)
         mask = loss_mask.to(per_token.dtype)
         denom = mask.sum().clamp(min=1.0) if normalizer is None else normalizer
@@ -233,8 +242,9 @@ class DADPOLoss(nn.Module):
         self.teacher_beta = betas[0]
         self.label_smoothing = label_smoothing
 
-    def forward(self, policy: PairLogps, reference: Optional[PairLogps],
-                teacher: Union[PairLogps, Sequence[PairLogps]]) -> PreferenceLossOutput:
+    def forward(
+        self, policy: PairLogps, reference: Optional[PairLogps], teacher: Union[PairLogps, Sequence[PairLogps]]
+    ) -> PreferenceLossOutput:
         teachers = [teacher] if isinstance(teacher, PairLogps) else list(teacher)
         if len(teachers) != len(self.teacher_betas):
             raise ValueError(f"{len(teachers)} teachers' log-probs for {len(self.teacher_betas)} --teacher.beta values")
@@ -258,8 +268,10 @@ class DADPOLoss(nn.Module):
             sigmoid_input=z,
             chosen_reward=(self.beta * r_w).detach(),
             reject_reward=(self.beta * r_l).detach(),
-            teacher_rewards=[((tb * rt_w).detach(), (tb * rt_l).detach())
-                             for tb, (rt_w, rt_l) in zip(self.teacher_betas, ratios, strict=True)],
+            teacher_rewards=[
+                ((tb * rt_w).detach(), (tb * rt_l).detach())
+                for tb, (rt_w, rt_l) in zip(self.teacher_betas, ratios, strict=True)
+            ],
         )
 
 

@@ -93,10 +93,21 @@ class DistillConfig:
 
 
 # The flags a `ray:` section may set (the Ray trainers', generation's and the actor groups' placement).
-RAY_FLAGS = ("ray.address", "ray.num_cpus_per_actor", "ray.placement_timeout", "actor.num_nodes",
-             "actor.num_gpus_per_node", "ref.num_nodes", "ref.num_gpus_per_node", "teacher.num_nodes",
-             "teacher.num_gpus_per_node", "train.colocate_all", "vllm.num_engines", "vllm.tensor_parallel_size",
-             "vllm.gpu_memory_utilization")
+RAY_FLAGS = (
+    "ray.address",
+    "ray.num_cpus_per_actor",
+    "ray.placement_timeout",
+    "actor.num_nodes",
+    "actor.num_gpus_per_node",
+    "ref.num_nodes",
+    "ref.num_gpus_per_node",
+    "teacher.num_nodes",
+    "teacher.num_gpus_per_node",
+    "train.colocate_all",
+    "vllm.num_engines",
+    "vllm.tensor_parallel_size",
+    "vllm.gpu_memory_utilization",
+)
 
 
 def _check_keys(cls, data: dict, where: str, problems: List[str]) -> dict:
@@ -106,8 +117,11 @@ def _check_keys(cls, data: dict, where: str, problems: List[str]) -> dict:
         if k not in names:
             problems.append(f"{where}{k}: unknown key (known: {', '.join(sorted(names))})")
             continue
-        nested = ({"student": StudentConfig, "prompts": PromptsConfig, "sets": SetsConfig}.get(k)
-                  if cls is DistillConfig else None)
+        nested = (
+            {"student": StudentConfig, "prompts": PromptsConfig, "sets": SetsConfig}.get(k)
+            if cls is DistillConfig
+            else None
+        )
         if nested is not None and isinstance(v, dict):
             out[k] = nested(**_check_keys(nested, v, f"{where}{k}.", problems))
         else:
@@ -136,8 +150,11 @@ def load_distill_config(path: str) -> DistillConfig:
         if not isinstance(getattr(cfg, key), dict):
             problems.append(f"{path}: {key}: must be a mapping of dotted flags")
     if isinstance(cfg.ray, dict):
-        problems += [f"{path}: ray: {k}: not a placement flag (one of {', '.join(RAY_FLAGS)})"
-                     for k in cfg.ray if k not in RAY_FLAGS]
+        problems += [
+            f"{path}: ray: {k}: not a placement flag (one of {', '.join(RAY_FLAGS)})"
+            for k in cfg.ray
+            if k not in RAY_FLAGS
+        ]
         if cfg.ray and cfg.launcher != "ray":
             problems.append(f"{path}: ray: set, but launcher is {cfg.launcher!r}; add launcher: ray")
     if cfg.ddpo is not None and not isinstance(cfg.ddpo, dict):
@@ -154,8 +171,9 @@ def load_distill_config(path: str) -> DistillConfig:
         if not (isinstance(cfg.sweep, dict) and cfg.sweep.get("dadpo")):
             problems.append(f"{path}: select_by: needs a daDPO grid to choose from (sweep: {{dadpo: ...}})")
         if p.val_size < 1:
-            problems.append(f"{path}: select_by: needs validation prompts (prompts.val_size >= 1), never the "
-                            "held-out ones")
+            problems.append(
+                f"{path}: select_by: needs validation prompts (prompts.val_size >= 1), never the held-out ones"
+            )
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -257,9 +275,11 @@ def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
         problems.append(f"{path}: judge.tasks: a list of {', '.join(JUDGE_TASKS)}, got {tasks!r}")
     elif "alpacaeval" in tasks:
         if importlib.util.find_spec("alpaca_eval") is None:  # AlpacaEval 2's annotator: known before any training
-            problems.append(f"{path}: judge.tasks: alpacaeval needs the alpaca-eval package (AlpacaEval 2's "
-                            "annotator), which is not installed: pip install -e '.[alpacaeval]' in this fork's folder, or leave "
-                            "alpacaeval out of judge.tasks")
+            problems.append(
+                f"{path}: judge.tasks: alpacaeval needs the alpaca-eval package (AlpacaEval 2's "
+                "annotator), which is not installed: pip install -e '.[alpacaeval]' in this fork's folder, or leave "
+                "alpacaeval out of judge.tasks"
+            )
     try:
         jc, _, _ = judge_settings(cfg)
     except (TypeError, ValueError) as e:

@@ -121,8 +121,9 @@ class Runner:
         """Run every stage not done yet (up to and including ``stop_after`` when given)."""
         plan = self.plan
         if stop_after and stop_after not in plan.names:
-            raise ConfigError([f"--stop_after: unknown stage {stop_after!r}; the stages of this run are "
-                               f"{', '.join(plan.names)}"])
+            raise ConfigError(
+                [f"--stop_after: unknown stage {stop_after!r}; the stages of this run are {', '.join(plan.names)}"]
+            )
         problem = output_dir_problem(plan.run_dir)
         if problem:
             raise ConfigError([f"run_dir: {problem}"])
@@ -145,9 +146,14 @@ class Runner:
     # ---- executing one stage -----------------------------------------------------------------
     def execute(self, stage: Stage) -> None:
         """Run one stage now: a registry task through :meth:`_task`, else the pipeline's own step (STEPS)."""
-        steps = {"gguf_convert": self._gguf_convert, "prepare_prompts": self._prepare_prompts,
-                 "build_sets": self._build_sets, "eval_prompts": self._eval_prompts, "select": self._select,
-                 "report": self._report}
+        steps = {
+            "gguf_convert": self._gguf_convert,
+            "prepare_prompts": self._prepare_prompts,
+            "build_sets": self._build_sets,
+            "eval_prompts": self._eval_prompts,
+            "select": self._select,
+            "report": self._report,
+        }
         (self._task if stage.task in REGISTRY else steps[stage.task])(stage)
 
     def _task(self, stage: Stage) -> None:
@@ -173,9 +179,17 @@ class Runner:
 
     def _prepare_prompts(self, stage: Stage) -> None:
         p = stage.config
-        prepare_prompts(None if p.source == "sharegpt" else p.source, self.path("prompts"),
-                        eval_size=p.eval_size, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars,
-                        max_prompts=p.train_size + p.eval_size + p.val_size, val_size=p.val_size, log=self.log)
+        prepare_prompts(
+            None if p.source == "sharegpt" else p.source,
+            self.path("prompts"),
+            eval_size=p.eval_size,
+            seed=p.seed,
+            min_chars=p.min_chars,
+            max_chars=p.max_chars,
+            max_prompts=p.train_size + p.eval_size + p.val_size,
+            val_size=p.val_size,
+            log=self.log,
+        )
 
     def _build_sets(self, stage: Stage) -> None:
         teacher, student = stage.inputs
@@ -190,45 +204,69 @@ class Runner:
         step: SelectStep = stage.config
         runs = step.points
         folder = self.path("report", "validation")
-        report = evaluate_responses(step.teacher, self.path("gen", "teacher_val.jsonl"),
-                                    {run.label: self.path("gen", f"{run.name}_val.jsonl") for run in runs}, folder,
-                                    apply_chat_template=step.apply_chat_template,
-                                    prompts=self.path("prompts", "val.jsonl"), compare_to=None, dtype=step.dtype)
+        report = evaluate_responses(
+            step.teacher,
+            self.path("gen", "teacher_val.jsonl"),
+            {run.label: self.path("gen", f"{run.name}_val.jsonl") for run in runs},
+            folder,
+            apply_chat_template=step.apply_chat_template,
+            prompts=self.path("prompts", "val.jsonl"),
+            compare_to=None,
+            dtype=step.dtype,
+        )
         metric = step.metric
         sign = 1 if SELECT_METRICS[metric] else -1
         best = max(runs, key=lambda run: sign * report["models"][run.label][metric])
         write_sweep_report(report, {run.label: run.sweep for run in runs}, folder)
-        choice = {"metric": metric, "higher_is_better": SELECT_METRICS[metric], "chosen": best.name,
-                  "label": best.label, "point": best.sweep, "validation_prompts": report["num_rows"],
-                  "values": {run.name: report["models"][run.label][metric] for run in runs}}
+        choice = {
+            "metric": metric,
+            "higher_is_better": SELECT_METRICS[metric],
+            "chosen": best.name,
+            "label": best.label,
+            "point": best.sweep,
+            "validation_prompts": report["num_rows"],
+            "values": {run.name: report["models"][run.label][metric] for run in runs},
+        }
         with open(os.path.join(folder, "selection.json"), "w") as f:
             json.dump(choice, f, indent=2)
         link = self.path("dadpo")
         if os.path.islink(link):
             os.remove(link)
         os.symlink(best.name, link)  # relative: the run folder can move
-        self.log(f"[distill] select: {best.label} has the best validation {metric} "
-                 f"({report['models'][best.label][metric]:.4f} on {report['num_rows']} prompts): it is daDPO")
+        self.log(
+            f"[distill] select: {best.label} has the best validation {metric} "
+            f"({report['models'][best.label][metric]:.4f} on {report['num_rows']} prompts): it is daDPO"
+        )
 
     def _report(self, stage: Stage) -> None:
         step: ReportStep = stage.config
-        report = evaluate_responses(step.teacher, self.path("gen", "teacher_eval.jsonl"), dict(step.models),
-                                    self.path("report"), apply_chat_template=step.apply_chat_template,
-                                    prompts=self.path("prompts", "eval.jsonl"), dtype=step.dtype)
+        report = evaluate_responses(
+            step.teacher,
+            self.path("gen", "teacher_eval.jsonl"),
+            dict(step.models),
+            self.path("report"),
+            apply_chat_template=step.apply_chat_template,
+            prompts=self.path("prompts", "eval.jsonl"),
+            dtype=step.dtype,
+        )
         judged = os.path.join(self.path("report", "judge"), "report.md")
         if os.path.exists(judged):  # the LLM-judge table (judge:), the paper's Table 1 layout
-            with open(self.path("report", "report.md"), "a", encoding="utf-8") as f, open(judged, encoding="utf-8") as g:
+            with (
+                open(self.path("report", "report.md"), "a", encoding="utf-8") as f,
+                open(judged, encoding="utf-8") as g,
+            ):
                 f.write("\n## LLM judge\n\n" + g.read())
         if step.selected:  # the grid was compared on the validation prompts only
             with open(self.path("report", "validation", "selection.json")) as f:
                 choice = json.load(f)
             with open(self.path("report", "report.md"), "a", encoding="utf-8") as f:
-                f.write(f"\ndaDPO is {choice['label']}: the best validation {choice['metric']} of the grid on "
-                        f"{choice['validation_prompts']} validation prompts (report/validation/).\n")
+                f.write(
+                    f"\ndaDPO is {choice['label']}: the best validation {choice['metric']} of the grid on "
+                    f"{choice['validation_prompts']} validation prompts (report/validation/).\n"
+                )
         elif step.points:
             write_sweep_report(report, dict(step.points), self.path("report"))
             self.log(f"[distill] beta ablation: {self.path('report', 'sweep.png')}")
         with open(self.path("report", "timings.json"), "w") as f:
             json.dump(self.timings, f, indent=2)
         self.log(f"[distill] report: {self.path('report', 'report.md')}")
-

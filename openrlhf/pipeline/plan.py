@@ -234,12 +234,23 @@ class _Planner:
             except ValueError as e:
                 self.problems.append(f"{name} stage: {e} (launcher: starts this stage as its own command)")
         # With a launcher the jobs it starts do the multi-process work; this process only waits.
-        return Stage(name, task, config, tuple(inputs), tuple(outputs) or (self.path(name),), job=True,
-                     everywhere=not self.cfg.launcher)
+        return Stage(
+            name,
+            task,
+            config,
+            tuple(inputs),
+            tuple(outputs) or (self.path(name),),
+            job=True,
+            everywhere=not self.cfg.launcher,
+        )
 
     def generation(self, name: str, model: str, prompts: str, out: str) -> Stage:
-        config = self.build("gen_* stages", "generate", {"model.model_name_or_path": model, "data.dataset": prompts,
-                                                         "generate.output_path": out}, self.cfg.generate)
+        config = self.build(
+            "gen_* stages",
+            "generate",
+            {"model.model_name_or_path": model, "data.dataset": prompts, "generate.output_path": out},
+            self.cfg.generate,
+        )
         return Stage(name, "generate", config, (model, prompts), (out,))
 
     # ---- sections that are stages of some plans ------------------------------------------------
@@ -247,15 +258,28 @@ class _Planner:
         c, dsft = self.cfg, self.path("dsft")
         # The teacher and data flags of daDPO that scoring shares (not --teacher.beta).
         names = task_flags("score_logps")
-        return ({"model.model_name_or_path": dsft, "ref.model_name_or_path": dsft, **PREFERENCE_SET_FLAGS,
-                 "teacher.model_name_or_path": self.teacher,
-                 "data.dataset": self.path("sets", "preference.jsonl"), "ckpt.output_dir": self.path("scored")},
-                {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data.")) and k in names}, c.score)
+        return (
+            {
+                "model.model_name_or_path": dsft,
+                "ref.model_name_or_path": dsft,
+                **PREFERENCE_SET_FLAGS,
+                "teacher.model_name_or_path": self.teacher,
+                "data.dataset": self.path("sets", "preference.jsonl"),
+                "ckpt.output_dir": self.path("scored"),
+            },
+            {k: v for k, v in c.dadpo.items() if k.startswith(("teacher.", "data.")) and k in names},
+            c.score,
+        )
 
     def prune_flags(self) -> Tuple[Dict[str, Any], ...]:
-        return ({"model.model_name_or_path": self.teacher, "data.dataset": self.path("prompts", "train.jsonl"),
-                 "prune.output_dir": self.path("student")},
-                {f"prune.{k}": v for k, v in self.cfg.student.prune.items()})
+        return (
+            {
+                "model.model_name_or_path": self.teacher,
+                "data.dataset": self.path("prompts", "train.jsonl"),
+                "prune.output_dir": self.path("student"),
+            },
+            {f"prune.{k}": v for k, v in self.cfg.student.prune.items()},
+        )
 
     def unused(self) -> Dict[str, str]:
         """Sections this plan does not run -> why; their flags are checked all the same (a typo there is
@@ -280,8 +304,12 @@ class _Planner:
         sets = self.path("sets")
         pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
         teacher = {"teacher.model_name_or_path": self.teacher}
-        from_dsft = {"model.model_name_or_path": self.path("dsft"), "ref.model_name_or_path": self.path("dsft"),
-                     "data.dataset": pref, **PREFERENCE_SET_FLAGS}
+        from_dsft = {
+            "model.model_name_or_path": self.path("dsft"),
+            "ref.model_name_or_path": self.path("dsft"),
+            "data.dataset": pref,
+            **PREFERENCE_SET_FLAGS,
+        }
         dsft_in = (self.path("dsft"), pref, self.teacher)
 
         def shared(source: Dict[str, Any], task: str) -> Dict[str, Any]:  # the flags of ``source`` that ``task`` takes
@@ -291,9 +319,18 @@ class _Planner:
         out: List[Tuple[TrainRun, Stage]] = []
         # With select_by, daDPO is the grid point chosen on the validation prompts (no run of its own).
         if not c.select_by:
-            out.append((TrainRun("dadpo", "daDPO"), self.training(
-                "dadpo", self.ray_task("dadpo"), {**from_dsft, **teacher, "ckpt.output_dir": self.path("dadpo")},
-                c.dadpo, inputs=dsft_in)))
+            out.append(
+                (
+                    TrainRun("dadpo", "daDPO"),
+                    self.training(
+                        "dadpo",
+                        self.ray_task("dadpo"),
+                        {**from_dsft, **teacher, "ckpt.output_dir": self.path("dadpo")},
+                        c.dadpo,
+                        inputs=dsft_in,
+                    ),
+                )
+            )
         # dsft_kl takes train_kd's own --kd.coef default; train_dpo's (0) would be plain dDPO, so ddpo_kl gets the same.
         defaults = {"ddpo_kl": {"kd.coef": KL_BASELINE_COEF}, "rdpo": {"model.beta": 0}}
         for name, flags in baselines_of(c).items():
@@ -301,25 +338,52 @@ class _Planner:
             dest = {"ckpt.output_dir": self.path(name)}
             if name == "dsft_kl":  # an SFT variant: from the base student, on the SFT set, like dSFT
                 sft_set = os.path.join(sets, "sft.jsonl")
-                base = {"model.model_name_or_path": self.student, **SFT_SET_FLAGS, "data.dataset": sft_set,
-                        **teacher, **dest}
-                out.append((TrainRun(name, label), self.training(name, task, base, shared(c.sft, task), flags,
-                                                                 inputs=(self.student, sft_set, self.teacher))))
+                base = {
+                    "model.model_name_or_path": self.student,
+                    **SFT_SET_FLAGS,
+                    "data.dataset": sft_set,
+                    **teacher,
+                    **dest,
+                }
+                out.append(
+                    (
+                        TrainRun(name, label),
+                        self.training(
+                            name, task, base, shared(c.sft, task), flags, inputs=(self.student, sft_set, self.teacher)
+                        ),
+                    )
+                )
                 continue
             if name in ("ddpo", "rdpo"):  # dDPO+KL needs the teacher's logits in the policy: a plain group
                 task = self.ray_task(task)
             base = {**shared(from_dsft, task), **dest}
             if name in ("ddpo_kl", "rdpo"):
                 base.update(teacher)
-            out.append((TrainRun(name, label), self.training(name, task, base, shared(c.dadpo, task),
-                                                             defaults.get(name, {}), flags, inputs=dsft_in)))
+            out.append(
+                (
+                    TrainRun(name, label),
+                    self.training(
+                        name, task, base, shared(c.dadpo, task), defaults.get(name, {}), flags, inputs=dsft_in
+                    ),
+                )
+            )
         for method, points in sweep_points(c).items():
             for point in points:
                 name = method + "_" + "_".join(f"{_short(k)}{v}" for k, v in point.items())
                 label = "daDPO " + " ".join(f"{_label_symbol(k)}:{v}" for k, v in point.items())
-                out.append((TrainRun(name, label, dict(point)), self.training(
-                    name, self.ray_task(method), {**from_dsft, **teacher, "ckpt.output_dir": self.path(name)},
-                    c.dadpo, point, inputs=dsft_in)))
+                out.append(
+                    (
+                        TrainRun(name, label, dict(point)),
+                        self.training(
+                            name,
+                            self.ray_task(method),
+                            {**from_dsft, **teacher, "ckpt.output_dir": self.path(name)},
+                            c.dadpo,
+                            point,
+                            inputs=dsft_in,
+                        ),
+                    )
+                )
         return out
 
     # ---- the judge ---------------------------------------------------------------------------
@@ -342,12 +406,18 @@ class _Planner:
         if "indomain" in tasks:
             answers["indomain"] = dict(answers_eval)
         for task in tasks:
-            config = JudgeTaskConfig(task=task, candidate=tuple(f"{k}={v}" for k, v in answers[task].items()),
-                                     teacher_responses=self.path("gen", "teacher_eval.jsonl"),
-                                     prompts=self.path("prompts", "eval.jsonl"),
-                                     output_dir=self.path("report", "judge"), max_items=max_items, judge=judge_cfg)
-            out.append(Stage(f"judge_{task}", "judge", config, tuple(answers[task].values()),
-                             (self.path("report", "judge"),)))
+            config = JudgeTaskConfig(
+                task=task,
+                candidate=tuple(f"{k}={v}" for k, v in answers[task].items()),
+                teacher_responses=self.path("gen", "teacher_eval.jsonl"),
+                prompts=self.path("prompts", "eval.jsonl"),
+                output_dir=self.path("report", "judge"),
+                max_items=max_items,
+                judge=judge_cfg,
+            )
+            out.append(
+                Stage(f"judge_{task}", "judge", config, tuple(answers[task].values()), (self.path("report", "judge"),))
+            )
         return out
 
     # ---- the whole plan ----------------------------------------------------------------------
@@ -355,26 +425,57 @@ class _Planner:
         c = self.cfg
         stages: List[Stage] = []
         if c.teacher.startswith("gguf:"):
-            stages.append(Stage("teacher", "gguf_convert", c.teacher[len("gguf:"):], (), (self.teacher,)))
+            stages.append(Stage("teacher", "gguf_convert", c.teacher[len("gguf:") :], (), (self.teacher,)))
         train_p, eval_p, val_p = (self.path("prompts", f"{s}.jsonl") for s in ("train", "eval", "val"))
-        stages.append(Stage("prompts", "prepare_prompts", c.prompts, (),
-                            (train_p, eval_p) + ((val_p,) if c.prompts.val_size else ())))
+        stages.append(
+            Stage(
+                "prompts",
+                "prepare_prompts",
+                c.prompts,
+                (),
+                (train_p, eval_p) + ((val_p,) if c.prompts.val_size else ()),
+            )
+        )
         if not c.student.model_name_or_path:
-            stages.append(Stage("student", "prune", self.build("student stage", "prune", *self.prune_flags()),
-                                (self.teacher, train_p), (self.student,)))
+            stages.append(
+                Stage(
+                    "student",
+                    "prune",
+                    self.build("student stage", "prune", *self.prune_flags()),
+                    (self.teacher, train_p),
+                    (self.student,),
+                )
+            )
         gen_t, gen_s = self.path("gen", "teacher_train.jsonl"), self.path("gen", "student_train.jsonl")
         stages.append(self.generation("gen_teacher_train", self.teacher, train_p, gen_t))
         stages.append(self.generation("gen_student_train", self.student, train_p, gen_s))
         sft_set, pref_set = self.path("sets", "sft.jsonl"), self.path("sets", "preference.jsonl")
         stages.append(Stage("sets", "build_sets", c.sets, (gen_t, gen_s), (pref_set, sft_set)))
 
-        stages.append(self.training("dsft", "sft", {"model.model_name_or_path": self.student, **SFT_SET_FLAGS,
-                                                    "data.dataset": sft_set, "ckpt.output_dir": self.path("dsft")},
-                                    c.sft, inputs=(self.student, sft_set)))
+        stages.append(
+            self.training(
+                "dsft",
+                "sft",
+                {
+                    "model.model_name_or_path": self.student,
+                    **SFT_SET_FLAGS,
+                    "data.dataset": sft_set,
+                    "ckpt.output_dir": self.path("dsft"),
+                },
+                c.sft,
+                inputs=(self.student, sft_set),
+            )
+        )
         if c.cache_logps:  # scored once; every run below reads the same cached log-probs
-            stages.append(self.training("score", "score_logps", *self.score_flags(),
-                                        inputs=(self.path("dsft"), pref_set, self.teacher),
-                                        outputs=(self.path("scored"),)))
+            stages.append(
+                self.training(
+                    "score",
+                    "score_logps",
+                    *self.score_flags(),
+                    inputs=(self.path("dsft"), pref_set, self.teacher),
+                    outputs=(self.path("scored"),),
+                )
+            )
         models = {"base": ("base", self.student), "dSFT": ("dsft", self.path("dsft"))}
         if c.select_by:  # run_dir/dadpo becomes the chosen grid point (the select stage links it)
             models["daDPO"] = ("dadpo", self.path("dadpo"))
@@ -393,8 +494,15 @@ class _Planner:
             for run in points:
                 answers.append(self.path("gen", f"{run.name}_val.jsonl"))
                 stages.append(self.generation(f"gen_{run.name}_val", self.path(run.name), val_p, answers[-1]))
-            stages.append(Stage("select", "select", SelectStep(c.select_by, self.teacher, apply, points, dtype),
-                                (gen_tv, val_p, *answers), (self.path("dadpo"), self.path("report", "validation"))))
+            stages.append(
+                Stage(
+                    "select",
+                    "select",
+                    SelectStep(c.select_by, self.teacher, apply, points, dtype),
+                    (gen_tv, val_p, *answers),
+                    (self.path("dadpo"), self.path("report", "validation")),
+                )
+            )
 
         gen_te = self.path("gen", "teacher_eval.jsonl")
         stages.append(self.generation("gen_teacher_eval", self.teacher, eval_p, gen_te))
@@ -409,8 +517,11 @@ class _Planner:
         stages.append(Stage("report", "report", report, (gen_te, eval_p, *labels.values()), (self.path("report"),)))
 
         unused = self.unused()
-        self.problems += [f"common: {k}: no stage of this run takes it" for k in c.common
-                          if not any(k in task_flags(t) for t in self.tasks)]
+        self.problems += [
+            f"common: {k}: no stage of this run takes it"
+            for k in c.common
+            if not any(k in task_flags(t) for t in self.tasks)
+        ]
         if self.problems:
             raise ConfigError(self.problems)
         return Plan(c, stages, [run for run, _ in runs], unused, self.ray_group())
@@ -420,6 +531,6 @@ class _Planner:
         if not self.on_ray:
             return None
         r = self.cfg.ray
-        actor = RayGroupConfig(**{k[len("actor."):]: v for k, v in r.items() if k.startswith("actor.")})
-        settings = RaySettings(**{k[len("ray."):]: v for k, v in r.items() if k.startswith("ray.")})
+        actor = RayGroupConfig(**{k[len("actor.") :]: v for k, v in r.items() if k.startswith("actor.")})
+        settings = RaySettings(**{k[len("ray.") :]: v for k, v in r.items() if k.startswith("ray.")})
         return RayGroup(actor.num_nodes * actor.num_gpus_per_node, settings)

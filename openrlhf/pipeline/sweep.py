@@ -11,8 +11,10 @@ from openrlhf.eval.report import fmt_num, markdown_table, write_markdown
 from openrlhf.utils.jsonl import write_json_atomic
 
 # report.json keys drawn, with their titles (higher / lower is better).
-METRICS = {"rouge_l_f1": "ROUGE-L F1 vs teacher (higher is closer)",
-           "teacher_nll": "teacher NLL per token (lower is closer)"}
+METRICS = {
+    "rouge_l_f1": "ROUGE-L F1 vs teacher (higher is closer)",
+    "teacher_nll": "teacher NLL per token (lower is closer)",
+}
 
 
 def sweep_rows(report: dict, points: Dict[str, Dict[str, Any]]) -> List[dict]:
@@ -32,11 +34,14 @@ def write_sweep_report(report: dict, points: Dict[str, Dict[str, Any]], out_dir:
     flags = list(next(iter(points.values())).keys()) if points else []
     write_json_atomic(os.path.join(out_dir, "sweep.json"), {"flags": flags, "points": rows})
     table = [[str(r[f]) for f in flags] + [fmt_num(r.get(k), "{:.4f}") for k in METRICS] for r in rows]
-    write_markdown(os.path.join(out_dir, "sweep.md"), markdown_table(flags + list(METRICS), table,
-                                                                     "r" * (len(flags) + len(METRICS))))
+    write_markdown(
+        os.path.join(out_dir, "sweep.md"),
+        markdown_table(flags + list(METRICS), table, "r" * (len(flags) + len(METRICS))),
+    )
     axes_flags = flags[:2]
-    write_chart(os.path.join(out_dir, "sweep.png"), _panels(rows, axes_flags), cols=len(axes_flags),
-                panel_size=(4.4, 3.4))
+    write_chart(
+        os.path.join(out_dir, "sweep.png"), _panels(rows, axes_flags), cols=len(axes_flags), panel_size=(4.4, 3.4)
+    )
     return rows
 
 

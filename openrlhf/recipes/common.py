@@ -48,8 +48,13 @@ def check_lora_targets(cfg: RunConfig) -> None:
         raise UserError(f"--model.model_name_or_path: cannot read the model config of {path!r}: {first}") from None
     adaptable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
     modules = dict(model.named_modules())
-    layers = sorted({name.rsplit(".", 1)[-1] for name, m in modules.items()
-                     if name and (isinstance(m, adaptable) or type(m).__name__ == "Conv1D")})
+    layers = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, m in modules.items()
+            if name and (isinstance(m, adaptable) or type(m).__name__ == "Conv1D")
+        }
+    )
     bad = []
     for target in cfg.ds.lora.target_modules:
         hits = [m for name, m in modules.items() if name == target or name.endswith("." + target)]
@@ -58,8 +63,10 @@ def check_lora_targets(cfg: RunConfig) -> None:
         elif not any(isinstance(m, adaptable) or type(m).__name__ == "Conv1D" for m in hits):
             bad.append(f"{target!r} is a {type(hits[0]).__name__}, not a layer LoRA adapts")
     if bad:
-        raise UserError(f"--ds.lora.target_modules: {'; '.join(bad)} of {path} ({type(model).__name__}); its "
-                        f"linear / embedding layers are named {', '.join(layers)} (or give all-linear)")
+        raise UserError(
+            f"--ds.lora.target_modules: {'; '.join(bad)} of {path} ({type(model).__name__}); its "
+            f"linear / embedding layers are named {', '.join(layers)} (or give all-linear)"
+        )
 
 
 def load_actor(strategy, path: str, cfg: RunConfig, *, for_training: bool, offload: bool = False, what: str):
@@ -68,13 +75,18 @@ def load_actor(strategy, path: str, cfg: RunConfig, *, for_training: bool, offlo
     m, ds = cfg.model, cfg.ds
     extra = {}
     if for_training:
-        extra = dict(gradient_checkpointing=m.gradient_checkpointing_enable,
-                     gradient_checkpointing_reentrant=m.gradient_checkpointing_reentrant,
-                     aux_loss_coef=m.aux_loss_coef, lora=ds.lora, load_in_4bit=ds.load_in_4bit,
-                     use_liger_kernel=ds.use_liger_kernel)
+        extra = dict(
+            gradient_checkpointing=m.gradient_checkpointing_enable,
+            gradient_checkpointing_reentrant=m.gradient_checkpointing_reentrant,
+            aux_loss_coef=m.aux_loss_coef,
+            lora=ds.lora,
+            load_in_4bit=ds.load_in_4bit,
+            use_liger_kernel=ds.use_liger_kernel,
+        )
     with strategy.model_init_context(for_training=for_training, offload=offload):
-        return Actor.from_pretrained(path, dtype=strategy.torch_dtype, attn_implementation=ds.attn_implementation,
-                                     what=what, **extra)
+        return Actor.from_pretrained(
+            path, dtype=strategy.torch_dtype, attn_implementation=ds.attn_implementation, what=what, **extra
+        )
 
 
 class AdapterDisabled:
@@ -95,7 +107,9 @@ def uses_lora(cfg: RunConfig) -> bool:
 
 def prepare_policy(strategy, cfg: TrainingConfig, total_steps: int):
     """The trained model as a DeepSpeed engine with its optimizer and LR schedule."""
-    actor = load_actor(strategy, cfg.model.model_name_or_path, cfg, for_training=True, what="--model.model_name_or_path")
+    actor = load_actor(
+        strategy, cfg.model.model_name_or_path, cfg, for_training=True, what="--model.model_name_or_path"
+    )
     optim = strategy.create_optimizer(actor)
     sched = strategy.create_scheduler(optim, cfg.lr_scheduler, cfg.lr_warmup_ratio, total_steps, cfg.min_lr_ratio)
     return strategy.prepare_train(actor, optim, sched)
@@ -123,8 +137,15 @@ def sft_datasets(cfg, tokenizer, model_path: str):
     train = build_dataset("sft", cfg.data, tokenizer, model_path=model_path, seed=cfg.train.seed, pretrain=pretrain)
     ev = None
     if cfg.eval.dataset:
-        ev = build_dataset("sft", cfg.data, tokenizer, dataset=cfg.eval.dataset, split=cfg.eval.split,
-                           what="--eval.dataset", pretrain=pretrain)
+        ev = build_dataset(
+            "sft",
+            cfg.data,
+            tokenizer,
+            dataset=cfg.eval.dataset,
+            split=cfg.eval.split,
+            what="--eval.dataset",
+            pretrain=pretrain,
+        )
     return train, ev
 
 

@@ -15,8 +15,10 @@ from openrlhf.trainer.dadpo_trainer import DADPOTrainer
 def teacher_sides(cfg: DADPOConfig, renderers: Sequence) -> List[FrozenSide]:
     """One side per --teacher.model_name_or_path (``teacher``, ``teacher_2``, ...), with its renderer."""
     paths = cfg.teacher.model_name_or_path
-    return [FrozenSide(teacher_name(k), path, TEACHER_FLAG, cfg.teacher.offload, renderer)
-            for k, (path, renderer) in enumerate(zip(paths, renderers, strict=True))]
+    return [
+        FrozenSide(teacher_name(k), path, TEACHER_FLAG, cfg.teacher.offload, renderer)
+        for k, (path, renderer) in enumerate(zip(paths, renderers, strict=True))
+    ]
 
 
 def dadpo_sides(cfg: DADPOConfig, teachers: Sequence[FrozenSide]) -> List[FrozenSide]:
@@ -39,7 +41,12 @@ def train_dadpo(cfg: DADPOConfig, remote=None) -> dict:
     run = start_run(cfg, tokenizer, data)
     ref_engine = run.reference_engine() if data.need_ref_model else None
     teacher_engines = {t.kind: run.load_frozen(t) for t in teachers if t.kind in data.online}
-    trainer = DADPOTrainer(**run.trainer_args(), loss_fn=loss_fn, ref_engine=ref_engine,
-                           nll_loss_coef=m.nll_loss_coef, teachers=[t.kind for t in teachers],
-                           teacher_engines=teacher_engines)
+    trainer = DADPOTrainer(
+        **run.trainer_args(),
+        loss_fn=loss_fn,
+        ref_engine=ref_engine,
+        nll_loss_coef=m.nll_loss_coef,
+        teachers=[t.kind for t in teachers],
+        teacher_engines=teacher_engines,
+    )
     return run.finish(trainer)

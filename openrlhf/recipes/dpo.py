@@ -25,10 +25,16 @@ def train_dpo(cfg: DPOConfig, remote=None) -> dict:
     notes = []
     if cfg.kd.coef > 0:
         kd_teacher = FrozenSide("teacher", cfg.teacher.model_name_or_path[0], TEACHER_FLAG, cfg.teacher.offload)
-        kd_vocab = shared_vocabulary(tokenizer, load_tokenizer(kd_teacher.model_path, what=TEACHER_FLAG),
-                                     m.model_name_or_path, kd_teacher.model_path)
-        notes.append(f"dDPO+KL: KL(teacher || policy) on the chosen responses over the {kd_vocab} tokens of the "
-                     f"shared vocabulary, weight --kd.coef {cfg.kd.coef}")
+        kd_vocab = shared_vocabulary(
+            tokenizer,
+            load_tokenizer(kd_teacher.model_path, what=TEACHER_FLAG),
+            m.model_name_or_path,
+            kd_teacher.model_path,
+        )
+        notes.append(
+            f"dDPO+KL: KL(teacher || policy) on the chosen responses over the {kd_vocab} tokens of the "
+            f"shared vocabulary, weight --kd.coef {cfg.kd.coef}"
+        )
     data = preference_data(cfg, tokenizer, [reference_side(cfg)], remote=remote)
     loss_fn = DPOLoss(m.beta, label_smoothing=m.label_smoothing, ipo=m.ipo_enable)
 
@@ -37,6 +43,7 @@ def train_dpo(cfg: DPOConfig, remote=None) -> dict:
     kd = None
     if kd_teacher is not None:
         kd = KLTeacher(run.load_frozen(kd_teacher), cfg.kd.coef, kd_vocab)
-    trainer = DPOTrainer(**run.trainer_args(), loss_fn=loss_fn, ref_engine=ref_engine, nll_loss_coef=m.nll_loss_coef,
-                         kd=kd)
+    trainer = DPOTrainer(
+        **run.trainer_args(), loss_fn=loss_fn, ref_engine=ref_engine, nll_loss_coef=m.nll_loss_coef, kd=kd
+    )
     return run.finish(trainer)

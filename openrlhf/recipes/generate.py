@@ -58,9 +58,16 @@ def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
     if g.ray:
         return RayGenerator(cfg, stop_ids, pad_token_id(tokenizer), log=log)
     if g.backend == "hf":
-        return HFGenerator(cfg.model.model_name_or_path, g, param_dtype=cfg.ds.param_dtype,
-                           attn_implementation=cfg.ds.attn_implementation, seed=cfg.train.seed,
-                           pad_id=pad_token_id(tokenizer), stop_ids=stop_ids, log=log)
+        return HFGenerator(
+            cfg.model.model_name_or_path,
+            g,
+            param_dtype=cfg.ds.param_dtype,
+            attn_implementation=cfg.ds.attn_implementation,
+            seed=cfg.train.seed,
+            pad_id=pad_token_id(tokenizer),
+            stop_ids=stop_ids,
+            log=log,
+        )
 
     return VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=cfg.vllm.num_engines)
 
@@ -81,8 +88,10 @@ def row_sampling(cfg: GenerateTaskConfig, rows, items) -> List[Tuple[float, int]
             bad.append(f"{it.where}: max_new_tokens must be an integer >= 1, got {m!r}")
         out.append((float(t), m))
     if bad:
-        raise DataError(f"--data.dataset {cfg.data.dataset}: {len(bad)} bad sampling settings (or set "
-                        f"--generate.row_settings false to use --generate.*): " + "; ".join(bad[:5]))
+        raise DataError(
+            f"--data.dataset {cfg.data.dataset}: {len(bad)} bad sampling settings (or set "
+            f"--generate.row_settings false to use --generate.*): " + "; ".join(bad[:5])
+        )
     return out
 
 
@@ -99,10 +108,13 @@ def sampling_groups(cfg: GenerateTaskConfig, rows, items, pending: List[int], lo
         if (temp, max_new) == (g.temperature, g.max_new_tokens):
             out.append((cfg, ks))
             continue
-        log(f"generate: {len(ks)} prompts with their rows' own settings: "
-            f"{'greedy' if temp == 0 else f'sampling T={temp}'}, max_new_tokens {max_new}")
-        out.append((dataclasses.replace(cfg, generate=dataclasses.replace(g, temperature=temp, max_new_tokens=max_new)),
-                    ks))
+        log(
+            f"generate: {len(ks)} prompts with their rows' own settings: "
+            f"{'greedy' if temp == 0 else f'sampling T={temp}'}, max_new_tokens {max_new}"
+        )
+        out.append(
+            (dataclasses.replace(cfg, generate=dataclasses.replace(g, temperature=temp, max_new_tokens=max_new)), ks)
+        )
     return out
 
 
@@ -122,22 +134,32 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     items = extract_prompts(rows, d.prompt_key, g.id_key, d.dataset, jsonl_line_numbers(d.dataset))
     multi = [it for it in items if it.multi_turn]
     if multi and len(multi) != len(items):
-        raise DataError(f"--data.dataset {d.dataset}: {len(multi)} rows are multi-turn ({TURNS_KEY!r}) and "
-                        f"{len(items) - len(multi)} are not; use one kind per file")
+        raise DataError(
+            f"--data.dataset {d.dataset}: {len(multi)} rows are multi-turn ({TURNS_KEY!r}) and "
+            f"{len(items) - len(multi)} are not; use one kind per file"
+        )
     if multi and not d.apply_chat_template:
-        raise DataError(f"--data.dataset {d.dataset}: multi-turn prompts ({TURNS_KEY!r}) need "
-                        "--data.apply_chat_template (the answers go into the chat history)")
+        raise DataError(
+            f"--data.dataset {d.dataset}: multi-turn prompts ({TURNS_KEY!r}) need "
+            "--data.apply_chat_template (the answers go into the chat history)"
+        )
     prompt_key = TURNS_KEY if multi else d.prompt_key
     prompt_ids = [] if multi else render_prompt_ids(items, tokenizer, d, model_path)
-    stop_ids = stop_token_ids(tokenizer, use_chat_template=d.apply_chat_template,
-                              chat_template=d.tokenizer_chat_template,
-                              generation_eos=generation_config_eos(model_path))
+    stop_ids = stop_token_ids(
+        tokenizer,
+        use_chat_template=d.apply_chat_template,
+        chat_template=d.tokenizer_chat_template,
+        generation_eos=generation_config_eos(model_path),
+    )
     out = ResultsFile(g.output_path)
     finished = out.load_finished(model_path)
     if out.torn_line_dropped:
         log(f"generate: dropped a torn last line of {g.output_path} (a killed run's unfinished write)")
-    clash = [f"id {it.id!r} ({it.where})" for it in items
-             if it.id in finished and finished[it.id].get(prompt_key) != it.prompt]
+    clash = [
+        f"id {it.id!r} ({it.where})"
+        for it in items
+        if it.id in finished and finished[it.id].get(prompt_key) != it.prompt
+    ]
     if clash:
         raise DataError(
             f"--generate.output_path {g.output_path} already answers {len(clash)} of these ids with another prompt "
@@ -149,10 +171,12 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
         cfg = dataclasses.replace(cfg, generate=dataclasses.replace(g, backend=backend))
         g = cfg.generate
     n_before = sum(1 for it in items if it.id in finished)
-    log(f"generate: {len(items)} {'multi-turn ' if multi else ''}prompts, {n_before} already in {g.output_path}, "
+    log(
+        f"generate: {len(items)} {'multi-turn ' if multi else ''}prompts, {n_before} already in {g.output_path}, "
         f"{len(pending)} to generate (backend {g.backend}, "
         f"{'greedy' if g.temperature == 0 else f'sampling T={g.temperature}'}, max_new_tokens {g.max_new_tokens}, "
-        f"stop ids {stop_ids})")
+        f"stop ids {stop_ids})"
+    )
 
     new_tokens = 0
     elapsed = 0.0
@@ -173,12 +197,15 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
                         msgs.append({"role": "user", "content": items[k].prompt[turn]})
                         texts.append(renderer.render_prompt(msgs, items[k].where))
-                    bar = tqdm(total=len(todo), desc=f"generate {g.backend} turn {turn + 1}", unit="prompt",
-                               dynamic_ncols=True)
+                    bar = tqdm(
+                        total=len(todo), desc=f"generate {g.backend} turn {turn + 1}", unit="prompt", dynamic_ncols=True
+                    )
                     for results in gen.run(renderer.prompt_text_ids(texts)):
                         for pos, token_ids, backend_finish in results:
                             content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
-                            answers[todo[pos]].append((tokenizer.decode(content, skip_special_tokens=True), finish, n_tok))
+                            answers[todo[pos]].append(
+                                (tokenizer.decode(content, skip_special_tokens=True), finish, n_tok)
+                            )
                             new_tokens += n_tok
                         bar.update(len(results))
                         bar.set_postfix(tok_s=f"{new_tokens / max(before + time.perf_counter() - start, 1e-9):.1f}")
@@ -186,10 +213,18 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                 rows_out = []
                 for k in pending:
                     it, done = items[k], answers[k]
-                    rows_out.append({ID_KEY: it.id, TURNS_KEY: it.prompt, "responses": [a for a, _, _ in done],
-                                     "finish_reasons": [f for _, f, _ in done], "response": done[-1][0],
-                                     "finish_reason": done[-1][1], "model": model_path,
-                                     "response_tokens": sum(n for _, _, n in done)})
+                    rows_out.append(
+                        {
+                            ID_KEY: it.id,
+                            TURNS_KEY: it.prompt,
+                            "responses": [a for a, _, _ in done],
+                            "finish_reasons": [f for _, f, _ in done],
+                            "response": done[-1][0],
+                            "finish_reason": done[-1][1],
+                            "model": model_path,
+                            "response_tokens": sum(n for _, _, n in done),
+                        }
+                    )
                 out.append(rows_out)
                 for r in rows_out:
                     finished[r[ID_KEY]] = r
@@ -202,14 +237,16 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                         for pos, token_ids, backend_finish in results:
                             it = items[pending[pos]]
                             content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
-                            rows_out.append({
-                                ID_KEY: it.id,
-                                d.prompt_key: it.prompt,
-                                "response": tokenizer.decode(content, skip_special_tokens=True),
-                                "model": model_path,
-                                "finish_reason": finish,
-                                "response_tokens": n_tok,
-                            })
+                            rows_out.append(
+                                {
+                                    ID_KEY: it.id,
+                                    d.prompt_key: it.prompt,
+                                    "response": tokenizer.decode(content, skip_special_tokens=True),
+                                    "model": model_path,
+                                    "finish_reason": finish,
+                                    "response_tokens": n_tok,
+                                }
+                            )
                             new_tokens += n_tok
                         out.append(rows_out)
                         for r in rows_out:
@@ -226,8 +263,10 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                 pass
             done = sum(1 for it in items if it.id in finished)
             unit = "multi-turn prompts (a row is written when all its turns are answered)" if multi else "prompts"
-            raise Interrupted(f"{done} of {len(items)} {unit} are answered in {g.output_path}; rerun the same "
-                              "command to resume (only the missing ones are generated)") from None
+            raise Interrupted(
+                f"{done} of {len(items)} {unit} are answered in {g.output_path}; rerun the same "
+                "command to resume (only the missing ones are generated)"
+            ) from None
         finally:
             gen.close()
 
@@ -260,9 +299,11 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
         "tokens_per_s": round(new_tokens / elapsed, 2) if elapsed > 0 else 0.0,
         "torn_line_dropped": out.torn_line_dropped,
     }
-    log(f"generate: done; {stats['generated']} generated, {stats['already_done']} were already done, "
+    log(
+        f"generate: done; {stats['generated']} generated, {stats['already_done']} were already done, "
         f"{stats['finish_length']} of {stats['prompts']} hit max_new_tokens; "
-        f"{new_tokens} tokens at {stats['tokens_per_s']} tokens/s -> {g.output_path}")
+        f"{new_tokens} tokens at {stats['tokens_per_s']} tokens/s -> {g.output_path}"
+    )
     if others:
         log(f"generate: note: {len(others)} rows of {g.output_path} have ids that are not in {d.dataset}")
     return stats

@@ -32,16 +32,28 @@ def train_kd(cfg: KDTrainConfig) -> dict:
 
     strategy = make_strategy(cfg)
     print_reports(strategy, train_ds, eval_ds)
-    strategy.print(f"dSFT+KL: KL(teacher || student) on the response tokens over the {vocab} tokens of the shared "
-                   f"vocabulary, weight --kd.coef {cfg.kd.coef}")
+    strategy.print(
+        f"dSFT+KL: KL(teacher || student) on the response tokens over the {vocab} tokens of the shared "
+        f"vocabulary, weight --kd.coef {cfg.kd.coef}"
+    )
     logger = make_run_logger(strategy, cfg)
     engine = prepare_policy(strategy, cfg, n_steps)
     teacher_engine = prepare_frozen(strategy, cfg, teacher, cfg.teacher.offload, what="--teacher.model_name_or_path")
     pad_id = pad_token_id(tokenizer)
-    trainer = KDTrainer(strategy=strategy, engine=engine, tokenizer=tokenizer, train_dataset=train_ds,
-                        collate_fn=lambda items: sft_collate(items, pad_id), settings=loop_settings(cfg),
-                        logger=logger, eval_dataset=eval_ds, num_workers=cfg.data.dataloader_num_workers,
-                        teacher_engine=teacher_engine, kd_coef=cfg.kd.coef, vocab_size=vocab)
+    trainer = KDTrainer(
+        strategy=strategy,
+        engine=engine,
+        tokenizer=tokenizer,
+        train_dataset=train_ds,
+        collate_fn=lambda items: sft_collate(items, pad_id),
+        settings=loop_settings(cfg),
+        logger=logger,
+        eval_dataset=eval_ds,
+        num_workers=cfg.data.dataloader_num_workers,
+        teacher_engine=teacher_engine,
+        kd_coef=cfg.kd.coef,
+        vocab_size=vocab,
+    )
     last = trainer.fit()
     save_trained(strategy, engine, tokenizer, cfg)
     logger.close()

@@ -43,8 +43,9 @@ class FrozenSide(NamedTuple):
 
     def scored(self):
         """This side as the data layer sees it (:class:`~openrlhf.datasets.preference_data.ScoredSide`)."""
-        return ScoredSide(kind=self.kind, model_path=self.model_path, flag=self.flag, renderer=self.renderer,
-                          max_len=self.max_len)
+        return ScoredSide(
+            kind=self.kind, model_path=self.model_path, flag=self.flag, renderer=self.renderer, max_len=self.max_len
+        )
 
 
 def reference_path(cfg: WithReference) -> str:
@@ -62,9 +63,17 @@ def preference_data(cfg: WithReference, tokenizer, sides: Sequence[FrozenSide], 
     (:func:`~openrlhf.datasets.preference_data.prepare_preference_data`): ``sides`` are the frozen models
     whose log-probs the loss reads (each may be cached); ``remote`` (the Ray trainers' provider) scores every
     side that is not cached."""
-    return prepare_preference_data(cfg.data, cfg.eval, tokenizer, cfg.model.model_name_or_path,
-                                   [side.scored() for side in sides], extra_collate=extra_collate,
-                                   packing=cfg.ds.packing_samples, seed=cfg.train.seed, remote=remote)
+    return prepare_preference_data(
+        cfg.data,
+        cfg.eval,
+        tokenizer,
+        cfg.model.model_name_or_path,
+        [side.scored() for side in sides],
+        extra_collate=extra_collate,
+        packing=cfg.ds.packing_samples,
+        seed=cfg.train.seed,
+        remote=remote,
+    )
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,17 @@ class PreferenceRun:
 
     def trainer_args(self) -> Dict[str, Any]:
         """The keyword arguments of the loop that every preference trainer takes."""
-        return dict(strategy=self.strategy, engine=self.engine, tokenizer=self.tokenizer,
-                    train_dataset=self.data.train, collate_fn=self.data.collate, settings=loop_settings(self.cfg),
-                    logger=self.logger, eval_dataset=self.data.eval, num_workers=self.cfg.data.dataloader_num_workers)
+        return dict(
+            strategy=self.strategy,
+            engine=self.engine,
+            tokenizer=self.tokenizer,
+            train_dataset=self.data.train,
+            collate_fn=self.data.collate,
+            settings=loop_settings(self.cfg),
+            logger=self.logger,
+            eval_dataset=self.data.eval,
+            num_workers=self.cfg.data.dataloader_num_workers,
+        )
 
     def load_frozen(self, side: FrozenSide):
         """``side``'s model as a frozen inference engine that follows the ZeRO stage."""
@@ -116,4 +133,3 @@ def start_run(cfg: WithReference, tokenizer, data, notes: Sequence[str] = ()) ->
     logger = make_run_logger(strategy, cfg)
     engine = prepare_policy(strategy, cfg, n_steps)
     return PreferenceRun(cfg, strategy, tokenizer, data, logger, engine)
-

@@ -26,8 +26,9 @@ def run_recipe_on_ray(task: str, cfg, size: int, ray_settings, name: str = "") -
     connect(ray_settings.address)
     gpus = 1 if cluster_has_gpus() else 0
     label = name or task
-    bundles = make_bundles(f"the {label} group", size, ray_settings.num_cpus_per_actor, gpus,
-                           ray_settings.placement_timeout)
+    bundles = make_bundles(
+        f"the {label} group", size, ray_settings.num_cpus_per_actor, gpus, ray_settings.placement_timeout
+    )
     group = None
     try:
         group = ActorGroup(label, RecipeWorker, size, bundles, range(size), ray_settings.num_cpus_per_actor, gpus)

@@ -119,8 +119,9 @@ class FrozenWorker(DistWorker):
 
     def setup(self, cfg, group: FrozenGroup) -> int:
         d = cfg.data
-        rows = load_sources(d.dataset, split=d.dataset_split, max_samples=d.max_samples, probs=d.dataset_probs,
-                            seed=cfg.train.seed)
+        rows = load_sources(
+            d.dataset, split=d.dataset_split, max_samples=d.max_samples, probs=d.dataset_probs, seed=cfg.train.seed
+        )
         tokenizer = data_tokenizer(cfg.model.model_name_or_path, d)
         renderer = None
         if group.kind != "ref":
@@ -163,10 +164,11 @@ def _schedule(view, cfg, world: int, start: Optional[dict]) -> List[List[int]]:
     _, epoch0, consumed0 = ckpt_io.resume_position(start, bs, n_steps) if start else (0, 0, 0)
     seen, steps = set(), []
     for epoch in range(epoch0, cfg.train.max_epochs):
-        order = ResumableDistributedSampler(len(view), world, 0, shuffle=True, seed=cfg.train.seed,
-                                            epoch=epoch).global_order()
+        order = ResumableDistributedSampler(
+            len(view), world, 0, shuffle=True, seed=cfg.train.seed, epoch=epoch
+        ).global_order()
         for k in range((consumed0 if epoch == epoch0 else 0) // bs, n_steps):
-            rows = [view.row_index(p) for p in order[k * bs:(k + 1) * bs]]
+            rows = [view.row_index(p) for p in order[k * bs : (k + 1) * bs]]
             new = [i for i in rows if i not in seen]
             seen.update(new)
             if new:
@@ -181,8 +183,11 @@ def _frozen_groups(cfg, sides: Sequence[FrozenSide], kinds: Sequence[str]) -> Li
     for side in sides:
         if side.kind in kinds:
             section = cfg.ref if side.kind == "ref" else cfg.teacher
-            groups.append(FrozenGroup(side.kind, side.model_path, side.flag, side.offload,
-                                      section.num_nodes * section.num_gpus_per_node))
+            groups.append(
+                FrozenGroup(
+                    side.kind, side.model_path, side.flag, side.offload, section.num_nodes * section.num_gpus_per_node
+                )
+            )
     return groups
 
 
@@ -223,18 +228,28 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
         if cfg.train.colocate_all:
             too_big = [group_name(g.kind) for g in frozen if g.size > world]
             if too_big:
-                raise UserError(f"--train.colocate_all: the {', '.join(too_big)} group(s) have more actors than the "
-                                f"policy's {world} bundles; make them at most as large")
+                raise UserError(
+                    f"--train.colocate_all: the {', '.join(too_big)} group(s) have more actors than the "
+                    f"policy's {world} bundles; make them at most as large"
+                )
             shared = make_bundles("the colocated groups", world, cpus, 1 if gpus else 0, timeout)
             bundles.append(shared)
             sharing = [1 + sum(1 for g in frozen if g.size > b) for b in range(world)]
             share = 1.0 / max(sharing)  # every actor on a bundle gets the same share of it
-            policy = ActorGroup("policy", PolicyWorker, world, shared, range(world), cpus * share,
-                                share if gpus else 0)
+            policy = ActorGroup("policy", PolicyWorker, world, shared, range(world), cpus * share, share if gpus else 0)
             groups.append(policy)
             for g in frozen:
-                groups.append(ActorGroup(group_name(g.kind), FrozenWorker, g.size, shared, range(g.size),
-                                         cpus * share, share if gpus else 0))
+                groups.append(
+                    ActorGroup(
+                        group_name(g.kind),
+                        FrozenWorker,
+                        g.size,
+                        shared,
+                        range(g.size),
+                        cpus * share,
+                        share if gpus else 0,
+                    )
+                )
         else:
             own = make_bundles("the policy group", world, cpus, 1 if gpus else 0, timeout)
             bundles.append(own)
@@ -243,8 +258,9 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
             for g in frozen:
                 b = make_bundles(f"the {group_name(g.kind)} group", g.size, cpus, 1 if gpus else 0, timeout)
                 bundles.append(b)
-                groups.append(ActorGroup(group_name(g.kind), FrozenWorker, g.size, b, range(g.size), cpus,
-                                         1 if gpus else 0))
+                groups.append(
+                    ActorGroup(group_name(g.kind), FrozenWorker, g.size, b, range(g.size), cpus, 1 if gpus else 0)
+                )
         frozen_groups = dict(zip([g.kind for g in frozen], groups[1:], strict=True))
         os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
         with open(os.path.join(cfg.ckpt.output_dir, "ray_actors.json"), "w") as f:
@@ -267,14 +283,18 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
             g.kill()
         free_bundles(*bundles)
     out = dict(results[0]["metrics"] or {})
-    timing = {"ray_seconds": round(seconds, 3), "ray_policy_seconds": round(max(r["seconds"] for r in results), 3),
-              "ray_wait_seconds": round(max(r["wait_seconds"] for r in results), 3),
-              **{f"ray_{group_name(k)}_busy_seconds": round(v, 3) for k, v in busy.items()}}
+    timing = {
+        "ray_seconds": round(seconds, 3),
+        "ray_policy_seconds": round(max(r["seconds"] for r in results), 3),
+        "ray_wait_seconds": round(max(r["wait_seconds"] for r in results), 3),
+        **{f"ray_{group_name(k)}_busy_seconds": round(v, 3) for k, v in busy.items()},
+    }
     with open(os.path.join(cfg.ckpt.output_dir, "ray_timing.json"), "w") as f:
         json.dump(timing, f, indent=1)
-    print(f"ray: policy {timing['ray_policy_seconds']} s, of which {timing['ray_wait_seconds']} s waiting for "
-          f"log-probs; frozen groups busy " + ", ".join(f"{group_name(k)} {v:.1f} s" for k, v in busy.items()),
-          flush=True)
+    print(
+        f"ray: policy {timing['ray_policy_seconds']} s, of which {timing['ray_wait_seconds']} s waiting for "
+        f"log-probs; frozen groups busy " + ", ".join(f"{group_name(k)} {v:.1f} s" for k, v in busy.items()),
+        flush=True,
+    )
     out.update(timing)
     return out
-

@@ -72,8 +72,10 @@ def _read_partials(folder: str, kind: str, setting_fp: str) -> Dict[int, Tuple[f
             except json.JSONDecodeError:
                 if n == len(lines) - 1:  # the last line, torn by a kill: repaired before the next append
                     continue
-                raise DataError(f"{path}: line {n + 1} is not valid JSON (only a torn last line is repaired); "
-                                f"remove {folder} to score everything again") from None
+                raise DataError(
+                    f"{path}: line {n + 1} is not valid JSON (only a torn last line is repaired); "
+                    f"remove {folder} to score everything again"
+                ) from None
             if rec.get("fp") == setting_fp:
                 done[int(rec["index"])] = (float(rec["chosen"]), float(rec["rejected"]))
     return done
@@ -92,24 +94,30 @@ def side_dataset(cfg, kind: str, rows: List[dict], tokenizer, source: str, rende
 
 def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
     jobs = []
-    for k, (path, renderer) in enumerate(zip(cfg.teacher.model_name_or_path, teacher_renderers(cfg.teacher, cfg.data), strict=True)):
+    for k, (path, renderer) in enumerate(
+        zip(cfg.teacher.model_name_or_path, teacher_renderers(cfg.teacher, cfg.data), strict=True)
+    ):
         ds = side_dataset(cfg, teacher_name(k), rows, tokenizer, source, renderer)
-        fp = lc.setting_fingerprint(lc.model_fingerprint(path, digests=digests),
-                                    lc.tokenization_fingerprint(renderer, None))
+        fp = lc.setting_fingerprint(
+            lc.model_fingerprint(path, digests=digests), lc.tokenization_fingerprint(renderer, None)
+        )
         jobs.append(ScoreJob(teacher_name(k), ds, fp, path, cfg.teacher.offload, "--teacher.model_name_or_path"))
     if cfg.ref.model_name_or_path:
         ds = side_dataset(cfg, "ref", rows, tokenizer, source)
-        check_reference_tokenizer(ds.renderer, rendered_pairs(ds), cfg.ref.model_name_or_path,
-                                  cfg.model.model_name_or_path)
-        fp = lc.setting_fingerprint(lc.model_fingerprint(cfg.ref.model_name_or_path, "--ref.model_name_or_path",
-                                                         digests),
-                                    lc.tokenization_fingerprint(ds.renderer, cfg.data.max_len))
+        check_reference_tokenizer(
+            ds.renderer, rendered_pairs(ds), cfg.ref.model_name_or_path, cfg.model.model_name_or_path
+        )
+        fp = lc.setting_fingerprint(
+            lc.model_fingerprint(cfg.ref.model_name_or_path, "--ref.model_name_or_path", digests),
+            lc.tokenization_fingerprint(ds.renderer, cfg.data.max_len),
+        )
         jobs.append(ScoreJob("ref", ds, fp, cfg.ref.model_name_or_path, cfg.ref.offload, "--ref.model_name_or_path"))
     return jobs
 
 
-def score_pairs(strategy, model, ds, positions: List[int], micro_batch_size: int,
-                on_batch=None) -> Dict[int, Tuple[float, float]]:
+def score_pairs(
+    strategy, model, ds, positions: List[int], micro_batch_size: int, on_batch=None
+) -> Dict[int, Tuple[float, float]]:
     """Sequence log-probs (summed over the response tokens) of the pairs at ``positions`` of the preference
     dataset ``ds`` under the frozen engine ``model``, the positions shared out between the processes
     (collective: every process takes part). Returns this process's share as {row index: (chosen,
@@ -131,11 +139,15 @@ def score_pairs(strategy, model, ds, positions: List[int], micro_batch_size: int
             chunk = mine[start : start + mb]
             items = [ds[i] for i, _ in chunk]
             batch = preference_collate(items, pad_id)
-            seq = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
-                        batch["loss_mask"].to(dev))[0].sum(-1)
+            seq = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["loss_mask"].to(dev))[0].sum(
+                -1
+            )
             b = len(items)
-            scores = {item["index"]: (seq[j].item(), seq[b + j].item())
-                      for j, ((_, real), item) in enumerate(zip(chunk, items, strict=True)) if real}
+            scores = {
+                item["index"]: (seq[j].item(), seq[b + j].item())
+                for j, ((_, real), item) in enumerate(zip(chunk, items, strict=True))
+                if real
+            }
             out.update(scores)
             if on_batch is not None:
                 on_batch(scores)
@@ -154,13 +166,17 @@ def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str)
     os.makedirs(partial_dir, exist_ok=True)
     out_path = _partial_path(partial_dir, job.kind, strategy.rank)
     if repair_torn_tail(out_path) == "dropped":
-        print(f"{job.kind}: rank {strategy.rank}: dropped the torn last line of {out_path} (a killed run's "
-              "unfinished write); that row is scored again", flush=True)
+        print(
+            f"{job.kind}: rank {strategy.rank}: dropped the torn last line of {out_path} (a killed run's "
+            "unfinished write); that row is scored again",
+            flush=True,
+        )
     bar = tqdm(total=len(todo), desc=f"score {job.kind}", disable=not strategy.is_rank_0(), dynamic_ncols=True)
 
     def write(scores: Dict[int, Tuple[float, float]]) -> None:
-        append_jsonl(out_path, [{"fp": job.setting_fp, "index": i, "chosen": c, "rejected": r}
-                                for i, (c, r) in scores.items()])
+        append_jsonl(
+            out_path, [{"fp": job.setting_fp, "index": i, "chosen": c, "rejected": r} for i, (c, r) in scores.items()]
+        )
         bar.update(min(len(scores) * strategy.world_size, bar.total - bar.n))
 
     try:
@@ -189,8 +205,10 @@ def score_logps(cfg: ScoreLogpsConfig) -> str:
     try:
         results = {job.kind: (job.setting_fp, _score_job(strategy, cfg, job, partial_dir)) for job in jobs}
     except KeyboardInterrupt:
-        raise Interrupted(f"the pairs scored so far are kept in {partial_dir}; rerun the same command to resume "
-                          "(only what is missing is scored)") from None
+        raise Interrupted(
+            f"the pairs scored so far are kept in {partial_dir}; rerun the same command to resume "
+            "(only what is missing is scored)"
+        ) from None
     if strategy.is_rank_0():
         keys = (cfg.data.prompt_key, cfg.data.chosen_key, cfg.data.rejected_key)
         missing = {kind: 0 for kind in results}

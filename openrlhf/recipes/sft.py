@@ -36,9 +36,17 @@ def train_sft(cfg: SFTConfig) -> dict:
         batch = sft_collate(items, pad_id)
         return pack_batch(batch) if cfg.ds.packing_samples else batch
 
-    trainer = SFTTrainer(strategy=strategy, engine=engine, tokenizer=tokenizer, train_dataset=train_ds,
-                         collate_fn=collate, settings=loop_settings(cfg), logger=logger, eval_dataset=eval_ds,
-                         num_workers=cfg.data.dataloader_num_workers)
+    trainer = SFTTrainer(
+        strategy=strategy,
+        engine=engine,
+        tokenizer=tokenizer,
+        train_dataset=train_ds,
+        collate_fn=collate,
+        settings=loop_settings(cfg),
+        logger=logger,
+        eval_dataset=eval_ds,
+        num_workers=cfg.data.dataloader_num_workers,
+    )
     last = trainer.fit()
     save_trained(strategy, engine, tokenizer, cfg)
     logger.close()

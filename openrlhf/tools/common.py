@@ -36,8 +36,7 @@ def check_output_dir(output_dir: str, flag: str, overwrite: bool = False, hint: 
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag}: {output_dir} is a file, expected a folder")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise UserError(f"{flag}: {output_dir} exists and is not empty; "
-                              f"{hint or 'choose another folder or empty it'}")
+        raise UserError(f"{flag}: {output_dir} exists and is not empty; {hint or 'choose another folder or empty it'}")
 
 
 def count_params(model) -> int:

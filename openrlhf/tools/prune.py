@@ -81,8 +81,10 @@ def decoder_layers(model) -> nn.ModuleList:
             f"{type(model).__name__} is not a Llama-family causal LM: expected decoder layers at model.model.layers"
         )
     for i, layer in enumerate(layers):
-        for part, names in (("mlp", ("gate_proj", "up_proj", "down_proj")),
-                            ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj"))):
+        for part, names in (
+            ("mlp", ("gate_proj", "up_proj", "down_proj")),
+            ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+        ):
             mod = getattr(layer, part, None)
             for n in names:
                 if not isinstance(getattr(mod, n, None), nn.Linear):
@@ -110,8 +112,7 @@ def attention_shape(model) -> Dict[str, int]:
 
 
 def _new_linear(old: nn.Linear, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                    device=weight.device, dtype=weight.dtype)
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         lin.weight.copy_(weight)
         if bias is not None:
@@ -120,8 +121,9 @@ def _new_linear(old: nn.Linear, weight: torch.Tensor, bias: Optional[torch.Tenso
     return lin
 
 
-def slice_linear(lin: nn.Linear, out_idx: Optional[torch.Tensor] = None,
-                 in_idx: Optional[torch.Tensor] = None) -> nn.Linear:
+def slice_linear(
+    lin: nn.Linear, out_idx: Optional[torch.Tensor] = None, in_idx: Optional[torch.Tensor] = None
+) -> nn.Linear:
     """A new nn.Linear keeping output rows ``out_idx`` and input columns ``in_idx``."""
     w = lin.weight.detach()
     b = lin.bias.detach() if lin.bias is not None else None
@@ -150,8 +152,9 @@ class CalibrationSet:
         return sum(len(s) for s in self.sequences)
 
 
-def build_calibration(rows: Sequence[dict], tokenizer, data_cfg, *, source: str = "",
-                      response_keys: Sequence[str] = ("response",)) -> CalibrationSet:
+def build_calibration(
+    rows: Sequence[dict], tokenizer, data_cfg, *, source: str = "", response_keys: Sequence[str] = ("response",)
+) -> CalibrationSet:
     """Render and tokenize calibration rows (prompt, or prompt + response when a row has one).
 
     The prompt is ``row[data_cfg.prompt_key]`` (a string or chat messages) rendered as
@@ -189,8 +192,7 @@ def _batches(calib: CalibrationSet, batch_size: int, pad_id: int, device):
     order = sorted(range(len(calib.sequences)), key=lambda i: -len(calib.sequences[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, attn, resp = pad_batch([calib.sequences[i] for i in idx], pad_id,
-                                    [calib.response_masks[i] for i in idx])
+        ids, attn, resp = pad_batch([calib.sequences[i] for i in idx], pad_id, [calib.response_masks[i] for i in idx])
         yield ids.to(device), attn.to(device), resp.to(device)
 
 
@@ -231,6 +233,7 @@ class _Recorder:
     def _mlp_hook(self, i: int):
         def hook(module, args):
             self._add(self.mlp_sum, i, self._masked_sum(args[0].detach().float().abs()))
+
         return hook
 
     def _head_hook(self, i: int):
@@ -238,11 +241,13 @@ class _Recorder:
             x = args[0].detach().float()
             per_head = x.reshape(*x.shape[:-1], -1, self.head_dim).abs().mean(-1)  # [B, T, H]
             self._add(self.head_sum, i, self._masked_sum(per_head))
+
         return hook
 
     def _layer_in(self, i: int):
         def hook(module, args, kwargs):
             self._inputs[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
         return hook
 
     def _layer_out(self, i: int):
@@ -250,6 +255,7 @@ class _Recorder:
             out = output[0] if isinstance(output, (tuple, list)) else output
             cos = F.cosine_similarity(self._inputs.pop(i).float(), out.detach().float(), dim=-1)  # [B, T]
             self.cos_sum[i] += float((cos * self.mask.to(cos.dtype)).sum())
+
         return hook
 
     def remove(self) -> None:
@@ -259,9 +265,18 @@ class _Recorder:
 
 
 @torch.no_grad()
-def calibration_pass(model, calib: CalibrationSet, *, pad_id: int, batch_size: int = 4, mlp: bool = False,
-                     heads: bool = False, layers: bool = False, progress: bool = True,
-                     desc: str = "calibration") -> dict:
+def calibration_pass(
+    model,
+    calib: CalibrationSet,
+    *,
+    pad_id: int,
+    batch_size: int = 4,
+    mlp: bool = False,
+    heads: bool = False,
+    layers: bool = False,
+    progress: bool = True,
+    desc: str = "calibration",
+) -> dict:
     """One pass over the calibration texts: losses, and the statistics asked for.
 
     Returns ``loss`` (mean NLL over every predicted token), ``response_loss`` (over
@@ -278,8 +293,9 @@ def calibration_pass(model, calib: CalibrationSet, *, pad_id: int, batch_size: i
     n_tok = n_resp = 0
     n_batches = math.ceil(len(calib.sequences) / batch_size)
     try:
-        for ids, attn, resp in tqdm(_batches(calib, batch_size, pad_id, device), total=n_batches, desc=desc,
-                                    disable=not progress, leave=False):
+        for ids, attn, resp in tqdm(
+            _batches(calib, batch_size, pad_id, device), total=n_batches, desc=desc, disable=not progress, leave=False
+        ):
             if rec is not None:
                 rec.mask = attn.bool()
                 rec.tokens += float(attn.sum())
@@ -397,8 +413,11 @@ def prune_kv_groups(model, keep: Sequence[torch.Tensor]) -> None:
         att.v_proj = slice_linear(att.v_proj, out_idx=kv_rows)
         att.o_proj = slice_linear(att.o_proj, in_idx=q_rows)
         att.head_dim = d
-        for name, value in (("num_heads", len(q_heads)), ("num_key_value_heads", len(groups)),
-                            ("num_attention_heads", len(q_heads))):
+        for name, value in (
+            ("num_heads", len(q_heads)),
+            ("num_key_value_heads", len(groups)),
+            ("num_attention_heads", len(q_heads)),
+        ):
             if hasattr(att, name):
                 setattr(att, name, value)
     cfg = _text_config(model)
@@ -432,9 +451,18 @@ def drop_layers(model, drop: Sequence[int]) -> None:
 # --------------------------------------------------------------------------- the whole job
 
 
-def prune_model(model, calib: Optional[CalibrationSet], *, mlp_ratio: float = 0.0, head_ratio: float = 0.0,
-                num_layers: int = 0, method: str = "activation", pad_id: int = 0, batch_size: int = 4,
-                progress: bool = True) -> dict:
+def prune_model(
+    model,
+    calib: Optional[CalibrationSet],
+    *,
+    mlp_ratio: float = 0.0,
+    head_ratio: float = 0.0,
+    num_layers: int = 0,
+    method: str = "activation",
+    pad_id: int = 0,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict:
     """Prune ``model`` in place; returns what was done and the calibration loss before.
 
     ``calib`` may be None only for ``method="weight"`` with ``num_layers=0``.
@@ -445,8 +473,9 @@ def prune_model(model, calib: Optional[CalibrationSet], *, mlp_ratio: float = 0.
     layers = decoder_layers(model)
     n_layers = len(layers)
     if not 0 <= num_layers < n_layers:
-        raise PruneError(f"--prune.num_layers: must be in [0, {n_layers - 1}] (the model has {n_layers} layers), "
-                         f"got {num_layers}")
+        raise PruneError(
+            f"--prune.num_layers: must be in [0, {n_layers - 1}] (the model has {n_layers} layers), got {num_layers}"
+        )
     shape = attention_shape(model)
     intermediate = layers[0].mlp.down_proj.in_features
     if any(layer.mlp.down_proj.in_features != intermediate for layer in layers):
@@ -457,10 +486,17 @@ def prune_model(model, calib: Optional[CalibrationSet], *, mlp_ratio: float = 0.
 
     report: dict = {"method": method, "mlp_ratio": mlp_ratio, "head_ratio": head_ratio, "num_layers": num_layers}
     if calib is not None:
-        stats = calibration_pass(model, calib, pad_id=pad_id, batch_size=batch_size, progress=progress,
-                                 mlp=method == "activation" and mlp_ratio > 0,
-                                 heads=method == "activation" and head_ratio > 0,
-                                 layers=num_layers > 0, desc="calibration (original)")
+        stats = calibration_pass(
+            model,
+            calib,
+            pad_id=pad_id,
+            batch_size=batch_size,
+            progress=progress,
+            mlp=method == "activation" and mlp_ratio > 0,
+            heads=method == "activation" and head_ratio > 0,
+            layers=num_layers > 0,
+            desc="calibration (original)",
+        )
         report["loss_before"] = stats["loss"]
         report["response_loss_before"] = stats["response_loss"]
         report["calibration_tokens"] = stats["tokens"]
@@ -540,8 +576,17 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
         attention_shape(model)
     except PruneError as e:
         raise PruneError(f"--model.model_name_or_path {model_path}: {e}") from None
-    report = prune_model(model, calib, mlp_ratio=pc.mlp_ratio, head_ratio=pc.head_ratio, num_layers=pc.num_layers,
-                         method=pc.method, pad_id=pad_id, batch_size=bs, progress=progress)
+    report = prune_model(
+        model,
+        calib,
+        mlp_ratio=pc.mlp_ratio,
+        head_ratio=pc.head_ratio,
+        num_layers=pc.num_layers,
+        method=pc.method,
+        pad_id=pad_id,
+        batch_size=bs,
+        progress=progress,
+    )
     params_after = count_params(model)
 
     tmp = make_temp_dir(pc.output_dir)
@@ -555,22 +600,25 @@ def prune(cfg, *, progress: bool = True, batch_size: Optional[int] = None) -> di
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(device)
         if count_params(reloaded) != params_after:
             raise RuntimeError(f"the saved model has {count_params(reloaded)} parameters, expected {params_after}")
-        after = calibration_pass(reloaded, calib, pad_id=pad_id, batch_size=bs, progress=progress,
-                                 desc="calibration (pruned)")
+        after = calibration_pass(
+            reloaded, calib, pad_id=pad_id, batch_size=bs, progress=progress, desc="calibration (pruned)"
+        )
         del reloaded
-        report.update({
-            "model": model_path,
-            "output_dir": os.path.abspath(pc.output_dir),
-            "calibration_dataset": data.dataset,
-            "calibration_rows": len(calib.sequences),
-            "calibration_rows_with_response": calib.with_response,
-            "params_before": params_before,
-            "params_after": params_after,
-            "params_ratio": params_after / params_before,
-            "loss_after": after["loss"],
-            "response_loss_after": after["response_loss"],
-            "seconds": round(time.time() - start, 1),
-        })
+        report.update(
+            {
+                "model": model_path,
+                "output_dir": os.path.abspath(pc.output_dir),
+                "calibration_dataset": data.dataset,
+                "calibration_rows": len(calib.sequences),
+                "calibration_rows_with_response": calib.with_response,
+                "params_before": params_before,
+                "params_after": params_after,
+                "params_ratio": params_after / params_before,
+                "loss_after": after["loss"],
+                "response_loss_after": after["response_loss"],
+                "seconds": round(time.time() - start, 1),
+            }
+        )
         with open(os.path.join(tmp, "prune_report.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
         move_into_place(tmp, pc.output_dir)

@@ -36,15 +36,22 @@ class LoopSettings:
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     """Optimizer steps in one epoch (the last partial global batch is dropped)."""
     if n_rows < batch_size:
-        raise DataError(f"the training set has {n_rows} usable rows, fewer than one global batch (--train.batch_size {batch_size})")
+        raise DataError(
+            f"the training set has {n_rows} usable rows, fewer than one global batch (--train.batch_size {batch_size})"
+        )
     return n_rows // batch_size
 
 
 def forward_batch(engine, batch: dict, prefix: str = "", **kw):
     """Run an Actor (engine) on one tokenisation of a padded or packed batch (keys ``<prefix>input_ids``,
     ``_attention_mask``, ``_loss_mask`` and, packed, ``_position_ids``); returns what the Actor does."""
-    return engine(batch[prefix + "input_ids"], batch[prefix + "attention_mask"], batch[prefix + "loss_mask"],
-                  position_ids=batch.get(prefix + "position_ids"), **kw)
+    return engine(
+        batch[prefix + "input_ids"],
+        batch[prefix + "attention_mask"],
+        batch[prefix + "loss_mask"],
+        position_ids=batch.get(prefix + "position_ids"),
+        **kw,
+    )
 
 
 def batch_sequence_sums(values: torch.Tensor, batch: dict, prefix: str = "") -> torch.Tensor:
@@ -56,8 +63,11 @@ def _openrlhf_default_hint() -> str:
     """A note naming OpenRLHF's default checkpoint folders (./ckpt/checkpoints_<task>) that hold a
     checkpoint, for a run that found none where it looked; "" when there are none."""
     root = os.path.join(os.getcwd(), "ckpt")
-    found = sorted(os.path.join("ckpt", d) for d in (os.listdir(root) if os.path.isdir(root) else [])
-                   if d.startswith("checkpoints_") and ckpt_io.find_latest_tag(os.path.join(root, d)))
+    found = sorted(
+        os.path.join("ckpt", d)
+        for d in (os.listdir(root) if os.path.isdir(root) else [])
+        if d.startswith("checkpoints_") and ckpt_io.find_latest_tag(os.path.join(root, d))
+    )
     return f"; OpenRLHF's default folder {', '.join(found)} holds one: pass --ckpt.path to resume it" if found else ""
 
 
@@ -112,8 +122,10 @@ class Trainer:
         n, bs = len(self.train_dataset), train.batch_size
         notes = []
         if n % bs:
-            notes.append(f"data: {n} rows make {n // bs} global batches of --train.batch_size {bs}; each epoch "
-                         f"leaves the last {n % bs} rows of its (shuffled) order unused")
+            notes.append(
+                f"data: {n} rows make {n // bs} global batches of --train.batch_size {bs}; each epoch "
+                f"leaves the last {n % bs} rows of its (shuffled) order unused"
+            )
         if train.dynamic_batch_enable:
             ds = self.train_dataset
             if hasattr(ds, "provider"):  # remote log-probs (Ray): not needed to count tokens
@@ -121,9 +133,11 @@ class Trainer:
             sizes = [self._item_tokens(ds[i]) for i in range(len(ds))]
             over = [k for k in sizes if k > train.max_tokens_per_gpu]
             if over:
-                notes.append(f"warning: --train.max_tokens_per_gpu {train.max_tokens_per_gpu}: {len(over)} of {n} rows "
-                             f"have more tokens (up to {max(over)}); each of them makes a micro-batch of its own that "
-                             f"exceeds the budget (a budget of at least {max(over)} keeps every micro-batch within it)")
+                notes.append(
+                    f"warning: --train.max_tokens_per_gpu {train.max_tokens_per_gpu}: {len(over)} of {n} rows "
+                    f"have more tokens (up to {max(over)}); each of them makes a micro-batch of its own that "
+                    f"exceeds the budget (a budget of at least {max(over)} keeps every micro-batch within it)"
+                )
         return notes
 
     # ---- hooks ---------------------------------------------------------------------------
@@ -170,10 +184,12 @@ class Trainer:
                 used = n
         k = int(self.strategy.all_reduce(float(len(groups)), op="max"))
         while len(groups) < k:  # split the micro-batch with the most tokens in two
-            i = max((j for j in range(len(groups)) if len(groups[j]) > 1),
-                    key=lambda j: sum(self._item_tokens(x) for x in groups[j]))
+            i = max(
+                (j for j in range(len(groups)) if len(groups[j]) > 1),
+                key=lambda j: sum(self._item_tokens(x) for x in groups[j]),
+            )
             half = len(groups[i]) // 2
-            groups[i:i + 1] = [groups[i][:half], groups[i][half:]]
+            groups[i : i + 1] = [groups[i][:half], groups[i][half:]]
         return groups
 
     # ---- helpers -------------------------------------------------------------------------
@@ -181,16 +197,26 @@ class Trainer:
         dev = self.strategy.device
         return {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
-    def _loader(self, dataset: Dataset, epoch: int, consumed: int, shuffle: bool, whole_step: bool = False) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, epoch: int, consumed: int, shuffle: bool, whole_step: bool = False
+    ) -> DataLoader:
         """Micro-batches of ``--train.micro_batch_size`` rows; ``whole_step``: the process's rows of a
         whole optimizer step as a list of items (dynamic batches are cut from it)."""
-        sampler = self.strategy.get_sampler(dataset, seed=self.settings.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle)
+        sampler = self.strategy.get_sampler(
+            dataset, seed=self.settings.train.seed, consumed_samples=consumed, epoch=epoch, shuffle=shuffle
+        )
         workers = dict(num_workers=self.num_workers, persistent_workers=False) if self.num_workers else {}
         if whole_step:
             rows = self.settings.train.batch_size // self.strategy.world_size
             return DataLoader(dataset, batch_size=rows, sampler=sampler, collate_fn=list, drop_last=True, **workers)
-        return DataLoader(dataset, batch_size=self.settings.train.micro_batch_size, sampler=sampler, collate_fn=self.collate_fn,
-                          drop_last=True, **workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.settings.train.micro_batch_size,
+            sampler=sampler,
+            collate_fn=self.collate_fn,
+            drop_last=True,
+            **workers,
+        )
 
     def _take_aux_loss(self):
         """``--model.aux_loss_coef`` x the router balancing loss of the policy's last forward (MoE
@@ -202,10 +228,18 @@ class Trainer:
     def _save_checkpoint(self, step: int) -> None:
         state = ckpt_io.trainer_state(step, self.settings.train.batch_size, self.steps_per_epoch)
         if not self.settings.ckpt.disable_ds:
-            self.strategy.save_ckpt(self.engine, self.settings.checkpoint_dir, step, state, self.settings.ckpt.max_num,
-                                    max_gb=self.settings.ckpt.max_mem)
+            self.strategy.save_ckpt(
+                self.engine,
+                self.settings.checkpoint_dir,
+                step,
+                state,
+                self.settings.ckpt.max_num,
+                max_gb=self.settings.ckpt.max_mem,
+            )
         if self.settings.ckpt.save_hf:
-            self.strategy.save_hf_model(self.engine, self.tokenizer, os.path.join(self.settings.checkpoint_dir, f"global_step{step}_hf"))
+            self.strategy.save_hf_model(
+                self.engine, self.tokenizer, os.path.join(self.settings.checkpoint_dir, f"global_step{step}_hf")
+            )
 
     # ---- loop ----------------------------------------------------------------------------
     def fit(self) -> Dict[str, float]:
@@ -238,28 +272,47 @@ class Trainer:
         tag = ckpt_io.find_latest_tag(ckpt_dir)
         if tag is None:
             return "no checkpoint was written (set --ckpt.save_steps to save resumable checkpoints)"
-        return (f"the last complete checkpoint is {os.path.join(ckpt_dir, tag)}; resume with the same flags "
-                "and --ckpt.load_enable")
+        return (
+            f"the last complete checkpoint is {os.path.join(ckpt_dir, tag)}; resume with the same flags "
+            "and --ckpt.load_enable"
+        )
 
     def _fit(self) -> Dict[str, float]:
         step, epoch0, consumed0 = 0, 0, 0
-        state = self.strategy.load_ckpt(self.engine, self.settings.checkpoint_dir) if self.settings.ckpt.load_enable else None
+        state = (
+            self.strategy.load_ckpt(self.engine, self.settings.checkpoint_dir)
+            if self.settings.ckpt.load_enable
+            else None
+        )
         if state is not None:
-            step, epoch0, consumed0 = ckpt_io.resume_position(state, self.settings.train.batch_size, self.steps_per_epoch)
-            self.strategy.print(f"resumed from {self.settings.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)")
+            step, epoch0, consumed0 = ckpt_io.resume_position(
+                state, self.settings.train.batch_size, self.steps_per_epoch
+            )
+            self.strategy.print(
+                f"resumed from {self.settings.checkpoint_dir} at step {step} (epoch {epoch0}, {consumed0} rows of it done)"
+            )
         elif self.settings.ckpt.load_enable:
-            self.strategy.print(f"--ckpt.load_enable: no checkpoint in {os.path.abspath(self.settings.checkpoint_dir)} "
-                                f"(--ckpt.path; default <ckpt.output_dir>/checkpoints), starting at step 0"
-                                f"{_openrlhf_default_hint()}")
+            self.strategy.print(
+                f"--ckpt.load_enable: no checkpoint in {os.path.abspath(self.settings.checkpoint_dir)} "
+                f"(--ckpt.path; default <ckpt.output_dir>/checkpoints), starting at step 0"
+                f"{_openrlhf_default_hint()}"
+            )
         # metrics.jsonl keeps what led to this state and nothing after it (a fresh run starts it anew).
         self.logger.truncate_after(step)
         if step < self.total_steps and self._all_at_zero_lr(range(step, self.total_steps)):
-            self.strategy.print(f"warning: every optimizer step left to this run ({self.total_steps - step}) falls in "
-                                "the learning-rate warm-up at lr 0: the weights will not change and the saved model "
-                                "will equal the initial one (lower --lr_warmup_ratio, or train more steps)")
+            self.strategy.print(
+                f"warning: every optimizer step left to this run ({self.total_steps - step}) falls in "
+                "the learning-rate warm-up at lr 0: the weights will not change and the saved model "
+                "will equal the initial one (lower --lr_warmup_ratio, or train more steps)"
+            )
         bs = self.settings.train.batch_size
-        bar = self._bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not self.strategy.is_rank_0(),
-                               dynamic_ncols=True)
+        bar = self._bar = tqdm(
+            total=self.total_steps,
+            initial=step,
+            desc="train",
+            disable=not self.strategy.is_rank_0(),
+            dynamic_ncols=True,
+        )
         last: Dict[str, float] = {}
         lrs: List[float] = []  # the rate of each step this run trains
         dynamic = self.settings.train.dynamic_batch_enable
@@ -294,8 +347,9 @@ class Trainer:
                     records.append(metrics)
                 if dynamic:
                     self.strategy.optimizer_step(self.engine)
-                    metrics = self.strategy.all_reduce({key: sum(w * r[key] for w, r in zip(weights, records, strict=True))
-                                                        for key in records[0]})
+                    metrics = self.strategy.all_reduce(
+                        {key: sum(w * r[key] for w, r in zip(weights, records, strict=True)) for key in records[0]}
+                    )
                 else:
                     metrics = self.strategy.all_reduce(mean_metrics(records))
                 step += 1
@@ -315,7 +369,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if step % self.settings.logger.logging_steps == 0:
                     self.logger.log(step, metrics, self.upstream_loss_name)
-                if self.eval_dataset is not None and self.settings.eval.steps > 0 and step % self.settings.eval.steps == 0:
+                if (
+                    self.eval_dataset is not None
+                    and self.settings.eval.steps > 0
+                    and step % self.settings.eval.steps == 0
+                ):
                     self.logger.log(step, self.evaluate(), self.upstream_loss_name)
                 if self.settings.ckpt.save_steps > 0 and step % self.settings.ckpt.save_steps == 0:
                     self._save_checkpoint(step)
@@ -323,8 +381,10 @@ class Trainer:
                 self.logger.log(step, self.evaluate(), self.upstream_loss_name)
         bar.close()
         if lrs and max(lrs) == 0.0:
-            self.strategy.print(f"note: all {len(lrs)} optimizer steps of this run had lr 0 (learning-rate warm-up): "
-                                "the weights did not change; the saved model equals the initial one")
+            self.strategy.print(
+                f"note: all {len(lrs)} optimizer steps of this run had lr 0 (learning-rate warm-up): "
+                "the weights did not change; the saved model equals the initial one"
+            )
         return last
 
     def evaluate(self) -> Dict[str, float]:

@@ -16,8 +16,9 @@ class DADPOTrainer(DPOTrainer):
     ``<name>_rejected_logp`` the batch carries (then its engine may be absent). Every other
     keyword argument is :class:`DPOTrainer`'s."""
 
-    def __init__(self, *, teachers: Sequence[str], teacher_engines: Optional[Dict[str, object]] = None,
-                 **dpo_kwargs) -> None:
+    def __init__(
+        self, *, teachers: Sequence[str], teacher_engines: Optional[Dict[str, object]] = None, **dpo_kwargs
+    ) -> None:
         super().__init__(**dpo_kwargs)
         self.teachers = list(teachers)
         self.teacher_engines = dict(teacher_engines or {})

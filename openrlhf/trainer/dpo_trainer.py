@@ -46,13 +46,34 @@ class DPOTrainer(Trainer):
     (:class:`~openrlhf.trainer.base.Trainer`).
     """
 
-    def __init__(self, *, strategy, engine, tokenizer, train_dataset: Dataset, collate_fn: Callable,
-                 settings: LoopSettings, logger, eval_dataset: Optional[Dataset] = None, num_workers: int = 0,
-                 loss_fn: Callable, ref_engine=None, nll_loss_coef: float = 0.0,
-                 kd: Optional[KLTeacher] = None) -> None:
-        super().__init__(strategy=strategy, engine=engine, tokenizer=tokenizer, train_dataset=train_dataset,
-                         collate_fn=collate_fn, settings=settings, logger=logger, eval_dataset=eval_dataset,
-                         num_workers=num_workers)
+    def __init__(
+        self,
+        *,
+        strategy,
+        engine,
+        tokenizer,
+        train_dataset: Dataset,
+        collate_fn: Callable,
+        settings: LoopSettings,
+        logger,
+        eval_dataset: Optional[Dataset] = None,
+        num_workers: int = 0,
+        loss_fn: Callable,
+        ref_engine=None,
+        nll_loss_coef: float = 0.0,
+        kd: Optional[KLTeacher] = None,
+    ) -> None:
+        super().__init__(
+            strategy=strategy,
+            engine=engine,
+            tokenizer=tokenizer,
+            train_dataset=train_dataset,
+            collate_fn=collate_fn,
+            settings=settings,
+            logger=logger,
+            eval_dataset=eval_dataset,
+            num_workers=num_workers,
+        )
         self.ref_engine = ref_engine
         self.loss_fn = loss_fn
         self.nll_loss_coef = nll_loss_coef
@@ -74,8 +95,12 @@ class DPOTrainer(Trainer):
         kl = None
         if self.kd is not None:
             with torch.no_grad():
-                _, _, t_logits = self.kd.engine(batch["input_ids"][:b], batch["attention_mask"][:b],
-                                                        batch["loss_mask"][:b], response_logits=slice(None))
+                _, _, t_logits = self.kd.engine(
+                    batch["input_ids"][:b],
+                    batch["attention_mask"][:b],
+                    batch["loss_mask"][:b],
+                    response_logits=slice(None),
+                )
             kl = response_kl(logits, t_logits, self.kd.vocab_size).mean()
         return policy, nll, kl
 

@@ -16,8 +16,10 @@ def response_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, voca
     tokenizer's tokens; rows past it are embedding padding). Both logits are ``[N, V_model]``."""
     for who, logits in (("student", student_logits), ("teacher", teacher_logits)):
         if logits.shape[-1] < vocab_size:
-            raise ValueError(f"the {who} model has {logits.shape[-1]} logits, fewer than the {vocab_size} tokens "
-                             "of the shared tokenizer")
+            raise ValueError(
+                f"the {who} model has {logits.shape[-1]} logits, fewer than the {vocab_size} tokens "
+                "of the shared tokenizer"
+            )
     return token_kl(student_logits[:, :vocab_size], teacher_logits[:, :vocab_size])
 
 

@@ -21,11 +21,30 @@ class SFTTrainer(Trainer):
 
     upstream_loss_name = "gpt_loss"  # OpenRLHF logs the SFT loss as train/gpt_loss
 
-    def __init__(self, *, strategy, engine, tokenizer, train_dataset: Dataset, collate_fn: Callable,
-                 settings: LoopSettings, logger, eval_dataset: Optional[Dataset] = None, num_workers: int = 0) -> None:
-        super().__init__(strategy=strategy, engine=engine, tokenizer=tokenizer, train_dataset=train_dataset,
-                         collate_fn=collate_fn, settings=settings, logger=logger, eval_dataset=eval_dataset,
-                         num_workers=num_workers)
+    def __init__(
+        self,
+        *,
+        strategy,
+        engine,
+        tokenizer,
+        train_dataset: Dataset,
+        collate_fn: Callable,
+        settings: LoopSettings,
+        logger,
+        eval_dataset: Optional[Dataset] = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            strategy=strategy,
+            engine=engine,
+            tokenizer=tokenizer,
+            train_dataset=train_dataset,
+            collate_fn=collate_fn,
+            settings=settings,
+            logger=logger,
+            eval_dataset=eval_dataset,
+            num_workers=num_workers,
+        )
         self.loss_fn = GPTLMLoss()
         self._normalizer = None
 

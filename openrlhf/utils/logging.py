@@ -28,10 +28,13 @@ def dashboard_view(metrics: dict, step: int, loss_name: str = "loss") -> Dict[st
     means, which ours already are) and, for SFT (``loss_name="gpt_loss"``), ``train/gpt_loss``. An eval
     record (``eval_<key>``) -> ``eval/<key>`` plus OpenRLHF's ``eval/eval_loss`` (the preference loss
     again), ``eval/acc_mean`` and, for SFT, ``eval/eval gpt_loss``. Both carry ``<stage>/global_step``."""
-    numeric = {k: float(v) for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))
-               and not isinstance(v, bool)}
+    numeric = {
+        k: float(v)
+        for k, v in metrics.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     if numeric and all(k.startswith("eval_") for k in numeric):
-        got = {k[len("eval_"):]: v for k, v in numeric.items()}
+        got = {k[len("eval_") :]: v for k, v in numeric.items()}
         out = {f"eval/{k}": v for k, v in got.items()}
         if "preference_loss" in got and "loss" in got:  # as in training: eval/loss is OpenRLHF's loss
             out["eval/loss"], out["eval/total_loss"] = got["preference_loss"], got["loss"]
@@ -76,7 +79,9 @@ def _clean(v: Any) -> Any:
 class MetricsLogger:
     """``cfg``: the --logger.* section (:class:`openrlhf.config.schema.LoggerConfig`)."""
 
-    def __init__(self, output_dir: str, cfg, run_config: Optional[dict] = None, filename: str = "metrics.jsonl") -> None:
+    def __init__(
+        self, output_dir: str, cfg, run_config: Optional[dict] = None, filename: str = "metrics.jsonl"
+    ) -> None:
         os.makedirs(output_dir, exist_ok=True)
         self.path = os.path.join(output_dir, filename)
         self._tb = None

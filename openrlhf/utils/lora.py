@@ -20,7 +20,7 @@ def dequantize_4bit_state_dict(state: dict) -> dict:
     out = dict(state)
     for prefix in prefixes:
         weight = prefix + ".weight"
-        parts = {k[len(weight) + 1:]: out.pop(k) for k in list(out) if k.startswith(weight + ".")}
+        parts = {k[len(weight) + 1 :]: out.pop(k) for k in list(out) if k.startswith(weight + ".")}
         packed = out[weight]
         quant_state = QuantState.from_dict(parts, device=packed.device)
         out[weight] = dequantize_4bit(packed.data, quant_state).to(quant_state.dtype)
@@ -37,7 +37,7 @@ def merge_lora_state_dict(state: dict, scaling: float) -> dict:
     for key, value in state.items():
         if ".lora_A." in key or ".lora_B." in key or "lora_embedding" in key:
             continue
-        name = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+        name = key[len("base_model.model.") :] if key.startswith("base_model.model.") else key
         if ".base_layer." in name:
             prefix = key.split(".base_layer.")[0]
             a = next((v for k, v in state.items() if k.startswith(prefix + ".lora_A.") and k.endswith(".weight")), None)

@@ -55,12 +55,14 @@ def probe_cluster(address: str, flag: str, timeout: float = PROBE_TIMEOUT_S) -> 
     if address in ("auto", "local"):
         return
     client = address.startswith("ray://")
-    host, _, port = (address[len("ray://"):] if client else address).rpartition(":")
+    host, _, port = (address[len("ray://") :] if client else address).rpartition(":")
     host = host.strip("[]")
     where = f"{flag} {address}: no Ray cluster answers there"
     if not host or not port.isdigit():
-        raise UserError(f"{flag} {address}: expected HOST:PORT (the head node's GCS port, 6379 unless `ray start "
-                        "--head --port` said otherwise), ray://HOST:PORT or auto")
+        raise UserError(
+            f"{flag} {address}: expected HOST:PORT (the head node's GCS port, 6379 unless `ray start "
+            "--head --port` said otherwise), ray://HOST:PORT or auto"
+        )
     try:
         socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
@@ -69,10 +71,14 @@ def probe_cluster(address: str, flag: str, timeout: float = PROBE_TIMEOUT_S) -> 
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as e:
-        reason = (f"no answer within {timeout:.0f} s" if isinstance(e, socket.timeout) else
-                  f"connecting failed: {e.strerror or e}")
-        raise UserError(f"{where} ({reason}); start the cluster with "
-                        "`ray start --head` and give its address (HEAD:6379)") from None
+        reason = (
+            f"no answer within {timeout:.0f} s"
+            if isinstance(e, socket.timeout)
+            else f"connecting failed: {e.strerror or e}"
+        )
+        raise UserError(
+            f"{where} ({reason}); start the cluster with `ray start --head` and give its address (HEAD:6379)"
+        ) from None
     if client:
         return
     import grpc
@@ -80,15 +86,23 @@ def probe_cluster(address: str, flag: str, timeout: float = PROBE_TIMEOUT_S) -> 
 
     channel = grpc.insecure_channel(f"{host}:{port}")
     try:
-        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).CheckAlive(gcs_service_pb2.CheckAliveRequest(),
-                                                                        timeout=timeout)
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).CheckAlive(
+            gcs_service_pb2.CheckAliveRequest(), timeout=timeout
+        )
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
-                    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-            raise UserError(f"{where} (something listens on that port but it is not a Ray GCS: "
-                            f"{code.name if code else e}); give the head's GCS port (6379 by default), not the "
-                            "dashboard's (8265)") from None
+        if code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.UNIMPLEMENTED,
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.UNKNOWN,
+        ):
+            raise UserError(
+                f"{where} (something listens on that port but it is not a Ray GCS: "
+                f"{code.name if code else e}); give the head's GCS port (6379 by default), not the "
+                "dashboard's (8265)"
+            ) from None
         # Any other status (e.g. UNAUTHENTICATED) comes from a GCS: ray.init says what it wants.
     finally:
         channel.close()
@@ -120,9 +134,11 @@ def make_bundles(what: str, count: int, cpus: float, gpus: float, timeout: float
     ready, _ = ray.wait([pg.ready()], timeout=timeout)
     if not ready:
         ray.util.remove_placement_group(pg)
-        raise UserError(f"the Ray cluster has no room for {what}: {count} bundle(s) of {per} not placed within "
-                        f"{timeout:.0f} s (--ray.placement_timeout); the cluster has {ray.cluster_resources()}, "
-                        f"free {ray.available_resources()}")
+        raise UserError(
+            f"the Ray cluster has no room for {what}: {count} bundle(s) of {per} not placed within "
+            f"{timeout:.0f} s (--ray.placement_timeout); the cluster has {ray.cluster_resources()}, "
+            f"free {ray.available_resources()}"
+        )
     return Bundles(pg, count, per)
 
 
@@ -144,14 +160,23 @@ class DistWorker:
         """This actor's node address, a free TCP port there, its process id and its GPUs."""
         import ray
 
-        return {"ip": ray.util.get_node_ip_address(), "port": find_free_port(), "pid": os.getpid(),
-                "gpus": [str(g) for g in ray.get_gpu_ids()]}
+        return {
+            "ip": ray.util.get_node_ip_address(),
+            "port": find_free_port(),
+            "pid": os.getpid(),
+            "gpus": [str(g) for g in ray.get_gpu_ids()],
+        }
 
     def join(self, rank: int, world_size: int, master_addr: str, master_port: int, cwd: str = "") -> None:
         """Set the rendezvous of this actor's group; work in the driver's folder ``cwd`` when this node has
         it (relative paths then mean what they mean to the driver)."""
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0", MASTER_ADDR=master_addr,
-                          MASTER_PORT=str(master_port))
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)
 
@@ -162,8 +187,18 @@ class ActorGroup:
     for ``num_cpus`` CPUs and ``num_gpus`` GPUs (a share of the bundle's when several groups share it).
     ``rendezvous=False``: independent actors (no shared torch.distributed world, e.g. generation engines)."""
 
-    def __init__(self, name: str, worker_cls, size: int, bundles: Bundles, bundle_index: Sequence[int],
-                 num_cpus: float, num_gpus: float, env: Optional[Dict[str, str]] = None, rendezvous: bool = True):
+    def __init__(
+        self,
+        name: str,
+        worker_cls,
+        size: int,
+        bundles: Bundles,
+        bundle_index: Sequence[int],
+        num_cpus: float,
+        num_gpus: float,
+        env: Optional[Dict[str, str]] = None,
+        rendezvous: bool = True,
+    ):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -172,18 +207,19 @@ class ActorGroup:
         runtime_env = {"env_vars": dict(env)} if env else None
         self.actors = []
         for rank in range(size):
-            strategy = PlacementGroupSchedulingStrategy(placement_group=bundles.group,
-                                                        placement_group_bundle_index=int(bundle_index[rank]))
-            opts: Dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=strategy,
-                                        max_restarts=0, name=None)
+            strategy = PlacementGroupSchedulingStrategy(
+                placement_group=bundles.group, placement_group_bundle_index=int(bundle_index[rank])
+            )
+            opts: Dict[str, Any] = dict(
+                num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=strategy, max_restarts=0, name=None
+            )
             if runtime_env:
                 opts["runtime_env"] = runtime_env
             self.actors.append(remote.options(**opts).remote())
         self.nodes: List[Dict[str, Any]] = self.get([a.node.remote() for a in self.actors])
         head = self.nodes[0]
         if rendezvous:
-            self.get([a.join.remote(r, size, head["ip"], head["port"], os.getcwd())
-                      for r, a in enumerate(self.actors)])
+            self.get([a.join.remote(r, size, head["ip"], head["port"], os.getcwd()) for r, a in enumerate(self.actors)])
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -223,8 +259,10 @@ def get_named(ref, who: str) -> Any:
         return ray.get(ref)
     except RayActorError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
-        raise ActorDied(f"{who} died ({type(e).__name__}: {first}); the job stops. Submit it again with "
-                        "--ckpt.load_enable to resume from the last checkpoint") from None
+        raise ActorDied(
+            f"{who} died ({type(e).__name__}: {first}); the job stops. Submit it again with "
+            "--ckpt.load_enable to resume from the last checkpoint"
+        ) from None
     except RayTaskError as e:
         cause = e.cause if getattr(e, "cause", None) is not None else e
         if isinstance(cause, UserError):

@@ -32,8 +32,12 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.9
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
     a = (1 - level) / 2
-    return {"mean": float(x.mean()), "lo": float(np.quantile(means, a)), "hi": float(np.quantile(means, 1 - a)),
-            "n": int(len(x))}
+    return {
+        "mean": float(x.mean()),
+        "lo": float(np.quantile(means, a)),
+        "hi": float(np.quantile(means, 1 - a)),
+        "n": int(len(x)),
+    }
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -42,21 +46,41 @@ def sign_test_p(wins: int, losses: int) -> float:
     if n == 0:
         return 1.0
     k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
-def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: bool = True, tie_tol: float = 1e-9,
-                      n_boot: int = 2000, n_perm: int = 10000, seed: int = 0) -> Dict[str, float]:
+def paired_comparison(
+    a: Sequence[float],
+    b: Sequence[float],
+    higher_is_better: bool = True,
+    tie_tol: float = 1e-9,
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    seed: int = 0,
+) -> Dict[str, float]:
     """Model A against model B on the same prompts (``a[i]``, ``b[i]``: the metric on prompt i; a pair with
     a None / non-finite side is left out). ``wins``: prompts where A is better by more than ``tie_tol``.
     ``diff``: mean of A - B with its paired bootstrap interval (``diff_lo``, ``diff_hi``). ``p_sign``: exact
     sign test; ``p_perm``: sign-flip permutation test of the mean difference."""
-    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    pairs = [
+        (x, y)
+        for x, y in zip(a, b, strict=True)
+        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
+    ]
     d = np.asarray([x - y for x, y in pairs], dtype=np.float64)
     if len(d) == 0:
-        return {"n": 0, "wins": 0, "ties": 0, "losses": 0, "diff": float("nan"), "diff_lo": float("nan"),
-                "diff_hi": float("nan"), "p_sign": 1.0, "p_perm": 1.0}
+        return {
+            "n": 0,
+            "wins": 0,
+            "ties": 0,
+            "losses": 0,
+            "diff": float("nan"),
+            "diff_lo": float("nan"),
+            "diff_hi": float("nan"),
+            "p_sign": 1.0,
+            "p_perm": 1.0,
+        }
     better = d if higher_is_better else -d
     wins, losses = int((better > tie_tol).sum()), int((better < -tie_tol).sum())
     ci = bootstrap_ci(d, n_boot=n_boot, seed=seed)
@@ -64,6 +88,14 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], higher_is_better: 
     flips = rng.choice([-1.0, 1.0], size=(n_perm, len(d)))
     observed = abs(d.mean())
     p_perm = float(((np.abs((flips * d).mean(axis=1)) >= observed - 1e-15).sum() + 1) / (n_perm + 1))
-    return {"n": int(len(d)), "wins": wins, "ties": int(len(d)) - wins - losses, "losses": losses,
-            "diff": ci["mean"], "diff_lo": ci["lo"], "diff_hi": ci["hi"], "p_sign": sign_test_p(wins, losses),
-            "p_perm": p_perm}
+    return {
+        "n": int(len(d)),
+        "wins": wins,
+        "ties": int(len(d)) - wins - losses,
+        "losses": losses,
+        "diff": ci["mean"],
+        "diff_lo": ci["lo"],
+        "diff_hi": ci["hi"],
+        "p_sign": sign_test_p(wins, losses),
+        "p_perm": p_perm,
+    }

@@ -145,9 +145,11 @@ def prune(ckpt_dir: str, max_num: int, keep_tag: str, max_gb: Optional[float] = 
     def too_big() -> bool:
         if max_gb is None:
             return False
-        used = sum(_folder_bytes(os.path.join(ckpt_dir, t)) + _folder_bytes(os.path.join(ckpt_dir, t + HF_SUFFIX))
-                   for t in tags + [keep_tag])
-        return used > max_gb * 1024 ** 3
+        used = sum(
+            _folder_bytes(os.path.join(ckpt_dir, t)) + _folder_bytes(os.path.join(ckpt_dir, t + HF_SUFFIX))
+            for t in tags + [keep_tag]
+        )
+        return used > max_gb * 1024**3
 
     while tags and (len(tags) + 1 > keep or too_big()):
         victim = tags.pop(0)
@@ -162,8 +164,12 @@ def trainer_state(step: int, batch_size: int, steps_per_epoch: int) -> Dict[str,
     OpenRLHF's meaning (rows since the start of training, so its trainers resume from our checkpoints)
     and ours (the epoch to run next and the rows of it already done)."""
     epoch, done = divmod(int(step), int(steps_per_epoch))
-    return {"consumed_samples": int(step) * int(batch_size), "global_step": int(step), "epoch": epoch,
-            "epoch_consumed_samples": done * int(batch_size)}
+    return {
+        "consumed_samples": int(step) * int(batch_size),
+        "global_step": int(step),
+        "epoch": epoch,
+        "epoch_consumed_samples": done * int(batch_size),
+    }
 
 
 def resume_position(state: Dict[str, Any], batch_size: int, steps_per_epoch: int):
@@ -275,8 +281,16 @@ def install_folder(tmp_dir: str, output_dir: str) -> None:
 # ----- saving and loading through a DeepSpeed engine ---------------------------------------
 
 
-def save_ckpt(engine, ckpt_dir: str, step: int, rank: int, world_size: int, client_state: Optional[dict] = None,
-              max_num: int = 3, max_gb: Optional[float] = None) -> str:
+def save_ckpt(
+    engine,
+    ckpt_dir: str,
+    step: int,
+    rank: int,
+    world_size: int,
+    client_state: Optional[dict] = None,
+    max_num: int = 3,
+    max_gb: Optional[float] = None,
+) -> str:
     """Write a resumable checkpoint ``<ckpt_dir>/global_step<step>`` (collective; ``rank`` of
     ``world_size`` is this process).
 
@@ -325,7 +339,11 @@ def load_ckpt(engine, ckpt_dir: str, rank: int, world_size: int) -> Optional[dic
     if tag is None:
         return None
     load_path, client_state = engine.load_checkpoint(
-        ckpt_dir, tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True,
+        ckpt_dir,
+        tag=tag,
+        load_module_strict=True,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
         custom_load_fn=load_module_either_naming,
     )
     if load_path is None:

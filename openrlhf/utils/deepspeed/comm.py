@@ -31,8 +31,12 @@ def all_reduce(x, op: str, world_size: int, device: torch.device):
     if not t.is_floating_point():
         t = t.to(torch.float64)
     t = t.to(comm_device)
-    reduce_op = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM,
-                 "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+    reduce_op = {
+        "mean": dist.ReduceOp.SUM,
+        "sum": dist.ReduceOp.SUM,
+        "max": dist.ReduceOp.MAX,
+        "min": dist.ReduceOp.MIN,
+    }[op]
     dist.all_reduce(t, op=reduce_op)
     if op == "mean":
         t = t / world_size

@@ -13,8 +13,18 @@ PARAM_DTYPES: Dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "
 # --lr_scheduler: every name of transformers' get_scheduler (SchedulerType) that steps without a metric;
 # cosine_with_min_lr and cosine_warmup_with_min_lr decay to --min_lr_ratio x lr (OpenRLHF's special case),
 # warmup_stable_decay too, over the last 10% of the steps; cosine and linear decay to 0.
-LR_SCHEDULERS = ("cosine_with_min_lr", "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
-                 "polynomial", "inverse_sqrt", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+LR_SCHEDULERS = (
+    "cosine_with_min_lr",
+    "cosine",
+    "linear",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
 # SchedulerType names refused, with the reason.
 LR_SCHEDULERS_REFUSED = {
     "reduce_lr_on_plateau": "it steps on a validation metric, and the optimizer step has none to give it",
@@ -40,8 +50,9 @@ def _batch(micro_batch_size: int, accumulated_gradient: int, world_size: int) ->
     }
 
 
-def _common(ds, zero: Dict[str, Any], micro_batch_size: int, accumulated_gradient: int,
-            world_size: int) -> Dict[str, Any]:
+def _common(
+    ds, zero: Dict[str, Any], micro_batch_size: int, accumulated_gradient: int, world_size: int
+) -> Dict[str, Any]:
     """What training and frozen engines share: ZeRO section, precision, batch, no monitors."""
     cfg: Dict[str, Any] = {
         "steps_per_print": _STEPS_PER_PRINT,
@@ -118,8 +129,10 @@ def batch_problems(train, world: int = 1, processes: str = "") -> List[str]:
         if b % world:
             p.append(f"--train.batch_size: {b} is not a multiple of the {world} {processes}")
     elif b % (m * world):
-        p.append(f"--train.batch_size: {b} is not a multiple of --train.micro_batch_size {m}{who}"
-                 + (f" = {m * world}" if processes else ""))
+        p.append(
+            f"--train.batch_size: {b} is not a multiple of --train.micro_batch_size {m}{who}"
+            + (f" = {m * world}" if processes else "")
+        )
     return p
 
 

@@ -90,8 +90,10 @@ def save_lora_model(model, tokenizer, output_dir: str, scaling: float, rank: int
         from peft import get_peft_model_state_dict
 
         peft_model = unwrap_model(model)
-        adapter_tmp = os.path.join(os.path.dirname(os.path.normpath(output_dir)) or ".",
-                                   f"{ckpt_io.TMP_PREFIX}adapter_{os.path.basename(os.path.normpath(output_dir))}")
+        adapter_tmp = os.path.join(
+            os.path.dirname(os.path.normpath(output_dir)) or ".",
+            f"{ckpt_io.TMP_PREFIX}adapter_{os.path.basename(os.path.normpath(output_dir))}",
+        )
         try:
             peft_model.save_pretrained(adapter_tmp, state_dict=get_peft_model_state_dict(peft_model, state_dict=sd))
             os.makedirs(output_dir, exist_ok=True)

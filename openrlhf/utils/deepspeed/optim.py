@@ -26,10 +26,14 @@ def create_optimizer(model: nn.Module, adam, cpu_offload: bool) -> torch.optim.O
             continue
         ndim = len(getattr(p, "ds_shape", p.shape))
         (decay if ndim >= 2 else no_decay).append(p)
-    groups = [g for g in (
-        {"params": decay, "weight_decay": adam.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ) if g["params"]]
+    groups = [
+        g
+        for g in (
+            {"params": decay, "weight_decay": adam.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        )
+        if g["params"]
+    ]
     if not groups:
         raise ValueError("the model has no trainable parameters")
     kw = dict(lr=adam.lr, betas=tuple(adam.betas), eps=getattr(adam, "eps", 1e-8))
@@ -66,6 +70,9 @@ def create_scheduler(optimizer, name: str, warmup_ratio: float, total_steps: int
     if name == "constant":
         return get_scheduler(name, optimizer)
     return get_scheduler(
-        name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+        name,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
         scheduler_specific_kwargs=kwargs,
     )

@@ -95,6 +95,8 @@ def warn_stale_op_build_locks(max_age_s: float = 600.0) -> None:
         except OSError:
             continue
         if age > max_age_s:
-            print(f"warning: {lock} is {age / 60:.0f} minutes old: a DeepSpeed op build was interrupted. If no "
-                  "other process is building DeepSpeed ops now, delete that file, or this run waits for it forever.",
-                  flush=True)
+            print(
+                f"warning: {lock} is {age / 60:.0f} minutes old: a DeepSpeed op build was interrupted. If no "
+                "other process is building DeepSpeed ops now, delete that file, or this run waits for it forever.",
+                flush=True,
+            )

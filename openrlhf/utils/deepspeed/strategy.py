@@ -203,8 +203,7 @@ class DeepspeedStrategy:
         (:func:`optim.create_optimizer`)."""
         return optim.create_optimizer(model, self.adam, cpu_offload=self.ds.adam_offload)
 
-    def create_scheduler(self, optimizer, name: str, warmup_ratio: float, total_steps: int,
-                         min_lr_ratio: float = 0.1):
+    def create_scheduler(self, optimizer, name: str, warmup_ratio: float, total_steps: int, min_lr_ratio: float = 0.1):
         """An LR scheduler stepped once per optimizer step (:func:`optim.create_scheduler`)."""
         return optim.create_scheduler(optimizer, name, warmup_ratio, total_steps, min_lr_ratio)
 
@@ -272,8 +271,11 @@ class DeepspeedStrategy:
         (the same pre-clipping quantity the ZeRO optimizers report); see :meth:`grad_norm`."""
         if self.ds.zero_stage == 0 and engine.is_gradient_accumulation_boundary():
             grads = [p.grad.detach().float() for p in engine.module.parameters() if p.grad is not None]
-            self._stage0_grad_norm = float(torch.linalg.vector_norm(torch.stack(
-                [torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+            self._stage0_grad_norm = (
+                float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+                if grads
+                else 0.0
+            )
         engine.step()
 
     def grad_norm(self, engine) -> Optional[float]:
@@ -303,14 +305,26 @@ class DeepspeedStrategy:
         """This rank's slice of a deterministic, resumable epoch order (see ``sampler.py``).
         ``consumed_samples``: global samples of this epoch already trained on."""
         return ResumableDistributedSampler(
-            dataset, num_replicas=self._world_size, rank=self._rank, shuffle=shuffle,
-            seed=seed, epoch=epoch, consumed_samples=consumed_samples,
+            dataset,
+            num_replicas=self._world_size,
+            rank=self._rank,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            consumed_samples=consumed_samples,
         )
 
     # ----- resumable checkpoints ---------------------------------------------------------
 
-    def save_ckpt(self, engine, ckpt_dir: str, step: int, client_state: Optional[dict] = None, max_num: int = 3,
-                  max_gb: Optional[float] = None) -> str:
+    def save_ckpt(
+        self,
+        engine,
+        ckpt_dir: str,
+        step: int,
+        client_state: Optional[dict] = None,
+        max_num: int = 3,
+        max_gb: Optional[float] = None,
+    ) -> str:
         """Write a resumable checkpoint ``<ckpt_dir>/global_step<step>`` (collective): model, optimizer,
         LR scheduler, ``client_state`` and every rank's RNG states, written atomically; the oldest beyond
         ``max_num`` / ``max_gb`` are pruned. Returns the folder (:func:`ckpt_io.save_ckpt`)."""
@@ -345,4 +359,3 @@ class DeepspeedStrategy:
         Does not exit: CLI entry points call ``exit_cleanly()`` as their last statement."""
         process_group.leave_process_group(self._env_we_set)
         self._env_we_set = {}
-

@@ -29,7 +29,7 @@ def hf_names_hook(module: nn.Module, state_dict: dict, prefix: str, local_metada
     dropped), the names OpenRLHF's checkpoints hold (its DeepSpeed engine wraps the HF model)."""
     inner = prefix + "model."
     for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
 
 
 def load_module_either_naming(src: dict, dst: nn.Module) -> None:
