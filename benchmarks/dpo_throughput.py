@@ -145,7 +145,8 @@ def _ds(a) -> List[str]:
     ]
 
 
-def _flags(a, data: str, out: str, packing: bool) -> List[str]:
+def _model_data_flags(a, data: str) -> List[str]:
+    """The policy, its reference, the rows and the --ds settings: what scoring and training share."""
     return [
         "--model.model_name_or_path",
         a.model,
@@ -159,6 +160,12 @@ def _flags(a, data: str, out: str, packing: bool) -> List[str]:
         "--data.max_len",
         str(a.max_len),
         *_ds(a),
+    ]
+
+
+def _flags(a, data: str, out: str, packing: bool) -> List[str]:
+    return [
+        *_model_data_flags(a, data),
         "--train.batch_size",
         str(a.batch),
         "--train.micro_batch_size",
@@ -188,18 +195,7 @@ def run_ours(a, name: str, data: str, work: str) -> Dict:
     packing = "packed" in name
     if "cached" in name:
         score = [
-            "--model.model_name_or_path",
-            a.model,
-            "--ref.model_name_or_path",
-            a.model,
-            "--data.dataset",
-            data,
-            "--data.prompt_key",
-            "prompt",
-            "--data.apply_chat_template",
-            "--data.max_len",
-            str(a.max_len),
-            *_ds(a),
+            *_model_data_flags(a, data),
             "--train.micro_batch_size",
             str(a.micro),
             "--ckpt.output_dir",
