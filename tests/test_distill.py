@@ -447,6 +447,33 @@ def test_plan_of_the_cpu_demo(tmp_path):
     assert not os.path.exists(run())  # planning writes nothing
 
 
+def test_a_judge_section_needs_a_vllm_context_that_holds_the_benchmark_answers(tmp_path):
+    """The demo sizes vllm.max_model_len (1024) for its training prompts; MT-Bench's two answers of up to
+    FastChat's 1024 new tokens do not fit in it. Refused when planning, not when the stage starts after the
+    training (vLLM refused turn 2's prompt with a traceback)."""
+    demo = yaml.safe_load(open(os.path.join(REPO, "examples", "configs", "demo_cpu.yaml")))
+    gen = {**demo["generate"], "generate.backend": "vllm"}
+    judge = {"base_url": "http://127.0.0.1:9/v1", "model": "j", "tasks": ["indomain", "mtbench"]}
+
+    def problems(generate, tasks=("indomain", "mtbench")):
+        try:
+            _plan_example(tmp_path, "demo_cpu.yaml", generate=generate, judge={**judge, "tasks": list(tasks)})
+        except ConfigError as e:
+            return [p for p in e.problems if "max_model_len" in p]
+        return []
+
+    assert problems(gen) == [
+        "gen_*_mtbench stages: generate: vllm.max_model_len 1024 is too small for mtbench's answers "
+        "(2 x up to 1024 new tokens, FastChat's setting, and up to 1024 prompt tokens): set it to 3072 or more, "
+        "or 0 for the model's own context"
+    ]
+    assert problems({**gen, "vllm.max_model_len": 3072}) == problems({**gen, "vllm.max_model_len": 0}) == []
+    # AlpacaEval: one answer; without the rows' settings the section's own 256 new tokens per answer.
+    assert "set it to 2048 or more" in problems(gen, tasks=("alpacaeval",))[0]
+    assert "set it to 1536 or more" in problems({**gen, "generate.row_settings": False})[0]  # 2 x 256 + 1024
+    assert problems({**gen, "generate.backend": "hf"}) == []  # the hf backend has no such limit
+
+
 def test_planning_imports_no_torch_and_loads_no_model():
     code = (
         "import sys; from openrlhf.pipeline.config import load_distill_config; "

@@ -7,13 +7,14 @@ actors; a failing engine stops the run with its traceback. Marker `vllm`: CI run
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from test_ray import ray_head  # noqa: F401  (the module-scoped Ray head fixture)
 
 from openrlhf.config.parse import load_config
 from openrlhf.generation import vllm_backend as V
-from openrlhf.utils.errors import UserError
+from openrlhf.utils.errors import DataError, UserError
 
 from tiny import write_jsonl
 
@@ -101,6 +102,86 @@ def test_backend_auto_is_vllm_when_installed_else_hf_said_in_one_line(monkeypatc
     assert said[-1] == "generate: --generate.backend auto: vllm (the vllm package is installed)"
 
 
+def test_context_problems_name_the_rows_and_the_context_that_fits():
+    from openrlhf.recipes.generate import context_problems
+
+    needs = [("p.jsonl, line 1", 10, 5), ("p.jsonl, line 2", 20, 5)]  # (where, prompt tokens, max_new_tokens)
+    said = []
+    with pytest.raises(DataError) as e:
+        context_problems(20, needs, log=said.append)
+    assert str(e.value) == (
+        "--vllm.max_model_len 20: 1 of 2 prompts may fill vLLM's context, which refuses them: p.jsonl, line 2: "
+        "20 prompt tokens. Set --vllm.max_model_len 25 (the longest prompt + max_new_tokens here) or 0 for the "
+        "model's own context"
+    )
+    context_problems(21, needs, log=said.append)  # line 2 fits, its answer may be cut at 1 token
+    assert said == [
+        "generate: 1 of 2 prompts + max_new_tokens may exceed --vllm.max_model_len 21: vLLM stops those "
+        "responses at the context's end (finish_reason length)"
+    ]
+    context_problems(25, needs, log=said.append)
+    context_problems(0, needs, log=said.append)  # 0: the model's own context, not checked here
+    assert len(said) == 1
+
+
+def test_multi_turn_prompts_that_may_fill_vllms_context_fail_before_a_model_loads(
+    tiny_dir, student_tok, tmp_path, monkeypatch
+):
+    """Turn 2's prompt holds turn 1's answer: with answers of up to 32 tokens it may need the rendered
+    history (with an empty first answer) + 32 tokens. A context that small is refused up front, naming the
+    row and the length that fits; one token more and the run goes on to the engine."""
+    from openrlhf.recipes import generate as G
+
+    prompts = write_jsonl(
+        str(tmp_path / "p.jsonl"),
+        [{"id": 1, "turns": ["Tell me about the sea.", "Tell me about tea."]}, {"id": 2, "turns": ["Hi."]}],
+    )
+    history = [
+        {"role": "user", "content": "Tell me about the sea."},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "Tell me about tea."},
+    ]
+    text = student_tok.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
+    longest = len(student_tok(text, add_special_tokens=False)["input_ids"]) + 32
+    out = str(tmp_path / "out.jsonl")
+
+    def cfg(max_model_len):
+        return load_config(
+            [
+                "--model.model_name_or_path",
+                tiny_dir,
+                "--data.dataset",
+                prompts,
+                "--data.apply_chat_template",
+                "--generate.output_path",
+                out,
+                "--generate.max_new_tokens",
+                "32",
+                "--generate.backend",
+                "vllm",
+                "--vllm.max_model_len",
+                str(max_model_len),
+            ],
+            task="generate",
+            check_packages=False,
+        )
+
+    def engine(*a, **k):
+        raise RuntimeError("the engine was reached")
+
+    monkeypatch.setattr(G, "_backend", engine)
+    with pytest.raises(DataError) as e:
+        G.generate(cfg(longest), log=lambda _: None)
+    msg = str(e.value)
+    assert f"{prompts}, line 1 (turn 2, earlier answers at 32 tokens): {longest} prompt tokens" in msg
+    assert f"Set --vllm.max_model_len {longest + 32} " in msg and "line 2" not in msg
+    assert not os.path.exists(out)
+    said = []
+    with pytest.raises(RuntimeError, match="the engine was reached"):
+        G.generate(cfg(longest + 1), log=said.append)
+    assert any(line.startswith("generate: 1 of 2 prompts + max_new_tokens may exceed") for line in said)
+
+
 # ---- the real vLLM package ------------------------------------------------------------------------------------
 
 
@@ -114,6 +195,39 @@ def test_vllm_backend_answers_like_the_hf_backend(smollm2_dir, prompts_file, hf_
     got = _answers(out)
     assert got == hf_answers  # greedy: same text, finish reason and token count per prompt
     assert any(finish == "length" for _, finish, _ in got.values())  # 24 tokens cut some answers
+
+
+@pytest.mark.vllm
+def test_vllm_stops_an_answer_at_the_end_of_its_context(smollm2_dir, prompts_file, hf_answers, tmp_path):
+    """A context (--vllm.max_model_len) that holds every prompt but not every prompt + max_new_tokens: vLLM
+    answers each prompt as far as the context goes (greedy: the hf answer's first tokens), said in one line."""
+    from transformers import AutoTokenizer
+
+    from openrlhf.recipes.generate import generate
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+
+    def prompt_tokens(p):
+        text = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    lengths = {f"p{i}": prompt_tokens(p) for i, p in enumerate(PROMPTS)}
+    max_model_len = max(lengths.values()) + 8
+    out, said = str(tmp_path / "short.jsonl"), []
+    stats = generate(
+        _cfg(smollm2_dir, prompts_file, out, "--generate.backend", "vllm", *VLLM_CPU[:-1], str(max_model_len)),
+        log=said.append,
+    )
+    cut = [k for k, n in lengths.items() if n + hf_answers[k][2] > max_model_len]  # answers that do not fit
+    may_not_fit = sum(n + 24 > max_model_len for n in lengths.values())  # prompt + max_new_tokens
+    assert cut and f"generate: {may_not_fit} of 6 prompts + max_new_tokens may exceed" in "".join(said)
+    for k, (response, finish, n_tok) in _answers(out).items():
+        if k in cut:
+            assert (finish, n_tok) == ("length", max_model_len - lengths[k]), k
+            assert hf_answers[k][0].startswith(response), k
+        else:
+            assert (response, finish, n_tok) == hf_answers[k], k
+    assert stats["finish_length"] >= len(cut)
 
 
 @pytest.mark.vllm

@@ -28,6 +28,7 @@ from openrlhf.config.schema import (
     RaySettings,
     RunConfig,
 )
+from openrlhf.eval.run import FASTCHAT_MAX_NEW_TOKENS
 from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
 from openrlhf.pipeline.config import (
     BASELINES,
@@ -37,6 +38,14 @@ from openrlhf.pipeline.config import (
     judge_settings,
     sweep_points,
 )
+from openrlhf.utils.errors import has_package
+
+# The context vLLM needs (--vllm.max_model_len) for a benchmark's answers: its turns, each answered with up
+# to FastChat's 1024 new tokens (eval_prompts writes them into every row), and room for the prompt. The
+# longest prompts with SmolLM2's tokenizer and chat template: MT-Bench's two turns 437 tokens, AlpacaEval's
+# instruction 509. The generate stage checks the exact lengths again before it loads a model.
+BENCH_TURNS = {"mtbench": 2, "alpacaeval": 1}
+BENCH_PROMPT_ROOM = 1024
 
 # The pipeline's own steps (not commands of the registry) -> what the step does.
 STEPS = {
@@ -403,6 +412,7 @@ class _Planner:
             for label, (name, model) in everyone.items():
                 answers[task][label] = self.path("gen", f"{name}_{task}.jsonl")
                 out.append(self.generation(f"gen_{name}_{task}", model, prompts, answers[task][label]))
+            self.check_bench_context(task, out[-1].config)
         if "indomain" in tasks:
             answers["indomain"] = dict(answers_eval)
         for task in tasks:
@@ -419,6 +429,23 @@ class _Planner:
                 Stage(f"judge_{task}", "judge", config, tuple(answers[task].values()), (self.path("report", "judge"),))
             )
         return out
+
+    def check_bench_context(self, task: str, config) -> None:
+        """A ``generate:`` section whose ``vllm.max_model_len`` (sized for the training prompts) cannot hold a
+        benchmark's answers is refused here, not when the benchmark's stage starts after the training."""
+        if config is None:  # its problems are already kept
+            return
+        g, max_len = config.generate, config.vllm.max_model_len
+        if not (g.backend == "vllm" or (g.backend == "auto" and has_package("vllm"))):
+            return
+        new = FASTCHAT_MAX_NEW_TOKENS if g.row_settings else g.max_new_tokens
+        need = BENCH_TURNS[task] * new + BENCH_PROMPT_ROOM
+        if 0 < max_len < need:
+            self.problems.append(
+                f"gen_*_{task} stages: generate: vllm.max_model_len {max_len} is too small for {task}'s answers "
+                f"({BENCH_TURNS[task]} x up to {new} new tokens, FastChat's setting, and up to {BENCH_PROMPT_ROOM} "
+                f"prompt tokens): set it to {need} or more, or 0 for the model's own context"
+            )
 
     # ---- the whole plan ----------------------------------------------------------------------
     def plan(self) -> Plan:

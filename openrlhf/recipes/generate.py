@@ -118,6 +118,60 @@ def sampling_groups(cfg: GenerateTaskConfig, rows, items, pending: List[int], lo
     return out
 
 
+def turn_messages(turns: List[str], answers: List[str]) -> List[Dict[str, str]]:
+    """The chat history of the next turn of a multi-turn prompt: each earlier user turn with its answer,
+    then the next user turn (``len(answers) < len(turns)``)."""
+    msgs: List[Dict[str, str]] = []
+    for q, a in zip(turns[: len(answers)], answers, strict=True):
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    msgs.append({"role": "user", "content": turns[len(answers)]})
+    return msgs
+
+
+def context_problems(max_model_len: int, needs, log=print) -> None:
+    """vLLM refuses a prompt that fills its context (``--vllm.max_model_len``) and stops a response at the
+    context's end. ``needs``: (where, prompt tokens, max_new_tokens) of each prompt, the prompt at its
+    longest (a multi-turn prompt's last turn with every earlier answer at max_new_tokens). A prompt that
+    may fill the context is a DataError naming the rows and the length that fits them, before any model
+    is loaded; prompts whose answer may be cut by the context are counted in one line."""
+    if max_model_len <= 0:
+        return
+    too_long = [(w, p, m) for w, p, m in needs if p >= max_model_len]
+    if too_long:
+        need = max(p + m for _, p, m in needs)
+        raise DataError(
+            f"--vllm.max_model_len {max_model_len}: {len(too_long)} of {len(needs)} prompts may fill vLLM's "
+            "context, which refuses them: "
+            + "; ".join(f"{w}: {p} prompt tokens" for w, p, _ in too_long[:5])
+            + f". Set --vllm.max_model_len {need} (the longest prompt + max_new_tokens here) or 0 for the "
+            "model's own context"
+        )
+    cut = sum(1 for _, p, m in needs if p + m > max_model_len)
+    if cut:
+        log(
+            f"generate: {cut} of {len(needs)} prompts + max_new_tokens may exceed --vllm.max_model_len "
+            f"{max_model_len}: vLLM stops those responses at the context's end (finish_reason length)"
+        )
+
+
+def longest_prompts(cfg: GenerateTaskConfig, renderer: PromptRenderer, rows, items, pending, prompt_ids):
+    """(where, prompt tokens, max_new_tokens) of each pending prompt at its longest: a multi-turn prompt's
+    last turn with every earlier answer at max_new_tokens (an empty answer's template tokens counted)."""
+    sampling = row_sampling(cfg, rows, items)
+    if not any(items[k].multi_turn for k in pending):
+        return [(items[k].where, len(prompt_ids[k]), sampling[k][1]) for k in pending]
+    texts = [
+        renderer.render_prompt(turn_messages(items[k].prompt, [""] * (len(items[k].prompt) - 1)), items[k].where)
+        for k in pending
+    ]
+    out = []
+    for k, ids in zip(pending, renderer.prompt_text_ids(texts), strict=True):
+        earlier, max_new = len(items[k].prompt) - 1, sampling[k][1]
+        where = items[k].where + (f" (turn {earlier + 1}, earlier answers at {max_new} tokens)" if earlier else "")
+        out.append((where, len(ids) + earlier * max_new, max_new))
+    return out
+
+
 def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     """Generate, append to ``cfg.generate.output_path``, return counts and speed. Tests call this directly.
 
@@ -178,6 +232,10 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
         f"stop ids {stop_ids})"
     )
 
+    renderer = PromptRenderer.from_data_config(tokenizer, d, model_path=model_path)
+    if pending and g.backend == "vllm":
+        context_problems(cfg.vllm.max_model_len, longest_prompts(cfg, renderer, rows, items, pending, prompt_ids), log)
+
     new_tokens = 0
     elapsed = 0.0
     all_pending = pending
@@ -186,21 +244,29 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
         start, before = time.perf_counter(), elapsed
         try:
             if multi:
-                renderer = PromptRenderer.from_data_config(tokenizer, d, model_path=model_path)
                 answers: Dict[int, List[tuple]] = {k: [] for k in pending}
                 for turn in range(max(len(items[k].prompt) for k in pending)):
                     todo = [k for k in pending if len(items[k].prompt) > turn]
-                    texts = []
-                    for k in todo:
-                        msgs = []
-                        for q, (a, _, _) in zip(items[k].prompt[:turn], answers[k], strict=True):
-                            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-                        msgs.append({"role": "user", "content": items[k].prompt[turn]})
-                        texts.append(renderer.render_prompt(msgs, items[k].where))
+                    texts = [
+                        renderer.render_prompt(
+                            turn_messages(items[k].prompt, [a for a, _, _ in answers[k]]), items[k].where
+                        )
+                        for k in todo
+                    ]
+                    turn_ids = renderer.prompt_text_ids(texts)
+                    if g.backend == "vllm":  # an answer may re-encode longer than it was generated
+                        context_problems(
+                            cfg.vllm.max_model_len,
+                            [
+                                (f"{items[k].where}, turn {turn + 1}", len(ids), group_cfg.generate.max_new_tokens)
+                                for k, ids in zip(todo, turn_ids, strict=True)
+                            ],
+                            log=lambda _: None,
+                        )
                     bar = tqdm(
                         total=len(todo), desc=f"generate {g.backend} turn {turn + 1}", unit="prompt", dynamic_ncols=True
                     )
-                    for results in gen.run(renderer.prompt_text_ids(texts)):
+                    for results in gen.run(turn_ids):
                         for pos, token_ids, backend_finish in results:
                             content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
                             answers[todo[pos]].append(
