@@ -91,3 +91,21 @@ def test_sweep_report_files(tmp_path):
     assert saved["flags"] == ["model.beta", "teacher.beta"] and len(saved["points"]) == 3
     assert saved["points"][1]["teacher_nll"] is None  # strict JSON
     assert _png_size(os.path.join(tmp_path, "sweep.png")) == (968, 748)  # 2 metrics x 2 flags, 4.4 x 3.4 in
+
+
+def test_judged_report_says_how_many_judge_replies_stopped_at_max_tokens():
+    from openrlhf.eval.report import judged_markdown
+
+    info = {"model": "j", "base_url": "http://h/v1", "requests_sent": 4, "from_cache": 1, "prompt_tokens": 90}
+    info.update(completion_tokens=2048, max_tokens=512, cut_by_max_tokens=3)
+
+    def judge_line():
+        return next(x for x in judged_markdown({"judge": {"mtbench": info}}) if x.startswith("mtbench: judge"))
+
+    assert judge_line() == (
+        "mtbench: judge `j` at http://h/v1; 4 requests sent, 1 judgments from the cache, 90 prompt + 2048 "
+        "completion tokens; 3 of the replies sent stopped at max_tokens 512 (a reply cut before its verdict "
+        "is unparsed)."
+    )
+    info.update(cut_by_max_tokens=0)
+    assert judge_line().endswith("2048 completion tokens.")

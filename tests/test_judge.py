@@ -291,11 +291,13 @@ def test_client_does_not_cache_empty_or_truncated_replies(tmp_path):
         js = c.judge(reqs)
         assert [j.text for j in js] == ["", "A long analysis that never reaches its verd", "[[A]]"]
         assert js[1].finish_reason == "length" and c.stats.not_cached == 2
+        assert c.stats.as_dict()["cut_by_max_tokens"] == 1  # "long"; "empty" stopped on its own
         lines = [json.loads(x) for x in open(cache)]
         assert [x["text"] for x in lines] == ["[[A]]"] and lines[0]["base_url"] == server.url
         c2 = _client(server.url, cache)
         c2.judge(reqs)
         assert c2.stats.from_cache == 1 and c2.stats.requests == 2 and len(server.requests) == 5
+        assert c2.stats.cut_by_max_tokens == 1  # asked again, cut again
 
 
 # ---- AlpacaEval 2: ours against alpaca_eval 0.6.6's own annotator, metrics and GLM -------------------------

@@ -113,6 +113,8 @@ class JudgeStats:
     completion_tokens: int = 0
     # Replies used but not cached: empty, or cut by the token limit.
     not_cached: int = 0
+    # Replies that stopped at --judge.max_tokens (log-probability requests, cut on purpose, not counted).
+    cut_by_max_tokens: int = 0
     errors: List[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -123,6 +125,7 @@ class JudgeStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "not_cached": self.not_cached,
+            "cut_by_max_tokens": self.cut_by_max_tokens,
         }
 
 
@@ -324,6 +327,9 @@ class JudgeClient:
                 else:
                     with self._lock:
                         self.stats.not_cached += 1
+                if req.top_logprobs == 0 and j.finish_reason == "length":
+                    with self._lock:
+                        self.stats.cut_by_max_tokens += 1
                 return j
 
             pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency))

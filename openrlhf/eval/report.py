@@ -111,7 +111,13 @@ def judged_markdown(report: Dict[str, Any]) -> List[str]:
         lines.append(
             f"{task}: judge `{info['model']}` at {info['base_url']}; {info['requests_sent']} requests sent, "
             f"{info['from_cache']} judgments from the cache, {info['prompt_tokens']} prompt + "
-            f"{info['completion_tokens']} completion tokens."
+            f"{info['completion_tokens']} completion tokens"
+            + (
+                f"; {info['cut_by_max_tokens']} of the replies sent stopped at max_tokens {info['max_tokens']} "
+                "(a reply cut before its verdict is unparsed)."
+                if info.get("cut_by_max_tokens")
+                else "."
+            )
         )
         if info.get("comparability"):
             lines.append(f"{task}: {info['comparability']}.")

@@ -258,6 +258,7 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
     report.setdefault("judge", {})[cfg.task] = {
         "base_url": cfg.judge.base_url,
         "model": cfg.judge.model,
+        "max_tokens": cfg.judge.max_tokens,
         **client.stats.as_dict(),
         "comparability": comparability(cfg.task, cfg.judge.model, annotator),
     }
@@ -266,7 +267,8 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
     log(
         f"judge: {client.stats.requests} requests sent, {client.stats.from_cache} judgments from the cache, "
         f"{client.stats.retries} retries, {client.stats.prompt_tokens} prompt + {client.stats.completion_tokens} "
-        f"completion tokens -> {os.path.join(cfg.output_dir, 'report.md')}"
+        f"completion tokens, {client.stats.cut_by_max_tokens} replies cut by --judge.max_tokens "
+        f"{cfg.judge.max_tokens} -> {os.path.join(cfg.output_dir, 'report.md')}"
     )
     return report
 
