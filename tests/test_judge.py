@@ -225,7 +225,8 @@ def _client(url, cache, **kw):
     from openrlhf.config.schema import JudgeConfig
     from openrlhf.eval.client import JudgeClient
 
-    return JudgeClient(JudgeConfig(base_url=url, model="fake-judge", **kw), cache, log=lambda *a: None)
+    log = kw.pop("log", lambda *a: None)
+    return JudgeClient(JudgeConfig(base_url=url, model="fake-judge", **kw), cache, log=log)
 
 
 def test_retry_wait_honours_retry_after_with_jitter():
@@ -269,6 +270,32 @@ def test_client_retries_408_honours_retry_after_and_keys_the_cache_by_endpoint(t
         with pytest.raises(UserError, match=r"refused a request \(HTTP 400\)"):
             _client(bad.url, cache).judge([req])
         assert bad.failed == 1
+
+
+def test_a_judge_slower_than_the_timeout_is_said_once_and_named_in_the_error(tmp_path):
+    """A judge that writes longer than --judge.timeout (a 135M judge on a CPU writing up to 2048 tokens took
+    ~160 s a reply) times out on every try: one line says so at the first timeout, and the error names the
+    flag to raise instead of an APITimeoutError."""
+    from openrlhf.eval.client import JudgeRequest
+
+    from judge_server import FakeJudge
+
+    def slow(messages):
+        time.sleep(1.0)
+        return "[[A]]"
+
+    said = []
+    with FakeJudge(slow) as server:
+        c = _client(server.url, str(tmp_path / "cache.jsonl"), timeout=0.3, max_retries=1, log=said.append)
+        with pytest.raises(UserError) as e:
+            c.judge([JudgeRequest("", "first"), JudgeRequest("", "second")])
+        url = server.url
+    slow_line = (
+        "no answer within --judge.timeout 0.3 s (a slow judge writing up to --judge.max_tokens 2048 tokens "
+        "needs a larger --judge.timeout)"
+    )
+    assert str(e.value) == f"--judge.base_url {url}: the request still failed after 1 retries ({slow_line})"
+    assert said == [f"judge: {slow_line}; retrying, up to --judge.max_retries 1"]  # both timed out: said once
 
 
 def test_client_does_not_cache_empty_or_truncated_replies(tmp_path):

@@ -143,6 +143,7 @@ class JudgeClient:
         self.log = log
         self.stats = JudgeStats()
         self._lock = threading.Lock()
+        self._timeout_said = False
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         from openai import OpenAI
 
@@ -272,13 +273,23 @@ class JudgeClient:
                     ) from None
                 if isinstance(e, openai.APIConnectionError) and not retry_connection:
                     raise
+                # A judge slower than --judge.timeout (a long --judge.max_tokens on a CPU) times out every time.
+                slow = (
+                    f"no answer within --judge.timeout {self.cfg.timeout:g} s (a slow judge writing up to "
+                    f"--judge.max_tokens {settings['max_tokens']} tokens needs a larger --judge.timeout)"
+                    if isinstance(e, openai.APITimeoutError)
+                    else ""
+                )
                 if attempt == self.cfg.max_retries:
                     raise UserError(
                         f"--judge.base_url {self.cfg.base_url}: the request still failed after "
-                        f"{attempt} retries ({type(e).__name__}: {e})"
+                        f"{attempt} retries ({slow or f'{type(e).__name__}: {e}'})"
                     ) from None
                 with self._lock:
                     self.stats.retries += 1
+                    say, self._timeout_said = bool(slow) and not self._timeout_said, self._timeout_said or bool(slow)
+                if say:  # once per run: every request in flight may time out alike
+                    self.log(f"judge: {slow}; retrying, up to --judge.max_retries {self.cfg.max_retries}")
                 response = getattr(e, "response", None)
                 time.sleep(retry_wait(attempt, getattr(response, "headers", None)))
         raise AssertionError("unreachable")
