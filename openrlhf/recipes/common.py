@@ -102,7 +102,7 @@ class AdapterDisabled:
 
 
 def uses_lora(cfg: RunConfig) -> bool:
-    return hasattr(cfg.ds, "lora") and cfg.ds.lora.rank > 0
+    return cfg.ds.lora.rank > 0
 
 
 def prepare_policy(strategy, cfg: TrainingConfig, total_steps: int):

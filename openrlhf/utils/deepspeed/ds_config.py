@@ -79,13 +79,13 @@ def train_ds_config(
     if ds.zero_stage == 3:
         # We gather weights ourselves when exporting (fp32 stays fp32).
         zero["stage3_gather_16bit_weights_on_model_save"] = False
-    if getattr(ds, "overlap_comm", False):
+    if ds.overlap_comm:
         zero.update(overlap_comm=True, contiguous_gradients=True)
     cfg = _common(ds, zero, micro_batch_size, accumulated_gradient, world_size)
     cfg.update(gradient_clipping=max_norm, prescale_gradients=False, zero_allow_untested_optimizer=True)
-    if getattr(ds, "grad_accum_dtype", ""):
+    if ds.grad_accum_dtype:
         cfg["data_types"] = {"grad_accum_dtype": {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[ds.grad_accum_dtype]}
-    if getattr(ds, "use_universal_ckpt", False):
+    if ds.use_universal_ckpt:
         cfg["checkpoint"] = {"load_universal": True}
     return cfg
 
