@@ -16,7 +16,7 @@ from openrlhf.datasets.preference_dataset import PreferenceDataset, pair_batch, 
 from openrlhf.datasets.sft_dataset import SFTDataset, sft_collate
 from openrlhf.datasets.templates import PromptRenderer, tokenize_pair
 
-from tiny import pref_rows, sft_rows, write_jsonl
+from tiny import ids_of, pref_rows, sft_rows, write_jsonl
 
 PROMPT = "What is the capital of France?"
 ANSWER = "The capital of France is Paris."
@@ -24,10 +24,6 @@ ANSWER = "The capital of France is Paris."
 
 def chat_cfg(**kw):
     return DataConfig(apply_chat_template=True, **kw)
-
-
-def ids_of(tokenizer, text):
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 # --------------------------------------------------------------------------- rendering

@@ -104,8 +104,8 @@ def test_judged_report_says_how_many_judge_replies_stopped_at_max_tokens():
 
     assert judge_line() == (
         "mtbench: judge `j` at http://h/v1; 4 requests sent, 1 judgments from the cache, 90 prompt + 2048 "
-        "completion tokens; 3 of the replies sent stopped at max_tokens 512 (a reply cut before its verdict "
-        "is unparsed)."
+        "completion tokens; 3 of the replies sent stopped at the token limit (max_tokens 512 or the judge's "
+        "context): a reply cut before its verdict is unparsed."
     )
     info.update(cut_by_max_tokens=0)
     assert judge_line().endswith("2048 completion tokens.")

@@ -11,7 +11,7 @@ import torch
 
 from openrlhf.config import load_config
 
-from tiny import base_flags, pref_rows, read_metrics, train_losses, write_jsonl
+from tiny import base_flags, ids_of, pref_rows, read_metrics, train_losses, write_jsonl
 
 
 def run_dpo(flags: list) -> dict:
@@ -362,15 +362,11 @@ def test_several_sources_are_capped_in_total(tmp_path):
 PROMPT, ANSWER = "What is the capital of France?", "The capital of France is Paris."
 
 
-def _ids(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
 def test_kept_plain_text_prompts_start_with_bos(other_family_tok):
     from openrlhf.datasets.templates import tokenize_pair
 
     p_ids, _ = tokenize_pair(other_family_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: ")
-    upstream = _ids(other_family_tok, f"Q: {PROMPT}\nA: ")  # OpenRLHF: add_special_tokens=False, no BOS
+    upstream = ids_of(other_family_tok, f"Q: {PROMPT}\nA: ")  # OpenRLHF: add_special_tokens=False, no BOS
     assert p_ids == [other_family_tok.bos_token_id] + upstream
 
 
@@ -378,9 +374,9 @@ def test_kept_eos_is_the_eos_id_right_after_the_answer(other_family_tok):
     from openrlhf.datasets.templates import tokenize_pair
 
     _, r_ids = tokenize_pair(other_family_tok, PROMPT, ANSWER, apply_chat_template=False, input_template="Q: {}\nA: ")
-    assert r_ids == _ids(other_family_tok, ANSWER) + [other_family_tok.eos_token_id]
+    assert r_ids == ids_of(other_family_tok, ANSWER) + [other_family_tok.eos_token_id]
     # OpenRLHF appends " " + eos_token as text: one more token, a space, before the EOS.
-    upstream = _ids(other_family_tok, ANSWER + " " + other_family_tok.eos_token)
+    upstream = ids_of(other_family_tok, ANSWER + " " + other_family_tok.eos_token)
     assert upstream[-1] == other_family_tok.eos_token_id and len(upstream) == len(r_ids) + 1
     assert other_family_tok.decode(upstream[-2:-1]).strip() == ""
 
@@ -392,8 +388,8 @@ def test_kept_chat_template_answer_ends_as_the_template_writes_it(student_tok):
     p_ids, r_ids = tokenize_pair(student_tok, PROMPT, ANSWER, apply_chat_template=True)
     full = student_tok.apply_chat_template(msgs + [{"role": "assistant", "content": ANSWER}], tokenize=False)
     assert full.endswith("<|im_end|>\n")
-    assert p_ids + r_ids == _ids(student_tok, full)  # the template's own tokens, its closing "\n" included
-    upstream = _ids(student_tok, full.rstrip("\n"))  # OpenRLHF strips the trailing newline
+    assert p_ids + r_ids == ids_of(student_tok, full)  # the template's own tokens, its closing "\n" included
+    upstream = ids_of(student_tok, full.rstrip("\n"))  # OpenRLHF strips the trailing newline
     assert upstream == (p_ids + r_ids)[:-1] and upstream[-1] == student_tok.eos_token_id
 
 

@@ -16,7 +16,7 @@ from openrlhf.config.parse import load_config
 from openrlhf.generation import vllm_backend as V
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import write_jsonl
+from tiny import ids_of, write_jsonl
 
 PROMPTS = [
     "What is the capital of France?",
@@ -142,7 +142,7 @@ def test_multi_turn_prompts_that_may_fill_vllms_context_fail_before_a_model_load
         {"role": "user", "content": "Tell me about tea."},
     ]
     text = student_tok.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
-    longest = len(student_tok(text, add_special_tokens=False)["input_ids"]) + 32
+    longest = len(ids_of(student_tok, text)) + 32
     out = str(tmp_path / "out.jsonl")
 
     def cfg(max_model_len):
@@ -209,7 +209,7 @@ def test_vllm_stops_an_answer_at_the_end_of_its_context(smollm2_dir, prompts_fil
 
     def prompt_tokens(p):
         text = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        return len(tok(text, add_special_tokens=False)["input_ids"])
+        return len(ids_of(tok, text))
 
     lengths = {f"p{i}": prompt_tokens(p) for i, p in enumerate(PROMPTS)}
     max_model_len = max(lengths.values()) + 8

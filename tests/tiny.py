@@ -113,6 +113,11 @@ PREF_ROWS = [
 ]
 
 
+def ids_of(tokenizer, text: str) -> list:
+    """``text``'s token ids, no special tokens added (how OpenRLHF and our renderer tokenize rendered text)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def write_jsonl(path: str, rows: Iterable[dict]) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:

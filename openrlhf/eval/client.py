@@ -113,7 +113,8 @@ class JudgeStats:
     completion_tokens: int = 0
     # Replies used but not cached: empty, or cut by the token limit.
     not_cached: int = 0
-    # Replies that stopped at --judge.max_tokens (log-probability requests, cut on purpose, not counted).
+    # Replies that stopped at the token limit: --judge.max_tokens or the judge's context (log-probability
+    # requests, cut on purpose, are not counted).
     cut_by_max_tokens: int = 0
     errors: List[str] = field(default_factory=list)
 

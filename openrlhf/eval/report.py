@@ -113,8 +113,8 @@ def judged_markdown(report: Dict[str, Any]) -> List[str]:
             f"{info['from_cache']} judgments from the cache, {info['prompt_tokens']} prompt + "
             f"{info['completion_tokens']} completion tokens"
             + (
-                f"; {info['cut_by_max_tokens']} of the replies sent stopped at max_tokens {info['max_tokens']} "
-                "(a reply cut before its verdict is unparsed)."
+                f"; {info['cut_by_max_tokens']} of the replies sent stopped at the token limit (max_tokens "
+                f"{info['max_tokens']} or the judge's context): a reply cut before its verdict is unparsed."
                 if info.get("cut_by_max_tokens")
                 else "."
             )

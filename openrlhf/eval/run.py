@@ -267,8 +267,8 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
     log(
         f"judge: {client.stats.requests} requests sent, {client.stats.from_cache} judgments from the cache, "
         f"{client.stats.retries} retries, {client.stats.prompt_tokens} prompt + {client.stats.completion_tokens} "
-        f"completion tokens, {client.stats.cut_by_max_tokens} replies cut by --judge.max_tokens "
-        f"{cfg.judge.max_tokens} -> {os.path.join(cfg.output_dir, 'report.md')}"
+        f"completion tokens, {client.stats.cut_by_max_tokens} replies stopped at the token limit (--judge.max_tokens "
+        f"{cfg.judge.max_tokens} or the judge's context) -> {os.path.join(cfg.output_dir, 'report.md')}"
     )
     return report
 
