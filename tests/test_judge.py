@@ -171,6 +171,13 @@ def _judge_flags(url, out, *extra):
     ]
 
 
+def _indomain_flags(url, out, files, *extra, with_short=True):
+    """``_judge_flags`` of ``--task indomain``: the ``files`` fixture's teacher against its long (and short) answers."""
+    teacher, long, short = files
+    candidates = ["--candidate", f"long={long}"] + (["--candidate", f"short={short}"] if with_short else [])
+    return _judge_flags(url, out, "--task", "indomain", "--teacher_responses", teacher, *candidates, *extra)
+
+
 def _run_judge(flags):
     from openrlhf.eval.run import judge
 
@@ -180,23 +187,9 @@ def _run_judge(flags):
 def test_indomain_through_a_real_endpoint_with_retries_cache_and_report(files, tmp_path):
     from judge_server import FakeJudge
 
-    teacher, long, short = files
     out = str(tmp_path / "report")
     with FakeJudge(longer_wins, fail_first=3, fail_status=429) as server:
-        flags = _judge_flags(
-            server.url,
-            out,
-            "--task",
-            "indomain",
-            "--teacher_responses",
-            teacher,
-            "--candidate",
-            f"long={long}",
-            "--candidate",
-            f"short={short}",
-            "--judge.max_retries",
-            "5",
-        )
+        flags = _indomain_flags(server.url, out, files, "--judge.max_retries", "5")
         report = _run_judge(flags)
         assert len(server.requests) == 1 + 24  # the check request, then 2 models x 6 items x 2 orders
         assert server.failed == 3  # three 429s, retried
@@ -620,17 +613,7 @@ def test_bad_input_fails_before_any_judgment(files, tmp_path, monkeypatch):
 
     teacher, long, _ = files
     out = str(tmp_path / "r")
-    flags = lambda url, *x: _judge_flags(
-        url,
-        out,
-        "--task",
-        "indomain",
-        "--teacher_responses",
-        teacher,  # noqa
-        "--candidate",
-        f"long={long}",
-        *x,
-    )
+    flags = lambda url, *x: _indomain_flags(url, out, files, *x, with_short=False)  # noqa: E731
     closed = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(UserError, match="the endpoint cannot be reached"):
         _run_judge(flags(closed))
@@ -677,28 +660,13 @@ def test_judge_cli_resumes_after_a_kill_without_asking_twice(files, tmp_path):
     the kill come from the cache, none is requested twice."""
     from judge_server import FakeJudge
 
-    teacher, long, short = files
-
     def slow(messages):
         time.sleep(0.3)
         return longer_wins(messages)
 
     out = str(tmp_path / "report")
     with FakeJudge(slow) as server:
-        flags = _judge_flags(
-            server.url,
-            out,
-            "--task",
-            "indomain",
-            "--teacher_responses",
-            teacher,
-            "--candidate",
-            f"long={long}",
-            "--candidate",
-            f"short={short}",
-            "--judge.concurrency",
-            "2",
-        )
+        flags = _indomain_flags(server.url, out, files, "--judge.concurrency", "2")
         proc = subprocess.Popen(
             [sys.executable, "-m", "openrlhf.cli.judge", *flags],
             env=launch_env(),
