@@ -439,6 +439,69 @@ def test_checkpoint_resume_is_exact(group, tiny_dir, tmp_path, stage):
     assert sorted(n for n in os.listdir(ck) if n.startswith(("global", "."))) == ["global_step2", "global_step4"]
 
 
+class _FakeCuda:
+    """torch.cuda's RNG functions for ``visible`` devices, recording what is restored (no GPU needed)."""
+
+    def __init__(self, visible: int, current: int = 0):
+        self.visible, self.current = visible, current
+        self.states = {i: torch.full((16,), i, dtype=torch.uint8) for i in range(visible)}
+
+    def install(self, monkeypatch):
+        cuda = torch.cuda
+        monkeypatch.setattr(cuda, "is_available", lambda: True)
+        monkeypatch.setattr(cuda, "is_initialized", lambda: True)
+        monkeypatch.setattr(cuda, "device_count", lambda: self.visible)
+        monkeypatch.setattr(cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(cuda, "get_rng_state", lambda device="cuda": self.states[self.current].clone())
+        monkeypatch.setattr(cuda, "get_rng_state_all", lambda: [self.states[i].clone() for i in range(self.visible)])
+
+        def set_one(state, device="cuda"):
+            self.states[self.current] = state.clone()
+
+        def set_all(states):
+            if len(states) > self.visible:  # what torch does: it indexes devices that are not there
+                raise RuntimeError(f"CUDA error: invalid device ordinal (device {self.visible})")
+            for i, st in enumerate(states):
+                self.states[i] = st.clone()
+
+        monkeypatch.setattr(cuda, "set_rng_state", set_one)
+        monkeypatch.setattr(cuda, "set_rng_state_all", set_all)
+
+
+def test_rng_restore_with_fewer_visible_devices_than_at_save(tmp_path, monkeypatch):
+    """A run saved by the launcher's rank 3 of 8 visible GPUs resumes in a Ray actor that sees one GPU:
+    only this process's own device state is saved and restored, so nothing indexes a missing device."""
+    with monkeypatch.context() as m:
+        saver = _FakeCuda(visible=8, current=3)
+        saver.states[3] = torch.arange(16, dtype=torch.uint8)  # the generator rank 3 drew from
+        saver.install(m)
+        ckpt_io.save_rng_state(str(tmp_path), rank=3)
+    saved = torch.load(ckpt_io.rng_file(str(tmp_path), 3), weights_only=False)
+    assert torch.equal(saved["cuda"], torch.arange(16, dtype=torch.uint8)) and saved["cuda_device"] == 3
+
+    with monkeypatch.context() as m:
+        resumer = _FakeCuda(visible=1, current=0)
+        resumer.install(m)
+        assert ckpt_io.load_rng_state(str(tmp_path), rank=3)
+        assert torch.equal(resumer.states[0], torch.arange(16, dtype=torch.uint8))
+
+    # A checkpoint of the earlier format (one state per device visible at save) resumes too: the entry of
+    # the current device when the list has one.
+    old = dict(saved, cuda=[torch.full((16,), 10 + i, dtype=torch.uint8) for i in range(8)])
+    old.pop("cuda_device")
+    with monkeypatch.context() as m:
+        resumer = _FakeCuda(visible=1, current=0)
+        resumer.install(m)
+        ckpt_io.set_rng_state(old)
+        assert torch.equal(resumer.states[0], torch.full((16,), 10, dtype=torch.uint8))
+    with monkeypatch.context() as m:
+        resumer = _FakeCuda(visible=4, current=2)
+        resumer.install(m)
+        ckpt_io.set_rng_state(old)
+        assert torch.equal(resumer.states[2], torch.full((16,), 12, dtype=torch.uint8))
+        assert torch.equal(resumer.states[0], torch.full((16,), 0, dtype=torch.uint8))  # other devices untouched
+
+
 def test_load_without_checkpoint_returns_none(group, tiny_dir, tmp_path):
     s = _make(stage=0)
     engine = _engine(s, tiny_dir)

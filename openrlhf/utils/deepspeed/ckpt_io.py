@@ -212,14 +212,32 @@ def rng_file(folder: str, rank: int) -> str:
 
 
 def get_rng_state() -> Dict[str, Any]:
+    """This process's RNG states. On CUDA only the current device's generator is saved (with its index):
+    a run may resume with other devices visible (a Ray actor sees one GPU where the launcher's rank saw
+    eight), and this process only ever draws from its own device."""
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda_device"] = torch.cuda.current_device()
     return state
+
+
+def _saved_cuda_state(state: Dict[str, Any]):
+    """The CUDA generator state of this process's device in a saved ``state``. Checkpoints written
+    before states were saved per device hold a list with one entry per device visible then; the entry
+    of the device that is current now is used when the list has one (the launcher's rank ``r`` drew on
+    device ``r``), else the first."""
+    saved = state["cuda"]
+    if isinstance(saved, (list, tuple)):
+        if not saved:
+            return None
+        index = torch.cuda.current_device()
+        return saved[index] if index < len(saved) else saved[0]
+    return saved
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
@@ -227,7 +245,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda_state = _saved_cuda_state(state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state)  # the current device
 
 
 def save_rng_state(folder: str, rank: int) -> None:
