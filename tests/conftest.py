@@ -52,6 +52,29 @@ def tiny_talking_teacher(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_long_dir(tmp_path_factory):
+    """A tiny ChatML Llama for positions past 1024: 4,096 positions, rotary base 1e6, head size 32 (Qwen2.5's
+    base, whose rotary ``inv_freq`` loses most to bf16 rounding)."""
+    from tiny import make_model, make_tokenizer
+
+    folder = str(tmp_path_factory.mktemp("tiny_long"))
+    tok = make_tokenizer(folder, style="chatml", vocab_size=400)
+    return make_model(folder, tok, seed=4, hidden=64, heads=2, kv_heads=1, max_positions=4096, rope_theta=1e6)
+
+
+@pytest.fixture(scope="session")
+def tiny_long_teacher(tmp_path_factory, tiny_long_dir):
+    """Another long-position model with the student's tokenizer (a teacher whose log-probs differ)."""
+    from transformers import AutoTokenizer
+
+    from tiny import make_model
+
+    folder = str(tmp_path_factory.mktemp("tiny_long_teacher"))
+    tok = AutoTokenizer.from_pretrained(tiny_long_dir)
+    return make_model(folder, tok, seed=5, hidden=64, heads=2, kv_heads=1, max_positions=4096, rope_theta=1e6)
+
+
+@pytest.fixture(scope="session")
 def tiny_no_template(tmp_path_factory):
     return make_tiny(str(tmp_path_factory.mktemp("tiny_no_template")), style="none", vocab_size=300, seed=3)
 

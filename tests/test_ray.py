@@ -6,6 +6,7 @@ actors; the tiny distill pipeline submitted with `ray job submit`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 from tiny import (
@@ -20,6 +22,7 @@ from tiny import (
     base_flags,
     free_port,
     launch_env,
+    long_pref_rows,
     pref_rows,
     read_metrics,
     run_deepspeed,
@@ -180,6 +183,38 @@ def test_dadpo_ray_matches_the_deepspeed_launcher(
     ]
     timing = json.load(open(os.path.join(out, "ray_timing.json")))
     assert timing["ray_wait_seconds"] <= timing["ray_policy_seconds"] and last["ray_teacher_busy_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_ray_frozen_groups_in_bf16_equal_the_policy_at_step_0(ray_head, tiny_long_dir, tmp_path):
+    """The default GPU numerics (bf16, ZeRO-2) on Ray, positions past 1024: the reference and the teacher (both
+    the policy's own weights here) are separate actors, and at step 0 they compute exactly what the policy does."""
+    from openrlhf.config import load_config
+    from openrlhf.recipes.ray_preference import train_dadpo_ray
+
+    data = write_jsonl(str(tmp_path / "long.jsonl"), long_pref_rows(2))
+    out = str(tmp_path / "ray_bf16")
+    flags = base_flags(
+        tiny_long_dir,
+        data,
+        out,
+        "--teacher.model_name_or_path",
+        tiny_long_dir,
+        "--train.batch_size",
+        "2",
+        "--data.max_len",
+        "4096",
+        "--model.beta",
+        "0.5",
+        "--teacher.beta",
+        "0.1",
+    )
+    flags[flags.index("--ds.param_dtype") + 1] = "bf16"
+    train_dadpo_ray(load_config(flags + RAY_FLAGS + ["--ray.address", ray_head["address"]], "dadpo_ray"))
+    first = read_metrics(out)[0]
+    for key in ("chosen_reward", "reject_reward", "teacher_chosen_reward", "teacher_reject_reward"):
+        assert first[key] == 0.0, (key, first)
+    assert first["loss"] == float(np.float32(math.log(2)))
 
 
 @pytest.mark.slow

@@ -71,7 +71,17 @@ def make_tokenizer(folder: str, style: str = "chatml", vocab_size: int = 400):
     return fast
 
 
-def make_model(folder: str, tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
+def make_model(
+    folder: str,
+    tokenizer,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    max_positions: int = 512,
+    rope_theta: float = 10000.0,
+):
     """A random LlamaForCausalLM sized to the tokenizer, saved with it as an HF folder."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -82,14 +92,16 @@ def make_model(folder: str, tokenizer, seed: int = 0, hidden: int = 32, layers: 
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=False,
     )
+    if rope_theta != 10000.0:
+        cfg.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -111,6 +123,19 @@ PREF_ROWS = [
     ("Give me a number.", "100", "The number is not a number."),
     ("Reply politely.", "Thank you, I am happy to help.", "Go away."),
 ]
+
+
+# A prompt of ~1,100 tokens of the tiny tokenizers: responses sit at positions past 1024, where a rotary
+# ``inv_freq`` rounded to bf16 turns the phase by radians (the long-position models below).
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 62
+
+
+def long_pref_rows(n: int = 2):
+    """Preference rows whose responses start past position 1024."""
+    return [
+        {"prompt": LONG_PROMPT + f"Question {i}?", "chosen": "The capital of France is Paris. " * 4, "rejected": "No."}
+        for i in range(n)
+    ]
 
 
 def ids_of(tokenizer, text: str) -> list:

@@ -41,7 +41,7 @@ from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
 from openrlhf.eval.plots import Panel, bars, write_chart
 from openrlhf.eval.report import fmt_num, markdown_table, write_markdown
 from openrlhf.generation.outputs import check_same_ids, read_responses
-from openrlhf.models.actor import masked_token_logps
+from openrlhf.models.actor import masked_token_logps, sequence_sums
 from openrlhf.utils.devices import pick_device
 from openrlhf.utils.dtypes import torch_dtype
 from openrlhf.utils.stats import bootstrap_ci, paired_comparison
@@ -139,7 +139,7 @@ def teacher_nll(
             ids, attn, resp = pad_batch(seqs, pad_id, masks)
             ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
             logps, mask = masked_token_logps(model, ids, attn, resp)
-            sums = -logps.sum(-1)
+            sums = -sequence_sums(logps)  # the training paths' float64 accumulation
             counts = mask.sum(-1)
             for k, i in enumerate(idx):
                 out[i] = (float(sums[k]), int(counts[k]))

@@ -30,6 +30,7 @@ from openrlhf.datasets import logp_cache as lc
 from openrlhf.datasets.loading import load_rows
 from openrlhf.datasets.preference_dataset import PreferenceDataset, preference_collate, rendered_pairs
 from openrlhf.datasets.tokenizer import check_reference_tokenizer, data_tokenizer, pad_token_id, teacher_renderers
+from openrlhf.models.actor import sequence_sums
 from openrlhf.models.loss import teacher_name
 from openrlhf.recipes.common import make_strategy, prepare_frozen
 from openrlhf.utils.errors import DataError, Interrupted
@@ -139,8 +140,9 @@ def score_pairs(
             chunk = mine[start : start + mb]
             items = [ds[i] for i, _ in chunk]
             batch = preference_collate(items, pad_id)
-            seq = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["loss_mask"].to(dev))[0].sum(
-                -1
+            # Summed as the trainer sums its online log-probs (float64 accumulation, one rounding).
+            seq = sequence_sums(
+                model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["loss_mask"].to(dev))[0]
             )
             b = len(items)
             scores = {

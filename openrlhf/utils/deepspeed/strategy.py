@@ -40,6 +40,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from deepspeed.runtime.keep_in_fp32 import keep_buffers_in_fp32, keep_in_fp32_pattern
 from transformers.integrations import deepspeed as hf_ds
 
 from openrlhf.utils.deepspeed import ckpt_io, comm, export, optim, process_group
@@ -77,6 +78,21 @@ class _HfZero3Init:
             hf_ds.unset_hf_deepspeed_config()
         self._obj = None
         return False
+
+
+def cast_params_like_deepspeed(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast ``model`` to ``dtype`` the way a DeepSpeed engine casts the trained model at ZeRO 0-2 (in place):
+    floating parameters only; buffers keep the dtype they were loaded in, and those the model names to keep
+    in fp32 are made fp32. ``Module.to(dtype)`` would also round buffers such as the rotary ``inv_freq``
+    (created in fp32 by transformers), so in bf16 a frozen reference would compute other rotary phases than
+    the policy it must equal at step 0."""
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    pattern = keep_in_fp32_pattern(model, None, dtype)
+    if pattern is not None:
+        keep_buffers_in_fp32(model, pattern)
+    return model
 
 
 class DeepspeedStrategy:
@@ -119,6 +135,11 @@ class DeepspeedStrategy:
         self._device, self._local_rank = process_group.join_process_group(self._env_we_set)
         self._world_size = dist.get_world_size()
         self._rank = dist.get_rank()
+        if self.ds.param_dtype == "fp16" and self._device.type == "cpu" and (self.training or self.ds.zero_stage == 3):
+            raise UserError(
+                "--ds.param_dtype fp16 needs a GPU: DeepSpeed's CPU accelerator runs bf16 and fp32 only "
+                "(use --ds.param_dtype bf16 or fp32 on CPU)"
+            )
         process_group.seed_process(self.train.seed, getattr(self.train, "full_determinism_enable", False))
 
         if not self.training:
@@ -227,7 +248,8 @@ class DeepspeedStrategy:
 
         ZeRO-3: a DeepSpeed inference engine that shards the params (``offload``: shards
         in CPU memory, gathered per layer on use). Stages 0-2: the plain module cast to the
-        training dtype; on the device, or, with ``offload`` on a GPU machine, kept in pinned CPU
+        training dtype as DeepSpeed casts the policy (parameters only, buffers such as rotary ``inv_freq``
+        kept as loaded: :func:`cast_params_like_deepspeed`); on the device, or, with ``offload`` on a GPU machine, kept in pinned CPU
         memory and streamed to the GPU block by block for each forward call, the next block's copy
         overlapping the current block's compute (:class:`FrozenOffload`). On CPU ``offload`` changes
         nothing. Call it like the module (``model(input_ids, ...)``);
@@ -240,7 +262,7 @@ class DeepspeedStrategy:
             )
             engine.eval()
             return engine
-        model = model.to(dtype=self.torch_dtype)
+        cast_params_like_deepspeed(model, self.torch_dtype)
         if offload and self._device.type != "cpu":
             model.to("cpu")
             FrozenOffload(model, self._device)  # its hooks on the model keep it alive
