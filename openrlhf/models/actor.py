@@ -6,6 +6,7 @@ the log-prob of token t is read from the logits at position t-1.
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -261,6 +262,54 @@ def apply_lora(model: nn.Module, lora, gradient_checkpointing: bool = False) -> 
     return get_peft_model(model, config)
 
 
+_MISSING = object()
+
+
+@contextmanager
+def module_names_restored(prefixes=("transformers.", "torch.nn.functional")) -> Iterator[None]:
+    """While active, rebinding a top-level name of an imported module whose name starts with one of
+    ``prefixes`` (a class, a function) lasts only until the block ends: on exit every such name gets back the
+    object it had on entry. Names added inside the block (a submodule imported, a lazy attribute resolved)
+    and modules first imported inside it are left as they are."""
+    saved = {
+        name: dict(vars(module))
+        for name, module in list(sys.modules.items())
+        if module is not None and name.startswith(prefixes)
+    }
+    try:
+        yield
+    finally:
+        for name, before in saved.items():
+            namespace = vars(sys.modules[name])
+            for key, value in before.items():
+                if namespace.get(key, _MISSING) is not value:
+                    namespace[key] = value
+
+
+def apply_liger_kernels(model: nn.Module) -> None:
+    """Liger's kernels (RMSNorm, SwiGLU MLP, its forward) on this model instance, and on nothing else.
+
+    liger-kernel's patch of an instance also rebinds names in transformers' modeling module of the model's
+    family (its RMSNorm and MLP classes, its rotary function; for some families torch's cross_entropy), so
+    every model of that family built afterwards (a reference or a teacher) would run Liger's kernels too,
+    and its log-probs would differ from the same model's computed by score_logps or by a Ray worker, which
+    never patch. Those names are put back once the instance is patched (:func:`module_names_restored`): the
+    instance keeps Liger's RMSNorm and MLP forwards and its forward (bound to its modules), frozen models
+    stay transformers' own. The rotary embedding, a module-level function looked up at every call, cannot
+    be patched for one instance and stays transformers' (as does torch's cross_entropy, which the
+    log-probs never call). A model type liger-kernel has no patch for is a UserError."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise UserError(
+            f"--ds.use_liger_kernel: liger-kernel has no kernels for model type {model_type!r} "
+            f"({len(MODEL_TYPE_TO_APPLY_LIGER_FN)} types in its MODEL_TYPE_TO_APPLY_LIGER_FN); leave the flag off"
+        )
+    with module_names_restored():
+        _apply_liger_kernel_to_instance(model=model, rope=False, cross_entropy=False)
+
+
 def resolve_attn_implementation(name: str, dtype: Optional[torch.dtype] = None) -> str:
     """``auto``: flash_attention_2 for a bf16 / fp16 model (``dtype``) on a CUDA machine where flash-attn is
     installed, else sdpa (flash-attn refuses fp32 at the first forward; a CPU runs sdpa). Any other name
@@ -328,9 +377,7 @@ class Actor(nn.Module):
         if use_liger_kernel:
             if not torch.cuda.is_available():
                 raise UserError("--ds.use_liger_kernel: Liger kernels (Triton) need a CUDA GPU")
-            from liger_kernel.transformers import _apply_liger_kernel_to_instance
-
-            _apply_liger_kernel_to_instance(model=model)
+            apply_liger_kernels(model)
         if gradient_checkpointing:
             kwargs = {"use_reentrant": gradient_checkpointing_reentrant}
             if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x
