@@ -508,6 +508,39 @@ def test_liger_patches_the_trained_model_only(tiny_dir, monkeypatch):
     assert torch.equal(sentence_logps(frozen), scored)
 
 
+def test_class_level_liger_patches_are_kept_to_the_one_instance(tiny_dir, monkeypatch):
+    """Some families' Liger patch replaces a class's forward, and with cross_entropy torch's own function,
+    even when given an instance (llama4, internvl): run Liger's class-level Llama patch (model=None) inside
+    patches_kept_to(policy): the policy keeps Liger's forward, bound to it; the class, the module's names and
+    torch get theirs back, so a model built afterwards is transformers' own."""
+    pytest.importorskip("liger_kernel.transformers")
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+    from liger_kernel.transformers.model.llama import lce_forward
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama import modeling_llama
+
+    from openrlhf.models.actor import patches_kept_to
+
+    for name in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"):
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
+    monkeypatch.setattr(modeling_llama.LlamaForCausalLM, "forward", modeling_llama.LlamaForCausalLM.forward)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", torch.nn.functional.cross_entropy)
+    before = {n: getattr(modeling_llama, n) for n in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP")}
+    plain_forward, plain_ce = modeling_llama.LlamaForCausalLM.forward, torch.nn.functional.cross_entropy
+    policy = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with patches_kept_to(policy):
+        apply_liger_kernel_to_llama()  # class-level: the forward, RMSNorm, MLP, RoPE
+        assert modeling_llama.LlamaForCausalLM.forward is lce_forward
+    with patches_kept_to(policy):
+        apply_liger_kernel_to_llama(cross_entropy=True, fused_linear_cross_entropy=False)
+        assert torch.nn.functional.cross_entropy is not plain_ce
+    assert policy.forward.__func__ is lce_forward and policy.forward.__self__ is policy
+    assert modeling_llama.LlamaForCausalLM.forward is plain_forward and torch.nn.functional.cross_entropy is plain_ce
+    assert {n: getattr(modeling_llama, n) for n in before} == before
+    later = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert _liger_modules(later) == [] and "forward" not in vars(later)
+
+
 def test_liger_refuses_a_model_type_it_has_no_kernels_for(tiny_dir):
     pytest.importorskip("liger_kernel")
     from transformers import AutoModelForCausalLM
