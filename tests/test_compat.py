@@ -454,6 +454,106 @@ def test_4bit_and_liger_need_a_gpu(tiny_dir, monkeypatch):
         Actor.from_pretrained(tiny_dir, use_liger_kernel=True)
 
 
+def _liger_modules(model) -> list:
+    """Names of the modules of ``model`` that run a forward of liger_kernel's (their class's, or one bound
+    to the instance)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if getattr(getattr(module.forward, "__func__", module.forward), "__module__", "").startswith("liger_kernel")
+    ]
+
+
+def test_liger_patches_the_trained_model_only(tiny_dir, monkeypatch):
+    """--ds.use_liger_kernel patches the policy instance; a frozen model of the same family loaded after it
+    (the reference / teacher of the training job) stays transformers' own, as in score_logps and in the Ray
+    workers (which never patch), so its sentence log-probs are the same bits online and cached. Liger's
+    kernels need Triton on CUDA: on a CPU the patch itself runs (it is made to believe in a GPU), and the test
+    checks which forwards each instance runs and computes the frozen model's log-probs (plain torch)."""
+    pytest.importorskip("liger_kernel.transformers")  # imported before torch is told of a GPU (bitsandbytes)
+    from transformers.models.llama import modeling_llama
+
+    from openrlhf.models.actor import Actor
+
+    # whatever a patch rebinds is put back after this test, also when the code under test leaks it
+    for name in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"):
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", torch.nn.functional.cross_entropy)
+    plain_rope = modeling_llama.apply_rotary_pos_emb
+    torch.manual_seed(0)
+    ids = torch.randint(3, 300, (2, 12))
+    attn = torch.ones_like(ids)
+    loss_mask = torch.zeros_like(ids)
+    loss_mask[:, 7:] = 1
+
+    def sentence_logps(actor):
+        with torch.no_grad():
+            return actor(ids, attn, loss_mask)[0].sum(-1)
+
+    scored = sentence_logps(Actor.from_pretrained(tiny_dir))  # score_logps: nothing patched in that process
+    with monkeypatch.context() as gpu:
+        gpu.setattr(torch.cuda, "is_available", lambda: True)
+        policy = Actor.from_pretrained(tiny_dir, use_liger_kernel=True)
+    frozen = Actor.from_pretrained(tiny_dir)  # the training job's reference, loaded after the policy
+
+    layers = len(policy.model.model.layers)
+    patched = _liger_modules(policy.model)
+    assert "" in patched and "model.norm" in patched  # Liger's forward and its RMSNorm on the policy
+    assert sum(name.endswith(".mlp") for name in patched) == layers
+    assert sum(name.endswith("layernorm") for name in patched) == 2 * layers
+    assert _liger_modules(frozen.model) == []
+    assert type(frozen.model.model.norm) is modeling_llama.LlamaRMSNorm
+    assert modeling_llama.apply_rotary_pos_emb is plain_rope
+    assert modeling_llama.LlamaRMSNorm.__module__ == modeling_llama.__name__
+    assert torch.equal(sentence_logps(frozen), scored)
+
+
+def test_class_level_liger_patches_are_kept_to_the_one_instance(tiny_dir, monkeypatch):
+    """Some families' Liger patch replaces a class's forward, and with cross_entropy torch's own function,
+    even when given an instance (llama4, internvl): run Liger's class-level Llama patch (model=None) inside
+    patches_kept_to(policy): the policy keeps Liger's forward, bound to it; the class, the module's names and
+    torch get theirs back, so a model built afterwards is transformers' own."""
+    pytest.importorskip("liger_kernel.transformers")
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+    from liger_kernel.transformers.model.llama import lce_forward
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama import modeling_llama
+
+    from openrlhf.models.actor import patches_kept_to
+
+    for name in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"):
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
+    monkeypatch.setattr(modeling_llama.LlamaForCausalLM, "forward", modeling_llama.LlamaForCausalLM.forward)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", torch.nn.functional.cross_entropy)
+    before = {n: getattr(modeling_llama, n) for n in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP")}
+    plain_forward, plain_ce = modeling_llama.LlamaForCausalLM.forward, torch.nn.functional.cross_entropy
+    policy = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with patches_kept_to(policy):
+        apply_liger_kernel_to_llama()  # class-level: the forward, RMSNorm, MLP, RoPE
+        assert modeling_llama.LlamaForCausalLM.forward is lce_forward
+    with patches_kept_to(policy):
+        apply_liger_kernel_to_llama(cross_entropy=True, fused_linear_cross_entropy=False)
+        assert torch.nn.functional.cross_entropy is not plain_ce
+    assert policy.forward.__func__ is lce_forward and policy.forward.__self__ is policy
+    assert modeling_llama.LlamaForCausalLM.forward is plain_forward and torch.nn.functional.cross_entropy is plain_ce
+    assert {n: getattr(modeling_llama, n) for n in before} == before
+    later = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert _liger_modules(later) == [] and "forward" not in vars(later)
+
+
+def test_liger_refuses_a_model_type_it_has_no_kernels_for(tiny_dir):
+    pytest.importorskip("liger_kernel")
+    from transformers import AutoModelForCausalLM
+
+    from openrlhf.models.actor import apply_liger_kernels
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    model.config.model_type = "no_such_family"
+    with pytest.raises(UserError, match="--ds.use_liger_kernel: liger-kernel has no kernels for model type 'no_such"):
+        apply_liger_kernels(model)
+    assert _liger_modules(model) == []
+
+
 @pytest.mark.gpu
 def test_4bit_loads_the_base_weights_in_4_bits_on_a_gpu(tiny_dir):
     """On a CUDA machine with bitsandbytes: --ds.load_in_4bit loads every linear layer but the head as NF4."""

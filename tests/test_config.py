@@ -380,6 +380,23 @@ def test_a_section_checks_itself_in_every_task_that_has_it():
     assert load_config(gen + offload, "generate", check_paths=False).ds.adam_offload
 
 
+def test_4bit_base_weights_are_refused_at_zero_3():
+    """bitsandbytes' 4-bit weights are not partitioned by ZeRO-3: refused naming both flags,
+    in the training tasks and in the strategy's own check; ZeRO 0-2 take them."""
+    from openrlhf.config.schema import DSConfig, LoRAConfig
+
+    qlora = ["--ds.lora.rank", "8", "--ds.load_in_4bit"]
+    for task, argv in (("sft", SFT), ("dadpo", DADPO)):
+        problems, _ = problems_of(argv + qlora + ["--ds.zero_stage", "3"], task, check_packages=False)
+        assert len(problems) == 1 and problems[0].startswith("--ds.load_in_4bit with --ds.zero_stage 3: "), task
+        assert "not partitioned" in problems[0] and "use --ds.zero_stage 0, 1 or 2" in problems[0]
+        for stage in ("0", "1", "2"):
+            assert load_config(argv + qlora + ["--ds.zero_stage", stage], task, check_packages=False).ds.load_in_4bit
+    problems = DSConfig(zero_stage=3, load_in_4bit=True, lora=LoRAConfig(rank=8)).problems()
+    assert [p.split(":")[0] for p in problems] == ["--ds.load_in_4bit with --ds.zero_stage 3"]
+    assert DSConfig(zero_stage=3, lora=LoRAConfig(rank=8)).problems() == []
+
+
 def test_local_paths_checked_hub_names_not(tmp_path):
     data = write(tmp_path / "pairs.jsonl", "{}\n")
     cfg = load_config(["--model.model_name_or_path", str(tmp_path), "--data.dataset", data], "sft")

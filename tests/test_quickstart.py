@@ -1,10 +1,11 @@
 """quickstart.sh's checks that come before any install: one clear line and exit 2 for an unknown option, a
-Python older than 3.10 and a disk short of space. (The whole script runs in CI's vLLM leg, up to the
+Python older than 3.10, --gpu without nvcc (flash-attn compiles) and a disk short of space. (The whole script runs in CI's vLLM leg, up to the
 demo's first stage.)"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,10 +15,12 @@ SCRIPT = os.path.join(REPO, "quickstart.sh")
 
 
 def _run(args, tmp_path, **env):
+    """quickstart.sh with ``env`` over this environment (a None value removes the variable)."""
     base = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     base.update(env)
+    base = {k: v for k, v in base.items() if v is not None}
     return subprocess.run(
-        ["bash", SCRIPT, *args], capture_output=True, text=True, env=base, timeout=60, cwd=str(tmp_path)
+        [shutil.which("bash"), SCRIPT, *args], capture_output=True, text=True, env=base, timeout=60, cwd=str(tmp_path)
     )
 
 
@@ -58,3 +61,45 @@ def test_short_disk_is_refused_with_the_space_needed(tmp_path):
     assert res.stderr.strip().endswith("need about 15 GiB")
     res = _run(["--setup-only", "--no-vllm"], tmp_path, PATH=path, PYTHON=sys.executable)
     assert res.stderr.strip().endswith("need about 12 GiB")
+
+
+def test_help_is_the_header_only():
+    res = subprocess.run(["bash", SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--no-flash" in res.stdout and "MAX_JOBS" in res.stdout
+    assert "set -euo" not in res.stdout and not res.stdout.startswith("!")
+
+
+def test_gpu_without_nvcc_is_one_line_before_anything_is_installed(tmp_path):
+    """--gpu compiles flash-attn (no wheel for torch 2.13), which needs nvcc: where there is none (a PATH
+    without it, a CUDA_HOME without it) it is refused in one line before the environment is touched;
+    --no-flash sets up without it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "awk"):  # what the script runs before its disk check
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    (tmp_path / "cuda").mkdir()
+    # CUDA_HOME set: only its bin/ counts (as for torch's extension builder), whatever the machine has
+    env = dict(PATH=str(bin_dir), PYTHON=sys.executable, CUDA_HOME=str(tmp_path / "cuda"), CUDA_PATH=None)
+    res = _run(["--gpu", "--setup-only"], tmp_path, **env)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        f"quickstart: error: --gpu builds flash-attn from source and needs nvcc (the CUDA toolkit), none in "
+        f"{tmp_path / 'cuda'}/bin (CUDA_HOME / CUDA_PATH); install the toolkit (the CUDA major version of torch's "
+        "build) or set CUDA_HOME, or add --no-flash (attention then uses sdpa)"
+    )
+    assert res.stdout == ""  # nothing made, nothing installed
+    if not os.path.exists("/usr/local/cuda/bin/nvcc"):  # else the script rightly finds that one
+        res = _run(["--gpu", "--setup-only"], tmp_path, **{**env, "CUDA_HOME": None})
+        assert res.returncode == 2 and "needs nvcc (the CUDA toolkit), none on PATH nor in /usr/local/cuda/bin;" in (
+            res.stderr
+        )
+    # with nvcc there, or with --no-flash, the next check (the disk, made to look full) speaks instead
+    _fake(tmp_path, "df", 'echo "Filesystem 1024-blocks Used Available"\necho "/dev/x 100000000 99000000 1048576"\n')
+    res = _run(["--gpu", "--no-flash", "--setup-only"], tmp_path, **env)
+    assert res.returncode == 2 and res.stderr.strip().endswith("need about 25 GiB")
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text('#!/bin/sh\necho "Cuda compilation tools, release 12.8, V12.8.93"\n')
+    nvcc.chmod(0o755)
+    res = _run(["--gpu", "--setup-only"], tmp_path, **env)
+    assert res.returncode == 2 and res.stderr.strip().endswith("need about 25 GiB")

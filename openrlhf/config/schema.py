@@ -518,6 +518,15 @@ class DSConfig(Section):
             )
         if self.load_in_4bit and lora.rank == 0:
             p.append("--ds.load_in_4bit: needs --ds.lora.rank > 0 (4-bit base weights are trained through LoRA)")
+        if self.load_in_4bit and self.zero_stage == 3:
+            p.append(
+                "--ds.load_in_4bit with --ds.zero_stage 3: ZeRO-3 partitions every parameter across the processes "
+                "and gathers it for each forward, and bitsandbytes' 4-bit weights (NF4 packed two to a byte in "
+                "uint8, their quantisation state kept on the parameter object) are not partitioned (transformers "
+                "loads a quantized model without zero.Init, whole on every process); this fork has no ZeRO-3 "
+                "path for them: use --ds.zero_stage 0, 1 or 2 (the frozen 4-bit base is small; each process "
+                "holds it whole)"
+            )
         if self.grad_accum_dtype and self.grad_accum_dtype not in PARAM_DTYPES:
             p.append(
                 f"--ds.grad_accum_dtype: unknown dtype {self.grad_accum_dtype!r}; expected one of "

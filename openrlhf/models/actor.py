@@ -6,6 +6,8 @@ the log-prob of token t is read from the logits at position t-1.
 
 from __future__ import annotations
 
+import sys
+import types
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -261,6 +263,74 @@ def apply_lora(model: nn.Module, lora, gradient_checkpointing: bool = False) -> 
     return get_peft_model(model, config)
 
 
+_MISSING = object()
+
+
+@contextmanager
+def patches_kept_to(model: nn.Module, prefixes=("transformers.", "torch.nn")) -> Iterator[None]:
+    """While active, a monkey-patch may rebind the top-level names of the imported modules whose names start
+    with one of ``prefixes`` (a class, a function) and the attributes of the classes defined in transformers'
+    modeling modules (a class's ``forward``); on exit every one of them gets back the object it had on entry,
+    so models built afterwards are untouched. A function a class got inside the block is first bound to each
+    of ``model``'s modules of that class that has none of its own, so ``model`` keeps it. Names added to a
+    module inside the block (a submodule imported, a lazy attribute resolved) and modules first imported
+    inside it are left as they are."""
+    modules = {n: m for n, m in list(sys.modules.items()) if m is not None and n.startswith(prefixes)}
+    names = {n: dict(vars(m)) for n, m in modules.items()}
+    classes = {
+        c: dict(vars(c))
+        for n, m in modules.items()
+        if n.startswith("transformers.models.")
+        for c in list(vars(m).values())
+        if isinstance(c, type) and c.__module__ == n
+    }
+    try:
+        yield
+    finally:
+        for n, before in names.items():
+            namespace = vars(sys.modules[n])
+            for key, value in before.items():
+                if namespace.get(key, _MISSING) is not value:
+                    namespace[key] = value
+        for c, before in classes.items():
+            for key, value in list(vars(c).items()):
+                if before.get(key, _MISSING) is value:
+                    continue
+                if isinstance(value, types.FunctionType):
+                    for m in model.modules():
+                        if isinstance(m, c) and key not in vars(m):
+                            vars(m)[key] = types.MethodType(value, m)
+                if key in before:
+                    setattr(c, key, before[key])
+                else:
+                    delattr(c, key)
+
+
+def apply_liger_kernels(model: nn.Module) -> None:
+    """Liger's kernels (RMSNorm, SwiGLU MLP, its forward) on this model instance, and on nothing else.
+
+    liger-kernel's patch of an instance also rebinds names in transformers' modeling module of the model's
+    family (its RMSNorm and MLP classes, its rotary function; for some families a class's forward, torch's
+    cross_entropy or LayerNorm), so every model of that family built afterwards (a reference or a teacher)
+    would run Liger's kernels too, and its log-probs would differ from the same model's computed by
+    score_logps or by a Ray worker, which never patch. All of that is put back once the instance is patched
+    (:func:`patches_kept_to`): the instance keeps Liger's RMSNorm and MLP forwards and its forward (bound to
+    its modules), frozen models stay transformers' own. The rotary embedding, a module-level function looked
+    up at every call, cannot be patched for one instance and stays transformers' (as does torch's
+    cross_entropy, which the log-probs never call). A model type liger-kernel has no patch for is a
+    UserError."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise UserError(
+            f"--ds.use_liger_kernel: liger-kernel has no kernels for model type {model_type!r} "
+            f"({len(MODEL_TYPE_TO_APPLY_LIGER_FN)} types in its MODEL_TYPE_TO_APPLY_LIGER_FN); leave the flag off"
+        )
+    with patches_kept_to(model):
+        _apply_liger_kernel_to_instance(model=model, rope=False, cross_entropy=False)
+
+
 def resolve_attn_implementation(name: str, dtype: Optional[torch.dtype] = None) -> str:
     """``auto``: flash_attention_2 for a bf16 / fp16 model (``dtype``) on a CUDA machine where flash-attn is
     installed, else sdpa (flash-attn refuses fp32 at the first forward; a CPU runs sdpa). Any other name
@@ -328,9 +398,7 @@ class Actor(nn.Module):
         if use_liger_kernel:
             if not torch.cuda.is_available():
                 raise UserError("--ds.use_liger_kernel: Liger kernels (Triton) need a CUDA GPU")
-            from liger_kernel.transformers import _apply_liger_kernel_to_instance
-
-            _apply_liger_kernel_to_instance(model=model)
+            apply_liger_kernels(model)
         if gradient_checkpointing:
             kwargs = {"use_reentrant": gradient_checkpointing_reentrant}
             if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.x

@@ -12,6 +12,7 @@ from openrlhf.config.schema import RunConfig, TrainingConfig
 from openrlhf.datasets.build import build_dataset
 from openrlhf.models.actor import Actor
 from openrlhf.trainer.base import LoopSettings
+from openrlhf.utils.deepspeed.offload import offload_host_memory_problem
 from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
 from openrlhf.utils.deepspeed.wrapping import unwrap_model
 from openrlhf.utils.errors import UserError
@@ -30,6 +31,37 @@ def make_strategy(cfg: RunConfig, training: bool = True):
     return strategy
 
 
+def meta_model(path: str, what: str) -> torch.nn.Module:
+    """The causal LM of ``path`` built on the meta device from its config (no weights read, no memory);
+    a :class:`UserError` naming ``what`` (the flag) when its config cannot be read."""
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what}: cannot read the model config of {path!r}: {first}") from None
+
+
+def frozen_model_bytes(path: str, dtype: torch.dtype, what: str) -> int:
+    """Bytes of one copy of a frozen model as :meth:`DeepspeedStrategy.prepare_eval` holds it: its parameters
+    (shared ones once) in ``dtype``, its buffers as they are built."""
+    model = meta_model(path, what)
+    params = sum(p.numel() for p in model.parameters()) * dtype.itemsize
+    return params + sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+def check_offload_fits(strategy, path: str, what: str) -> None:
+    """COLLECTIVE. Before a frozen model loads with --ref.offload / --teacher.offload at ZeRO 0-2 (every
+    process then keeps its own full copy in CPU memory, pinned on a GPU machine): a :class:`UserError`
+    with the numbers when the copies of a node's processes exceed its available memory
+    (:func:`~openrlhf.utils.deepspeed.offload.offload_host_memory_problem`)."""
+    flag = what.replace(".model_name_or_path", ".offload")
+    problem = offload_host_memory_problem(flag, frozen_model_bytes(path, strategy.torch_dtype, what))
+    if problem:
+        raise UserError(f"{problem} ({what} {path})")
+
+
 def check_lora_targets(cfg: RunConfig) -> None:
     """With LoRA (``--ds.lora.rank`` > 0) and named ``--ds.lora.target_modules``: every name must match a
     layer of the policy that LoRA can adapt (peft's rule: a module whose dotted name is the target or ends
@@ -39,13 +71,7 @@ def check_lora_targets(cfg: RunConfig) -> None:
         return
 
     path = cfg.model.model_name_or_path
-    try:
-        config = AutoConfig.from_pretrained(path)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"--model.model_name_or_path: cannot read the model config of {path!r}: {first}") from None
+    model = meta_model(path, "--model.model_name_or_path")
     adaptable = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
     modules = dict(model.named_modules())
     layers = sorted(
@@ -116,7 +142,10 @@ def prepare_policy(strategy, cfg: TrainingConfig, total_steps: int):
 
 
 def prepare_frozen(strategy, cfg: RunConfig, path: str, offload: bool, what: str):
-    """A frozen model (reference / teacher) as an inference engine that follows the ZeRO stage."""
+    """A frozen model (reference / teacher) as an inference engine that follows the ZeRO stage; with
+    ``offload`` at ZeRO 0-2, refused before it loads when a copy per process does not fit the node's memory."""
+    if offload and cfg.ds.zero_stage != 3:
+        check_offload_fits(strategy, path, what)
     actor = load_actor(strategy, path, cfg, for_training=False, offload=offload, what=what)
     return strategy.prepare_eval(actor, offload=offload)
 

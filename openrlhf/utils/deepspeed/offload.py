@@ -1,12 +1,76 @@
 """ZeRO 0-2 offload of a frozen model (reference / teacher): its weights kept in CPU memory and streamed to
-the device block by block for each forward. torch only."""
+the device block by block for each forward; and the check, before such a model loads, that one copy per
+process fits the node's memory. torch only."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import socket
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+
+GIB = 1 << 30
+
+
+def read_meminfo(path: str = "/proc/meminfo") -> Tuple[int, int]:
+    """(MemTotal, MemAvailable) of this machine in bytes, from ``path`` (Linux's /proc/meminfo, in kB)."""
+    values: Dict[str, int] = {}
+    with open(path) as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "MemAvailable"):
+                values[key] = int(rest.split()[0]) * 1024
+    return values["MemTotal"], values["MemAvailable"]
+
+
+def host_copies_problem(
+    flag: str, model_bytes: int, local_processes: int, mem_available: int, mem_total: int, node: str = "this node"
+) -> Optional[str]:
+    """Why ``local_processes`` full copies of a frozen model of ``model_bytes`` (``flag`` at ZeRO 0-2: every
+    process keeps its own copy in CPU memory, pinned on a GPU machine) do not fit ``node``'s
+    ``mem_available`` bytes (``mem_total`` is quoted); None when they fit."""
+    need = model_bytes * local_processes
+    if need <= mem_available:
+        return None
+    return (
+        f"{flag} at --ds.zero_stage 0-2 keeps a full copy of the model in CPU memory (pinned on a GPU machine) "
+        f"in each process: {model_bytes / GIB:.1f} GiB x {local_processes} processes on {node} = "
+        f"{need / GIB:.1f} GiB, more than its {mem_available / GIB:.1f} GiB available (MemAvailable; MemTotal "
+        f"{mem_total / GIB:.1f} GiB); use --ds.zero_stage 3 with {flag} (the processes then hold one copy "
+        f"between them, each its shard), or leave {flag} off (each GPU then holds the model)"
+    )
+
+
+def nodes_problem(flag: str, model_bytes: int, readings: Sequence[Tuple[str, int, int]]) -> Optional[str]:
+    """:func:`host_copies_problem` of the first node (in rank order) that cannot hold its processes' copies.
+    ``readings``: (host name, MemTotal, MemAvailable) of every process, read before any of them loads the
+    model; a node's processes are those with its host name, its memory the smallest reading among them."""
+    nodes: Dict[str, List[Tuple[int, int]]] = {}
+    for host, total, available in readings:
+        nodes.setdefault(host, []).append((total, available))
+    for host, seen in nodes.items():
+        problem = host_copies_problem(
+            flag, model_bytes, len(seen), min(a for _, a in seen), min(t for t, _ in seen), node=host
+        )
+        if problem:
+            return problem
+    return None
+
+
+def offload_host_memory_problem(flag: str, model_bytes: int) -> Optional[str]:
+    """COLLECTIVE (every process of the group calls it, with the same arguments): :func:`nodes_problem` of
+    every process's host name and memory, gathered once all of them have read /proc/meminfo, so that no
+    process has started to load the model while another reads, and every process returns the same answer."""
+    total, available = read_meminfo()
+    mine = (socket.gethostname(), total, available)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        readings: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(readings, mine)
+    else:
+        readings = [mine]
+    return nodes_problem(flag, model_bytes, readings)
 
 
 class FrozenOffload:
