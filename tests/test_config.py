@@ -654,6 +654,8 @@ EXAMPLE_TASKS = {
     "distill_qwen2.5_7b_to_1.5b_ray.yaml": "distill",
     "sweep_cpu.yaml": "distill",
     "experiment_cpu.yaml": "distill",
+    "ifeval_prune20_cpu.yaml": "distill",
+    "ifeval_prune50_cpu.yaml": "distill",
 }
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "**", "*.yaml"), recursive=True))
 
