@@ -7,7 +7,7 @@ Parts, in this order, each with its own time limit and one summary line (PASS / 
 a part that cannot run on this machine is SKIPPED with the reason, never PASS):
 
   setup  installs the carried wheels (``.whl/``, see README) of packages this Python lacks into a folder of
-         their own (--site), then records the versions, the GPUs and what imports
+         their own (--site, /tmp/openrlhf_gpu_site), then records the versions, the GPUs and what imports
   a1     issue 31 item 1 on CUDA: ``pytest -m gpu tests/test_dtypes.py`` (the frozen reference's log-probs
          equal the policy's at step 0, DPO's first loss is ln 2; bf16, ZeRO 2 and 3)
   a2     the other GPU tests: ``pytest -m gpu tests/test_gpu.py tests/test_compat.py tests/test_actor.py``
@@ -47,6 +47,9 @@ PARTS = [
     ("d", 420, "vLLM: tensor parallel 2 and two engines equal the hf backend"),
 ]
 BUDGET = {name: seconds for name, seconds, _ in PARTS}
+# Where the carried wheels are installed: kept between calls on a warm machine, and outside $OUT (whose
+# files the device tool sends back).
+DEFAULT_SITE = "/tmp/openrlhf_gpu_site"
 
 # Python distributions the probe reports, and the module each is imported as.
 PACKAGES = {
@@ -115,10 +118,10 @@ def _installed(dist: str) -> Optional[str]:
         return None
 
 
-def child_env(site: str) -> Dict[str, str]:
-    """This process's environment with the installed wheels' folder (and its scripts, e.g. ninja, which
-    DeepSpeed's JIT build calls) first, and the repository importable."""
-    env = dict(os.environ)
+def child_env(site: str, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """``base`` (this process's environment) with the installed wheels' folder (and its scripts, e.g. ninja,
+    which DeepSpeed's JIT build calls) first, and the repository importable."""
+    env = dict(os.environ if base is None else base)
     paths = [site, REPO] if os.path.isdir(site) else [REPO]
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if os.path.isdir(os.path.join(site, "bin")):
@@ -150,26 +153,56 @@ def run_child(cmd: List[str], timeout: float, env: Dict[str, str], log: Log) -> 
 # ---- setup ---------------------------------------------------------------------------------------------
 
 
-def setup(a, log: Log, timeout: float) -> Dict:
-    wheels = sorted(glob.glob(os.path.join(a.wheels, "*.whl")))
-    result: Dict = {"wheels_dir": a.wheels, "installed": [], "already_here": []}
+def _compatible():
+    """A test of whether a wheel file's tags suit this interpreter and platform (all pass without packaging)."""
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:
+        try:
+            from pip._vendor.packaging.tags import sys_tags
+            from pip._vendor.packaging.utils import parse_wheel_filename
+        except ImportError:
+            return lambda wheel: True
+    ours = set(sys_tags())
+    return lambda wheel: bool(parse_wheel_filename(os.path.basename(wheel))[3] & ours)
+
+
+def install_wheels(wheels_dir: str, site: str, log: Log, timeout: float) -> Dict:
+    """The wheels of ``wheels_dir`` whose distributions this Python has neither installed nor in ``site``,
+    installed into ``site`` (offline, without dependencies: the carried set is complete). ``installed``,
+    ``already_here``, and ``failed`` (a reason) when pip failed."""
+    wheels = sorted(glob.glob(os.path.join(wheels_dir, "*.whl")))
+    result: Dict = {"wheels_dir": wheels_dir, "site": site, "installed": [], "already_here": []}
     if not wheels:
-        result["note"] = f"no wheels in {a.wheels}: nothing installed"
-    here = {_normal(d.metadata["Name"]) for d in importlib.metadata.distributions(path=[a.site])}
+        result["note"] = f"no wheels in {wheels_dir}: nothing installed"
+    here = {_normal(d.metadata["Name"]) for d in importlib.metadata.distributions(path=[site])}
+    fits = _compatible()
     todo = []
     for w in wheels:
-        have = _installed(_dist_name(w)) or ("in " + a.site if _dist_name(w) in here else None)
+        have = _installed(_dist_name(w)) or ("in " + site if _dist_name(w) in here else None)
         if have:
             result["already_here"].append(f"{_dist_name(w)} {have}")
+        elif not fits(w):
+            result.setdefault("not_for_this_python", []).append(os.path.basename(w))
         else:
             todo.append(w)
     if todo:
-        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--target", a.site, *todo]
+        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--target", site, *todo]
         r = run_child(cmd, timeout, dict(os.environ), log)
         if r["rc"] != 0:
-            result.update(status="FAIL", reason=f"pip install of {len(todo)} wheels failed (rc {r['rc']})")
+            result["failed"] = f"pip install of {len(todo)} wheels failed (rc {r['rc']}): {r['tail'][-300:]}"
             return result
         result["installed"] = [os.path.basename(w) for w in todo]
+    return result
+
+
+def setup(a, log: Log, timeout: float) -> Dict:
+    result = install_wheels(a.wheels, a.site, log, timeout)
+    if "failed" in result:
+        result.update(status="FAIL", reason=result["failed"])
+        return result
+    todo = result["installed"]
     r = run_child([sys.executable, "-c", PROBE, json.dumps(PACKAGES)], 120, child_env(a.site), log)
     line = next((x for x in r["output"].splitlines() if x.startswith("PROBE ")), None)
     if line is None:
@@ -295,14 +328,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--budget_s", type=float, default=560, help="the whole check's wall-clock limit")
     ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/gpu_check", help="log and JSON folder ($OUT)")
     ap.add_argument("--wheels", default=os.path.join(REPO, ".whl"), help="the carried wheels")
-    ap.add_argument("--site", default="", help="where the wheels are installed (default: <out>/site)")
+    ap.add_argument(
+        "--site", default=DEFAULT_SITE, help="where the wheels are installed (outside $OUT: it is not sent back)"
+    )
     a = ap.parse_args(argv)
     parts = [p.strip() for p in a.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in BUDGET]
     if bad:
         ap.error(f"--parts: unknown part(s) {', '.join(bad)}; choose from {', '.join(BUDGET)}")
     os.makedirs(a.out, exist_ok=True)
-    a.site = a.site or os.path.join(a.out, "site")
     log = Log(os.path.join(a.out, "gpu_check.log"))
     t_start = time.time()
     deadline = t_start + a.budget_s
