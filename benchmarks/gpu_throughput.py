@@ -38,6 +38,7 @@ no repeat starts that would not end within it (the JSON says how many ran).
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import os
@@ -621,8 +622,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     unknown = [c for c in names if c not in CONFIGS + [TRL]]
     if unknown:
         raise SystemExit(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS + [TRL])}")
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu and not a.tiny:
+        raise SystemExit("no CUDA GPU here: this benchmark is for a GPU machine (--tiny runs it small on CPU)")
     work = a.work or tempfile.mkdtemp(prefix="gpu_throughput_")
     os.makedirs(work, exist_ok=True)
+    if not a.keep and not a.work:  # the models take ~18 GB: gone at exit, also when a step fails
+        atexit.register(shutil.rmtree, work, True)
     # the carried wheels this Python lacks (deepspeed, trl, ...), as benchmarks/gpu_check.sh installs them
     # (not with --tiny: a CPU machine runs what it has)
     if not a.tiny:
@@ -635,11 +643,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         log(f"wheels: {len(installed['installed'])} installed into {a.site}, {len(installed['already_here'])} here")
     import importlib.util
 
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    if not on_gpu and not a.tiny:
-        raise SystemExit("no CUDA GPU here: this benchmark is for a GPU machine (--tiny runs it small on CPU)")
     skipped: Dict[str, str] = {}
     if "ours_dpo_packed_flash" in names and (not on_gpu or importlib.util.find_spec("flash_attn") is None):
         skipped["ours_dpo_packed_flash"] = (
@@ -840,8 +843,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         with open(a.out, "w") as f:
             json.dump(summary, f, indent=2)
     print("SUMMARY " + json.dumps(summary), flush=True)
-    if not a.keep and not a.work:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
