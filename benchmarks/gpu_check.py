@@ -8,8 +8,9 @@ a part that cannot run on this machine is SKIPPED with the reason, never PASS):
 
   setup  installs the carried wheels (``.whl/``, see README) of packages this Python lacks into a folder of
          their own (--site, /tmp/openrlhf_gpu_site), then records the versions, the GPUs and what imports
-  a1     issue 31 item 1 on CUDA: ``pytest -m gpu tests/test_dtypes.py`` (the frozen reference's log-probs
-         equal the policy's at step 0, DPO's first loss is ln 2; bf16, ZeRO 2 and 3)
+  a1     issue 31 item 1 on CUDA: ``pytest tests/test_dtypes.py``, all of it (on a CUDA machine its tests
+         train on the GPU; the fp16 ones are marked gpu): the frozen reference's log-probs equal the policy's
+         at step 0 and DPO's first loss is ln 2, bf16 at ZeRO 0-3, fp16 at 2 and 3
   a2     the other GPU tests: ``pytest -m gpu tests/test_gpu.py tests/test_compat.py tests/test_actor.py``
   b      packed rows through flash-attention equal padded ones (tests/test_gpu_check.py; needs flash_attn)
   c      two GPUs: ZeRO-3, packing + dynamic batches, killed after a checkpoint, resumed (needs 2 GPUs)
@@ -40,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (part, seconds it may take, what it runs)
 PARTS = [
     ("setup", 120, "install the carried wheels this machine lacks; versions and GPUs"),
-    ("a1", 200, "issue 31 item 1 on CUDA: pytest -m gpu tests/test_dtypes.py"),
+    ("a1", 240, "issue 31 item 1 on CUDA: pytest tests/test_dtypes.py (all its tests, on the GPU)"),
     ("a2", 260, "pytest -m gpu tests/test_gpu.py tests/test_compat.py tests/test_actor.py"),
     ("b", 180, "packed + flash-attention equal padded (tests/test_gpu_check.py)"),
     ("c", 300, "two GPUs: ZeRO-3, packing + dynamic batches, save, kill, resume"),
@@ -282,7 +283,7 @@ def missing(probe: Dict, dist: str) -> Optional[str]:
 def part_a1(a, log, timeout, probe):
     if not os.path.exists(os.path.join(REPO, "tests", "test_dtypes.py")):
         return {"status": "SKIPPED", "reason": "tests/test_dtypes.py is not in this tree (issue 31's tests)"}
-    return run_pytest(a, log, "a1", ["tests/test_dtypes.py"], timeout, {})
+    return run_pytest(a, log, "a1", ["tests/test_dtypes.py"], timeout, {}, marker="")
 
 
 def part_a2(a, log, timeout, probe):
