@@ -183,13 +183,16 @@ TOPICS = [
 ]
 
 
-def make_talking_teacher(folder: str, answer: str = "It is nice.", steps: int = 150, seed: int = 0) -> str:
+def make_talking_teacher(
+    folder: str, answer: str = "It is nice.", steps: int = 150, seed: int = 0, hidden: int = 48
+) -> str:
     """A tiny ChatML model fitted (plain torch, a few seconds) to answer "Tell me about X." with
-    ``answer`` and then end its turn, so greedy generation stops by itself."""
+    ``answer`` and then end its turn, so greedy generation stops by itself. ``hidden`` / 4 is the head
+    size (vLLM's GPU attention wants 32 or more: ``hidden=256``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    make_tiny(folder, style="chatml", vocab_size=400, seed=seed, hidden=48)
+    make_tiny(folder, style="chatml", vocab_size=400, seed=seed, hidden=hidden)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
     seqs, masks = [], []
