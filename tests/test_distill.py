@@ -230,7 +230,7 @@ def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talki
 
 def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_talking_teacher, tmp_path):
     """judge: the benchmarks' answers of every model and the three judged evaluations, through a real
-    (local) OpenAI-compatible endpoint; the table lands in the run's report."""
+    (local) OpenAI-compatible endpoint, and IFEval scored by its checker; the table lands in the run's report."""
     from judge_server import FakeJudge
 
     def grade(messages):
@@ -249,7 +249,13 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
             tiny_talking_teacher,
             tiny_dir,
             ddpo=None,
-            judge={"base_url": server.url, "model": "fake-judge", "max_items": 2, "concurrency": 2},
+            judge={
+                "base_url": server.url,
+                "model": "fake-judge",
+                "max_items": 2,
+                "concurrency": 2,
+                "tasks": ["indomain", "mtbench", "alpacaeval", "ifeval"],
+            },
         )
         cfg = load_distill_config(path)
         timings = run_distill(cfg, log=lambda *a: None)
@@ -260,6 +266,9 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
         "judge_indomain",
         "judge_mtbench",
         "judge_alpacaeval",
+        "prompts_ifeval",
+        "gen_dsft_ifeval",
+        "judge_ifeval",
         "report",
     ):
         assert stage in timings, stage
@@ -268,7 +277,11 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
     assert judged["models"]["daDPO"]["indomain"]["tie"] == 2  # max_items 2; every pair judged [[C]]: ties
     assert judged["models"]["teacher"]["alpacaeval"]["win_rate"] == 50.0
     assert "teacher" not in judged["models"] or "indomain" not in judged["models"]["teacher"]
-    assert "## LLM judge" in open(os.path.join(cfg.run_dir, "report", "report.md")).read()
+    ifeval = judged["models"]["daDPO"]["ifeval"]
+    assert ifeval["prompts"] == 2 and 0 <= ifeval["prompt_level_strict_acc"] <= ifeval["prompt_level_loose_acc"] <= 1
+    assert set(judged["paired"]["ifeval"]) >= {"teacher vs daDPO", "dSFT vs daDPO"}
+    md = open(os.path.join(cfg.run_dir, "report", "report.md")).read()
+    assert "## LLM judge" in md and "### IFEval" in md
 
 
 @pytest.mark.slow
@@ -472,6 +485,57 @@ def test_a_judge_section_needs_a_vllm_context_that_holds_the_benchmark_answers(t
     assert "set it to 2048 or more" in problems(gen, tasks=("alpacaeval",))[0]
     assert "set it to 1536 or more" in problems({**gen, "generate.row_settings": False})[0]  # 2 x 256 + 1024
     assert problems({**gen, "generate.backend": "hf"}) == []  # the hf backend has no such limit
+
+
+def test_a_judge_section_with_ifeval_alone_needs_no_endpoint(tmp_path):
+    """judge: {tasks: [ifeval]}: IFEval's prompts, every model's answers and its scoring, without --judge.*;
+    judge settings there would go unused (refused); with a judged task the endpoint is required again."""
+    plan = _plan_example(tmp_path, "demo_cpu.yaml", judge={"tasks": ["ifeval"], "max_items": 3})
+    run = lambda *p: os.path.join(str(tmp_path / "run"), *p)  # noqa: E731
+    names = plan.names
+    assert names[names.index("gen_dadpo_eval") + 1 :] == [
+        "prompts_ifeval",
+        "gen_teacher_ifeval",
+        "gen_base_ifeval",
+        "gen_dsft_ifeval",
+        "gen_dadpo_ifeval",
+        "judge_ifeval",
+        "report",
+    ]
+    stage = plan.stage("judge_ifeval")
+    assert stage.config.task == "ifeval" and stage.config.max_items == 3 and stage.config.judge.base_url == ""
+    assert stage.config.candidate == tuple(
+        f"{label}={run('gen', name + '_ifeval.jsonl')}"
+        for label, name in (("teacher", "teacher"), ("base", "base"), ("dSFT", "dsft"), ("daDPO", "dadpo"))
+    )
+    assert plan.stage("prompts_ifeval").outputs == (run("prompts", "ifeval.jsonl"),)
+
+    def problems(judge):
+        try:
+            _plan_example(tmp_path, "demo_cpu.yaml", judge=judge)
+        except ConfigError as e:
+            return [p.split(": ", 1)[1] for p in e.problems]
+        return []
+
+    assert problems({"tasks": ["ifeval"], "base_url": "http://127.0.0.1:9/v1"}) == [
+        "judge.base_url: judge.tasks ['ifeval'] are scored by a program, without a judge: leave it out"
+    ]
+    assert problems({"tasks": ["ifeval", "mtbench"]}) == [
+        "judge.base_url: required: the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1",
+        "judge.model: required: the judge model's name at the endpoint",
+    ]
+    # vLLM's context must hold IFEval's answers: 1280 new tokens (its prompt file's) + 1024 for the prompt
+    gen = {**yaml.safe_load(open(os.path.join(REPO, "examples", "configs", "demo_cpu.yaml")))["generate"]}
+    gen["generate.backend"] = "vllm"
+    try:
+        _plan_example(tmp_path, "demo_cpu.yaml", generate=gen, judge={"tasks": ["ifeval"]})
+        raise AssertionError("planned")
+    except ConfigError as e:
+        assert e.problems == [
+            "gen_*_ifeval stages: generate: vllm.max_model_len 1024 is too small for ifeval's answers (1 x up to "
+            "1280 new tokens, its harnesses' setting, and up to 1024 prompt tokens): set it to 2304 or more, or 0 "
+            "for the model's own context"
+        ]
 
 
 def test_planning_imports_no_torch_and_loads_no_model():

