@@ -20,6 +20,7 @@ from tqdm import tqdm
 from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
 from openrlhf.datasets.packing import real_and_padded_tokens
 from openrlhf.models.actor import sequence_sums
+from openrlhf.utils import timeline
 from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.errors import DataError, Interrupted
 
@@ -336,6 +337,8 @@ class Trainer:
                 else:
                     micro = [self._to_device(next(it)) for _ in range(self.accum)]
                 tokens = [real_and_padded_tokens(b) for b in micro]
+                # The policy computes (forwards, backwards, the optimizer step): a span of the timeline.
+                span = timeline.begin("policy step")
                 self.engine.train()
                 self._begin_step(micro)
                 lr = self.engine.get_lr()[0]  # the rate this step uses
@@ -362,6 +365,7 @@ class Trainer:
                     )
                 else:
                     metrics = self.strategy.all_reduce(mean_metrics(records))
+                timeline.end(span)
                 step += 1
                 consumed += bs
                 metrics["lr"] = lr
