@@ -253,6 +253,56 @@ def test_a_killed_policy_actor_stops_the_job_and_a_resubmitted_job_resumes(
     assert train_losses(out) == pytest.approx(train_losses(reference_run), abs=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("colocate", [True, False])
+def test_colocated_frozen_groups_never_score_beside_the_policy(colocate, ray_head, tiny_dir, pairs, tmp_path):
+    """ray_timeline.json: when each actor computed. With --train.colocate_all (the frozen groups on the
+    policy's GPUs) no scoring call of the reference group overlaps the policy's run (its loading, its steps:
+    forwards, backwards, optimizer steps, its saving): all the scoring comes first, then the frozen actors
+    end. With groups of their own the reference scores ahead while the policy runs (the overlap that hides
+    its time; the scoring was queued beside the policy's run the same way with colocate_all before)."""
+    from openrlhf.config import load_config
+    from openrlhf.recipes.ray_preference import train_dpo_ray
+
+    out = str(tmp_path / "o")
+    flags = base_flags(
+        tiny_dir,
+        pairs,
+        out,
+        "--train.batch_size",
+        "4",
+        "--actor.num_gpus_per_node",
+        "1",
+        "--ref.num_gpus_per_node",
+        "1",
+        "--ray.num_cpus_per_actor",
+        "0.5",
+        "--ray.address",
+        ray_head["address"],
+    )
+    if colocate:
+        flags.append("--train.colocate_all")
+    train_dpo_ray(load_config(flags, "dpo_ray"))
+    events = json.load(open(os.path.join(out, "ray_timeline.json")))["traceEvents"]
+
+    def spans(group, name):
+        return [(e["ts"], e["ts"] + e["dur"]) for e in events if e["pid"] == group and e["name"] == name]
+
+    runs, steps, scores = spans("policy", "policy run"), spans("policy", "policy step"), spans("reference", "score")
+    assert len(runs) == 1 and len(steps) == 8 and len(scores) == 8  # 32 pairs, 4 a step: each batch scored once
+    assert all(runs[0][0] <= start and end <= runs[0][1] for start, end in steps)
+
+    def overlapping(spans_a, spans_b):
+        return [(a, b) for a in spans_a for b in spans_b if a[0] < b[1] and b[0] < a[1]]
+
+    if colocate:
+        assert not overlapping(scores, runs), overlapping(scores, runs)
+        assert not overlapping(scores, steps)
+        assert max(end for _, end in scores) <= runs[0][0]
+    else:
+        assert overlapping(scores, runs)
+
+
 def test_generation_engines_as_ray_actors_answer_like_the_hf_backend(ray_head, tiny_talking_teacher, tmp_path):
     from openrlhf.config import load_config
     from openrlhf.recipes.generate import generate

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # daDPO on a Ray cluster of one node with 8 GPUs, paper setting 1 (Qwen2.5-7B-Instruct -> Qwen2.5-1.5B-Instruct).
 # The policy (8 actors, ZeRO-3), the reference and the teacher (8 actors each, frozen, ZeRO-3 sharded) share
-# the same 8 GPUs (--train.colocate_all). Paths must be the same on every node (a shared filesystem).
+# the same 8 GPUs (--train.colocate_all): the frozen groups score every pair first, then free the GPUs for the
+# policy (never computing beside it). Paths must be the same on every node (a shared filesystem).
 #
 #   ray start --head --port 6379 --dashboard-host 0.0.0.0      # once, on the node
 #   bash examples/scripts/train_dadpo_ray_qwen2.5_7b_to_1.5b_1node.sh

@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from openrlhf.datasets import logp_cache as lc
 from openrlhf.datasets.loading import load_sources, split_sources
 from openrlhf.datasets.logp_cache import add_cached_to_batch
 from openrlhf.datasets.packing import pack_batch
-from openrlhf.datasets.preference_dataset import PreferenceDataset, preference_collate, rendered_pairs
+from openrlhf.datasets.preference_dataset import (
+    PreferenceDataset,
+    pair_tokens,
+    preference_collate,
+    rendered_pair_tokens,
+    rendered_pairs,
+)
 from openrlhf.datasets.tokenizer import check_reference_tokenizer, pad_token_id
 
 from .loading import DataError
@@ -56,6 +62,32 @@ class ScoredSide:
     max_len: Optional[int]
 
 
+class PairTokenCounts:
+    """The tokens each tokenisation of a training micro-batch computes, per pair: the policy's (which the
+    reference and a dDPO+KL teacher read too: ``policy``) and each teacher scored online in this process,
+    in that teacher's own tokenizer and chat template, whole responses (``teacher``, ``teacher_2``, ...).
+    A teacher whose log-probs are cached or scored elsewhere (the Ray groups) runs no forward here and is
+    not counted. What ``--train.dynamic_batch_enable`` budgets (:class:`~openrlhf.trainer.base.Trainer`).
+
+    Called with a list of items of one dataset (the training set), it returns one ``{tokenisation: tokens}``
+    per item; a teacher's counts are kept by row index, so each row is rendered for it once."""
+
+    def __init__(self, teachers: Dict[str, Any]):
+        self.teachers = dict(teachers)
+        self._known: Dict[str, Dict[int, int]] = {name: {} for name in self.teachers}
+
+    def __call__(self, items: Sequence[dict]) -> List[Dict[str, int]]:
+        out = [{"policy": pair_tokens(it["prompt_ids"], it["chosen_ids"], it["rejected_ids"])} for it in items]
+        for name, renderer in self.teachers.items():
+            known = self._known[name]
+            new = list({it["index"]: it for it in items if it["index"] not in known}.values())
+            if new:
+                known.update(zip([it["index"] for it in new], rendered_pair_tokens(renderer, new), strict=True))
+            for counts, it in zip(out, items, strict=True):
+                counts[name] = known[it["index"]]
+        return out
+
+
 @dataclass
 class PreferenceData:
     train: Any
@@ -67,6 +99,8 @@ class PreferenceData:
     online: List[str]
     # The sides a remote provider scores (then ``online`` is empty).
     remote: List[str] = dataclasses.field(default_factory=list)
+    # Tokens per tokenisation of training items (the budget of --train.dynamic_batch_enable).
+    token_counts: Optional[Callable] = None
 
     @property
     def need_ref_model(self) -> bool:
@@ -158,6 +192,8 @@ def prepare_preference_data(
         seed,
         remote=remote,
     )
+    # The teachers whose forward runs on training batches here (the budget of dynamic batches counts them).
+    train_teachers = {s.kind: s.renderer for s in sides if s.kind in online and s.kind != "ref" and remote is None}
     ev = None
     if eval_cfg is not None and eval_cfg.dataset:
         if remote is not None:
@@ -171,9 +207,17 @@ def prepare_preference_data(
         reports += ["eval: " + r for r in ev_reports]
         online += [kind for kind in ev_online if kind not in online]
     if remote is not None:
-        return PreferenceData(train, ev, _collate(tokenizer, {}, extra_collate, packing), reports, [], online)
+        collate = _collate(tokenizer, {}, extra_collate, packing)
+        return PreferenceData(train, ev, collate, reports, [], online, token_counts=PairTokenCounts(train_teachers))
     online_teachers = {s.kind: s.renderer for s in sides if s.kind in online and s.kind != "ref"}
-    return PreferenceData(train, ev, _collate(tokenizer, online_teachers, extra_collate, packing), reports, online)
+    return PreferenceData(
+        train,
+        ev,
+        _collate(tokenizer, online_teachers, extra_collate, packing),
+        reports,
+        online,
+        token_counts=PairTokenCounts(train_teachers),
+    )
 
 
 def _collate(tokenizer, online_teachers: dict, extra_collate: Optional[Callable], packing: bool) -> Callable:

@@ -257,16 +257,44 @@ def preference_collate(
     batch["chosen"] = [it["chosen"] for it in items]
     batch["rejected"] = [it["rejected"] for it in items]
     for name, renderer in (teacher_renderers or {}).items():
-        unfinished = (
-            [bool(it.get("chosen_unfinished")) for it in items],
-            [bool(it.get("rejected_unfinished")) for it in items],
-        )
         tb = pair_batch(
-            renderer, batch["prompts"], batch["chosen"], batch["rejected"], pad_token_id(renderer.tokenizer), unfinished
+            renderer,
+            batch["prompts"],
+            batch["chosen"],
+            batch["rejected"],
+            pad_token_id(renderer.tokenizer),
+            _unfinished(items),
         )
         for k, v in tb.items():
             batch[f"{name}_{k}"] = v
     return batch
+
+
+def _unfinished(items: Sequence[Dict[str, Any]]) -> Tuple[List[bool], List[bool]]:
+    """(chosen flags, rejected flags) of responses cut by a generation limit, as :func:`pair_batch` takes them."""
+    return (
+        [bool(it.get("chosen_unfinished")) for it in items],
+        [bool(it.get("rejected_unfinished")) for it in items],
+    )
+
+
+def pair_tokens(prompt_ids: Sequence[int], chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> int:
+    """Tokens one pair puts in a batch of :func:`preference_collate`'s layout: the prompt twice (before
+    each response) and both responses."""
+    return 2 * len(prompt_ids) + len(chosen_ids) + len(rejected_ids)
+
+
+def rendered_pair_tokens(renderer: PromptRenderer, items: Sequence[Dict[str, Any]]) -> List[int]:
+    """Tokens each item's pair has in ``renderer``'s tokenisation (e.g. a teacher's), exactly as
+    :func:`preference_collate` renders it for that teacher (whole responses, never cut)."""
+    tok = _render_pairs(
+        renderer,
+        [it["prompt"] for it in items],
+        [it["chosen"] for it in items],
+        [it["rejected"] for it in items],
+        _unfinished(items),
+    )
+    return [pair_tokens(p, c, r) for p, c, r in zip(*tok, strict=True)]
 
 
 def mismatched_pairs_batch(items: Sequence[Dict[str, Any]], pad_id: int, max_len: int) -> Dict[str, torch.Tensor]:
@@ -295,14 +323,20 @@ def pair_batch(
     :func:`preference_collate` (``input_ids``/``attention_mask``/``loss_mask`` [2B, T],
     ``prompt_lens`` [2B]). No truncation: the teacher scores the full text. ``unfinished``:
     (chosen flags, rejected flags) of responses cut by a generation limit (no closing tokens)."""
+    return _pairs_batch(*_render_pairs(renderer, prompts, chosen, rejected, unfinished), pad_id)
+
+
+def _render_pairs(
+    renderer: PromptRenderer,
+    prompts: Sequence[Any],
+    chosen: Sequence[Any],
+    rejected: Sequence[Any],
+    unfinished: Optional[Tuple[Sequence[bool], Sequence[bool]]] = None,
+) -> Tuple[List[List[int]], List[List[int]], List[List[int]]]:
+    """(prompt ids, chosen ids, rejected ids) of B raw pairs in ``renderer``'s tokenisation, uncut."""
     n = len(prompts)
     flags = list(unfinished[0]) + list(unfinished[1]) if unfinished is not None else None
     tok = renderer.tokenize_many(
         list(zip(prompts, chosen, strict=True)) + list(zip(prompts, rejected, strict=True)), unfinished=flags
     )
-    return _pairs_batch(
-        [tok[i][0] for i in range(n)],
-        [tok[i][1] for i in range(n)],
-        [tok[n + i][1] for i in range(n)],
-        pad_id,
-    )
+    return [tok[i][0] for i in range(n)], [tok[i][1] for i in range(n)], [tok[n + i][1] for i in range(n)]

@@ -100,6 +100,7 @@ class PreferenceRun:
             logger=self.logger,
             eval_dataset=self.data.eval,
             num_workers=self.cfg.data.dataloader_num_workers,
+            token_counts=self.data.token_counts,
         )
 
     def load_frozen(self, side: FrozenSide):

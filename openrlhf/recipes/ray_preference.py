@@ -13,23 +13,31 @@ feeds them:
   own tokenizer and chat template) load their model frozen, sharded by ZeRO-3 across their own
   group when --ds.zero_stage is 3, and score the pairs in the order the policy will use them, one
   global batch at a time: with groups of their own (not ``--train.colocate_all``) they run ahead
-  of the policy, so the policy trains on batch k while they score batch k+1. Each row is scored
-  once, whatever the number of epochs. The scores go to the policy through Ray's object store.
+  of the policy, so the policy trains on batch k while they score batch k+1. With
+  ``--train.colocate_all`` (the frozen groups on the policy's GPUs) they never compute beside the
+  policy: they score every row the run needs first, free their memory and end, and only then does
+  the policy load and train. Each row is scored once, whatever the number of epochs. The scores go
+  to the policy through Ray's object store.
 
 The per-step losses equal train_dadpo's under ``deepspeed --num_gpus N`` for the same data order
 (the same sampler, seed and processes; tested to 1e-5 in fp32 on CPU). Resuming
 (``--ckpt.load_enable``) reads the last checkpoint's step to order the scoring, then the policy
 resumes exactly as train_dadpo does. A dead actor (killed, out of memory, lost node) stops the job
 with an error naming its group and rank; ``<ckpt.output_dir>/ray_actors.json`` lists every
-actor's group, rank, node and process id.
+actor's group, rank, node and process id, ``ray_timeline.json`` when each one computed (the policy's
+whole run and each of its optimizer steps, the frozen groups' scoring calls: a Chrome trace, for
+chrome://tracing or Perfetto).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
 
 from openrlhf.config.schema import DADPORayConfig, DPORayConfig
 from openrlhf.datasets.loading import load_sources
@@ -40,6 +48,7 @@ from openrlhf.recipes.dpo import train_dpo
 from openrlhf.recipes.preference import FrozenSide, preference_data, reference_side
 from openrlhf.recipes.score import score_pairs, side_dataset
 from openrlhf.trainer.base import steps_per_epoch
+from openrlhf.utils import timeline
 from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import destroy_process_group
@@ -107,10 +116,11 @@ class PolicyWorker(DistWorker):
     def fit(self, recipe: Callable, cfg, chunks) -> Dict[str, Any]:
         provider = ChunkedLogps(chunks)
         t = time.perf_counter()
-        last = recipe(cfg, remote=provider)
+        with timeline.recording() as tl, timeline.span("policy run"):  # loading, training, saving
+            last = recipe(cfg, remote=provider)
         seconds = time.perf_counter() - t
         destroy_process_group()
-        return {"metrics": last, "wait_seconds": provider.wait_seconds, "seconds": seconds}
+        return {"metrics": last, "wait_seconds": provider.wait_seconds, "seconds": seconds, "spans": tl.spans}
 
 
 class FrozenWorker(DistWorker):
@@ -133,17 +143,23 @@ class FrozenWorker(DistWorker):
         self.strategy = make_strategy(cfg, training=False)
         self.model = prepare_frozen(self.strategy, cfg, group.model_path, group.offload, what=group.flag)
         self.micro = cfg.train.micro_batch_size
-        self.busy = 0.0
+        self.timeline = timeline.Timeline()
         return len(self.ds)
 
     def score(self, indices: List[int]) -> Dict[int, Tuple[float, float]]:
-        t = time.perf_counter()
-        out = score_pairs(self.strategy, self.model, self.ds, [self.position[i] for i in indices], self.micro)
-        self.busy += time.perf_counter() - t
-        return out
+        with self.timeline.span("score"):
+            return score_pairs(self.strategy, self.model, self.ds, [self.position[i] for i in indices], self.micro)
 
-    def busy_seconds(self) -> float:
-        return self.busy
+    def report(self) -> Dict[str, Any]:
+        """The time this actor spent scoring (``busy_seconds``) and when (``spans``)."""
+        return {"busy_seconds": sum(end - start for _, start, end in self.timeline.spans), "spans": self.timeline.spans}
+
+    def release(self) -> None:
+        """Drop the model and give its memory back (the policy is about to load on these GPUs)."""
+        self.model = self.strategy = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 # ---- the driver -----------------------------------------------------------------------------------------
@@ -189,6 +205,20 @@ def _frozen_groups(cfg, sides: Sequence[FrozenSide], kinds: Sequence[str]) -> Li
                 )
             )
     return groups
+
+
+def _frozen_reports(frozen_groups: Dict[str, ActorGroup]) -> Dict[str, List[Dict[str, Any]]]:
+    """Each frozen group's :meth:`FrozenWorker.report`, one per rank, by kind."""
+    return {kind: wait_groups([(g, g.call("report"))])[0] for kind, g in frozen_groups.items()}
+
+
+def _driver_owned(chunks: List[tuple], scored: List[List[Any]]) -> List[tuple]:
+    """``chunks`` with their scores (``scored``: the results of their scoring calls, in the order they were
+    queued) put in the object store by the driver, so they outlive the frozen actors that computed them."""
+    import ray
+
+    it = iter(scored)
+    return [(rows, {kind: [ray.put(part) for part in next(it)] for kind in refs}) for rows, refs in chunks]
 
 
 def train_dpo_ray(cfg: DPORayConfig) -> Dict[str, Any]:
@@ -268,21 +298,32 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
 
         wait_groups([(frozen_groups[g.kind], frozen_groups[g.kind].call("setup", cfg, g)) for g in frozen])
         # Every scoring call is queued now, in the policy's order: each group works through them as fast
-        # as it can while the policy trains.
+        # as it can.
         chunks, score_calls = [], []
         for rows in steps:
             refs = {kind: g.call("score", rows) for kind, g in frozen_groups.items()}
             chunks.append((rows, refs))
             score_calls += [(frozen_groups[kind], r) for kind, r in refs.items()]
         t = time.perf_counter()
-        results = wait_groups([(policy, policy.call("fit", recipe, cfg, chunks))] + score_calls)[0]
+        if cfg.train.colocate_all:
+            # On the policy's GPUs: all the scoring first, the frozen models' memory freed and their actors
+            # ended, then the policy loads and trains; no frozen forward runs beside a policy step.
+            chunks = _driver_owned(chunks, wait_groups(score_calls))
+            reports = _frozen_reports(frozen_groups)
+            wait_groups([(g, g.call("release")) for g in frozen_groups.values()])
+            for g in frozen_groups.values():
+                g.kill()
+            results = wait_groups([(policy, policy.call("fit", recipe, cfg, chunks))])[0]
+        else:  # the policy trains while the frozen groups score ahead of it
+            results = wait_groups([(policy, policy.call("fit", recipe, cfg, chunks))] + score_calls)[0]
+            reports = _frozen_reports(frozen_groups)
         seconds = time.perf_counter() - t
-        busy = {kind: max(wait_groups([(g, g.call("busy_seconds"))])[0]) for kind, g in frozen_groups.items()}
     finally:
         for g in groups:
             g.kill()
         free_bundles(*bundles)
     out = dict(results[0]["metrics"] or {})
+    busy = {kind: max(r["busy_seconds"] for r in per_rank) for kind, per_rank in reports.items()}
     timing = {
         "ray_seconds": round(seconds, 3),
         "ray_policy_seconds": round(max(r["seconds"] for r in results), 3),
@@ -291,6 +332,12 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
     }
     with open(os.path.join(cfg.ckpt.output_dir, "ray_timing.json"), "w") as f:
         json.dump(timing, f, indent=1)
+    spans = [("policy", rank, r["spans"]) for rank, r in enumerate(results)]
+    spans += [
+        (group_name(kind), rank, r["spans"]) for kind, per_rank in reports.items() for rank, r in enumerate(per_rank)
+    ]
+    with open(os.path.join(cfg.ckpt.output_dir, "ray_timeline.json"), "w") as f:
+        json.dump(timeline.chrome_trace(spans), f)
     print(
         f"ray: policy {timing['ray_policy_seconds']} s, of which {timing['ray_wait_seconds']} s waiting for "
         f"log-probs; frozen groups busy " + ", ".join(f"{group_name(k)} {v:.1f} s" for k, v in busy.items()),

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
 from openrlhf.datasets.packing import real_and_padded_tokens
 from openrlhf.models.actor import sequence_sums
+from openrlhf.utils import timeline
 from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.errors import DataError, Interrupted
 
@@ -81,7 +82,10 @@ class Trainer:
     engine of the trained model), ``tokenizer`` (saved with HF checkpoints), ``train_dataset`` /
     ``eval_dataset`` and the ``collate_fn`` that batches their items, ``settings`` (the config sections
     the loop reads), ``logger`` (the run's metrics logger) and ``num_workers`` (DataLoader worker
-    processes, --data.dataloader_num_workers). Subclasses add their own keyword arguments."""
+    processes, --data.dataloader_num_workers) and ``token_counts`` (with --train.dynamic_batch_enable: items
+    -> one ``{tokenisation: tokens}`` per item, every forward a micro-batch of them runs, e.g. a teacher's
+    own tokenisation; default: the policy's tokens, :meth:`_item_tokens`). Subclasses add their own keyword
+    arguments."""
 
     # OpenRLHF's dashboard name of this trainer's loss (train/<name>, eval/eval <name>); see
     # openrlhf.utils.logging.dashboard_view.
@@ -99,8 +103,10 @@ class Trainer:
         logger,
         eval_dataset: Optional[Dataset] = None,
         num_workers: int = 0,
+        token_counts: Optional[Callable[[List[dict]], List[Dict[str, int]]]] = None,
     ) -> None:
         self.strategy = strategy
+        self.token_counts = token_counts or (lambda items: [{"policy": self._item_tokens(it)} for it in items])
         self.num_workers = num_workers
         self.engine = engine
         self.tokenizer = tokenizer
@@ -130,12 +136,15 @@ class Trainer:
             ds = self.train_dataset
             if hasattr(ds, "provider"):  # remote log-probs (Ray): not needed to count tokens
                 ds = ds.base
-            sizes = [self._item_tokens(ds[i]) for i in range(len(ds))]
-            over = [k for k in sizes if k > train.max_tokens_per_gpu]
+            chunks = [range(i, min(i + 1024, len(ds))) for i in range(0, len(ds), 1024)]
+            sizes = [c for chunk in chunks for c in self.token_counts([ds[j] for j in chunk])]
+            over = [max(c.values()) for c in sizes if max(c.values()) > train.max_tokens_per_gpu]
             if over:
+                most = {k: max(c[k] for c in sizes) for k in sizes[0]}
+                which = ", ".join(f"{k} up to {v}" for k, v in most.items() if v > train.max_tokens_per_gpu)
                 notes.append(
                     f"warning: --train.max_tokens_per_gpu {train.max_tokens_per_gpu}: {len(over)} of {n} rows "
-                    f"have more tokens (up to {max(over)}); each of them makes a micro-batch of its own that "
+                    f"have more tokens ({which}); each of them makes a micro-batch of its own that "
                     f"exceeds the budget (a budget of at least {max(over)} keeps every micro-batch within it)"
                 )
         return notes
@@ -168,29 +177,31 @@ class Trainer:
 
     def _token_budget_split(self, items: List[dict]) -> List[List[dict]]:
         """This process's rows of one step cut, in order, into micro-batches of at most
-        ``--train.max_tokens_per_gpu`` tokens (a longer row alone), then split further until every
-        process has as many micro-batches as the process that needs the most (ZeRO-3 runs its
+        ``--train.max_tokens_per_gpu`` tokens in every tokenisation they run (the policy's, and each
+        teacher's own when it is scored here: ``token_counts``; a longer row alone), then split further
+        until every process has as many micro-batches as the process that needs the most (ZeRO-3 runs its
         forward passes collectively)."""
         budget = self.settings.train.max_tokens_per_gpu
-        groups: List[List[dict]] = []
-        used = 0
-        for it in items:
-            n = self._item_tokens(it)
-            if groups and used + n <= budget:
-                groups[-1].append(it)
-                used += n
+        groups: List[List[int]] = []  # positions in items
+        counts = self.token_counts(items)
+        used: Dict[str, int] = {}
+        for pos, c in enumerate(counts):
+            if groups and all(used[k] + n <= budget for k, n in c.items()):
+                groups[-1].append(pos)
+                used = {k: used[k] + n for k, n in c.items()}
             else:
-                groups.append([it])
-                used = n
+                groups.append([pos])
+                used = dict(c)
+
+        def load(group: List[int]) -> int:  # the largest tokenisation of a micro-batch
+            return max(sum(counts[p][k] for p in group) for k in counts[group[0]])
+
         k = int(self.strategy.all_reduce(float(len(groups)), op="max"))
         while len(groups) < k:  # split the micro-batch with the most tokens in two
-            i = max(
-                (j for j in range(len(groups)) if len(groups[j]) > 1),
-                key=lambda j: sum(self._item_tokens(x) for x in groups[j]),
-            )
+            i = max((j for j in range(len(groups)) if len(groups[j]) > 1), key=lambda j: load(groups[j]))
             half = len(groups[i]) // 2
             groups[i : i + 1] = [groups[i][:half], groups[i][half:]]
-        return groups
+        return [[items[p] for p in g] for g in groups]
 
     # ---- helpers -------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
@@ -326,6 +337,8 @@ class Trainer:
                 else:
                     micro = [self._to_device(next(it)) for _ in range(self.accum)]
                 tokens = [real_and_padded_tokens(b) for b in micro]
+                # The policy computes (forwards, backwards, the optimizer step): a span of the timeline.
+                span = timeline.begin("policy step")
                 self.engine.train()
                 self._begin_step(micro)
                 lr = self.engine.get_lr()[0]  # the rate this step uses
@@ -352,6 +365,7 @@ class Trainer:
                     )
                 else:
                     metrics = self.strategy.all_reduce(mean_metrics(records))
+                timeline.end(span)
                 step += 1
                 consumed += bs
                 metrics["lr"] = lr

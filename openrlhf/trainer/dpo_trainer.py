@@ -42,7 +42,7 @@ class DPOTrainer(Trainer):
     (``ref_chosen_logp`` / ``ref_rejected_logp``) or when the loss has no reference term.
     ``kd`` (dDPO+KL): the loss adds ``kd.coef`` x the token-level KL(teacher || policy) on the
     chosen responses (mean over their tokens), the teacher reading the policy's own tokens (one
-    vocabulary of ``kd.vocab_size``). The first nine keyword arguments are the loop's
+    vocabulary of ``kd.vocab_size``). The first ten keyword arguments are the loop's
     (:class:`~openrlhf.trainer.base.Trainer`).
     """
 
@@ -58,6 +58,7 @@ class DPOTrainer(Trainer):
         logger,
         eval_dataset: Optional[Dataset] = None,
         num_workers: int = 0,
+        token_counts: Optional[Callable] = None,
         loss_fn: Callable,
         ref_engine=None,
         nll_loss_coef: float = 0.0,
@@ -73,6 +74,7 @@ class DPOTrainer(Trainer):
             logger=logger,
             eval_dataset=eval_dataset,
             num_workers=num_workers,
+            token_counts=token_counts,
         )
         self.ref_engine = ref_engine
         self.loss_fn = loss_fn
