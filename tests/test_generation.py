@@ -476,7 +476,7 @@ class LLM:
         outs = []
         for p, sp in zip(prompts, params):
             kw, ids = sp.kw, p["prompt_token_ids"]
-            base = sum(ids) + int(kw["temperature"] * 100) + (kw["seed"] or 0)
+            base = sum(ids) + int(kw["temperature"] * 100) + (kw.get("seed") or 0)
             n = min(kw["max_tokens"], 3)
             outs.append(_Out(_Seq([20 + (base + k) % 300 for k in range(n)], "length")))
         return outs
