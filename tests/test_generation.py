@@ -307,8 +307,10 @@ def test_vllm_settings_name_the_executor_and_skip_detokenizing():
     so the executor is named: ``mp`` (tp worker processes inside the engine's actor) for tp > 1, ``uni``
     for one device. Output text is never used: no detokenizing."""
     from openrlhf.generation.ray_engines import engine_gpus
+    from openrlhf.generation.sampling import Sampling
     from openrlhf.generation.vllm_backend import VLLMSettings, llm_kwargs, sampling_kwargs
 
+    own = {"temperature": 0.7, "max_tokens": 9, "seed": 123}
     for tp, backend in ((1, "uni"), (2, "mp"), (4, "mp")):
         s = VLLMSettings(
             model="m",
@@ -338,9 +340,12 @@ def test_vllm_settings_name_the_executor_and_skip_detokenizing():
             "top_p": 1.0,
             "top_k": -1,
             "max_tokens": 4,
+            "seed": None,  # the engine's stream (seeded with --train.seed)
             "stop_token_ids": [7, 8],
             "detokenize": False,
         }
+        # a prompt's own settings: its temperature, max_new_tokens and seed; top_p / top_k / stops the run's
+        assert sampling_kwargs(s, Sampling(0.7, 9, 123)) == {**sampling_kwargs(s), **own}
         # one bundle (one node, one actor) of all tp GPUs per vLLM engine; one GPU per hf engine; none on CPUs
         assert engine_gpus("vllm", tp, True) == tp and engine_gpus("hf", tp, True) == 1
         assert engine_gpus("vllm", tp, False) == 0
@@ -384,3 +389,180 @@ def test_sampling_is_reproducible_by_seed(tiny_dir, prompts_jsonl, tmp_path):
 
     a, b, c = sample("a.jsonl", 1), sample("b.jsonl", 1), sample("c.jsonl", 2)
     assert a == b and a != c
+
+
+# ---- rows of several settings: one model load, one engine per run ---------------------------------------------
+
+MIXED = [  # (temperature, max_new_tokens) of each row, as the MT-Bench prompt files carry them by category
+    (0.0, 6),
+    (1.0, 8),
+    (0.0, 3),
+    (1.0, 8),
+    (0.0, 6),
+    (0.5, 8),
+]
+
+
+def mixed_rows(ids=None):
+    ids = range(len(PROMPTS)) if ids is None else ids
+    return [{**PROMPTS[i], "temperature": MIXED[i][0], "max_new_tokens": MIXED[i][1]} for i in ids]
+
+
+def test_hf_loads_the_model_once_for_every_setting_and_answers_as_each_setting_alone(tiny_dir, tmp_path, monkeypatch):
+    """Rows of four settings (greedy and sampled, several max_new_tokens): one model load, and every row
+    answered exactly as a run of its setting alone answers it (the random stream seeded per setting)."""
+    import openrlhf.generation.hf_backend as hf
+
+    loads = []
+
+    class Counting:
+        @staticmethod
+        def from_pretrained(*a, **k):
+            loads.append(a[0])
+            return hf_auto.from_pretrained(*a, **k)
+
+    hf_auto = hf.AutoModelForCausalLM
+    monkeypatch.setattr(hf, "AutoModelForCausalLM", Counting)
+    mixed = str(tmp_path / "mixed.jsonl")
+    stats = run(make_cfg(tiny_dir, write_jsonl(str(tmp_path / "m.jsonl"), mixed_rows()), mixed, "--train.seed", "3"))
+    assert len(loads) == 1 and stats["generated"] == len(PROMPTS)
+    got = {r["id"]: r for r in read(mixed)}
+    assert [r["response_tokens"] for r in got.values()] == [m for _, m in MIXED]  # the tiny model never stops
+
+    for setting in dict.fromkeys(MIXED):
+        ids = [i for i, s in enumerate(MIXED) if s == setting]
+        name = f"{setting[0]}_{setting[1]}"
+        alone, rows = str(tmp_path / f"alone_{name}.jsonl"), str(tmp_path / f"rows_{name}.jsonl")
+        run(make_cfg(tiny_dir, write_jsonl(rows, mixed_rows(ids)), alone, "--train.seed", "3"))
+        for r in read(alone):
+            assert r == got[r["id"]], (setting, r["id"])
+
+
+# A stand-in for the vllm package (the main leg has none): its LLM logs each construction and each generate
+# call (to $FAKE_VLLM_LOG, from any process) and answers with tokens that depend on the prompt, the temperature
+# and the seed, so the test sees which settings each prompt got and which engine starts happened.
+FAKE_VLLM = """
+import json, os
+
+
+class SamplingParams:
+    def __init__(self, **kw):
+        self.kw = kw
+
+
+class _Seq:
+    def __init__(self, token_ids, finish_reason):
+        self.token_ids, self.finish_reason = token_ids, finish_reason
+
+
+class _Out:
+    def __init__(self, seq):
+        self.outputs = [seq]
+
+
+def _log(**event):
+    with open(os.environ["FAKE_VLLM_LOG"], "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), **event}) + "\\n")
+
+
+class LLM:
+    def __init__(self, **kw):
+        _log(event="init", model=kw["model"])
+
+    def generate(self, prompts, params, use_tqdm=True):
+        if not isinstance(params, list):  # one for all prompts, as vLLM takes it too
+            params = [params] * len(prompts)
+        _log(event="generate", params=[p.kw for p in params], prompts=[p["prompt_token_ids"] for p in prompts])
+        outs = []
+        for p, sp in zip(prompts, params):
+            kw, ids = sp.kw, p["prompt_token_ids"]
+            base = sum(ids) + int(kw["temperature"] * 100) + (kw.get("seed") or 0)
+            n = min(kw["max_tokens"], 3)
+            outs.append(_Out(_Seq([20 + (base + k) % 300 for k in range(n)], "length")))
+        return outs
+"""
+
+
+@pytest.fixture()
+def fake_vllm(tmp_path, monkeypatch):
+    """The stand-in vllm importable here and in spawned engine processes (their sys.path is this one's);
+    returns a function that reads its log. Any vllm imported before is put back afterwards."""
+    pkg = tmp_path / "fake_vllm"
+    (pkg / "vllm").mkdir(parents=True)
+    (pkg / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    log = tmp_path / "fake_vllm.log"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    monkeypatch.syspath_prepend(str(pkg))
+    yield lambda: [json.loads(x) for x in open(log)] if log.exists() else []
+    sys.modules.pop("vllm", None)
+
+
+def mt_rows():
+    """Multi-turn rows of three settings (MT-Bench's temperatures by category), one of them a single turn."""
+    temps = [0.7, 0.0, 0.1, 0.7, 0.0, 0.1]
+    return [
+        {
+            "id": 81 + i,
+            "turns": [f"Question {i} about the sea.", f"And a follow-up {i}?"][: 1 if i == 4 else 2],
+            "temperature": t,
+            "max_new_tokens": 5,
+        }
+        for i, t in enumerate(temps)
+    ]
+
+
+def test_vllm_starts_one_engine_for_every_setting_and_turn(tiny_dir, fake_vllm, tmp_path):
+    """MT-Bench-like rows (three temperatures, two turns): one engine, one ``LLM.generate`` per turn with a
+    SamplingParams per prompt (its row's temperature; a sampled row's own seed, another one per turn);
+    two engine processes start one engine each and answer the same."""
+    from openrlhf.generation.sampling import row_seed
+
+    rows = mt_rows()
+    prompts = write_jsonl(str(tmp_path / "mt.jsonl"), rows)
+
+    def cfg(out, *extra):
+        return load_config(
+            [
+                "--model.model_name_or_path",
+                tiny_dir,
+                "--data.dataset",
+                prompts,
+                "--data.apply_chat_template",
+                "--generate.output_path",
+                out,
+                "--generate.backend",
+                "vllm",
+                "--generate.batch_size",
+                "16",
+                "--train.seed",
+                "5",
+                *extra,
+            ],
+            task="generate",
+            check_packages=False,
+        )
+
+    one = str(tmp_path / "one.jsonl")
+    stats = run(cfg(one))
+    events = fake_vllm()
+    assert [e["event"] for e in events] == ["init", "generate", "generate"]  # one engine, one call per turn
+    for turn, call in enumerate(events[1:]):
+        todo = [r for r in rows if len(r["turns"]) > turn]
+        assert [(p["temperature"], p["max_tokens"]) for p in call["params"]] == [(r["temperature"], 5) for r in todo]
+        assert [p["seed"] for p in call["params"]] == [
+            row_seed(5, r["id"], turn) if r["temperature"] > 0 else None for r in todo
+        ]
+    assert stats["generated"] == 6 and stats["new_tokens"] == 3 * 11
+    answered = read(one)
+    assert [len(r["responses"]) for r in answered] == [2, 2, 2, 2, 1, 2]
+    assert answered[0]["responses"] != answered[3]["responses"]  # same template, own seeds
+
+    two = str(tmp_path / "two.jsonl")
+    open(os.environ["FAKE_VLLM_LOG"], "w").close()
+    run(cfg(two, "--vllm.num_engines", "2"))
+    events = fake_vllm()
+    inits = [e for e in events if e["event"] == "init"]
+    assert len(inits) == 2 and len({e["pid"] for e in inits}) == 2  # one engine per process, for both turns
+    assert sum(len(e["prompts"]) for e in events if e["event"] == "generate") == 11
+    assert read(two) == answered

@@ -309,8 +309,8 @@ def test_generation_engines_as_ray_actors_answer_like_the_hf_backend(ray_head, t
 
     prompts = write_jsonl(
         str(tmp_path / "prompts.jsonl"),
-        [
-            {"id": i, "prompt": f"Tell me about {t}."}
+        [  # two settings: rows 1 and 3 carry their own max_new_tokens
+            {"id": i, "prompt": f"Tell me about {t}.", **({"max_new_tokens": 3} if i in (1, 3) else {})}
             for i, t in enumerate(["the sea", "a fox", "tea", "rain", "books"])
         ],
     )
@@ -329,7 +329,7 @@ def test_generation_engines_as_ray_actors_answer_like_the_hf_backend(ray_head, t
     ]
     here = str(tmp_path / "here.jsonl")
     generate(load_config(common + ["--generate.output_path", here], "generate"))
-    on_ray = str(tmp_path / "ray.jsonl")
+    on_ray, said = str(tmp_path / "ray.jsonl"), []
     stats = generate(
         load_config(
             common
@@ -345,14 +345,17 @@ def test_generation_engines_as_ray_actors_answer_like_the_hf_backend(ray_head, t
                 ray_head["address"],
             ],
             "generate",
-        )
+        ),
+        log=said.append,
     )
     assert stats["generated"] == 5
+    assert sum("engine(s) as Ray actors" in x for x in said) == 1  # the engines started once for both settings
 
     def answers(path):
         return {r["id"]: (r["response"], r["finish_reason"]) for r in map(json.loads, open(path))}
 
     assert answers(on_ray) == answers(here)
+    assert [answers(on_ray)[i][1] for i in (1, 3)] == ["length", "length"]  # cut at their own 3 tokens
     assert [json.loads(x)["id"] for x in open(on_ray)] == [0, 1, 2, 3, 4]  # prompt-file order
 
 

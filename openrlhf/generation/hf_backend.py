@@ -2,7 +2,10 @@
 
 Prompts are sorted by length (longest first, ties by position: a fixed order) and
 left-padded into batches of ``--generate.batch_size``. Decoding is greedy when the
-temperature is 0, else sampling with temperature / top_p / top_k. Every setting is
+temperature is 0, else sampling with temperature / top_p / top_k. Prompts of several
+settings (per-prompt temperature / max_new_tokens, :mod:`openrlhf.generation.sampling`) are
+answered one setting at a time by the one loaded model, the random stream seeded with
+``--train.seed`` at the start of each setting (as a run of that setting alone). Every setting
 that shapes decoding (do_sample, temperature, top_p, top_k, repetition penalty, min
 new tokens, beams, eos/pad ids) is passed explicitly, so defaults in the model's
 ``generation_config.json`` never change the decoding asked for.
@@ -18,6 +21,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+from openrlhf.generation.sampling import Sampling, setting_groups
 from openrlhf.models.actor import resolve_attn_implementation
 from openrlhf.utils.dtypes import torch_dtype
 
@@ -62,13 +66,17 @@ class HFGenerator:
             raise ValueError(f"--model.model_name_or_path: cannot load a causal LM from {model_path!r}: {e}") from e
         self.model = model.to(self.device).eval()
         self.seed = seed
-        sampling = gen_cfg.temperature > 0
-        self.generation_config = GenerationConfig(
-            max_new_tokens=gen_cfg.max_new_tokens,
+
+    def decoding(self, temperature: float, max_new_tokens: int) -> GenerationConfig:
+        """transformers' settings for one (temperature, max_new_tokens); top_p / top_k from the run's config."""
+        gen_cfg = self.cfg
+        sampling = temperature > 0
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
             min_new_tokens=0,
             do_sample=sampling,
             num_beams=1,
-            temperature=gen_cfg.temperature if sampling else 1.0,
+            temperature=temperature if sampling else 1.0,
             top_p=gen_cfg.top_p if sampling else 1.0,
             top_k=(gen_cfg.top_k if gen_cfg.top_k > 0 else 0) if sampling else 50,  # 50: transformers' neutral default
             repetition_penalty=1.0,
@@ -78,9 +86,11 @@ class HFGenerator:
         )
 
     @staticmethod
-    def order(prompt_ids: Sequence[Sequence[int]]) -> List[int]:
-        """Batching order: longest prompt first, ties by position."""
-        return sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
+    def order(prompt_ids: Sequence[Sequence[int]], positions: Optional[Sequence[int]] = None) -> List[int]:
+        """Batching order of ``positions`` (default: all): longest prompt first, ties by position."""
+        if positions is None:
+            positions = range(len(prompt_ids))
+        return sorted(positions, key=lambda i: (-len(prompt_ids[i]), i))
 
     def _left_pad(self, batch: Sequence[Sequence[int]]):
         torch = self.torch
@@ -93,20 +103,31 @@ class HFGenerator:
                 mask[r, width - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
-        """Yield the results of one batch at a time (positions index ``prompt_ids``)."""
+    def run(
+        self, prompt_ids: Sequence[Sequence[int]], sampling: Optional[Sequence[Sampling]] = None
+    ) -> Iterator[List[Result]]:
+        """Yield the results of one batch at a time (positions index ``prompt_ids``). ``sampling``: each
+        prompt's own temperature / max_new_tokens (default: the run's config); one setting at a time."""
         torch = self.torch
-        if self.cfg.temperature > 0:
-            torch.manual_seed(self.seed)
-        order = self.order(prompt_ids)
+        if sampling is None:
+            groups = [((self.cfg.temperature, self.cfg.max_new_tokens), list(range(len(prompt_ids))))]
+        else:
+            if len(sampling) != len(prompt_ids):
+                raise ValueError(f"{len(sampling)} sampling settings for {len(prompt_ids)} prompts")
+            groups = setting_groups(sampling)
         bs = self.cfg.batch_size
-        for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
-            ids, mask = self._left_pad([prompt_ids[i] for i in idx])
-            with torch.no_grad():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=self.generation_config)
-            gen = out[:, ids.shape[1] :].tolist()
-            yield [(i, g, None) for i, g in zip(idx, gen, strict=True)]
+        for (temperature, max_new_tokens), positions in groups:
+            config = self.decoding(temperature, max_new_tokens)
+            if temperature > 0:
+                torch.manual_seed(self.seed)
+            order = self.order(prompt_ids, positions)
+            for start in range(0, len(order), bs):
+                idx = order[start : start + bs]
+                ids, mask = self._left_pad([prompt_ids[i] for i in idx])
+                with torch.no_grad():
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                gen = out[:, ids.shape[1] :].tolist()
+                yield [(i, g, None) for i, g in zip(idx, gen, strict=True)]
 
     def close(self) -> None:
         """Free the model (and its GPU memory)."""

@@ -3,7 +3,9 @@ cluster, each running one backend (vLLM with ``--vllm.tensor_parallel_size`` GPU
 generate on one GPU or on CPUs), the prompts dealt out in chunks of ``--generate.batch_size``
 (chunk j to engine j mod N). Each finished chunk comes back as it is done, so the caller writes the
 resumable output file as it goes, exactly as with the in-process backends. A dead engine stops the run
-with an error naming it.
+with an error naming it. The engines are started once per run and answer prompts of every setting
+(:mod:`openrlhf.generation.sampling`) and turn: vLLM chunks mix settings (one ``SamplingParams`` per
+prompt); the hf backend's chunks hold one setting each (a chunk is one seeded ``run`` of it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from openrlhf.generation.hf_backend import HFGenerator
-from openrlhf.generation.vllm_backend import VLLMSettings, _Engine
+from openrlhf.generation.sampling import Sampling, setting_groups
+from openrlhf.generation.vllm_backend import Item, VLLMSettings, _Engine, make_items
 from openrlhf.utils.ray_group import (
     ActorGroup,
     DistWorker,
@@ -55,10 +58,11 @@ class EngineWorker(DistWorker):
             self.engine = _Engine(VLLMSettings.from_config(cfg, stop_ids))
             self.positional = False
 
-    def generate(self, items: List[Tuple[int, List[int]]]) -> List[Result]:
+    def generate(self, items: List[Item]) -> List[Result]:
         out: List[Result] = []
         if self.positional:  # the hf generator numbers the prompts it is given from 0
-            for results in self.engine.run([ids for _, ids in items]):
+            sampling = None if any(sm is None for _, _, sm in items) else [sm for _, _, sm in items]
+            for results in self.engine.run([ids for _, ids, _ in items], sampling):
                 out += [(items[k][0], ids, finish) for k, ids, finish in results]
         else:
             for results in self.engine.run(items):
@@ -78,6 +82,7 @@ class RayGenerator:
         connect(cfg.ray.address)
         v, g = cfg.vllm, cfg.generate
         self.batch_size = g.batch_size
+        self.backend = g.backend
         gpus = engine_gpus(g.backend, v.tensor_parallel_size, cluster_has_gpus())
         self.bundles = make_bundles(
             "the generation engines", v.num_engines, cfg.ray.num_cpus_per_actor, gpus, cfg.ray.placement_timeout
@@ -98,12 +103,22 @@ class RayGenerator:
         )
         self.group.get(self.group.call("load", cfg, list(stop_ids), pad_id))
 
-    def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
-        """Yield finished chunks ``[(position, token ids, finish reason)]`` as they arrive."""
+    def chunks(self, items: List[Item]) -> List[List[Item]]:
+        """The chunks of ``batch_size`` prompts dealt to the engines: vLLM's in prompt order, whatever their
+        settings; the hf backend's within each setting (in order of first appearance)."""
+        parts = [items]
+        if self.backend == "hf" and all(sm is not None for _, _, sm in items):
+            parts = [[items[k] for k in ks] for _, ks in setting_groups([sm for _, _, sm in items])]
+        return [part[s : s + self.batch_size] for part in parts for s in range(0, len(part), self.batch_size)]
+
+    def run(
+        self, prompt_ids: Sequence[Sequence[int]], sampling: Optional[Sequence[Sampling]] = None
+    ) -> Iterator[List[Result]]:
+        """Yield finished chunks ``[(position, token ids, finish reason)]`` as they arrive. ``sampling``: each
+        prompt's own settings (default: the run's)."""
         import ray
 
-        items = [(i, list(ids)) for i, ids in enumerate(prompt_ids)]
-        chunks = [items[s : s + self.batch_size] for s in range(0, len(items), self.batch_size)]
+        chunks = self.chunks(make_items(prompt_ids, sampling))
         n = len(self.group)
         where = {}
         for j, chunk in enumerate(chunks):

@@ -7,12 +7,16 @@ the CUDA build (``pip install -e ".[vllm]"``) and the CPU build (``pip install -
 - ``--vllm.num_engines N``: N worker processes (multiprocessing ``spawn``). On a GPU machine each
   gets its own ``CUDA_VISIBLE_DEVICES`` slice of ``tp_size`` GPUs taken in order from the visible
   ones; on a CPU machine each gets its own share of this process's CPU cores
-  (``VLLM_CPU_OMP_THREADS_BIND``). Prompt k goes to engine ``k % N``. Workers send each finished
-  chunk of ``--generate.batch_size`` prompts back to this process, which writes it (so resuming
-  works as with the hf backend). A worker that fails stops the run with its traceback.
+  (``VLLM_CPU_OMP_THREADS_BIND``). Prompt k goes to engine ``k % N``. Workers start their engine
+  once and answer every call of the run (each turn of multi-turn prompts) until it closes; they send
+  each finished chunk of ``--generate.batch_size`` prompts back to this process, which writes it (so
+  resuming works as with the hf backend). A worker that fails stops the run with its traceback.
 
 Prompts are handed over as token ids (rendered exactly as for the hf backend), and
-the stop ids are passed as ``stop_token_ids``. ``batch_size`` is the number of
+the stop ids are passed as ``stop_token_ids``. Each prompt may carry its own temperature,
+max_new_tokens and seed (:class:`~openrlhf.generation.sampling.Sampling`): every engine is started
+once per run and answers prompts of all settings in the same ``LLM.generate`` calls (one
+``SamplingParams`` per prompt). ``batch_size`` is the number of
 prompts per ``LLM.generate`` call: vLLM schedules them itself, so use a large value
 (hundreds) on a GPU; it is also the granularity of resuming.
 
@@ -34,10 +38,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from openrlhf.generation.sampling import Sampling
 from openrlhf.utils.dtypes import torch_dtype_name
 from openrlhf.utils.errors import UserError, has_package, require_package
 
 Result = Tuple[int, List[int], Optional[str]]
+# (position in the prompt list, prompt token ids, the prompt's own sampling or None for the run's settings)
+Item = Tuple[int, List[int], Optional[Sampling]]
 
 
 def resolve_backend(backend: str, num_engines: int = 1, on_ray: bool = False, log=print) -> str:
@@ -115,37 +122,45 @@ def llm_kwargs(s: VLLMSettings) -> dict:
     )
 
 
-def sampling_kwargs(s: VLLMSettings) -> dict:
-    """The arguments of ``vllm.SamplingParams``. ``detokenize=False``: only the token ids are used (the
-    caller decodes them once); stopping is on ``stop_token_ids``, which vLLM checks on ids."""
+def sampling_kwargs(s: VLLMSettings, sampling: Optional[Sampling] = None) -> dict:
+    """The arguments of ``vllm.SamplingParams`` for one prompt: its own temperature, max_new_tokens and seed
+    (``sampling``), else the run's (no seed of its own: the engine's random stream, seeded with
+    ``--train.seed``). ``detokenize=False``: only the token ids are used (the caller decodes them once);
+    stopping is on ``stop_token_ids``, which vLLM checks on ids."""
+    if sampling is None:
+        sampling = Sampling(s.temperature, s.max_tokens)
     return dict(
-        temperature=s.temperature,
+        temperature=sampling.temperature,
         top_p=s.top_p,
         top_k=s.top_k,
-        max_tokens=s.max_tokens,
+        max_tokens=sampling.max_new_tokens,
+        seed=sampling.seed,
         stop_token_ids=list(s.stop_ids),
         detokenize=False,
     )
 
 
 class _Engine:
-    """One ``vllm.LLM`` and its sampling parameters."""
+    """One ``vllm.LLM``, started once; each prompt gets its own sampling parameters."""
 
     def __init__(self, s: VLLMSettings):
         require_package("vllm", "--generate.backend vllm (use --generate.backend hf without it)")
         from vllm import LLM, SamplingParams
 
+        self.settings = s
         self.llm = LLM(**llm_kwargs(s))
-        self.params = SamplingParams(**sampling_kwargs(s))
+        self.sampling_params = SamplingParams
         self.batch_size = s.batch_size
 
-    def run(self, items: Sequence[Tuple[int, List[int]]]) -> Iterator[List[Result]]:
+    def run(self, items: Sequence[Item]) -> Iterator[List[Result]]:
+        """Answer ``items`` in chunks of ``batch_size``, whatever their settings (one ``SamplingParams`` each)."""
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
-            outs = self.llm.generate([{"prompt_token_ids": list(ids)} for _, ids in chunk], self.params, use_tqdm=False)
+            params = [self.sampling_params(**sampling_kwargs(self.settings, sm)) for _, _, sm in chunk]
+            outs = self.llm.generate([{"prompt_token_ids": list(ids)} for _, ids, _ in chunk], params, use_tqdm=False)
             yield [
                 (i, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
-                for (i, _), o in zip(chunk, outs, strict=True)
+                for (i, _, _), o in zip(chunk, outs, strict=True)
             ]
 
     def close(self) -> None:
@@ -203,16 +218,18 @@ def cpu_slices(cores: Sequence[int], num_engines: int) -> List[str]:
 GPU_SLICE_ENV, CPU_SLICE_ENV = "CUDA_VISIBLE_DEVICES", "VLLM_CPU_OMP_THREADS_BIND"
 
 
-def _worker(rank: int, env_name: str, devices: str, settings: dict, items: list, out_queue) -> None:
-    """Entry point of one engine process (spawned)."""
+def _worker(rank: int, env_name: str, devices: str, settings: dict, in_queue, out_queue) -> None:
+    """Entry point of one engine process (spawned): start the engine once, then answer each job of
+    ``in_queue`` (a list of items; ``None`` ends the process), its chunks and then ``done`` to ``out_queue``."""
     os.environ[env_name] = devices
     code = 0
     engine = None
     try:
         engine = _Engine(VLLMSettings(**settings))
-        for results in engine.run(items):
-            out_queue.put(("batch", rank, results))
-        out_queue.put(("done", rank, None))
+        while (items := in_queue.get()) is not None:
+            for results in engine.run(items):
+                out_queue.put(("batch", rank, results))
+            out_queue.put(("done", rank, None))
     except BaseException:
         code = 1
         out_queue.put(("error", rank, traceback.format_exc()))
@@ -227,8 +244,10 @@ def _worker(rank: int, env_name: str, devices: str, settings: dict, items: list,
 
 
 class VLLMGenerator:
-    """Engines for one run. With one engine it is built here (so the load is not
-    counted as generation time); several engines start their processes in :meth:`run`."""
+    """Engines for one run, each started once and used for every call of :meth:`run` (every setting and
+    turn) until :meth:`close`. One engine is built here (so the load is not counted as generation time);
+    several engine processes start at the first :meth:`run` (as many as it has prompts, at most
+    ``num_engines``) and stay until :meth:`close`."""
 
     def __init__(self, settings: VLLMSettings, num_engines: int = 1, poll_s: float = 5.0):
         self.settings = settings
@@ -237,6 +256,9 @@ class VLLMGenerator:
         self.slices: List[str] = []
         self.slice_env = GPU_SLICE_ENV
         self.engine: Optional[_Engine] = None
+        self.procs: List[Tuple[object, object]] = []  # (process, its job queue), by rank
+        self.out_queue = None
+        self.busy = False  # a job was handed out and not fully collected (an interrupted run)
         if self.num_engines == 1:
             self.engine = _Engine(settings)
         elif torch.cuda.is_available():
@@ -245,67 +267,103 @@ class VLLMGenerator:
             self.slice_env = CPU_SLICE_ENV
             self.slices = cpu_slices(sorted(os.sched_getaffinity(0)), self.num_engines)
 
-    def run(self, prompt_ids: Sequence[Sequence[int]]) -> Iterator[List[Result]]:
-        """Yield finished chunks ``[(position, token ids, finish reason)]`` as they arrive."""
-        items = [(i, list(ids)) for i, ids in enumerate(prompt_ids)]
+    def run(
+        self, prompt_ids: Sequence[Sequence[int]], sampling: Optional[Sequence[Sampling]] = None
+    ) -> Iterator[List[Result]]:
+        """Yield finished chunks ``[(position, token ids, finish reason)]`` as they arrive. ``sampling``: each
+        prompt's own settings (default: the run's)."""
+        items = make_items(prompt_ids, sampling)
         if self.engine is not None:
             yield from self.engine.run(items)
-        else:
+        elif items:
             yield from self._run_engines(items)
 
-    def _run_engines(self, items: List[Tuple[int, List[int]]]) -> Iterator[List[Result]]:
+    def _start_engines(self, n: int) -> None:
         ctx = mp.get_context("spawn")
-        out_queue = ctx.Queue()
-        procs = []
-        for rank in range(self.num_engines):
-            shard = items[rank :: self.num_engines]
-            if not shard:
-                continue
+        self.out_queue = ctx.Queue()
+        for rank in range(n):
+            in_queue = ctx.Queue()
             p = ctx.Process(
                 target=_worker,
-                args=(rank, self.slice_env, self.slices[rank], asdict(self.settings), shard, out_queue),
+                args=(rank, self.slice_env, self.slices[rank], asdict(self.settings), in_queue, self.out_queue),
                 name=f"vllm-engine-{rank}",
                 daemon=False,
             )
             p.start()
-            procs.append((rank, p))
-        running = {rank for rank, _ in procs}
-        try:
-            while running:
-                try:
-                    kind, rank, payload = out_queue.get(timeout=self.poll_s)
-                except queue_mod.Empty:
-                    for rank, p in procs:
-                        if rank in running and not p.is_alive():
-                            raise RuntimeError(
-                                f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) "
-                                f"exited with code {p.exitcode} before finishing"
-                            ) from None
-                    continue
-                if kind == "batch":
-                    yield payload
-                elif kind == "done":
-                    running.discard(rank)
-                else:
-                    raise RuntimeError(f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) failed:\n{payload}")
-        finally:
-            for rank, p in procs:
-                if rank in running and p.is_alive():
-                    p.terminate()
-            for _, p in procs:
-                p.join(timeout=60)
-                if p.is_alive():
-                    p.kill()
-                    p.join(timeout=10)
+            self.procs.append((p, in_queue))
+
+    def _run_engines(self, items: List[Item]) -> Iterator[List[Result]]:
+        """Prompt k to engine ``k % E`` (E: the engines started, ``min(num_engines, prompts of the first run)``)."""
+        if not self.procs:
+            self._start_engines(min(self.num_engines, len(items)))
+        n = len(self.procs)
+        running = set()
+        self.busy = True
+        for rank, (_, in_queue) in enumerate(self.procs):
+            shard = items[rank::n]
+            if shard:
+                in_queue.put(shard)
+                running.add(rank)
+        while running:
+            try:
+                kind, rank, payload = self.out_queue.get(timeout=self.poll_s)
+            except queue_mod.Empty:
+                for rank in running:
+                    p = self.procs[rank][0]
+                    if not p.is_alive():
+                        raise RuntimeError(
+                            f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) "
+                            f"exited with code {p.exitcode} before finishing"
+                        ) from None
+                continue
+            if kind == "batch":
+                yield payload
+            elif kind == "done":
+                running.discard(rank)
+            elif kind == "error":
+                raise RuntimeError(f"vLLM engine {rank} ({self.slice_env}={self.slices[rank]}) failed:\n{payload}")
+        self.busy = False
 
     def close(self) -> None:
+        """Stop the engines: each idle engine process ends when told to; one still busy (an interrupted run)
+        is terminated."""
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+        procs, self.procs = self.procs, []
+        for p, in_queue in procs:
+            if p.is_alive() and not self.busy:
+                in_queue.put(None)
+            elif p.is_alive():
+                p.terminate()
+            in_queue.close()
+            if self.busy:  # a job a terminated engine never read must not hold this process at its exit
+                in_queue.cancel_join_thread()
+        for p, _ in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=10)
+        self.busy = False
+
+
+def make_items(prompt_ids: Sequence[Sequence[int]], sampling: Optional[Sequence[Sampling]] = None) -> List[Item]:
+    """``(position, prompt ids, sampling or None)`` of each prompt."""
+    if sampling is not None and len(sampling) != len(prompt_ids):
+        raise ValueError(f"{len(sampling)} sampling settings for {len(prompt_ids)} prompts")
+    return [(i, list(ids), None if sampling is None else sampling[i]) for i, ids in enumerate(prompt_ids)]
 
 
 def run_vllm(
-    settings: VLLMSettings, prompt_ids: Sequence[Sequence[int]], num_engines: int = 1, poll_s: float = 5.0
+    settings: VLLMSettings,
+    prompt_ids: Sequence[Sequence[int]],
+    num_engines: int = 1,
+    poll_s: float = 5.0,
+    sampling: Optional[Sequence[Sampling]] = None,
 ) -> Iterator[List[Result]]:
-    """``VLLMGenerator(settings, num_engines).run(prompt_ids)``."""
-    yield from VLLMGenerator(settings, num_engines, poll_s).run(prompt_ids)
+    """``VLLMGenerator(settings, num_engines).run(prompt_ids, sampling)``, its engines stopped afterwards."""
+    gen = VLLMGenerator(settings, num_engines, poll_s)
+    try:
+        yield from gen.run(prompt_ids, sampling)
+    finally:
+        gen.close()

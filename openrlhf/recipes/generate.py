@@ -13,13 +13,17 @@ Output rows (the id always under ``id``) and resuming: see
 already there (an id already answered for another prompt is an error); when every
 prompt is answered the file is rewritten (atomically) in the order of the prompt file.
 
-Sampling (``--generate.temperature`` > 0) is seeded once with ``--train.seed``: an
-uninterrupted run is reproducible; a resumed run samples its remaining prompts afresh.
+Sampling (``--generate.temperature`` > 0) is seeded with ``--train.seed``. The vllm backend seeds each
+sampled answer on its own (``--train.seed``, the row's id and the turn): the same answer whatever shares
+its batch, the batch size, the number of engines, or a resume. The hf backend seeds its one random stream
+at the start of each setting: an uninterrupted run is reproducible; a resumed run samples its remaining
+prompts afresh.
 
 A prompt row may carry its own ``temperature`` and ``max_new_tokens`` (the MT-Bench / AlpacaEval
 prompt files of ``python -m openrlhf.cli.eval_prompts`` carry FastChat's: by MT-Bench category, 1024
-new tokens); they apply to that row unless ``--generate.row_settings false``. Rows are answered in
-one group per distinct setting (the model loaded once per group).
+new tokens); they apply to that row unless ``--generate.row_settings false``. The model (each engine)
+is loaded once for all settings: vLLM answers rows of every setting in the same batches; the hf backend
+answers one setting after another (see :mod:`openrlhf.generation.sampling`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from openrlhf.generation.prompts import (
     stop_token_ids,
 )
 from openrlhf.generation.ray_engines import RayGenerator
+from openrlhf.generation.sampling import Sampling, row_seed
 from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings, resolve_backend
 from openrlhf.utils.errors import Interrupted
 
@@ -95,27 +100,30 @@ def row_sampling(cfg: GenerateTaskConfig, rows, items) -> List[Tuple[float, int]
     return out
 
 
-def sampling_groups(cfg: GenerateTaskConfig, rows, items, pending: List[int], log=print):
-    """(config, pending positions) per distinct (temperature, max_new_tokens) of the pending items, in
-    order of first appearance; one group with ``cfg`` itself when every row uses ``--generate.*``."""
+def log_settings(cfg: GenerateTaskConfig, rows, items, pending: List[int], log=print) -> None:
+    """One line per distinct (temperature, max_new_tokens) of the pending rows' own settings (those that
+    differ from ``--generate.*``), in order of first appearance."""
     settings = row_sampling(cfg, rows, items)
-    groups: Dict[Tuple[float, int], List[int]] = {}
-    for k in pending:
-        groups.setdefault(settings[k], []).append(k)
+    counts = Counter(settings[k] for k in pending)
     g = cfg.generate
-    out = []
-    for (temp, max_new), ks in groups.items():
-        if (temp, max_new) == (g.temperature, g.max_new_tokens):
-            out.append((cfg, ks))
-            continue
-        log(
-            f"generate: {len(ks)} prompts with their rows' own settings: "
-            f"{'greedy' if temp == 0 else f'sampling T={temp}'}, max_new_tokens {max_new}"
-        )
-        out.append(
-            (dataclasses.replace(cfg, generate=dataclasses.replace(g, temperature=temp, max_new_tokens=max_new)), ks)
-        )
-    return out
+    for temp, max_new in counts:
+        if (temp, max_new) != (g.temperature, g.max_new_tokens):
+            log(
+                f"generate: {counts[temp, max_new]} prompts with their rows' own settings: "
+                f"{'greedy' if temp == 0 else f'sampling T={temp}'}, max_new_tokens {max_new}"
+            )
+
+
+def prompt_sampling(cfg: GenerateTaskConfig, rows, items, positions: List[int], turn: int = 0) -> List[Sampling]:
+    """The sampling of turn ``turn`` of each item at ``positions``: its row's settings (:func:`row_sampling`),
+    a sampled one with its own seed (``--train.seed``, the row's id, the turn)."""
+    settings = row_sampling(cfg, rows, items)
+    seed = cfg.train.seed
+    return [
+        Sampling(t, m, row_seed(seed, items[k].id, turn) if t > 0 else None)
+        for k in positions
+        for t, m in [settings[k]]
+    ]
 
 
 def turn_messages(turns: List[str], answers: List[str]) -> List[Dict[str, str]]:
@@ -238,15 +246,16 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
 
     new_tokens = 0
     elapsed = 0.0
-    all_pending = pending
-    for group_cfg, pending in sampling_groups(cfg, rows, items, all_pending, log):
-        gen = _backend(group_cfg, tokenizer, stop_ids, log)
-        start, before = time.perf_counter(), elapsed
+    if pending:
+        log_settings(cfg, rows, items, pending, log)
+        gen = _backend(cfg, tokenizer, stop_ids, log)  # once for every setting (and turn)
+        start = time.perf_counter()
         try:
             if multi:
                 answers: Dict[int, List[tuple]] = {k: [] for k in pending}
                 for turn in range(max(len(items[k].prompt) for k in pending)):
                     todo = [k for k in pending if len(items[k].prompt) > turn]
+                    sampling = prompt_sampling(cfg, rows, items, todo, turn)
                     texts = [
                         renderer.render_prompt(
                             turn_messages(items[k].prompt, [a for a, _, _ in answers[k]]), items[k].where
@@ -258,15 +267,15 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                         context_problems(
                             cfg.vllm.max_model_len,
                             [
-                                (f"{items[k].where}, turn {turn + 1}", len(ids), group_cfg.generate.max_new_tokens)
-                                for k, ids in zip(todo, turn_ids, strict=True)
+                                (f"{items[k].where}, turn {turn + 1}", len(ids), sm.max_new_tokens)
+                                for k, ids, sm in zip(todo, turn_ids, sampling, strict=True)
                             ],
                             log=lambda _: None,
                         )
                     bar = tqdm(
                         total=len(todo), desc=f"generate {g.backend} turn {turn + 1}", unit="prompt", dynamic_ncols=True
                     )
-                    for results in gen.run(turn_ids):
+                    for results in gen.run(turn_ids, sampling):
                         for pos, token_ids, backend_finish in results:
                             content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
                             answers[todo[pos]].append(
@@ -274,7 +283,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                             )
                             new_tokens += n_tok
                         bar.update(len(results))
-                        bar.set_postfix(tok_s=f"{new_tokens / max(before + time.perf_counter() - start, 1e-9):.1f}")
+                        bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
                     bar.close()
                 rows_out = []
                 for k in pending:
@@ -294,11 +303,12 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                 out.append(rows_out)
                 for r in rows_out:
                     finished[r[ID_KEY]] = r
-                elapsed = before + time.perf_counter() - start
+                elapsed = time.perf_counter() - start
             else:
                 bar = tqdm(total=len(pending), desc=f"generate {g.backend}", unit="prompt", dynamic_ncols=True)
                 try:
-                    for results in gen.run([prompt_ids[k] for k in pending]):
+                    sampling = prompt_sampling(cfg, rows, items, pending)
+                    for results in gen.run([prompt_ids[k] for k in pending], sampling):
                         rows_out = []
                         for pos, token_ids, backend_finish in results:
                             it = items[pending[pos]]
@@ -317,7 +327,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
                         out.append(rows_out)
                         for r in rows_out:
                             finished[r[ID_KEY]] = r
-                        elapsed = before + time.perf_counter() - start
+                        elapsed = time.perf_counter() - start
                         bar.update(len(rows_out))
                         bar.set_postfix(tok_s=f"{new_tokens / max(elapsed, 1e-9):.1f}")
                 finally:
@@ -355,7 +365,7 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
         "backend": g.backend,
         "prompts": len(items),
         "already_done": n_before,
-        "generated": len(all_pending),
+        "generated": len(pending),
         "rows_in_output": len(wanted),
         "other_rows_in_output": len(others),
         "finish_stop": finish.get("stop", 0),
