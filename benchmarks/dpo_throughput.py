@@ -98,21 +98,15 @@ def sharegpt_pairs(model: str, n: int, max_len: int, seed: int = 0) -> List[dict
 
     from transformers import AutoTokenizer
 
-    from openrlhf.generation.sharegpt import iter_json_array, sharegpt_path
+    from openrlhf.generation.sharegpt import first_exchanges, sharegpt_path
 
     tok = AutoTokenizer.from_pretrained(model)
     rng = random.Random(seed)
     turns = []
-    for rec in iter_json_array(sharegpt_path()):
-        conv = rec.get("conversations") if isinstance(rec, dict) else None
-        if not isinstance(conv, list) or len(conv) < 2:
-            continue
-        a, b = conv[0], conv[1]
-        if a.get("from") != "human" or b.get("from") != "gpt" or not a.get("value") or not b.get("value"):
-            continue
-        p, r = len(tok(a["value"]).input_ids), len(tok(b["value"]).input_ids)
+    for human, gpt in first_exchanges(sharegpt_path()):
+        p, r = len(tok(human).input_ids), len(tok(gpt).input_ids)
         if p < 96 and 64 <= r <= max_len - p - 16:
-            turns.append((a["value"], b["value"]))
+            turns.append((human, gpt))
         if len(turns) >= 4 * n:
             break
     rng.shuffle(turns)

