@@ -16,6 +16,7 @@ import os
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Type
 
 from openrlhf.config.schema import (
+    REGISTRY,
     DADPOConfig,
     DADPORayConfig,
     DPOConfig,
@@ -67,6 +68,9 @@ class Checks(Problems):
         self.check_packages = check_packages
 
 
+Rule = Callable[[Any, Checks], None]
+
+
 # ---- the rules that read more than one section (or hold for some tasks only) -------------------------
 
 
@@ -111,6 +115,30 @@ def _pretrain_mode(cfg: Any, c: Checks) -> None:
             "model.pretrain_mode_enable",
             "conflicts with --data.apply_chat_template / --data.multiturn (pre-training reads plain text)",
         )
+
+
+_PREFERENCE_KEYS = "preference rows are read with --data.prompt_key / --data.chosen_key / --data.rejected_key"
+_SFT_KEYS = "rows are read with --data.input_key (the prompt) / --data.output_key (the response)"
+
+
+def _unused_keys(flags: Tuple[str, ...], used: str) -> Rule:
+    """A rule refusing the --data.*_key flags the task never reads, when set to other than its default."""
+
+    def rule(cfg: Any, c: Checks) -> None:
+        command = next(t.command for t in REGISTRY.values() if t.config is type(cfg))
+        default = type(cfg)().data
+        for name in flags:
+            c.need(
+                getattr(cfg.data, name) == getattr(default, name),
+                f"data.{name}",
+                f"is not used by {command}: {used}",
+            )
+
+    return rule
+
+
+_SFT_ONLY_KEYS = _unused_keys(("input_key", "output_key"), _PREFERENCE_KEYS)
+_PREFERENCE_ONLY_KEYS = _unused_keys(("prompt_key", "chosen_key", "rejected_key"), _SFT_KEYS)
 
 
 _PACKING_REFUSED = (
@@ -250,18 +278,25 @@ def _judge_files(cfg: JudgeTaskConfig, c: Checks) -> None:
             c.need(os.path.exists(os.path.expanduser(value)), flag, f"file not found: {value}")
 
 
-Rule = Callable[[Any, Checks], None]
-_PREFERENCE: Tuple[Rule, ...] = (_data_template, _one_turn, _multiturn_template)
+_PREFERENCE: Tuple[Rule, ...] = (_data_template, _one_turn, _multiturn_template, _SFT_ONLY_KEYS)
 # Task root -> the rules that read more than one of its sections (each section checks its own fields).
 CROSS_RULES: Dict[Type[RunConfig], Tuple[Rule, ...]] = {
-    SFTConfig: (_data_template, _multiturn_template, _pretrain_mode),
-    KDTrainConfig: (_data_template, _multiturn_template, _pretrain_mode, _kd, _token_kl, _no_packing),
+    SFTConfig: (_data_template, _multiturn_template, _pretrain_mode, _PREFERENCE_ONLY_KEYS),
+    KDTrainConfig: (
+        _data_template,
+        _multiturn_template,
+        _pretrain_mode,
+        _PREFERENCE_ONLY_KEYS,
+        _kd,
+        _token_kl,
+        _no_packing,
+    ),
     DPOConfig: (*_PREFERENCE, _dpo, _token_kl),
     DADPOConfig: (*_PREFERENCE, _dadpo),
     KTOTrainConfig: (*_PREFERENCE, _kto, _no_packing),
     DPORayConfig: (*_PREFERENCE, _dpo, _token_kl, _ray, _ray_dpo),
     DADPORayConfig: (*_PREFERENCE, _dadpo, _ray),
-    ScoreLogpsConfig: (_data_template, _one_source, _score),
+    ScoreLogpsConfig: (_data_template, _one_source, _SFT_ONLY_KEYS, _score),
     GenerateTaskConfig: (_data_template, _one_source, _generate),
     PruneTaskConfig: (_data_template, _one_source),
     JudgeTaskConfig: (_judge_files,),

@@ -1,0 +1,58 @@
+"""Bad input, round three (issue 36): flags accepted but unused, truncated Arrow streams, name@data_dir
+behind a path."""
+
+from __future__ import annotations
+
+import pytest
+
+from openrlhf.config import ConfigError, load_config
+
+MODEL = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/data"]
+TEACHER = ["--teacher.model_name_or_path", "org/teacher"]
+# Each task with the least it needs, beside the keys it never reads.
+PREFERENCE_TASKS = {
+    "dpo": MODEL,
+    "dadpo": MODEL + TEACHER,
+    "kto": MODEL,
+    "dpo_ray": MODEL,
+    "dadpo_ray": MODEL + TEACHER,
+    "score_logps": MODEL + TEACHER,
+}
+SFT_TASKS = {"sft": MODEL, "kd": MODEL + TEACHER}
+
+
+def problems_of(argv, task):
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, task, check_packages=False)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("task", sorted(PREFERENCE_TASKS))
+@pytest.mark.parametrize("key", ["input_key", "output_key"])
+def test_preference_tasks_refuse_sft_keys(task, key):
+    problems = problems_of(PREFERENCE_TASKS[task] + [f"--data.{key}", "question"], task)
+    line = [p for p in problems if p.startswith(f"--data.{key}: is not used by ")]
+    assert len(line) == 1 and "read with --data.prompt_key / --data.chosen_key / --data.rejected_key" in line[0], (
+        problems
+    )
+    # the keys it reads, and the unused ones at their defaults, pass
+    load_config(
+        PREFERENCE_TASKS[task] + ["--data.prompt_key", "q", "--data.chosen_key", "a"], task, check_packages=False
+    )
+
+
+@pytest.mark.parametrize("task", sorted(SFT_TASKS))
+@pytest.mark.parametrize("key", ["prompt_key", "chosen_key", "rejected_key"])
+def test_sft_tasks_refuse_preference_keys(task, key):
+    problems = problems_of(SFT_TASKS[task] + [f"--data.{key}", "question"], task)
+    line = [p for p in problems if p.startswith(f"--data.{key}: is not used by train_")]
+    assert len(line) == 1 and "--data.input_key (the prompt) / --data.output_key (the response)" in line[0], problems
+    load_config(SFT_TASKS[task] + ["--data.input_key", "q", "--data.output_key", "a"], task, check_packages=False)
+
+
+def test_unused_key_names_the_command():
+    (line,) = [p for p in problems_of(MODEL + ["--data.input_key", "q"], "dpo") if "input_key" in p]
+    assert line == (
+        "--data.input_key: is not used by train_dpo: preference rows are read with --data.prompt_key / "
+        "--data.chosen_key / --data.rejected_key"
+    )
