@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 
 from openrlhf.config import ConfigError, load_config
+from openrlhf.datasets.loading import load_rows
+
+from tiny import pref_rows, write_jsonl
 
 MODEL = ["--model.model_name_or_path", "org/student", "--data.dataset", "org/data"]
 TEACHER = ["--teacher.model_name_or_path", "org/teacher"]
@@ -56,3 +59,22 @@ def test_unused_key_names_the_command():
         "--data.input_key: is not used by train_dpo: preference rows are read with --data.prompt_key / "
         "--data.chosen_key / --data.rejected_key"
     )
+
+
+# ---- name@data_dir with a path in front ------------------------------------------------------------
+
+
+def test_name_at_data_dir_behind_a_path(tmp_path, monkeypatch):
+    rows = pref_rows(5)
+    for sub, part in (("a", rows[:2]), ("b", rows[2:])):
+        write_jsonl(str(tmp_path / "multi" / sub / "train.jsonl"), part)
+    monkeypatch.chdir(tmp_path)
+    # the same source from inside the folder, by a relative path and by an absolute one
+    for source in ("multi@b", "./multi@b", str(tmp_path / "multi") + "@b"):
+        cfg = load_config(["--model.model_name_or_path", "org/student", "--data.dataset", source], "dpo")
+        assert load_rows(cfg.data.dataset) == rows[2:], source
+    # a data_dir that is not there, or a folder that is not there, is named
+    problems = problems_of(MODEL[:2] + ["--data.dataset", str(tmp_path / "multi") + "@c"], "dpo")
+    assert f"--data.dataset: 'c' is not a folder in {tmp_path / 'multi'} (name@data_dir)" in problems, problems
+    problems = problems_of(MODEL[:2] + ["--data.dataset", "./nothing@b"], "dpo")
+    assert "--data.dataset: file or folder not found: ./nothing@b" in problems, problems

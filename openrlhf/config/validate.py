@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from openrlhf.config.schema import (
     REGISTRY,
@@ -51,6 +51,21 @@ _LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 def _looks_local(path: str) -> bool:
     """A filesystem path rather than a hub name like ``Qwen/Qwen2.5-1.5B``."""
     return path.startswith(_LOCAL_PREFIXES) or path.endswith(_LOCAL_SUFFIXES)
+
+
+def _missing_input(flag: str, path: str) -> Optional[str]:
+    """Why a local-looking input does not exist, or None. A dataset may be ``folder@data_dir`` (the
+    files under that sub-folder, read as :func:`openrlhf.datasets.loading.load_rows` does)."""
+    full = os.path.expanduser(path)
+    if os.path.exists(full):
+        return None
+    if flag.endswith(".dataset") and "@" in path:
+        folder, data_dir = (part.strip() for part in full.split("@", 1))
+        if os.path.isdir(folder):
+            if os.path.isdir(os.path.join(folder, data_dir)):
+                return None
+            return f"{data_dir!r} is not a folder in {folder} (name@data_dir)"
+    return f"file or folder not found: {path}"
 
 
 def ds_problems(ds: DSConfig, training: bool = True) -> List[str]:
@@ -321,7 +336,8 @@ def _environment(parts: Sequence[Section], c: Checks) -> None:
         for part in parts:
             for flag, path in part.inputs():
                 if path and _looks_local(path):
-                    c.need(os.path.exists(os.path.expanduser(path)), flag, f"file or folder not found: {path}")
+                    problem = _missing_input(flag, path)
+                    c.need(problem is None, flag, str(problem))
         for part in parts:
             for flag, path, is_file in part.outputs():
                 problem = (output_file_problem if is_file else output_dir_problem)(path)
