@@ -3,10 +3,14 @@ behind a path."""
 
 from __future__ import annotations
 
+import re
+
+import pyarrow as pa
 import pytest
 
 from openrlhf.config import ConfigError, load_config
 from openrlhf.datasets.loading import load_rows
+from openrlhf.utils.errors import DataError
 
 from tiny import pref_rows, write_jsonl
 
@@ -78,3 +82,40 @@ def test_name_at_data_dir_behind_a_path(tmp_path, monkeypatch):
     assert f"--data.dataset: 'c' is not a folder in {tmp_path / 'multi'} (name@data_dir)" in problems, problems
     problems = problems_of(MODEL[:2] + ["--data.dataset", "./nothing@b"], "dpo")
     assert "--data.dataset: file or folder not found: ./nothing@b" in problems, problems
+
+
+# ---- a truncated Arrow IPC stream ------------------------------------------------------------------
+
+
+def _arrow_stream(rows):
+    """The bytes of an Arrow IPC stream of one record batch per row, and the offset after each batch."""
+    table = pa.Table.from_pylist(rows)
+    sink = pa.BufferOutputStream()
+    ends = []
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=1):
+            writer.write_batch(batch)
+            ends.append(sink.tell())
+    return sink.getvalue().to_pybytes(), ends
+
+
+def test_truncated_arrow_stream_is_refused(tmp_path):
+    rows = pref_rows(4)
+    data, ends = _arrow_stream(rows)
+    assert len(ends) == 4
+    whole = tmp_path / "whole.arrow"
+    whole.write_bytes(data)
+    assert load_rows(str(whole)) == rows
+    # cut after 2 of the 4 batches (a clean message boundary), and in the middle of the third
+    for name, cut in (("cut.arrow", ends[1]), ("torn.arrow", ends[1] + (ends[2] - ends[1]) // 2)):
+        path = tmp_path / name
+        path.write_bytes(data[:cut])
+        with pytest.raises(DataError, match="^" + re.escape(f"--data.dataset {path}: the Arrow stream is truncated")):
+            load_rows(str(path))
+    # the Arrow IPC file format (a footer instead of the end-of-stream marker) still loads
+    table = pa.Table.from_pylist(rows)
+    as_file = tmp_path / "file.arrow"
+    with pa.OSFile(str(as_file), "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=1):
+            writer.write_batch(batch)
+    assert load_rows(str(as_file)) == rows

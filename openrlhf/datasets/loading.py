@@ -6,7 +6,8 @@ Supported sources (``load_rows``):
 - a ``.jsonl`` file: one object per line (blank lines are skipped);
 - a ``.parquet`` file;
 - a ``.csv`` file or an ``.arrow`` file (Arrow streaming format, as ``save_to_disk`` writes its
-  shards), read with datasets' own builders (what OpenRLHF does);
+  shards; a stream without its end-of-stream marker is refused as truncated), read with datasets'
+  own builders (what OpenRLHF does);
 - a folder written by ``datasets.Dataset.save_to_disk`` or
   ``datasets.DatasetDict.save_to_disk`` (the split is picked from the latter);
 - a folder of ``.jsonl`` / ``.json`` / ``.parquet`` files. When file names (or a
@@ -34,6 +35,7 @@ import re
 from typing import Any, List, Optional, Sequence
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from openrlhf.utils.errors import DataError
@@ -132,9 +134,44 @@ def _read_file(path: str, what: str, max_samples: int) -> List[dict]:
     )
 
 
+_ARROW_FILE_MAGIC = b"ARROW1"
+_ARROW_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
+def _check_arrow_stream(path: str, what: str) -> None:
+    """An Arrow IPC stream must end with its end-of-stream marker: one cut at a message boundary reads
+    as fewer rows without any error, so the messages are walked to the marker. (The IPC file format,
+    which starts with ``ARROW1``, has a footer that its reader checks.)"""
+    try:
+        with pa.memory_map(path) as f:
+            size = f.size()
+            if f.read(len(_ARROW_FILE_MAGIC)) == _ARROW_FILE_MAGIC:
+                return
+            f.seek(0)
+            while True:
+                pos = f.tell()
+                head = f.read(len(_ARROW_END_OF_STREAM))
+                if head == _ARROW_END_OF_STREAM:
+                    return
+                if len(head) < len(_ARROW_END_OF_STREAM):
+                    break
+                f.seek(pos)
+                pa.ipc.read_message(f)
+    except Exception as e:  # a message cut in its middle
+        raise DataError(
+            f"{_prefix(what, path)}: the Arrow stream is truncated or damaged ({type(e).__name__}: {e})"
+        ) from None
+    raise DataError(
+        f"{_prefix(what, path)}: the Arrow stream is truncated: it ends at byte {size} without its "
+        "end-of-stream marker (rows after that point are missing)"
+    )
+
+
 def _read_with_builder(kind: str, path: str, what: str, max_samples: int) -> List[dict]:
     """A ``.csv`` / ``.arrow`` file through datasets' ``csv`` / ``arrow`` builder (OpenRLHF's reading:
     the same column types, e.g. an empty CSV cell is None)."""
+    if kind == "arrow":
+        _check_arrow_stream(path, what)
     try:
         ds = datasets.load_dataset(kind, data_files=path, split="train")
     except Exception as e:  # the builders raise several types for broken files
