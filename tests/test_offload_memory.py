@@ -112,8 +112,11 @@ def test_only_an_offload_at_zero_0_to_2_asks(tiny_dir, monkeypatch):
 
 def test_two_processes_of_one_node_count_two_copies_and_agree(tmp_path):
     """torchrun, 2 CPU processes: the readings are gathered, so both count 2 copies and give the same answer;
-    0.6 of the available memory fits one process and not two."""
-    _, available = read_meminfo()
+    0.6 of the available memory fits one process and not two (a fixed meminfo file: the machine's own
+    MemAvailable moves with whatever else runs)."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16777216 kB\nMemFree:         1048576 kB\nMemAvailable:   10485760 kB\n")
+    available = 10485760 * 1024
     fits_one = int(0.6 * available)
     port = free_port()
     cmd = [
@@ -132,6 +135,8 @@ def test_two_processes_of_one_node_count_two_copies_and_agree(tmp_path):
         "--model_bytes",
         "1",
         str(fits_one),
+        "--meminfo",
+        str(meminfo),
     ]
     res = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

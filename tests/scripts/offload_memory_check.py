@@ -11,16 +11,20 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from openrlhf.utils.deepspeed.offload import offload_host_memory_problem  # noqa: E402
+from openrlhf.utils.deepspeed import offload  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model_bytes", type=int, nargs="+", required=True)
     ap.add_argument("--out", required=True)
+    # A fixed meminfo file instead of /proc/meminfo, so the answers do not depend on what else runs.
+    ap.add_argument("--meminfo", default="/proc/meminfo")
     args = ap.parse_args()
+    real_read = offload.read_meminfo
+    offload.read_meminfo = lambda path=args.meminfo: real_read(path)
     dist.init_process_group("gloo")
-    problems = [offload_host_memory_problem("--ref.offload", n) for n in args.model_bytes]
+    problems = [offload.offload_host_memory_problem("--ref.offload", n) for n in args.model_bytes]
     with open(os.path.join(args.out, f"rank{dist.get_rank()}.json"), "w") as f:
         json.dump(problems, f)
     dist.destroy_process_group()
