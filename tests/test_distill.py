@@ -490,7 +490,10 @@ def test_a_judge_section_needs_a_vllm_context_that_holds_the_benchmark_answers(t
 def test_a_judge_section_with_ifeval_alone_needs_no_endpoint(tmp_path):
     """judge: {tasks: [ifeval]}: IFEval's prompts, every model's answers and its scoring, without --judge.*;
     judge settings there would go unused (refused); with a judged task the endpoint is required again."""
-    plan = _plan_example(tmp_path, "demo_cpu.yaml", judge={"tasks": ["ifeval"], "max_items": 3})
+    # generate.backend auto is vllm where vllm is installed: the hf backend here, vLLM's context checked below
+    demo_gen = yaml.safe_load(open(os.path.join(REPO, "examples", "configs", "demo_cpu.yaml")))["generate"]
+    hf = {**demo_gen, "generate.backend": "hf"}
+    plan = _plan_example(tmp_path, "demo_cpu.yaml", generate=hf, judge={"tasks": ["ifeval"], "max_items": 3})
     run = lambda *p: os.path.join(str(tmp_path / "run"), *p)  # noqa: E731
     names = plan.names
     assert names[names.index("gen_dadpo_eval") + 1 :] == [
@@ -512,7 +515,7 @@ def test_a_judge_section_with_ifeval_alone_needs_no_endpoint(tmp_path):
 
     def problems(judge):
         try:
-            _plan_example(tmp_path, "demo_cpu.yaml", judge=judge)
+            _plan_example(tmp_path, "demo_cpu.yaml", generate=hf, judge=judge)
         except ConfigError as e:
             return [p.split(": ", 1)[1] for p in e.problems]
         return []
@@ -525,8 +528,7 @@ def test_a_judge_section_with_ifeval_alone_needs_no_endpoint(tmp_path):
         "judge.model: required: the judge model's name at the endpoint",
     ]
     # vLLM's context must hold IFEval's answers: 1280 new tokens (its prompt file's) + 1024 for the prompt
-    gen = {**yaml.safe_load(open(os.path.join(REPO, "examples", "configs", "demo_cpu.yaml")))["generate"]}
-    gen["generate.backend"] = "vllm"
+    gen = {**demo_gen, "generate.backend": "vllm"}
     try:
         _plan_example(tmp_path, "demo_cpu.yaml", generate=gen, judge={"tasks": ["ifeval"]})
         raise AssertionError("planned")
