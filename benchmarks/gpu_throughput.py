@@ -348,13 +348,13 @@ def child_ours(spec: Dict) -> Dict:
     from dpo_throughput import _flags
 
     from openrlhf.config import load_config
-    from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
+    from openrlhf.datasets.tokenizer import data_tokenizer
+    from openrlhf.logps.sources import KnownLogps, OnlineLogps
     from openrlhf.models.loss import DADPOLoss, DPOLoss
-    from openrlhf.recipes.common import loop_settings, make_run_logger
-    from openrlhf.recipes.dadpo import dadpo_sides, teacher_sides
-    from openrlhf.recipes.preference import preference_data, reference_side, start_run
-    from openrlhf.trainer.dadpo_trainer import DADPOTrainer
-    from openrlhf.trainer.dpo_trainer import DPOTrainer
+    from openrlhf.recipes.common import loop_parts, make_run_logger
+    from openrlhf.recipes.dadpo import dadpo_models
+    from openrlhf.recipes.preference import preference_data, reference, start_run
+    from openrlhf.trainer.preference_trainer import PreferenceTrainer
     from openrlhf.utils.deepspeed.wrapping import unwrap_model
 
     runs_dir = tempfile.mkdtemp(prefix="ours_", dir=spec["work"])
@@ -370,36 +370,27 @@ def child_ours(spec: Dict) -> Dict:
         return load_config(flags, "dpo")
 
     def data_of(cfg, dadpo: bool):
-        if not dadpo:
-            return preference_data(cfg, tokenizer, [reference_side(cfg)]), []
-        teachers = teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data))
-        return preference_data(cfg, tokenizer, dadpo_sides(cfg, teachers)), teachers
+        models = dadpo_models(cfg) if dadpo else [reference(cfg)]
+        return preference_data(cfg, tokenizer, models), models
 
-    def trainer_of(cfg, data, teachers, logger):
-        args = dict(
-            strategy=run.strategy,
-            engine=run.engine,
-            tokenizer=tokenizer,
-            train_dataset=data.train,
-            collate_fn=data.collate,
-            settings=loop_settings(cfg),
-            logger=logger,
-            ref_engine=frozen.get("ref") if data.need_ref_model else None,
-        )
-        if not teachers:
-            return DPOTrainer(**args, loss_fn=DPOLoss(cfg.model.beta))
-        return DADPOTrainer(
-            **args,
-            loss_fn=DADPOLoss(cfg.model.beta, cfg.teacher.beta),
-            teachers=[t.kind for t in teachers],
-            teacher_engines={t.kind: frozen["teacher"] for t in teachers if t.kind in data.online},
-        )
+    def trainer_of(cfg, data, models, logger):
+        # the engines built once (frozen["ref"], frozen["teacher"]) stand in for the run's own
+        sources = {
+            m.name: OnlineLogps(m, frozen[m.name if m.name == "ref" else "teacher"])
+            if m.name in data.online
+            else KnownLogps(m)
+            for m in models
+        }
+        loop = loop_parts(cfg, run.strategy, run.engine, tokenizer, data.train, None, data.collate, logger)
+        teachers = [sources[m.name] for m in models if m.is_teacher]
+        loss = DADPOLoss(cfg.model.beta, cfg.teacher.beta) if teachers else DPOLoss(cfg.model.beta)
+        return PreferenceTrainer(loop, loss=loss, reference=sources.get("ref"), teachers=teachers)
 
     def train(name: str, L: int, data_path: str) -> Dict:
         cfg = config_of(name, L, data_path)
-        data, teachers = data_of(cfg, "dadpo" in name)
+        data, models = data_of(cfg, "dadpo" in name)
         logger = make_run_logger(run.strategy, cfg)
-        trainer = trainer_of(cfg, data, teachers, logger)
+        trainer = trainer_of(cfg, data, models, logger)
         _peak_reset()
         t0 = time.perf_counter()
         _synced(trainer.fit)
@@ -429,18 +420,18 @@ def child_ours(spec: Dict) -> Dict:
     first_L = spec["lengths"][0]
     cfg0 = config_of("warmup_dadpo_cached", first_L, spec["warmup"])
     tokenizer = data_tokenizer(cfg0.model.model_name_or_path, cfg0.data)
-    data0, teachers0 = data_of(cfg0, True)
+    data0, models0 = data_of(cfg0, True)
     run = start_run(cfg0, tokenizer, data0)
     frozen: Dict = {}
     frozen_mb: Dict[str, float] = {}
     logger0 = make_run_logger(run.strategy, cfg0)
-    trainer_of(cfg0, data0, teachers0, logger0).fit()
+    trainer_of(cfg0, data0, models0, logger0).fit()
     logger0.close()
     base = _allocated()
-    frozen["ref"] = run.load_frozen(reference_side(cfg0))
+    frozen["ref"] = run.load_frozen(reference(cfg0))
     frozen_mb["ref"] = (_allocated() - base) / 2**20
     base = _allocated()
-    frozen["teacher"] = run.load_frozen(teachers0[0])
+    frozen["teacher"] = run.load_frozen(next(m for m in models0 if m.is_teacher))
     frozen_mb["teacher"] = (_allocated() - base) / 2**20
     optimizer = type(getattr(run.engine, "basic_optimizer", None) or run.engine.optimizer).__name__
 

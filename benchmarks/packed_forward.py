@@ -64,7 +64,6 @@ def main() -> None:
     from dpo_throughput import default_model, resolve_model, sharegpt_pairs
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from openrlhf.datasets.packing import pack_batch, real_and_padded_tokens
     from openrlhf.datasets.preference_dataset import pair_batch
     from openrlhf.datasets.templates import PromptRenderer
     from openrlhf.models.actor import masked_token_logps, sequence_sums
@@ -98,11 +97,10 @@ def main() -> None:
                 renderer, [r["prompt"] for r in part], [r["chosen"] for r in part], [r["rejected"] for r in part], pad
             )
         )
-    packed = [pack_batch(b) for b in padded]
-    padded = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in padded]
-    packed = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in packed]
-    real = sum(real_and_padded_tokens(b)[0] for b in padded)
-    computed = sum(real_and_padded_tokens(b)[1] for b in padded)
+    packed = [b.packed().to(device) for b in padded]
+    padded = [b.to(device) for b in padded]
+    real = sum(b.real_and_padded()[0] for b in padded)
+    computed = sum(b.real_and_padded()[1] for b in padded)
     print(
         f"model {model_path}, {len(padded)} micro-batches of {a.micro} pairs ({2 * a.micro} sequences), "
         f"{real} real tokens, {computed} padded ({100 * (1 - real / computed):.1f}% padding), {a.threads} threads, "
@@ -114,18 +112,18 @@ def main() -> None:
 
     def step(layout: str, b_pad, b_pack):
         if layout == "padded":
-            lp, _ = masked_token_logps(model, b_pad["input_ids"], b_pad["attention_mask"], b_pad["loss_mask"])
+            lp, _ = masked_token_logps(model, b_pad.input_ids, b_pad.attention_mask, b_pad.loss_mask)
             s = sequence_sums(lp)
         else:
             lp, _ = masked_token_logps(
                 model,
-                b_pack["input_ids"],
+                b_pack.input_ids,
                 None,
-                b_pack["loss_mask"],
-                position_ids=b_pack["position_ids"],
+                b_pack.loss_mask,
+                position_ids=b_pack.position_ids,
                 packed_forward=layout,
             )
-            s = sequence_sums(lp, b_pack["seq_index"], b_pack["n_seqs"])
+            s = sequence_sums(lp, b_pack.seq_index, b_pack.n_seqs)
         s.sum().backward()
         return s.detach()
 

@@ -150,7 +150,7 @@ def test_keep_unfinished_keeps_truncated_teacher_responses_without_their_end_of_
         tok.pad_token_id,
         ([True], [False]),
     )
-    assert tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist()) == "It was a long"
+    assert tok.decode(batch.input_ids[0][batch.loss_mask[0]].tolist()) == "It was a long"
     sft_ds = build_dataset("sft", DataConfig(dataset=os.path.join(out, "sft.jsonl"), apply_chat_template=True), tok)
     assert len(sft_ds) == 6  # the truncated teacher answer is in the SFT set too
 

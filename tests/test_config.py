@@ -526,11 +526,12 @@ def test_the_registry_is_what_every_command_runs():
     lines = out.stdout.strip().splitlines()
     assert lines[:-1] == [f"{t.name} {t.module}" for t in REGISTRY.values()]
     assert lines[-1] == "[]"
-    from openrlhf.recipes import recipe_of
+    from openrlhf.pipeline.tasks import runner_of
 
     for task in REGISTRY.values():
-        fn = recipe_of(task.name)
-        assert callable(fn) and f"{fn.__module__}:{fn.__name__}" == task.recipe
+        fn = runner_of(task.name)  # the pipeline's function of the task is the one its CLI imports and calls
+        cli = open(os.path.join(REPO, *task.module.split(".")) + ".py", encoding="utf-8").read()
+        assert callable(fn) and f"from {fn.__module__} import {fn.__name__}" in cli, task.name
         if task.ray:
             ray_root = REGISTRY[task.ray].config
             assert issubclass(ray_root, task.config) and ray_root in RAY_CONFIGS

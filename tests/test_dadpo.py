@@ -207,7 +207,7 @@ def test_cache_fingerprint_mismatch_is_a_clear_error(
 
 
 def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_family, pref8, tmp_path, monkeypatch):
-    from openrlhf.recipes import score as sl
+    from openrlhf.logps import score as sl  # score_pairs collates there
 
     flags = lambda out: score_flags(
         tiny_dir,
@@ -242,27 +242,27 @@ def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_f
     assert not os.path.exists(os.path.dirname(partial))
 
 
-def test_dadpo_sides_keep_every_teacher_with_its_own_renderer(
+def test_dadpo_models_keep_every_teacher_with_its_own_renderer(
     tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, tmp_path
 ):
-    """The frozen sides of a two-teacher daDPO: the reference and both teachers, each teacher rendered with its own
+    """The frozen models of a two-teacher daDPO: the reference and both teachers, each teacher rendered with its own
     tokenizer (a default of no renderers once dropped every teacher); a renderer list of another length is refused."""
-    from openrlhf.datasets.tokenizer import teacher_renderers
-    from openrlhf.recipes.dadpo import dadpo_sides, teacher_sides
+    from openrlhf.logps.frozen import teacher_models
+    from openrlhf.recipes.dadpo import dadpo_models
 
     teachers = f"{tiny_teacher_same_vocab},{tiny_teacher_other_family}"
     flags = one_step_flags(tiny_dir, tiny_dir, teachers, pref8, str(tmp_path / "o"))
     flags[flags.index("--teacher.beta") + 1] = "0.7,0.1"
     cfg = load_config(flags, task="dadpo")
-    sides = dadpo_sides(cfg, teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data)))
-    assert [(s.kind, s.model_path) for s in sides] == [
+    sides = dadpo_models(cfg)
+    assert [(s.name, s.model_path) for s in sides] == [
         ("ref", tiny_dir),
         ("teacher", tiny_teacher_same_vocab),
         ("teacher_2", tiny_teacher_other_family),
     ]
     assert [len(s.renderer.tokenizer) for s in sides[1:]] == [400, 350]  # each teacher's own vocabulary
     with pytest.raises(ValueError):
-        teacher_sides(cfg, [sides[1].renderer])
+        teacher_models(cfg.teacher, [sides[1].renderer])
 
 
 def test_bad_teacher_input(tiny_dir, tiny_no_template, pref8, tmp_path):

@@ -107,23 +107,23 @@ def test_teacher_retokenizes_preference_items(student_tok, other_family_tok):
         [it["rejected"] for it in items],
         other_family_tok.pad_token_id,
     )
-    sb = preference_collate(items, student_tok.pad_token_id)
-    assert tb["input_ids"].shape[0] == sb["input_ids"].shape[0] == 4
+    sb = preference_collate(items, student_tok.pad_token_id).tokens
+    assert tb.input_ids.shape[0] == sb.input_ids.shape[0] == 4
     for row, (it, side) in enumerate(
         [(items[0], "chosen"), (items[1], "chosen"), (items[0], "rejected"), (items[1], "rejected")]
     ):
         t_p, t_r = tokenize_pair(other_family_tok, it["prompt"], it[side], apply_chat_template=True)
         n = len(t_p) + len(t_r)
-        assert tb["input_ids"][row, :n].tolist() == t_p + t_r
-        assert tb["loss_mask"][row].nonzero().flatten().tolist() == list(range(len(t_p), n))
-        answer = tb["input_ids"][row][tb["loss_mask"][row]].tolist()
+        assert tb.input_ids[row, :n].tolist() == t_p + t_r
+        assert tb.loss_mask[row].nonzero().flatten().tolist() == list(range(len(t_p), n))
+        answer = tb.input_ids[row][tb.loss_mask[row]].tolist()
         assert other_family_tok.decode(answer) == it[side] + "<end_of_turn>\n"
     # The collate can add the teacher's view to the student's batch.
     both = preference_collate(items, student_tok.pad_token_id, teacher_renderers={"teacher": renderer})
-    assert torch.equal(both["input_ids"], sb["input_ids"])
+    assert torch.equal(both.tokens.input_ids, sb.input_ids) and list(both.own) == ["teacher"]
     for k in ("input_ids", "attention_mask", "loss_mask", "prompt_lens"):
-        assert torch.equal(both["teacher_" + k], tb[k])
-    assert not torch.equal(both["teacher_input_ids"][:, :5], sb["input_ids"][:, :5])
+        assert torch.equal(getattr(both.own["teacher"], k), getattr(tb, k))
+    assert not torch.equal(both.own["teacher"].input_ids[:, :5], sb.input_ids[:, :5])
 
 
 def test_tokenizer_chat_template_override(student_tok, other_family_tok):
@@ -386,40 +386,43 @@ def test_missing_prompt_with_string_chosen(student_tok):
 def test_sft_collate_right_pads(student_tok):
     ds = SFTDataset(sft_rows(3), student_tok, chat_cfg(max_len=512), "sft")
     items = [ds[0], ds[1], ds[2]]
-    b = sft_collate(items, pad_id=student_tok.pad_token_id)
+    batch = sft_collate(items, pad_id=student_tok.pad_token_id)
+    b = batch.tokens
+    assert batch.indices.tolist() == [it["index"] for it in items]
     lens = [len(it["input_ids"]) for it in items]
-    B, T = b["input_ids"].shape
+    B, T = b.input_ids.shape
     assert (B, T) == (3, max(lens))
-    assert b["attention_mask"].shape == b["loss_mask"].shape == (3, T)
+    assert b.attention_mask.shape == b.loss_mask.shape == (3, T)
     for i, it in enumerate(items):
         n = lens[i]
-        assert b["input_ids"][i, :n].tolist() == it["input_ids"].tolist()
-        assert (b["input_ids"][i, n:] == student_tok.pad_token_id).all()
-        assert b["attention_mask"][i].tolist() == [1] * n + [0] * (T - n)
-        assert b["loss_mask"][i, :n].tolist() == it["loss_mask"].tolist()
-        assert not b["loss_mask"][i, n:].any()
-    assert b["prompt_lens"].tolist() == [it["prompt_len"] for it in items]
+        assert b.input_ids[i, :n].tolist() == it["input_ids"].tolist()
+        assert (b.input_ids[i, n:] == student_tok.pad_token_id).all()
+        assert b.attention_mask[i].tolist() == [1] * n + [0] * (T - n)
+        assert b.loss_mask[i, :n].tolist() == it["loss_mask"].tolist()
+        assert not b.loss_mask[i, n:].any()
+    assert b.prompt_lens.tolist() == [it["prompt_len"] for it in items]
 
 
 def test_preference_collate_chosen_then_rejected(student_tok):
     ds = PreferenceDataset(pref_rows(3), student_tok, chat_cfg(max_len=512), "pref")
     items = [ds[2], ds[0], ds[1]]
-    b = preference_collate(items, pad_id=99)
+    batch = preference_collate(items, pad_id=99)
+    b = batch.tokens
     B = 3
     seqs = [it["prompt_ids"] + it["chosen_ids"] for it in items] + [
         it["prompt_ids"] + it["rejected_ids"] for it in items
     ]
     T = max(len(s) for s in seqs)
-    assert b["input_ids"].shape == b["attention_mask"].shape == b["loss_mask"].shape == (2 * B, T)
-    assert b["indices"].tolist() == [2, 0, 1]
-    assert b["prompt_lens"].tolist() == [len(it["prompt_ids"]) for it in items] * 2
+    assert b.input_ids.shape == b.attention_mask.shape == b.loss_mask.shape == (2 * B, T)
+    assert batch.indices.tolist() == [2, 0, 1] and batch.rows == 3
+    assert b.prompt_lens.tolist() == [len(it["prompt_ids"]) for it in items] * 2
     for row, s in enumerate(seqs):
         p = len(items[row % B]["prompt_ids"])
-        assert b["input_ids"][row, : len(s)].tolist() == s
-        assert (b["input_ids"][row, len(s) :] == 99).all()
-        assert b["attention_mask"][row].sum() == len(s)
-        assert b["loss_mask"][row].nonzero().flatten().tolist() == list(range(p, len(s)))
-    assert b["chosen"] == [it["chosen"] for it in items] and b["rejected"] == [it["rejected"] for it in items]
+        assert b.input_ids[row, : len(s)].tolist() == s
+        assert (b.input_ids[row, len(s) :] == 99).all()
+        assert b.attention_mask[row].sum() == len(s)
+        assert b.loss_mask[row].nonzero().flatten().tolist() == list(range(p, len(s)))
+    assert batch.chosen == [it["chosen"] for it in items] and batch.rejected == [it["rejected"] for it in items]
 
 
 def test_dataloader_with_collate(student_tok):
@@ -432,7 +435,7 @@ def test_dataloader_with_collate(student_tok):
         shuffle=False,
         collate_fn=functools.partial(preference_collate, pad_id=student_tok.pad_token_id),
     )
-    shapes = [b["input_ids"].shape[0] for b in dl]
+    shapes = [b.tokens.input_ids.shape[0] for b in dl]
     assert shapes == [4, 4, 2]
 
 

@@ -192,7 +192,7 @@ def test_distill_launched_under_deepspeed_two_processes(tiny_dir, tiny_talking_t
 @pytest.mark.slow
 def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talking_teacher, tmp_path, monkeypatch):
     """A 2 x 2 daDPO grid and every baseline, from one dSFT model and one scoring pass."""
-    import openrlhf.recipes.score as score  # the module recipe_of("score_logps") reads
+    import openrlhf.recipes.score as score  # the module runner_of("score_logps") reads
 
     calls = []
     real = score.score_logps

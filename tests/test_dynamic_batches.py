@@ -35,25 +35,24 @@ def _rendered_lengths(path: str, row: dict) -> int:
 
 def test_pair_token_counts_are_what_the_collated_batch_holds(tiny_dir, byte_teacher, tmp_path):
     """The counts the budget uses are the real tokens of each tokenisation of the collated batch."""
-    from openrlhf.datasets.preference_data import prepare_preference_data
-    from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
-    from openrlhf.recipes.dadpo import dadpo_sides, teacher_sides
+    from openrlhf.datasets.tokenizer import data_tokenizer
+    from openrlhf.recipes.dadpo import dadpo_models
+    from openrlhf.recipes.preference import preference_data
 
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(8))
     cfg = load_config(
         base_flags(tiny_dir, data, str(tmp_path / "o"), "--teacher.model_name_or_path", byte_teacher), task="dadpo"
     )
     tokenizer = data_tokenizer(tiny_dir, cfg.data)
-    sides = dadpo_sides(cfg, teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data)))
-    pd = prepare_preference_data(cfg.data, cfg.eval, tokenizer, tiny_dir, [s.scored() for s in sides])
+    pd = preference_data(cfg, tokenizer, dadpo_models(cfg))
     items = [pd.train[i] for i in range(len(pd.train))]
     counts = pd.token_counts(items)
     batch = pd.collate(items)
     b = len(items)
     for k, c in enumerate(counts):
         assert set(c) == {"policy", "teacher"}
-        for key, prefix in (("policy", ""), ("teacher", "teacher_")):
-            mask = batch[prefix + "attention_mask"]
+        for key, tokens in (("policy", batch.tokens), ("teacher", batch.own["teacher"])):
+            mask = tokens.attention_mask
             assert c[key] == int(mask[k].sum() + mask[b + k].sum())
         assert c["teacher"] == _rendered_lengths(byte_teacher, pref_rows(8)[k])
         assert c["teacher"] > c["policy"]
@@ -68,7 +67,7 @@ def test_dynamic_micro_batches_keep_the_teachers_tokens_within_the_budget(
     rendering alone is over the budget trains alone and is said before training. The loss curve is that of
     fixed micro-batches."""
     from openrlhf.recipes.dadpo import train_dadpo
-    from openrlhf.trainer.dadpo_trainer import DADPOTrainer
+    from openrlhf.trainer.preference_trainer import PreferenceTrainer
 
     rows = pref_rows(8)
     rows[3]["chosen"] += " The quick brown fox jumps over the lazy dog." * 5
@@ -79,11 +78,11 @@ def test_dynamic_micro_batches_keep_the_teachers_tokens_within_the_budget(
     assert max(policy) < budget < max(teacher) and [t > budget for t in teacher].count(True) == 1
 
     seen = []
-    original = DADPOTrainer._loss_step
+    original = PreferenceTrainer._loss_step
 
     def recording(self, batch):
-        b = batch["indices"].numel()
-        seen.append((b, int(batch["attention_mask"].sum()), int(batch["teacher_attention_mask"].sum())))
+        teacher = batch.own["teacher"]
+        seen.append((batch.rows, int(batch.tokens.attention_mask.sum()), int(teacher.attention_mask.sum())))
         return original(self, batch)
 
     curves = []
@@ -107,7 +106,7 @@ def test_dynamic_micro_batches_keep_the_teachers_tokens_within_the_budget(
         )
         if extra:
             seen.clear()
-            monkeypatch.setattr(DADPOTrainer, "_loss_step", recording)
+            monkeypatch.setattr(PreferenceTrainer, "_loss_step", recording)
             capsys.readouterr()
         train_dadpo(load_config(flags, task="dadpo"))
         curves.append(train_losses(out))

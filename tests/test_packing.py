@@ -22,9 +22,9 @@ def _rows_of_uneven_length(kind: str):
 
 
 def _run(task, flags):
-    from openrlhf.recipes import recipe_of
+    from openrlhf.pipeline.tasks import runner_of
 
-    return recipe_of(task)(load_config(flags, task=task))
+    return runner_of(task)(load_config(flags, task=task))
 
 
 @pytest.mark.parametrize("task", ["sft", "dpo", "dadpo"])
@@ -108,24 +108,23 @@ def test_packed_batch_layout_and_sequence_sums(tiny_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from openrlhf.config.schema import DataConfig
-    from openrlhf.datasets.packing import pack_batch
     from openrlhf.datasets.preference_dataset import PreferenceDataset, preference_collate
     from openrlhf.models.actor import masked_token_logps, sequence_sums
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     ds = PreferenceDataset(_rows_of_uneven_length("dpo")[:3], tok, DataConfig(apply_chat_template=True))
-    padded = preference_collate([ds[i] for i in range(3)], tok.pad_token_id)
-    packed = pack_batch(padded)
-    lengths = padded["attention_mask"].sum(-1)
-    assert packed["input_ids"].shape == (1, int(lengths.sum())) and packed["n_seqs"] == 6
-    assert packed["position_ids"][0, : int(lengths[0]) + 1].tolist() == list(range(int(lengths[0]))) + [0]
+    padded = preference_collate([ds[i] for i in range(3)], tok.pad_token_id).tokens
+    packed = padded.packed()
+    lengths = padded.attention_mask.sum(-1)
+    assert packed.input_ids.shape == (1, int(lengths.sum())) and packed.n_seqs == 6 and packed.attention_mask is None
+    assert packed.position_ids[0, : int(lengths[0]) + 1].tolist() == list(range(int(lengths[0]))) + [0]
+    assert packed.real_and_padded() == (int(lengths.sum()),) * 2
+    assert padded.real_and_padded() == (int(lengths.sum()), padded.input_ids.numel())
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        a, _ = masked_token_logps(model, padded["input_ids"], padded["attention_mask"], padded["loss_mask"])
-        b, _ = masked_token_logps(
-            model, packed["input_ids"], None, packed["loss_mask"], position_ids=packed["position_ids"]
-        )
-    assert torch.allclose(sequence_sums(a), sequence_sums(b, packed["seq_index"], 6), atol=1e-4)
+        a, _ = masked_token_logps(model, padded.input_ids, padded.attention_mask, padded.loss_mask)
+        b, _ = masked_token_logps(model, packed.input_ids, None, packed.loss_mask, position_ids=packed.position_ids)
+    assert torch.allclose(sequence_sums(a), sequence_sums(b, packed.seq_index, 6), atol=1e-4)
 
 
 @pytest.mark.slow

@@ -399,8 +399,8 @@ def direct_logps(path: str, rows: list) -> tuple:
 
 
 def run_task(task: str, flags: list):
-    """The registry's recipe of ``task`` on the parsed ``flags``, in this process (what the CLI runs)."""
+    """The function of ``task`` on the parsed ``flags``, in this process (what the CLI runs)."""
     from openrlhf.config import load_config
-    from openrlhf.recipes import recipe_of
+    from openrlhf.pipeline.tasks import runner_of
 
-    return recipe_of(task)(load_config(flags, task=task))
+    return runner_of(task)(load_config(flags, task=task))

@@ -1,7 +1,7 @@
 """What every command-line entry point shares: one way to run a body and to end the process.
 
 A CLI module parses its flags and makes one call (into :mod:`openrlhf.recipes`,
-:mod:`openrlhf.pipeline` or :mod:`openrlhf.tools`) through :func:`run_cli` or :func:`run_main`.
+:mod:`openrlhf.pipeline` or :mod:`openrlhf.tools`) through :func:`run_cli` (config-driven CLIs) or :func:`run_main` (the file tools).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import sys
 from typing import Any, Callable, List, Optional
 
 from openrlhf.config.parse import ConfigError, load_config
-from openrlhf.recipes import recipe_of
 from openrlhf.utils.distributed import exit_cleanly, is_rank_zero_process
 from openrlhf.utils.errors import Interrupted, UserError
 
@@ -63,20 +62,8 @@ def _end_progress_bars() -> None:
             pass
 
 
-def run_task(task: str, argv: Optional[List[str]] = None) -> Any:
-    """Entry-point body of a config-driven CLI: parse the flags of ``task`` into its config root, then
-    import the task's recipe (:data:`~openrlhf.config.schema.REGISTRY`) and run it, through
-    :func:`run_main`. The recipe is imported only after parsing: ``--help`` and config errors come
-    before torch is imported."""
-
-    def body() -> Any:
-        cfg = load_config(sys.argv[1:] if argv is None else argv, task=task)
-        return recipe_of(task)(cfg)  # imports the recipe (and torch) now, after parsing
-
-    return run_main(body)
-
-
 def run_cli(fn: Callable[[Any], Any], task: str, argv: Optional[List[str]] = None) -> Any:
     """Entry-point body of a config-driven CLI: parse the flags of ``task`` into its config
-    root (see :data:`~openrlhf.config.schema.TASK_CONFIGS`), then ``fn(cfg)``, through :func:`run_main`."""
+    root (see :data:`~openrlhf.config.schema.TASK_CONFIGS`), then ``fn(cfg)``, through :func:`run_main`.
+    ``fn`` imports its recipe (and torch) itself, after parsing: ``--help`` and config errors come first."""
     return run_main(lambda: fn(load_config(sys.argv[1:] if argv is None else argv, task=task)))

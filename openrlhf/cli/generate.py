@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
-    return run_task("generate", argv)
+    def body(cfg):
+        from openrlhf.recipes.generate import (
+            generate,  # after parsing: --help and flag errors come before torch is imported
+        )
+
+        return generate(cfg)
+
+    return run_cli(body, "generate", argv)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> dict:
-    return run_task("judge", argv)
+    def body(cfg):
+        from openrlhf.eval.run import judge  # after parsing: --help and flag errors come before torch is imported
+
+        return judge(cfg)
+
+    return run_cli(body, "judge", argv)
 
 
 if __name__ == "__main__":

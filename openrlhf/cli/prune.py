@@ -12,12 +12,13 @@ import json
 from typing import Optional
 
 from openrlhf.cli.common import run_cli
-from openrlhf.recipes import recipe_of
 
 
 def main(argv: Optional[list] = None) -> dict:
     def body(cfg) -> dict:
-        report = recipe_of("prune")(cfg)  # imports the pruner (and torch) now, after parsing
+        from openrlhf.tools.prune import prune  # after parsing: --help and flag errors come before torch
+
+        report = prune(cfg)
         keys = (
             "params_before",
             "params_after",

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> None:
-    run_task("score_logps", argv)
+    def body(cfg):
+        from openrlhf.recipes.score import (
+            score_logps,  # after parsing: --help and flag errors come before torch is imported
+        )
+
+        return score_logps(cfg)
+
+    run_cli(body, "score_logps", argv)
 
 
 if __name__ == "__main__":

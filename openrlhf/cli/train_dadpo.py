@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> None:
-    run_task("dadpo", argv)
+    def body(cfg):
+        from openrlhf.recipes.dadpo import (
+            train_dadpo,  # after parsing: --help and flag errors come before torch is imported
+        )
+
+        return train_dadpo(cfg)
+
+    run_cli(body, "dadpo", argv)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> None:
-    run_task("dpo", argv)
+    def body(cfg):
+        from openrlhf.recipes.dpo import (
+            train_dpo,  # after parsing: --help and flag errors come before torch is imported
+        )
+
+        return train_dpo(cfg)
+
+    run_cli(body, "dpo", argv)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> None:
-    run_task("dpo_ray", argv)
+    def body(cfg):
+        from openrlhf.recipes.ray_preference import (
+            train_dpo_ray,  # after parsing: --help and flag errors come before torch is imported
+        )
+
+        return train_dpo_ray(cfg)
+
+    run_cli(body, "dpo_ray", argv)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> None:
-    run_task("kd", argv)
+    def body(cfg):
+        from openrlhf.recipes.kd import train_kd  # after parsing: --help and flag errors come before torch is imported
+
+        return train_kd(cfg)
+
+    run_cli(body, "kd", argv)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> None:
-    run_task("kto", argv)
+    def body(cfg):
+        from openrlhf.recipes.kto import (
+            train_kto,  # after parsing: --help and flag errors come before torch is imported
+        )
+
+        return train_kto(cfg)
+
+    run_cli(body, "kto", argv)
 
 
 if __name__ == "__main__":

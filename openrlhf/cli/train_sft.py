@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-from openrlhf.cli.common import run_task
+from openrlhf.cli.common import run_cli
 
 
 def main(argv: Optional[list] = None) -> None:
-    run_task("sft", argv)
+    def body(cfg):
+        from openrlhf.recipes.sft import (
+            train_sft,  # after parsing: --help and flag errors come before torch is imported
+        )
+
+        return train_sft(cfg)
+
+    run_cli(body, "sft", argv)
 
 
 if __name__ == "__main__":

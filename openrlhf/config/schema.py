@@ -1157,14 +1157,13 @@ class DADPORayConfig(DADPOConfig):
 @dataclass(frozen=True)
 class Task:
     """One command: ``python -m openrlhf.cli.<command>`` parses the flags of ``config`` (the task's root)
-    and calls ``recipe`` (``"module:function"``, a string so config/ imports nothing above it; see
-    :func:`openrlhf.recipes.recipe_of`). ``ray``: the task that runs the same method with the frozen
+    and calls its function (the CLI module imports it after parsing; the pipeline through
+    :func:`openrlhf.pipeline.tasks.runner_of`). ``ray``: the task that runs the same method with the frozen
     models as Ray actor groups of their own (the pipeline's ``launcher: ray``), if there is one."""
 
     name: str
     config: Type[RunConfig]
     command: str
-    recipe: str
     ray: str = ""
 
     @property
@@ -1176,17 +1175,17 @@ class Task:
 REGISTRY: Dict[str, Task] = {
     t.name: t
     for t in (
-        Task("sft", SFTConfig, "train_sft", "openrlhf.recipes.sft:train_sft"),
-        Task("kd", KDTrainConfig, "train_kd", "openrlhf.recipes.kd:train_kd"),
-        Task("dpo", DPOConfig, "train_dpo", "openrlhf.recipes.dpo:train_dpo", ray="dpo_ray"),
-        Task("dadpo", DADPOConfig, "train_dadpo", "openrlhf.recipes.dadpo:train_dadpo", ray="dadpo_ray"),
-        Task("kto", KTOTrainConfig, "train_kto", "openrlhf.recipes.kto:train_kto"),
-        Task("dpo_ray", DPORayConfig, "train_dpo_ray", "openrlhf.recipes.ray_preference:train_dpo_ray"),
-        Task("dadpo_ray", DADPORayConfig, "train_dadpo_ray", "openrlhf.recipes.ray_preference:train_dadpo_ray"),
-        Task("score_logps", ScoreLogpsConfig, "score_logps", "openrlhf.recipes.score:score_logps"),
-        Task("generate", GenerateTaskConfig, "generate", "openrlhf.recipes.generate:generate"),
-        Task("prune", PruneTaskConfig, "prune", "openrlhf.tools.prune:prune"),
-        Task("judge", JudgeTaskConfig, "judge", "openrlhf.eval.run:judge"),
+        Task("sft", SFTConfig, "train_sft"),
+        Task("kd", KDTrainConfig, "train_kd"),
+        Task("dpo", DPOConfig, "train_dpo", ray="dpo_ray"),
+        Task("dadpo", DADPOConfig, "train_dadpo", ray="dadpo_ray"),
+        Task("kto", KTOTrainConfig, "train_kto"),
+        Task("dpo_ray", DPORayConfig, "train_dpo_ray"),
+        Task("dadpo_ray", DADPORayConfig, "train_dadpo_ray"),
+        Task("score_logps", ScoreLogpsConfig, "score_logps"),
+        Task("generate", GenerateTaskConfig, "generate"),
+        Task("prune", PruneTaskConfig, "prune"),
+        Task("judge", JudgeTaskConfig, "judge"),
     )
 }
 

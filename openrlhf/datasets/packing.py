@@ -7,17 +7,15 @@ the order of the padded rows: chosen rows first for a pair batch), ``n_seqs`` (a
 ``attention_mask`` None. Given ``position_ids`` and no attention mask, transformers keeps
 attention inside each sequence: a block-diagonal causal mask for sdpa / eager (exact on CPU),
 flash-attention's variable-length kernel on GPU. Log-probs are summed back per sequence with
-:func:`openrlhf.models.actor.sequence_sums`.
+:func:`openrlhf.models.actor.sequence_sums`. :meth:`openrlhf.datasets.batch.Tokens.packed` packs a batch's
+tokenisation.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict
 
 import torch
-
-# Batch keys of one tokenisation (``""``: the policy's; ``"teacher_"``, ... for teachers).
-_LAYOUT = ("input_ids", "attention_mask", "loss_mask")
 
 
 def pack_rows(input_ids, attention_mask, loss_mask) -> Dict[str, object]:
@@ -38,24 +36,3 @@ def pack_rows(input_ids, attention_mask, loss_mask) -> Dict[str, object]:
         "seq_index": torch.cat(seq).unsqueeze(0),
         "n_seqs": len(lengths),
     }
-
-
-def pack_batch(batch: Dict[str, object], prefixes: Sequence[str] = ("",)) -> Dict[str, object]:
-    """Replace the padded layout of each tokenisation ``prefix`` in ``batch`` by its packed layout;
-    other keys (cached log-probs, raw texts, prompt lengths, indices) are kept."""
-    out = dict(batch)
-    for prefix in prefixes:
-        if prefix + "input_ids" not in batch:
-            continue
-        packed = pack_rows(*(batch[prefix + k] for k in _LAYOUT))
-        for k, v in packed.items():
-            out[prefix + k] = v
-    return out
-
-
-def real_and_padded_tokens(batch: Dict[str, object], prefix: str = "") -> tuple:
-    """(tokens that are real, tokens the forward pass computes) of one tokenisation of a batch."""
-    ids = batch[prefix + "input_ids"]
-    mask = batch.get(prefix + "attention_mask")
-    total = int(ids.numel())
-    return (total if mask is None else int(mask.sum())), total

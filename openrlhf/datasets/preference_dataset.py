@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from .batch import PairBatch, Tokens
 from .common import format_report, masks, pad_right, prompt_too_long, raise_problems, unfinished_flag, where
 from .loading import DataError
 from .templates import PromptRenderer, resolve_pair, response_text, same_turns, split_shared_prefix
@@ -210,64 +211,62 @@ def _pairs_batch(
     chosen_ids: Sequence[Sequence[int]],
     rejected_ids: Sequence[Sequence[int]],
     pad_id: int,
-) -> Dict[str, torch.Tensor]:
+) -> Tokens:
     seqs = [list(p) + list(c) for p, c in zip(prompt_ids, chosen_ids, strict=True)]
     seqs += [list(p) + list(r) for p, r in zip(prompt_ids, rejected_ids, strict=True)]
     prompt_lens = [len(p) for p in prompt_ids] * 2
     input_ids = pad_right(seqs, pad_id, torch.long)
     attention_mask, loss_mask = masks([len(s) for s in seqs], prompt_lens, input_ids.shape[1])
-    return dict(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        loss_mask=loss_mask,
-        prompt_lens=torch.tensor(prompt_lens, dtype=torch.long),
-    )
+    return Tokens(input_ids, attention_mask, loss_mask, prompt_lens=torch.tensor(prompt_lens, dtype=torch.long))
 
 
 def preference_collate(
     items: Sequence[Dict[str, Any]],
     pad_id: int,
     teacher_renderers: Optional[Dict[str, PromptRenderer]] = None,
-) -> Dict[str, Any]:
-    """Right-padded batch of B pairs.
+) -> PairBatch:
+    """Right-padded :class:`~openrlhf.datasets.batch.PairBatch` of B pairs.
 
-    ``input_ids`` [2B, T] long: rows 0..B-1 are prompt+chosen, rows B..2B-1 are
-    prompt+rejected (same order); ``attention_mask`` [2B, T] long (1 on tokens);
-    ``loss_mask`` [2B, T] bool, True on response tokens, aligned with input_ids (the
-    model shifts it); ``prompt_lens`` [2B] long; ``indices`` [B] long (original row
-    indices). Also the raw ``prompts`` / ``chosen`` / ``rejected`` lists [B] and
-    ``truncated`` [B] bool (either response was cut), for a teacher.
+    ``tokens``: ``input_ids`` [2B, T] long, rows 0..B-1 prompt+chosen, rows B..2B-1
+    prompt+rejected (same order); ``attention_mask`` [2B, T] long (1 on tokens); ``loss_mask``
+    [2B, T] bool, True on response tokens, aligned with input_ids (the model shifts it);
+    ``prompt_lens`` [2B] long. ``indices`` [B] long (original row indices), the raw ``prompts`` /
+    ``chosen`` / ``rejected`` [B] and ``truncated`` [B] bool (either response was cut).
 
     ``teacher_renderers`` maps a teacher's name (``teacher``, ``teacher_2``, ...) to its
-    tokenizer / template: the batch then also has ``<name>_input_ids`` /
-    ``<name>_attention_mask`` / ``<name>_loss_mask`` / ``<name>_prompt_lens`` in the same
-    layout, from :func:`pair_batch` of the raw values (padded with that tokenizer's pad id).
+    tokenizer / template: ``own[name]`` is then that teacher's tokenisation in the same layout,
+    from :func:`pair_batch` of the raw values (padded with that tokenizer's pad id). Items with
+    ``logps`` ({name: (chosen, rejected)}, see :class:`openrlhf.logps.known.WithKnownLogps`) give
+    ``known[name]``.
     """
-    batch: Dict[str, Any] = _pairs_batch(
+    tokens = _pairs_batch(
         [it["prompt_ids"] for it in items],
         [it["chosen_ids"] for it in items],
         [it["rejected_ids"] for it in items],
         pad_id,
     )
-    batch["indices"] = torch.tensor([int(it["index"]) for it in items], dtype=torch.long)
-    batch["truncated"] = torch.tensor(
-        [bool(it.get("chosen_truncated") or it.get("rejected_truncated")) for it in items], dtype=torch.bool
+    prompts = [it["prompt"] for it in items]
+    chosen = [it["chosen"] for it in items]
+    rejected = [it["rejected"] for it in items]
+    own = {
+        name: pair_batch(renderer, prompts, chosen, rejected, pad_token_id(renderer.tokenizer), _unfinished(items))
+        for name, renderer in (teacher_renderers or {}).items()
+    }
+    return PairBatch(
+        tokens=tokens,
+        indices=torch.tensor([int(it["index"]) for it in items], dtype=torch.long),
+        truncated=torch.tensor(
+            [bool(it.get("chosen_truncated") or it.get("rejected_truncated")) for it in items], dtype=torch.bool
+        ),
+        prompts=prompts,
+        chosen=chosen,
+        rejected=rejected,
+        own=own,
+        known={
+            name: tuple(torch.tensor([it["logps"][name][k] for it in items], dtype=torch.float32) for k in (0, 1))
+            for name in (items[0].get("logps", {}) if items else {})
+        },
     )
-    batch["prompts"] = [it["prompt"] for it in items]
-    batch["chosen"] = [it["chosen"] for it in items]
-    batch["rejected"] = [it["rejected"] for it in items]
-    for name, renderer in (teacher_renderers or {}).items():
-        tb = pair_batch(
-            renderer,
-            batch["prompts"],
-            batch["chosen"],
-            batch["rejected"],
-            pad_token_id(renderer.tokenizer),
-            _unfinished(items),
-        )
-        for k, v in tb.items():
-            batch[f"{name}_{k}"] = v
-    return batch
 
 
 def _unfinished(items: Sequence[Dict[str, Any]]) -> Tuple[List[bool], List[bool]]:
@@ -297,7 +296,7 @@ def rendered_pair_tokens(renderer: PromptRenderer, items: Sequence[Dict[str, Any
     return [pair_tokens(p, c, r) for p, c, r in zip(*tok, strict=True)]
 
 
-def mismatched_pairs_batch(items: Sequence[Dict[str, Any]], pad_id: int, max_len: int) -> Dict[str, torch.Tensor]:
+def mismatched_pairs_batch(items: Sequence[Dict[str, Any]], pad_id: int, max_len: int) -> Tokens:
     """KTO's KL reference pairs: prompt i with the chosen and the rejected response of pair
     i + 1 (mod B), in :func:`preference_collate`'s layout (2B rows, responses cut to
     ``max_len``). Needs B >= 2, so that no prompt meets its own responses."""
@@ -318,9 +317,9 @@ def pair_batch(
     rejected: Sequence[Any],
     pad_id: int,
     unfinished: Optional[Tuple[Sequence[bool], Sequence[bool]]] = None,
-) -> Dict[str, torch.Tensor]:
+) -> Tokens:
     """Tokenize B raw pairs with ``renderer`` (e.g. the teacher's) into the layout of
-    :func:`preference_collate` (``input_ids``/``attention_mask``/``loss_mask`` [2B, T],
+    :func:`preference_collate`'s ``tokens`` (``input_ids``/``attention_mask``/``loss_mask`` [2B, T],
     ``prompt_lens`` [2B]). No truncation: the teacher scores the full text. ``unfinished``:
     (chosen flags, rejected flags) of responses cut by a generation limit (no closing tokens)."""
     return _pairs_batch(*_render_pairs(renderer, prompts, chosen, rejected, unfinished), pad_id)

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .batch import SeqBatch, Tokens
 from .common import format_report, masks, pad_right, prompt_too_long, raise_problems, unfinished_flag, where
 from .loading import DataError
 from .templates import ASSISTANT, PromptRenderer, message_problem, resolve_pair, response_text, value_problem
@@ -255,20 +256,16 @@ class SFTDataset(Dataset):
         return format_report("sft", self.source_name, self.max_len, self.stats)
 
 
-def sft_collate(items: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, torch.Tensor]:
-    """Right-padded batch: ``input_ids`` [B, T] long, ``attention_mask`` [B, T] long (1 on
-    tokens), ``loss_mask`` [B, T] bool (True on the trained tokens, aligned with input_ids:
-    the model shifts it; the items' own masks), ``prompt_lens`` [B], ``indices`` [B]."""
+def sft_collate(items: Sequence[Dict[str, Any]], pad_id: int) -> SeqBatch:
+    """Right-padded :class:`~openrlhf.datasets.batch.SeqBatch`: ``tokens`` with ``input_ids`` [B, T] long,
+    ``attention_mask`` [B, T] long (1 on tokens), ``loss_mask`` [B, T] bool (True on the trained tokens,
+    aligned with input_ids: the model shifts it; the items' own masks), ``prompt_lens`` [B]; ``indices``
+    [B]."""
     seqs = [list(it["input_ids"].tolist() if torch.is_tensor(it["input_ids"]) else it["input_ids"]) for it in items]
     input_ids = pad_right(seqs, pad_id, torch.long)
     prompt_lens = [int(it["prompt_len"]) for it in items]
     attention_mask, loss_mask = masks([len(s) for s in seqs], prompt_lens, input_ids.shape[1])
     if all("loss_mask" in it for it in items):
         loss_mask = pad_right([it["loss_mask"].tolist() for it in items], False, torch.bool)
-    return dict(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        loss_mask=loss_mask,
-        prompt_lens=torch.tensor(prompt_lens, dtype=torch.long),
-        indices=torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.long),
-    )
+    tokens = Tokens(input_ids, attention_mask, loss_mask, prompt_lens=torch.tensor(prompt_lens, dtype=torch.long))
+    return SeqBatch(tokens, torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.long))

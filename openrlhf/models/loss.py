@@ -201,7 +201,12 @@ class DPOLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.ipo = ipo
 
-    def forward(self, policy: PairLogps, reference: PairLogps) -> PreferenceLossOutput:
+    def forward(
+        self, policy: PairLogps, reference: PairLogps, teachers: Sequence[PairLogps] = ()
+    ) -> PreferenceLossOutput:
+        """``teachers``: none (the preference losses share one signature; DADPOLoss reads them)."""
+        if teachers:
+            raise ValueError(f"DPOLoss takes no teachers' log-probs, got {len(teachers)} (use DADPOLoss)")
         r_w = policy.chosen - reference.chosen
         r_l = policy.rejected - reference.rejected
         h = r_w - r_l

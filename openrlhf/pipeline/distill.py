@@ -50,7 +50,7 @@ from openrlhf.generation.sharegpt import prepare_prompts
 from openrlhf.pipeline.config import SELECT_METRICS, DistillConfig
 from openrlhf.pipeline.plan import Plan, ReportStep, SelectStep, Stage, plan_distill
 from openrlhf.pipeline.sweep import write_sweep_report
-from openrlhf.recipes import recipe_of
+from openrlhf.pipeline.tasks import runner_of
 from openrlhf.recipes.common import make_strategy
 from openrlhf.recipes.ray_launch import run_recipe_on_ray
 from openrlhf.tools.gguf_convert import convert_gguf, resolve_gguf
@@ -161,18 +161,18 @@ class Runner:
         task, cfg = stage.task, stage.config
         if stage.job and self.plan.on_ray:
             if task in RAY_TASKS:  # this process drives the policy / frozen groups
-                recipe_of(task)(cfg)
+                runner_of(task)(cfg)
             else:
                 group = self.plan.ray_group
-                run_recipe_on_ray(task, cfg, group.size, group.settings, name=stage.name)
+                run_recipe_on_ray(runner_of(task), cfg, group.size, group.settings, name=stage.name)
         elif stage.job and self.plan.launcher:
             cmd = launch_command(self.plan.launcher, task, cfg)
             self.log(f"[distill] {stage.name}: {' '.join(shlex.quote(x) for x in cmd)}")
             subprocess.run(cmd, check=True)
         elif task in _LOGGING_TASKS:
-            recipe_of(task)(cfg, log=self.log)
+            runner_of(task)(cfg, log=self.log)
         else:
-            recipe_of(task)(cfg)
+            runner_of(task)(cfg)
 
     def _gguf_convert(self, stage: Stage) -> None:
         convert_gguf(resolve_gguf(stage.config), stage.outputs[0], overwrite=True)

@@ -11,7 +11,7 @@ from openrlhf.config.parse import config_to_dict, dump_config
 from openrlhf.config.schema import RunConfig, TrainingConfig
 from openrlhf.datasets.build import build_dataset
 from openrlhf.models.actor import Actor
-from openrlhf.trainer.base import LoopSettings
+from openrlhf.trainer.base import LoopParts, LoopSettings
 from openrlhf.utils.deepspeed.offload import offload_host_memory_problem
 from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
 from openrlhf.utils.deepspeed.wrapping import unwrap_model
@@ -193,5 +193,19 @@ def make_run_logger(strategy, cfg: TrainingConfig):
     return make_logger(strategy.is_rank_0(), cfg.ckpt.output_dir, cfg.logger, config_to_dict(cfg, redact=True))
 
 
-def loop_settings(cfg: TrainingConfig):
-    return LoopSettings(cfg.train, cfg.eval, cfg.ckpt, cfg.logger, cfg.checkpoint_dir)
+def loop_parts(
+    cfg: TrainingConfig, strategy, engine, tokenizer, train, eval_ds, collate, logger, token_counts=None
+) -> LoopParts:
+    """What the training loop of ``cfg``'s run runs on (its settings and DataLoader workers from ``cfg``)."""
+    return LoopParts(
+        strategy=strategy,
+        engine=engine,
+        tokenizer=tokenizer,
+        train_dataset=train,
+        collate_fn=collate,
+        settings=LoopSettings(cfg.train, cfg.eval, cfg.ckpt, cfg.logger, cfg.checkpoint_dir),
+        logger=logger,
+        eval_dataset=eval_ds,
+        num_workers=cfg.data.dataloader_num_workers,
+        token_counts=token_counts,
+    )

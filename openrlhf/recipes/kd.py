@@ -7,7 +7,7 @@ from openrlhf.config.schema import KDTrainConfig
 from openrlhf.datasets.sft_dataset import sft_collate
 from openrlhf.datasets.tokenizer import data_tokenizer, load_tokenizer, pad_token_id, shared_vocabulary
 from openrlhf.recipes.common import (
-    loop_settings,
+    loop_parts,
     make_run_logger,
     make_strategy,
     prepare_frozen,
@@ -40,16 +40,9 @@ def train_kd(cfg: KDTrainConfig) -> dict:
     engine = prepare_policy(strategy, cfg, n_steps)
     teacher_engine = prepare_frozen(strategy, cfg, teacher, cfg.teacher.offload, what="--teacher.model_name_or_path")
     pad_id = pad_token_id(tokenizer)
+    collate = lambda items: sft_collate(items, pad_id)  # noqa: E731
     trainer = KDTrainer(
-        strategy=strategy,
-        engine=engine,
-        tokenizer=tokenizer,
-        train_dataset=train_ds,
-        collate_fn=lambda items: sft_collate(items, pad_id),
-        settings=loop_settings(cfg),
-        logger=logger,
-        eval_dataset=eval_ds,
-        num_workers=cfg.data.dataloader_num_workers,
+        loop_parts(cfg, strategy, engine, tokenizer, train_ds, eval_ds, collate, logger),
         teacher_engine=teacher_engine,
         kd_coef=cfg.kd.coef,
         vocab_size=vocab,

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from openrlhf.config.schema import KTOTrainConfig
 from openrlhf.datasets.preference_dataset import mismatched_pairs_batch
 from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
+from openrlhf.logps.sources import KnownLogps, OnlineLogps
 from openrlhf.models.loss import KTOLoss
-from openrlhf.recipes.preference import preference_data, reference_side, start_run
+from openrlhf.recipes.preference import preference_data, reference, start_run
 from openrlhf.trainer.kto_trainer import KTOTrainer
 
 
@@ -19,14 +22,15 @@ def train_kto(cfg: KTOTrainConfig) -> dict:
     pad_id = pad_token_id(tokenizer)
 
     def add_mismatched_pairs(items, batch):  # the rows KTO's KL reference point is estimated on
-        for k, v in mismatched_pairs_batch(items, pad_id, cfg.data.max_len).items():
-            batch["kl_" + k] = v
-        return batch
+        return dataclasses.replace(batch, mismatched=mismatched_pairs_batch(items, pad_id, cfg.data.max_len))
 
-    data = preference_data(cfg, tokenizer, [reference_side(cfg)], extra_collate=add_mismatched_pairs)
-    loss_fn = KTOLoss(m.beta, cfg.kto.desirable_loss_weight, cfg.kto.undesirable_loss_weight)
+    ref = reference(cfg)
+    data = preference_data(cfg, tokenizer, [ref], extra_collate=add_mismatched_pairs)
+    loss = KTOLoss(m.beta, cfg.kto.desirable_loss_weight, cfg.kto.undesirable_loss_weight)
 
     run = start_run(cfg, tokenizer, data)
     # The reference runs online even when its log-probs are cached: the KL reference point needs it.
-    trainer = KTOTrainer(**run.trainer_args(), loss_fn=loss_fn, ref_engine=run.reference_engine())
-    return run.finish(trainer)
+    engine = run.reference_engine()
+    source = OnlineLogps(ref, engine) if ref.name in data.online else KnownLogps(ref)
+    trainer = KTOTrainer(run.loop(), loss=loss, reference=source, reference_engine=engine)
+    return run.finish(trainer.fit())

@@ -1,51 +1,39 @@
 """What the preference recipes share (:mod:`.dpo`, :mod:`.dadpo`, :mod:`.kto` and the Ray drivers in
-:mod:`.ray_preference`): the frozen sides a loss needs, the data, and one run (strategy, logger, policy
-engine, reference engine, the end of training) built in the same order for every method.
+:mod:`.ray_preference`): the frozen models a loss needs, the data with the source of each frozen model's
+log-probs, and one run (strategy, logger, policy engine, the frozen engines, the end of training) built in
+the same order for every method.
 
-Each recipe reads top to bottom on these pieces: tokenizer and data first (cheap, no model loaded),
-then the loss, then :func:`start_run`, the frozen engines, the trainer and :meth:`PreferenceRun.finish`.
+Each recipe reads top to bottom on these pieces: tokenizer and data first (cheap, no model loaded; the
+sources of the log-probs are chosen there), then the loss, then :func:`start_run`,
+:meth:`PreferenceRun.sources`, the trainer, its ``fit`` and :meth:`PreferenceRun.finish`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from openrlhf.config.schema import KTOTrainConfig, PreferenceTrainingConfig
-from openrlhf.datasets.preference_data import prepare_preference_data
-from openrlhf.recipes.common import make_run_logger, make_strategy, prepare_policy
-from openrlhf.trainer.base import steps_per_epoch
-from openrlhf.datasets.preference_data import ScoredSide
-from openrlhf.recipes.common import loop_settings
-from openrlhf.recipes.common import prepare_frozen
-from openrlhf.recipes.common import AdapterDisabled, uses_lora
-from openrlhf.recipes.common import save_trained
+from openrlhf.datasets.preference_data import PairTokenCounts, load_pairs, pair_collate
+from openrlhf.logps.choose import choose_sources
+from openrlhf.logps.frozen import FrozenModel, reference_model
+from openrlhf.logps.known import LogpProvider
+from openrlhf.logps.sources import KnownLogps, LogpSource, OnlineLogps
+from openrlhf.recipes.common import (
+    AdapterDisabled,
+    loop_parts,
+    make_run_logger,
+    make_strategy,
+    prepare_frozen,
+    prepare_policy,
+    save_trained,
+    uses_lora,
+)
+from openrlhf.trainer.base import LoopParts, steps_per_epoch
+from openrlhf.utils.errors import DataError
 
 # The task roots that have a policy, a reference (--ref.*) and preference data.
 WithReference = Union[PreferenceTrainingConfig, KTOTrainConfig]
-
-REF_FLAG = "--ref.model_name_or_path"
-TEACHER_FLAG = "--teacher.model_name_or_path"
-
-
-class FrozenSide(NamedTuple):
-    """A frozen model of a preference run: the reference (``kind`` ``ref``) or one teacher (``teacher``,
-    ``teacher_2``, ...), where it lives and the flag that named it, whether its weights are offloaded,
-    and how the pairs are tokenised for it: ``renderer`` (a teacher's own tokenizer and chat template;
-    None: the policy's tokenisation) and ``max_len`` (None: whole responses, as a teacher scores them)."""
-
-    kind: str
-    model_path: str
-    flag: str
-    offload: bool
-    renderer: Any = None
-    max_len: Optional[int] = None
-
-    def scored(self):
-        """This side as the data layer sees it (:class:`~openrlhf.datasets.preference_data.ScoredSide`)."""
-        return ScoredSide(
-            kind=self.kind, model_path=self.model_path, flag=self.flag, renderer=self.renderer, max_len=self.max_len
-        )
 
 
 def reference_path(cfg: WithReference) -> str:
@@ -53,26 +41,75 @@ def reference_path(cfg: WithReference) -> str:
     return cfg.ref.model_name_or_path or cfg.model.model_name_or_path
 
 
-def reference_side(cfg: WithReference) -> FrozenSide:
-    """The reference: scored in the policy's tokenisation, cut to --data.max_len as the policy is trained."""
-    return FrozenSide("ref", reference_path(cfg), REF_FLAG, cfg.ref.offload, None, cfg.data.max_len)
+def reference(cfg: WithReference) -> FrozenModel:
+    """The run's reference model (see :func:`~openrlhf.logps.frozen.reference_model`)."""
+    return reference_model(reference_path(cfg), cfg.ref.offload, cfg.data.max_len)
 
 
-def preference_data(cfg: WithReference, tokenizer, sides: Sequence[FrozenSide], *, extra_collate=None, remote=None):
-    """Train (and eval) pairs with the collate function the loss needs
-    (:func:`~openrlhf.datasets.preference_data.prepare_preference_data`): ``sides`` are the frozen models
-    whose log-probs the loss reads (each may be cached); ``remote`` (the Ray trainers' provider) scores every
-    side that is not cached."""
-    return prepare_preference_data(
-        cfg.data,
-        cfg.eval,
-        tokenizer,
-        cfg.model.model_name_or_path,
-        [side.scored() for side in sides],
-        extra_collate=extra_collate,
-        packing=cfg.ds.packing_samples,
-        seed=cfg.train.seed,
-        remote=remote,
+@dataclass
+class PreferenceData:
+    """Train (and eval) pairs, the collate function, the reports, and where each frozen model's log-probs
+    come from: ``online`` (computed in the training process: their models are loaded), ``remote`` (computed
+    by the remote provider), the others cached. ``token_counts``: tokens per tokenisation of training items
+    (the budget of --train.dynamic_batch_enable)."""
+
+    train: Any
+    eval: Optional[Any]
+    collate: Callable
+    reports: List[str]
+    online: List[str]
+    remote: List[str] = field(default_factory=list)
+    token_counts: Optional[Callable] = None
+
+
+def preference_data(
+    cfg: WithReference,
+    tokenizer,
+    models: Sequence[FrozenModel],
+    *,
+    extra_collate=None,
+    remote: Optional[LogpProvider] = None,
+) -> PreferenceData:
+    """Train (and eval, when --eval.dataset) pairs with the collate function the loss needs: ``models`` are
+    the frozen models whose log-probs the loss reads, each cached, online, or (with ``remote``, the Ray
+    trainers' provider) remote (:func:`~openrlhf.logps.choose.choose_sources`); a teacher computed here
+    reads its own tokenisation of each batch. ``extra_collate(items, batch)`` may add more (KTO's
+    mismatched pairs)."""
+    d = cfg.data
+    whole = any(m.is_teacher for m in models)
+    policy_path = cfg.model.model_name_or_path
+    split = load_pairs(
+        d, tokenizer, policy_path, d.dataset, d.dataset_split, "--data.dataset", d.dataset_probs, cfg.train.seed, whole
+    )
+    train = choose_sources(split, models, d, policy_path, remote)
+    reports = split.reports + train.reports
+    online = list(train.online)
+    ev = None
+    if cfg.eval is not None and cfg.eval.dataset:
+        if remote is not None:
+            raise DataError(
+                "--eval.dataset: the Ray trainers do not evaluate during training yet; evaluate the "
+                "saved model afterwards (python -m openrlhf.cli.evaluate / judge)"
+            )
+        ev_split = load_pairs(
+            d, tokenizer, policy_path, cfg.eval.dataset, cfg.eval.split, "--eval.dataset", whole_responses=whole
+        )
+        ev_logps = choose_sources(ev_split, models, d, policy_path)
+        ev = ev_logps.dataset
+        reports += ["eval: " + r for r in ev_split.reports + ev_logps.reports]
+        online += [name for name in ev_logps.online if name not in online]
+    here = [] if remote is not None else online  # the models whose forward runs in this process
+    own = {m.name: m.renderer for m in models if m.name in here and m.own_tokens}
+    # The teachers whose forward runs on training batches here (the budget of dynamic batches counts them).
+    train_own = {name: r for name, r in own.items() if name in train.online}
+    return PreferenceData(
+        train.dataset,
+        ev,
+        pair_collate(tokenizer, own, extra_collate, cfg.ds.packing_samples),
+        reports,
+        here,
+        remote=online if remote is not None else [],
+        token_counts=PairTokenCounts(train_own),
     )
 
 
@@ -84,47 +121,59 @@ class PreferenceRun:
     cfg: WithReference
     strategy: Any
     tokenizer: Any
-    data: Any  # PreferenceData
+    data: PreferenceData
     logger: Any
     engine: Any  # the policy, a DeepSpeed engine with its optimizer and schedule
 
-    def trainer_args(self) -> Dict[str, Any]:
-        """The keyword arguments of the loop that every preference trainer takes."""
-        return dict(
-            strategy=self.strategy,
-            engine=self.engine,
-            tokenizer=self.tokenizer,
-            train_dataset=self.data.train,
-            collate_fn=self.data.collate,
-            settings=loop_settings(self.cfg),
-            logger=self.logger,
-            eval_dataset=self.data.eval,
-            num_workers=self.cfg.data.dataloader_num_workers,
-            token_counts=self.data.token_counts,
+    def loop(self) -> LoopParts:
+        """What the training loop runs on."""
+        d = self.data
+        return loop_parts(
+            self.cfg,
+            self.strategy,
+            self.engine,
+            self.tokenizer,
+            d.train,
+            d.eval,
+            d.collate,
+            self.logger,
+            d.token_counts,
         )
 
-    def load_frozen(self, side: FrozenSide):
-        """``side``'s model as a frozen inference engine that follows the ZeRO stage."""
-        return prepare_frozen(self.strategy, self.cfg, side.model_path, side.offload, what=side.flag)
+    def load_frozen(self, model: FrozenModel):
+        """``model`` as a frozen inference engine that follows the ZeRO stage."""
+        return prepare_frozen(self.strategy, self.cfg, model.model_path, model.offload, what=model.flag)
 
     def reference_engine(self):
         """The reference model: with LoRA and no --ref.model_name_or_path, the policy with its adapters
         switched off (the frozen base, no second copy); else its own frozen engine."""
-        side = reference_side(self.cfg)
-        if uses_lora(self.cfg) and side.model_path == self.cfg.model.model_name_or_path:
+        model = reference(self.cfg)
+        if uses_lora(self.cfg) and model.model_path == self.cfg.model.model_name_or_path:
             self.strategy.print("reference: the base weights with the LoRA adapters switched off (no second copy)")
             return AdapterDisabled(self.engine)
-        return self.load_frozen(side)
+        return self.load_frozen(model)
 
-    def finish(self, trainer) -> dict:
-        """Train, save the HF folder to --ckpt.output_dir, close the logger; the last step's metrics."""
-        last = trainer.fit()
+    def sources(self, models: Sequence[FrozenModel]) -> Dict[str, LogpSource]:
+        """One log-prob source per model, by name, as the data chose: the models computed here loaded as
+        frozen engines (in order), the others read from the batches (cached or remote)."""
+        out: Dict[str, LogpSource] = {}
+        for m in models:
+            if m.name in self.data.online:
+                engine = self.reference_engine() if not m.is_teacher else self.load_frozen(m)
+                out[m.name] = OnlineLogps(m, engine)
+            else:
+                out[m.name] = KnownLogps(m)
+        return out
+
+    def finish(self, last: dict) -> dict:
+        """After training (``last``: the last step's metrics, returned): save the HF folder to
+        --ckpt.output_dir, close the logger."""
         save_trained(self.strategy, self.engine, self.tokenizer, self.cfg)
         self.logger.close()
         return last
 
 
-def start_run(cfg: WithReference, tokenizer, data, notes: Sequence[str] = ()) -> PreferenceRun:
+def start_run(cfg: WithReference, tokenizer, data: PreferenceData, notes: Sequence[str] = ()) -> PreferenceRun:
     """The expensive part begins: the strategy (distributed setup), the data's reports and ``notes`` printed on
     rank 0, the metrics logger (and run_config.yaml), the policy with its optimizer and LR schedule."""
     n_steps = steps_per_epoch(len(data.train), cfg.train.batch_size) * cfg.train.max_epochs

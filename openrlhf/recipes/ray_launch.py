@@ -6,33 +6,32 @@ recipe with the same config; the result of rank 0 comes back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from openrlhf.recipes import recipe_of
 from openrlhf.utils.distributed import destroy_process_group
 from openrlhf.utils.ray_group import ActorGroup, DistWorker, cluster_has_gpus, connect, free_bundles, make_bundles
 
 
 class RecipeWorker(DistWorker):
-    def run(self, task: str, cfg) -> Any:
-        result = recipe_of(task)(cfg)
+    def run(self, recipe: Callable, cfg) -> Any:
+        result = recipe(cfg)
         destroy_process_group()
         return result
 
 
-def run_recipe_on_ray(task: str, cfg, size: int, ray_settings, name: str = "") -> Any:
-    """``task``'s recipe (see :func:`~openrlhf.recipes.recipe_of`) run on ``cfg`` by ``size`` actors (one GPU each on a GPU cluster, else
+def run_recipe_on_ray(recipe: Callable, cfg, size: int, ray_settings, name: str) -> Any:
+    """``recipe`` (a module-level function: each actor imports it) run on ``cfg`` by ``size`` actors (one GPU each on a GPU cluster, else
     ``ray_settings.num_cpus_per_actor`` CPUs) of the cluster at ``ray_settings.address``."""
     connect(ray_settings.address)
     gpus = 1 if cluster_has_gpus() else 0
-    label = name or task
+    label = name
     bundles = make_bundles(
         f"the {label} group", size, ray_settings.num_cpus_per_actor, gpus, ray_settings.placement_timeout
     )
     group = None
     try:
         group = ActorGroup(label, RecipeWorker, size, bundles, range(size), ray_settings.num_cpus_per_actor, gpus)
-        return group.get(group.call("run", task, cfg))[0]
+        return group.get(group.call("run", recipe, cfg))[0]
     finally:
         if group is not None:
             group.kill()

@@ -42,11 +42,13 @@ import torch
 from openrlhf.config.schema import DADPORayConfig, DPORayConfig
 from openrlhf.datasets.loading import load_sources
 from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
+from openrlhf.logps.frozen import FrozenModel, teacher_models
+from openrlhf.logps.remote import ChunkedLogps
+from openrlhf.logps.score import frozen_dataset, score_pairs
 from openrlhf.recipes.common import check_lora_targets, make_strategy, prepare_frozen
-from openrlhf.recipes.dadpo import dadpo_sides, teacher_sides, train_dadpo
+from openrlhf.recipes.dadpo import dadpo_models, train_dadpo
 from openrlhf.recipes.dpo import train_dpo
-from openrlhf.recipes.preference import FrozenSide, preference_data, reference_side
-from openrlhf.recipes.score import score_pairs, side_dataset
+from openrlhf.recipes.preference import preference_data, reference
 from openrlhf.trainer.base import steps_per_epoch
 from openrlhf.utils import timeline
 from openrlhf.utils.deepspeed import ckpt_io
@@ -73,36 +75,11 @@ def group_name(kind: str) -> str:
 # ---- actors ---------------------------------------------------------------------------------------------
 
 
-class ChunkedLogps:
-    """The policy's view of the frozen groups' scores: ``chunks`` is a list of (row indices, {kind: object
-    refs, one per rank of that kind's group}); :meth:`get` waits for a chunk the first time one of its rows
-    is asked for. ``wait_seconds``: the time spent waiting (what the overlap did not hide)."""
-
-    def __init__(self, chunks: Sequence[Tuple[List[int], Dict[str, list]]]):
-        self.chunks = list(chunks)
-        self.where = {i: k for k, (indices, _) in enumerate(self.chunks) for i in indices}
-        self.loaded: Dict[Tuple[int, str], Dict[int, Tuple[float, float]]] = {}
-        self.wait_seconds = 0.0
-
-    def get(self, kind: str, index: int) -> Tuple[float, float]:
-        import ray
-
-        k = self.where[index]
-        if (k, kind) not in self.loaded:
-            t = time.perf_counter()
-            merged: Dict[int, Tuple[float, float]] = {}
-            for part in ray.get(self.chunks[k][1][kind]):
-                merged.update(part)
-            self.wait_seconds += time.perf_counter() - t
-            self.loaded[(k, kind)] = merged
-        return self.loaded[(k, kind)][index]
-
-
 class FrozenGroup(NamedTuple):
-    """A frozen side (reference or one teacher) as a group of ``size`` Ray actors. Its renderer stays
-    behind: each actor builds the teacher's tokenizer and chat template itself."""
+    """A frozen model (the reference or one teacher, ``name``) as a group of ``size`` Ray actors. Its
+    renderer stays behind: each actor builds the teacher's tokenizer and chat template itself."""
 
-    kind: str
+    name: str
     model_path: str
     flag: str
     offload: bool
@@ -133,12 +110,13 @@ class FrozenWorker(DistWorker):
             d.dataset, split=d.dataset_split, max_samples=d.max_samples, probs=d.dataset_probs, seed=cfg.train.seed
         )
         tokenizer = data_tokenizer(cfg.model.model_name_or_path, d)
-        renderer = None
-        if group.kind != "ref":
-            teachers = teacher_sides(cfg, teacher_renderers(cfg.teacher, d))
-            renderer = next(t.renderer for t in teachers if t.kind == group.kind)
-        self.kind = group.kind
-        self.ds = side_dataset(cfg, group.kind, rows, tokenizer, d.dataset, renderer)
+        if group.name == "ref":
+            model = reference(cfg)
+        else:
+            model = next(
+                t for t in teacher_models(cfg.teacher, teacher_renderers(cfg.teacher, d)) if t.name == group.name
+            )
+        self.ds = frozen_dataset(model, rows, tokenizer, d, cfg.model.model_name_or_path, d.dataset)
         self.position = {item_index: pos for pos, item_index in enumerate(self.ds.rows_kept_indices)}
         self.strategy = make_strategy(cfg, training=False)
         self.model = prepare_frozen(self.strategy, cfg, group.model_path, group.offload, what=group.flag)
@@ -192,17 +170,15 @@ def _schedule(view, cfg, world: int, start: Optional[dict]) -> List[List[int]]:
     return steps
 
 
-def _frozen_groups(cfg, sides: Sequence[FrozenSide], kinds: Sequence[str]) -> List[FrozenGroup]:
-    """The groups to start: one per side of ``kinds`` (the sides the remote provider scores), each of
+def _frozen_groups(cfg, models: Sequence[FrozenModel], names: Sequence[str]) -> List[FrozenGroup]:
+    """The groups to start: one per model of ``names`` (the models the remote provider scores), each of
     --ref.* / --teacher.* num_nodes x num_gpus_per_node actors."""
     groups = []
-    for side in sides:
-        if side.kind in kinds:
-            section = cfg.ref if side.kind == "ref" else cfg.teacher
+    for m in models:
+        if m.name in names:
+            section = cfg.teacher if m.is_teacher else cfg.ref
             groups.append(
-                FrozenGroup(
-                    side.kind, side.model_path, side.flag, side.offload, section.num_nodes * section.num_gpus_per_node
-                )
+                FrozenGroup(m.name, m.model_path, m.flag, m.offload, section.num_nodes * section.num_gpus_per_node)
             )
     return groups
 
@@ -224,17 +200,16 @@ def _driver_owned(chunks: List[tuple], scored: List[List[Any]]) -> List[tuple]:
 def train_dpo_ray(cfg: DPORayConfig) -> Dict[str, Any]:
     """train_dpo with the policy and the reference as Ray actor groups."""
     tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
-    return _train_on_ray(cfg, train_dpo, tokenizer, [reference_side(cfg)])
+    return _train_on_ray(cfg, train_dpo, tokenizer, [reference(cfg)])
 
 
 def train_dadpo_ray(cfg: DADPORayConfig) -> Dict[str, Any]:
     """train_dadpo with the policy, the reference and each teacher as Ray actor groups."""
     tokenizer = data_tokenizer(cfg.model.model_name_or_path, cfg.data)
-    teachers = teacher_sides(cfg, teacher_renderers(cfg.teacher, cfg.data))
-    return _train_on_ray(cfg, train_dadpo, tokenizer, dadpo_sides(cfg, teachers))
+    return _train_on_ray(cfg, train_dadpo, tokenizer, dadpo_models(cfg))
 
 
-def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide]) -> Dict[str, Any]:
+def _train_on_ray(cfg, recipe: Callable, tokenizer, models: Sequence[FrozenModel]) -> Dict[str, Any]:
     """Place the groups, score ahead, train (the policy group runs ``recipe``: train_dpo / train_dadpo);
     returns the policy's last metrics plus the timing of the overlap (``ray_policy_seconds``,
     ``ray_wait_seconds``: policy time blocked on scores, ``ray_<group>_busy_seconds``)."""
@@ -242,7 +217,7 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
     # checked when the flags were parsed).
     world = cfg.actor.num_nodes * cfg.actor.num_gpus_per_node
     # Cheap checks first (tokenizers, data, caches), exactly as every policy process will build them.
-    data = preference_data(cfg, tokenizer, sides, remote=_NoLogpsProvider())
+    data = preference_data(cfg, tokenizer, models, remote=_NoLogpsProvider())
     for line in data.reports:
         print(line, flush=True)
     check_lora_targets(cfg)
@@ -251,12 +226,12 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
 
     connect(cfg.ray.address)
     gpus = cluster_has_gpus()
-    frozen = _frozen_groups(cfg, sides, data.remote)
+    frozen = _frozen_groups(cfg, models, data.remote)
     cpus, timeout = cfg.ray.num_cpus_per_actor, cfg.ray.placement_timeout
     bundles, groups = [], []
     try:
         if cfg.train.colocate_all:
-            too_big = [group_name(g.kind) for g in frozen if g.size > world]
+            too_big = [group_name(g.name) for g in frozen if g.size > world]
             if too_big:
                 raise UserError(
                     f"--train.colocate_all: the {', '.join(too_big)} group(s) have more actors than the "
@@ -271,7 +246,7 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
             for g in frozen:
                 groups.append(
                     ActorGroup(
-                        group_name(g.kind),
+                        group_name(g.name),
                         FrozenWorker,
                         g.size,
                         shared,
@@ -286,17 +261,17 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, sides: Sequence[FrozenSide])
             policy = ActorGroup("policy", PolicyWorker, world, own, range(world), cpus, 1 if gpus else 0)
             groups.append(policy)
             for g in frozen:
-                b = make_bundles(f"the {group_name(g.kind)} group", g.size, cpus, 1 if gpus else 0, timeout)
+                b = make_bundles(f"the {group_name(g.name)} group", g.size, cpus, 1 if gpus else 0, timeout)
                 bundles.append(b)
                 groups.append(
-                    ActorGroup(group_name(g.kind), FrozenWorker, g.size, b, range(g.size), cpus, 1 if gpus else 0)
+                    ActorGroup(group_name(g.name), FrozenWorker, g.size, b, range(g.size), cpus, 1 if gpus else 0)
                 )
-        frozen_groups = dict(zip([g.kind for g in frozen], groups[1:], strict=True))
+        frozen_groups = dict(zip([g.name for g in frozen], groups[1:], strict=True))
         os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
         with open(os.path.join(cfg.ckpt.output_dir, "ray_actors.json"), "w") as f:
             json.dump([row for g in groups for row in g.describe()], f, indent=1)
 
-        wait_groups([(frozen_groups[g.kind], frozen_groups[g.kind].call("setup", cfg, g)) for g in frozen])
+        wait_groups([(frozen_groups[g.name], frozen_groups[g.name].call("setup", cfg, g)) for g in frozen])
         # Every scoring call is queued now, in the policy's order: each group works through them as fast
         # as it can.
         chunks, score_calls = [], []

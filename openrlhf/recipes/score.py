@@ -15,23 +15,21 @@ anything is appended after it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
-import torch
 from tqdm import tqdm
 
 from openrlhf.config.schema import ScoreLogpsConfig
-from openrlhf.datasets import logp_cache as lc
 from openrlhf.datasets.loading import load_rows
-from openrlhf.datasets.preference_dataset import PreferenceDataset, preference_collate, rendered_pairs
-from openrlhf.datasets.tokenizer import check_reference_tokenizer, data_tokenizer, pad_token_id, teacher_renderers
-from openrlhf.models.actor import sequence_sums
-from openrlhf.models.loss import teacher_name
+from openrlhf.datasets.preference_dataset import rendered_pairs
+from openrlhf.datasets.tokenizer import check_reference_tokenizer, data_tokenizer, teacher_renderers
+from openrlhf.logps import cache as lc
+from openrlhf.logps.frozen import FrozenModel, reference_model, teacher_models
+from openrlhf.logps.score import frozen_dataset, score_pairs
 from openrlhf.recipes.common import make_strategy, prepare_frozen
 from openrlhf.utils.errors import DataError, Interrupted
 from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail, write_jsonl_atomic
@@ -41,14 +39,15 @@ PARTIAL_DIR = ".score_partial"
 
 @dataclass
 class ScoreJob:
-    """One model to score: its pairs tokenised in its own vocabulary."""
+    """One frozen model to score: its pairs tokenised as it reads them, and the setting's fingerprint."""
 
-    kind: str  # "ref" | "teacher" | "teacher_2" | ...
+    model: FrozenModel
     dataset: Any
     setting_fp: str
-    model_path: str
-    offload: bool
-    flag: str
+
+    @property
+    def kind(self) -> str:
+        return self.model.name
 
 
 def _partial_path(folder: str, kind: str, rank: int) -> str:
@@ -82,78 +81,21 @@ def _read_partials(folder: str, kind: str, setting_fp: str) -> Dict[int, Tuple[f
     return done
 
 
-def side_dataset(cfg, kind: str, rows: List[dict], tokenizer, source: str, renderer=None):
-    """The pairs of ``rows`` as the frozen model of side ``kind`` scores them: the reference in the
-    policy's tokenisation (``tokenizer``, cut to --data.max_len, as the policy is trained), a teacher in
-    its own (``renderer``: its tokenizer and chat template) over whole responses."""
-    if kind == "ref":
-        return PreferenceDataset(rows, tokenizer, cfg.data, source, model_path=cfg.model.model_name_or_path)
-    # The teachers score whole responses: no length cap on their side.
-    uncapped = dataclasses.replace(cfg.data, max_len=1 << 30)
-    return PreferenceDataset(rows, renderer.tokenizer, uncapped, source, renderer=renderer)
-
-
 def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
-    jobs = []
-    for k, (path, renderer) in enumerate(
-        zip(cfg.teacher.model_name_or_path, teacher_renderers(cfg.teacher, cfg.data), strict=True)
-    ):
-        ds = side_dataset(cfg, teacher_name(k), rows, tokenizer, source, renderer)
-        fp = lc.setting_fingerprint(
-            lc.model_fingerprint(path, digests=digests), lc.tokenization_fingerprint(renderer, None)
-        )
-        jobs.append(ScoreJob(teacher_name(k), ds, fp, path, cfg.teacher.offload, "--teacher.model_name_or_path"))
+    models = teacher_models(cfg.teacher, teacher_renderers(cfg.teacher, cfg.data))
     if cfg.ref.model_name_or_path:
-        ds = side_dataset(cfg, "ref", rows, tokenizer, source)
-        check_reference_tokenizer(
-            ds.renderer, rendered_pairs(ds), cfg.ref.model_name_or_path, cfg.model.model_name_or_path
-        )
+        models.append(reference_model(cfg.ref.model_name_or_path, cfg.ref.offload, cfg.data.max_len))
+    jobs = []
+    for model in models:
+        ds = frozen_dataset(model, rows, tokenizer, cfg.data, cfg.model.model_name_or_path, source)
+        if not model.is_teacher:
+            check_reference_tokenizer(ds.renderer, rendered_pairs(ds), model.model_path, cfg.model.model_name_or_path)
         fp = lc.setting_fingerprint(
-            lc.model_fingerprint(cfg.ref.model_name_or_path, "--ref.model_name_or_path", digests),
-            lc.tokenization_fingerprint(ds.renderer, cfg.data.max_len),
+            lc.model_fingerprint(model.model_path, model.flag, digests),
+            lc.tokenization_fingerprint(ds.renderer, model.max_len),
         )
-        jobs.append(ScoreJob("ref", ds, fp, cfg.ref.model_name_or_path, cfg.ref.offload, "--ref.model_name_or_path"))
+        jobs.append(ScoreJob(model, ds, fp))
     return jobs
-
-
-def score_pairs(
-    strategy, model, ds, positions: List[int], micro_batch_size: int, on_batch=None
-) -> Dict[int, Tuple[float, float]]:
-    """Sequence log-probs (summed over the response tokens) of the pairs at ``positions`` of the preference
-    dataset ``ds`` under the frozen engine ``model``, the positions shared out between the processes
-    (collective: every process takes part). Returns this process's share as {row index: (chosen,
-    rejected)}; ``on_batch(scores)`` is called with each micro-batch's share as it is done."""
-    out: Dict[int, Tuple[float, float]] = {}
-    if not positions:
-        return out
-    world, mb = strategy.world_size, micro_batch_size
-    # Every process runs the same number of forwards (ZeRO-3 gathers weights collectively):
-    # pad the work list with repeats that are computed but not returned.
-    per_round = world * mb
-    n = -(-len(positions) // per_round) * per_round
-    padded = list(positions) + [positions[-1]] * (n - len(positions))
-    mine = [(padded[k], k < len(positions)) for k in range(strategy.rank, n, world)]
-    pad_id = pad_token_id(ds.renderer.tokenizer)
-    dev = strategy.device
-    with torch.no_grad():
-        for start in range(0, len(mine), mb):
-            chunk = mine[start : start + mb]
-            items = [ds[i] for i, _ in chunk]
-            batch = preference_collate(items, pad_id)
-            # Summed as the trainer sums its online log-probs (float64 accumulation, one rounding).
-            seq = sequence_sums(
-                model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), batch["loss_mask"].to(dev))[0]
-            )
-            b = len(items)
-            scores = {
-                item["index"]: (seq[j].item(), seq[b + j].item())
-                for j, ((_, real), item) in enumerate(zip(chunk, items, strict=True))
-                if real
-            }
-            out.update(scores)
-            if on_batch is not None:
-                on_batch(scores)
-    return out
 
 
 def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str) -> Dict[int, Tuple[float, float]]:
@@ -164,7 +106,7 @@ def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str)
     strategy.print(f"{job.kind}: {len(ds)} pairs, {len(done)} already scored, {len(todo)} to score")
     if not todo:
         return done
-    model = prepare_frozen(strategy, cfg, job.model_path, job.offload, what=job.flag)
+    model = prepare_frozen(strategy, cfg, job.model.model_path, job.model.offload, what=job.model.flag)
     os.makedirs(partial_dir, exist_ok=True)
     out_path = _partial_path(partial_dir, job.kind, strategy.rank)
     if repair_torn_tail(out_path) == "dropped":

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from openrlhf.config.schema import SFTConfig
-from openrlhf.datasets.packing import pack_batch
 from openrlhf.datasets.sft_dataset import sft_collate
 from openrlhf.datasets.tokenizer import data_tokenizer, pad_token_id
 from openrlhf.recipes.common import (
-    loop_settings,
+    loop_parts,
     make_run_logger,
     make_strategy,
     prepare_policy,
@@ -34,19 +33,9 @@ def train_sft(cfg: SFTConfig) -> dict:
 
     def collate(items):
         batch = sft_collate(items, pad_id)
-        return pack_batch(batch) if cfg.ds.packing_samples else batch
+        return batch.packed() if cfg.ds.packing_samples else batch
 
-    trainer = SFTTrainer(
-        strategy=strategy,
-        engine=engine,
-        tokenizer=tokenizer,
-        train_dataset=train_ds,
-        collate_fn=collate,
-        settings=loop_settings(cfg),
-        logger=logger,
-        eval_dataset=eval_ds,
-        num_workers=cfg.data.dataloader_num_workers,
-    )
+    trainer = SFTTrainer(loop_parts(cfg, strategy, engine, tokenizer, train_ds, eval_ds, collate, logger))
     last = trainer.fit()
     save_trained(strategy, engine, tokenizer, cfg)
     logger.close()

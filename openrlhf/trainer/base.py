@@ -1,6 +1,7 @@
 """The training loop shared by every trainer.
 
-A subclass supplies ``_loss_step(batch) -> (loss, metrics)`` for one micro-batch (and
+A subclass supplies ``_loss_step(batch) -> (loss, metrics)`` for one micro-batch (a typed batch:
+:class:`~openrlhf.datasets.batch.SeqBatch` or :class:`~openrlhf.datasets.batch.PairBatch`; and
 ``_eval_step`` when it differs). The loop owns data order, gradient accumulation,
 logging, evaluation and checkpoint/resume, so a resumed run sees the same data in the
 same order as an uninterrupted one.
@@ -11,15 +12,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainConfig
-from openrlhf.datasets.packing import real_and_padded_tokens
-from openrlhf.models.actor import sequence_sums
+from openrlhf.logps.known import WithKnownLogps
 from openrlhf.utils import timeline
 from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.errors import DataError, Interrupted
@@ -43,23 +43,6 @@ def steps_per_epoch(n_rows: int, batch_size: int) -> int:
     return n_rows // batch_size
 
 
-def forward_batch(engine, batch: dict, prefix: str = "", **kw):
-    """Run an Actor (engine) on one tokenisation of a padded or packed batch (keys ``<prefix>input_ids``,
-    ``_attention_mask``, ``_loss_mask`` and, packed, ``_position_ids``); returns what the Actor does."""
-    return engine(
-        batch[prefix + "input_ids"],
-        batch[prefix + "attention_mask"],
-        batch[prefix + "loss_mask"],
-        position_ids=batch.get(prefix + "position_ids"),
-        **kw,
-    )
-
-
-def batch_sequence_sums(values: torch.Tensor, batch: dict, prefix: str = "") -> torch.Tensor:
-    """Per-sequence sums of per-token values [B, T-1] of a padded or packed batch (chosen rows first)."""
-    return sequence_sums(values, batch.get(prefix + "seq_index"), batch.get(prefix + "n_seqs"))
-
-
 def _openrlhf_default_hint() -> str:
     """A note naming OpenRLHF's default checkpoint folders (./ckpt/checkpoints_<task>) that hold a
     checkpoint, for a run that found none where it looked; "" when there are none."""
@@ -77,46 +60,48 @@ def mean_metrics(records: List[Dict[str, float]]) -> Dict[str, float]:
     return {k: sum(r[k] for r in records) / len(records) for k in keys}
 
 
+@dataclass
+class LoopParts:
+    """What the loop runs on: ``strategy`` (the DeepSpeed strategy), ``engine`` (the DeepSpeed engine of the
+    trained model), ``tokenizer`` (saved with HF checkpoints), ``train_dataset`` / ``eval_dataset`` and the
+    ``collate_fn`` that batches their items, ``settings`` (the config sections the loop reads), ``logger``
+    (the run's metrics logger), ``num_workers`` (DataLoader worker processes, --data.dataloader_num_workers)
+    and ``token_counts`` (with --train.dynamic_batch_enable: items -> one ``{tokenisation: tokens}`` per
+    item, every forward a micro-batch of them runs, e.g. a teacher's own tokenisation; default: the policy's
+    tokens, :meth:`Trainer._item_tokens`)."""
+
+    strategy: Any
+    engine: Any
+    tokenizer: Any
+    train_dataset: Dataset
+    collate_fn: Callable
+    settings: LoopSettings
+    logger: Any
+    eval_dataset: Optional[Dataset] = None
+    num_workers: int = 0
+    token_counts: Optional[Callable[[List[dict]], List[Dict[str, int]]]] = None
+
+
 class Trainer:
-    """The loop's keyword arguments: ``strategy`` (the DeepSpeed strategy), ``engine`` (the DeepSpeed
-    engine of the trained model), ``tokenizer`` (saved with HF checkpoints), ``train_dataset`` /
-    ``eval_dataset`` and the ``collate_fn`` that batches their items, ``settings`` (the config sections
-    the loop reads), ``logger`` (the run's metrics logger) and ``num_workers`` (DataLoader worker
-    processes, --data.dataloader_num_workers) and ``token_counts`` (with --train.dynamic_batch_enable: items
-    -> one ``{tokenisation: tokens}`` per item, every forward a micro-batch of them runs, e.g. a teacher's
-    own tokenisation; default: the policy's tokens, :meth:`_item_tokens`). Subclasses add their own keyword
-    arguments."""
+    """The loop over :class:`LoopParts`; a subclass adds its loss (see the module doc)."""
 
     # OpenRLHF's dashboard name of this trainer's loss (train/<name>, eval/eval <name>); see
     # openrlhf.utils.logging.dashboard_view.
     upstream_loss_name = "loss"
 
-    def __init__(
-        self,
-        *,
-        strategy,
-        engine,
-        tokenizer,
-        train_dataset: Dataset,
-        collate_fn: Callable,
-        settings: LoopSettings,
-        logger,
-        eval_dataset: Optional[Dataset] = None,
-        num_workers: int = 0,
-        token_counts: Optional[Callable[[List[dict]], List[Dict[str, int]]]] = None,
-    ) -> None:
-        self.strategy = strategy
-        self.token_counts = token_counts or (lambda items: [{"policy": self._item_tokens(it)} for it in items])
-        self.num_workers = num_workers
-        self.engine = engine
-        self.tokenizer = tokenizer
-        self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
-        self.collate_fn = collate_fn
-        self.settings = settings
-        self.logger = logger
+    def __init__(self, loop: LoopParts) -> None:
+        self.strategy = strategy = loop.strategy
+        self.token_counts = loop.token_counts or (lambda items: [{"policy": self._item_tokens(it)} for it in items])
+        self.num_workers = loop.num_workers
+        self.engine = loop.engine
+        self.tokenizer = loop.tokenizer
+        self.train_dataset = loop.train_dataset
+        self.eval_dataset = loop.eval_dataset
+        self.collate_fn = loop.collate_fn
+        self.settings = settings = loop.settings
+        self.logger = loop.logger
         self.accum = strategy.accumulated_gradient
-        self.steps_per_epoch = steps_per_epoch(len(train_dataset), settings.train.batch_size)
+        self.steps_per_epoch = steps_per_epoch(len(loop.train_dataset), settings.train.batch_size)
         self.total_steps = self.steps_per_epoch * settings.train.max_epochs
         for line in self._data_notes():
             strategy.print(line)
@@ -134,7 +119,7 @@ class Trainer:
             )
         if train.dynamic_batch_enable:
             ds = self.train_dataset
-            if hasattr(ds, "provider"):  # remote log-probs (Ray): not needed to count tokens
+            while isinstance(ds, WithKnownLogps):  # known log-probs (maybe remote): not needed to count tokens
                 ds = ds.base
             chunks = [range(i, min(i + 1024, len(ds))) for i in range(0, len(ds), 1024)]
             sizes = [c for chunk in chunks for c in self.token_counts([ds[j] for j in chunk])]
@@ -150,22 +135,21 @@ class Trainer:
         return notes
 
     # ---- hooks ---------------------------------------------------------------------------
-    def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def _loss_step(self, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
         raise NotImplementedError
 
-    def _eval_step(self, batch: dict) -> Dict[str, float]:
+    def _eval_step(self, batch) -> Dict[str, float]:
         with torch.no_grad():
             return self._loss_step(batch)[1]
 
-    def _begin_step(self, micro_batches: List[dict]) -> None:
+    def _begin_step(self, micro_batches: list) -> None:
         """Called with the micro-batches of one optimizer step before any forward."""
 
-    def _micro_weight(self, batch: dict, micro_batches: List[dict]) -> float:
+    def _micro_weight(self, batch, micro_batches: list) -> float:
         """With dynamic batches (micro-batches of different sizes): this micro-batch's share of the
         process's step, by which its loss and metrics are weighted (its rows / the step's rows; a
         trainer whose loss is already normalised for the whole step overrides it)."""
-        rows = [int(b["indices"].numel()) for b in micro_batches]
-        return int(batch["indices"].numel()) / sum(rows)
+        return batch.rows / sum(b.rows for b in micro_batches)
 
     # ---- dynamic batches ---------------------------------------------------------------------
     @staticmethod
@@ -204,9 +188,8 @@ class Trainer:
         return [[items[p] for p in g] for g in groups]
 
     # ---- helpers -------------------------------------------------------------------------
-    def _to_device(self, batch: dict) -> dict:
-        dev = self.strategy.device
-        return {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    def _to_device(self, batch):
+        return batch.to(self.strategy.device)
 
     def _loader(
         self, dataset: Dataset, epoch: int, consumed: int, shuffle: bool, whole_step: bool = False
@@ -336,7 +319,7 @@ class Trainer:
                     micro = [self._to_device(self.collate_fn(g)) for g in self._token_budget_split(next(it))]
                 else:
                     micro = [self._to_device(next(it)) for _ in range(self.accum)]
-                tokens = [real_and_padded_tokens(b) for b in micro]
+                tokens = [b.tokens.real_and_padded() for b in micro]
                 # The policy computes (forwards, backwards, the optimizer step): a span of the timeline.
                 span = timeline.begin("policy step")
                 self.engine.train()

@@ -6,8 +6,10 @@ from typing import Dict, Tuple
 
 import torch
 
+from openrlhf.datasets.batch import SeqBatch
+from openrlhf.logps.forward import forward_tokens
 from openrlhf.models.loss import token_kl
-from openrlhf.trainer.base import forward_batch
+from openrlhf.trainer.base import LoopParts
 from openrlhf.trainer.sft_trainer import SFTTrainer
 
 
@@ -27,31 +29,30 @@ class KDTrainer(SFTTrainer):
     """Loss = (response-token NLL + ``kd_coef`` x KL(teacher || student) summed over the same
     tokens) / response tokens of the optimizer step; the teacher (a frozen engine) reads the
     student's own tokens, so the two must share a vocabulary (checked before training).
-    ``vocab_size``: the tokens of that shared vocabulary. Every other keyword argument is
-    :class:`SFTTrainer`'s."""
+    ``vocab_size``: the tokens of that shared vocabulary."""
 
-    def __init__(self, *, teacher_engine, kd_coef: float, vocab_size: int, **sft_kwargs) -> None:
-        super().__init__(**sft_kwargs)
+    def __init__(self, loop: LoopParts, *, teacher_engine, kd_coef: float, vocab_size: int) -> None:
+        super().__init__(loop)
         self.teacher_engine = teacher_engine
         self.kd_coef = kd_coef
         self.vocab_size = vocab_size
 
-    def _terms(self, batch: dict, normalizer) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _terms(self, batch: SeqBatch, normalizer) -> Tuple[torch.Tensor, torch.Tensor]:
         every = slice(None)
-        logps, _, s_logits = forward_batch(self.engine, batch, response_logits=every)
-        nll = self.loss_fn(logps, batch["loss_mask"][:, 1:], normalizer=normalizer)
+        logps, _, s_logits = forward_tokens(self.engine, batch.tokens, response_logits=every)
+        nll = self.loss_fn(logps, batch.tokens.loss_mask[:, 1:], normalizer=normalizer)
         with torch.no_grad():
-            _, mask, t_logits = forward_batch(self.teacher_engine, batch, response_logits=every)
+            _, mask, t_logits = forward_tokens(self.teacher_engine, batch.tokens, response_logits=every)
         kl_sum = response_kl(s_logits, t_logits, self.vocab_size).sum()
         denom = normalizer if normalizer is not None else mask.sum().clamp(min=1).item()
         return nll, kl_sum / denom
 
-    def _loss_step(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def _loss_step(self, batch: SeqBatch) -> Tuple[torch.Tensor, Dict[str, float]]:
         nll, kl = self._terms(batch, self._normalizer)
         loss = nll + self.kd_coef * kl
         return loss, {"loss": loss.item(), "nll_loss": nll.item(), "kd_loss": kl.item()}
 
-    def _eval_step(self, batch: dict) -> Dict[str, float]:
+    def _eval_step(self, batch: SeqBatch) -> Dict[str, float]:
         with torch.no_grad():
             nll, kl = self._terms(batch, None)
             return {"loss": (nll + self.kd_coef * kl).item(), "nll_loss": nll.item(), "kd_loss": kl.item()}

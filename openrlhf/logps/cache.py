@@ -24,15 +24,12 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
 from huggingface_hub import snapshot_download
 
+from openrlhf.utils.errors import DataError
 from openrlhf.utils.jsonl import write_json_atomic
-
-from .loading import DataError
 
 # ref, teacher (the first teacher), teacher_2, teacher_3, ... (see models.loss.teacher_name)
 _KIND = re.compile(r"^(ref|teacher(_[2-9]|_[1-9][0-9]+)?)$")
@@ -154,14 +151,6 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-@dataclass
-class CachedLogps:
-    """Cached (chosen, rejected) log-probs of one kind, by original row index."""
-
-    kind: str
-    values: Dict[int, Tuple[float, float]]
-
-
 def has_cache(rows: Sequence[dict], kind: str) -> bool:
     c, r, _ = columns(kind)
     return any(c in row or r in row for row in rows)
@@ -169,8 +158,9 @@ def has_cache(rows: Sequence[dict], kind: str) -> bool:
 
 def load_cached(
     rows: Sequence[dict], kind: str, setting_fp: str, keys: Sequence[str], source: str, needed: Sequence[int], flag: str
-) -> CachedLogps:
-    """Check and read the ``kind`` columns for the rows in ``needed`` (original indices).
+) -> Dict[int, Tuple[float, float]]:
+    """Check and read the ``kind`` columns for the rows in ``needed`` (original indices): {row index:
+    (chosen, rejected)}.
 
     Every needed row must carry both numbers and a fingerprint equal to the one computed
     now from ``setting_fp`` and the row's own values; otherwise one clear error lists the
@@ -201,58 +191,4 @@ def load_cached(
             f"({len(problems)} of {len(needed)} rows): {shown}. Rerun python -m openrlhf.cli.score_logps "
             f"with the same model and data flags, or remove the {kind}_* columns to compute them online."
         )
-    return CachedLogps(kind, values)
-
-
-class WithRemoteLogps:
-    """A dataset view that adds log-prob columns of ``kinds`` (``ref``, ``teacher``, ...) to each item from
-    ``provider.get(kind, row index) -> (chosen, rejected)``: frozen models that run elsewhere (the Ray
-    trainers' actor groups). The batch then carries them as if they were cached."""
-
-    def __init__(self, base, provider, kinds: Sequence[str]):
-        self.base = base
-        self.provider = provider
-        self.kinds = list(kinds)
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        item = self.base[i]
-        for kind in self.kinds:
-            c, r, _ = columns(kind)
-            item[c], item[r] = self.provider.get(kind, item["index"])
-        return item
-
-    def row_index(self, i: int) -> int:
-        """The original row index of item ``i`` (without asking the provider)."""
-        return self.base[i]["index"]
-
-
-class _Cached:
-    """The provider of :class:`WithCachedLogps`: cached values by kind and row index."""
-
-    def __init__(self, caches: Sequence[CachedLogps]):
-        self.values = {c.kind: c.values for c in caches}
-
-    def get(self, kind: str, index: int) -> Tuple[float, float]:
-        return self.values[kind][index]
-
-
-class WithCachedLogps(WithRemoteLogps):
-    """A dataset view that adds the cached columns to each item (by its ``index``)."""
-
-    def __init__(self, base, caches: Sequence[CachedLogps]):
-        super().__init__(base, _Cached(caches), [c.kind for c in caches])
-
-
-def add_cached_to_batch(batch: dict, items: Sequence[dict]) -> dict:
-    """Copy cached log-prob columns found in the items into the batch as float tensors [B]."""
-    if not items:
-        return batch
-    for key in items[0]:
-        if key.endswith("_chosen_logp") and _KIND.match(key[: -len("_chosen_logp")]):
-            c, r, _ = columns(key[: -len("_chosen_logp")])
-            batch[c] = torch.tensor([it[c] for it in items], dtype=torch.float32)
-            batch[r] = torch.tensor([it[r] for it in items], dtype=torch.float32)
-    return batch
+    return values

@@ -1,0 +1,52 @@
+"""A frozen model of a preference run: the reference or one teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+from openrlhf.models.loss import teacher_name
+
+REF = "ref"
+REF_FLAG = "--ref.model_name_or_path"
+TEACHER_FLAG = "--teacher.model_name_or_path"
+
+
+@dataclass(frozen=True)
+class FrozenModel:
+    """``name``: ``ref`` or a teacher's (``teacher``, ``teacher_2``, ...; the prefix of its metrics and cached
+    columns); where it lives (``model_path``) and the flag that named it; whether its weights are offloaded;
+    how pairs are tokenised for it: ``renderer`` (a teacher's own tokenizer and chat template; None: the
+    policy's tokenisation) and ``max_len`` (None: whole responses, as a teacher scores them; the reference
+    is cut to --data.max_len as the policy is)."""
+
+    name: str
+    model_path: str
+    flag: str
+    offload: bool = False
+    renderer: Any = None
+    max_len: Optional[int] = None
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.name != REF
+
+    @property
+    def own_tokens(self) -> bool:
+        """Whether it reads its own tokenisation of a pair (``PairBatch.own[name]``), not the policy's."""
+        return self.renderer is not None
+
+
+def teacher_models(teacher_cfg, renderers: Sequence[Any]) -> List[FrozenModel]:
+    """One model per --teacher.model_name_or_path (``teacher``, ``teacher_2``, ...), each with its renderer
+    (its own tokenizer and chat template), scoring whole responses."""
+    paths = teacher_cfg.model_name_or_path
+    return [
+        FrozenModel(teacher_name(k), path, TEACHER_FLAG, teacher_cfg.offload, renderer)
+        for k, (path, renderer) in enumerate(zip(paths, renderers, strict=True))
+    ]
+
+
+def reference_model(path: str, offload: bool, max_len: int) -> FrozenModel:
+    """The reference: scored in the policy's tokenisation, cut to --data.max_len as the policy is trained."""
+    return FrozenModel(REF, path, REF_FLAG, offload, None, max_len)
