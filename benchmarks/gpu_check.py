@@ -1,4 +1,4 @@
-"""The GPU check: what a session lent a GPU machine runs first (README "On a GPU machine").
+"""The GPU check: what a session lent a GPU machine runs first (docs/ray-and-gpu.md "On a GPU machine").
 
     bash benchmarks/gpu_check.sh                  # every part, within --budget_s (default 560 s)
     bash benchmarks/gpu_check.sh --parts a1,a2    # some of them
@@ -6,7 +6,7 @@
 Parts, in this order, each with its own time limit and one summary line (PASS / FAIL / SKIPPED and why;
 a part that cannot run on this machine is SKIPPED with the reason, never PASS):
 
-  setup  installs the carried wheels (``.whl/``, see README) of packages this Python lacks into a folder of
+  setup  installs the carried wheels (``.whl/``, see docs/ray-and-gpu.md) of packages this Python lacks into a folder of
          their own (--site, /tmp/openrlhf_gpu_site), then records the versions, the GPUs and what imports
   a1     issue 31 item 1 on CUDA: ``pytest tests/test_dtypes.py``, all of it (on a CUDA machine its tests
          train on the GPU; the fp16 ones are marked gpu): the frozen reference's log-probs equal the policy's

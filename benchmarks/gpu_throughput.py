@@ -634,7 +634,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             "flash-attention needs a CUDA GPU" if not on_gpu else "flash_attn is not installed"
         )
     if TRL in names and importlib.util.find_spec("trl") is None:
-        skipped[TRL] = "trl is not installed (pip install trl==1.16.0; README: carried as a wheel)"
+        skipped[TRL] = "trl is not installed (pip install trl==1.16.0; docs/ray-and-gpu.md: carried as a wheel)"
     ours = [c for c in names if c in CONFIGS and c not in skipped]
     with_trl = TRL in names and TRL not in skipped
     dtype = "fp32" if a.tiny else "bf16"

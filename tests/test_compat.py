@@ -101,7 +101,7 @@ def test_upstream_mixtral_lora_script_flags_mean_what_they_mean_upstream():
 
 
 def test_upstream_defaults():
-    """The defaults a script relies on are upstream's (README's table lists the few that differ)."""
+    """The defaults a script relies on are upstream's (docs/from-openrlhf.md's table lists the few that differ)."""
     from openrlhf.config import TASK_CONFIGS
 
     def defaults(task):

@@ -343,8 +343,8 @@ def test_report_stages_score_in_the_runs_dtype(tmp_path):
 
 
 def test_kl_baselines_get_the_kd_coef_default_of_train_kd(tiny_dir, tmp_path):
-    """One --kd.coef default for the KL baselines: the pipeline's dsft_kl and ddpo_kl get train_kd's (0.4, as the
-    README says) when their sections give none, and a section's own value wins. Planned only, nothing runs."""
+    """One --kd.coef default for the KL baselines: the pipeline's dsft_kl and ddpo_kl get train_kd's (0.4, as
+    docs/pipeline.md says) when their sections give none, and a section's own value wins. Planned only, nothing runs."""
     kd_default = load_config(
         ["--model.model_name_or_path", "m", "--teacher.model_name_or_path", "t", "--data.dataset", "d"],
         "kd",

@@ -55,7 +55,7 @@ def test_response_logps_on_cuda_bf16_equal_full_logits():
 
 def test_packed_rows_run_as_one_forward_on_cuda_and_equal_padded():
     """On a GPU a packed row (sdpa) runs as one forward (one small forward per sequence was 4x slower there,
-    README "Performance") with the values of the padded rows."""
+    docs/performance.md) with the values of the padded rows."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from openrlhf.models.actor import masked_token_logps

@@ -1,4 +1,4 @@
-"""The package's layers (README, "Architecture"): nothing imports upward, nothing below cli/ imports cli/."""
+"""The package's layers (docs/architecture.md): nothing imports upward, nothing below cli/ imports cli/."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Coming from OpenRLHF (0.11): checkpoints that cross both ways, dashboard keys, schedulers, attention
-strings, lora_combiner, data sources and the token-level choices (README "Coming from OpenRLHF")."""
+strings, lora_combiner, data sources and the token-level choices (docs/from-openrlhf.md)."""
 
 from __future__ import annotations
 
@@ -355,7 +355,7 @@ def test_several_sources_are_capped_in_total(tmp_path):
     assert len(load_sources(f"{a},{b}", max_samples=5, probs=[0.5, 0.5], seed=1)) == 5
 
 
-# ---- token-level choices (README "Coming from OpenRLHF": one test per difference) ------------------
+# ---- token-level choices (docs/from-openrlhf.md: one test per difference) ------------------
 # Each test builds what OpenRLHF 0.11 feeds the model from its documented rule (the text it tokenizes,
 # add_special_tokens=False) next to ours, and pins the choice.
 

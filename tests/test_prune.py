@@ -401,8 +401,8 @@ def test_too_many_layers_and_non_empty_output_rejected(strong_dir, calib_jsonl, 
 
 
 def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, calib_jsonl, tmp_path):
-    """README "What happens when things go wrong": one ``error:`` line naming the flag, exit code 2, no traceback:
-    more layers removed than a 2-layer model has, and a model that is not of the Llama family (GPT-2)."""
+    """docs/failures.md "What happens when things go wrong": one ``error:`` line naming the flag, exit code 2, no
+    traceback: more layers removed than a 2-layer model has, and a model that is not of the Llama family (GPT-2)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from tiny import run_cli

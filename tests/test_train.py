@@ -306,10 +306,11 @@ def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
 def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(
     task, tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, tmp_path
 ):
-    """README: the loss curve does not depend on how the global batch is split into processes. The same global
-    batch of 4 under ZeRO-3: 1 process x micro-batch 2 x 2 accumulation steps against 2 processes x micro-batch 1
-    x 2 accumulation steps. Step 1 is the same model on the same 4 pairs; a gradient averaged wrongly across
-    processes or accumulation steps would change every loss from step 2 on (measured here: at most 7e-7 apart)."""
+    """docs/training.md "SFT": the loss curve does not depend on how the global batch is split into processes.
+    The same global batch of 4 under ZeRO-3: 1 process x micro-batch 2 x 2 accumulation steps against 2 processes
+    x micro-batch 1 x 2 accumulation steps. Step 1 is the same model on the same 4 pairs; a gradient averaged
+    wrongly across processes or accumulation steps would change every loss from step 2 on (measured here: at most
+    7e-7 apart)."""
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
     extra = ["--train.batch_size", "4", "--train.max_epochs", "2", "--model.beta", "0.5", "--adam.lr", "1e-2"]
     if task == "dadpo":

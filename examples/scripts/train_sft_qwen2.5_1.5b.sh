@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dSFT of Qwen2.5-1.5B-Instruct on teacher responses: 8 GPUs, ZeRO-3, bf16, flash-attn.
-# Data: JSONL rows {"prompt": ..., "response": ...} (see README, "Data formats").
+# Data: JSONL rows {"prompt": ..., "response": ...} (see docs/data-formats.md).
 set -euo pipefail
 deepspeed --num_gpus 8 --module openrlhf.cli.train_sft \
   --model.model_name_or_path Qwen/Qwen2.5-1.5B-Instruct \

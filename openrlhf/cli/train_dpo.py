@@ -1,7 +1,7 @@
 """python -m openrlhf.cli.train_dpo --model.model_name_or_path ... --data.dataset ...
 
 DPO / conservative DPO / IPO against a frozen reference (or cached reference log-probs
-from ``score_logps``). See README for the flags; the body is
+from ``score_logps``). See docs/training.md for the flags; the body is
 :func:`openrlhf.recipes.dpo.train_dpo`.
 """
 

@@ -1,6 +1,6 @@
 """python -m openrlhf.cli.train_sft --model.model_name_or_path ... --data.dataset ...
 
-Supervised fine-tuning on response tokens (dSFT). See README for the flags; the body is
+Supervised fine-tuning on response tokens (dSFT). See docs/training.md for the flags; the body is
 :func:`openrlhf.recipes.sft.train_sft`.
 """
 

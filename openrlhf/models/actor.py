@@ -213,7 +213,7 @@ def masked_token_logps(
         raise ValueError(f"packed_forward must be one of {PACKED_FORWARDS}, got {packed_forward!r}")
     # auto: one sequence at a time on a CPU (sdpa / eager: 1.17x the padded layout's real tokens/s, the one
     # call 1.08x), one call on an accelerator (where one small forward per sequence was 0.24x padded and
-    # the one call on par with it); README "Performance", benchmarks/packed_forward.py.
+    # the one call on par with it); docs/performance.md, benchmarks/packed_forward.py.
     on_cpu = input_ids.device.type == "cpu"
     one_call = (
         packed_forward == "one_call"
