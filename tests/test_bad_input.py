@@ -76,6 +76,8 @@ def _dadpo_flags(tiny_dir, teacher, data, out):
 # ---- data loss: a torn partial file of score_logps ---------------------------------------------------
 
 
+@pytest.mark.main_leg
+@pytest.mark.slow
 def test_score_logps_killed_mid_write_then_resumed_loses_no_row(tiny_dir, tiny_teacher_other_family, tmp_path):
     """A real SIGKILL while score_logps appends, then the last line cut in half (a torn write): the
     resumed run repairs the line before appending and scores every row, equal to an uninterrupted run."""

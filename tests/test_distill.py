@@ -130,6 +130,7 @@ def test_distill_bad_stage_flag_fails_before_any_work(tiny_dir, tiny_talking_tea
         load_distill_config(str(bad))
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_distill_with_a_deepspeed_launcher_two_processes(tiny_dir, tiny_talking_teacher, tmp_path, monkeypatch):
     """Training and scoring stages started as 2-process ZeRO-3 DeepSpeed jobs by the pipeline."""
@@ -171,6 +172,7 @@ def _check_dadpo_from_dsft(run: str) -> None:
     assert dsft.keys() == dadpo.keys() and any(not (dsft[k] == dadpo[k]).all() for k in dsft)
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_distill_launched_under_deepspeed_two_processes(tiny_dir, tiny_talking_teacher, tmp_path):
     """`deepspeed --num_gpus 2 --module openrlhf.cli.distill`: training stages on both processes

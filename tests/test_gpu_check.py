@@ -180,6 +180,7 @@ if os.environ.get("RANK") is not None and os.environ.get("CRASH_AFTER_STEP"):
 """
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_two_processes_zero3_packing_dynamic_batches_resume_mid_epoch(device, tmp_path):

@@ -390,6 +390,7 @@ def test_ray_flags_are_checked_before_any_work(tiny_dir, pairs):
         load_config(base + ["--teacher.num_gpus_per_node", "2"], "dadpo")
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_tiny_distill_pipeline_as_one_ray_job(ray_head, tiny_dir, tiny_talking_teacher, tmp_path):
     """`ray job submit ... -- python -m openrlhf.cli.distill --config` with launcher: ray: every stage on
