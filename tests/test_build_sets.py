@@ -277,6 +277,34 @@ def test_prepare_prompts_filters_dedups_and_splits_by_seed(tmp_path):
         prepare_prompts(src, str(tmp_path / "s4"), seed=1, eval_size=50, log=lambda *a: None)
 
 
+def test_prepare_prompts_validation_split_and_bad_options(tmp_path):
+    """``val_size`` prompts go to val.jsonl, after the eval split, which stays the same; out-of-range
+    options are one ValueError naming each."""
+    from openrlhf.generation.sharegpt import prepare_prompts
+
+    src = write_cut_array(tmp_path / "sharegpt.json", RECORDS)
+    kw = dict(eval_size=3, min_chars=5, max_chars=200, seed=1)
+    prepare_prompts(src, str(tmp_path / "no_val"), log=lambda *a: None, **kw)
+    lines = []
+    report = prepare_prompts(src, str(tmp_path / "val"), val_size=4, log=lines.append, **kw)
+    assert not os.path.exists(tmp_path / "no_val" / "val.jsonl")
+    train, evals, val = (read(os.path.join(tmp_path, "val", f"{s}.jsonl")) for s in ("train", "eval", "val"))
+    assert evals == read(os.path.join(tmp_path, "no_val", "eval.jsonl"))
+    assert val + train == read(os.path.join(tmp_path, "no_val", "train.jsonl"))
+    assert (report["train"], report["eval"], report["val"]) == (7, 3, 4)
+    assert lines[-1].endswith(f"-> 7 train + 3 eval + 4 validation prompts in {tmp_path / 'val'}")
+
+    with pytest.raises(ValueError) as e:
+        prepare_prompts(
+            src, str(tmp_path / "bad"), eval_size=-1, val_size=-2, min_chars=-1, max_chars=0, max_prompts=-3
+        )
+    assert str(e.value) == (
+        "--eval_size must be >= 0, got -1; --val_size must be >= 0, got -2; --min_chars must be >= 0, got -1; "
+        "--max_chars must be >= --min_chars and >= 1, got 0; --max_prompts must be -1 (all) or >= 0, got -3"
+    )
+    assert not os.path.exists(tmp_path / "bad")
+
+
 def test_prepare_prompts_cli_and_packaged_sharegpt(tmp_path):
     from openrlhf.cli.prepare_prompts import main
     from openrlhf.generation.sharegpt import sharegpt_path

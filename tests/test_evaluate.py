@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 
 import pytest
 import torch
@@ -144,6 +145,47 @@ def test_missing_ids_name_the_file_and_count(tiny_dir, response_files):
         )
     with pytest.raises(ValueError, match="reserved"):
         evaluate_responses(tiny_dir, response_files["teacher"], {"teacher": short}, str(response_files["dir"] / "o"))
+
+
+def test_bad_options_ids_outside_the_prompt_file_and_an_unusable_teacher_are_refused(
+    tiny_dir, response_files, monkeypatch
+):
+    """No candidate, a batch size below 1, teacher ids that the held-out prompt file lacks, a teacher folder
+    whose tokenizer has no chat template (or, scoring plain text, that has no model): one DataError each,
+    the cheap ones before any model loads."""
+    import openrlhf.eval.offline as ev
+    from openrlhf.datasets.loading import DataError
+
+    from tiny import make_tokenizer
+
+    d, teacher = response_files["dir"], response_files["teacher"]
+    real_load = ev.AutoModelForCausalLM.from_pretrained
+    loads = []
+
+    def counting(*a, **k):
+        loads.append(a)
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(ev.AutoModelForCausalLM, "from_pretrained", counting)
+    no_template = str(d / "no_template")
+    make_tokenizer(no_template, style="none")  # a tokenizer without a chat template; a model config, no weights
+    shutil.copy(os.path.join(tiny_dir, "config.json"), no_template)
+    out, cand = str(d / "o"), {"same": response_files["same"]}
+    with pytest.raises(DataError, match=r"^--candidate: give at least one candidate response file \(label=FILE\)$"):
+        evaluate_responses(no_template, teacher, {}, out)
+    with pytest.raises(DataError, match=r"^--batch_size: must be >= 1, got 0$"):
+        evaluate_responses(no_template, teacher, cand, out, batch_size=0)
+    held_out = write_jsonl(str(d / "held_out.jsonl"), [{"prompt": f"p{i}"} for i in range(5)])  # ids: positions
+    with pytest.raises(
+        DataError, match=r"teacher\.jsonl: 3 ids are not in --prompts .*held_out\.jsonl \(e\.g\. \['5', '6', '7'\]\)"
+    ):
+        evaluate_responses(no_template, teacher, cand, out, prompts=held_out)
+    with pytest.raises(DataError, match=r"the tokenizer has no chat template; give one with --teacher_chat_template"):
+        evaluate_responses(no_template, teacher, cand, out)
+    assert loads == []
+    with pytest.raises(DataError, match=r"^--teacher: cannot load a model from .*no_template"):
+        evaluate_responses(no_template, teacher, cand, out, apply_chat_template=False, progress=False)
+    assert not os.path.exists(out)
 
 
 def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):

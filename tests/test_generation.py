@@ -1,5 +1,6 @@
 """python -m openrlhf.cli.generate: prompts, greedy determinism, resuming, stop/length (the vLLM backend: test_vllm.py)."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -8,6 +9,7 @@ import pytest
 
 from openrlhf.config.parse import ConfigError, load_config
 from openrlhf.datasets.loading import DataError
+from openrlhf.utils.errors import Interrupted
 
 from tiny import write_jsonl
 
@@ -252,6 +254,85 @@ def test_an_id_answered_for_another_prompt_is_refused(tiny_dir, prompts_jsonl, t
     other = write_jsonl(str(tmp_path / "other.jsonl"), [{"id": "q2", "prompt": "Something else entirely."}])
     with pytest.raises(DataError, match=r"already answers 1 of these ids with another prompt .*: id 'q2'"):
         run(make_cfg(tiny_dir, other, out))
+
+
+def test_a_file_of_both_prompt_kinds_or_multi_turn_without_a_template_is_refused(tiny_dir, tmp_path, monkeypatch):
+    """Multi-turn rows (``turns``) and single prompts in one file, or multi-turn rows without
+    --data.apply_chat_template: one DataError each, before a model loads."""
+    import openrlhf.generation.hf_backend as hf
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the data was checked")
+
+    monkeypatch.setattr(hf.HFGenerator, "__init__", no_model)
+    turns = {"id": "t1", "turns": ["Hello.", "And then?"]}
+    mixed = write_jsonl(str(tmp_path / "mixed.jsonl"), [turns, PROMPTS[0]])
+    with pytest.raises(DataError, match=r"1 rows are multi-turn \('turns'\) and 1 are not; use one kind per file"):
+        run(make_cfg(tiny_dir, mixed, str(tmp_path / "out.jsonl")))
+    multi = write_jsonl(str(tmp_path / "multi.jsonl"), [turns])
+    cfg = make_cfg(tiny_dir, multi, str(tmp_path / "out.jsonl"))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, apply_chat_template=False))
+    with pytest.raises(DataError, match=r"multi-turn prompts \('turns'\) need --data.apply_chat_template"):
+        run(cfg)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_rows_of_other_ids_stay_after_the_prompts_in_prompt_order(tiny_dir, prompts_jsonl, tmp_path):
+    """An output file holding a row of an id that is not in the prompt file: the finished file has the
+    prompts' rows in prompt-file order, then that row; the stats and a note line count it."""
+    out = str(tmp_path / "gen.jsonl")
+    run(make_cfg(tiny_dir, prompts_jsonl, out, "--data.max_samples", "2"))
+    done = read(out)
+    extra = dict(done[0], id="zz", prompt="Not in the prompt file.")
+    write_jsonl(out, [done[1], extra, done[0]])
+    lines = []
+    from openrlhf.recipes.generate import generate
+
+    stats = generate(make_cfg(tiny_dir, prompts_jsonl, out), log=lines.append)
+    assert [r["id"] for r in read(out)] == [p["id"] for p in PROMPTS] + ["zz"]
+    assert read(out)[-1] == extra and read(out)[:2] == done
+    assert (stats["rows_in_output"], stats["other_rows_in_output"], stats["already_done"]) == (7, 1, 2)
+    assert lines[-1] == f"generate: note: 1 rows of {out} have ids that are not in {prompts_jsonl}"
+
+
+def test_a_backend_that_skips_a_prompt_is_an_error(tiny_dir, prompts_jsonl, tmp_path, monkeypatch):
+    import openrlhf.generation.hf_backend as hf
+
+    real = hf.HFGenerator.run
+
+    def skipping(self, prompts, sampling):
+        for batch in real(self, prompts, sampling):
+            yield [res for res in batch if res[0] != 1]  # never the second prompt
+
+    monkeypatch.setattr(hf.HFGenerator, "run", skipping)
+    out = str(tmp_path / "gen.jsonl")
+    with pytest.raises(RuntimeError, match=r"generate: the hf backend returned no response for ids \['q2'\]"):
+        run(make_cfg(tiny_dir, prompts_jsonl, out))
+    assert sorted(r["id"] for r in read(out)) == ["q1", "q3", "q4", "q5", "q6"]  # the answers are kept
+
+
+def test_an_interrupted_multi_turn_run_says_rows_are_written_when_every_turn_is_answered(
+    tiny_dir, tmp_path, monkeypatch
+):
+    import openrlhf.generation.hf_backend as hf
+
+    def interrupted(self, prompts, sampling):
+        raise KeyboardInterrupt
+        yield  # a generator, as the real one
+
+    closed = []
+    real_close = hf.HFGenerator.close
+    monkeypatch.setattr(hf.HFGenerator, "run", interrupted)
+    monkeypatch.setattr(hf.HFGenerator, "close", lambda self: (closed.append(True), real_close(self)))
+    rows = [{"id": "t1", "turns": ["Hello.", "And then?"]}, {"id": "t2", "turns": ["Name a colour."]}]
+    out = str(tmp_path / "gen.jsonl")
+    with pytest.raises(Interrupted) as e:
+        run(make_cfg(tiny_dir, write_jsonl(str(tmp_path / "multi.jsonl"), rows), out))
+    assert str(e.value) == (
+        f"0 of 2 multi-turn prompts (a row is written when all its turns are answered) are answered in {out}; "
+        "rerun the same command to resume (only the missing ones are generated)"
+    )
+    assert e.value.__suppress_context__ and closed == [True]
 
 
 def test_generate_config_is_validated(tiny_dir, prompts_jsonl):

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -302,47 +303,10 @@ def evaluate_responses(
     teacher tokenizer's template.
     """
     # Cheap checks first: labels, files, ids; then the teacher.
-    if not candidates:
-        raise DataError("--candidate: give at least one candidate response file (label=FILE)")
-    for label in candidates:
-        if not label or label == TEACHER_LABEL:
-            raise DataError(
-                f"--candidate: label {label!r} is empty or reserved (the teacher's own row is {TEACHER_LABEL!r})"
-            )
-    if batch_size < 1:
-        raise DataError(f"--batch_size: must be >= 1, got {batch_size}")
+    _check_options(candidates, batch_size)
     model_dtype = torch_dtype(dtype, "--dtype")
-    teacher_rows = read_responses(teacher_responses, "--teacher_responses")
-    if prompts:
-        prompt_ids = {str(r.get("id", i)) for i, r in enumerate(load_rows(prompts, what="--prompts"))}
-        unknown = [i for i in teacher_rows if i not in prompt_ids]
-        if unknown:
-            raise DataError(
-                f"--teacher_responses {teacher_responses}: {len(unknown)} ids are not in --prompts "
-                f"{prompts} (e.g. {unknown[:3]})"
-            )
-    cand_rows: Dict[str, Dict[str, dict]] = {}
-    for label, path in candidates.items():
-        rows = read_responses(path, f"--candidate {label}")
-        check_same_ids(teacher_rows, rows, label, path)
-        cand_rows[label] = rows
-
-    tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher")
-    if apply_chat_template and not tokenizer.chat_template:
-        raise DataError(
-            f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
-            "--teacher_chat_template, or score plain text with --no_chat_template"
-        )
-    renderer = PromptRenderer(tokenizer, apply_chat_template=apply_chat_template, model_path=teacher_path)
-    where = pick_device(device)
-    if where.type == "cpu":
-        model_dtype = torch_dtype("fp32")  # bf16 / fp16 matmuls are several times slower on a CPU
-    try:
-        model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=model_dtype)
-    except OSError as e:
-        raise DataError(f"--teacher: cannot load a model from {teacher_path!r}: {e}") from e
-    model.to(where)
-    pad_id = pad_token_id(tokenizer)
+    teacher_rows, cand_rows = _read_response_files(teacher_responses, candidates, prompts)
+    teacher = _load_teacher(teacher_path, chat_template, apply_chat_template, model_dtype, device)
 
     ids = list(teacher_rows)
     sources = {TEACHER_LABEL: (teacher_rows, teacher_responses)}
@@ -358,71 +322,188 @@ def evaluate_responses(
     per_row: List[dict] = []
     per_prompt: Dict[str, Dict[str, list]] = {}
     for label, (rows, path) in sources.items():
-        pairs = [(teacher_rows[i]["prompt"], rows[i]["response"]) for i in ids]
-        wheres = [f"{path}: row {rows[i]['_row']}" for i in ids]
-        cut = [rows[i].get("finish_reason") == "length" for i in ids]
-        nll = teacher_nll(
-            model,
-            renderer,
-            pairs,
-            pad_id=pad_id,
-            batch_size=batch_size,
-            wheres=wheres,
-            cut_off=cut,
-            progress=progress,
-            desc=f"teacher NLL ({label})",
-        )
-        rouge = [rouge_l(_text(rows[i]["response"]), _text(teacher_rows[i]["response"])) for i in ids]
-        n_words = [len(words(_text(rows[i]["response"]))) for i in ids]
-        reasons = [rows[i].get("finish_reason") for i in ids]
-        row_nll = [s / n if n else float("nan") for s, n in nll]
-        tok_total = sum(n for _, n in nll)
-        report["models"][label] = {
-            "file": path,
-            "rouge_l_f1": _mean([r["f1"] for r in rouge]),
-            "rouge_l_precision": _mean([r["precision"] for r in rouge]),
-            "rouge_l_recall": _mean([r["recall"] for r in rouge]),
-            "teacher_nll": _mean([x for x in row_nll if not math.isnan(x)]),
-            "teacher_nll_tokens": sum(s for s, _ in nll) / tok_total if tok_total else float("nan"),
-            "mean_words": _mean(n_words),
-            "mean_teacher_tokens": _mean([n for _, n in nll]),
-            "truncated": (_mean([r == "length" for r in reasons]) if all(r is not None for r in reasons) else None),
-            "rows": len(ids),
-        }
-        per_prompt[label] = {
-            "rouge_l_f1": [r["f1"] for r in rouge],
-            "teacher_nll": row_nll,
-            "mean_words": [float(w) for w in n_words],
-            "truncated": [float(r == "length") for r in reasons] if all(r is not None for r in reasons) else [],
-        }
+        scores = _score_model(teacher, teacher_rows, rows, ids, path, label, batch_size=batch_size, progress=progress)
+        report["models"][label] = _summary(path, scores, len(ids))
+        per_prompt[label] = _per_prompt(scores)
         report["models"][label]["ci"] = {key: bootstrap_ci(v) for key, v in per_prompt[label].items() if v}
-        for i, r, (s, n), w in zip(ids, rouge, nll, n_words, strict=True):
-            per_row.append(
-                {
-                    "id": teacher_rows[i]["id"],
-                    "model": label,
-                    "rouge_l_f1": r["f1"],
-                    "teacher_nll": s / n if n else None,
-                    "teacher_tokens": n,
-                    "words": w,
-                }
-            )
+        per_row += _score_rows(label, teacher_rows, ids, scores)
 
     if compare_to in candidates:
-        ref = per_prompt[compare_to]
         report["compare_to"] = compare_to
-        report["paired"] = {
-            label: {
-                "rouge_l_f1": paired_comparison(ref["rouge_l_f1"], v["rouge_l_f1"], higher_is_better=True),
-                "teacher_nll": paired_comparison(ref["teacher_nll"], v["teacher_nll"], higher_is_better=False),
-            }
-            for label, v in per_prompt.items()
-            if label not in (compare_to, TEACHER_LABEL)
-        }
+        report["paired"] = _paired(per_prompt, compare_to)
     # The teacher leaves the GPU now: the next stage (a vLLM engine checking free memory at start-up) must
     # find that memory free, not held in this process's allocator cache.
-    del model
+    where = teacher.device
+    del teacher
     release_memory(where)
+    _write_reports(output_dir, report, per_row)
+    return report
+
+
+@dataclass
+class _Teacher:
+    """The scoring teacher: its model on its device, its prompt renderer and its pad id."""
+
+    model: Any
+    renderer: PromptRenderer
+    pad_id: int
+    device: torch.device
+
+
+@dataclass
+class _Scores:
+    """One model's per-prompt scores: ROUGE-L against the teacher, teacher NLL (sum, tokens), words, finish reasons."""
+
+    rouge: List[Dict[str, float]]
+    nll: List[Tuple[float, int]]
+    n_words: List[int]
+    reasons: List[Optional[str]]
+
+    def row_nll(self) -> List[float]:
+        """The teacher's mean NLL per response token of each row (nan for a row without response tokens)."""
+        return [s / n if n else float("nan") for s, n in self.nll]
+
+    def truncated_known(self) -> bool:
+        """Whether every row says its finish reason (the cut-off share is then reported)."""
+        return all(r is not None for r in self.reasons)
+
+
+def _check_options(candidates: Dict[str, str], batch_size: int) -> None:
+    """A DataError for no candidate, an empty or reserved label, or a batch size below 1."""
+    if not candidates:
+        raise DataError("--candidate: give at least one candidate response file (label=FILE)")
+    for label in candidates:
+        if not label or label == TEACHER_LABEL:
+            raise DataError(
+                f"--candidate: label {label!r} is empty or reserved (the teacher's own row is {TEACHER_LABEL!r})"
+            )
+    if batch_size < 1:
+        raise DataError(f"--batch_size: must be >= 1, got {batch_size}")
+
+
+def _read_response_files(
+    teacher_responses: str, candidates: Dict[str, str], prompts: Optional[str]
+) -> Tuple[Dict[str, dict], Dict[str, Dict[str, dict]]]:
+    """The teacher's rows (ids checked against --prompts) and each candidate's (the teacher's ids and prompts)."""
+    teacher_rows = read_responses(teacher_responses, "--teacher_responses")
+    if prompts:
+        prompt_ids = {str(r.get("id", i)) for i, r in enumerate(load_rows(prompts, what="--prompts"))}
+        unknown = [i for i in teacher_rows if i not in prompt_ids]
+        if unknown:
+            raise DataError(
+                f"--teacher_responses {teacher_responses}: {len(unknown)} ids are not in --prompts "
+                f"{prompts} (e.g. {unknown[:3]})"
+            )
+    cand_rows: Dict[str, Dict[str, dict]] = {}
+    for label, path in candidates.items():
+        rows = read_responses(path, f"--candidate {label}")
+        check_same_ids(teacher_rows, rows, label, path)
+        cand_rows[label] = rows
+    return teacher_rows, cand_rows
+
+
+def _load_teacher(teacher_path: str, chat_template: str, apply_chat_template: bool, model_dtype, device) -> _Teacher:
+    """The teacher's tokenizer (a chat template when one is applied) and model on its device (fp32 on a CPU)."""
+    tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher")
+    if apply_chat_template and not tokenizer.chat_template:
+        raise DataError(
+            f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
+            "--teacher_chat_template, or score plain text with --no_chat_template"
+        )
+    renderer = PromptRenderer(tokenizer, apply_chat_template=apply_chat_template, model_path=teacher_path)
+    where = pick_device(device)
+    if where.type == "cpu":
+        model_dtype = torch_dtype("fp32")  # bf16 / fp16 matmuls are several times slower on a CPU
+    try:
+        model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=model_dtype)
+    except OSError as e:
+        raise DataError(f"--teacher: cannot load a model from {teacher_path!r}: {e}") from e
+    model.to(where)
+    return _Teacher(model, renderer, pad_token_id(tokenizer), where)
+
+
+def _score_model(
+    teacher: _Teacher, teacher_rows, rows, ids, path: str, label: str, *, batch_size: int, progress: bool
+) -> _Scores:
+    """Score one model's responses: the teacher's NLL of each, ROUGE-L against the teacher's, words, finish reasons."""
+    pairs = [(teacher_rows[i]["prompt"], rows[i]["response"]) for i in ids]
+    wheres = [f"{path}: row {rows[i]['_row']}" for i in ids]
+    cut = [rows[i].get("finish_reason") == "length" for i in ids]
+    nll = teacher_nll(
+        teacher.model,
+        teacher.renderer,
+        pairs,
+        pad_id=teacher.pad_id,
+        batch_size=batch_size,
+        wheres=wheres,
+        cut_off=cut,
+        progress=progress,
+        desc=f"teacher NLL ({label})",
+    )
+    rouge = [rouge_l(_text(rows[i]["response"]), _text(teacher_rows[i]["response"])) for i in ids]
+    n_words = [len(words(_text(rows[i]["response"]))) for i in ids]
+    reasons = [rows[i].get("finish_reason") for i in ids]
+    return _Scores(rouge, nll, n_words, reasons)
+
+
+def _summary(path: str, s: _Scores, num_rows: int) -> dict:
+    """One model's entry of report.json (its intervals added after): the means over its prompts."""
+    row_nll = s.row_nll()
+    tok_total = sum(n for _, n in s.nll)
+    return {
+        "file": path,
+        "rouge_l_f1": _mean([r["f1"] for r in s.rouge]),
+        "rouge_l_precision": _mean([r["precision"] for r in s.rouge]),
+        "rouge_l_recall": _mean([r["recall"] for r in s.rouge]),
+        "teacher_nll": _mean([x for x in row_nll if not math.isnan(x)]),
+        "teacher_nll_tokens": sum(x for x, _ in s.nll) / tok_total if tok_total else float("nan"),
+        "mean_words": _mean(s.n_words),
+        "mean_teacher_tokens": _mean([n for _, n in s.nll]),
+        "truncated": (_mean([r == "length" for r in s.reasons]) if s.truncated_known() else None),
+        "rows": num_rows,
+    }
+
+
+def _per_prompt(s: _Scores) -> Dict[str, list]:
+    """One model's per-prompt values of each metric (for the intervals and the paired comparison)."""
+    return {
+        "rouge_l_f1": [r["f1"] for r in s.rouge],
+        "teacher_nll": s.row_nll(),
+        "mean_words": [float(w) for w in s.n_words],
+        "truncated": [float(r == "length") for r in s.reasons] if s.truncated_known() else [],
+    }
+
+
+def _score_rows(label: str, teacher_rows, ids, s: _Scores) -> List[dict]:
+    """One model's rows of scores.jsonl, one per prompt."""
+    return [
+        {
+            "id": teacher_rows[i]["id"],
+            "model": label,
+            "rouge_l_f1": r["f1"],
+            "teacher_nll": x / n if n else None,
+            "teacher_tokens": n,
+            "words": w,
+        }
+        for i, r, (x, n), w in zip(ids, s.rouge, s.nll, s.n_words, strict=True)
+    ]
+
+
+def _paired(per_prompt: Dict[str, Dict[str, list]], compare_to: str) -> Dict[str, dict]:
+    """``compare_to`` against every other candidate, prompt by prompt, on ROUGE-L F1 and the teacher NLL."""
+    ref = per_prompt[compare_to]
+    return {
+        label: {
+            "rouge_l_f1": paired_comparison(ref["rouge_l_f1"], v["rouge_l_f1"], higher_is_better=True),
+            "teacher_nll": paired_comparison(ref["teacher_nll"], v["teacher_nll"], higher_is_better=False),
+        }
+        for label, v in per_prompt.items()
+        if label not in (compare_to, TEACHER_LABEL)
+    }
+
+
+def _write_reports(output_dir: str, report: dict, per_row: List[dict]) -> None:
+    """Write report.json, scores.jsonl, report.md and report.png into ``output_dir``."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
@@ -435,4 +516,3 @@ def evaluate_responses(
         offline_panels(report),
         panel_size=(4.2, 3.6 + 0.1 * len(report["models"])),
     )
-    return report

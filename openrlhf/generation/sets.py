@@ -34,7 +34,8 @@ Rows come out in the order of the teacher file.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 from openrlhf.datasets.loading import DataError
 from openrlhf.generation.outputs import ID_KEY
@@ -82,6 +83,15 @@ def _index(path: str, what: str, prompt_key: str) -> Tuple[Dict[Any, dict], List
     return rows, order, line_of
 
 
+@dataclass
+class _Joined:
+    """The two sets from the joined files (in teacher order) and the count of every kept and dropped row."""
+
+    counts: Dict[str, int]
+    preference: List[dict]
+    sft: List[dict]
+
+
 def build_sets(
     teacher_path: str,
     student_path: str,
@@ -91,6 +101,39 @@ def build_sets(
     keep_unfinished: bool = False,
 ) -> Dict[str, Any]:
     """Write the preference and SFT sets (see the module doc); returns the report."""
+    _check_paths(teacher_path, student_path, output_dir)
+    teacher, t_order, t_line = _index(teacher_path, "--teacher", prompt_key)
+    student, _, s_line = _index(student_path, "--student", prompt_key)
+    _check_shared_ids(teacher_path, student_path, t_order, student)
+    _check_same_prompts(teacher_path, student_path, prompt_key, teacher, t_order, t_line, student, s_line)
+    joined = _join(teacher, t_order, student, prompt_key, keep_unfinished)
+
+    os.makedirs(output_dir, exist_ok=True)
+    pref_path = os.path.join(output_dir, PREFERENCE_FILE)
+    sft_path = os.path.join(output_dir, SFT_FILE)
+    write_jsonl_atomic(pref_path, joined.preference)
+    write_jsonl_atomic(sft_path, joined.sft)
+    report = {
+        "teacher": os.path.abspath(teacher_path),
+        "student": os.path.abspath(student_path),
+        "teacher_model": next((teacher[r].get("model") for r in t_order), None),
+        "student_model": next((r.get("model") for r in student.values()), None),
+        **joined.counts,
+        "preference_rows": len(joined.preference),
+        "sft_rows": len(joined.sft),
+        "preference_path": os.path.abspath(pref_path),
+        "sft_path": os.path.abspath(sft_path),
+        "keep_unfinished": keep_unfinished,
+        "policy": _policy(keep_unfinished),
+    }
+    write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
+    _log_summary(log, joined, output_dir)
+    _check_preference_not_empty(joined, sft_path)
+    return report
+
+
+def _check_paths(teacher_path: str, student_path: str, output_dir: str) -> None:
+    """A DataError for an output folder that cannot be one, or the same file as --teacher and --student."""
     problem = output_dir_problem(output_dir)
     if problem:
         raise DataError(f"--output_dir: {problem}")
@@ -99,22 +142,37 @@ def build_sets(
             f"--teacher and --student are the same file ({teacher_path}): every pair would be the "
             "same response twice, leaving no preference to learn"
         )
-    teacher, t_order, t_line = _index(teacher_path, "--teacher", prompt_key)
-    student, _, s_line = _index(student_path, "--student", prompt_key)
-    if not any(rid in student for rid in t_order):
-        t_types = sorted({type(r).__name__ for r in t_order})
-        s_types = sorted({type(r).__name__ for r in student})
-        hint = (
-            f"; the ids are of different types (--teacher: {', '.join(t_types)}, --student: "
-            f"{', '.join(s_types)}), so 0 and '0' never match"
-            if t_types != s_types
-            else ""
-        )
-        raise DataError(
-            f"--teacher {teacher_path} and --student {student_path} share no id "
-            f"(e.g. {t_order[:3]} vs {list(student)[:3]}){hint}; generate both from the same prompt file"
-        )
 
+
+def _check_shared_ids(teacher_path: str, student_path: str, t_order: List[Any], student: Dict[Any, dict]) -> None:
+    """A DataError when the two files share no id (saying so when their ids are of different types)."""
+    if any(rid in student for rid in t_order):
+        return
+    t_types = sorted({type(r).__name__ for r in t_order})
+    s_types = sorted({type(r).__name__ for r in student})
+    hint = (
+        f"; the ids are of different types (--teacher: {', '.join(t_types)}, --student: "
+        f"{', '.join(s_types)}), so 0 and '0' never match"
+        if t_types != s_types
+        else ""
+    )
+    raise DataError(
+        f"--teacher {teacher_path} and --student {student_path} share no id "
+        f"(e.g. {t_order[:3]} vs {list(student)[:3]}){hint}; generate both from the same prompt file"
+    )
+
+
+def _check_same_prompts(
+    teacher_path: str,
+    student_path: str,
+    prompt_key: str,
+    teacher: Dict[Any, dict],
+    t_order: List[Any],
+    t_line: Dict[Any, int],
+    student: Dict[Any, dict],
+    s_line: Dict[Any, int],
+) -> None:
+    """One error listing the ids whose prompts differ between the two files."""
     mismatched = [
         f"id {rid!r}: --teacher line {t_line[rid]} and --student line {s_line[rid]}"
         for rid in t_order
@@ -127,6 +185,11 @@ def build_sets(
             len(t_order),
         )
 
+
+def _join(
+    teacher: Dict[Any, dict], t_order: List[Any], student: Dict[Any, dict], prompt_key: str, keep_unfinished: bool
+) -> _Joined:
+    """Join the two files by id in teacher order into the SFT and preference rows, counting every drop."""
     counts = {
         "teacher_rows": len(teacher),
         "student_rows": len(student),
@@ -148,70 +211,82 @@ def build_sets(
             continue
         counts["joined"] += 1
         t, s = teacher[rid], student[rid]
-        chosen, rejected = t["response"], s["response"]
-        if not chosen.strip():
-            counts["teacher_empty"] += 1
-            continue
         t_cut = t.get("finish_reason") == "length"
-        if t_cut and not keep_unfinished:
-            counts["teacher_truncated"] += 1
+        dropped = _teacher_drop(t["response"], t_cut, keep_unfinished)
+        if dropped:
+            counts[dropped] += 1
             continue
         counts["teacher_truncated_kept"] += int(t_cut)
-        sft.append(
-            {
-                ID_KEY: rid,
-                SFT_SET_FLAGS["data.input_key"]: t[prompt_key],
-                SFT_SET_FLAGS["data.output_key"]: chosen,
-                **({"output_unfinished": True} if t_cut else {}),
-            }
-        )
-        if chosen.strip() == rejected.strip():
-            counts["identical"] += 1
-            continue
-        if not rejected.strip():
-            counts["student_empty"] += 1
+        sft.append(_sft_row(rid, t, prompt_key, t_cut))
+        dropped = _student_drop(t["response"], s["response"])
+        if dropped:
+            counts[dropped] += 1
             continue
         s_cut = s.get("finish_reason") == "length"
         counts["student_truncated_kept"] += int(s_cut)
-        row = {
-            ID_KEY: rid,
-            PREFERENCE_SET_FLAGS["data.prompt_key"]: t[prompt_key],
-            PREFERENCE_SET_FLAGS["data.chosen_key"]: chosen,
-            PREFERENCE_SET_FLAGS["data.rejected_key"]: rejected,
-        }
-        if keep_unfinished:
-            row.update({"chosen_unfinished": t_cut, "rejected_unfinished": s_cut})
-        preference.append(row)
+        preference.append(_preference_row(rid, t, s, prompt_key, (t_cut, s_cut) if keep_unfinished else None))
+    return _Joined(counts, preference, sft)
 
-    os.makedirs(output_dir, exist_ok=True)
-    pref_path = os.path.join(output_dir, PREFERENCE_FILE)
-    sft_path = os.path.join(output_dir, SFT_FILE)
-    write_jsonl_atomic(pref_path, preference)
-    write_jsonl_atomic(sft_path, sft)
-    report = {
-        "teacher": os.path.abspath(teacher_path),
-        "student": os.path.abspath(student_path),
-        "teacher_model": next((teacher[r].get("model") for r in t_order), None),
-        "student_model": next((r.get("model") for r in student.values()), None),
-        **counts,
-        "preference_rows": len(preference),
-        "sft_rows": len(sft),
-        "preference_path": os.path.abspath(pref_path),
-        "sft_path": os.path.abspath(sft_path),
-        "keep_unfinished": keep_unfinished,
-        "policy": (
-            "ids in one file only: dropped; teacher response empty: dropped from both sets; teacher response "
-            "truncated (finish_reason length): "
-            + (
-                "kept, marked unfinished (trained without the end-of-turn token), as are truncated student responses"
-                if keep_unfinished
-                else "dropped from both sets"
-            )
-            + "; identical responses (after strip) or empty student response: dropped from the preference "
-            "set only"
-        ),
+
+def _teacher_drop(chosen: str, t_cut: bool, keep_unfinished: bool) -> Optional[str]:
+    """The count a teacher response is dropped from both sets under (empty, or truncated), else None."""
+    if not chosen.strip():
+        return "teacher_empty"
+    if t_cut and not keep_unfinished:
+        return "teacher_truncated"
+    return None
+
+
+def _student_drop(chosen: str, rejected: str) -> Optional[str]:
+    """The count a pair is dropped from the preference set under (identical, or empty student response), else None."""
+    if chosen.strip() == rejected.strip():
+        return "identical"
+    if not rejected.strip():
+        return "student_empty"
+    return None
+
+
+def _sft_row(rid: Any, t: dict, prompt_key: str, t_cut: bool) -> dict:
+    """The SFT row of one teacher response (marked unfinished when truncated)."""
+    return {
+        ID_KEY: rid,
+        SFT_SET_FLAGS["data.input_key"]: t[prompt_key],
+        SFT_SET_FLAGS["data.output_key"]: t["response"],
+        **({"output_unfinished": True} if t_cut else {}),
     }
-    write_json_atomic(os.path.join(output_dir, REPORT_FILE), report)
+
+
+def _preference_row(rid: Any, t: dict, s: dict, prompt_key: str, unfinished: Optional[Tuple[bool, bool]]) -> dict:
+    """The preference row of one pair; ``unfinished`` (teacher, student truncated) marks them (--keep_unfinished)."""
+    row = {
+        ID_KEY: rid,
+        PREFERENCE_SET_FLAGS["data.prompt_key"]: t[prompt_key],
+        PREFERENCE_SET_FLAGS["data.chosen_key"]: t["response"],
+        PREFERENCE_SET_FLAGS["data.rejected_key"]: s["response"],
+    }
+    if unfinished is not None:
+        row.update({"chosen_unfinished": unfinished[0], "rejected_unfinished": unfinished[1]})
+    return row
+
+
+def _policy(keep_unfinished: bool) -> str:
+    """The report's one-sentence statement of what was dropped and kept."""
+    return (
+        "ids in one file only: dropped; teacher response empty: dropped from both sets; teacher response "
+        "truncated (finish_reason length): "
+        + (
+            "kept, marked unfinished (trained without the end-of-turn token), as are truncated student responses"
+            if keep_unfinished
+            else "dropped from both sets"
+        )
+        + "; identical responses (after strip) or empty student response: dropped from the preference "
+        "set only"
+    )
+
+
+def _log_summary(log, joined: _Joined, output_dir: str) -> None:
+    """Log one line: the joined ids, every drop, and the rows of each set."""
+    counts = joined.counts
     log(
         f"build_sets: {counts['joined']} ids in both files ({counts['only_teacher']} only in --teacher, "
         f"{counts['only_student']} only in --student); dropped from both sets: {counts['teacher_empty']} empty and "
@@ -219,13 +294,18 @@ def build_sets(
         f"ones kept as unfinished); dropped from the preference set only: "
         f"{counts['identical']} identical and {counts['student_empty']} empty student responses "
         f"({counts['student_truncated_kept']} truncated student responses kept) -> "
-        f"{len(preference)} preference rows, {len(sft)} SFT rows in {output_dir}"
+        f"{len(joined.preference)} preference rows, {len(joined.sft)} SFT rows in {output_dir}"
     )
-    if not preference:
-        raise DataError(
-            f"build_sets: the preference set is empty ({counts['joined']} ids joined; "
-            f"{counts['teacher_empty']} empty and {counts['teacher_truncated']} truncated teacher "
-            f"responses, {counts['identical']} identical pairs, {counts['student_empty']} empty student "
-            f"responses); {sft_path} and {REPORT_FILE} were written"
-        )
-    return report
+
+
+def _check_preference_not_empty(joined: _Joined, sft_path: str) -> None:
+    """A DataError when no pair is left for the preference set (the SFT set and the report are written)."""
+    if joined.preference:
+        return
+    counts = joined.counts
+    raise DataError(
+        f"build_sets: the preference set is empty ({counts['joined']} ids joined; "
+        f"{counts['teacher_empty']} empty and {counts['teacher_truncated']} truncated teacher "
+        f"responses, {counts['identical']} identical pairs, {counts['student_empty']} empty student "
+        f"responses); {sft_path} and {REPORT_FILE} were written"
+    )

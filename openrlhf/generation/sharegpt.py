@@ -39,7 +39,7 @@ import json
 import os
 import random
 import re
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from openrlhf.generation.prompts import first_human_turn
 from openrlhf.utils.errors import MissingPackage, UserError
@@ -213,6 +213,39 @@ def prepare_prompts(
     ``source``: a ShareGPT-style JSON array (may be cut off) or JSON lines file;
     None or "": the packaged ShareGPT V3 file.
     """
+    _check_options(eval_size, val_size, min_chars, max_chars, max_prompts)
+    path = source or sharegpt_path()
+    records, reader = _open_records(path)
+    counts, unique = _first_turns(records, first_part_only)
+    kept = _shuffled(_length_filter(unique, min_chars, max_chars, counts), seed, max_prompts)
+    train_rows, eval_rows, val_rows = _split(kept, eval_size, val_size)
+    _write_splits(output_dir, train_rows, eval_rows, val_rows if val_size else None)
+    report = {
+        "source": os.path.abspath(path),
+        "complete_records": reader.complete if reader else counts["records"],
+        "tail_truncated": bool(reader and reader.truncated),
+        "stopped_at_char": reader.stopped_at if reader else None,
+        "unparsed_tail_chars": reader.tail_chars if reader else 0,
+        **counts,
+        "unique_first_turns": len(unique),
+        "kept": len(kept),
+        "train": len(train_rows),
+        "eval": len(eval_rows),
+        "val": len(val_rows),
+        "seed": seed,
+        "min_chars": min_chars,
+        "max_chars": max_chars,
+        "max_prompts": max_prompts,
+        "first_part_only": first_part_only,
+        "output_dir": os.path.abspath(output_dir),
+    }
+    write_json_atomic(os.path.join(output_dir, "report.json"), report)
+    _log_summary(log, path, reader, report, bool(val_size), output_dir)
+    return report
+
+
+def _check_options(eval_size: int, val_size: int, min_chars: int, max_chars: int, max_prompts: int) -> None:
+    """One ValueError listing every out-of-range size or length option."""
     problems = []
     if eval_size < 0:
         problems.append(f"--eval_size must be >= 0, got {eval_size}")
@@ -227,7 +260,17 @@ def prepare_prompts(
     if problems:
         raise ValueError("; ".join(problems))
 
-    path = source or sharegpt_path()
+
+def _open_records(path: str) -> Tuple[Iterable[Any], Optional[JsonArrayReader]]:
+    """The records of a JSON lines file, or of a JSON array (with its reader, which counts a cut-off tail)."""
+    if path.lower().endswith(".jsonl"):
+        return (row for _, row in read_jsonl(path, "--source")), None
+    reader = JsonArrayReader(path)
+    return reader, reader
+
+
+def _first_turns(records: Iterable[Any], first_part_only: bool) -> Tuple[Dict[str, int], List[str]]:
+    """The counts of skipped records, and the distinct stripped first human turns in order of first appearance."""
     counts = {
         "records": 0,
         "continuation_parts": 0,
@@ -238,12 +281,6 @@ def prepare_prompts(
         "too_short": 0,
         "too_long": 0,
     }
-    reader: Optional[JsonArrayReader] = None
-    if path.lower().endswith(".jsonl"):
-        records: Any = (row for _, row in read_jsonl(path, "--source"))
-    else:
-        reader = JsonArrayReader(path)
-        records = reader
     seen = set()
     unique: List[str] = []
     for rec in records:
@@ -267,6 +304,11 @@ def prepare_prompts(
             continue
         seen.add(text)
         unique.append(text)
+    return counts, unique
+
+
+def _length_filter(unique: List[str], min_chars: int, max_chars: int, counts: Dict[str, int]) -> List[str]:
+    """The prompts of ``min_chars`` to ``max_chars`` characters; the others counted as too short / too long."""
     kept: List[str] = []
     for text in unique:
         if len(text) < min_chars:
@@ -275,9 +317,19 @@ def prepare_prompts(
             counts["too_long"] += 1
         else:
             kept.append(text)
+    return kept
+
+
+def _shuffled(kept: List[str], seed: int, max_prompts: int) -> List[str]:
+    """The prompts shuffled with ``random.Random(seed)`` (in place), then at most ``max_prompts`` (-1: all)."""
     random.Random(seed).shuffle(kept)
     if max_prompts >= 0:
         kept = kept[:max_prompts]
+    return kept
+
+
+def _split(kept: List[str], eval_size: int, val_size: int) -> Tuple[List[dict], List[dict], List[dict]]:
+    """(train, eval, val) rows: the first ``eval_size`` prompts held out, the next ``val_size`` for validation."""
     if eval_size + val_size > len(kept):
         raise ValueError(
             f"--eval_size {eval_size} + --val_size {val_size} is more than the {len(kept)} prompts left after filtering"
@@ -286,33 +338,20 @@ def prepare_prompts(
     if len({r["id"] for r in rows}) != len(rows):  # pragma: no cover - a SHA-1 prefix collision
         raise ValueError("two prompts share an id (a 64-bit SHA-1 prefix collision)")
     eval_rows, val_rows = rows[:eval_size], rows[eval_size : eval_size + val_size]
-    train_rows = rows[eval_size + val_size :]
+    return rows[eval_size + val_size :], eval_rows, val_rows
 
+
+def _write_splits(output_dir: str, train_rows, eval_rows, val_rows: Optional[List[dict]]) -> None:
+    """Write train.jsonl, eval.jsonl and (when given) val.jsonl into ``output_dir``."""
     os.makedirs(output_dir, exist_ok=True)
     write_jsonl_atomic(os.path.join(output_dir, "train.jsonl"), train_rows)
     write_jsonl_atomic(os.path.join(output_dir, "eval.jsonl"), eval_rows)
-    if val_size:
+    if val_rows is not None:
         write_jsonl_atomic(os.path.join(output_dir, "val.jsonl"), val_rows)
-    report = {
-        "source": os.path.abspath(path),
-        "complete_records": reader.complete if reader else counts["records"],
-        "tail_truncated": bool(reader and reader.truncated),
-        "stopped_at_char": reader.stopped_at if reader else None,
-        "unparsed_tail_chars": reader.tail_chars if reader else 0,
-        **counts,
-        "unique_first_turns": len(unique),
-        "kept": len(kept),
-        "train": len(train_rows),
-        "eval": len(eval_rows),
-        "val": len(val_rows),
-        "seed": seed,
-        "min_chars": min_chars,
-        "max_chars": max_chars,
-        "max_prompts": max_prompts,
-        "first_part_only": first_part_only,
-        "output_dir": os.path.abspath(output_dir),
-    }
-    write_json_atomic(os.path.join(output_dir, "report.json"), report)
+
+
+def _log_summary(log, path: str, reader: Optional[JsonArrayReader], report: dict, with_val: bool, output_dir) -> None:
+    """Log two lines: the records read (and where a cut-off file stopped), then each filter's count and the splits."""
     tail = (
         f"; the file is cut off: parsing stopped at character {reader.stopped_at:,} "
         f"({reader.tail_chars:,} characters of an incomplete record dropped)"
@@ -321,13 +360,13 @@ def prepare_prompts(
     )
     log(
         f"prepare_prompts: {report['complete_records']:,} complete records read from {path}{tail}; "
-        f"{counts['continuation_parts']:,} are later parts of split conversations (skipped)"
+        f"{report['continuation_parts']:,} are later parts of split conversations (skipped)"
     )
+    unusable = report["no_human_turn"] + report["empty_first_turn"] + report["not_an_object"]
+    val = f" + {report['val']:,} validation" if with_val else ""
     log(
-        f"prepare_prompts: {len(unique):,} unique first human turns ({counts['duplicates']:,} duplicates, "
-        f"{counts['no_human_turn'] + counts['empty_first_turn'] + counts['not_an_object']:,} without a usable "
-        f"human turn); {counts['too_short']:,} shorter than {min_chars} and {counts['too_long']:,} longer than "
-        f"{max_chars} characters dropped -> {len(train_rows):,} train + {len(eval_rows):,} eval"
-        f"{f' + {len(val_rows):,} validation' if val_size else ''} prompts in {output_dir}"
+        f"prepare_prompts: {report['unique_first_turns']:,} unique first human turns ({report['duplicates']:,} "
+        f"duplicates, {unusable:,} without a usable human turn); {report['too_short']:,} shorter than "
+        f"{report['min_chars']} and {report['too_long']:,} longer than {report['max_chars']} characters dropped -> "
+        f"{report['train']:,} train + {report['eval']:,} eval{val} prompts in {output_dir}"
     )
-    return report

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from tqdm import tqdm
 
@@ -43,6 +43,7 @@ from openrlhf.generation.hf_backend import HFGenerator
 from openrlhf.generation.outputs import ID_KEY, ResultsFile, trim_response
 from openrlhf.generation.prompts import (
     TURNS_KEY,
+    PromptItem,
     extract_prompts,
     generation_config_eos,
     jsonl_line_numbers,
@@ -180,6 +181,26 @@ def longest_prompts(cfg: GenerateTaskConfig, renderer: PromptRenderer, rows, ite
     return out
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one run share: settings, prompts, output file, answered rows, pending prompts, counts."""
+
+    cfg: GenerateTaskConfig
+    tokenizer: Any
+    rows: List[dict]
+    items: List[PromptItem]
+    multi: bool
+    prompt_ids: List[List[int]]  # the rendered prompts (single-turn; a multi-turn prompt is rendered per turn)
+    stop_ids: List[int]
+    out: ResultsFile
+    finished: Dict[Any, dict]
+    pending: List[int]  # positions in items
+    already_done: int
+    log: Callable[[str], None]
+    new_tokens: int = 0
+    elapsed: float = 0.0
+
+
 def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     """Generate, append to ``cfg.generate.output_path``, return counts and speed. Tests call this directly.
 
@@ -187,11 +208,36 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     by turn, each turn with the earlier turns and answers in the chat history; its output row has
     ``turns``, ``responses`` (one per turn), ``finish_reasons`` and, for the last turn, ``response``
     and ``finish_reason``. Such a row is written when all its turns are answered."""
-    g, d = cfg.generate, cfg.data
-    model_path = cfg.model.model_name_or_path
+    d, model_path = cfg.data, cfg.model.model_name_or_path
 
     # Cheap checks first (data, tokenizer, output file), before any model is loaded.
-    tokenizer = data_tokenizer(model_path, d)
+    tokenizer, rows, items, multi = _read_prompts(cfg)
+    prompt_ids = [] if multi else render_prompt_ids(items, tokenizer, d, model_path)
+    stop_ids = _stop_ids(cfg, tokenizer)
+    out = ResultsFile(cfg.generate.output_path)
+    finished = _load_finished(cfg, out, items, TURNS_KEY if multi else d.prompt_key, log)
+    pending = [k for k, it in enumerate(items) if it.id not in finished]
+    cfg = _resolve_backend(cfg, pending, log)
+    already_done = sum(1 for it in items if it.id in finished)
+    run = _Run(cfg, tokenizer, rows, items, multi, prompt_ids, stop_ids, out, finished, pending, already_done, log)
+    _log_plan(run)
+
+    renderer = PromptRenderer.from_data_config(tokenizer, d, model_path=model_path)
+    if pending and cfg.generate.backend == "vllm":
+        context_problems(cfg.vllm.max_model_len, longest_prompts(cfg, renderer, rows, items, pending, prompt_ids), log)
+    if pending:
+        _answer_pending(run, renderer)
+
+    ours, others = _write_in_prompt_order(run)
+    stats = _stats(run, ours, others)
+    _log_done(run, stats, others)
+    return stats
+
+
+def _read_prompts(cfg: GenerateTaskConfig) -> Tuple[Any, List[dict], List[PromptItem], bool]:
+    """The tokenizer, rows, prompts and multi-turn flag of --data.dataset (one kind of prompt per file)."""
+    d, g = cfg.data, cfg.generate
+    tokenizer = data_tokenizer(cfg.model.model_name_or_path, d)
     rows = load_rows(d.dataset, split=d.dataset_split, max_samples=d.max_samples, what="--data.dataset")
     items = extract_prompts(rows, d.prompt_key, g.id_key, d.dataset, jsonl_line_numbers(d.dataset))
     multi = [it for it in items if it.multi_turn]
@@ -205,16 +251,24 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
             f"--data.dataset {d.dataset}: multi-turn prompts ({TURNS_KEY!r}) need "
             "--data.apply_chat_template (the answers go into the chat history)"
         )
-    prompt_key = TURNS_KEY if multi else d.prompt_key
-    prompt_ids = [] if multi else render_prompt_ids(items, tokenizer, d, model_path)
-    stop_ids = stop_token_ids(
+    return tokenizer, rows, items, bool(multi)
+
+
+def _stop_ids(cfg: GenerateTaskConfig, tokenizer) -> List[int]:
+    """The token ids that end an answer (:func:`~openrlhf.generation.prompts.stop_token_ids`)."""
+    d = cfg.data
+    return stop_token_ids(
         tokenizer,
         use_chat_template=d.apply_chat_template,
         chat_template=d.tokenizer_chat_template,
-        generation_eos=generation_config_eos(model_path),
+        generation_eos=generation_config_eos(cfg.model.model_name_or_path),
     )
-    out = ResultsFile(g.output_path)
-    finished = out.load_finished(model_path)
+
+
+def _load_finished(cfg: GenerateTaskConfig, out: ResultsFile, items, prompt_key: str, log) -> Dict[Any, dict]:
+    """The output file's answered rows by id; a DataError when one answers one of these ids for another prompt."""
+    g = cfg.generate
+    finished = out.load_finished(cfg.model.model_name_or_path)
     if out.torn_line_dropped:
         log(f"generate: dropped a torn last line of {g.output_path} (a killed run's unfinished write)")
     clash = [
@@ -227,159 +281,207 @@ def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
             f"--generate.output_path {g.output_path} already answers {len(clash)} of these ids with another prompt "
             f"(another prompt file, or ids by position?): {'; '.join(clash[:5])}; give another output path"
         )
-    pending = [k for k, it in enumerate(items) if it.id not in finished]
+    return finished
+
+
+def _resolve_backend(cfg: GenerateTaskConfig, pending: List[int], log) -> GenerateTaskConfig:
+    """``cfg`` with ``--generate.backend auto`` resolved (and said) when there is something to generate."""
+    g = cfg.generate
     backend = resolve_backend(g.backend, cfg.vllm.num_engines, g.ray, log) if pending else g.backend
-    if backend != g.backend:  # --generate.backend auto, resolved (and said) above
+    if backend != g.backend:
         cfg = dataclasses.replace(cfg, generate=dataclasses.replace(g, backend=backend))
-        g = cfg.generate
-    n_before = sum(1 for it in items if it.id in finished)
-    log(
-        f"generate: {len(items)} {'multi-turn ' if multi else ''}prompts, {n_before} already in {g.output_path}, "
-        f"{len(pending)} to generate (backend {g.backend}, "
+    return cfg
+
+
+def _log_plan(run: _Run) -> None:
+    """Log one line: the prompts, how many are already answered, how many to generate, and how."""
+    g = run.cfg.generate
+    run.log(
+        f"generate: {len(run.items)} {'multi-turn ' if run.multi else ''}prompts, {run.already_done} already in "
+        f"{g.output_path}, {len(run.pending)} to generate (backend {g.backend}, "
         f"{'greedy' if g.temperature == 0 else f'sampling T={g.temperature}'}, max_new_tokens {g.max_new_tokens}, "
-        f"stop ids {stop_ids})"
+        f"stop ids {run.stop_ids})"
     )
 
-    renderer = PromptRenderer.from_data_config(tokenizer, d, model_path=model_path)
-    if pending and g.backend == "vllm":
-        context_problems(cfg.vllm.max_model_len, longest_prompts(cfg, renderer, rows, items, pending, prompt_ids), log)
 
-    new_tokens = 0
-    elapsed = 0.0
-    if pending:
-        log_settings(cfg, rows, items, pending, log)
-        gen = _backend(cfg, tokenizer, stop_ids, log)  # once for every setting (and turn)
-        start = time.perf_counter()
-        try:
-            if multi:
-                answers: Dict[int, List[tuple]] = {k: [] for k in pending}
-                for turn in range(max(len(items[k].prompt) for k in pending)):
-                    todo = [k for k in pending if len(items[k].prompt) > turn]
-                    sampling = prompt_sampling(cfg, rows, items, todo, turn)
-                    texts = [
-                        renderer.render_prompt(
-                            turn_messages(items[k].prompt, [a for a, _, _ in answers[k]]), items[k].where
-                        )
-                        for k in todo
-                    ]
-                    turn_ids = renderer.prompt_text_ids(texts)
-                    if g.backend == "vllm":  # an answer may re-encode longer than it was generated
-                        context_problems(
-                            cfg.vllm.max_model_len,
-                            [
-                                (f"{items[k].where}, turn {turn + 1}", len(ids), sm.max_new_tokens)
-                                for k, ids, sm in zip(todo, turn_ids, sampling, strict=True)
-                            ],
-                            log=lambda _: None,
-                        )
-                    bar = tqdm(
-                        total=len(todo), desc=f"generate {g.backend} turn {turn + 1}", unit="prompt", dynamic_ncols=True
-                    )
-                    for results in gen.run(turn_ids, sampling):
-                        for pos, token_ids, backend_finish in results:
-                            content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
-                            answers[todo[pos]].append(
-                                (tokenizer.decode(content, skip_special_tokens=True), finish, n_tok)
-                            )
-                            new_tokens += n_tok
-                        bar.update(len(results))
-                        bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
-                    bar.close()
-                rows_out = []
-                for k in pending:
-                    it, done = items[k], answers[k]
-                    rows_out.append(
-                        {
-                            ID_KEY: it.id,
-                            TURNS_KEY: it.prompt,
-                            "responses": [a for a, _, _ in done],
-                            "finish_reasons": [f for _, f, _ in done],
-                            "response": done[-1][0],
-                            "finish_reason": done[-1][1],
-                            "model": model_path,
-                            "response_tokens": sum(n for _, _, n in done),
-                        }
-                    )
-                out.append(rows_out)
-                for r in rows_out:
-                    finished[r[ID_KEY]] = r
-                elapsed = time.perf_counter() - start
-            else:
-                bar = tqdm(total=len(pending), desc=f"generate {g.backend}", unit="prompt", dynamic_ncols=True)
-                try:
-                    sampling = prompt_sampling(cfg, rows, items, pending)
-                    for results in gen.run([prompt_ids[k] for k in pending], sampling):
-                        rows_out = []
-                        for pos, token_ids, backend_finish in results:
-                            it = items[pending[pos]]
-                            content, n_tok, finish = trim_response(token_ids, stop_ids, backend_finish)
-                            rows_out.append(
-                                {
-                                    ID_KEY: it.id,
-                                    d.prompt_key: it.prompt,
-                                    "response": tokenizer.decode(content, skip_special_tokens=True),
-                                    "model": model_path,
-                                    "finish_reason": finish,
-                                    "response_tokens": n_tok,
-                                }
-                            )
-                            new_tokens += n_tok
-                        out.append(rows_out)
-                        for r in rows_out:
-                            finished[r[ID_KEY]] = r
-                        elapsed = time.perf_counter() - start
-                        bar.update(len(rows_out))
-                        bar.set_postfix(tok_s=f"{new_tokens / max(elapsed, 1e-9):.1f}")
-                finally:
-                    bar.close()
-        except KeyboardInterrupt:
-            try:  # the file is the truth (the interrupt may fall between a write and the bookkeeping)
-                finished = out.load_finished(model_path)
-            except Exception:  # noqa: BLE001 - the count is only informative
-                pass
-            done = sum(1 for it in items if it.id in finished)
-            unit = "multi-turn prompts (a row is written when all its turns are answered)" if multi else "prompts"
-            raise Interrupted(
-                f"{done} of {len(items)} {unit} are answered in {g.output_path}; rerun the same "
-                "command to resume (only the missing ones are generated)"
-            ) from None
-        finally:
-            gen.close()
+def _answer_pending(run: _Run, renderer: PromptRenderer) -> None:
+    """Answer the pending prompts with one generator (every setting and turn); an interrupt says what is done."""
+    log_settings(run.cfg, run.rows, run.items, run.pending, run.log)
+    gen = _backend(run.cfg, run.tokenizer, run.stop_ids, run.log)  # once for every setting (and turn)
+    start = time.perf_counter()
+    try:
+        if run.multi:
+            _answer_turns(run, gen, renderer, start)
+        else:
+            _answer_prompts(run, gen, start)
+    except KeyboardInterrupt:
+        raise _interrupted(run) from None
+    finally:
+        gen.close()
 
+
+def _answer_turns(run: _Run, gen, renderer: PromptRenderer, start: float) -> None:
+    """Answer multi-turn prompts turn by turn; append each row once all its turns are answered."""
+    answers: Dict[int, List[tuple]] = {k: [] for k in run.pending}
+    for turn in range(max(len(run.items[k].prompt) for k in run.pending)):
+        todo = [k for k in run.pending if len(run.items[k].prompt) > turn]
+        _answer_turn(run, gen, renderer, turn, todo, answers, start)
+    _append(run, [_turns_row(run, run.items[k], answers[k]) for k in run.pending])
+    run.elapsed = time.perf_counter() - start
+
+
+def _answer_turn(run: _Run, gen, renderer: PromptRenderer, turn: int, todo: List[int], answers, start: float) -> None:
+    """Answer turn ``turn`` of the prompts at ``todo`` (earlier turns in the history), adding to ``answers``."""
+    cfg, items = run.cfg, run.items
+    sampling = prompt_sampling(cfg, run.rows, items, todo, turn)
+    texts = [
+        renderer.render_prompt(turn_messages(items[k].prompt, [a for a, _, _ in answers[k]]), items[k].where)
+        for k in todo
+    ]
+    turn_ids = renderer.prompt_text_ids(texts)
+    if cfg.generate.backend == "vllm":  # an answer may re-encode longer than it was generated
+        context_problems(
+            cfg.vllm.max_model_len,
+            [
+                (f"{items[k].where}, turn {turn + 1}", len(ids), sm.max_new_tokens)
+                for k, ids, sm in zip(todo, turn_ids, sampling, strict=True)
+            ],
+            log=lambda _: None,
+        )
+    bar = tqdm(
+        total=len(todo), desc=f"generate {cfg.generate.backend} turn {turn + 1}", unit="prompt", dynamic_ncols=True
+    )
+    for results in gen.run(turn_ids, sampling):
+        for pos, token_ids, backend_finish in results:
+            text, finish, n_tok = _decode(run, token_ids, backend_finish)
+            answers[todo[pos]].append((text, finish, n_tok))
+            run.new_tokens += n_tok
+        bar.update(len(results))
+        bar.set_postfix(tok_s=f"{run.new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
+    bar.close()
+
+
+def _turns_row(run: _Run, it: PromptItem, done: List[tuple]) -> Dict[str, Any]:
+    """The output row of a multi-turn prompt from its (text, finish reason, tokens) answers, one per turn."""
+    return {
+        ID_KEY: it.id,
+        TURNS_KEY: it.prompt,
+        "responses": [a for a, _, _ in done],
+        "finish_reasons": [f for _, f, _ in done],
+        "response": done[-1][0],
+        "finish_reason": done[-1][1],
+        "model": run.cfg.model.model_name_or_path,
+        "response_tokens": sum(n for _, _, n in done),
+    }
+
+
+def _answer_prompts(run: _Run, gen, start: float) -> None:
+    """Answer single-turn prompts, appending each batch's rows to the output file as it comes."""
+    g, items, pending = run.cfg.generate, run.items, run.pending
+    bar = tqdm(total=len(pending), desc=f"generate {g.backend}", unit="prompt", dynamic_ncols=True)
+    try:
+        sampling = prompt_sampling(run.cfg, run.rows, items, pending)
+        for results in gen.run([run.prompt_ids[k] for k in pending], sampling):
+            rows_out = []
+            for pos, token_ids, backend_finish in results:
+                it = items[pending[pos]]
+                text, finish, n_tok = _decode(run, token_ids, backend_finish)
+                rows_out.append(
+                    {
+                        ID_KEY: it.id,
+                        run.cfg.data.prompt_key: it.prompt,
+                        "response": text,
+                        "model": run.cfg.model.model_name_or_path,
+                        "finish_reason": finish,
+                        "response_tokens": n_tok,
+                    }
+                )
+                run.new_tokens += n_tok
+            _append(run, rows_out)
+            run.elapsed = time.perf_counter() - start
+            bar.update(len(rows_out))
+            bar.set_postfix(tok_s=f"{run.new_tokens / max(run.elapsed, 1e-9):.1f}")
+    finally:
+        bar.close()
+
+
+def _decode(run: _Run, token_ids, backend_finish) -> Tuple[str, str, int]:
+    """(text, finish reason, token count) of one generated answer, cut at its first stop token."""
+    content, n_tok, finish = trim_response(token_ids, run.stop_ids, backend_finish)
+    return run.tokenizer.decode(content, skip_special_tokens=True), finish, n_tok
+
+
+def _append(run: _Run, rows_out: List[dict]) -> None:
+    """Append answered rows to the output file and count them as finished."""
+    run.out.append(rows_out)
+    for r in rows_out:
+        run.finished[r[ID_KEY]] = r
+
+
+def _interrupted(run: _Run) -> Interrupted:
+    """The error of an interrupted run: how many prompts the output file answers, and how to resume."""
+    finished = run.finished
+    try:  # the file is the truth (the interrupt may fall between a write and the bookkeeping)
+        finished = run.out.load_finished(run.cfg.model.model_name_or_path)
+    except Exception:  # noqa: BLE001 - the count is only informative
+        pass
+    done = sum(1 for it in run.items if it.id in finished)
+    unit = "multi-turn prompts (a row is written when all its turns are answered)" if run.multi else "prompts"
+    return Interrupted(
+        f"{done} of {len(run.items)} {unit} are answered in {run.cfg.generate.output_path}; rerun the same "
+        "command to resume (only the missing ones are generated)"
+    )
+
+
+def _write_in_prompt_order(run: _Run) -> Tuple[List[dict], List[dict]]:
+    """(our rows, other ids' rows); the file rewritten in prompt-file order if needed (missing: an error)."""
+    items, finished = run.items, run.finished
     missing = [it.id for it in items if it.id not in finished]
     if missing:
-        raise RuntimeError(f"generate: the {g.backend} backend returned no response for ids {missing[:10]}")
-    # Every prompt answered: write the file in prompt-file order (rows of other ids kept after them).
+        raise RuntimeError(
+            f"generate: the {run.cfg.generate.backend} backend returned no response for ids {missing[:10]}"
+        )
     ours = [finished[it.id] for it in items]
     ids = {it.id for it in items}
     others = [r for rid, r in finished.items() if rid not in ids]
     current = list(finished.values())
     wanted = ours + others
     if [r[ID_KEY] for r in current] != [r[ID_KEY] for r in wanted]:
-        out.rewrite(wanted)
+        run.out.rewrite(wanted)
+    return ours, others
 
+
+def _stats(run: _Run, ours: List[dict], others: List[dict]) -> Dict[str, Any]:
+    """The counts and speed of the run (what :func:`generate` returns)."""
+    g = run.cfg.generate
     finish = Counter(r.get("finish_reason", "unknown") for r in ours)
-    stats = {
+    return {
         "output_path": g.output_path,
-        "model": model_path,
+        "model": run.cfg.model.model_name_or_path,
         "backend": g.backend,
-        "prompts": len(items),
-        "already_done": n_before,
-        "generated": len(pending),
-        "rows_in_output": len(wanted),
+        "prompts": len(run.items),
+        "already_done": run.already_done,
+        "generated": len(run.pending),
+        "rows_in_output": len(ours) + len(others),
         "other_rows_in_output": len(others),
         "finish_stop": finish.get("stop", 0),
         "finish_length": finish.get("length", 0),
-        "new_tokens": new_tokens,
-        "seconds": round(elapsed, 3),
-        "tokens_per_s": round(new_tokens / elapsed, 2) if elapsed > 0 else 0.0,
-        "torn_line_dropped": out.torn_line_dropped,
+        "new_tokens": run.new_tokens,
+        "seconds": round(run.elapsed, 3),
+        "tokens_per_s": round(run.new_tokens / run.elapsed, 2) if run.elapsed > 0 else 0.0,
+        "torn_line_dropped": run.out.torn_line_dropped,
     }
-    log(
+
+
+def _log_done(run: _Run, stats: Dict[str, Any], others: List[dict]) -> None:
+    """Log the closing line (counts, speed) and a note on rows of ids that are not in the prompt file."""
+    g = run.cfg.generate
+    run.log(
         f"generate: done; {stats['generated']} generated, {stats['already_done']} were already done, "
         f"{stats['finish_length']} of {stats['prompts']} hit max_new_tokens; "
-        f"{new_tokens} tokens at {stats['tokens_per_s']} tokens/s -> {g.output_path}"
+        f"{run.new_tokens} tokens at {stats['tokens_per_s']} tokens/s -> {g.output_path}"
     )
     if others:
-        log(f"generate: note: {len(others)} rows of {g.output_path} have ids that are not in {d.dataset}")
-    return stats
+        run.log(
+            f"generate: note: {len(others)} rows of {g.output_path} have ids that are not in {run.cfg.data.dataset}"
+        )
