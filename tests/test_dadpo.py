@@ -233,7 +233,9 @@ def test_score_logps_resumes_from_partial_results(tiny_dir, tiny_teacher_other_f
     with pytest.raises(KeyboardInterrupt):
         run("score_logps", flags(str(tmp_path / "s")))
     monkeypatch.setattr(sl, "preference_collate", real)
-    partial = os.path.join(str(tmp_path / "s"), sl.PARTIAL_DIR, "teacher.rank0.jsonl")
+    from openrlhf.recipes.score import PARTIAL_DIR
+
+    partial = os.path.join(str(tmp_path / "s"), PARTIAL_DIR, "teacher.rank0.jsonl")
     assert len(open(partial).read().splitlines()) == 4
     resumed = [json.loads(x) for x in open(run("score_logps", flags(str(tmp_path / "s"))))]
     assert [r["teacher_chosen_logp"] for r in resumed] == pytest.approx(

@@ -14,9 +14,8 @@ from openrlhf.cli.common import run_cli
 
 def main(argv: Optional[list] = None) -> Dict[str, Any]:
     def body(cfg):
-        from openrlhf.recipes.generate import (
-            generate,  # after parsing: --help and flag errors come before torch is imported
-        )
+        # imported after parsing: --help and flag errors come before torch is imported
+        from openrlhf.recipes.generate import generate
 
         return generate(cfg)
 

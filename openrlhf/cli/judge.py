@@ -16,7 +16,8 @@ from openrlhf.cli.common import run_cli
 
 def main(argv: Optional[list] = None) -> dict:
     def body(cfg):
-        from openrlhf.eval.run import judge  # after parsing: --help and flag errors come before torch is imported
+        # imported after parsing: --help and flag errors come before torch is imported
+        from openrlhf.eval.run import judge
 
         return judge(cfg)
 

@@ -16,9 +16,8 @@ from openrlhf.cli.common import run_cli
 
 def main(argv: Optional[list] = None) -> None:
     def body(cfg):
-        from openrlhf.recipes.score import (
-            score_logps,  # after parsing: --help and flag errors come before torch is imported
-        )
+        # imported after parsing: --help and flag errors come before torch is imported
+        from openrlhf.recipes.score import score_logps
 
         return score_logps(cfg)
 

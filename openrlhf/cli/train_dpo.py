@@ -14,9 +14,8 @@ from openrlhf.cli.common import run_cli
 
 def main(argv: Optional[list] = None) -> None:
     def body(cfg):
-        from openrlhf.recipes.dpo import (
-            train_dpo,  # after parsing: --help and flag errors come before torch is imported
-        )
+        # imported after parsing: --help and flag errors come before torch is imported
+        from openrlhf.recipes.dpo import train_dpo
 
         return train_dpo(cfg)
 

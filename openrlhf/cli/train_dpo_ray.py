@@ -15,9 +15,8 @@ from openrlhf.cli.common import run_cli
 
 def main(argv: Optional[list] = None) -> None:
     def body(cfg):
-        from openrlhf.recipes.ray_preference import (
-            train_dpo_ray,  # after parsing: --help and flag errors come before torch is imported
-        )
+        # imported after parsing: --help and flag errors come before torch is imported
+        from openrlhf.recipes.ray_preference import train_dpo_ray
 
         return train_dpo_ray(cfg)
 

@@ -14,7 +14,8 @@ from openrlhf.cli.common import run_cli
 
 def main(argv: Optional[list] = None) -> None:
     def body(cfg):
-        from openrlhf.recipes.kd import train_kd  # after parsing: --help and flag errors come before torch is imported
+        # imported after parsing: --help and flag errors come before torch is imported
+        from openrlhf.recipes.kd import train_kd
 
         return train_kd(cfg)
 

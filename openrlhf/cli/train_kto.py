@@ -15,9 +15,8 @@ from openrlhf.cli.common import run_cli
 
 def main(argv: Optional[list] = None) -> None:
     def body(cfg):
-        from openrlhf.recipes.kto import (
-            train_kto,  # after parsing: --help and flag errors come before torch is imported
-        )
+        # imported after parsing: --help and flag errors come before torch is imported
+        from openrlhf.recipes.kto import train_kto
 
         return train_kto(cfg)
 
