@@ -669,3 +669,25 @@ def test_a_value_no_flag_can_carry_is_refused_when_planning_for_a_launcher(tmp_p
         tmp_path, "distill_qwen2.5_7b_to_1.5b_gpu.yaml", sft={**sft, "ds.lora.target_modules": []}, launcher=""
     )  # in this process the config is handed over as it is
     assert plan.stage("dsft").config.ds.lora.target_modules == ()
+
+
+def test_a_second_distill_into_a_run_dir_in_use_is_refused(tiny_dir, tiny_talking_teacher, tmp_path):
+    """run_dir resumes by design, so only the lock applies: a live distill's lock refuses a second one
+    (naming its PID and host) before any stage runs."""
+    import socket
+
+    from openrlhf.utils.errors import UserError
+    from openrlhf.utils.run_folder import LOCK_NAME
+
+    cfg = load_distill_config(_config(tmp_path, tiny_talking_teacher, tiny_dir))
+    os.makedirs(cfg.run_dir)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(os.path.join(cfg.run_dir, LOCK_NAME), "w") as f:
+            json.dump({"pid": other.pid, "host": socket.gethostname(), "started": 0, "command": "distill"}, f)
+        with pytest.raises(UserError, match=rf"run_dir .*PID {other.pid} on host {socket.gethostname()}"):
+            run_distill(cfg, log=lambda *a: None, stop_after="prompts")
+        assert sorted(os.listdir(cfg.run_dir)) == [LOCK_NAME]  # no stage ran
+    finally:
+        other.kill()
+        other.wait()

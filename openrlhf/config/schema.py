@@ -619,6 +619,9 @@ class CkptConfig(OutputConfig):
     path: str = ""
     max_num: int = 3
     load_enable: bool = False
+    # Start afresh in an --ckpt.output_dir that holds a previous run's files (its metrics.jsonl and
+    # checkpoints are deleted, its model replaced); without it (or --ckpt.load_enable) such a folder is refused.
+    overwrite: bool = False
     # Also write an HF folder next to each resumable checkpoint.
     save_hf: bool = False
 
@@ -636,6 +639,11 @@ class CkptConfig(OutputConfig):
             f"must be -1 (never) or >= 1, got {self.save_steps}",
         )
         p.need(self.max_num >= 1, "ckpt.max_num", f"must be >= 1, got {self.max_num}")
+        p.need(
+            not (self.overwrite and self.load_enable),
+            "ckpt.overwrite",
+            "starts afresh and --ckpt.load_enable resumes: choose one",
+        )
         return p
 
     def outputs(self) -> List[Tuple[str, str, bool]]:

@@ -41,6 +41,7 @@ from openrlhf.eval.report import load_report, write_report
 from openrlhf.generation.outputs import check_same_ids, read_responses
 from openrlhf.utils.errors import DataError, UserError
 from openrlhf.utils.jsonl import write_jsonl_atomic
+from openrlhf.utils.run_folder import take_lock
 
 
 def parse_candidates(values) -> Dict[str, str]:
@@ -254,7 +255,16 @@ def judge_ifeval(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Di
 
 
 def judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Judge every candidate for ``cfg.task``; returns (and writes) the merged report."""
+    """Judge every candidate for ``cfg.task``; returns (and writes) the merged report. --output_dir merges
+    the reports of several tasks by design, so a judge holds only its lock (a second judge into it is refused)."""
+    lock = take_lock(cfg.output_dir, what="--output_dir", log=log)
+    try:
+        return _judge(cfg, log)
+    finally:
+        lock.release()
+
+
+def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     if cfg.task == "ifeval":
         return judge_ifeval(cfg, log)
     candidates = parse_candidates(cfg.candidate)

@@ -51,10 +51,11 @@ from openrlhf.pipeline.config import SELECT_METRICS, DistillConfig
 from openrlhf.pipeline.plan import Plan, ReportStep, SelectStep, Stage, plan_distill
 from openrlhf.pipeline.sweep import write_sweep_report
 from openrlhf.pipeline.tasks import runner_of
-from openrlhf.recipes.common import make_strategy
+from openrlhf.recipes.common import claim_on_rank_0, make_strategy
 from openrlhf.recipes.ray_launch import run_recipe_on_ray
 from openrlhf.tools.gguf_convert import convert_gguf, resolve_gguf
 from openrlhf.utils.paths import output_dir_problem
+from openrlhf.utils.run_folder import take_lock
 
 # Registry tasks whose recipe takes the pipeline's log function.
 _LOGGING_TASKS = ("generate", "judge")
@@ -134,13 +135,23 @@ class Runner:
         self.strategy = make_strategy(plan.stage("dsft").config, training=False)
         if not self._rank0():
             self.log = lambda *_: None  # one voice: rank 0 reports
-        for name, why in plan.unused.items():
-            self.log(f"[distill] note: the {name}: section is not used by this plan ({why}); its flags were checked")
-        for stage in plan.stages:
-            self.run_stage(stage)
-            if stage.name == stop_after:
-                self.log(f"[distill] stopped after {stage.name} (--stop_after); run again without it to go on")
-                break
+        # run_dir resumes by design (finished stages are skipped); only a second distill into it is refused.
+        lock = claim_on_rank_0(
+            self.strategy, lambda: take_lock(plan.run_dir, what="run_dir", log=self.log), f"run_dir {plan.run_dir}"
+        )
+        try:
+            for name, why in plan.unused.items():
+                self.log(
+                    f"[distill] note: the {name}: section is not used by this plan ({why}); its flags were checked"
+                )
+            for stage in plan.stages:
+                self.run_stage(stage)
+                if stage.name == stop_after:
+                    self.log(f"[distill] stopped after {stage.name} (--stop_after); run again without it to go on")
+                    break
+        finally:
+            if lock is not None:
+                lock.release()
         return self.timings
 
     # ---- executing one stage -----------------------------------------------------------------

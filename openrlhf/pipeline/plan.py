@@ -240,6 +240,11 @@ class _Planner:
 
     def training(self, name: str, task: str, *mappings: Optional[Dict[str, Any]], inputs=(), outputs=()) -> Stage:
         config = self.build(f"{name} stage", task, *mappings)
+        ckpt = getattr(config, "ckpt", None)
+        if hasattr(ckpt, "overwrite") and not ckpt.load_enable:
+            # A stage not marked done reruns from its start: a killed attempt's files in its folder are replaced
+            # (with ckpt.load_enable it resumes them). distill's lock on run_dir keeps other runs out.
+            ckpt.overwrite = True
         if config is not None and self.cfg.launcher and not self.on_ray:
             try:  # the job's command line is built from the config: every value must have a flag
                 config_to_flags(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable, Optional
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -17,6 +18,7 @@ from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
 from openrlhf.utils.deepspeed.wrapping import unwrap_model
 from openrlhf.utils.errors import UserError
 from openrlhf.utils.logging import make_logger
+from openrlhf.utils.run_folder import RunLock, check_folder, claim
 
 
 def make_strategy(cfg: RunConfig, training: bool = True):
@@ -184,13 +186,69 @@ def print_reports(strategy, train_ds, eval_ds) -> None:
         strategy.print("eval: " + eval_ds.report())
 
 
+# What makes --ckpt.output_dir "hold a run": what a training run writes there (its checkpoints folder is added).
+RUN_FILES = ("metrics.jsonl", "run_config.yaml", "config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def _run_folder_args(cfg: TrainingConfig) -> dict:
+    checkpoints = os.path.abspath(cfg.checkpoint_dir)
+    return dict(
+        what="--ckpt.output_dir",
+        resume=cfg.ckpt.load_enable,
+        overwrite=cfg.ckpt.overwrite,
+        marker_files=(*RUN_FILES, checkpoints),
+    )
+
+
+def check_output_dir(cfg: TrainingConfig) -> None:
+    """Refuse an --ckpt.output_dir that holds a previous run unless --ckpt.load_enable / --ckpt.overwrite
+    (cheap: a Ray driver calls it before it places any group)."""
+    check_folder(
+        cfg.ckpt.output_dir,
+        **_run_folder_args(cfg),
+        resume_flag="--ckpt.load_enable",
+        overwrite_flag="--ckpt.overwrite",
+    )
+
+
+def claim_on_rank_0(strategy, take: Callable[[], RunLock], what: str) -> Optional[RunLock]:
+    """``take()`` (a :func:`~openrlhf.utils.run_folder.claim` of an output folder) on rank 0 only, the others
+    waiting for its outcome: a refusal there is raised on every rank (the others name ``what``), so no rank
+    goes on into a collective that rank 0 never reaches."""
+    lock, error = None, None
+    if strategy.is_rank_0():
+        try:
+            lock = take()
+        except UserError as e:
+            if strategy.world_size == 1:
+                raise
+            error = e
+    if strategy.world_size > 1 and strategy.all_reduce(0.0 if error is None else 1.0, op="max") > 0:
+        if error is not None:
+            raise error
+        raise UserError(f"{what}: rank 0 could not claim the folder (see its message)")
+    return lock
+
+
 def make_run_logger(strategy, cfg: TrainingConfig):
     """metrics.jsonl (+ tensorboard / wandb) in --ckpt.output_dir on rank 0, a no-op elsewhere;
-    also writes the resolved run_config.yaml."""
+    also writes the resolved run_config.yaml. Before anything is written there, the folder is claimed
+    (:func:`openrlhf.utils.run_folder.claim`): every rank checks that it holds no previous run (unless
+    --ckpt.load_enable / --ckpt.overwrite), rank 0 takes its lock, and a refusal on rank 0 stops every rank;
+    closing the logger releases the lock."""
+    check_output_dir(cfg)  # every rank sees the folder as it was before this run wrote anything
+    clear = ("metrics.jsonl", os.path.abspath(cfg.checkpoint_dir))  # what --ckpt.overwrite deletes
+    lock = claim_on_rank_0(
+        strategy,
+        lambda: claim(cfg.ckpt.output_dir, **_run_folder_args(cfg), clear=clear, log=strategy.print),
+        f"--ckpt.output_dir {cfg.ckpt.output_dir}",
+    )
     if strategy.is_rank_0():
         os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
         dump_config(cfg, os.path.join(cfg.ckpt.output_dir, "run_config.yaml"))
-    return make_logger(strategy.is_rank_0(), cfg.ckpt.output_dir, cfg.logger, config_to_dict(cfg, redact=True))
+    return make_logger(
+        strategy.is_rank_0(), cfg.ckpt.output_dir, cfg.logger, config_to_dict(cfg, redact=True), lock=lock
+    )
 
 
 def loop_parts(

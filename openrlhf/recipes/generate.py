@@ -54,6 +54,7 @@ from openrlhf.generation.ray_engines import RayGenerator
 from openrlhf.generation.sampling import Sampling, row_seed
 from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings, resolve_backend
 from openrlhf.utils.errors import Interrupted
+from openrlhf.utils.run_folder import lock_output_file
 
 
 def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
@@ -203,6 +204,16 @@ class _Run:
 
 def generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     """Generate, append to ``cfg.generate.output_path``, return counts and speed. Tests call this directly.
+    The output file is locked while this runs (a second generate into it is refused); see :func:`_generate`."""
+    lock = lock_output_file(cfg.generate.output_path, what="--generate.output_path", log=log)
+    try:
+        return _generate(cfg, log)
+    finally:
+        lock.release()
+
+
+def _generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
+    """The work of :func:`generate`.
 
     A prompt row with ``turns`` (a list of user turns, as MT-Bench's question.jsonl) is answered turn
     by turn, each turn with the earlier turns and answers in the chat history; its output row has

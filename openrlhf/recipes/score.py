@@ -30,9 +30,10 @@ from openrlhf.datasets.tokenizer import check_reference_tokenizer, data_tokenize
 from openrlhf.logps import cache as lc
 from openrlhf.logps.frozen import FrozenModel, reference_model, teacher_models
 from openrlhf.logps.score import frozen_dataset, score_pairs
-from openrlhf.recipes.common import make_strategy, prepare_frozen
+from openrlhf.recipes.common import claim_on_rank_0, make_strategy, prepare_frozen
 from openrlhf.utils.errors import DataError, Interrupted
 from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail, write_jsonl_atomic
+from openrlhf.utils.run_folder import take_lock
 
 PARTIAL_DIR = ".score_partial"
 
@@ -144,6 +145,12 @@ def score_logps(cfg: ScoreLogpsConfig) -> str:
     out_file = os.path.join(out_dir, f"{split or 'train'}.jsonl")
 
     strategy = make_strategy(cfg, training=False)
+    # The folder resumes by design (its partial scores); only a second score_logps into it is refused.
+    lock = claim_on_rank_0(
+        strategy,
+        lambda: take_lock(out_dir, what="--ckpt.output_dir", log=strategy.print),
+        f"--ckpt.output_dir {out_dir}",
+    )
     for job in jobs:
         strategy.print(f"{job.kind}: {job.dataset.report()}")
     try:
@@ -175,4 +182,6 @@ def score_logps(cfg: ScoreLogpsConfig) -> str:
             print(f"{kind}: scored {len(rows) - n} of {len(rows)} rows ({n} left out by the dataset policy)")
         print(f"wrote {out_file}")
     strategy.barrier()
+    if lock is not None:
+        lock.release()  # (a run that raised keeps it until it exits: a stale lock the next run takes over)
     return out_file

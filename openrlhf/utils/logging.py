@@ -80,9 +80,16 @@ class MetricsLogger:
     """``cfg``: the --logger.* section (:class:`openrlhf.config.schema.LoggerConfig`)."""
 
     def __init__(
-        self, output_dir: str, cfg, run_config: Optional[dict] = None, filename: str = "metrics.jsonl"
+        self,
+        output_dir: str,
+        cfg,
+        run_config: Optional[dict] = None,
+        filename: str = "metrics.jsonl",
+        lock=None,
     ) -> None:
+        """``lock``: the run's :class:`~openrlhf.utils.run_folder.RunLock` on ``output_dir``, released by close()."""
         os.makedirs(output_dir, exist_ok=True)
+        self.lock = lock
         self.path = os.path.join(output_dir, filename)
         self._tb = None
         self._wandb = None
@@ -142,6 +149,8 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+        if self.lock is not None:
+            self.lock.release()
 
 
 class NullLogger:
@@ -159,5 +168,5 @@ class NullLogger:
         pass
 
 
-def make_logger(is_rank_0: bool, output_dir: str, cfg, run_config: Optional[dict] = None):
-    return MetricsLogger(output_dir, cfg, run_config) if is_rank_0 else NullLogger()
+def make_logger(is_rank_0: bool, output_dir: str, cfg, run_config: Optional[dict] = None, lock=None):
+    return MetricsLogger(output_dir, cfg, run_config, lock=lock) if is_rank_0 else NullLogger()
