@@ -56,6 +56,7 @@ EXTERNAL_FLAGS = {
     "deepspeed launcher": {"--num_gpus", "--master_addr", "--module", "--bind_cores_to_rank", "--num_nodes"},
     "torchrun": {"--nproc_per_node"},
     "ruff": {"--check"},
+    "pytest": {"--durations"},
     "ray": {"--head", "--port", "--dashboard-host", "--address", "--runtime-env-json", "--working-dir"},
     "vllm": {
         "--tensor-parallel-size",

@@ -444,7 +444,13 @@ def test_fresh_run_into_an_old_output_dir_starts_metrics_anew(tiny_dir, sft_json
     flags = base_flags(tiny_dir, sft_jsonl, out, "--train.batch_size", "4", "--train.max_epochs", "2")
     run_sft(flags)
     first = read_metrics(out)
-    run_sft(flags)
+    # The folder holds a run: a fresh run into it is refused (issue 36), unless the user says overwrite.
+    from openrlhf.utils.errors import UserError
+
+    with pytest.raises(UserError, match="--ckpt.overwrite"):
+        run_sft(flags)
+    assert read_metrics(out) == first
+    run_sft(flags + ["--ckpt.overwrite"])
     again = read_metrics(out)
     assert [r["step"] for r in again] == [1, 2, 3, 4]
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in first], abs=1e-6)
