@@ -80,8 +80,9 @@ class PreferenceTrainer(Trainer):
 
     def _loss_step(self, batch: PairBatch) -> Tuple[torch.Tensor, Dict[str, float]]:
         policy, nll, kl = self._policy_logps(batch)
+        reference = self._reference_logps(batch)  # the frozen forwards in one order: reference, then teachers
         teachers = [t.pair_logps(batch) for t in self.teachers]
-        out = self.loss_fn(policy, self._reference_logps(batch), teachers)
+        out = self.loss_fn(policy, reference, teachers)
         loss = out.loss + self.nll_loss_coef * nll if self.nll_loss_coef > 0 else out.loss
         if kl is not None:
             loss = loss + self.kd.coef * kl
