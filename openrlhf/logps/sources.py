@@ -16,8 +16,6 @@ from .frozen import FrozenModel
 class LogpSource(ABC):
     """The sequence log-probs of one frozen model (``model``) on the pairs of a batch."""
 
-    kind = ""  # online / known
-
     def __init__(self, model: FrozenModel):
         self.model = model
 
@@ -34,8 +32,6 @@ class OnlineLogps(LogpSource):
     """The frozen ``engine`` runs here on every batch: a teacher on its own tokenisation of the pairs
     (``batch.own[name]``), the reference on the policy's (``batch.tokens``)."""
 
-    kind = "online"
-
     def __init__(self, model: FrozenModel, engine: Any):
         super().__init__(model)
         self.engine = engine
@@ -48,8 +44,6 @@ class OnlineLogps(LogpSource):
 class KnownLogps(LogpSource):
     """Log-probs the batch carries (``batch.known[name]``): cached columns, or computed elsewhere (the Ray
     trainers' frozen groups), put in the items by :class:`~openrlhf.logps.known.WithKnownLogps`."""
-
-    kind = "known"
 
     def pair_logps(self, batch: PairBatch) -> PairLogps:
         chosen, rejected = batch.known[self.name]

@@ -18,7 +18,7 @@ from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
 from openrlhf.utils.deepspeed.wrapping import unwrap_model
 from openrlhf.utils.errors import UserError
 from openrlhf.utils.logging import make_logger
-from openrlhf.utils.run_folder import RunLock, check_folder, claim
+from openrlhf.utils.run_folder import RunLock, check_folder, clear_previous_run, take_lock
 
 
 def make_strategy(cfg: RunConfig, training: bool = True):
@@ -190,29 +190,20 @@ def print_reports(strategy, train_ds, eval_ds) -> None:
 RUN_FILES = ("metrics.jsonl", "run_config.yaml", "config.json", "model.safetensors", "model.safetensors.index.json")
 
 
-def _run_folder_args(cfg: TrainingConfig) -> dict:
-    checkpoints = os.path.abspath(cfg.checkpoint_dir)
-    return dict(
-        what="--ckpt.output_dir",
-        resume=cfg.ckpt.load_enable,
-        overwrite=cfg.ckpt.overwrite,
-        marker_files=(*RUN_FILES, checkpoints),
-    )
-
-
-def check_output_dir(cfg: TrainingConfig) -> None:
+def check_training_output_dir(cfg: TrainingConfig) -> None:
     """Refuse an --ckpt.output_dir that holds a previous run unless --ckpt.load_enable / --ckpt.overwrite
     (cheap: a Ray driver calls it before it places any group)."""
     check_folder(
         cfg.ckpt.output_dir,
-        **_run_folder_args(cfg),
-        resume_flag="--ckpt.load_enable",
-        overwrite_flag="--ckpt.overwrite",
+        what="--ckpt.output_dir",
+        resume=cfg.ckpt.load_enable,
+        overwrite=cfg.ckpt.overwrite,
+        marker_files=(*RUN_FILES, os.path.abspath(cfg.checkpoint_dir)),
     )
 
 
 def claim_on_rank_0(strategy, take: Callable[[], RunLock], what: str) -> Optional[RunLock]:
-    """``take()`` (a :func:`~openrlhf.utils.run_folder.claim` of an output folder) on rank 0 only, the others
+    """``take()`` (the lock of an output folder, :mod:`openrlhf.utils.run_folder`) on rank 0 only, the others
     waiting for its outcome: a refusal there is raised on every rank (the others name ``what``), so no rank
     goes on into a collective that rank 0 never reaches."""
     lock, error = None, None
@@ -233,16 +224,20 @@ def claim_on_rank_0(strategy, take: Callable[[], RunLock], what: str) -> Optiona
 def make_run_logger(strategy, cfg: TrainingConfig):
     """metrics.jsonl (+ tensorboard / wandb) in --ckpt.output_dir on rank 0, a no-op elsewhere;
     also writes the resolved run_config.yaml. Before anything is written there, the folder is claimed
-    (:func:`openrlhf.utils.run_folder.claim`): every rank checks that it holds no previous run (unless
+    (:mod:`openrlhf.utils.run_folder`): every rank checks that it holds no previous run (unless
     --ckpt.load_enable / --ckpt.overwrite), rank 0 takes its lock, and a refusal on rank 0 stops every rank;
     closing the logger releases the lock."""
-    check_output_dir(cfg)  # every rank sees the folder as it was before this run wrote anything
-    clear = ("metrics.jsonl", os.path.abspath(cfg.checkpoint_dir))  # what --ckpt.overwrite deletes
-    lock = claim_on_rank_0(
-        strategy,
-        lambda: claim(cfg.ckpt.output_dir, **_run_folder_args(cfg), clear=clear, log=strategy.print),
-        f"--ckpt.output_dir {cfg.ckpt.output_dir}",
-    )
+    check_training_output_dir(cfg)  # every rank sees the folder as it was before this run wrote anything
+
+    def take() -> RunLock:  # rank 0: the lock, then (--ckpt.overwrite) the previous run's files removed
+        lock = take_lock(cfg.ckpt.output_dir, what="--ckpt.output_dir", log=strategy.print)
+        if cfg.ckpt.overwrite and not cfg.ckpt.load_enable:
+            clear_previous_run(
+                cfg.ckpt.output_dir, ("metrics.jsonl", os.path.abspath(cfg.checkpoint_dir)), log=strategy.print
+            )
+        return lock
+
+    lock = claim_on_rank_0(strategy, take, f"--ckpt.output_dir {cfg.ckpt.output_dir}")
     if strategy.is_rank_0():
         os.makedirs(cfg.ckpt.output_dir, exist_ok=True)
         dump_config(cfg, os.path.join(cfg.ckpt.output_dir, "run_config.yaml"))

@@ -45,7 +45,7 @@ from openrlhf.datasets.tokenizer import data_tokenizer, teacher_renderers
 from openrlhf.logps.frozen import FrozenModel, teacher_models
 from openrlhf.logps.remote import ChunkedLogps
 from openrlhf.logps.score import frozen_dataset, score_pairs
-from openrlhf.recipes.common import check_lora_targets, check_output_dir, make_strategy, prepare_frozen
+from openrlhf.recipes.common import check_lora_targets, check_training_output_dir, make_strategy, prepare_frozen
 from openrlhf.recipes.dadpo import dadpo_models, train_dadpo
 from openrlhf.recipes.dpo import train_dpo
 from openrlhf.recipes.preference import preference_data, reference
@@ -221,7 +221,9 @@ def _train_on_ray(cfg, recipe: Callable, tokenizer, models: Sequence[FrozenModel
     for line in data.reports:
         print(line, flush=True)
     check_lora_targets(cfg)
-    check_output_dir(cfg)  # a previous run there: refused before any group is placed (rank 0 of the policy locks it)
+    check_training_output_dir(
+        cfg
+    )  # a previous run there: refused before any group is placed (rank 0 of the policy locks it)
     start = ckpt_io.read_latest_meta(cfg.checkpoint_dir) if cfg.ckpt.load_enable else None
     steps = _schedule(data.train, cfg, world, start) if data.remote else []
 

@@ -6,7 +6,8 @@ The lock is ``<folder>/.openrlhf.lock`` (JSON: pid, host, started, command), cre
 A lock whose process is gone (same host, PID not alive) is stale and taken over with one printed line;
 one left on another host cannot be checked from here and is refused with the file to delete. The lock
 is released by :meth:`RunLock.release` (the recipes call it when their run ends) and at interpreter exit
-(an error or Ctrl-C / SIGTERM included).
+(an error or Ctrl-C included); a process ended by a signal it does not handle (SIGTERM today, SIGKILL)
+leaves its lock behind, and the next run takes it over as stale.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def check_folder(
     resume: bool,
     overwrite: bool,
     marker_files: Sequence[str],
-    resume_flag: str,
-    overwrite_flag: str,
+    resume_flag: str = "--ckpt.load_enable",
+    overwrite_flag: str = "--ckpt.overwrite",
 ) -> None:
     """A :class:`UserError` when ``folder`` holds a previous run's files and neither ``resume`` nor
     ``overwrite`` is set (``what``: the flag that names the folder)."""
@@ -129,15 +130,12 @@ def take_lock(folder: str, *, what: str, log: Callable[[str], None] = print, loc
                 raise UserError(
                     f"{what} {folder}: its lock file {path} is damaged; delete it if no run uses the folder"
                 )
-            if where != host:
+            if where != host or (pid != os.getpid() and _pid_alive(pid)):
+                # another host's run cannot be checked from here: the user says when it is gone
+                gone = f" (delete {path} if that run is gone)" if where != host else ""
                 raise UserError(
                     f"{what} {folder} is in use by another run (PID {pid} on host {where}, {other.get('command', '')}); "
-                    f"wait for it or choose another folder (delete {path} if that run is gone)"
-                )
-            if pid != os.getpid() and _pid_alive(pid):
-                raise UserError(
-                    f"{what} {folder} is in use by another run (PID {pid} on host {where}, {other.get('command', '')}); "
-                    "wait for it or choose another folder"
+                    f"wait for it or choose another folder{gone}"
                 )
             if pid != os.getpid():
                 log(f"{what} {folder}: taking over the lock left by a run that ended without releasing it (PID {pid})")
@@ -185,11 +183,19 @@ def claim(
     )
     lock = take_lock(folder, what=what, log=log)
     if overwrite and not resume:
-        for name in run_files(folder, clear):
-            target = os.path.join(folder, name)
-            log(f"{overwrite_flag}: removing {target} of the previous run")
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            else:
-                os.remove(target)
+        clear_previous_run(folder, clear, overwrite_flag, log)
     return lock
+
+
+def clear_previous_run(
+    folder: str, clear: Sequence[str], overwrite_flag: str = "--ckpt.overwrite", log: Callable[[str], None] = print
+) -> None:
+    """Delete what of ``clear`` (names inside ``folder``, or absolute paths) exists: the previous run's files
+    a new run would otherwise append to or resume from. Call it holding the folder's lock."""
+    for name in run_files(folder, clear):
+        target = os.path.join(folder, name)
+        log(f"{overwrite_flag}: removing {target} of the previous run")
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        else:
+            os.remove(target)
