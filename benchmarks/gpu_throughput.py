@@ -424,9 +424,8 @@ def child_ours(spec: Dict) -> Dict:
     run = start_run(cfg0, tokenizer, data0)
     frozen: Dict = {}
     frozen_mb: Dict[str, float] = {}
-    logger0 = make_run_logger(run.strategy, cfg0)
-    trainer_of(cfg0, data0, models0, logger0).fit()
-    logger0.close()
+    trainer_of(cfg0, data0, models0, run.logger).fit()  # start_run made the warm-up run's logger
+    run.logger.close()
     base = _allocated()
     frozen["ref"] = run.load_frozen(reference(cfg0))
     frozen_mb["ref"] = (_allocated() - base) / 2**20

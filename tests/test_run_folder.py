@@ -67,11 +67,15 @@ def test_lock_is_exclusive_and_released(tmp_path):
     record = json.load(open(path))
     assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
     lock.release()
-    assert not os.path.exists(path)
+    assert not os.path.exists(folder)  # the lock made the folder and nothing was written: removed with it
     lock.release()  # twice: fine
+    os.makedirs(folder)
     with take_lock(folder, what="--ckpt.output_dir"):
         assert os.path.exists(path)
-    assert not os.path.exists(path)
+    assert not os.path.exists(path) and os.path.isdir(folder)  # a folder the user made stays
+    with take_lock(str(tmp_path / "new"), what="--ckpt.output_dir"):
+        open(tmp_path / "new" / "metrics.jsonl", "w").close()
+    assert os.listdir(tmp_path / "new") == ["metrics.jsonl"]  # a folder the run wrote into stays
 
 
 def test_live_lock_of_another_process_is_refused_naming_pid_and_host(tmp_path, live_pid):

@@ -6,8 +6,9 @@ The lock is ``<folder>/.openrlhf.lock`` (JSON: pid, host, started, command), cre
 A lock whose process is gone (same host, PID not alive) is stale and taken over with one printed line;
 one left on another host cannot be checked from here and is refused with the file to delete. The lock
 is released by :meth:`RunLock.release` (the recipes call it when their run ends) and at interpreter exit
-(an error or Ctrl-C included); a process ended by a signal it does not handle (SIGTERM today, SIGKILL)
-leaves its lock behind, and the next run takes it over as stale.
+(an error or Ctrl-C included); a folder that taking the lock created is removed then if it is empty again
+(a run refused for bad input leaves nothing behind). A process ended by a signal it does not handle
+(SIGTERM today, SIGKILL) leaves its lock behind, and the next run takes it over as stale.
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ def _read_lock(path: str) -> Optional[dict]:
 class RunLock:
     """The lock this process holds on one folder; :meth:`release` (idempotent) removes the lock file."""
 
-    def __init__(self, path: str, record: dict) -> None:
+    def __init__(self, path: str, record: dict, created_folder: bool = False) -> None:
         self.path = path
         self.record = record
+        self.created_folder = created_folder  # take_lock made the folder: removed on release if left empty
         self.released = False
         atexit.register(self.release)
 
@@ -95,6 +97,11 @@ class RunLock:
                 os.remove(self.path)
             except FileNotFoundError:
                 pass
+        if self.created_folder:  # a run refused before it wrote anything leaves no empty folder behind
+            try:
+                os.rmdir(os.path.dirname(self.path))
+            except OSError:  # not empty (the run wrote there), or already gone
+                pass
 
     def __enter__(self) -> "RunLock":
         return self
@@ -107,6 +114,7 @@ def take_lock(folder: str, *, what: str, log: Callable[[str], None] = print, loc
     """Create ``folder`` and its lock file ``lock_name``; a :class:`UserError` naming the PID and host of the
     live run that holds it. A stale lock (its process gone) is taken over; a lock this very process left
     behind (an earlier run in it that raised) is taken back."""
+    created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, lock_name)
     host = socket.gethostname()
@@ -146,7 +154,7 @@ def take_lock(folder: str, *, what: str, log: Callable[[str], None] = print, loc
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
-        return RunLock(path, record)
+        return RunLock(path, record, created_folder=created)
     raise UserError(f"{what} {folder}: could not take its lock {path} (other runs keep taking it)")
 
 
