@@ -13,6 +13,7 @@ import pytest
 
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError
+from openrlhf.utils.run_folder import LOCK_NAME
 
 from tiny import (
     REPO,
@@ -379,9 +380,11 @@ def test_missing_gguf_or_its_package_is_one_line(tmp_path):
 # ---- Ctrl-C -----------------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path):
-    """SIGINT while training (a checkpoint every step): exit code 130, one line naming the last
-    complete checkpoint, no temp folder left; the resumed run finishes."""
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path, sig, code, word):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) while training (a checkpoint every step): exit
+    code 130 / 143, one line naming the last complete checkpoint, no temp folder and no lock left; the resumed
+    run finishes."""
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(8))
     out = str(tmp_path / "o")
     flags = base_flags(
@@ -411,14 +414,15 @@ def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 3):
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("interrupted")]
+    assert proc.returncode == code, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith(word)]
     assert len(lines) == 1 and "the last complete checkpoint is" in lines[0] and "--ckpt.load_enable" in lines[0]
     assert "Traceback" not in stderr
     ckpts = os.path.join(out, "checkpoints")
     assert [n for n in os.listdir(ckpts) if n.startswith(".")] == []
+    assert not os.path.exists(os.path.join(out, LOCK_NAME))  # released: the next run needs no takeover
     assert lines[0].split("checkpoint is ")[1].split(";")[0] == os.path.join(
         ckpts, open(os.path.join(ckpts, "latest")).read()
     )

@@ -7,7 +7,9 @@ A CLI module parses its flags and makes one call (into :mod:`openrlhf.recipes`,
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Any, Callable, List, Optional
 
 from openrlhf.config.parse import ConfigError, load_config
@@ -31,12 +33,17 @@ def run_main(body: Callable[[], Any]) -> Any:
     A :class:`~openrlhf.utils.errors.UserError` (bad flags, bad data, a missing optional
     package, an unwritable output) prints ``error: <message>`` without a traceback and
     exits with code 2; under a multi-process launcher only rank 0 prints it (every rank
-    meets the same error). Ctrl-C exits with code 130. Under a launcher the process then
-    exits at once (see :func:`~openrlhf.utils.distributed.exit_cleanly`) so no rank hangs
+    meets the same error). Ctrl-C exits with code 130. SIGTERM (a scheduler's preemption or
+    time limit; launchers pass it on to every rank) is handled as Ctrl-C is: the same clean
+    stop (work kept, resumable, child processes ended), one ``terminated (SIGTERM)`` line,
+    exit code 143; a second SIGTERM during that stop is ignored. Under a launcher the process
+    then exits at once (see :func:`~openrlhf.utils.distributed.exit_cleanly`) so no rank hangs
     at teardown.
     """
+    sigterm = _SigtermAsInterrupt()
     try:
-        result = body()
+        with sigterm:
+            result = body()
     except UserError as e:
         if is_rank_zero_process():
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -44,12 +51,38 @@ def run_main(body: Callable[[], Any]) -> Any:
         sys.exit(2)
     except KeyboardInterrupt as e:
         _end_progress_bars()  # the message below starts a line of its own, not glued to a bar
+        word, code = ("terminated (SIGTERM)", 143) if sigterm.received else ("interrupted", 130)
         if is_rank_zero_process():
-            print(f"interrupted: {e}" if isinstance(e, Interrupted) else "interrupted", file=sys.stderr, flush=True)
-        exit_cleanly(130)
-        sys.exit(130)
+            print(f"{word}: {e}" if isinstance(e, Interrupted) else word, file=sys.stderr, flush=True)
+        exit_cleanly(code)
+        sys.exit(code)
     exit_cleanly()
     return result
+
+
+class _SigtermAsInterrupt:
+    """While entered (in the main thread), SIGTERM raises :class:`KeyboardInterrupt` where the program is, as
+    Ctrl-C does, and says so in :attr:`received`; later SIGTERMs are ignored so the stop can finish. The
+    previous handler is restored on exit."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.received:
+            return
+        self.received = True
+        raise KeyboardInterrupt("SIGTERM")
+
+    def __enter__(self) -> "_SigtermAsInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _end_progress_bars() -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 from typing import Callable, Dict, List
@@ -71,6 +72,25 @@ def run_distill(cfg: DistillConfig, log: Callable[[str], None] = print, stop_aft
     """Plan ``cfg`` (every problem of every stage at once, before any work) and run the plan."""
     return Runner(plan_distill(cfg), log=log).run(stop_after=stop_after)
 
+
+
+def _run_command(cmd: List[str], grace_s: float = 120.0) -> None:
+    """Run a stage's launcher command; a :class:`subprocess.CalledProcessError` when it fails. Interrupted here
+    (Ctrl-C, or SIGTERM turned into one), the launcher gets SIGTERM (it passes it on to every rank, each of which
+    stops cleanly) and ``grace_s`` to end before it is killed: no rank outlives this process."""
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    if code != 0:
+        raise subprocess.CalledProcessError(code, cmd)
 
 class Runner:
     """Executes a :class:`~openrlhf.pipeline.plan.Plan`: each stage not done yet (``run_dir/.done/<stage>``,
@@ -179,7 +199,7 @@ class Runner:
         elif stage.job and self.plan.launcher:
             cmd = launch_command(self.plan.launcher, task, cfg)
             self.log(f"[distill] {stage.name}: {' '.join(shlex.quote(x) for x in cmd)}")
-            subprocess.run(cmd, check=True)
+            _run_command(cmd)
         elif task in _LOGGING_TASKS:
             runner_of(task)(cfg, log=self.log)
         else:
