@@ -73,7 +73,6 @@ def run_distill(cfg: DistillConfig, log: Callable[[str], None] = print, stop_aft
     return Runner(plan_distill(cfg), log=log).run(stop_after=stop_after)
 
 
-
 def _run_command(cmd: List[str], grace_s: float = 120.0) -> None:
     """Run a stage's launcher command; a :class:`subprocess.CalledProcessError` when it fails. Interrupted here
     (Ctrl-C, or SIGTERM turned into one), the launcher gets SIGTERM (it passes it on to every rank, each of which
@@ -91,6 +90,7 @@ def _run_command(cmd: List[str], grace_s: float = 120.0) -> None:
         raise
     if code != 0:
         raise subprocess.CalledProcessError(code, cmd)
+
 
 class Runner:
     """Executes a :class:`~openrlhf.pipeline.plan.Plan`: each stage not done yet (``run_dir/.done/<stage>``,
