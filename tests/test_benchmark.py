@@ -100,6 +100,7 @@ def test_gpu_benchmark_rows_fit_their_length_and_spread_like_sharegpt(monkeypatc
     assert statistics.median(p2) > 2 * statistics.median(p1)
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_gpu_benchmark_runs_tiny_on_cpu_and_reports_every_configuration(tmp_path):
     """``gpu_throughput.py --tiny`` (fp32, CPU, 2 repeats): every configuration has its numbers, or says why

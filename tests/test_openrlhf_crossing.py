@@ -269,6 +269,7 @@ def test_attention_strings_are_checked_by_transformers(tiny_dir):
 # ---- lora_combiner ---------------------------------------------------------------------------------
 
 
+@pytest.mark.main_leg
 def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -179,6 +179,7 @@ if os.environ.get("RANK") is not None and os.environ.get("FORWARD_LOG_DIR"):
 """
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_zero3_packing_with_dynamic_batches_runs_the_same_forwards_on_every_rank(tmp_path):
     """ZeRO-3 gathers each layer's parameters in every forward, collectively: every rank must run the same

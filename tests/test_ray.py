@@ -217,6 +217,7 @@ def test_ray_frozen_groups_in_bf16_equal_the_policy_at_step_0(ray_head, tiny_lon
     assert first["loss"] == float(np.float32(math.log(2)))
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_a_killed_policy_actor_stops_the_job_and_a_resubmitted_job_resumes(
     ray_head, reference_run, tiny_dir, tiny_teacher_other_family, pairs, tmp_path

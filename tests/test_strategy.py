@@ -564,6 +564,7 @@ def test_setup_again_after_finish(tiny_dir, group):
     _micro(s2, engine, _batches(1)[0])
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_adam_offload_engine(group, tiny_dir):
     # DeepSpeedCPUAdam JIT-compiles its op on first use (~1 min, cached afterwards).

@@ -220,6 +220,7 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
     assert train_losses(crashed) == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.main_leg
 @pytest.mark.slow
 def test_killed_process_resumes_exactly(tiny_dir, tmp_path):
     """A real SIGKILL of the CLI process, then a resumed run: the same per-step losses."""
