@@ -225,7 +225,7 @@ def _client(url, cache, **kw):
 
 
 def test_retry_wait_honours_retry_after_with_jitter():
-    from openrlhf.eval.client import retry_wait
+    from openrlhf.utils.retry import retry_wait
 
     lo, hi = (lambda: 0.0), (lambda: 1.0)
     assert retry_wait(0, {"retry-after": "2"}, lo) == 2.0 and retry_wait(0, {"retry-after": "2"}, hi) == 3.0

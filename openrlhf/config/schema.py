@@ -236,7 +236,54 @@ class TeacherModelConfig(Section):
 
 
 @dataclass
-class TeacherConfig(TeacherModelConfig):
+class ServedTeacherConfig(TeacherModelConfig):
+    """A teacher may also be served (vLLM's OpenAI-compatible server, ``vllm serve``): its sentence log-probs
+    come from the server (prompt log-probs of the pair sent as the teacher's own token ids), its weights never
+    enter this job. ``--teacher.model_name_or_path`` then names the folder (or hub name) of its tokenizer and
+    chat template only."""
+
+    # e.g. http://HOST:8000/v1; empty: the teacher is loaded here.
+    base_url: str = ""
+    # The served model's name at the endpoint (what /v1/models lists).
+    model: str = ""
+    # Name of the environment variable holding the API key; an endpoint without keys works.
+    api_key_env: str = ""
+    # Requests in flight at once (one pair each).
+    concurrency: int = 8
+    # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.
+    max_retries: int = 5
+    # Seconds per request.
+    timeout: float = 600.0
+
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.extend(super().problems())
+        if not self.base_url:
+            p.need(not self.model, "teacher.model", "names a served teacher: give --teacher.base_url too")
+            return p
+        p.need(
+            self.base_url.startswith(("http://", "https://")),
+            "teacher.base_url",
+            f"expected an http(s):// URL, got {self.base_url!r}",
+        )
+        p.need(bool(self.model), "teacher.model", "required with --teacher.base_url: the served model's name")
+        p.need(
+            len(self.model_name_or_path) <= 1,
+            "teacher.base_url",
+            "one served teacher: --teacher.model_name_or_path then names its tokenizer folder only",
+        )
+        p.need(not self.offload, "teacher.offload", "a served teacher has no weights here to offload")
+        p.need(self.concurrency >= 1, "teacher.concurrency", f"must be >= 1, got {self.concurrency}")
+        p.need(self.max_retries >= 0, "teacher.max_retries", f"must be >= 0, got {self.max_retries}")
+        p.need(self.timeout > 0, "teacher.timeout", f"must be > 0, got {self.timeout}")
+        return p
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        return [("openai", "teacher.base_url", "a served teacher (--teacher.base_url)")] if self.base_url else []
+
+
+@dataclass
+class TeacherConfig(ServedTeacherConfig):
     """The daDPO teacher(s): the weight of each in the loss, the paper's beta2 (one per teacher)."""
 
     beta: Tuple[float, ...] = (0.01,)
@@ -1000,7 +1047,7 @@ class ScoreLogpsConfig(RunConfig):
 
     model: ModelConfig = field(default_factory=ModelConfig)
     ref: RefConfig = field(default_factory=RefConfig)
-    teacher: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+    teacher: ServedTeacherConfig = field(default_factory=ServedTeacherConfig)
     data: DataConfig = _section(DataConfig, **PREFERENCE_DATA)
     train: BatchConfig = field(default_factory=BatchConfig)
     ds: FrozenDSConfig = field(default_factory=FrozenDSConfig)

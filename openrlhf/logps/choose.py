@@ -1,11 +1,16 @@
 """Which source gives each frozen model's log-probs, decided once per split before any model is loaded:
 cached columns when the rows carry them (checked row by row against the model, the tokenisation and the
-row's text), else online, or, with a remote provider (the Ray trainers), remote."""
+row's text), else a served model's answers (asked here, before training), else online, or, with a remote
+provider (the Ray trainers), remote."""
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from tqdm import tqdm
 
 from openrlhf.datasets.loading import split_sources
 from openrlhf.datasets.preference_data import PairSplit
@@ -16,6 +21,8 @@ from openrlhf.utils.errors import DataError
 from . import cache as lc
 from .frozen import REF, FrozenModel
 from .known import CachedTable, LogpProvider, WithKnownLogps
+from .score import frozen_dataset
+from .served import ServedModel, check_lengths, check_probe
 
 
 @dataclass
@@ -38,15 +45,51 @@ def _cached_values(split: PairSplit, model: FrozenModel, keys: Sequence[str]) ->
             "(score_logps), or drop the cached columns and score online"
         )
     renderer = model.renderer if model.renderer is not None else split.dataset.renderer
-    fp = lc.setting_fingerprint(
-        lc.model_fingerprint(model.model_path, model.flag, lc.digests_near(split.source)),
-        lc.tokenization_fingerprint(renderer, model.max_len),
+    if model.served is not None:
+        served = ServedModel(model.served)
+        folder = split.source if os.path.isdir(split.source) else os.path.dirname(os.path.abspath(split.source))
+        check_probe(folder, served, f"{split.what} {split.source}")
+        model_fp, flag = served.fingerprint(), model.served.flag
+    else:
+        model_fp, flag = lc.model_fingerprint(model.model_path, model.flag, lc.digests_near(split.source)), model.flag
+    fp = lc.setting_fingerprint(model_fp, lc.tokenization_fingerprint(renderer, model.max_len))
+    return lc.load_cached(split.rows, model.name, fp, keys, split.source, split.needed, flag)
+
+
+def _served_values(split: PairSplit, model: FrozenModel, data_cfg, policy_path: str, log) -> Dict[int, tuple]:
+    """The served model's log-probs of the split's needed rows, asked now (``concurrency`` pairs at a time)."""
+    served = ServedModel(model.served, log=log)
+    ds = frozen_dataset(model, split.rows, split.dataset.renderer.tokenizer, data_cfg, policy_path, split.source)
+    items = {it["index"]: it for it in (ds[k] for k in range(len(ds)))}
+    needed = [i for i in split.needed if i in items]
+    if len(needed) < len(split.needed):
+        missing = [i + 1 for i in split.needed if i not in items][:5]
+        raise DataError(f"{split.what} {split.source}: rows {missing} cannot be tokenised for {model.name}")
+    pairs = {i: (items[i]["prompt_ids"], items[i]["chosen_ids"], items[i]["rejected_ids"]) for i in needed}
+    lengths = {i: len(p) + max(len(c), len(r)) for i, (p, c, r) in pairs.items()}
+    check_lengths(served, lengths, f"{split.what} {split.source}")
+    start = time.perf_counter()
+    bar = tqdm(total=len(pairs), desc=f"score {model.name} (served)", dynamic_ncols=True)
+    try:
+        values = served.score(pairs, on_pair=lambda i, p: bar.update(1))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(p) + len(c) + len(p) + len(r) for p, c, r in pairs.values())
+    log(
+        f"{split.source}: {model.name} log-probs of {len(values)} pairs from {model.served.base_url} "
+        f"({served.info()['id']}): {tokens / max(seconds, 1e-9):.0f} tokens/s, {served.retries} retries"
     )
-    return lc.load_cached(split.rows, model.name, fp, keys, split.source, split.needed, model.flag)
+    return values
 
 
 def choose_sources(
-    split: PairSplit, models: Sequence[FrozenModel], data_cfg, policy_path: str, remote: Optional[LogpProvider] = None
+    split: PairSplit,
+    models: Sequence[FrozenModel],
+    data_cfg,
+    policy_path: str,
+    remote: Optional[LogpProvider] = None,
+    log: Callable[[str], None] = print,
 ) -> SplitLogps:
     """Decide, for each of ``models``, where its log-probs of ``split`` come from (see the module doc);
     an online reference is checked to share the policy's tokenizer (it reads the policy's token ids)."""
@@ -59,6 +102,9 @@ def choose_sources(
             cached[model.name] = _cached_values(split, model, keys)
             what = "reference" if model.name == REF else f"{model.name} ({model.model_path})"
             reports.append(f"{split.source}: using cached {what} log-probs (that model is not loaded for it)")
+        elif model.served is not None:
+            cached[model.name] = _served_values(split, model, data_cfg, policy_path, log)
+            reports.append(f"{split.source}: {model.name} log-probs asked from {model.served.base_url} (not loaded)")
         else:
             online.append(model.name)
             if model.name == REF:

@@ -7,6 +7,8 @@ from typing import Any, List, Optional, Sequence
 
 from openrlhf.models.loss import teacher_name
 
+from .served import Endpoint
+
 REF = "ref"
 REF_FLAG = "--ref.model_name_or_path"
 TEACHER_FLAG = "--teacher.model_name_or_path"
@@ -18,7 +20,8 @@ class FrozenModel:
     columns); where it lives (``model_path``) and the flag that named it; whether its weights are offloaded;
     how pairs are tokenised for it: ``renderer`` (a teacher's own tokenizer and chat template; None: the
     policy's tokenisation) and ``max_len`` (None: whole responses, as a teacher scores them; the reference
-    is cut to --data.max_len as the policy is)."""
+    is cut to --data.max_len as the policy is); ``served``: the server that answers for it (its weights are
+    then never loaded here; ``model_path`` names its tokenizer)."""
 
     name: str
     model_path: str
@@ -26,6 +29,7 @@ class FrozenModel:
     offload: bool = False
     renderer: Any = None
     max_len: Optional[int] = None
+    served: Optional[Endpoint] = None
 
     @property
     def is_teacher(self) -> bool:
@@ -39,10 +43,11 @@ class FrozenModel:
 
 def teacher_models(teacher_cfg, renderers: Sequence[Any]) -> List[FrozenModel]:
     """One model per --teacher.model_name_or_path (``teacher``, ``teacher_2``, ...), each with its renderer
-    (its own tokenizer and chat template), scoring whole responses."""
+    (its own tokenizer and chat template), scoring whole responses; served when --teacher.base_url is set."""
     paths = teacher_cfg.model_name_or_path
+    served = Endpoint.of(teacher_cfg, "--teacher.base_url")
     return [
-        FrozenModel(teacher_name(k), path, TEACHER_FLAG, teacher_cfg.offload, renderer)
+        FrozenModel(teacher_name(k), path, TEACHER_FLAG, teacher_cfg.offload, renderer, served=served)
         for k, (path, renderer) in enumerate(zip(paths, renderers, strict=True))
     ]
 

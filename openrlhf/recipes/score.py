@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -30,6 +31,7 @@ from openrlhf.datasets.tokenizer import check_reference_tokenizer, data_tokenize
 from openrlhf.logps import cache as lc
 from openrlhf.logps.frozen import FrozenModel, reference_model, teacher_models
 from openrlhf.logps.score import frozen_dataset, score_pairs
+from openrlhf.logps.served import ServedModel, check_lengths, check_probe, remember_probe
 from openrlhf.recipes.common import claim_on_rank_0, make_strategy, prepare_frozen
 from openrlhf.utils.errors import DataError, Interrupted
 from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail, write_jsonl_atomic
@@ -40,11 +42,13 @@ PARTIAL_DIR = ".score_partial"
 
 @dataclass
 class ScoreJob:
-    """One frozen model to score: its pairs tokenised as it reads them, and the setting's fingerprint."""
+    """One frozen model to score: its pairs tokenised as it reads them, and the setting's fingerprint;
+    ``served``: the server that scores them (None: the model is loaded here)."""
 
     model: FrozenModel
     dataset: Any
     setting_fp: str
+    served: Optional[ServedModel] = None
 
     @property
     def kind(self) -> str:
@@ -91,12 +95,50 @@ def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, diges
         ds = frozen_dataset(model, rows, tokenizer, cfg.data, cfg.model.model_name_or_path, source)
         if not model.is_teacher:
             check_reference_tokenizer(ds.renderer, rendered_pairs(ds), model.model_path, cfg.model.model_name_or_path)
-        fp = lc.setting_fingerprint(
-            lc.model_fingerprint(model.model_path, model.flag, digests),
-            lc.tokenization_fingerprint(ds.renderer, model.max_len),
-        )
-        jobs.append(ScoreJob(model, ds, fp))
+        served = ServedModel(model.served) if model.served is not None else None
+        if served is not None:  # the server must answer, serve this model and take every pair, before any work
+            items = [ds[k] for k in range(len(ds))]
+            lengths = {
+                it["index"]: len(it["prompt_ids"]) + max(len(it["chosen_ids"]), len(it["rejected_ids"])) for it in items
+            }
+            check_lengths(served, lengths, f"--data.dataset {source}")
+            model_fp = served.fingerprint()
+        else:
+            model_fp = lc.model_fingerprint(model.model_path, model.flag, digests)
+        fp = lc.setting_fingerprint(model_fp, lc.tokenization_fingerprint(ds.renderer, model.max_len))
+        jobs.append(ScoreJob(model, ds, fp, served))
     return jobs
+
+
+def _score_served(strategy, job: ScoreJob, todo: List[int], out_dir: str, partial_dir: str, resumed: bool) -> None:
+    """Rank 0 asks the server for the pairs at ``todo`` and appends each to its partial file as it arrives."""
+    served, ds = job.served, job.dataset
+    if not strategy.is_rank_0():
+        return
+    if resumed:  # the partial scores came from the model that answers now (not another behind the same name)
+        check_probe(out_dir, served, f"--ckpt.output_dir {out_dir} ({PARTIAL_DIR})")
+    remember_probe(out_dir, served, replace=not resumed)
+    out_path = _partial_path(partial_dir, job.kind, strategy.rank)
+    items = [ds[i] for i in todo]
+    pairs = {it["index"]: (it["prompt_ids"], it["chosen_ids"], it["rejected_ids"]) for it in items}
+    bar = tqdm(total=len(pairs), desc=f"score {job.kind} (served)", dynamic_ncols=True)
+    start = time.perf_counter()
+
+    def write(index: int, pair: Tuple[float, float]) -> None:
+        append_jsonl(out_path, [{"fp": job.setting_fp, "index": index, "chosen": pair[0], "rejected": pair[1]}])
+        bar.update(1)
+
+    try:
+        served.score(pairs, on_pair=write)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs.values())
+    print(
+        f"{job.kind}: {len(pairs)} pairs from {served.endpoint.base_url} ({served.info()['id']}) in {seconds:.1f} s: "
+        f"{tokens / max(seconds, 1e-9):.0f} tokens/s, {served.retries} retries",
+        flush=True,
+    )
 
 
 def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str) -> Dict[int, Tuple[float, float]]:
@@ -107,7 +149,6 @@ def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str)
     strategy.print(f"{job.kind}: {len(ds)} pairs, {len(done)} already scored, {len(todo)} to score")
     if not todo:
         return done
-    model = prepare_frozen(strategy, cfg, job.model.model_path, job.model.offload, what=job.model.flag)
     os.makedirs(partial_dir, exist_ok=True)
     out_path = _partial_path(partial_dir, job.kind, strategy.rank)
     if repair_torn_tail(out_path) == "dropped":
@@ -116,6 +157,11 @@ def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str)
             "unfinished write); that row is scored again",
             flush=True,
         )
+    if job.served is not None:
+        _score_served(strategy, job, todo, cfg.ckpt.output_dir, partial_dir, resumed=bool(done))
+        strategy.barrier()
+        return _read_partials(partial_dir, job.kind, job.setting_fp)
+    model = prepare_frozen(strategy, cfg, job.model.model_path, job.model.offload, what=job.model.flag)
     bar = tqdm(total=len(todo), desc=f"score {job.kind}", disable=not strategy.is_rank_0(), dynamic_ncols=True)
 
     def write(scores: Dict[int, Tuple[float, float]]) -> None:

@@ -1,0 +1,305 @@
+"""A frozen model behind vLLM's OpenAI-compatible server (``vllm serve MODEL``): its sentence log-probs without
+its weights in this job.
+
+Each pair side is sent to ``/v1/completions`` as the model's own token ids (the prompt rendered with its own
+tokenizer and chat template, then the response), with ``max_tokens`` 1 and vLLM's ``prompt_logprobs`` 0: the
+server returns the log-prob of every prompt token given the ones before it, and the response tokens' values
+are summed here in float64, as the in-process path sums its own.
+
+What names a served model (its fingerprint): the server's model id, its ``root`` (the weights it loaded) and
+``max_model_len``, from ``/v1/models``. Its answer to a fixed probe sequence is kept beside a cache
+(:data:`PROBES_FILE`) and compared, within :data:`PROBE_TOLERANCE`, whenever the cache is reused (a resumed
+``score_logps``, a training run reading the cached columns), so that another model put behind the same URL and
+name is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from openrlhf.utils.errors import DataError, UserError, require_package
+from openrlhf.utils.jsonl import write_json_atomic
+from openrlhf.utils.retry import RETRY_STATUS, retry_wait
+
+PROBES_FILE = "served_models.json"
+# The probe: the same token ids for every model (small ids exist in every vocabulary).
+PROBE_IDS = tuple(range(1, 33))
+# Mean absolute difference (nats per token) that one served model's probe answers stay within from run to run
+# (batch composition, bf16 kernels); another model differs by far more.
+PROBE_TOLERANCE = 0.05
+
+Pair = Tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a served frozen model answers, and how to ask (``flag``: the flag that named the endpoint)."""
+
+    base_url: str
+    model: str
+    api_key_env: str = ""
+    concurrency: int = 8
+    max_retries: int = 5
+    timeout: float = 600.0
+    flag: str = "--teacher.base_url"
+
+    @classmethod
+    def of(cls, section, flag: str) -> Optional["Endpoint"]:
+        """The endpoint a config section (``--teacher.*``) names, None when it names none."""
+        if not getattr(section, "base_url", ""):
+            return None
+        return cls(
+            section.base_url,
+            section.model,
+            section.api_key_env,
+            section.concurrency,
+            section.max_retries,
+            section.timeout,
+            flag,
+        )
+
+
+class ServedModel:
+    """Requests to one :class:`Endpoint` (``openai`` client, retries with backoff, ``concurrency`` in flight)."""
+
+    def __init__(self, endpoint: Endpoint, log: Callable[[str], None] = print):
+        require_package("openai", f"a served model ({endpoint.flag})")
+        from openai import OpenAI
+
+        self.endpoint = endpoint
+        self.log = log
+        key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
+        self._client = OpenAI(
+            base_url=endpoint.base_url, api_key=key or "EMPTY", timeout=endpoint.timeout, max_retries=0
+        )
+        self._info: Optional[dict] = None
+        self._lock = threading.Lock()
+        self.retries = 0
+
+    # ---- what is served -------------------------------------------------------------------------
+    def info(self) -> dict:
+        """id, root and max_model_len of the served model (``/v1/models``); a clear error when the server
+        cannot be reached or does not serve ``model``."""
+        if self._info is None:
+            listed = self._retrying(lambda: self._client.models.list().data, connect_retries=False)
+            names = [m.id for m in listed]
+            found = [m for m in listed if m.id == self.endpoint.model]
+            if not found:
+                raise UserError(
+                    f"{self.endpoint.flag} {self.endpoint.base_url} serves {names}, not {self.endpoint.model!r} "
+                    f"({self.endpoint.flag.replace('base_url', 'model')})"
+                )
+            extra = found[0].model_extra or {}
+            self._info = {
+                "id": found[0].id,
+                "root": extra.get("root") or found[0].id,
+                "max_model_len": extra.get("max_model_len"),
+            }
+        return self._info
+
+    def fingerprint(self) -> str:
+        """What names the served model in a cache's fingerprints (see the module doc)."""
+        i = self.info()
+        spec = {"served": True, "id": i["id"], "root": i["root"], "max_model_len": i["max_model_len"]}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+    def probe(self) -> List[float]:
+        """The log-probs of :data:`PROBE_IDS` after their first token."""
+        return [float(x) for x in self.token_logps(list(PROBE_IDS))[1:]]
+
+    # ---- log-probs ------------------------------------------------------------------------------
+    def token_logps(self, ids: Sequence[int], stop: Optional[threading.Event] = None) -> List[Optional[float]]:
+        """The log-prob of each token of ``ids`` given the ones before it (None for the first); ``stop`` set:
+        no (further) request is sent."""
+        ids = [int(t) for t in ids]
+
+        def ask():
+            resp = self._client.completions.create(
+                model=self.endpoint.model,
+                prompt=ids,
+                max_tokens=1,
+                temperature=0.0,
+                extra_body={"prompt_logprobs": 0},
+            )
+            choices = getattr(resp, "choices", None) or []
+            got = (choices[0].model_extra or {}).get("prompt_logprobs") if choices else None
+            if not isinstance(got, list) or len(got) != len(ids):
+                raise UserError(
+                    f"{self.endpoint.flag} {self.endpoint.base_url}: the server returned no prompt log-probs "
+                    f"(vLLM's prompt_logprobs) for {self.endpoint.model}; serve the model with vLLM's "
+                    "OpenAI-compatible server (vllm serve), which returns them"
+                )
+            return got
+
+        got = self._retrying(ask, stop=stop)
+        out: List[Optional[float]] = [None]
+        for t, entry in zip(ids[1:], got[1:], strict=True):
+            rec = (entry or {}).get(str(t))
+            value = rec.get("logprob") if isinstance(rec, dict) else None
+            if not isinstance(value, (int, float)) or math.isnan(value):
+                raise UserError(
+                    f"{self.endpoint.flag} {self.endpoint.base_url}: no log-prob for prompt token {t} in the "
+                    f"server's answer ({str(entry)[:200]})"
+                )
+            out.append(float(value))
+        return out
+
+    def response_sum(
+        self, prompt_ids: Sequence[int], response_ids: Sequence[int], stop: Optional[threading.Event] = None
+    ) -> float:
+        """The response tokens' log-probs after the prompt, summed in float64."""
+        values = self.token_logps(list(prompt_ids) + list(response_ids), stop)
+        return math.fsum(v for v in values[len(prompt_ids) :] if v is not None)
+
+    def score(
+        self,
+        pairs: Dict[int, Tuple[Sequence[int], Sequence[int], Sequence[int]]],
+        on_pair: Callable[[int, Pair], None] = lambda i, p: None,
+    ) -> Dict[int, Pair]:
+        """{row index: (chosen, rejected)} of ``pairs`` ({row index: (prompt ids, chosen ids, rejected
+        ids)}), ``concurrency`` pairs in flight; ``on_pair`` is called (in this thread) as each pair is done.
+        An interrupt or error sends nothing more (requests in flight finish)."""
+        out: Dict[int, Pair] = {}
+        stop = threading.Event()  # set on an error or interrupt: a worker starts no new request
+
+        def one(i: int) -> Tuple[int, Optional[Pair]]:
+            if stop.is_set():
+                return i, None
+            p, c, r = pairs[i]
+            return i, (self.response_sum(p, c, stop), self.response_sum(p, r, stop))
+
+        pool = ThreadPoolExecutor(max_workers=self.endpoint.concurrency)
+        try:
+            for fut in as_completed([pool.submit(one, i) for i in pairs]):
+                i, pair = fut.result()
+                out[i] = pair
+                on_pair(i, pair)
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return out
+
+    # ---- requests ---------------------------------------------------------------------------------
+    def _retrying(self, fn, connect_retries: bool = True, stop: Optional[threading.Event] = None):
+        """``fn()``, tried again on 408 / 409 / 429 / 5xx, timeouts and dropped connections (backoff); any
+        other refusal, or an endpoint that cannot be reached at the first request, is a clear error."""
+        import openai
+
+        ep = self.endpoint
+        for attempt in range(ep.max_retries + 1):
+            if stop is not None and stop.is_set():
+                raise _Stopped()
+            try:
+                return fn()
+            except openai.APIStatusError as e:
+                status = e.status_code
+                if status == 401:
+                    raise UserError(
+                        f"{ep.flag} {ep.base_url}: the server needs a key (HTTP 401); set the "
+                        f"environment variable named by {ep.flag.replace('base_url', 'api_key_env')}"
+                    ) from None
+                if status not in RETRY_STATUS and status < 500:
+                    raise UserError(
+                        f"{ep.flag} {ep.base_url}: the server refused a request for {ep.model} "
+                        f"(HTTP {status}): {e.message}"
+                    ) from None
+                error: Exception = e
+            except openai.APIConnectionError as e:  # timeouts included
+                if not connect_retries:
+                    raise UserError(
+                        f"{ep.flag} {ep.base_url}: the server cannot be reached ({type(e).__name__}: "
+                        f"{e}); start it first"
+                    ) from None
+                error = e
+            if attempt == ep.max_retries:
+                raise UserError(
+                    f"{ep.flag} {ep.base_url}: a request still failed after {attempt} retries "
+                    f"({type(error).__name__}: {error}); what was scored is kept"
+                ) from None
+            with self._lock:
+                self.retries += 1
+            response = getattr(error, "response", None)
+            wait = retry_wait(attempt, getattr(response, "headers", None))
+            if stop is not None:
+                stop.wait(wait)  # ends at once when the scoring stops
+            else:
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+
+class _Stopped(Exception):
+    """A request not sent because the scoring stopped (another request failed, or an interrupt)."""
+
+
+# ---- the probe beside a cache -------------------------------------------------------------------------
+
+
+def _probes_path(folder: str) -> str:
+    return os.path.join(folder, PROBES_FILE)
+
+
+def _load_probes(folder: str) -> dict:
+    try:
+        with open(_probes_path(folder), encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_probe(folder: str, served: ServedModel, replace: bool = False) -> None:
+    """Keep the served model's probe answer in ``folder`` (under its fingerprint), for :func:`check_probe`;
+    an answer kept already stays unless ``replace``."""
+    data = _load_probes(folder)
+    fp = served.fingerprint()
+    if replace or fp not in data:
+        data[fp] = {**served.info(), "base_url": served.endpoint.base_url, "probe": served.probe()}
+        write_json_atomic(_probes_path(folder), data)
+
+
+def check_probe(folder: str, served: ServedModel, what: str) -> None:
+    """Refuse (naming ``what``: the cache) when the model served now answers the probe otherwise than the
+    one that the cache in ``folder`` was scored with. A cache without a recorded probe is refused too."""
+    fp = served.fingerprint()
+    kept = _load_probes(folder).get(fp)
+    if not isinstance(kept, dict) or not isinstance(kept.get("probe"), list):
+        raise DataError(
+            f"{what}: no record of the served model's probe in {_probes_path(folder)}: score it again with "
+            f"score_logps {served.endpoint.flag} {served.endpoint.base_url}"
+        )
+    now = served.probe()
+    diff = math.fsum(abs(a - b) for a, b in zip(now, kept["probe"], strict=True)) / len(now)
+    if diff > PROBE_TOLERANCE:
+        raise DataError(
+            f"{what}: another model answers at {served.endpoint.flag} {served.endpoint.base_url} as "
+            f"{served.endpoint.model!r} than the one the cache was scored with (probe log-probs differ by "
+            f"{diff:.3f} nats per token, more than {PROBE_TOLERANCE}); score the data again"
+        )
+
+
+def check_lengths(
+    served: ServedModel, lengths: Dict[int, int], what: str, row_name: Callable[[int], str] = lambda i: f"row {i + 1}"
+) -> None:
+    """Refuse, before any scoring, the rows whose longer side (prompt + response tokens) is longer than the
+    server's max_model_len, naming them and the length that fits."""
+    limit = served.info().get("max_model_len")
+    if not isinstance(limit, int):
+        return
+    over = sorted(i for i, n in lengths.items() if n > limit)
+    if over:
+        shown = ", ".join(f"{row_name(i)} ({lengths[i]} tokens)" for i in over[:5])
+        raise DataError(
+            f"{what}: {len(over)} pairs are longer than the served model's max_model_len {limit} "
+            f"({served.endpoint.flag} {served.endpoint.base_url}): {shown}; serve it with a longer "
+            f"--max-model-len or drop those rows"
+        )

@@ -1,0 +1,243 @@
+"""A served teacher (issue 33): log-probs from an OpenAI-compatible server that speaks vLLM's protocol
+(``/v1/models``, ``/v1/completions`` with ``prompt_logprobs``).
+
+The server here is a small HTTP server in a thread whose answers are computed by a real tiny HF model in fp32,
+so that served and in-process scores can be compared; it can also fail on purpose (503s, a model swapped
+behind the same name, no prompt log-probs). The real vLLM server is tested in tests/test_vllm.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from openrlhf.utils.errors import DataError, UserError
+
+from tiny import base_flags, make_tiny, pref_rows, read_metrics, run_task, score_flags, write_jsonl
+
+NAME = "served-teacher"
+
+
+class FakeVLLM:
+    """What this test needs of ``vllm serve``: a model list and prompt log-probs, from a real HF model."""
+
+    def __init__(self, model_dir: str, max_model_len: int = 4096):
+        from transformers import AutoModelForCausalLM
+
+        self.load(model_dir)
+        self.max_model_len = max_model_len
+        self.fail_next = 0  # answer that many requests with HTTP 503
+        self.no_prompt_logprobs = False
+        self.requests = 0
+        self._auto = AutoModelForCausalLM
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                model = {"id": NAME, "object": "model", "root": server.root, "max_model_len": server.max_model_len}
+                self._send(200, {"object": "list", "data": [model]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests += 1
+                    if server.fail_next > 0:
+                        server.fail_next -= 1
+                        return self._send(503, {"error": {"message": "overloaded", "type": "server_error"}})
+                choice = {"index": 0, "text": "x", "finish_reason": "length", "logprobs": None}
+                if not server.no_prompt_logprobs:
+                    choice["prompt_logprobs"] = server.prompt_logprobs(body["prompt"])
+                self._send(
+                    200, {"id": "c", "object": "text_completion", "created": 0, "model": NAME, "choices": [choice]}
+                )
+
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def load(self, model_dir: str) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.root = model_dir
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def prompt_logprobs(self, ids):
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids])).logits[0].float()
+        lp = torch.log_softmax(logits, -1)
+        return [None] + [
+            {str(t): {"logprob": lp[k, t].item(), "rank": 1, "decoded_token": ""}} for k, t in enumerate(ids[1:])
+        ]
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    student = make_tiny(str(root / "student"))
+    teacher = make_tiny(str(root / "teacher"), style="gemma", vocab_size=350, seed=2)  # another family
+    other = make_tiny(str(root / "other"), style="gemma", vocab_size=350, seed=5)
+    return student, teacher, other
+
+
+@pytest.fixture
+def server(models):
+    s = FakeVLLM(models[1])
+    yield s
+    s.close()
+
+
+def _served(server, *extra):
+    return ["--teacher.base_url", server.url, "--teacher.model", NAME, "--teacher.max_retries", "2", *extra]
+
+
+def _rows(path, n=6):
+    return [json.loads(x) for x in open(path) if x.strip()][:n]
+
+
+def test_served_scores_equal_the_in_process_ones_and_train_the_same(models, server, tmp_path):
+    """score_logps with --teacher.base_url gives the in-process fp32 numbers (float64 sums of the same token
+    log-probs: within 1e-4 per sequence, measured ~1e-6); train_dadpo on the served cache gives the losses of
+    train_dadpo on the in-process cache, and train_dadpo asking the server itself (no cache) gives them too."""
+    student, teacher, _ = models
+    data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
+    local = run_task(
+        "score_logps", score_flags(student, data, str(tmp_path / "local"), "--teacher.model_name_or_path", teacher)
+    )
+    served = run_task(
+        "score_logps",
+        score_flags(student, data, str(tmp_path / "served"), "--teacher.model_name_or_path", teacher, *_served(server)),
+    )
+    a, b = _rows(local), _rows(served)
+    for x, y in zip(a, b, strict=True):
+        for k in ("teacher_chosen_logp", "teacher_rejected_logp"):
+            assert math.isclose(x[k], y[k], abs_tol=1e-4), (k, x[k], y[k])
+        assert x["teacher_logp_fingerprint"] != y["teacher_logp_fingerprint"]  # another model identity
+    assert os.path.exists(tmp_path / "served" / "served_models.json")
+
+    def train(out, data_path, *extra):
+        flags = base_flags(student, data_path, str(tmp_path / out), "--train.batch_size", "2", *extra)
+        run_task("dadpo", flags + ["--teacher.model_name_or_path", teacher, "--teacher.beta", "0.5"])
+        return [r["loss"] for r in read_metrics(str(tmp_path / out))]
+
+    on_local = train("t_local", local)
+    on_served = train("t_served", served, *_served(server))
+    asked = train("t_asked", data, *_served(server))  # no cached columns: train_dadpo asks the server
+    assert len(on_local) == 3
+    for x, y, z in zip(on_local, on_served, asked, strict=True):
+        assert math.isclose(x, y, abs_tol=1e-4) and math.isclose(x, z, abs_tol=1e-4), (x, y, z)
+
+
+def test_server_errors_resume_and_another_model_is_refused(models, server, tmp_path):
+    student, teacher, other = models
+    data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
+    out = str(tmp_path / "s")
+    flags = score_flags(
+        student, data, out, "--teacher.model_name_or_path", teacher, *_served(server, "--teacher.concurrency", "1")
+    )
+    # 503s then recovery: retried with backoff, every pair scored
+    server.fail_next = 2
+    run_task("score_logps", flags)
+    assert len(_rows(os.path.join(out, "train.jsonl"))) == 6
+    # the server goes down for good mid-scoring: a clear error; what was scored is kept and only the rest is asked
+    out2 = str(tmp_path / "s2")
+    flags2 = score_flags(
+        student, data, out2, "--teacher.model_name_or_path", teacher, *_served(server, "--teacher.concurrency", "1")
+    )
+    server.requests = 0
+    original = server.prompt_logprobs
+
+    def failing(ids):
+        if server.requests > 7:  # the probe and 3 pairs answered (2 requests each)
+            server.fail_next = 100
+        return original(ids)
+
+    server.prompt_logprobs = failing
+    with pytest.raises(UserError, match="still failed after 2 retries"):
+        run_task("score_logps", flags2)
+    partial = [json.loads(x) for x in open(os.path.join(out2, ".score_partial", "teacher.rank0.jsonl"))]
+    assert len(partial) == 3
+    time.sleep(0.5)  # the request in flight at the failure (answered 503, then not retried) is counted before
+    server.prompt_logprobs, server.fail_next, server.requests = original, 0, 0
+    run_task("score_logps", flags2)
+    assert server.requests == 1 + 2 * 3  # the probe, then only the 3 missing pairs
+    assert _rows(os.path.join(out2, "train.jsonl")) == _rows(os.path.join(out, "train.jsonl"))
+    # another model behind the same URL and name: a resumed scoring and a training run on the cache refuse it
+    server.load(other)
+    server.root = teacher  # even a server that names the same weights
+    with pytest.raises(DataError, match="another model answers"):
+        run_task(
+            "dadpo",
+            base_flags(
+                student,
+                os.path.join(out, "train.jsonl"),
+                str(tmp_path / "t"),
+                "--teacher.model_name_or_path",
+                teacher,
+                *_served(server),
+            ),
+        )
+
+
+def test_bad_servers_are_refused_before_scoring(models, server, tmp_path):
+    student, teacher, _ = models
+    data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
+
+    def run(*extra):
+        return run_task(
+            "score_logps",
+            score_flags(student, data, str(tmp_path / "o"), "--teacher.model_name_or_path", teacher, *extra),
+        )
+
+    with pytest.raises(UserError, match=r"serves \['served-teacher'\], not 'nope'"):
+        run("--teacher.base_url", server.url, "--teacher.model", "nope")
+    with pytest.raises(UserError, match="cannot be reached"):
+        run("--teacher.base_url", "http://127.0.0.1:9/v1", "--teacher.model", NAME)
+    server.max_model_len = 20
+    with pytest.raises(DataError, match=r"longer than the served model's max_model_len 20 .*row 1 \(\d+ tokens\)"):
+        run(*_served(server))
+    server.max_model_len, server.no_prompt_logprobs = 4096, True
+    with pytest.raises(UserError, match="returned no prompt log-probs"):
+        run(*_served(server))
+    assert server.requests == 1  # refused at the first answer
+
+
+def test_served_flags_are_checked():
+    from openrlhf.config import load_config
+    from openrlhf.config.parse import ConfigError
+
+    base = ["--model.model_name_or_path", "m", "--data.dataset", "d.jsonl", "--ckpt.output_dir", "o"]
+    with pytest.raises(ConfigError) as e:
+        load_config(base + ["--teacher.model_name_or_path", "t", "--teacher.model", "x"], "score_logps")
+    assert "--teacher.model: names a served teacher: give --teacher.base_url too" in e.value.problems
+    with pytest.raises(ConfigError) as e:
+        flags = ["--teacher.model_name_or_path", "t,u", "--teacher.base_url", "ftp://x", "--teacher.offload"]
+        load_config(base + flags, "score_logps")
+    assert set(e.value.problems) >= {
+        "--teacher.base_url: expected an http(s):// URL, got 'ftp://x'",
+        "--teacher.model: required with --teacher.base_url: the served model's name",
+        "--teacher.base_url: one served teacher: --teacher.model_name_or_path then names its tokenizer folder only",
+        "--teacher.offload: a served teacher has no weights here to offload",
+    }
+    with pytest.raises(ConfigError, match="teacher.base_url"):  # the token-level KL needs logits: not served
+        load_config(base + ["--teacher.model_name_or_path", "t", "--teacher.base_url", "http://x/v1"], "kd")
