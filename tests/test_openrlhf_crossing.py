@@ -4,6 +4,7 @@ strings, lora_combiner, data sources and the token-level choices (docs/from-open
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -301,6 +302,30 @@ def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
         ["--model_path", tiny_dir, "--lora_path", tiny_dir, "--output_path", str(tmp_path / "x")],
     )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --lora_path:")
+
+
+def test_lora_combiner_refuses_an_output_over_its_inputs_before_loading(tiny_dir, tmp_path, monkeypatch):
+    """The output is the base folder, inside it, around the adapter, or a file: one line, nothing loaded."""
+    import transformers
+
+    from openrlhf.tools.lora_combine import combine_lora
+    from openrlhf.utils.errors import UserError
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    for out, what in (
+        (tiny_dir, "--model_path"),
+        (os.path.join(tiny_dir, "merged"), "--model_path"),
+        (str(tmp_path), "--lora_path"),
+    ):
+        with pytest.raises(UserError, match=f"--output_path {re.escape(out)}: it is {what}"):
+            combine_lora(tiny_dir, str(adapter), out, "fp32")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="--output_path: .*file is a file, expected a folder"):
+        combine_lora(tiny_dir, str(adapter), str(tmp_path / "file"), "fp32")
+    assert not os.path.exists(os.path.join(tiny_dir, "merged"))
 
 
 # ---- data sources ----------------------------------------------------------------------------------
