@@ -484,8 +484,12 @@ def test_a_judge_section_needs_a_vllm_context_that_holds_the_benchmark_answers(t
         "or 0 for the model's own context"
     ]
     assert problems({**gen, "vllm.max_model_len": 3072}) == problems({**gen, "vllm.max_model_len": 0}) == []
-    # AlpacaEval: one answer; without the rows' settings the section's own 256 new tokens per answer.
-    assert "set it to 2048 or more" in problems(gen, tasks=("alpacaeval",))[0]
+    # AlpacaEval: one answer of up to the leaderboard's common 2048 new tokens; without the rows' settings the
+    # section's own 256 new tokens per answer.
+    assert (
+        "(1 x up to 2048 new tokens, the leaderboard's common setting, and up to 1024 prompt tokens): set it to 3072"
+        in (problems(gen, tasks=("alpacaeval",))[0])
+    )
     assert "set it to 1536 or more" in problems({**gen, "generate.row_settings": False})[0]  # 2 x 256 + 1024
     assert problems({**gen, "generate.backend": "hf"}) == []  # the hf backend has no such limit
 

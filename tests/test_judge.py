@@ -724,10 +724,10 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
     }
     assert {r["max_new_tokens"] for r in rows} == {1024}
     ae = [json.loads(x) for x in open(tmp_path / "ae.jsonl")]
-    assert [(r["id"], r["temperature"], r["max_new_tokens"]) for r in ae] == [
-        (0, 0.7, 1024),
-        (1, 0.7, 1024),
-        (2, 0.7, 1024),
+    assert [(r["id"], r["temperature"], r["max_new_tokens"]) for r in ae] == [  # the leaderboard's common 2048
+        (0, 0.7, 2048),
+        (1, 0.7, 2048),
+        (2, 0.7, 2048),
     ]
     write_prompts("mtbench", str(tmp_path / "mt0.jsonl"), max_items=2, temperature=0.0, max_new_tokens=2048)
     assert [(r["temperature"], r["max_new_tokens"]) for r in map(json.loads, open(tmp_path / "mt0.jsonl"))] == [

@@ -474,12 +474,16 @@ FASTCHAT_OTHER_TEMPERATURE = 0.7
 FASTCHAT_MAX_NEW_TOKENS = 1024
 
 
-# New tokens per answer of each benchmark's prompt file (eval_prompts' default): FastChat's 1024 for MT-Bench and
-# AlpacaEval; 1280 for IFEval (lm-evaluation-harness and lighteval), room for its "at least 800 / 900 / 1200
-# words" prompts (about 1.3 tokens a word).
+# AlpacaEval answers: the leaderboard's models mostly answer with 2048 to 4096 new tokens (alpaca_eval's model
+# configs); 2048 is the common one (a cut answer is counted in the report: hit_token_limit).
+ALPACA_MAX_NEW_TOKENS = 2048
+
+# New tokens per answer of each benchmark's prompt file (eval_prompts' default): FastChat's 1024 for MT-Bench,
+# the leaderboard's common 2048 for AlpacaEval; 1280 for IFEval (lm-evaluation-harness and lighteval), room for
+# its "at least 800 / 900 / 1200 words" prompts (about 1.3 tokens a word).
 BENCH_MAX_NEW_TOKENS = {
     "mtbench": FASTCHAT_MAX_NEW_TOKENS,
-    "alpacaeval": FASTCHAT_MAX_NEW_TOKENS,
+    "alpacaeval": ALPACA_MAX_NEW_TOKENS,
     "ifeval": ifeval.IFEVAL_MAX_NEW_TOKENS,
 }
 
@@ -493,8 +497,8 @@ def write_prompts(
 ) -> int:
     """The prompt file ``generate`` answers for MT-Bench (ids = question ids, ``category``, ``turns``),
     AlpacaEval (ids = positions, ``prompt`` = instruction) or IFEval (ids = Google's keys, ``prompt``), each row
-    with the ``temperature`` and ``max_new_tokens`` to answer it with: FastChat's for MT-Bench and AlpacaEval
-    (temperature by category, 1024 new tokens), greedy with 1280 new tokens for IFEval (its harnesses'
+    with the ``temperature`` and ``max_new_tokens`` to answer it with: FastChat's temperatures for MT-Bench and
+    AlpacaEval (by category), 1024 new tokens for MT-Bench (FastChat's) and 2048 for AlpacaEval, greedy with 1280 new tokens for IFEval (its harnesses'
     setting); ``temperature`` / ``max_new_tokens`` given: that one for every row. Returns the row count."""
     if temperature is not None and temperature < 0:
         raise DataError(f"--temperature: must be >= 0, got {temperature}")

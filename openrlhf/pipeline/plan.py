@@ -43,8 +43,8 @@ from openrlhf.pipeline.config import (
 from openrlhf.utils.errors import has_package
 
 # The context vLLM needs (--vllm.max_model_len) for a benchmark's answers: its turns, each answered with up
-# to the prompt file's new tokens (eval_prompts writes them into every row: FastChat's 1024 for MT-Bench and
-# AlpacaEval, 1280 for IFEval), and room for the prompt. The longest prompts with SmolLM2's tokenizer and chat
+# to the prompt file's new tokens (eval_prompts writes them into every row: FastChat's 1024 for MT-Bench,
+# 2048 for AlpacaEval, 1280 for IFEval), and room for the prompt. The longest prompts with SmolLM2's tokenizer and chat
 # template: MT-Bench's two turns 437 tokens, AlpacaEval's instruction 509, IFEval's prompt 386. The generate
 # stage checks the exact lengths again before it loads a model.
 BENCH_TURNS = {"mtbench": 2, "alpacaeval": 1, "ifeval": 1}
@@ -449,7 +449,9 @@ class _Planner:
             return
         new = BENCH_MAX_NEW_TOKENS[task] if g.row_settings else g.max_new_tokens
         need = BENCH_TURNS[task] * new + BENCH_PROMPT_ROOM
-        whose = "FastChat's setting" if task in ("mtbench", "alpacaeval") else "its harnesses' setting"
+        whose = {"mtbench": "FastChat's setting", "alpacaeval": "the leaderboard's common setting"}.get(
+            task, "its harnesses' setting"
+        )
         if 0 < max_len < need:
             self.problems.append(
                 f"gen_*_{task} stages: generate: vllm.max_model_len {max_len} is too small for {task}'s answers "
