@@ -102,6 +102,37 @@ def test_mtbench_means_per_turn_and_category_by_hand():
     assert s["unparsed"] == 1 and s["unparsed_ids"] == ["101-turn2"]
 
 
+def test_judged_numbers_have_bootstrap_intervals_over_items():
+    """omega and the MT-Bench score with their percentile bootstrap intervals (MT-Bench resamples questions,
+    each weighted by its parsed grades, so that the weighted mean of question means is the score)."""
+    from openrlhf.utils.stats import bootstrap_ci
+
+    outcomes = [
+        {"id": k, "outcome": o, "verdict_candidate_first": "A", "verdict_candidate_second": "B"}
+        for k, o in enumerate(["win"] * 6 + ["tie"] * 3 + ["loss"] * 2 + ["unparsed"])
+    ]
+    s = judged.indomain_summary(outcomes)
+    assert s["omega"] == pytest.approx(100 * 4 / 11)
+    ci = bootstrap_ci([100.0] * 6 + [0.0] * 3 + [-100.0] * 2)
+    assert (s["omega_lo"], s["omega_hi"]) == (ci["lo"], ci["hi"]) and s["omega_lo"] < s["omega"] < s["omega_hi"]
+    grades = [(1, 1, 8.0), (1, 2, None), (2, 1, 4.0), (2, 2, 6.0), (3, 1, 9.0), (3, 2, 7.0)]
+    means, counts = judged.mtbench_item_values(grades)
+    assert means == {1: 8.0, 2: 5.0, 3: 8.0} and counts == {1: 1, 2: 2, 3: 2}
+    answers = [judged.MTBenchAnswer(q, "writing", ["a", "b"], ["x", "y"]) for q in (1, 2, 3)]
+    m = judged.mtbench_summary(answers, grades)
+    assert m["score"] == pytest.approx(34 / 5)
+    ci = bootstrap_ci([8.0, 5.0, 8.0], weights=[1, 2, 2])
+    assert ci["mean"] == pytest.approx(m["score"]) and (m["score_lo"], m["score_hi"]) == (ci["lo"], ci["hi"])
+    a = judged.alpaca_summary([2.0, 1.0, 1.5, None], ["a", "b", "c", "d"])
+    assert a["win_rate_lo"] <= a["win_rate"] <= a["win_rate_hi"]
+    assert judged.alpaca_item_values([2.0, 1.0, 1.5, None], ["a", "b", "c", "d"]) == {
+        "a": 100.0,
+        "b": 0.0,
+        "c": 50.0,
+        "d": None,
+    }
+
+
 def test_mtbench_requests_use_reference_answers_for_math_reasoning_coding():
     from openrlhf.eval.data import judge_prompts, mtbench_references
 
@@ -210,8 +241,14 @@ def test_indomain_through_a_real_endpoint_with_retries_cache_and_report(files, t
         assert report["models"]["same"]["indomain"]["tie"] == 6
     md = open(os.path.join(out, "report.md")).read()
     assert (
-        "| long | - | - | +100.0% (5/0/0) | - | 1 | 0 |" in md and "long / indomain: judgments without a verdict" in md
+        "| long | - | - | +100.0% [+100.0, +100.0] (5/0/0) | - | 1 | 0 |" in md
+        and "long / indomain: judgments without a verdict" in md
     )
+    # every pair item by item, on the items both have a verdict for (prompt 5 of long is unparsed)
+    pair = report["paired"]["indomain"]["long vs short"]
+    assert (pair["n"], pair["wins"], pair["ties"], pair["losses"]) == (5, 5, 0, 0)
+    assert pair["diff"] == pair["diff_lo"] == pair["diff_hi"] == 200.0 and pair["p_sign"] == pytest.approx(2 / 32)
+    assert "| long vs short | in-domain | 5/0/0 | +200.0 [+200.0, +200.0] |" in md
     assert os.path.getsize(os.path.join(out, "report.png")) > 5_000
     audit = [json.loads(x) for x in open(os.path.join(out, "judgments_indomain.jsonl"))]
     assert len(audit) == 18 and audit[0]["judgment_candidate_first"] in ("[[A]]", "[[B]]")

@@ -32,11 +32,12 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from openrlhf.eval.client import JudgeRequest, TopLogprobs
 from openrlhf.eval.data import NEED_REFERENCE
 from openrlhf.utils.errors import DataError
+from openrlhf.utils.stats import bootstrap_ci, paired_comparison
 
 # FastChat's grade patterns: [[x]], else [x] (an integer or a decimal number).
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -108,8 +109,17 @@ def pairwise_outcomes(items: Sequence[PairItem], texts: Sequence[str]) -> List[d
     return out
 
 
+_OUTCOME_VALUE = {"win": 100.0, "tie": 0.0, "loss": -100.0}
+
+
+def indomain_item_values(outcomes: Sequence[dict]) -> Dict[Any, Optional[float]]:
+    """Per prompt id: +100 (win), 0 (tie), -100 (loss), None (unparsed): omega is their mean."""
+    return {o["id"]: _OUTCOME_VALUE.get(o["outcome"]) for o in outcomes}
+
+
 def indomain_summary(outcomes: Sequence[dict]) -> dict:
-    """win / tie / lose counts, omega (percent), unparsed count and ids, position-bias rate."""
+    """win / tie / lose counts, omega (percent) with its bootstrap 95% interval over prompts (omega_lo,
+    omega_hi), unparsed count and ids, position-bias rate."""
     w = sum(o["outcome"] == "win" for o in outcomes)
     lose = sum(o["outcome"] == "loss" for o in outcomes)
     t = sum(o["outcome"] == "tie" for o in outcomes)
@@ -117,11 +127,14 @@ def indomain_summary(outcomes: Sequence[dict]) -> dict:
         v for o in outcomes for v in (o["verdict_candidate_first"], o["verdict_candidate_second"]) if v in ("A", "B")
     ]
     n = w + lose + t
+    ci = bootstrap_ci(list(indomain_item_values(outcomes).values()))
     return {
         "win": w,
         "tie": t,
         "lose": lose,
         "omega": 100.0 * (w - lose) / n if n else float("nan"),
+        "omega_lo": ci["lo"],
+        "omega_hi": ci["hi"],
         "unparsed": sum(o["outcome"] == "unparsed" for o in outcomes),
         "unparsed_ids": [o["id"] for o in outcomes if o["outcome"] == "unparsed"],
         "position_bias": sum(v == "A" for v in decided) / len(decided) if decided else float("nan"),
@@ -232,18 +245,28 @@ def alpaca_requests(items: Sequence[PairItem], annotator) -> List[Optional[Judge
     return out
 
 
+def alpaca_item_values(prefs: Sequence[Optional[float]], ids: Sequence[Any]) -> Dict[Any, Optional[float]]:
+    """Per instruction id: (preference - 1) x 100, the win rate's terms (None: unparsed)."""
+    return {
+        i: 100.0 * (p - 1.0) if p is not None and 1.0 <= p <= 2.0 else None for i, p in zip(ids, prefs, strict=True)
+    }
+
+
 def alpaca_summary(prefs: Sequence[Optional[float]], ids: Sequence[str] = ()) -> dict:
-    """alpaca_eval's head-to-head numbers over the parsed preferences (percent): win_rate and its
-    standard_error, discrete_win_rate, n_wins / n_wins_base / n_draws / n_total, and the unparsed."""
+    """alpaca_eval's head-to-head numbers over the parsed preferences (percent): win_rate, its standard_error
+    and its bootstrap 95% interval over instructions (win_rate_lo, win_rate_hi), discrete_win_rate, n_wins / n_wins_base / n_draws / n_total, and the unparsed."""
     valid = [p for p in prefs if p is not None and 1.0 <= p <= 2.0]
     x = [p - 1.0 for p in valid]
     n = len(x)
     mean = sum(x) / n if n else float("nan")
     se = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1)) / math.sqrt(n) if n > 1 else float("nan")
     discrete = [0.5 if p == 1.5 else float(round(p) - 1) for p in valid]
+    ci = bootstrap_ci([100.0 * v for v in x])
     return {
         "win_rate": 100.0 * mean,
         "standard_error": 100.0 * se,
+        "win_rate_lo": ci["lo"],
+        "win_rate_hi": ci["hi"],
         "discrete_win_rate": 100.0 * sum(discrete) / n if n else float("nan"),
         "n_wins": sum(v > 0.5 for v in x),
         "n_wins_base": sum(v < 0.5 for v in x),
@@ -303,8 +326,25 @@ def mtbench_requests(
     return out
 
 
+def mtbench_item_values(
+    grades: Sequence[Tuple[int, int, Optional[float]]],
+) -> Tuple[Dict[int, Optional[float]], Dict[int, int]]:
+    """Per question id: the mean of its parsed grades (None: none parsed), and how many were parsed (the
+    weight that makes the weighted mean of the questions' means the score)."""
+    sums: Dict[int, float] = {}
+    counts: Dict[int, int] = {}
+    for q, _, g in grades:
+        sums.setdefault(q, 0.0)
+        counts.setdefault(q, 0)
+        if g is not None:
+            sums[q] += g
+            counts[q] += 1
+    return {q: sums[q] / counts[q] if counts[q] else None for q in sums}, counts
+
+
 def mtbench_summary(answers: Sequence[MTBenchAnswer], grades: Sequence[Tuple[int, int, Optional[float]]]) -> dict:
-    """score, turn1, turn2, per_category (means over parsed grades), unparsed count and ids."""
+    """score (the mean of the parsed grades) with its bootstrap 95% interval over questions (score_lo,
+    score_hi: a question's two turns resampled together), turn1, turn2, per_category, unparsed count and ids."""
     category = {a.id: a.category for a in answers}
     parsed = [(q, t, g) for q, t, g in grades if g is not None]
 
@@ -312,8 +352,13 @@ def mtbench_summary(answers: Sequence[MTBenchAnswer], grades: Sequence[Tuple[int
         return sum(xs) / len(xs) if xs else float("nan")
 
     cats = sorted({category[q] for q, _, _ in grades})
+    per_q, counts = mtbench_item_values(grades)
+    kept = [q for q in per_q if per_q[q] is not None]
+    ci = bootstrap_ci([per_q[q] for q in kept], weights=[counts[q] for q in kept])
     return {
         "score": mean([g for _, _, g in parsed]),
+        "score_lo": ci["lo"],
+        "score_hi": ci["hi"],
         "turn1": mean([g for _, t, g in parsed if t == 1]),
         "turn2": mean([g for _, t, g in parsed if t == 2]),
         "per_category": {c: mean([g for q, _, g in parsed if category[q] == c]) for c in cats},
@@ -321,3 +366,22 @@ def mtbench_summary(answers: Sequence[MTBenchAnswer], grades: Sequence[Tuple[int
         "unparsed_ids": [f"{q}-turn{t}" for q, t, g in grades if g is None],
         "graded": len(grades),
     }
+
+
+def paired_items(
+    values: Dict[str, Dict[Any, Optional[float]]], weights: Optional[Dict[str, Dict[Any, int]]] = None
+) -> Dict[str, dict]:
+    """Every pair of models (``"A vs B"``, in the order given) on the items both were judged on:
+    :func:`~openrlhf.utils.stats.paired_comparison` of their per-item values (A's wins / ties / losses, the
+    difference A - B with its paired bootstrap interval, the sign and permutation tests). ``weights`` (per
+    model, per item): each item's weight in the difference (MT-Bench: the grades parsed for both)."""
+    names = list(values)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ids = [k for k in values[a] if k in values[b]]
+            w = None
+            if weights is not None:
+                w = [max(1, min(weights[a].get(k, 0), weights[b].get(k, 0))) for k in ids]
+            out[f"{a} vs {b}"] = paired_comparison([values[a][k] for k in ids], [values[b][k] for k in ids], weights=w)
+    return out

@@ -87,10 +87,16 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
         if ae:
             ae_cell = f"{fmt_num(ae.get('win_rate'), '{:.2f}')} ± {fmt_num(ae.get('standard_error'), '{:.2f}')}"
             if ae.get("length_controlled_win_rate") is not None:
-                ae_cell += f" (LC {fmt_num(ae['length_controlled_win_rate'], '{:.2f}')})"
+                lc_se = fmt_num(ae.get("length_controlled_standard_error"), "{:.2f}")
+                ae_cell += f" (LC {fmt_num(ae['length_controlled_win_rate'], '{:.2f}')} ± {lc_se})"
+            if ae.get("avg_length") is not None:
+                ae_cell += f", avg length {fmt_num(ae['avg_length'], '{:.0f}')}"
         ind_cell = "-"
         if ind:
-            ind_cell = f"{fmt_num(ind.get('omega'), '{:+.1f}')}% ({ind['win']}/{ind['tie']}/{ind['lose']})"
+            ind_cell = (
+                f"{fmt_num(ind.get('omega'), '{:+.1f}')}%{_interval(ind, 'omega', '{:+.1f}')} "
+                f"({ind['win']}/{ind['tie']}/{ind['lose']})"
+            )
         ife = tasks.get("ifeval", {})
         ife_cell = "-"
         if ife:
@@ -100,7 +106,7 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
         rows.append(
             [
                 name,
-                fmt_num(mt.get("score"), "{:.2f}") if mt else "-",
+                fmt_num(mt.get("score"), "{:.2f}") + _interval(mt, "score", "{:.2f}") if mt else "-",
                 ae_cell,
                 ind_cell,
                 ife_cell,
@@ -111,14 +117,58 @@ def table_rows(report: Dict[str, Any]) -> List[List[str]]:
     return rows
 
 
+def _interval(numbers: Dict[str, Any], key: str, fmt: str) -> str:
+    """`` [lo, hi]`` of ``key``'s bootstrap interval (``key_lo`` / ``key_hi``), '' when the numbers have none."""
+    lo, hi = numbers.get(f"{key}_lo"), numbers.get(f"{key}_hi")
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return ""
+    return f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+_JUDGED_PAIRS = {
+    "mtbench": ("MT-Bench", "{:+.2f}"),
+    "alpacaeval": ("AlpacaEval", "{:+.2f}"),
+    "indomain": ("in-domain", "{:+.1f}"),
+}
+
+
+def judged_pairs_markdown(report: Dict[str, Any]) -> List[str]:
+    """Every pair of judged models item by item (the ``paired`` numbers of the judged tasks)."""
+    rows = []
+    for task, (label, fmt) in _JUDGED_PAIRS.items():
+        for pair, c in report.get("paired", {}).get(task, {}).items():
+            if not c.get("n"):
+                continue
+            rows.append(
+                [
+                    pair,
+                    label,
+                    f"{c['wins']}/{c['ties']}/{c['losses']}",
+                    f"{fmt.format(c['diff'])} [{fmt.format(c['diff_lo'])}, {fmt.format(c['diff_hi'])}]",
+                    f"{fmt_p(c['p_sign'])} / {fmt_p(c['p_perm'])}",
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Each pair of models item by item (A vs B, on the items both were judged on): A's wins / ties / losses; "
+        "the difference A - B (MT-Bench: points of the 1-10 grade, a question's parsed grades averaged; "
+        "AlpacaEval: win-rate points; in-domain: omega points, a win +100, a loss -100) with its paired "
+        "bootstrap 95% interval; p: two-sided exact sign test over the non-tied items / sign-flip permutation test.",
+        "",
+        *markdown_table(["A vs B", "benchmark", "W/T/L", "A - B [95%]", "p sign / perm"], rows, "llrrr"),
+    ]
+
+
 def judged_markdown(report: Dict[str, Any]) -> List[str]:
     """The lines of the judged ``report.md``: the Table 1 layout, then the judge's costs and notes."""
     lines = markdown_table(
         [
             "model",
-            "MT-Bench (1-10)",
+            "MT-Bench (1-10) [95%]",
             "AlpacaEval win rate % ± s.e.",
-            "in-domain omega (W/T/L)",
+            "in-domain omega [95%] (W/T/L)",
             "IFEval strict % (prompt / inst)",
             "unparsed",
             "answers at the token limit",
@@ -162,9 +212,10 @@ def judged_markdown(report: Dict[str, Any]) -> List[str]:
     lines += [
         "",
         "In-domain: each model's response vs the teacher's on held-out prompts, judged in both orders; a win "
-        "needs both orders, a loss both, anything else is a tie; omega = (W - L) / (W + T + L) x 100.",
+        "needs both orders, a loss both, anything else is a tie; omega = (W - L) / (W + T + L) x 100. "
+        "[95%]: percentile bootstrap interval over the prompts (MT-Bench: over the questions, both turns together).",
     ]
-    return lines + ifeval_markdown(report)
+    return lines + judged_pairs_markdown(report) + ifeval_markdown(report)
 
 
 def _pct(x: Any) -> str:

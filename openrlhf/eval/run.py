@@ -296,12 +296,15 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
     client.check()
     report = load_report(cfg.output_dir)
     audit: List[dict] = []
+    per_item: Dict[str, Dict[Any, Optional[float]]] = {}  # each model's per-item values, for the paired comparisons
+    item_weights: Dict[str, Dict[Any, int]] = {}
     for name, its in items.items():
         if cfg.task == "mtbench":
             reqs = judged.mtbench_requests(its, prompts, references)
             texts = [j.text for j in client.judge([r for _, _, r in reqs], desc=f"MT-Bench {name}")]
             grades = [(q, t, judged.parse_rating(x)) for (q, t, _), x in zip(reqs, texts, strict=True)]
             numbers = judged.mtbench_summary(its, grades)
+            per_item[name], item_weights[name] = judged.mtbench_item_values(grades)
             audit += [
                 {"model": name, "question_id": q, "turn": t, "rating": g, "judgment": x}
                 for (q, t, g), x in zip(grades, texts, strict=True)
@@ -319,7 +322,10 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
             rows = judged.alpaca_preferences(its, annotator, judgments)
             prefs = [r["preference"] for r in rows]
             numbers = judged.alpaca_summary(prefs, [it.id for it in its])
+            per_item[name] = judged.alpaca_item_values(prefs, [it.id for it in its])
             numbers["annotator"] = annotator.name
+            # as the leaderboard shows it beside the win rate: the answers' mean length in characters
+            numbers["avg_length"] = sum(len(it.candidate) for it in its) / len(its) if its else float("nan")
             numbers.update(length_controlled(name, its, prefs, reference, cfg.judge.model, annotator))
             audit += [
                 {"model": name, **r, "judgment": j.text if j is not None else None}
@@ -331,6 +337,7 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
             ]
             outcomes = judged.pairwise_outcomes(its, texts)
             numbers = judged.indomain_summary(outcomes)
+            per_item[name] = judged.indomain_item_values(outcomes)
             for o, k in zip(outcomes, range(len(outcomes)), strict=True):
                 audit.append(
                     {
@@ -350,6 +357,7 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
                 if not isinstance(v, (list, dict))
             )
         )
+    report.setdefault("paired", {})[cfg.task] = judged.paired_items(per_item, item_weights or None)
     report.setdefault("judge", {})[cfg.task] = {
         "base_url": cfg.judge.base_url,
         "model": cfg.judge.model,
