@@ -604,9 +604,10 @@ def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
     assert r["n_total"] == 7 and r["length_controlled_win_rate"] is None
     assert "fitted on gpt-4-1106-preview's annotations, the judge here is fake-judge" in r["length_controlled_note"]
     assert "not comparable" in report["judge"]["alpacaeval"]["comparability"]
-    with FakeJudge(lambda msgs: "m") as server:  # an endpoint that ignores logprobs
-        with pytest.raises(UserError, match="answered without log-probabilities"):
+    with FakeJudge(lambda msgs: "m") as server:  # an endpoint that ignores logprobs: refused at its first answer
+        with pytest.raises(UserError, match="answered without log-probabilities .*nothing was judged"):
             _run_judge(flags(server.url, str(tmp_path / "b")))
+        assert len(server.requests) == 1  # the check request only, not one per instruction
 
 
 def test_alpacaeval_without_alpaca_eval_is_a_one_line_error_before_any_work(tmp_path, monkeypatch):

@@ -268,9 +268,10 @@ class JudgeClient:
                 time.sleep(retry_wait(attempt, getattr(response, "headers", None)))
         raise AssertionError("unreachable")
 
-    def check(self) -> None:
+    def check(self, top_logprobs: int = 0) -> None:
         """One request before any work: a missing key, an unreachable endpoint or an unknown model
-        is a clear error here."""
+        is a clear error here. ``top_logprobs`` > 0: the request asks for log-probabilities as the real ones
+        will, and an endpoint that answers without them is refused before any judgment is asked for."""
         import openai
 
         if (
@@ -281,7 +282,14 @@ class JudgeClient:
             raise UserError(f"--judge.api_key_env: the environment variable {self.cfg.api_key_env} is not set")
         try:  # retried like any request on 429 / 5xx; an endpoint that is not there fails at once
             before = (self.stats.requests, self.stats.prompt_tokens, self.stats.completion_tokens)
-            self._send(JudgeRequest("", "Say OK."), max_tokens=1, retry_connection=False)
+            probe = JudgeRequest("", "Say OK.", top_logprobs=top_logprobs)
+            j = self._send(probe, max_tokens=1, retry_connection=False)
+            if top_logprobs > 0 and not j.top_logprobs:
+                raise UserError(
+                    f"--judge.base_url {self.cfg.base_url}: the endpoint answered without log-probabilities "
+                    f"(asked: logprobs, top_logprobs {top_logprobs}); this task reads its verdicts from them "
+                    "(vLLM's server gives them); nothing was judged"
+                )
             with self._lock:  # not a judgment: not counted
                 self.stats.requests, self.stats.prompt_tokens, self.stats.completion_tokens = before
         except openai.APIConnectionError as e:

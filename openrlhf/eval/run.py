@@ -293,7 +293,7 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
 
     os.makedirs(cfg.output_dir, exist_ok=True)
     client = JudgeClient(cfg.judge, cfg.judge.cache_path or os.path.join(cfg.output_dir, "judge_cache.jsonl"), log=log)
-    client.check()
+    client.check(top_logprobs=annotator.top_logprobs if annotator is not None else 0)
     report = load_report(cfg.output_dir)
     audit: List[dict] = []
     per_item: Dict[str, Dict[Any, Optional[float]]] = {}  # each model's per-item values, for the paired comparisons
