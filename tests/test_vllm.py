@@ -362,3 +362,53 @@ def test_vllm_engines_as_ray_actors_on_cpu(ray_head, smollm2_dir, mixed_run, tmp
     )
     assert stats["generated"] == len(PROMPTS)
     assert _answers(out) == one_engine
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_sigterm_stops_vllm_generation_cleanly_and_ends_its_engine_processes(smollm2_dir, tmp_path):
+    """SIGTERM (a scheduler's preemption) during ``generate --generate.backend vllm``: handled as Ctrl-C is
+    (exit code 143, one ``terminated`` line, the answers written so far kept for a resume) and no vLLM engine
+    process outlives the command."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tiny import REPO, launch_env
+
+    prompts = write_jsonl(
+        str(tmp_path / "many.jsonl"), [{"id": f"q{i}", "prompt": f"{PROMPTS[i % 6]} ({i})"} for i in range(48)]
+    )
+    out = str(tmp_path / "out.jsonl")
+    flags = ["--model.model_name_or_path", smollm2_dir, "--data.dataset", prompts, "--data.apply_chat_template"]
+    flags += ["--generate.output_path", out, "--ds.param_dtype", "fp32", "--generate.backend", "vllm", *VLLM_CPU]
+    flags += ["--generate.max_new_tokens", "64", "--generate.batch_size", "4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openrlhf.cli.generate", *flags],
+        env=launch_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the engine processes it starts are in it
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (os.path.exists(out) and os.path.getsize(out) > 0):
+        time.sleep(0.1)
+    assert proc.poll() is None, "generate ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 143, stderr[-3000:]
+    lines = [x for x in stderr.splitlines() if x.startswith("terminated")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    kept = [json.loads(x) for x in open(out) if x.strip()]
+    assert 0 < len(kept) < 48
+    for _ in range(100):  # the engine processes end with it (a few seconds at most)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a process of generate's group (a vLLM engine) outlived it")
