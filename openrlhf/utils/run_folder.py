@@ -6,9 +6,9 @@ The lock is ``<folder>/.openrlhf.lock`` (JSON: pid, host, started, command), cre
 A lock whose process is gone (same host, PID not alive) is stale and taken over with one printed line;
 one left on another host cannot be checked from here and is refused with the file to delete. The lock
 is released by :meth:`RunLock.release` (the recipes call it when their run ends) and at interpreter exit
-(an error or Ctrl-C included); a folder that taking the lock created is removed then if it is empty again
+(an error, Ctrl-C or SIGTERM included); a folder that taking the lock created is removed then if it is empty again
 (a run refused for bad input leaves nothing behind). A process ended by a signal it does not handle
-(SIGTERM today, SIGKILL) leaves its lock behind, and the next run takes it over as stale.
+(SIGKILL, or SIGTERM outside the CLIs) leaves its lock behind, and the next run takes it over as stale.
 """
 
 from __future__ import annotations
