@@ -68,6 +68,19 @@ class Problems(list):
             self.append(f"--{flag}: {msg}")
 
 
+def endpoint_problems(p: Problems, section: str, cfg) -> None:
+    """What an OpenAI-compatible endpoint's settings (``base_url``, ``concurrency``, ``max_retries``,
+    ``timeout`` of the section ``section``: judge, teacher) must satisfy."""
+    p.need(
+        not cfg.base_url or cfg.base_url.startswith(("http://", "https://")),
+        f"{section}.base_url",
+        f"expected an http(s):// URL, got {cfg.base_url!r}",
+    )
+    p.need(cfg.concurrency >= 1, f"{section}.concurrency", f"must be >= 1, got {cfg.concurrency}")
+    p.need(cfg.max_retries >= 0, f"{section}.max_retries", f"must be >= 0, got {cfg.max_retries}")
+    p.need(cfg.timeout > 0, f"{section}.timeout", f"must be > 0, got {cfg.timeout}")
+
+
 class Section:
     """A part of a config tree that checks its own fields: a section (``--<section>.*``), or a task root
     for its top-level flags. :func:`openrlhf.config.validate.validate` asks every section of a root and the
@@ -261,11 +274,7 @@ class ServedTeacherConfig(TeacherModelConfig):
         if not self.base_url:
             p.need(not self.model, "teacher.model", "names a served teacher: give --teacher.base_url too")
             return p
-        p.need(
-            self.base_url.startswith(("http://", "https://")),
-            "teacher.base_url",
-            f"expected an http(s):// URL, got {self.base_url!r}",
-        )
+        endpoint_problems(p, "teacher", self)
         p.need(bool(self.model), "teacher.model", "required with --teacher.base_url: the served model's name")
         p.need(
             len(self.model_name_or_path) <= 1,
@@ -273,9 +282,6 @@ class ServedTeacherConfig(TeacherModelConfig):
             "one served teacher: --teacher.model_name_or_path then names its tokenizer folder only",
         )
         p.need(not self.offload, "teacher.offload", "a served teacher has no weights here to offload")
-        p.need(self.concurrency >= 1, "teacher.concurrency", f"must be >= 1, got {self.concurrency}")
-        p.need(self.max_retries >= 0, "teacher.max_retries", f"must be >= 0, got {self.max_retries}")
-        p.need(self.timeout > 0, "teacher.timeout", f"must be > 0, got {self.timeout}")
         return p
 
     def packages(self) -> List[Tuple[str, str, str]]:
@@ -894,17 +900,10 @@ class JudgeConfig(Section):
             "judge.base_url",
             "required: the OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1",
         )
-        p.need(
-            not self.base_url or self.base_url.startswith(("http://", "https://")),
-            "judge.base_url",
-            f"expected an http(s):// URL, got {self.base_url!r}",
-        )
         p.need(bool(self.model), "judge.model", "required: the judge model's name at the endpoint")
         p.need(self.temperature >= 0, "judge.temperature", f"must be >= 0, got {self.temperature}")
         p.need(self.max_tokens >= 1, "judge.max_tokens", f"must be >= 1, got {self.max_tokens}")
-        p.need(self.concurrency >= 1, "judge.concurrency", f"must be >= 1, got {self.concurrency}")
-        p.need(self.max_retries >= 0, "judge.max_retries", f"must be >= 0, got {self.max_retries}")
-        p.need(self.timeout > 0, "judge.timeout", f"must be > 0, got {self.timeout}")
+        endpoint_problems(p, "judge", self)
         return p
 
     def packages(self) -> List[Tuple[str, str, str]]:
