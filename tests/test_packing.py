@@ -127,6 +127,7 @@ def test_packed_batch_layout_and_sequence_sums(tiny_dir):
     assert torch.allclose(sequence_sums(a), sequence_sums(b, packed.seq_index, 6), atol=1e-4)
 
 
+@pytest.mark.both_legs
 @pytest.mark.slow
 def test_packed_two_processes_zero3_equals_padded(tiny_dir, tiny_teacher_other_family, tmp_path):
     data = write_jsonl(str(tmp_path / "d.jsonl"), _rows_of_uneven_length("dpo") * 2)

@@ -185,6 +185,7 @@ def test_dadpo_ray_matches_the_deepspeed_launcher(
     assert timing["ray_wait_seconds"] <= timing["ray_policy_seconds"] and last["ray_teacher_busy_seconds"] > 0
 
 
+@pytest.mark.both_legs
 @pytest.mark.slow
 def test_ray_frozen_groups_in_bf16_equal_the_policy_at_step_0(ray_head, tiny_long_dir, tmp_path):
     """The default GPU numerics (bf16, ZeRO-2) on Ray, positions past 1024: the reference and the teacher (both

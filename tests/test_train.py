@@ -302,6 +302,7 @@ def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
     assert not torch.equal(trained.lm_head.weight, init.lm_head.weight)
 
 
+@pytest.mark.both_legs
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["dpo", "dadpo"])
 def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(
