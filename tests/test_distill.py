@@ -240,11 +240,9 @@ def test_distill_with_a_judge_section_writes_the_judged_table(tiny_dir, tiny_tal
         text = messages[-1]["content"]
         if "model_identifier" in text:  # AlpacaEval 2's annotator: m and M equally likely -> preference 1.5
             return {"content": "m", "top_logprobs": [[("m", -0.7), ("M", -0.7)]]}
-        return (
-            "OK"
-            if "Say OK" in text
-            else ("Rating: [[6]]" if "[[rating]]" in messages[0]["content"] + text else "[[C]]")
-        )
+        if "Say OK" in text:  # the endpoint check (AlpacaEval's asks for log-probabilities too)
+            return {"content": "OK", "top_logprobs": [[("OK", -0.1)]]}
+        return "Rating: [[6]]" if "[[rating]]" in messages[0]["content"] + text else "[[C]]"
 
     with FakeJudge(grade) as server:
         path = _config(

@@ -556,21 +556,57 @@ def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, t
         int(up["n_total"]),
     )
     assert (r["unparsed"], r["unparsed_ids"], r["hit_token_limit"], r["hit_token_limit_ids"]) == (1, ["2"], 1, ["5"])
-    assert r["length_controlled_win_rate"] == pytest.approx(float(up_lc["length_controlled_winrate"]), abs=1e-9)
-    assert r["length_controlled_standard_error"] == pytest.approx(float(up_lc["lc_standard_error"]), abs=1e-9)
+    # Another reference than the leaderboard's: not comparable, and no LC from a GLM fitted on the leaderboard's
+    # 805 instructions (its difficulties are looked up by position) ...
+    assert r["length_controlled_win_rate"] is None
+    assert "the reference outputs are" in r["length_controlled_note"]
+    # ... while the LC computation itself, on these rows, is alpaca_eval's.
+    from openrlhf.eval.data import alpaca_annotator
+    from openrlhf.eval.judged import PairItem
+    from openrlhf.eval.run import length_controlled
+
+    items = [
+        PairItem(str(k), x["instruction"], a, x["output"]) for k, (x, a) in enumerate(zip(ref, answers, strict=True))
+    ]
+    prefs = [row["preference"] for row in audit]
+    lc = length_controlled("m1", items, prefs, ref, "gpt-4-1106-preview", alpaca_annotator())
+    assert lc["length_controlled_win_rate"] == pytest.approx(float(up_lc["length_controlled_winrate"]), abs=1e-9)
+    assert lc["length_controlled_standard_error"] == pytest.approx(float(up_lc["lc_standard_error"]), abs=1e-9)
     # Dropping the unparsed row before the GLM (as this fork once did) shifts every later instruction's
     # difficulty and gives another number: the rows must stay in order.
     kept = pd.DataFrame([u for u, p in zip(upstream, up_prefs, strict=True) if p is not None])
     assert (
         abs(
             float(glm.get_length_controlled_winrate(kept, save_weights_dir=None)["length_controlled_winrate"])
-            - r["length_controlled_win_rate"]
+            - lc["length_controlled_win_rate"]
         )
         > 1e-3
     )
     md = open(tmp_path / "out" / "report.md").read()
-    assert "alpacaeval: AlpacaEval 2's annotator weighted_alpaca_eval_gpt4_turbo" in md and "comparable" in md
+    assert "alpacaeval: AlpacaEval 2's annotator weighted_alpaca_eval_gpt4_turbo" in md
+    assert "not comparable with the leaderboard (the reference outputs are" in md
     assert "m1 / alpacaeval: 1 of 8 answers stopped at the generation token limit: 5" in md
+
+
+def test_alpacaeval_subset_is_drawn_as_alpaca_eval_draws_it_and_labelled():
+    """--max_items N: the first N after alpaca_eval's max_instances shuffle (pandas sample(frac=1,
+    random_state=123)), the same rows in eval_prompts' file and in judge; such numbers are not comparable."""
+    import pandas as pd
+
+    from openrlhf.config.schema import JudgeConfig, JudgeTaskConfig
+    from openrlhf.eval.run import alpaca_not_comparable, alpaca_subset
+
+    upstream = list(pd.DataFrame({"k": range(805)}).sample(frac=1, random_state=123).index[:50])
+    assert alpaca_subset(805, 50) == upstream and alpaca_subset(805, 0) == alpaca_subset(805, 900) == list(range(805))
+    annotator = type("A", (), {"model": "gpt-4-1106-preview"})()
+    cfg = JudgeTaskConfig(task="alpacaeval", judge=JudgeConfig(model="gpt-4-1106-preview"))
+    assert alpaca_not_comparable(cfg, annotator, 805) == []
+    cfg.max_items = 50
+    assert alpaca_not_comparable(cfg, annotator, 805) == [
+        "a subset: 50 of the 805 instructions (alpaca_eval's max_instances draw)"
+    ]
+    cfg.judge.model, cfg.reference_outputs = "local", "mine.json"
+    assert len(alpaca_not_comparable(cfg, annotator, 805)) == 3
 
 
 def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
@@ -602,7 +638,7 @@ def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
         report = _run_judge(flags(server.url, str(tmp_path / "a")))
     r = report["models"]["m1"]["alpacaeval"]
     assert r["n_total"] == 7 and r["length_controlled_win_rate"] is None
-    assert "fitted on gpt-4-1106-preview's annotations, the judge here is fake-judge" in r["length_controlled_note"]
+    assert "the leaderboard's judge is gpt-4-1106-preview, the judge here is fake-judge" in r["length_controlled_note"]
     assert "not comparable" in report["judge"]["alpacaeval"]["comparability"]
     with FakeJudge(lambda msgs: "m") as server:  # an endpoint that ignores logprobs: refused at its first answer
         with pytest.raises(UserError, match="answered without log-probabilities .*nothing was judged"):
@@ -762,10 +798,11 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
     }
     assert {r["max_new_tokens"] for r in rows} == {1024}
     ae = [json.loads(x) for x in open(tmp_path / "ae.jsonl")]
-    assert [(r["id"], r["temperature"], r["max_new_tokens"]) for r in ae] == [  # the leaderboard's common 2048
-        (0, 0.7, 2048),
-        (1, 0.7, 2048),
-        (2, 0.7, 2048),
+    # the leaderboard's common 2048 new tokens; a subset is alpaca_eval's max_instances draw (seed 123)
+    assert [(r["id"], r["temperature"], r["max_new_tokens"]) for r in ae] == [
+        (36, 0.7, 2048),
+        (162, 0.7, 2048),
+        (614, 0.7, 2048),
     ]
     write_prompts("mtbench", str(tmp_path / "mt0.jsonl"), max_items=2, temperature=0.0, max_new_tokens=2048)
     assert [(r["temperature"], r["max_new_tokens"]) for r in map(json.loads, open(tmp_path / "mt0.jsonl"))] == [

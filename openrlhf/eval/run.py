@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from openrlhf.config.schema import JudgeTaskConfig
 from openrlhf.config.validate import parse_named_files
@@ -120,14 +122,36 @@ def _indomain_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
     return out, limits
 
 
+def alpaca_subset(n_total: int, max_items: int) -> List[int]:
+    """The instructions (positions) that ``--max_items`` keeps: all of them, or the first ``max_items`` after
+    the shuffle alpaca_eval's ``max_instances`` makes (pandas ``sample(frac=1, random_state=123)``, i.e. numpy's
+    ``RandomState(123).permutation``), so that a subset is as representative as upstream's."""
+    if max_items <= 0 or max_items >= n_total:
+        return list(range(n_total))
+    return [int(k) for k in np.random.RandomState(123).permutation(n_total)[:max_items]]
+
+
+def alpaca_not_comparable(cfg: JudgeTaskConfig, annotator, n_total: int) -> List[str]:
+    """Why these AlpacaEval numbers do not sit beside the leaderboard's (empty: they do): another judge than the
+    annotator's model, other reference outputs, a subset of the instructions."""
+    reasons = []
+    if cfg.judge.model != annotator.model:
+        reasons.append(f"the leaderboard's judge is {annotator.model}, the judge here is {cfg.judge.model}")
+    if cfg.reference_outputs:
+        reasons.append(f"the reference outputs are {cfg.reference_outputs}, not the leaderboard's")
+    if 0 < cfg.max_items < n_total:
+        reasons.append(f"a subset: {cfg.max_items} of the {n_total} instructions (alpaca_eval's max_instances draw)")
+    return reasons
+
+
 def _alpaca_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
     ref = alpaca_reference(cfg.reference_outputs or None)
-    n = min(len(ref), cfg.max_items) if cfg.max_items > 0 else len(ref)
+    kept = alpaca_subset(len(ref), cfg.max_items)
     out, limits = {}, {}
     for name, path in candidates.items():
         rows = _read(path, f"--candidate {name}", ("id", "prompt", "response"))
         items = []
-        for k in range(n):
+        for k in kept:
             row = rows.get(str(k))
             if row is None:
                 raise DataError(
@@ -142,8 +166,8 @@ def _alpaca_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
                 )
             items.append(PairItem(str(k), ref[k]["instruction"], str(row["response"]), str(ref[k]["output"])))
         out[name] = items
-        limits[name] = token_limit_hits(rows, range(n))
-    return out, limits, ref[:n]
+        limits[name] = token_limit_hits(rows, kept)
+    return out, limits, [ref[k] for k in kept], len(ref)
 
 
 def _mtbench_items(cfg: JudgeTaskConfig, candidates: Dict[str, str]):
@@ -270,7 +294,7 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
     candidates = parse_candidates(cfg.candidate)
     if not candidates:
         raise DataError("--candidate: give at least one NAME=FILE")
-    annotator = None
+    annotator, n_alpaca = None, 0
     if cfg.task == "alpacaeval":
         annotator = alpaca_annotator()
         prompts = {}
@@ -286,7 +310,7 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
     if cfg.task == "indomain":
         items, limits = _indomain_items(cfg, candidates)
     elif cfg.task == "alpacaeval":
-        items, limits, reference = _alpaca_items(cfg, candidates)
+        items, limits, reference, n_alpaca = _alpaca_items(cfg, candidates)
     else:
         items, limits = _mtbench_items(cfg, candidates)
         references = mtbench_references()
@@ -326,7 +350,19 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
             numbers["annotator"] = annotator.name
             # as the leaderboard shows it beside the win rate: the answers' mean length in characters
             numbers["avg_length"] = sum(len(it.candidate) for it in its) / len(its) if its else float("nan")
-            numbers.update(length_controlled(name, its, prefs, reference, cfg.judge.model, annotator))
+            not_comparable = alpaca_not_comparable(cfg, annotator, n_alpaca)
+            if not_comparable:  # the GLM's instruction difficulties are the leaderboard's 805, by position
+                numbers.update(
+                    length_controlled_win_rate=None,
+                    length_controlled_note="not computed: its GLM (instruction difficulties, gamed baselines) was "
+                    f"fitted on the leaderboard's setting ({'; '.join(not_comparable)})",
+                )
+            else:
+                numbers.update(length_controlled(name, its, prefs, reference, cfg.judge.model, annotator))
+            if len(its) < n_alpaca:
+                numbers["subset"] = (
+                    f"{len(its)} of {n_alpaca} instructions (alpaca_eval's max_instances draw, seed 123)"
+                )
             audit += [
                 {"model": name, **r, "judgment": j.text if j is not None else None}
                 for r, j in zip(rows, judgments, strict=True)
@@ -363,7 +399,9 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
         "model": cfg.judge.model,
         "max_tokens": cfg.judge.max_tokens,
         **client.stats.as_dict(),
-        "comparability": comparability(cfg.task, cfg.judge.model, annotator),
+        "comparability": comparability(
+            cfg.task, cfg.judge.model, annotator, alpaca_not_comparable(cfg, annotator, n_alpaca) if annotator else ()
+        ),
     }
     write_jsonl_atomic(os.path.join(cfg.output_dir, f"judgments_{cfg.task}.jsonl"), audit)
     write_report(report, cfg.output_dir)
@@ -376,7 +414,7 @@ def _judge(cfg: JudgeTaskConfig, log: Callable[[str], None] = print) -> Dict[str
     return report
 
 
-def comparability(task: str, judge_model: str, annotator=None) -> str:
+def comparability(task: str, judge_model: str, annotator=None, not_comparable: Sequence[str] = ()) -> str:
     """One line: what makes this task's numbers (not) comparable with the published ones."""
     if task == "ifeval":
         return (
@@ -397,15 +435,14 @@ def comparability(task: str, judge_model: str, annotator=None) -> str:
             )
         )
     if task == "alpacaeval":
-        same = judge_model == annotator.model
         return (
             f"AlpacaEval 2's annotator {annotator.name} (alpaca_eval 0.6.6: its prompt, order coin and "
             f"log-probability preference) with judge {judge_model}: "
             + (
-                "the leaderboard's judge model, comparable"
-                if same
-                else f"the leaderboard uses {annotator.model}, so these win rates are not comparable with it and "
-                f"no length-controlled win rate is computed"
+                "the leaderboard's judge model, reference outputs and all its instructions, comparable"
+                if not not_comparable
+                else f"not comparable with the leaderboard ({'; '.join(not_comparable)}), and no length-controlled "
+                "win rate is computed"
             )
         )
     return (
@@ -523,8 +560,9 @@ def write_prompts(
             {"id": q["question_id"], "category": q["category"], "turns": q["turns"], **settings(q["category"])}
             for q in mtbench_questions()
         ]
-    elif task == "alpacaeval":
-        rows = [{"id": k, "prompt": r["instruction"], **settings("")} for k, r in enumerate(alpaca_reference())]
+    elif task == "alpacaeval":  # a subset as judge draws it (alpaca_subset)
+        ref = alpaca_reference()
+        rows = [{"id": k, "prompt": ref[k]["instruction"], **settings("")} for k in alpaca_subset(len(ref), max_items)]
     elif task == "ifeval":
         t = 0.0 if temperature is None else temperature  # greedy, as lm-evaluation-harness and lighteval
         rows = [
