@@ -381,27 +381,26 @@ def alpaca_top_logprobs(user_message: str):
 
 @pytest.fixture()
 def alpaca_eval_lib(monkeypatch):
-    """The alpaca_eval package (the test extra installs 0.6.6). Its utils import pkg_resources, which
-    setuptools >= 81 no longer ships: for this test only, a stand-in with the two functions it uses."""
+    """The alpaca_eval package (the test extra installs 0.6.6), imported as the judge imports it: without
+    pkg_resources (setuptools >= 81, here) through the package's own stand-in, with no test-only shim."""
     import importlib.util
-    import types
+
+    from openrlhf.eval.run import import_alpaca_eval
 
     if importlib.util.find_spec("alpaca_eval") is None:
         pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
-        import importlib.metadata
-
-        from packaging.version import parse
-
-        shim = types.ModuleType("pkg_resources")
-        shim.parse_version = parse
-        shim.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
-        monkeypatch.setitem(sys.modules, "pkg_resources", shim)
-    import alpaca_eval
-
+    alpaca_eval = import_alpaca_eval("alpaca_eval")
+    for module in (
+        "alpaca_eval.utils",
+        "alpaca_eval.metrics",
+        "alpaca_eval.metrics.glm_winrate",
+        "alpaca_eval.annotators",
+    ):
+        import_alpaca_eval(module)
     assert alpaca_eval.__version__ == "0.6.6"
+    # no stand-in left behind for other packages: pkg_resources is the real one (with a file) or absent
+    left = sys.modules.get("pkg_resources")
+    assert left is None or getattr(left, "__file__", None)
     return alpaca_eval
 
 

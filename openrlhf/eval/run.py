@@ -19,11 +19,16 @@ its numbers (not) comparable with the published leaderboards (``comparability``)
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import importlib.util
 import os
+import sys
+import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import packaging.version
 
 from openrlhf.config.schema import JudgeTaskConfig
 from openrlhf.config.validate import parse_named_files
@@ -468,7 +473,10 @@ def length_controlled(name: str, items, prefs, reference, judge_model: str, anno
         }
     try:
         import pandas as pd
-        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
+
+        get_length_controlled_winrate = import_alpaca_eval(
+            "alpaca_eval.metrics.glm_winrate"
+        ).get_length_controlled_winrate
 
         frame = pd.DataFrame(lc_rows(name, items, prefs, reference, annotator.name))
         metrics = get_length_controlled_winrate(frame, save_weights_dir=None)
@@ -483,6 +491,24 @@ def length_controlled(name: str, items, prefs, reference, judge_model: str, anno
             "length_controlled_win_rate": None,
             "length_controlled_note": f"not computed: alpaca_eval failed ({type(e).__name__}: {first[:200]})",
         }
+
+
+def import_alpaca_eval(module: str):
+    """alpaca_eval's ``module``. alpaca_eval 0.6.6 imports ``pkg_resources``, which setuptools >= 81 no longer
+    ships (nor does a fresh Python 3.12 venv): where it is missing, a stand-in with the two functions alpaca_eval
+    calls (``parse_version``, ``get_distribution(...).version``, from ``packaging`` and ``importlib.metadata``)
+    is in ``sys.modules`` only while alpaca_eval imports, so no other package sees it."""
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
+        return importlib.import_module(module)
+    shim = types.ModuleType("pkg_resources")
+    shim.parse_version = packaging.version.parse
+    shim.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
+    sys.modules["pkg_resources"] = shim
+    try:
+        return importlib.import_module(module)
+    finally:
+        if sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
 
 
 def lc_rows(name: str, items, prefs, reference, annotator_name: str) -> List[dict]:
