@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from test_ray import ray_head  # noqa: F401  (the module-scoped Ray head fixture)
@@ -369,7 +370,7 @@ def test_vllm_engines_as_ray_actors_on_cpu(ray_head, smollm2_dir, mixed_run, tmp
 def test_sigterm_stops_vllm_generation_cleanly_and_ends_its_engine_processes(smollm2_dir, tmp_path):
     """SIGTERM (a scheduler's preemption) during ``generate --generate.backend vllm``: handled as Ctrl-C is
     (exit code 143, one ``terminated`` line, the answers written so far kept for a resume) and no vLLM engine
-    process outlives the command."""
+    process outlives the command. vLLM logs at warnings by default (none of its INFO lines)."""
     import signal
     import subprocess
     import sys
@@ -398,8 +399,10 @@ def test_sigterm_stops_vllm_generation_cleanly_and_ends_its_engine_processes(smo
         time.sleep(0.1)
     assert proc.poll() is None, "generate ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=180)
+    stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 143, stderr[-3000:]
+    # vLLM kept at warnings (--vllm.log_level unset, no VLLM_LOGGING_LEVEL): none of its INFO lines
+    assert not re.search(r"\bINFO \d\d-\d\d ", stdout + stderr), (stdout + stderr)[-3000:]
     lines = [x for x in stderr.splitlines() if x.startswith("terminated")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
     kept = [json.loads(x) for x in open(out) if x.strip()]

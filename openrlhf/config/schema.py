@@ -817,6 +817,9 @@ class VLLMConfig(Section):
     # The longest prompt + response an engine holds (its KV cache is sized for at least one); 0: the
     # model's own limit (SmolLM2: 8192, which needs more than 0.1 of a 24 GB machine's RAM on the CPU build).
     max_model_len: int = 0
+    # vLLM's own log level (debug, info, warning, error); empty: warning, unless vLLM's VLLM_LOGGING_LEVEL
+    # environment variable says otherwise (this command shows its own progress).
+    log_level: str = ""
 
     def problems(self) -> List[str]:
         p = Problems()
@@ -826,6 +829,11 @@ class VLLMConfig(Section):
             f"must be >= 1, got {self.tensor_parallel_size}",
         )
         p.need(self.num_engines >= 1, "vllm.num_engines", f"must be >= 1, got {self.num_engines}")
+        p.need(
+            self.log_level.lower() in ("", "debug", "info", "warning", "error", "critical"),
+            "vllm.log_level",
+            f"expected debug, info, warning, error or critical, got {self.log_level!r}",
+        )
         p.need(
             0 < self.gpu_memory_utilization <= 1,
             "vllm.gpu_memory_utilization",

@@ -82,6 +82,7 @@ class VLLMSettings:
     stop_ids: List[int]
     enforce_eager: bool = False
     max_model_len: int = 0  # 0: the model's own
+    log_level: str = ""  # vLLM's; empty: warning unless VLLM_LOGGING_LEVEL is set
 
     @classmethod
     def from_config(cls, cfg, stop_ids: Sequence[int]) -> "VLLMSettings":
@@ -100,6 +101,7 @@ class VLLMSettings:
             stop_ids=list(stop_ids),
             enforce_eager=v.enforce_eager,
             max_model_len=v.max_model_len,
+            log_level=v.log_level,
         )
 
 
@@ -140,11 +142,21 @@ def sampling_kwargs(s: VLLMSettings, sampling: Optional[Sampling] = None) -> dic
     )
 
 
+def set_vllm_log_level(level: str) -> None:
+    """vLLM reads its log level (``VLLM_LOGGING_LEVEL``) when it is first imported, and its engine processes
+    inherit it: ``level`` when given (--vllm.log_level), else warning unless the user set the variable."""
+    if level:
+        os.environ["VLLM_LOGGING_LEVEL"] = level.upper()
+    else:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
 class _Engine:
     """One ``vllm.LLM``, started once; each prompt gets its own sampling parameters."""
 
     def __init__(self, s: VLLMSettings):
         require_package("vllm", "--generate.backend vllm (use --generate.backend hf without it)")
+        set_vllm_log_level(s.log_level)
         from vllm import LLM, SamplingParams
 
         self.settings = s
