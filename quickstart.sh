@@ -42,6 +42,9 @@ done
 CONFIG="${CONFIG:-examples/configs/demo_cpu.yaml}"
 say() { echo "quickstart: $*"; }
 die() { echo "quickstart: error: $*" >&2; exit 2; }
+if [ "$run" = 0 ] && [ ${#distill_args[@]} -gt 0 ]; then
+    die "--setup-only runs nothing, so the flags after -- (${distill_args[*]}) would go unused: drop --setup-only or those flags"
+fi
 
 # ---- checks that need nothing installed ------------------------------------------------------------
 PY="${PYTHON:-python3}"
@@ -75,6 +78,10 @@ if [ "$mode" = gpu ]; then need_gib=25; elif [ "$vllm" = 1 ]; then need_gib=15; 
 free_gib=$(df -Pk "$REPO" | awk 'NR==2 {print int($4 / 1048576)}')
 [ "$free_gib" -ge "$need_gib" ] \
     || die "$free_gib GiB free on the disk of $REPO; the set-up and the demo need about $need_gib GiB"
+# --gpu installs CUDA builds (vLLM's, flash-attn): refused where no NVIDIA GPU is visible.
+if [ "$mode" = gpu ] && ! command -v nvidia-smi >/dev/null 2>&1 && ! [ -e /dev/nvidia0 ]; then
+    die "--gpu: no NVIDIA GPU is visible here (no nvidia-smi, no /dev/nvidia0); on a CPU machine run it without --gpu"
+fi
 
 # ---- the environment ----------------------------------------------------------------------------------
 if [ -z "${VIRTUAL_ENV:-}" ]; then
@@ -95,6 +102,10 @@ if python -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.1
 else
     say "installing torch 2.13.0"
     pip_install torch==2.13.0 ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"}
+fi
+if [ "$mode" = gpu ]; then  # a CPU build of torch would take the CUDA extras and run nothing on the GPU
+    [ -n "$(python -c 'import torch; print(torch.version.cuda or "")')" ] \
+        || die "--gpu: torch $(python -c 'import torch; print(torch.__version__)') is not a CUDA build; install torch's CUDA build for your driver first (TORCH_INDEX)"
 fi
 
 # 2. the project with its extras, 3. the data packages (--no-deps: their own dependencies are not used;
@@ -120,7 +131,6 @@ else
         # torch 2.13), then compiles with nvcc: the CUDA major version must be torch's.
         torch_cuda="$(python -c 'import torch; print(torch.version.cuda or "")')"
         nvcc_cuda="$("$nvcc" --version | sed -n 's/.*release \([0-9][0-9.]*\).*/\1/p')"
-        [ -n "$torch_cuda" ] || die "--gpu: torch $(python -c 'import torch; print(torch.__version__)') is not a CUDA build; install torch's CUDA build for your driver first (TORCH_INDEX)"
         [ "${torch_cuda%%.*}" = "${nvcc_cuda%%.*}" ] \
             || die "--gpu: $nvcc is CUDA $nvcc_cuda, torch was built with CUDA $torch_cuda; flash-attn's build needs the same major version (set CUDA_HOME to a matching toolkit, or add --no-flash)"
         pip_install wheel packaging setuptools psutil ninja

@@ -103,3 +103,31 @@ def test_gpu_without_nvcc_is_one_line_before_anything_is_installed(tmp_path):
     nvcc.chmod(0o755)
     res = _run(["--gpu", "--setup-only"], tmp_path, **env)
     assert res.returncode == 2 and res.stderr.strip().endswith("need about 25 GiB")
+
+
+def test_setup_only_with_flags_for_the_run_is_refused(tmp_path):
+    """--setup-only runs nothing: flags after -- (for the run) would be dropped without a word; refused."""
+    res = _run(["--setup-only", "--", "--run_dir", "x"], tmp_path)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == (
+        "quickstart: error: --setup-only runs nothing, so the flags after -- (--run_dir x) would go unused: drop "
+        "--setup-only or those flags"
+    )
+
+
+def test_gpu_on_a_machine_without_a_gpu_is_refused_before_anything_is_installed(tmp_path):
+    """--gpu installs CUDA builds: where no NVIDIA GPU is visible (no nvidia-smi on PATH, no /dev/nvidia0)
+    it is one line, after the disk check and before the environment is touched."""
+    if os.path.exists("/dev/nvidia0"):
+        return  # a GPU machine: the check rightly passes (the refusal is what this CPU test is about)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "awk"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    _fake(tmp_path, "df", 'echo "Filesystem 1024-blocks Used Available"\necho "/dev/x 900000000 1000 800000000"\n')
+    res = _run(["--gpu", "--no-flash", "--setup-only"], tmp_path, PATH=str(bin_dir), PYTHON=sys.executable)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == (
+        "quickstart: error: --gpu: no NVIDIA GPU is visible here (no nvidia-smi, no /dev/nvidia0); on a CPU machine "
+        "run it without --gpu"
+    )
