@@ -45,6 +45,12 @@ die() { echo "quickstart: error: $*" >&2; exit 2; }
 if [ "$run" = 0 ] && [ ${#distill_args[@]} -gt 0 ]; then
     die "--setup-only runs nothing, so the flags after -- (${distill_args[*]}) would go unused: drop --setup-only or those flags"
 fi
+if [ "$run" = 1 ]; then  # what the run reads, checked before anything is installed
+    [ -f "$CONFIG" ] || die "CONFIG=$CONFIG: no such file (the pipeline YAML; default examples/configs/demo_cpu.yaml)"
+    if [ ${#distill_args[@]} -gt 0 ] && [ "${distill_args[${#distill_args[@]}-1]}" = "--run_dir" ]; then
+        die "--run_dir after -- needs a folder"
+    fi
+fi
 
 # ---- checks that need nothing installed ------------------------------------------------------------
 PY="${PYTHON:-python3}"

@@ -694,6 +694,7 @@ def test_example_config_parses(path):
         (["--ds.attn_implementation", "flash_attention_2"], "flash-attn"),
         (["--ds.lora.rank", "8"], "peft"),
         (["--ds.use_liger_kernel"], "liger-kernel"),
+        (["--ds.attn_implementation", "kernels-community/vllm-flash-attn3"], "kernels"),
     ],
 )
 def test_missing_optional_package_is_one_line_naming_package_and_pip_command(monkeypatch, flags, package):

@@ -131,3 +131,14 @@ def test_gpu_on_a_machine_without_a_gpu_is_refused_before_anything_is_installed(
         "quickstart: error: --gpu: no NVIDIA GPU is visible here (no nvidia-smi, no /dev/nvidia0); on a CPU machine "
         "run it without --gpu"
     )
+
+
+def test_a_missing_config_or_a_run_dir_without_value_is_one_line_before_anything_is_installed(tmp_path):
+    res = _run([], tmp_path, CONFIG=str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == (
+        f"quickstart: error: CONFIG={tmp_path / 'nope.yaml'}: no such file (the pipeline YAML; default "
+        "examples/configs/demo_cpu.yaml)"
+    )
+    res = _run(["--", "--run_dir"], tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == "quickstart: error: --run_dir after -- needs a folder"

@@ -635,6 +635,12 @@ class DSConfig(Section):
                 "ds.attn_implementation",
                 "--ds.attn_implementation flash_attention_3",
             ),
+            (
+                "kernels",  # transformers loads a hub kernel (org/repo[@rev][:fn]) through the kernels package
+                "/" in self.attn_implementation,
+                "ds.attn_implementation",
+                f"the hub kernel --ds.attn_implementation {self.attn_implementation}",
+            ),
             ("peft", self.lora.rank > 0, "ds.lora.rank", "LoRA (--ds.lora.rank > 0)"),
             ("bitsandbytes", self.load_in_4bit, "ds.load_in_4bit", "--ds.load_in_4bit"),
             ("liger_kernel", self.use_liger_kernel, "ds.use_liger_kernel", "--ds.use_liger_kernel"),

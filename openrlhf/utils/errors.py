@@ -53,6 +53,7 @@ OPTIONAL_PACKAGES = {
     "langdetect": ("langdetect", f"pip install -e '.[ifeval]' {_HERE}"),
     "immutabledict": ("immutabledict", f"pip install -e '.[ifeval]' {_HERE}"),
     "peft": ("peft", f"pip install -e '.[lora]' {_HERE}"),
+    "kernels": ("kernels", "pip install kernels (Hugging Face's hub kernels; a CUDA machine)"),
     "flash_attn_interface": ("flash-attn 3", "build flash-attention 3 (hopper/) from source on an H100 machine"),
     "bitsandbytes": ("bitsandbytes", f"pip install -e '.[qlora]' {_HERE} (4-bit training needs a CUDA machine)"),
     "liger_kernel": ("liger-kernel", f"pip install -e '.[liger]' {_HERE} (its kernels need a CUDA machine)"),
