@@ -45,6 +45,45 @@ def test_dpo_refuses_a_reference_of_another_tokenizer(
     assert not os.path.exists(out)  # refused before the strategy, the logger or any model
 
 
+def test_a_reference_or_kd_teacher_whose_embedding_is_smaller_than_the_tokenizer_is_refused(
+    tiny_dir, pref_jsonl, tmp_path
+):
+    """The policy's tokenizer with a model of fewer embedding rows (its config's vocab_size): ids past the table
+    would fail in the forward with an index error; refused, naming the flag and both sizes, before any model."""
+    from transformers import AutoTokenizer
+
+    from openrlhf.recipes.dpo import train_dpo
+    from openrlhf.recipes.kd import train_kd
+
+    from tiny import make_model, sft_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    small = str(tmp_path / "small")
+    make_model(small, tok)
+    config = json.load(open(os.path.join(small, "config.json")))
+    n = config["vocab_size"]
+    config["vocab_size"] = n - 10  # the table only: the check reads config.json before any weight
+    json.dump(config, open(os.path.join(small, "config.json"), "w"))
+    out = str(tmp_path / "dpo")
+    cfg = load_config(
+        base_flags(tiny_dir, pref_jsonl, out, "--ref.model_name_or_path", small, "--train.batch_size", "4"), task="dpo"
+    )
+    with pytest.raises(
+        DataError, match=rf"--ref.model_name_or_path: the model {small} has {n - 10} embedding rows .* with {n}"
+    ):
+        train_dpo(cfg)
+    assert not os.path.exists(out)
+    sft = write_jsonl(str(tmp_path / "sft.jsonl"), sft_rows(4))
+    kd = load_config(
+        base_flags(
+            tiny_dir, sft, str(tmp_path / "kd"), "--teacher.model_name_or_path", small, "--train.batch_size", "4"
+        ),
+        task="kd",
+    )
+    with pytest.raises(DataError, match=r"--teacher.model_name_or_path: the model .* embedding rows"):
+        train_kd(kd)
+
+
 def test_dadpo_and_score_logps_refuse_a_reference_of_another_tokenizer(
     tiny_dir, tiny_teacher_other_family, ref_bigger_vocab, pref_jsonl, tmp_path
 ):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from openrlhf.datasets.loading import DataError
 from openrlhf.datasets.templates import PromptRenderer
@@ -100,7 +100,26 @@ def shared_vocabulary(
             f"the student {student_path} has {len(s_vocab)} tokens, the teacher {teacher_path} {len(t_vocab)} "
             f"({detail}). Use train_dadpo for a teacher of another family (sentence-level, own tokenizer)."
         )
+    check_embedding_rows(student_tok, teacher_path, teacher_flag)
     return len(s_vocab)
+
+
+def check_embedding_rows(tok, model_path: str, flag: str) -> None:
+    """Refuse a model whose embedding table has fewer rows (its config's ``vocab_size``) than the ids of the
+    tokenizer it will be fed (``tok``): an id past the table fails in the forward with an index error. Only
+    config.json is read; a config that cannot be read is left to the model's load to explain."""
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+        rows = getattr(config.get_text_config(), "vocab_size", None)
+    except Exception:  # no readable config here: the load of the model names the problem
+        return
+    ids = max(tok.get_vocab().values()) + 1
+    if isinstance(rows, int) and ids > rows:
+        raise DataError(
+            f"{flag}: the model {model_path} has {rows} embedding rows (config vocab_size) but is fed the ids of a "
+            f"tokenizer with {ids}: the ids from {rows} on cannot be embedded; give a model whose embedding holds "
+            "its tokenizer (resize_token_embeddings and save it)"
+        )
 
 
 def _vocab_difference(a: dict, b: dict, a_name: str, b_name: str) -> str:
@@ -154,6 +173,7 @@ def check_reference_tokenizer(
             f"{flag}: the reference {ref_path} has another tokenizer than the policy {policy_path} "
             f"({len(r_vocab)} vs {len(p_vocab)} tokens; {detail}); {fix}"
         )
+    check_embedding_rows(pol_tok, ref_path, flag)
     pairs = list(pairs)
     # The same fast-tokenizer definition (vocabulary, merges, normalizer, pre-tokenizer, added tokens) gives
     # the same ids for every text: the rows need not be tokenized twice.
