@@ -529,7 +529,7 @@ def test_load_errors(tmp_path):
         load_rows(str(txt))
     header_only = tmp_path / "x.csv"  # .csv is read (OpenRLHF reads it); a header alone is no data
     header_only.write_text("a,b\n")
-    with pytest.raises(DataError, match=r"x\.csv: cannot read the csv file"):
+    with pytest.raises(DataError, match=r"x\.csv: no rows \(the CSV file holds its header only\)"):
         load_rows(str(header_only))
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(DataError, match="holds no"):

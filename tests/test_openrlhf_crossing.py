@@ -337,6 +337,34 @@ def test_lora_combiner_refuses_an_output_over_its_inputs_before_loading(tiny_dir
 # ---- data sources ----------------------------------------------------------------------------------
 
 
+def test_csv_of_another_separator_a_header_only_and_empty_cells_are_one_line(tiny_dir, tmp_path):
+    """A ';'-separated file (one column), a header without rows, and an empty / N/A cell (None, as datasets reads
+    it, as OpenRLHF does): each one line naming the file (and the row and key)."""
+    from openrlhf.datasets.loading import load_rows
+    from openrlhf.datasets.preference_dataset import PreferenceDataset
+    from openrlhf.datasets.tokenizer import load_tokenizer
+    from openrlhf.utils.errors import DataError
+
+    (tmp_path / "semi.csv").write_text("prompt;chosen;rejected\nhi;a;b\n")
+    with pytest.raises(
+        DataError, match=r"semi.csv: one column named 'prompt;chosen;rejected': the file looks separated by ';'"
+    ):
+        load_rows(str(tmp_path / "semi.csv"))
+    (tmp_path / "head.csv").write_text("prompt,chosen,rejected\n")
+    with pytest.raises(DataError, match=r"head.csv: no rows \(the CSV file holds its header only\)"):
+        load_rows(str(tmp_path / "head.csv"))
+    (tmp_path / "na.csv").write_text("prompt,chosen,rejected\nhi,,N/A\nyo,good,bad\n")
+    rows = load_rows(str(tmp_path / "na.csv"))
+    assert rows[0] == {"prompt": "hi", "chosen": None, "rejected": None}
+    cfg = load_config(
+        ["--model.model_name_or_path", tiny_dir, "--data.dataset", "d", "--data.prompt_key", "prompt"], "dpo"
+    )
+    with pytest.raises(
+        DataError, match=r"row 1: key 'chosen' has no value \(null; in a CSV file an empty or N/A cell\)"
+    ):
+        PreferenceDataset(rows, load_tokenizer(tiny_dir), cfg.data, str(tmp_path / "na.csv"), model_path=tiny_dir)
+
+
 def test_csv_arrow_and_name_at_data_dir_sources(tmp_path, monkeypatch):
     import csv
 

@@ -175,7 +175,16 @@ def _read_with_builder(kind: str, path: str, what: str, max_samples: int) -> Lis
     try:
         ds = datasets.load_dataset(kind, data_files=path, split="train")
     except Exception as e:  # the builders raise several types for broken files
+        if kind == "csv" and "corresponds to no data" in str(e):  # a header and nothing else
+            raise DataError(f"{_prefix(what, path)}: no rows (the CSV file holds its header only)") from None
         raise DataError(f"{_prefix(what, path)}: cannot read the {kind} file ({type(e).__name__}: {e})") from None
+    if kind == "csv" and len(ds.column_names) == 1:
+        other = [sep for sep in (";", "\t", "|") if sep in ds.column_names[0]]
+        if other:
+            raise DataError(
+                f"{_prefix(what, path)}: one column named {ds.column_names[0]!r}: the file looks separated by "
+                f"{other[0]!r}; a .csv source must be comma-separated (or use .jsonl / .parquet)"
+            )
     return _arrow_to_rows(ds, max_samples)
 
 

@@ -104,6 +104,8 @@ def value_problem(value: Any, key: str) -> Optional[str]:
             if p:
                 return p
         return None
+    if value is None:  # JSON null, or a CSV cell that is empty or N/A (datasets' CSV reading, as OpenRLHF's)
+        return f"key {key!r} has no value (null; in a CSV file an empty or N/A cell), expected a string or a list of chat messages"
     return f"key {key!r} is a {type(value).__name__}, expected a string or a list of chat messages"
 
 
