@@ -353,6 +353,7 @@ def test_unwritable_outputs_are_found_before_anything_loads(tiny_dir, tmp_path):
             load_config(flags, task)
 
 
+@pytest.mark.main_leg
 def test_missing_gguf_or_its_package_is_one_line(tmp_path):
     blocker = tmp_path / "block"
     blocker.mkdir()
@@ -380,6 +381,7 @@ def test_missing_gguf_or_its_package_is_one_line(tmp_path):
 # ---- Ctrl-C -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.main_leg
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path, sig, code, word):
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) while training (a checkpoint every step): exit
