@@ -297,6 +297,7 @@ def test_distill_reports_the_bad_flags_of_every_stage_at_once(tmp_path):
 # ---- one-line errors instead of tracebacks ----------------------------------------------------------
 
 
+@pytest.mark.main_leg
 def test_hub_name_offline_and_folder_without_tokenizer(tiny_dir, tmp_path):
     import shutil
 

@@ -177,6 +177,7 @@ def test_reference_tokenizer_check_compares_ids_of_the_rendered_text(tiny_dir, t
 # ---- 2. a Ray address where no cluster answers -------------------------------------------------------------
 
 
+@pytest.mark.main_leg
 @pytest.mark.parametrize("address", ["127.0.0.1:{free}", "nowhere.invalid:6379"])
 def test_ray_trainer_on_an_address_without_a_cluster_is_a_one_line_error(
     tiny_dir, tiny_teacher_other_family, pref_jsonl, tmp_path, address
@@ -273,6 +274,7 @@ def _judge(url, out, teacher, cand, *extra):
     )
 
 
+@pytest.mark.main_leg
 def test_judge_answer_without_choices_is_retried_then_a_clear_error(tmp_path):
     pytest.importorskip("openai")
     from judge_server import FakeJudge
@@ -353,6 +355,7 @@ def _distill_yaml(tmp_path, teacher, student, prune=None, **extra):
     return path
 
 
+@pytest.mark.main_leg
 def test_a_file_that_is_not_gguf_is_one_line_before_any_folder(tiny_dir, tmp_path):
     fake = tmp_path / "model.gguf"
     fake.write_text('{"not": "gguf"}\n')
@@ -401,6 +404,7 @@ def test_lora_target_modules_are_checked_against_the_model_before_deepspeed(tiny
     check_lora_targets(flags("all-linear"))
 
 
+@pytest.mark.main_leg
 def test_train_sft_with_a_lora_target_that_does_not_exist_is_one_line(tiny_dir, sft_jsonl, tmp_path):
     pytest.importorskip("peft")
     res = run_cli(
@@ -585,6 +589,7 @@ def _one_interrupted_line(rc, stderr, *parts):
     return lines[0]
 
 
+@pytest.mark.main_leg
 def test_ctrl_c_in_score_logps_says_the_same_command_resumes(tiny_dir, tiny_teacher_other_family, tmp_path):
     rows = pref_rows(8) * 6
     for i, r in enumerate(rows):
@@ -600,6 +605,7 @@ def test_ctrl_c_in_score_logps_says_the_same_command_resumes(tiny_dir, tiny_teac
     assert len(open(os.path.join(out, "train.jsonl")).read().splitlines()) == 48
 
 
+@pytest.mark.main_leg
 def test_ctrl_c_in_generate_says_the_same_command_resumes(tiny_dir, tmp_path):
     prompts = write_jsonl(
         str(tmp_path / "prompts.jsonl"), [{"id": i, "prompt": f"Tell me about the number {i}."} for i in range(40)]
@@ -628,6 +634,7 @@ def test_ctrl_c_in_generate_says_the_same_command_resumes(tiny_dir, tmp_path):
     assert 2 <= done < 40 and _lines(out) == done
 
 
+@pytest.mark.main_leg
 def test_ctrl_c_in_judge_says_the_same_command_resumes_and_loses_no_verdict(tmp_path):
     pytest.importorskip("openai")
     import time

@@ -733,6 +733,7 @@ def test_bad_input_fails_before_any_judgment(files, tmp_path, monkeypatch):
             _run_judge(_judge_flags(server.url, out, "--task", "mtbench", "--candidate", f"long={long}"))
 
 
+@pytest.mark.main_leg
 def test_judge_cli_resumes_after_a_kill_without_asking_twice(files, tmp_path):
     """SIGKILL of the CLI mid-run (a slow endpoint), then the same command: the judgments written before
     the kill come from the cache, none is requested twice."""

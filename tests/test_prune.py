@@ -400,6 +400,7 @@ def test_too_many_layers_and_non_empty_output_rejected(strong_dir, calib_jsonl, 
         P.prune(cfg, progress=False)
 
 
+@pytest.mark.main_leg
 def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, calib_jsonl, tmp_path):
     """docs/failures.md "What happens when things go wrong": one ``error:`` line naming the flag, exit code 2, no
     traceback: more layers removed than a 2-layer model has, and a model that is not of the Llama family (GPT-2)."""
