@@ -75,10 +75,15 @@ class DigestCache:
             write_json_atomic(self.path, self.entries)
 
 
+def scored_folder(source: str) -> str:
+    """The folder of a scored data file (or the scored data folder itself): where score_logps keeps what its
+    cache is checked with (the weight digests, a served model's probe)."""
+    return source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+
+
 def digests_near(source: str) -> DigestCache:
     """The digest cache kept next to a scored data file (or in a scored data folder)."""
-    folder = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
-    return DigestCache(os.path.join(folder, DIGESTS_FILE))
+    return DigestCache(os.path.join(scored_folder(source), DIGESTS_FILE))
 
 
 def columns(kind: str) -> Tuple[str, str, str]:

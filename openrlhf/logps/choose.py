@@ -5,12 +5,8 @@ provider (the Ray trainers), remote."""
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
-
-from tqdm import tqdm
 
 from openrlhf.datasets.loading import split_sources
 from openrlhf.datasets.preference_data import PairSplit
@@ -22,7 +18,7 @@ from . import cache as lc
 from .frozen import REF, FrozenModel
 from .known import CachedTable, LogpProvider, WithKnownLogps
 from .score import frozen_dataset
-from .served import ServedModel, check_lengths, check_probe
+from .served import ServedModel, check_lengths, check_probe, pair_ids
 
 
 @dataclass
@@ -47,8 +43,7 @@ def _cached_values(split: PairSplit, model: FrozenModel, keys: Sequence[str]) ->
     renderer = model.renderer if model.renderer is not None else split.dataset.renderer
     if model.served is not None:
         served = ServedModel(model.served)
-        folder = split.source if os.path.isdir(split.source) else os.path.dirname(os.path.abspath(split.source))
-        check_probe(folder, served, f"{split.what} {split.source}")
+        check_probe(lc.scored_folder(split.source), served, f"{split.what} {split.source}")
         model_fp, flag = served.fingerprint(), model.served.flag
     else:
         model_fp, flag = lc.model_fingerprint(model.model_path, model.flag, lc.digests_near(split.source)), model.flag
@@ -65,22 +60,9 @@ def _served_values(split: PairSplit, model: FrozenModel, data_cfg, policy_path: 
     if len(needed) < len(split.needed):
         missing = [i + 1 for i in split.needed if i not in items][:5]
         raise DataError(f"{split.what} {split.source}: rows {missing} cannot be tokenised for {model.name}")
-    pairs = {i: (items[i]["prompt_ids"], items[i]["chosen_ids"], items[i]["rejected_ids"]) for i in needed}
-    lengths = {i: len(p) + max(len(c), len(r)) for i, (p, c, r) in pairs.items()}
-    check_lengths(served, lengths, f"{split.what} {split.source}")
-    start = time.perf_counter()
-    bar = tqdm(total=len(pairs), desc=f"score {model.name} (served)", dynamic_ncols=True)
-    try:
-        values = served.score(pairs, on_pair=lambda i, p: bar.update(1))
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    tokens = sum(len(p) + len(c) + len(p) + len(r) for p, c, r in pairs.values())
-    log(
-        f"{split.source}: {model.name} log-probs of {len(values)} pairs from {model.served.base_url} "
-        f"({served.info()['id']}): {tokens / max(seconds, 1e-9):.0f} tokens/s, {served.retries} retries"
-    )
-    return values
+    pairs = {i: pair_ids(items[i]) for i in needed}
+    check_lengths(served, pairs, f"{split.what} {split.source}")
+    return served.score(pairs, f"{split.source}: {model.name} log-probs")
 
 
 def choose_sources(

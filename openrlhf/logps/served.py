@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from tqdm import tqdm
+
 from openrlhf.utils.errors import DataError, UserError, require_package
 from openrlhf.utils.jsonl import write_json_atomic
 from openrlhf.utils.retry import RETRY_STATUS, retry_wait
@@ -37,6 +39,12 @@ PROBE_IDS = tuple(range(1, 33))
 PROBE_TOLERANCE = 0.05
 
 Pair = Tuple[float, float]
+PairIds = Tuple[Sequence[int], Sequence[int], Sequence[int]]  # prompt, chosen, rejected token ids
+
+
+def pair_ids(item: dict) -> PairIds:
+    """The token ids of a preference dataset item, as the server is asked for them."""
+    return item["prompt_ids"], item["chosen_ids"], item["rejected_ids"]
 
 
 @dataclass(frozen=True)
@@ -161,12 +169,34 @@ class ServedModel:
 
     def score(
         self,
-        pairs: Dict[int, Tuple[Sequence[int], Sequence[int], Sequence[int]]],
+        pairs: Dict[int, PairIds],
+        desc: str,
         on_pair: Callable[[int, Pair], None] = lambda i, p: None,
     ) -> Dict[int, Pair]:
         """{row index: (chosen, rejected)} of ``pairs`` ({row index: (prompt ids, chosen ids, rejected
-        ids)}), ``concurrency`` pairs in flight; ``on_pair`` is called (in this thread) as each pair is done.
-        An interrupt or error sends nothing more (requests in flight finish)."""
+        ids)}), ``concurrency`` pairs in flight, with a progress bar and a closing tokens/s line named ``desc``;
+        ``on_pair`` is called (in this thread) as each pair is done. An interrupt or error sends nothing more
+        (requests in flight finish)."""
+        start = time.perf_counter()
+        bar = tqdm(total=len(pairs), desc=f"{desc} (served)", dynamic_ncols=True)
+
+        def done(i: int, pair: Pair) -> None:
+            on_pair(i, pair)
+            bar.update(1)
+
+        try:
+            out = self._score(pairs, done)
+        finally:
+            bar.close()  # a Ctrl-C message then starts a line of its own
+        seconds = time.perf_counter() - start
+        tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs.values())
+        self.log(
+            f"{desc}: {len(pairs)} pairs from {self.endpoint.base_url} ({self.info()['id']}) in {seconds:.1f} s: "
+            f"{tokens / max(seconds, 1e-9):.0f} tokens/s, {self.retries} retries"
+        )
+        return out
+
+    def _score(self, pairs: Dict[int, PairIds], on_pair: Callable[[int, Pair], None]) -> Dict[int, Pair]:
         out: Dict[int, Pair] = {}
         stop = threading.Event()  # set on an error or interrupt: a worker starts no new request
 
@@ -288,13 +318,14 @@ def check_probe(folder: str, served: ServedModel, what: str) -> None:
 
 
 def check_lengths(
-    served: ServedModel, lengths: Dict[int, int], what: str, row_name: Callable[[int], str] = lambda i: f"row {i + 1}"
+    served: ServedModel, pairs: Dict[int, PairIds], what: str, row_name: Callable[[int], str] = lambda i: f"row {i + 1}"
 ) -> None:
     """Refuse, before any scoring, the rows whose longer side (prompt + response tokens) is longer than the
     server's max_model_len, naming them and the length that fits."""
     limit = served.info().get("max_model_len")
     if not isinstance(limit, int):
         return
+    lengths = {i: len(p) + max(len(c), len(r)) for i, (p, c, r) in pairs.items()}
     over = sorted(i for i, n in lengths.items() if n > limit)
     if over:
         shown = ", ".join(f"{row_name(i)} ({lengths[i]} tokens)" for i in over[:5])

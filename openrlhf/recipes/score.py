@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,7 +30,7 @@ from openrlhf.datasets.tokenizer import check_reference_tokenizer, data_tokenize
 from openrlhf.logps import cache as lc
 from openrlhf.logps.frozen import FrozenModel, reference_model, teacher_models
 from openrlhf.logps.score import frozen_dataset, score_pairs
-from openrlhf.logps.served import ServedModel, check_lengths, check_probe, remember_probe
+from openrlhf.logps.served import ServedModel, check_lengths, check_probe, pair_ids, remember_probe
 from openrlhf.recipes.common import claim_on_rank_0, make_strategy, prepare_frozen
 from openrlhf.utils.errors import DataError, Interrupted
 from openrlhf.utils.jsonl import append_jsonl, repair_torn_tail, write_jsonl_atomic
@@ -97,11 +96,8 @@ def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, diges
             check_reference_tokenizer(ds.renderer, rendered_pairs(ds), model.model_path, cfg.model.model_name_or_path)
         served = ServedModel(model.served) if model.served is not None else None
         if served is not None:  # the server must answer, serve this model and take every pair, before any work
-            items = [ds[k] for k in range(len(ds))]
-            lengths = {
-                it["index"]: len(it["prompt_ids"]) + max(len(it["chosen_ids"]), len(it["rejected_ids"])) for it in items
-            }
-            check_lengths(served, lengths, f"--data.dataset {source}")
+            pairs = {it["index"]: pair_ids(it) for it in (ds[k] for k in range(len(ds)))}
+            check_lengths(served, pairs, f"--data.dataset {source}")
             model_fp = served.fingerprint()
         else:
             model_fp = lc.model_fingerprint(model.model_path, model.flag, digests)
@@ -119,26 +115,11 @@ def _score_served(strategy, job: ScoreJob, todo: List[int], out_dir: str, partia
         check_probe(out_dir, served, f"--ckpt.output_dir {out_dir} ({PARTIAL_DIR})")
     remember_probe(out_dir, served, replace=not resumed)
     out_path = _partial_path(partial_dir, job.kind, strategy.rank)
-    items = [ds[i] for i in todo]
-    pairs = {it["index"]: (it["prompt_ids"], it["chosen_ids"], it["rejected_ids"]) for it in items}
-    bar = tqdm(total=len(pairs), desc=f"score {job.kind} (served)", dynamic_ncols=True)
-    start = time.perf_counter()
 
     def write(index: int, pair: Tuple[float, float]) -> None:
         append_jsonl(out_path, [{"fp": job.setting_fp, "index": index, "chosen": pair[0], "rejected": pair[1]}])
-        bar.update(1)
 
-    try:
-        served.score(pairs, on_pair=write)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs.values())
-    print(
-        f"{job.kind}: {len(pairs)} pairs from {served.endpoint.base_url} ({served.info()['id']}) in {seconds:.1f} s: "
-        f"{tokens / max(seconds, 1e-9):.0f} tokens/s, {served.retries} retries",
-        flush=True,
-    )
+    served.score({it["index"]: pair_ids(it) for it in (ds[i] for i in todo)}, f"score {job.kind}", on_pair=write)
 
 
 def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str) -> Dict[int, Tuple[float, float]]:
