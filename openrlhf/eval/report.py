@@ -125,6 +125,16 @@ def _interval(numbers: Dict[str, Any], key: str, fmt: str) -> str:
     return f" [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
+def paired_cells(c: Dict[str, Any], fmt: str, scale: float = 1.0) -> List[str]:
+    """A paired comparison's cells: W/T/L, the difference A - B [its 95% interval] (x ``scale``), p sign / perm."""
+    diff = [fmt.format(c[k] * scale) for k in ("diff", "diff_lo", "diff_hi")]
+    return [
+        f"{c['wins']}/{c['ties']}/{c['losses']}",
+        f"{diff[0]} [{diff[1]}, {diff[2]}]",
+        f"{fmt_p(c['p_sign'])} / {fmt_p(c['p_perm'])}",
+    ]
+
+
 _JUDGED_PAIRS = {
     "mtbench": ("MT-Bench", "{:+.2f}"),
     "alpacaeval": ("AlpacaEval", "{:+.2f}"),
@@ -139,15 +149,7 @@ def judged_pairs_markdown(report: Dict[str, Any]) -> List[str]:
         for pair, c in report.get("paired", {}).get(task, {}).items():
             if not c.get("n"):
                 continue
-            rows.append(
-                [
-                    pair,
-                    label,
-                    f"{c['wins']}/{c['ties']}/{c['losses']}",
-                    f"{fmt.format(c['diff'])} [{fmt.format(c['diff_lo'])}, {fmt.format(c['diff_hi'])}]",
-                    f"{fmt_p(c['p_sign'])} / {fmt_p(c['p_perm'])}",
-                ]
-            )
+            rows.append([pair, label, *paired_cells(c, fmt)])
     if not rows:
         return []
     return [
@@ -263,16 +265,7 @@ def ifeval_markdown(report: Dict[str, Any]) -> List[str]:
         rows = []
         for pair, cmp in paired.items():
             for metric, label in IFEVAL_METRICS:
-                c = cmp[metric]
-                rows.append(
-                    [
-                        pair,
-                        label,
-                        f"{c['wins']}/{c['ties']}/{c['losses']}",
-                        f"{c['diff'] * 100:+.1f} [{c['diff_lo'] * 100:+.1f}, {c['diff_hi'] * 100:+.1f}]",
-                        f"{fmt_p(c['p_sign'])} / {fmt_p(c['p_perm'])}",
-                    ]
-                )
+                rows.append([pair, label, *paired_cells(cmp[metric], "{:+.1f}", scale=100)])
         lines += [
             "",
             "Each pair prompt by prompt (A vs B): A's wins / ties / losses over prompts; the difference A - B in "
