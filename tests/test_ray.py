@@ -12,13 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from tiny import (
     REPO,
+    background_server,
     base_flags,
     free_port,
     launch_env,
@@ -40,59 +40,19 @@ def ray_head(tmp_path_factory):
     """A Ray head with 2 CPUs on 127.0.0.2 (its dashboard, for job submission, on 127.0.0.1)."""
     pytest.importorskip("ray")
     gcs, dash = free_port(), free_port()
-    log = open(tmp_path_factory.mktemp("ray_head") / "head.log", "w")
     env = launch_env()
-    proc = subprocess.Popen(
-        RAY
-        + [
-            "start",
-            "--head",
-            "--block",
-            "--num-cpus",
-            "2",
-            "--node-ip-address",
-            "127.0.0.2",
-            "--port",
-            gcs,
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            dash,
-            "--include-dashboard",
-            "true",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    cmd = RAY + ["start", "--head", "--block", "--num-cpus", "2", "--node-ip-address", "127.0.0.2", "--port", gcs]
+    cmd += ["--dashboard-host", "127.0.0.1", "--dashboard-port", dash, "--include-dashboard", "true"]
+    cmd += ["--disable-usage-stats"]
     dashboard = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(dashboard + "/api/version", timeout=2).read()
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() > deadline:
-                log.close()
-                raise RuntimeError("the Ray head did not start: " + open(log.name).read()[-3000:]) from None
-            time.sleep(1)
-    yield {"address": f"127.0.0.2:{gcs}", "dashboard": dashboard, "env": env}
-    import ray
+    log = str(tmp_path_factory.mktemp("ray_head") / "head.log")
+    # ended by its process group: the raylet, GCS and workers it started
+    with background_server(cmd, env, dashboard + "/api/version", log, "the Ray head", timeout=120):
+        yield {"address": f"127.0.0.2:{gcs}", "dashboard": dashboard, "env": env}
+        import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    # End the head by its process id (its process group: the raylet, GCS and workers it started).
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    log.close()
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def test_the_address_probe_lets_a_real_cluster_through(ray_head):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Iterable
@@ -404,3 +405,39 @@ def run_task(task: str, flags: list):
     from openrlhf.pipeline.tasks import runner_of
 
     return runner_of(task)(load_config(flags, task=task))
+
+
+@contextlib.contextmanager
+def background_server(cmd: list, env: dict, ready_url: str, log_path: str, what: str, timeout: float):
+    """Start ``cmd`` in a session of its own (output to ``log_path``), wait until ``ready_url`` answers (a
+    RuntimeError with the log's tail when it exits first or ``timeout`` s pass), yield the process; at the end
+    end its whole process group (SIGTERM, then SIGKILL after 30 s): the server and every process it started."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(ready_url, timeout=2).read()
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    raise RuntimeError(f"{what} did not start:\n" + open(log_path).read()[-3000:]) from None
+                time.sleep(1)
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
