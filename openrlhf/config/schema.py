@@ -990,6 +990,32 @@ def _section(cls, **overrides):
     return field(default_factory=lambda: cls(**copy.deepcopy(overrides)))
 
 
+@dataclass
+class OnPolicyConfig(Section):
+    """On-policy rounds of train_dpo / train_dadpo: every ``round_steps`` optimizer steps the current policy
+    answers the prompts of the next ``round_steps`` steps, and its answers replace the rejected responses of
+    those rows (the chosen side, the teacher's response, stays). 0: never (the offline run, the paper's)."""
+
+    round_steps: int = 0
+    # Decoding of the policy's answers (greedy at temperature 0, as the offline pipeline's student answers).
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    # Prompts per generate call.
+    batch_size: int = 8
+
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.round_steps >= 0, "onpolicy.round_steps", f"must be >= 0 (0: offline), got {self.round_steps}")
+        p.need(self.max_new_tokens >= 1, "onpolicy.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        p.need(self.temperature >= 0, "onpolicy.temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
+        p.need(0 < self.top_p <= 1, "onpolicy.top_p", f"must be in (0, 1], got {self.top_p}")
+        p.need(self.top_k == -1 or self.top_k >= 1, "onpolicy.top_k", f"must be -1 (off) or >= 1, got {self.top_k}")
+        p.need(self.batch_size >= 1, "onpolicy.batch_size", f"must be >= 1, got {self.batch_size}")
+        return p
+
+
 # train_dpo's data defaults (OpenRLHF), shared by every task that reads preference pairs: score_logps
 # must tokenise exactly as the trainer that uses its cached log-probs.
 PREFERENCE_DATA = dict(prompt_key="", max_len=512)
@@ -1017,6 +1043,7 @@ class PreferenceTrainingConfig(TrainingConfig):
     data: DataConfig = _section(DataConfig, **PREFERENCE_DATA)
     adam: AdamConfig = _section(AdamConfig, lr=1e-5)
     logger: LoggerConfig = _section(LoggerConfig, wandb=WandbConfig(project="openrlhf_train_dpo"))
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
 
 
 @dataclass

@@ -213,6 +213,18 @@ def _dadpo(cfg: DADPOConfig, c: Checks) -> None:
     )
 
 
+def _onpolicy(cfg: Any, c: Checks) -> None:
+    """On-policy rounds replace rows' rejected responses between steps: the DataLoader must read the rows
+    in this process, when they are asked for (no worker processes reading ahead)."""
+    if cfg.onpolicy.round_steps > 0:
+        c.need(
+            cfg.data.dataloader_num_workers == 0,
+            "data.dataloader_num_workers",
+            f"must be 0 with --onpolicy.round_steps {cfg.onpolicy.round_steps} (worker processes would read rows "
+            "before the policy's new answers replace them)",
+        )
+
+
 def _kto(cfg: KTOTrainConfig, c: Checks) -> None:
     """train_kto: its KL reference point needs >= 2 pairs in every micro-batch."""
     t = cfg.train
@@ -245,6 +257,11 @@ def _ray(cfg: Any, c: Checks) -> None:
         cfg.data.dataloader_num_workers == 0,
         "data.dataloader_num_workers",
         "must be 0 with the Ray trainers (the log-probs come from other actors)",
+    )
+    c.need(
+        cfg.onpolicy.round_steps == 0,
+        "onpolicy.round_steps",
+        "on-policy rounds run in train_dpo / train_dadpo (deepspeed / torchrun); the Ray trainers do not take them yet",
     )
     if c.check_packages:
         err = missing_package("ray", "the Ray trainers")
@@ -306,8 +323,8 @@ CROSS_RULES: Dict[Type[RunConfig], Tuple[Rule, ...]] = {
         _token_kl,
         _no_packing,
     ),
-    DPOConfig: (*_PREFERENCE, _dpo, _token_kl),
-    DADPOConfig: (*_PREFERENCE, _dadpo),
+    DPOConfig: (*_PREFERENCE, _dpo, _token_kl, _onpolicy),
+    DADPOConfig: (*_PREFERENCE, _dadpo, _onpolicy),
     KTOTrainConfig: (*_PREFERENCE, _kto, _no_packing),
     DPORayConfig: (*_PREFERENCE, _dpo, _token_kl, _ray, _ray_dpo),
     DADPORayConfig: (*_PREFERENCE, _dadpo, _ray),

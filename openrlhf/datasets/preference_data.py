@@ -15,7 +15,7 @@ Where each frozen model's log-probs come from (cached columns, online, remote) i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from openrlhf.datasets.batch import PairBatch
 from openrlhf.datasets.loading import load_sources
@@ -42,6 +42,28 @@ class Subset:
         return self.base[self.keep[i]]
 
 
+class Regenerated:
+    """A pair dataset whose rejected responses can be replaced (on-policy rounds): ``replace(answers)`` with
+    ``{position: answer}``, each answer the fields of an item's rejected side (``rejected``,
+    ``rejected_ids``, ``rejected_unfinished``, ``rejected_truncated``) and the ``round`` that made it; items
+    without one are the base dataset's."""
+
+    def __init__(self, base):
+        self.base = base
+        self.answers: Dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.base[i]
+        item.update(self.answers.get(i, {}))
+        return item
+
+    def replace(self, answers: Dict[int, dict]) -> None:
+        self.answers.update(answers)
+
+
 class PairTokenCounts:
     """The tokens each tokenisation of a training micro-batch computes, per pair: the policy's (which the
     reference and a dDPO+KL teacher read too: ``policy``) and each teacher scored online in this process,
@@ -50,21 +72,26 @@ class PairTokenCounts:
     not counted. What ``--train.dynamic_batch_enable`` budgets (:class:`~openrlhf.trainer.base.Trainer`).
 
     Called with a list of items of one dataset (the training set), it returns one ``{tokenisation: tokens}``
-    per item; a teacher's counts are kept by row index, so each row is rendered for it once."""
+    per item; a teacher's counts are kept by row index (and on-policy round), so each row is rendered for it once."""
 
     def __init__(self, teachers: Dict[str, Any]):
         self.teachers = dict(teachers)
-        self._known: Dict[str, Dict[int, int]] = {name: {} for name in self.teachers}
+        self._known: Dict[str, Dict[Tuple[int, int], int]] = {name: {} for name in self.teachers}
+
+    @staticmethod
+    def _key(item: dict) -> Tuple[int, int]:
+        """A row's rejected side differs per on-policy round (:class:`Regenerated`)."""
+        return item["index"], item.get("round", -1)
 
     def __call__(self, items: Sequence[dict]) -> List[Dict[str, int]]:
         out = [{"policy": pair_tokens(it["prompt_ids"], it["chosen_ids"], it["rejected_ids"])} for it in items]
         for name, renderer in self.teachers.items():
             known = self._known[name]
-            new = list({it["index"]: it for it in items if it["index"] not in known}.values())
+            new = list({self._key(it): it for it in items if self._key(it) not in known}.values())
             if new:
-                known.update(zip([it["index"] for it in new], rendered_pair_tokens(renderer, new), strict=True))
+                known.update(zip([self._key(it) for it in new], rendered_pair_tokens(renderer, new), strict=True))
             for counts, it in zip(out, items, strict=True):
-                counts[name] = known[it["index"]]
+                counts[name] = known[self._key(it)]
         return out
 
 

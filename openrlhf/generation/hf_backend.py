@@ -66,6 +66,25 @@ class HFGenerator:
             raise ValueError(f"--model.model_name_or_path: cannot load a causal LM from {model_path!r}: {e}") from e
         self.model = model.to(self.device).eval()
         self.seed = seed
+        self.synced_gpus = False
+
+    @classmethod
+    def of_model(
+        cls, model, gen_cfg, *, seed: int, pad_id: int, stop_ids: Sequence[int], synced_gpus: bool = False
+    ) -> "HFGenerator":
+        """A generator on a model that is already loaded, in its own dtype and device (the policy being
+        trained: on-policy rounds). ``synced_gpus``: every process of a ZeRO-3 group generates together (its
+        forwards gather the parameters collectively), each until all are done."""
+        self = cls.__new__(cls)
+        self.torch = torch
+        self.cfg = gen_cfg
+        self.pad_id = int(pad_id)
+        self.stop_ids = list(stop_ids)
+        self.device = next(model.parameters()).device
+        self.model = model
+        self.seed = seed
+        self.synced_gpus = synced_gpus
+        return self
 
     def decoding(self, temperature: float, max_new_tokens: int) -> GenerationConfig:
         """transformers' settings for one (temperature, max_new_tokens); top_p / top_k from the run's config."""
@@ -83,6 +102,7 @@ class HFGenerator:
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             bos_token_id=None,
+            use_cache=True,  # also for a trained model whose config turned the cache off (gradient checkpointing)
         )
 
     @staticmethod
@@ -125,7 +145,9 @@ class HFGenerator:
                 idx = order[start : start + bs]
                 ids, mask = self._left_pad([prompt_ids[i] for i in idx])
                 with torch.no_grad():
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                    out = self.model.generate(
+                        input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=self.synced_gpus
+                    )
                 gen = out[:, ids.shape[1] :].tolist()
                 yield [(i, g, None) for i, g in zip(idx, gen, strict=True)]
 

@@ -247,7 +247,7 @@ def make_run_logger(strategy, cfg: TrainingConfig):
 
 
 def loop_parts(
-    cfg: TrainingConfig, strategy, engine, tokenizer, train, eval_ds, collate, logger, token_counts=None
+    cfg: TrainingConfig, strategy, engine, tokenizer, train, eval_ds, collate, logger, token_counts=None, rounds=None
 ) -> LoopParts:
     """What the training loop of ``cfg``'s run runs on (its settings and DataLoader workers from ``cfg``)."""
     return LoopParts(
@@ -261,4 +261,5 @@ def loop_parts(
         eval_dataset=eval_ds,
         num_workers=cfg.data.dataloader_num_workers,
         token_counts=token_counts,
+        rounds=rounds,
     )

@@ -10,11 +10,13 @@ sources of the log-probs are chosen there), then the loss, then :func:`start_run
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from openrlhf.config.schema import KTOTrainConfig, PreferenceTrainingConfig
-from openrlhf.datasets.preference_data import PairTokenCounts, load_pairs, pair_collate
+from openrlhf.datasets.preference_data import PairTokenCounts, Regenerated, load_pairs, pair_collate
+from openrlhf.generation.prompts import generation_config_eos, stop_token_ids
 from openrlhf.logps.choose import choose_sources
 from openrlhf.logps.frozen import FrozenModel, reference_model
 from openrlhf.logps.known import LogpProvider
@@ -29,6 +31,7 @@ from openrlhf.recipes.common import (
     save_trained,
     uses_lora,
 )
+from openrlhf.recipes.onpolicy import OnPolicyRounds
 from openrlhf.trainer.base import LoopParts, steps_per_epoch
 from openrlhf.utils.errors import DataError
 
@@ -60,6 +63,10 @@ class PreferenceData:
     online: List[str]
     remote: List[str] = field(default_factory=list)
     token_counts: Optional[Callable] = None
+    # On-policy rounds (--onpolicy.round_steps): the training pairs whose rejected side they replace, and the
+    # policy's renderer that tokenises the new answers.
+    regenerated: Optional[Regenerated] = None
+    renderer: Any = None
 
 
 def preference_data(
@@ -82,6 +89,10 @@ def preference_data(
         d, tokenizer, policy_path, d.dataset, d.dataset_split, "--data.dataset", d.dataset_probs, cfg.train.seed, whole
     )
     train = choose_sources(split, models, d, policy_path, remote)
+    regenerated = None
+    if isinstance(cfg, PreferenceTrainingConfig) and cfg.onpolicy.round_steps > 0:
+        _check_onpolicy_sources(cfg, split.source, models, train.online)
+        train.dataset = regenerated = Regenerated(train.dataset)
     reports = split.reports + train.reports
     online = list(train.online)
     ev = None
@@ -110,7 +121,26 @@ def preference_data(
         here,
         remote=online if remote is not None else [],
         token_counts=PairTokenCounts(train_own),
+        regenerated=regenerated,
+        renderer=split.dataset.renderer,
     )
+
+
+def _check_onpolicy_sources(cfg: PreferenceTrainingConfig, source: str, models: Sequence[FrozenModel], online) -> None:
+    """On-policy rounds replace the rejected responses: every frozen model must score them as they come
+    (online), not from cached columns or a server asked before training."""
+    fixed = [m for m in models if m.name not in online]
+    if fixed:
+        which = ", ".join(
+            m.name + (f" (served by {m.served.base_url})" if m.served is not None else " (cached columns)")
+            for m in fixed
+        )
+        raise DataError(
+            f"--onpolicy.round_steps {cfg.onpolicy.round_steps}: {source}: the log-probs of {which} are fixed "
+            "before training (cached columns or a served model), but on-policy rounds replace the rejected "
+            "responses they score; train on rows without the cached columns (the models then score online) and "
+            "without --teacher.base_url"
+        )
 
 
 @dataclass(frozen=True)
@@ -126,7 +156,7 @@ class PreferenceRun:
     engine: Any  # the policy, a DeepSpeed engine with its optimizer and schedule
 
     def loop(self) -> LoopParts:
-        """What the training loop runs on."""
+        """What the training loop runs on (with on-policy rounds when asked)."""
         d = self.data
         return loop_parts(
             self.cfg,
@@ -138,6 +168,36 @@ class PreferenceRun:
             d.collate,
             self.logger,
             d.token_counts,
+            self._rounds(),
+        )
+
+    def _rounds(self) -> Optional[OnPolicyRounds]:
+        """The on-policy rounds of --onpolicy.round_steps, or None (offline)."""
+        d, cfg = self.data, self.cfg
+        if d.regenerated is None:
+            return None
+        stop_ids = stop_token_ids(
+            self.tokenizer,
+            use_chat_template=cfg.data.apply_chat_template,
+            chat_template=cfg.data.tokenizer_chat_template,
+            generation_eos=generation_config_eos(cfg.model.model_name_or_path),
+        )
+        self.strategy.print(
+            f"on-policy: every {cfg.onpolicy.round_steps} optimizer steps the policy answers the next rows' prompts "
+            f"(max {cfg.onpolicy.max_new_tokens} new tokens, temperature {cfg.onpolicy.temperature}); "
+            f"answers kept in {os.path.join(cfg.checkpoint_dir, 'onpolicy')}"
+        )
+        return OnPolicyRounds(
+            cfg.onpolicy,
+            d.regenerated,
+            strategy=self.strategy,
+            engine=self.engine,
+            tokenizer=self.tokenizer,
+            renderer=d.renderer,
+            stop_ids=stop_ids,
+            seed=cfg.train.seed,
+            max_len=cfg.data.max_len,
+            checkpoint_dir=cfg.checkpoint_dir,
         )
 
     def load_frozen(self, model: FrozenModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -80,6 +80,15 @@ class LoopParts:
     eval_dataset: Optional[Dataset] = None
     num_workers: int = 0
     token_counts: Optional[Callable[[List[dict]], List[Dict[str, int]]]] = None
+    rounds: Optional["StepHook"] = None
+
+
+class StepHook(Protocol):
+    """Called before the loop reads the rows of each optimizer step (on-policy rounds replace rows there:
+    :class:`~openrlhf.recipes.onpolicy.OnPolicyRounds`); returns metrics for that step, already reduced
+    over processes."""
+
+    def before_step(self, trainer: "Trainer", step: int) -> Dict[str, float]: ...
 
 
 class Trainer:
@@ -100,6 +109,8 @@ class Trainer:
         self.collate_fn = loop.collate_fn
         self.settings = settings = loop.settings
         self.logger = loop.logger
+        self.rounds = loop.rounds
+        self._orders: Dict[int, List[int]] = {}
         self.accum = strategy.accumulated_gradient
         self.steps_per_epoch = steps_per_epoch(len(loop.train_dataset), settings.train.batch_size)
         self.total_steps = self.steps_per_epoch * settings.train.max_epochs
@@ -188,6 +199,18 @@ class Trainer:
         return [[items[p] for p in g] for g in groups]
 
     # ---- helpers -------------------------------------------------------------------------
+    def step_positions(self, step: int) -> List[int]:
+        """Positions in the training set of this process's rows of optimizer step ``step`` (counted from 0
+        over the whole run): the rows :meth:`_loader` gives that step."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch not in self._orders:
+            sampler = self.strategy.get_sampler(
+                self.train_dataset, seed=self.settings.train.seed, consumed_samples=0, epoch=epoch, shuffle=True
+            )
+            self._orders = {epoch: list(sampler)}
+        rows = self.settings.train.batch_size // self.strategy.world_size
+        return self._orders[epoch][k * rows : (k + 1) * rows]
+
     def _to_device(self, batch):
         return batch.to(self.strategy.device)
 
@@ -315,6 +338,7 @@ class Trainer:
             it = iter(self._loader(self.train_dataset, epoch, consumed, shuffle=True, whole_step=dynamic))
             for _ in range(consumed // bs, self.steps_per_epoch):
                 t0 = time.perf_counter()
+                extra = self.rounds.before_step(self, step) if self.rounds is not None else {}
                 if dynamic:
                     micro = [self._to_device(self.collate_fn(g)) for g in self._token_budget_split(next(it))]
                 else:
@@ -352,6 +376,7 @@ class Trainer:
                 step += 1
                 consumed += bs
                 metrics["lr"] = lr
+                metrics.update(extra)
                 # Throughput: the policy's real tokens and the tokens its forward computed (padding
                 # included), all processes together, and the wall time of the step.
                 metrics["tokens"] = self.strategy.all_reduce(float(sum(t[0] for t in tokens)), op="sum")
