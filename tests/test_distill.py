@@ -694,3 +694,22 @@ def test_a_second_distill_into_a_run_dir_in_use_is_refused(tiny_dir, tiny_talkin
     finally:
         other.kill()
         other.wait()
+
+
+def test_online_dadpo_runs_rounds_on_the_uncached_set(tiny_dir, tiny_talking_teacher, tmp_path):
+    """baselines: online_dadpo trains daDPO with a round per step, answering as generate: did (its
+    max_new_tokens), on the preference set without cached columns (the models score each round online),
+    and the report lists it."""
+    path = _config(tmp_path, tiny_talking_teacher, tiny_dir, ddpo=None, baselines={"online_dadpo": {}})
+    cfg = load_distill_config(path)
+    plan = plan_distill(cfg, check_packages=False)
+    online = plan.stage("online_dadpo").config
+    assert online.onpolicy.round_steps == 1 and online.onpolicy.max_new_tokens == 12
+    assert online.data.dataset == os.path.join(cfg.run_dir, "sets", "preference.jsonl")
+    assert plan.stage("dadpo").config.onpolicy.round_steps == 0
+    run_distill(cfg, log=lambda *a: None)
+    run = cfg.run_dir
+    rounds = os.listdir(os.path.join(run, "online_dadpo", "checkpoints", "onpolicy"))
+    steps = len(read_metrics(os.path.join(run, "online_dadpo")))
+    assert steps >= 1 and len(rounds) == steps
+    assert "on-policy daDPO" in json.load(open(os.path.join(run, "report", "report.json")))["models"]

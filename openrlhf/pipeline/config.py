@@ -188,6 +188,8 @@ BASELINES: Dict[str, Tuple[str, str]] = {
     "ddpo_kl": ("dDPO+KL", "dpo"),
     "rdpo": ("rDPO", "dadpo"),
     "dkto": ("dKTO", "kto"),
+    # Not a baseline of the paper: daDPO with on-policy rounds (--onpolicy.round_steps, default 1 here).
+    "online_dadpo": ("on-policy daDPO", "dadpo"),
 }
 SWEEPABLE = ("dadpo",)
 # select_by metric -> True when higher is better.

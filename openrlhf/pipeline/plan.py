@@ -349,7 +349,12 @@ class _Planner:
                 )
             )
         # dsft_kl takes train_kd's own --kd.coef default; train_dpo's (0) would be plain dDPO, so ddpo_kl gets the same.
-        defaults = {"ddpo_kl": {"kd.coef": KL_BASELINE_COEF}, "rdpo": {"model.beta": 0}}
+        defaults = {
+            "ddpo_kl": {"kd.coef": KL_BASELINE_COEF},
+            "rdpo": {"model.beta": 0},
+            # One round per optimizer step, answering as the student's offline answers were generated.
+            "online_dadpo": {"onpolicy.round_steps": 1, **self.onpolicy_decoding()},
+        }
         for name, flags in baselines_of(c).items():
             label, task = BASELINES[name]
             dest = {"ckpt.output_dir": self.path(name)}
@@ -371,16 +376,20 @@ class _Planner:
                     )
                 )
                 continue
-            if name in ("ddpo", "rdpo"):  # dDPO+KL needs the teacher's logits in the policy: a plain group
+            if name in ("ddpo", "rdpo"):  # dDPO+KL and on-policy rounds need the policy's process: a plain group
                 task = self.ray_task(task)
             base = {**shared(from_dsft, task), **dest}
-            if name in ("ddpo_kl", "rdpo"):
+            if name in ("ddpo_kl", "rdpo", "online_dadpo"):
                 base.update(teacher)
+            inputs = dsft_in
+            if name == "online_dadpo":  # the teacher and the reference score each round's answers online
+                base["data.dataset"] = os.path.join(sets, "preference.jsonl")
+                inputs = (self.path("dsft"), base["data.dataset"], self.teacher)
             out.append(
                 (
                     TrainRun(name, label),
                     self.training(
-                        name, task, base, shared(c.dadpo, task), defaults.get(name, {}), flags, inputs=dsft_in
+                        name, task, base, shared(c.dadpo, task), defaults.get(name, {}), flags, inputs=inputs
                     ),
                 )
             )
@@ -402,6 +411,13 @@ class _Planner:
                     )
                 )
         return out
+
+    def onpolicy_decoding(self) -> Dict[str, Any]:
+        """The ``generate:`` section's decoding (max_new_tokens, temperature, top_p, top_k) as on-policy flags:
+        on-policy daDPO's answers are drawn as the offline student answers were."""
+        g = self.cfg.generate
+        keys = ("max_new_tokens", "temperature", "top_p", "top_k")
+        return {f"onpolicy.{k}": g[f"generate.{k}"] for k in keys if f"generate.{k}" in g}
 
     # ---- the judge ---------------------------------------------------------------------------
     def judge_stages(self, models: Dict[str, Tuple[str, str]], answers_eval: Dict[str, str]) -> List[Stage]:
