@@ -253,11 +253,26 @@ def test_online_ddpo_takes_rounds_too(tiny_dir, pref8, tmp_path):
         (("--onpolicy.round_steps", "1", "--data.dataloader_num_workers", "2"), "--data.dataloader_num_workers"),
         (("--onpolicy.top_p", "0"), "--onpolicy.top_p"),
         (("--onpolicy.max_new_tokens", "0"), "--onpolicy.max_new_tokens"),
+        (("--vllm.enforce_eager",), "--vllm.enforce_eager: set, but no vLLM engine runs"),
+        (
+            ("--onpolicy.round_steps", "1", "--onpolicy.backend", "vllm", "--vllm.num_engines", "2"),
+            "--vllm.num_engines: on-policy rounds run one vLLM engine",
+        ),
+        (("--onpolicy.backend", "ray"), "--onpolicy.backend: expected hf or vllm"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(tmp_path, extra, match):
     with pytest.raises(ConfigError, match=match):
         load_config(["--model.model_name_or_path", "m", "--data.dataset", "d.jsonl", *extra], task="dadpo")
+
+
+def test_vllm_backend_without_vllm_is_refused(monkeypatch):
+    from openrlhf.utils import errors
+
+    monkeypatch.setattr(errors, "has_package", lambda module: module != "vllm")
+    flags_ = ["--model.model_name_or_path", "m", "--data.dataset", "d.jsonl", "--onpolicy.round_steps", "1"]
+    with pytest.raises(ConfigError, match="--onpolicy.backend: .*needs the vllm package"):
+        load_config([*flags_, "--onpolicy.backend", "vllm"], task="dadpo")
 
 
 def test_ray_trainers_refuse_rounds():
@@ -335,3 +350,58 @@ def test_bf16_rounds_train_as_offline_on_the_same_answers(tiny_dir, tiny_teacher
     data = write_jsonl(str(tmp_path / "answers.jsonl"), rows)
     run("dadpo", with_bf16(flags(tiny_dir, tiny_teacher_other_family, data, offline)))
     assert train_losses(onpolicy) == train_losses(offline)
+
+
+@pytest.mark.vllm
+def test_vllm_engine_answers_with_the_pushed_weights_of_each_step(
+    smollm2_dir, tiny_teacher_other_family, pref8, tmp_path
+):
+    """--onpolicy.backend vllm: one vLLM engine, started once from the policy's folder; before the round of
+    step 2 it gets the weights after step 1 (no restart) and answers as plain transformers does with them."""
+    out = str(tmp_path / "vllm")
+    f = flags(
+        smollm2_dir,
+        tiny_teacher_other_family,
+        pref8,
+        out,
+        "--onpolicy.round_steps",
+        "1",
+        "--onpolicy.backend",
+        "vllm",
+        "--onpolicy.batch_size",
+        "8",
+        "--vllm.gpu_memory_utilization",
+        "0.1",
+        "--vllm.enforce_eager",
+        "--vllm.max_model_len",
+        "1024",
+        "--ckpt.save_steps",
+        "1",
+        "--ckpt.save_hf",
+        "--ckpt.max_num",
+        "5",
+    )
+    f[f.index("--adam.lr") + 1] = "1e-3"
+    import vllm
+
+    starts = []
+    real = vllm.LLM
+
+    class CountingLLM(real):
+        def __init__(self, *a, **k):
+            starts.append(k["model"])
+            super().__init__(*a, **k)
+
+    vllm.LLM = CountingLLM
+    try:
+        run("dadpo", f)
+    finally:
+        vllm.LLM = real
+    assert starts == [smollm2_dir]  # one engine for both rounds
+    rounds = rounds_of(out)
+    assert sorted(rounds) == [0, 1]
+    for start, weights in ((0, smollm2_dir), (1, os.path.join(out, "checkpoints", "global_step1_hf"))):
+        prompts = [r["prompt"] for r in rounds[start]]
+        assert [(r["rejected"], r["rejected_unfinished"]) for r in rounds[start]] == greedy_answers(weights, prompts)
+    before = greedy_answers(smollm2_dir, [r["prompt"] for r in rounds[1]])
+    assert [(r["rejected"], r["rejected_unfinished"]) for r in rounds[1]] != before  # the weights were pushed

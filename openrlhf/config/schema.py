@@ -997,6 +997,9 @@ class OnPolicyConfig(Section):
     those rows (the chosen side, the teacher's response, stays). 0: never (the offline run, the paper's)."""
 
     round_steps: int = 0
+    # hf: transformers' generate on the policy itself, in every process; vllm: one vLLM engine in the first
+    # process (--vllm.*), the policy's weights pushed to it before each round.
+    backend: str = "hf"
     # Decoding of the policy's answers (greedy at temperature 0, as the offline pipeline's student answers).
     max_new_tokens: int = 512
     temperature: float = 0.0
@@ -1013,7 +1016,11 @@ class OnPolicyConfig(Section):
         p.need(0 < self.top_p <= 1, "onpolicy.top_p", f"must be in (0, 1], got {self.top_p}")
         p.need(self.top_k == -1 or self.top_k >= 1, "onpolicy.top_k", f"must be -1 (off) or >= 1, got {self.top_k}")
         p.need(self.batch_size >= 1, "onpolicy.batch_size", f"must be >= 1, got {self.batch_size}")
+        p.need(self.backend in ("hf", "vllm"), "onpolicy.backend", f"expected hf or vllm, got {self.backend!r}")
         return p
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        return [("vllm", "onpolicy.backend", "on-policy answers from vLLM")] if self.backend == "vllm" else []
 
 
 # train_dpo's data defaults (OpenRLHF), shared by every task that reads preference pairs: score_logps
@@ -1044,6 +1051,8 @@ class PreferenceTrainingConfig(TrainingConfig):
     adam: AdamConfig = _section(AdamConfig, lr=1e-5)
     logger: LoggerConfig = _section(LoggerConfig, wandb=WandbConfig(project="openrlhf_train_dpo"))
     onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
+    # The vLLM engine of --onpolicy.backend vllm.
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from openrlhf.config.schema import (
     ScoreLogpsConfig,
     Section,
     SFTConfig,
+    VLLMConfig,
 )
 
 # Rules that live next to the sections they check, kept importable from here: the strategy, the Ray driver,
@@ -216,7 +217,20 @@ def _dadpo(cfg: DADPOConfig, c: Checks) -> None:
 def _onpolicy(cfg: Any, c: Checks) -> None:
     """On-policy rounds replace rows' rejected responses between steps: the DataLoader must read the rows
     in this process, when they are asked for (no worker processes reading ahead)."""
-    if cfg.onpolicy.round_steps > 0:
+    o = cfg.onpolicy
+    vllm_set = [
+        f.name for f in dataclasses.fields(VLLMConfig) if getattr(cfg.vllm, f.name) != getattr(VLLMConfig(), f.name)
+    ]
+    c.need(
+        not vllm_set or (o.backend == "vllm" and o.round_steps > 0),
+        "vllm." + (vllm_set[0] if vllm_set else ""),
+        "set, but no vLLM engine runs (it is the engine of --onpolicy.backend vllm with --onpolicy.round_steps > 0)",
+    )
+    if o.backend == "vllm":
+        c.need(cfg.vllm.num_engines == 1, "vllm.num_engines", "on-policy rounds run one vLLM engine")
+        c.need(cfg.vllm.tensor_parallel_size == 1, "vllm.tensor_parallel_size", "on-policy rounds: 1 (one GPU) for now")
+        c.need(cfg.ds.lora.rank == 0, "onpolicy.backend", "vllm: LoRA policies not yet (use --onpolicy.backend hf)")
+    if o.round_steps > 0:
         c.need(
             cfg.data.dataloader_num_workers == 0,
             "data.dataloader_num_workers",
@@ -326,8 +340,8 @@ CROSS_RULES: Dict[Type[RunConfig], Tuple[Rule, ...]] = {
     DPOConfig: (*_PREFERENCE, _dpo, _token_kl, _onpolicy),
     DADPOConfig: (*_PREFERENCE, _dadpo, _onpolicy),
     KTOTrainConfig: (*_PREFERENCE, _kto, _no_packing),
-    DPORayConfig: (*_PREFERENCE, _dpo, _token_kl, _ray, _ray_dpo),
-    DADPORayConfig: (*_PREFERENCE, _dadpo, _ray),
+    DPORayConfig: (*_PREFERENCE, _dpo, _token_kl, _ray, _ray_dpo, _onpolicy),
+    DADPORayConfig: (*_PREFERENCE, _dadpo, _ray, _onpolicy),
     ScoreLogpsConfig: (_data_template, _one_source, _SFT_ONLY_KEYS, _score),
     GenerateTaskConfig: (_data_template, _one_source, _generate),
     PruneTaskConfig: (_data_template, _one_source),

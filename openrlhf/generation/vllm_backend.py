@@ -39,6 +39,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from openrlhf.generation.sampling import Sampling
+from openrlhf.generation.vllm_weights import pack
 from openrlhf.utils.dtypes import torch_dtype_name
 from openrlhf.utils.errors import UserError, has_package, require_package
 
@@ -83,6 +84,9 @@ class VLLMSettings:
     enforce_eager: bool = False
     max_model_len: int = 0  # 0: the model's own
     log_level: str = ""  # vLLM's; empty: warning unless VLLM_LOGGING_LEVEL is set
+    # A class vLLM mixes into its workers (``module.Class``); empty: none. On-policy rounds push the
+    # policy's weights through :class:`openrlhf.generation.vllm_weights.WeightReceiver`.
+    worker_extension_cls: str = ""
 
     @classmethod
     def from_config(cls, cfg, stop_ids: Sequence[int]) -> "VLLMSettings":
@@ -121,6 +125,7 @@ def llm_kwargs(s: VLLMSettings) -> dict:
         enforce_eager=s.enforce_eager,
         max_model_len=s.max_model_len or None,
         distributed_executor_backend="mp" if s.tp_size > 1 else "uni",
+        **({"worker_extension_cls": s.worker_extension_cls} if s.worker_extension_cls else {}),
     )
 
 
@@ -174,6 +179,12 @@ class _Engine:
                 (i, list(o.outputs[0].token_ids), o.outputs[0].finish_reason)
                 for (i, _, _), o in zip(chunk, outs, strict=True)
             ]
+
+    def push_weights(self, named) -> int:
+        """Load ``named`` (``(name, tensor)`` pairs in the HF checkpoint's names) into the engine's model in
+        place (needs ``worker_extension_cls`` :class:`~openrlhf.generation.vllm_weights.WeightReceiver`);
+        returns how many tensors it loaded."""
+        return sum(self.llm.collective_rpc("load_packed_weights", args=(pack(named),)))
 
     def close(self) -> None:
         """Stop vLLM's engine-core processes now (they would otherwise outlive a worker)."""

@@ -214,13 +214,18 @@ class _Planner:
     # ---- one task config ---------------------------------------------------------------------
     def build(self, where: str, task: str, *mappings: Optional[Dict[str, Any]], used: bool = True) -> Any:
         """``task``'s config from the ``common:`` flags it takes, ``mappings`` (later ones win) and, on Ray, the
-        ``ray:`` placement flags it takes (generation also gets --generate.ray); problems kept under ``where``."""
+        ``ray:`` placement flags it takes (generation also gets --generate.ray); problems kept under ``where``.
+        ``common:``'s and ``ray:``'s ``vllm.*`` flags are not given to the trainers (their vLLM engine is on-policy
+        daDPO's, set in its own section)."""
         names = task_flags(task)
-        flags = {k: v for k, v in self.cfg.common.items() if k in names}
+        trainer = "onpolicy.backend" in names
+        flags = {k: v for k, v in self.cfg.common.items() if k in names and not (trainer and k.startswith("vllm."))}
         for m in mappings:
             flags.update(m or {})
         if self.on_ray:
-            flags.update({k: v for k, v in self.cfg.ray.items() if k in names})
+            flags.update(
+                {k: v for k, v in self.cfg.ray.items() if k in names and not (trainer and k.startswith("vllm."))}
+            )
             if task == "generate":
                 flags["generate.ray"] = True
         if used:

@@ -3,13 +3,17 @@ the prompts of the next K steps' rows, and its answers replace those rows' rejec
 side (the teacher's response) stays. The reference and the teachers score the new pairs online, as they
 score every batch.
 
-A round starting at step ``s`` is generated before step ``s`` from the weights after step ``s - 1``, in
-this process, with transformers' ``generate`` on the policy itself (each process answers its own rows; under
-ZeRO-3 they generate together). Each process's answers of a round are written to
+A round starting at step ``s`` is generated before step ``s`` from the weights after step ``s - 1``:
+``--onpolicy.backend hf``: in every process, with transformers' ``generate`` on the policy itself (each
+process answers its own rows; under ZeRO-3 they generate together); ``vllm``: by one vLLM engine in the
+first process, started at the first round from the policy's initial folder, the policy's current weights
+pushed to it before every round (no restart: :mod:`openrlhf.generation.vllm_weights`), every process's rows
+answered there and the answers sent to each process. Each process's answers of a round are written to
 ``<checkpoint_dir>/onpolicy/round<s>_rank<r>.jsonl`` (prompt, answer, token ids) before the round's first
 step: a run resumed inside a round reads them back instead of answering again from other weights, so it
 trains on exactly what the uninterrupted run trained on. Sampled answers (``--onpolicy.temperature`` > 0)
-draw from a stream seeded by ``--train.seed``, the round and the process, apart from the training's own.
+draw from a stream seeded by ``--train.seed``, the round and the process, apart from the training's own
+(vllm: a seed per row and round).
 
 An answer longer than the room its prompt leaves in ``--data.max_len`` is cut to fit (an unfinished answer,
 without the end-of-turn tokens): every model scores the same text.
@@ -27,7 +31,8 @@ from openrlhf.config.schema import OnPolicyConfig
 from openrlhf.datasets.preference_data import Regenerated
 from openrlhf.generation.hf_backend import HFGenerator
 from openrlhf.generation.outputs import trim_response
-from openrlhf.generation.sampling import row_seed
+from openrlhf.generation.sampling import Sampling, row_seed
+from openrlhf.generation.vllm_backend import VLLMSettings, _Engine, make_items
 from openrlhf.utils.errors import DataError
 from openrlhf.utils.jsonl import read_jsonl, write_jsonl_atomic
 
@@ -54,8 +59,11 @@ class OnPolicyRounds:
         seed: int,
         max_len: int,
         checkpoint_dir: str,
+        vllm: Optional[VLLMSettings] = None,
     ):
         self.cfg = cfg
+        self.vllm = vllm  # the engine's settings (--onpolicy.backend vllm)
+        self._engine: Optional[_Engine] = None
         self.dataset = dataset
         self.strategy = strategy
         self.engine = engine
@@ -79,7 +87,7 @@ class OnPolicyRounds:
         positions = list(dict.fromkeys(p for s in range(start, end) for p in trainer.step_positions(s)))
         if step == start:
             t0 = time.perf_counter()
-            rows = self._answer(positions, start)
+            rows = self._answer(trainer, positions, start, end)
             seconds = time.perf_counter() - t0
             write_jsonl_atomic(round_file(self.checkpoint_dir, start, self.strategy.rank), rows)
             metrics = self.strategy.all_reduce(
@@ -114,9 +122,21 @@ class OnPolicyRounds:
         actor = getattr(self.engine, "module", self.engine)
         return getattr(actor, "model", actor)
 
-    def _answer(self, positions: List[int], start: int) -> List[dict]:
+    def _answer(self, trainer, positions: List[int], start: int, end: int) -> List[dict]:
         """The policy's answers to the prompts of ``positions`` (rows of the round file)."""
         items = [self.dataset.base[p] for p in positions]
+        if self.vllm is not None:
+            answered = self._vllm_generate(trainer, start, end)
+            generated = [answered[p] for p in positions]
+        else:
+            generated = [(ids, None) for ids in self._hf_generate(items, start)]
+        return [
+            self._row(p, it, ids, finish, start)
+            for p, it, (ids, finish) in zip(positions, items, generated, strict=True)
+        ]
+
+    def _hf_generate(self, items: List[dict], start: int) -> List[List[int]]:
+        """transformers' generate on the policy, this process's rows."""
         model = self._policy_model()
         zero3 = self.strategy.ds.zero_stage == 3 and self.strategy.world_size > 1
         rank = self.strategy.rank
@@ -124,7 +144,7 @@ class OnPolicyRounds:
             model,
             self.cfg,
             seed=row_seed(self.seed, f"onpolicy/rank{rank}", start),
-            pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0],
+            pad_id=self._pad_id(),
             stop_ids=self.stop_ids,
             synced_gpus=zero3,
         )
@@ -138,12 +158,50 @@ class OnPolicyRounds:
                 }
         finally:
             model.train(was_training)
-        return [self._row(positions[i], items[i], generated[i], start) for i in range(len(items))]
+        return [generated[i] for i in range(len(items))]
 
-    def _row(self, position: int, item: dict, generated: List[int], start: int) -> dict:
+    def _vllm_generate(self, trainer, start: int, end: int) -> Dict[int, tuple]:
+        """Every process's rows of the round answered by the first process's vLLM engine with the policy's
+        current weights: ``{position: (token ids, finish reason)}`` on every process (collective)."""
+        world = self.strategy.world_size
+        steps = range(start, end)
+        everyone = list(dict.fromkeys(p for r in range(world) for s in steps for p in trainer.step_positions(s, r)))
+        weights = self.strategy.gathered_state_dict(self.engine)  # the full weights on the first process
+        answered = None
+        if self.strategy.rank == 0:
+            if self._engine is None:
+                self._engine = _Engine(self.vllm)
+            self._engine.push_weights(weights.items())
+            items = [self.dataset.base[p] for p in everyone]
+            sampled = self.cfg.temperature > 0
+            sampling = [
+                Sampling(
+                    self.cfg.temperature,
+                    self.cfg.max_new_tokens,
+                    row_seed(self.seed, it["index"], start) if sampled else None,
+                )
+                for it in items
+            ]
+            answered = {}
+            for batch in self._engine.run(make_items([it["prompt_ids"] for it in items], sampling)):
+                answered.update({everyone[k]: (ids, finish) for k, ids, finish in batch})
+        del weights
+        return self.strategy.broadcast_object(answered)
+
+    def close(self) -> None:
+        """Stop the vLLM engine (if one was started)."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.stop_ids[0]
+
+    def _row(self, position: int, item: dict, generated: List[int], finish: Optional[str], start: int) -> dict:
         """One answer as a round file's row: decoded, re-tokenised as the dataset tokenises a response (cut to
         the room the prompt leaves in --data.max_len, then unfinished)."""
-        content, n_tokens, finish = trim_response(generated, self.stop_ids)
+        content, n_tokens, finish = trim_response(generated, self.stop_ids, finish)
         unfinished = finish == "length"
         room = self.max_len - len(item["prompt_ids"])
         while True:

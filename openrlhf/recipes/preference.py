@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from openrlhf.config.schema import KTOTrainConfig, PreferenceTrainingConfig
 from openrlhf.datasets.preference_data import PairTokenCounts, Regenerated, load_pairs, pair_collate
 from openrlhf.generation.prompts import generation_config_eos, stop_token_ids
+from openrlhf.generation.vllm_backend import VLLMSettings
+from openrlhf.generation.vllm_weights import WEIGHT_RECEIVER
 from openrlhf.logps.choose import choose_sources
 from openrlhf.logps.frozen import FrozenModel, reference_model
 from openrlhf.logps.known import LogpProvider
@@ -33,6 +35,7 @@ from openrlhf.recipes.common import (
 )
 from openrlhf.recipes.onpolicy import OnPolicyRounds
 from openrlhf.trainer.base import LoopParts, steps_per_epoch
+from openrlhf.utils.dtypes import torch_dtype_name
 from openrlhf.utils.errors import DataError
 
 # The task roots that have a policy, a reference (--ref.*) and preference data.
@@ -198,6 +201,30 @@ class PreferenceRun:
             seed=cfg.train.seed,
             max_len=cfg.data.max_len,
             checkpoint_dir=cfg.checkpoint_dir,
+            vllm=self._onpolicy_vllm(stop_ids) if cfg.onpolicy.backend == "vllm" else None,
+        )
+
+    def _onpolicy_vllm(self, stop_ids) -> VLLMSettings:
+        """The vLLM engine of --onpolicy.backend vllm: the policy's initial folder (its weights replaced before
+        every round), the training dtype, --onpolicy.* decoding, --vllm.* engine settings."""
+        cfg = self.cfg
+        o, v = cfg.onpolicy, cfg.vllm
+        return VLLMSettings(
+            model=cfg.model.model_name_or_path,
+            tp_size=1,
+            dtype=torch_dtype_name(cfg.ds.param_dtype),
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            seed=cfg.train.seed,
+            temperature=o.temperature,
+            top_p=o.top_p,
+            top_k=o.top_k,
+            max_tokens=o.max_new_tokens,
+            batch_size=o.batch_size,
+            stop_ids=list(stop_ids),
+            enforce_eager=v.enforce_eager,
+            max_model_len=v.max_model_len,
+            log_level=v.log_level,
+            worker_extension_cls=WEIGHT_RECEIVER,
         )
 
     def load_frozen(self, model: FrozenModel):

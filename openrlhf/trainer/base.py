@@ -22,6 +22,7 @@ from openrlhf.config.schema import CkptConfig, EvalConfig, LoggerConfig, TrainCo
 from openrlhf.logps.known import WithKnownLogps
 from openrlhf.utils import timeline
 from openrlhf.utils.deepspeed import ckpt_io
+from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.errors import DataError, Interrupted
 
 
@@ -90,6 +91,9 @@ class StepHook(Protocol):
 
     def before_step(self, trainer: "Trainer", step: int) -> Dict[str, float]: ...
 
+    def close(self) -> None:
+        """After training (or when it stops): free what it holds (an inference engine)."""
+
 
 class Trainer:
     """The loop over :class:`LoopParts`; a subclass adds its loss (see the module doc)."""
@@ -110,7 +114,7 @@ class Trainer:
         self.settings = settings = loop.settings
         self.logger = loop.logger
         self.rounds = loop.rounds
-        self._orders: Dict[int, List[int]] = {}
+        self._orders: Dict[Tuple[int, int], List[int]] = {}  # (epoch, rank) -> that rank's order
         self.accum = strategy.accumulated_gradient
         self.steps_per_epoch = steps_per_epoch(len(loop.train_dataset), settings.train.batch_size)
         self.total_steps = self.steps_per_epoch * settings.train.max_epochs
@@ -199,17 +203,19 @@ class Trainer:
         return [[items[p] for p in g] for g in groups]
 
     # ---- helpers -------------------------------------------------------------------------
-    def step_positions(self, step: int) -> List[int]:
-        """Positions in the training set of this process's rows of optimizer step ``step`` (counted from 0
-        over the whole run): the rows :meth:`_loader` gives that step."""
+    def step_positions(self, step: int, rank: Optional[int] = None) -> List[int]:
+        """Positions in the training set of process ``rank``'s rows (default: this process's) of optimizer
+        step ``step`` (counted from 0 over the whole run): the rows :meth:`_loader` gives that step."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        if epoch not in self._orders:
-            sampler = self.strategy.get_sampler(
-                self.train_dataset, seed=self.settings.train.seed, consumed_samples=0, epoch=epoch, shuffle=True
+        world = self.strategy.world_size
+        key = (epoch, self.strategy.rank if rank is None else rank)
+        if key not in self._orders:
+            sampler = ResumableDistributedSampler(
+                len(self.train_dataset), num_replicas=world, rank=key[1], seed=self.settings.train.seed, epoch=epoch
             )
-            self._orders = {epoch: list(sampler)}
-        rows = self.settings.train.batch_size // self.strategy.world_size
-        return self._orders[epoch][k * rows : (k + 1) * rows]
+            self._orders = {**{kk: v for kk, v in self._orders.items() if kk[0] == epoch}, key: list(sampler)}
+        rows = self.settings.train.batch_size // world
+        return self._orders[key][k * rows : (k + 1) * rows]
 
     def _to_device(self, batch):
         return batch.to(self.strategy.device)
@@ -272,6 +278,9 @@ class Trainer:
             if self._bar is not None:
                 self._bar.close()  # ends the progress line, so the message below starts a line of its own
             raise Interrupted(self._interrupted_message()) from None
+        finally:
+            if self.rounds is not None:
+                self.rounds.close()
 
     def _all_at_zero_lr(self, steps) -> bool:
         """True when the LR scheduler gives a learning rate of 0 at every one of ``steps`` (False when it

@@ -14,6 +14,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (any picklable value); itself without a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def all_reduce(x, op: str, world_size: int, device: torch.device):
     """Reduce a float, a tensor or a (nested) dict of those over ``world_size`` ranks.
     op: mean | sum | max | min. Floats come back as floats, tensors as tensors. ``device``: this rank's

@@ -317,6 +317,10 @@ class DeepspeedStrategy:
     def barrier(self) -> None:
         comm.barrier()
 
+    def broadcast_object(self, obj, src: int = 0):
+        """``obj`` of rank ``src`` on every rank (collective)."""
+        return comm.broadcast_object(obj, src)
+
     def print(self, *args, **kwargs) -> None:
         if self.is_rank_0():
             print(*args, **kwargs, flush=True)
