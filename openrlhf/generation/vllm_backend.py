@@ -39,7 +39,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from openrlhf.generation.sampling import Sampling
-from openrlhf.generation.vllm_weights import pack
+from openrlhf.generation.vllm_weights import write_weights
 from openrlhf.utils.dtypes import torch_dtype_name
 from openrlhf.utils.errors import UserError, has_package, require_package
 
@@ -182,9 +182,13 @@ class _Engine:
 
     def push_weights(self, named) -> int:
         """Load ``named`` (``(name, tensor)`` pairs in the HF checkpoint's names) into the engine's model in
-        place (needs ``worker_extension_cls`` :class:`~openrlhf.generation.vllm_weights.WeightReceiver`);
-        returns how many tensors it loaded."""
-        return sum(self.llm.collective_rpc("load_packed_weights", args=(pack(named),)))
+        place (needs ``worker_extension_cls`` :class:`~openrlhf.generation.vllm_weights.WeightReceiver`),
+        through a file in shared memory; returns how many tensors it loaded."""
+        path = write_weights(named)
+        try:
+            return sum(self.llm.collective_rpc("load_weights_file", args=(path,)))
+        finally:
+            os.remove(path)
 
     def close(self) -> None:
         """Stop vLLM's engine-core processes now (they would otherwise outlive a worker)."""
