@@ -10,10 +10,10 @@ the policy: a same-size teacher), run in alternation (benchmarks/interleave.py):
     vllm      --onpolicy.round_steps 1 --onpolicy.backend vllm (one vLLM engine, the weights pushed each
               round; only when vllm is installed)
 
-Printed per configuration (median [min, max] over the repeats of the per-run medians over the steps): seconds
-per optimizer step, of which generation (``gen_seconds``, the vLLM weight push included), and the
-generation share; then the step-time ratios against offline with bootstrap 95% intervals. The first step of
-a run is counted (its round is like any other); the vLLM engine's start (~25 s on CPU) is not in any step.
+Printed per configuration (median [min, max] over the repeats of the per-run medians over the steps after the
+first, which pays the one-off costs: the vLLM engine's start, warm-up): seconds per optimizer step, of which
+generation (``gen_seconds``, the vLLM weight push included), and the generation share; then the step-time
+ratios against offline with bootstrap 95% intervals. --steps must be at least 2.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def run_one(a, config: str, data: str) -> Dict:
     if res.returncode != 0:
         raise SystemExit(f"{config} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
     got = json.loads(res.stdout.strip().splitlines()[-1])
-    step, gen = statistics.median(got["step_seconds"]), statistics.median(got["gen_seconds"])
+    # The first step pays one-off costs (the vLLM engine's start, warm-up): the steps after it are measured.
+    step, gen = statistics.median(got["step_seconds"][1:]), statistics.median(got["gen_seconds"][1:])
     return {"step_s": round(step, 2), "gen_s": round(gen, 2), "gen_share": round(gen / step, 3)}
 
 
@@ -125,6 +126,8 @@ def main() -> None:
     ap.add_argument("--data", default="", help=argparse.SUPPRESS)
     ap.add_argument("--teacher", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.steps < 2:
+        ap.error("--steps must be >= 2 (the first step is not measured)")
     if a.child:
         a.config = a.child
         child(a)

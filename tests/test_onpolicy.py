@@ -398,6 +398,8 @@ def test_vllm_engine_answers_with_the_pushed_weights_of_each_step(
     finally:
         vllm.LLM = real
     assert starts == [smollm2_dir]  # one engine for both rounds
+    first, second = read_metrics(out)
+    assert first["gen_engine_start_seconds"] > 0 and "gen_engine_start_seconds" not in second
     rounds = rounds_of(out)
     assert sorted(rounds) == [0, 1]
     for start, weights in ((0, smollm2_dir), (1, os.path.join(out, "checkpoints", "global_step1_hf"))):

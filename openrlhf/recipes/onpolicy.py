@@ -64,6 +64,7 @@ class OnPolicyRounds:
         self.cfg = cfg
         self.vllm = vllm  # the engine's settings (--onpolicy.backend vllm)
         self._engine: Optional[_Engine] = None
+        self._started = False
         self.dataset = dataset
         self.strategy = strategy
         self.engine = engine
@@ -86,6 +87,11 @@ class OnPolicyRounds:
         end = min(start + k, trainer.total_steps)
         positions = list(dict.fromkeys(p for s in range(start, end) for p in trainer.step_positions(s)))
         if step == start:
+            starting = self.vllm is not None and not self._started
+            if starting:  # the engine's start is not generation: said apart, once
+                t0 = time.perf_counter()
+                self._start_engine()
+                started = self.strategy.all_reduce(time.perf_counter() - t0, op="max")
             t0 = time.perf_counter()
             rows = self._answer(trainer, positions, start, end)
             seconds = time.perf_counter() - t0
@@ -97,6 +103,8 @@ class OnPolicyRounds:
                 }
             )
             metrics["gen_seconds"] = self.strategy.all_reduce(seconds, op="max")
+            if starting:
+                metrics["gen_engine_start_seconds"] = started
         else:
             rows = self._read(start, positions)
             metrics = {"gen_seconds": 0.0}
@@ -169,8 +177,6 @@ class OnPolicyRounds:
         weights = self.strategy.gathered_state_dict(self.engine)  # the full weights on the first process
         answered = None
         if self.strategy.rank == 0:
-            if self._engine is None:
-                self._engine = _Engine(self.vllm)
             self._engine.push_weights(weights.items())
             items = [self.dataset.base[p] for p in everyone]
             sampled = self.cfg.temperature > 0
@@ -187,6 +193,12 @@ class OnPolicyRounds:
                 answered.update({everyone[k]: (ids, finish) for k, ids, finish in batch})
         del weights
         return self.strategy.broadcast_object(answered)
+
+    def _start_engine(self) -> None:
+        """The vLLM engine, in the first process (the others wait at the next collective)."""
+        if self.strategy.rank == 0:
+            self._engine = _Engine(self.vllm)
+        self._started = True  # on every process (the check above must agree on all of them)
 
     def close(self) -> None:
         """Stop the vLLM engine (if one was started)."""
