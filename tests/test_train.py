@@ -215,6 +215,8 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
         run_dpo(flags(crashed))
     monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", original)
     assert [r["step"] for r in read_metrics(crashed)] == [1, 2, 3, 4]
+    with open(os.path.join(crashed, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 5, "loss": 0.6')  # killed while writing a line: repaired on resume
     run_dpo(flags(crashed))
     assert [r["step"] for r in read_metrics(crashed)] == list(range(1, 9))
     assert train_losses(crashed) == pytest.approx(expected, abs=1e-5)
@@ -493,3 +495,44 @@ def test_grad_norm_is_logged_at_every_zero_stage_and_agrees(tiny_dir, pref16, tm
         norms[stage] = [r["grad_norm"] for r in read_metrics(out)]
     assert len(norms["0"]) == 4 and all(n > 0 for n in norms["0"])
     assert norms["0"] == pytest.approx(norms["2"], rel=1e-4)
+
+
+def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_any_model_loads(tiny_dir, pref16, tmp_path, monkeypatch):
+    """Cut short, without its optimizer states, or of another model: one line naming the folder and what is
+    wrong, before the policy loads."""
+    import shutil
+
+    from openrlhf.models.actor import Actor
+
+    from tiny import make_tiny
+
+    def flags(out, model=tiny_dir):
+        return base_flags(model, pref16, out, "--train.batch_size", "8", "--ckpt.save_steps", "1", "--ckpt.load_enable")
+
+    done = str(tmp_path / "done")
+    run_dpo(flags(done))
+    step = os.path.join(done, "checkpoints", "global_step2")
+    optim = next(n for n in os.listdir(step) if n.endswith("optim_states.pt"))
+
+    def refused(out, match, model=tiny_dir):
+        loads = []
+        monkeypatch.setattr(Actor, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a)))
+        with pytest.raises(UserError, match=match):
+            run_dpo(flags(out, model))
+        monkeypatch.undo()
+        assert loads == []
+
+    cut = str(tmp_path / "cut")
+    shutil.copytree(done, cut)
+    path = os.path.join(cut, "checkpoints", "global_step2", optim)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    refused(cut, f"global_step2/{optim} is cut short or not a torch file")
+
+    lost = str(tmp_path / "lost")
+    shutil.copytree(done, lost)
+    os.remove(os.path.join(lost, "checkpoints", "global_step2", optim))
+    refused(lost, "lacks the optimizer states of process 0")
+
+    other = make_tiny(str(tmp_path / "wider"), hidden=64)
+    refused(str(tmp_path / "done"), r"belongs to another model: \d+ weights have other shapes", model=other)

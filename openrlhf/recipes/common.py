@@ -13,6 +13,7 @@ from openrlhf.config.schema import RunConfig, TrainingConfig
 from openrlhf.datasets.build import build_dataset
 from openrlhf.models.actor import Actor
 from openrlhf.trainer.base import LoopParts, LoopSettings
+from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.deepspeed.offload import offload_host_memory_problem
 from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
 from openrlhf.utils.deepspeed.wrapping import unwrap_model
@@ -133,8 +134,30 @@ def uses_lora(cfg: RunConfig) -> bool:
     return cfg.ds.lora.rank > 0
 
 
+def check_resume(strategy, cfg: TrainingConfig) -> None:
+    """With --ckpt.load_enable: the checkpoint to resume is whole and is this model's (files cut short,
+    model or optimizer states missing, another process count, weights of other shapes), before a model loads."""
+    if not cfg.ckpt.load_enable:
+        return
+    shapes = None
+    if not uses_lora(cfg):  # a LoRA checkpoint names the adapters' weights its own way
+        model = meta_model(cfg.model.model_name_or_path, "--model.model_name_or_path")
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = ckpt_io.resume_problems(
+        cfg.checkpoint_dir,
+        strategy.world_size,
+        optimizer_files=cfg.ds.zero_stage >= 1,
+        shapes=shapes,
+        universal=cfg.ds.use_universal_ckpt,
+    )
+    if problems:
+        raise UserError("--ckpt.load_enable: the checkpoint cannot be resumed: " + "; ".join(problems))
+
+
 def prepare_policy(strategy, cfg: TrainingConfig, total_steps: int):
-    """The trained model as a DeepSpeed engine with its optimizer and LR schedule."""
+    """The trained model as a DeepSpeed engine with its optimizer and LR schedule (a checkpoint to resume is
+    checked first: :func:`check_resume`)."""
+    check_resume(strategy, cfg)
     actor = load_actor(
         strategy, cfg.model.model_name_or_path, cfg, for_training=True, what="--model.model_name_or_path"
     )

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 
 from openrlhf.utils.atomic import atomic_write
 from openrlhf.utils.errors import require_package
+from openrlhf.utils.jsonl import repair_torn_tail
 
 # --logger.wandb.key values that mean "use this machine's wandb login" rather than an API key.
 WANDB_USE_LOGIN = ("true", "1")
@@ -136,9 +137,12 @@ class MetricsLogger:
             self._wandb.log(view)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (a resumed run rewrites what the killed run logged after its checkpoint)."""
+        """Drop records past ``step`` (a resumed run rewrites what the killed run logged after its checkpoint),
+        and a torn last line (a run killed while writing it)."""
         if not os.path.exists(self.path):
             return
+        if repair_torn_tail(self.path) == "dropped":
+            print(f"{self.path}: dropped a torn last line (a killed run's unfinished write)", flush=True)
         with open(self.path) as f:
             keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
         with atomic_write(self.path) as f:

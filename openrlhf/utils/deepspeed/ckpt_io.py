@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import zipfile
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -202,6 +203,76 @@ def read_latest_meta(ckpt_dir: str) -> Optional[Dict[str, Any]]:
         return {"step": step_of(tag)}
     with open(path) as f:
         return json.load(f)
+
+
+# ----- checks before a resume -------------------------------------------------------------
+
+
+def _state_shapes(path: str) -> Dict[str, tuple]:
+    """Parameter name -> shape recorded in a DeepSpeed model-states file, read memory-mapped (the tensors
+    themselves are not read): ``param_shapes`` (ZeRO) or the ``module`` state dict."""
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    out: Dict[str, tuple] = {}
+    for group in state.get("param_shapes") or []:
+        out.update({k: tuple(v) for k, v in group.items()})
+    for k, v in (state.get("module") or {}).items():
+        if isinstance(v, torch.Tensor) and v.numel() > 0:
+            out.setdefault(k, tuple(v.shape))
+    return out
+
+
+def resume_problems(
+    ckpt_dir: str,
+    world_size: int,
+    *,
+    optimizer_files: bool,
+    shapes: Optional[Dict[str, tuple]] = None,
+    universal: bool = False,
+) -> List[str]:
+    """What keeps the newest complete checkpoint of ``ckpt_dir`` from being resumed, found before any model
+    loads: files cut short (a checkpoint copied or synced part way: every ``.pt`` is a zip archive whose
+    directory is at its end), a missing model-states file, missing optimizer states (``optimizer_files``:
+    one per saved process, for ZeRO >= 1 and bf16), another process count than the one that wrote it (unless
+    ``universal``), and weights of other shapes than the model's (``shapes``: name -> shape, HF names).
+    [] when there is no checkpoint or nothing is wrong."""
+    tag = find_latest_tag(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    if tag is None:
+        return []
+    folder = os.path.join(ckpt_dir, tag)
+    names = sorted(os.listdir(folder))
+    problems = [
+        f"{os.path.join(folder, n)} is cut short or not a torch file ({os.path.getsize(os.path.join(folder, n))} bytes)"
+        for n in names
+        if n.endswith(".pt") and not zipfile.is_zipfile(os.path.join(folder, n))
+    ]
+    models = [n for n in names if n.endswith("_model_states.pt")]
+    if not models:
+        problems.append(f"{folder} holds no model states (*_model_states.pt)")
+    meta_path = os.path.join(folder, META_FILE)
+    saved = json.load(open(meta_path)).get("world_size") if os.path.exists(meta_path) else None
+    if saved is not None and saved != world_size and not universal:
+        problems.append(
+            f"{folder} was written by {saved} processes and this run has {world_size}: resume with {saved}, or "
+            "convert it to a universal checkpoint and pass --ds.use_universal_ckpt"
+        )
+    if optimizer_files:
+        for r in range(saved or world_size):
+            if not any(n.endswith(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for n in names):
+                problems.append(
+                    f"{folder} lacks the optimizer states of process {r} (*zero_pp_rank_{r}_*optim_states.pt)"
+                )
+    if shapes and models and not problems:
+        saved_shapes = _state_shapes(os.path.join(folder, models[0]))
+        wrong = []
+        for name, shape in saved_shapes.items():
+            hf = name[len("model.") :] if name not in shapes and name.startswith("model.") else name
+            if hf in shapes and tuple(shapes[hf]) != shape:
+                wrong.append(f"{hf} {list(shape)} (the model's: {list(shapes[hf])})")
+        if wrong:
+            problems.append(
+                f"{folder} belongs to another model: {len(wrong)} weights have other shapes, e.g. {'; '.join(wrong[:3])}"
+            )
+    return problems
 
 
 # ----- RNG states -----------------------------------------------------------------------
