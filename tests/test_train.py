@@ -536,3 +536,57 @@ def test_a_checkpoint_that_cannot_be_resumed_is_refused_before_any_model_loads(t
 
     other = make_tiny(str(tmp_path / "wider"), hidden=64)
     refused(str(tmp_path / "done"), r"belongs to another model: \d+ weights have other shapes", model=other)
+
+
+def test_evaluation_reads_every_row_weighted_by_rows(tiny_dir, pref16, tmp_path):
+    """5 evaluation pairs in micro-batches of 2 (2 + 2 + 1): the last, partial micro-batch is evaluated and
+    each micro-batch weighs by its rows, so the numbers equal those of micro-batches of 1 (upstream 0.11.2's
+    rule); the lr is 1e-12, so both runs evaluate the same weights."""
+    ev = write_jsonl(str(tmp_path / "eval5.jsonl"), pref_rows(5))
+    got = {}
+    for micro in ("1", "2"):
+        out = str(tmp_path / f"m{micro}")
+        run_dpo(
+            base_flags(
+                tiny_dir,
+                pref16,
+                out,
+                "--train.batch_size",
+                "4",
+                "--train.micro_batch_size",
+                micro,
+                "--eval.dataset",
+                ev,
+                "--eval.split",
+                "train",
+                "--adam.lr",
+                "1e-12",
+            )
+        )
+        (got[micro],) = [r for r in read_metrics(out) if "eval_loss" in r]
+    assert got["2"]["eval_loss"] == pytest.approx(got["1"]["eval_loss"], abs=1e-6)
+    assert got["2"]["eval_acc"] == pytest.approx(got["1"]["eval_acc"], abs=1e-9)
+    assert got["1"]["eval_acc"] * 5 == pytest.approx(round(got["1"]["eval_acc"] * 5), abs=1e-9)  # a share of 5 rows
+
+
+@pytest.mark.main_leg
+@pytest.mark.slow
+def test_two_processes_zero3_evaluate_every_row_as_one_process(tiny_dir, pref16, tmp_path):
+    """5 evaluation pairs over 2 ZeRO-3 processes in micro-batches of 1: 3 rows on one, 2 on the other,
+    which runs a stand-in forward of weight 0 (their forwards go together); the numbers equal one process's."""
+    ev = write_jsonl(str(tmp_path / "eval5.jsonl"), pref_rows(5))
+    got = {}
+    for n in (1, 2):
+        out = str(tmp_path / f"p{n}")
+        flags = base_flags(
+            tiny_dir, pref16, out, "--train.batch_size", "4", "--eval.dataset", ev, "--eval.split", "train"
+        )
+        flags[flags.index("--ds.zero_stage") + 1] = "3"
+        flags[flags.index("--adam.lr") + 1] = "1e-12"
+        if n == 2:
+            run_deepspeed("openrlhf.cli.train_dpo", flags)
+        else:
+            run_dpo(flags)
+        (got[n],) = [r for r in read_metrics(out) if "eval_loss" in r]
+    assert got[2]["eval_loss"] == pytest.approx(got[1]["eval_loss"], abs=1e-5)
+    assert got[2]["eval_acc"] == pytest.approx(got[1]["eval_acc"], abs=1e-9)

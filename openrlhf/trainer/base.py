@@ -418,14 +418,39 @@ class Trainer:
             )
         return last
 
+    # The fewest rows an evaluation micro-batch may hold (KTO's reference point needs 2): a last, smaller
+    # micro-batch joins the one before it.
+    eval_min_rows = 1
+
+    def _eval_chunks(self) -> List[List[int]]:
+        """This process's evaluation rows (every ``world``-th of all of them: no row left out) cut into
+        micro-batches of ``--train.micro_batch_size``; every process gets as many micro-batches (their
+        forwards run together under ZeRO-3): a process with fewer gets empty ones (run on a stand-in row,
+        weight 0)."""
+        world, rank = self.strategy.world_size, self.strategy.rank
+        mine = list(range(rank, len(self.eval_dataset), world))
+        size = self.settings.train.micro_batch_size
+        chunks = [mine[k : k + size] for k in range(0, len(mine), size)]
+        if len(chunks) > 1 and len(chunks[-1]) < self.eval_min_rows:
+            chunks[-2:] = [chunks[-2] + chunks[-1]]
+        n = int(self.strategy.all_reduce(float(len(chunks)), op="max"))
+        return chunks + [[] for _ in range(n - len(chunks))]
+
     def evaluate(self) -> Dict[str, float]:
+        """Every row of the evaluation set once, the metrics of each micro-batch weighted by its rows."""
         self.engine.eval()
-        records = []
-        loader = self._loader(self.eval_dataset, epoch=0, consumed=0, shuffle=False)
-        for batch in tqdm(loader, desc="eval", disable=not self.strategy.is_rank_0(), leave=False):
-            records.append(self._eval_step(self._to_device(batch)))
+        sums: Dict[str, float] = {}
+        rows = 0
+        stand_in = list(range(min(self.eval_min_rows, len(self.eval_dataset))))
+        for chunk in tqdm(self._eval_chunks(), desc="eval", disable=not self.strategy.is_rank_0(), leave=False):
+            batch = self.collate_fn([self.eval_dataset[i] for i in (chunk or stand_in)])
+            metrics = self._eval_step(self._to_device(batch))
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
+            rows += len(chunk)
         self.engine.train()
-        if not records:
+        total = self.strategy.all_reduce(float(rows), op="sum")
+        if not total:
             return {}
-        metrics = self.strategy.all_reduce(mean_metrics(records))
-        return {f"eval_{k}": v for k, v in metrics.items()}
+        sums = self.strategy.all_reduce(sums, op="sum")
+        return {f"eval_{k}": v / total for k, v in sums.items()}

@@ -20,6 +20,8 @@ class KTOTrainer(PreferenceTrainer):
     gradient (the KTO paper's estimate); the reference model (``reference_engine``) runs online for it, even
     when the pairs' reference log-probs are cached (``reference``)."""
 
+    eval_min_rows = 2  # the mismatched pairs of a micro-batch need two pairs
+
     def __init__(self, loop: LoopParts, *, loss, reference: LogpSource, reference_engine) -> None:
         super().__init__(loop, loss=loss, reference=reference)
         self.reference_engine = reference_engine
