@@ -14,7 +14,7 @@ import torch
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import Interrupted
 
-from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, train_losses, write_jsonl
+from tiny import base_flags, killed_at_micro_batch, pref_rows, read_metrics, run_deepspeed, train_losses, write_jsonl
 from tiny import run_task as run
 
 NEW_TOKENS = 6
@@ -162,22 +162,9 @@ def test_resume_inside_a_round_reproduces_the_uninterrupted_run(
     expected = train_losses(full)
     assert len(expected) == 6
 
-    from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
-
-    original = DeepspeedStrategy.optimizer_step
-    calls = {"n": 0}
-
-    def crashing(self, engine):
-        calls["n"] += 1
-        if calls["n"] == 7:  # 2 micro-batches per step: the first of step 4
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, engine)
-
     crashed = str(tmp_path / "crashed")
-    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", crashing)
-    with pytest.raises(Interrupted):
+    with killed_at_micro_batch(monkeypatch, 7), pytest.raises(Interrupted):  # 2 per step: step 4's first
         run("dadpo", flags(tiny_dir, tiny_teacher_other_family, data, crashed, *common))
-    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", original)
     assert [r["step"] for r in read_metrics(crashed)] == [1, 2, 3]
     run("dadpo", flags(tiny_dir, tiny_teacher_other_family, data, crashed, *common))
     assert [r["step"] for r in read_metrics(crashed)] == list(range(1, 7))
@@ -190,21 +177,8 @@ def test_the_round_file_of_another_run_is_refused_on_resume(tiny_dir, tiny_teach
     data = write_jsonl(str(tmp_path / "pref16.jsonl"), pref_rows(16))
     common = ("--onpolicy.round_steps", "4", "--ckpt.save_steps", "1", "--ckpt.load_enable")
     out = str(tmp_path / "run")
-    from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
-
-    original = DeepspeedStrategy.optimizer_step
-    calls = {"n": 0}
-
-    def crashing(self, engine):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the first micro-batch of step 2
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, engine)
-
-    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", crashing)
-    with pytest.raises(Interrupted):
+    with killed_at_micro_batch(monkeypatch, 3), pytest.raises(Interrupted):  # the first micro-batch of step 2
         run("dadpo", flags(tiny_dir, tiny_teacher_other_family, data, out, *common))
-    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", original)
     path = os.path.join(out, "checkpoints", "onpolicy", "round000000_rank0.jsonl")
     with open(path) as f:
         rows = [json.loads(line) for line in f]

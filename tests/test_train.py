@@ -17,6 +17,7 @@ from openrlhf.utils.errors import UserError
 from tiny import (
     REPO,
     base_flags,
+    killed_at_micro_batch,
     launch_env,
     pref_rows,
     read_metrics,
@@ -198,22 +199,9 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
     assert len(expected) == 8
 
     # Crash in the middle of step 5 (after the step-3 checkpoint), then resume.
-    from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
-
-    original = DeepspeedStrategy.optimizer_step
-    calls = {"n": 0}
-
-    def crashing(self, engine):
-        calls["n"] += 1
-        if calls["n"] == 9:  # 2 micro-batches per step: the first of step 5
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, engine)
-
     crashed = str(tmp_path / "crashed")
-    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_micro_batch(monkeypatch, 9), pytest.raises(KeyboardInterrupt):  # 2 per step: step 5's first
         run_dpo(flags(crashed))
-    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", original)
     assert [r["step"] for r in read_metrics(crashed)] == [1, 2, 3, 4]
     with open(os.path.join(crashed, "metrics.jsonl"), "a") as f:
         f.write('{"step": 5, "loss": 0.6')  # killed while writing a line: repaired on resume

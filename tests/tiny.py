@@ -408,6 +408,28 @@ def run_task(task: str, flags: list):
 
 
 @contextlib.contextmanager
+def killed_at_micro_batch(monkeypatch, n: int):
+    """Inside the block the ``n``-th optimizer-step call (1-based; one per micro-batch) raises
+    KeyboardInterrupt, as a kill at that point would stop the run; restored afterwards."""
+    from openrlhf.utils.deepspeed.strategy import DeepspeedStrategy
+
+    original = DeepspeedStrategy.optimizer_step
+    calls = {"n": 0}
+
+    def crashing(self, engine):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, engine)
+
+    monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", crashing)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(DeepspeedStrategy, "optimizer_step", original)
+
+
+@contextlib.contextmanager
 def background_server(cmd: list, env: dict, ready_url: str, log_path: str, what: str, timeout: float):
     """Start ``cmd`` in a session of its own (output to ``log_path``), wait until ``ready_url`` answers (a
     RuntimeError with the log's tail when it exits first or ``timeout`` s pass), yield the process; at the end

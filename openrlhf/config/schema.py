@@ -81,6 +81,16 @@ def endpoint_problems(p: Problems, section: str, cfg) -> None:
     p.need(cfg.timeout > 0, f"{section}.timeout", f"must be > 0, got {cfg.timeout}")
 
 
+def decoding_problems(p: Problems, section: str, cfg) -> None:
+    """What the decoding settings of a section (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``,
+    ``batch_size``: generate, onpolicy) must satisfy."""
+    p.need(cfg.max_new_tokens >= 1, f"{section}.max_new_tokens", f"must be >= 1, got {cfg.max_new_tokens}")
+    p.need(cfg.temperature >= 0, f"{section}.temperature", f"must be >= 0 (0: greedy), got {cfg.temperature}")
+    p.need(0 < cfg.top_p <= 1, f"{section}.top_p", f"must be in (0, 1], got {cfg.top_p}")
+    p.need(cfg.top_k == -1 or cfg.top_k >= 1, f"{section}.top_k", f"must be -1 (off) or >= 1, got {cfg.top_k}")
+    p.need(cfg.batch_size >= 1, f"{section}.batch_size", f"must be >= 1, got {cfg.batch_size}")
+
+
 class Section:
     """A part of a config tree that checks its own fields: a section (``--<section>.*``), or a task root
     for its top-level flags. :func:`openrlhf.config.validate.validate` asks every section of a root and the
@@ -772,11 +782,7 @@ class GenerateConfig(Section):
             f"unknown backend {self.backend!r}; expected one of {', '.join(GENERATE_BACKENDS)}",
         )
         p.need(bool(self.output_path), "generate.output_path", "required (the output .jsonl file)")
-        p.need(self.max_new_tokens >= 1, "generate.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        p.need(self.temperature >= 0, "generate.temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
-        p.need(0 < self.top_p <= 1, "generate.top_p", f"must be in (0, 1], got {self.top_p}")
-        p.need(self.top_k == -1 or self.top_k >= 1, "generate.top_k", f"must be -1 (off) or >= 1, got {self.top_k}")
-        p.need(self.batch_size >= 1, "generate.batch_size", f"must be >= 1, got {self.batch_size}")
+        decoding_problems(p, "generate", self)
         return p
 
     def outputs(self) -> List[Tuple[str, str, bool]]:
@@ -1011,11 +1017,7 @@ class OnPolicyConfig(Section):
     def problems(self) -> List[str]:
         p = Problems()
         p.need(self.round_steps >= 0, "onpolicy.round_steps", f"must be >= 0 (0: offline), got {self.round_steps}")
-        p.need(self.max_new_tokens >= 1, "onpolicy.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        p.need(self.temperature >= 0, "onpolicy.temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
-        p.need(0 < self.top_p <= 1, "onpolicy.top_p", f"must be in (0, 1], got {self.top_p}")
-        p.need(self.top_k == -1 or self.top_k >= 1, "onpolicy.top_k", f"must be -1 (off) or >= 1, got {self.top_k}")
-        p.need(self.batch_size >= 1, "onpolicy.batch_size", f"must be >= 1, got {self.batch_size}")
+        decoding_problems(p, "onpolicy", self)
         p.need(self.backend in ("hf", "vllm"), "onpolicy.backend", f"expected hf or vllm, got {self.backend!r}")
         return p
 

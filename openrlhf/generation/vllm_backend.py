@@ -90,22 +90,33 @@ class VLLMSettings:
 
     @classmethod
     def from_config(cls, cfg, stop_ids: Sequence[int]) -> "VLLMSettings":
-        g, v = cfg.generate, cfg.vllm
+        """The engine of a generate run: --model, --vllm.*, --generate.* decoding, --ds.param_dtype, --train.seed."""
+        return cls.of_sections(
+            cfg.model.model_name_or_path, cfg.vllm, cfg.generate, cfg.ds.param_dtype, cfg.train.seed, stop_ids
+        )
+
+    @classmethod
+    def of_sections(
+        cls, model: str, v, decoding, param_dtype: str, seed: int, stop_ids: Sequence[int], worker_extension_cls=""
+    ) -> "VLLMSettings":
+        """An engine of ``model`` from a --vllm.* section ``v`` and a section with the decoding settings
+        (``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``batch_size``: generate, onpolicy)."""
         return cls(
-            model=cfg.model.model_name_or_path,
+            model=model,
             tp_size=v.tensor_parallel_size,
-            dtype=torch_dtype_name(cfg.ds.param_dtype),
+            dtype=torch_dtype_name(param_dtype),
             gpu_memory_utilization=v.gpu_memory_utilization,
-            seed=cfg.train.seed,
-            temperature=g.temperature,
-            top_p=g.top_p,
-            top_k=g.top_k,
-            max_tokens=g.max_new_tokens,
-            batch_size=g.batch_size,
+            seed=seed,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            top_k=decoding.top_k,
+            max_tokens=decoding.max_new_tokens,
+            batch_size=decoding.batch_size,
             stop_ids=list(stop_ids),
             enforce_eager=v.enforce_eager,
             max_model_len=v.max_model_len,
             log_level=v.log_level,
+            worker_extension_cls=worker_extension_cls,
         )
 
 

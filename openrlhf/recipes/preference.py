@@ -35,7 +35,6 @@ from openrlhf.recipes.common import (
 )
 from openrlhf.recipes.onpolicy import OnPolicyRounds
 from openrlhf.trainer.base import LoopParts, steps_per_epoch
-from openrlhf.utils.dtypes import torch_dtype_name
 from openrlhf.utils.errors import DataError
 
 # The task roots that have a policy, a reference (--ref.*) and preference data.
@@ -208,22 +207,13 @@ class PreferenceRun:
         """The vLLM engine of --onpolicy.backend vllm: the policy's initial folder (its weights replaced before
         every round), the training dtype, --onpolicy.* decoding, --vllm.* engine settings."""
         cfg = self.cfg
-        o, v = cfg.onpolicy, cfg.vllm
-        return VLLMSettings(
-            model=cfg.model.model_name_or_path,
-            tp_size=1,
-            dtype=torch_dtype_name(cfg.ds.param_dtype),
-            gpu_memory_utilization=v.gpu_memory_utilization,
-            seed=cfg.train.seed,
-            temperature=o.temperature,
-            top_p=o.top_p,
-            top_k=o.top_k,
-            max_tokens=o.max_new_tokens,
-            batch_size=o.batch_size,
-            stop_ids=list(stop_ids),
-            enforce_eager=v.enforce_eager,
-            max_model_len=v.max_model_len,
-            log_level=v.log_level,
+        return VLLMSettings.of_sections(
+            cfg.model.model_name_or_path,
+            cfg.vllm,
+            cfg.onpolicy,
+            cfg.ds.param_dtype,
+            cfg.train.seed,
+            stop_ids,
             worker_extension_cls=WEIGHT_RECEIVER,
         )
 
