@@ -220,6 +220,26 @@ def test_kto_needs_two_pairs_per_micro_batch(tiny_dir, pref8, tmp_path):
         load_config(base_flags(tiny_dir, pref8, str(tmp_path / "o"), "--train.micro_batch_size", "1"), "kto")
 
 
+def test_kto_evaluates_every_row_in_micro_batches_of_two_and_refuses_a_one_row_eval_set(tiny_dir, pref8, tmp_path):
+    """5 evaluation pairs in micro-batches of 2: the last pair joins the micro-batch before it (KTO's reference
+    point needs two); an evaluation set of 1 pair is refused before training."""
+    from openrlhf.utils.errors import DataError
+
+    def flags(out, n_eval):
+        ev = write_jsonl(str(tmp_path / f"eval{n_eval}.jsonl"), pref_rows(n_eval))
+        return base_flags(
+            tiny_dir, pref8, out, "--train.batch_size", "4", "--train.micro_batch_size", "2", "--eval.dataset", ev
+        ) + ["--eval.split", "train"]
+
+    out = str(tmp_path / "five")
+    run("kto", flags(out, 5))
+    (ev,) = [r for r in read_metrics(out) if "eval_loss" in r]
+    assert math.isfinite(ev["eval_loss"])
+    with pytest.raises(DataError, match="--eval.dataset: 1 rows; .*at least 2 rows on each of the 1 processes"):
+        run("kto", flags(str(tmp_path / "one"), 1))
+    assert not os.path.exists(os.path.join(tmp_path, "one", "metrics.jsonl"))
+
+
 # ---- several teachers -------------------------------------------------------------------------------
 
 

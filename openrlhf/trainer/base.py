@@ -120,6 +120,12 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * settings.train.max_epochs
         for line in self._data_notes():
             strategy.print(line)
+        n_eval, need = len(self.eval_dataset or ()), strategy.world_size * self.eval_min_rows
+        if self.eval_dataset is not None and n_eval < need:
+            raise DataError(
+                f"--eval.dataset: {n_eval} rows; this trainer evaluates micro-batches of at least "
+                f"{self.eval_min_rows} rows on each of the {strategy.world_size} processes: give at least {need} rows"
+            )
 
     def _data_notes(self) -> List[str]:
         """What the data report leaves unsaid about this run: rows that no epoch uses (a last global batch
@@ -433,8 +439,8 @@ class Trainer:
         chunks = [mine[k : k + size] for k in range(0, len(mine), size)]
         if len(chunks) > 1 and len(chunks[-1]) < self.eval_min_rows:
             chunks[-2:] = [chunks[-2] + chunks[-1]]
-        n = int(self.strategy.all_reduce(float(len(chunks)), op="max"))
-        return chunks + [[] for _ in range(n - len(chunks))]
+        most = int(self.strategy.all_reduce(float(len(chunks)), op="max"))
+        return chunks + [[] for _ in range(most - len(chunks))]
 
     def evaluate(self) -> Dict[str, float]:
         """Every row of the evaluation set once, the metrics of each micro-batch weighted by its rows."""
