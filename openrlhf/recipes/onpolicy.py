@@ -29,6 +29,7 @@ import torch
 
 from openrlhf.config.schema import OnPolicyConfig
 from openrlhf.datasets.preference_data import Regenerated
+from openrlhf.datasets.tokenizer import pad_token_id
 from openrlhf.generation.hf_backend import HFGenerator
 from openrlhf.generation.outputs import trim_response
 from openrlhf.generation.sampling import Sampling, row_seed
@@ -152,7 +153,7 @@ class OnPolicyRounds:
             model,
             self.cfg,
             seed=row_seed(self.seed, f"onpolicy/rank{rank}", start),
-            pad_id=self._pad_id(),
+            pad_id=pad_token_id(self.tokenizer),
             stop_ids=self.stop_ids,
             synced_gpus=zero3,
         )
@@ -205,10 +206,6 @@ class OnPolicyRounds:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.close()
-
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.stop_ids[0]
 
     def _row(self, position: int, item: dict, generated: List[int], finish: Optional[str], start: int) -> dict:
         """One answer as a round file's row: decoded, re-tokenised as the dataset tokenises a response (cut to

@@ -248,8 +248,7 @@ def resume_problems(
     models = [n for n in names if n.endswith("_model_states.pt")]
     if not models:
         problems.append(f"{folder} holds no model states (*_model_states.pt)")
-    meta_path = os.path.join(folder, META_FILE)
-    saved = json.load(open(meta_path)).get("world_size") if os.path.exists(meta_path) else None
+    saved = read_latest_meta(ckpt_dir).get("world_size")  # None for a checkpoint written by OpenRLHF
     if saved is not None and saved != world_size and not universal:
         problems.append(
             f"{folder} was written by {saved} processes and this run has {world_size}: resume with {saved}, or "
