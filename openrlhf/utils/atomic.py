@@ -26,8 +26,19 @@ def make_temp_file(folder: str, name: str) -> tuple:
     """``mkstemp`` in ``folder`` for a file that will be renamed to ``name``, with the permissions a
     plain ``open`` would give (mkstemp makes 0600 files: outputs a shared cluster's group could not read)."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + name + ".", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except BaseException:  # Ctrl-C / SIGTERM here must not leave the temp file behind
+        os.close(fd)
+        os.unlink(tmp)
+        raise
     return fd, tmp
+
+
+def is_temp_file_of(filename: str, name: str) -> bool:
+    """Whether ``filename`` is a temp file :func:`make_temp_file` made for ``name`` (one a process killed
+    mid-write can leave behind)."""
+    return filename.startswith("." + name + ".") and filename.endswith(".tmp")
 
 
 def plain_permissions(folder: str) -> None:
@@ -64,15 +75,16 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
     one, never a part; on an exception the temp file is removed and ``path`` is untouched."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = make_temp_file(folder, os.path.basename(path))
+    tmp = None
     try:
+        fd, tmp = make_temp_file(folder, os.path.basename(path))
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
     fsync_dir(folder)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from openrlhf.utils.atomic import atomic_write, plain_permissions
+from openrlhf.utils.atomic import atomic_write, is_temp_file_of, plain_permissions
 from openrlhf.utils.deepspeed.comm import barrier
 from openrlhf.utils.deepspeed.wrapping import load_module_either_naming
 
@@ -89,12 +89,12 @@ def find_latest_tag(ckpt_dir: str) -> Optional[str]:
 
 
 def remove_leftovers(ckpt_dir: str) -> None:
-    """Delete temp / old folders that a crashed save may have left behind."""
+    """Delete temp / old folders (and temp files of ``latest``) that a crashed save may have left behind."""
     if not os.path.isdir(ckpt_dir):
         return
     for name in os.listdir(ckpt_dir):
         path = os.path.join(ckpt_dir, name)
-        if name.startswith((TMP_PREFIX, OLD_PREFIX)):
+        if name.startswith((TMP_PREFIX, OLD_PREFIX)) or is_temp_file_of(name, LATEST):
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
