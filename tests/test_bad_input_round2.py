@@ -14,7 +14,7 @@ import pytest
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import base_flags, make_tiny, pref_rows, run_cli, score_flags, write_jsonl
+from tiny import base_flags, make_tiny, pref_rows, run_module, score_flags, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_ray_trainer_on_an_address_without_a_cluster_is_a_one_line_error(
         address,
     )
     t = time.time()
-    res = run_cli("openrlhf.cli.train_dadpo_ray", flags, timeout=240)
+    res = run_module("openrlhf.cli.train_dadpo_ray", flags, timeout=240)
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: --ray.address {address}: no Ray cluster answers there"), res.stderr[-2000:]
@@ -360,14 +360,16 @@ def test_a_file_that_is_not_gguf_is_one_line_before_any_folder(tiny_dir, tmp_pat
     fake = tmp_path / "model.gguf"
     fake.write_text('{"not": "gguf"}\n')
     out = tmp_path / "converted"
-    res = run_cli("openrlhf.cli.convert_gguf", ["--gguf", str(fake), "--output_dir", str(out)], timeout=120)
+    res = run_module("openrlhf.cli.convert_gguf", ["--gguf", str(fake), "--output_dir", str(out)], timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip() == (
         f"error: {fake} is not a GGUF file: it starts with b'{{\"no', not the GGUF magic bytes b'GGUF'"
     )
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["model.gguf"]
 
-    res = run_cli("openrlhf.cli.distill", ["--config", _distill_yaml(tmp_path, f"gguf:{fake}", tiny_dir)], timeout=120)
+    res = run_module(
+        "openrlhf.cli.distill", ["--config", _distill_yaml(tmp_path, f"gguf:{fake}", tiny_dir)], timeout=120
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith(f"error: {fake} is not a GGUF file")
     assert "Traceback" not in res.stderr and not (tmp_path / "run").exists()
@@ -407,7 +409,7 @@ def test_lora_target_modules_are_checked_against_the_model_before_deepspeed(tiny
 @pytest.mark.main_leg
 def test_train_sft_with_a_lora_target_that_does_not_exist_is_one_line(tiny_dir, sft_jsonl, tmp_path):
     pytest.importorskip("peft")
-    res = run_cli(
+    res = run_module(
         "openrlhf.cli.train_sft",
         base_flags(
             tiny_dir,
@@ -600,7 +602,7 @@ def test_ctrl_c_in_score_logps_says_the_same_command_resumes(tiny_dir, tiny_teac
     partial = os.path.join(out, ".score_partial", "teacher.rank0.jsonl")
     rc, err = _interrupt_when(["openrlhf.cli.score_logps", *flags], lambda: _lines(partial) >= 3)
     _one_interrupted_line(rc, err, f"the pairs scored so far are kept in {os.path.join(out, '.score_partial')}")
-    res = run_cli("openrlhf.cli.score_logps", flags, timeout=300)
+    res = run_module("openrlhf.cli.score_logps", flags, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(open(os.path.join(out, "train.jsonl")).read().splitlines()) == 48
 
@@ -681,7 +683,7 @@ def test_ctrl_c_in_judge_says_the_same_command_resumes_and_loses_no_verdict(tmp_
         )
         kept = _lines(cache)
         assert 2 <= kept < 12
-        res = run_cli("openrlhf.cli.judge", flags, timeout=300)
+        res = run_module("openrlhf.cli.judge", flags, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
     keys = [json.loads(x)["key"] for x in open(cache)]
     assert len(keys) == len(set(keys)) == 12  # 2 models x 3 items x 2 orders: none lost, none twice

@@ -24,7 +24,7 @@ from tiny import (
     train_losses,
     write_jsonl,
 )
-from tiny import run_task as run
+from tiny import run_in_process as run
 
 STEPS = ["--train.batch_size", "4", "--train.micro_batch_size", "2"]
 

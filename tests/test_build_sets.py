@@ -161,7 +161,9 @@ def test_different_prompts_for_one_id_is_an_error(gen_files, tmp_path):
     student = [dict(r) for r in STUDENT]
     student[1]["prompt"] = "What is the capital of Spain?"
     s_path = write_jsonl(str(tmp_path / "student2.jsonl"), student)
-    with pytest.raises(DataError, match=r"id 1: --teacher line 1 and --student line 2: different prompts"):
+    with pytest.raises(
+        DataError, match=r"id 1: --teacher_responses line 1 and --student_responses line 2: different prompts"
+    ):
         build_sets(gen_files[0], s_path, str(tmp_path / "sets"), log=lambda *a: None)
     assert not os.path.exists(tmp_path / "sets")
 
@@ -181,7 +183,7 @@ def test_build_sets_cli(gen_files, tmp_path, capsys):
     from openrlhf.cli.build_sets import main
 
     out = str(tmp_path / "sets")
-    report = main(["--teacher", gen_files[0], "--student", gen_files[1], "--output_dir", out])
+    report = main(["--teacher_responses", gen_files[0], "--student_responses", gen_files[1], "--output_dir", out])
     assert report["preference_rows"] == 3
     assert "3 preference rows, 5 SFT rows" in capsys.readouterr().out
 

@@ -16,7 +16,7 @@ from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError, UserError
 
 from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
-from tiny import run_task as run
+from tiny import run_in_process as run
 
 
 def parse(flags, task):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from openrlhf.config import (
     TASK_CONFIGS,
@@ -562,6 +563,78 @@ def test_file_tools_help_and_flag_errors_come_before_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "module, new, old",
+    [
+        (
+            "evaluate",
+            [
+                "--teacher.model_name_or_path",
+                "t",
+                "--train.micro_batch_size",
+                "3",
+                "--ds.param_dtype",
+                "bf16",
+                "--teacher.tokenizer_chat_template",
+                "tpl",
+            ],
+            ["--teacher", "t", "--batch_size=3", "--dtype", "bf16", "--teacher_chat_template", "tpl"],
+        ),
+        ("convert_gguf", ["--ds.param_dtype", "bf16"], ["--dtype", "bf16"]),
+        (
+            "build_sets",
+            ["--teacher_responses", "a", "--student_responses", "b", "--data.prompt_key", "q"],
+            ["--teacher", "a", "--student", "b", "--prompt_key", "q"],
+        ),
+    ],
+)
+def test_file_tools_take_the_training_spelling_and_the_old_one_with_a_note(module, new, old, capsys):
+    """One spelling per setting: the file tools take training's section flags; the old spellings give the
+    same settings for one more release, each with a one-line note; both spellings of one setting are refused."""
+    import importlib
+
+    from openrlhf.config.parse import ConfigError
+
+    cli = importlib.import_module("openrlhf.cli." + module)
+    required = {
+        "evaluate": ["--teacher_responses", "r", "--output_dir", "o"],
+        "convert_gguf": ["--gguf", "g", "--output_dir", "o"],
+        "build_sets": ["--output_dir", "o"],
+    }[module]
+
+    def parse(argv):
+        if module == "build_sets":
+            return vars(cli.parse_args(required + argv))
+        return vars(cli.build_parser().parse_args(required + argv))
+
+    got_new = parse(new)
+    assert capsys.readouterr().err == ""
+    assert parse(old) == got_new
+    notes = capsys.readouterr().err.splitlines()
+    renamed = [t.split("=")[0] for t in old if t.startswith("--")]
+    assert len(notes) == len(renamed) and all(n.startswith("note: ") and "is now spelled" in n for n in notes)
+    with pytest.raises(ConfigError, match=f"{renamed[0]} \\(the old spelling\\) and {new[0]} name one setting"):
+        parse(old[:2] + new[:2])
+
+
+def test_distill_ddpo_section_is_the_old_spelling_of_baselines_ddpo(tmp_path, capsys):
+    from openrlhf.config.parse import ConfigError
+    from openrlhf.pipeline.config import baselines_of, load_distill_config
+
+    base = {"run_dir": str(tmp_path / "run"), "teacher": "org/t", "student": {"model_name_or_path": "s"}}
+    path = str(tmp_path / "d.yaml")
+    yaml.safe_dump({**base, "ddpo": {"model.beta": 0.2}, "baselines": ["rdpo"]}, open(path, "w"))
+    cfg = load_distill_config(path)
+    assert baselines_of(cfg) == {"rdpo": {}, "ddpo": {"model.beta": 0.2}}
+    assert capsys.readouterr().err.startswith(f"note: {path}: the ddpo: section is now written under baselines:")
+    yaml.safe_dump({**base, "baselines": {"ddpo": {"model.beta": 0.2}, "rdpo": None}}, open(path, "w"))
+    assert baselines_of(load_distill_config(path)) == {"rdpo": {}, "ddpo": {"model.beta": 0.2}}
+    assert capsys.readouterr().err == ""
+    yaml.safe_dump({**base, "ddpo": {}, "baselines": {"ddpo": {}}}, open(path, "w"))
+    with pytest.raises(ConfigError, match="ddpo is given both as the ddpo: section and in baselines:"):
+        load_distill_config(path)
 
 
 def test_each_rule_is_one_function_that_every_checker_calls():

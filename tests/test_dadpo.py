@@ -20,7 +20,7 @@ from tiny import (
     train_losses,
     write_jsonl,
 )
-from tiny import run_task as run
+from tiny import run_in_process as run
 
 
 def one_step_flags(student, ref, teacher, data, out, *extra):

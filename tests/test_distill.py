@@ -39,6 +39,13 @@ def _sharegpt(path: str, n: int = 14) -> str:
 
 
 def _config(tmp_path, teacher: str, student: str, **extra) -> str:
+    """A distill config; ``ddpo=None`` leaves out the default dDPO baseline, ``baselines=`` adds others."""
+    ddpo = extra.pop("ddpo", {"train.batch_size": 4, "adam.lr": 1e-3, "model.beta": 0.1})
+    baselines = extra.pop("baselines", None)
+    if isinstance(baselines, list):
+        baselines = {name: {} for name in baselines}
+    if ddpo is not None:
+        baselines = {**(baselines or {}), "ddpo": ddpo}
     cfg = {
         "run_dir": str(tmp_path / "run"),
         "teacher": teacher,
@@ -68,7 +75,7 @@ def _config(tmp_path, teacher: str, student: str, **extra) -> str:
             "model.beta": 0.1,
             "teacher.beta": 0.1,
         },
-        "ddpo": {"train.batch_size": 4, "adam.lr": 1e-3, "model.beta": 0.1},
+        **({"baselines": baselines} if baselines is not None else {}),
         "cache_logps": True,
         **extra,
     }

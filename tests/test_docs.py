@@ -456,6 +456,7 @@ def known_flags() -> Set[str]:
             continue
         parser = file_tool_parser(CLI + name, [], capture_only=True).parser
         flags |= {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+        flags |= set(parser._renamed)  # old spellings still taken (for one release)
     for path in glob.glob(os.path.join(REPO, "benchmarks", "*.py")):
         flags |= set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", open(path, encoding="utf-8").read()))
     flags |= set(re.findall(r"^\s*(--[\w-]+)\)", open(os.path.join(REPO, "quickstart.sh")).read(), flags=re.M))
@@ -598,9 +599,9 @@ BROKEN = {
     "flag of another task": "```bash\npython -m openrlhf.cli.train_sft ... --teacher.beta 1\n```\n",
     "missing required flag": "    python -m openrlhf.cli.generate --model.model_name_or_path m --data.dataset d.jsonl\n",
     "no such module": "    python -m openrlhf.cli.train_ppo --model.model_name_or_path m\n",
-    "file tool, unknown flag": "    python -m openrlhf.cli.build_sets --teacher a --student b --output_dir o --promt_key k\n",
+    "file tool, unknown flag": "    python -m openrlhf.cli.build_sets --teacher_responses a --student_responses b --output_dir o --promt_key k\n",
     "file tool, bad choice": "    python -m openrlhf.cli.eval_prompts --task mmlu --output p.jsonl\n",
-    "file tool, bad candidate": "    python -m openrlhf.cli.evaluate --teacher t --teacher_responses r \\\n"
+    "file tool, bad candidate": "    python -m openrlhf.cli.evaluate --teacher.model_name_or_path t --teacher_responses r \\\n"
     "      --candidate nolabel --output_dir o\n",
     "under a launcher": "    deepspeed --num_gpus 2 --module openrlhf.cli.train_dadpo --ds.zero_stag 3 ...\n",
     "ray job": "    ray job submit --address http://H:8265 -- python -m openrlhf.cli.train_dadpo_ray ... --ray.adress x\n",

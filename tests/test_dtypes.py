@@ -21,7 +21,7 @@ from openrlhf.utils.deepspeed.strategy import cast_params_like_deepspeed
 from openrlhf.utils.errors import UserError
 
 from tiny import base_flags, long_pref_rows, read_metrics, score_flags, write_jsonl
-from tiny import run_task as run
+from tiny import run_in_process as run
 
 LN2_FP32 = float(np.float32(math.log(2)))  # -logsigmoid(0) as the loss computes it, in fp32
 

@@ -173,14 +173,16 @@ def test_bad_options_ids_outside_the_prompt_file_and_an_unusable_teacher_are_ref
     out, cand = str(d / "o"), {"same": response_files["same"]}
     with pytest.raises(DataError, match=r"^--candidate: give at least one candidate response file \(label=FILE\)$"):
         evaluate_responses(no_template, teacher, {}, out)
-    with pytest.raises(DataError, match=r"^--batch_size: must be >= 1, got 0$"):
+    with pytest.raises(DataError, match=r"^--train.micro_batch_size: must be >= 1, got 0$"):
         evaluate_responses(no_template, teacher, cand, out, batch_size=0)
     held_out = write_jsonl(str(d / "held_out.jsonl"), [{"prompt": f"p{i}"} for i in range(5)])  # ids: positions
     with pytest.raises(
         DataError, match=r"teacher\.jsonl: 3 ids are not in --prompts .*held_out\.jsonl \(e\.g\. \['5', '6', '7'\]\)"
     ):
         evaluate_responses(no_template, teacher, cand, out, prompts=held_out)
-    with pytest.raises(DataError, match=r"the tokenizer has no chat template; give one with --teacher_chat_template"):
+    with pytest.raises(
+        DataError, match=r"the tokenizer has no chat template; give one with --teacher.tokenizer_chat_template"
+    ):
         evaluate_responses(no_template, teacher, cand, out)
     assert loads == []
     with pytest.raises(DataError, match=r"^--teacher: cannot load a model from .*no_template"):
@@ -194,7 +196,7 @@ def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):
     out = str(response_files["dir"] / "cli")
     main(
         [
-            "--teacher",
+            "--teacher.model_name_or_path",
             tiny_dir,
             "--teacher_responses",
             response_files["teacher"],
@@ -212,7 +214,7 @@ def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):
     with pytest.raises(SystemExit) as e:
         main(
             [
-                "--teacher",
+                "--teacher.model_name_or_path",
                 tiny_dir,
                 "--teacher_responses",
                 response_files["teacher"],

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from tiny import base_flags, pref_rows, read_metrics, run_cli, write_jsonl
+from tiny import base_flags, pref_rows, read_metrics, run_module, write_jsonl
 
 pytestmark = pytest.mark.gpu
 
@@ -105,7 +105,7 @@ def _train(tiny_dir, teacher, pairs, out, *extra, timeout=900):
         "bf16",
         *extra,
     )
-    res = run_cli("openrlhf.cli.train_dadpo", flags, timeout=timeout)
+    res = run_module("openrlhf.cli.train_dadpo", flags, timeout=timeout)
     assert res.returncode == 0, res.stderr[-4000:]
     losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
     assert len(losses) == 4 and all(l == l and abs(l) < 1e4 for l in losses), losses  # noqa: E741

@@ -19,8 +19,8 @@ from tiny import (
     make_tiny,
     pref_rows,
     read_metrics,
-    run_cli,
     run_deepspeed,
+    run_module,
     train_losses,
     write_jsonl,
 )
@@ -149,7 +149,7 @@ def test_dpo_packed_with_flash_attention_trains_like_padded_in_bf16(tmp_path):
             "--ds.packing_samples",
             packing,
         )
-        res = run_cli("openrlhf.cli.train_dpo", flags, timeout=600)
+        res = run_module("openrlhf.cli.train_dpo", flags, timeout=600)
         assert res.returncode == 0, res.stderr[-4000:]
         losses[packing] = train_losses(out)
     assert len(losses["true"]) == 4 and all(math.isfinite(x) for x in losses["true"])
@@ -282,7 +282,7 @@ def test_vllm_tensor_parallel_and_two_engines_answer_like_the_hf_backend(tmp_pat
             "16",
             *extra,
         ]
-        res = run_cli("openrlhf.cli.generate", flags, timeout=600)
+        res = run_module("openrlhf.cli.generate", flags, timeout=600)
         assert res.returncode == 0, res.stderr[-4000:]
         return {r["id"]: r["response"] for r in map(json.loads, open(out))}
 

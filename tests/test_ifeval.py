@@ -15,7 +15,7 @@ import pytest
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import run_cli, write_jsonl
+from tiny import run_module, write_jsonl
 
 pytest.importorskip("nltk", reason="pip install -e '.[ifeval]'")
 pytest.importorskip("langdetect", reason="pip install -e '.[ifeval]'")
@@ -333,7 +333,7 @@ def test_scores_equal_googles_evaluation_for_every_instruction_type(tmp_path, se
 
 def test_eval_prompts_writes_the_541_prompts_greedy_with_1280_new_tokens(tmp_path):
     out = str(tmp_path / "ifeval.jsonl")
-    r = run_cli("openrlhf.cli.eval_prompts", ["--task", "ifeval", "--output", out])
+    r = run_module("openrlhf.cli.eval_prompts", ["--task", "ifeval", "--output", out])
     assert r.returncode == 0, r.stderr
     assert f"wrote 541 ifeval prompts to {out} (greedy, max_new_tokens 1280)" in r.stdout
     rows = [json.loads(x) for x in open(out)]

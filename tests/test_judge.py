@@ -18,7 +18,7 @@ from openrlhf.config import load_config
 from openrlhf.eval import judged
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import REPO, free_port, launch_env, run_cli, write_jsonl
+from tiny import REPO, free_port, launch_env, run_module, write_jsonl
 
 # ---- the arithmetic ----------------------------------------------------------------------------------------
 
@@ -763,7 +763,7 @@ def test_judge_cli_resumes_after_a_kill_without_asking_twice(files, tmp_path):
         cached = {json.loads(x)["key"] for x in open(cache) if x.strip().endswith("}")}
         before = len(server.requests)
         assert 6 <= len(cached) < 24
-        res = run_cli("openrlhf.cli.judge", flags)
+        res = run_module("openrlhf.cli.judge", flags)
         assert res.returncode == 0, res.stderr[-2000:]
         report = json.load(open(os.path.join(out, "report.json")))
         sent = report["judge"]["indomain"]["requests_sent"]
@@ -943,7 +943,7 @@ def test_real_vllm_judge_plumbing(vllm_judge, tmp_path):
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = len([x for x in open(cache) if x.strip()]) if os.path.exists(cache) else 0
-    res = run_cli("openrlhf.cli.judge", flags, timeout=600)
+    res = run_module("openrlhf.cli.judge", flags, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.load(open(os.path.join(out, "report.json")))
     r = report["models"]["student"]["indomain"]

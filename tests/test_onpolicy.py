@@ -15,7 +15,7 @@ from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import Interrupted
 
 from tiny import base_flags, killed_at_micro_batch, pref_rows, read_metrics, run_deepspeed, train_losses, write_jsonl
-from tiny import run_task as run
+from tiny import run_in_process as run
 
 NEW_TOKENS = 6
 

@@ -281,7 +281,7 @@ def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tiny import run_cli
+    from tiny import run_module
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
@@ -289,7 +289,7 @@ def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     adapter = str(tmp_path / "adapter")
     get_peft_model(base, cfg).save_pretrained(adapter)  # B != 0: the adapter changes the outputs
     out = str(tmp_path / "merged")
-    res = run_cli(
+    res = run_module(
         "openrlhf.cli.lora_combiner",
         ["--model_path", tiny_dir, "--lora_path", adapter, "--output_path", out, "--ds.param_dtype", "fp32"],
     )
@@ -303,7 +303,7 @@ def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     assert torch.allclose(got, want, atol=1e-5)
     assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tiny_dir).chat_template
     # The default dtype is OpenRLHF's bf16; a folder that is not an adapter is one clear line.
-    bad = run_cli(
+    bad = run_module(
         "openrlhf.cli.lora_combiner",
         ["--model_path", tiny_dir, "--lora_path", tiny_dir, "--output_path", str(tmp_path / "x")],
     )

