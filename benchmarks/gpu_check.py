@@ -11,7 +11,7 @@ a part that cannot run on this machine is SKIPPED with the reason, never PASS):
   a1     issue 31 item 1 on CUDA: ``pytest tests/test_dtypes.py``, all of it (on a CUDA machine its tests
          train on the GPU; the fp16 ones are marked gpu): the frozen reference's log-probs equal the policy's
          at step 0 and DPO's first loss is ln 2, bf16 at ZeRO 0-3, fp16 at 2 and 3
-  a2     the other GPU tests: ``pytest -m gpu tests/test_gpu.py tests/test_compat.py tests/test_actor.py``
+  a2     the other GPU tests: ``pytest -m gpu tests/test_gpu.py tests/test_lora.py tests/test_openrlhf_flags.py tests/test_actor.py``
   b      packed rows through flash-attention equal padded ones (tests/test_gpu_check.py; needs flash_attn)
   c      two GPUs: ZeRO-3, packing + dynamic batches, killed after a checkpoint, resumed (needs 2 GPUs)
   d      vLLM with tensor parallelism 2 and two engines answers like the hf backend (needs vllm, 2 GPUs)
@@ -42,7 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = [
     ("setup", 120, "install the carried wheels this machine lacks; versions and GPUs"),
     ("a1", 240, "issue 31 item 1 on CUDA: pytest tests/test_dtypes.py (all its tests, on the GPU)"),
-    ("a2", 260, "pytest -m gpu tests/test_gpu.py tests/test_compat.py tests/test_actor.py"),
+    ("a2", 260, "pytest -m gpu tests/test_gpu.py tests/test_lora.py tests/test_openrlhf_flags.py tests/test_actor.py"),
     ("b", 180, "packed + flash-attention equal padded (tests/test_gpu_check.py)"),
     ("c", 300, "two GPUs: ZeRO-3, packing + dynamic batches, save, kill, resume"),
     ("d", 420, "vLLM: tensor parallel 2 and two engines equal the hf backend"),
@@ -290,11 +290,11 @@ def part_a2(a, log, timeout, probe):
     deselect = {}
     why = missing(probe, "bitsandbytes")
     if why:
-        deselect["tests/test_compat.py::test_4bit_loads_the_base_weights_in_4_bits_on_a_gpu"] = why
+        deselect["tests/test_lora.py::test_4bit_loads_the_base_weights_in_4_bits_on_a_gpu"] = why
     why = missing(probe, "flash-attn")
     if why:
-        deselect["tests/test_compat.py::test_attn_auto_is_flash_attention_2_on_a_gpu_with_flash_attn"] = why
-    targets = ["tests/test_gpu.py", "tests/test_compat.py", "tests/test_actor.py"]
+        deselect["tests/test_openrlhf_flags.py::test_attn_auto_is_flash_attention_2_on_a_gpu_with_flash_attn"] = why
+    targets = ["tests/test_gpu.py", "tests/test_lora.py", "tests/test_openrlhf_flags.py", "tests/test_actor.py"]
     return run_pytest(a, log, "a2", targets, timeout, deselect)
 
 

@@ -18,7 +18,14 @@ from openrlhf.config import load_config
 from openrlhf.eval import judged
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import REPO, free_port, launch_env, run_module, write_jsonl
+from tiny import (
+    REPO,
+    free_port,
+    judge_files,
+    launch_env,
+    run_module,
+    write_jsonl,
+)
 
 # ---- the arithmetic ----------------------------------------------------------------------------------------
 
@@ -1001,3 +1008,71 @@ def test_real_vllm_alpacaeval_log_probabilities(vllm_judge, tmp_path):
     assert all(len(a["judge_tokens"]) == 5 for a in audit)  # top_logprobs 5 came back for every request
     assert all(a["preference"] is None or 1.0 <= a["preference"] <= 2.0 for a in audit)
     assert r["length_controlled_win_rate"] is None and "the judge here is smollm2-judge" in r["length_controlled_note"]
+
+
+def _judge(url, out, teacher, cand, *extra):
+    from openrlhf.eval.run import judge
+
+    return judge(
+        load_config(
+            [
+                "--judge.base_url",
+                url,
+                "--judge.model",
+                "fake-judge",
+                "--judge.concurrency",
+                "2",
+                "--output_dir",
+                out,
+                "--task",
+                "indomain",
+                "--teacher_responses",
+                teacher,
+                "--candidate",
+                f"long={cand}",
+                *extra,
+            ],
+            "judge",
+        ),
+        log=lambda *a: None,
+    )
+
+
+@pytest.mark.main_leg
+def test_judge_answer_without_choices_is_retried_then_a_clear_error(tmp_path):
+    pytest.importorskip("openai")
+    from judge_server import FakeJudge
+
+    teacher, cand = judge_files(tmp_path)
+    with FakeJudge(lambda m: "[[A]]", empty_first=3) as server:  # the check request and two judgments
+        report = _judge(server.url, str(tmp_path / "a"), teacher, cand, "--judge.max_retries", "5")
+        assert server.emptied == 3 and len(server.requests) == 1 + 6
+        assert report["judge"]["indomain"]["requests_sent"] == 6
+    with FakeJudge(lambda m: "[[A]]", empty_first=10**6) as server:
+        with pytest.raises(UserError, match=r'--judge.base_url .*still failed after 2 retries .*"choices": \[\]'):
+            _judge(server.url, str(tmp_path / "b"), teacher, cand, "--judge.max_retries", "2")
+
+
+def test_report_json_is_strict_json_when_every_verdict_is_unparsed(tmp_path):
+    pytest.importorskip("openai")
+    from judge_server import FakeJudge
+
+    teacher, cand = judge_files(tmp_path)
+    out = str(tmp_path / "r")
+    with FakeJudge(lambda m: "OK" if "Say OK" in m[-1]["content"] else "I cannot decide.") as server:
+        report = _judge(server.url, out, teacher, cand)
+    assert math.isnan(report["models"]["long"]["indomain"]["omega"])  # in memory: no number
+    text = open(os.path.join(out, "report.json")).read()
+    assert "NaN" not in text
+
+    def refuse(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    on_disk = json.loads(text, parse_constant=refuse)["models"]["long"]["indomain"]
+    assert on_disk["omega"] is None and on_disk["position_bias"] is None and on_disk["unparsed"] == 3
+    assert "| long | - | - | -% (0/0/0) | - | 3 |" in open(os.path.join(out, "report.md")).read()
+    # A second run reads that report back (nulls) and adds to it.
+    with FakeJudge(lambda m: "OK" if "Say OK" in m[-1]["content"] else "[[A]]") as server:
+        _judge(server.url, out, teacher, cand, "--judge.cache_path", str(tmp_path / "other_cache.jsonl"))
+    again = json.load(open(os.path.join(out, "report.json")))["models"]["long"]["indomain"]
+    assert (again["omega"], again["tie"]) == (0.0, 3)  # always "A": each order prefers another answer

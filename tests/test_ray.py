@@ -57,7 +57,7 @@ def ray_head(tmp_path_factory):
 
 def test_the_address_probe_lets_a_real_cluster_through(ray_head):
     """--ray.address is probed before ray.init (no cluster there: a one-line error, see
-    test_bad_input_round2.py); a running head's GCS answers the probe."""
+    test_bad_setup.py); a running head's GCS answers the probe."""
     from openrlhf.utils.ray_group import probe_cluster
 
     probe_cluster(ray_head["address"], "--ray.address", timeout=10)

@@ -463,3 +463,97 @@ def background_server(cmd: list, env: dict, ready_url: str, log_path: str, what:
             except ProcessLookupError:
                 pass
         log.close()
+
+
+def dadpo_flags(model: str, teacher: str, data: str, out: str, *extra: str) -> list:
+    """train_dadpo flags on ``data`` with a teacher, beta1 0 and beta2 0.5 (a teacher-margin-only loss), batches of
+    4 in micro-batches of 2."""
+    return base_flags(
+        model,
+        data,
+        out,
+        "--teacher.model_name_or_path",
+        teacher,
+        "--model.beta",
+        "0",
+        "--teacher.beta",
+        "0.5",
+        "--train.batch_size",
+        "4",
+        "--train.micro_batch_size",
+        "2",
+        *extra,
+    )
+
+
+def replace_flags(flags: list, **values: str) -> list:
+    """``flags`` with the value after each ``--<name>`` replaced (``ds__zero_stage="3"``)."""
+    out = list(flags)
+    for name, value in values.items():
+        flag = "--" + name.replace("__", ".")
+        out[out.index(flag) + 1] = value
+    return out
+
+
+def config_problems(argv: list, task: str, **kw) -> list:
+    """The problems the config of ``task`` reports for ``argv`` (it must report some)."""
+    import pytest
+
+    from openrlhf.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, task, check_packages=False, **kw)
+    return info.value.problems
+
+
+def judge_files(tmp_path) -> tuple:
+    """A teacher's and a candidate's response files of 3 prompts each."""
+
+    def rows(name, answers):
+        return write_jsonl(
+            str(tmp_path / f"{name}.jsonl"),
+            [
+                {"id": i, "prompt": f"Tell me a story {i}.", "response": a, "finish_reason": "stop"}
+                for i, a in enumerate(answers)
+            ],
+        )
+
+    return rows("teacher", ["medium answer"] * 3), rows("cand", ["a much longer answer"] * 3)
+
+
+def small_distill_yaml(tmp_path, teacher: str, student: str, prune: dict = None, **extra) -> str:
+    """A distill config of 8 training and 4 held-out prompts (14 ShareGPT conversations written beside it)."""
+    import yaml
+
+    prompts = str(tmp_path / "sharegpt.json")
+    conversations = [
+        {
+            "id": f"c{i}",
+            "conversations": [
+                {"from": "human", "value": f"Tell me about item {i}."},
+                {"from": "gpt", "value": "Sure."},
+            ],
+        }
+        for i in range(14)
+    ]
+    with open(prompts, "w") as f:
+        json.dump(conversations, f)
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "teacher": teacher,
+        "student": {"model_name_or_path": student, **({"prune": prune} if prune else {})},
+        "prompts": {"source": prompts, "train_size": 8, "eval_size": 4, "min_chars": 5},
+        "common": {
+            "data.apply_chat_template": True,
+            "ds.param_dtype": "fp32",
+            "ds.zero_stage": 0,
+            "train.micro_batch_size": 2,
+        },
+        "sft": {"train.batch_size": 4},
+        "dadpo": {"train.batch_size": 4},
+        **extra,
+    }
+    path = str(tmp_path / "distill.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return path
