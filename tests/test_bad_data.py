@@ -9,6 +9,7 @@ from openrlhf.config import load_config
 from openrlhf.utils.errors import DataError
 
 from tiny import (
+    as_flags,
     config_problems,
     dadpo_flags,
     pref_rows,
@@ -63,15 +64,14 @@ def test_prompts_with_wrong_roles_are_refused(tiny_dir, tmp_path, prompt, messag
     with pytest.raises(DataError, match=message):
         generate(
             load_config(
-                [
-                    "--model.model_name_or_path",
-                    tiny_dir,
-                    "--data.dataset",
-                    data,
-                    "--data.apply_chat_template",
-                    "--generate.output_path",
-                    str(tmp_path / "g.jsonl"),
-                ],
+                as_flags(
+                    {
+                        "model.model_name_or_path": tiny_dir,
+                        "data.dataset": data,
+                        "data.apply_chat_template": None,
+                        "generate.output_path": str(tmp_path / "g.jsonl"),
+                    }
+                ),
                 "generate",
             )
         )

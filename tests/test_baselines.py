@@ -14,6 +14,7 @@ from openrlhf.config import load_config
 from openrlhf.utils.errors import DataError
 
 from tiny import (
+    as_flags,
     base_flags,
     direct_logps,
     pref_rows,
@@ -70,16 +71,15 @@ def test_kd_first_step_equals_a_direct_computation_and_learns(tiny_dir, tiny_tea
             tiny_dir,
             sft8,
             out,
-            "--teacher.model_name_or_path",
-            tiny_teacher_same_vocab,
-            "--kd.coef",
-            "0.4",
-            "--train.batch_size",
-            "8",
-            "--train.micro_batch_size",
-            "8",
-            "--train.max_epochs",
-            "6",
+            *as_flags(
+                {
+                    "teacher.model_name_or_path": tiny_teacher_same_vocab,
+                    "kd.coef": "0.4",
+                    "train.batch_size": "8",
+                    "train.micro_batch_size": "8",
+                    "train.max_epochs": "6",
+                }
+            ),
         ),
     )
     # Step 1, by hand: token-mean NLL of the student + 0.4 x token-mean KL(teacher || student), over the
@@ -119,16 +119,15 @@ def test_kd_first_step_equals_a_direct_computation_and_learns(tiny_dir, tiny_tea
             tiny_dir,
             sft8,
             pulled,
-            "--teacher.model_name_or_path",
-            tiny_teacher_same_vocab,
-            "--kd.coef",
-            "50",
-            "--train.batch_size",
-            "8",
-            "--train.micro_batch_size",
-            "8",
-            "--train.max_epochs",
-            "6",
+            *as_flags(
+                {
+                    "teacher.model_name_or_path": tiny_teacher_same_vocab,
+                    "kd.coef": "50",
+                    "train.batch_size": "8",
+                    "train.micro_batch_size": "8",
+                    "train.max_epochs": "6",
+                }
+            ),
         ),
     )
     kd = [r["kd_loss"] for r in read_metrics(pulled)]
@@ -196,14 +195,14 @@ def test_kto_first_step_and_learning(tiny_dir, pref8, tmp_path):
             pref8,
             out,
             *STEPS,
-            "--train.max_epochs",
-            "4",
-            "--model.beta",
-            "0.5",
-            "--kto.desirable_loss_weight",
-            "1.0",
-            "--kto.undesirable_loss_weight",
-            "2.0",
+            *as_flags(
+                {
+                    "train.max_epochs": "4",
+                    "model.beta": "0.5",
+                    "kto.desirable_loss_weight": "1.0",
+                    "kto.undesirable_loss_weight": "2.0",
+                }
+            ),
         ),
     )
     m = read_metrics(out)
@@ -246,16 +245,14 @@ def test_kto_evaluates_every_row_in_micro_batches_of_two_and_refuses_a_one_row_e
 def test_two_teachers_first_step_by_hand_and_a_zero_weight_teacher_changes_nothing(
     tiny_dir, tiny_teacher_same_vocab, tiny_teacher_other_family, pref8, tmp_path
 ):
-    one = [
-        "--train.batch_size",
-        "8",
-        "--train.micro_batch_size",
-        "4",
-        "--model.beta",
-        "0.3",
-        "--ref.model_name_or_path",
-        tiny_dir,
-    ]
+    one = as_flags(
+        {
+            "train.batch_size": "8",
+            "train.micro_batch_size": "4",
+            "model.beta": "0.3",
+            "ref.model_name_or_path": tiny_dir,
+        }
+    )
     a, b = tiny_teacher_same_vocab, tiny_teacher_other_family
     run(
         "dadpo",
@@ -330,16 +327,15 @@ def test_two_teachers_cached_once_each_and_checked(
         tiny_dir,
         data,
         out,
-        "--train.batch_size",
-        "8",  # noqa: E731
-        "--train.micro_batch_size",
-        "4",
-        "--model.beta",
-        "0",
-        "--teacher.model_name_or_path",
-        paths,
-        "--teacher.beta",
-        "0.5,0.1",
+        *as_flags(
+            {
+                "train.batch_size": "8",
+                "train.micro_batch_size": "4",
+                "model.beta": "0",
+                "teacher.model_name_or_path": paths,
+                "teacher.beta": "0.5,0.1",
+            }
+        ),
     )
     run("dadpo", flags(pref8, str(tmp_path / "online"), f"{a},{b}"))
     run("dadpo", flags(scored, str(tmp_path / "cached"), f"{a},{b}"))

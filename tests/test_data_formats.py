@@ -15,6 +15,7 @@ from openrlhf.datasets.loading import load_rows
 from openrlhf.utils.errors import DataError
 
 from tiny import (
+    as_flags,
     base_flags,
     config_problems,
     ids_of,
@@ -142,15 +143,15 @@ def test_sft_pretrain_mode_run(tiny_dir, tmp_path):
         tiny_dir,
         data,
         out,
-        "--model.pretrain_mode_enable",
-        "--data.input_key",
-        "text",
-        "--train.batch_size",
-        "2",
-        "--train.max_epochs",
-        "3",
-        "--adam.lr",
-        "1e-2",
+        *as_flags(
+            {
+                "model.pretrain_mode_enable": None,
+                "data.input_key": "text",
+                "train.batch_size": "2",
+                "train.max_epochs": "3",
+                "adam.lr": "1e-2",
+            }
+        ),
     )
     flags.remove("--data.apply_chat_template")
     run_in_process("sft", flags)
@@ -203,14 +204,7 @@ def test_dpo_on_anthropic_hh_rows(tiny_dir, tmp_path):
         tiny_dir,
         data,
         out,
-        "--train.batch_size",
-        "4",
-        "--train.max_epochs",
-        "3",
-        "--model.beta",
-        "0.5",
-        "--data.prompt_key",
-        "",
+        *as_flags({"train.batch_size": "4", "train.max_epochs": "3", "model.beta": "0.5", "data.prompt_key": ""}),
     )
     flags.remove("--data.apply_chat_template")
     run_in_process("dpo", flags)

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from openrlhf.config import load_config
 
-from tiny import base_flags, make_tiny, pref_rows, train_losses, write_jsonl
+from tiny import as_flags, base_flags, make_tiny, pref_rows, train_losses, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +92,15 @@ def test_dynamic_micro_batches_keep_the_teachers_tokens_within_the_budget(
             tiny_dir,
             data,
             out,
-            "--teacher.model_name_or_path",
-            byte_teacher,
-            "--teacher.beta",
-            "0.3",
-            "--train.batch_size",
-            "4",
-            "--train.micro_batch_size",
-            "2",
-            "--train.max_epochs",
-            "2",
+            *as_flags(
+                {
+                    "teacher.model_name_or_path": byte_teacher,
+                    "teacher.beta": "0.3",
+                    "train.batch_size": "4",
+                    "train.micro_batch_size": "2",
+                    "train.max_epochs": "2",
+                }
+            ),
             *extra,
         )
         if extra:

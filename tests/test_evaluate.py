@@ -10,7 +10,7 @@ import torch
 
 from openrlhf.eval.offline import evaluate_responses, lcs_length, rouge_l, words
 
-from tiny import PREF_ROWS, write_jsonl
+from tiny import PREF_ROWS, as_flags, write_jsonl
 
 
 def _lcs_dp(a, b):
@@ -213,16 +213,14 @@ def test_cli_parses_repeated_candidates(tiny_dir, response_files, capsys):
     assert "| daDPO | 1.0000 [1.0000, 1.0000] |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(
-            [
-                "--teacher.model_name_or_path",
-                tiny_dir,
-                "--teacher_responses",
-                response_files["teacher"],
-                "--candidate",
-                "nolabel",
-                "--output_dir",
-                out,
-            ]
+            as_flags(
+                {
+                    "teacher.model_name_or_path": tiny_dir,
+                    "teacher_responses": response_files["teacher"],
+                    "candidate": "nolabel",
+                    "output_dir": out,
+                }
+            )
         )
     assert e.value.code == 2
     err = capsys.readouterr().err

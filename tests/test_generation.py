@@ -11,7 +11,7 @@ from openrlhf.config.parse import ConfigError, load_config
 from openrlhf.datasets.loading import DataError
 from openrlhf.utils.errors import Interrupted
 
-from tiny import write_jsonl
+from tiny import as_flags, write_jsonl
 
 PROMPTS = [
     {"id": "q1", "prompt": "What is the capital of France?"},
@@ -25,19 +25,17 @@ PROMPTS = [
 
 def make_cfg(model, dataset, output, *extra):
     argv = [
-        "--model.model_name_or_path",
-        model,
-        "--data.dataset",
-        dataset,
-        "--generate.output_path",
-        output,
-        "--data.apply_chat_template",
-        "--ds.param_dtype",
-        "fp32",
-        "--generate.max_new_tokens",
-        "8",
-        "--generate.batch_size",
-        "4",
+        *as_flags(
+            {
+                "model.model_name_or_path": model,
+                "data.dataset": dataset,
+                "generate.output_path": output,
+                "data.apply_chat_template": None,
+                "ds.param_dtype": "fp32",
+                "generate.max_new_tokens": "8",
+                "generate.batch_size": "4",
+            }
+        ),
         *extra,
     ]
     return load_config(argv, task="generate")
@@ -336,30 +334,21 @@ def test_an_interrupted_multi_turn_run_says_rows_are_written_when_every_turn_is_
 
 
 def test_generate_config_is_validated(tiny_dir, prompts_jsonl):
-    argv = [
-        "--model.model_name_or_path",
-        tiny_dir,
-        "--data.dataset",
-        prompts_jsonl,
-        "--generate.backend",
-        "tgi",
-        "--generate.max_new_tokens",
-        "0",
-        "--generate.temperature",
-        "-1",
-        "--generate.top_p",
-        "0",
-        "--generate.top_k",
-        "0",
-        "--generate.batch_size",
-        "0",
-        "--vllm.tensor_parallel_size",
-        "0",
-        "--vllm.num_engines",
-        "0",
-        "--vllm.gpu_memory_utilization",
-        "1.5",
-    ]
+    argv = as_flags(
+        {
+            "model.model_name_or_path": tiny_dir,
+            "data.dataset": prompts_jsonl,
+            "generate.backend": "tgi",
+            "generate.max_new_tokens": "0",
+            "generate.temperature": "-1",
+            "generate.top_p": "0",
+            "generate.top_k": "0",
+            "generate.batch_size": "0",
+            "vllm.tensor_parallel_size": "0",
+            "vllm.num_engines": "0",
+            "vllm.gpu_memory_utilization": "1.5",
+        }
+    )
     with pytest.raises(ConfigError) as e:
         load_config(argv, task="generate")
     flags = {p.split(":")[0] for p in e.value.problems}
@@ -454,16 +443,15 @@ def test_sampling_is_reproducible_by_seed(tiny_dir, prompts_jsonl, tmp_path):
                 tiny_dir,
                 prompts_jsonl,
                 out,
-                "--generate.temperature",
-                "1.0",
-                "--generate.top_k",
-                "50",
-                "--generate.top_p",
-                "0.95",
-                "--train.seed",
-                str(seed),
-                "--generate.max_new_tokens",
-                "16",
+                *as_flags(
+                    {
+                        "generate.temperature": "1.0",
+                        "generate.top_k": "50",
+                        "generate.top_p": "0.95",
+                        "train.seed": str(seed),
+                        "generate.max_new_tokens": "16",
+                    }
+                ),
             )
         )
         return [r["response"] for r in read(out)]
@@ -605,19 +593,17 @@ def test_vllm_starts_one_engine_for_every_setting_and_turn(tiny_dir, fake_vllm, 
     def cfg(out, *extra):
         return load_config(
             [
-                "--model.model_name_or_path",
-                tiny_dir,
-                "--data.dataset",
-                prompts,
-                "--data.apply_chat_template",
-                "--generate.output_path",
-                out,
-                "--generate.backend",
-                "vllm",
-                "--generate.batch_size",
-                "16",
-                "--train.seed",
-                "5",
+                *as_flags(
+                    {
+                        "model.model_name_or_path": tiny_dir,
+                        "data.dataset": prompts,
+                        "data.apply_chat_template": None,
+                        "generate.output_path": out,
+                        "generate.backend": "vllm",
+                        "generate.batch_size": "16",
+                        "train.seed": "5",
+                    }
+                ),
                 *extra,
             ],
             task="generate",

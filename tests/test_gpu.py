@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from tiny import base_flags, pref_rows, read_metrics, run_module, write_jsonl
+from tiny import as_flags, base_flags, pref_rows, read_metrics, run_module, write_jsonl
 
 pytestmark = pytest.mark.gpu
 
@@ -91,18 +91,16 @@ def _train(tiny_dir, teacher, pairs, out, *extra, timeout=900):
         tiny_dir,
         pairs,
         out,
-        "--teacher.model_name_or_path",
-        teacher,
-        "--ref.model_name_or_path",
-        tiny_dir,
-        "--train.batch_size",
-        "4",
-        "--train.micro_batch_size",
-        "2",
-        "--train.max_epochs",
-        "2",
-        "--ds.param_dtype",
-        "bf16",
+        *as_flags(
+            {
+                "teacher.model_name_or_path": teacher,
+                "ref.model_name_or_path": tiny_dir,
+                "train.batch_size": "4",
+                "train.micro_batch_size": "2",
+                "train.max_epochs": "2",
+                "ds.param_dtype": "bf16",
+            }
+        ),
         *extra,
     )
     res = run_module("openrlhf.cli.train_dadpo", flags, timeout=timeout)
@@ -139,13 +137,7 @@ def test_qlora_dadpo_trains_and_saves_a_plain_merged_folder(tiny_dir, tiny_teach
         tiny_teacher_other_family,
         pairs,
         out,
-        "--ds.lora.rank",
-        "8",
-        "--ds.lora.alpha",
-        "16",
-        "--ds.load_in_4bit",
-        "--adam.lr",
-        "5e-3",
+        *as_flags({"ds.lora.rank": "8", "ds.lora.alpha": "16", "ds.load_in_4bit": None, "adam.lr": "5e-3"}),
     )
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert "quantization_config" not in cfg  # a plain HF folder, not bitsandbytes' packed weights

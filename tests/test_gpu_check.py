@@ -13,6 +13,7 @@ import torch
 
 from tiny import (
     TOPICS,
+    as_flags,
     base_flags,
     launch_env,
     make_talking_teacher,
@@ -136,18 +137,16 @@ def test_dpo_packed_with_flash_attention_trains_like_padded_in_bf16(tmp_path):
             student,
             data,
             out,
-            "--train.batch_size",
-            "4",
-            "--train.micro_batch_size",
-            "2",
-            "--train.max_epochs",
-            "2",
-            "--ds.param_dtype",
-            "bf16",
-            "--ds.attn_implementation",
-            "flash_attention_2",
-            "--ds.packing_samples",
-            packing,
+            *as_flags(
+                {
+                    "train.batch_size": "4",
+                    "train.micro_batch_size": "2",
+                    "train.max_epochs": "2",
+                    "ds.param_dtype": "bf16",
+                    "ds.attn_implementation": "flash_attention_2",
+                    "ds.packing_samples": packing,
+                }
+            ),
         )
         res = run_module("openrlhf.cli.train_dpo", flags, timeout=600)
         assert res.returncode == 0, res.stderr[-4000:]
@@ -204,22 +203,19 @@ def test_two_processes_zero3_packing_dynamic_batches_resume_mid_epoch(device, tm
             student,
             data,
             out,
-            "--train.batch_size",
-            "8",
-            "--train.max_epochs",
-            "2",
-            "--ds.packing_samples",
-            "true",
-            "--train.dynamic_batch_enable",
-            "--train.max_tokens_per_gpu",
-            "320",
-            "--teacher.model_name_or_path",
-            teacher,
-            "--teacher.beta",
-            "0.3",
-            "--ckpt.save_steps",
-            "2",
-            "--ckpt.load_enable",
+            *as_flags(
+                {
+                    "train.batch_size": "8",
+                    "train.max_epochs": "2",
+                    "ds.packing_samples": "true",
+                    "train.dynamic_batch_enable": None,
+                    "train.max_tokens_per_gpu": "320",
+                    "teacher.model_name_or_path": teacher,
+                    "teacher.beta": "0.3",
+                    "ckpt.save_steps": "2",
+                    "ckpt.load_enable": None,
+                }
+            ),
         )
         f[f.index("--ds.zero_stage") + 1] = "3"
         return f
@@ -269,17 +265,16 @@ def test_vllm_tensor_parallel_and_two_engines_answer_like_the_hf_backend(tmp_pat
     def answers(name, *extra):
         out = str(tmp_path / f"{name}.jsonl")
         flags = [
-            "--model.model_name_or_path",
-            model,
-            "--data.dataset",
-            prompts,
-            "--data.apply_chat_template",
-            "--generate.output_path",
-            out,
-            "--ds.param_dtype",
-            "bf16",
-            "--generate.max_new_tokens",
-            "16",
+            *as_flags(
+                {
+                    "model.model_name_or_path": model,
+                    "data.dataset": prompts,
+                    "data.apply_chat_template": None,
+                    "generate.output_path": out,
+                    "ds.param_dtype": "bf16",
+                    "generate.max_new_tokens": "16",
+                }
+            ),
             *extra,
         ]
         res = run_module("openrlhf.cli.generate", flags, timeout=600)
@@ -292,16 +287,15 @@ def test_vllm_tensor_parallel_and_two_engines_answer_like_the_hf_backend(tmp_pat
     for tp, engines in layouts:
         got = answers(
             f"vllm_tp{tp}_x{engines}",
-            "--generate.backend",
-            "vllm",
-            "--vllm.tensor_parallel_size",
-            tp,
-            "--vllm.num_engines",
-            engines,
-            "--vllm.enforce_eager",
-            "--vllm.max_model_len",
-            "512",
-            "--vllm.gpu_memory_utilization",
-            "0.3",
+            *as_flags(
+                {
+                    "generate.backend": "vllm",
+                    "vllm.tensor_parallel_size": tp,
+                    "vllm.num_engines": engines,
+                    "vllm.enforce_eager": None,
+                    "vllm.max_model_len": "512",
+                    "vllm.gpu_memory_utilization": "0.3",
+                }
+            ),
         )
         assert got == hf, (tp, engines)

@@ -15,7 +15,7 @@ import pytest
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import run_module, write_jsonl
+from tiny import as_flags, run_module, write_jsonl
 
 pytest.importorskip("nltk", reason="pip install -e '.[ifeval]'")
 pytest.importorskip("langdetect", reason="pip install -e '.[ifeval]'")
@@ -416,7 +416,7 @@ def test_without_the_punkt_model_one_error_and_no_download(tmp_path, monkeypatch
     monkeypatch.setattr(nltk, "download", lambda *a, **k: downloads.append(a))
     assert not ifeval.punkt_available()
     assert ifeval.missing() == [ifeval.punkt_missing_message()]
-    flags = ["--task", "ifeval", "--max_items", "2", "--candidate", f"m={good}", "--output_dir", str(tmp_path / "r")]
+    flags = as_flags({"task": "ifeval", "max_items": "2", "candidate": f"m={good}", "output_dir": str(tmp_path / "r")})
     with pytest.raises(UserError, match="pip install --no-deps llama-index-core"):
         judge(load_config(flags, "judge"), log=lambda *x: None)
     assert downloads == [] and not (tmp_path / "nltk_data").exists()

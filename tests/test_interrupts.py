@@ -16,6 +16,7 @@ from openrlhf.utils.run_folder import LOCK_NAME
 
 from tiny import (
     REPO,
+    as_flags,
     base_flags,
     judge_files,
     launch_env,
@@ -94,15 +95,15 @@ def test_ctrl_c_during_training_is_a_clean_stop(tiny_dir, tmp_path, sig, code, w
         tiny_dir,
         data,
         out,
-        "--train.batch_size",
-        "2",
-        "--train.micro_batch_size",
-        "1",
-        "--train.max_epochs",
-        "8",
-        "--ckpt.save_steps",
-        "1",
-        "--ckpt.load_enable",
+        *as_flags(
+            {
+                "train.batch_size": "2",
+                "train.micro_batch_size": "1",
+                "train.max_epochs": "8",
+                "ckpt.save_steps": "1",
+                "ckpt.load_enable": None,
+            }
+        ),
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "openrlhf.cli.train_dpo", *flags],
@@ -197,23 +198,18 @@ def test_ctrl_c_in_generate_says_the_same_command_resumes(tiny_dir, tmp_path):
         str(tmp_path / "prompts.jsonl"), [{"id": i, "prompt": f"Tell me about the number {i}."} for i in range(40)]
     )
     out = str(tmp_path / "gen.jsonl")
-    flags = [
-        "--model.model_name_or_path",
-        tiny_dir,
-        "--data.dataset",
-        prompts,
-        "--data.prompt_key",
-        "prompt",
-        "--data.apply_chat_template",
-        "--generate.batch_size",
-        "1",
-        "--generate.max_new_tokens",
-        "24",
-        "--ds.param_dtype",
-        "fp32",
-        "--generate.output_path",
-        out,
-    ]
+    flags = as_flags(
+        {
+            "model.model_name_or_path": tiny_dir,
+            "data.dataset": prompts,
+            "data.prompt_key": "prompt",
+            "data.apply_chat_template": None,
+            "generate.batch_size": "1",
+            "generate.max_new_tokens": "24",
+            "ds.param_dtype": "fp32",
+            "generate.output_path": out,
+        }
+    )
     rc, err = _interrupt_when(["openrlhf.cli.generate", *flags], lambda: _lines(out) >= 2)
     line = _one_interrupted_line(rc, err, f"of 40 prompts are answered in {out}")
     done = int(line.split("interrupted: ")[1].split(" of ")[0])

@@ -20,6 +20,7 @@ from openrlhf.utils.errors import DataError, UserError
 
 from tiny import (
     REPO,
+    as_flags,
     free_port,
     judge_files,
     launch_env,
@@ -200,14 +201,7 @@ def files(tmp_path):
 
 def _judge_flags(url, out, *extra):
     return [
-        "--judge.base_url",
-        url,
-        "--judge.model",
-        "fake-judge",
-        "--judge.concurrency",
-        "4",
-        "--output_dir",
-        out,
+        *as_flags({"judge.base_url": url, "judge.model": "fake-judge", "judge.concurrency": "4", "output_dir": out}),
         *extra,
     ]
 
@@ -517,20 +511,16 @@ def test_alpacaeval_matches_alpaca_eval_annotator_and_metrics(alpaca_eval_lib, t
         model="gpt-4-1106-preview",
     ) as server:
         report = _run_judge(
-            [
-                "--task",
-                "alpacaeval",
-                "--reference_outputs",
-                ref_path,
-                "--candidate",
-                f"m1={cand}",
-                "--judge.base_url",
-                server.url,
-                "--judge.model",
-                "gpt-4-1106-preview",
-                "--output_dir",
-                str(tmp_path / "out"),
-            ]
+            as_flags(
+                {
+                    "task": "alpacaeval",
+                    "reference_outputs": ref_path,
+                    "candidate": f"m1={cand}",
+                    "judge.base_url": server.url,
+                    "judge.model": "gpt-4-1106-preview",
+                    "output_dir": str(tmp_path / "out"),
+                }
+            )
         )
         ours_sent = server.requests[1:]  # after the check request
         body = server.bodies[1]
@@ -626,20 +616,16 @@ def test_alpacaeval_with_another_judge_and_without_logprobs(tmp_path):
     except UserError:
         pytest.skip("alpaca-eval is not installed (pip install -e '.[test]' installs 0.6.6)")
     _, _, ref_path, cand = _alpaca_files(tmp_path)
-    flags = lambda url, out: [
-        "--task",
-        "alpacaeval",
-        "--reference_outputs",
-        ref_path,
-        "--candidate",  # noqa: E731
-        f"m1={cand}",
-        "--judge.base_url",
-        url,
-        "--judge.model",
-        "fake-judge",
-        "--output_dir",
-        out,
-    ]
+    flags = lambda url, out: as_flags(
+        {
+            "task": "alpacaeval",
+            "reference_outputs": ref_path,
+            "candidate": f"m1={cand}",
+            "judge.base_url": url,
+            "judge.model": "fake-judge",
+            "output_dir": out,
+        }
+    )
     with FakeJudge(lambda msgs: {"content": "m", "top_logprobs": [alpaca_top_logprobs(msgs[-1]["content"])]}) as server:
         report = _run_judge(flags(server.url, str(tmp_path / "a")))
     r = report["models"]["m1"]["alpacaeval"]
@@ -670,20 +656,16 @@ def test_alpacaeval_without_alpaca_eval_is_a_one_line_error_before_any_work(tmp_
             r"pip install -e '\.\[alpacaeval\]' in this fork's folder",
         ):
             _run_judge(
-                [
-                    "--task",
-                    "alpacaeval",
-                    "--reference_outputs",
-                    ref_path,
-                    "--candidate",
-                    f"m1={cand}",
-                    "--judge.base_url",
-                    server.url,
-                    "--judge.model",
-                    "fake-judge",
-                    "--output_dir",
-                    str(tmp_path),
-                ]
+                as_flags(
+                    {
+                        "task": "alpacaeval",
+                        "reference_outputs": ref_path,
+                        "candidate": f"m1={cand}",
+                        "judge.base_url": server.url,
+                        "judge.model": "fake-judge",
+                        "output_dir": str(tmp_path),
+                    }
+                )
             )
         assert server.requests == []
     # distill's judge: section says so when its config is read, before any training
@@ -825,17 +807,15 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
         ],
     )
     logs = []
-    flags = [
-        "--model.model_name_or_path",
-        tiny_talking_teacher,
-        "--data.dataset",
-        own,
-        "--data.apply_chat_template",
-        "--generate.max_new_tokens",
-        "12",
-        "--ds.param_dtype",
-        "fp32",
-    ]
+    flags = as_flags(
+        {
+            "model.model_name_or_path": tiny_talking_teacher,
+            "data.dataset": own,
+            "data.apply_chat_template": None,
+            "generate.max_new_tokens": "12",
+            "ds.param_dtype": "fp32",
+        }
+    )
     generate(
         load_config(flags + ["--generate.output_path", str(tmp_path / "own_out.jsonl")], "generate"), log=logs.append
     )
@@ -875,19 +855,16 @@ def test_eval_prompts_files_and_generate_answers_two_turns(tiny_talking_teacher,
     )
     generate(
         load_config(
-            [
-                "--model.model_name_or_path",
-                tiny_talking_teacher,
-                "--data.dataset",
-                two,
-                "--data.apply_chat_template",
-                "--generate.output_path",
-                str(tmp_path / "o.jsonl"),
-                "--generate.max_new_tokens",
-                "12",
-                "--ds.param_dtype",
-                "fp32",
-            ],
+            as_flags(
+                {
+                    "model.model_name_or_path": tiny_talking_teacher,
+                    "data.dataset": two,
+                    "data.apply_chat_template": None,
+                    "generate.output_path": str(tmp_path / "o.jsonl"),
+                    "generate.max_new_tokens": "12",
+                    "ds.param_dtype": "fp32",
+                }
+            ),
             "generate",
         ),
         log=lambda *a: None,
@@ -915,24 +892,18 @@ def test_real_vllm_judge_plumbing(vllm_judge, tmp_path):
     teacher = _gen_rows(str(tmp_path / "t.jsonl"), ["Paris is the capital of France."] * 4, prompt="Capital {i}?")
     cand = _gen_rows(str(tmp_path / "c.jsonl"), ["I think it is Paris, a city in France."] * 4, prompt="Capital {i}?")
     out = str(tmp_path / "report")
-    flags = [
-        "--task",
-        "indomain",
-        "--teacher_responses",
-        teacher,
-        "--candidate",
-        f"student={cand}",
-        "--judge.base_url",
-        vllm_judge,
-        "--judge.model",
-        "smollm2-judge",
-        "--judge.max_tokens",
-        "96",
-        "--judge.concurrency",
-        "4",
-        "--output_dir",
-        out,
-    ]
+    flags = as_flags(
+        {
+            "task": "indomain",
+            "teacher_responses": teacher,
+            "candidate": f"student={cand}",
+            "judge.base_url": vllm_judge,
+            "judge.model": "smollm2-judge",
+            "judge.max_tokens": "96",
+            "judge.concurrency": "4",
+            "output_dir": out,
+        }
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "openrlhf.cli.judge", *flags],
         env=launch_env(),
@@ -987,20 +958,16 @@ def test_real_vllm_alpacaeval_log_probabilities(vllm_judge, tmp_path):
         ],
     )
     report = _run_judge(
-        [
-            "--task",
-            "alpacaeval",
-            "--reference_outputs",
-            str(tmp_path / "ref.json"),
-            "--candidate",
-            f"student={cand}",
-            "--judge.base_url",
-            vllm_judge,
-            "--judge.model",
-            "smollm2-judge",
-            "--output_dir",
-            str(tmp_path / "out"),
-        ]
+        as_flags(
+            {
+                "task": "alpacaeval",
+                "reference_outputs": str(tmp_path / "ref.json"),
+                "candidate": f"student={cand}",
+                "judge.base_url": vllm_judge,
+                "judge.model": "smollm2-judge",
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
     )
     r = report["models"]["student"]["alpacaeval"]
     assert r["n_total"] + r["unparsed"] == 3 and report["judge"]["alpacaeval"]["requests_sent"] == 3
@@ -1016,20 +983,17 @@ def _judge(url, out, teacher, cand, *extra):
     return judge(
         load_config(
             [
-                "--judge.base_url",
-                url,
-                "--judge.model",
-                "fake-judge",
-                "--judge.concurrency",
-                "2",
-                "--output_dir",
-                out,
-                "--task",
-                "indomain",
-                "--teacher_responses",
-                teacher,
-                "--candidate",
-                f"long={cand}",
+                *as_flags(
+                    {
+                        "judge.base_url": url,
+                        "judge.model": "fake-judge",
+                        "judge.concurrency": "2",
+                        "output_dir": out,
+                        "task": "indomain",
+                        "teacher_responses": teacher,
+                        "candidate": f"long={cand}",
+                    }
+                ),
                 *extra,
             ],
             "judge",

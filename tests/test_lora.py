@@ -13,6 +13,7 @@ import torch
 from openrlhf.utils.errors import UserError
 
 from tiny import (
+    as_flags,
     base_flags,
     pref_rows,
     replace_flags,
@@ -57,20 +58,17 @@ def test_lora_dpo_reference_is_the_frozen_base(tiny_dir, tmp_path, capsys):
             tiny_dir,
             data,
             out,
-            "--train.batch_size",
-            "8",
-            "--train.micro_batch_size",
-            "4",
-            "--train.max_epochs",
-            "4",
-            "--model.beta",
-            "0.5",
-            "--adam.lr",
-            "1e-2",
-            "--ds.lora.rank",
-            "8",
-            "--ds.lora.alpha",
-            "16",
+            *as_flags(
+                {
+                    "train.batch_size": "8",
+                    "train.micro_batch_size": "4",
+                    "train.max_epochs": "4",
+                    "model.beta": "0.5",
+                    "adam.lr": "1e-2",
+                    "ds.lora.rank": "8",
+                    "ds.lora.alpha": "16",
+                }
+            ),
         ),
     )
     losses = train_losses(out)
@@ -88,16 +86,15 @@ def test_lora_sft_trains_only_adapters(tiny_dir, sft_jsonl, tmp_path):
             tiny_dir,
             sft_jsonl,
             out,
-            "--train.batch_size",
-            "2",
-            "--train.max_epochs",
-            "4",
-            "--adam.lr",
-            "1e-2",
-            "--ds.lora.rank",
-            "4",
-            "--ds.lora.target_modules",
-            "q_proj",
+            *as_flags(
+                {
+                    "train.batch_size": "2",
+                    "train.max_epochs": "4",
+                    "adam.lr": "1e-2",
+                    "ds.lora.rank": "4",
+                    "ds.lora.target_modules": "q_proj",
+                }
+            ),
             "v_proj",
             "down_proj",
         ),
@@ -117,20 +114,17 @@ def test_lora_dadpo_two_processes_zero3(tiny_dir, tiny_teacher_other_family, tmp
         tiny_dir,
         data,
         out,
-        "--teacher.model_name_or_path",
-        tiny_teacher_other_family,
-        "--train.batch_size",
-        "4",
-        "--train.max_epochs",
-        "2",
-        "--model.beta",
-        "0.5",
-        "--teacher.beta",
-        "0.1",
-        "--adam.lr",
-        "1e-2",
-        "--ds.lora.rank",
-        "8",
+        *as_flags(
+            {
+                "teacher.model_name_or_path": tiny_teacher_other_family,
+                "train.batch_size": "4",
+                "train.max_epochs": "2",
+                "model.beta": "0.5",
+                "teacher.beta": "0.1",
+                "adam.lr": "1e-2",
+                "ds.lora.rank": "8",
+            }
+        ),
     )
     proc = run_deepspeed("openrlhf.cli.train_dadpo", replace_flags(flags, ds__zero_stage="3"))
     losses = train_losses(out)
@@ -360,7 +354,7 @@ def test_lora_combiner_merged_folder_gives_peft_outputs(tiny_dir, tmp_path):
     out = str(tmp_path / "merged")
     res = run_module(
         "openrlhf.cli.lora_combiner",
-        ["--model_path", tiny_dir, "--lora_path", adapter, "--output_path", out, "--ds.param_dtype", "fp32"],
+        as_flags({"model_path": tiny_dir, "lora_path": adapter, "output_path": out, "ds.param_dtype": "fp32"}),
     )
     assert res.returncode == 0, res.stderr
     ids = torch.tensor([[5, 9, 13, 21, 34, 55, 2]])

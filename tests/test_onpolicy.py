@@ -14,7 +14,16 @@ import torch
 from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import Interrupted
 
-from tiny import base_flags, killed_at_micro_batch, pref_rows, read_metrics, run_deepspeed, train_losses, write_jsonl
+from tiny import (
+    as_flags,
+    base_flags,
+    killed_at_micro_batch,
+    pref_rows,
+    read_metrics,
+    run_deepspeed,
+    train_losses,
+    write_jsonl,
+)
 from tiny import run_in_process as run
 
 NEW_TOKENS = 6
@@ -46,20 +55,17 @@ def flags(student, teacher, data, out, *extra):
         student,
         data,
         out,
-        "--teacher.model_name_or_path",
-        teacher,
-        "--train.batch_size",
-        "4",
-        "--train.micro_batch_size",
-        "2",
-        "--model.beta",
-        "0.3",
-        "--teacher.beta",
-        "0.7",
-        "--onpolicy.max_new_tokens",
-        str(NEW_TOKENS),
-        "--onpolicy.batch_size",
-        "1",
+        *as_flags(
+            {
+                "teacher.model_name_or_path": teacher,
+                "train.batch_size": "4",
+                "train.micro_batch_size": "2",
+                "model.beta": "0.3",
+                "teacher.beta": "0.7",
+                "onpolicy.max_new_tokens": str(NEW_TOKENS),
+                "onpolicy.batch_size": "1",
+            }
+        ),
         *extra,
     )
 
@@ -119,13 +125,7 @@ def test_each_round_answers_with_the_weights_of_that_step(tiny_dir, tiny_teacher
             tiny_teacher_other_family,
             pref8,
             out,
-            "--onpolicy.round_steps",
-            "1",
-            "--ckpt.save_steps",
-            "1",
-            "--ckpt.save_hf",
-            "--ckpt.max_num",
-            "5",
+            *as_flags({"onpolicy.round_steps": "1", "ckpt.save_steps": "1", "ckpt.save_hf": None, "ckpt.max_num": "5"}),
         ),
     )
     rounds = rounds_of(out)
@@ -147,15 +147,15 @@ def test_resume_inside_a_round_reproduces_the_uninterrupted_run(
     sampled as before, and every loss equals the uninterrupted run's."""
     data = write_jsonl(str(tmp_path / "pref24.jsonl"), pref_rows(24))
     common = (
-        "--onpolicy.round_steps",
-        "2",
-        "--onpolicy.temperature",
-        "1.0",
-        "--ckpt.save_steps",
-        "1",
-        "--ckpt.max_num",
-        "1",
-        "--ckpt.load_enable",
+        *as_flags(
+            {
+                "onpolicy.round_steps": "2",
+                "onpolicy.temperature": "1.0",
+                "ckpt.save_steps": "1",
+                "ckpt.max_num": "1",
+                "ckpt.load_enable": None,
+            }
+        ),
     )
     full = str(tmp_path / "full")
     run("dadpo", flags(tiny_dir, tiny_teacher_other_family, data, full, *common))
@@ -338,22 +338,19 @@ def test_vllm_engine_answers_with_the_pushed_weights_of_each_step(
         tiny_teacher_other_family,
         pref8,
         out,
-        "--onpolicy.round_steps",
-        "1",
-        "--onpolicy.backend",
-        "vllm",
-        "--onpolicy.batch_size",
-        "8",
-        "--vllm.gpu_memory_utilization",
-        "0.1",
-        "--vllm.enforce_eager",
-        "--vllm.max_model_len",
-        "1024",
-        "--ckpt.save_steps",
-        "1",
-        "--ckpt.save_hf",
-        "--ckpt.max_num",
-        "5",
+        *as_flags(
+            {
+                "onpolicy.round_steps": "1",
+                "onpolicy.backend": "vllm",
+                "onpolicy.batch_size": "8",
+                "vllm.gpu_memory_utilization": "0.1",
+                "vllm.enforce_eager": None,
+                "vllm.max_model_len": "1024",
+                "ckpt.save_steps": "1",
+                "ckpt.save_hf": None,
+                "ckpt.max_num": "5",
+            }
+        ),
     )
     f[f.index("--adam.lr") + 1] = "1e-3"
     import vllm

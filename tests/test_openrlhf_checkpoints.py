@@ -12,6 +12,7 @@ import torch
 from openrlhf.config import load_config
 
 from tiny import (
+    as_flags,
     base_flags,
     pref_rows,
     read_metrics,
@@ -60,7 +61,11 @@ def test_checkpoints_cross_with_openrlhf_both_ways(tiny_dir, tmp_path, capsys):
     )
     full = str(tmp_path / "full")
     run_in_process(
-        "dpo", flags(full, "--ckpt.save_steps", "3", "--ckpt.save_hf", "--ckpt.max_num", "5", "--ckpt.load_enable")
+        "dpo",
+        flags(
+            full,
+            *as_flags({"ckpt.save_steps": "3", "ckpt.save_hf": None, "ckpt.max_num": "5", "ckpt.load_enable": None}),
+        ),
     )
     # --ckpt.load_enable with nothing to resume: one line naming where it looked.
     said = [line for line in capsys.readouterr().out.splitlines() if "--ckpt.load_enable" in line]
@@ -152,14 +157,15 @@ def test_disable_ds_writes_no_resumable_checkpoint_but_hf_exports(tiny_dir, sft_
             tiny_dir,
             sft_jsonl,
             out,
-            "--train.batch_size",
-            "2",
-            "--ckpt.save_steps",
-            "2",
-            "--ckpt.disable_ds",
-            "--ckpt.save_hf",
-            "--train.max_epochs",
-            "1",
+            *as_flags(
+                {
+                    "train.batch_size": "2",
+                    "ckpt.save_steps": "2",
+                    "ckpt.disable_ds": None,
+                    "ckpt.save_hf": None,
+                    "train.max_epochs": "1",
+                }
+            ),
         ),
     )
     names = sorted(os.listdir(os.path.join(out, "checkpoints")))

@@ -17,6 +17,7 @@ from openrlhf.config import ConfigError, load_config
 from openrlhf.utils.errors import UserError
 
 from tiny import (
+    as_flags,
     base_flags,
     pref_rows,
     read_metrics,
@@ -273,15 +274,15 @@ def test_adam_eps_min_lr_ratio_and_determinism_reach_optimizer_scheduler_and_tor
                 tiny_dir,
                 data,
                 out,
-                "--adam.eps",
-                "1e-3",
-                "--min_lr_ratio",
-                "0.5",
-                "--lr_warmup_ratio",
-                "0",
-                "--train.batch_size",
-                "1",
-                "--train.full_determinism_enable",
+                *as_flags(
+                    {
+                        "adam.eps": "1e-3",
+                        "min_lr_ratio": "0.5",
+                        "lr_warmup_ratio": "0",
+                        "train.batch_size": "1",
+                        "train.full_determinism_enable": None,
+                    }
+                ),
             ),
             "sft",
         )
@@ -439,22 +440,18 @@ def test_tensorboard_run_folder_and_keys(tiny_dir, tmp_path):
             tiny_dir,
             data,
             out,
-            "--train.batch_size",
-            "4",
-            "--train.micro_batch_size",
-            "2",
-            "--model.nll_loss_coef",
-            "0.5",
-            "--eval.dataset",
-            data,
-            "--eval.split",
-            "train",
-            "--eval.steps",
-            "2",
-            "--logger.tensorboard_dir",
-            tb,
-            "--logger.wandb.run_name",
-            "run1",
+            *as_flags(
+                {
+                    "train.batch_size": "4",
+                    "train.micro_batch_size": "2",
+                    "model.nll_loss_coef": "0.5",
+                    "eval.dataset": data,
+                    "eval.split": "train",
+                    "eval.steps": "2",
+                    "logger.tensorboard_dir": tb,
+                    "logger.wandb.run_name": "run1",
+                }
+            ),
         ),
     )
     assert os.listdir(tb) == ["run1"]

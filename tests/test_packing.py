@@ -10,7 +10,7 @@ import torch
 
 from openrlhf.config import load_config
 
-from tiny import base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
+from tiny import as_flags, base_flags, pref_rows, read_metrics, run_deepspeed, sft_rows, train_losses, write_jsonl
 
 
 def _rows_of_uneven_length(kind: str):
@@ -41,14 +41,14 @@ def test_packed_losses_equal_padded(task, stage, tiny_dir, tiny_teacher_other_fa
             tiny_dir,
             data,
             out,
-            "--train.batch_size",
-            "4",
-            "--train.micro_batch_size",
-            "2",
-            "--train.max_epochs",
-            "2",
-            "--ds.packing_samples",
-            packing,
+            *as_flags(
+                {
+                    "train.batch_size": "4",
+                    "train.micro_batch_size": "2",
+                    "train.max_epochs": "2",
+                    "ds.packing_samples": packing,
+                }
+            ),
             *extra,
         )
         flags[flags.index("--ds.zero_stage") + 1] = stage
@@ -138,18 +138,16 @@ def test_packed_two_processes_zero3_equals_padded(tiny_dir, tiny_teacher_other_f
             tiny_dir,
             data,
             out,
-            "--train.batch_size",
-            "8",
-            "--train.micro_batch_size",
-            "2",
-            "--train.max_epochs",
-            "2",
-            "--ds.packing_samples",
-            packing,
-            "--teacher.model_name_or_path",
-            tiny_teacher_other_family,
-            "--teacher.beta",
-            "0.3",
+            *as_flags(
+                {
+                    "train.batch_size": "8",
+                    "train.micro_batch_size": "2",
+                    "train.max_epochs": "2",
+                    "ds.packing_samples": packing,
+                    "teacher.model_name_or_path": tiny_teacher_other_family,
+                    "teacher.beta": "0.3",
+                }
+            ),
         )
         flags[flags.index("--ds.zero_stage") + 1] = "3"
         run_deepspeed("openrlhf.cli.train_dadpo", flags)
@@ -207,19 +205,17 @@ def test_zero3_packing_with_dynamic_batches_runs_the_same_forwards_on_every_rank
             str(student),
             data,
             str(out),
-            "--train.batch_size",
-            "8",
-            "--train.max_epochs",
-            "2",
-            "--ds.packing_samples",
-            packing,
-            "--teacher.model_name_or_path",
-            str(teacher),
-            "--teacher.beta",
-            "0.3",
-            "--train.dynamic_batch_enable",
-            "--train.max_tokens_per_gpu",
-            "320",
+            *as_flags(
+                {
+                    "train.batch_size": "8",
+                    "train.max_epochs": "2",
+                    "ds.packing_samples": packing,
+                    "teacher.model_name_or_path": str(teacher),
+                    "teacher.beta": "0.3",
+                    "train.dynamic_batch_enable": None,
+                    "train.max_tokens_per_gpu": "320",
+                }
+            ),
         )
         flags[flags.index("--ds.zero_stage") + 1] = "3"
         env = launch_env(FORWARD_LOG_DIR=str(log))

@@ -13,7 +13,7 @@ from openrlhf.config.schema import DataConfig
 from openrlhf.tools import prune as P
 from openrlhf.utils.errors import UserError
 
-from tiny import CORPUS, make_model, write_jsonl
+from tiny import CORPUS, as_flags, make_model, write_jsonl
 
 MLP = 64  # intermediate size of the test models
 HEADS, KV, HEAD_DIM, HIDDEN = 4, 2, 8, 32
@@ -91,15 +91,15 @@ def _param_formula(cfg) -> int:
 
 def _argv(model, data, out, *extra):
     return [
-        "--model.model_name_or_path",
-        model,
-        "--data.dataset",
-        data,
-        "--data.prompt_key",
-        "prompt",
-        "--data.apply_chat_template",
-        "--prune.output_dir",
-        out,
+        *as_flags(
+            {
+                "model.model_name_or_path": model,
+                "data.dataset": data,
+                "data.prompt_key": "prompt",
+                "data.apply_chat_template": None,
+                "prune.output_dir": out,
+            }
+        ),
         *extra,
     ]
 
@@ -357,32 +357,31 @@ def test_weight_method_needs_no_calibration_and_differs(strong_dir):
 
 
 def test_bad_prune_flags_are_rejected_naming_each_flag(strong_dir, calib_jsonl):
-    argv = [
-        "--model.model_name_or_path",
-        strong_dir,
-        "--data.dataset",
-        calib_jsonl,
-        "--prune.mlp_ratio",
-        "1.0",
-        "--prune.head_ratio",
-        "-0.1",
-        "--prune.num_layers",
-        "-1",
-        "--prune.method",
-        "magnitude",
-        "--prune.calibration_samples",
-        "0",
-    ]
+    argv = as_flags(
+        {
+            "model.model_name_or_path": strong_dir,
+            "data.dataset": calib_jsonl,
+            "prune.mlp_ratio": "1.0",
+            "prune.head_ratio": "-0.1",
+            "prune.num_layers": "-1",
+            "prune.method": "magnitude",
+            "prune.calibration_samples": "0",
+        }
+    )
     with pytest.raises(ConfigError) as e:
         load_config(argv, task="prune")
     text = str(e.value)
     for flag in (
-        "--prune.mlp_ratio",
-        "--prune.head_ratio",
-        "--prune.num_layers",
-        "--prune.method",
-        "--prune.calibration_samples",
-        "--prune.output_dir",
+        *as_flags(
+            {
+                "prune.mlp_ratio": None,
+                "prune.head_ratio": None,
+                "prune.num_layers": None,
+                "prune.method": None,
+                "prune.calibration_samples": None,
+                "prune.output_dir": None,
+            }
+        ),
     ):
         assert flag in text
     assert "[0, 1)" in text
@@ -426,16 +425,15 @@ def test_cli_model_pruning_cannot_handle_is_one_error_line_exit_2(tiny_dir, cali
         res = run_module(
             "openrlhf.cli.prune",
             [
-                "--model.model_name_or_path",
-                model,
-                "--data.dataset",
-                calib_jsonl,
-                "--data.prompt_key",
-                "prompt",
-                "--prune.calibration_samples",
-                "2",
-                "--prune.output_dir",
-                str(tmp_path / f"out{i}"),
+                *as_flags(
+                    {
+                        "model.model_name_or_path": model,
+                        "data.dataset": calib_jsonl,
+                        "data.prompt_key": "prompt",
+                        "prune.calibration_samples": "2",
+                        "prune.output_dir": str(tmp_path / f"out{i}"),
+                    }
+                ),
                 *flags,
             ],
         )

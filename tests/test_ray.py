@@ -18,6 +18,7 @@ import pytest
 
 from tiny import (
     REPO,
+    as_flags,
     background_server,
     base_flags,
     free_port,
@@ -41,7 +42,10 @@ def ray_head(tmp_path_factory):
     pytest.importorskip("ray")
     gcs, dash = free_port(), free_port()
     env = launch_env()
-    cmd = RAY + ["start", "--head", "--block", "--num-cpus", "2", "--node-ip-address", "127.0.0.2", "--port", gcs]
+    cmd = RAY + [
+        "start",
+        *as_flags({"head": None, "block": None, "num-cpus": "2", "node-ip-address": "127.0.0.2", "port": gcs}),
+    ]
     cmd += ["--dashboard-host", "127.0.0.1", "--dashboard-port", dash, "--include-dashboard", "true"]
     cmd += ["--disable-usage-stats"]
     dashboard = f"http://127.0.0.1:{dash}"
@@ -69,33 +73,29 @@ def _flags(tiny_dir, teacher, data, out, zero="3"):
         tiny_dir,
         data,
         out,
-        "--teacher.model_name_or_path",
-        teacher,
-        "--train.batch_size",
-        "4",
-        "--train.max_epochs",
-        "2",
-        "--model.beta",
-        "0.5",
-        "--teacher.beta",
-        "0.1",
-        "--adam.lr",
-        "1e-2",
+        *as_flags(
+            {
+                "teacher.model_name_or_path": teacher,
+                "train.batch_size": "4",
+                "train.max_epochs": "2",
+                "model.beta": "0.5",
+                "teacher.beta": "0.1",
+                "adam.lr": "1e-2",
+            }
+        ),
     )
     flags[flags.index("--ds.zero_stage") + 1] = zero
     return flags
 
 
-RAY_FLAGS = [
-    "--actor.num_gpus_per_node",
-    "2",
-    "--ref.num_gpus_per_node",
-    "1",
-    "--teacher.num_gpus_per_node",
-    "1",
-    "--ray.num_cpus_per_actor",
-    "0.5",
-]
+RAY_FLAGS = as_flags(
+    {
+        "actor.num_gpus_per_node": "2",
+        "ref.num_gpus_per_node": "1",
+        "teacher.num_gpus_per_node": "1",
+        "ray.num_cpus_per_actor": "0.5",
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,16 +159,15 @@ def test_ray_frozen_groups_in_bf16_equal_the_policy_at_step_0(ray_head, tiny_lon
         tiny_long_dir,
         data,
         out,
-        "--teacher.model_name_or_path",
-        tiny_long_dir,
-        "--train.batch_size",
-        "2",
-        "--data.max_len",
-        "4096",
-        "--model.beta",
-        "0.5",
-        "--teacher.beta",
-        "0.1",
+        *as_flags(
+            {
+                "teacher.model_name_or_path": tiny_long_dir,
+                "train.batch_size": "2",
+                "data.max_len": "4096",
+                "model.beta": "0.5",
+                "teacher.beta": "0.1",
+            }
+        ),
     )
     flags[flags.index("--ds.param_dtype") + 1] = "bf16"
     train_dadpo_ray(load_config(flags + RAY_FLAGS + ["--ray.address", ray_head["address"]], "dadpo_ray"))
@@ -231,16 +230,15 @@ def test_colocated_frozen_groups_never_score_beside_the_policy(colocate, ray_hea
         tiny_dir,
         pairs,
         out,
-        "--train.batch_size",
-        "4",
-        "--actor.num_gpus_per_node",
-        "1",
-        "--ref.num_gpus_per_node",
-        "1",
-        "--ray.num_cpus_per_actor",
-        "0.5",
-        "--ray.address",
-        ray_head["address"],
+        *as_flags(
+            {
+                "train.batch_size": "4",
+                "actor.num_gpus_per_node": "1",
+                "ref.num_gpus_per_node": "1",
+                "ray.num_cpus_per_actor": "0.5",
+                "ray.address": ray_head["address"],
+            }
+        ),
     )
     if colocate:
         flags.append("--train.colocate_all")
@@ -276,36 +274,31 @@ def test_generation_engines_as_ray_actors_answer_like_the_hf_backend(ray_head, t
             for i, t in enumerate(["the sea", "a fox", "tea", "rain", "books"])
         ],
     )
-    common = [
-        "--model.model_name_or_path",
-        tiny_talking_teacher,
-        "--data.dataset",
-        prompts,
-        "--data.apply_chat_template",
-        "--generate.max_new_tokens",
-        "8",
-        "--generate.batch_size",
-        "2",
-        "--ds.param_dtype",
-        "fp32",
-    ]
+    common = as_flags(
+        {
+            "model.model_name_or_path": tiny_talking_teacher,
+            "data.dataset": prompts,
+            "data.apply_chat_template": None,
+            "generate.max_new_tokens": "8",
+            "generate.batch_size": "2",
+            "ds.param_dtype": "fp32",
+        }
+    )
     here = str(tmp_path / "here.jsonl")
     generate(load_config(common + ["--generate.output_path", here], "generate"))
     on_ray, said = str(tmp_path / "ray.jsonl"), []
     stats = generate(
         load_config(
             common
-            + [
-                "--generate.output_path",
-                on_ray,
-                "--generate.ray",
-                "--vllm.num_engines",
-                "2",
-                "--ray.num_cpus_per_actor",
-                "0.5",
-                "--ray.address",
-                ray_head["address"],
-            ],
+            + as_flags(
+                {
+                    "generate.output_path": on_ray,
+                    "generate.ray": None,
+                    "vllm.num_engines": "2",
+                    "ray.num_cpus_per_actor": "0.5",
+                    "ray.address": ray_head["address"],
+                }
+            ),
             "generate",
         ),
         log=said.append,
@@ -326,16 +319,14 @@ def test_a_group_that_does_not_fit_is_a_clear_error(ray_head, tiny_dir, tiny_tea
     from openrlhf.recipes.ray_preference import train_dadpo_ray
     from openrlhf.utils.errors import UserError
 
-    flags = _flags(tiny_dir, tiny_teacher_other_family, pairs, str(tmp_path / "o")) + [
-        "--actor.num_gpus_per_node",
-        "2",
-        "--ray.num_cpus_per_actor",
-        "4",
-        "--ray.placement_timeout",
-        "3",
-        "--ray.address",
-        ray_head["address"],
-    ]
+    flags = _flags(tiny_dir, tiny_teacher_other_family, pairs, str(tmp_path / "o")) + as_flags(
+        {
+            "actor.num_gpus_per_node": "2",
+            "ray.num_cpus_per_actor": "4",
+            "ray.placement_timeout": "3",
+            "ray.address": ray_head["address"],
+        }
+    )
     with pytest.raises(UserError, match="no room for the policy group: 2 bundle"):
         train_dadpo_ray(load_config(flags, "dadpo_ray"))
 

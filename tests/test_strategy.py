@@ -19,7 +19,7 @@ from openrlhf.utils.deepspeed.ds_config import eval_ds_config, train_ds_config
 from openrlhf.utils.deepspeed.sampler import ResumableDistributedSampler
 from openrlhf.utils.distributed import find_free_port
 
-from tiny import assert_no_shm_segments_left
+from tiny import as_flags, assert_no_shm_segments_left
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "scripts", "ds_train_tiny.py")
@@ -626,13 +626,7 @@ def test_two_process_zero3_deepspeed_launcher(tiny_dir, tmp_path):
         "--master_port",
         port,
         SCRIPT,
-        "--model",
-        tiny_dir,
-        "--out",
-        out,
-        "--stage",
-        "3",
-        "--offload_ref",
+        *as_flags({"model": tiny_dir, "out": out, "stage": "3", "offload_ref": None}),
     ]
     result = _launch(cmd, out)
     assert result["partitioned_at_load"] and result["ref_partitioned_at_load"]

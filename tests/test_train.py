@@ -16,6 +16,7 @@ from openrlhf.utils.errors import UserError
 
 from tiny import (
     REPO,
+    as_flags,
     base_flags,
     killed_at_micro_batch,
     launch_env,
@@ -55,14 +56,9 @@ def test_dpo_learns_and_saves_loadable_hf_folder(tiny_dir, pref16, tmp_path):
             tiny_dir,
             pref16,
             out,
-            "--train.batch_size",
-            "8",
-            "--train.micro_batch_size",
-            "4",
-            "--train.max_epochs",
-            "4",
-            "--model.beta",
-            "0.5",
+            *as_flags(
+                {"train.batch_size": "8", "train.micro_batch_size": "4", "train.max_epochs": "4", "model.beta": "0.5"}
+            ),
         )
     )
     recs = read_metrics(out)
@@ -94,20 +90,17 @@ def test_sft_learns_and_saves(tiny_dir, sft_jsonl, tmp_path):
             tiny_dir,
             sft_jsonl,
             out,
-            "--train.batch_size",
-            "4",
-            "--train.micro_batch_size",
-            "2",
-            "--train.max_epochs",
-            "5",
-            "--eval.dataset",
-            sft_jsonl,
-            "--eval.split",
-            "train",
-            "--eval.steps",
-            "5",
-            "--adam.lr",
-            "1e-2",
+            *as_flags(
+                {
+                    "train.batch_size": "4",
+                    "train.micro_batch_size": "2",
+                    "train.max_epochs": "5",
+                    "eval.dataset": sft_jsonl,
+                    "eval.split": "train",
+                    "eval.steps": "5",
+                    "adam.lr": "1e-2",
+                }
+            ),
         )
     )
     recs = read_metrics(out)
@@ -183,15 +176,15 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
         tiny_dir,
         pref16,
         out,
-        "--train.batch_size",
-        "4",
-        "--train.micro_batch_size",
-        "2",  # noqa: E731
-        "--train.max_epochs",
-        "2",
-        "--ckpt.save_steps",
-        "3",
-        "--ckpt.load_enable",
+        *as_flags(
+            {
+                "train.batch_size": "4",
+                "train.micro_batch_size": "2",
+                "train.max_epochs": "2",
+                "ckpt.save_steps": "3",
+                "ckpt.load_enable": None,
+            }
+        ),
     )
     full = str(tmp_path / "full")
     run_dpo(flags(full))
@@ -215,17 +208,15 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
 def test_killed_process_resumes_exactly(tiny_dir, tmp_path):
     """A real SIGKILL of the CLI process, then a resumed run: the same per-step losses."""
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(8))
-    common = [
-        "--train.batch_size",
-        "2",
-        "--train.micro_batch_size",
-        "1",
-        "--train.max_epochs",
-        "12",
-        "--ckpt.save_steps",
-        "4",
-        "--ckpt.load_enable",
-    ]
+    common = as_flags(
+        {
+            "train.batch_size": "2",
+            "train.micro_batch_size": "1",
+            "train.max_epochs": "12",
+            "ckpt.save_steps": "4",
+            "ckpt.load_enable": None,
+        }
+    )
     full = str(tmp_path / "full")
     cmd = [sys.executable, "-m", "openrlhf.cli.train_dpo"]
     res = subprocess.run(
@@ -271,14 +262,9 @@ def test_dpo_two_processes_zero3_deepspeed_launcher(tiny_dir, tmp_path):
         tiny_dir,
         data,
         out,
-        "--train.batch_size",
-        "4",
-        "--train.micro_batch_size",
-        "1",
-        "--train.max_epochs",
-        "2",
-        "--model.beta",
-        "0.5",
+        *as_flags(
+            {"train.batch_size": "4", "train.micro_batch_size": "1", "train.max_epochs": "2", "model.beta": "0.5"}
+        ),
     )
     flags[flags.index("--ds.zero_stage") + 1] = "3"
     run_deepspeed("openrlhf.cli.train_dpo", flags)
@@ -304,7 +290,7 @@ def test_one_process_and_two_processes_zero3_give_the_same_loss_curve(
     wrongly across processes or accumulation steps would change every loss from step 2 on (measured here: at most
     7e-7 apart)."""
     data = write_jsonl(str(tmp_path / "p.jsonl"), pref_rows(16))
-    extra = ["--train.batch_size", "4", "--train.max_epochs", "2", "--model.beta", "0.5", "--adam.lr", "1e-2"]
+    extra = as_flags({"train.batch_size": "4", "train.max_epochs": "2", "model.beta": "0.5", "adam.lr": "1e-2"})
     if task == "dadpo":
         extra += [
             "--ref.model_name_or_path",
@@ -539,16 +525,15 @@ def test_evaluation_reads_every_row_weighted_by_rows(tiny_dir, pref16, tmp_path)
                 tiny_dir,
                 pref16,
                 out,
-                "--train.batch_size",
-                "4",
-                "--train.micro_batch_size",
-                micro,
-                "--eval.dataset",
-                ev,
-                "--eval.split",
-                "train",
-                "--adam.lr",
-                "1e-12",
+                *as_flags(
+                    {
+                        "train.batch_size": "4",
+                        "train.micro_batch_size": micro,
+                        "eval.dataset": ev,
+                        "eval.split": "train",
+                        "adam.lr": "1e-12",
+                    }
+                ),
             )
         )
         (got[micro],) = [r for r in read_metrics(out) if "eval_loss" in r]

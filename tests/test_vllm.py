@@ -18,7 +18,7 @@ from openrlhf.config.parse import load_config
 from openrlhf.generation import vllm_backend as V
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import ids_of, write_jsonl
+from tiny import as_flags, ids_of, write_jsonl
 
 PROMPTS = [
     "What is the capital of France?",
@@ -40,19 +40,17 @@ VLLM_CPU = ["--vllm.gpu_memory_utilization", "0.1", "--vllm.enforce_eager", "--v
 def _cfg(model, prompts, out, *extra):
     return load_config(
         [
-            "--model.model_name_or_path",
-            model,
-            "--data.dataset",
-            prompts,
-            "--data.apply_chat_template",
-            "--generate.output_path",
-            out,
-            "--ds.param_dtype",
-            "fp32",
-            "--generate.max_new_tokens",
-            "24",
-            "--generate.batch_size",
-            "4",
+            *as_flags(
+                {
+                    "model.model_name_or_path": model,
+                    "data.dataset": prompts,
+                    "data.apply_chat_template": None,
+                    "generate.output_path": out,
+                    "ds.param_dtype": "fp32",
+                    "generate.max_new_tokens": "24",
+                    "generate.batch_size": "4",
+                }
+            ),
             *extra,
         ],
         task="generate",
@@ -183,21 +181,17 @@ def test_multi_turn_prompts_that_may_fill_vllms_context_fail_before_a_model_load
 
     def cfg(max_model_len):
         return load_config(
-            [
-                "--model.model_name_or_path",
-                tiny_dir,
-                "--data.dataset",
-                prompts,
-                "--data.apply_chat_template",
-                "--generate.output_path",
-                out,
-                "--generate.max_new_tokens",
-                "32",
-                "--generate.backend",
-                "vllm",
-                "--vllm.max_model_len",
-                str(max_model_len),
-            ],
+            as_flags(
+                {
+                    "model.model_name_or_path": tiny_dir,
+                    "data.dataset": prompts,
+                    "data.apply_chat_template": None,
+                    "generate.output_path": out,
+                    "generate.max_new_tokens": "32",
+                    "generate.backend": "vllm",
+                    "vllm.max_model_len": str(max_model_len),
+                }
+            ),
             task="generate",
             check_packages=False,
         )
@@ -349,15 +343,15 @@ def test_vllm_engines_as_ray_actors_on_cpu(ray_head, smollm2_dir, mixed_run, tmp
             smollm2_dir,
             prompts,
             out,
-            "--generate.backend",
-            "vllm",
-            "--generate.ray",
-            "--vllm.num_engines",
-            "2",
-            "--ray.num_cpus_per_actor",
-            "1",
-            "--ray.address",
-            ray_head["address"],
+            *as_flags(
+                {
+                    "generate.backend": "vllm",
+                    "generate.ray": None,
+                    "vllm.num_engines": "2",
+                    "ray.num_cpus_per_actor": "1",
+                    "ray.address": ray_head["address"],
+                }
+            ),
             *VLLM_CPU,
         )
     )

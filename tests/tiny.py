@@ -248,6 +248,15 @@ def train_losses(output_dir: str) -> list:
 DATA_KEYS = ("--data.prompt_key", "prompt", "--data.output_key", "output")
 
 
+def as_flags(settings: dict) -> list:
+    """``{"train.batch_size": "2", "ckpt.load_enable": None}`` -> ``["--train.batch_size", "2", "--ckpt.load_enable"]``
+    (None: a flag without a value), in the order given."""
+    out = []
+    for name, value in settings.items():
+        out += ["--" + name] if value is None else ["--" + name, value]
+    return out
+
+
 def base_flags(model: str, data: str, out: str, *extra: str) -> list:
     """The flags of a tiny CPU training run (chat template, the columns of :func:`pref_rows` /
     :func:`sft_rows`, one row per micro-batch, ZeRO-2, fp32, a large learning rate)."""
@@ -257,19 +266,17 @@ def base_flags(model: str, data: str, out: str, *extra: str) -> list:
         "--data.dataset",
         data,
         *DATA_KEYS,
-        "--data.apply_chat_template",
-        "--train.micro_batch_size",
-        "1",
-        "--ds.zero_stage",
-        "2",
-        "--ds.param_dtype",
-        "fp32",
-        "--adam.lr",
-        "2e-3",
-        "--lr_warmup_ratio",
-        "0",
-        "--ckpt.output_dir",
-        out,
+        *as_flags(
+            {
+                "data.apply_chat_template": None,
+                "train.micro_batch_size": "1",
+                "ds.zero_stage": "2",
+                "ds.param_dtype": "fp32",
+                "adam.lr": "2e-3",
+                "lr_warmup_ratio": "0",
+                "ckpt.output_dir": out,
+            }
+        ),
         *extra,
     ]
 
@@ -282,15 +289,15 @@ def score_flags(model: str, data: str, out: str, *extra: str) -> list:
         "--data.dataset",
         data,
         *DATA_KEYS,
-        "--data.apply_chat_template",
-        "--train.micro_batch_size",
-        "1",
-        "--ds.zero_stage",
-        "2",
-        "--ds.param_dtype",
-        "fp32",
-        "--ckpt.output_dir",
-        out,
+        *as_flags(
+            {
+                "data.apply_chat_template": None,
+                "train.micro_batch_size": "1",
+                "ds.zero_stage": "2",
+                "ds.param_dtype": "fp32",
+                "ckpt.output_dir": out,
+            }
+        ),
         *extra,
     ]
 
@@ -327,14 +334,7 @@ def sigint_default() -> None:
 def deepspeed_cmd(module: str, flags: list, nprocs: int = 2) -> list:
     return [
         *DEEPSPEED,
-        "--num_gpus",
-        str(nprocs),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        free_port(),
-        "--module",
-        module,
+        *as_flags({"num_gpus": str(nprocs), "master_addr": "127.0.0.1", "master_port": free_port(), "module": module}),
         *flags,
     ]
 
@@ -472,16 +472,15 @@ def dadpo_flags(model: str, teacher: str, data: str, out: str, *extra: str) -> l
         model,
         data,
         out,
-        "--teacher.model_name_or_path",
-        teacher,
-        "--model.beta",
-        "0",
-        "--teacher.beta",
-        "0.5",
-        "--train.batch_size",
-        "4",
-        "--train.micro_batch_size",
-        "2",
+        *as_flags(
+            {
+                "teacher.model_name_or_path": teacher,
+                "model.beta": "0",
+                "teacher.beta": "0.5",
+                "train.batch_size": "4",
+                "train.micro_batch_size": "2",
+            }
+        ),
         *extra,
     )
 
