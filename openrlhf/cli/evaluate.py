@@ -34,6 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--teacher.model_name_or_path", dest="teacher", required=True, help="the teacher model folder (or hub name)"
     )
+    ap.add_argument(
+        "--teacher.base_url",
+        dest="teacher_base_url",
+        default="",
+        help="the teacher served there (vLLM's OpenAI-compatible server): its log-probs come from the server, "
+        "--teacher.model_name_or_path names its tokenizer",
+    )
+    ap.add_argument("--teacher.model", dest="teacher_model", default="", help="the served teacher's name")
+    ap.add_argument(
+        "--teacher.api_key_env", dest="teacher_api_key_env", default="", help="the variable holding its API key"
+    )
+    ap.add_argument(
+        "--teacher.concurrency", dest="teacher_concurrency", type=int, default=8, help="requests in flight at once"
+    )
     ap.add_argument("--teacher_responses", required=True, help="the teacher's responses (JSONL from generate)")
     ap.add_argument(
         "--candidate",
@@ -92,6 +106,21 @@ def main(argv: Optional[list] = None) -> dict:
         candidates = candidate_files(args.candidate, parser)
         if not candidates:
             parser.error("--candidate: give at least one LABEL=FILE")
+        if bool(args.teacher_base_url) != bool(args.teacher_model):
+            parser.error("--teacher.base_url and --teacher.model name a served teacher together: give both")
+        if args.teacher_concurrency < 1:
+            parser.error(f"--teacher.concurrency: must be >= 1, got {args.teacher_concurrency}")
+        served = None
+        if args.teacher_base_url:
+            from openrlhf.utils.served import Endpoint
+
+            served = Endpoint(
+                args.teacher_base_url,
+                args.teacher_model,
+                args.teacher_api_key_env,
+                args.teacher_concurrency,
+                flag="--teacher.base_url",
+            )
         # imported after parsing: --help and flag errors come before torch (the CLI's one lazy boundary)
         from openrlhf.eval.offline import evaluate_responses
 
@@ -110,6 +139,7 @@ def main(argv: Optional[list] = None) -> dict:
             chat_template=template,
             dtype=args.dtype,
             compare_to=args.compare_to,
+            served=served,
         )
         with open(os.path.join(args.output_dir, "report.md"), encoding="utf-8") as f:
             print(f.read())

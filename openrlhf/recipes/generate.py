@@ -52,18 +52,22 @@ from openrlhf.generation.prompts import (
 )
 from openrlhf.generation.ray_engines import RayGenerator
 from openrlhf.generation.sampling import Sampling, row_seed
+from openrlhf.generation.served_backend import ServedGenerator
 from openrlhf.generation.vllm_backend import VLLMGenerator, VLLMSettings, resolve_backend
 from openrlhf.utils.errors import Interrupted
 from openrlhf.utils.run_folder import lock_output_file
+from openrlhf.utils.served import Endpoint, ServedClient
 
 
 def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
-    """The generator of --generate.backend (hf or vllm), in this process (or its engine processes) or as
+    """The generator of --generate.backend (hf, vllm, or served: the server answers), in this process (or its engine processes) or as
     Ray actors (--generate.ray); ``.run(list of prompt ids)`` yields batches of (position, token ids,
     finish reason or None)."""
     g = cfg.generate
     if g.ray:
         return RayGenerator(cfg, stop_ids, pad_token_id(tokenizer), log=log)
+    if g.backend == "served":
+        return ServedGenerator(Endpoint.of(cfg.served, "--served.base_url"), g, stop_ids, log)
     if g.backend == "hf":
         return HFGenerator(
             cfg.model.model_name_or_path,
@@ -138,28 +142,36 @@ def turn_messages(turns: List[str], answers: List[str]) -> List[Dict[str, str]]:
     return msgs
 
 
-def context_problems(max_model_len: int, needs, log=print) -> None:
-    """vLLM refuses a prompt that fills its context (``--vllm.max_model_len``) and stops a response at the
-    context's end. ``needs``: (where, prompt tokens, max_new_tokens) of each prompt, the prompt at its
-    longest (a multi-turn prompt's last turn with every earlier answer at max_new_tokens). A prompt that
-    may fill the context is a DataError naming the rows and the length that fits them, before any model
-    is loaded; prompts whose answer may be cut by the context are counted in one line."""
-    if max_model_len <= 0:
+def context_problems(max_model_len: int, needs, log=print, served: str = "") -> None:
+    """vLLM refuses a prompt that fills its context (``--vllm.max_model_len``, or ``served``: the served
+    model's, named so) and stops a response at the context's end. ``needs``: (where, prompt tokens,
+    max_new_tokens) of each prompt, the prompt at its longest (a multi-turn prompt's last turn with every
+    earlier answer at max_new_tokens). A prompt that may fill the context is a DataError naming the rows and
+    the length that fits them, before any model is loaded or asked; prompts whose answer may be cut by the
+    context are counted in one line."""
+    if not max_model_len or max_model_len <= 0:
         return
+    what = f"{served}: the served max_model_len" if served else "--vllm.max_model_len"
     too_long = [(w, p, m) for w, p, m in needs if p >= max_model_len]
     if too_long:
         need = max(p + m for _, p, m in needs)
+        fix = (
+            f"Serve the model with --max-model-len {need} (the longest prompt + max_new_tokens here)"
+            if served
+            else f"Set --vllm.max_model_len {need} (the longest prompt + max_new_tokens here) or 0 for the "
+            "model's own context"
+        )
         raise DataError(
-            f"--vllm.max_model_len {max_model_len}: {len(too_long)} of {len(needs)} prompts may fill vLLM's "
+            f"{what} {max_model_len}: {len(too_long)} of {len(needs)} prompts may fill vLLM's "
             "context, which refuses them: "
             + "; ".join(f"{w}: {p} prompt tokens" for w, p, _ in too_long[:5])
-            + f". Set --vllm.max_model_len {need} (the longest prompt + max_new_tokens here) or 0 for the "
-            "model's own context"
+            + ". "
+            + fix
         )
     cut = sum(1 for _, p, m in needs if p + m > max_model_len)
     if cut:
         log(
-            f"generate: {cut} of {len(needs)} prompts + max_new_tokens may exceed --vllm.max_model_len "
+            f"generate: {cut} of {len(needs)} prompts + max_new_tokens may exceed {what} "
             f"{max_model_len}: vLLM stops those responses at the context's end (finish_reason length)"
         )
 
@@ -234,8 +246,15 @@ def _generate(cfg: GenerateTaskConfig, log=print) -> Dict[str, Any]:
     _log_plan(run)
 
     renderer = PromptRenderer.from_data_config(tokenizer, d, model_path=model_path)
-    if pending and cfg.generate.backend == "vllm":
-        context_problems(cfg.vllm.max_model_len, longest_prompts(cfg, renderer, rows, items, pending, prompt_ids), log)
+    if pending and cfg.generate.backend in ("vllm", "served"):
+        needs = longest_prompts(cfg, renderer, rows, items, pending, prompt_ids)
+        if cfg.generate.backend == "vllm":
+            context_problems(cfg.vllm.max_model_len, needs, log)
+        else:  # asked of the server before any prompt is sent
+            served = ServedClient(Endpoint.of(cfg.served, "--served.base_url"), log)
+            context_problems(
+                served.info().get("max_model_len"), needs, log, served=f"--served.base_url {cfg.served.base_url}"
+            )
     if pending:
         _answer_pending(run, renderer)
 
@@ -350,14 +369,16 @@ def _answer_turn(run: _Run, gen, renderer: PromptRenderer, turn: int, todo: List
         for k in todo
     ]
     turn_ids = renderer.prompt_text_ids(texts)
-    if cfg.generate.backend == "vllm":  # an answer may re-encode longer than it was generated
+    if cfg.generate.backend in ("vllm", "served"):  # an answer may re-encode longer than it was generated
+        served = cfg.generate.backend == "served"
         context_problems(
-            cfg.vllm.max_model_len,
+            gen.max_model_len() if served else cfg.vllm.max_model_len,
             [
                 (f"{items[k].where}, turn {turn + 1}", len(ids), sm.max_new_tokens)
                 for k, ids, sm in zip(todo, turn_ids, sampling, strict=True)
             ],
             log=lambda _: None,
+            served=f"--served.base_url {cfg.served.base_url}" if served else "",
         )
     bar = tqdm(
         total=len(todo), desc=f"generate {cfg.generate.backend} turn {turn + 1}", unit="prompt", dynamic_ncols=True
