@@ -24,6 +24,7 @@ from openrlhf.utils.errors import DataError, UserError
 from tiny import (
     as_flags,
     base_flags,
+    long_pref_rows,
     make_tiny,
     pref_rows,
     read_metrics,
@@ -178,6 +179,47 @@ def test_served_scores_equal_the_in_process_ones_and_train_the_same(models, serv
         assert math.isclose(x, y, abs_tol=1e-4) and math.isclose(x, z, abs_tol=1e-4), (x, y, z)
 
 
+def test_a_served_reference_scores_and_trains_as_the_loaded_one(models, tmp_path):
+    """--ref.base_url / --ref.model: the reference's log-probs come from a server, asked in the policy's token
+    ids (cut to --data.max_len as the loaded reference's are): score_logps' ref columns equal the in-process ones,
+    and train_dadpo asking the served reference (and teacher) gives the losses of the run that loads both."""
+    student, teacher, _ = models
+    ref_server = FakeVLLM(student)
+    teacher_server = FakeVLLM(teacher)
+    try:
+        data = write_jsonl(str(tmp_path / "d.jsonl"), long_pref_rows(2) + pref_rows(6))
+        teacher_flags = ["--teacher.model_name_or_path", teacher]
+        ref = ["--ref.model_name_or_path", student]
+        served_ref = [*ref, "--ref.base_url", ref_server.url, "--ref.model", NAME]
+        cut = ["--data.max_len", "48"]
+        local = run_in_process(
+            "score_logps", score_flags(student, data, str(tmp_path / "l"), *teacher_flags, *ref, *cut)
+        )
+        served = run_in_process(
+            "score_logps", score_flags(student, data, str(tmp_path / "s"), *teacher_flags, *served_ref, *cut)
+        )
+        for x, y in zip(_rows(local, 99), _rows(served, 99), strict=True):
+            for k in ("ref_chosen_logp", "ref_rejected_logp"):
+                # the 2 long rows leave no response token within --data.max_len for the reference: null in both
+                assert (x[k] is None and y[k] is None) or math.isclose(x[k], y[k], abs_tol=1e-4), (k, x[k], y[k])
+        assert sum(r["ref_chosen_logp"] is not None for r in _rows(served, 99)) == 6
+        assert ref_server.requests == 1 + 2 * 6  # the probe, then both sides of every pair the reference scores
+
+        def train(out, *extra):
+            flags = base_flags(student, data, str(tmp_path / out), "--train.batch_size", "2", *cut, *extra)
+            run_in_process("dadpo", flags + [*teacher_flags, "--teacher.beta", "0.5"])
+            return [r["loss"] for r in read_metrics(str(tmp_path / out))]
+
+        loaded = train("t_loaded")
+        asked = train("t_asked", *served_ref, *_served(teacher_server))
+        assert len(loaded) == 3
+        for x, y in zip(loaded, asked, strict=True):
+            assert math.isclose(x, y, abs_tol=1e-4), (x, y)
+    finally:
+        ref_server.close()
+        teacher_server.close()
+
+
 def test_server_errors_resume_and_another_model_is_refused(models, server, tmp_path):
     student, teacher, other = models
     data = write_jsonl(str(tmp_path / "d.jsonl"), pref_rows(6))
@@ -259,7 +301,7 @@ def test_served_flags_are_checked():
     base = ["--model.model_name_or_path", "m", "--data.dataset", "d.jsonl", "--ckpt.output_dir", "o"]
     with pytest.raises(ConfigError) as e:
         load_config(base + ["--teacher.model_name_or_path", "t", "--teacher.model", "x"], "score_logps")
-    assert "--teacher.model: names a served teacher: give --teacher.base_url too" in e.value.problems
+    assert "--teacher.model: names a served model: give --teacher.base_url too" in e.value.problems
     with pytest.raises(ConfigError) as e:
         flags = ["--teacher.model_name_or_path", "t,u", "--teacher.base_url", "ftp://x", "--teacher.offload"]
         load_config(base + flags, "score_logps")
@@ -267,7 +309,14 @@ def test_served_flags_are_checked():
         "--teacher.base_url: expected an http(s):// URL, got 'ftp://x'",
         "--teacher.model: required with --teacher.base_url: the served model's name",
         "--teacher.base_url: one served teacher: --teacher.model_name_or_path then names its tokenizer folder only",
-        "--teacher.offload: a served teacher has no weights here to offload",
+        "--teacher.offload: a served model has no weights here to offload",
+    }
+    with pytest.raises(ConfigError) as e:  # the same checks for a served reference
+        load_config(base + ["--teacher.model_name_or_path", "t", "--ref.base_url", "x", "--ref.offload"], "dadpo")
+    assert set(e.value.problems) >= {
+        "--ref.base_url: expected an http(s):// URL, got 'x'",
+        "--ref.model: required with --ref.base_url: the served model's name",
+        "--ref.offload: a served model has no weights here to offload",
     }
     with pytest.raises(ConfigError, match="teacher.base_url"):  # the token-level KL needs logits: not served
         load_config(base + ["--teacher.model_name_or_path", "t", "--teacher.base_url", "http://x/v1"], "kd")

@@ -19,7 +19,7 @@ import copy
 import os
 import string
 from dataclasses import dataclass, field, fields
-from typing import Dict, List, Sequence, Tuple, Type
+from typing import ClassVar, Dict, List, Sequence, Tuple, Type
 
 from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS as LR_SCHEDULERS
 from openrlhf.utils.deepspeed.ds_config import LR_SCHEDULERS_REFUSED as LR_SCHEDULERS_REFUSED
@@ -79,6 +79,45 @@ def endpoint_problems(p: Problems, section: str, cfg) -> None:
     p.need(cfg.concurrency >= 1, f"{section}.concurrency", f"must be >= 1, got {cfg.concurrency}")
     p.need(cfg.max_retries >= 0, f"{section}.max_retries", f"must be >= 0, got {cfg.max_retries}")
     p.need(cfg.timeout > 0, f"{section}.timeout", f"must be > 0, got {cfg.timeout}")
+
+
+@dataclass
+class ServedFields:
+    """A model behind an OpenAI-compatible server (vLLM's ``vllm serve``), mixed into the sections that may
+    name one (``--teacher.*``, ``--ref.*``, generate's ``--served.*``; ``SECTION`` names the flags): where it
+    answers and how it is asked."""
+
+    SECTION: ClassVar[str] = ""
+    # e.g. http://HOST:8000/v1; empty: nothing is served.
+    base_url: str = ""
+    # The served model's name at the endpoint (what /v1/models lists).
+    model: str = ""
+    # Name of the environment variable holding the API key; an endpoint without keys works.
+    api_key_env: str = ""
+    # Requests in flight at once.
+    concurrency: int = 8
+    # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.
+    max_retries: int = 5
+    # Seconds per request.
+    timeout: float = 600.0
+
+    def served_problems(self) -> Problems:
+        """The endpoint's own checks (``model`` needs ``base_url`` and the reverse; a served model has no weights
+        here to offload)."""
+        p, section = Problems(), self.SECTION
+        if not self.base_url:
+            p.need(not self.model, f"{section}.model", f"names a served model: give --{section}.base_url too")
+            return p
+        endpoint_problems(p, section, self)
+        p.need(bool(self.model), f"{section}.model", f"required with --{section}.base_url: the served model's name")
+        p.need(
+            not getattr(self, "offload", False), f"{section}.offload", "a served model has no weights here to offload"
+        )
+        return p
+
+    def packages(self) -> List[Tuple[str, str, str]]:
+        flag = f"{self.SECTION}.base_url"
+        return [("openai", flag, f"a served model (--{flag})")] if self.base_url else []
 
 
 def decoding_problems(p: Problems, section: str, cfg) -> None:
@@ -232,6 +271,18 @@ class RefConfig(Section):
 
 
 @dataclass
+class ServedRefConfig(ServedFields, RefConfig):
+    """The reference may also be served (``--ref.base_url``, ``--ref.model``): its sentence log-probs come from
+    the server, asked in the policy's token ids (the reference shares the policy's tokenizer);
+    ``--ref.model_name_or_path`` (default: the policy's) then names that tokenizer only."""
+
+    SECTION: ClassVar[str] = "ref"
+
+    def problems(self) -> List[str]:
+        return RefConfig.problems(self) + self.served_problems()
+
+
+@dataclass
 class TeacherModelConfig(Section):
     """Frozen teacher(s). daDPO and score_logps score each teacher's own tokenisation (its own
     tokenizer and chat template: another family works) and take several teachers
@@ -259,43 +310,24 @@ class TeacherModelConfig(Section):
 
 
 @dataclass
-class ServedTeacherConfig(TeacherModelConfig):
+class ServedTeacherConfig(ServedFields, TeacherModelConfig):
     """A teacher may also be served (vLLM's OpenAI-compatible server, ``vllm serve``): its sentence log-probs
     come from the server (prompt log-probs of the pair sent as the teacher's own token ids), its weights never
     enter this job. ``--teacher.model_name_or_path`` then names the folder (or hub name) of its tokenizer and
     chat template only."""
 
-    # e.g. http://HOST:8000/v1; empty: the teacher is loaded here.
-    base_url: str = ""
-    # The served model's name at the endpoint (what /v1/models lists).
-    model: str = ""
-    # Name of the environment variable holding the API key; an endpoint without keys works.
-    api_key_env: str = ""
-    # Requests in flight at once (one pair each).
-    concurrency: int = 8
-    # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.
-    max_retries: int = 5
-    # Seconds per request.
-    timeout: float = 600.0
+    SECTION: ClassVar[str] = "teacher"
 
     def problems(self) -> List[str]:
         p = Problems()
-        p.extend(super().problems())
-        if not self.base_url:
-            p.need(not self.model, "teacher.model", "names a served teacher: give --teacher.base_url too")
-            return p
-        endpoint_problems(p, "teacher", self)
-        p.need(bool(self.model), "teacher.model", "required with --teacher.base_url: the served model's name")
+        p.extend(TeacherModelConfig.problems(self))
+        p.extend(self.served_problems())
         p.need(
-            len(self.model_name_or_path) <= 1,
+            not self.base_url or len(self.model_name_or_path) <= 1,
             "teacher.base_url",
             "one served teacher: --teacher.model_name_or_path then names its tokenizer folder only",
         )
-        p.need(not self.offload, "teacher.offload", "a served teacher has no weights here to offload")
         return p
-
-    def packages(self) -> List[Tuple[str, str, str]]:
-        return [("openai", "teacher.base_url", "a served teacher (--teacher.base_url)")] if self.base_url else []
 
 
 @dataclass
@@ -1049,7 +1081,7 @@ class PreferenceTrainingConfig(TrainingConfig):
     (OpenRLHF's DPO defaults)."""
 
     model: PreferenceModelConfig = field(default_factory=PreferenceModelConfig)
-    ref: RefConfig = field(default_factory=RefConfig)
+    ref: ServedRefConfig = field(default_factory=ServedRefConfig)
     data: DataConfig = _section(DataConfig, **PREFERENCE_DATA)
     adam: AdamConfig = _section(AdamConfig, lr=1e-5)
     logger: LoggerConfig = _section(LoggerConfig, wandb=WandbConfig(project="openrlhf_train_dpo"))
@@ -1098,7 +1130,7 @@ class ScoreLogpsConfig(RunConfig):
     """python -m openrlhf.cli.score_logps (``model`` gives the reference side's tokenizer)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    ref: RefConfig = field(default_factory=RefConfig)
+    ref: ServedRefConfig = field(default_factory=ServedRefConfig)
     teacher: ServedTeacherConfig = field(default_factory=ServedTeacherConfig)
     data: DataConfig = _section(DataConfig, **PREFERENCE_DATA)
     train: BatchConfig = field(default_factory=BatchConfig)
@@ -1107,32 +1139,15 @@ class ScoreLogpsConfig(RunConfig):
 
 
 @dataclass
-class ServedConfig(Section):
+class ServedConfig(ServedFields, Section):
     """The model that answers, behind an OpenAI-compatible server (``--generate.backend served``; vLLM's
     ``vllm serve`` returns the answer's token ids): prompts go as the token ids ``--model.model_name_or_path``'s
     tokenizer and chat template render, as with the other backends; no weights are loaded here."""
 
-    # e.g. http://HOST:8000/v1
-    base_url: str = ""
-    # Its name at the endpoint (one of /v1/models' ids).
-    model: str = ""
-    # The environment variable that holds the API key (none: an endpoint that takes no key).
-    api_key_env: str = ""
-    # Prompts answered at once (one request each).
-    concurrency: int = 8
-    # How often a request is sent again (with backoff) after a 429 / 5xx / timeout / lost connection.
-    max_retries: int = 5
-    # Seconds one answer may take.
-    timeout: float = 600.0
+    SECTION: ClassVar[str] = "served"
 
     def problems(self) -> List[str]:
-        p = Problems()
-        endpoint_problems(p, "served", self)
-        p.need(not self.base_url or bool(self.model), "served.model", "required with --served.base_url")
-        return p
-
-    def packages(self) -> List[Tuple[str, str, str]]:
-        return [("openai", "served.base_url", "a served model (--served.base_url)")] if self.base_url else []
+        return self.served_problems()
 
 
 @dataclass

@@ -51,6 +51,8 @@ def teacher_models(teacher_cfg, renderers: Sequence[Any]) -> List[FrozenModel]:
     ]
 
 
-def reference_model(path: str, offload: bool, max_len: int) -> FrozenModel:
-    """The reference: scored in the policy's tokenisation, cut to --data.max_len as the policy is trained."""
-    return FrozenModel(REF, path, REF_FLAG, offload, None, max_len)
+def reference_model(ref_cfg, path: str, max_len: int) -> FrozenModel:
+    """The reference of ``--ref.*`` at ``path``: scored in the policy's tokenisation, cut to --data.max_len as the
+    policy is trained; served when --ref.base_url is set (``path`` then names its tokenizer, the policy's)."""
+    served = Endpoint.of(ref_cfg, "--ref.base_url")
+    return FrozenModel(REF, path, REF_FLAG, ref_cfg.offload, None, max_len, served=served)

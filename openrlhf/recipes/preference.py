@@ -48,7 +48,7 @@ def reference_path(cfg: WithReference) -> str:
 
 def reference(cfg: WithReference) -> FrozenModel:
     """The run's reference model (see :func:`~openrlhf.logps.frozen.reference_model`)."""
-    return reference_model(reference_path(cfg), cfg.ref.offload, cfg.data.max_len)
+    return reference_model(cfg.ref, reference_path(cfg), cfg.data.max_len)
 
 
 @dataclass

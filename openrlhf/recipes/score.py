@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -88,7 +89,7 @@ def _read_partials(folder: str, kind: str, setting_fp: str) -> Dict[int, Tuple[f
 def _jobs(cfg: ScoreLogpsConfig, rows: List[dict], tokenizer, source: str, digests) -> List[ScoreJob]:
     models = teacher_models(cfg.teacher, teacher_renderers(cfg.teacher, cfg.data))
     if cfg.ref.model_name_or_path:
-        models.append(reference_model(cfg.ref.model_name_or_path, cfg.ref.offload, cfg.data.max_len))
+        models.append(reference_model(cfg.ref, cfg.ref.model_name_or_path, cfg.data.max_len))
     jobs = []
     for model in models:
         ds = frozen_dataset(model, rows, tokenizer, cfg.data, cfg.model.model_name_or_path, source)
@@ -151,10 +152,18 @@ def _score_job(strategy, cfg: ScoreLogpsConfig, job: ScoreJob, partial_dir: str)
         )
         bar.update(min(len(scores) * strategy.world_size, bar.total - bar.n))
 
+    start = time.perf_counter()
     try:
         score_pairs(strategy, model, ds, todo, cfg.train.micro_batch_size, on_batch=write)
     finally:
         bar.close()  # a Ctrl-C message then starts a line of its own
+    strategy.barrier()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(p) * 2 + len(c) + len(r) for p, c, r in (pair_ids(ds[i]) for i in todo))
+    strategy.print(
+        f"{job.kind}: {len(todo)} pairs in {seconds:.1f} s on {strategy.world_size} process(es): "
+        f"{tokens / max(seconds, 1e-9):.0f} tokens/s"
+    )
     del model
     strategy.barrier()
     return _read_partials(partial_dir, job.kind, job.setting_fp)
