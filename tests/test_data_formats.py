@@ -159,6 +159,46 @@ def test_sft_pretrain_mode_run(tiny_dir, tmp_path):
     assert len(losses) == 6 and losses[-1] < losses[0]
 
 
+def test_pretrain_loss_never_predicts_past_the_end_of_a_text(tiny_dir, tmp_path):
+    """OpenRLHF 0.11.2 masks the terminal logit in pre-training mode (before, a text shorter than its batch
+    trained its last position to predict padding). Ours was never exposed (the mask is on the predicted
+    tokens): the first step's loss over two texts of different lengths in one micro-batch is the token mean of
+    each text's own next-token NLL, computed here without padding."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = ["Tell me about the sea and the fox and the rain and the tea, please.", "Tea."]
+    data = write_jsonl(str(tmp_path / "text.jsonl"), [{"text": t} for t in texts])
+    out = str(tmp_path / "pt")
+    flags = base_flags(
+        tiny_dir,
+        data,
+        out,
+        *as_flags(
+            {
+                "model.pretrain_mode_enable": None,
+                "data.input_key": "text",
+                "train.batch_size": "2",
+                "train.micro_batch_size": "2",
+                "train.max_epochs": "1",
+            }
+        ),
+    )
+    flags.remove("--data.apply_chat_template")
+    run_in_process("sft", flags)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    total, count = 0.0, 0
+    for t in texts:
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        ids = torch.tensor([bos + tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        total -= logp.gather(-1, ids[0, 1:, None]).sum().item()
+        count += ids.shape[1] - 1
+    assert train_losses(out) == pytest.approx([total / count], abs=1e-5)
+
+
 HH = [
     {
         "chosen": "\n\nHuman: What is the sea?\n\nAssistant: A large body of salt water.",

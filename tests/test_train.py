@@ -23,6 +23,7 @@ from tiny import (
     pref_rows,
     read_metrics,
     run_deepspeed,
+    run_in_process,
     run_module,
     sft_rows,
     train_losses,
@@ -201,6 +202,39 @@ def test_resume_after_crash_reproduces_losses(tiny_dir, pref16, tmp_path, monkey
     run_dpo(flags(crashed))
     assert [r["step"] for r in read_metrics(crashed)] == list(range(1, 9))
     assert train_losses(crashed) == pytest.approx(expected, abs=1e-5)
+
+
+def test_sft_resumed_at_an_epoch_boundary_reproduces_the_run(tiny_dir, tmp_path, monkeypatch):
+    """OpenRLHF 0.11.2 fixed SFT resume when a gradient-accumulation window spans an epoch boundary. Ours
+    never spans one: each epoch's last partial global batch is left unused (10 rows, batches of 4: 2 steps an
+    epoch, 2 rows unused), so a run killed at the first micro-batch of epoch 2 and resumed from the
+    checkpoint at the end of epoch 1 gives the uninterrupted run's losses."""
+    data = write_jsonl(str(tmp_path / "sft.jsonl"), sft_rows(10))
+    flags = lambda out: base_flags(
+        tiny_dir,
+        data,
+        out,
+        *as_flags(
+            {
+                "train.batch_size": "4",
+                "train.micro_batch_size": "2",
+                "train.max_epochs": "2",
+                "ckpt.save_steps": "2",
+                "ckpt.load_enable": None,
+            }
+        ),
+    )
+    full = str(tmp_path / "full")
+    run_in_process("sft", flags(full))
+    expected = train_losses(full)
+    assert len(expected) == 4
+    crashed = str(tmp_path / "crashed")
+    with killed_at_micro_batch(monkeypatch, 5), pytest.raises(KeyboardInterrupt):  # step 3's first: epoch 2
+        run_in_process("sft", flags(crashed))
+    assert [r["step"] for r in read_metrics(crashed)] == [1, 2]
+    run_in_process("sft", flags(crashed))
+    assert [r["step"] for r in read_metrics(crashed)] == [1, 2, 3, 4]
+    assert train_losses(crashed) == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.main_leg
