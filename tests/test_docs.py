@@ -78,7 +78,6 @@ REFUSED_FLAGS = {
     "--save_path": ("dpo", "out"),
     "--generate.num_engines": ("generate", "2"),  # renamed --vllm.num_engines
     "--generate.tp_size": ("generate", "2"),  # renamed --vllm.tensor_parallel_size
-    "--muon.*": ("dpo", "1"),  # Muon: not in this fork (checked as --muon.lr)
 }
 
 # Repository paths named in code: these prefixes are checked to exist, but for the paths of upstream OpenRLHF's

@@ -143,14 +143,42 @@ def test_upstream_defaults():
         (["--ds.zpg", "8"], "ZeRO++ hierarchical partitioning is not supported"),
         (["--ds.deepcompile"], "DeepCompile is not supported"),
         (["--ds.experts_implementation", "grouped_mm"], "MoE expert kernels is not supported"),
-        (["--optim", "muon"], "Muon is not supported"),
-        (["--muon.lr", "0.02"], "Muon optimizer is not supported"),
         (["--use_ms"], "ModelScope downloads are not supported"),
     ],
 )
 def test_features_we_do_not_have_are_refused_never_ignored(flags, says):
     found = problems(["--model.model_name_or_path", "m", "--data.dataset", "d"] + flags, "dpo")
     assert len(found) == 1 and found[0].startswith(flags[0]) and says in found[0], found
+
+
+def test_optim_muon_flags_are_checked():
+    """--optim muon and --muon.* with upstream 0.11.2's meaning; what DeepSpeed's Muon cannot honour is refused."""
+    base = ["--model.model_name_or_path", "m", "--data.dataset", "d"]
+    cfg = parse(base + ["--optim", "muon", "--muon.lr", "0.01", "--muon.momentum", "0.9"], "dpo")
+    assert cfg.optim == "muon" and (cfg.muon.lr, cfg.muon.momentum) == (0.01, 0.9)
+    for flags, says in (
+        (["--muon.lr", "0.01"], "--muon.lr: set, but --optim is adam: add --optim muon"),
+        (["--optim", "sgd"], "--optim: 'sgd': expected one of adam, muon"),
+        (["--optim", "muon", "--muon.ns_steps", "3"], "--muon.ns_steps: DeepSpeed's Muon always runs 5"),
+        (["--optim", "muon", "--muon.nesterov", "false"], "--muon.nesterov: DeepSpeed's Muon always uses Nesterov"),
+        (["--optim", "muon", "--ds.adam_offload"], "--ds.adam_offload: not with --optim muon"),
+        (["--optim", "muon", "--muon.momentum", "1"], "--muon.momentum: must be in [0, 1)"),
+    ):
+        found = problems(base + flags, "sft")
+        assert any(p.startswith(says) for p in found), (flags, found)
+
+
+def test_optim_muon_trains_at_zero_0_and_2_alike(tiny_dir, sft_jsonl, tmp_path):
+    """An SFT run with --optim muon: the loss goes down, and ZeRO-2 (Muon orthogonalising the gathered flat
+    partition) gives ZeRO-0's losses."""
+    losses = {}
+    for stage in ("0", "2"):
+        out = str(tmp_path / f"z{stage}")
+        flags = {"optim": "muon", "max_norm": "0", "ds.zero_stage": stage, "adam.lr": "1e-3", "train.batch_size": "4"}
+        run_in_process("sft", base_flags(tiny_dir, sft_jsonl, out, *as_flags(flags)))
+        losses[stage] = train_losses(out)
+    assert losses["0"] == pytest.approx(losses["2"], abs=1e-4)  # measured: 1.4e-5 apart
+    assert len(losses["0"]) >= 4 and losses["0"][-1] < losses["0"][0]
 
 
 def test_bad_compat_values_are_refused_naming_the_flag():

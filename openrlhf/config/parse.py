@@ -319,14 +319,7 @@ def _other_tasks(name: str, task: str) -> str:
     return f" (not used by {TASK_COMMANDS[task]}; a flag of {', '.join(owners)})" if owners else ""
 
 
-# OpenRLHF flag sections for features this fork does not have.
-_UNSUPPORTED_SECTIONS = {"muon": "the Muon optimizer is not supported by this fork; only AdamW, --adam.*"}
-
-
 def _unknown(name: str, known: List[str], task: str, dashes: str) -> str:
-    section = name.split(".", 1)[0]
-    if section in _UNSUPPORTED_SECTIONS and "." in name:
-        return f" ({_UNSUPPORTED_SECTIONS[section]})"
     return _other_tasks(name, task) or _suggest(name, known, dashes)
 
 

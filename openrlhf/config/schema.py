@@ -16,6 +16,7 @@ torch-free), so utils/ never imports config/.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import string
 from dataclasses import dataclass, field, fields
@@ -40,6 +41,8 @@ PRUNE_METHODS = ("activation", "weight")
 # --task of python -m openrlhf.cli.judge: the LLM-judged tasks (an OpenAI-compatible endpoint, --judge.*) and the
 # ones a program scores (IFEval: Google's checker; no endpoint).
 LLM_JUDGE_TASKS = ("indomain", "mtbench", "alpacaeval")
+# --optim of the trainers (upstream OpenRLHF 0.11.2's choices).
+OPTIMIZERS = ("adam", "muon")
 PROGRAM_SCORED_TASKS = ("ifeval",)
 JUDGE_TASKS = LLM_JUDGE_TASKS + PROGRAM_SCORED_TASKS
 # Upstream OpenRLHF features this fork does not have: --ds.<flag> -> (the default that means "off", what it is).
@@ -543,6 +546,27 @@ class AdamConfig(Section):
 
 
 @dataclass
+class MuonConfig(Section):
+    """--optim muon (upstream OpenRLHF 0.11.2's meaning, DeepSpeed's Muon): every matrix of the model but the
+    embeddings and the LM head (DeepSpeed's rule) takes Muon updates (momentum, orthogonalised by 5
+    Newton-Schulz steps) at ``lr``; every other parameter an auxiliary AdamW with --adam.*."""
+
+    lr: float = 0.02
+    momentum: float = 0.95
+    # DeepSpeed's Muon always runs 5 Newton-Schulz steps with Nesterov momentum: other values are refused.
+    ns_steps: int = 5
+    nesterov: bool = True
+
+    def problems(self) -> List[str]:
+        p = Problems()
+        p.need(self.lr > 0, "muon.lr", f"must be > 0, got {self.lr}")
+        p.need(0 <= self.momentum < 1, "muon.momentum", f"must be in [0, 1), got {self.momentum}")
+        p.need(self.ns_steps == 5, "muon.ns_steps", "DeepSpeed's Muon always runs 5 Newton-Schulz steps; leave it at 5")
+        p.need(self.nesterov, "muon.nesterov", "DeepSpeed's Muon always uses Nesterov momentum; leave it true")
+        return p
+
+
+@dataclass
 class LoRAConfig(Section):
     # 0: no LoRA (full fine-tuning).
     rank: int = 0
@@ -986,6 +1010,7 @@ class TrainingConfig(RunConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adam: AdamConfig = field(default_factory=AdamConfig)
+    muon: MuonConfig = field(default_factory=MuonConfig)
     ds: DSConfig = field(default_factory=DSConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -995,7 +1020,7 @@ class TrainingConfig(RunConfig):
     # cosine_with_min_lr decays to min_lr_ratio x adam.lr.
     min_lr_ratio: float = 0.1
     max_norm: float = 1.0
-    # adam (Muon is not in this fork: refused)
+    # adam (AdamW, --adam.*) | muon (Muon on the hidden matrices, --muon.*; AdamW on the rest)
     optim: str = "adam"
     # ModelScope hub downloads (not in this fork: refused)
     use_ms: bool = False
@@ -1004,9 +1029,22 @@ class TrainingConfig(RunConfig):
         """The top-level flags (the sections check theirs)."""
         p = Problems(scheduler_problems(self.lr_scheduler, self.lr_warmup_ratio, self.min_lr_ratio))
         p.need(self.max_norm >= 0, "max_norm", f"must be >= 0 (0: no clipping), got {self.max_norm}")
-        p.need(
-            self.optim == "adam", "optim", f"{self.optim!r}: only adam (AdamW) is in this fork; Muon is not supported"
-        )
+        p.need(self.optim in OPTIMIZERS, "optim", f"{self.optim!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.optim != "muon":
+            given = [
+                f.name
+                for f in dataclasses.fields(MuonConfig)
+                if getattr(self.muon, f.name) != getattr(MuonConfig(), f.name)
+            ]
+            p.need(
+                not given, f"muon.{given[0] if given else 'lr'}", f"set, but --optim is {self.optim}: add --optim muon"
+            )
+        else:
+            p.need(
+                not self.ds.adam_offload,
+                "ds.adam_offload",
+                "not with --optim muon (DeepSpeed's Muon runs on the accelerator); drop --ds.adam_offload",
+            )
         p.need(
             not self.use_ms,
             "use_ms",

@@ -27,7 +27,8 @@ def make_strategy(cfg: RunConfig, training: bool = True):
     training, --adam / --max_norm) sections."""
     if training:
         check_lora_targets(cfg)  # before DeepSpeed starts (peft would only fail once the model is loaded)
-        strategy = DeepspeedStrategy(cfg.ds, cfg.train, cfg.max_norm, cfg.adam, training=True)
+        muon = cfg.muon if cfg.optim == "muon" else None
+        strategy = DeepspeedStrategy(cfg.ds, cfg.train, cfg.max_norm, cfg.adam, training=True, muon=muon)
     else:
         strategy = DeepspeedStrategy(cfg.ds, cfg.train, training=False)
     strategy.setup_distributed()
@@ -161,9 +162,12 @@ def prepare_policy(strategy, cfg: TrainingConfig, total_steps: int):
     actor = load_actor(
         strategy, cfg.model.model_name_or_path, cfg, for_training=True, what="--model.model_name_or_path"
     )
-    optim = strategy.create_optimizer(actor)
-    sched = strategy.create_scheduler(optim, cfg.lr_scheduler, cfg.lr_warmup_ratio, total_steps, cfg.min_lr_ratio)
-    return strategy.prepare_train(actor, optim, sched)
+    return strategy.prepare_trained(
+        actor,
+        lambda opt: strategy.create_scheduler(
+            opt, cfg.lr_scheduler, cfg.lr_warmup_ratio, total_steps, cfg.min_lr_ratio
+        ),
+    )
 
 
 def prepare_frozen(strategy, cfg: RunConfig, path: str, offload: bool, what: str):

@@ -1,8 +1,10 @@
-"""The optimizer and LR-scheduler factories of a training run (the --adam.* section, --lr_scheduler)."""
+"""The optimizer and LR-scheduler factories of a training run (--optim, the --adam.* / --muon.* sections,
+--lr_scheduler)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
@@ -14,12 +16,9 @@ from openrlhf.utils.deepspeed.wrapping import unwrap_model
 from openrlhf.utils.errors import UserError
 
 
-def create_optimizer(model: nn.Module, adam, cpu_offload: bool) -> torch.optim.Optimizer:
-    """AdamW over ``model``'s trainable params with the --adam.* settings ``adam``; weight decay only on
-    matrices (not biases / norms).
-
-    ``cpu_offload`` (--ds.adam_offload) -> DeepSpeedCPUAdam; else on GPU FusedAdam (torch AdamW when it
-    cannot be built); on CPU torch AdamW."""
+def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+    """``model``'s trainable params in two groups: matrices with ``weight_decay``, the rest (biases, norms)
+    without."""
     decay, no_decay = [], []
     for p in unwrap_model(model).parameters():
         if not p.requires_grad:
@@ -28,14 +27,41 @@ def create_optimizer(model: nn.Module, adam, cpu_offload: bool) -> torch.optim.O
         (decay if ndim >= 2 else no_decay).append(p)
     groups = [
         g
-        for g in (
-            {"params": decay, "weight_decay": adam.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        )
+        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
         if g["params"]
     ]
     if not groups:
         raise ValueError("the model has no trainable parameters")
+    return groups
+
+
+def muon_optimizer_config(adam, muon) -> Dict[str, Any]:
+    """DeepSpeed's ``optimizer`` config entry for --optim muon: Muon (--muon.lr, --muon.momentum) on the
+    matrices DeepSpeed tags (all but embeddings and LM head), its auxiliary AdamW (--adam.*) on the rest."""
+    return {
+        "type": "Muon",
+        "params": {
+            "lr": adam.lr,
+            "muon_lr": muon.lr,
+            "adam_lr": adam.lr,
+            "momentum": muon.momentum,
+            # the quintic Newton-Schulz iteration of Muon's definition (and of torch.optim.Muon), not DeepSpeed's
+            # default Gram variant
+            "ns_method": "standard",
+            "betas": list(adam.betas),
+            "eps": getattr(adam, "eps", 1e-8),
+            "weight_decay": adam.weight_decay,
+        },
+    }
+
+
+def create_optimizer(model: nn.Module, adam, cpu_offload: bool) -> torch.optim.Optimizer:
+    """AdamW over ``model``'s trainable params with the --adam.* settings ``adam``; weight decay only on
+    matrices (not biases / norms).
+
+    ``cpu_offload`` (--ds.adam_offload) -> DeepSpeedCPUAdam; else on GPU FusedAdam (torch AdamW when it
+    cannot be built); on CPU torch AdamW."""
+    groups = param_groups(model, adam.weight_decay)
     kw = dict(lr=adam.lr, betas=tuple(adam.betas), eps=getattr(adam, "eps", 1e-8))
     if cpu_offload:
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kw)

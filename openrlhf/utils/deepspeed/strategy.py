@@ -34,7 +34,7 @@ checkpoints), ``export.py`` (HF / LoRA export), ``wrapping.py`` (unwrapping engi
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import deepspeed
 import torch
@@ -95,16 +95,24 @@ def cast_params_like_deepspeed(model: nn.Module, dtype: torch.dtype) -> nn.Modul
     return model
 
 
+def _hook_hf_names(model: nn.Module) -> None:
+    """Save a wrapped HF model's state dict under HF's names (once: a second pass would strip HF's own
+    "model.")."""
+    if wraps_hf_model(model) and not getattr(model, "_hf_names_hooked", False):
+        model.register_state_dict_post_hook(hf_names_hook)
+        model._hf_names_hooked = True
+
+
 class DeepspeedStrategy:
     """Owns everything distributed: process group, DeepSpeed engines, checkpoints, export.
 
     Settings come only from the constructor arguments (no hidden globals)."""
 
-    def __init__(self, ds, train, max_norm: float = 1.0, adam=None, training: bool = True):
+    def __init__(self, ds, train, max_norm: float = 1.0, adam=None, training: bool = True, muon=None):
         """``ds``: the --ds.* section; ``train``: the --train.* section (micro_batch_size and
-        seed; batch_size too when training); ``max_norm`` and ``adam`` (--adam.*) are used
-        when training. ``training=False`` (scoring, generation): no optimizer, so the global
-        batch size is not checked against the process count."""
+        seed; batch_size too when training); ``max_norm``, ``adam`` (--adam.*) and ``muon`` (--muon.*, given
+        with --optim muon) are used when training. ``training=False`` (scoring, generation): no optimizer, so
+        the global batch size is not checked against the process count."""
         problems = ds.problems(training=training)
         if problems:
             raise UserError("invalid DeepSpeed settings:\n  " + "\n  ".join(problems))
@@ -112,6 +120,7 @@ class DeepspeedStrategy:
         self.train = train
         self.max_norm = float(max_norm)
         self.adam = adam
+        self.muon = muon
         self.training = training
         self.accumulated_gradient: Optional[int] = None
         self._world_size = 1
@@ -231,14 +240,35 @@ class DeepspeedStrategy:
     def prepare_train(self, model: nn.Module, optimizer, scheduler):
         """Wrap the trained model in a DeepSpeed engine (ZeRO stage, dtype, clipping, grad
         accumulation from the config). Returns the engine; DeepSpeed steps ``scheduler``."""
-        if wraps_hf_model(model) and not getattr(model, "_hf_names_hooked", False):
-            model.register_state_dict_post_hook(hf_names_hook)  # once: a second pass would strip HF's own "model."
-            model._hf_names_hooked = True
+        _hook_hf_names(model)
         engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
             lr_scheduler=scheduler,
             config=self.train_ds_config(),
+            dist_init_required=False,
+        )
+        return engine
+
+    def prepare_trained(self, model: nn.Module, make_scheduler: Callable[[Any], Any]):
+        """The trained model as a DeepSpeed engine with its optimizer (--optim) and the LR scheduler
+        ``make_scheduler(optimizer)``: AdamW (:meth:`create_optimizer`), or with --optim muon DeepSpeed's Muon,
+        which ``deepspeed.initialize`` builds from the config (it tags the matrices Muon updates)."""
+        if self.muon is None:
+            optimizer = self.create_optimizer(model)
+            return self.prepare_train(model, optimizer, make_scheduler(optimizer))
+        if self.max_norm > 0:
+            self.print(
+                f"note: --optim muon with --max_norm {self.max_norm}: DeepSpeed clips the gradient before Muon "
+                "orthogonalises its update, as upstream OpenRLHF does (upstream suggests --max_norm 0 with Muon)"
+            )
+        _hook_hf_names(model)
+        config = {**self.train_ds_config(), "optimizer": optim.muon_optimizer_config(self.adam, self.muon)}
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=optim.param_groups(model, self.adam.weight_decay),
+            lr_scheduler=make_scheduler,
+            config=config,
             dist_init_required=False,
         )
         return engine
