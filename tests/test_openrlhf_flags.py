@@ -142,7 +142,6 @@ def test_upstream_defaults():
         (["--ds.tensor_parallel_size", "2"], "tensor parallelism (AutoTP) is not supported"),
         (["--ds.zpg", "8"], "ZeRO++ hierarchical partitioning is not supported"),
         (["--ds.deepcompile"], "DeepCompile is not supported"),
-        (["--ds.experts_implementation", "grouped_mm"], "MoE expert kernels is not supported"),
         (["--use_ms"], "ModelScope downloads are not supported"),
     ],
 )
@@ -229,6 +228,33 @@ def tiny_mixtral(tmp_path_factory):
     MixtralForCausalLM(cfg).save_pretrained(folder)
     AutoTokenizer.from_pretrained(folder)  # the folder holds a loadable tokenizer
     return folder
+
+
+def test_experts_implementation_reaches_the_moe_layers(tiny_mixtral, tmp_path):
+    """--ds.experts_implementation takes what transformers takes (refused otherwise, naming the choices) and
+    reaches the loaded model: eager and batched_mm give the same logits; grouped_mm (transformers' default) is
+    what loads without the flag."""
+    from openrlhf.models.actor import Actor
+
+    ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for name in ("", "eager", "batched_mm"):
+        actor = Actor.from_pretrained(tiny_mixtral, experts_implementation=name)
+        assert actor.model.config._experts_implementation == (name or "grouped_mm")
+        with torch.no_grad():
+            logits[name] = actor.model(ids).logits
+    assert torch.allclose(logits["eager"], logits["batched_mm"], atol=1e-5)
+    assert torch.allclose(logits["eager"], logits[""], atol=1e-5)
+    base = ["--model.model_name_or_path", "m", "--data.dataset", "d"]
+    assert parse(base + ["--ds.experts_implementation", "batched_mm"], "sft").ds.experts_implementation == "batched_mm"
+    (found,) = problems(base + ["--ds.experts_implementation", "fastest"], "sft")
+    assert found.startswith("--ds.experts_implementation: transformers does not know 'fastest'; it takes eager, ")
+    assert "batched_mm" in found and "grouped_mm" in found
+    gen = base + ["--generate.output_path", str(tmp_path / "o.jsonl"), "--ds.experts_implementation", "eager"]
+    assert any(
+        p.startswith("--ds.experts_implementation: applies to the hf backend only")
+        for p in problems(gen + ["--generate.backend", "vllm"], "generate")
+    )
 
 
 def qa_rows(n):

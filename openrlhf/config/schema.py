@@ -52,7 +52,6 @@ DS_NOT_SUPPORTED = {
     "tensor_parallel_size": (1, "DeepSpeed tensor parallelism (AutoTP)"),
     "zpg": (1, "ZeRO++ hierarchical partitioning"),
     "deepcompile": (False, "DeepSpeed DeepCompile"),
-    "experts_implementation": ("", "a choice of MoE expert kernels"),
 }
 # --kd.coef of the KL baselines when none is given: train_kd (dSFT+KL) and the pipeline's dsft_kl / ddpo_kl
 # (paper grid 0.1 / 0.2 / 0.4). train_dpo's own default stays 0 (plain dDPO, no teacher).
@@ -595,6 +594,16 @@ def transformers_attn_problem(name: str) -> str:
     )
 
 
+def transformers_experts_problem(name: str) -> str:
+    """Why transformers would refuse ``experts_implementation=name`` ("" when it takes it): ``eager`` or one of
+    its registered MoE expert functions. Imports transformers (only when a name is given)."""
+    from transformers.integrations.finegrained_fp8 import ALL_FP8_EXPERTS_FUNCTIONS  # noqa: PLC0415 (see above)
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS  # noqa: PLC0415
+
+    valid = ["eager", *sorted(set(ALL_EXPERTS_FUNCTIONS.keys()) | set(ALL_FP8_EXPERTS_FUNCTIONS.keys()))]
+    return "" if name in valid else f"transformers does not know {name!r}; it takes {', '.join(valid)}"
+
+
 @dataclass
 class DSConfig(Section):
     zero_stage: int = 2
@@ -622,6 +631,8 @@ class DSConfig(Section):
     tensor_parallel_size: int = 1
     zpg: int = 1
     deepcompile: bool = False
+    # MoE expert kernels (transformers' experts_implementation: eager, grouped_mm, batched_mm, ...); empty:
+    # transformers' default (grouped_mm where it runs, else eager).
     experts_implementation: str = ""
 
     def problems(self, training: bool = True) -> List[str]:
@@ -663,6 +674,10 @@ class DSConfig(Section):
             problem = transformers_attn_problem(self.attn_implementation)
             if problem:
                 p.append(f"--ds.attn_implementation: {problem}")
+        if self.experts_implementation:
+            problem = transformers_experts_problem(self.experts_implementation)
+            if problem:
+                p.append(f"--ds.experts_implementation: {problem}")
         if (
             training
             and self.zero_stage == 0

@@ -306,6 +306,11 @@ def _generate(cfg: GenerateTaskConfig, c: Checks) -> None:
         "vllm.num_engines",
         "several hf engines run as Ray actors only: add --generate.ray (or use --generate.backend vllm)",
     )
+    c.need(
+        not cfg.ds.experts_implementation or g.backend == "hf",
+        "ds.experts_implementation",
+        "applies to the hf backend only (vLLM picks its own MoE kernels): use --generate.backend hf or drop it",
+    )
     served = g.backend == "served"
     c.need(
         served == bool(cfg.served.base_url),

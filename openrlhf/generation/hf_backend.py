@@ -41,6 +41,7 @@ class HFGenerator:
         pad_id: int = 0,
         stop_ids: Sequence[int] = (),
         log=print,
+        experts_implementation: str = "",
     ):
         self.torch = torch
         self.cfg = gen_cfg
@@ -58,15 +59,35 @@ class HFGenerator:
         else:
             dtype = torch_dtype(param_dtype)
 
+        kwargs = {"experts_implementation": experts_implementation} if experts_implementation else {}
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, dtype)
+                model_path,
+                dtype=dtype,
+                attn_implementation=resolve_attn_implementation(attn_implementation, dtype),
+                **kwargs,
             )
         except (OSError, ValueError) as e:
             raise ValueError(f"--model.model_name_or_path: cannot load a causal LM from {model_path!r}: {e}") from e
         self.model = model.to(self.device).eval()
         self.seed = seed
         self.synced_gpus = False
+
+    @classmethod
+    def from_config(cls, cfg, *, pad_id: int, stop_ids: Sequence[int], log=print) -> "HFGenerator":
+        """The generator of a generate run: --model, --generate.*, --ds.param_dtype / attn / experts
+        implementation, --train.seed."""
+        return cls(
+            cfg.model.model_name_or_path,
+            cfg.generate,
+            param_dtype=cfg.ds.param_dtype,
+            attn_implementation=cfg.ds.attn_implementation,
+            experts_implementation=cfg.ds.experts_implementation,
+            seed=cfg.train.seed,
+            pad_id=pad_id,
+            stop_ids=stop_ids,
+            log=log,
+        )
 
     @classmethod
     def of_model(

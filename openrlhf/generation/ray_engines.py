@@ -44,15 +44,7 @@ class EngineWorker(DistWorker):
     def load(self, cfg, stop_ids: Sequence[int], pad_id: int) -> None:
         g = cfg.generate
         if g.backend == "hf":
-            self.engine = HFGenerator(
-                cfg.model.model_name_or_path,
-                g,
-                param_dtype=cfg.ds.param_dtype,
-                attn_implementation=cfg.ds.attn_implementation,
-                seed=cfg.train.seed,
-                pad_id=pad_id,
-                stop_ids=stop_ids,
-            )
+            self.engine = HFGenerator.from_config(cfg, pad_id=pad_id, stop_ids=stop_ids)
             self.positional = True
         else:
             self.engine = _Engine(VLLMSettings.from_config(cfg, stop_ids))

@@ -364,6 +364,7 @@ class Actor(nn.Module):
         *,
         dtype: torch.dtype = torch.float32,
         attn_implementation: str = "sdpa",
+        experts_implementation: str = "",
         gradient_checkpointing: bool = False,
         gradient_checkpointing_reentrant: bool = False,
         aux_loss_coef: float = 0.0,
@@ -374,6 +375,8 @@ class Actor(nn.Module):
     ) -> "Actor":
         """``lora``: a --ds.lora.* section (rank > 0: LoRA adapters through peft, the base frozen)."""
         kwargs = dict(dtype=dtype, attn_implementation=resolve_attn_implementation(attn_implementation, dtype))
+        if experts_implementation:  # a MoE model's expert kernels (empty: transformers' default)
+            kwargs["experts_implementation"] = experts_implementation
         if load_in_4bit:
             if not torch.cuda.is_available():
                 raise UserError("--ds.load_in_4bit: 4-bit weights (bitsandbytes) need a CUDA GPU")

@@ -115,7 +115,12 @@ def load_actor(strategy, path: str, cfg: RunConfig, *, for_training: bool, offlo
         )
     with strategy.model_init_context(for_training=for_training, offload=offload):
         return Actor.from_pretrained(
-            path, dtype=strategy.torch_dtype, attn_implementation=ds.attn_implementation, what=what, **extra
+            path,
+            dtype=strategy.torch_dtype,
+            attn_implementation=ds.attn_implementation,
+            experts_implementation=ds.experts_implementation,
+            what=what,
+            **extra,
         )
 
 

@@ -69,16 +69,7 @@ def _backend(cfg: GenerateTaskConfig, tokenizer, stop_ids, log):
     if g.backend == "served":
         return ServedGenerator(Endpoint.of(cfg.served, "--served.base_url"), g, stop_ids, log)
     if g.backend == "hf":
-        return HFGenerator(
-            cfg.model.model_name_or_path,
-            g,
-            param_dtype=cfg.ds.param_dtype,
-            attn_implementation=cfg.ds.attn_implementation,
-            seed=cfg.train.seed,
-            pad_id=pad_token_id(tokenizer),
-            stop_ids=stop_ids,
-            log=log,
-        )
+        return HFGenerator.from_config(cfg, pad_id=pad_token_id(tokenizer), stop_ids=stop_ids, log=log)
 
     return VLLMGenerator(VLLMSettings.from_config(cfg, stop_ids), num_engines=cfg.vllm.num_engines)
 
