@@ -133,28 +133,25 @@ def test_pretrain_mode_trains_every_token_of_plain_text(tiny_dir):
         SFTDataset([{"input": [{"role": "user", "content": "x"}]}], tok, DataConfig(), pretrain=True)
 
 
+def _pretrain_flags(model: str, data: str, out: str, extra: dict) -> list:
+    """train_sft in pre-training mode on plain texts under ``text``, batches of 2 (no chat template)."""
+    flags = base_flags(
+        model,
+        data,
+        out,
+        *as_flags({"model.pretrain_mode_enable": None, "data.input_key": "text", "train.batch_size": "2", **extra}),
+    )
+    flags.remove("--data.apply_chat_template")
+    return flags
+
+
 def test_sft_pretrain_mode_run(tiny_dir, tmp_path):
     data = write_jsonl(
         str(tmp_path / "text.jsonl"),
         [{"text": f"Tell me about {t}. It is nice."} for t in ("the sea", "a fox", "rain", "tea")],
     )
     out = str(tmp_path / "pt")
-    flags = base_flags(
-        tiny_dir,
-        data,
-        out,
-        *as_flags(
-            {
-                "model.pretrain_mode_enable": None,
-                "data.input_key": "text",
-                "train.batch_size": "2",
-                "train.max_epochs": "3",
-                "adam.lr": "1e-2",
-            }
-        ),
-    )
-    flags.remove("--data.apply_chat_template")
-    run_in_process("sft", flags)
+    run_in_process("sft", _pretrain_flags(tiny_dir, data, out, {"train.max_epochs": "3", "adam.lr": "1e-2"}))
     losses = train_losses(out)
     assert len(losses) == 6 and losses[-1] < losses[0]
 
@@ -170,22 +167,9 @@ def test_pretrain_loss_never_predicts_past_the_end_of_a_text(tiny_dir, tmp_path)
     texts = ["Tell me about the sea and the fox and the rain and the tea, please.", "Tea."]
     data = write_jsonl(str(tmp_path / "text.jsonl"), [{"text": t} for t in texts])
     out = str(tmp_path / "pt")
-    flags = base_flags(
-        tiny_dir,
-        data,
-        out,
-        *as_flags(
-            {
-                "model.pretrain_mode_enable": None,
-                "data.input_key": "text",
-                "train.batch_size": "2",
-                "train.micro_batch_size": "2",
-                "train.max_epochs": "1",
-            }
-        ),
+    run_in_process(
+        "sft", _pretrain_flags(tiny_dir, data, out, {"train.micro_batch_size": "2", "train.max_epochs": "1"})
     )
-    flags.remove("--data.apply_chat_template")
-    run_in_process("sft", flags)
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     total, count = 0.0, 0

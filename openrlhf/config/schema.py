@@ -960,24 +960,17 @@ class PruneConfig(Section):
 
 
 @dataclass
-class JudgeConfig(Section):
-    """An OpenAI-compatible chat-completions endpoint used as the LLM judge."""
+class JudgeConfig(ServedFields, Section):
+    """An OpenAI-compatible chat-completions endpoint used as the LLM judge (``base_url``: e.g.
+    http://127.0.0.1:8000/v1 from vllm serve, or a hosted API's; ``model``: its name there; the other endpoint
+    fields as :class:`ServedFields`, with a hosted API's key variable and a shorter timeout by default)."""
 
-    # e.g. http://127.0.0.1:8000/v1 (vllm serve) or a hosted API's base URL.
-    base_url: str = ""
-    # The served model name.
-    model: str = ""
-    # Name of the environment variable holding the API key; an endpoint without keys works.
+    SECTION: ClassVar[str] = "judge"
     api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0
     temperature: float = 0.0
     # FastChat's judge budget (a long judgment cut before its verdict is unparsed).
     max_tokens: int = 2048
-    # Requests in flight at once.
-    concurrency: int = 8
-    # Retries (exponential backoff) on 429 / 5xx / timeouts / dropped connections.
-    max_retries: int = 5
-    # Seconds per request.
-    timeout: float = 120.0
     # A judge prompt file (JSON / JSON lines of name, system_prompt, prompt_template, output_format)
     # that replaces MT-Bench's prompts of the same names (e.g. pair-v2).
     prompt_file: str = ""
