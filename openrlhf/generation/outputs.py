@@ -23,6 +23,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from openrlhf.datasets.loading import load_rows
+from openrlhf.utils.disk import disk_full_is_one_line
 from openrlhf.utils.errors import DataError
 from openrlhf.utils.jsonl import append_jsonl, write_jsonl_atomic
 
@@ -132,8 +133,12 @@ class ResultsFile:
         return obj
 
     def append(self, rows: Sequence[dict]) -> None:
-        """Append rows and make them durable (flush + fsync) before returning."""
-        append_jsonl(self.path, rows)
+        """Append rows and make them durable (flush + fsync) before returning; a full disk is one line (the rows
+        written before are kept: the same command goes on from them)."""
+        kept = "the answers written before are kept: free space and run the same command to go on"
+        need = lambda: sum(len(json.dumps(r, ensure_ascii=False).encode()) + 1 for r in rows)  # noqa: E731
+        with disk_full_is_one_line(f"{self.what} ({len(rows)} answers)", self.path, need, kept):
+            append_jsonl(self.path, rows)
 
     def rewrite(self, rows: Sequence[dict]) -> None:
         write_jsonl_atomic(self.path, rows)

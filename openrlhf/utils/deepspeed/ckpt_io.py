@@ -33,6 +33,8 @@ import torch.distributed as dist
 from openrlhf.utils.atomic import atomic_write, is_temp_file_of, plain_permissions
 from openrlhf.utils.deepspeed.comm import barrier
 from openrlhf.utils.deepspeed.wrapping import load_module_either_naming
+from openrlhf.utils.disk import disk_full_is_one_line
+from openrlhf.utils.errors import UserError
 
 TAG_PREFIX = "global_step"
 TMP_PREFIX = ".tmp_"
@@ -400,10 +402,28 @@ def save_ckpt(
     # Our dict goes under one key (DeepSpeed returns everything it does not know on load) and, for
     # OpenRLHF, whose resume reads its keys (consumed_samples) from the top level, once more there.
     ours = dict(client_state or {})
-    engine.save_checkpoint(ckpt_dir, tag=tmp_name, client_state={**ours, CLIENT_KEY: ours}, save_latest=False)
-    save_rng_state(tmp_path, rank)
-    if rank == 0:
-        write_meta(tmp_path, {**(client_state or {}), "step": int(step), "world_size": world_size})
+    previous = find_latest_tag(ckpt_dir)
+    kept = (
+        f"the checkpoint being written was removed and the last complete one, {os.path.join(ckpt_dir, previous)}, "
+        "is kept: free space (or lower --ckpt.max_num) and resume with --ckpt.load_enable"
+        if previous
+        else "the checkpoint being written was removed (there is no earlier one): free space and run again"
+    )
+    try:
+        with disk_full_is_one_line(
+            f"the checkpoint of step {step}",
+            ckpt_dir,
+            lambda: _folder_bytes(os.path.join(ckpt_dir, previous)) if previous else _folder_bytes(tmp_path),
+            kept,
+        ):
+            engine.save_checkpoint(ckpt_dir, tag=tmp_name, client_state={**ours, CLIENT_KEY: ours}, save_latest=False)
+            save_rng_state(tmp_path, rank)
+            if rank == 0:
+                write_meta(tmp_path, {**(client_state or {}), "step": int(step), "world_size": world_size})
+    except UserError:
+        if rank == 0:
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        raise
     barrier()
     if rank == 0:
         commit(ckpt_dir, tmp_name, tag)

@@ -17,6 +17,7 @@ import torch.nn as nn
 from openrlhf.utils.deepspeed import ckpt_io
 from openrlhf.utils.deepspeed.comm import barrier
 from openrlhf.utils.deepspeed.wrapping import unwrap_model
+from openrlhf.utils.disk import disk_full_is_one_line
 from openrlhf.utils.lora import merge_lora_state_dict
 
 
@@ -70,12 +71,15 @@ def write_hf_folder(module, sd: Dict[str, torch.Tensor], tokenizer, output_dir: 
     tmp = os.path.join(parent, f"{ckpt_io.TMP_PREFIX}hf_{os.path.basename(output_dir)}")
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
+    need = lambda: sum(t.numel() * t.element_size() for t in sd.values())  # noqa: E731
+    kept = f"nothing in {output_dir} was replaced (the partial copy was removed): free space and run again"
     try:
-        # save_pretrained pops tensors out of the dict it gets: hand it a copy.
-        module.save_pretrained(tmp, state_dict=dict(sd))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        ckpt_io.install_folder(tmp, output_dir)
+        with disk_full_is_one_line("the model's weights", parent, need, kept):
+            # save_pretrained pops tensors out of the dict it gets: hand it a copy.
+            module.save_pretrained(tmp, state_dict=dict(sd))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            ckpt_io.install_folder(tmp, output_dir)
     finally:  # an interrupted or failed export leaves no temp folder behind
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
