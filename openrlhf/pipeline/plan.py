@@ -309,7 +309,9 @@ class _Planner:
         t = self.served
         if t is None:
             return None
-        return Endpoint(t.base_url, t.model, t.api_key_env, t.concurrency, t.max_retries, t.timeout, "teacher.base_url")
+        return Endpoint(
+            t.base_url, t.model, t.api_key_env, t.concurrency, t.max_retries, t.timeout, "teacher.base_url (distill)"
+        )
 
     # ---- sections that are stages of some plans ------------------------------------------------
     def score_flags(self) -> Tuple[Dict[str, Any], ...]:
