@@ -216,6 +216,27 @@ def test_multi_turn_prompts_that_may_fill_vllms_context_fail_before_a_model_load
 
 
 @pytest.mark.vllm
+def test_what_vllm_cannot_run_is_one_line_before_its_engine(prompts_file, tmp_path):
+    """vLLM's own refusals, said in one line before an engine process starts: a head size its CPU attention
+    lacks (vLLM says it only inside its engine process), and a --vllm.max_model_len above the model's context
+    (its config error, translated)."""
+    from openrlhf.recipes.generate import generate
+
+    from tiny import make_tiny
+
+    heads8 = make_tiny(str(tmp_path / "heads8"))  # hidden 32, 4 heads: size 8
+    with pytest.raises(UserError, match=r"^--model.model_name_or_path .*heads8: its attention heads of size 8 are not"):
+        generate(_cfg(heads8, prompts_file, str(tmp_path / "a.jsonl"), "--generate.backend", "vllm", *VLLM_CPU))
+    heads32 = make_tiny(str(tmp_path / "heads32"), hidden=128, max_positions=256)
+    flags = ["--generate.backend", "vllm", *VLLM_CPU[:-1], "100000"]  # --vllm.max_model_len 100000
+    with pytest.raises(UserError) as e:
+        generate(_cfg(heads32, prompts_file, str(tmp_path / "b.jsonl"), *flags))
+    said = str(e.value)
+    assert said.startswith("--vllm.max_model_len 100000: more than ") and "max_position_embeddings=256" in said
+    assert "\n" not in said
+
+
+@pytest.mark.vllm
 def test_vllm_backend_answers_like_the_hf_backend(smollm2_dir, prompts_file, hf_answers, tmp_path):
     from openrlhf.recipes.generate import generate
 

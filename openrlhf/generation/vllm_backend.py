@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from transformers import AutoConfig
 
 from openrlhf.generation.sampling import Sampling
 from openrlhf.generation.vllm_weights import write_weights
@@ -140,6 +141,43 @@ def llm_kwargs(s: VLLMSettings) -> dict:
     )
 
 
+def cpu_head_size_problem(model: str) -> str:
+    """Why vLLM's CPU build cannot run ``model``'s attention ("" when it can, on a GPU, or when the config or
+    vLLM's list cannot be read): a head size its CPU attention backend lacks, found before the engine starts
+    (vLLM says it only from inside its engine process)."""
+    if torch.cuda.is_available():
+        return ""
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        cfg = AutoConfig.from_pretrained(model)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        sizes = list(CPUAttentionBackend.get_supported_head_sizes())
+    except Exception:  # noqa: BLE001 (vLLM then says it itself)
+        return ""
+    if head in sizes:
+        return ""
+    return (
+        f"--model.model_name_or_path {model}: its attention heads of size {head} are not one vLLM's CPU build "
+        f"runs ({', '.join(map(str, sizes))}); use --generate.backend hf (or a GPU)"
+    )
+
+
+def _context_error(s: VLLMSettings, error: BaseException) -> Optional[UserError]:
+    """vLLM's refusal of a --vllm.max_model_len above the model's context, as one line (None: another error)."""
+    text = str(error)
+    at = text.find("User-specified max_model_len")
+    if at < 0:
+        return None
+    said = text[at:].split(")", 2)
+    derived = said[1].split("(", 1)[-1] if len(said) > 1 else ""
+    return UserError(
+        f"--vllm.max_model_len {s.max_model_len}: more than {s.model} holds ({derived.strip()}); lower it, "
+        "or 0 for the model's own context"
+    )
+
+
 def sampling_kwargs(s: VLLMSettings, sampling: Optional[Sampling] = None) -> dict:
     """The arguments of ``vllm.SamplingParams`` for one prompt: its own temperature, max_new_tokens and seed
     (``sampling``), else the run's (no seed of its own: the engine's random stream, seeded with
@@ -176,7 +214,16 @@ class _Engine:
         from vllm import LLM, SamplingParams
 
         self.settings = s
-        self.llm = LLM(**llm_kwargs(s))
+        problem = cpu_head_size_problem(s.model)
+        if problem:
+            raise UserError(problem)
+        try:
+            self.llm = LLM(**llm_kwargs(s))
+        except Exception as e:  # noqa: BLE001 (re-raised unless it is vLLM's refusal of the context asked for)
+            translated = _context_error(s, e)
+            if translated is None:
+                raise
+            raise translated from None
         self.sampling_params = SamplingParams
         self.batch_size = s.batch_size
 
