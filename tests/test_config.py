@@ -729,6 +729,7 @@ EXAMPLE_TASKS = {
     "sweep_cpu.yaml": "distill",
     "experiment_cpu.yaml": "distill",
     "ifeval_prune20_cpu.yaml": "distill",
+    "ifeval_prune20_core_cpu.yaml": "distill",
     "ifeval_prune50_cpu.yaml": "distill",
 }
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "**", "*.yaml"), recursive=True))
