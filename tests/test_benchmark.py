@@ -205,6 +205,7 @@ def test_gpu_check_part_passes_only_on_tests_that_ran(monkeypatch, tmp_path):
     check = _module(monkeypatch, "gpu_check")
     tests = tmp_path / "t"
     tests.mkdir()
+    (tests / "pytest.ini").write_text("[pytest]\n")  # the rootdir, wherever the repository and tmp_path lie
     (tests / "test_demo.py").write_text(
         "import os, pytest\n"
         "def test_ok():\n    pass\n"
@@ -220,7 +221,7 @@ def test_gpu_check_part_passes_only_on_tests_that_ran(monkeypatch, tmp_path):
     res = check.run_pytest(a, log, "x", target, 120, {}, marker="")
     assert res["status"] == "PASS" and res["reason"] == "2 passed, 0 failed, 1 not run"
     assert len(res["not_run"]) == 1 and "no_such_package_here" in res["not_run"][0]
-    bad = "test_demo.py::test_ok"  # a node id (relative to pytest's rootdir, here the file's folder)
+    bad = "test_demo.py::test_ok"  # a node id (relative to pytest's rootdir: the folder of its pytest.ini)
     res = check.run_pytest(a, log, "x", target, 120, {bad: "why not"}, k="ok or needs_pkg", marker="")
     assert res["status"] == "SKIPPED" and f"{bad} (why not)" in res["reason"]
     assert "no_such_package_here" in res["reason"]
