@@ -167,6 +167,7 @@ def test_optim_muon_flags_are_checked():
         assert any(p.startswith(says) for p in found), (flags, found)
 
 
+@pytest.mark.slow  # ~100 s (DeepSpeed compiles Muon's kernels in each run): the main CI leg only
 def test_optim_muon_trains_at_zero_0_and_2_alike(tiny_dir, sft_jsonl, tmp_path):
     """An SFT run with --optim muon: the loss goes down, and ZeRO-2 (Muon orthogonalising the gathered flat
     partition) gives ZeRO-0's losses."""
