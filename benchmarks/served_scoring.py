@@ -103,7 +103,8 @@ def vllm_server(model: str, work: str, max_len: int):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--dtype", "float32"]
     cmd += ["--host", "127.0.0.1", "--port", port, "--served-model-name", NAME]
     cmd += ["--max-model-len", str(max_len), "--enforce-eager"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "RANK", "WORLD", "MASTER"))}
+    # OMP_* kept: the server computes with the threads the in-process runs get (they inherit this environment)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD", "MASTER"))}
     env.update(HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", VLLM_CPU_KVCACHE_SPACE="1")
     url = f"http://127.0.0.1:{port}/v1"
     start = time.perf_counter()
